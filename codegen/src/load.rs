@@ -1,0 +1,753 @@
+//! Loading a contracts folder: discover `<service>/v<major>/*.proto`, compile with protox (pure
+//! Rust, no system `protoc`), read the `(mesh.*)` options into the [`model`](crate::model), and
+//! check the mesh's rules.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs,
+    path::{Path, PathBuf},
+};
+
+use heck::ToSnakeCase;
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, ExtensionDescriptor, FieldDescriptor, FileDescriptor,
+    Kind as FieldKind, MessageDescriptor, Value,
+};
+use protox::file::{
+    ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
+};
+
+use crate::{
+    error::{ContractError, Location, Violation},
+    model::{Contract, Degraded, Enum, Field, Kind, Message, Method, Service},
+};
+
+/// The mesh options every contract imports, shipped with the generator so a contracts folder
+/// needs nothing else. The repository's `contracts/mesh/options.proto` is this very file.
+pub const OPTIONS_PROTO: &str = include_str!("../../contracts/mesh/options.proto");
+/// Import name of [`OPTIONS_PROTO`].
+pub const OPTIONS_PROTO_NAME: &str = "mesh/options.proto";
+
+/// Every contract of a contracts folder, compiled and validated.
+#[derive(Debug)]
+pub struct ContractSet {
+    /// The folder they were loaded from.
+    pub root: PathBuf,
+    /// Contracts, ordered by folder (`gateway/v1`, `order/v1`, `order/v2`, ...).
+    pub contracts: Vec<Contract>,
+    /// Compiled descriptors of every contract file and its imports, dependencies first.
+    pub descriptors: prost_types::FileDescriptorSet,
+}
+
+impl ContractSet {
+    /// The contract in a folder (`order/v1`).
+    pub fn get(&self, dir: &str) -> Option<&Contract> {
+        self.contracts.iter().find(|c| c.dir == dir)
+    }
+}
+
+/// A contract folder found on disk, before compiling.
+struct Found {
+    dir: String,
+    name: String,
+    major: u32,
+    files: Vec<String>,
+}
+
+/// Loads, compiles and validates every contract under `root`.
+pub fn load(root: &Path) -> Result<ContractSet, ContractError> {
+    let found = discover(root)?;
+    let mut resolver = ChainFileResolver::new();
+    resolver.add(EmbeddedOptions);
+    resolver.add(IncludeFileResolver::new(root.to_path_buf()));
+    resolver.add(GoogleFileResolver::new());
+    let mut compiler = protox::Compiler::with_file_resolver(resolver);
+    compiler.include_imports(true).include_source_info(true);
+    for file in found.iter().flat_map(|c| &c.files) {
+        compiler
+            .open_file(file)
+            .map_err(|err| proto_error(root, &err))?;
+    }
+    let pool = compiler.descriptor_pool();
+    let options = MeshOptions::new(&pool);
+    let mut violations = Vec::new();
+    let contracts = found
+        .into_iter()
+        .filter_map(|f| {
+            Extractor {
+                root,
+                pool: &pool,
+                options: &options,
+                violations: &mut violations,
+            }
+            .contract(f)
+        })
+        .collect();
+    if violations.is_empty() {
+        Ok(ContractSet {
+            root: root.to_path_buf(),
+            contracts,
+            descriptors: compiler.file_descriptor_set(),
+        })
+    } else {
+        violations.sort_by(|a, b| a.location.cmp(&b.location));
+        Err(ContractError::Invalid(violations))
+    }
+}
+
+fn discover(root: &Path) -> Result<Vec<Found>, ContractError> {
+    let mut found = Vec::new();
+    for service_dir in sorted_entries(root)? {
+        let name = file_name(&service_dir);
+        if !service_dir.is_dir() || name == "mesh" || name.starts_with('.') {
+            continue;
+        }
+        if !is_identifier(&name) {
+            return Err(ContractError::Layout {
+                path: service_dir,
+                message: "a service folder name must be lowercase snake_case (e.g. `order`)".into(),
+            });
+        }
+        for version_dir in sorted_entries(&service_dir)? {
+            if !version_dir.is_dir() {
+                continue;
+            }
+            let version = file_name(&version_dir);
+            let major = version
+                .strip_prefix('v')
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|n| format!("v{n}") == version)
+                .ok_or_else(|| ContractError::Layout {
+                    path: version_dir.clone(),
+                    message: format!(
+                        "expected a major-version folder `v<N>` (e.g. `v1`) inside `{name}/`, found `{version}`"
+                    ),
+                })?;
+            let files: Vec<String> = sorted_entries(&version_dir)?
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "proto"))
+                .map(|p| format!("{name}/{version}/{}", file_name(&p)))
+                .collect();
+            if files.is_empty() {
+                return Err(ContractError::Layout {
+                    path: version_dir,
+                    message: "contract folder holds no .proto file".into(),
+                });
+            }
+            found.push(Found {
+                dir: format!("{name}/{version}"),
+                name: name.clone(),
+                major,
+                files,
+            });
+        }
+    }
+    if found.is_empty() {
+        return Err(ContractError::Layout {
+            path: root.to_path_buf(),
+            message: "no contracts found: expected `<service>/v<major>/<file>.proto` folders"
+                .into(),
+        });
+    }
+    Ok(found)
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, ContractError> {
+    let mut entries = fs::read_dir(dir)
+        .map_err(|e| ContractError::io(dir, e))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ContractError::io(dir, e))?;
+    entries.sort();
+    Ok(entries)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn is_identifier(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Serves `mesh/options.proto` from the generator itself.
+struct EmbeddedOptions;
+
+impl FileResolver for EmbeddedOptions {
+    fn open_file(&self, name: &str) -> Result<File, protox::Error> {
+        if name == OPTIONS_PROTO_NAME {
+            File::from_source(name, OPTIONS_PROTO)
+        } else {
+            Err(protox::Error::file_not_found(name))
+        }
+    }
+}
+
+/// Turns a protox diagnostic into an error naming the file, line and column.
+fn proto_error(root: &Path, err: &protox::Error) -> ContractError {
+    use miette::Diagnostic;
+    let file = err.file().map(str::to_owned);
+    let offset = err
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|label| label.offset());
+    let mut location = Location::file(match &file {
+        Some(name) => root.join(name),
+        None => root.to_path_buf(),
+    });
+    if let (Some(name), Some(offset)) = (&file, offset) {
+        let source = if name == OPTIONS_PROTO_NAME {
+            Some(OPTIONS_PROTO.to_owned())
+        } else {
+            fs::read_to_string(root.join(name)).ok()
+        };
+        if let Some(source) = source {
+            let before = &source[..offset.min(source.len())];
+            location.line = Some(before.matches('\n').count() as u32 + 1);
+            location.column =
+                Some((before.len() - before.rfind('\n').map_or(0, |i| i + 1)) as u32 + 1);
+        }
+    }
+    let mut message = err.to_string();
+    if let Some(help) = err.help() {
+        message.push_str(&format!(" (help: {help})"));
+    }
+    ContractError::Proto { location, message }
+}
+
+/// The `(mesh.service)` and `(mesh.method)` extensions.
+struct MeshOptions {
+    service: Option<ExtensionDescriptor>,
+    method: Option<ExtensionDescriptor>,
+}
+
+impl MeshOptions {
+    fn new(pool: &DescriptorPool) -> Self {
+        Self {
+            service: pool.get_extension_by_name("mesh.service"),
+            method: pool.get_extension_by_name("mesh.method"),
+        }
+    }
+}
+
+fn extension(
+    options: &DynamicMessage,
+    ext: Option<&ExtensionDescriptor>,
+) -> Option<DynamicMessage> {
+    let ext = ext?;
+    if !options.has_extension(ext) {
+        return None;
+    }
+    match options.get_extension(ext).as_ref() {
+        Value::Message(m) => Some(m.clone()),
+        _ => None,
+    }
+}
+
+fn get_str(m: &DynamicMessage, field: &str) -> String {
+    m.get_field_by_name(field)
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn get_u32(m: &DynamicMessage, field: &str) -> Option<u32> {
+    if !m.has_field_by_name(field) {
+        return None;
+    }
+    m.get_field_by_name(field).and_then(|v| v.as_u32())
+}
+
+fn get_message(m: &DynamicMessage, field: &str) -> Option<DynamicMessage> {
+    if !m.has_field_by_name(field) {
+        return None;
+    }
+    m.get_field_by_name(field)
+        .and_then(|v| v.as_message().cloned())
+}
+
+/// Names tonic's generated clients and servers define themselves; a method may not take them.
+const RESERVED_METHOD_NAMES: [&str; 9] = [
+    "connect",
+    "new",
+    "with_origin",
+    "with_interceptor",
+    "send_compressed",
+    "accept_compressed",
+    "max_decoding_message_size",
+    "max_encoding_message_size",
+    "from_arc",
+];
+
+/// The gRPC code names a degraded error answer may use.
+pub(crate) const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// Reads one contract folder out of the descriptor pool, recording every rule it breaks.
+struct Extractor<'a> {
+    root: &'a Path,
+    pool: &'a DescriptorPool,
+    options: &'a MeshOptions,
+    violations: &'a mut Vec<Violation>,
+}
+
+impl Extractor<'_> {
+    fn violation(
+        &mut self,
+        location: Location,
+        subject: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.violations.push(Violation {
+            location,
+            subject: subject.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Location of the element at `path` in `file`, per the compiler's source info.
+    fn locate(&self, file: &FileDescriptor, path: &[i32]) -> Location {
+        let mut location = Location::file(self.root.join(file.name()));
+        let span = file
+            .file_descriptor_proto()
+            .source_code_info
+            .as_ref()
+            .and_then(|info| info.location.iter().find(|l| l.path == path))
+            .map(|l| l.span.clone());
+        if let Some(span) = span.filter(|s| s.len() >= 2) {
+            location.line = Some(span[0] as u32 + 1);
+            location.column = Some(span[1] as u32 + 1);
+        }
+        location
+    }
+
+    /// Location of an option on the element at `path` (`options` is field 3 of both service and
+    /// method descriptors), else of the element itself.
+    fn locate_option(&self, file: &FileDescriptor, path: &[i32], number: u32) -> Location {
+        let option_path: Vec<i32> = path.iter().copied().chain([3, number as i32]).collect();
+        let location = self.locate(file, &option_path);
+        if location.line.is_some() {
+            location
+        } else {
+            self.locate(file, path)
+        }
+    }
+
+    fn leading_comment(&self, file: &FileDescriptor, path: &[i32]) -> String {
+        file.file_descriptor_proto()
+            .source_code_info
+            .as_ref()
+            .and_then(|info| info.location.iter().find(|l| l.path == path))
+            .and_then(|l| l.leading_comments.clone())
+            .map(|c| {
+                c.lines()
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    .trim()
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    }
+
+    fn contract(&mut self, found: Found) -> Option<Contract> {
+        let package = format!("{}.v{}", found.name, found.major);
+        let files: Vec<FileDescriptor> = found
+            .files
+            .iter()
+            .filter_map(|name| self.pool.get_file_by_name(name))
+            .collect();
+        for file in &files {
+            if file.package_name() != package {
+                let location = self.locate(file, &[2]);
+                self.violation(
+                    location,
+                    format!("file {}", file.name()),
+                    format!(
+                        "package is `{}`, but a contract in `{}/` must use package `{package}`",
+                        file.package_name(),
+                        found.dir
+                    ),
+                );
+            }
+        }
+        let services: Vec<_> = files.iter().flat_map(|f| f.services()).collect();
+        let service = match services.as_slice() {
+            [] => {
+                let location = Location::file(self.root.join(&found.files[0]));
+                self.violation(
+                    location,
+                    format!("contract {}", found.dir),
+                    "declares no service; a contract describes exactly one service",
+                );
+                return None;
+            }
+            [one] => one.clone(),
+            [first, rest @ ..] => {
+                for extra in rest {
+                    let location = self.locate(&extra.parent_file(), extra.path());
+                    self.violation(
+                        location,
+                        format!("service {}", extra.full_name()),
+                        format!("contract {} already declares service {}; a contract describes exactly one service", found.dir, first.full_name()),
+                    );
+                }
+                first.clone()
+            }
+        };
+        let file = service.parent_file();
+        let subject = format!("service {}", service.full_name());
+        let service_location = self.locate(&file, service.path());
+        let option_location = self.locate_option(&file, service.path(), 51000);
+        let Some(manifest) = extension(&service.options(), self.options.service.as_ref()) else {
+            self.violation(
+                service_location,
+                subject,
+                "missing `option (mesh.service) = { name: ... version: ... tier: ... owner: ... }`",
+            );
+            return None;
+        };
+        let name = get_str(&manifest, "name");
+        if name != found.name {
+            self.violation(
+                option_location.clone(),
+                format!("{subject}: option (mesh.service).name"),
+                format!(
+                    "is {name:?} but the contract folder is `{}/`; they must match",
+                    found.name
+                ),
+            );
+        }
+        let version_text = get_str(&manifest, "version");
+        let version = match semver::Version::parse(&version_text) {
+            Ok(v) if v.major == u64::from(found.major) => v,
+            Ok(v) => {
+                self.violation(
+                    option_location.clone(),
+                    format!("{subject}: option (mesh.service).version"),
+                    format!(
+                        "is {v} but the folder is `v{}`; the major versions must match",
+                        found.major
+                    ),
+                );
+                v
+            }
+            Err(e) => {
+                self.violation(
+                    option_location.clone(),
+                    format!("{subject}: option (mesh.service).version"),
+                    format!("{version_text:?} is not a semantic version like \"1.2.0\": {e}"),
+                );
+                semver::Version::new(found.major.into(), 0, 0)
+            }
+        };
+        let tier = match get_u32(&manifest, "tier") {
+            Some(t) if t <= 2 => t,
+            Some(t) => {
+                self.violation(
+                    option_location.clone(),
+                    format!("{subject}: option (mesh.service).tier"),
+                    format!("is {t}; tiers are 0 (core), 1 or 2 (optional)"),
+                );
+                t
+            }
+            None => {
+                self.violation(
+                    option_location.clone(),
+                    format!("{subject}: option (mesh.service).tier"),
+                    "is missing; every service states its tier: 0 (core), 1 or 2 (optional)",
+                );
+                2
+            }
+        };
+        let owner = get_str(&manifest, "owner");
+        if owner.trim().is_empty() {
+            self.violation(
+                option_location,
+                format!("{subject}: option (mesh.service).owner"),
+                "is missing; name the team that owns this contract",
+            );
+        }
+        let capabilities = manifest
+            .get_field_by_name("capabilities")
+            .and_then(|v| {
+                v.as_list().map(|l| {
+                    l.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+
+        let mut methods = Vec::new();
+        let mut rust_names: HashMap<String, String> = HashMap::new();
+        let mut payloads: HashMap<String, String> = HashMap::new();
+        for method in service.methods() {
+            let path = method.path().to_vec();
+            let location = self.locate(&file, &path);
+            let subject = format!("method {}", method.full_name());
+            let snake = method.name().to_snake_case();
+            if let Some(other) = rust_names.insert(snake.clone(), method.name().to_owned()) {
+                self.violation(
+                    location.clone(),
+                    subject.clone(),
+                    format!("duplicate method or event name: `{}` and `{other}` both become `{snake}` in generated code and routing keys", method.name()),
+                );
+            }
+            if RESERVED_METHOD_NAMES.contains(&snake.as_str()) {
+                self.violation(
+                    location.clone(),
+                    subject.clone(),
+                    format!("`{}` becomes `{snake}`, which the generated tonic client already defines; choose another name", method.name()),
+                );
+            }
+            let option_location = self.locate_option(&file, &path, 51001);
+            let Some(spec) = extension(&method.options(), self.options.method.as_ref()) else {
+                self.violation(
+                    location,
+                    subject,
+                    "missing `option (mesh.method) = { kind: CALL|EVENT ... }`",
+                );
+                continue;
+            };
+            let kind = match spec
+                .get_field_by_name("kind")
+                .and_then(|v| v.as_enum_number())
+            {
+                Some(1) => Kind::Call,
+                Some(2) => Kind::Event,
+                _ => {
+                    self.violation(
+                        option_location,
+                        format!("{subject}: option (mesh.method).kind"),
+                        "is missing; say `kind: CALL` (HTTP/2) or `kind: EVENT` (message queue)",
+                    );
+                    continue;
+                }
+            };
+            let timeout_ms = get_u32(&spec, "timeout_ms");
+            let degraded = get_message(&spec, "degraded").and_then(|d| {
+                if let Some(e) = get_message(&d, "error") {
+                    Some(Degraded::Error {
+                        code: get_str(&e, "code"),
+                        message: get_str(&e, "message"),
+                    })
+                } else if d.has_field_by_name("empty") {
+                    Some(Degraded::Empty)
+                } else {
+                    get_message(&d, "cached").map(|c| Degraded::Cached {
+                        max_age_ms: get_u32(&c, "max_age_ms").unwrap_or(0),
+                    })
+                }
+            });
+            if timeout_ms == Some(0) {
+                self.violation(
+                    option_location.clone(),
+                    format!("{subject}: option (mesh.method).timeout_ms"),
+                    "is 0; a deadline must be at least 1 ms",
+                );
+            }
+            if let Some(Degraded::Error { code, .. }) = &degraded
+                && !GRPC_CODES.contains(&code.as_str())
+            {
+                self.violation(
+                    option_location.clone(),
+                    format!("{subject}: option (mesh.method).degraded.error.code"),
+                    format!(
+                        "{code:?} is not a gRPC code name; use one of {}",
+                        GRPC_CODES.join(", ")
+                    ),
+                );
+            }
+            match kind {
+                Kind::Call => {
+                    if timeout_ms.is_none() {
+                        self.violation(
+                            option_location.clone(),
+                            format!("{subject}: option (mesh.method).timeout_ms"),
+                            "is missing; every call states its deadline",
+                        );
+                    }
+                }
+                Kind::Event => {
+                    if method.output().full_name() != "google.protobuf.Empty" {
+                        self.violation(
+                            location.clone(),
+                            subject.clone(),
+                            format!(
+                                "is an EVENT but returns {}; events return google.protobuf.Empty",
+                                method.output().full_name()
+                            ),
+                        );
+                    }
+                    if method.is_client_streaming() || method.is_server_streaming() {
+                        self.violation(
+                            location.clone(),
+                            subject.clone(),
+                            "is an EVENT and cannot stream",
+                        );
+                    }
+                    if matches!(degraded, Some(Degraded::Cached { .. })) {
+                        self.violation(option_location.clone(), format!("{subject}: option (mesh.method).degraded.cached"), "events cannot answer a cached value; use `empty` (skip the publish) or `error`");
+                    }
+                    if let Some(other) = payloads.insert(
+                        method.input().full_name().to_owned(),
+                        method.name().to_owned(),
+                    ) {
+                        self.violation(location.clone(), subject.clone(), format!("uses payload {} already used by event {other}; give each event its own message", method.input().full_name()));
+                    }
+                    if method.input().parent_file().package_name() != package {
+                        self.violation(location.clone(), subject.clone(), format!("payload {} must be declared in this contract's package `{package}`", method.input().full_name()));
+                    }
+                }
+            }
+            methods.push(Method {
+                name: method.name().to_owned(),
+                kind,
+                input: method.input().full_name().to_owned(),
+                input_package: method.input().package_name().to_owned(),
+                output: method.output().full_name().to_owned(),
+                output_package: method.output().package_name().to_owned(),
+                client_streaming: method.is_client_streaming(),
+                server_streaming: method.is_server_streaming(),
+                timeout_ms,
+                degraded,
+                doc: self.leading_comment(&file, &path),
+                location,
+            });
+        }
+
+        let mut messages = BTreeMap::new();
+        let mut enums = BTreeMap::new();
+        for file in &files {
+            for message in file.messages() {
+                self.collect_message(file, message, &mut messages, &mut enums);
+            }
+            for e in file.enums() {
+                let model = self.enum_model(file, &e);
+                enums.insert(model.full_name.clone(), model);
+            }
+        }
+        Some(Contract {
+            dir: found.dir,
+            name: found.name,
+            major: found.major,
+            package,
+            files: found.files,
+            service: Service {
+                proto_name: service.name().to_owned(),
+                full_name: service.full_name().to_owned(),
+                version,
+                tier,
+                owner,
+                capabilities,
+                methods,
+                location: service_location,
+            },
+            messages,
+            enums,
+        })
+    }
+
+    fn collect_message(
+        &self,
+        file: &FileDescriptor,
+        message: MessageDescriptor,
+        messages: &mut BTreeMap<String, Message>,
+        enums: &mut BTreeMap<String, Enum>,
+    ) {
+        if message.is_map_entry() {
+            return;
+        }
+        let fields = message
+            .fields()
+            .map(|f| Field {
+                name: f.name().to_owned(),
+                number: f.number(),
+                ty: field_type(&f),
+                label: if f.is_list() || f.is_map() {
+                    "repeated"
+                } else if f.field_descriptor_proto().proto3_optional() {
+                    "optional"
+                } else {
+                    "singular"
+                },
+                oneof: f
+                    .containing_oneof()
+                    .filter(|o| !o.is_synthetic())
+                    .map(|o| o.name().to_owned()),
+                location: self.locate(file, f.path()),
+            })
+            .collect();
+        for e in message.child_enums() {
+            let model = self.enum_model(file, &e);
+            enums.insert(model.full_name.clone(), model);
+        }
+        messages.insert(
+            message.full_name().to_owned(),
+            Message {
+                full_name: message.full_name().to_owned(),
+                fields,
+                reserved_numbers: message.reserved_ranges().collect(),
+                reserved_names: message.reserved_names().map(str::to_owned).collect(),
+                location: self.locate(file, message.path()),
+            },
+        );
+        for child in message.child_messages() {
+            self.collect_message(file, child, messages, enums);
+        }
+    }
+
+    fn enum_model(&self, file: &FileDescriptor, e: &prost_reflect::EnumDescriptor) -> Enum {
+        Enum {
+            full_name: e.full_name().to_owned(),
+            values: e
+                .values()
+                .map(|v| (v.name().to_owned(), v.number(), self.locate(file, v.path())))
+                .collect(),
+            reserved_numbers: e.reserved_ranges().collect(),
+            reserved_names: e.reserved_names().map(str::to_owned).collect(),
+            location: self.locate(file, e.path()),
+        }
+    }
+}
+
+fn field_type(field: &FieldDescriptor) -> String {
+    if field.is_map()
+        && let FieldKind::Message(entry) = field.kind()
+    {
+        let kv: Vec<String> = entry.fields().map(|f| kind_name(&f.kind())).collect();
+        return format!("map<{}>", kv.join(", "));
+    }
+    kind_name(&field.kind())
+}
+
+fn kind_name(kind: &FieldKind) -> String {
+    match kind {
+        FieldKind::Message(m) => m.full_name().to_owned(),
+        FieldKind::Enum(e) => e.full_name().to_owned(),
+        scalar => format!("{scalar:?}").to_lowercase(),
+    }
+}

@@ -1,0 +1,184 @@
+//! Contract metadata, emitted by `mesh-codegen` as constants in every generated module
+//! (`<service>::v<major>::contract::SPEC`) and read by the runtime: the timeout layer reads
+//! [`MethodSpec::timeout`], the degradation switch answers [`MethodSpec::degraded`], the
+//! transports route by [`EventSpec`].
+
+use std::time::Duration;
+
+/// Importance of a service: 0 is core and never degraded automatically, 2 is optional and the
+/// first thing degraded in an incident. Switching a tier off degrades that tier and every
+/// higher-numbered one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tier(u8);
+
+impl Tier {
+    /// Core services.
+    pub const CORE: Tier = Tier(0);
+    /// Highest tier a contract may declare.
+    pub const MAX: u8 = 2;
+
+    /// A tier; `None` above [`Tier::MAX`].
+    pub const fn new(tier: u8) -> Option<Tier> {
+        if tier <= Self::MAX {
+            Some(Tier(tier))
+        } else {
+            None
+        }
+    }
+
+    /// A tier in generated constants; a value above [`Tier::MAX`] fails to compile.
+    pub const fn of(tier: u8) -> Tier {
+        match Self::new(tier) {
+            Some(t) => t,
+            None => panic!("tier above Tier::MAX"),
+        }
+    }
+
+    /// The tier as a number.
+    pub const fn get(self) -> u8 {
+        self.0
+    }
+}
+
+/// How a method travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MethodKind {
+    /// Request/response over HTTP/2.
+    Call,
+    /// Event published on the message queue.
+    Event,
+}
+
+/// What a switched-off method answers, without touching the service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DegradedAnswer {
+    /// A gRPC status.
+    Error {
+        /// Status code.
+        code: tonic::Code,
+        /// Status message.
+        message: &'static str,
+    },
+    /// The response with every field at its default; for an event, the publish is skipped.
+    Empty,
+    /// The last good response for the same tenant and request if younger than `max_age`, else
+    /// the empty response.
+    Cached {
+        /// Oldest cached answer still served.
+        max_age: Duration,
+    },
+}
+
+/// One request/response method of a contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodSpec {
+    /// Method name as in the `.proto` (`GetOrder`).
+    pub name: &'static str,
+    /// gRPC path (`/order.v1.Order/GetOrder`), the key the runtime's layers look methods up by.
+    pub path: &'static str,
+    /// Fully qualified input message.
+    pub input: &'static str,
+    /// Fully qualified output message.
+    pub output: &'static str,
+    /// The client streams requests.
+    pub client_streaming: bool,
+    /// The server streams responses.
+    pub server_streaming: bool,
+    /// Deadline of one call (for a stream: of opening it).
+    pub timeout: Duration,
+    /// Fallback while switched off.
+    pub degraded: DegradedAnswer,
+}
+
+/// One event of a contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventSpec {
+    /// Service that owns the event (`order`).
+    pub service: &'static str,
+    /// Contract major version; events of different majors never meet on the broker.
+    pub major: u32,
+    /// Contract version the publisher was generated from.
+    pub version: &'static str,
+    /// Event name as in the `.proto` (`OrderCreated`).
+    pub name: &'static str,
+    /// Routing key on the service's exchange (`order_created`).
+    pub routing_key: &'static str,
+    /// Fully qualified payload message.
+    pub payload: &'static str,
+    /// Bound on one run of a consumer's handler, if the contract sets one.
+    pub timeout: Option<Duration>,
+    /// What publishing does while switched off.
+    pub degraded: DegradedAnswer,
+}
+
+impl EventSpec {
+    /// Exchange the event is published to: one per tenant, service and major version.
+    pub fn exchange(&self, tenant: &crate::TenantId) -> String {
+        names::exchange(tenant, self.service, self.major)
+    }
+}
+
+/// Naming of broker resources, derived from tenant + service + major version so that two
+/// tenants, or two majors of one contract, never share a queue.
+pub mod names {
+    use crate::TenantId;
+
+    /// `mesh.<tenant>.<service>.v<major>`
+    pub fn exchange(tenant: &TenantId, service: &str, major: u32) -> String {
+        format!("mesh.{tenant}.{service}.v{major}")
+    }
+
+    /// `mesh.<tenant>.<service>.v<major>.<consumer>`: one queue per consuming service.
+    pub fn queue(tenant: &TenantId, service: &str, major: u32, consumer: &str) -> String {
+        format!("{}.{consumer}", exchange(tenant, service, major))
+    }
+
+    /// `<queue>.dead`: where a consumer's undeliverable messages go, with the reason.
+    pub fn dead_letter_queue(queue: &str) -> String {
+        format!("{queue}.dead")
+    }
+}
+
+/// Everything a contract says about one service at one major version.
+#[derive(Clone, Copy, Debug)]
+pub struct ContractSpec {
+    /// Service name (`order`).
+    pub name: &'static str,
+    /// Protobuf package (`order.v1`).
+    pub package: &'static str,
+    /// Fully qualified protobuf service (`order.v1.Order`).
+    pub service: &'static str,
+    /// Semantic version of the contract.
+    pub version: &'static str,
+    /// Major version (the `v1` folder).
+    pub major: u32,
+    /// Importance.
+    pub tier: Tier,
+    /// Owning team.
+    pub owner: &'static str,
+    /// Capabilities provided.
+    pub capabilities: &'static [&'static str],
+    /// Request/response methods.
+    pub methods: &'static [MethodSpec],
+    /// Events.
+    pub events: &'static [EventSpec],
+}
+
+impl ContractSpec {
+    /// The call served at a gRPC path, if it belongs to this contract.
+    pub fn method_by_path(&self, path: &str) -> Option<&'static MethodSpec> {
+        self.methods.iter().find(|m| m.path == path)
+    }
+
+    /// An event by name.
+    pub fn event(&self, name: &str) -> Option<&'static EventSpec> {
+        self.events.iter().find(|e| e.name == name)
+    }
+}
+
+/// A protobuf message that is the payload of exactly one contract event; implemented by
+/// generated code, so a publisher can only send events its contract declares.
+pub trait Event: prost::Message + Default + Sized + 'static {
+    /// The event this message is the payload of.
+    const SPEC: &'static EventSpec;
+}

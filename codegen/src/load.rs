@@ -193,32 +193,94 @@ impl FileResolver for EmbeddedOptions {
 fn proto_error(root: &Path, err: &protox::Error) -> ContractError {
     use miette::Diagnostic;
     let file = err.file().map(str::to_owned);
+    // With several labels ("first defined here", "defined again here") the last is the culprit.
     let offset = err
         .labels()
-        .and_then(|mut labels| labels.next())
+        .and_then(|labels| labels.last())
         .map(|label| label.offset());
+    let source = file.as_deref().and_then(|name| {
+        if name == OPTIONS_PROTO_NAME {
+            Some(OPTIONS_PROTO.to_owned())
+        } else {
+            fs::read_to_string(root.join(name)).ok()
+        }
+    });
     let mut location = Location::file(match &file {
         Some(name) => root.join(name),
         None => root.to_path_buf(),
     });
-    if let (Some(name), Some(offset)) = (&file, offset) {
-        let source = if name == OPTIONS_PROTO_NAME {
-            Some(OPTIONS_PROTO.to_owned())
-        } else {
-            fs::read_to_string(root.join(name)).ok()
-        };
-        if let Some(source) = source {
-            let before = &source[..offset.min(source.len())];
-            location.line = Some(before.matches('\n').count() as u32 + 1);
-            location.column =
-                Some((before.len() - before.rfind('\n').map_or(0, |i| i + 1)) as u32 + 1);
-        }
-    }
     let mut message = err.to_string();
+    let mut offset = offset;
+    if let (Some(source), Some(at)) = (&source, offset)
+        && let Some((detail, precise)) = explain_option_value(&message, source, at)
+    {
+        message = format!("{message}: {detail}");
+        offset = Some(precise);
+    }
+    if let (Some(source), Some(offset)) = (&source, offset) {
+        let (line, column) = line_column(source, offset);
+        location.line = Some(line);
+        location.column = Some(column);
+    }
     if let Some(help) = err.help() {
         message.push_str(&format!(" (help: {help})"));
     }
     ContractError::Proto { location, message }
+}
+
+fn line_column(source: &str, offset: usize) -> (u32, u32) {
+    let before = &source[..offset.min(source.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line as u32, column as u32)
+}
+
+/// protox says only that an option literal is invalid (`invalid value of type
+/// 'mesh.ServiceContract' for option ...`); re-parse the literal as protobuf text format to
+/// name the field at fault and where it is.
+fn explain_option_value(message: &str, source: &str, at: usize) -> Option<(String, usize)> {
+    use miette::Diagnostic;
+    let type_name = message
+        .strip_prefix("invalid value of type '")?
+        .split('\'')
+        .next()?;
+    let pool = options_pool()?;
+    let descriptor = pool.get_message_by_name(type_name)?;
+    let open = at + source.get(at..)?.find('{')?;
+    let mut depth = 0usize;
+    let mut close = None;
+    let mut in_string = false;
+    for (i, c) in source[open..].char_indices() {
+        match c {
+            '"' => in_string = !in_string,
+            '{' if !in_string => depth += 1,
+            '}' if !in_string => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(open + i);
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    let inner = &source[open + 1..close?];
+    let err = DynamicMessage::parse_text_format(descriptor, inner).err()?;
+    let precise = err
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map_or(at, |label| open + 1 + label.offset());
+    Some((err.to_string(), precise))
+}
+
+/// The mesh options on their own, to interpret option literals.
+fn options_pool() -> Option<DescriptorPool> {
+    let mut resolver = ChainFileResolver::new();
+    resolver.add(EmbeddedOptions);
+    resolver.add(GoogleFileResolver::new());
+    let mut compiler = protox::Compiler::with_file_resolver(resolver);
+    compiler.open_file(OPTIONS_PROTO_NAME).ok()?;
+    Some(compiler.descriptor_pool())
 }
 
 /// The `(mesh.service)` and `(mesh.method)` extensions.

@@ -1,0 +1,62 @@
+//! How an event travels: AMQP properties and headers, and reading them back.
+
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use mesh_contract::{EventSpec, RequestContext};
+
+/// Header names the transport adds beyond the request context's.
+pub mod headers {
+    /// Event name (`OrderCreated`).
+    pub const EVENT: &str = "x-mesh-event";
+    /// Contract and version the publisher was generated from (`order/v1@1.0.0`).
+    pub const CONTRACT: &str = "x-mesh-contract";
+    /// On a dead-lettered message: why it was dead-lettered.
+    pub const DEAD_REASON: &str = "x-mesh-dead-reason";
+    /// On a dead-lettered message: how many times the handler ran.
+    pub const DEAD_ATTEMPTS: &str = "x-mesh-dead-attempts";
+    /// On a dead-lettered message: the queue it came from.
+    pub const DEAD_QUEUE: &str = "x-mesh-dead-queue";
+}
+
+/// Content type of every event payload.
+pub const CONTENT_TYPE: &str = "application/x-protobuf";
+
+/// Properties of a published event: persistent, with a fresh message id, the payload type, and
+/// the context and contract as headers.
+pub fn properties(ctx: &RequestContext, event: &EventSpec) -> BasicProperties {
+    let mut table = FieldTable::default();
+    for (name, value) in ctx.to_headers() {
+        insert(&mut table, name, value);
+    }
+    insert(&mut table, headers::EVENT, event.name);
+    insert(
+        &mut table,
+        headers::CONTRACT,
+        &format!("{}/v{}@{}", event.service, event.major, event.version),
+    );
+    BasicProperties::default()
+        .with_message_id(uuid::Uuid::new_v4().to_string().into())
+        .with_content_type(CONTENT_TYPE.into())
+        .with_type(event.payload.into())
+        .with_delivery_mode(2)
+        .with_headers(table)
+}
+
+/// Adds a text header.
+pub fn insert(table: &mut FieldTable, name: &str, value: &str) {
+    table.insert(
+        ShortString::from(name),
+        AMQPValue::LongString(LongString::from(value)),
+    );
+}
+
+/// A text header, if present and text.
+pub fn text<'a>(table: Option<&'a FieldTable>, name: &str) -> Option<&'a str> {
+    match table?.inner().get(name)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}

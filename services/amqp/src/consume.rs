@@ -105,6 +105,8 @@ async fn run(
 ) {
     loop {
         tokio::select! {
+            // A stopped subscription takes no further delivery, even one already waiting.
+            biased;
             _ = &mut stop => break,
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => handle(&bus, &sub, &queues, delivery).await,

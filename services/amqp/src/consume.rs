@@ -1,6 +1,8 @@
 //! The consuming side: topology for a subscription, then one task per subscription that runs
 //! the handler for each delivery in order and acks, retries or dead-letters it.
 
+use std::time::{Duration, Instant};
+
 use futures::StreamExt;
 use lapin::{
     BasicProperties, Channel,
@@ -17,10 +19,11 @@ use mesh_contract::{
     spec::names,
 };
 
-use crate::{AmqpBus, envelope, unavailable};
+use crate::{AmqpBus, Link, envelope, unavailable};
 
 /// Where one subscription's messages live.
 struct Queues {
+    exchange: String,
     queue: String,
     dead: String,
 }
@@ -33,20 +36,35 @@ pub(crate) async fn subscribe(
         .events
         .first()
         .ok_or_else(|| BusError::Topology("the subscription names no events".into()))?;
-    let exchange = names::exchange(&sub.tenant, first.service, first.major);
     let queue = names::queue(&sub.tenant, first.service, first.major, &sub.consumer);
     let queues = Queues {
+        exchange: names::exchange(&sub.tenant, first.service, first.major),
         dead: names::dead_letter_queue(&queue),
         queue,
     };
-    let channel = bus
-        .inner
+    let deadline = Instant::now() + bus.inner.config.publish_timeout;
+    let link = bus.link_until(deadline).await?;
+    let (channel, consumer) = attach(&bus, &link, &sub, &queues).await?;
+    let (handle, stop) = SubscriptionHandle::new();
+    tracing::debug!(queue = %queues.queue, "consuming");
+    tokio::spawn(run(bus, channel, consumer, sub, queues, stop));
+    Ok(handle)
+}
+
+/// Declares the subscription's topology on `link` and starts consuming its queue.
+async fn attach(
+    bus: &AmqpBus,
+    link: &Link,
+    sub: &Subscription,
+    queues: &Queues,
+) -> Result<(Channel, lapin::Consumer), BusError> {
+    let channel = link
         .connection
         .create_channel()
         .await
         .map_err(|e| unavailable("opening a consumer channel", e))?;
-    bus.declare_exchange(&channel, &exchange).await?;
-    let topology = |what: String| move |e: lapin::Error| BusError::Topology(format!("{what}: {e}"));
+    bus.declare_exchange(link, &channel, &queues.exchange)
+        .await?;
     for name in [&queues.queue, &queues.dead] {
         channel
             .queue_declare(
@@ -58,22 +76,24 @@ pub(crate) async fn subscribe(
                 FieldTable::default(),
             )
             .await
-            .map_err(topology(format!("declaring queue {name}")))?;
+            .map_err(|e| unavailable(&format!("declaring queue {name}"), e))?;
     }
     for event in sub.events {
         channel
             .queue_bind(
                 queues.queue.as_str().into(),
-                exchange.as_str().into(),
+                queues.exchange.as_str().into(),
                 event.routing_key.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .map_err(topology(format!(
-                "binding {} to {exchange} for {}",
-                queues.queue, event.routing_key
-            )))?;
+            .map_err(|e| {
+                unavailable(
+                    &format!("binding {} for {}", queues.queue, event.routing_key),
+                    e,
+                )
+            })?;
     }
     channel
         .basic_qos(bus.inner.config.prefetch, BasicQosOptions::default())
@@ -89,36 +109,68 @@ pub(crate) async fn subscribe(
         )
         .await
         .map_err(|e| unavailable(&format!("consuming {}", queues.queue), e))?;
-    let (handle, stop) = SubscriptionHandle::new();
-    tracing::debug!(queue = %queues.queue, "consuming");
-    tokio::spawn(run(bus, channel, consumer, sub, queues, stop));
-    Ok(handle)
+    Ok((channel, consumer))
 }
 
+/// Consumes until stopped; when the connection drops, reattaches on a new one.
 async fn run(
     bus: AmqpBus,
-    channel: Channel,
+    mut channel: Channel,
     mut consumer: lapin::Consumer,
     sub: Subscription,
     queues: Queues,
     mut stop: StopSignal,
 ) {
     loop {
-        tokio::select! {
-            // A stopped subscription takes no further delivery, even one already waiting.
-            biased;
-            _ = &mut stop => break,
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => handle(&bus, &sub, &queues, delivery).await,
-                Some(Err(err)) => {
-                    tracing::warn!(queue = %queues.queue, error = %err, "consumer stopped");
+        let lost = loop {
+            tokio::select! {
+                // A stopped subscription takes no further delivery, even one already waiting.
+                biased;
+                _ = &mut stop => {
+                    let _ = channel.close(200, "subscription stopped".into()).await;
+                    return;
+                }
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => handle(&bus, &sub, &queues, delivery).await,
+                    Some(Err(err)) => break err.to_string(),
+                    None => break "consumer cancelled".to_owned(),
+                },
+            }
+        };
+        tracing::warn!(queue = %queues.queue, reason = %lost, "consumer lost its connection; reattaching");
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if bus.is_closed() {
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            let attached = match bus.link_once().await {
+                Ok(link) => match attach(&bus, &link, &sub, &queues).await {
+                    Ok(attached) => Ok(attached),
+                    Err(err) => {
+                        bus.drop_link(&link).await;
+                        Err(err)
+                    }
+                },
+                Err(err) => Err(err),
+            };
+            match attached {
+                Ok((new_channel, new_consumer)) => {
+                    tracing::info!(queue = %queues.queue, "consumer reattached");
+                    (channel, consumer) = (new_channel, new_consumer);
                     break;
                 }
-                None => break,
-            },
+                Err(err) => {
+                    tracing::debug!(queue = %queues.queue, error = %err, "reattaching failed");
+                    backoff = (backoff * 2).min(bus.inner.config.max_reconnect_backoff);
+                }
+            }
         }
     }
-    let _ = channel.close(200, "subscription stopped".into()).await;
 }
 
 /// What becomes of a delivery.
@@ -135,7 +187,31 @@ fn dead(reason: impl Into<String>) -> Outcome {
 }
 
 async fn handle(bus: &AmqpBus, sub: &Subscription, queues: &Queues, delivery: Delivery) {
-    let outcome = decide(bus, sub, &delivery).await;
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.as_str().to_owned());
+    let log = &bus.inner.log;
+    let already = match &message_id {
+        Some(id) => log.handled(&queues.queue, id).await.unwrap_or_else(|err| {
+            tracing::warn!(queue = %queues.queue, error = %err, "cannot tell whether the message was handled; running it");
+            false
+        }),
+        None => false,
+    };
+    let outcome = if already {
+        tracing::debug!(queue = %queues.queue, message_id = ?message_id, "already handled; acknowledging the redelivery");
+        Outcome::Done
+    } else {
+        let outcome = decide(bus, sub, &delivery).await;
+        if let (Outcome::Done, Some(id)) = (&outcome, &message_id)
+            && let Err(err) = log.record(&queues.queue, id).await
+        {
+            tracing::warn!(queue = %queues.queue, error = %err, "could not record the message as handled");
+        }
+        outcome
+    };
     let acked = match outcome {
         Outcome::Done => delivery.acker.ack(BasicAckOptions::default()).await,
         Outcome::Dead { reason, attempts } => {

@@ -12,17 +12,24 @@
 //!   The tenant, request id, credential, trace context, event name and contract version travel
 //!   as headers; the message id as the AMQP message id.
 //! - **Consuming**: bounded prefetch, manual acks after the handler succeeded, bounded retries
-//!   with backoff for [`HandlerError::Retry`], and dead-lettering with the reason in the
-//!   `x-mesh-dead-reason` header for rejected, undecodable, oversized or foreign-tenant
-//!   messages, while the consumer keeps running.
+//!   with backoff for [`HandlerError::Retry`](mesh_contract::HandlerError::Retry), and
+//!   dead-lettering with the reason in the `x-mesh-dead-reason` header for rejected,
+//!   undecodable, oversized or foreign-tenant messages, while the consumer keeps running.
+//! - **Idempotency**: a message id already in the [`DeliveryLog`] (handled, but its ack was
+//!   lost with the connection or the process) is acknowledged without running the handler.
+//! - **Recovery**: when the connection drops, publishes reconnect and retry until
+//!   [`AmqpConfig::publish_timeout`], then fail with a clear error; consumers reconnect with
+//!   backoff, redeclare their topology and resume. Unacknowledged messages go back to the
+//!   queue on the broker, so nothing acknowledged is lost.
 
 mod consume;
 mod envelope;
+mod idempotency;
 
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lapin::{
@@ -36,6 +43,7 @@ use mesh_contract::{
 };
 
 pub use envelope::headers;
+pub use idempotency::{DeliveryLog, DeliveryLogError, MemoryLog, RedisLog};
 
 /// Settings of the RabbitMQ transport.
 #[derive(Clone, Debug)]
@@ -50,6 +58,10 @@ pub struct AmqpConfig {
     pub max_attempts: u32,
     /// Wait before the first retry; doubled for each further one.
     pub retry_backoff: Duration,
+    /// How long a publish waits for the broker (reconnecting if need be) before it fails.
+    pub publish_timeout: Duration,
+    /// Longest pause between two reconnection attempts.
+    pub max_reconnect_backoff: Duration,
 }
 
 impl Default for AmqpConfig {
@@ -60,11 +72,14 @@ impl Default for AmqpConfig {
             max_payload_bytes: 1024 * 1024,
             max_attempts: 3,
             retry_backoff: Duration::from_millis(100),
+            publish_timeout: Duration::from_secs(5),
+            max_reconnect_backoff: Duration::from_secs(2),
         }
     }
 }
 
-/// An [`EventBus`] on RabbitMQ. Cheap to clone; clones share one connection.
+/// An [`EventBus`] on RabbitMQ. Cheap to clone; clones share one connection, which is
+/// re-established (and the topology redeclared) whenever it drops.
 #[derive(Clone)]
 pub struct AmqpBus {
     inner: Arc<Inner>,
@@ -72,11 +87,29 @@ pub struct AmqpBus {
 
 struct Inner {
     config: AmqpConfig,
-    connection: Connection,
-    /// Confirm-mode channel for publishing (and dead-lettering).
+    /// The current connection, `None` once it is known to be lost.
+    link: tokio::sync::Mutex<Option<Link>>,
+    /// Bumped on every new connection, so a stale failure does not drop a fresh link.
+    generation: std::sync::atomic::AtomicU64,
+    log: Arc<dyn DeliveryLog>,
+    /// Set by [`AmqpBus::close`]: no reconnecting after that.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// One live connection with its confirm-mode publishing channel.
+#[derive(Clone)]
+struct Link {
+    generation: u64,
+    connection: Arc<Connection>,
     publisher: Channel,
-    /// Exchanges already declared on this connection.
-    declared: Mutex<HashSet<String>>,
+    /// Exchanges declared on this connection.
+    declared: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Link {
+    fn healthy(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
 }
 
 fn unavailable(context: &str, err: impl std::fmt::Display) -> BusError {
@@ -84,11 +117,68 @@ fn unavailable(context: &str, err: impl std::fmt::Display) -> BusError {
 }
 
 impl AmqpBus {
-    /// Connects to the broker and opens the confirm-mode publishing channel.
+    /// Connects to the broker, remembering handled messages in memory.
     pub async fn connect(config: AmqpConfig) -> Result<Self, BusError> {
-        let connection = Connection::connect(&config.uri, ConnectionProperties::default())
+        Self::connect_with_log(config, Arc::new(MemoryLog::default())).await
+    }
+
+    /// Connects to the broker, remembering handled messages in `log` (e.g. a [`RedisLog`], so
+    /// a redelivery after a crash of this process is still recognised).
+    pub async fn connect_with_log(
+        config: AmqpConfig,
+        log: Arc<dyn DeliveryLog>,
+    ) -> Result<Self, BusError> {
+        let bus = Self {
+            inner: Arc::new(Inner {
+                config,
+                link: tokio::sync::Mutex::new(None),
+                generation: Default::default(),
+                log,
+                closed: Default::default(),
+            }),
+        };
+        bus.link_once().await?;
+        Ok(bus)
+    }
+
+    /// The transport's settings.
+    pub fn config(&self) -> &AmqpConfig {
+        &self.inner.config
+    }
+
+    /// Closes the connection for good; subscriptions stop.
+    pub async fn close(&self) -> Result<(), BusError> {
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let link = self.inner.link.lock().await.take();
+        match link {
+            Some(link) => link
+                .connection
+                .close(200, "closing".into())
+                .await
+                .map_err(|e| unavailable("closing", e)),
+            None => Ok(()),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.inner.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The live link, connecting once if there is none.
+    async fn link_once(&self) -> Result<Link, BusError> {
+        if self.is_closed() {
+            return Err(BusError::Unavailable("the bus was closed".into()));
+        }
+        let mut slot = self.inner.link.lock().await;
+        if let Some(link) = slot.as_ref().filter(|l| l.healthy()) {
+            return Ok(link.clone());
+        }
+        let uri = &self.inner.config.uri;
+        let connection = Connection::connect(uri, ConnectionProperties::default())
             .await
-            .map_err(|e| unavailable(&format!("connecting to {}", redact(&config.uri)), e))?;
+            .map_err(|e| unavailable(&format!("connecting to {}", redact(uri)), e))?;
         let publisher = connection
             .create_channel()
             .await
@@ -97,33 +187,61 @@ impl AmqpBus {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| unavailable("enabling publisher confirms", e))?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                config,
-                connection,
-                publisher,
-                declared: Mutex::new(HashSet::new()),
-            }),
-        })
+        let generation = self
+            .inner
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if generation > 1 {
+            tracing::info!(generation, "reconnected to the broker");
+        }
+        let link = Link {
+            generation,
+            connection: Arc::new(connection),
+            publisher,
+            declared: Arc::default(),
+        };
+        *slot = Some(link.clone());
+        Ok(link)
     }
 
-    /// The transport's settings.
-    pub fn config(&self) -> &AmqpConfig {
-        &self.inner.config
+    /// The live link, reconnecting with backoff until `deadline`.
+    async fn link_until(&self, deadline: Instant) -> Result<Link, BusError> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.link_once().await {
+                Ok(link) => return Ok(link),
+                Err(err) if self.is_closed() || Instant::now() + backoff > deadline => {
+                    return Err(err);
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, ?backoff, "broker unreachable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.inner.config.max_reconnect_backoff);
+                }
+            }
+        }
     }
 
-    /// Closes the connection; subscriptions stop.
-    pub async fn close(&self) -> Result<(), BusError> {
-        self.inner
-            .connection
-            .close(200, "closing".into())
-            .await
-            .map_err(|e| unavailable("closing", e))
+    /// Forgets `link` if it is still the current one, so the next use reconnects.
+    async fn drop_link(&self, link: &Link) {
+        let mut slot = self.inner.link.lock().await;
+        if slot
+            .as_ref()
+            .is_some_and(|l| l.generation == link.generation)
+        {
+            *slot = None;
+        }
     }
 
     /// Declares the durable topic exchange of a tenant's contract, once per connection.
-    async fn declare_exchange(&self, channel: &Channel, exchange: &str) -> Result<(), BusError> {
-        if self.inner.declared.lock().expect("lock").contains(exchange) {
+    async fn declare_exchange(
+        &self,
+        link: &Link,
+        channel: &Channel,
+        exchange: &str,
+    ) -> Result<(), BusError> {
+        if link.declared.lock().expect("lock").contains(exchange) {
             return Ok(());
         }
         channel
@@ -137,16 +255,16 @@ impl AmqpBus {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| BusError::Topology(format!("declaring exchange {exchange}: {e}")))?;
-        self.inner
-            .declared
+            .map_err(|e| unavailable(&format!("declaring exchange {exchange}"), e))?;
+        link.declared
             .lock()
             .expect("lock")
             .insert(exchange.to_owned());
         Ok(())
     }
 
-    /// Publishes with confirm and `mandatory`; a nack or a returned message is an error.
+    /// Publishes with confirm and `mandatory`, reconnecting while the broker is unreachable,
+    /// until [`AmqpConfig::publish_timeout`]. A nack or a returned message is final.
     async fn publish_confirmed(
         &self,
         exchange: &str,
@@ -155,8 +273,53 @@ impl AmqpBus {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BusError> {
-        let confirm = self
-            .inner
+        let timeout = self.inner.config.publish_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let link = self.link_until(deadline).await.map_err(|e| {
+                BusError::Unavailable(format!(
+                    "event {event} not published: the broker stayed unreachable for {timeout:?} ({e})"
+                ))
+            })?;
+            match self
+                .publish_on(
+                    &link,
+                    exchange,
+                    routing_key,
+                    event,
+                    payload,
+                    properties.clone(),
+                )
+                .await
+            {
+                Err(BusError::Unavailable(reason)) => {
+                    self.drop_link(&link).await;
+                    if Instant::now() >= deadline {
+                        return Err(BusError::Unavailable(format!(
+                            "event {event} not published within {timeout:?}: {reason}"
+                        )));
+                    }
+                    tracing::debug!(%reason, "publish interrupted; retrying on a new connection");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn publish_on(
+        &self,
+        link: &Link,
+        exchange: &str,
+        routing_key: &str,
+        event: &'static str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BusError> {
+        if !exchange.is_empty() {
+            self.declare_exchange(link, &link.publisher, exchange)
+                .await?;
+        }
+        let confirm = link
             .publisher
             .basic_publish(
                 exchange.into(),
@@ -221,8 +384,6 @@ impl EventBus for AmqpBus {
                 });
             }
             let exchange = event.exchange(&ctx.tenant);
-            self.declare_exchange(&self.inner.publisher, &exchange)
-                .await?;
             let properties = envelope::properties(ctx, event);
             self.publish_confirmed(
                 &exchange,

@@ -27,8 +27,12 @@ pub const CONTENT_TYPE: &str = "application/x-protobuf";
 /// the context and contract as headers.
 pub fn properties(ctx: &RequestContext, event: &EventSpec) -> BasicProperties {
     let mut table = FieldTable::default();
+    // The caller's credential authenticates calls; it never goes onto the broker, where every
+    // consumer of the queue could read it.
     for (name, value) in ctx.to_headers() {
-        insert(&mut table, name, value);
+        if name != mesh_contract::headers::TOKEN {
+            insert(&mut table, name, value);
+        }
     }
     insert(&mut table, headers::EVENT, event.name);
     insert(

@@ -1,0 +1,504 @@
+//! Tenant configuration: one file per business line, layered over shared defaults and
+//! overridable from the environment.
+//!
+//! For tenant file `tenants/mall.toml` the layers are, last wins:
+//! 1. `tenants/_defaults.toml` (optional): what every business line shares;
+//! 2. `tenants/mall.toml`;
+//! 3. environment variables `MESH_TENANT_MALL__<KEY>__<SUBKEY>=value`, e.g.
+//!    `MESH_TENANT_MALL__LIMITS__REQUESTS_PER_SECOND=500`.
+//!
+//! Every error names the file (or environment variable) and the field.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use mesh_contract::{ContractSpec, TenantId};
+use serde::Deserialize;
+
+/// Name of the shared defaults file in a tenants folder.
+pub const DEFAULTS_FILE: &str = "_defaults.toml";
+
+/// One business line, after defaults and overrides.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Tenant id: what calls and messages carry (`mall`).
+    pub id: String,
+    /// Name shown to people (`Mall`).
+    pub display_name: String,
+    /// Where the tenant's data lives (a PostgreSQL schema, a key prefix); unique per tenant.
+    pub data_namespace: String,
+    /// The credential callers present for this tenant.
+    pub credentials: Credentials,
+    /// Services the tenant runs, by service name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// Where the tenant's events go.
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    /// How the tenant is separated from others.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Admission limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Degradation switches off from start-up.
+    #[serde(default)]
+    pub switches: InitialSwitches,
+}
+
+impl TenantConfig {
+    /// The validated tenant id.
+    pub fn tenant_id(&self) -> TenantId {
+        TenantId::new(&self.id).expect("validated on load")
+    }
+
+    /// Services the tenant runs (enabled ones), with their settings.
+    pub fn enabled_services(&self) -> impl Iterator<Item = (&str, &ServiceConfig)> {
+        self.services
+            .iter()
+            .filter(|(_, s)| s.enabled)
+            .map(|(name, s)| (name.as_str(), s))
+    }
+}
+
+/// A tenant credential: inline (development only) or the name of an environment variable.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// The token itself. Fine for local development; use `token_env` anywhere else.
+    pub token: Option<String>,
+    /// Environment variable holding the token.
+    pub token_env: Option<String>,
+}
+
+/// One service as a tenant runs it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Whether the tenant runs it at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Contract major version: `v1`, `v2`.
+    pub version: String,
+    /// Services it calls (HTTP/2). Events are not dependencies: they never block a caller.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// Business settings the service reads (retention, limits ...): where business lines differ.
+    #[serde(default)]
+    pub settings: BTreeMap<String, figment::value::Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Broker placement of a tenant's events.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// RabbitMQ virtual host; a vhost of its own (with its own user) isolates a tenant fully.
+    pub vhost: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self { vhost: "/".into() }
+    }
+}
+
+/// Where a tenant runs.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessIsolation {
+    /// In a process shared with the other `shared` tenants of its group.
+    #[default]
+    Shared,
+    /// In an OS process of its own.
+    Own,
+}
+
+/// How a tenant is separated from the others.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Isolation {
+    /// Process of its own, or shared.
+    #[serde(default)]
+    pub process: ProcessIsolation,
+    /// Worker threads of a runtime of its own; 0 shares the process's runtime.
+    #[serde(default)]
+    pub threads: u16,
+}
+
+/// Admission limits of a tenant.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Sustained calls per second admitted.
+    pub requests_per_second: u32,
+    /// Calls admitted at once above the sustained rate.
+    pub burst: u32,
+    /// Calls in flight to one dependency at most (the bulkhead); more are shed.
+    pub max_concurrent_per_dependency: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 500,
+            burst: 100,
+            max_concurrent_per_dependency: 64,
+        }
+    }
+}
+
+/// Degradation switches off from start-up.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InitialSwitches {
+    /// Services switched off (`recommend`).
+    #[serde(default)]
+    pub services_off: Vec<String>,
+    /// Tier switched off, with every less important one (2 = optional services).
+    pub tiers_off_from: Option<u8>,
+}
+
+/// One problem in a tenant file: where, which field, what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// The file, or `environment variable NAME` for an override.
+    pub source: String,
+    /// Dotted field path (`limits.requests_per_second`); empty for the whole file.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.source, self.message)
+        } else {
+            write!(
+                f,
+                "{}: field `{}`: {}",
+                self.source, self.field, self.message
+            )
+        }
+    }
+}
+
+/// Why tenant configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The tenants folder could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Tenant files are invalid; every problem found is listed.
+    #[error("{} problem(s) in tenant configuration:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<FieldError>),
+}
+
+/// Every tenant of a tenants folder, validated.
+#[derive(Clone, Debug)]
+pub struct Tenants {
+    /// By tenant id.
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// The file each tenant came from.
+    pub files: BTreeMap<String, PathBuf>,
+}
+
+impl Tenants {
+    /// A tenant by id.
+    pub fn get(&self, id: &str) -> Option<&TenantConfig> {
+        self.tenants.get(id)
+    }
+
+    /// Loads every `*.toml` of `dir` except `_defaults.toml` (and other `_`-prefixed files),
+    /// validating each against `catalogue` and all of them against each other.
+    pub fn load(dir: &Path, catalogue: &[&ContractSpec]) -> Result<Self, ConfigError> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|source| ConfigError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "toml")
+                    && !p
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .starts_with('_')
+            })
+            .collect();
+        files.sort();
+        let defaults = dir.join(DEFAULTS_FILE);
+        let defaults = defaults.exists().then_some(defaults);
+        let mut errors = Vec::new();
+        let mut tenants = BTreeMap::new();
+        let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
+        let mut namespaces: HashMap<String, PathBuf> = HashMap::new();
+        for file in files {
+            match load_file(&file, defaults.as_deref(), catalogue) {
+                Ok(tenant) => {
+                    let source = file.display().to_string();
+                    if let Some(first) = sources.get(&tenant.id) {
+                        errors.push(FieldError {
+                            source,
+                            field: "id".into(),
+                            message: format!(
+                                "duplicate tenant id {:?}: {} declares it already",
+                                tenant.id,
+                                first.display()
+                            ),
+                        });
+                        continue;
+                    }
+                    if let Some(first) = namespaces.get(&tenant.data_namespace) {
+                        errors.push(FieldError {
+                            source,
+                            field: "data_namespace".into(),
+                            message: format!(
+                                "{:?} is already the data namespace of {}; tenants never share data",
+                                tenant.data_namespace,
+                                first.display()
+                            ),
+                        });
+                        continue;
+                    }
+                    namespaces.insert(tenant.data_namespace.clone(), file.clone());
+                    sources.insert(tenant.id.clone(), file);
+                    tenants.insert(tenant.id.clone(), tenant);
+                }
+                Err(ConfigError::Invalid(mut more)) => errors.append(&mut more),
+                Err(other) => return Err(other),
+            }
+        }
+        if tenants.is_empty() && errors.is_empty() {
+            errors.push(FieldError {
+                source: dir.display().to_string(),
+                field: String::new(),
+                message: "no tenant files (`<tenant>.toml`) found".into(),
+            });
+        }
+        if errors.is_empty() {
+            Ok(Self {
+                tenants,
+                files: sources,
+            })
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+}
+
+/// The environment prefix of a tenant file's overrides: `MESH_TENANT_<STEM>__`.
+pub fn env_prefix(file: &Path) -> String {
+    let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+    format!("MESH_TENANT_{}__", stem.to_uppercase().replace('-', "_"))
+}
+
+/// Loads and validates one tenant file over `defaults`.
+pub fn load_file(
+    file: &Path,
+    defaults: Option<&Path>,
+    catalogue: &[&ContractSpec],
+) -> Result<TenantConfig, ConfigError> {
+    if !file.exists() {
+        return Err(ConfigError::Io {
+            path: file.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such tenant file"),
+        });
+    }
+    let mut figment = Figment::new();
+    if let Some(defaults) = defaults {
+        figment = figment.merge(Toml::file_exact(defaults));
+    }
+    let figment = figment
+        .merge(Toml::file_exact(file))
+        .merge(Env::prefixed(&env_prefix(file)).split("__"));
+    let config: TenantConfig = figment.extract().map_err(|err| {
+        ConfigError::Invalid(err.into_iter().map(|e| figment_error(e, file)).collect())
+    })?;
+    let errors = validate(&config, file, catalogue);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(errors))
+    }
+}
+
+fn figment_error(err: figment::Error, file: &Path) -> FieldError {
+    let source = match err.metadata.as_ref() {
+        Some(meta) => match &meta.source {
+            Some(figment::Source::File(path)) => path.display().to_string(),
+            _ if meta.name.contains("environment") => {
+                let keys: Vec<&str> = err.path.iter().map(String::as_str).collect();
+                format!(
+                    "environment variable {}{}",
+                    env_prefix(file),
+                    keys.join("__").to_uppercase()
+                )
+            }
+            _ => meta.name.to_string(),
+        },
+        // a missing field has no source of its own: it is the tenant file's to state
+        None => file.display().to_string(),
+    };
+    let message = match &err.kind {
+        figment::error::Kind::MissingField(name) => format!("missing required field `{name}`"),
+        kind => kind.to_string(),
+    };
+    let mut field = err.path.join(".");
+    if let figment::error::Kind::MissingField(name) = &err.kind {
+        field = if field.is_empty() {
+            name.to_string()
+        } else {
+            format!("{field}.{name}")
+        };
+    }
+    FieldError {
+        source,
+        field,
+        message,
+    }
+}
+
+fn is_namespace(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> Vec<FieldError> {
+    let source = file.display().to_string();
+    let mut errors = Vec::new();
+    let mut error = |field: String, message: String| {
+        errors.push(FieldError {
+            source: source.clone(),
+            field,
+            message,
+        });
+    };
+    if let Err(e) = TenantId::new(&config.id) {
+        error("id".into(), e.to_string());
+    }
+    if config.display_name.trim().is_empty() {
+        error("display_name".into(), "must not be empty".into());
+    }
+    if !is_namespace(&config.data_namespace) {
+        error(
+            "data_namespace".into(),
+            format!(
+                "{:?} must be 1-63 lowercase letters, digits or '_', starting with a letter (it names a database schema)",
+                config.data_namespace
+            ),
+        );
+    }
+    match (&config.credentials.token, &config.credentials.token_env) {
+        (Some(_), Some(_)) => error("credentials".into(), "set either `token` or `token_env`, not both".into()),
+        (None, None) => error("credentials".into(), "missing: set `token_env` (the environment variable holding the tenant's token) or, for development, `token`".into()),
+        (Some(token), None) if token.len() < 8 => error("credentials.token".into(), "is shorter than 8 characters".into()),
+        (None, Some(var)) if std::env::var(var).map_or(true, |v| v.is_empty()) => {
+            error("credentials.token_env".into(), format!("environment variable {var} is not set"))
+        }
+        _ => {}
+    }
+    let known: BTreeMap<&str, Vec<u32>> =
+        catalogue.iter().fold(BTreeMap::new(), |mut map, spec| {
+            map.entry(spec.name)
+                .or_insert_with(Vec::new)
+                .push(spec.major);
+            map
+        });
+    for (name, service) in &config.services {
+        let field = format!("services.{name}");
+        let Some(majors) = known.get(name.as_str()) else {
+            error(
+                field,
+                format!(
+                    "unknown service {name:?}; known services: {}",
+                    known.keys().copied().collect::<Vec<_>>().join(", ")
+                ),
+            );
+            continue;
+        };
+        let major = service
+            .version
+            .strip_prefix('v')
+            .and_then(|m| m.parse::<u32>().ok());
+        if !major.is_some_and(|m| majors.contains(&m)) {
+            let available: Vec<String> = majors.iter().map(|m| format!("v{m}")).collect();
+            error(
+                format!("{field}.version"),
+                format!(
+                    "{:?} is not a contract version of {name}; available: {}",
+                    service.version,
+                    available.join(", ")
+                ),
+            );
+        }
+        if service.enabled {
+            for dependency in &service.depends_on {
+                if !config.services.get(dependency).is_some_and(|d| d.enabled) {
+                    error(
+                        format!("{field}.depends_on"),
+                        format!("{name} depends on {dependency:?}, which this tenant does not run"),
+                    );
+                }
+            }
+        }
+    }
+    for name in &config.switches.services_off {
+        if !config.services.contains_key(name) {
+            error(
+                "switches.services_off".into(),
+                format!("{name:?} is not a service of this tenant"),
+            );
+        }
+    }
+    if let Some(tier) = config.switches.tiers_off_from
+        && tier > mesh_contract::Tier::MAX
+    {
+        error(
+            "switches.tiers_off_from".into(),
+            format!("{tier} is not a tier (0, 1 or 2)"),
+        );
+    }
+    let limits = &config.limits;
+    for (field, value) in [
+        ("limits.requests_per_second", limits.requests_per_second),
+        ("limits.burst", limits.burst),
+        (
+            "limits.max_concurrent_per_dependency",
+            limits.max_concurrent_per_dependency,
+        ),
+    ] {
+        if value == 0 {
+            error(field.into(), "must be at least 1".into());
+        }
+    }
+    let graph = crate::graph::DependencyGraph::from_tenant(config);
+    if let Err(cycle) = graph.check_acyclic() {
+        error(
+            format!("services.{}.depends_on", cycle.path[0]),
+            cycle.to_string(),
+        );
+    }
+    errors
+}

@@ -1,0 +1,18 @@
+//! What every mesh process shares, whatever services it runs.
+//!
+//! - [`config`]: the tenant files (`tenants/_defaults.toml` + `tenants/<tenant>.toml` +
+//!   `MESH_TENANT_<ID>__...` environment overrides, via figment), validated against the
+//!   contracts with errors naming the file and the field. Business-line differences live here,
+//!   never in `if tenant == ...` code.
+//! - [`auth`]: the tower layer that authenticates the tenant of every inbound call: a caller
+//!   holding tenant A's credential cannot act as tenant B.
+//! - [`graph`]: the service dependency graph; a cycle refuses start-up, naming it.
+//!
+//! The runtime knows nothing of any particular service: it is handed the contract catalogue.
+
+pub mod auth;
+pub mod config;
+pub mod graph;
+
+pub use auth::{TenantAuthLayer, TenantDirectory};
+pub use config::{ConfigError, FieldError, TenantConfig, Tenants};

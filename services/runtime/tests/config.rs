@@ -1,0 +1,348 @@
+//! Tenant files: the shipped ones load with their business differences; a new file is a new
+//! tenant; environment overrides apply; every bad file gets an error naming file and field.
+
+use std::path::{Path, PathBuf};
+
+use mesh_runtime::{
+    ConfigError, Tenants,
+    config::{ProcessIsolation, load_file},
+};
+
+fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants")
+}
+
+/// A tenants folder with the shipped defaults and the given files.
+fn folder(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        shipped().join("_defaults.toml"),
+        dir.path().join("_defaults.toml"),
+    )
+    .unwrap();
+    for (name, body) in files {
+        std::fs::write(dir.path().join(name), body).unwrap();
+    }
+    dir
+}
+
+const ACME: &str = r#"
+id = "acme"
+display_name = "Acme"
+data_namespace = "acme"
+[credentials]
+token = "acme-secret-token"
+"#;
+
+/// A tenant only the environment-override test uses: environment variables are process-wide,
+/// so no other test may read a file whose overrides it sets.
+static ZETA: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| ACME.replace("acme", "zeta").replace("Acme", "Zeta"));
+
+/// Every problem of a folder that must not load, as `source: field: message` lines.
+fn problems(dir: &Path) -> Vec<String> {
+    match Tenants::load(dir, mesh_api::CONTRACTS) {
+        Err(ConfigError::Invalid(errors)) => errors.iter().map(|e| e.to_string()).collect(),
+        Err(other) => panic!("expected field errors, got {other}"),
+        Ok(_) => panic!("the folder must be refused"),
+    }
+}
+
+fn assert_problem(dir: &tempfile::TempDir, file: &str, expected: &str) {
+    let problems = problems(dir.path());
+    let prefix = dir.path().join(file).display().to_string();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with(&prefix) && p.contains(expected)),
+        "no problem in {file} containing {expected:?}: {problems:#?}"
+    );
+}
+
+#[test]
+fn shipped_tenants_load_with_their_differences() {
+    let tenants = Tenants::load(&shipped(), mesh_api::CONTRACTS).expect("tenants/ is valid");
+    let ids: Vec<&String> = tenants.tenants.keys().collect();
+    assert_eq!(ids, ["finance", "mall", "paipai"]);
+
+    let mall = tenants.get("mall").unwrap();
+    assert_eq!(mall.enabled_services().count(), 5);
+    assert_eq!(
+        mall.services["recommend"].settings["max_suggestions"].to_i128(),
+        Some(5)
+    );
+    assert_eq!(mall.limits.requests_per_second, 500, "defaults apply");
+
+    let finance = tenants.get("finance").unwrap();
+    assert!(!finance.services["recommend"].enabled);
+    assert_eq!(
+        finance.services["message"].settings["retention_days"].to_i128(),
+        Some(2555)
+    );
+    assert_eq!(finance.isolation.process, ProcessIsolation::Own);
+    assert_eq!(finance.isolation.threads, 2);
+    assert_eq!(finance.limits.requests_per_second, 200);
+    assert_eq!(
+        finance.limits.max_concurrent_per_dependency, 64,
+        "unset limits keep defaults"
+    );
+
+    let paipai = tenants.get("paipai").unwrap();
+    assert_eq!(paipai.services["order"].version, "v2");
+    assert_eq!(mall.services["order"].version, "v1");
+}
+
+#[test]
+fn a_new_tenant_file_is_a_new_tenant() {
+    let dir = folder(&[("acme.toml", ACME)]);
+    let tenants = Tenants::load(dir.path(), mesh_api::CONTRACTS).unwrap();
+    let acme = tenants.get("acme").unwrap();
+    assert_eq!(acme.display_name, "Acme");
+    assert_eq!(acme.services["message"].depends_on, ["locator", "gateway"]);
+    assert_eq!(tenants.files["acme"], dir.path().join("acme.toml"));
+}
+
+#[test]
+fn environment_overrides_win_and_bad_ones_name_the_variable() {
+    figment::Jail::expect_with(|jail| {
+        let dir = folder(&[("zeta.toml", &ZETA)]);
+        jail.set_env("MESH_TENANT_ZETA__LIMITS__BURST", "7");
+        jail.set_env("MESH_TENANT_ZETA__DISPLAY_NAME", "Zeta Corp");
+        let zeta = load_file(
+            &dir.path().join("zeta.toml"),
+            Some(&dir.path().join("_defaults.toml")),
+            mesh_api::CONTRACTS,
+        )
+        .unwrap();
+        assert_eq!(zeta.limits.burst, 7);
+        assert_eq!(zeta.display_name, "Zeta Corp");
+
+        jail.set_env("MESH_TENANT_ZETA__LIMITS__BURST", "lots");
+        let problems = problems(dir.path());
+        assert!(
+            problems.iter().any(|p| p.starts_with(
+                "environment variable MESH_TENANT_ZETA__LIMITS__BURST: field `limits.burst`"
+            )),
+            "{problems:#?}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn credentials_from_the_environment() {
+    figment::Jail::expect_with(|jail| {
+        let body = ACME.replace(
+            "token = \"acme-secret-token\"",
+            "token_env = \"ACME_TOKEN_FOR_TEST\"",
+        );
+        let dir = folder(&[("acme.toml", &body)]);
+        assert_problem(
+            &dir,
+            "acme.toml",
+            "field `credentials.token_env`: environment variable ACME_TOKEN_FOR_TEST is not set",
+        );
+        jail.set_env("ACME_TOKEN_FOR_TEST", "from-the-environment");
+        let tenants = Tenants::load(dir.path(), mesh_api::CONTRACTS).unwrap();
+        let directory = mesh_runtime::TenantDirectory::from_tenants(&tenants);
+        let ctx = mesh_contract::RequestContext::new(mesh_contract::TenantId::new("acme").unwrap())
+            .with_token("from-the-environment");
+        assert!(directory.authenticate(ctx).is_ok());
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_service_is_named_with_the_known_ones() {
+    let dir = folder(&[(
+        "acme.toml",
+        &format!("{ACME}\n[services.payments]\nversion = \"v1\"\n"),
+    )]);
+    assert_problem(
+        &dir,
+        "acme.toml",
+        "field `services.payments`: unknown service \"payments\"; known services: gateway, locator, message, order, recommend",
+    );
+}
+
+#[test]
+fn unknown_contract_version_is_named_with_the_available_ones() {
+    let dir = folder(&[(
+        "acme.toml",
+        &format!("{ACME}\n[services.order]\nversion = \"v3\"\n"),
+    )]);
+    assert_problem(
+        &dir,
+        "acme.toml",
+        "field `services.order.version`: \"v3\" is not a contract version of order; available: v1, v2",
+    );
+}
+
+#[test]
+fn duplicate_tenant_id_names_both_files() {
+    let dir = folder(&[
+        ("acme.toml", ACME),
+        (
+            "acme-copy.toml",
+            &ACME.replace("data_namespace = \"acme\"", "data_namespace = \"acme2\""),
+        ),
+    ]);
+    let problems = problems(dir.path());
+    let expected = format!(
+        "{}: field `id`: duplicate tenant id \"acme\": {} declares it already",
+        dir.path().join("acme.toml").display(),
+        dir.path().join("acme-copy.toml").display()
+    );
+    assert!(problems.contains(&expected), "{problems:#?}");
+}
+
+#[test]
+fn shared_data_namespace_is_refused() {
+    let other = ACME
+        .replace("id = \"acme\"", "id = \"bolt\"")
+        .replace("Acme", "Bolt");
+    let dir = folder(&[("acme.toml", ACME), ("bolt.toml", &other)]);
+    assert_problem(
+        &dir,
+        "bolt.toml",
+        "field `data_namespace`: \"acme\" is already the data namespace of",
+    );
+}
+
+#[test]
+fn missing_required_field_is_named() {
+    let dir = folder(&[("acme.toml", &ACME.replace("display_name = \"Acme\"\n", ""))]);
+    assert_problem(
+        &dir,
+        "acme.toml",
+        "field `display_name`: missing required field `display_name`",
+    );
+}
+
+#[test]
+fn bad_values_are_named() {
+    let dir = folder(&[(
+        "acme.toml",
+        &format!(
+            "{ACME}
+[isolation]
+threads = -1
+"
+        ),
+    )]);
+    assert_problem(&dir, "acme.toml", "field `isolation.threads`");
+    let dir = folder(&[(
+        "acme.toml",
+        &format!("{ACME}\n[isolation]\nprocess = \"private\"\n"),
+    )]);
+    assert_problem(
+        &dir,
+        "acme.toml",
+        "field `isolation.process`: unknown variant: found `private`, expected ``shared` or `own``",
+    );
+    let dir = folder(&[(
+        "acme.toml",
+        &format!("{ACME}\n[limits]\nrequests_per_second = 0\n"),
+    )]);
+    assert_problem(
+        &dir,
+        "acme.toml",
+        "field `limits.requests_per_second`: must be at least 1",
+    );
+    let dir = folder(&[(
+        "acme.toml",
+        &ACME.replace("id = \"acme\"", "id = \"Acme Inc\""),
+    )]);
+    assert_problem(
+        &dir,
+        "acme.toml",
+        "field `id`: invalid tenant id \"Acme Inc\"",
+    );
+    let dir = folder(&[(
+        "acme.toml",
+        &ACME.replace(
+            "data_namespace = \"acme\"",
+            "data_namespace = \"acme; drop\"",
+        ),
+    )]);
+    assert_problem(&dir, "acme.toml", "field `data_namespace`");
+}
+
+#[test]
+fn misspelt_field_is_named() {
+    let dir = folder(&[("acme.toml", &format!("{ACME}\n[limts]\nburst = 3\n"))]);
+    assert_problem(&dir, "acme.toml", "unknown field: found `limts`");
+}
+
+#[test]
+fn missing_credentials_are_named() {
+    let dir = folder(&[(
+        "acme.toml",
+        &ACME.replace("[credentials]\ntoken = \"acme-secret-token\"\n", ""),
+    )]);
+    assert_problem(&dir, "acme.toml", "field `credentials`");
+}
+
+#[test]
+fn dependency_on_a_service_the_tenant_does_not_run_is_refused() {
+    let dir = folder(&[(
+        "acme.toml",
+        &format!("{ACME}\n[services.locator]\nenabled = false\n"),
+    )]);
+    assert_problem(
+        &dir,
+        "acme.toml",
+        "field `services.gateway.depends_on`: gateway depends on \"locator\", which this tenant does not run",
+    );
+}
+
+#[test]
+fn dependency_cycle_is_refused_and_named() {
+    let dir = folder(&[(
+        "acme.toml",
+        &format!("{ACME}\n[services.locator]\ndepends_on = [\"message\"]\n"),
+    )]);
+    assert_problem(
+        &dir,
+        "acme.toml",
+        "field `services.locator.depends_on`: dependency cycle: locator -> message -> locator",
+    );
+}
+
+#[test]
+fn malformed_toml_names_the_file_and_line() {
+    let dir = folder(&[("acme.toml", "id = \"acme\"\ndisplay_name = \n")]);
+    let problems = problems(dir.path());
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("acme.toml") && p.contains("line 2")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn every_file_and_every_rule_is_reported_at_once() {
+    // a file that parses reports every rule it breaks; a file that does not parse reports its
+    // first parse error; both files are reported
+    let dir = folder(&[
+        (
+            "acme.toml",
+            &format!("{ACME}\n[services.order]\nversion = \"v9\"\n[limits]\nburst = 0\n"),
+        ),
+        ("bolt.toml", "id = \"bolt\"\n"),
+    ]);
+    let problems = problems(dir.path());
+    let acme = dir.path().join("acme.toml").display().to_string();
+    let bolt = dir.path().join("bolt.toml").display().to_string();
+    assert_eq!(
+        problems.iter().filter(|p| p.starts_with(&acme)).count(),
+        2,
+        "{problems:#?}"
+    );
+    assert_eq!(
+        problems.iter().filter(|p| p.starts_with(&bolt)).count(),
+        1,
+        "{problems:#?}"
+    );
+}

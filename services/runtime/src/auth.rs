@@ -10,13 +10,15 @@
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
-    task::{Context, Poll},
 };
 
-use mesh_contract::{ContextError, RequestContext, TenantId, bus::BoxFuture};
+use mesh_contract::{ContextError, RequestContext, TenantId};
 use subtle::ConstantTimeEq;
 
-use crate::config::{TenantConfig, Tenants};
+use crate::{
+    config::{TenantConfig, Tenants},
+    layers::{Admit, AdmitLayer, Decision},
+};
 
 /// Why a call was not authenticated.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -136,68 +138,21 @@ impl TenantDirectory {
 }
 
 /// Tower layer authenticating the tenant of every call to the services it wraps.
-#[derive(Clone, Debug)]
-pub struct TenantAuthLayer {
-    directory: TenantDirectory,
-}
+pub type TenantAuthLayer = AdmitLayer<TenantDirectory>;
 
-impl TenantAuthLayer {
-    /// Authenticates against `directory`.
-    pub fn new(directory: TenantDirectory) -> Self {
-        Self { directory }
-    }
-}
+impl Admit for TenantDirectory {
+    type Ticket = ();
 
-impl<S> tower_layer::Layer<S> for TenantAuthLayer {
-    type Service = TenantAuth<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        TenantAuth {
-            inner,
-            directory: self.directory.clone(),
-        }
-    }
-}
-
-/// The service [`TenantAuthLayer`] produces.
-#[derive(Clone, Debug)]
-pub struct TenantAuth<S> {
-    inner: S,
-    directory: TenantDirectory,
-}
-
-impl<S, B> tower_service::Service<http::Request<B>> for TenantAuth<S>
-where
-    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        match self.directory.authenticate_headers(request.headers()) {
+    fn admit<B>(&self, request: &mut http::Request<B>) -> Decision<()> {
+        match self.authenticate_headers(request.headers()) {
             Ok(ctx) => {
                 tracing::trace!(tenant = %ctx.tenant, path = request.uri().path(), "authenticated");
                 request.extensions_mut().insert(ctx);
-                // the ready service handles this call; a fresh clone waits for the next one
-                let clone = self.inner.clone();
-                let mut ready = std::mem::replace(&mut self.inner, clone);
-                Box::pin(ready.call(request))
+                Decision::Admit(())
             }
             Err(err) => {
                 tracing::debug!(path = request.uri().path(), error = %err, "call refused");
-                let status = tonic::Status::from(err);
-                Box::pin(std::future::ready(Ok(status.into_http())))
+                Decision::from_status(Err(err.into()))
             }
         }
     }

@@ -7,12 +7,15 @@
 //! - [`auth`]: the tower layer that authenticates the tenant of every inbound call: a caller
 //!   holding tenant A's credential cannot act as tenant B.
 //! - [`graph`]: the service dependency graph; a cycle refuses start-up, naming it.
+//! - [`layers`]: rate limit, degradation switches and contract deadlines for inbound calls,
+//!   bulkheads for outbound ones.
 //!
 //! The runtime knows nothing of any particular service: it is handed the contract catalogue.
 
 pub mod auth;
 pub mod config;
 pub mod graph;
+pub mod layers;
 
 pub use auth::{TenantAuthLayer, TenantDirectory};
 pub use config::{ConfigError, FieldError, TenantConfig, Tenants};

@@ -1,0 +1,157 @@
+//! Dependency isolation: each tenant gets a fixed number of calls in flight to each dependency.
+//! When a dependency slows down for one tenant, that tenant's calls to it pile up only to its
+//! own limit; the next ones are shed at once (`RESOURCE_EXHAUSTED`) instead of queueing, so the
+//! caller's capacity stays free for other tenants and other dependencies.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use mesh_contract::{TenantId, headers};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{Admit, Decision};
+use crate::config::Tenants;
+
+/// A call's place in a bulkhead, released when the call answers.
+pub type BulkheadPermit = Option<OwnedSemaphorePermit>;
+
+/// The bulkheads of a process: one per (tenant, dependency), sized from tenant config.
+#[derive(Clone, Debug)]
+pub struct Bulkheads {
+    inner: Arc<Mutex<Inner>>,
+    dependency: Arc<str>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    limits: HashMap<TenantId, u32>,
+    default_limit: u32,
+    semaphores: HashMap<(TenantId, Arc<str>), Arc<Semaphore>>,
+}
+
+impl Bulkheads {
+    /// Bulkheads allowing `default_limit` calls in flight per tenant and dependency.
+    pub fn new(default_limit: u32) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                default_limit: default_limit.max(1),
+                ..Default::default()
+            })),
+            dependency: "".into(),
+        }
+    }
+
+    /// Bulkheads sized by each tenant's `limits.max_concurrent_per_dependency`.
+    pub fn from_tenants(tenants: &Tenants) -> Self {
+        let bulkheads = Self::new(crate::config::Limits::default().max_concurrent_per_dependency);
+        for config in tenants.tenants.values() {
+            bulkheads.set_limit(
+                config.tenant_id(),
+                config.limits.max_concurrent_per_dependency,
+            );
+        }
+        bulkheads
+    }
+
+    /// Sets a tenant's limit (for bulkheads created from now on).
+    pub fn set_limit(&self, tenant: TenantId, limit: u32) {
+        self.inner
+            .lock()
+            .expect("lock")
+            .limits
+            .insert(tenant, limit.max(1));
+    }
+
+    /// The policy for calls to `dependency`, to wrap that dependency's client in an
+    /// [`AdmitLayer`](super::AdmitLayer). All policies of one `Bulkheads` share its state.
+    pub fn for_dependency(&self, dependency: &str) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            dependency: dependency.into(),
+        }
+    }
+
+    fn semaphore(&self, tenant: &TenantId) -> (Arc<Semaphore>, u32) {
+        let mut inner = self.inner.lock().expect("lock");
+        let limit = inner
+            .limits
+            .get(tenant)
+            .copied()
+            .unwrap_or(inner.default_limit);
+        let semaphore = inner
+            .semaphores
+            .entry((tenant.clone(), self.dependency.clone()))
+            .or_insert_with(|| Arc::new(Semaphore::new(limit as usize)))
+            .clone();
+        (semaphore, limit)
+    }
+
+    /// Calls of `tenant` in flight to `dependency`, and the limit.
+    pub fn in_use(&self, tenant: &TenantId, dependency: &str) -> (u32, u32) {
+        let (semaphore, limit) = self.for_dependency(dependency).semaphore(tenant);
+        (limit - semaphore.available_permits() as u32, limit)
+    }
+
+    /// Takes a place for a call of `tenant`, or says why not.
+    pub fn try_enter(&self, tenant: &TenantId) -> Result<OwnedSemaphorePermit, tonic::Status> {
+        let (semaphore, limit) = self.semaphore(tenant);
+        semaphore.try_acquire_owned().map_err(|_| {
+            tonic::Status::resource_exhausted(format!(
+                "bulkhead {tenant}/{}: {limit} call(s) already in flight; call shed",
+                self.dependency
+            ))
+        })
+    }
+}
+
+impl Admit for Bulkheads {
+    type Ticket = BulkheadPermit;
+
+    fn admit<B>(&self, request: &mut http::Request<B>) -> Decision<BulkheadPermit> {
+        let tenant = request
+            .headers()
+            .get(headers::TENANT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| TenantId::new(t).ok());
+        match tenant {
+            // a call without a tenant is refused by the callee's auth layer; nothing to hold
+            None => Decision::Admit(None),
+            Some(tenant) => Decision::from_status(self.try_enter(&tenant).map(Some)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_tenant_and_dependency_has_its_own_places() {
+        let bulkheads = Bulkheads::new(2);
+        let (a, b) = (TenantId::new("a").unwrap(), TenantId::new("b").unwrap());
+        let locator = bulkheads.for_dependency("locator");
+        let held = [
+            locator.try_enter(&a).unwrap(),
+            locator.try_enter(&a).unwrap(),
+        ];
+        let shed = locator.try_enter(&a).unwrap_err();
+        assert_eq!(shed.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            shed.message(),
+            "bulkhead a/locator: 2 call(s) already in flight; call shed"
+        );
+        assert!(
+            locator.try_enter(&b).is_ok(),
+            "another tenant is unaffected"
+        );
+        assert!(
+            bulkheads.for_dependency("order").try_enter(&a).is_ok(),
+            "another dependency is unaffected"
+        );
+        assert_eq!(bulkheads.in_use(&a, "locator"), (2, 2));
+        drop(held);
+        assert_eq!(bulkheads.in_use(&a, "locator"), (0, 2));
+    }
+}

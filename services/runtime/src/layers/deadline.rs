@@ -1,0 +1,120 @@
+//! The contract's deadline, enforced where the call is served.
+
+use std::{
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use mesh_contract::bus::BoxFuture;
+
+use super::{Catalogue, GrpcResponse};
+
+/// Tower layer cutting a call off at its contract deadline (or the caller's, if shorter) with
+/// `DEADLINE_EXCEEDED`, freeing the server instead of letting a stuck call hold it.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadlineLayer {
+    catalogue: Catalogue,
+}
+
+impl DeadlineLayer {
+    /// Deadlines from the contracts of `catalogue`.
+    pub fn new(catalogue: Catalogue) -> Self {
+        Self { catalogue }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            catalogue: self.catalogue,
+        }
+    }
+}
+
+/// The service [`DeadlineLayer`] produces.
+#[derive(Clone, Debug)]
+pub struct Deadline<S> {
+    inner: S,
+    catalogue: Catalogue,
+}
+
+/// The caller's `grpc-timeout`, if it sent one (`300m`, `2S`, `100000u` ...).
+fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for Deadline<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = GrpcResponse> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = GrpcResponse;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<GrpcResponse, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = self.catalogue.method(request.uri().path()).map(|(_, m)| m);
+        let limit = match (method.map(|m| m.timeout), caller_timeout(request.headers())) {
+            (Some(contract), Some(caller)) => Some(contract.min(caller)),
+            (contract, caller) => contract.or(caller),
+        };
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let call = ready.call(request);
+        match limit {
+            None => Box::pin(call),
+            Some(limit) => Box::pin(async move {
+                match tokio::time::timeout(limit, call).await {
+                    Ok(response) => response,
+                    Err(_) => {
+                        let name = method.map_or("the call", |m| m.name);
+                        Ok(tonic::Status::deadline_exceeded(format!(
+                            "{name} did not answer within its deadline of {limit:?}"
+                        ))
+                        .into_http())
+                    }
+                }
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_is_parsed() {
+        let mut headers = http::HeaderMap::new();
+        for (value, expected) in [
+            ("300m", Duration::from_millis(300)),
+            ("2S", Duration::from_secs(2)),
+            ("100000u", Duration::from_millis(100)),
+        ] {
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            assert_eq!(caller_timeout(&headers), Some(expected), "{value}");
+        }
+        headers.insert("grpc-timeout", "soon".parse().unwrap());
+        assert_eq!(caller_timeout(&headers), None);
+    }
+}

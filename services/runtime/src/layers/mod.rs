@@ -1,0 +1,133 @@
+//! The tower layers every mesh service runs behind, and the one its outbound calls run through.
+//!
+//! Inbound, outermost first: [`TenantAuthLayer`](crate::TenantAuthLayer) (who is calling),
+//! [`RateLimiter`] (is the tenant within its rate), [`SwitchBoard`] (is the method switched off:
+//! answer the contract's degraded response), [`DeadlineLayer`] (the contract's deadline).
+//! Outbound: [`Bulkheads`], so a slow dependency only exhausts its own permits for that tenant.
+//!
+//! Most of them decide before the call whether to let it through; they share one tower
+//! [`AdmitLayer`] around an [`Admit`] policy. Refusals are answered at once, as a gRPC status or
+//! a degraded answer, never by waiting.
+
+mod bulkhead;
+mod deadline;
+mod rate_limit;
+mod switch;
+
+use std::task::{Context, Poll};
+
+use mesh_contract::{ContractSpec, MethodSpec, bus::BoxFuture};
+
+pub use bulkhead::{BulkheadPermit, Bulkheads};
+pub use deadline::{Deadline, DeadlineLayer};
+pub use rate_limit::RateLimiter;
+pub use switch::{Switch, SwitchBoard, SwitchTarget};
+
+/// The HTTP response type of tonic services.
+pub type GrpcResponse = http::Response<tonic::body::Body>;
+
+/// What an [`Admit`] policy decides about a call.
+#[derive(Debug)]
+pub enum Decision<T> {
+    /// The call goes on to the service; the ticket is held until it answers.
+    Admit(T),
+    /// The call is answered here and now (a refusal status or a degraded answer).
+    Answer(GrpcResponse),
+}
+
+impl<T> Decision<T> {
+    /// Admits on `Ok`, answers the status on `Err`.
+    pub fn from_status(result: Result<T, tonic::Status>) -> Self {
+        match result {
+            Ok(ticket) => Decision::Admit(ticket),
+            Err(status) => Decision::Answer(status.into_http()),
+        }
+    }
+}
+
+/// A policy deciding, before a call runs, whether it may.
+pub trait Admit: Clone + Send + Sync + 'static {
+    /// Held while the admitted call runs (a bulkhead permit, say); dropped when it answers.
+    type Ticket: Send + 'static;
+
+    /// Admits `request` (possibly annotating it), or answers it right away.
+    fn admit<B>(&self, request: &mut http::Request<B>) -> Decision<Self::Ticket>;
+}
+
+/// Tower layer applying an [`Admit`] policy to every call.
+#[derive(Clone, Debug)]
+pub struct AdmitLayer<A> {
+    policy: A,
+}
+
+impl<A> AdmitLayer<A> {
+    /// A layer applying `policy`.
+    pub fn new(policy: A) -> Self {
+        Self { policy }
+    }
+}
+
+impl<S, A: Clone> tower_layer::Layer<S> for AdmitLayer<A> {
+    type Service = Admitted<S, A>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admitted {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The service an [`AdmitLayer`] produces.
+#[derive(Clone, Debug)]
+pub struct Admitted<S, A> {
+    inner: S,
+    policy: A,
+}
+
+impl<S, A, B> tower_service::Service<http::Request<B>> for Admitted<S, A>
+where
+    S: tower_service::Service<http::Request<B>, Response = GrpcResponse> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    A: Admit,
+    B: Send + 'static,
+{
+    type Response = GrpcResponse;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<GrpcResponse, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        match self.policy.admit(&mut request) {
+            Decision::Admit(ticket) => {
+                // the ready service handles this call; a fresh clone waits for the next one
+                let clone = self.inner.clone();
+                let mut ready = std::mem::replace(&mut self.inner, clone);
+                let call = ready.call(request);
+                Box::pin(async move {
+                    let response = call.await;
+                    drop(ticket);
+                    response
+                })
+            }
+            Decision::Answer(answer) => Box::pin(std::future::ready(Ok(answer))),
+        }
+    }
+}
+
+/// Finds the contract method of a gRPC path in a catalogue.
+#[derive(Clone, Copy, Debug)]
+pub struct Catalogue(pub &'static [&'static ContractSpec]);
+
+impl Catalogue {
+    /// The contract and method served at `path`.
+    pub fn method(&self, path: &str) -> Option<(&'static ContractSpec, &'static MethodSpec)> {
+        self.0
+            .iter()
+            .find_map(|spec| spec.method_by_path(path).map(|m| (*spec, m)))
+    }
+}

@@ -1,0 +1,107 @@
+//! Per-tenant admission rate: a tenant flooding the mesh is turned away at the door
+//! (`RESOURCE_EXHAUSTED`) at its own configured rate, before it takes capacity from others.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{Arc, RwLock},
+};
+
+use governor::{DefaultDirectRateLimiter, Quota};
+use mesh_contract::{RequestContext, TenantId};
+
+use super::{Admit, Decision};
+use crate::config::Tenants;
+
+/// A tenant's token bucket and its sustained rate (for messages).
+type Bucket = (Arc<DefaultDirectRateLimiter>, u32);
+
+/// A token bucket per tenant.
+#[derive(Clone, Default)]
+pub struct RateLimiter {
+    buckets: Arc<RwLock<HashMap<TenantId, Bucket>>>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter").finish_non_exhaustive()
+    }
+}
+
+impl RateLimiter {
+    /// Buckets from each tenant's `limits`.
+    pub fn from_tenants(tenants: &Tenants) -> Self {
+        let limiter = Self::default();
+        for config in tenants.tenants.values() {
+            limiter.set(
+                config.tenant_id(),
+                config.limits.requests_per_second,
+                config.limits.burst,
+            );
+        }
+        limiter
+    }
+
+    /// Admits `per_second` calls of `tenant` on average, `burst` at once.
+    pub fn set(&self, tenant: TenantId, per_second: u32, burst: u32) {
+        let rate = NonZeroU32::new(per_second.max(1)).expect("at least 1");
+        let burst = NonZeroU32::new(burst.max(1)).expect("at least 1");
+        let bucket = DefaultDirectRateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
+        self.buckets
+            .write()
+            .expect("lock")
+            .insert(tenant, (Arc::new(bucket), per_second));
+    }
+
+    /// Takes one call of `tenant` from its bucket; tenants without a bucket are not limited.
+    pub fn check(&self, tenant: &TenantId) -> Result<(), tonic::Status> {
+        let buckets = self.buckets.read().expect("lock");
+        match buckets.get(tenant) {
+            Some((bucket, rate)) if bucket.check().is_err() => {
+                Err(tonic::Status::resource_exhausted(format!(
+                    "tenant {tenant} is over its rate of {rate} call(s) per second"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Admit for RateLimiter {
+    type Ticket = ();
+
+    fn admit<B>(&self, request: &mut http::Request<B>) -> Decision<()> {
+        // placed after authentication, which attached the context
+        match request.extensions().get::<RequestContext>() {
+            Some(ctx) => Decision::from_status(self.check(&ctx.tenant)),
+            None => Decision::Admit(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_over_its_burst_is_refused_and_others_are_not() {
+        let limiter = RateLimiter::default();
+        let (noisy, calm) = (
+            TenantId::new("noisy").unwrap(),
+            TenantId::new("calm").unwrap(),
+        );
+        limiter.set(noisy.clone(), 1, 3);
+        limiter.set(calm.clone(), 1, 3);
+        for _ in 0..3 {
+            limiter.check(&noisy).unwrap();
+        }
+        let refused = limiter.check(&noisy).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            refused.message(),
+            "tenant noisy is over its rate of 1 call(s) per second"
+        );
+        limiter.check(&calm).unwrap();
+        limiter.check(&TenantId::new("unlimited").unwrap()).unwrap();
+    }
+}

@@ -3,6 +3,7 @@
 //! Inbound, outermost first: [`TenantAuthLayer`](crate::TenantAuthLayer) (who is calling),
 //! [`RateLimiter`] (is the tenant within its rate), [`SwitchBoard`] (is the method switched off:
 //! answer the contract's degraded response), [`DeadlineLayer`] (the contract's deadline).
+//! [`TenantExecutorLayer`] then runs the call on the tenant's own runtime if it has one.
 //! Outbound: [`Bulkheads`], so a slow dependency only exhausts its own permits for that tenant.
 //!
 //! Most of them decide before the call whether to let it through; they share one tower
@@ -11,6 +12,7 @@
 
 mod bulkhead;
 mod deadline;
+mod executor;
 mod rate_limit;
 mod switch;
 
@@ -20,6 +22,7 @@ use mesh_contract::{ContractSpec, MethodSpec, bus::BoxFuture};
 
 pub use bulkhead::{BulkheadPermit, Bulkheads};
 pub use deadline::{Deadline, DeadlineLayer};
+pub use executor::{TenantExecutor, TenantExecutorLayer, TenantRuntimes};
 pub use rate_limit::RateLimiter;
 pub use switch::{Switch, SwitchBoard, SwitchTarget};
 

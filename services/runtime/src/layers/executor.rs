@@ -1,0 +1,142 @@
+//! Thread isolation: a tenant with `isolation.threads > 0` gets a tokio runtime of its own, and
+//! its calls run there. Its CPU-heavy or blocking work then competes only with itself, never
+//! with the tenants on the process's shared runtime.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use mesh_contract::{RequestContext, TenantId, bus::BoxFuture};
+
+use super::GrpcResponse;
+use crate::config::Tenants;
+
+/// The dedicated runtimes of a process, by tenant.
+#[derive(Clone, Default)]
+pub struct TenantRuntimes {
+    runtimes: Arc<HashMap<TenantId, Arc<tokio::runtime::Runtime>>>,
+}
+
+impl std::fmt::Debug for TenantRuntimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tenants: Vec<&TenantId> = self.runtimes.keys().collect();
+        f.debug_struct("TenantRuntimes")
+            .field("tenants", &tenants)
+            .finish()
+    }
+}
+
+impl TenantRuntimes {
+    /// A runtime for every tenant whose config asks for threads of its own.
+    pub fn from_tenants(tenants: &Tenants) -> std::io::Result<Self> {
+        let mut runtimes = HashMap::new();
+        for config in tenants.tenants.values() {
+            if config.isolation.threads > 0 {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(config.isolation.threads.into())
+                    .thread_name(format!("tenant-{}", config.id))
+                    .enable_all()
+                    .build()?;
+                runtimes.insert(config.tenant_id(), Arc::new(runtime));
+            }
+        }
+        Ok(Self {
+            runtimes: Arc::new(runtimes),
+        })
+    }
+
+    /// The runtime of `tenant`, if it has one.
+    pub fn get(&self, tenant: &TenantId) -> Option<tokio::runtime::Handle> {
+        self.runtimes.get(tenant).map(|r| r.handle().clone())
+    }
+
+    /// Tenants with a runtime of their own.
+    pub fn tenants(&self) -> impl Iterator<Item = &TenantId> {
+        self.runtimes.keys()
+    }
+}
+
+impl Drop for TenantRuntimes {
+    fn drop(&mut self) {
+        // The last clone shuts the runtimes down without blocking the (async) caller.
+        if let Some(runtimes) = Arc::get_mut(&mut self.runtimes) {
+            for (_, runtime) in runtimes.drain() {
+                if let Ok(runtime) = Arc::try_unwrap(runtime) {
+                    runtime.shutdown_background();
+                }
+            }
+        }
+    }
+}
+
+/// Tower layer running each tenant's calls on that tenant's runtime (placed after
+/// authentication, which names the tenant).
+#[derive(Clone, Debug)]
+pub struct TenantExecutorLayer {
+    runtimes: TenantRuntimes,
+}
+
+impl TenantExecutorLayer {
+    /// Runs calls on `runtimes`.
+    pub fn new(runtimes: TenantRuntimes) -> Self {
+        Self { runtimes }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for TenantExecutorLayer {
+    type Service = TenantExecutor<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TenantExecutor {
+            inner,
+            runtimes: self.runtimes.clone(),
+        }
+    }
+}
+
+/// The service [`TenantExecutorLayer`] produces.
+#[derive(Clone, Debug)]
+pub struct TenantExecutor<S> {
+    inner: S,
+    runtimes: TenantRuntimes,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for TenantExecutor<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = GrpcResponse> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = GrpcResponse;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<GrpcResponse, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let runtime = request
+            .extensions()
+            .get::<RequestContext>()
+            .and_then(|ctx| self.runtimes.get(&ctx.tenant));
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let call = ready.call(request);
+        match runtime {
+            None => Box::pin(call),
+            Some(runtime) => Box::pin(async move {
+                match runtime.spawn(call).await {
+                    Ok(response) => response,
+                    Err(err) => Ok(tonic::Status::internal(format!(
+                        "the tenant's runtime dropped the call: {err}"
+                    ))
+                    .into_http()),
+                }
+            }),
+        }
+    }
+}

@@ -1,6 +1,15 @@
 //! `mesh`: the one binary of the toolkit.
+//!
+//! - `mesh up`: reads `tenants/`, runs each tenant group in its own worker process (restarted
+//!   alone if it dies) and serves one front door routing every call to its tenant's process;
+//! - `mesh worker --tenant a,b`: one tenant process (normally started by `mesh up`);
+//! - `mesh demo`: the walkthrough on embedded defaults.
 
 mod demo;
+mod up;
+mod worker;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -23,11 +32,43 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "mall,finance,paipai")]
         tenants: Vec<String>,
     },
+    /// Runs the mesh: a worker process per tenant group, supervised, behind one front door.
+    Up {
+        /// The tenants folder.
+        #[arg(long, default_value = "tenants")]
+        tenants: PathBuf,
+        /// Where the front door listens.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        listen: String,
+    },
+    /// Serves some tenants in this process (started by `mesh up`).
+    Worker {
+        /// The tenants folder.
+        #[arg(long, default_value = "tenants")]
+        tenants: PathBuf,
+        /// Tenants this process serves.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tenant: Vec<String>,
+        /// Where to listen; the bound address is printed as `READY <address>`.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Stop when standard input closes (how a supervisor stops its workers, and how a worker
+        /// notices its supervisor died).
+        #[arg(long)]
+        exit_on_stdin_close: bool,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Demo { tenants } => demo::run(&tenants).await,
+        Cmd::Up { tenants, listen } => up::run(&tenants, &listen).await,
+        Cmd::Worker {
+            tenants,
+            tenant,
+            listen,
+            exit_on_stdin_close,
+        } => worker::run(&tenants, &tenant, &listen, exit_on_stdin_close).await,
     }
 }

@@ -7,15 +7,19 @@
 //! - [`auth`]: the tower layer that authenticates the tenant of every inbound call: a caller
 //!   holding tenant A's credential cannot act as tenant B.
 //! - [`graph`]: the service dependency graph; a cycle refuses start-up, naming it.
-//! - [`layers`]: rate limit, degradation switches and contract deadlines for inbound calls,
-//!   bulkheads for outbound ones.
+//! - [`layers`]: rate limit, degradation switches, service plan, per-tenant runtimes and
+//!   contract deadlines for inbound calls, bulkheads for outbound ones.
+//! - [`supervisor`] and [`front_door`]: a process per tenant group, restarted alone when it
+//!   dies, and one address routing each call to its tenant's process.
 //!
 //! The runtime knows nothing of any particular service: it is handed the contract catalogue.
 
 pub mod auth;
 pub mod config;
+pub mod front_door;
 pub mod graph;
 pub mod layers;
+pub mod supervisor;
 
 pub use auth::{TenantAuthLayer, TenantDirectory};
 pub use config::{ConfigError, FieldError, TenantConfig, Tenants};

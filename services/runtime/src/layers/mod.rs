@@ -2,7 +2,8 @@
 //!
 //! Inbound, outermost first: [`TenantAuthLayer`](crate::TenantAuthLayer) (who is calling),
 //! [`RateLimiter`] (is the tenant within its rate), [`SwitchBoard`] (is the method switched off:
-//! answer the contract's degraded response), [`DeadlineLayer`] (the contract's deadline).
+//! answer the contract's degraded response), [`ServicePlan`] (does the tenant run this service
+//! at this major), [`DeadlineLayer`] (the contract's deadline).
 //! [`TenantExecutorLayer`] then runs the call on the tenant's own runtime if it has one.
 //! Outbound: [`Bulkheads`], so a slow dependency only exhausts its own permits for that tenant.
 //!
@@ -13,6 +14,7 @@
 mod bulkhead;
 mod deadline;
 mod executor;
+mod plan;
 mod rate_limit;
 mod switch;
 
@@ -23,6 +25,7 @@ use mesh_contract::{ContractSpec, MethodSpec, bus::BoxFuture};
 pub use bulkhead::{BulkheadPermit, Bulkheads};
 pub use deadline::{Deadline, DeadlineLayer};
 pub use executor::{TenantExecutor, TenantExecutorLayer, TenantRuntimes};
+pub use plan::ServicePlan;
 pub use rate_limit::RateLimiter;
 pub use switch::{Switch, SwitchBoard, SwitchTarget};
 

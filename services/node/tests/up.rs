@@ -1,0 +1,276 @@
+//! `mesh up` with real processes: every tenant is served through the front door by its own
+//! group's worker, including a tenant whose file the test writes; a killed worker is restarted
+//! while the other tenants keep answering; SIGTERM stops everything.
+
+use std::{
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use mesh_api::{order::v1 as order1, recommend::v1 as recommend};
+use mesh_contract::{RequestContext, TenantId};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+    sync::mpsc,
+};
+use tonic::Code;
+
+/// Lines `mesh up` prints, as they come.
+struct Output(mpsc::UnboundedReceiver<String>);
+
+impl Output {
+    /// The next line matching `pred`, waiting up to 60 s (workers are fresh processes).
+    async fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.0.recv()).await {
+                Ok(Some(line)) if pred(&line) => return line,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("mesh up ended before {what}"),
+                Err(_) => panic!("no {what} within 60 s"),
+            }
+        }
+    }
+}
+
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+}
+
+fn alive(pid: &str) -> bool {
+    std::process::Command::new("kill")
+        .args(["-0", pid])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn signal(pid: &str, sig: &str) {
+    assert!(
+        std::process::Command::new("kill")
+            .args([sig, pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+fn ctx(tenant: &str, token: &str) -> RequestContext {
+    RequestContext::new(TenantId::new(tenant).unwrap()).with_token(token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_run_in_supervised_processes_behind_one_front_door() {
+    // the shipped tenants plus one the test onboards with a file of its own
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+    for file in ["_defaults.toml", "mall.toml", "finance.toml", "paipai.toml"] {
+        std::fs::copy(shipped.join(file), dir.path().join(file)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("acme.toml"),
+        "id = \"acme\"\ndisplay_name = \"Acme\"\ndata_namespace = \"acme\"\n[credentials]\ntoken = \"acme-secret-token\"\n",
+    )
+    .unwrap();
+
+    let mut up = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let supervisor_pid = up.id().unwrap().to_string();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            println!("mesh up: {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut output = Output(rx);
+    let front = output
+        .wait_for("front door", |l| l.starts_with("front door listening on "))
+        .await;
+    let front = front
+        .trim_start_matches("front door listening on ")
+        .to_owned();
+    let mut serving = Vec::new();
+    for _ in 0..2 {
+        serving.push(
+            output
+                .wait_for("a serving group", |l| l.starts_with("serving "))
+                .await,
+        );
+    }
+    let group = |name: &str| {
+        serving
+            .iter()
+            .find(|l| field(l, "group") == name)
+            .unwrap()
+            .clone()
+    };
+    let (shared, finance) = (group("shared"), group("finance"));
+    assert_eq!(field(&shared, "tenants"), "acme,mall,paipai");
+    assert_eq!(
+        field(&finance, "tenants"),
+        "finance",
+        "finance runs in a process of its own"
+    );
+    assert_ne!(field(&shared, "pid"), field(&finance, "pid"));
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{front}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut recommend = recommend::RecommendCaller::new(channel.clone());
+    let mut orders = order1::OrderCaller::new(channel.clone());
+    let suggest = recommend::SuggestRequest::default;
+    let mall = ctx("mall", "dev-mall-token");
+    let finance_ctx = ctx("finance", "dev-finance-token");
+
+    // each tenant gets what its config says, from the same code
+    assert_eq!(
+        recommend
+            .suggest(&mall, suggest())
+            .await
+            .unwrap()
+            .products
+            .len(),
+        5
+    );
+    assert_eq!(
+        recommend
+            .suggest(&ctx("paipai", "dev-paipai-token"), suggest())
+            .await
+            .unwrap()
+            .products
+            .len(),
+        3
+    );
+    assert_eq!(
+        recommend
+            .suggest(&ctx("acme", "acme-secret-token"), suggest())
+            .await
+            .unwrap()
+            .products
+            .len(),
+        3,
+        "a new tenant file is served"
+    );
+    let status = recommend
+        .suggest(&finance_ctx, suggest())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unimplemented, "tenant finance does not run recommend")
+    );
+    let status = orders
+        .get_order(
+            &ctx("paipai", "dev-paipai-token"),
+            order1::GetOrderRequest {
+                order_id: "o-1".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unimplemented, "tenant paipai runs order v2, not v1")
+    );
+    let status = orders
+        .get_order(
+            &finance_ctx,
+            order1::GetOrderRequest {
+                order_id: "o-1".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::NotFound, "order \"o-1\" of tenant finance"),
+        "finance's process answers"
+    );
+    let status = recommend
+        .suggest(&ctx("mall", "dev-paipai-token"), suggest())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unauthenticated,
+        "paipai's credential cannot act as mall"
+    );
+
+    // kill finance's worker; mall keeps answering throughout, finance comes back
+    let calm = tokio::spawn({
+        let mut recommend = recommend::RecommendCaller::new(channel.clone());
+        let mall = mall.clone();
+        async move {
+            let (mut ok, started) = (0, Instant::now());
+            while started.elapsed() < Duration::from_secs(3) {
+                recommend
+                    .suggest(&mall, recommend::SuggestRequest::default())
+                    .await
+                    .expect("mall answers while finance restarts");
+                ok += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ok
+        }
+    });
+    let old_pid = field(&finance, "pid").to_owned();
+    signal(&old_pid, "-KILL");
+    let exited = output
+        .wait_for("finance exit", |l| l.starts_with("exited group=finance"))
+        .await;
+    assert!(exited.contains("SIGKILL"), "{exited}");
+    let restarted = output
+        .wait_for("finance restart", |l| {
+            l.starts_with("serving group=finance")
+        })
+        .await;
+    assert_ne!(field(&restarted, "pid"), old_pid);
+    let status = orders
+        .get_order(
+            &finance_ctx,
+            order1::GetOrderRequest {
+                order_id: "o-1".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::NotFound,
+        "finance is served again: {status:?}"
+    );
+    let calm_calls = calm.await.unwrap();
+    assert!(calm_calls > 50, "mall kept answering: {calm_calls} calls");
+    assert!(
+        alive(field(&shared, "pid")),
+        "the shared worker was never touched"
+    );
+
+    // SIGTERM stops the workers, then the supervisor
+    signal(&supervisor_pid, "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(20), up.wait())
+        .await
+        .expect("mesh up stops")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    for pid in [field(&shared, "pid"), field(&restarted, "pid")] {
+        assert!(!alive(pid), "worker {pid} outlived the supervisor");
+    }
+}

@@ -1,0 +1,78 @@
+//! What each tenant runs: a call reaches a service only if the caller's tenant runs that
+//! service, at that contract major (paipai runs order v2, so its order v1 calls are refused).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use mesh_contract::{RequestContext, TenantId};
+
+use super::{Admit, Catalogue, Decision};
+use crate::config::{TenantConfig, Tenants};
+
+/// The services and majors each tenant runs, from its config.
+#[derive(Clone, Debug)]
+pub struct ServicePlan {
+    runs: Arc<RwLock<HashMap<TenantId, HashMap<String, u32>>>>,
+    catalogue: Catalogue,
+}
+
+impl ServicePlan {
+    /// The plan of every tenant of `tenants`.
+    pub fn from_tenants(tenants: &Tenants, catalogue: Catalogue) -> Self {
+        let plan = Self {
+            runs: Arc::default(),
+            catalogue,
+        };
+        for config in tenants.tenants.values() {
+            plan.add(config);
+        }
+        plan
+    }
+
+    /// Adds (or replaces) one tenant's plan.
+    pub fn add(&self, config: &TenantConfig) {
+        let services = config
+            .enabled_services()
+            .filter_map(|(name, s)| {
+                let major = s.version.strip_prefix('v')?.parse().ok()?;
+                Some((name.to_owned(), major))
+            })
+            .collect();
+        self.runs
+            .write()
+            .expect("lock")
+            .insert(config.tenant_id(), services);
+    }
+
+    /// Whether `tenant` runs `service` at `major`; the refusal says what it runs instead.
+    pub fn check(&self, tenant: &TenantId, service: &str, major: u32) -> Result<(), tonic::Status> {
+        let runs = self.runs.read().expect("lock");
+        match runs.get(tenant).and_then(|s| s.get(service)) {
+            Some(m) if *m == major => Ok(()),
+            Some(m) => Err(tonic::Status::unimplemented(format!(
+                "tenant {tenant} runs {service} v{m}, not v{major}"
+            ))),
+            None => Err(tonic::Status::unimplemented(format!(
+                "tenant {tenant} does not run {service}"
+            ))),
+        }
+    }
+}
+
+impl Admit for ServicePlan {
+    type Ticket = ();
+
+    fn admit<B>(&self, request: &mut http::Request<B>) -> Decision<()> {
+        let Some(ctx) = request.extensions().get::<RequestContext>() else {
+            return Decision::Admit(());
+        };
+        match self.catalogue.method(request.uri().path()) {
+            Some((spec, _)) => {
+                Decision::from_status(self.check(&ctx.tenant, spec.name, spec.major))
+            }
+            None => Decision::Admit(()),
+        }
+    }
+}

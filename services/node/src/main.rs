@@ -61,6 +61,13 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // logs and spans on stderr; `RUST_LOG=mesh_runtime=debug,info` shows more
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
         Cmd::Demo { tenants } => demo::run(&tenants).await,
         Cmd::Up { tenants, listen } => up::run(&tenants, &listen).await,

@@ -71,6 +71,15 @@ pub async fn run(
         }
     };
     tonic::transport::Server::builder()
+        // one span per call, named by method and tenant (as claimed: the auth layer checks it)
+        .trace_fn(|request| {
+            let tenant = request
+                .headers()
+                .get(mesh_contract::headers::TENANT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("call", path = request.uri().path(), tenant)
+        })
         .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(&mine)))
         .layer(AdmitLayer::new(RateLimiter::from_tenants(&mine)))
         .layer(AdmitLayer::new(SwitchBoard::from_tenants(&mine, CATALOGUE)))

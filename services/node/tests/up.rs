@@ -274,3 +274,35 @@ async fn tenants_run_in_supervised_processes_behind_one_front_door() {
         assert!(!alive(pid), "worker {pid} outlived the supervisor");
     }
 }
+
+#[tokio::test]
+async fn a_dependency_cycle_is_refused_at_start_up_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+    std::fs::copy(
+        shipped.join("_defaults.toml"),
+        dir.path().join("_defaults.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("loop.toml"),
+        "id = \"loop\"\ndisplay_name = \"Loop\"\ndata_namespace = \"loop\"\n[credentials]\ntoken = \"loop-secret-token\"\n[services.locator]\ndepends_on = [\"message\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
+        .arg(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "mesh up must refuse to start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("loop.toml: field `services.locator.depends_on`: dependency cycle: locator -> message -> locator"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "nothing was started"
+    );
+}

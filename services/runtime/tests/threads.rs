@@ -2,8 +2,9 @@
 //! `isolation.threads = 2`) runs its calls there, so its blocking work does not stall the
 //! tenants on the shared runtime. The server's shared runtime has one thread, the worst case.
 
+mod common;
+
 use std::{
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -11,8 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::{ctx, tenants};
 use mesh_api::recommend::v1 as recommend;
-use mesh_contract::{RequestContext, TenantId};
+use mesh_contract::RequestContext;
 use mesh_runtime::{
     TenantAuthLayer, TenantDirectory, Tenants,
     layers::{TenantExecutorLayer, TenantRuntimes},
@@ -34,25 +36,6 @@ impl recommend::recommend_server::Recommend for Reports {
         }
         Ok(Response::new(recommend::SuggestResponse::default()))
     }
-}
-
-fn tenants() -> Tenants {
-    Tenants::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants"),
-        mesh_api::CONTRACTS,
-    )
-    .unwrap()
-}
-
-fn ctx(tenants: &Tenants, tenant: &str) -> RequestContext {
-    let token = tenants
-        .get(tenant)
-        .unwrap()
-        .credentials
-        .token
-        .clone()
-        .unwrap();
-    RequestContext::new(TenantId::new(tenant).unwrap()).with_token(token)
 }
 
 /// Starts the server on a one-thread runtime of its own; its address.
@@ -85,8 +68,8 @@ fn serve(tenants: &Tenants, isolate: bool) -> String {
     url
 }
 
-/// p99 of mall's calls while finance keeps the server busy.
-async fn mall_p99(isolate: bool) -> Duration {
+/// p99 of mall's calls while finance keeps the server busy, and how many failed.
+async fn mall_p99(isolate: bool) -> (Duration, usize) {
     let tenants = tenants();
     let url = serve(&tenants, isolate);
     let channel = tonic::transport::Endpoint::from_shared(url)
@@ -116,13 +99,17 @@ async fn mall_p99(isolate: bool) -> Duration {
         recommend::RecommendCaller::new(channel),
         ctx(&tenants, "mall"),
     );
-    let mut latencies = Vec::new();
+    let (mut latencies, mut failed) = (Vec::new(), 0);
     for _ in 0..40 {
         let started = Instant::now();
-        caller
+        // on a shared, stalled thread a call may even miss its deadline: that is the harm
+        if caller
             .suggest(&mall, recommend::SuggestRequest::default())
             .await
-            .expect("mall is served");
+            .is_err()
+        {
+            failed += 1;
+        }
         latencies.push(started.elapsed());
     }
     stop.store(true, Ordering::Relaxed);
@@ -130,7 +117,7 @@ async fn mall_p99(isolate: bool) -> Duration {
         task.await.unwrap();
     }
     latencies.sort();
-    latencies[latencies.len() * 99 / 100]
+    (latencies[latencies.len() * 99 / 100], failed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,17 +127,21 @@ async fn a_tenant_with_its_own_threads_does_not_stall_the_shared_runtime() {
         2,
         "the shipped config isolates finance"
     );
-    let isolated = mall_p99(true).await;
-    let shared = mall_p99(false).await;
+    let (isolated, isolated_failed) = mall_p99(true).await;
+    let (shared, shared_failed) = mall_p99(false).await;
     println!(
-        "mall p99 while finance blocks: finance on its own runtime {isolated:?}, on the shared runtime {shared:?}"
+        "mall p99 while finance blocks: finance on its own runtime {isolated:?} ({isolated_failed} failed), on the shared runtime {shared:?} ({shared_failed} failed)"
+    );
+    assert_eq!(
+        isolated_failed, 0,
+        "mall is always served when finance has its own runtime"
     );
     assert!(
-        isolated < Duration::from_millis(30),
+        isolated < Duration::from_millis(50),
         "mall waited on finance's work: {isolated:?}"
     );
     assert!(
-        shared > Duration::from_millis(40),
+        shared > Duration::from_millis(90),
         "control: on one shared thread mall must wait, or this test proves nothing: {shared:?}"
     );
 }

@@ -3,16 +3,14 @@
 //! broken or hostile publishers. Every test uses tenants of its own, so its exchanges and
 //! queues are its own, and deletes them at the end.
 
+mod broker;
 mod suite;
 
 use std::time::Duration;
 
 use lapin::{
-    BasicProperties, Connection, ConnectionProperties,
-    options::{
-        BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueBindOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
-    },
+    BasicProperties, Connection,
+    options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
 };
 use mesh_amqp::{AmqpBus, AmqpConfig, headers};
@@ -20,23 +18,16 @@ use mesh_api::order::v1 as order;
 use mesh_contract::{EventBus, TenantId, bus::BoxFuture, spec::names};
 use suite::{Probe, created, fresh_tenant, next, recorder};
 
-fn uri() -> String {
-    std::env::var("MESH_TEST_AMQP_URI")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-const BROKER_DOWN: &str = "RabbitMQ must be running on 127.0.0.1:5672 (bash .ci/test starts it)";
-
 async fn bus() -> AmqpBus {
     AmqpBus::connect(AmqpConfig {
-        uri: uri(),
+        uri: broker::uri(),
         retry_backoff: Duration::from_millis(20),
         max_payload_bytes: 64 * 1024,
         max_attempts: 3,
         ..Default::default()
     })
     .await
-    .expect(BROKER_DOWN)
+    .expect(broker::BROKER_DOWN)
 }
 
 /// A raw broker connection: sees queues directly and cleans up after a test.
@@ -48,9 +39,7 @@ struct Broker {
 impl Broker {
     async fn new() -> Self {
         Self {
-            raw: Connection::connect(&uri(), ConnectionProperties::default())
-                .await
-                .expect(BROKER_DOWN),
+            raw: broker::connect().await,
             tenants: Vec::new(),
         }
     }
@@ -102,18 +91,7 @@ impl Broker {
     async fn cleanup(self, consumers: &[&str]) {
         let channel = self.raw.create_channel().await.unwrap();
         for tenant in &self.tenants {
-            for consumer in consumers {
-                let queue = suite::queue(tenant, consumer);
-                for name in [names::dead_letter_queue(&queue), queue] {
-                    let _ = channel
-                        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-            }
-            let exchange = names::exchange(tenant, "order", 1);
-            let _ = channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
+            broker::delete_order_topology(&channel, tenant, consumers).await;
         }
     }
 }

@@ -3,6 +3,7 @@
 //! waiting while the broker is unreachable. Redis at 127.0.0.1:6379 (override with
 //! `MESH_TEST_REDIS_URL`) holds the delivery log shared by two consumer instances.
 
+mod broker;
 mod suite;
 
 use std::{
@@ -15,16 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{ExchangeDeleteOptions, QueueDeleteOptions},
-};
 use mesh_amqp::{AmqpBus, AmqpConfig, RedisLog};
 use mesh_api::order::v1 as order;
-use mesh_contract::{BusError, EventBus, HandlerError, RequestContext, TenantId, spec::names};
+use mesh_contract::{BusError, EventBus, HandlerError, RequestContext, TenantId};
 use suite::{created, ctx, fresh_tenant};
 use tokio::{net::TcpListener, task::AbortHandle};
 
+/// Where the proxy forwards to.
 const BROKER: &str = "127.0.0.1:5672";
 
 /// A loopback TCP proxy in front of the broker that the test can cut and block.
@@ -102,23 +100,8 @@ fn config(uri: String) -> AmqpConfig {
 }
 
 async fn cleanup(tenant: &TenantId) {
-    let raw = Connection::connect(
-        &format!("amqp://guest:guest@{BROKER}/%2f"),
-        ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
-    let channel = raw.create_channel().await.unwrap();
-    let queue = suite::queue(tenant, "message");
-    for name in [names::dead_letter_queue(&queue), queue] {
-        let _ = channel
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-            .await;
-    }
-    let exchange = names::exchange(tenant, "order", 1);
-    let _ = channel
-        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-        .await;
+    let channel = broker::connect().await.create_channel().await.unwrap();
+    broker::delete_order_topology(&channel, tenant, &["message"]).await;
 }
 
 /// Counts handler runs per order id.
@@ -311,7 +294,7 @@ async fn a_redelivery_after_a_consumer_crash_does_not_run_the_handler_again() {
             .expect("Redis must be running on 127.0.0.1:6379 (bash .ci/test starts it)"),
     );
     let tenant = fresh_tenant();
-    let uri = format!("amqp://guest:guest@{BROKER}/%2f");
+    let uri = broker::uri();
 
     // instance A handles the event, then dies before acknowledging it
     let bus_a = AmqpBus::connect_with_log(config(uri.clone()), log.clone())
@@ -373,15 +356,7 @@ async fn a_redelivery_after_a_consumer_crash_does_not_run_the_handler_again() {
         HashMap::from([("o-next".to_owned(), 1)]),
         "B must not run o-once again"
     );
-    let channel = Connection::connect(
-        &format!("amqp://guest:guest@{BROKER}/%2f"),
-        ConnectionProperties::default(),
-    )
-    .await
-    .unwrap()
-    .create_channel()
-    .await
-    .unwrap();
+    let channel = broker::connect().await.create_channel().await.unwrap();
     let queue = channel
         .queue_declare(
             suite::queue(&tenant, "message").as_str().into(),

@@ -61,6 +61,20 @@ fn signal(pid: &str, sig: &str) {
     );
 }
 
+/// A tenants folder: the shipped defaults, the named shipped tenants, and `extra` files.
+fn tenants_folder(shipped_tenants: &[&str], extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+    for tenant in std::iter::once("_defaults").chain(shipped_tenants.iter().copied()) {
+        let file = format!("{tenant}.toml");
+        std::fs::copy(shipped.join(&file), dir.path().join(&file)).unwrap();
+    }
+    for (name, body) in extra {
+        std::fs::write(dir.path().join(name), body).unwrap();
+    }
+    dir
+}
+
 fn ctx(tenant: &str, token: &str) -> RequestContext {
     RequestContext::new(TenantId::new(tenant).unwrap()).with_token(token)
 }
@@ -68,16 +82,13 @@ fn ctx(tenant: &str, token: &str) -> RequestContext {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_run_in_supervised_processes_behind_one_front_door() {
     // the shipped tenants plus one the test onboards with a file of its own
-    let dir = tempfile::tempdir().unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
-    for file in ["_defaults.toml", "mall.toml", "finance.toml", "paipai.toml"] {
-        std::fs::copy(shipped.join(file), dir.path().join(file)).unwrap();
-    }
-    std::fs::write(
-        dir.path().join("acme.toml"),
-        "id = \"acme\"\ndisplay_name = \"Acme\"\ndata_namespace = \"acme\"\n[credentials]\ntoken = \"acme-secret-token\"\n",
-    )
-    .unwrap();
+    let dir = tenants_folder(
+        &["mall", "finance", "paipai"],
+        &[(
+            "acme.toml",
+            "id = \"acme\"\ndisplay_name = \"Acme\"\ndata_namespace = \"acme\"\n[credentials]\ntoken = \"acme-secret-token\"\n",
+        )],
+    );
 
     let mut up = Command::new(env!("CARGO_BIN_EXE_mesh"))
         .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
@@ -277,18 +288,13 @@ async fn tenants_run_in_supervised_processes_behind_one_front_door() {
 
 #[tokio::test]
 async fn a_dependency_cycle_is_refused_at_start_up_and_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
-    std::fs::copy(
-        shipped.join("_defaults.toml"),
-        dir.path().join("_defaults.toml"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("loop.toml"),
-        "id = \"loop\"\ndisplay_name = \"Loop\"\ndata_namespace = \"loop\"\n[credentials]\ntoken = \"loop-secret-token\"\n[services.locator]\ndepends_on = [\"message\"]\n",
-    )
-    .unwrap();
+    let dir = tenants_folder(
+        &[],
+        &[(
+            "loop.toml",
+            "id = \"loop\"\ndisplay_name = \"Loop\"\ndata_namespace = \"loop\"\n[credentials]\ntoken = \"loop-secret-token\"\n[services.locator]\ndepends_on = [\"message\"]\n",
+        )],
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
         .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
         .arg(dir.path())

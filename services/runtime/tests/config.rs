@@ -5,30 +5,16 @@
 // error type to figment::Error, which is large.
 #![allow(clippy::result_large_err)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
+
+use common::{folder, shipped};
 
 use mesh_runtime::{
     ConfigError, Tenants,
     config::{ProcessIsolation, load_file},
 };
-
-fn shipped() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants")
-}
-
-/// A tenants folder with the shipped defaults and the given files.
-fn folder(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        shipped().join("_defaults.toml"),
-        dir.path().join("_defaults.toml"),
-    )
-    .unwrap();
-    for (name, body) in files {
-        std::fs::write(dir.path().join(name), body).unwrap();
-    }
-    dir
-}
 
 const ACME: &str = r#"
 id = "acme"

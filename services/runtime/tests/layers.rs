@@ -1,8 +1,9 @@
 //! The inbound layer stack (auth, rate limit, switches, deadline) and the outbound bulkhead, on
 //! real tonic servers over loopback.
 
+mod common;
+
 use std::{
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -10,6 +11,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use common::{ctx, folder, tenants};
 use mesh_api::{locator::v1 as locator, order::v2 as order, recommend::v1 as recommend};
 use mesh_contract::{RequestContext, TenantId};
 use mesh_runtime::{
@@ -23,25 +25,6 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Code, Request, Response, Status, transport::Channel};
 
 const CATALOGUE: Catalogue = Catalogue(mesh_api::CONTRACTS);
-
-fn tenants() -> Tenants {
-    Tenants::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants"),
-        mesh_api::CONTRACTS,
-    )
-    .unwrap()
-}
-
-fn ctx(tenants: &Tenants, tenant: &str) -> RequestContext {
-    let token = tenants
-        .get(tenant)
-        .unwrap()
-        .credentials
-        .token
-        .clone()
-        .unwrap();
-    RequestContext::new(TenantId::new(tenant).unwrap()).with_token(token)
-}
 
 async fn listen() -> (tokio::net::TcpListener, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -295,18 +278,10 @@ async fn degraded_answers_follow_each_methods_contract() {
 
 #[tokio::test]
 async fn initial_switches_come_from_tenant_config() {
-    let dir = tempfile::tempdir().unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
-    std::fs::copy(
-        shipped.join("_defaults.toml"),
-        dir.path().join("_defaults.toml"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("acme.toml"),
+    let dir = folder(&[(
+        "acme.toml",
         "id = \"acme\"\ndisplay_name = \"Acme\"\ndata_namespace = \"acme\"\n[credentials]\ntoken = \"acme-secret-token\"\n[switches]\nservices_off = [\"recommend\"]\n",
-    )
-    .unwrap();
+    )]);
     let tenants = Tenants::load(dir.path(), mesh_api::CONTRACTS).unwrap();
     let board = SwitchBoard::from_tenants(&tenants, CATALOGUE);
     let url = serve_stack(&tenants, board, RateLimiter::default()).await;

@@ -78,9 +78,7 @@ where
             (Some(contract), Some(caller)) => Some(contract.min(caller)),
             (contract, caller) => contract.or(caller),
         };
-        let clone = self.inner.clone();
-        let mut ready = std::mem::replace(&mut self.inner, clone);
-        let call = ready.call(request);
+        let call = super::take_ready(&mut self.inner).call(request);
         match limit {
             None => Box::pin(call),
             Some(limit) => Box::pin(async move {

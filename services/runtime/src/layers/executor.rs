@@ -123,9 +123,7 @@ where
             .extensions()
             .get::<RequestContext>()
             .and_then(|ctx| self.runtimes.get(&ctx.tenant));
-        let clone = self.inner.clone();
-        let mut ready = std::mem::replace(&mut self.inner, clone);
-        let call = ready.call(request);
+        let call = super::take_ready(&mut self.inner).call(request);
         match runtime {
             None => Box::pin(call),
             Some(runtime) => Box::pin(async move {

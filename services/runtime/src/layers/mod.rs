@@ -110,10 +110,7 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         match self.policy.admit(&mut request) {
             Decision::Admit(ticket) => {
-                // the ready service handles this call; a fresh clone waits for the next one
-                let clone = self.inner.clone();
-                let mut ready = std::mem::replace(&mut self.inner, clone);
-                let call = ready.call(request);
+                let call = take_ready(&mut self.inner).call(request);
                 Box::pin(async move {
                     let response = call.await;
                     drop(ticket);
@@ -123,6 +120,13 @@ where
             Decision::Answer(answer) => Box::pin(std::future::ready(Ok(answer))),
         }
     }
+}
+
+/// The service `poll_ready` prepared, for this call, leaving a fresh clone for the next one
+/// (tower's rule: the instance that was polled ready is the one that must be called).
+pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
 }
 
 /// Finds the contract method of a gRPC path in a catalogue.

@@ -1,0 +1,45 @@
+//! What the runtime's integration tests share: the shipped tenants and tenant folders made on
+//! the fly.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use mesh_contract::{RequestContext, TenantId};
+use mesh_runtime::Tenants;
+
+/// The repository's `tenants/` folder.
+pub fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants")
+}
+
+/// The shipped tenants, loaded against the repository's contracts.
+pub fn tenants() -> Tenants {
+    Tenants::load(&shipped(), mesh_api::CONTRACTS).unwrap()
+}
+
+/// A context for a shipped tenant, with its (development) credential.
+pub fn ctx(tenants: &Tenants, tenant: &str) -> RequestContext {
+    let token = tenants
+        .get(tenant)
+        .unwrap()
+        .credentials
+        .token
+        .clone()
+        .unwrap();
+    RequestContext::new(TenantId::new(tenant).unwrap()).with_token(token)
+}
+
+/// A tenants folder holding the shipped defaults and the given files.
+pub fn folder(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        shipped().join("_defaults.toml"),
+        dir.path().join("_defaults.toml"),
+    )
+    .unwrap();
+    for (name, body) in files {
+        std::fs::write(dir.path().join(name), body).unwrap();
+    }
+    dir
+}

@@ -10,8 +10,8 @@ use mesh_recommend::RecommendService;
 use mesh_runtime::{
     TenantAuthLayer, TenantDirectory, Tenants,
     layers::{
-        AdmitLayer, Catalogue, DeadlineLayer, RateLimiter, ServicePlan, SwitchBoard,
-        TenantExecutorLayer, TenantRuntimes,
+        AdmitLayer, AnswerCache, CachedAnswersLayer, Catalogue, DeadlineLayer, RateLimiter,
+        ServicePlan, SwitchBoard, TenantExecutorLayer, TenantRuntimes,
     },
 };
 use tokio::io::AsyncReadExt;
@@ -54,6 +54,7 @@ pub async fn run(
     let recommendations =
         RecommendService::new(max_suggestions, RecommendService::sample_catalogue());
     let runtimes = TenantRuntimes::from_tenants(&mine).context("starting tenant runtimes")?;
+    let switches = SwitchBoard::from_tenants(&mine, CATALOGUE);
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -82,7 +83,12 @@ pub async fn run(
         })
         .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(&mine)))
         .layer(AdmitLayer::new(RateLimiter::from_tenants(&mine)))
-        .layer(AdmitLayer::new(SwitchBoard::from_tenants(&mine, CATALOGUE)))
+        .layer(CachedAnswersLayer::new(
+            AnswerCache::new(10_000),
+            switches.clone(),
+            CATALOGUE,
+        ))
+        .layer(AdmitLayer::new(switches))
         .layer(AdmitLayer::new(ServicePlan::from_tenants(&mine, CATALOGUE)))
         .layer(TenantExecutorLayer::new(runtimes))
         .layer(DeadlineLayer::new(CATALOGUE))

@@ -17,8 +17,8 @@ use mesh_contract::{RequestContext, TenantId};
 use mesh_runtime::{
     TenantAuthLayer, TenantDirectory, Tenants,
     layers::{
-        AdmitLayer, Bulkheads, Catalogue, DeadlineLayer, RateLimiter, Switch, SwitchBoard,
-        SwitchTarget,
+        AdmitLayer, AnswerCache, Bulkheads, CachedAnswersLayer, Catalogue, DeadlineLayer,
+        RateLimiter, Switch, SwitchBoard, SwitchTarget,
     },
 };
 use tokio_stream::wrappers::TcpListenerStream;
@@ -103,6 +103,11 @@ async fn serve_stack(tenants: &Tenants, board: SwitchBoard, limiter: RateLimiter
         tonic::transport::Server::builder()
             .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(tenants)))
             .layer(AdmitLayer::new(limiter))
+            .layer(CachedAnswersLayer::new(
+                AnswerCache::new(1000),
+                board.clone(),
+                CATALOGUE,
+            ))
             .layer(AdmitLayer::new(board))
             .layer(DeadlineLayer::new(CATALOGUE))
             .add_service(recommend::recommend_server::RecommendServer::new(
@@ -274,6 +279,44 @@ async fn degraded_answers_follow_each_methods_contract() {
         Code::Unavailable
     );
     assert_eq!(board.list().len(), 1);
+}
+
+#[tokio::test]
+async fn a_cached_method_answers_its_last_good_answer_per_tenant_while_off() {
+    let tenants = tenants();
+    let board = SwitchBoard::new(CATALOGUE);
+    let url = serve_stack(&tenants, board.clone(), RateLimiter::default()).await;
+    let mut caller = order::OrderCaller::new(channel(&url).await);
+    let (paipai, mall) = (ctx(&tenants, "paipai"), ctx(&tenants, "mall"));
+    let get = |id: &str| order::GetOrderRequest {
+        order_id: id.into(),
+    };
+
+    // a good answer while on...
+    let live = caller.get_order(&paipai, get("o-7")).await.unwrap();
+    assert_eq!(live.order.as_ref().unwrap().order_id, "o-7");
+    // ...is what GetOrder (degraded: cached, 60 s) answers once switched off
+    board.turn_off(off(None, SwitchTarget::Service("order".into())));
+    assert_eq!(caller.get_order(&paipai, get("o-7")).await.unwrap(), live);
+    // another request, or another tenant, has no cached answer: the empty answer
+    assert_eq!(
+        caller.get_order(&paipai, get("o-8")).await.unwrap(),
+        order::GetOrderResponse::default()
+    );
+    assert_eq!(
+        caller.get_order(&mall, get("o-7")).await.unwrap(),
+        order::GetOrderResponse::default(),
+        "answers never cross tenants"
+    );
+
+    let mut raw = order::order_client::OrderClient::new(channel(&url).await);
+    let mut request = Request::new(get("o-7"));
+    paipai.inject(request.metadata_mut()).unwrap();
+    let response = raw.get_order(request).await.unwrap();
+    assert_eq!(
+        response.metadata().get("x-mesh-degraded").unwrap(),
+        "cached@paipai"
+    );
 }
 
 #[tokio::test]

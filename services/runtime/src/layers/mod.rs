@@ -1,7 +1,8 @@
 //! The tower layers every mesh service runs behind, and the one its outbound calls run through.
 //!
 //! Inbound, outermost first: [`TenantAuthLayer`](crate::TenantAuthLayer) (who is calling),
-//! [`RateLimiter`] (is the tenant within its rate), [`SwitchBoard`] (is the method switched off:
+//! [`RateLimiter`] (is the tenant within its rate), [`CachedAnswersLayer`] (keeps the last good
+//! answer of `cached` methods and serves it while they are off), [`SwitchBoard`] (is the method switched off:
 //! answer the contract's degraded response), [`ServicePlan`] (does the tenant run this service
 //! at this major), [`DeadlineLayer`] (the contract's deadline).
 //! [`TenantExecutorLayer`] then runs the call on the tenant's own runtime if it has one.
@@ -12,6 +13,7 @@
 //! a degraded answer, never by waiting.
 
 mod bulkhead;
+mod cache;
 mod deadline;
 mod executor;
 mod plan;
@@ -23,6 +25,7 @@ use std::task::{Context, Poll};
 use mesh_contract::{ContractSpec, MethodSpec, bus::BoxFuture};
 
 pub use bulkhead::{BulkheadPermit, Bulkheads};
+pub use cache::{AnswerCache, CachedAnswers, CachedAnswersLayer};
 pub use deadline::{Deadline, DeadlineLayer};
 pub use executor::{TenantExecutor, TenantExecutorLayer, TenantRuntimes};
 pub use plan::ServicePlan;

@@ -159,8 +159,8 @@ impl SwitchBoard {
 pub fn degraded_response(method: &MethodSpec, switch: &str) -> GrpcResponse {
     let mut response = match method.degraded {
         DegradedAnswer::Error { code, message } => tonic::Status::new(code, message).into_http(),
-        // No cached answer is kept yet, and the contract's fallback for a missing one is the
-        // empty answer.
+        // reached only when the CachedAnswersLayer had no young enough answer: the contract's
+        // fallback is then the empty answer
         DegradedAnswer::Empty | DegradedAnswer::Cached { .. } => {
             empty_response(method.server_streaming)
         }

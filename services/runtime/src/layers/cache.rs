@@ -1,0 +1,260 @@
+//! Cached degraded answers: for methods whose contract says `degraded { cached { max_age_ms } }`,
+//! the last good answer per (tenant, method, request) is kept, and served while the method is
+//! switched off if it is young enough. Placed in front of the [`SwitchBoard`] layer, which
+//! answers the empty response when there is no such answer.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use mesh_contract::{DegradedAnswer, RequestContext, TenantId, bus::BoxFuture};
+
+use super::{Catalogue, GrpcResponse, SwitchBoard, switch::DEGRADED_HEADER, take_ready};
+
+type Key = (TenantId, &'static str, Bytes);
+
+/// The last good answers, bounded in entries (the oldest are dropped first).
+#[derive(Clone, Debug)]
+pub struct AnswerCache {
+    entries: Arc<Mutex<HashMap<Key, (Instant, Bytes)>>>,
+    capacity: usize,
+}
+
+impl AnswerCache {
+    /// A cache of at most `capacity` answers.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: Arc::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn put(&self, key: Key, answer: Bytes) {
+        let mut entries = self.entries.lock().expect("lock");
+        if entries.len() >= self.capacity && !entries.contains_key(&key) {
+            if let Some(oldest) = entries
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone())
+            {
+                entries.remove(&oldest);
+            }
+        }
+        entries.insert(key, (Instant::now(), answer));
+    }
+
+    fn get(&self, key: &Key, max_age: std::time::Duration) -> Option<Bytes> {
+        let entries = self.entries.lock().expect("lock");
+        entries
+            .get(key)
+            .filter(|(at, _)| at.elapsed() <= max_age)
+            .map(|(_, answer)| answer.clone())
+    }
+
+    /// Answers kept.
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("lock").len()
+    }
+
+    /// Whether no answer is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Tower layer keeping and serving cached degraded answers.
+#[derive(Clone, Debug)]
+pub struct CachedAnswersLayer {
+    cache: AnswerCache,
+    board: SwitchBoard,
+    catalogue: Catalogue,
+}
+
+impl CachedAnswersLayer {
+    /// Keeps answers in `cache`, serves them while `board` switches their method off.
+    pub fn new(cache: AnswerCache, board: SwitchBoard, catalogue: Catalogue) -> Self {
+        Self {
+            cache,
+            board,
+            catalogue,
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for CachedAnswersLayer {
+    type Service = CachedAnswers<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CachedAnswers {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`CachedAnswersLayer`] produces.
+#[derive(Clone, Debug)]
+pub struct CachedAnswers<S> {
+    inner: S,
+    layer: CachedAnswersLayer,
+}
+
+/// A gRPC `OK` response carrying `data` (the message frames as the service sent them).
+fn response_with(data: Bytes, switch: &str) -> GrpcResponse {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = vec![
+        Ok::<_, Infallible>(Frame::data(data)),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let mut response = http::Response::new(tonic::body::Body::new(
+        http_body_util::StreamBody::new(futures::stream::iter(frames)),
+    ));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    if let Ok(value) = http::HeaderValue::from_str(switch) {
+        headers.insert(DEGRADED_HEADER, value);
+    }
+    response
+}
+
+fn grpc_ok(headers: Option<&http::HeaderMap>) -> bool {
+    headers
+        .and_then(|h| h.get("grpc-status"))
+        .is_some_and(|status| status == "0")
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for CachedAnswers<S>
+where
+    S: tower_service::Service<http::Request<tonic::body::Body>, Response = GrpcResponse>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = GrpcResponse;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<GrpcResponse, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let mut inner = take_ready(&mut self.inner);
+        let found = self.layer.catalogue.method(request.uri().path());
+        let tenant = request
+            .extensions()
+            .get::<RequestContext>()
+            .map(|c| c.tenant.clone());
+        let cached = match (found, tenant) {
+            (Some((spec, method)), Some(tenant))
+                if !method.client_streaming && !method.server_streaming =>
+            {
+                match method.degraded {
+                    DegradedAnswer::Cached { max_age } => Some((spec, method, tenant, max_age)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let Some((spec, method, tenant, max_age)) = cached else {
+            return Box::pin(inner.call(request.map(tonic::body::Body::new)));
+        };
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let bytes = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(err) => {
+                    let err: Box<dyn std::error::Error + Send + Sync> = err.into();
+                    return Ok(tonic::Status::invalid_argument(format!(
+                        "reading the request: {err}"
+                    ))
+                    .into_http());
+                }
+            };
+            let key = (tenant.clone(), method.path, bytes.clone());
+            if layer.board.switched_off(&tenant, spec, method).is_some()
+                && let Some(answer) = layer.cache.get(&key, max_age)
+            {
+                return Ok(response_with(answer, &format!("cached@{tenant}")));
+            }
+            let request = http::Request::from_parts(
+                parts,
+                tonic::body::Body::new(http_body_util::Full::new(bytes)),
+            );
+            let response = inner.call(request).await?;
+            let (parts, body) = response.into_parts();
+            let Ok(collected) = body.collect().await else {
+                return Ok(
+                    tonic::Status::unavailable("the service's answer was cut off").into_http(),
+                );
+            };
+            let trailers = collected.trailers().cloned();
+            let data = collected.to_bytes();
+            if grpc_ok(trailers.as_ref()) && !parts.headers.contains_key(DEGRADED_HEADER) {
+                layer.cache.put(key, data.clone());
+            }
+            let mut frames = vec![Ok::<_, Infallible>(Frame::data(data))];
+            if let Some(trailers) = trailers {
+                frames.push(Ok(Frame::trailers(trailers)));
+            }
+            let body = tonic::body::Body::new(http_body_util::StreamBody::new(
+                futures::stream::iter(frames),
+            ));
+            Ok(http::Response::from_parts(parts, body))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn answers_expire_and_the_oldest_go_first() {
+        let cache = AnswerCache::new(2);
+        let key = |n: u8| {
+            (
+                TenantId::new("mall").unwrap(),
+                "/order.v2.Order/GetOrder",
+                Bytes::from(vec![n]),
+            )
+        };
+        cache.put(key(1), Bytes::from_static(b"one"));
+        assert_eq!(
+            cache.get(&key(1), Duration::from_secs(60)),
+            Some(Bytes::from_static(b"one"))
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(
+            cache.get(&key(1), Duration::from_millis(1)),
+            None,
+            "too old"
+        );
+        cache.put(key(2), Bytes::from_static(b"two"));
+        cache.put(key(3), Bytes::from_static(b"three"));
+        assert_eq!(cache.len(), 2);
+        assert_eq!(
+            cache.get(&key(1), Duration::from_secs(60)),
+            None,
+            "oldest dropped at capacity"
+        );
+    }
+}

@@ -38,14 +38,14 @@ impl AnswerCache {
 
     fn put(&self, key: Key, answer: Bytes) {
         let mut entries = self.entries.lock().expect("lock");
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
-            if let Some(oldest) = entries
+        if entries.len() >= self.capacity
+            && !entries.contains_key(&key)
+            && let Some(oldest) = entries
                 .iter()
                 .min_by_key(|(_, (at, _))| *at)
                 .map(|(k, _)| k.clone())
-            {
-                entries.remove(&oldest);
-            }
+        {
+            entries.remove(&oldest);
         }
         entries.insert(key, (Instant::now(), answer));
     }

@@ -86,6 +86,28 @@ impl order::OrderHandler for Recorder {
     }
 }
 
+/// Waits (polling, at most 10 s) until `done` holds; fails the test naming `what` otherwise.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what} (waited 10 s)");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Subscribes a [`Recorder`] as consumer `message` of `tenant`'s order v1 events.
+pub async fn subscribe_recorder<B: EventBus>(
+    bus: &B,
+    tenant: &TenantId,
+) -> (mesh_contract::SubscriptionHandle, Seen) {
+    let (handler, rx) = recorder();
+    let handle = bus
+        .subscribe(order::OrderConsumer::new(handler).subscription(tenant.clone(), "message"))
+        .await
+        .unwrap();
+    (handle, rx)
+}
+
 pub fn recorder() -> (Recorder, Seen) {
     let (tx, rx) = mpsc::unbounded_channel();
     (Recorder { tx }, rx)
@@ -111,11 +133,7 @@ pub fn created(id: &str) -> order::OrderCreated {
 }
 
 pub async fn round_trip_with_context<B: EventBus + Clone>(bus: B, tenant: &TenantId) {
-    let (handler, mut rx) = recorder();
-    let _sub = bus
-        .subscribe(order::OrderConsumer::new(handler).subscription(tenant.clone(), "message"))
-        .await
-        .unwrap();
+    let (_sub, mut rx) = subscribe_recorder(&bus, tenant).await;
     let publisher = order::OrderPublisher::new(bus.clone());
     let ctx = ctx(tenant);
     publisher.publish(&ctx, created("o-1")).await.unwrap();
@@ -148,11 +166,7 @@ pub async fn rejected_events_are_dead_lettered_while_good_ones_flow<B: EventBus 
     tenant: &TenantId,
     probe: &dyn Probe,
 ) {
-    let (handler, mut rx) = recorder();
-    let _sub = bus
-        .subscribe(order::OrderConsumer::new(handler).subscription(tenant.clone(), "message"))
-        .await
-        .unwrap();
+    let (_sub, mut rx) = subscribe_recorder(&bus, tenant).await;
     let publisher = order::OrderPublisher::new(bus.clone());
     publisher
         .publish(&ctx(tenant), created("poison-1"))
@@ -316,11 +330,7 @@ pub async fn a_stopped_subscription_leaves_events_queued<B: EventBus + Clone>(
     tenant: &TenantId,
     probe: &dyn Probe,
 ) {
-    let (handler, mut rx) = recorder();
-    let sub = bus
-        .subscribe(order::OrderConsumer::new(handler).subscription(tenant.clone(), "message"))
-        .await
-        .unwrap();
+    let (sub, mut rx) = subscribe_recorder(&bus, tenant).await;
     let publisher = order::OrderPublisher::new(bus.clone());
     publisher
         .publish(&ctx(tenant), created("before"))

@@ -78,6 +78,34 @@ impl Default for AmqpConfig {
     }
 }
 
+impl AmqpConfig {
+    /// The same settings on virtual host `vhost` (a tenant's `broker.vhost`): a vhost of its
+    /// own, with a broker user allowed only there, isolates a tenant on a shared broker.
+    pub fn with_vhost(&self, vhost: &str) -> Self {
+        let encoded: String = vhost
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                other => format!("%{other:02x}"),
+            })
+            .collect();
+        let (base, query) = match self.uri.split_once('?') {
+            Some((base, query)) => (base, format!("?{query}")),
+            None => (self.uri.as_str(), String::new()),
+        };
+        let authority_start = base.find("://").map_or(0, |i| i + 3);
+        let authority_end = base[authority_start..]
+            .find('/')
+            .map_or(base.len(), |i| authority_start + i);
+        Self {
+            uri: format!("{}/{encoded}{query}", &base[..authority_end]),
+            ..self.clone()
+        }
+    }
+}
+
 /// An [`EventBus`] on RabbitMQ. Cheap to clone; clones share one connection, which is
 /// re-established (and the topology redeclared) whenever it drops.
 #[derive(Clone)]
@@ -407,6 +435,27 @@ impl EventBus for AmqpBus {
 #[cfg(test)]
 mod tests {
     use super::redact;
+
+    #[test]
+    fn the_vhost_replaces_the_uri_path() {
+        let base = super::AmqpConfig::default();
+        assert_eq!(
+            base.with_vhost("/").uri,
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            base.with_vhost("finance").uri,
+            "amqp://guest:guest@127.0.0.1:5672/finance"
+        );
+        let with_query = super::AmqpConfig {
+            uri: "amqp://u:p@broker:5672/old?heartbeat=10".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            with_query.with_vhost("a b").uri,
+            "amqp://u:p@broker:5672/a%20b?heartbeat=10"
+        );
+    }
 
     #[test]
     fn passwords_are_not_shown() {

@@ -323,3 +323,49 @@ async fn garbage_from_raw_publishers_is_dead_lettered_with_reason_while_good_eve
     );
     broker.cleanup(&["message"]).await;
 }
+
+/// Runs `rabbitmqctl` (the test creates and removes a vhost of its own).
+fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl is installed with RabbitMQ");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn tenants_on_separate_vhosts_never_meet_even_with_the_same_names() {
+    let vhost = format!(
+        "mesh-test-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    rabbitmqctl(&["add_vhost", &vhost]);
+    rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+    let tenant = fresh_tenant();
+    let shared = bus().await;
+    let own = AmqpBus::connect(shared.config().with_vhost(&vhost))
+        .await
+        .expect(broker::BROKER_DOWN);
+
+    // the consumer lives on the tenant's own vhost
+    let (_sub, mut rx) = suite::subscribe_recorder(&own, &tenant).await;
+    // the same tenant id, exchange and routing key on the default vhost reach nothing
+    let err = order::OrderPublisher::new(shared.clone())
+        .publish(&suite::ctx(&tenant), created("wrong-vhost"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no queue is bound"), "{err}");
+    order::OrderPublisher::new(own.clone())
+        .publish(&suite::ctx(&tenant), created("own-vhost"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await.1, "created own-vhost");
+    own.close().await.unwrap();
+    rabbitmqctl(&["delete_vhost", &vhost]);
+    let channel = broker::connect().await.create_channel().await.unwrap();
+    broker::delete_order_topology(&channel, &tenant, &[]).await;
+}

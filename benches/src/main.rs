@@ -1,0 +1,123 @@
+//! `mesh-bench`: each figure beside its baseline, measured in one run on this machine, over
+//! loopback only, bounded to a few minutes. Prints a table and, with `--write FILE`, writes it.
+//!
+//! Needs RabbitMQ on 127.0.0.1:5672 (`bash .ci/test` starts it) and builds the `mesh` binary
+//! for the memory figures.
+
+mod amqp;
+mod memory;
+mod noisy;
+mod unary;
+
+use std::{fmt::Write as _, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "Mesh overhead against raw tonic and raw lapin, in one run")]
+struct Args {
+    /// Calls (or messages) per sequential measurement.
+    #[arg(long, default_value_t = 3000)]
+    calls: usize,
+    /// Duration of each throughput measurement.
+    #[arg(long, default_value = "3")]
+    seconds: u64,
+    /// Also write the results (markdown) to this file.
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+/// One row of results.
+pub struct Row {
+    figure: String,
+    baseline: String,
+    mesh: String,
+    ratio: String,
+    target: &'static str,
+}
+
+impl Row {
+    fn new(
+        figure: impl Into<String>,
+        baseline: String,
+        mesh: String,
+        ratio: String,
+        target: &'static str,
+    ) -> Self {
+        Self {
+            figure: figure.into(),
+            baseline,
+            mesh,
+            ratio,
+            target,
+        }
+    }
+}
+
+/// The p-th percentile of sorted durations.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `12.3 µs` style.
+pub fn micros(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let window = Duration::from_secs(args.seconds);
+    let mut rows = Vec::new();
+    eprintln!("unary HTTP/2 ...");
+    rows.extend(unary::run(args.calls, window).await?);
+    eprintln!("AMQP publish + consume ...");
+    rows.extend(amqp::run(args.calls).await?);
+    eprintln!("noisy neighbour ...");
+    rows.extend(noisy::run().await?);
+    eprintln!("memory ...");
+    rows.extend(memory::run(window).await?);
+    rows.push(Row::new(
+        "degradation switch propagation",
+        "-".into(),
+        "not measured".into(),
+        "-".into(),
+        "< 100 ms",
+    ));
+
+    let mut table = String::new();
+    writeln!(
+        table,
+        "Run on {} core(s), {}; release build; loopback only.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        today()
+    )?;
+    writeln!(
+        table,
+        "| figure | baseline | mesh | mesh / baseline | target |"
+    )?;
+    writeln!(table, "|---|---|---|---|---|")?;
+    for row in &rows {
+        writeln!(
+            table,
+            "| {} | {} | {} | {} | {} |",
+            row.figure, row.baseline, row.mesh, row.ratio, row.target
+        )?;
+    }
+    println!("{table}");
+    if let Some(path) = args.write {
+        std::fs::write(&path, table)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}

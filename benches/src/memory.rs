@@ -1,0 +1,111 @@
+//! Figure 5: resident memory of one tenant process (`mesh worker`), idle and under load.
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use mesh_api::recommend::v1 as recommend;
+use mesh_contract::{RequestContext, TenantId};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::Row;
+
+/// The release `mesh` binary beside this one, built if missing.
+fn mesh_binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("mesh");
+    if !path.exists() {
+        let built = std::process::Command::new("cargo")
+            .args(["build", "--release", "--quiet", "-p", "mesh-node"])
+            .status()?;
+        anyhow::ensure!(built.success(), "building mesh-node failed");
+    }
+    Ok(path)
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
+}
+
+pub async fn run(window: Duration) -> anyhow::Result<Vec<Row>> {
+    let tenants = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tenants");
+    let mut worker = tokio::process::Command::new(mesh_binary()?)
+        .args([
+            "worker",
+            "--tenant",
+            "mall",
+            "--exit-on-stdin-close",
+            "--tenants",
+        ])
+        .arg(&tenants)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = worker
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("worker has no pid"))?;
+    let mut lines = BufReader::new(worker.stdout.take().expect("piped")).lines();
+    let address = loop {
+        let line = lines
+            .next_line()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("worker ended"))?;
+        if let Some(address) = line.strip_prefix("READY ") {
+            break address.to_owned();
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = rss_kib(pid)?;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+        .connect()
+        .await?;
+    let ctx = RequestContext::new(TenantId::new("mall")?).with_token("dev-mall-token");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (stop, mut caller, ctx) = (
+                stop.clone(),
+                recommend::RecommendCaller::new(channel.clone()),
+                ctx.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = caller
+                        .suggest(&ctx, recommend::SuggestRequest::default())
+                        .await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(window).await;
+    let loaded = rss_kib(pid)?;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    drop(worker.stdin.take());
+    let _ = worker.wait().await;
+    Ok(vec![Row::new(
+        "RSS of one tenant process (mesh worker), idle / under 32 callers",
+        "-".into(),
+        format!(
+            "{:.1} MiB / {:.1} MiB",
+            idle as f64 / 1024.0,
+            loaded as f64 / 1024.0
+        ),
+        "-".into(),
+        "-",
+    )])
+}

@@ -1,0 +1,187 @@
+//! Figure 3: the noisy neighbour. Tenant A (mall) is held to 50 calls/s and floods at about ten
+//! times that, and its dependency (the locator) is slow for it; tenant B (paipai) calls the same
+//! front service. B's p99 beside A, against B alone.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use mesh_api::{locator::v1 as locator, recommend::v1 as recommend};
+use mesh_contract::{RequestContext, TenantId};
+use mesh_runtime::{
+    TenantAuthLayer, TenantDirectory, Tenants,
+    layers::{AdmitLayer, Bulkheads, RateLimiter},
+};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, transport::Channel};
+
+use crate::{Row, micros, percentile};
+
+/// Slow (150 ms) for mall, immediate for everyone else.
+struct Locator;
+
+#[tonic::async_trait]
+impl locator::locator_server::Locator for Locator {
+    async fn register(
+        &self,
+        _: Request<locator::RegisterRequest>,
+    ) -> Result<Response<locator::RegisterResponse>, Status> {
+        Ok(Response::new(locator::RegisterResponse {}))
+    }
+    async fn unregister(
+        &self,
+        _: Request<locator::UnregisterRequest>,
+    ) -> Result<Response<locator::UnregisterResponse>, Status> {
+        Ok(Response::new(locator::UnregisterResponse {}))
+    }
+    async fn locate(
+        &self,
+        request: Request<locator::LocateRequest>,
+    ) -> Result<Response<locator::LocateResponse>, Status> {
+        if RequestContext::from_request(&request)?.tenant.as_str() == "mall" {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        Ok(Response::new(locator::LocateResponse::default()))
+    }
+}
+
+/// The front service: every call asks the locator, through the tenant's bulkhead.
+struct Front {
+    locator: locator::LocatorCaller<
+        tower::util::BoxCloneSyncService<
+            http::Request<tonic::body::Body>,
+            http::Response<tonic::body::Body>,
+            tonic::transport::Error,
+        >,
+    >,
+    tokens: Arc<Tenants>,
+}
+
+#[tonic::async_trait]
+impl recommend::recommend_server::Recommend for Front {
+    async fn suggest(
+        &self,
+        request: Request<recommend::SuggestRequest>,
+    ) -> Result<Response<recommend::SuggestResponse>, Status> {
+        let ctx = RequestContext::from_request(&request)?;
+        let token = self
+            .tokens
+            .get(ctx.tenant.as_str())
+            .and_then(|t| t.credentials.token.clone())
+            .unwrap_or_default();
+        self.locator
+            .clone()
+            .locate(&ctx.with_token(token), locator::LocateRequest::default())
+            .await?;
+        Ok(Response::new(recommend::SuggestResponse::default()))
+    }
+}
+
+async fn listen() -> anyhow::Result<(tokio::net::TcpListener, String)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    Ok((listener, url))
+}
+
+pub async fn run() -> anyhow::Result<Vec<Row>> {
+    let tenants = Arc::new(Tenants::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenants"),
+        mesh_api::CONTRACTS,
+    )?);
+    let (listener, locator_url) = listen().await?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(
+                &tenants,
+            )))
+            .add_service(locator::locator_server::LocatorServer::new(Locator))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let to_locator = tonic::transport::Endpoint::from_shared(locator_url)?
+        .connect()
+        .await?;
+    let bulkheads = Bulkheads::new(4);
+    let guarded = tower::ServiceBuilder::new()
+        .layer(AdmitLayer::new(bulkheads.for_dependency("locator")))
+        .service(to_locator);
+    let front = Front {
+        locator: locator::LocatorCaller::new(tower::util::BoxCloneSyncService::new(guarded)),
+        tokens: tenants.clone(),
+    };
+    let limiter = RateLimiter::from_tenants(&tenants);
+    limiter.set(TenantId::new("mall")?, 50, 10);
+    limiter.set(TenantId::new("paipai")?, 100_000, 100_000);
+    let (listener, front_url) = listen().await?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(16))
+            .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(
+                &tenants,
+            )))
+            .layer(AdmitLayer::new(limiter))
+            .add_service(recommend::recommend_server::RecommendServer::new(front))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(front_url)?
+        .connect()
+        .await?;
+    let ctx = |tenant: &str| -> anyhow::Result<RequestContext> {
+        let token = tenants
+            .get(tenant)
+            .and_then(|t| t.credentials.token.clone())
+            .unwrap_or_default();
+        Ok(RequestContext::new(TenantId::new(tenant)?).with_token(token))
+    };
+
+    let calm = |channel: Channel, ctx: RequestContext| async move {
+        let mut caller = recommend::RecommendCaller::new(channel);
+        let mut latencies = Vec::new();
+        for _ in 0..500 {
+            let started = Instant::now();
+            caller
+                .suggest(&ctx, recommend::SuggestRequest::default())
+                .await?;
+            latencies.push(started.elapsed());
+        }
+        latencies.sort();
+        anyhow::Ok(percentile(&latencies, 0.99))
+    };
+    let alone = calm(channel.clone(), ctx("paipai")?).await?;
+
+    // A: 32 callers at ~16 calls/s each, ~500 calls/s in all: ten times its limit
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for _ in 0..32 {
+        let (stop, mut caller, mall) = (
+            stop.clone(),
+            recommend::RecommendCaller::new(channel.clone()),
+            ctx("mall")?,
+        );
+        flood.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = caller
+                    .suggest(&mall, recommend::SuggestRequest::default())
+                    .await;
+                tokio::time::sleep(Duration::from_millis(64)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let beside = calm(channel.clone(), ctx("paipai")?).await?;
+    stop.store(true, Ordering::Relaxed);
+    for task in flood {
+        task.await?;
+    }
+    Ok(vec![Row::new(
+        "calm tenant p99 beside a flooding tenant with a slow dependency",
+        format!("{} (alone)", micros(alone)),
+        micros(beside),
+        format!("{:.2}", beside.as_secs_f64() / alone.as_secs_f64()),
+        "<= 1.2",
+    )])
+}

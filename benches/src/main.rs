@@ -106,10 +106,41 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("{table}");
     if let Some(path) = args.write {
-        std::fs::write(&path, table)?;
-        eprintln!("wrote {}", path.display());
+        let existing = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::write(&path, splice(&existing, &table))?;
+        eprintln!("wrote the results into {}", path.display());
     }
     Ok(())
+}
+
+const BEGIN: &str = "<!-- results: written by mesh-bench -->";
+const END: &str = "<!-- /results -->";
+
+/// `existing` with the text between the result markers replaced by `table`, so the analysis
+/// written around the results survives a new run; the table alone if there are no markers.
+fn splice(existing: &str, table: &str) -> String {
+    match (existing.find(BEGIN), existing.find(END)) {
+        (Some(begin), Some(end)) if begin < end => {
+            format!("{}{BEGIN}\n{table}{}", &existing[..begin], &existing[end..])
+        }
+        _ => format!("{BEGIN}\n{table}{END}\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_run_replaces_only_the_results() {
+        let file = format!("# Benchmarks\n{BEGIN}\nold table\n{END}\n## Analysis\nkept\n");
+        let written = splice(&file, "new table\n");
+        assert_eq!(
+            written,
+            format!("# Benchmarks\n{BEGIN}\nnew table\n{END}\n## Analysis\nkept\n")
+        );
+        assert_eq!(splice("", "t\n"), format!("{BEGIN}\nt\n{END}\n"));
+    }
 }
 
 fn today() -> String {

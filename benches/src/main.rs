@@ -113,6 +113,16 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
 const BEGIN: &str = "<!-- results: written by mesh-bench -->";
 const END: &str = "<!-- /results -->";
 
@@ -141,14 +151,4 @@ mod tests {
         );
         assert_eq!(splice("", "t\n"), format!("{BEGIN}\nt\n{END}\n"));
     }
-}
-
-fn today() -> String {
-    std::process::Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
 }

@@ -11,7 +11,9 @@
 
 include!(concat!(env!("OUT_DIR"), "/contracts.rs"));
 
-/// Every contract of the repository, for the runtime to look methods up by gRPC path.
+/// Every business-service contract: what tenants may run, and what the runtime looks methods
+/// up in by gRPC path. The mesh's own control plane (`admin::v1`, served to `meshctl`) is not
+/// one of them: no tenant runs it.
 pub static CONTRACTS: &[&mesh_contract::ContractSpec] = &[
     &gateway::v1::contract::SPEC,
     &locator::v1::contract::SPEC,

@@ -19,7 +19,8 @@ pub mod headers {
 /// A validated tenant id: lowercase ASCII letters, digits, `-` and `_`, starting with a letter,
 /// at most 32 characters. The id ends up in queue names, schema names and metric labels, so it
 /// is restricted to what is safe in all of them.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct TenantId(Arc<str>);
 
 impl TenantId {
@@ -44,6 +45,19 @@ impl TenantId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl TryFrom<String> for TenantId {
+    type Error = ContextError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(&s)
+    }
+}
+
+impl From<TenantId> for String {
+    fn from(id: TenantId) -> Self {
+        id.0.to_string()
     }
 }
 

@@ -2,7 +2,10 @@
 //! per-tenant setting (`services.recommend.settings.max_suggestions`), never a tenant check in
 //! code.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
 
 use mesh_api::recommend::v1;
 use mesh_contract::{RequestContext, TenantId};
@@ -14,7 +17,7 @@ pub const DEFAULT_MAX_SUGGESTIONS: u32 = 3;
 /// The service.
 #[derive(Clone, Debug, Default)]
 pub struct RecommendService {
-    max_by_tenant: Arc<HashMap<TenantId, u32>>,
+    max_by_tenant: Arc<RwLock<HashMap<TenantId, u32>>>,
     catalogue: Arc<Vec<v1::Product>>,
 }
 
@@ -22,9 +25,17 @@ impl RecommendService {
     /// The service with each tenant's `max_suggestions` and a product catalogue.
     pub fn new(max_by_tenant: HashMap<TenantId, u32>, catalogue: Vec<v1::Product>) -> Self {
         Self {
-            max_by_tenant: Arc::new(max_by_tenant),
+            max_by_tenant: Arc::new(RwLock::new(max_by_tenant)),
             catalogue: Arc::new(catalogue),
         }
+    }
+
+    /// Sets a tenant's `max_suggestions` (a tenant onboarded while the service runs).
+    pub fn set_max_suggestions(&self, tenant: TenantId, max: u32) {
+        self.max_by_tenant
+            .write()
+            .expect("lock")
+            .insert(tenant, max);
     }
 
     /// A small fixed catalogue, for the demo and tests.
@@ -49,6 +60,8 @@ impl v1::recommend_server::Recommend for RecommendService {
         let ctx = RequestContext::from_request(&request)?;
         let tenant_max = self
             .max_by_tenant
+            .read()
+            .expect("lock")
             .get(&ctx.tenant)
             .copied()
             .unwrap_or(DEFAULT_MAX_SUGGESTIONS);

@@ -52,6 +52,9 @@ pub struct TenantConfig {
     /// Degradation switches off from start-up.
     #[serde(default)]
     pub switches: InitialSwitches,
+    /// Rules that degrade the tenant on their own when its important calls suffer.
+    #[serde(default)]
+    pub auto_degrade: Vec<AutoRule>,
 }
 
 impl TenantConfig {
@@ -168,6 +171,46 @@ pub struct InitialSwitches {
     pub services_off: Vec<String>,
     /// Tier switched off, with every less important one (2 = optional services).
     pub tiers_off_from: Option<u8>,
+}
+
+/// An automatic degradation rule: when the tenant's calls of `watch_tier` and more important
+/// tiers get slow (p99) or fail (error rate) over `window_secs`, the tiers from
+/// `switch_off_tiers_from` on are switched off for that tenant; once the watched calls have been
+/// calm for `calm_secs`, they are switched back on. Shown as `auto:<name>` in `meshctl switch list`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AutoRule {
+    /// Rule name, unique within the tenant.
+    pub name: String,
+    /// Calls watched: this tier and every more important one (0 = core calls only).
+    pub watch_tier: u8,
+    /// Trips when the watched calls' p99 latency exceeds this many milliseconds.
+    pub p99_ms_above: Option<u32>,
+    /// Trips when this share (0 to 1) of the watched calls fail.
+    pub error_rate_above: Option<f64>,
+    /// What it switches off: this tier and every less important one.
+    pub switch_off_tiers_from: u8,
+    /// The sliding window the figures are taken over.
+    #[serde(default = "default_window_secs")]
+    pub window_secs: u32,
+    /// How long the watched calls must stay under the thresholds before the switch is restored.
+    #[serde(default = "default_calm_secs")]
+    pub calm_secs: u32,
+    /// Fewer calls than this in the window never trip the rule (one slow call is no incident).
+    #[serde(default = "default_min_calls")]
+    pub min_calls: u32,
+}
+
+fn default_window_secs() -> u32 {
+    10
+}
+
+fn default_calm_secs() -> u32 {
+    30
+}
+
+fn default_min_calls() -> u32 {
+    20
 }
 
 /// One problem in a tenant file: where, which field, what.
@@ -303,6 +346,90 @@ impl Tenants {
             Err(ConfigError::Invalid(errors))
         }
     }
+}
+
+/// Validates a tenant file that is not in the tenants folder `dir` yet, exactly as
+/// [`Tenants::load`] will once it is there: over the folder's defaults and the file's environment
+/// overrides, against the catalogue, and against the tenants `existing` already (id, data
+/// namespace, file name). Errors name the file as `file_name`. What `meshctl tenant check` and
+/// `tenant add` run.
+pub fn check_new(
+    dir: &Path,
+    existing: &Tenants,
+    file_name: &str,
+    content: &str,
+    catalogue: &[&ContractSpec],
+) -> Result<TenantConfig, ConfigError> {
+    let invalid = |field: &str, message: String| {
+        ConfigError::Invalid(vec![FieldError {
+            source: file_name.to_owned(),
+            field: field.to_owned(),
+            message,
+        }])
+    };
+    let plain = Path::new(file_name).file_name().map(|n| n.to_string_lossy()) == Some(file_name.into());
+    if !plain || !file_name.ends_with(".toml") || file_name.starts_with(['_', '.']) {
+        return Err(invalid(
+            "",
+            "a tenant file name is `<tenant>.toml`: no folder, not starting with `_` or `.`".into(),
+        ));
+    }
+    if dir.join(file_name).exists() {
+        return Err(invalid(
+            "",
+            format!("{} exists already in {}", file_name, dir.display()),
+        ));
+    }
+    let scratch = tempfile::tempdir().map_err(|source| ConfigError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let file = scratch.path().join(file_name);
+    std::fs::write(&file, content).map_err(|source| ConfigError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let defaults = dir.join(DEFAULTS_FILE);
+    let defaults = defaults.exists().then_some(defaults);
+    let shown = file.display().to_string();
+    let config = load_file(&file, defaults.as_deref(), catalogue).map_err(|err| match err {
+        ConfigError::Invalid(errors) => ConfigError::Invalid(
+            errors
+                .into_iter()
+                .map(|mut e| {
+                    if e.source == shown {
+                        e.source = file_name.to_owned();
+                    }
+                    e
+                })
+                .collect(),
+        ),
+        other => other,
+    })?;
+    if let Some(first) = existing.files.get(&config.id) {
+        return Err(invalid(
+            "id",
+            format!(
+                "duplicate tenant id {:?}: {} declares it already",
+                config.id,
+                first.display()
+            ),
+        ));
+    }
+    if let Some(other) = existing
+        .tenants
+        .values()
+        .find(|t| t.data_namespace == config.data_namespace)
+    {
+        return Err(invalid(
+            "data_namespace",
+            format!(
+                "{:?} is already the data namespace of tenant {}; tenants never share data",
+                config.data_namespace, other.id
+            ),
+        ));
+    }
+    Ok(config)
 }
 
 /// The environment prefix of a tenant file's overrides: `MESH_TENANT_<STEM>__`.
@@ -479,6 +606,55 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
             "switches.tiers_off_from".into(),
             format!("{tier} is not a tier (0, 1 or 2)"),
         );
+    }
+    let mut rule_names = std::collections::HashSet::new();
+    for (i, rule) in config.auto_degrade.iter().enumerate() {
+        let field = |name: &str| format!("auto_degrade[{i}].{name}");
+        if rule.name.trim().is_empty() {
+            error(field("name"), "must not be empty".into());
+        } else if !rule_names.insert(rule.name.as_str()) {
+            error(
+                field("name"),
+                format!("{:?} names another rule of this tenant already", rule.name),
+            );
+        }
+        let max = mesh_contract::Tier::MAX;
+        if rule.watch_tier > max {
+            error(
+                field("watch_tier"),
+                format!("{} is not a tier (0, 1 or 2)", rule.watch_tier),
+            );
+        }
+        if rule.switch_off_tiers_from > max {
+            error(
+                field("switch_off_tiers_from"),
+                format!("{} is not a tier (0, 1 or 2)", rule.switch_off_tiers_from),
+            );
+        } else if rule.switch_off_tiers_from <= rule.watch_tier {
+            error(
+                field("switch_off_tiers_from"),
+                format!(
+                    "must be above watch_tier ({}): a rule sheds less important work to protect the calls it watches",
+                    rule.watch_tier
+                ),
+            );
+        }
+        match (rule.p99_ms_above, rule.error_rate_above) {
+            (None, None) => error(
+                field("p99_ms_above"),
+                "set p99_ms_above or error_rate_above (or both): the rule has nothing to watch"
+                    .into(),
+            ),
+            (Some(0), _) => error(field("p99_ms_above"), "must be at least 1".into()),
+            (_, Some(rate)) if !(rate > 0.0 && rate <= 1.0) => error(
+                field("error_rate_above"),
+                format!("{rate} is not a share between 0 (excluded) and 1"),
+            ),
+            _ => {}
+        }
+        if rule.window_secs == 0 {
+            error(field("window_secs"), "must be at least 1".into());
+        }
     }
     let limits = &config.limits;
     for (field, value) in [

@@ -1,25 +1,282 @@
 //! The front door of a mesh whose tenants run in separate processes: one HTTP/2 address for
 //! callers, routing each call to the process serving its tenant (`x-mesh-tenant`). A tenant whose
 //! process is restarting gets `UNAVAILABLE` at once; the others are not affected.
+//!
+//! Every call passes here, so the front door is also where the mesh watches its tenants (calls
+//! in flight, latency and failures by tier for the automatic degradation rules, degraded
+//! answers for `meshctl status`) and where ops inject latency for a drill, as a service mesh's
+//! proxy does.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     convert::Infallible,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
 };
 
 use mesh_contract::{TenantId, bus::BoxFuture, headers};
 use tonic::transport::{Channel, Endpoint};
 use tower::ServiceExt;
 
+use crate::layers::{Catalogue, DEGRADED_HEADER};
+
+/// How long call samples are kept for the rules' windows.
+const KEEP_SAMPLES: Duration = Duration::from_secs(120);
+/// At most this many samples per tenant (memory stays bounded under any flood).
+const MAX_SAMPLES: usize = 50_000;
+/// Degraded answers remembered for `status`.
+const RECENT_DEGRADED: usize = 50;
+
+/// Latency injected into a tenant's calls (a fault drill).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    /// The tenant whose calls are delayed.
+    pub tenant: TenantId,
+    /// Only calls to this service; `None` for all.
+    pub service: Option<String>,
+    /// Added before the call is forwarded.
+    pub delay: Duration,
+}
+
+/// A degraded answer the front door passed on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DegradedSeen {
+    /// Whose call.
+    pub tenant: TenantId,
+    /// gRPC path.
+    pub method: String,
+    /// The switch that answered (its scope).
+    pub switch: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// A tenant's traffic through the front door.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenantLoad {
+    /// Calls in flight now.
+    pub in_flight: u32,
+    /// Calls forwarded since start.
+    pub calls: u64,
+    /// Degraded answers since start.
+    pub degraded: u64,
+}
+
+/// Latency and failures of some calls over a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WindowStats {
+    /// Calls answered in the window.
+    pub calls: u32,
+    /// Their 99th percentile latency.
+    pub p99: Duration,
+    /// Share of them that failed (0 to 1).
+    pub error_rate: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    at: Instant,
+    tier: u8,
+    latency: Duration,
+    failed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Watched {
+    load: TenantLoad,
+    samples: VecDeque<Sample>,
+}
+
+#[derive(Debug, Default)]
+struct Watch {
+    faults: RwLock<Vec<Fault>>,
+    tenants: Mutex<HashMap<TenantId, Watched>>,
+    degraded: Mutex<VecDeque<DegradedSeen>>,
+}
+
 /// Where each tenant's calls go.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct FrontDoor {
     routes: Arc<RwLock<HashMap<TenantId, (String, Channel)>>>,
+    catalogue: Catalogue,
+    watch: Arc<Watch>,
+}
+
+impl Default for FrontDoor {
+    fn default() -> Self {
+        Self::new(Catalogue(&[]))
+    }
+}
+
+/// Counts a call in flight until dropped.
+struct InFlight {
+    watch: Arc<Watch>,
+    tenant: TenantId,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(w) = self.watch.tenants.lock().expect("lock").get_mut(&self.tenant) {
+            w.load.in_flight = w.load.in_flight.saturating_sub(1);
+        }
+    }
 }
 
 impl FrontDoor {
+    /// A front door that knows the methods of `catalogue` (their tiers, for the rules).
+    pub fn new(catalogue: Catalogue) -> Self {
+        Self {
+            routes: Arc::default(),
+            catalogue,
+            watch: Arc::default(),
+        }
+    }
+
+    /// Delays `tenant`'s calls (to `service`, or all) by `delay`; a zero delay clears the fault.
+    pub fn set_fault(&self, tenant: TenantId, service: Option<String>, delay: Duration) {
+        let mut faults = self.watch.faults.write().expect("lock");
+        faults.retain(|f| !(f.tenant == tenant && f.service == service));
+        if !delay.is_zero() {
+            faults.push(Fault {
+                tenant,
+                service,
+                delay,
+            });
+        }
+    }
+
+    /// The faults injected now.
+    pub fn faults(&self) -> Vec<Fault> {
+        self.watch.faults.read().expect("lock").clone()
+    }
+
+    /// Latency and failures of `tenant`'s calls of tier `max_tier` and more important ones,
+    /// answered within the last `window`.
+    pub fn window(&self, tenant: &TenantId, max_tier: u8, window: Duration) -> WindowStats {
+        let since = Instant::now().checked_sub(window);
+        let tenants = self.watch.tenants.lock().expect("lock");
+        let Some(watched) = tenants.get(tenant) else {
+            return WindowStats::default();
+        };
+        let mut latencies: Vec<Duration> = Vec::new();
+        let mut failed = 0u32;
+        for sample in watched.samples.iter().rev() {
+            if since.is_some_and(|since| sample.at < since) {
+                break;
+            }
+            if sample.tier <= max_tier {
+                latencies.push(sample.latency);
+                failed += u32::from(sample.failed);
+            }
+        }
+        drop(tenants);
+        if latencies.is_empty() {
+            return WindowStats::default();
+        }
+        latencies.sort_unstable();
+        let rank = (latencies.len() * 99).div_ceil(100).max(1) - 1;
+        let calls = u32::try_from(latencies.len()).unwrap_or(u32::MAX);
+        WindowStats {
+            calls,
+            p99: latencies[rank],
+            error_rate: f64::from(failed) / f64::from(calls),
+        }
+    }
+
+    /// Every tenant's traffic so far.
+    pub fn load(&self) -> Vec<(TenantId, TenantLoad)> {
+        let tenants = self.watch.tenants.lock().expect("lock");
+        let mut load: Vec<_> = tenants
+            .iter()
+            .map(|(t, w)| (t.clone(), w.load.clone()))
+            .collect();
+        load.sort_by(|a, b| a.0.cmp(&b.0));
+        load
+    }
+
+    /// The most recent degraded answers, newest first.
+    pub fn recent_degraded(&self) -> Vec<DegradedSeen> {
+        self.watch
+            .degraded
+            .lock()
+            .expect("lock")
+            .iter()
+            .rev()
+            .cloned()
+            .collect()
+    }
+
+    fn enter(&self, tenant: &TenantId) -> InFlight {
+        let mut tenants = self.watch.tenants.lock().expect("lock");
+        let watched = tenants.entry(tenant.clone()).or_default();
+        watched.load.in_flight += 1;
+        watched.load.calls += 1;
+        InFlight {
+            watch: self.watch.clone(),
+            tenant: tenant.clone(),
+        }
+    }
+
+    fn record(&self, tenant: &TenantId, tier: Option<u8>, started: Instant, response: &http::Response<tonic::body::Body>, path: &str) {
+        let failed = response
+            .headers()
+            .get("grpc-status")
+            .is_some_and(|status| status.as_bytes() != b"0");
+        let degraded = response.headers().get(DEGRADED_HEADER);
+        let now = Instant::now();
+        let mut tenants = self.watch.tenants.lock().expect("lock");
+        let watched = tenants.entry(tenant.clone()).or_default();
+        if degraded.is_some() {
+            watched.load.degraded += 1;
+        }
+        if let Some(tier) = tier {
+            watched.samples.push_back(Sample {
+                at: now,
+                tier,
+                latency: now - started,
+                failed,
+            });
+            while watched.samples.len() > MAX_SAMPLES
+                || watched
+                    .samples
+                    .front()
+                    .is_some_and(|s| now.duration_since(s.at) > KEEP_SAMPLES)
+            {
+                watched.samples.pop_front();
+            }
+        }
+        drop(tenants);
+        if let Some(switch) = degraded {
+            let mut recent = self.watch.degraded.lock().expect("lock");
+            if recent.len() == RECENT_DEGRADED {
+                recent.pop_front();
+            }
+            recent.push_back(DegradedSeen {
+                tenant: tenant.clone(),
+                method: path.to_owned(),
+                switch: String::from_utf8_lossy(switch.as_bytes()).into_owned(),
+                at: SystemTime::now(),
+            });
+        }
+    }
+
+    fn delay_for(&self, tenant: &TenantId, service: Option<&str>) -> Option<Duration> {
+        self.watch
+            .faults
+            .read()
+            .expect("lock")
+            .iter()
+            .filter(|f| {
+                &f.tenant == tenant
+                    && f.service
+                        .as_deref()
+                        .is_none_or(|s| Some(s) == service)
+            })
+            .map(|f| f.delay)
+            .max()
+    }
+
     /// Routes `tenant` to the process listening at `address` (`127.0.0.1:4567`).
     pub fn route(&self, tenant: TenantId, address: &str) -> Result<(), tonic::transport::Error> {
         let channel = Endpoint::from_shared(format!("http://{address}"))?.connect_lazy();
@@ -93,18 +350,17 @@ where
             .get(headers::TENANT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let route = tenant
-            .as_deref()
-            .and_then(|t| TenantId::new(t).ok())
-            .and_then(|t| {
-                self.routes
-                    .read()
-                    .expect("lock")
-                    .get(&t)
-                    .map(|(_, c)| c.clone())
-            });
+        let tenant_id = tenant.as_deref().and_then(|t| TenantId::new(t).ok());
+        let route = tenant_id.as_ref().and_then(|t| {
+            self.routes
+                .read()
+                .expect("lock")
+                .get(t)
+                .map(|(_, c)| c.clone())
+        });
+        let front = self.clone();
         Box::pin(async move {
-            let Some(channel) = route else {
+            let (Some(channel), Some(tenant_id)) = (route, tenant_id) else {
                 let status = match tenant {
                     None => tonic::Status::unauthenticated(format!(
                         "request carries no tenant (header `{}`)",
@@ -116,14 +372,24 @@ where
                 };
                 return Ok(status.into_http());
             };
+            let started = Instant::now();
+            let _in_flight = front.enter(&tenant_id);
+            let path = request.uri().path().to_owned();
+            let method = front.catalogue.method(&path);
+            if let Some(delay) = front.delay_for(&tenant_id, method.map(|(spec, _)| spec.name)) {
+                tokio::time::sleep(delay).await;
+            }
             let request = request.map(tonic::body::Body::new);
-            match channel.oneshot(request).await {
-                Ok(response) => Ok(response),
-                Err(err) => Ok(tonic::Status::unavailable(format!(
+            let response = match channel.oneshot(request).await {
+                Ok(response) => response,
+                Err(err) => tonic::Status::unavailable(format!(
                     "the tenant's process did not answer: {err}"
                 ))
-                .into_http()),
-            }
+                .into_http(),
+            };
+            let tier = method.map(|(spec, _)| spec.tier.get());
+            front.record(&tenant_id, tier, started, &response, &path);
+            Ok(response)
         })
     }
 }

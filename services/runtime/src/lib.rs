@@ -11,11 +11,16 @@
 //!   contract deadlines for inbound calls, bulkheads for outbound ones.
 //! - [`supervisor`] and [`front_door`]: a process per tenant group, restarted alone when it
 //!   dies, and one address routing each call to its tenant's process.
+//! - [`control`]: degradation switches at run time (persisted, pushed to every process),
+//!   tenants onboarded while running, status, automatic degradation rules.
+//! - [`deploy`]: the deployment's own configuration (admin API, ops credential, state folder).
 //!
 //! The runtime knows nothing of any particular service: it is handed the contract catalogue.
 
 pub mod auth;
 pub mod config;
+pub mod control;
+pub mod deploy;
 pub mod front_door;
 pub mod graph;
 pub mod layers;

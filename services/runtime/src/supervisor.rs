@@ -1,29 +1,39 @@
 //! Process isolation: one OS process per tenant group, supervised.
 //!
 //! Tenants with `isolation.process = "own"` get a process each; the others share one. The
-//! supervisor starts each group as a worker (a command it is given, e.g. `mesh worker`), waits
-//! for the worker to print `READY <address>`, and routes the group's tenants to that address
-//! through the [`FrontDoor`]. A worker that exits is restarted with backoff, alone: the other
-//! groups keep serving. On shutdown, workers are asked to stop (their stdin closes) and killed
-//! if they do not within a grace period. A worker whose supervisor dies sees its stdin close too.
+//! supervisor starts each group as a worker (a command it is given, e.g. `mesh worker`), hands
+//! it the mesh's current [`WorkerState`] (switches, tenants) on its stdin before it serves, waits
+//! for `READY <address>`, and routes the group's tenants to that address through the
+//! [`FrontDoor`]. Every later change of state reaches every worker the same way, and each
+//! confirms it (`APPLIED <version>`), so a change can be awaited until it holds everywhere.
+//!
+//! A worker that exits is restarted with backoff, alone: the other groups keep serving. On
+//! shutdown, workers are asked to stop (their stdin closes) and killed if they do not within a
+//! grace period. A worker whose supervisor dies sees its stdin close too.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     process::{ExitStatus, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use mesh_contract::TenantId;
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    process::{Child, ChildStdin, Command},
     sync::{mpsc, watch},
+    task::JoinHandle,
 };
 
-use crate::{config::ProcessIsolation, config::Tenants, front_door::FrontDoor};
-
-/// The line a worker prints once it serves: `READY 127.0.0.1:4567`.
-pub const READY_PREFIX: &str = "READY ";
+pub use crate::control::protocol::READY_PREFIX;
+use crate::{
+    config::{ProcessIsolation, Tenants},
+    control::protocol::{WorkerLine, WorkerState, WorkerStats},
+    front_door::FrontDoor,
+    layers::Switch,
+};
 
 /// Tenants served by one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +61,7 @@ pub fn groups(tenants: &Tenants) -> Vec<Group> {
         groups.insert(
             0,
             Group {
-                name: "shared".into(),
+                name: SHARED_GROUP.into(),
                 tenants: shared,
             },
         );
@@ -111,6 +121,25 @@ pub enum SupervisorEvent {
     },
 }
 
+/// One group's process, as `meshctl status` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessInfo {
+    /// Group name.
+    pub group: String,
+    /// Its tenants.
+    pub tenants: Vec<TenantId>,
+    /// Worker process id, while one runs.
+    pub pid: Option<u32>,
+    /// Where it serves, once ready.
+    pub address: Option<String>,
+    /// Times it was restarted.
+    pub restarts: u32,
+    /// Since when it serves.
+    pub serving_since: Option<Instant>,
+    /// What it last reported.
+    pub stats: WorkerStats,
+}
+
 /// Backoff between restarts: doubles from `FIRST_BACKOFF` to `MAX_BACKOFF`, and starts over
 /// once a worker has stayed up for `STABLE_AFTER`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -121,41 +150,230 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a stopping worker may take before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs every group until `shutdown` turns true, then stops them all.
-pub async fn supervise(
-    command: WorkerCommand,
-    groups: Vec<Group>,
-    front: FrontDoor,
-    events: mpsc::UnboundedSender<SupervisorEvent>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let tasks: Vec<_> = groups
-        .into_iter()
-        .map(|group| {
-            tokio::spawn(supervise_group(
-                command.clone(),
-                group,
-                front.clone(),
-                events.clone(),
-                shutdown.clone(),
-            ))
-        })
-        .collect();
-    for task in tasks {
-        let _ = task.await;
+/// What every worker should run with: one version for the whole mesh.
+#[derive(Clone, Debug, Default)]
+struct Desired {
+    version: u64,
+    switches: Arc<Vec<Switch>>,
+    groups: Arc<BTreeMap<String, Vec<TenantId>>>,
+}
+
+impl Desired {
+    fn for_group(&self, group: &str) -> WorkerState {
+        WorkerState {
+            version: self.version,
+            switches: self.switches.to_vec(),
+            tenants: self.groups.get(group).cloned().unwrap_or_default(),
+        }
     }
 }
 
-/// A running worker. Its stdin is held here: closing it is how the worker is told to stop
-/// (`Child::wait` would close it, so it must not stay in the `Child`).
-struct Worker {
-    child: Child,
-    stdin: Option<tokio::process::ChildStdin>,
-    address: String,
+struct GroupSlot {
+    info: ProcessInfo,
+    applied: watch::Sender<u64>,
 }
 
-async fn start(command: &WorkerCommand, group: &Group) -> Result<Worker, String> {
-    let list: Vec<&str> = group.tenants.iter().map(TenantId::as_str).collect();
+struct Inner {
+    command: WorkerCommand,
+    front: FrontDoor,
+    events: mpsc::UnboundedSender<SupervisorEvent>,
+    shutdown: watch::Receiver<bool>,
+    desired: watch::Sender<Desired>,
+    slots: Mutex<BTreeMap<String, GroupSlot>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Runs the tenant groups, each in a worker process of its own, and keeps every worker on the
+/// mesh's current state. Cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("groups", &self.inner.desired.borrow().groups)
+            .finish()
+    }
+}
+
+impl Supervisor {
+    /// A supervisor starting workers with `command`, routing through `front`, reporting to
+    /// `events`, with `switches` as the initial state; it stops every worker once `shutdown`
+    /// turns true.
+    pub fn new(
+        command: WorkerCommand,
+        front: FrontDoor,
+        events: mpsc::UnboundedSender<SupervisorEvent>,
+        shutdown: watch::Receiver<bool>,
+        switches: Vec<Switch>,
+    ) -> Self {
+        let desired = Desired {
+            version: 1,
+            switches: Arc::new(switches),
+            groups: Arc::default(),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                command,
+                front,
+                events,
+                shutdown,
+                desired: watch::channel(desired).0,
+                slots: Mutex::default(),
+                tasks: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Starts (and from then on supervises) a group's worker.
+    pub fn start_group(&self, group: Group) {
+        let name = group.name.clone();
+        self.change(|desired| {
+            let mut groups = (*desired.groups).clone();
+            groups.insert(name.clone(), group.tenants.clone());
+            desired.groups = Arc::new(groups);
+        });
+        self.inner.slots.lock().expect("lock").insert(
+            name.clone(),
+            GroupSlot {
+                info: ProcessInfo {
+                    group: name.clone(),
+                    tenants: group.tenants,
+                    pid: None,
+                    address: None,
+                    restarts: 0,
+                    serving_since: None,
+                    stats: WorkerStats::default(),
+                },
+                applied: watch::channel(0).0,
+            },
+        );
+        let task = tokio::spawn(supervise_group(self.inner.clone(), name));
+        self.inner.tasks.lock().expect("lock").push(task);
+    }
+
+    /// Serves a tenant onboarded at run time: in a new process if it has one of its own, else
+    /// in the shared process (started if there is none), which takes it without a restart.
+    /// Returns the version to await with [`Supervisor::wait_applied`].
+    pub fn add_tenant(&self, tenant: TenantId, process: ProcessIsolation) -> u64 {
+        let group = match process {
+            ProcessIsolation::Own => tenant.to_string(),
+            ProcessIsolation::Shared => SHARED_GROUP.to_owned(),
+        };
+        let exists = self.inner.desired.borrow().groups.contains_key(&group);
+        if exists {
+            let version = self.change(|desired| {
+                let mut groups = (*desired.groups).clone();
+                groups.entry(group.clone()).or_default().push(tenant.clone());
+                desired.groups = Arc::new(groups);
+            });
+            if let Some(slot) = self.inner.slots.lock().expect("lock").get_mut(&group) {
+                slot.info.tenants.push(tenant);
+            }
+            version
+        } else {
+            self.start_group(Group {
+                name: group,
+                tenants: vec![tenant],
+            });
+            self.inner.desired.borrow().version
+        }
+    }
+
+    /// Hands every worker a new set of switches. Returns the version to await.
+    pub fn set_switches(&self, switches: Vec<Switch>) -> u64 {
+        self.change(|desired| desired.switches = Arc::new(switches))
+    }
+
+    /// Waits until every running worker has applied `version` (a worker starting later gets
+    /// it before it serves). Returns how many applied it, or the groups that did not in time.
+    pub async fn wait_applied(&self, version: u64, within: Duration) -> Result<usize, Vec<String>> {
+        let running: Vec<(String, watch::Receiver<u64>)> = self
+            .inner
+            .slots
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(_, slot)| slot.info.pid.is_some())
+            .map(|(name, slot)| (name.clone(), slot.applied.subscribe()))
+            .collect();
+        let deadline = tokio::time::Instant::now() + within;
+        let mut late = Vec::new();
+        for (name, mut applied) in running.iter().cloned() {
+            let done = tokio::time::timeout_at(deadline, applied.wait_for(|v| *v >= version)).await;
+            if !matches!(done, Ok(Ok(_))) {
+                late.push(name);
+            }
+        }
+        if late.is_empty() {
+            Ok(running.len())
+        } else {
+            Err(late)
+        }
+    }
+
+    /// Every group's process.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        self.inner
+            .slots
+            .lock()
+            .expect("lock")
+            .values()
+            .map(|slot| slot.info.clone())
+            .collect()
+    }
+
+    /// Waits until every group has stopped (after shutdown).
+    pub async fn wait(&self) {
+        loop {
+            let task = self.inner.tasks.lock().expect("lock").pop();
+            match task {
+                Some(task) => {
+                    let _ = task.await;
+                }
+                None => return,
+            }
+        }
+    }
+
+    fn change(&self, edit: impl FnOnce(&mut Desired)) -> u64 {
+        let mut version = 0;
+        self.inner.desired.send_modify(|desired| {
+            edit(desired);
+            desired.version += 1;
+            version = desired.version;
+        });
+        version
+    }
+}
+
+/// Name of the group of the tenants that share a process.
+pub const SHARED_GROUP: &str = "shared";
+
+impl Inner {
+    fn update(&self, group: &str, edit: impl FnOnce(&mut GroupSlot)) {
+        if let Some(slot) = self.slots.lock().expect("lock").get_mut(group) {
+            edit(slot);
+        }
+    }
+
+    fn report(&self, event: SupervisorEvent) {
+        let _ = self.events.send(event);
+    }
+}
+
+/// A running worker. Its stdin is held apart: writing to it is how the worker gets its state,
+/// closing it is how the worker is told to stop.
+struct Worker {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::UnboundedReceiver<WorkerLine>,
+}
+
+fn spawn(command: &WorkerCommand, group: &str, tenants: &[TenantId]) -> Result<Worker, String> {
+    let list: Vec<&str> = tenants.iter().map(TenantId::as_str).collect();
     let mut child = Command::new(&command.program)
         .args(&command.args)
         .arg("--tenant")
@@ -171,45 +389,38 @@ async fn start(command: &WorkerCommand, group: &Group) -> Result<Worker, String>
         .map_err(|e| format!("starting {}: {e}", command.program.display()))?;
     let stdin = child.stdin.take();
     let stdout = child.stdout.take().expect("piped");
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(START_TIMEOUT, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(address) = line.strip_prefix(READY_PREFIX) {
-                return Some(address.trim().to_owned());
-            }
-            println!("[{}] {line}", group.name);
-        }
-        None
-    })
-    .await;
-    let address = match ready {
-        Ok(Some(address)) => address,
-        Ok(None) => {
-            let status = child
-                .wait()
-                .await
-                .map(|s| s.to_string())
-                .unwrap_or_default();
-            return Err(format!("the worker exited before it was ready ({status})"));
-        }
-        Err(_) => {
-            return Err(format!(
-                "the worker did not report READY within {START_TIMEOUT:?}"
-            ));
-        }
-    };
-    // keep draining the worker's output so it never blocks on a full pipe
-    let name = group.name.clone();
+    let (tx, lines) = mpsc::unbounded_channel();
+    let name = group.to_owned();
+    // reads everything the worker prints, so it never blocks on a full pipe
     tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            println!("[{name}] {line}");
+        let mut stdout = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = stdout.next_line().await {
+            match WorkerLine::parse(&line) {
+                WorkerLine::Output(text) => println!("[{name}] {text}"),
+                parsed => {
+                    if tx.send(parsed).is_err() {
+                        break;
+                    }
+                }
+            }
         }
     });
     Ok(Worker {
         child,
         stdin,
-        address,
+        lines,
     })
+}
+
+async fn send_state(stdin: &mut Option<ChildStdin>, state: &WorkerState) {
+    if let Some(pipe) = stdin {
+        let mut line = state.to_line();
+        line.push('\n');
+        if pipe.write_all(line.as_bytes()).await.is_err() || pipe.flush().await.is_err() {
+            // the worker is gone; its exit is noticed (and reported) by the group's loop
+            *stdin = None;
+        }
+    }
 }
 
 async fn stop(worker: Worker) -> Option<ExitStatus> {
@@ -226,20 +437,24 @@ async fn stop(worker: Worker) -> Option<ExitStatus> {
     }
 }
 
-async fn supervise_group(
-    command: WorkerCommand,
-    group: Group,
-    front: FrontDoor,
-    events: mpsc::UnboundedSender<SupervisorEvent>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// How one run of a worker ended.
+enum RunEnd {
+    Exited(String),
+    NotReady(String),
+    Shutdown,
+}
+
+async fn supervise_group(inner: Arc<Inner>, group: String) {
+    let mut shutdown = inner.shutdown.clone();
     let mut backoff = FIRST_BACKOFF;
     while !*shutdown.borrow() {
-        let mut worker = match start(&command, &group).await {
-            Ok(started) => started,
+        let mut desired = inner.desired.subscribe();
+        let state = desired.borrow_and_update().for_group(&group);
+        let mut worker = match spawn(&inner.command, &group, &state.tenants) {
+            Ok(worker) => worker,
             Err(reason) => {
-                let _ = events.send(SupervisorEvent::StartFailed {
-                    group: group.name.clone(),
+                inner.report(SupervisorEvent::StartFailed {
+                    group: group.clone(),
                     reason,
                     retry_in: backoff,
                 });
@@ -251,41 +466,51 @@ async fn supervise_group(
             }
         };
         let pid = worker.child.id().unwrap_or_default();
-        let address = worker.address.clone();
-        for tenant in &group.tenants {
-            if let Err(err) = front.route(tenant.clone(), &address) {
-                tracing::error!(%tenant, %address, error = %err, "cannot route");
-            }
-        }
-        let _ = events.send(SupervisorEvent::Serving {
-            group: group.name.clone(),
-            pid,
-            address,
-            tenants: group.tenants.clone(),
+        inner.update(&group, |slot| {
+            slot.info.pid = Some(pid);
+            slot.applied.send_replace(0);
         });
         let started = Instant::now();
-        let status = tokio::select! {
-            status = worker.child.wait() => status,
-            _ = shutdown.changed() => {
-                for tenant in &group.tenants {
-                    front.unroute(tenant);
-                }
+        let end = run_worker(&inner, &group, &mut worker, &mut desired, state, &mut shutdown).await;
+        let routed = inner.desired.borrow().groups.get(&group).cloned().unwrap_or_default();
+        for tenant in &routed {
+            inner.front.unroute(tenant);
+        }
+        inner.update(&group, |slot| {
+            slot.info.pid = None;
+            slot.info.address = None;
+            slot.info.serving_since = None;
+        });
+        let status = match end {
+            RunEnd::Shutdown => {
                 stop(worker).await;
-                let _ = events.send(SupervisorEvent::Stopped { group: group.name.clone(), pid });
+                inner.report(SupervisorEvent::Stopped {
+                    group: group.clone(),
+                    pid,
+                });
                 return;
             }
+            RunEnd::Exited(status) => status,
+            RunEnd::NotReady(reason) => {
+                stop(worker).await;
+                inner.report(SupervisorEvent::StartFailed {
+                    group: group.clone(),
+                    reason,
+                    retry_in: backoff,
+                });
+                if wait_or_shutdown(&mut shutdown, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
         };
-        for tenant in &group.tenants {
-            front.unroute(tenant);
-        }
         if started.elapsed() >= STABLE_AFTER {
             backoff = FIRST_BACKOFF;
         }
-        let status = status
-            .map(|s| s.to_string())
-            .unwrap_or_else(|e| e.to_string());
-        let _ = events.send(SupervisorEvent::Exited {
-            group: group.name.clone(),
+        inner.update(&group, |slot| slot.info.restarts += 1);
+        inner.report(SupervisorEvent::Exited {
+            group: group.clone(),
             pid,
             status,
             restart_in: backoff,
@@ -294,6 +519,90 @@ async fn supervise_group(
             return;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Feeds one worker its state and follows what it says until it ends (or shutdown).
+async fn run_worker(
+    inner: &Inner,
+    group: &str,
+    worker: &mut Worker,
+    desired: &mut watch::Receiver<Desired>,
+    first: WorkerState,
+    shutdown: &mut watch::Receiver<bool>,
+) -> RunEnd {
+    let pid = worker.child.id().unwrap_or_default();
+    // the tenants each version sent names, until the worker confirms it
+    let mut sent: HashMap<u64, Vec<TenantId>> = HashMap::new();
+    let mut serving: Vec<TenantId> = Vec::new();
+    let mut address: Option<String> = None;
+    sent.insert(first.version, first.tenants.clone());
+    send_state(&mut worker.stdin, &first).await;
+    let ready_by = tokio::time::sleep(START_TIMEOUT);
+    tokio::pin!(ready_by);
+    let mut lines_open = true;
+    loop {
+        tokio::select! {
+            line = worker.lines.recv(), if lines_open => match line {
+                Some(WorkerLine::Ready(addr)) => {
+                    for tenant in &serving {
+                        route(inner, tenant, &addr);
+                    }
+                    inner.update(group, |slot| {
+                        slot.info.address = Some(addr.clone());
+                        slot.info.serving_since = Some(Instant::now());
+                    });
+                    inner.report(SupervisorEvent::Serving {
+                        group: group.to_owned(),
+                        pid,
+                        address: addr.clone(),
+                        tenants: serving.clone(),
+                    });
+                    address = Some(addr);
+                }
+                Some(WorkerLine::Applied(version)) => {
+                    if let Some(tenants) = sent.get(&version) {
+                        serving = tenants.clone();
+                        if let Some(addr) = &address {
+                            for tenant in &serving {
+                                route(inner, tenant, addr);
+                            }
+                        }
+                    }
+                    sent.retain(|v, _| *v > version);
+                    inner.update(group, |slot| {
+                        slot.info.tenants = serving.clone();
+                        slot.applied.send_replace(version);
+                    });
+                }
+                Some(WorkerLine::Stats(stats)) => inner.update(group, |slot| slot.info.stats = stats),
+                Some(WorkerLine::Output(_)) => {}
+                None => lines_open = false,
+            },
+            changed = desired.changed() => {
+                if changed.is_ok() {
+                    let state = desired.borrow_and_update().for_group(group);
+                    sent.insert(state.version, state.tenants.clone());
+                    send_state(&mut worker.stdin, &state).await;
+                }
+            }
+            status = worker.child.wait() => {
+                return RunEnd::Exited(status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+            }
+            _ = &mut ready_by, if address.is_none() => {
+                return RunEnd::NotReady(format!("the worker did not report READY within {START_TIMEOUT:?}"));
+            }
+            _ = shutdown.changed() => return RunEnd::Shutdown,
+        }
+    }
+}
+
+fn route(inner: &Inner, tenant: &TenantId, address: &str) {
+    if inner.front.address(tenant).as_deref() == Some(address) {
+        return;
+    }
+    if let Err(err) = inner.front.route(tenant.clone(), address) {
+        tracing::error!(%tenant, %address, error = %err, "cannot route");
     }
 }
 
@@ -327,6 +636,7 @@ mod tests {
             },
             limits: Default::default(),
             switches: Default::default(),
+            auto_degrade: Vec::new(),
         }
     }
 

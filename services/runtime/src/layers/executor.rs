@@ -4,26 +4,26 @@
 
 use std::{
     collections::HashMap,
-    sync::Arc,
+    sync::{Arc, RwLock},
     task::{Context, Poll},
 };
 
 use mesh_contract::{RequestContext, TenantId, bus::BoxFuture};
 
 use super::GrpcResponse;
-use crate::config::Tenants;
+use crate::config::{TenantConfig, Tenants};
 
-/// The dedicated runtimes of a process, by tenant.
+/// The dedicated runtimes of a process, by tenant; a tenant onboarded while the process runs
+/// gets its runtime then.
 #[derive(Clone, Default)]
 pub struct TenantRuntimes {
-    runtimes: Arc<HashMap<TenantId, Arc<tokio::runtime::Runtime>>>,
+    runtimes: Arc<RwLock<HashMap<TenantId, Arc<tokio::runtime::Runtime>>>>,
 }
 
 impl std::fmt::Debug for TenantRuntimes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let tenants: Vec<&TenantId> = self.runtimes.keys().collect();
         f.debug_struct("TenantRuntimes")
-            .field("tenants", &tenants)
+            .field("tenants", &self.tenants())
             .finish()
     }
 }
@@ -31,30 +31,42 @@ impl std::fmt::Debug for TenantRuntimes {
 impl TenantRuntimes {
     /// A runtime for every tenant whose config asks for threads of its own.
     pub fn from_tenants(tenants: &Tenants) -> std::io::Result<Self> {
-        let mut runtimes = HashMap::new();
+        let runtimes = Self::default();
         for config in tenants.tenants.values() {
-            if config.isolation.threads > 0 {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(config.isolation.threads.into())
-                    .thread_name(format!("tenant-{}", config.id))
-                    .enable_all()
-                    .build()?;
-                runtimes.insert(config.tenant_id(), Arc::new(runtime));
-            }
+            runtimes.add(config)?;
         }
-        Ok(Self {
-            runtimes: Arc::new(runtimes),
-        })
+        Ok(runtimes)
+    }
+
+    /// Gives `config`'s tenant a runtime of its own if it asks for threads (and has none yet).
+    pub fn add(&self, config: &TenantConfig) -> std::io::Result<()> {
+        if config.isolation.threads == 0 || self.get(&config.tenant_id()).is_some() {
+            return Ok(());
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.isolation.threads.into())
+            .thread_name(format!("tenant-{}", config.id))
+            .enable_all()
+            .build()?;
+        self.runtimes
+            .write()
+            .expect("lock")
+            .insert(config.tenant_id(), Arc::new(runtime));
+        Ok(())
     }
 
     /// The runtime of `tenant`, if it has one.
     pub fn get(&self, tenant: &TenantId) -> Option<tokio::runtime::Handle> {
-        self.runtimes.get(tenant).map(|r| r.handle().clone())
+        self.runtimes
+            .read()
+            .expect("lock")
+            .get(tenant)
+            .map(|r| r.handle().clone())
     }
 
     /// Tenants with a runtime of their own.
-    pub fn tenants(&self) -> impl Iterator<Item = &TenantId> {
-        self.runtimes.keys()
+    pub fn tenants(&self) -> Vec<TenantId> {
+        self.runtimes.read().expect("lock").keys().cloned().collect()
     }
 }
 
@@ -62,7 +74,7 @@ impl Drop for TenantRuntimes {
     fn drop(&mut self) {
         // The last clone shuts the runtimes down without blocking the (async) caller.
         if let Some(runtimes) = Arc::get_mut(&mut self.runtimes) {
-            for (_, runtime) in runtimes.drain() {
+            for (_, runtime) in runtimes.get_mut().expect("lock").drain() {
                 if let Ok(runtime) = Arc::try_unwrap(runtime) {
                     runtime.shutdown_background();
                 }

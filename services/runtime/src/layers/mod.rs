@@ -30,7 +30,7 @@ pub use deadline::{Deadline, DeadlineLayer};
 pub use executor::{TenantExecutor, TenantExecutorLayer, TenantRuntimes};
 pub use plan::ServicePlan;
 pub use rate_limit::RateLimiter;
-pub use switch::{Switch, SwitchBoard, SwitchTarget};
+pub use switch::{DEGRADED_HEADER, Switch, SwitchBoard, SwitchTarget};
 
 /// The HTTP response type of tonic services.
 pub type GrpcResponse = http::Response<tonic::body::Body>;

@@ -19,7 +19,8 @@ use crate::config::Tenants;
 pub const DEGRADED_HEADER: &str = "x-mesh-degraded";
 
 /// What a switch turns off.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SwitchTarget {
     /// One method of a service (any major version).
     Method {
@@ -45,6 +46,49 @@ impl std::fmt::Display for SwitchTarget {
 }
 
 impl SwitchTarget {
+    /// Checks the target names something the catalogue has: an error says what is unknown.
+    pub fn validate(&self, catalogue: Catalogue) -> Result<(), String> {
+        let services: Vec<&str> = catalogue.0.iter().map(|s| s.name).collect();
+        let known_service = |name: &str| {
+            if services.contains(&name) {
+                Ok(())
+            } else {
+                let mut known = services.clone();
+                known.sort_unstable();
+                known.dedup();
+                Err(format!(
+                    "unknown service {name:?}; known services: {}",
+                    known.join(", ")
+                ))
+            }
+        };
+        match self {
+            SwitchTarget::Service(service) => known_service(service),
+            SwitchTarget::Method { service, method } => {
+                known_service(service)?;
+                let methods: Vec<&str> = catalogue
+                    .0
+                    .iter()
+                    .filter(|s| s.name == service)
+                    .flat_map(|s| s.methods.iter().map(|m| m.name))
+                    .collect();
+                if methods.contains(&method.as_str()) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{service} has no method {method:?}; its methods: {}",
+                        methods.join(", ")
+                    ))
+                }
+            }
+            SwitchTarget::TiersFrom(tier) if *tier > mesh_contract::Tier::MAX => Err(format!(
+                "{tier} is not a tier (0 = core, 1, {} = optional)",
+                mesh_contract::Tier::MAX
+            )),
+            SwitchTarget::TiersFrom(_) => Ok(()),
+        }
+    }
+
     fn covers(&self, spec: &ContractSpec, method: &MethodSpec) -> bool {
         match self {
             SwitchTarget::Method { service, method: m } => spec.name == service && method.name == m,
@@ -55,7 +99,7 @@ impl SwitchTarget {
 }
 
 /// One switch that is off.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Switch {
     /// The tenant it applies to; `None` for every tenant.
     pub tenant: Option<TenantId>,
@@ -70,7 +114,8 @@ pub struct Switch {
 }
 
 impl Switch {
-    fn scope(&self) -> String {
+    /// How the switch reads for people: `recommend@mall`, `tier>=2@all`.
+    pub fn scope(&self) -> String {
         match &self.tenant {
             Some(tenant) => format!("{}@{tenant}", self.target),
             None => format!("{}@all", self.target),
@@ -130,6 +175,11 @@ impl SwitchBoard {
         let before = off.len();
         off.retain(|s| !(s.tenant.as_ref() == tenant && &s.target == target));
         off.len() != before
+    }
+
+    /// Replaces every switch at once: how a worker takes the state its supervisor holds.
+    pub fn replace_all(&self, switches: Vec<Switch>) {
+        *self.off.write().expect("lock") = switches;
     }
 
     /// Every switch that is off.

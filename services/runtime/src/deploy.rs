@@ -1,0 +1,178 @@
+//! Deployment configuration: what belongs to one running mesh rather than to a business line
+//! (where the admin API listens, the ops credential, where state is kept). One file,
+//! `ops/mesh.toml` by default, overridable from the environment: `MESH_ADMIN_LISTEN`,
+//! `MESH_ADMIN_TOKEN`, `MESH_ADMIN_TOKEN_ENV`, `MESH_STATE_DIR`.
+
+use std::path::{Path, PathBuf};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use serde::Deserialize;
+
+use crate::config::{ConfigError, FieldError};
+
+/// One mesh deployment.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// The admin API `meshctl` talks to.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Where the mesh keeps what must survive a restart.
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// The admin API.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address (`127.0.0.1:7401`; port 0 picks one, printed at start).
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// The ops credential itself; development only, use `token_env` anywhere else.
+    pub token: Option<String>,
+    /// Environment variable holding the ops credential.
+    pub token_env: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            token: None,
+            token_env: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:7401".into()
+}
+
+/// Persistent state.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Folder of the state files (switch state).
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    ".mesh".into()
+}
+
+impl DeployConfig {
+    /// Reads `file` (if it exists) and the environment overrides.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let figment = Figment::new()
+            .merge(Toml::file(file))
+            .merge(Env::prefixed("MESH_ADMIN_").map(|k| format!("admin.{k}").into()))
+            .merge(Env::prefixed("MESH_STATE_").map(|k| format!("state.{k}").into()));
+        let config: Self = figment.extract().map_err(|err| {
+            ConfigError::Invalid(
+                err.into_iter()
+                    .map(|e| FieldError {
+                        source: match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                            Some(figment::Source::File(path)) => path.display().to_string(),
+                            _ => match &e.metadata {
+                                Some(meta) => meta.name.to_string(),
+                                None => file.display().to_string(),
+                            },
+                        },
+                        field: e.path.join("."),
+                        message: e.kind.to_string(),
+                    })
+                    .collect(),
+            )
+        })?;
+        Ok(config)
+    }
+
+    /// The ops credential; `Ok(None)` when none is configured (the admin API stays off).
+    pub fn ops_token(&self) -> Result<Option<String>, FieldError> {
+        let error = |field: &str, message: String| FieldError {
+            source: "deployment config".into(),
+            field: field.into(),
+            message,
+        };
+        match (&self.admin.token, &self.admin.token_env) {
+            (Some(_), Some(_)) => Err(error(
+                "admin",
+                "set either `token` or `token_env`, not both".into(),
+            )),
+            (Some(token), None) if token.len() < 12 => Err(error(
+                "admin.token",
+                "is shorter than 12 characters".into(),
+            )),
+            (Some(token), None) => Ok(Some(token.clone())),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(token) if token.len() >= 12 => Ok(Some(token)),
+                Ok(_) => Err(error(
+                    "admin.token_env",
+                    format!("environment variable {var} holds fewer than 12 characters"),
+                )),
+                Err(_) => Err(error(
+                    "admin.token_env",
+                    format!("environment variable {var} is not set"),
+                )),
+            },
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_and_errors_name_the_field() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "mesh.toml",
+                "[admin]\nlisten = \"127.0.0.1:9000\"\ntoken = \"ops-token-from-file\"\n",
+            )?;
+            let config = DeployConfig::load(Path::new("mesh.toml")).unwrap();
+            assert_eq!(config.admin.listen, "127.0.0.1:9000");
+            assert_eq!(config.state.dir, PathBuf::from(".mesh"));
+            assert_eq!(
+                config.ops_token().unwrap().as_deref(),
+                Some("ops-token-from-file")
+            );
+
+            jail.set_env("MESH_ADMIN_LISTEN", "127.0.0.1:0");
+            jail.set_env("MESH_STATE_DIR", "/tmp/mesh-state");
+            let config = DeployConfig::load(Path::new("mesh.toml")).unwrap();
+            assert_eq!(config.admin.listen, "127.0.0.1:0");
+            assert_eq!(config.state.dir, PathBuf::from("/tmp/mesh-state"));
+
+            let missing = DeployConfig::load(Path::new("absent.toml")).unwrap();
+            assert_eq!(missing.ops_token().unwrap(), None, "no credential: admin off");
+
+            jail.create_file("bad.toml", "[admin]\nlisen = \"x\"\n")?;
+            let err = DeployConfig::load(Path::new("bad.toml")).unwrap_err().to_string();
+            assert!(err.contains("bad.toml") && err.contains("lisen"), "{err}");
+
+            jail.create_file("env.toml", "[admin]\ntoken_env = \"MESH_TEST_OPS_TOKEN_UNSET\"\n")?;
+            let err = DeployConfig::load(Path::new("env.toml"))
+                .unwrap()
+                .ops_token()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("MESH_TEST_OPS_TOKEN_UNSET is not set"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -12,7 +12,8 @@ use std::{
 
 use mesh_api::recommend::v1 as recommend;
 use mesh_contract::{RequestContext, TenantId};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use mesh_runtime::control::protocol::{READY_PREFIX, WorkerState};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::Row;
 
@@ -44,7 +45,7 @@ pub async fn run(window: Duration) -> anyhow::Result<Vec<Row>> {
             "worker",
             "--tenant",
             "mall",
-            "--exit-on-stdin-close",
+            "--supervised",
             "--tenants",
         ])
         .arg(&tenants)
@@ -55,16 +56,29 @@ pub async fn run(window: Duration) -> anyhow::Result<Vec<Row>> {
     let pid = worker
         .id()
         .ok_or_else(|| anyhow::anyhow!("worker has no pid"))?;
+    // a supervised worker takes its state from stdin before it serves: hand it one, as
+    // `mesh up` does
+    let state = WorkerState {
+        version: 1,
+        switches: Vec::new(),
+        tenants: vec![TenantId::new("mall")?],
+    };
+    let mut stdin = worker.stdin.take().expect("piped");
+    stdin
+        .write_all(format!("{}\n", state.to_line()).as_bytes())
+        .await?;
     let mut lines = BufReader::new(worker.stdout.take().expect("piped")).lines();
     let address = loop {
         let line = lines
             .next_line()
             .await?
             .ok_or_else(|| anyhow::anyhow!("worker ended"))?;
-        if let Some(address) = line.strip_prefix("READY ") {
+        if let Some(address) = line.strip_prefix(READY_PREFIX) {
             break address.to_owned();
         }
     };
+    // keep reading what it prints (its statistics), so it never blocks on a full pipe
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = rss_kib(pid)?;
 
@@ -95,7 +109,7 @@ pub async fn run(window: Duration) -> anyhow::Result<Vec<Row>> {
     for task in tasks {
         task.await?;
     }
-    drop(worker.stdin.take());
+    drop(stdin);
     let _ = worker.wait().await;
     Ok(vec![Row::new(
         "RSS of one tenant process (mesh worker), idle / under 32 callers",

@@ -1,10 +1,12 @@
 //! `mesh`: the one binary of the toolkit.
 //!
 //! - `mesh up`: reads `tenants/`, runs each tenant group in its own worker process (restarted
-//!   alone if it dies) and serves one front door routing every call to its tenant's process;
+//!   alone if it dies), serves one front door routing every call to its tenant's process, and
+//!   the admin API `meshctl` drives (switches, onboarding, status);
 //! - `mesh worker --tenant a,b`: one tenant process (normally started by `mesh up`);
 //! - `mesh demo`: the walkthrough on embedded defaults.
 
+mod admin;
 mod demo;
 mod up;
 mod worker;
@@ -40,6 +42,10 @@ enum Cmd {
         /// Where the front door listens.
         #[arg(long, default_value = "127.0.0.1:7400")]
         listen: String,
+        /// The deployment config (admin API, ops credential, state folder); overridable by
+        /// MESH_ADMIN_LISTEN, MESH_ADMIN_TOKEN, MESH_ADMIN_TOKEN_ENV, MESH_STATE_DIR.
+        #[arg(long, default_value = "ops/mesh.toml")]
+        config: PathBuf,
     },
     /// Serves some tenants in this process (started by `mesh up`).
     Worker {
@@ -52,10 +58,11 @@ enum Cmd {
         /// Where to listen; the bound address is printed as `READY <address>`.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
-        /// Stop when standard input closes (how a supervisor stops its workers, and how a worker
-        /// notices its supervisor died).
+        /// Run under a supervisor: take the mesh's state (switches, tenants) from stdin before
+        /// serving and after every change, and stop when stdin closes (how a supervisor stops
+        /// its workers, and how a worker notices its supervisor died).
         #[arg(long)]
-        exit_on_stdin_close: bool,
+        supervised: bool,
     },
 }
 
@@ -70,12 +77,16 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Cmd::Demo { tenants } => demo::run(&tenants).await,
-        Cmd::Up { tenants, listen } => up::run(&tenants, &listen).await,
+        Cmd::Up {
+            tenants,
+            listen,
+            config,
+        } => up::run(&tenants, &listen, &config).await,
         Cmd::Worker {
             tenants,
             tenant,
             listen,
-            exit_on_stdin_close,
-        } => worker::run(&tenants, &tenant, &listen, exit_on_stdin_close).await,
+            supervised,
+        } => worker::run(&tenants, &tenant, &listen, supervised).await,
     }
 }

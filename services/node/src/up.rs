@@ -1,43 +1,100 @@
-//! `mesh up`: the supervisor and the front door.
+//! `mesh up`: the supervisor, the front door, and the control plane behind the admin API.
 
 use std::path::Path;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
+use mesh_api::admin::v1::admin_server::AdminServer;
 use mesh_contract::TenantId;
 use mesh_runtime::{
     Tenants,
+    control::{
+        ControlPlane,
+        plane::initial_switches,
+        store::SwitchStore,
+    },
+    deploy::DeployConfig,
     front_door::FrontDoor,
-    supervisor::{self, SupervisorEvent, WorkerCommand},
+    layers::Catalogue,
+    supervisor::{Supervisor, SupervisorEvent, WorkerCommand},
 };
 use tokio::sync::{mpsc, watch};
 
-pub async fn run(dir: &Path, listen: &str) -> anyhow::Result<()> {
+use crate::admin::{AdminService, OpsCredential};
+
+pub async fn run(dir: &Path, listen: &str, config: &Path) -> anyhow::Result<()> {
     let tenants = Tenants::load(dir, mesh_api::CONTRACTS)?;
-    let groups = supervisor::groups(&tenants);
+    let deploy = DeployConfig::load(config)?;
+    let ops_token = deploy
+        .ops_token()
+        .map_err(|e| anyhow!("{}: {e}", config.display()))?;
+    let store = SwitchStore::in_dir(&deploy.state.dir);
+    let saved = initial_switches(&tenants, &store)?;
     let command = WorkerCommand {
         program: std::env::current_exe().context("locating the mesh binary")?,
         args: vec![
             "worker".into(),
             "--tenants".into(),
             dir.display().to_string(),
-            "--exit-on-stdin-close".into(),
+            "--supervised".into(),
         ],
     };
-    let front = FrontDoor::default();
+    let front = FrontDoor::new(Catalogue(mesh_api::CONTRACTS));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("front door: listening on {listen}"))?;
     println!("front door listening on {}", listener.local_addr()?);
+    println!("switch state in {}", store.path().display());
 
     let (stop, stopping) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
     let (events, mut reports) = mpsc::unbounded_channel();
-    let mut front_stopping = stopping.clone();
-    let serving = tokio::spawn(front.clone().serve(listener, async move {
-        let _ = front_stopping.changed().await;
-    }));
-    let supervising = tokio::spawn(supervisor::supervise(
-        command, groups, front, events, stopping,
-    ));
+    let serving = tokio::spawn(front.clone().serve(listener, stopped(stopping.clone())));
+    let supervisor = Supervisor::new(
+        command,
+        front.clone(),
+        events,
+        stopping.clone(),
+        saved.switches.clone(),
+    );
+    let plane = ControlPlane::start(
+        dir.to_path_buf(),
+        mesh_api::CONTRACTS,
+        tenants,
+        saved,
+        store,
+        supervisor.clone(),
+        front,
+    )?;
+    let admin = match ops_token {
+        Some(token) => {
+            let admin_listener = tokio::net::TcpListener::bind(&deploy.admin.listen)
+                .await
+                .with_context(|| format!("admin API: listening on {}", deploy.admin.listen))?;
+            println!("admin listening on {}", admin_listener.local_addr()?);
+            let service = AdminServer::with_interceptor(
+                AdminService::new(plane.clone()),
+                OpsCredential::new(&token),
+            );
+            Some(tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(admin_listener),
+                        stopped(stopping.clone()),
+                    ),
+            ))
+        }
+        None => {
+            println!(
+                "admin API off: no ops credential (set admin.token_env in {}, or MESH_ADMIN_TOKEN)",
+                config.display()
+            );
+            None
+        }
+    };
+    let rules = tokio::spawn(plane.run_rules(stopped(stopping.clone())));
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -49,8 +106,12 @@ pub async fn run(dir: &Path, listen: &str) -> anyhow::Result<()> {
     }
     println!("stopping");
     let _ = stop.send(true);
-    let _ = supervising.await;
+    supervisor.wait().await;
     let _ = serving.await;
+    let _ = rules.await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     while let Ok(event) = reports.try_recv() {
         report(&event);
     }

@@ -1,0 +1,318 @@
+//! The admin API `meshctl` talks to: the `admin.v1.Admin` contract served over the
+//! [`ControlPlane`], behind the ops credential (`authorization: Bearer <token>`), which is
+//! distinct from every tenant's.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mesh_api::admin::v1::{self as api, admin_server::Admin};
+use mesh_runtime::{
+    config::ConfigError,
+    control::{ControlError, ControlPlane, TenantRow},
+    layers::{Switch, SwitchTarget},
+};
+use subtle::ConstantTimeEq;
+use tonic::{Request, Response, Status, service::Interceptor};
+
+/// Who changed a switch, when the caller does not say (the credential is shared by ops).
+const OPERATOR: &str = "ops";
+
+/// The admin service.
+#[derive(Clone, Debug)]
+pub struct AdminService {
+    plane: ControlPlane,
+}
+
+impl AdminService {
+    /// Serves `plane`.
+    pub fn new(plane: ControlPlane) -> Self {
+        Self { plane }
+    }
+}
+
+/// Refuses every call without the ops credential.
+#[derive(Clone)]
+pub struct OpsCredential {
+    token: Vec<u8>,
+}
+
+impl OpsCredential {
+    /// Accepts `Bearer <token>`.
+    pub fn new(token: &str) -> Self {
+        Self {
+            token: token.as_bytes().to_vec(),
+        }
+    }
+}
+
+impl Interceptor for OpsCredential {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("missing ops credential (`authorization: Bearer <token>`)"))?
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("the ops credential must be `Bearer <token>`"))?;
+        if bool::from(presented.as_bytes().ct_eq(&self.token)) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated("wrong ops credential"))
+        }
+    }
+}
+
+fn status(err: ControlError) -> Status {
+    let message = err.to_string();
+    match err {
+        ControlError::UnknownTenant(..) => Status::not_found(message),
+        ControlError::UnknownSwitch(_) => Status::invalid_argument(message),
+        ControlError::InvalidTenant(ConfigError::Invalid(_)) => Status::invalid_argument(message),
+        ControlError::NotApplied(_) | ControlError::NotServed(_) => {
+            Status::deadline_exceeded(message)
+        }
+        ControlError::InvalidTenant(_) | ControlError::Store(_) | ControlError::Io { .. } => {
+            Status::internal(message)
+        }
+    }
+}
+
+fn millis(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn target_to_api(target: &SwitchTarget) -> api::SwitchTarget {
+    match target {
+        SwitchTarget::Method { service, method } => api::SwitchTarget {
+            service: service.clone(),
+            method: method.clone(),
+            tier: None,
+        },
+        SwitchTarget::Service(service) => api::SwitchTarget {
+            service: service.clone(),
+            ..Default::default()
+        },
+        SwitchTarget::TiersFrom(tier) => api::SwitchTarget {
+            tier: Some((*tier).into()),
+            ..Default::default()
+        },
+    }
+}
+
+fn target_from_api(target: Option<api::SwitchTarget>) -> Result<SwitchTarget, Status> {
+    let target = target.unwrap_or_default();
+    match (target.service.as_str(), target.method.as_str(), target.tier) {
+        ("", "", Some(tier)) => Ok(SwitchTarget::TiersFrom(u8::try_from(tier).map_err(|_| {
+            Status::invalid_argument(format!("unknown switch: {tier} is not a tier (0, 1 or 2)"))
+        })?)),
+        ("", "", None) => Err(Status::invalid_argument(
+            "a switch names a service (and maybe a method) or a tier",
+        )),
+        (service, "", None) if !service.is_empty() => Ok(SwitchTarget::Service(service.into())),
+        (service, method, None) if !service.is_empty() => Ok(SwitchTarget::Method {
+            service: service.into(),
+            method: method.into(),
+        }),
+        ("", _, _) => Err(Status::invalid_argument("a method switch names its service too")),
+        _ => Err(Status::invalid_argument(
+            "a switch names a service or a tier, not both",
+        )),
+    }
+}
+
+fn switch_to_api(switch: &Switch) -> api::Switch {
+    api::Switch {
+        target: Some(target_to_api(&switch.target)),
+        tenant: switch
+            .tenant
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        reason: switch.reason.clone(),
+        changed_by: switch.changed_by.clone(),
+        changed_at_ms: millis(switch.changed_at),
+        scope: switch.scope(),
+    }
+}
+
+fn tenant_to_api(row: &TenantRow) -> api::Tenant {
+    api::Tenant {
+        id: row.config.id.clone(),
+        display_name: row.config.display_name.clone(),
+        group: row.group.clone(),
+        pid: row.pid.unwrap_or_default(),
+        address: row.address.clone().unwrap_or_default(),
+        health: if row.serving { "serving" } else { "down" }.into(),
+        services: row
+            .config
+            .enabled_services()
+            .map(|(name, s)| format!("{name}@{}", s.version))
+            .collect(),
+    }
+}
+
+fn none_if_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_switches(
+        &self,
+        _: Request<api::ListSwitchesRequest>,
+    ) -> Result<Response<api::SwitchList>, Status> {
+        Ok(Response::new(api::SwitchList {
+            switches: self.plane.switches().iter().map(switch_to_api).collect(),
+        }))
+    }
+
+    async fn set_switch(
+        &self,
+        request: Request<api::SetSwitchRequest>,
+    ) -> Result<Response<api::SetSwitchResponse>, Status> {
+        let request = request.into_inner();
+        let target = target_from_api(request.target)?;
+        let change = self
+            .plane
+            .set_switch(
+                none_if_empty(&request.tenant),
+                target,
+                request.on,
+                &request.reason,
+                OPERATOR,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(api::SetSwitchResponse {
+            switches: change.switches.iter().map(switch_to_api).collect(),
+            processes_applied: u32::try_from(change.processes_applied).unwrap_or(u32::MAX),
+            changed: change.changed,
+        }))
+    }
+
+    async fn check_tenant(
+        &self,
+        request: Request<api::TenantFile>,
+    ) -> Result<Response<api::CheckTenantResponse>, Status> {
+        let file = request.into_inner();
+        let (config, group) = self
+            .plane
+            .check_tenant(&file.file_name, &file.content)
+            .map_err(status)?;
+        Ok(Response::new(api::CheckTenantResponse {
+            tenant: config.id,
+            group,
+        }))
+    }
+
+    async fn add_tenant(
+        &self,
+        request: Request<api::TenantFile>,
+    ) -> Result<Response<api::TenantList>, Status> {
+        let file = request.into_inner();
+        let config = self
+            .plane
+            .add_tenant(&file.file_name, &file.content)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(api::TenantList {
+            tenants: self
+                .plane
+                .tenants()
+                .iter()
+                .filter(|row| row.config.id == config.id)
+                .map(tenant_to_api)
+                .collect(),
+        }))
+    }
+
+    async fn list_tenants(
+        &self,
+        _: Request<api::ListTenantsRequest>,
+    ) -> Result<Response<api::TenantList>, Status> {
+        Ok(Response::new(api::TenantList {
+            tenants: self.plane.tenants().iter().map(tenant_to_api).collect(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _: Request<api::StatusRequest>,
+    ) -> Result<Response<api::StatusReport>, Status> {
+        let report = self.plane.status();
+        Ok(Response::new(api::StatusReport {
+            processes: report
+                .processes
+                .iter()
+                .map(|p| api::Process {
+                    group: p.group.clone(),
+                    pid: p.pid.unwrap_or_default(),
+                    address: p.address.clone().unwrap_or_default(),
+                    tenants: p.tenants.iter().map(ToString::to_string).collect(),
+                    restarts: p.restarts,
+                    up_for_ms: p
+                        .serving_since
+                        .map_or(0, |t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                })
+                .collect(),
+            tenants: report.tenants.iter().map(tenant_to_api).collect(),
+            bulkheads: report
+                .processes
+                .iter()
+                .flat_map(|p| p.stats.bulkheads.iter())
+                .map(|b| api::Bulkhead {
+                    tenant: b.tenant.to_string(),
+                    dependency: b.dependency.clone(),
+                    in_use: b.in_use,
+                    capacity: b.capacity,
+                })
+                .collect(),
+            recent_degraded: report
+                .recent_degraded
+                .iter()
+                .map(|d| api::DegradedAnswer {
+                    tenant: d.tenant.to_string(),
+                    method: d.method.clone(),
+                    switch: d.switch.clone(),
+                    at_ms: millis(d.at),
+                })
+                .collect(),
+            load: report
+                .load
+                .iter()
+                .map(|(tenant, load)| api::TenantLoad {
+                    tenant: tenant.to_string(),
+                    in_flight: load.in_flight,
+                    calls: load.calls,
+                    degraded: load.degraded,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn set_fault(
+        &self,
+        request: Request<api::SetFaultRequest>,
+    ) -> Result<Response<api::FaultList>, Status> {
+        let request = request.into_inner();
+        let faults = self
+            .plane
+            .set_fault(
+                &request.tenant,
+                none_if_empty(&request.service),
+                Duration::from_millis(request.delay_ms.into()),
+            )
+            .map_err(status)?;
+        Ok(Response::new(api::FaultList {
+            faults: faults
+                .iter()
+                .map(|f| api::Fault {
+                    tenant: f.tenant.to_string(),
+                    service: f.service.clone().unwrap_or_default(),
+                    delay_ms: u32::try_from(f.delay.as_millis()).unwrap_or(u32::MAX),
+                })
+                .collect(),
+        }))
+    }
+}

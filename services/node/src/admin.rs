@@ -49,11 +49,15 @@ impl Interceptor for OpsCredential {
         let presented = request
             .metadata()
             .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing ops credential (`authorization: Bearer <token>`)"))?
+            .ok_or_else(|| {
+                Status::unauthenticated("missing ops credential (`authorization: Bearer <token>`)")
+            })?
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("the ops credential must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                Status::unauthenticated("the ops credential must be `Bearer <token>`")
+            })?;
         if bool::from(presented.as_bytes().ct_eq(&self.token)) {
             Ok(request)
         } else {
@@ -103,9 +107,13 @@ fn target_to_api(target: &SwitchTarget) -> api::SwitchTarget {
 fn target_from_api(target: Option<api::SwitchTarget>) -> Result<SwitchTarget, Status> {
     let target = target.unwrap_or_default();
     match (target.service.as_str(), target.method.as_str(), target.tier) {
-        ("", "", Some(tier)) => Ok(SwitchTarget::TiersFrom(u8::try_from(tier).map_err(|_| {
-            Status::invalid_argument(format!("unknown switch: {tier} is not a tier (0, 1 or 2)"))
-        })?)),
+        ("", "", Some(tier)) => Ok(SwitchTarget::TiersFrom(u8::try_from(tier).map_err(
+            |_| {
+                Status::invalid_argument(format!(
+                    "unknown switch: {tier} is not a tier (0, 1 or 2)"
+                ))
+            },
+        )?)),
         ("", "", None) => Err(Status::invalid_argument(
             "a switch names a service (and maybe a method) or a tier",
         )),
@@ -114,7 +122,9 @@ fn target_from_api(target: Option<api::SwitchTarget>) -> Result<SwitchTarget, St
             service: service.into(),
             method: method.into(),
         }),
-        ("", _, _) => Err(Status::invalid_argument("a method switch names its service too")),
+        ("", _, _) => Err(Status::invalid_argument(
+            "a method switch names its service too",
+        )),
         _ => Err(Status::invalid_argument(
             "a switch names a service or a tier, not both",
         )),
@@ -251,9 +261,9 @@ impl Admin for AdminService {
                     address: p.address.clone().unwrap_or_default(),
                     tenants: p.tenants.iter().map(ToString::to_string).collect(),
                     restarts: p.restarts,
-                    up_for_ms: p
-                        .serving_since
-                        .map_or(0, |t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)),
+                    up_for_ms: p.serving_since.map_or(0, |t| {
+                        u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+                    }),
                 })
                 .collect(),
             tenants: report.tenants.iter().map(tenant_to_api).collect(),

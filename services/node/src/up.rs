@@ -7,11 +7,7 @@ use mesh_api::admin::v1::admin_server::AdminServer;
 use mesh_contract::TenantId;
 use mesh_runtime::{
     Tenants,
-    control::{
-        ControlPlane,
-        plane::initial_switches,
-        store::SwitchStore,
-    },
+    control::{ControlPlane, plane::initial_switches, store::SwitchStore},
     deploy::DeployConfig,
     front_door::FrontDoor,
     layers::Catalogue,

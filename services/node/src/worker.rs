@@ -98,17 +98,19 @@ impl Served {
         let bulkheads = configs
             .iter()
             .flat_map(|config| {
-                config.enabled_services().flat_map(move |(_, service)| {
-                    service.depends_on.iter().map(move |dependency| {
-                        let (in_use, capacity) =
-                            self.bulkheads.in_use(&config.tenant_id(), dependency);
-                        BulkheadUse {
-                            tenant: config.tenant_id(),
-                            dependency: dependency.clone(),
-                            in_use,
-                            capacity,
-                        }
-                    })
+                // one bulkhead per tenant and dependency, however many services call it
+                let dependencies: std::collections::BTreeSet<&String> = config
+                    .enabled_services()
+                    .flat_map(|(_, service)| service.depends_on.iter())
+                    .collect();
+                dependencies.into_iter().map(move |dependency| {
+                    let (in_use, capacity) = self.bulkheads.in_use(&config.tenant_id(), dependency);
+                    BulkheadUse {
+                        tenant: config.tenant_id(),
+                        dependency: dependency.clone(),
+                        in_use,
+                        capacity,
+                    }
                 })
             })
             .collect();
@@ -179,10 +181,11 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
                     .map_err(anyhow::Error::from)
                     .and_then(|state| {
                         apply(&state, &state_dir, &state_served, &state_switches).map(|()| state)
-                    })
-                {
+                    }) {
                     Ok(state) => say(&format!("{APPLIED_PREFIX}{}", state.version)),
-                    Err(err) => tracing::error!(error = %err, "state from the supervisor not applied"),
+                    Err(err) => {
+                        tracing::error!(error = %err, "state from the supervisor not applied")
+                    }
                 }
             }
             // stdin closed: the supervisor asks us to stop (or is gone)

@@ -93,6 +93,7 @@ async fn tenants_run_in_supervised_processes_behind_one_front_door() {
     let mut up = Command::new(env!("CARGO_BIN_EXE_mesh"))
         .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
         .arg(dir.path())
+        .env("MESH_STATE_DIR", dir.path().join(".state"))
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -298,6 +299,7 @@ async fn a_dependency_cycle_is_refused_at_start_up_and_named() {
     let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
         .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
         .arg(dir.path())
+        .env("MESH_STATE_DIR", dir.path().join(".state"))
         .output()
         .await
         .unwrap();

@@ -367,7 +367,10 @@ pub fn check_new(
             message,
         }])
     };
-    let plain = Path::new(file_name).file_name().map(|n| n.to_string_lossy()) == Some(file_name.into());
+    let plain = Path::new(file_name)
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        == Some(file_name.into());
     if !plain || !file_name.ends_with(".toml") || file_name.starts_with(['_', '.']) {
         return Err(invalid(
             "",

@@ -112,10 +112,9 @@ impl DeployConfig {
                 "admin",
                 "set either `token` or `token_env`, not both".into(),
             )),
-            (Some(token), None) if token.len() < 12 => Err(error(
-                "admin.token",
-                "is shorter than 12 characters".into(),
-            )),
+            (Some(token), None) if token.len() < 12 => {
+                Err(error("admin.token", "is shorter than 12 characters".into()))
+            }
             (Some(token), None) => Ok(Some(token.clone())),
             (None, Some(var)) => match std::env::var(var) {
                 Ok(token) if token.len() >= 12 => Ok(Some(token)),
@@ -134,6 +133,8 @@ impl DeployConfig {
 }
 
 #[cfg(test)]
+// figment's Jail returns figment's own (large) error type
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -159,19 +160,31 @@ mod tests {
             assert_eq!(config.state.dir, PathBuf::from("/tmp/mesh-state"));
 
             let missing = DeployConfig::load(Path::new("absent.toml")).unwrap();
-            assert_eq!(missing.ops_token().unwrap(), None, "no credential: admin off");
+            assert_eq!(
+                missing.ops_token().unwrap(),
+                None,
+                "no credential: admin off"
+            );
 
             jail.create_file("bad.toml", "[admin]\nlisen = \"x\"\n")?;
-            let err = DeployConfig::load(Path::new("bad.toml")).unwrap_err().to_string();
+            let err = DeployConfig::load(Path::new("bad.toml"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("bad.toml") && err.contains("lisen"), "{err}");
 
-            jail.create_file("env.toml", "[admin]\ntoken_env = \"MESH_TEST_OPS_TOKEN_UNSET\"\n")?;
+            jail.create_file(
+                "env.toml",
+                "[admin]\ntoken_env = \"MESH_TEST_OPS_TOKEN_UNSET\"\n",
+            )?;
             let err = DeployConfig::load(Path::new("env.toml"))
                 .unwrap()
                 .ops_token()
                 .unwrap_err()
                 .to_string();
-            assert!(err.contains("MESH_TEST_OPS_TOKEN_UNSET is not set"), "{err}");
+            assert!(
+                err.contains("MESH_TEST_OPS_TOKEN_UNSET is not set"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -117,7 +117,13 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(w) = self.watch.tenants.lock().expect("lock").get_mut(&self.tenant) {
+        if let Some(w) = self
+            .watch
+            .tenants
+            .lock()
+            .expect("lock")
+            .get_mut(&self.tenant)
+        {
             w.load.in_flight = w.load.in_flight.saturating_sub(1);
         }
     }
@@ -218,7 +224,14 @@ impl FrontDoor {
         }
     }
 
-    fn record(&self, tenant: &TenantId, tier: Option<u8>, started: Instant, response: &http::Response<tonic::body::Body>, path: &str) {
+    fn record(
+        &self,
+        tenant: &TenantId,
+        tier: Option<u8>,
+        started: Instant,
+        response: &http::Response<tonic::body::Body>,
+        path: &str,
+    ) {
         let failed = response
             .headers()
             .get("grpc-status")
@@ -268,10 +281,7 @@ impl FrontDoor {
             .expect("lock")
             .iter()
             .filter(|f| {
-                &f.tenant == tenant
-                    && f.service
-                        .as_deref()
-                        .is_none_or(|s| Some(s) == service)
+                &f.tenant == tenant && f.service.as_deref().is_none_or(|s| Some(s) == service)
             })
             .map(|f| f.delay)
             .max()

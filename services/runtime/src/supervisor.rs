@@ -266,7 +266,10 @@ impl Supervisor {
         if exists {
             let version = self.change(|desired| {
                 let mut groups = (*desired.groups).clone();
-                groups.entry(group.clone()).or_default().push(tenant.clone());
+                groups
+                    .entry(group.clone())
+                    .or_default()
+                    .push(tenant.clone());
                 desired.groups = Arc::new(groups);
             });
             if let Some(slot) = self.inner.slots.lock().expect("lock").get_mut(&group) {
@@ -471,8 +474,22 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
             slot.applied.send_replace(0);
         });
         let started = Instant::now();
-        let end = run_worker(&inner, &group, &mut worker, &mut desired, state, &mut shutdown).await;
-        let routed = inner.desired.borrow().groups.get(&group).cloned().unwrap_or_default();
+        let end = run_worker(
+            &inner,
+            &group,
+            &mut worker,
+            &mut desired,
+            state,
+            &mut shutdown,
+        )
+        .await;
+        let routed = inner
+            .desired
+            .borrow()
+            .groups
+            .get(&group)
+            .cloned()
+            .unwrap_or_default();
         for tenant in &routed {
             inner.front.unroute(tenant);
         }

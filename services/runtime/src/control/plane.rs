@@ -47,7 +47,9 @@ pub enum ControlError {
     )]
     NotApplied(Vec<String>),
     /// An onboarded tenant is not served in time.
-    #[error("tenant {0} was added but no process serves it after {ONBOARD_WITHIN:?}; see `meshctl status`")]
+    #[error(
+        "tenant {0} was added but no process serves it after {ONBOARD_WITHIN:?}; see `meshctl status`"
+    )]
     NotServed(String),
     /// The switch state could not be saved or read.
     #[error(transparent)]
@@ -103,7 +105,10 @@ pub struct StatusReport {
 
 /// The switches a mesh starts with: the saved state, plus the initial switches of the config
 /// of every tenant the saved state does not know (a tenant new since the last run).
-pub fn initial_switches(tenants: &Tenants, store: &SwitchStore) -> Result<SavedSwitches, StoreError> {
+pub fn initial_switches(
+    tenants: &Tenants,
+    store: &SwitchStore,
+) -> Result<SavedSwitches, StoreError> {
     let mut saved = store.load()?.unwrap_or_default();
     let board = SwitchBoard::new(Catalogue(&[]));
     board.replace_all(std::mem::take(&mut saved.switches));
@@ -170,7 +175,9 @@ impl ControlPlane {
         let mut rules = HashMap::new();
         // a rule whose switch is still off (the mesh restarted during an incident) owns it
         for switch in &saved.switches {
-            if let (Some(tenant), Some(rule)) = (&switch.tenant, switch.changed_by.strip_prefix("auto:")) {
+            if let (Some(tenant), Some(rule)) =
+                (&switch.tenant, switch.changed_by.strip_prefix("auto:"))
+            {
                 rules.insert(
                     (tenant.clone(), rule.to_owned()),
                     RuleState {
@@ -210,7 +217,12 @@ impl ControlPlane {
             Some(config) => Ok(config.tenant_id()),
             None => Err(ControlError::UnknownTenant(
                 id.to_owned(),
-                tenants.tenants.keys().cloned().collect::<Vec<_>>().join(", "),
+                tenants
+                    .tenants
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
             )),
         }
     }
@@ -277,9 +289,19 @@ impl ControlPlane {
     }
 
     /// Validates a tenant file as onboarding it would; the tenant and its process group.
-    pub fn check_tenant(&self, file_name: &str, content: &str) -> Result<(TenantConfig, String), ControlError> {
+    pub fn check_tenant(
+        &self,
+        file_name: &str,
+        content: &str,
+    ) -> Result<(TenantConfig, String), ControlError> {
         let tenants = self.plane.tenants.read().expect("lock");
-        let config = config::check_new(&self.plane.dir, &tenants, file_name, content, self.plane.catalogue)?;
+        let config = config::check_new(
+            &self.plane.dir,
+            &tenants,
+            file_name,
+            content,
+            self.plane.catalogue,
+        )?;
         let group = group_of(&config);
         Ok((config, group))
     }
@@ -287,7 +309,11 @@ impl ControlPlane {
     /// Onboards a tenant file: writes it into the tenants folder, applies its initial switches
     /// and has a process serve it (a new one if it is isolated, the shared one otherwise)
     /// without restarting any other. Returns once the front door routes it.
-    pub async fn add_tenant(&self, file_name: &str, content: &str) -> Result<TenantConfig, ControlError> {
+    pub async fn add_tenant(
+        &self,
+        file_name: &str,
+        content: &str,
+    ) -> Result<TenantConfig, ControlError> {
         let version = {
             let _edit = self.plane.edit.lock().await;
             let (config, _) = self.check_tenant(file_name, content)?;
@@ -310,10 +336,18 @@ impl ControlPlane {
             for switch in SwitchBoard::from_tenants(&one, Catalogue(&[])).list() {
                 self.plane.board.turn_off(switch);
             }
-            self.plane.known.lock().expect("lock").tenants.insert(tenant.clone());
+            self.plane
+                .known
+                .lock()
+                .expect("lock")
+                .tenants
+                .insert(tenant.clone());
             self.save()?;
             self.plane.supervisor.set_switches(self.switches());
-            let version = self.plane.supervisor.add_tenant(tenant, config.isolation.process);
+            let version = self
+                .plane
+                .supervisor
+                .add_tenant(tenant, config.isolation.process);
             (version, config)
         };
         let (version, config) = version;
@@ -361,14 +395,21 @@ impl ControlPlane {
     }
 
     /// Injects latency into a tenant's calls (zero clears it); the faults in force.
-    pub fn set_fault(&self, tenant: &str, service: Option<&str>, delay: Duration) -> Result<Vec<Fault>, ControlError> {
+    pub fn set_fault(
+        &self,
+        tenant: &str,
+        service: Option<&str>,
+        delay: Duration,
+    ) -> Result<Vec<Fault>, ControlError> {
         let tenant = self.tenant(tenant)?;
         if let Some(service) = service {
             SwitchTarget::Service(service.to_owned())
                 .validate(Catalogue(self.plane.catalogue))
                 .map_err(ControlError::UnknownSwitch)?;
         }
-        self.plane.front.set_fault(tenant, service.map(str::to_owned), delay);
+        self.plane
+            .front
+            .set_fault(tenant, service.map(str::to_owned), delay);
         Ok(self.plane.front.faults())
     }
 
@@ -403,7 +444,9 @@ impl ControlPlane {
             let by = format!("auto:{}", rule.name);
             let action = {
                 let mut states = self.plane.rules.lock().expect("lock");
-                let state = states.entry((tenant.clone(), rule.name.clone())).or_default();
+                let state = states
+                    .entry((tenant.clone(), rule.name.clone()))
+                    .or_default();
                 let action = rules::step(&rule, &stats, state, Instant::now());
                 let current = self
                     .switches()

@@ -113,7 +113,9 @@ mod tests {
             WorkerLine::Output("APPLIED twelve".into())
         );
         assert_eq!(
-            WorkerLine::parse(r#"STATS {"bulkheads":[{"tenant":"mall","dependency":"order","in_use":3,"capacity":64}]}"#),
+            WorkerLine::parse(
+                r#"STATS {"bulkheads":[{"tenant":"mall","dependency":"order","in_use":3,"capacity":64}]}"#
+            ),
             WorkerLine::Stats(WorkerStats {
                 bulkheads: vec![BulkheadUse {
                     tenant: TenantId::new("mall").unwrap(),
@@ -137,8 +139,9 @@ mod tests {
             tenants: vec![TenantId::new("mall").unwrap()],
         };
         assert_eq!(WorkerState::from_line(&state.to_line()).unwrap(), state);
-        let err = WorkerState::from_line(r#"{"version":1,"switches":[],"tenants":["Not A Tenant"]}"#)
-            .unwrap_err();
+        let err =
+            WorkerState::from_line(r#"{"version":1,"switches":[],"tenants":["Not A Tenant"]}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("Not A Tenant"), "{err}");
     }
 }

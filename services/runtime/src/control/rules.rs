@@ -55,7 +55,12 @@ pub fn trips(rule: &AutoRule, stats: &WindowStats) -> Option<String> {
 }
 
 /// One look at the rule's watched calls.
-pub fn step(rule: &AutoRule, stats: &WindowStats, state: &mut RuleState, now: Instant) -> RuleAction {
+pub fn step(
+    rule: &AutoRule,
+    stats: &WindowStats,
+    state: &mut RuleState,
+    now: Instant,
+) -> RuleAction {
     let tripped = trips(rule, stats);
     if !state.active {
         return match tripped {
@@ -113,7 +118,10 @@ mod tests {
         assert_eq!(trips(&rule, &stats(19, 5_000, 1.0)), None, "19 < min_calls");
         assert_eq!(trips(&rule, &stats(100, 200, 0.1)), None, "at the limits");
         let slow = trips(&rule, &stats(100, 350, 0.0)).unwrap();
-        assert!(slow.contains("p99 350 ms") && slow.contains("> 200 ms"), "{slow}");
+        assert!(
+            slow.contains("p99 350 ms") && slow.contains("> 200 ms"),
+            "{slow}"
+        );
         let failing = trips(&rule, &stats(100, 10, 0.25)).unwrap();
         assert!(failing.contains("error rate 25.0%"), "{failing}");
     }
@@ -126,13 +134,40 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         let (bad, good) = (stats(50, 900, 0.0), stats(50, 20, 0.0));
 
-        assert!(matches!(step(&rule, &bad, &mut state, at(0)), RuleAction::TurnOff(_)));
-        assert_eq!(step(&rule, &bad, &mut state, at(1)), RuleAction::Nothing, "already off");
-        assert_eq!(step(&rule, &good, &mut state, at(2)), RuleAction::Nothing, "calm starts");
-        assert_eq!(step(&rule, &bad, &mut state, at(8)), RuleAction::Nothing, "relapse");
-        assert_eq!(step(&rule, &good, &mut state, at(9)), RuleAction::Nothing, "calm restarts");
-        assert_eq!(step(&rule, &good, &mut state, at(18)), RuleAction::Nothing, "9 s calm");
-        assert_eq!(step(&rule, &good, &mut state, at(19)), RuleAction::TurnOn, "10 s calm");
+        assert!(matches!(
+            step(&rule, &bad, &mut state, at(0)),
+            RuleAction::TurnOff(_)
+        ));
+        assert_eq!(
+            step(&rule, &bad, &mut state, at(1)),
+            RuleAction::Nothing,
+            "already off"
+        );
+        assert_eq!(
+            step(&rule, &good, &mut state, at(2)),
+            RuleAction::Nothing,
+            "calm starts"
+        );
+        assert_eq!(
+            step(&rule, &bad, &mut state, at(8)),
+            RuleAction::Nothing,
+            "relapse"
+        );
+        assert_eq!(
+            step(&rule, &good, &mut state, at(9)),
+            RuleAction::Nothing,
+            "calm restarts"
+        );
+        assert_eq!(
+            step(&rule, &good, &mut state, at(18)),
+            RuleAction::Nothing,
+            "9 s calm"
+        );
+        assert_eq!(
+            step(&rule, &good, &mut state, at(19)),
+            RuleAction::TurnOn,
+            "10 s calm"
+        );
         assert_eq!(state, RuleState::default());
         assert_eq!(step(&rule, &good, &mut state, at(20)), RuleAction::Nothing);
     }

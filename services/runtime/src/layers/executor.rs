@@ -66,7 +66,12 @@ impl TenantRuntimes {
 
     /// Tenants with a runtime of their own.
     pub fn tenants(&self) -> Vec<TenantId> {
-        self.runtimes.read().expect("lock").keys().cloned().collect()
+        self.runtimes
+            .read()
+            .expect("lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 

@@ -45,6 +45,36 @@ impl std::fmt::Display for SwitchTarget {
     }
 }
 
+/// Reads a target as [`Display`](std::fmt::Display) writes it: `recommend`, `recommend.Suggest`,
+/// `tier>=2`. Names are checked against a catalogue by [`SwitchTarget::validate`], not here.
+impl std::str::FromStr for SwitchTarget {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        let word = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if let Some(tier) = spec.strip_prefix("tier>=") {
+            return tier.parse().map(SwitchTarget::TiersFrom).map_err(|_| {
+                format!("{spec:?}: `tier>=N` takes a tier number (0 = core, 1, 2 = optional)")
+            });
+        }
+        match spec.split_once('.') {
+            None if word(spec) => Ok(SwitchTarget::Service(spec.into())),
+            Some((service, method)) if word(service) && word(method) => Ok(SwitchTarget::Method {
+                service: service.into(),
+                method: method.into(),
+            }),
+            _ => Err(format!(
+                "{spec:?} is not a switch: write a service (`recommend`), a method \
+                 (`recommend.Suggest`) or a tier and every less important one (`tier>=2`)"
+            )),
+        }
+    }
+}
+
 impl SwitchTarget {
     /// Checks the target names something the catalogue has: an error says what is unknown.
     pub fn validate(&self, catalogue: Catalogue) -> Result<(), String> {
@@ -258,6 +288,37 @@ impl Admit for SwitchBoard {
                 tracing::debug!(tenant = %ctx.tenant, method = method.path, switch = %switch.scope(), "degraded answer");
                 Decision::Answer(degraded_response(method, &switch.scope()))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_reads_back_as_it_is_written() {
+        for target in [
+            SwitchTarget::Service("recommend".into()),
+            SwitchTarget::Method {
+                service: "recommend".into(),
+                method: "Suggest".into(),
+            },
+            SwitchTarget::TiersFrom(2),
+        ] {
+            assert_eq!(target.to_string().parse::<SwitchTarget>(), Ok(target));
+        }
+        for bad in [
+            "",
+            "tier>=x",
+            "recommend.",
+            ".Suggest",
+            "a.b.c",
+            "rec ommend",
+            "tier>=-1",
+        ] {
+            let err = bad.parse::<SwitchTarget>().unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
         }
     }
 }

@@ -1,0 +1,169 @@
+//! Reaching the admin API with the ops credential, and what goes wrong doing so.
+
+use std::{path::PathBuf, time::Duration};
+
+use mesh_api::admin::v1::admin_client::AdminClient;
+use mesh_runtime::{
+    config::{ConfigError, Tenants, check_new},
+    control::plane::group_of,
+};
+use tonic::{
+    Code, Request, Status,
+    metadata::AsciiMetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+
+/// How long to wait for the mesh to accept the connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a command failed; each kind has its own exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The command line does not say what to do.
+    #[error("{0}")]
+    Usage(String),
+    /// A file named on the command line cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No ops credential was given.
+    #[error(
+        "no ops credential: pass --token or set MESH_OPS_TOKEN (the admin token `mesh up` was configured with)"
+    )]
+    NoCredential,
+    /// A tenant file is invalid (checked locally).
+    #[error("{0}")]
+    InvalidTenant(ConfigError),
+    /// Nothing answers at the admin address.
+    #[error(
+        "cannot reach the mesh admin API at {admin}: {reason}\n  is `mesh up` running, with an ops credential configured (ops/mesh.toml)? --admin / MESH_ADMIN say where it listens"
+    )]
+    Unreachable {
+        /// The address tried.
+        admin: String,
+        /// The transport's reason.
+        reason: String,
+    },
+    /// The mesh refused the credential.
+    #[error("the mesh refused the ops credential: {0}")]
+    Credential(String),
+    /// The mesh refused the request.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl CtlError {
+    /// The process exit code of this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Refused(_) | CtlError::InvalidTenant(_) => 1,
+            CtlError::Usage(_) | CtlError::File { .. } | CtlError::NoCredential => 2,
+            CtlError::Unreachable { .. } => 3,
+            CtlError::Credential(_) => 4,
+        }
+    }
+
+    /// The error for a status the admin API answered.
+    pub fn from_status(status: Status, admin: &str) -> Self {
+        match status.code() {
+            Code::Unavailable => CtlError::Unreachable {
+                admin: admin.to_owned(),
+                reason: status.message().to_owned(),
+            },
+            Code::Unauthenticated => CtlError::Credential(status.message().to_owned()),
+            _ => CtlError::Refused(status.message().to_owned()),
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(AsciiMetadataValue);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// The admin client `meshctl` uses.
+pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
+
+/// Connects to the admin API at `admin` (`http://host:port`, or just `host:port`).
+pub async fn connect(admin: &str, token: Option<&str>) -> Result<Admin, CtlError> {
+    let token = token
+        .filter(|t| !t.is_empty())
+        .ok_or(CtlError::NoCredential)?;
+    let bearer = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| CtlError::Usage("the ops credential must be printable ASCII".into()))?;
+    let url = if admin.contains("://") {
+        admin.to_owned()
+    } else {
+        format!("http://{admin}")
+    };
+    let endpoint = Endpoint::from_shared(url)
+        .map_err(|e| CtlError::Usage(format!("--admin {admin:?} is not an address: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| CtlError::Unreachable {
+            admin: admin.to_owned(),
+            reason: std::error::Error::source(&e)
+                .map_or_else(|| e.to_string(), ToString::to_string),
+        })?;
+    Ok(AdminClient::with_interceptor(channel, Bearer(bearer)))
+}
+
+/// `tenant check FILE --tenants DIR`: the same validation the mesh runs, without a mesh.
+/// Answers the tenant id and its process group.
+pub fn check_locally(
+    file: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<(String, String), CtlError> {
+    let catalogue = mesh_api::CONTRACTS;
+    let inside = |f: &std::path::Path| {
+        f.parent()
+            .and_then(|p| p.canonicalize().ok())
+            .zip(dir.canonicalize().ok())
+            .is_some_and(|(a, b)| a == b)
+    };
+    if inside(file) {
+        // already in the folder: the folder must load as a whole, as `mesh up` loads it
+        let tenants = Tenants::load(dir, catalogue).map_err(CtlError::InvalidTenant)?;
+        let config = tenants
+            .files
+            .iter()
+            .find(|(_, f)| f.file_name() == file.file_name())
+            .and_then(|(id, _)| tenants.get(id))
+            .ok_or_else(|| CtlError::File {
+                path: file.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "not a tenant file of that folder",
+                ),
+            })?;
+        return Ok((config.id.clone(), group_of(config)));
+    }
+    let content = std::fs::read_to_string(file).map_err(|source| CtlError::File {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let existing = Tenants::load(dir, catalogue).map_err(CtlError::InvalidTenant)?;
+    let file_name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let config = check_new(dir, &existing, &file_name, &content, catalogue)
+        .map_err(CtlError::InvalidTenant)?;
+    Ok((config.id.clone(), group_of(&config)))
+}

@@ -1,0 +1,248 @@
+//! `meshctl`: the ops CLI of a running mesh. Degradation switches, tenant onboarding and status,
+//! over the authenticated admin API (`contracts/admin/v1`) that `mesh up` serves.
+//!
+//! Exit codes: 0 done; 1 the mesh refused the request (unknown tenant, switch, bad tenant
+//! file...); 2 bad usage, unreadable file or no ops credential; 3 the mesh is not reachable;
+//! 4 the mesh refused the ops credential.
+
+mod client;
+mod render;
+mod target;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Args, Parser, Subcommand};
+use mesh_api::admin::v1 as api;
+
+use crate::{client::CtlError, render::Output};
+
+#[derive(Parser)]
+#[command(
+    name = "meshctl",
+    version,
+    about = "Degradation switches, tenant onboarding and status of a running mesh"
+)]
+struct Cli {
+    /// The admin API of the running mesh (`mesh up` prints `admin listening on ...`).
+    #[arg(
+        long,
+        env = "MESH_ADMIN",
+        default_value = "http://127.0.0.1:7401",
+        global = true
+    )]
+    admin: String,
+    /// The ops credential (never a tenant's); `mesh up` takes it from ops/mesh.toml.
+    #[arg(long, env = "MESH_OPS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Degradation switches: what is off, for whom, since when; turn them off and on.
+    #[command(subcommand)]
+    Switch(SwitchCmd),
+    /// Business lines: validate and onboard a tenant file, list tenants and their processes.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Processes, tenants, bulkhead saturation, load and the latest degraded answers.
+    Status,
+    /// Injected latency at the front door, for drills and rehearsing automatic degradation.
+    #[command(subcommand)]
+    Fault(FaultCmd),
+}
+
+#[derive(Subcommand)]
+enum SwitchCmd {
+    /// Every switch that is off (everything else is on), with who turned it off and when.
+    List,
+    /// Degrades: the switch's calls answer their contract's degraded answer at once.
+    Off(SwitchArgs),
+    /// Restores a switch turned off by `switch off`, a tenant file or an automatic rule.
+    On(SwitchArgs),
+}
+
+#[derive(Args)]
+struct SwitchArgs {
+    /// `recommend` (a service), `recommend.Suggest` (a method) or `tier>=2` (a tier and every
+    /// less important one), optionally scoped as `switch list` shows it: `recommend@mall`,
+    /// `tier>=2@all`. Or use --service/--method/--tier.
+    switch: Option<String>,
+    /// Only this tenant (default: every tenant).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Every service of this tier and of every less important one (0 = core, 2 = optional).
+    #[arg(long, conflicts_with_all = ["service", "method"])]
+    tier: Option<u32>,
+    /// A whole service.
+    #[arg(long)]
+    service: Option<String>,
+    /// One method of --service.
+    #[arg(long, requires = "service")]
+    method: Option<String>,
+    /// Why: shown by `switch list`.
+    #[arg(long, default_value = "")]
+    reason: String,
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// Validates a tenant file with the errors the runtime gives, without onboarding it.
+    Check {
+        /// The tenant file (`newco.toml`).
+        file: PathBuf,
+        /// Check against this tenants folder, without a running mesh.
+        #[arg(long)]
+        tenants: Option<PathBuf>,
+    },
+    /// Onboards a tenant file: the running mesh serves it without restarting anyone.
+    Add {
+        /// The tenant file (`newco.toml`).
+        file: PathBuf,
+    },
+    /// Tenants, the process serving each, and its health.
+    List,
+}
+
+#[derive(Subcommand)]
+enum FaultCmd {
+    /// Delays a tenant's calls (of one service, or all) by MS milliseconds.
+    Delay {
+        /// Added latency in milliseconds.
+        ms: u32,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Removes an injected delay.
+    Clear {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        service: Option<String>,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CtlError> {
+    let out = Output { json: cli.json };
+    // the one command that works without a mesh
+    if let Cmd::Tenant(TenantCmd::Check {
+        file,
+        tenants: Some(dir),
+    }) = &cli.command
+    {
+        let (tenant, group) = client::check_locally(file, dir)?;
+        out.checked(&tenant, &group, file);
+        return Ok(());
+    }
+    let mut admin = client::connect(&cli.admin, cli.token.as_deref()).await?;
+    let refused = |status| CtlError::from_status(status, &cli.admin);
+    match cli.command {
+        Cmd::Switch(SwitchCmd::List) => {
+            let list = admin
+                .list_switches(api::ListSwitchesRequest {})
+                .await
+                .map_err(refused)?;
+            out.switches(&list.into_inner().switches);
+        }
+        Cmd::Switch(cmd @ (SwitchCmd::Off(_) | SwitchCmd::On(_))) => {
+            let (on, args) = match cmd {
+                SwitchCmd::On(args) => (true, args),
+                SwitchCmd::Off(args) => (false, args),
+                SwitchCmd::List => unreachable!("matched above"),
+            };
+            let (target, tenant) = target::resolve(&args)?;
+            let scope = target::scope(&target, tenant.as_deref());
+            let response = admin
+                .set_switch(api::SetSwitchRequest {
+                    target: Some(target),
+                    tenant: tenant.unwrap_or_default(),
+                    on,
+                    reason: args.reason,
+                })
+                .await
+                .map_err(refused)?;
+            out.switched(&scope, on, &response.into_inner());
+        }
+        Cmd::Tenant(TenantCmd::Check { file, tenants: _ }) => {
+            let response = admin
+                .check_tenant(read_tenant_file(&file)?)
+                .await
+                .map_err(refused)?
+                .into_inner();
+            out.checked(&response.tenant, &response.group, &file);
+        }
+        Cmd::Tenant(TenantCmd::Add { file }) => {
+            let added = admin
+                .add_tenant(read_tenant_file(&file)?)
+                .await
+                .map_err(refused)?;
+            out.added(&added.into_inner().tenants);
+        }
+        Cmd::Tenant(TenantCmd::List) => {
+            let list = admin
+                .list_tenants(api::ListTenantsRequest {})
+                .await
+                .map_err(refused)?;
+            out.tenants(&list.into_inner().tenants);
+        }
+        Cmd::Status => {
+            let report = admin.status(api::StatusRequest {}).await.map_err(refused)?;
+            out.status(&report.into_inner());
+        }
+        Cmd::Fault(cmd) => {
+            let (tenant, service, delay_ms) = match cmd {
+                FaultCmd::Delay {
+                    ms,
+                    tenant,
+                    service,
+                } => (tenant, service, ms),
+                FaultCmd::Clear { tenant, service } => (tenant, service, 0),
+            };
+            let faults = admin
+                .set_fault(api::SetFaultRequest {
+                    tenant,
+                    service: service.unwrap_or_default(),
+                    delay_ms,
+                })
+                .await
+                .map_err(refused)?;
+            out.faults(&faults.into_inner().faults);
+        }
+    }
+    Ok(())
+}
+
+/// The file as the admin API takes it: its name (which names the tenant's environment
+/// overrides) and its text.
+fn read_tenant_file(file: &Path) -> Result<api::TenantFile, CtlError> {
+    let content = std::fs::read_to_string(file).map_err(|e| CtlError::File {
+        path: file.to_path_buf(),
+        source: e,
+    })?;
+    let file_name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(api::TenantFile { file_name, content })
+}

@@ -1,0 +1,300 @@
+//! What `meshctl` prints: a table for people, `--json` for scripts. The JSON keeps the admin
+//! API's field names.
+
+use std::{
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use comfy_table::{Table, presets::NOTHING};
+use mesh_api::admin::v1 as api;
+use serde_json::{Value, json};
+
+/// Where and how to print.
+pub struct Output {
+    /// JSON instead of tables.
+    pub json: bool,
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_header(header.to_vec());
+    table
+}
+
+fn at(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// `2026-11-24T18:05:00Z (3m 12s ago)`.
+fn when(ms: i64) -> String {
+    let at = at(ms);
+    let ago = SystemTime::now()
+        .duration_since(at)
+        .map(|d| Duration::from_secs(d.as_secs()))
+        .unwrap_or_default();
+    format!(
+        "{} ({} ago)",
+        humantime::format_rfc3339_seconds(at),
+        humantime::format_duration(ago)
+    )
+}
+
+fn rfc3339(ms: i64) -> String {
+    humantime::format_rfc3339_millis(at(ms)).to_string()
+}
+
+fn or_all(tenant: &str) -> &str {
+    if tenant.is_empty() { "all" } else { tenant }
+}
+
+fn switch_json(s: &api::Switch) -> Value {
+    let target = s.target.clone().unwrap_or_default();
+    json!({
+        "scope": s.scope,
+        "state": "off",
+        "service": target.service,
+        "method": target.method,
+        "tier": target.tier,
+        "tenant": (!s.tenant.is_empty()).then_some(&s.tenant),
+        "changed_by": s.changed_by,
+        "changed_at": rfc3339(s.changed_at_ms),
+        "reason": s.reason,
+    })
+}
+
+fn tenant_json(t: &api::Tenant) -> Value {
+    json!({
+        "id": t.id,
+        "display_name": t.display_name,
+        "group": t.group,
+        "pid": t.pid,
+        "address": t.address,
+        "health": t.health,
+        "services": t.services,
+    })
+}
+
+fn tenants_table(tenants: &[api::Tenant]) -> Table {
+    let mut rows = table(&["TENANT", "NAME", "GROUP", "PID", "HEALTH", "SERVICES"]);
+    for t in tenants {
+        rows.add_row(vec![
+            t.id.clone(),
+            t.display_name.clone(),
+            t.group.clone(),
+            if t.pid == 0 {
+                "-".into()
+            } else {
+                t.pid.to_string()
+            },
+            t.health.clone(),
+            t.services.join(" "),
+        ]);
+    }
+    rows
+}
+
+impl Output {
+    fn print(&self, value: &Value) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).expect("JSON of plain values")
+        );
+    }
+
+    /// `switch list`.
+    pub fn switches(&self, switches: &[api::Switch]) {
+        if self.json {
+            return self.print(&json!({
+                "switches": switches.iter().map(switch_json).collect::<Vec<_>>(),
+            }));
+        }
+        if switches.is_empty() {
+            println!("every switch is on: no call is degraded");
+            return;
+        }
+        let mut rows = table(&["SWITCH", "STATE", "TENANT", "CHANGED BY", "WHEN", "REASON"]);
+        for s in switches {
+            rows.add_row(vec![
+                s.scope.clone(),
+                "off".into(),
+                or_all(&s.tenant).into(),
+                s.changed_by.clone(),
+                when(s.changed_at_ms),
+                s.reason.clone(),
+            ]);
+        }
+        println!("{rows}");
+        println!("every other switch is on");
+    }
+
+    /// `switch off|on`.
+    pub fn switched(&self, scope: &str, on: bool, response: &api::SetSwitchResponse) {
+        if self.json {
+            return self.print(&json!({
+                "switch": scope,
+                "state": if on { "on" } else { "off" },
+                "changed": response.changed,
+                "processes_applied": response.processes_applied,
+                "switches": response.switches.iter().map(switch_json).collect::<Vec<_>>(),
+            }));
+        }
+        match (on, response.changed) {
+            (false, _) => println!(
+                "{scope} is off: applied by {} process(es)",
+                response.processes_applied
+            ),
+            (true, true) => println!(
+                "{scope} is on again: applied by {} process(es)",
+                response.processes_applied
+            ),
+            (true, false) => println!("{scope} was not off: nothing changed"),
+        }
+    }
+
+    /// `tenant check`.
+    pub fn checked(&self, tenant: &str, group: &str, file: &Path) {
+        if self.json {
+            return self
+                .print(&json!({ "file": file, "tenant": tenant, "group": group, "valid": true }));
+        }
+        println!(
+            "{}: valid; tenant {tenant} would run in process group {group}",
+            file.display()
+        );
+    }
+
+    /// `tenant add`.
+    pub fn added(&self, tenants: &[api::Tenant]) {
+        if self.json {
+            return self.print(&json!({
+                "added": tenants.iter().map(tenant_json).collect::<Vec<_>>(),
+            }));
+        }
+        for t in tenants {
+            println!(
+                "tenant {} is served by pid {} (group {})",
+                t.id, t.pid, t.group
+            );
+        }
+        println!("{}", tenants_table(tenants));
+    }
+
+    /// `tenant list`.
+    pub fn tenants(&self, tenants: &[api::Tenant]) {
+        if self.json {
+            return self.print(&json!({
+                "tenants": tenants.iter().map(tenant_json).collect::<Vec<_>>(),
+            }));
+        }
+        println!("{}", tenants_table(tenants));
+    }
+
+    /// `status`.
+    pub fn status(&self, report: &api::StatusReport) {
+        if self.json {
+            return self.print(&json!({
+                "processes": report.processes.iter().map(|p| json!({
+                    "group": p.group, "pid": p.pid, "address": p.address,
+                    "tenants": p.tenants, "restarts": p.restarts, "up_for_ms": p.up_for_ms,
+                })).collect::<Vec<_>>(),
+                "tenants": report.tenants.iter().map(tenant_json).collect::<Vec<_>>(),
+                "bulkheads": report.bulkheads.iter().map(|b| json!({
+                    "tenant": b.tenant, "dependency": b.dependency,
+                    "in_use": b.in_use, "capacity": b.capacity,
+                })).collect::<Vec<_>>(),
+                "load": report.load.iter().map(|l| json!({
+                    "tenant": l.tenant, "in_flight": l.in_flight,
+                    "calls": l.calls, "degraded": l.degraded,
+                })).collect::<Vec<_>>(),
+                "recent_degraded": report.recent_degraded.iter().map(|d| json!({
+                    "tenant": d.tenant, "method": d.method, "switch": d.switch,
+                    "at": rfc3339(d.at_ms),
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        let mut processes = table(&["GROUP", "PID", "ADDRESS", "TENANTS", "RESTARTS", "UP FOR"]);
+        for p in &report.processes {
+            processes.add_row(vec![
+                p.group.clone(),
+                if p.pid == 0 {
+                    "-".into()
+                } else {
+                    p.pid.to_string()
+                },
+                p.address.clone(),
+                p.tenants.join(","),
+                p.restarts.to_string(),
+                humantime::format_duration(Duration::from_secs(p.up_for_ms / 1000)).to_string(),
+            ]);
+        }
+        println!("PROCESSES\n{processes}\n");
+        println!("TENANTS\n{}\n", tenants_table(&report.tenants));
+
+        let mut load = table(&["TENANT", "IN FLIGHT", "CALLS", "DEGRADED"]);
+        for l in &report.load {
+            load.add_row(vec![
+                l.tenant.clone(),
+                l.in_flight.to_string(),
+                l.calls.to_string(),
+                l.degraded.to_string(),
+            ]);
+        }
+        println!("LOAD (through the front door)\n{load}\n");
+
+        let mut bulkheads = table(&["TENANT", "DEPENDENCY", "IN USE", "SATURATION"]);
+        for b in &report.bulkheads {
+            let saturation = f64::from(b.in_use) * 100.0 / f64::from(b.capacity.max(1));
+            bulkheads.add_row(vec![
+                b.tenant.clone(),
+                b.dependency.clone(),
+                format!("{}/{}", b.in_use, b.capacity),
+                format!("{saturation:.0}%"),
+            ]);
+        }
+        println!("BULKHEADS\n{bulkheads}\n");
+
+        if report.recent_degraded.is_empty() {
+            println!("RECENT DEGRADED ANSWERS\nnone");
+        } else {
+            let mut degraded = table(&["WHEN", "TENANT", "METHOD", "SWITCH"]);
+            for d in &report.recent_degraded {
+                degraded.add_row(vec![
+                    when(d.at_ms),
+                    d.tenant.clone(),
+                    d.method.clone(),
+                    d.switch.clone(),
+                ]);
+            }
+            println!("RECENT DEGRADED ANSWERS (newest first)\n{degraded}");
+        }
+    }
+
+    /// `fault delay|clear`.
+    pub fn faults(&self, faults: &[api::Fault]) {
+        if self.json {
+            return self.print(&json!({
+                "faults": faults.iter().map(|f| json!({
+                    "tenant": f.tenant, "service": f.service, "delay_ms": f.delay_ms,
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        if faults.is_empty() {
+            println!("no fault injected");
+            return;
+        }
+        let mut rows = table(&["TENANT", "SERVICE", "DELAY"]);
+        for f in faults {
+            rows.add_row(vec![
+                f.tenant.clone(),
+                if f.service.is_empty() {
+                    "all".into()
+                } else {
+                    f.service.clone()
+                },
+                format!("{} ms", f.delay_ms),
+            ]);
+        }
+        println!("{rows}");
+    }
+}

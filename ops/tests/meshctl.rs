@@ -1,0 +1,686 @@
+//! The real `meshctl` binary against a real `mesh up` (supervisor, worker processes, front door,
+//! admin API) on loopback: switches degrade one tenant at once and survive a restart, tenants
+//! are onboarded at run time, an automatic rule trips under injected latency and restores when
+//! calm, and every bad input fails with a clear message and its exit code.
+//!
+//! `mesh` is the binary beside `meshctl` (built by `cargo test --workspace`); if it is missing
+//! (`cargo test -p mesh-ops` on a fresh tree) the test builds it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use mesh_api::{order::v1 as order, recommend::v1 as recommend};
+use mesh_contract::{RequestContext, TenantId};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+use tonic::{Request, transport::Channel};
+
+const TOKEN: &str = "test-ops-credential-0123";
+
+fn mesh_binary() -> &'static Path {
+    static MESH: OnceLock<PathBuf> = OnceLock::new();
+    MESH.get_or_init(|| {
+        let mesh = Path::new(env!("CARGO_BIN_EXE_meshctl")).with_file_name("mesh");
+        if !mesh.exists() {
+            let mut build = std::process::Command::new(env!("CARGO"));
+            build.args(["build", "--quiet", "-p", "mesh-node", "--bin", "mesh"]);
+            if mesh.parent().and_then(Path::file_name) == Some("release".as_ref()) {
+                build.arg("--release");
+            }
+            assert!(build.status().unwrap().success(), "building mesh");
+        }
+        mesh
+    })
+}
+
+/// A tenants folder: the shipped defaults and tenants, `extra` lines appended to a tenant's file.
+fn tenants_folder(tenants: &[&str], extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenants");
+    for tenant in std::iter::once("_defaults").chain(tenants.iter().copied()) {
+        let mut body = std::fs::read_to_string(shipped.join(format!("{tenant}.toml"))).unwrap();
+        for (_, more) in extra.iter().filter(|(t, _)| *t == tenant) {
+            body.push('\n');
+            body.push_str(more);
+        }
+        std::fs::write(dir.path().join(format!("{tenant}.toml")), body).unwrap();
+    }
+    dir
+}
+
+/// A running `mesh up`.
+struct Mesh {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    admin: String,
+    channel: Channel,
+}
+
+impl Mesh {
+    /// Starts the mesh on `tenants` with switch state in `state`; returns once `groups` process
+    /// groups serve.
+    async fn up(tenants: &Path, state: &Path, groups: usize) -> Mesh {
+        let mut child = Command::new(mesh_binary())
+            .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
+            .arg(tenants)
+            .arg("--config")
+            .arg(state.join("no-such-mesh.toml"))
+            .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("MESH_ADMIN_TOKEN", TOKEN)
+            .env("MESH_STATE_DIR", state)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                println!("mesh up: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut mesh = Mesh {
+            child,
+            lines: rx,
+            admin: String::new(),
+            channel: Channel::from_static("http://127.0.0.1:1").connect_lazy(),
+        };
+        let front = mesh
+            .wait_line("front door", "front door listening on ")
+            .await;
+        mesh.channel = Channel::from_shared(format!("http://{front}"))
+            .unwrap()
+            .connect_lazy();
+        mesh.admin = mesh.wait_line("admin API", "admin listening on ").await;
+        for _ in 0..groups {
+            mesh.wait_line("a serving group", "serving group=").await;
+        }
+        mesh
+    }
+
+    /// The rest of the next line starting with `prefix`, within 60 s.
+    async fn wait_line(&mut self, what: &str, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.lines.recv()).await {
+                Ok(Some(line)) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.to_owned();
+                    }
+                }
+                Ok(None) => panic!("mesh up ended before {what}"),
+                Err(_) => panic!("no {what} within 60 s"),
+            }
+        }
+    }
+
+    /// Runs `meshctl ARGS` against this mesh with the ops credential.
+    async fn ctl(&self, args: &[&str]) -> Ctl {
+        ctl(
+            args,
+            &[("MESH_ADMIN", &self.admin), ("MESH_OPS_TOKEN", TOKEN)],
+        )
+        .await
+    }
+
+    /// `ctl` that must succeed; its stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args).await;
+        assert_eq!(out.code, 0, "meshctl {args:?} failed: {}", out.stderr);
+        out.stdout
+    }
+
+    /// `ctl ... --json` that must succeed.
+    async fn json(&self, args: &[&str]) -> Value {
+        let args: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+        serde_json::from_str(&self.ok(&args).await).expect("meshctl --json prints JSON")
+    }
+
+    /// SIGTERM, and wait for a clean stop.
+    async fn stop(mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("mesh up stops")
+            .unwrap();
+        assert!(status.success(), "{status}");
+    }
+
+    /// Suggest for `tenant`: the switch that answered (if degraded) and how many products.
+    async fn suggest(&self, tenant: &str, token: &str) -> (Option<String>, usize) {
+        let mut client = recommend::recommend_client::RecommendClient::new(self.channel.clone());
+        let mut request = Request::new(recommend::SuggestRequest {
+            user_id: "u-1".into(),
+            limit: 3,
+            ..Default::default()
+        });
+        ctx(tenant, token).inject(request.metadata_mut()).unwrap();
+        let response = client
+            .suggest(request)
+            .await
+            .unwrap_or_else(|s| panic!("{tenant} suggest: {s:?}"));
+        let degraded = response
+            .metadata()
+            .get("x-mesh-degraded")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (degraded, response.into_inner().products.len())
+    }
+}
+
+fn ctx(tenant: &str, token: &str) -> RequestContext {
+    RequestContext::new(TenantId::new(tenant).unwrap()).with_token(token)
+}
+
+/// What one `meshctl` run printed and exited with.
+struct Ctl {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn ctl(args: &[&str], env: &[(&str, &str)]) -> Ctl {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshctl"))
+        .args(args)
+        .env_remove("MESH_ADMIN")
+        .env_remove("MESH_OPS_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    let ctl = Ctl {
+        code: out.status.code().expect("meshctl exits"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    println!(
+        "meshctl {args:?} -> {}\n{}{}",
+        ctl.code, ctl.stdout, ctl.stderr
+    );
+    ctl
+}
+
+fn scopes(list: &Value) -> Vec<String> {
+    list["switches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["scope"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_2_off_for_one_tenant_degrades_it_at_once_and_survives_a_restart() {
+    let tenants = tenants_folder(&["mall", "finance", "paipai"], &[]);
+    let state = tempfile::tempdir().unwrap();
+    let mesh = Mesh::up(tenants.path(), state.path(), 2).await;
+    assert_eq!(mesh.suggest("mall", "dev-mall-token").await.0, None);
+    assert!(
+        mesh.ok(&["switch", "list"])
+            .await
+            .contains("every switch is on")
+    );
+
+    let off = mesh
+        .ok(&[
+            "switch", "off", "--tier", "2", "--tenant", "mall", "--reason", "drill 42",
+        ])
+        .await;
+    assert!(off.contains("tier>=2@mall is off"), "{off}");
+    // the command answers once every process applied it: the very next call is degraded
+    assert_eq!(
+        mesh.suggest("mall", "dev-mall-token").await,
+        (Some("tier>=2@mall".into()), 0)
+    );
+    let (paipai, products) = mesh.suggest("paipai", "dev-paipai-token").await;
+    assert_eq!(paipai, None, "paipai keeps recommend");
+    assert!(products > 0);
+
+    let list = mesh.json(&["switch", "list"]).await;
+    let switch = &list["switches"][0];
+    assert_eq!(scopes(&list), ["tier>=2@mall"]);
+    assert_eq!(switch["tenant"], "mall");
+    assert_eq!(switch["tier"], 2);
+    assert_eq!(switch["changed_by"], "ops");
+    assert_eq!(switch["reason"], "drill 42");
+    let table = mesh.ok(&["switch", "list"]).await;
+    assert!(
+        table.contains("tier>=2@mall") && table.contains("drill 42"),
+        "{table}"
+    );
+    let status = mesh.json(&["status"]).await;
+    let recent = &status["recent_degraded"][0];
+    assert_eq!(recent["tenant"], "mall");
+    assert_eq!(recent["switch"], "tier>=2@mall");
+    assert!(recent["method"].as_str().unwrap().contains("Suggest"));
+    assert_eq!(status["processes"].as_array().unwrap().len(), 2);
+    let find = |list: &str, tenant: &str| {
+        status[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|row| row["tenant"] == tenant)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let mall_bulkheads = find("bulkheads", "mall");
+    assert_eq!(
+        mall_bulkheads.len(),
+        2,
+        "one per dependency (locator, gateway): {mall_bulkheads:?}"
+    );
+    assert!(mall_bulkheads.iter().all(|b| b["capacity"] == 64));
+    assert_eq!(find("load", "mall")[0]["degraded"], 1);
+
+    // a restart keeps the switch: the workers get it before they serve their first call
+    mesh.stop().await;
+    let mesh = Mesh::up(tenants.path(), state.path(), 2).await;
+    assert_eq!(
+        mesh.suggest("mall", "dev-mall-token").await.0.as_deref(),
+        Some("tier>=2@mall")
+    );
+    assert_eq!(
+        scopes(&mesh.json(&["switch", "list"]).await),
+        ["tier>=2@mall"]
+    );
+
+    // switched on by the scope `switch list` shows; the next call is served again
+    let on = mesh.ok(&["switch", "on", "tier>=2@mall"]).await;
+    assert!(on.contains("tier>=2@mall is on again"), "{on}");
+    let (degraded, products) = mesh.suggest("mall", "dev-mall-token").await;
+    assert_eq!(degraded, None);
+    assert_eq!(products, 3);
+    let again = mesh.ok(&["switch", "on", "tier>=2@mall"]).await;
+    assert!(again.contains("was not off"), "{again}");
+
+    // a method for every tenant, then the service for one
+    mesh.ok(&["switch", "off", "recommend.Suggest"]).await;
+    assert_eq!(
+        mesh.suggest("paipai", "dev-paipai-token")
+            .await
+            .0
+            .as_deref(),
+        Some("recommend.Suggest@all")
+    );
+    mesh.ok(&["switch", "on", "recommend.Suggest"]).await;
+    mesh.ok(&["switch", "off", "recommend", "--tenant", "finance"])
+        .await;
+    assert_eq!(
+        mesh.suggest("finance", "dev-finance-token")
+            .await
+            .0
+            .as_deref(),
+        Some("recommend@finance"),
+        "finance runs in its own process, which applied it too"
+    );
+    assert_eq!(mesh.suggest("paipai", "dev-paipai-token").await.0, None);
+    mesh.stop().await;
+}
+
+const NEWCO: &str = r#"
+id = "newco"
+display_name = "New Co"
+data_namespace = "newco"
+[credentials]
+token = "newco-secret-token"
+"#;
+
+const SOLO: &str = r#"
+id = "solo"
+display_name = "Solo"
+data_namespace = "solo"
+[credentials]
+token = "solo-secret-token"
+[isolation]
+process = "own"
+"#;
+
+fn tenant_pid(list: &Value, tenant: &str) -> u64 {
+    list["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == tenant)
+        .unwrap_or_else(|| panic!("{tenant} not listed: {list}"))["pid"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_added_at_run_time_is_served_without_restarting_the_others() {
+    let tenants = tenants_folder(&["mall", "finance"], &[]);
+    let state = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let newco = files.path().join("newco.toml");
+    let solo = files.path().join("solo.toml");
+    std::fs::write(&newco, NEWCO).unwrap();
+    std::fs::write(&solo, SOLO).unwrap();
+    let newco = newco.to_str().unwrap();
+    let solo = solo.to_str().unwrap();
+    let mut mesh = Mesh::up(tenants.path(), state.path(), 2).await;
+
+    // checked by the mesh, and without one against the folder
+    let checked = mesh.ok(&["tenant", "check", newco]).await;
+    assert!(
+        checked.contains("tenant newco would run in process group shared"),
+        "{checked}"
+    );
+    let dir = tenants.path().to_str().unwrap();
+    let local = ctl(&["tenant", "check", solo, "--tenants", dir], &[]).await;
+    assert_eq!(local.code, 0, "{}", local.stderr);
+    assert!(
+        local.stdout.contains("process group solo"),
+        "{}",
+        local.stdout
+    );
+
+    let before = mesh.json(&["tenant", "list"]).await;
+    let (mall_pid, finance_pid) = (tenant_pid(&before, "mall"), tenant_pid(&before, "finance"));
+
+    // shared: served by the process already running mall
+    let added = mesh.json(&["tenant", "add", newco]).await;
+    assert_eq!(added["added"][0]["id"], "newco");
+    assert_eq!(
+        added["added"][0]["pid"], mall_pid,
+        "served by mall's process"
+    );
+    assert_eq!(
+        mesh.suggest("newco", "newco-secret-token").await,
+        (None, 3),
+        "newco is served with the defaults"
+    );
+    assert!(
+        tenants.path().join("newco.toml").exists(),
+        "kept for the next start"
+    );
+
+    // own process: a new worker, the others untouched
+    let table = mesh.ok(&["tenant", "add", solo]).await;
+    assert!(table.contains("tenant solo is served by pid"), "{table}");
+    let serving = mesh.wait_line("solo's process", "serving group=solo").await;
+    let list = mesh.json(&["tenant", "list"]).await;
+    let solo_pid = tenant_pid(&list, "solo");
+    assert!(serving.contains(&format!("pid={solo_pid}")), "{serving}");
+    assert!(![mall_pid, finance_pid].contains(&solo_pid));
+    assert_eq!(
+        tenant_pid(&list, "mall"),
+        mall_pid,
+        "mall was not restarted"
+    );
+    assert_eq!(tenant_pid(&list, "finance"), finance_pid);
+    assert_eq!(tenant_pid(&list, "newco"), mall_pid);
+    for t in list["tenants"].as_array().unwrap() {
+        assert_eq!(t["health"], "serving", "{t}");
+    }
+    assert_eq!(mesh.suggest("solo", "solo-secret-token").await.0, None);
+
+    // switches reach a process started later, before its first call
+    mesh.ok(&["switch", "off", "recommend@solo"]).await;
+    assert_eq!(
+        mesh.suggest("solo", "solo-secret-token").await.0.as_deref(),
+        Some("recommend@solo")
+    );
+
+    // onboarding twice is refused by name
+    let twice = mesh.ctl(&["tenant", "add", newco]).await;
+    assert_eq!(twice.code, 1);
+    assert!(
+        twice.stderr.contains("newco.toml") && twice.stderr.contains("exists already"),
+        "{}",
+        twice.stderr
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_rule_trips_under_injected_latency_and_restores_when_calm() {
+    let rule = r#"
+[[auto_degrade]]
+name = "protect-core"
+watch_tier = 1
+p99_ms_above = 100
+switch_off_tiers_from = 2
+window_secs = 2
+calm_secs = 2
+min_calls = 10
+"#;
+    let tenants = tenants_folder(&["mall", "paipai"], &[("mall", rule)]);
+    let state = tempfile::tempdir().unwrap();
+    let mesh = Mesh::up(tenants.path(), state.path(), 1).await;
+
+    // mall's core calls keep coming, from a few concurrent callers, until told to stop
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let callers: Vec<_> = (0..6)
+        .map(|_| {
+            let mut orders = order::OrderCaller::new(mesh.channel.clone());
+            let stopping = stopping.clone();
+            tokio::spawn(async move {
+                let mall = ctx("mall", "dev-mall-token");
+                let started = Instant::now();
+                while !*stopping.borrow() && started.elapsed() < Duration::from_secs(60) {
+                    let _ = orders
+                        .list_orders(
+                            &mall,
+                            order::ListOrdersRequest {
+                                user_id: "u-1".into(),
+                                limit: 5,
+                            },
+                        )
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+
+    let wait_for = |want: bool| {
+        let mesh = &mesh;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let list = mesh.json(&["switch", "list"]).await;
+                if list["switches"].as_array().unwrap().is_empty() != want {
+                    return list;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "rule did not {} within 30 s",
+                    if want { "trip" } else { "restore" }
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+
+    // calm traffic never trips it
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(scopes(&mesh.json(&["switch", "list"]).await).is_empty());
+
+    let faults = mesh
+        .json(&[
+            "fault",
+            "delay",
+            "150",
+            "--tenant",
+            "mall",
+            "--service",
+            "order",
+        ])
+        .await;
+    assert_eq!(faults["faults"][0]["delay_ms"], 150);
+    let tripped = wait_for(true).await;
+    let switch = &tripped["switches"][0];
+    assert_eq!(switch["scope"], "tier>=2@mall");
+    assert_eq!(switch["changed_by"], "auto:protect-core");
+    assert!(
+        switch["reason"].as_str().unwrap().contains("p99"),
+        "{switch}"
+    );
+    assert_eq!(
+        mesh.suggest("mall", "dev-mall-token").await.0.as_deref(),
+        Some("tier>=2@mall")
+    );
+    assert_eq!(
+        mesh.suggest("paipai", "dev-paipai-token").await.0,
+        None,
+        "only mall's rule tripped"
+    );
+
+    mesh.json(&["fault", "clear", "--tenant", "mall", "--service", "order"])
+        .await;
+    wait_for(false).await;
+    assert_eq!(mesh.suggest("mall", "dev-mall-token").await.0, None);
+
+    stop.send(true).unwrap();
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_input_fails_clearly_with_a_non_zero_exit() {
+    let tenants = tenants_folder(&["mall"], &[]);
+    let state = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let mesh = Mesh::up(tenants.path(), state.path(), 1).await;
+
+    let fails = |args: &'static [&'static str], code: i32, says: &'static [&'static str]| {
+        let mesh = &mesh;
+        async move {
+            let out = mesh.ctl(args).await;
+            assert_eq!(out.code, code, "meshctl {args:?}: {}", out.stderr);
+            for s in says {
+                assert!(
+                    out.stderr.contains(s),
+                    "meshctl {args:?}: {:?} lacks {s:?}",
+                    out.stderr
+                );
+            }
+        }
+    };
+    fails(
+        &["switch", "off", "nope", "--tenant", "mall"],
+        1,
+        &["unknown switch", "unknown service \"nope\"", "recommend"],
+    )
+    .await;
+    fails(
+        &["switch", "off", "recommend.Nope"],
+        1,
+        &["recommend has no method \"Nope\"", "Suggest"],
+    )
+    .await;
+    fails(&["switch", "off", "--tier", "7"], 1, &["7 is not a tier"]).await;
+    fails(
+        &["switch", "off", "recommend", "--tenant", "ghost"],
+        1,
+        &["unknown tenant \"ghost\"", "mall"],
+    )
+    .await;
+    fails(&["switch", "off"], 2, &["which switch?"]).await;
+    fails(&["switch", "off", "tier>=two"], 2, &["tier>=two"]).await;
+    fails(
+        &["fault", "delay", "100", "--tenant", "ghost"],
+        1,
+        &["unknown tenant \"ghost\""],
+    )
+    .await;
+
+    // a bad tenant file is refused with the runtime's error, naming the file and the field
+    let bad = files.path().join("badco.toml");
+    std::fs::write(
+        &bad,
+        "id = \"badco\"\ndisplay_name = \"Bad\"\ndata_namespace = \"badco\"\n[credentials]\ntoken = \"badco-secret-token\"\n[limits]\nburst = \"many\"\n",
+    )
+    .unwrap();
+    let bad = bad.to_str().unwrap();
+    for args in [vec!["tenant", "check", bad], vec!["tenant", "add", bad]] {
+        let out = mesh.ctl(&args).await;
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("badco.toml") && out.stderr.contains("limits.burst"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let dir = tenants.path().to_str().unwrap();
+    let local = ctl(&["tenant", "check", bad, "--tenants", dir], &[]).await;
+    assert_eq!(local.code, 1);
+    assert!(local.stderr.contains("limits.burst"), "{}", local.stderr);
+    assert!(
+        !tenants.path().join("badco.toml").exists(),
+        "a refused tenant file is not kept"
+    );
+    let missing = files.path().join("missing.toml");
+    let out = mesh
+        .ctl(&["tenant", "add", missing.to_str().unwrap()])
+        .await;
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("cannot read") && out.stderr.contains("missing.toml"),
+        "{}",
+        out.stderr
+    );
+
+    // credentials: missing, wrong, a tenant's
+    let admin = mesh.admin.as_str();
+    let out = ctl(&["switch", "list"], &[("MESH_ADMIN", admin)]).await;
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("no ops credential"), "{}", out.stderr);
+    for wrong in ["wrong-credential-123", "dev-mall-token"] {
+        let out = ctl(
+            &["--token", wrong, "switch", "list"],
+            &[("MESH_ADMIN", admin)],
+        )
+        .await;
+        assert_eq!(out.code, 4, "{}", out.stderr);
+        assert!(
+            out.stderr.contains("refused the ops credential"),
+            "{}",
+            out.stderr
+        );
+    }
+
+    // no mesh there
+    let out = ctl(
+        &["--admin", "127.0.0.1:1", "switch", "list"],
+        &[("MESH_OPS_TOKEN", TOKEN)],
+    )
+    .await;
+    assert_eq!(out.code, 3);
+    assert!(
+        out.stderr
+            .contains("cannot reach the mesh admin API at 127.0.0.1:1")
+            && out.stderr.contains("mesh up"),
+        "{}",
+        out.stderr
+    );
+
+    // none of it changed anything or hurt the mesh
+    assert!(
+        mesh.ok(&["switch", "list"])
+            .await
+            .contains("every switch is on")
+    );
+    assert_eq!(mesh.suggest("mall", "dev-mall-token").await.0, None);
+    mesh.stop().await;
+}

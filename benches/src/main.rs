@@ -2,11 +2,12 @@
 //! loopback only, bounded to a few minutes. Prints a table and, with `--write FILE`, writes it.
 //!
 //! Needs RabbitMQ on 127.0.0.1:5672 (`bash .ci/test` starts it) and builds the `mesh` binary
-//! for the memory figures.
+//! for the memory and switch propagation figures.
 
 mod amqp;
 mod memory;
 mod noisy;
+mod switch;
 mod unary;
 
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
@@ -22,6 +23,9 @@ struct Args {
     /// Duration of each throughput measurement.
     #[arg(long, default_value = "3")]
     seconds: u64,
+    /// Off/on rounds of the switch propagation figure.
+    #[arg(long, default_value_t = 20)]
+    switch_rounds: usize,
     /// Also write the results (markdown) to this file.
     #[arg(long)]
     write: Option<PathBuf>,
@@ -77,13 +81,8 @@ async fn main() -> anyhow::Result<()> {
     rows.extend(noisy::run().await?);
     eprintln!("memory ...");
     rows.extend(memory::run(window).await?);
-    rows.push(Row::new(
-        "degradation switch propagation",
-        "-".into(),
-        "not measured".into(),
-        "-".into(),
-        "< 100 ms",
-    ));
+    eprintln!("switch propagation ...");
+    rows.extend(switch::run(args.switch_rounds).await?);
 
     let mut table = String::new();
     writeln!(

@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use crate::Row;
 
 /// The release `mesh` binary beside this one, built if missing.
-fn mesh_binary() -> anyhow::Result<PathBuf> {
+pub fn mesh_binary() -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name("mesh");
     if !path.exists() {
         let built = std::process::Command::new("cargo")

@@ -27,8 +27,21 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     switch_rounds: usize,
     /// Also write the results (markdown) to this file.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "only")]
     write: Option<PathBuf>,
+    /// Measure this figure alone (to profile it, e.g. under `valgrind --tool=callgrind`).
+    #[arg(long, value_enum)]
+    only: Option<Figure>,
+}
+
+/// The figures, in the order they run.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Figure {
+    Unary,
+    Amqp,
+    Noisy,
+    Memory,
+    Switch,
 }
 
 /// One row of results.
@@ -73,16 +86,27 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let window = Duration::from_secs(args.seconds);
     let mut rows = Vec::new();
-    eprintln!("unary HTTP/2 ...");
-    rows.extend(unary::run(args.calls, window).await?);
-    eprintln!("AMQP publish + consume ...");
-    rows.extend(amqp::run(args.calls).await?);
-    eprintln!("noisy neighbour ...");
-    rows.extend(noisy::run().await?);
-    eprintln!("memory ...");
-    rows.extend(memory::run(window).await?);
-    eprintln!("switch propagation ...");
-    rows.extend(switch::run(args.switch_rounds).await?);
+    let run = |figure: Figure| args.only.is_none_or(|only| only == figure);
+    if run(Figure::Unary) {
+        eprintln!("unary HTTP/2 ...");
+        rows.extend(unary::run(args.calls, window).await?);
+    }
+    if run(Figure::Amqp) {
+        eprintln!("AMQP publish + consume ...");
+        rows.extend(amqp::run(args.calls).await?);
+    }
+    if run(Figure::Noisy) {
+        eprintln!("noisy neighbour ...");
+        rows.extend(noisy::run().await?);
+    }
+    if run(Figure::Memory) {
+        eprintln!("memory ...");
+        rows.extend(memory::run(window).await?);
+    }
+    if run(Figure::Switch) {
+        eprintln!("switch propagation ...");
+        rows.extend(switch::run(args.switch_rounds).await?);
+    }
 
     let mut table = String::new();
     writeln!(

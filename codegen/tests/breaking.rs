@@ -324,6 +324,7 @@ fn the_repository_contracts_are_valid() {
     assert_eq!(
         dirs,
         [
+            "admin/v1",
             "gateway/v1",
             "locator/v1",
             "message/v1",

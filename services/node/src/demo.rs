@@ -8,7 +8,7 @@ use mesh_api::{message::v1 as message, order::v1 as order};
 use mesh_contract::{DegradedAnswer, EventBus, HandlerError, RequestContext, TenantId};
 use mesh_embedded::EmbeddedBus;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 pub async fn run(tenants: &[String]) -> anyhow::Result<()> {
@@ -30,7 +30,7 @@ pub async fn run(tenants: &[String]) -> anyhow::Result<()> {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(order::order_server::OrderServer::new(orders))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect()

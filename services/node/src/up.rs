@@ -77,7 +77,8 @@ pub async fn run(dir: &Path, listen: &str, config: &Path) -> anyhow::Result<()> 
                 tonic::transport::Server::builder()
                     .add_service(service)
                     .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(admin_listener),
+                        tonic::transport::server::TcpIncoming::from(admin_listener)
+                            .with_nodelay(Some(true)),
                         stopped(stopping.clone()),
                     ),
             ))

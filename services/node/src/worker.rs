@@ -240,7 +240,7 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
             served.recommend.clone(),
         ))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
                 let _ = stopped.await;
             },

@@ -328,6 +328,8 @@ impl FrontDoor {
                 _ = &mut shutdown => return,
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
+                    // small gRPC frames must not wait for the peer's delayed ACK (Nagle)
+                    let _ = stream.set_nodelay(true);
                     let service = TowerToHyperService::new(self.clone());
                     tokio::spawn(async move {
                         let builder = Builder::new(TokioExecutor::new()).http2_only();

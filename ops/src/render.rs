@@ -40,6 +40,15 @@ fn when(ms: i64) -> String {
     )
 }
 
+/// A pid, or `-` while no process runs.
+fn pid(pid: u32) -> String {
+    if pid == 0 {
+        "-".into()
+    } else {
+        pid.to_string()
+    }
+}
+
 fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(at(ms)).to_string()
 }
@@ -82,11 +91,7 @@ fn tenants_table(tenants: &[api::Tenant]) -> Table {
             t.id.clone(),
             t.display_name.clone(),
             t.group.clone(),
-            if t.pid == 0 {
-                "-".into()
-            } else {
-                t.pid.to_string()
-            },
+            pid(t.pid),
             t.health.clone(),
             t.services.join(" "),
         ]);
@@ -217,11 +222,7 @@ impl Output {
         for p in &report.processes {
             processes.add_row(vec![
                 p.group.clone(),
-                if p.pid == 0 {
-                    "-".into()
-                } else {
-                    p.pid.to_string()
-                },
+                pid(p.pid),
                 p.address.clone(),
                 p.tenants.join(","),
                 p.restarts.to_string(),

@@ -447,6 +447,27 @@ enum RunEnd {
     Shutdown,
 }
 
+/// Reports a start that failed, waits out the backoff and doubles it; true when the
+/// supervisor is shutting down instead.
+async fn start_failed(
+    inner: &Inner,
+    group: &str,
+    reason: String,
+    backoff: &mut Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    inner.report(SupervisorEvent::StartFailed {
+        group: group.to_owned(),
+        reason,
+        retry_in: *backoff,
+    });
+    if wait_or_shutdown(shutdown, *backoff).await {
+        return true;
+    }
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    false
+}
+
 async fn supervise_group(inner: Arc<Inner>, group: String) {
     let mut shutdown = inner.shutdown.clone();
     let mut backoff = FIRST_BACKOFF;
@@ -456,15 +477,9 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
         let mut worker = match spawn(&inner.command, &group, &state.tenants) {
             Ok(worker) => worker,
             Err(reason) => {
-                inner.report(SupervisorEvent::StartFailed {
-                    group: group.clone(),
-                    reason,
-                    retry_in: backoff,
-                });
-                if wait_or_shutdown(&mut shutdown, backoff).await {
+                if start_failed(&inner, &group, reason, &mut backoff, &mut shutdown).await {
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };
@@ -510,15 +525,9 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
             RunEnd::Exited(status) => status,
             RunEnd::NotReady(reason) => {
                 stop(worker).await;
-                inner.report(SupervisorEvent::StartFailed {
-                    group: group.clone(),
-                    reason,
-                    retry_in: backoff,
-                });
-                if wait_or_shutdown(&mut shutdown, backoff).await {
+                if start_failed(&inner, &group, reason, &mut backoff, &mut shutdown).await {
                     return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
         };

@@ -17,7 +17,7 @@ use mesh_runtime::{
     TenantAuthLayer, TenantDirectory, Tenants,
     layers::{AdmitLayer, Bulkheads, RateLimiter},
 };
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, transport::Channel};
 
 use crate::{Row, micros, percentile};
@@ -100,7 +100,7 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
                 &tenants,
             )))
             .add_service(locator::locator_server::LocatorServer::new(Locator))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
     let to_locator = tonic::transport::Endpoint::from_shared(locator_url)?
         .connect()
@@ -118,16 +118,17 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
     limiter.set(TenantId::new("paipai")?, 100_000, 100_000);
     let (listener, front_url) = listen().await?;
     tokio::spawn(
+        // the worker's own admission stack (auth, then the tenant's rate limit); no limit
+        // shared by all tenants in front of it, which would queue B behind A's flood
         tonic::transport::Server::builder()
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(16))
             .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(
                 &tenants,
             )))
             .layer(AdmitLayer::new(limiter))
             .add_service(recommend::recommend_server::RecommendServer::new(front))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
-    let channel = tonic::transport::Endpoint::from_shared(front_url)?
+    let channel = tonic::transport::Endpoint::from_shared(front_url.clone())?
         .connect()
         .await?;
     let ctx = |tenant: &str| -> anyhow::Result<RequestContext> {
@@ -153,13 +154,17 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
     };
     let alone = calm(channel.clone(), ctx("paipai")?).await?;
 
+    // A calls from a connection of its own, as another client would
+    let flood_channel = tonic::transport::Endpoint::from_shared(front_url.clone())?
+        .connect()
+        .await?;
     // A: 32 callers at ~16 calls/s each, ~500 calls/s in all: ten times its limit
     let stop = Arc::new(AtomicBool::new(false));
     let mut flood = Vec::new();
     for _ in 0..32 {
         let (stop, mut caller, mall) = (
             stop.clone(),
-            recommend::RecommendCaller::new(channel.clone()),
+            recommend::RecommendCaller::new(flood_channel.clone()),
             ctx("mall")?,
         );
         flood.push(tokio::spawn(async move {

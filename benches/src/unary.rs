@@ -21,8 +21,8 @@ use mesh_runtime::{
         ServicePlan, SwitchBoard,
     },
 };
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
+use tonic::transport::server::TcpIncoming;
 
 use crate::{Row, micros, percentile};
 
@@ -41,7 +41,7 @@ async fn serve_raw() -> anyhow::Result<String> {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service())
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
     Ok(url)
 }
@@ -69,7 +69,7 @@ async fn serve_mesh(tenants: &Tenants) -> anyhow::Result<String> {
             )))
             .layer(DeadlineLayer::new(CATALOGUE))
             .add_service(service())
-            .serve_with_incoming(TcpListenerStream::new(listener)),
+            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
     Ok(url)
 }

@@ -14,10 +14,11 @@ use lapin::{
     types::FieldTable,
 };
 use mesh_contract::{
-    BusError, HandlerError, RequestContext, Subscription, SubscriptionHandle,
+    BusError, EventSpec, HandlerError, RequestContext, Subscription, SubscriptionHandle,
     bus::{Bytes, StopSignal},
     spec::names,
 };
+use tracing::Instrument;
 
 use crate::{AmqpBus, Link, envelope, unavailable};
 
@@ -264,6 +265,39 @@ async fn decide(bus: &AmqpBus, sub: &Subscription, delivery: &Delivery) -> Outco
         ));
     };
     let payload = Bytes::from(delivery.data.clone());
+    // the consume continues the publisher's trace
+    let span = mesh_telemetry::event_span("rabbitmq", "process", &ctx, event);
+    let ctx = mesh_telemetry::continue_trace(&ctx, &span);
+    let outcome = run_handler(bus, sub, &ctx, event, payload)
+        .instrument(span.clone())
+        .await;
+    let recorded = match &outcome {
+        Outcome::Done => "ok",
+        Outcome::Dead { .. } => {
+            span.record("otel.status_code", "ERROR");
+            "dead_lettered"
+        }
+    };
+    span.record("outcome", recorded);
+    mesh_telemetry::metrics::event(
+        ctx.tenant.as_str(),
+        event.service,
+        event.name,
+        "process",
+        recorded,
+    );
+    outcome
+}
+
+/// Runs the handler, retrying with backoff as the config says.
+async fn run_handler(
+    bus: &AmqpBus,
+    sub: &Subscription,
+    ctx: &RequestContext,
+    event: &'static EventSpec,
+    payload: Bytes,
+) -> Outcome {
+    let config = &bus.inner.config;
     for attempt in 1..=config.max_attempts.max(1) {
         let run = sub.dispatch.dispatch(ctx.clone(), event, payload.clone());
         let result = match event.timeout {

@@ -41,6 +41,7 @@ use mesh_contract::{
     BusError, EventBus, EventSpec, RequestContext, Subscription, SubscriptionHandle,
     bus::{BoxFuture, Bytes},
 };
+use tracing::Instrument;
 
 pub use envelope::headers;
 pub use idempotency::{DeliveryLog, DeliveryLogError, MemoryLog, RedisLog};
@@ -411,16 +412,34 @@ impl EventBus for AmqpBus {
                     limit,
                 });
             }
+            // the message carries this publish's span, so its consumers continue the trace
+            let span = mesh_telemetry::event_span("rabbitmq", "publish", ctx, event);
+            let ctx = mesh_telemetry::continue_trace(ctx, &span);
             let exchange = event.exchange(&ctx.tenant);
-            let properties = envelope::properties(ctx, event);
-            self.publish_confirmed(
-                &exchange,
-                event.routing_key,
+            let properties = envelope::properties(&ctx, event);
+            let published = self
+                .publish_confirmed(
+                    &exchange,
+                    event.routing_key,
+                    event.name,
+                    &payload,
+                    properties,
+                )
+                .instrument(span.clone())
+                .await;
+            let outcome = if published.is_ok() { "ok" } else { "error" };
+            if published.is_err() {
+                span.record("otel.status_code", "ERROR");
+            }
+            span.record("outcome", outcome);
+            mesh_telemetry::metrics::event(
+                ctx.tenant.as_str(),
+                event.service,
                 event.name,
-                &payload,
-                properties,
-            )
-            .await
+                "publish",
+                outcome,
+            );
+            published
         })
     }
 

@@ -21,6 +21,7 @@ use mesh_contract::{
     spec::names,
 };
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 /// Settings of the embedded bus, mirroring the RabbitMQ transport's.
 #[derive(Clone, Debug)]
@@ -138,6 +139,41 @@ impl EmbeddedBus {
     }
 }
 
+impl EmbeddedBus {
+    /// Puts a copy of the message in every queue bound to its routing key.
+    fn enqueue(
+        &self,
+        ctx: &RequestContext,
+        event: &'static EventSpec,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        let exchange = event.exchange(&ctx.tenant);
+        let broker = self.broker.lock().expect("lock");
+        let bound = broker
+            .bindings
+            .get(&(exchange.clone(), event.routing_key.to_owned()))
+            .filter(|queues| !queues.is_empty())
+            .ok_or_else(|| BusError::NotConfirmed {
+                event: event.name,
+                exchange: exchange.clone(),
+                reason: format!(
+                    "unroutable: no queue is bound for routing key {:?}; start a consumer first",
+                    event.routing_key
+                ),
+            })?;
+        let envelope = Envelope {
+            message_id: uuid::Uuid::new_v4().to_string(),
+            ctx: ctx.clone(),
+            event,
+            payload,
+        };
+        for queue in bound {
+            broker.queues[queue].push(envelope.clone());
+        }
+        Ok(())
+    }
+}
+
 impl EventBus for EmbeddedBus {
     fn publish<'a>(
         &'a self,
@@ -153,30 +189,19 @@ impl EventBus for EmbeddedBus {
                     limit: self.config.max_payload_bytes,
                 });
             }
-            let exchange = event.exchange(&ctx.tenant);
-            let broker = self.broker.lock().expect("lock");
-            let bound = broker
-                .bindings
-                .get(&(exchange.clone(), event.routing_key.to_owned()))
-                .filter(|queues| !queues.is_empty())
-                .ok_or_else(|| BusError::NotConfirmed {
-                    event: event.name,
-                    exchange: exchange.clone(),
-                    reason: format!(
-                        "unroutable: no queue is bound for routing key {:?}; start a consumer first",
-                        event.routing_key
-                    ),
-                })?;
-            let envelope = Envelope {
-                message_id: uuid::Uuid::new_v4().to_string(),
-                ctx: ctx.clone(),
-                event,
-                payload,
-            };
-            for queue in bound {
-                broker.queues[queue].push(envelope.clone());
-            }
-            Ok(())
+            let span = mesh_telemetry::event_span("embedded", "publish", ctx, event);
+            let ctx = mesh_telemetry::continue_trace(ctx, &span);
+            let published = self.enqueue(&ctx, event, payload);
+            let outcome = if published.is_ok() { "ok" } else { "error" };
+            span.record("outcome", outcome);
+            mesh_telemetry::metrics::event(
+                ctx.tenant.as_str(),
+                event.service,
+                event.name,
+                "publish",
+                outcome,
+            );
+            published
         })
     }
 
@@ -210,7 +235,17 @@ impl EventBus for EmbeddedBus {
                         biased;
                         _ = &mut stop => break,
                         envelope = queue.pop() => {
-                            if let Some(dead) = handle_one(&config, &sub, envelope).await {
+                            let span = mesh_telemetry::event_span("embedded", "process", &envelope.ctx, envelope.event);
+                            let envelope = Envelope {
+                                ctx: mesh_telemetry::continue_trace(&envelope.ctx, &span),
+                                ..envelope
+                            };
+                            let (tenant, event) = (envelope.ctx.tenant.clone(), envelope.event);
+                            let dead = handle_one(&config, &sub, envelope).instrument(span.clone()).await;
+                            let outcome = if dead.is_some() { "dead_lettered" } else { "ok" };
+                            span.record("outcome", outcome);
+                            mesh_telemetry::metrics::event(tenant.as_str(), event.service, event.name, "process", outcome);
+                            if let Some(dead) = dead {
                                 tracing::warn!(queue = %name, reason = %dead.reason, "dead-lettering a message");
                                 queue.dead.lock().expect("lock").push(dead);
                             }

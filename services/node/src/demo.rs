@@ -29,13 +29,18 @@ pub async fn run(tenants: &[String]) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(mesh_telemetry::TraceLayer::server(mesh_api::CONTRACTS))
             .add_service(order::order_server::OrderServer::new(orders))
             .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect()
         .await?;
-    let mut caller = order::OrderCaller::new(channel);
+    let mut caller = order::OrderCaller::new(
+        tower::ServiceBuilder::new()
+            .layer(mesh_telemetry::TraceLayer::client(mesh_api::CONTRACTS))
+            .service(channel),
+    );
     println!("order.v1 serving on {addr}");
     for tenant in &tenants {
         let ctx = RequestContext::new(tenant.clone());

@@ -14,6 +14,8 @@ mod worker;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use mesh_runtime::deploy::DeployConfig;
+use mesh_telemetry::TelemetryConfig;
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +35,9 @@ enum Cmd {
         /// Tenants to serve.
         #[arg(long, value_delimiter = ',', default_value = "mall,finance,paipai")]
         tenants: Vec<String>,
+        /// Print every mesh span (calls, publishes, consumes) on stderr as it closes.
+        #[arg(long)]
+        trace: bool,
     },
     /// Runs the mesh: a worker process per tenant group, supervised, behind one front door.
     Up {
@@ -68,25 +73,40 @@ enum Cmd {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // logs and spans on stderr; `RUST_LOG=mesh_runtime=debug,info` shows more
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
-        Cmd::Demo { tenants } => demo::run(&tenants).await,
+    // logs on stderr (`RUST_LOG=mesh_runtime=debug,info` shows more), spans exported as the
+    // deployment's telemetry config says
+    const LOGS: &str = "warn";
+    let (telemetry, run) = match Cli::parse().command {
+        Cmd::Demo { tenants, trace } => {
+            let mut config = TelemetryConfig::from_env()?;
+            config.console |= trace;
+            let telemetry = mesh_telemetry::init("mesh-demo", &config, LOGS)?;
+            (telemetry, demo::run(&tenants).await)
+        }
         Cmd::Up {
             tenants,
             listen,
             config,
-        } => up::run(&tenants, &listen, &config).await,
+        } => {
+            let deploy = DeployConfig::load(&config)?;
+            let telemetry = mesh_telemetry::init("mesh-up", &deploy.telemetry, LOGS)?;
+            (telemetry, up::run(&tenants, &listen, &config, deploy).await)
+        }
         Cmd::Worker {
             tenants,
             tenant,
             listen,
             supervised,
-        } => worker::run(&tenants, &tenant, &listen, supervised).await,
-    }
+        } => {
+            let config = TelemetryConfig::from_env()?;
+            let telemetry = mesh_telemetry::init("mesh-worker", &config, LOGS)?;
+            (
+                telemetry,
+                worker::run(&tenants, &tenant, &listen, supervised).await,
+            )
+        }
+    };
+    // what is buffered is sent before the process ends
+    telemetry.shutdown().await;
+    run
 }

@@ -17,9 +17,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::admin::{AdminService, OpsCredential};
 
-pub async fn run(dir: &Path, listen: &str, config: &Path) -> anyhow::Result<()> {
+pub async fn run(
+    dir: &Path,
+    listen: &str,
+    config: &Path,
+    deploy: DeployConfig,
+) -> anyhow::Result<()> {
     let tenants = Tenants::load(dir, mesh_api::CONTRACTS)?;
-    let deploy = DeployConfig::load(config)?;
     let ops_token = deploy
         .ops_token()
         .map_err(|e| anyhow!("{}: {e}", config.display()))?;
@@ -33,6 +37,8 @@ pub async fn run(dir: &Path, listen: &str, config: &Path) -> anyhow::Result<()> 
             dir.display().to_string(),
             "--supervised".into(),
         ],
+        // workers export telemetry as the deployment says
+        env: deploy.telemetry.to_env(),
     };
     let front = FrontDoor::new(Catalogue(mesh_api::CONTRACTS));
     let listener = tokio::net::TcpListener::bind(listen)

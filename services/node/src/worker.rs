@@ -213,16 +213,22 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         .with_context(|| format!("listening on {listen}"))?;
     say(&format!("READY {}", listener.local_addr()?));
 
+    // bulkhead use, exported with the other metrics while this process serves
+    let _bulkheads = mesh_telemetry::metrics::observe_bulkheads({
+        let served = served.clone();
+        move || {
+            served
+                .stats()
+                .bulkheads
+                .into_iter()
+                .map(|b| (b.tenant.to_string(), b.dependency, u64::from(b.in_use)))
+                .collect()
+        }
+    });
     tonic::transport::Server::builder()
-        // one span per call, named by method and tenant (as claimed: the auth layer checks it)
-        .trace_fn(|request| {
-            let tenant = request
-                .headers()
-                .get(mesh_contract::headers::TENANT)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            tracing::info_span!("call", path = request.uri().path(), tenant)
-        })
+        // outermost: one span per call, whatever answers it (auth, limits, switches, service),
+        // child of the caller's span
+        .layer(mesh_telemetry::TraceLayer::server(mesh_api::CONTRACTS))
         .layer(TenantAuthLayer::new(served.directory.clone()))
         .layer(AdmitLayer::new(served.limiter.clone()))
         .layer(CachedAnswersLayer::new(

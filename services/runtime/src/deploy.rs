@@ -1,7 +1,8 @@
 //! Deployment configuration: what belongs to one running mesh rather than to a business line
 //! (where the admin API listens, the ops credential, where state is kept). One file,
 //! `ops/mesh.toml` by default, overridable from the environment: `MESH_ADMIN_LISTEN`,
-//! `MESH_ADMIN_TOKEN`, `MESH_ADMIN_TOKEN_ENV`, `MESH_STATE_DIR`.
+//! `MESH_ADMIN_TOKEN`, `MESH_ADMIN_TOKEN_ENV`, `MESH_STATE_DIR`, `MESH_TELEMETRY_OTLP_ENDPOINT`,
+//! `MESH_TELEMETRY_CONSOLE`, `MESH_TELEMETRY_EXPORT_INTERVAL_MS`.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,9 @@ pub struct DeployConfig {
     /// Where the mesh keeps what must survive a restart.
     #[serde(default)]
     pub state: StateConfig,
+    /// Spans and metrics: OTLP export (off by default), console spans.
+    #[serde(default)]
+    pub telemetry: mesh_telemetry::TelemetryConfig,
 }
 
 /// The admin API.
@@ -79,7 +83,8 @@ impl DeployConfig {
         let figment = Figment::new()
             .merge(Toml::file(file))
             .merge(Env::prefixed("MESH_ADMIN_").map(|k| format!("admin.{k}").into()))
-            .merge(Env::prefixed("MESH_STATE_").map(|k| format!("state.{k}").into()));
+            .merge(Env::prefixed("MESH_STATE_").map(|k| format!("state.{k}").into()))
+            .merge(Env::prefixed("MESH_TELEMETRY_").map(|k| format!("telemetry.{k}").into()));
         let config: Self = figment.extract().map_err(|err| {
             ConfigError::Invalid(
                 err.into_iter()

@@ -76,6 +76,8 @@ pub struct WorkerCommand {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<String>,
+    /// Environment variables set for it (on top of the supervisor's own).
+    pub env: Vec<(String, String)>,
 }
 
 /// What the supervisor reports, for the operator.
@@ -379,6 +381,7 @@ fn spawn(command: &WorkerCommand, group: &str, tenants: &[TenantId]) -> Result<W
     let list: Vec<&str> = tenants.iter().map(TenantId::as_str).collect();
     let mut child = Command::new(&command.program)
         .args(&command.args)
+        .envs(command.env.iter().map(|(k, v)| (k, v)))
         .arg("--tenant")
         .arg(list.join(","))
         .stdin(Stdio::piped())

@@ -1,0 +1,550 @@
+//! One business request is one trace across processes, HTTP/2 and the queue, as an OTLP
+//! collector receives it; and a collector that is down never fails a request.
+//!
+//! Two processes: this test (the business request's root span, the client call, and the
+//! storage consumer on RabbitMQ) and a child running a message service (`message.v1.Message`
+//! behind the mesh's server trace layer, whose `Send` publishes `MessageSent`). The child is
+//! this test binary again, running the ignored `message_service_process` test. The collector is
+//! a tonic server implementing the OTLP trace and metrics services of `opentelemetry-proto`.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use mesh_amqp::{AmqpBus, AmqpConfig};
+use mesh_api::message::v1 as message;
+use mesh_contract::{EventBus, RequestContext, TenantId};
+use mesh_telemetry::{TelemetryConfig, TraceLayer};
+use opentelemetry_proto::tonic::{
+    collector::{
+        metrics::v1::{
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+        },
+        trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+            trace_service_server::{TraceService, TraceServiceServer},
+        },
+    },
+    common::v1::{KeyValue, any_value},
+    metrics::v1::metric,
+    resource::v1::Resource,
+    trace::v1::{Span, span::SpanKind},
+};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+use tonic::{Request, Response, Status, transport::server::TcpIncoming};
+use tracing::Instrument;
+
+/// Where the child sends its telemetry; its presence makes the ignored test the child.
+const FIXTURE_COLLECTOR: &str = "MESH_TEST_FIXTURE_COLLECTOR";
+
+fn amqp() -> AmqpConfig {
+    AmqpConfig {
+        uri: std::env::var("MESH_TEST_AMQP_URI").unwrap_or_else(|_| AmqpConfig::default().uri),
+        ..AmqpConfig::default()
+    }
+}
+
+// ---- the collector -------------------------------------------------------------------------
+
+fn text(attributes: &[KeyValue], key: &str) -> Option<String> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .and_then(|v| match v {
+            any_value::Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+fn service_name(resource: Option<&Resource>) -> String {
+    resource
+        .and_then(|r| text(&r.attributes, "service.name"))
+        .unwrap_or_default()
+}
+
+/// A span as received, with the process that sent it.
+#[derive(Clone, Debug)]
+struct Received {
+    process: String,
+    span: Span,
+}
+
+impl Received {
+    fn attr(&self, key: &str) -> Option<String> {
+        text(&self.span.attributes, key)
+    }
+}
+
+/// A metric data point as received: (process, metric name, attributes).
+type Point = (String, String, HashMap<String, String>);
+
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Received>>>,
+    points: Arc<Mutex<Vec<Point>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            let process = service_name(resource.resource.as_ref());
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans.into_iter().map(|span| Received {
+                    process: process.clone(),
+                    span,
+                }));
+            }
+        }
+        Ok(Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        let mut points = self.points.lock().unwrap();
+        for resource in request.into_inner().resource_metrics {
+            let process = service_name(resource.resource.as_ref());
+            for scope in resource.scope_metrics {
+                for m in scope.metrics {
+                    let attributes = match &m.data {
+                        Some(metric::Data::Sum(sum)) => {
+                            sum.data_points.iter().map(|p| &p.attributes).collect()
+                        }
+                        Some(metric::Data::Histogram(h)) => {
+                            h.data_points.iter().map(|p| &p.attributes).collect()
+                        }
+                        Some(metric::Data::Gauge(g)) => {
+                            g.data_points.iter().map(|p| &p.attributes).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    for attributes in attributes {
+                        let map = attributes
+                            .iter()
+                            .filter_map(|kv| Some((kv.key.clone(), text(attributes, &kv.key)?)))
+                            .collect();
+                        points.push((process.clone(), m.name.clone(), map));
+                    }
+                }
+            }
+        }
+        Ok(Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+async fn start_collector() -> (Collector, SocketAddr) {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .add_service(MetricsServiceServer::new(collector.clone()))
+            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
+    );
+    (collector, addr)
+}
+
+// ---- the message service process -----------------------------------------------------------
+
+struct MessageFixture {
+    publisher: message::MessagePublisher<AmqpBus>,
+}
+
+#[tonic::async_trait]
+impl message::message_server::Message for MessageFixture {
+    async fn send(
+        &self,
+        request: Request<message::SendRequest>,
+    ) -> Result<Response<message::SendResponse>, Status> {
+        let ctx = RequestContext::from_request(&request)?;
+        let r = request.into_inner();
+        let sent = message::MessageSent {
+            message: Some(message::ChatMessage {
+                message_id: r.client_msg_id,
+                conversation_id: r.conversation_id,
+                from_user: r.from_user,
+                to_user: r.to_user,
+                body: r.body,
+                ..Default::default()
+            }),
+        };
+        // persisted asynchronously: the storage consumer gets it from the queue
+        self.publisher
+            .publish(&ctx, sent)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(message::SendResponse::default()))
+    }
+    async fn ack_delivery(
+        &self,
+        _: Request<message::AckDeliveryRequest>,
+    ) -> Result<Response<message::AckDeliveryResponse>, Status> {
+        Err(Status::unimplemented("not in this fixture"))
+    }
+    async fn fetch_offline(
+        &self,
+        _: Request<message::FetchOfflineRequest>,
+    ) -> Result<Response<message::FetchOfflineResponse>, Status> {
+        Err(Status::unimplemented("not in this fixture"))
+    }
+    async fn mark_read(
+        &self,
+        _: Request<message::MarkReadRequest>,
+    ) -> Result<Response<message::MarkReadResponse>, Status> {
+        Err(Status::unimplemented("not in this fixture"))
+    }
+}
+
+/// The child process: serves the message service until its stdin closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of the tests below, started by them"]
+async fn message_service_process() {
+    let Ok(collector) = std::env::var(FIXTURE_COLLECTOR) else {
+        return;
+    };
+    let telemetry = mesh_telemetry::init(
+        "message-process",
+        &TelemetryConfig {
+            otlp_endpoint: Some(collector),
+            console: false,
+            export_interval_ms: 200,
+        },
+        "warn",
+    )
+    .unwrap();
+    let bus = AmqpBus::connect(amqp()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("READY {}", listener.local_addr().unwrap());
+    let server = tonic::transport::Server::builder()
+        .layer(TraceLayer::server(mesh_api::CONTRACTS))
+        .add_service(message::message_server::MessageServer::new(
+            MessageFixture {
+                publisher: message::MessagePublisher::new(bus),
+            },
+        ))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async {
+                let _ = tokio::io::stdin().read_to_end(&mut Vec::new()).await;
+            },
+        );
+    server.await.unwrap();
+    telemetry.shutdown().await; // sends what is buffered
+}
+
+/// The child, and the address it serves.
+async fn start_message_process(collector: &str) -> (Child, String) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "message_service_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FIXTURE_COLLECTOR, collector)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let address = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            // the test harness may have written `test message_service_process ... ` first
+            if let Some((_, address)) = line.split_once("READY ") {
+                return address.trim().to_owned();
+            }
+        }
+        panic!("the message process ended before serving");
+    })
+    .await
+    .expect("the message process serves within 30 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, address)
+}
+
+/// Closes the child's stdin (its stop signal) and waits for a clean exit.
+async fn stop(mut child: Child) {
+    drop(child.stdin.take());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the message process stops")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// The storage consumer: reports the context of each `MessageSent` it handles.
+struct Storage(mpsc::UnboundedSender<(String, RequestContext)>);
+
+impl message::MessageHandler for Storage {
+    async fn on_message_sent(
+        &self,
+        ctx: &RequestContext,
+        event: message::MessageSent,
+    ) -> Result<(), mesh_contract::HandlerError> {
+        let id = event.message.map(|m| m.message_id).unwrap_or_default();
+        let _ = self.0.send((id, ctx.clone()));
+        Ok(())
+    }
+}
+
+async fn storage(
+    tenant: &TenantId,
+) -> (
+    mesh_contract::SubscriptionHandle,
+    mpsc::UnboundedReceiver<(String, RequestContext)>,
+) {
+    let bus = AmqpBus::connect(amqp())
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672");
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = bus
+        .subscribe(
+            message::MessageConsumer::new(Storage(tx)).subscription(tenant.clone(), "storage"),
+        )
+        .await
+        .unwrap();
+    (handle, rx)
+}
+
+/// Waits for the storage consumer to handle message `id` (older runs' messages are skipped).
+async fn stored(
+    rx: &mut mpsc::UnboundedReceiver<(String, RequestContext)>,
+    id: &str,
+) -> RequestContext {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let (got, ctx) = rx.recv().await.expect("consumer running");
+            if got == id {
+                return ctx;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("message {id} not stored within 20 s"))
+}
+
+fn send_request(id: &str) -> message::SendRequest {
+    message::SendRequest {
+        conversation_id: "c-1".into(),
+        from_user: "customer-1".into(),
+        to_user: "merchant-1".into(),
+        body: "is my order on its way?".into(),
+        client_msg_id: id.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_is_one_trace_across_http2_the_queue_and_two_processes() {
+    let (collector, addr) = start_collector().await;
+    let endpoint = format!("http://{addr}");
+    let telemetry = mesh_telemetry::init(
+        "test-process",
+        &TelemetryConfig {
+            otlp_endpoint: Some(endpoint.clone()),
+            console: false,
+            export_interval_ms: 200,
+        },
+        "warn",
+    )
+    .unwrap();
+    let tenant = TenantId::new("tracetest").unwrap();
+    let (_storage, mut stored_rx) = storage(&tenant).await;
+    let (child, address) = start_message_process(&endpoint).await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut caller = message::MessageCaller::new(
+        tower::ServiceBuilder::new()
+            .layer(TraceLayer::client(mesh_api::CONTRACTS))
+            .service(channel),
+    );
+    let id = format!("m-{}", uuid::Uuid::new_v4());
+    let root = tracing::info_span!(target: "mesh::test", "business request", tenant = "tracetest");
+    caller
+        .send(&RequestContext::new(tenant.clone()), send_request(&id))
+        .instrument(root.clone())
+        .await
+        .expect("Send answers");
+    let consumed = stored(&mut stored_rx, &id).await;
+    assert!(
+        consumed.trace.traceparent.is_some(),
+        "the consumer's context carries the trace on"
+    );
+    drop(root);
+    stop(child).await;
+
+    // everything of this request, as the collector got it: the root, the call's two ends,
+    // the publish and the consume
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        telemetry.flush();
+        let spans = collector.spans.lock().unwrap().clone();
+        let root = spans
+            .iter()
+            .find(|s| s.span.name == "business request")
+            .cloned();
+        if let Some(root) = root {
+            let trace: Vec<Received> = spans
+                .into_iter()
+                .filter(|s| s.span.trace_id == root.span.trace_id)
+                .collect();
+            if trace.len() >= 5 {
+                break trace;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the collector did not get the whole trace within 20 s: {:#?}",
+            collector.spans.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let find = |name: &str, kind: SpanKind| {
+        spans
+            .iter()
+            .find(|s| s.span.name == name && s.span.kind == kind as i32)
+            .unwrap_or_else(|| panic!("no {kind:?} span {name:?} in {spans:#?}"))
+            .clone()
+    };
+    let root = find("business request", SpanKind::Internal);
+    let client = find("message.Send", SpanKind::Client);
+    let server = find("message.Send", SpanKind::Server);
+    let publish = find("message.MessageSent publish", SpanKind::Producer);
+    let process = find("message.MessageSent process", SpanKind::Consumer);
+
+    // one trace, each span the child of the one before it
+    for (child, parent) in [
+        (&client, &root),
+        (&server, &client),
+        (&publish, &server),
+        (&process, &publish),
+    ] {
+        assert_eq!(
+            child.span.parent_span_id, parent.span.span_id,
+            "{} is the child of {}",
+            child.span.name, parent.span.name
+        );
+    }
+    // across two processes
+    for s in [&root, &client, &process] {
+        assert_eq!(s.process, "test-process", "{}", s.span.name);
+    }
+    for s in [&server, &publish] {
+        assert_eq!(s.process, "message-process", "{}", s.span.name);
+    }
+    // with the tenant, service, contract version, method and outcome
+    for s in [&client, &server, &publish, &process] {
+        assert_eq!(
+            s.attr("tenant").as_deref(),
+            Some("tracetest"),
+            "{}",
+            s.span.name
+        );
+        assert_eq!(
+            s.attr("service").as_deref(),
+            Some("message"),
+            "{}",
+            s.span.name
+        );
+        assert_eq!(s.attr("outcome").as_deref(), Some("ok"), "{}", s.span.name);
+        assert!(
+            s.attr("contract.version")
+                .is_some_and(|v| v.starts_with('1')),
+            "{}",
+            s.span.name
+        );
+    }
+    assert_eq!(server.attr("method").as_deref(), Some("Send"));
+    assert_eq!(publish.attr("event").as_deref(), Some("MessageSent"));
+
+    // and metrics per tenant x service x method, from both processes
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        telemetry.flush();
+        let points = collector.points.lock().unwrap().clone();
+        let has = |process: &str, name: &str, want: &[(&str, &str)]| {
+            points.iter().any(|(p, n, attrs)| {
+                p == process
+                    && n == name
+                    && want
+                        .iter()
+                        .all(|(k, v)| attrs.get(*k).map(String::as_str) == Some(*v))
+            })
+        };
+        let call = [
+            ("tenant", "tracetest"),
+            ("service", "message"),
+            ("method", "Send"),
+            ("outcome", "ok"),
+        ];
+        if has("message-process", "mesh.rpc.calls", &call)
+            && has("message-process", "mesh.rpc.duration", &call[..3])
+            && has("test-process", "mesh.rpc.calls", &call)
+            && has(
+                "test-process",
+                "mesh.events",
+                &[
+                    ("tenant", "tracetest"),
+                    ("event", "MessageSent"),
+                    ("operation", "process"),
+                ],
+            )
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics missing after 20 s: {points:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_never_fails_a_request() {
+    // nothing listens on port 1: every export of the child fails
+    let tenant = TenantId::new("tracedown").unwrap();
+    let (_storage, mut stored_rx) = storage(&tenant).await;
+    let (child, address) = start_message_process("http://127.0.0.1:1").await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut caller = message::MessageCaller::new(channel);
+    for n in 0..30 {
+        let id = format!("down-{n}-{}", uuid::Uuid::new_v4());
+        caller
+            .send(&RequestContext::new(tenant.clone()), send_request(&id))
+            .await
+            .expect("a request succeeds while the collector is down");
+        stored(&mut stored_rx, &id).await;
+    }
+    // and the process still stops cleanly, giving up on what it could not send
+    stop(child).await;
+}

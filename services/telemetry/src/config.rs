@@ -1,0 +1,267 @@
+//! What a deployment says about telemetry, and installing it in a process.
+
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{
+    Resource,
+    metrics::{PeriodicReader, SdkMeterProvider},
+    propagation::TraceContextPropagator,
+    trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider},
+};
+use serde::Deserialize;
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{FilterExt, filter_fn},
+    fmt::format::FmtSpan,
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
+
+/// Telemetry of one deployment (`[telemetry]` in `ops/mesh.toml`; `MESH_TELEMETRY_*` in a
+/// worker's environment). Off by default: nothing is exported unless an endpoint is set.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector (`http://127.0.0.1:4317`); none exports nothing.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Print every mesh span on stderr as it closes: the trace of each call, for a newcomer.
+    #[serde(default)]
+    pub console: bool,
+    /// How often spans and metrics are sent, in milliseconds.
+    #[serde(default = "default_export_interval_ms")]
+    pub export_interval_ms: u64,
+}
+
+fn default_export_interval_ms() -> u64 {
+    1000
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            console: false,
+            export_interval_ms: default_export_interval_ms(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The environment variables a worker process reads this config from (what `mesh up`
+    /// hands its workers).
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("MESH_TELEMETRY_CONSOLE".into(), self.console.to_string()),
+            (
+                "MESH_TELEMETRY_EXPORT_INTERVAL_MS".into(),
+                self.export_interval_ms.to_string(),
+            ),
+        ];
+        if let Some(endpoint) = &self.otlp_endpoint {
+            env.push(("MESH_TELEMETRY_OTLP_ENDPOINT".into(), endpoint.clone()));
+        }
+        env
+    }
+
+    /// Reads `MESH_TELEMETRY_OTLP_ENDPOINT`, `MESH_TELEMETRY_CONSOLE` and
+    /// `MESH_TELEMETRY_EXPORT_INTERVAL_MS`.
+    pub fn from_env() -> Result<Self, TelemetryError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let invalid = |name: &str, value: &str| TelemetryError::Invalid {
+            field: name.to_owned(),
+            message: format!("{value:?} is not valid"),
+        };
+        let mut config = Self {
+            otlp_endpoint: var("MESH_TELEMETRY_OTLP_ENDPOINT"),
+            ..Self::default()
+        };
+        if let Some(v) = var("MESH_TELEMETRY_CONSOLE") {
+            config.console = v
+                .parse()
+                .map_err(|_| invalid("MESH_TELEMETRY_CONSOLE", &v))?;
+        }
+        if let Some(v) = var("MESH_TELEMETRY_EXPORT_INTERVAL_MS") {
+            config.export_interval_ms = v
+                .parse()
+                .map_err(|_| invalid("MESH_TELEMETRY_EXPORT_INTERVAL_MS", &v))?;
+        }
+        Ok(config)
+    }
+}
+
+/// Why telemetry could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// A setting is invalid.
+    #[error("telemetry: {field}: {message}")]
+    Invalid {
+        /// The setting.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The OTLP exporter could not be built (a malformed endpoint, say).
+    #[error("telemetry: OTLP exporter for {endpoint}: {message}")]
+    Exporter {
+        /// The endpoint.
+        endpoint: String,
+        /// The exporter's reason.
+        message: String,
+    },
+    /// A subscriber was installed already in this process.
+    #[error("telemetry: a tracing subscriber is installed already")]
+    AlreadyInstalled,
+}
+
+/// Keeps the exporters of [`init`] running; dropping it sends what is buffered.
+#[must_use = "dropping it stops export"]
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
+}
+
+impl Telemetry {
+    /// Sends what is buffered and stops exporting, without blocking the runtime (dropping
+    /// does the same, blocking the thread it runs on: the gRPC exporter then needs another
+    /// runtime thread to make progress).
+    pub async fn shutdown(self) {
+        let _ = tokio::task::spawn_blocking(move || drop(self)).await;
+    }
+
+    /// Sends what is buffered now.
+    pub fn flush(&self) {
+        if let Some(tracer) = &self.tracer {
+            let _ = tracer.force_flush();
+        }
+        if let Some(meter) = &self.meter {
+            let _ = meter.force_flush();
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(tracer) = self.tracer.take() {
+            let _ = tracer.shutdown_with_timeout(Duration::from_secs(2));
+        }
+        if let Some(meter) = self.meter.take() {
+            let _ = meter.shutdown_with_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Mesh spans (`mesh::rpc`, `mesh::event`): the ones exported and printed by `console`.
+fn is_mesh_span(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target().starts_with("mesh::")
+}
+
+/// Installs telemetry in this process as `service_name` (`mesh-worker`, say). Logs follow
+/// `RUST_LOG` (default `default_log`). Must be called inside a Tokio runtime when an endpoint
+/// is set (the gRPC exporter's connection lives there).
+pub fn init(
+    service_name: &str,
+    config: &TelemetryConfig,
+    default_log: &str,
+) -> Result<Telemetry, TelemetryError> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log));
+    let console = config.console;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_span_events(if console {
+            FmtSpan::CLOSE
+        } else {
+            FmtSpan::NONE
+        })
+        .with_filter(filter_fn(move |meta| console && is_mesh_span(meta)).or(logs));
+    let mut telemetry = Telemetry::default();
+    let otel = match &config.otlp_endpoint {
+        None => None,
+        Some(endpoint) => {
+            let interval = Duration::from_millis(config.export_interval_ms.max(10));
+            let failed = |e: &dyn std::fmt::Display| TelemetryError::Exporter {
+                endpoint: endpoint.clone(),
+                message: e.to_string(),
+            };
+            let resource = Resource::builder()
+                .with_service_name(service_name.to_owned())
+                .build();
+            let spans = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(Duration::from_secs(3))
+                .build()
+                .map_err(|e| failed(&e))?;
+            let batch = BatchSpanProcessor::builder(spans)
+                .with_batch_config(
+                    BatchConfigBuilder::default()
+                        .with_scheduled_delay(interval)
+                        .with_max_queue_size(8192)
+                        .build(),
+                )
+                .build();
+            let tracer = SdkTracerProvider::builder()
+                .with_span_processor(batch)
+                .with_resource(resource.clone())
+                .build();
+            let metrics = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(Duration::from_secs(3))
+                .build()
+                .map_err(|e| failed(&e))?;
+            let meter = SdkMeterProvider::builder()
+                .with_reader(
+                    PeriodicReader::builder(metrics)
+                        .with_interval(interval)
+                        .build(),
+                )
+                .with_resource(resource)
+                .build();
+            opentelemetry::global::set_meter_provider(meter.clone());
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer.tracer("mesh"))
+                .with_filter(filter_fn(is_mesh_span));
+            telemetry.tracer = Some(tracer);
+            telemetry.meter = Some(meter);
+            Some(layer)
+        }
+    };
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    Ok(telemetry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_is_handed_the_config_as_the_variables_it_reads() {
+        let config = TelemetryConfig {
+            otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+            console: true,
+            export_interval_ms: 250,
+        };
+        let env = config.to_env();
+        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get("MESH_TELEMETRY_OTLP_ENDPOINT"),
+            Some("http://127.0.0.1:4317")
+        );
+        assert_eq!(get("MESH_TELEMETRY_CONSOLE"), Some("true"));
+        assert_eq!(get("MESH_TELEMETRY_EXPORT_INTERVAL_MS"), Some("250"));
+        assert_eq!(
+            TelemetryConfig::default().otlp_endpoint,
+            None,
+            "off by default"
+        );
+    }
+}

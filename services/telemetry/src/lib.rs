@@ -1,0 +1,25 @@
+//! Observability for the mesh: one business request followed through every process.
+//!
+//! - [`init`] installs the process's `tracing` subscriber: logs on stderr, optionally every mesh
+//!   span printed as it closes ([`TelemetryConfig::console`]), and, when an OTLP endpoint is
+//!   configured, spans and metrics exported over OTLP/gRPC in the background. Export runs on
+//!   its own thread with a bounded queue: a slow or absent collector drops telemetry, it never
+//!   slows or fails a call.
+//! - [`TraceLayer`] opens a span per HTTP/2 call (server or client side) with the tenant,
+//!   service, contract version, method and outcome (`ok`, `error`, `degraded`, `shed`,
+//!   `timed_out`), and carries the W3C trace context in the call's metadata.
+//! - [`event_span`] and [`continue_trace`] do the same for a publish or a consume on the queue,
+//!   whose headers carry the same context (the transports call them).
+//! - Metrics per tenant, service and method ([`metrics`]): calls by outcome, latency, events,
+//!   bulkheads in use.
+//!
+//! Nothing here knows a particular service: names come from the contract catalogue.
+
+mod config;
+mod layer;
+pub mod metrics;
+mod propagation;
+
+pub use config::{Telemetry, TelemetryConfig, TelemetryError, init};
+pub use layer::{Outcome, Side, TraceLayer, Traced};
+pub use propagation::{carry, continue_trace, event_span, parent_of, trace_of};

@@ -1,0 +1,108 @@
+//! W3C trace context between a [`RequestContext`] (which travels as tonic metadata and AMQP
+//! headers) and the current span.
+
+use mesh_contract::{EventSpec, RequestContext, TraceContext};
+use opentelemetry::{
+    Context,
+    propagation::{Extractor, Injector},
+    trace::TraceContextExt,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+struct Read<'a>(&'a TraceContext);
+
+impl Extractor for Read<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            TRACEPARENT => self.0.traceparent.as_deref(),
+            TRACESTATE => self.0.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT, TRACESTATE]
+    }
+}
+
+struct Write<'a>(&'a mut TraceContext);
+
+impl Injector for Write<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            TRACEPARENT => self.0.traceparent = Some(value),
+            TRACESTATE => self.0.tracestate = Some(value).filter(|v| !v.is_empty()),
+            _ => {}
+        }
+    }
+}
+
+/// The remote parent `trace` names (an empty context when it names none, or when telemetry
+/// is not installed).
+pub fn parent_of(trace: &TraceContext) -> Context {
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&Read(trace)))
+}
+
+/// The trace context that makes `span` the parent of whatever receives it; `None` when the
+/// span is not recorded (telemetry off), so the caller keeps the context it had.
+pub fn trace_of(span: &tracing::Span) -> Option<TraceContext> {
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut trace = TraceContext::default();
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(&cx, &mut Write(&mut trace))
+    });
+    trace.traceparent.is_some().then_some(trace)
+}
+
+/// Makes `span` a child of `trace` (when it names a parent) and answers the trace context that
+/// carries `span` on: `trace` itself when telemetry is off.
+pub fn carry(trace: &TraceContext, span: &tracing::Span) -> TraceContext {
+    if trace.traceparent.is_some() {
+        let _ = span.set_parent(parent_of(trace));
+    }
+    trace_of(span).unwrap_or_else(|| trace.clone())
+}
+
+/// [`carry`] for a request context: the context that carries `span` on.
+pub fn continue_trace(ctx: &RequestContext, span: &tracing::Span) -> RequestContext {
+    let mut ctx = ctx.clone();
+    ctx.trace = carry(&ctx.trace, span);
+    ctx
+}
+
+/// The span of one publish (`op` = `publish`) or one consume (`op` = `process`) of `event` on
+/// the transport `system` (`rabbitmq`, `embedded`), with the tenant, service, contract version
+/// and event as attributes; `outcome` is recorded when it ends.
+pub fn event_span(
+    system: &'static str,
+    op: &'static str,
+    ctx: &RequestContext,
+    event: &EventSpec,
+) -> tracing::Span {
+    let kind = if op == "publish" {
+        "producer"
+    } else {
+        "consumer"
+    };
+    tracing::info_span!(
+        target: "mesh::event",
+        "event",
+        otel.name = %format!("{}.{} {op}", event.service, event.name),
+        otel.kind = kind,
+        otel.status_code = tracing::field::Empty,
+        messaging.system = system,
+        messaging.operation = op,
+        tenant = %ctx.tenant,
+        service = event.service,
+        contract.version = event.version,
+        event = event.name,
+        request_id = %ctx.request_id,
+        outcome = tracing::field::Empty,
+    )
+}

@@ -212,6 +212,11 @@ impl Output {
                     "tenant": l.tenant, "in_flight": l.in_flight,
                     "calls": l.calls, "degraded": l.degraded,
                 })).collect::<Vec<_>>(),
+                "calls": report.calls.iter().map(|c| json!({
+                    "tenant": c.tenant, "service": c.service, "method": c.method,
+                    "calls": c.calls, "degraded": c.degraded, "shed": c.shed,
+                    "timed_out": c.timed_out, "errors": c.errors, "mean_ms": c.mean_ms,
+                })).collect::<Vec<_>>(),
                 "recent_degraded": report.recent_degraded.iter().map(|d| json!({
                     "tenant": d.tenant, "method": d.method, "switch": d.switch,
                     "at": rfc3339(d.at_ms),
@@ -242,6 +247,32 @@ impl Output {
             ]);
         }
         println!("LOAD (through the front door)\n{load}\n");
+
+        let mut calls = table(&[
+            "TENANT",
+            "SERVICE",
+            "METHOD",
+            "CALLS",
+            "DEGRADED",
+            "SHED",
+            "TIMED OUT",
+            "ERRORS",
+            "MEAN",
+        ]);
+        for c in &report.calls {
+            calls.add_row(vec![
+                c.tenant.clone(),
+                c.service.clone(),
+                c.method.clone(),
+                c.calls.to_string(),
+                c.degraded.to_string(),
+                c.shed.to_string(),
+                c.timed_out.to_string(),
+                c.errors.to_string(),
+                format!("{:.2} ms", c.mean_ms),
+            ]);
+        }
+        println!("CALLS (served, per tenant and method)\n{calls}\n");
 
         let mut bulkheads = table(&["TENANT", "DEPENDENCY", "IN USE", "SATURATION"]);
         for b in &report.bulkheads {

@@ -306,6 +306,24 @@ async fn tier_2_off_for_one_tenant_degrades_it_at_once_and_survives_a_restart() 
     );
     assert!(mall_bulkheads.iter().all(|b| b["capacity"] == 64));
     assert_eq!(find("load", "mall")[0]["degraded"], 1);
+    // what the workers served, per tenant and method (they report every second)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = mesh.json(&["status"]).await;
+        let suggest = status["calls"].as_array().unwrap().iter().find(|c| {
+            c["tenant"] == "mall" && c["service"] == "recommend" && c["method"] == "Suggest"
+        });
+        if let Some(suggest) = suggest.filter(|c| c["degraded"] == 1) {
+            assert_eq!(suggest["calls"], 2, "{suggest}");
+            assert_eq!(suggest["errors"], 0, "{suggest}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no served calls in status: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // a restart keeps the switch: the workers get it before they serve their first call
     mesh.stop().await;

@@ -288,6 +288,26 @@ impl Admin for AdminService {
                     at_ms: millis(d.at),
                 })
                 .collect(),
+            calls: report
+                .processes
+                .iter()
+                .flat_map(|p| p.stats.calls.iter())
+                .map(|c| api::MethodCalls {
+                    tenant: c.tenant.clone(),
+                    service: c.service.clone(),
+                    method: c.method.clone(),
+                    calls: c.calls,
+                    degraded: c.degraded,
+                    shed: c.shed,
+                    timed_out: c.timed_out,
+                    errors: c.errors,
+                    mean_ms: if c.calls == 0 {
+                        0.0
+                    } else {
+                        c.total_ms / c.calls as f64
+                    },
+                })
+                .collect(),
             load: report
                 .load
                 .iter()

@@ -114,7 +114,10 @@ impl Served {
                 })
             })
             .collect();
-        WorkerStats { bulkheads }
+        WorkerStats {
+            bulkheads,
+            calls: mesh_telemetry::metrics::tally(),
+        }
     }
 }
 

@@ -158,11 +158,31 @@ mod tests {
                 Some("ops-token-from-file")
             );
 
+            assert_eq!(
+                config.telemetry,
+                mesh_telemetry::TelemetryConfig::default(),
+                "no export unless asked"
+            );
+
             jail.set_env("MESH_ADMIN_LISTEN", "127.0.0.1:0");
             jail.set_env("MESH_STATE_DIR", "/tmp/mesh-state");
+            jail.set_env("MESH_TELEMETRY_OTLP_ENDPOINT", "http://127.0.0.1:4317");
             let config = DeployConfig::load(Path::new("mesh.toml")).unwrap();
             assert_eq!(config.admin.listen, "127.0.0.1:0");
             assert_eq!(config.state.dir, PathBuf::from("/tmp/mesh-state"));
+            assert_eq!(
+                config.telemetry.otlp_endpoint.as_deref(),
+                Some("http://127.0.0.1:4317")
+            );
+
+            jail.create_file("slow.toml", "[telemetry]\nexport_interval_ms = \"soon\"\n")?;
+            let err = DeployConfig::load(Path::new("slow.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("slow.toml") && err.contains("telemetry.export_interval_ms"),
+                "{err}"
+            );
 
             let missing = DeployConfig::load(Path::new("absent.toml")).unwrap();
             assert_eq!(

@@ -8,8 +8,15 @@
 //!   `operation` and `outcome`;
 //! - `mesh.bulkhead.in_use` (gauge): permits taken per `tenant` and `dependency`, from
 //!   [`observe_bulkheads`].
+//!
+//! The calls a process served are also tallied in the process ([`tally`]), which is how
+//! `meshctl status` reads them without a metrics backend.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
 
 use opentelemetry::{
     KeyValue,
@@ -51,6 +58,43 @@ fn instruments() -> &'static Instruments {
     })
 }
 
+/// The calls of one tenant to one method that this process served, by outcome.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MethodTally {
+    /// Tenant id.
+    pub tenant: String,
+    /// Service name.
+    pub service: String,
+    /// Method name.
+    pub method: String,
+    /// Every call.
+    pub calls: u64,
+    /// Answered by a degradation switch.
+    pub degraded: u64,
+    /// Refused for capacity (rate limit, bulkhead).
+    pub shed: u64,
+    /// Out of time.
+    pub timed_out: u64,
+    /// Failed otherwise.
+    pub errors: u64,
+    /// Time spent in all of them, in milliseconds (divide by `calls` for the mean).
+    pub total_ms: f64,
+}
+
+type Key = (String, &'static str, &'static str);
+
+fn tallies() -> &'static Mutex<HashMap<Key, MethodTally>> {
+    static TALLIES: OnceLock<Mutex<HashMap<Key, MethodTally>>> = OnceLock::new();
+    TALLIES.get_or_init(Mutex::default)
+}
+
+/// What this process served so far, per tenant and method, sorted.
+pub fn tally() -> Vec<MethodTally> {
+    let mut all: Vec<MethodTally> = tallies().lock().expect("lock").values().cloned().collect();
+    all.sort_by(|a, b| (&a.tenant, &a.service, &a.method).cmp(&(&b.tenant, &b.service, &b.method)));
+    all
+}
+
 /// Counts one call.
 pub fn call(
     side: Side,
@@ -70,6 +114,26 @@ pub fn call(
     i.duration.record(took.as_secs_f64() * 1e3, &attributes);
     attributes.push(KeyValue::new("outcome", outcome.as_str()));
     i.calls.add(1, &attributes);
+    if side == Side::Server {
+        let mut tallies = tallies().lock().expect("lock");
+        let t = tallies
+            .entry((tenant.to_owned(), service, method))
+            .or_insert_with(|| MethodTally {
+                tenant: tenant.to_owned(),
+                service: service.into(),
+                method: method.into(),
+                ..MethodTally::default()
+            });
+        t.calls += 1;
+        t.total_ms += took.as_secs_f64() * 1e3;
+        match outcome {
+            Outcome::Ok => {}
+            Outcome::Degraded => t.degraded += 1,
+            Outcome::Shed => t.shed += 1,
+            Outcome::TimedOut => t.timed_out += 1,
+            Outcome::Error => t.errors += 1,
+        }
+    }
 }
 
 /// Counts one publish or consume of an event (`operation` = `publish` or `process`).

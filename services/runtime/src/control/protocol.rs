@@ -56,10 +56,13 @@ pub struct BulkheadUse {
 }
 
 /// What a worker reports about itself.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStats {
     /// Every bulkhead of the process.
     pub bulkheads: Vec<BulkheadUse>,
+    /// The calls it served, per tenant and method.
+    #[serde(default)]
+    pub calls: Vec<mesh_telemetry::metrics::MethodTally>,
 }
 
 /// A line a worker printed.
@@ -122,7 +125,8 @@ mod tests {
                     dependency: "order".into(),
                     in_use: 3,
                     capacity: 64
-                }]
+                }],
+                calls: Vec::new(),
             })
         );
         assert_eq!(

@@ -18,6 +18,7 @@ use mesh_contract::{
     bus::{Bytes, StopSignal},
     spec::names,
 };
+use mesh_telemetry::EventTrace;
 use tracing::Instrument;
 
 use crate::{AmqpBus, Link, envelope, unavailable};
@@ -266,26 +267,14 @@ async fn decide(bus: &AmqpBus, sub: &Subscription, delivery: &Delivery) -> Outco
     };
     let payload = Bytes::from(delivery.data.clone());
     // the consume continues the publisher's trace
-    let span = mesh_telemetry::event_span("rabbitmq", "process", &ctx, event);
-    let ctx = mesh_telemetry::continue_trace(&ctx, &span);
+    let (trace, ctx) = EventTrace::start("rabbitmq", "process", &ctx, event);
     let outcome = run_handler(bus, sub, &ctx, event, payload)
-        .instrument(span.clone())
+        .instrument(trace.span().clone())
         .await;
-    let recorded = match &outcome {
-        Outcome::Done => "ok",
-        Outcome::Dead { .. } => {
-            span.record("otel.status_code", "ERROR");
-            "dead_lettered"
-        }
-    };
-    span.record("outcome", recorded);
-    mesh_telemetry::metrics::event(
-        ctx.tenant.as_str(),
-        event.service,
-        event.name,
-        "process",
-        recorded,
-    );
+    match &outcome {
+        Outcome::Done => trace.finish("ok", false),
+        Outcome::Dead { .. } => trace.finish("dead_lettered", true),
+    }
     outcome
 }
 

@@ -41,6 +41,7 @@ use mesh_contract::{
     BusError, EventBus, EventSpec, RequestContext, Subscription, SubscriptionHandle,
     bus::{BoxFuture, Bytes},
 };
+use mesh_telemetry::EventTrace;
 use tracing::Instrument;
 
 pub use envelope::headers;
@@ -413,8 +414,7 @@ impl EventBus for AmqpBus {
                 });
             }
             // the message carries this publish's span, so its consumers continue the trace
-            let span = mesh_telemetry::event_span("rabbitmq", "publish", ctx, event);
-            let ctx = mesh_telemetry::continue_trace(ctx, &span);
+            let (trace, ctx) = EventTrace::start("rabbitmq", "publish", ctx, event);
             let exchange = event.exchange(&ctx.tenant);
             let properties = envelope::properties(&ctx, event);
             let published = self
@@ -425,20 +425,12 @@ impl EventBus for AmqpBus {
                     &payload,
                     properties,
                 )
-                .instrument(span.clone())
+                .instrument(trace.span().clone())
                 .await;
-            let outcome = if published.is_ok() { "ok" } else { "error" };
-            if published.is_err() {
-                span.record("otel.status_code", "ERROR");
+            match &published {
+                Ok(()) => trace.finish("ok", false),
+                Err(_) => trace.finish("error", true),
             }
-            span.record("outcome", outcome);
-            mesh_telemetry::metrics::event(
-                ctx.tenant.as_str(),
-                event.service,
-                event.name,
-                "publish",
-                outcome,
-            );
             published
         })
     }

@@ -20,6 +20,7 @@ use mesh_contract::{
     bus::{BoxFuture, Bytes},
     spec::names,
 };
+use mesh_telemetry::EventTrace;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
@@ -189,18 +190,12 @@ impl EventBus for EmbeddedBus {
                     limit: self.config.max_payload_bytes,
                 });
             }
-            let span = mesh_telemetry::event_span("embedded", "publish", ctx, event);
-            let ctx = mesh_telemetry::continue_trace(ctx, &span);
+            let (trace, ctx) = EventTrace::start("embedded", "publish", ctx, event);
             let published = self.enqueue(&ctx, event, payload);
-            let outcome = if published.is_ok() { "ok" } else { "error" };
-            span.record("outcome", outcome);
-            mesh_telemetry::metrics::event(
-                ctx.tenant.as_str(),
-                event.service,
-                event.name,
-                "publish",
-                outcome,
-            );
+            match &published {
+                Ok(()) => trace.finish("ok", false),
+                Err(_) => trace.finish("error", true),
+            }
             published
         })
     }
@@ -235,16 +230,15 @@ impl EventBus for EmbeddedBus {
                         biased;
                         _ = &mut stop => break,
                         envelope = queue.pop() => {
-                            let span = mesh_telemetry::event_span("embedded", "process", &envelope.ctx, envelope.event);
-                            let envelope = Envelope {
-                                ctx: mesh_telemetry::continue_trace(&envelope.ctx, &span),
-                                ..envelope
-                            };
-                            let (tenant, event) = (envelope.ctx.tenant.clone(), envelope.event);
-                            let dead = handle_one(&config, &sub, envelope).instrument(span.clone()).await;
-                            let outcome = if dead.is_some() { "dead_lettered" } else { "ok" };
-                            span.record("outcome", outcome);
-                            mesh_telemetry::metrics::event(tenant.as_str(), event.service, event.name, "process", outcome);
+                            let (trace, ctx) = EventTrace::start("embedded", "process", &envelope.ctx, envelope.event);
+                            let envelope = Envelope { ctx, ..envelope };
+                            let dead = handle_one(&config, &sub, envelope)
+                                .instrument(trace.span().clone())
+                                .await;
+                            match &dead {
+                                None => trace.finish("ok", false),
+                                Some(_) => trace.finish("dead_lettered", true),
+                            }
                             if let Some(dead) = dead {
                                 tracing::warn!(queue = %name, reason = %dead.reason, "dead-lettering a message");
                                 queue.dead.lock().expect("lock").push(dead);

@@ -8,8 +8,8 @@
 //! - [`TraceLayer`] opens a span per HTTP/2 call (server or client side) with the tenant,
 //!   service, contract version, method and outcome (`ok`, `error`, `degraded`, `shed`,
 //!   `timed_out`), and carries the W3C trace context in the call's metadata.
-//! - [`event_span`] and [`continue_trace`] do the same for a publish or a consume on the queue,
-//!   whose headers carry the same context (the transports call them).
+//! - [`EventTrace`] does the same for a publish or a consume on the queue, whose headers carry
+//!   the same context (the transports open one per message).
 //! - Metrics per tenant, service and method ([`metrics`]): calls by outcome, latency, events,
 //!   bulkheads in use.
 //!
@@ -22,4 +22,4 @@ mod propagation;
 
 pub use config::{Telemetry, TelemetryConfig, TelemetryError, init};
 pub use layer::{Outcome, Side, TraceLayer, Traced};
-pub use propagation::{carry, continue_trace, event_span, parent_of, trace_of};
+pub use propagation::{EventTrace, carry, continue_trace, parent_of, trace_of};

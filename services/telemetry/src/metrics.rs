@@ -81,16 +81,23 @@ pub struct MethodTally {
     pub total_ms: f64,
 }
 
-type Key = (String, &'static str, &'static str);
+/// By tenant, then by (service, method): a served call finds its tally without allocating.
+type Tallies = HashMap<String, HashMap<(&'static str, &'static str), MethodTally>>;
 
-fn tallies() -> &'static Mutex<HashMap<Key, MethodTally>> {
-    static TALLIES: OnceLock<Mutex<HashMap<Key, MethodTally>>> = OnceLock::new();
+fn tallies() -> &'static Mutex<Tallies> {
+    static TALLIES: OnceLock<Mutex<Tallies>> = OnceLock::new();
     TALLIES.get_or_init(Mutex::default)
 }
 
 /// What this process served so far, per tenant and method, sorted.
 pub fn tally() -> Vec<MethodTally> {
-    let mut all: Vec<MethodTally> = tallies().lock().expect("lock").values().cloned().collect();
+    let mut all: Vec<MethodTally> = tallies()
+        .lock()
+        .expect("lock")
+        .values()
+        .flat_map(HashMap::values)
+        .cloned()
+        .collect();
     all.sort_by(|a, b| (&a.tenant, &a.service, &a.method).cmp(&(&b.tenant, &b.service, &b.method)));
     all
 }
@@ -116,8 +123,12 @@ pub fn call(
     i.calls.add(1, &attributes);
     if side == Side::Server {
         let mut tallies = tallies().lock().expect("lock");
-        let t = tallies
-            .entry((tenant.to_owned(), service, method))
+        if !tallies.contains_key(tenant) {
+            tallies.insert(tenant.to_owned(), HashMap::new());
+        }
+        let by_method = tallies.get_mut(tenant).expect("inserted above");
+        let t = by_method
+            .entry((service, method))
             .or_insert_with(|| MethodTally {
                 tenant: tenant.to_owned(),
                 service: service.into(),

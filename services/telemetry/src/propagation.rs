@@ -76,33 +76,75 @@ pub fn continue_trace(ctx: &RequestContext, span: &tracing::Span) -> RequestCont
     ctx
 }
 
-/// The span of one publish (`op` = `publish`) or one consume (`op` = `process`) of `event` on
-/// the transport `system` (`rabbitmq`, `embedded`), with the tenant, service, contract version
-/// and event as attributes; `outcome` is recorded when it ends.
-pub fn event_span(
-    system: &'static str,
+/// One publish or consume of an event, traced: its span continues the trace of the message's
+/// context, and [`EventTrace::finish`] records the outcome on the span and in the metrics.
+/// Transports open one per publish and per delivery.
+#[derive(Debug)]
+pub struct EventTrace {
+    span: tracing::Span,
+    tenant: String,
+    event: &'static EventSpec,
     op: &'static str,
-    ctx: &RequestContext,
-    event: &EventSpec,
-) -> tracing::Span {
-    let kind = if op == "publish" {
-        "producer"
-    } else {
-        "consumer"
-    };
-    tracing::info_span!(
-        target: "mesh::event",
-        "event",
-        otel.name = %format!("{}.{} {op}", event.service, event.name),
-        otel.kind = kind,
-        otel.status_code = tracing::field::Empty,
-        messaging.system = system,
-        messaging.operation = op,
-        tenant = %ctx.tenant,
-        service = event.service,
-        contract.version = event.version,
-        event = event.name,
-        request_id = %ctx.request_id,
-        outcome = tracing::field::Empty,
-    )
+}
+
+impl EventTrace {
+    /// Starts tracing one publish (`op` = `publish`) or one consume (`op` = `process`) of
+    /// `event` on the transport `system` (`rabbitmq`, `embedded`); answers the context that
+    /// carries this span on (into the message's headers, or to the handler).
+    pub fn start(
+        system: &'static str,
+        op: &'static str,
+        ctx: &RequestContext,
+        event: &'static EventSpec,
+    ) -> (Self, RequestContext) {
+        let kind = if op == "publish" {
+            "producer"
+        } else {
+            "consumer"
+        };
+        let span = tracing::info_span!(
+            target: "mesh::event",
+            "event",
+            otel.name = %format!("{}.{} {op}", event.service, event.name),
+            otel.kind = kind,
+            otel.status_code = tracing::field::Empty,
+            messaging.system = system,
+            messaging.operation = op,
+            tenant = %ctx.tenant,
+            service = event.service,
+            contract.version = event.version,
+            event = event.name,
+            request_id = %ctx.request_id,
+            outcome = tracing::field::Empty,
+        );
+        let ctx = continue_trace(ctx, &span);
+        let trace = Self {
+            span,
+            tenant: ctx.tenant.to_string(),
+            event,
+            op,
+        };
+        (trace, ctx)
+    }
+
+    /// The span, to instrument the work with.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Records how it ended (`ok`, `error`, `dead_lettered`); `failed` marks the span as an
+    /// error.
+    pub fn finish(self, outcome: &'static str, failed: bool) {
+        if failed {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        self.span.record("outcome", outcome);
+        crate::metrics::event(
+            &self.tenant,
+            self.event.service,
+            self.event.name,
+            self.op,
+            outcome,
+        );
+    }
 }

@@ -223,6 +223,7 @@ pub fn init(
                 .with_resource(resource)
                 .build();
             opentelemetry::global::set_meter_provider(meter.clone());
+            crate::metrics::exported();
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(tracer.tracer("mesh"))
                 .with_filter(filter_fn(is_mesh_span));

@@ -14,7 +14,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, OnceLock},
+    sync::{
+        Arc, OnceLock, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -81,25 +84,77 @@ pub struct MethodTally {
     pub total_ms: f64,
 }
 
-/// By tenant, then by (service, method): a served call finds its tally without allocating.
-type Tallies = HashMap<String, HashMap<(&'static str, &'static str), MethodTally>>;
+/// One tally's counters, bumped without a lock.
+#[derive(Default)]
+struct Counters {
+    calls: AtomicU64,
+    degraded: AtomicU64,
+    shed: AtomicU64,
+    timed_out: AtomicU64,
+    errors: AtomicU64,
+    total_us: AtomicU64,
+}
 
-fn tallies() -> &'static Mutex<Tallies> {
-    static TALLIES: OnceLock<Mutex<Tallies>> = OnceLock::new();
-    TALLIES.get_or_init(Mutex::default)
+/// By tenant, then by (service, method). A served call takes a read lock and bumps atomics;
+/// only a tenant's first call to a method takes the write lock.
+type Tallies = HashMap<String, HashMap<(&'static str, &'static str), Arc<Counters>>>;
+
+fn tallies() -> &'static RwLock<Tallies> {
+    static TALLIES: OnceLock<RwLock<Tallies>> = OnceLock::new();
+    TALLIES.get_or_init(RwLock::default)
+}
+
+fn counters(tenant: &str, service: &'static str, method: &'static str) -> Arc<Counters> {
+    if let Some(found) = tallies()
+        .read()
+        .expect("lock")
+        .get(tenant)
+        .and_then(|m| m.get(&(service, method)))
+    {
+        return found.clone();
+    }
+    tallies()
+        .write()
+        .expect("lock")
+        .entry(tenant.to_owned())
+        .or_default()
+        .entry((service, method))
+        .or_default()
+        .clone()
 }
 
 /// What this process served so far, per tenant and method, sorted.
 pub fn tally() -> Vec<MethodTally> {
+    let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
     let mut all: Vec<MethodTally> = tallies()
-        .lock()
+        .read()
         .expect("lock")
-        .values()
-        .flat_map(HashMap::values)
-        .cloned()
+        .iter()
+        .flat_map(|(tenant, by_method)| {
+            by_method.iter().map(|((service, method), c)| MethodTally {
+                tenant: tenant.clone(),
+                service: (*service).into(),
+                method: (*method).into(),
+                calls: get(&c.calls),
+                degraded: get(&c.degraded),
+                shed: get(&c.shed),
+                timed_out: get(&c.timed_out),
+                errors: get(&c.errors),
+                total_ms: get(&c.total_us) as f64 / 1e3,
+            })
+        })
         .collect();
     all.sort_by(|a, b| (&a.tenant, &a.service, &a.method).cmp(&(&b.tenant, &b.service, &b.method)));
     all
+}
+
+/// Whether metrics leave the process: without an exporter the OpenTelemetry instruments are
+/// skipped (their attributes cost allocations per call), the tally is kept.
+static EXPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Called by [`crate::init`] once metrics are exported.
+pub(crate) fn exported() {
+    EXPORTED.store(true, Ordering::Relaxed);
 }
 
 /// Counts one call.
@@ -111,6 +166,27 @@ pub fn call(
     outcome: Outcome,
     took: Duration,
 ) {
+    if side == Side::Server {
+        let c = counters(tenant, service, method);
+        c.calls.fetch_add(1, Ordering::Relaxed);
+        c.total_us.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        let by_outcome = match outcome {
+            Outcome::Ok => None,
+            Outcome::Degraded => Some(&c.degraded),
+            Outcome::Shed => Some(&c.shed),
+            Outcome::TimedOut => Some(&c.timed_out),
+            Outcome::Error => Some(&c.errors),
+        };
+        if let Some(n) = by_outcome {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if !EXPORTED.load(Ordering::Relaxed) {
+        return;
+    }
     let i = instruments();
     let mut attributes = vec![
         KeyValue::new("tenant", tenant.to_owned()),
@@ -121,30 +197,6 @@ pub fn call(
     i.duration.record(took.as_secs_f64() * 1e3, &attributes);
     attributes.push(KeyValue::new("outcome", outcome.as_str()));
     i.calls.add(1, &attributes);
-    if side == Side::Server {
-        let mut tallies = tallies().lock().expect("lock");
-        if !tallies.contains_key(tenant) {
-            tallies.insert(tenant.to_owned(), HashMap::new());
-        }
-        let by_method = tallies.get_mut(tenant).expect("inserted above");
-        let t = by_method
-            .entry((service, method))
-            .or_insert_with(|| MethodTally {
-                tenant: tenant.to_owned(),
-                service: service.into(),
-                method: method.into(),
-                ..MethodTally::default()
-            });
-        t.calls += 1;
-        t.total_ms += took.as_secs_f64() * 1e3;
-        match outcome {
-            Outcome::Ok => {}
-            Outcome::Degraded => t.degraded += 1,
-            Outcome::Shed => t.shed += 1,
-            Outcome::TimedOut => t.timed_out += 1,
-            Outcome::Error => t.errors += 1,
-        }
-    }
 }
 
 /// Counts one publish or consume of an event (`operation` = `publish` or `process`).
@@ -155,6 +207,9 @@ pub fn event(
     operation: &'static str,
     outcome: &'static str,
 ) {
+    if !EXPORTED.load(Ordering::Relaxed) {
+        return;
+    }
     instruments().events.add(
         1,
         &[

@@ -84,6 +84,12 @@ pub fn micros(d: Duration) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // telemetry as a worker runs it by default: installed, nothing exported
+    let telemetry = mesh_telemetry::init(
+        "mesh-bench",
+        &mesh_telemetry::TelemetryConfig::default(),
+        "warn",
+    )?;
     let window = Duration::from_secs(args.seconds);
     let mut rows = Vec::new();
     let run = |figure: Figure| args.only.is_none_or(|only| only == figure);
@@ -128,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         )?;
     }
     println!("{table}");
+    telemetry.shutdown().await;
     if let Some(path) = args.write {
         let existing = std::fs::read_to_string(&path).unwrap_or_default();
         std::fs::write(&path, splice(&existing, &table))?;

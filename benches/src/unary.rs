@@ -1,6 +1,6 @@
-//! Figure 1: a unary call through the full mesh stack (tenant auth, rate limit, answer cache,
-//! switches, service plan, deadline, a span per call) against the same service on a raw tonic
-//! server called by a raw tonic client.
+//! Figure 1: a unary call through the full mesh stack (the trace layer with its per-tenant
+//! metrics, tenant auth, rate limit, answer cache, switches, service plan, deadline) against the
+//! same service on a raw tonic server called by a raw tonic client.
 
 use std::{
     path::Path,
@@ -55,7 +55,8 @@ async fn serve_mesh(tenants: &Tenants) -> anyhow::Result<String> {
     let switches = SwitchBoard::new(CATALOGUE);
     tokio::spawn(
         tonic::transport::Server::builder()
-            .trace_fn(|request| tracing::info_span!("call", path = request.uri().path()))
+            // the worker's stack, outermost first: a span per call, then admission
+            .layer(mesh_telemetry::TraceLayer::server(mesh_api::CONTRACTS))
             .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(tenants)))
             .layer(AdmitLayer::new(limiter))
             .layer(CachedAnswersLayer::new(

@@ -29,6 +29,9 @@ struct Args {
     /// Also write the results (markdown) to this file.
     #[arg(long, conflicts_with = "only")]
     write: Option<PathBuf>,
+    /// Internal: be the flooding neighbour of figure 3 against this front door URL.
+    #[arg(long, hide = true)]
+    flood: Option<String>,
     /// Measure this figure alone (to profile it, e.g. under `valgrind --tool=callgrind`).
     #[arg(long, value_enum)]
     only: Option<Figure>,
@@ -84,6 +87,9 @@ pub fn micros(d: Duration) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(front) = args.flood {
+        return noisy::flood(front).await;
+    }
     // telemetry as a worker runs it by default: installed, nothing exported
     let telemetry = mesh_telemetry::init(
         "mesh-bench",

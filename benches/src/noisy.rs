@@ -1,6 +1,6 @@
 //! Figure 3: the noisy neighbour. Tenant A (mall) is held to 50 calls/s and floods at about ten
-//! times that, and its dependency (the locator) is slow for it; tenant B (paipai) calls the same
-//! front service. B's p99 beside A, against B alone.
+//! times that from a process of its own, and its dependency (the locator) is slow for it; tenant
+//! B (paipai) calls the same front service. B's p99 beside A, against B alone.
 
 use std::{
     path::Path,
@@ -154,34 +154,23 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
     };
     let alone = calm(channel.clone(), ctx("paipai")?).await?;
 
-    // A calls from a connection of its own, as another client would
-    let flood_channel = tonic::transport::Endpoint::from_shared(front_url.clone())?
-        .connect()
-        .await?;
-    // A: 32 callers at ~16 calls/s each, ~500 calls/s in all: ten times its limit
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut flood = Vec::new();
-    for _ in 0..32 {
-        let (stop, mut caller, mall) = (
-            stop.clone(),
-            recommend::RecommendCaller::new(flood_channel.clone()),
-            ctx("mall")?,
-        );
-        flood.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let _ = caller
-                    .suggest(&mall, recommend::SuggestRequest::default())
-                    .await;
-                tokio::time::sleep(Duration::from_millis(64)).await;
-            }
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A floods from a process of its own, as a real neighbour would: its callers do not
+    // share this process's cores' run queue with B's caller
+    let mut flooding = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["--flood", &front_url])
+        .stdin(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let beside = calm(channel.clone(), ctx("paipai")?).await?;
-    stop.store(true, Ordering::Relaxed);
-    for task in flood {
-        task.await?;
-    }
+    drop(flooding.stdin.take()); // its stop signal
+    let flood_calls = tokio::time::timeout(Duration::from_secs(10), flooding.wait())
+        .await
+        .map_err(|_| anyhow::anyhow!("the flooding process did not stop"))??;
+    anyhow::ensure!(
+        flood_calls.success(),
+        "the flooding process failed: {flood_calls}"
+    );
     Ok(vec![Row::new(
         "calm tenant p99 beside a flooding tenant with a slow dependency",
         format!("{} (alone)", micros(alone)),
@@ -189,4 +178,50 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
         format!("{:.2}", beside.as_secs_f64() / alone.as_secs_f64()),
         "<= 1.2",
     )])
+}
+
+/// The flooding neighbour, run as `mesh-bench --flood URL` by [`run`]: tenant A's 32 callers at
+/// ~16 calls/s each (~500 calls/s, ten times its limit) until stdin closes.
+pub async fn flood(front_url: String) -> anyhow::Result<()> {
+    let tenants = Tenants::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenants"),
+        mesh_api::CONTRACTS,
+    )?;
+    let token = tenants
+        .get("mall")
+        .and_then(|t| t.credentials.token.clone())
+        .unwrap_or_default();
+    let mall = RequestContext::new(TenantId::new("mall")?).with_token(token);
+    let channel = tonic::transport::Endpoint::from_shared(front_url)?
+        .connect()
+        .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..32)
+        .map(|_| {
+            let (stop, mut caller, mall) = (
+                stop.clone(),
+                recommend::RecommendCaller::new(channel.clone()),
+                mall.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = caller
+                        .suggest(&mall, recommend::SuggestRequest::default())
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(64)).await;
+                }
+            })
+        })
+        .collect();
+    // bounded: stops when told, or after a minute whatever happens
+    let _ = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut Vec::new()),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for caller in callers {
+        caller.await?;
+    }
+    Ok(())
 }

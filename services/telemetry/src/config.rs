@@ -12,10 +12,7 @@ use opentelemetry_sdk::{
 };
 use serde::Deserialize;
 use tracing_subscriber::{
-    EnvFilter, Layer,
-    filter::{FilterExt, filter_fn},
-    fmt::format::FmtSpan,
-    layer::SubscriberExt,
+    EnvFilter, Layer, filter::Targets, fmt::format::FmtSpan, layer::SubscriberExt,
     util::SubscriberInitExt,
 };
 
@@ -154,10 +151,8 @@ impl Drop for Telemetry {
     }
 }
 
-/// Mesh spans (`mesh::rpc`, `mesh::event`): the ones exported and printed by `console`.
-fn is_mesh_span(meta: &tracing::Metadata<'_>) -> bool {
-    meta.target().starts_with("mesh::")
-}
+/// The target prefix of mesh spans (`mesh::rpc`, `mesh::event`): the ones exported.
+const MESH_SPANS: &str = "mesh::";
 
 /// Installs telemetry in this process as `service_name` (`mesh-worker`, say). Logs follow
 /// `RUST_LOG` (default `default_log`). Must be called inside a Tokio runtime when an endpoint
@@ -168,16 +163,27 @@ pub fn init(
     default_log: &str,
 ) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_log));
-    let console = config.console;
+    // static directives only: a callsite's interest is decided once and cached, so the
+    // HTTP/2 stack's many trace events cost nothing per call when they are off
+    let mut directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default_log.to_owned());
+    if config.console {
+        directives.push_str(",mesh::rpc=info,mesh::event=info");
+    }
+    let logs = EnvFilter::try_new(&directives).map_err(|e| TelemetryError::Invalid {
+        field: "RUST_LOG".into(),
+        message: format!("{directives:?}: {e}"),
+    })?;
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_span_events(if console {
+        .with_span_events(if config.console {
             FmtSpan::CLOSE
         } else {
             FmtSpan::NONE
         })
-        .with_filter(filter_fn(move |meta| console && is_mesh_span(meta)).or(logs));
+        .with_filter(logs);
     let mut telemetry = Telemetry::default();
     let otel = match &config.otlp_endpoint {
         None => None,
@@ -226,7 +232,7 @@ pub fn init(
             crate::metrics::exported();
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(tracer.tracer("mesh"))
-                .with_filter(filter_fn(is_mesh_span));
+                .with_filter(Targets::new().with_target(MESH_SPANS, tracing::Level::INFO));
             telemetry.tracer = Some(tracer);
             telemetry.meter = Some(meter);
             Some(layer)

@@ -314,7 +314,7 @@ impl ControlPlane {
         file_name: &str,
         content: &str,
     ) -> Result<TenantConfig, ControlError> {
-        let version = {
+        let (version, config) = {
             let _edit = self.plane.edit.lock().await;
             let (config, _) = self.check_tenant(file_name, content)?;
             let path = self.plane.dir.join(file_name);
@@ -350,7 +350,6 @@ impl ControlPlane {
                 .add_tenant(tenant, config.isolation.process);
             (version, config)
         };
-        let (version, config) = version;
         let deadline = Instant::now() + ONBOARD_WITHIN;
         while self.plane.front.address(&config.tenant_id()).is_none() {
             if Instant::now() > deadline {

@@ -74,6 +74,31 @@ impl Row {
     }
 }
 
+/// The repository's tenants folder (the shipped tenants every figure runs).
+pub fn tenants_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenants")
+}
+
+/// The shipped tenants, validated.
+pub fn shipped_tenants() -> anyhow::Result<mesh_runtime::Tenants> {
+    Ok(mesh_runtime::Tenants::load(
+        &tenants_dir(),
+        mesh_api::CONTRACTS,
+    )?)
+}
+
+/// A request context for `tenant` with its (development) credential from `tenants`.
+pub fn tenant_ctx(
+    tenants: &mesh_runtime::Tenants,
+    tenant: &str,
+) -> anyhow::Result<mesh_contract::RequestContext> {
+    let token = tenants
+        .get(tenant)
+        .and_then(|t| t.credentials.token.clone())
+        .unwrap_or_default();
+    Ok(mesh_contract::RequestContext::new(mesh_contract::TenantId::new(tenant)?).with_token(token))
+}
+
 /// The p-th percentile of sorted durations.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]

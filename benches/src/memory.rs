@@ -39,7 +39,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 }
 
 pub async fn run(window: Duration) -> anyhow::Result<Vec<Row>> {
-    let tenants = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tenants");
+    let tenants = crate::tenants_dir();
     let mut worker = tokio::process::Command::new(mesh_binary()?)
         .args(["worker", "--tenant", "mall", "--supervised", "--tenants"])
         .arg(&tenants)

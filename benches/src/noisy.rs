@@ -3,7 +3,6 @@
 //! B (paipai) calls the same front service. B's p99 beside A, against B alone.
 
 use std::{
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -89,10 +88,7 @@ async fn listen() -> anyhow::Result<(tokio::net::TcpListener, String)> {
 }
 
 pub async fn run() -> anyhow::Result<Vec<Row>> {
-    let tenants = Arc::new(Tenants::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenants"),
-        mesh_api::CONTRACTS,
-    )?);
+    let tenants = Arc::new(crate::shipped_tenants()?);
     let (listener, locator_url) = listen().await?;
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -131,13 +127,7 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
     let channel = tonic::transport::Endpoint::from_shared(front_url.clone())?
         .connect()
         .await?;
-    let ctx = |tenant: &str| -> anyhow::Result<RequestContext> {
-        let token = tenants
-            .get(tenant)
-            .and_then(|t| t.credentials.token.clone())
-            .unwrap_or_default();
-        Ok(RequestContext::new(TenantId::new(tenant)?).with_token(token))
-    };
+    let ctx = |tenant: &str| crate::tenant_ctx(&tenants, tenant);
 
     let calm = |channel: Channel, ctx: RequestContext| async move {
         let mut caller = recommend::RecommendCaller::new(channel);
@@ -183,15 +173,7 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
 /// The flooding neighbour, run as `mesh-bench --flood URL` by [`run`]: tenant A's 32 callers at
 /// ~16 calls/s each (~500 calls/s, ten times its limit) until stdin closes.
 pub async fn flood(front_url: String) -> anyhow::Result<()> {
-    let tenants = Tenants::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenants"),
-        mesh_api::CONTRACTS,
-    )?;
-    let token = tenants
-        .get("mall")
-        .and_then(|t| t.credentials.token.clone())
-        .unwrap_or_default();
-    let mall = RequestContext::new(TenantId::new("mall")?).with_token(token);
+    let mall = crate::tenant_ctx(&crate::shipped_tenants()?, "mall")?;
     let channel = tonic::transport::Endpoint::from_shared(front_url)?
         .connect()
         .await?;

@@ -85,7 +85,7 @@ impl Probe {
 
 /// Figure 4 over `rounds` off/on rounds.
 pub async fn run(rounds: usize) -> anyhow::Result<Vec<Row>> {
-    let tenants = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tenants");
+    let tenants = crate::tenants_dir();
     let state = tempfile::tempdir()?;
     let mut up = tokio::process::Command::new(crate::memory::mesh_binary()?)
         .args(["up", "--listen", "127.0.0.1:0", "--tenants"])

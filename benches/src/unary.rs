@@ -3,7 +3,6 @@
 //! same service on a raw tonic server called by a raw tonic client.
 
 use std::{
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -137,14 +136,7 @@ async fn throughput(client: &Client, window: Duration) -> anyhow::Result<f64> {
 }
 
 pub async fn run(calls: usize, window: Duration) -> anyhow::Result<Vec<Row>> {
-    let tenants = Tenants::load(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenants"),
-        mesh_api::CONTRACTS,
-    )?;
-    let token = tenants
-        .get("mall")
-        .and_then(|t| t.credentials.token.clone())
-        .unwrap_or_default();
+    let tenants = crate::shipped_tenants()?;
     let raw_url = serve_raw().await?;
     let mesh_url = serve_mesh(&tenants).await?;
     let mut raw =
@@ -152,7 +144,7 @@ pub async fn run(calls: usize, window: Duration) -> anyhow::Result<Vec<Row>> {
     let mesh_channel = tonic::transport::Endpoint::from_shared(mesh_url)?
         .connect()
         .await?;
-    let ctx = RequestContext::new(TenantId::new("mall")?).with_token(token);
+    let ctx = crate::tenant_ctx(&tenants, "mall")?;
     let mut mesh = Client::Mesh(recommend::RecommendCaller::new(mesh_channel), ctx);
 
     let (raw_lat, mesh_lat) = (

@@ -41,10 +41,7 @@ struct Served {
 
 impl Served {
     fn new() -> Self {
-        let empty = Tenants {
-            tenants: Default::default(),
-            files: Default::default(),
-        };
+        let empty = Tenants::default();
         Self {
             ids: Default::default(),
             configs: Default::default(),
@@ -99,7 +96,7 @@ impl Served {
             .iter()
             .flat_map(|config| {
                 // one bulkhead per tenant and dependency, however many services call it
-                let dependencies: std::collections::BTreeSet<&String> = config
+                let dependencies: BTreeSet<&String> = config
                     .enabled_services()
                     .flat_map(|(_, service)| service.depends_on.iter())
                     .collect();
@@ -152,10 +149,7 @@ fn say(line: &str) {
 pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> anyhow::Result<()> {
     let all = Tenants::load(dir, mesh_api::CONTRACTS)?;
     let served = Served::new();
-    let mut mine = Tenants {
-        tenants: Default::default(),
-        files: Default::default(),
-    };
+    let mut mine = Tenants::default();
     for id in ids {
         let Some(config) = all.get(id) else {
             bail!("tenant {id:?} is not configured in {}", dir.display());

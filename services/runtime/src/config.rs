@@ -255,7 +255,7 @@ pub enum ConfigError {
 }
 
 /// Every tenant of a tenants folder, validated.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Tenants {
     /// By tenant id.
     pub tenants: BTreeMap<String, TenantConfig>,

@@ -671,10 +671,7 @@ mod tests {
 
     #[test]
     fn own_process_tenants_get_a_group_each_and_the_rest_share_one() {
-        let mut tenants = Tenants {
-            tenants: Default::default(),
-            files: Default::default(),
-        };
+        let mut tenants = Tenants::default();
         for (id, process) in [
             ("mall", ProcessIsolation::Shared),
             ("finance", ProcessIsolation::Own),

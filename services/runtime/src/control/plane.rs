@@ -115,10 +115,7 @@ pub fn initial_switches(
     for config in tenants.tenants.values() {
         let tenant = config.tenant_id();
         if saved.tenants.insert(tenant) {
-            let mut one = Tenants {
-                tenants: Default::default(),
-                files: Default::default(),
-            };
+            let mut one = Tenants::default();
             one.tenants.insert(config.id.clone(), config.clone());
             for switch in SwitchBoard::from_tenants(&one, Catalogue(&[])).list() {
                 board.turn_off(switch);
@@ -328,10 +325,7 @@ impl ControlPlane {
                 tenants.tenants.insert(config.id.clone(), config.clone());
                 tenants.files.insert(config.id.clone(), path);
             }
-            let mut one = Tenants {
-                tenants: Default::default(),
-                files: Default::default(),
-            };
+            let mut one = Tenants::default();
             one.tenants.insert(config.id.clone(), config.clone());
             for switch in SwitchBoard::from_tenants(&one, Catalogue(&[])).list() {
                 self.plane.board.turn_off(switch);

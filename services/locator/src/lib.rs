@@ -1,0 +1,172 @@
+//! The locator service: which access node (gateway) each connected terminal of a user is on,
+//! so the message service can push to every terminal of a receiver.
+//!
+//! Data isolation: the registry is keyed by the tenant of the authenticated
+//! [`RequestContext`]; a tenant can neither see nor unregister another tenant's terminals.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, RwLock},
+};
+
+use mesh_api::locator::v1::{self, locator_server::Locator};
+use mesh_contract::{RequestContext, TenantId};
+use tonic::{Request, Response, Status};
+
+/// Terminals of one user, by terminal id.
+type UserTerminals = BTreeMap<String, v1::TerminalLocation>;
+
+/// The service; clones share one registry.
+#[derive(Clone, Debug, Default)]
+pub struct LocatorService {
+    tenants: Arc<RwLock<HashMap<TenantId, HashMap<String, UserTerminals>>>>,
+}
+
+fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("{field} is required")))
+    } else {
+        Ok(value)
+    }
+}
+
+#[tonic::async_trait]
+impl Locator for LocatorService {
+    async fn register(
+        &self,
+        request: Request<v1::RegisterRequest>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
+        let ctx = RequestContext::from_request(&request)?;
+        let location = request
+            .into_inner()
+            .location
+            .ok_or_else(|| Status::invalid_argument("location is required"))?;
+        required("location.user_id", &location.user_id)?;
+        required("location.terminal_id", &location.terminal_id)?;
+        required("location.node_address", &location.node_address)?;
+        // a terminal that reconnects (here or on another node) replaces its old location
+        self.tenants
+            .write()
+            .expect("lock")
+            .entry(ctx.tenant)
+            .or_default()
+            .entry(location.user_id.clone())
+            .or_default()
+            .insert(location.terminal_id.clone(), location);
+        Ok(Response::new(v1::RegisterResponse {}))
+    }
+
+    async fn unregister(
+        &self,
+        request: Request<v1::UnregisterRequest>,
+    ) -> Result<Response<v1::UnregisterResponse>, Status> {
+        let ctx = RequestContext::from_request(&request)?;
+        let r = request.into_inner();
+        let mut tenants = self.tenants.write().expect("lock");
+        if let Some(terminals) = tenants
+            .get_mut(&ctx.tenant)
+            .and_then(|users| users.get_mut(&r.user_id))
+        {
+            // only the node the terminal is on may remove it: a late unregister from the node
+            // it left must not drop its new connection
+            if terminals
+                .get(&r.terminal_id)
+                .is_some_and(|l| l.node_id == r.node_id)
+            {
+                terminals.remove(&r.terminal_id);
+            }
+        }
+        Ok(Response::new(v1::UnregisterResponse {}))
+    }
+
+    async fn locate(
+        &self,
+        request: Request<v1::LocateRequest>,
+    ) -> Result<Response<v1::LocateResponse>, Status> {
+        let ctx = RequestContext::from_request(&request)?;
+        let terminals = self
+            .tenants
+            .read()
+            .expect("lock")
+            .get(&ctx.tenant)
+            .and_then(|users| users.get(&request.get_ref().user_id))
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default();
+        Ok(Response::new(v1::LocateResponse { terminals }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request<T>(tenant: &str, body: T) -> Request<T> {
+        let mut request = Request::new(body);
+        request
+            .extensions_mut()
+            .insert(RequestContext::new(TenantId::new(tenant).unwrap()));
+        request
+    }
+
+    fn location(terminal: &str, node: &str) -> v1::RegisterRequest {
+        v1::RegisterRequest {
+            location: Some(v1::TerminalLocation {
+                user_id: "bob".into(),
+                terminal_id: terminal.into(),
+                node_id: node.into(),
+                node_address: format!("http://{node}"),
+                ..Default::default()
+            }),
+        }
+    }
+
+    async fn located(service: &LocatorService, tenant: &str) -> Vec<(String, String)> {
+        let found = service
+            .locate(request(tenant, v1::LocateRequest { user_id: "bob".into() }))
+            .await
+            .unwrap()
+            .into_inner();
+        found
+            .terminals
+            .into_iter()
+            .map(|t| (t.terminal_id, t.node_id))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn terminals_are_located_per_tenant_and_moves_survive_late_unregisters() {
+        let service = LocatorService::default();
+        service.register(request("mall", location("phone", "a"))).await.unwrap();
+        service.register(request("mall", location("desktop", "a"))).await.unwrap();
+        assert_eq!(
+            located(&service, "mall").await,
+            [("desktop".into(), "a".into()), ("phone".into(), "a".into())]
+        );
+        assert!(located(&service, "paipai").await.is_empty(), "another tenant sees nothing");
+
+        // the phone moves to node b; node a's late unregister does not remove it
+        service.register(request("mall", location("phone", "b"))).await.unwrap();
+        let unregister = |node: &str| v1::UnregisterRequest {
+            user_id: "bob".into(),
+            terminal_id: "phone".into(),
+            node_id: node.into(),
+        };
+        service.unregister(request("mall", unregister("a"))).await.unwrap();
+        service.unregister(request("paipai", unregister("b"))).await.unwrap();
+        assert_eq!(
+            located(&service, "mall").await,
+            [("desktop".into(), "a".into()), ("phone".into(), "b".into())]
+        );
+        service.unregister(request("mall", unregister("b"))).await.unwrap();
+        assert_eq!(located(&service, "mall").await, [("desktop".into(), "a".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_registration_without_an_address_is_refused() {
+        let service = LocatorService::default();
+        let mut bad = location("phone", "a");
+        bad.location.as_mut().unwrap().node_address.clear();
+        let status = service.register(request("mall", bad)).await.unwrap_err();
+        assert_eq!(status.message(), "location.node_address is required");
+    }
+}

@@ -122,7 +122,12 @@ mod tests {
 
     async fn located(service: &LocatorService, tenant: &str) -> Vec<(String, String)> {
         let found = service
-            .locate(request(tenant, v1::LocateRequest { user_id: "bob".into() }))
+            .locate(request(
+                tenant,
+                v1::LocateRequest {
+                    user_id: "bob".into(),
+                },
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -136,29 +141,53 @@ mod tests {
     #[tokio::test]
     async fn terminals_are_located_per_tenant_and_moves_survive_late_unregisters() {
         let service = LocatorService::default();
-        service.register(request("mall", location("phone", "a"))).await.unwrap();
-        service.register(request("mall", location("desktop", "a"))).await.unwrap();
+        service
+            .register(request("mall", location("phone", "a")))
+            .await
+            .unwrap();
+        service
+            .register(request("mall", location("desktop", "a")))
+            .await
+            .unwrap();
         assert_eq!(
             located(&service, "mall").await,
             [("desktop".into(), "a".into()), ("phone".into(), "a".into())]
         );
-        assert!(located(&service, "paipai").await.is_empty(), "another tenant sees nothing");
+        assert!(
+            located(&service, "paipai").await.is_empty(),
+            "another tenant sees nothing"
+        );
 
         // the phone moves to node b; node a's late unregister does not remove it
-        service.register(request("mall", location("phone", "b"))).await.unwrap();
+        service
+            .register(request("mall", location("phone", "b")))
+            .await
+            .unwrap();
         let unregister = |node: &str| v1::UnregisterRequest {
             user_id: "bob".into(),
             terminal_id: "phone".into(),
             node_id: node.into(),
         };
-        service.unregister(request("mall", unregister("a"))).await.unwrap();
-        service.unregister(request("paipai", unregister("b"))).await.unwrap();
+        service
+            .unregister(request("mall", unregister("a")))
+            .await
+            .unwrap();
+        service
+            .unregister(request("paipai", unregister("b")))
+            .await
+            .unwrap();
         assert_eq!(
             located(&service, "mall").await,
             [("desktop".into(), "a".into()), ("phone".into(), "b".into())]
         );
-        service.unregister(request("mall", unregister("b"))).await.unwrap();
-        assert_eq!(located(&service, "mall").await, [("desktop".into(), "a".into())]);
+        service
+            .unregister(request("mall", unregister("b")))
+            .await
+            .unwrap();
+        assert_eq!(
+            located(&service, "mall").await,
+            [("desktop".into(), "a".into())]
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,233 @@
+//! The access node's side of the terminal streams.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use mesh_api::{
+    gateway::v1::{self, gateway_server::Gateway},
+    locator::v1 as locator,
+};
+use mesh_contract::{RequestContext, TenantId};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, transport::Channel};
+
+/// Pushes a terminal may have outstanding. A terminal that falls this far behind is
+/// disconnected (its stream ends): it reconnects and fetches what it missed as offline
+/// messages, instead of making the gateway hold an unbounded backlog.
+pub const PUSH_BUFFER: usize = 256;
+
+type Key = (TenantId, String, String);
+
+struct Connection {
+    id: u64,
+    pushes: mpsc::Sender<v1::Push>,
+}
+
+struct Inner {
+    node_id: String,
+    node_address: String,
+    locator: locator::LocatorCaller<Channel>,
+    connections: Mutex<HashMap<Key, Connection>>,
+    next_id: AtomicU64,
+}
+
+/// The service; clones share the connected terminals.
+#[derive(Clone)]
+pub struct GatewayService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for GatewayService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayService")
+            .field("node_id", &self.inner.node_id)
+            .field("node_address", &self.inner.node_address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayService {
+    /// An access node named `node_id`, reachable at `node_address` (what the locator hands
+    /// to the message service), registering terminals with the locator behind `locator`.
+    pub fn new(
+        node_id: impl Into<String>,
+        node_address: impl Into<String>,
+        locator: Channel,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                node_id: node_id.into(),
+                node_address: node_address.into(),
+                locator: locator::LocatorCaller::new(locator),
+                connections: Mutex::default(),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Terminals connected here, all tenants together.
+    pub fn connected(&self) -> usize {
+        self.inner.connections.lock().expect("lock").len()
+    }
+}
+
+impl Inner {
+    /// Forgets a connection if it is still the current one of its terminal.
+    fn detach(&self, key: &Key, id: u64) -> bool {
+        let mut connections = self.connections.lock().expect("lock");
+        if connections.get(key).is_some_and(|c| c.id == id) {
+            connections.remove(key);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The stream a terminal reads; dropping it (the terminal went away) detaches the terminal
+/// and unregisters it from the locator.
+struct PushStream {
+    pushes: ReceiverStream<v1::Push>,
+    detach: Option<(Arc<Inner>, Key, u64, RequestContext)>,
+}
+
+impl Stream for PushStream {
+    type Item = Result<v1::Push, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.pushes).poll_next(cx).map(|p| p.map(Ok))
+    }
+}
+
+impl Drop for PushStream {
+    fn drop(&mut self) {
+        let Some((inner, key, id, ctx)) = self.detach.take() else {
+            return;
+        };
+        if !inner.detach(&key, id) {
+            return; // replaced by a newer connection of the same terminal: it stays registered
+        }
+        unregister(inner, ctx, key);
+    }
+}
+
+/// Tells the locator, in the background, that a terminal left this node.
+fn unregister(inner: Arc<Inner>, ctx: RequestContext, key: Key) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let (_, user_id, terminal_id) = key;
+        let request = locator::UnregisterRequest {
+            user_id,
+            terminal_id,
+            node_id: inner.node_id.clone(),
+        };
+        if let Err(status) = inner.locator.clone().unregister(&ctx, request).await {
+            tracing::warn!(tenant = %ctx.tenant, error = %status, "unregistering a terminal failed");
+        }
+    });
+}
+
+fn required(field: &'static str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("{field} is required")))
+    } else {
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[tonic::async_trait]
+impl Gateway for GatewayService {
+    type AttachStream = Pin<Box<dyn Stream<Item = Result<v1::Push, Status>> + Send>>;
+
+    async fn attach(
+        &self,
+        request: Request<v1::AttachRequest>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let ctx = RequestContext::from_request(&request)?;
+        let r = request.into_inner();
+        required("user_id", &r.user_id)?;
+        required("terminal_id", &r.terminal_id)?;
+        let key: Key = (ctx.tenant.clone(), r.user_id.clone(), r.terminal_id.clone());
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(PUSH_BUFFER);
+        // reachable here before the locator sends anyone here; a reconnecting terminal's old
+        // stream ends as its sender is replaced
+        self.inner
+            .connections
+            .lock()
+            .expect("lock")
+            .insert(key.clone(), Connection { id, pushes: tx });
+        let stream = PushStream {
+            pushes: ReceiverStream::new(rx),
+            detach: Some((self.inner.clone(), key, id, ctx.clone())),
+        };
+        let location = locator::TerminalLocation {
+            user_id: r.user_id,
+            terminal_id: r.terminal_id,
+            kind: r.kind,
+            node_id: self.inner.node_id.clone(),
+            node_address: self.inner.node_address.clone(),
+            connected_at_ms: now_ms(),
+        };
+        // on failure the stream is dropped, which detaches the terminal again
+        self.inner
+            .locator
+            .clone()
+            .register(
+                &ctx,
+                locator::RegisterRequest {
+                    location: Some(location),
+                },
+            )
+            .await?;
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn deliver(
+        &self,
+        request: Request<v1::DeliverRequest>,
+    ) -> Result<Response<v1::DeliverResponse>, Status> {
+        let ctx = RequestContext::from_request(&request)?;
+        let r = request.into_inner();
+        let push = r
+            .push
+            .ok_or_else(|| Status::invalid_argument("push is required"))?;
+        let key: Key = (ctx.tenant.clone(), r.user_id, r.terminal_id);
+        let sent = {
+            let connections = self.inner.connections.lock().expect("lock");
+            connections
+                .get(&key)
+                .map(|c| (c.id, c.pushes.try_send(push)))
+        };
+        let delivered = match sent {
+            Some((_, Ok(()))) => true,
+            Some((id, Err(err))) => {
+                // gone or too far behind: drop the connection so the terminal reconnects
+                // and fetches what it missed
+                tracing::info!(tenant = %key.0, user = %key.1, terminal = %key.2, reason = %err, "terminal disconnected");
+                if self.inner.detach(&key, id) {
+                    unregister(self.inner.clone(), ctx, key);
+                }
+                false
+            }
+            None => false,
+        };
+        Ok(Response::new(v1::DeliverResponse { delivered }))
+    }
+}

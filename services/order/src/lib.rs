@@ -4,6 +4,10 @@
 //!
 //! Data isolation: every read and write goes through the store of the caller's tenant, taken
 //! from the authenticated [`RequestContext`]; no method can name another tenant.
+//!
+//! Events: with [`OrderService::with_events`], placing an order, changing its status and
+//! cancelling it publish `OrderCreated` / `OrderUpdated` / `OrderCancelled` on the contract
+//! major the tenant runs, so the message service can write them into the conversation.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -11,7 +15,7 @@ use std::{
 };
 
 use mesh_api::order::{v1, v2};
-use mesh_contract::{RequestContext, TenantId};
+use mesh_contract::{BusError, EventBus, RequestContext, TenantId};
 use tonic::{Request, Response, Status};
 
 /// An order as stored, independent of contract versions.
@@ -31,6 +35,8 @@ pub struct Order {
     pub currency: String,
     /// Creation time.
     pub created_at_ms: i64,
+    /// The conversation the order is discussed in, where its events show up.
+    pub conversation_id: String,
 }
 
 /// The in-process order store: one namespace per tenant.
@@ -78,22 +84,179 @@ impl OrderStore {
     }
 }
 
+/// Publishes a tenant's order events on the major it runs.
+#[derive(Clone)]
+struct Events {
+    v1: v1::OrderPublisher<Arc<dyn EventBus>>,
+    v2: v2::OrderPublisher<Arc<dyn EventBus>>,
+    majors: Arc<RwLock<HashMap<TenantId, u32>>>,
+}
+
+/// Why [`OrderService::place`] or [`OrderService::set_status`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    /// No such order in the tenant's store.
+    #[error("order {order_id:?} of tenant {tenant} does not exist")]
+    NotFound {
+        /// Whose.
+        tenant: TenantId,
+        /// Which.
+        order_id: String,
+    },
+    /// The order changed, but its event was not published.
+    #[error(
+        "order {order_id:?} of tenant {tenant} changed, but its event was not published: {source}"
+    )]
+    Event {
+        /// Whose.
+        tenant: TenantId,
+        /// Which.
+        order_id: String,
+        /// What the bus said.
+        #[source]
+        source: BusError,
+    },
+}
+
 /// The service, for both majors.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct OrderService {
     store: OrderStore,
+    events: Option<Events>,
+}
+
+impl std::fmt::Debug for OrderService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderService")
+            .field("store", &self.store)
+            .field("publishes_events", &self.events.is_some())
+            .finish()
+    }
 }
 
 impl OrderService {
-    /// The service over `store`.
+    /// The service over `store`, publishing no events.
     pub fn new(store: OrderStore) -> Self {
-        Self { store }
+        Self {
+            store,
+            events: None,
+        }
+    }
+
+    /// The service over `store`, publishing order events on `bus`.
+    pub fn with_events(store: OrderStore, bus: Arc<dyn EventBus>) -> Self {
+        Self {
+            store,
+            events: Some(Events {
+                v1: v1::OrderPublisher::new(bus.clone()),
+                v2: v2::OrderPublisher::new(bus),
+                majors: Arc::default(),
+            }),
+        }
+    }
+
+    /// Publishes `tenant`'s events on contract major `major` (1 unless set; from the tenant's
+    /// `services.order.version`).
+    pub fn set_major(&self, tenant: TenantId, major: u32) {
+        if let Some(events) = &self.events {
+            events.majors.write().expect("lock").insert(tenant, major);
+        }
+    }
+
+    /// Records a new order (placed at checkout, outside this platform) and announces it in
+    /// its conversation.
+    pub async fn place(&self, ctx: &RequestContext, order: Order) -> Result<(), OrderError> {
+        self.store.put(&ctx.tenant, order.clone());
+        let Some(events) = &self.events else {
+            return Ok(());
+        };
+        let published = match events.major(&ctx.tenant) {
+            2 => {
+                let event = v2::OrderCreated {
+                    conversation_id: order.conversation_id.clone(),
+                    order: Some(view_v2(order.clone())),
+                };
+                events.v2.publish(ctx, event).await
+            }
+            _ => {
+                let event = v1::OrderCreated {
+                    conversation_id: order.conversation_id.clone(),
+                    order: Some(view_v1(order.clone())),
+                };
+                events.v1.publish(ctx, event).await
+            }
+        };
+        published.map_err(|source| OrderError::Event {
+            tenant: ctx.tenant.clone(),
+            order_id: order.order_id,
+            source,
+        })
+    }
+
+    /// Moves an order to `status` (paid, shipped ...) and announces the change.
+    pub async fn set_status(
+        &self,
+        ctx: &RequestContext,
+        order_id: &str,
+        status: i32,
+    ) -> Result<Order, OrderError> {
+        let mut order =
+            self.store
+                .get(&ctx.tenant, order_id)
+                .ok_or_else(|| OrderError::NotFound {
+                    tenant: ctx.tenant.clone(),
+                    order_id: order_id.to_owned(),
+                })?;
+        let previous_status = order.status;
+        order.status = status;
+        self.store.put(&ctx.tenant, order.clone());
+        if let Some(events) = &self.events {
+            let published = match events.major(&ctx.tenant) {
+                2 => {
+                    let event = v2::OrderUpdated {
+                        order_id: order.order_id.clone(),
+                        user_id: order.user_id.clone(),
+                        previous_status,
+                        status,
+                        conversation_id: order.conversation_id.clone(),
+                    };
+                    events.v2.publish(ctx, event).await
+                }
+                _ => {
+                    let event = v1::OrderUpdated {
+                        order_id: order.order_id.clone(),
+                        user_id: order.user_id.clone(),
+                        previous_status,
+                        status,
+                        conversation_id: order.conversation_id.clone(),
+                    };
+                    events.v1.publish(ctx, event).await
+                }
+            };
+            published.map_err(|source| OrderError::Event {
+                tenant: ctx.tenant.clone(),
+                order_id: order_id.to_owned(),
+                source,
+            })?;
+        }
+        Ok(order)
     }
 
     fn find(&self, ctx: &RequestContext, order_id: &str) -> Result<Order, Status> {
         self.store.get(&ctx.tenant, order_id).ok_or_else(|| {
             Status::not_found(format!("order {order_id:?} of tenant {}", ctx.tenant))
         })
+    }
+}
+
+impl Events {
+    fn major(&self, tenant: &TenantId) -> u32 {
+        self.majors
+            .read()
+            .expect("lock")
+            .get(tenant)
+            .copied()
+            .unwrap_or(1)
     }
 }
 
@@ -204,6 +367,20 @@ impl v2::order_server::Order for OrderService {
         }
         order.status = v2::OrderStatus::Cancelled as i32;
         self.store.put(&ctx.tenant, order.clone());
+        if let Some(events) = &self.events {
+            let event = v2::OrderCancelled {
+                order_id: order.order_id.clone(),
+                user_id: order.user_id.clone(),
+                reason: request.get_ref().reason.clone(),
+                conversation_id: order.conversation_id.clone(),
+            };
+            events.v2.publish(&ctx, event).await.map_err(|err| {
+                Status::unavailable(format!(
+                    "order {:?} was cancelled, but its event was not published: {err}",
+                    order.order_id
+                ))
+            })?;
+        }
         Ok(Response::new(v2::CancelOrderResponse {
             order: Some(view_v2(order)),
         }))
@@ -299,5 +476,97 @@ mod tests {
             service.cancel_order(cancel()).await.unwrap_err().code(),
             tonic::Code::FailedPrecondition
         );
+    }
+
+    /// Records which events arrive, of which major.
+    struct Seen(tokio::sync::mpsc::UnboundedSender<String>);
+
+    impl v1::OrderHandler for Seen {
+        async fn on_order_created(
+            &self,
+            ctx: &RequestContext,
+            event: v1::OrderCreated,
+        ) -> Result<(), mesh_contract::HandlerError> {
+            let id = event.order.unwrap_or_default().order_id;
+            let _ = self.0.send(format!(
+                "{} v1 created {id} in {}",
+                ctx.tenant, event.conversation_id
+            ));
+            Ok(())
+        }
+    }
+
+    impl v2::OrderHandler for Seen {
+        async fn on_order_updated(
+            &self,
+            ctx: &RequestContext,
+            event: v2::OrderUpdated,
+        ) -> Result<(), mesh_contract::HandlerError> {
+            let _ = self.0.send(format!(
+                "{} v2 updated {} {:?}->{:?}",
+                ctx.tenant,
+                event.order_id,
+                event.previous_status(),
+                event.status()
+            ));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn order_events_go_out_on_the_major_each_tenant_runs() {
+        let bus: Arc<dyn EventBus> = Arc::new(mesh_embedded::EmbeddedBus::default());
+        let (mall, paipai) = (
+            TenantId::new("mall").unwrap(),
+            TenantId::new("paipai").unwrap(),
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _v1 = bus
+            .subscribe(v1::OrderConsumer::new(Seen(tx.clone())).subscription(mall.clone(), "t"))
+            .await
+            .unwrap();
+        let _v2 = bus
+            .subscribe(v2::OrderConsumer::new(Seen(tx)).subscription(paipai.clone(), "t"))
+            .await
+            .unwrap();
+        let service = OrderService::with_events(OrderStore::default(), bus);
+        service.set_major(paipai.clone(), 2);
+        let order = Order {
+            order_id: "o-1".into(),
+            conversation_id: "c-1".into(),
+            status: v2::OrderStatus::Paid as i32,
+            ..Default::default()
+        };
+        service
+            .place(&RequestContext::new(mall.clone()), order.clone())
+            .await
+            .unwrap();
+        assert_eq!(rx.recv().await.unwrap(), "mall v1 created o-1 in c-1");
+
+        let ctx = RequestContext::new(paipai.clone());
+        // paipai's placement goes out on v2, where this test handles updates only
+        service.place(&ctx, order).await.unwrap();
+        service
+            .set_status(&ctx, "o-1", v2::OrderStatus::Shipped as i32)
+            .await
+            .unwrap();
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            "paipai v2 updated o-1 Paid->Shipped"
+        );
+        assert_eq!(
+            store_status(&service, &paipai),
+            v2::OrderStatus::Shipped as i32
+        );
+
+        let err = service.set_status(&ctx, "o-404", 3).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "order \"o-404\" of tenant paipai does not exist"
+        );
+    }
+
+    fn store_status(service: &OrderService, tenant: &TenantId) -> i32 {
+        service.store.get(tenant, "o-1").unwrap().status
     }
 }

@@ -221,6 +221,44 @@ impl RequestContext {
     }
 }
 
+/// The credentials a node holds for the tenants it serves, which its services present on the
+/// calls they make for a tenant (message -> locator, gateway -> locator ...).
+///
+/// The runtime strips the credential a caller presented once it is checked, so it never
+/// travels further (not to other services, not into events); a service calling on acts with
+/// the node's credential for the same tenant instead.
+#[derive(Clone, Default)]
+pub struct ServiceCredentials {
+    tokens: Arc<std::sync::RwLock<std::collections::HashMap<TenantId, String>>>,
+}
+
+impl fmt::Debug for ServiceCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tenants: Vec<TenantId> = self.tokens.read().expect("lock").keys().cloned().collect();
+        f.debug_struct("ServiceCredentials")
+            .field("tenants", &tenants)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceCredentials {
+    /// Holds `token` for `tenant` from now on.
+    pub fn insert(&self, tenant: TenantId, token: impl Into<String>) {
+        self.tokens
+            .write()
+            .expect("lock")
+            .insert(tenant, token.into());
+    }
+
+    /// `ctx` (same tenant, request and trace) carrying the node's credential for its tenant,
+    /// for a call made on its behalf; without one if the node holds none.
+    pub fn outbound(&self, ctx: &RequestContext) -> RequestContext {
+        let mut out = ctx.clone();
+        out.token = self.tokens.read().expect("lock").get(&ctx.tenant).cloned();
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,5 +16,7 @@ pub mod bus;
 pub mod spec;
 
 pub use bus::{BusError, Dispatch, EventBus, HandlerError, Subscription, SubscriptionHandle};
-pub use context::{ContextError, RequestContext, TenantId, TraceContext, headers};
+pub use context::{
+    ContextError, RequestContext, ServiceCredentials, TenantId, TraceContext, headers,
+};
 pub use spec::{ContractSpec, DegradedAnswer, Event, EventSpec, MethodKind, MethodSpec, Tier};

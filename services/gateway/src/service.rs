@@ -14,7 +14,7 @@ use mesh_api::{
     gateway::v1::{self, gateway_server::Gateway},
     locator::v1 as locator,
 };
-use mesh_contract::{RequestContext, TenantId};
+use mesh_contract::{RequestContext, ServiceCredentials, TenantId};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, transport::Channel};
@@ -35,6 +35,7 @@ struct Inner {
     node_id: String,
     node_address: String,
     locator: locator::LocatorCaller<Channel>,
+    credentials: ServiceCredentials,
     connections: Mutex<HashMap<Key, Connection>>,
     next_id: AtomicU64,
 }
@@ -56,17 +57,20 @@ impl std::fmt::Debug for GatewayService {
 
 impl GatewayService {
     /// An access node named `node_id`, reachable at `node_address` (what the locator hands
-    /// to the message service), registering terminals with the locator behind `locator`.
+    /// to the message service), registering terminals with the locator behind `locator` with
+    /// the tenant's `credentials`.
     pub fn new(
         node_id: impl Into<String>,
         node_address: impl Into<String>,
         locator: Channel,
+        credentials: ServiceCredentials,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 node_id: node_id.into(),
                 node_address: node_address.into(),
                 locator: locator::LocatorCaller::new(locator),
+                credentials,
                 connections: Mutex::default(),
                 next_id: AtomicU64::new(1),
             }),
@@ -175,7 +179,12 @@ impl Gateway for GatewayService {
             .insert(key.clone(), Connection { id, pushes: tx });
         let stream = PushStream {
             pushes: ReceiverStream::new(rx),
-            detach: Some((self.inner.clone(), key, id, ctx.clone())),
+            detach: Some((
+                self.inner.clone(),
+                key,
+                id,
+                self.inner.credentials.outbound(&ctx),
+            )),
         };
         let location = locator::TerminalLocation {
             user_id: r.user_id,
@@ -190,7 +199,7 @@ impl Gateway for GatewayService {
             .locator
             .clone()
             .register(
-                &ctx,
+                &self.inner.credentials.outbound(&ctx),
                 locator::RegisterRequest {
                     location: Some(location),
                 },
@@ -222,6 +231,7 @@ impl Gateway for GatewayService {
                 // and fetches what it missed
                 tracing::info!(tenant = %key.0, user = %key.1, terminal = %key.2, reason = %err, "terminal disconnected");
                 if self.inner.detach(&key, id) {
+                    let ctx = self.inner.credentials.outbound(&ctx);
                     unregister(self.inner.clone(), ctx, key);
                 }
                 false

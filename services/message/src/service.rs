@@ -10,7 +10,7 @@ use mesh_api::{
     locator::v1 as locator,
     message::v1::{self as message, message_server::Message},
 };
-use mesh_contract::{EventBus, RequestContext, TenantId};
+use mesh_contract::{EventBus, RequestContext, ServiceCredentials, TenantId};
 use tonic::{Request, Response, Status, transport::Channel};
 
 use crate::{MessageSettings, now_ms};
@@ -75,6 +75,7 @@ struct Inner {
     locator: locator::LocatorCaller<Channel>,
     gateways: Mutex<HashMap<String, gateway::GatewayCaller<Channel>>>,
     events: message::MessagePublisher<Arc<dyn EventBus>>,
+    credentials: ServiceCredentials,
 }
 
 /// The service; clones share state. Tenants are added with [`MessageService::add_tenant`];
@@ -107,14 +108,16 @@ struct Pushed {
 
 impl MessageService {
     /// A service that finds terminals through the locator behind `locator`, reaches gateways
-    /// at the addresses the locator gives, and publishes its events on `bus`.
-    pub fn new(locator: Channel, bus: Arc<dyn EventBus>) -> Self {
+    /// at the addresses the locator gives (calling both with the tenant's `credentials`), and
+    /// publishes its events on `bus`.
+    pub fn new(locator: Channel, bus: Arc<dyn EventBus>, credentials: ServiceCredentials) -> Self {
         Self {
             inner: Arc::new(Inner {
                 tenants: RwLock::default(),
                 locator: locator::LocatorCaller::new(locator),
                 gateways: Mutex::default(),
                 events: message::MessagePublisher::new(bus),
+                credentials,
             }),
         }
     }
@@ -272,6 +275,7 @@ impl MessageService {
         skip: Option<&str>,
         push: gateway::Push,
     ) -> Pushed {
+        let ctx = &self.inner.credentials.outbound(ctx);
         let located = self
             .inner
             .locator

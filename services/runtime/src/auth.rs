@@ -77,12 +77,7 @@ impl TenantDirectory {
 
     /// Serves a (validated) tenant from now on, replacing its credential if it was served.
     pub fn add(&self, config: &TenantConfig) {
-        let token = match (&config.credentials.token, &config.credentials.token_env) {
-            (Some(token), _) => token.clone(),
-            (None, Some(var)) => std::env::var(var).unwrap_or_default(),
-            (None, None) => String::new(),
-        };
-        self.insert(config.tenant_id(), token);
+        self.insert(config.tenant_id(), config.credentials.resolve());
     }
 
     /// Serves `tenant` with `token`.

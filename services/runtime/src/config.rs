@@ -82,6 +82,18 @@ pub struct Credentials {
     pub token_env: Option<String>,
 }
 
+impl Credentials {
+    /// The credential itself: `token`, else the value of `token_env` (empty when neither is
+    /// set, which no caller can match).
+    pub fn resolve(&self) -> String {
+        match (&self.token, &self.token_env) {
+            (Some(token), _) => token.clone(),
+            (None, Some(var)) => std::env::var(var).unwrap_or_default(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
 /// One service as a tenant runs it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -1,0 +1,371 @@
+//! The customer-service platform on one node: gateway, locator, message, order and recommend,
+//! wired together for the tenants the node serves.
+//!
+//! The services find each other over HTTP/2 through this node's own address (the gateway
+//! registers terminals under it; the message service reaches the locator and gateways at
+//! it), so the same wiring works when they are split across processes. Events go over the
+//! [`EventBus`] given (the embedded bus or RabbitMQ) and data into the
+//! [`MessageStore`] given (embedded or PostgreSQL): the node knows neither.
+//!
+//! What differs between tenants comes from their [`TenantConfig`] only:
+//! `services.message.settings` (retention, body limit), `services.order.version` (which
+//! major its order events use), `services.recommend.settings.max_suggestions`, and which
+//! services are enabled at all.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use mesh_api::{gateway, locator, message, order, recommend};
+use mesh_contract::{BusError, EventBus, ServiceCredentials, SubscriptionHandle, TenantId};
+use mesh_gateway::GatewayService;
+use mesh_locator::LocatorService;
+use mesh_message::{Archive, MessageService, MessageSettings, SystemMessages};
+use mesh_order::{OrderService, OrderStore};
+use mesh_recommend::RecommendService;
+use mesh_runtime::{
+    TenantAuthLayer, TenantConfig, TenantDirectory, Tenants,
+    layers::{AdmitLayer, Catalogue, DeadlineLayer, ServicePlan, SwitchBoard},
+};
+use mesh_store::{MessageStore, StoreError};
+use tonic::{service::Routes, transport::Channel};
+
+/// Every contract the platform serves, as the runtime's layers look methods up.
+pub const CATALOGUE: Catalogue = Catalogue(mesh_api::CONTRACTS);
+
+/// Consumer (queue) name of the storage consumer.
+pub const STORAGE_CONSUMER: &str = "storage";
+/// Consumer (queue) name of the message service's order-event consumer.
+pub const MESSAGE_CONSUMER: &str = "message";
+
+/// Why a tenant could not be added to the node.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// A service setting in the tenant's config has an unusable value.
+    #[error("tenant {tenant}: {field}: {message}")]
+    Setting {
+        /// Whose config.
+        tenant: TenantId,
+        /// The key, as written in the tenant file.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The tenant's data namespace could not be opened.
+    #[error("tenant {tenant}: opening data namespace {namespace:?}: {source}")]
+    Store {
+        /// Whose data.
+        tenant: TenantId,
+        /// Its namespace.
+        namespace: String,
+        /// What the store said.
+        #[source]
+        source: StoreError,
+    },
+    /// A consumer could not subscribe.
+    #[error("tenant {tenant}: subscribing {consumer} to {contract} events: {source}")]
+    Subscribe {
+        /// Whose events.
+        tenant: TenantId,
+        /// The consumer.
+        consumer: String,
+        /// The contract whose events it wanted.
+        contract: &'static str,
+        /// What the bus said.
+        #[source]
+        source: BusError,
+    },
+}
+
+/// The services of one node and the subscriptions that keep its events flowing.
+pub struct Platform {
+    locator: LocatorService,
+    gateway: GatewayService,
+    messages: MessageService,
+    orders: OrderService,
+    recommend: RecommendService,
+    archive: Archive,
+    bus: Arc<dyn EventBus>,
+    credentials: ServiceCredentials,
+    consumer_suffix: String,
+    settings: Mutex<HashMap<TenantId, MessageSettings>>,
+    subscriptions: Mutex<Vec<SubscriptionHandle>>,
+}
+
+impl std::fmt::Debug for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Platform")
+            .field("gateway", &self.gateway)
+            .field("tenants", &self.settings.lock().expect("lock").len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Platform {
+    /// The services of node `node_id`, which serves them at `address`; must be called inside
+    /// a tokio runtime (channels to `address` connect lazily).
+    pub fn new(
+        node_id: &str,
+        address: SocketAddr,
+        bus: Arc<dyn EventBus>,
+        store: Arc<dyn MessageStore>,
+    ) -> Self {
+        let url = format!("http://{address}");
+        let own = Channel::from_shared(url.clone())
+            .expect("a socket address is a valid URI")
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let credentials = ServiceCredentials::default();
+        Self {
+            locator: LocatorService::default(),
+            gateway: GatewayService::new(node_id, url, own.clone(), credentials.clone()),
+            messages: MessageService::new(own, bus.clone(), credentials.clone()),
+            orders: OrderService::with_events(OrderStore::default(), bus.clone()),
+            recommend: RecommendService::new(
+                Default::default(),
+                RecommendService::sample_catalogue(),
+            ),
+            archive: Archive::new(store),
+            bus,
+            credentials,
+            consumer_suffix: String::new(),
+            settings: Mutex::default(),
+            subscriptions: Mutex::default(),
+        }
+    }
+
+    /// Appends `suffix` to the consumer names (`storage<suffix>`, `message<suffix>`): several
+    /// independent nodes on one broker (tests) each get queues of their own.
+    pub fn with_consumer_suffix(mut self, suffix: &str) -> Self {
+        self.consumer_suffix = suffix.to_owned();
+        self
+    }
+
+    /// Serves a tenant: opens its data namespace, applies its settings and subscribes its
+    /// consumers. Only the services its config enables are set up for it.
+    pub async fn add_tenant(&self, config: &TenantConfig) -> Result<(), PlatformError> {
+        let tenant = config.tenant_id();
+        self.credentials
+            .insert(tenant.clone(), config.credentials.resolve());
+        let enabled: HashMap<&str, &mesh_runtime::config::ServiceConfig> =
+            config.enabled_services().collect();
+        if let Some(service) = enabled.get("recommend") {
+            if let Some(max) = positive(&tenant, service, "recommend", "max_suggestions")? {
+                self.recommend
+                    .set_max_suggestions(tenant.clone(), u32::try_from(max).unwrap_or(u32::MAX));
+            }
+        }
+        let order_major = match enabled.get("order") {
+            Some(service) => {
+                let major = major(&tenant, service)?;
+                self.orders.set_major(tenant.clone(), major);
+                Some(major)
+            }
+            None => None,
+        };
+        let Some(service) = enabled.get("message") else {
+            return Ok(());
+        };
+        let mut settings = MessageSettings::default();
+        if let Some(days) = positive(&tenant, service, "message", "retention_days")? {
+            settings.retention_days = u32::try_from(days).unwrap_or(u32::MAX);
+        }
+        if let Some(bytes) = positive(&tenant, service, "message", "max_body_bytes")? {
+            settings.max_body_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        }
+        self.archive
+            .store()
+            .open(&tenant, &config.data_namespace)
+            .await
+            .map_err(|source| PlatformError::Store {
+                tenant: tenant.clone(),
+                namespace: config.data_namespace.clone(),
+                source,
+            })?;
+        self.messages.add_tenant(tenant.clone(), settings);
+
+        // storage first: a message event published from now on has a queue to land in
+        let storage = format!("{STORAGE_CONSUMER}{}", self.consumer_suffix);
+        let mut handles = vec![
+            self.subscribe(
+                message::v1::MessageConsumer::new(self.archive.clone())
+                    .subscription(tenant.clone(), storage),
+                "message.v1",
+            )
+            .await?,
+        ];
+        let consumer = format!("{MESSAGE_CONSUMER}{}", self.consumer_suffix);
+        let system = SystemMessages::new(self.messages.clone());
+        match order_major {
+            Some(2) => handles.push(
+                self.subscribe(
+                    order::v2::OrderConsumer::new(system).subscription(tenant.clone(), consumer),
+                    "order.v2",
+                )
+                .await?,
+            ),
+            Some(_) => handles.push(
+                self.subscribe(
+                    order::v1::OrderConsumer::new(system).subscription(tenant.clone(), consumer),
+                    "order.v1",
+                )
+                .await?,
+            ),
+            None => {}
+        }
+        self.subscriptions.lock().expect("lock").extend(handles);
+        self.settings.lock().expect("lock").insert(tenant, settings);
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        subscription: mesh_contract::Subscription,
+        contract: &'static str,
+    ) -> Result<SubscriptionHandle, PlatformError> {
+        let (tenant, consumer) = (subscription.tenant.clone(), subscription.consumer.clone());
+        self.bus
+            .subscribe(subscription)
+            .await
+            .map_err(|source| PlatformError::Subscribe {
+                tenant,
+                consumer,
+                contract,
+                source,
+            })
+    }
+
+    /// Every service's tonic server, to put behind the runtime's layers.
+    pub fn routes(&self) -> Routes {
+        Routes::new(locator::v1::locator_server::LocatorServer::new(
+            self.locator.clone(),
+        ))
+        .add_service(gateway::v1::gateway_server::GatewayServer::new(
+            self.gateway.clone(),
+        ))
+        .add_service(message::v1::message_server::MessageServer::new(
+            self.messages.clone(),
+        ))
+        .add_service(order::v1::order_server::OrderServer::new(
+            self.orders.clone(),
+        ))
+        .add_service(order::v2::order_server::OrderServer::new(
+            self.orders.clone(),
+        ))
+        .add_service(recommend::v1::recommend_server::RecommendServer::new(
+            self.recommend.clone(),
+        ))
+    }
+
+    /// Serves the platform on `listener` until `shutdown` resolves, behind the runtime's
+    /// inbound checks for `tenants`: a span per call, tenant authentication, degradation
+    /// `switches`, the tenant's service plan, contract deadlines. (`mesh up`'s workers add
+    /// rate limits, cached answers and per-tenant runtimes around the same routes.)
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        tenants: &Tenants,
+        switches: SwitchBoard,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let directory = TenantDirectory::default();
+        for config in tenants.tenants.values() {
+            directory.add(config);
+        }
+        tonic::transport::Server::builder()
+            .layer(mesh_telemetry::TraceLayer::server(mesh_api::CONTRACTS))
+            .layer(TenantAuthLayer::new(directory))
+            .layer(AdmitLayer::new(switches))
+            .layer(AdmitLayer::new(ServicePlan::from_tenants(
+                tenants, CATALOGUE,
+            )))
+            .layer(DeadlineLayer::new(CATALOGUE))
+            .add_routes(self.routes())
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                shutdown,
+            )
+            .await
+    }
+
+    /// The order service (orders are placed by checkout, outside the platform: this is
+    /// where the demo and tests place them).
+    pub fn orders(&self) -> &OrderService {
+        &self.orders
+    }
+
+    /// The gateway of this node.
+    pub fn gateway(&self) -> &GatewayService {
+        &self.gateway
+    }
+
+    /// The storage consumer, and through it the store.
+    pub fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
+    /// A served tenant's message settings.
+    pub fn message_settings(&self, tenant: &TenantId) -> Option<MessageSettings> {
+        self.settings.lock().expect("lock").get(tenant).copied()
+    }
+
+    /// Deletes, for every served tenant, the stored messages its retention no longer keeps;
+    /// returns how many per tenant.
+    pub async fn purge_expired(&self, now_ms: i64) -> Result<Vec<(TenantId, u64)>, StoreError> {
+        let tenants: Vec<(TenantId, MessageSettings)> = self
+            .settings
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(t, s)| (t.clone(), *s))
+            .collect();
+        let mut purged = Vec::with_capacity(tenants.len());
+        for (tenant, settings) in tenants {
+            let n = self
+                .archive
+                .purge_expired(&tenant, &settings, now_ms)
+                .await?;
+            purged.push((tenant, n));
+        }
+        purged.sort();
+        Ok(purged)
+    }
+}
+
+/// `services.<service>.settings.<key>` as a positive integer, if set.
+fn positive(
+    tenant: &TenantId,
+    service: &mesh_runtime::config::ServiceConfig,
+    name: &str,
+    key: &str,
+) -> Result<Option<i128>, PlatformError> {
+    let Some(value) = service.settings.get(key) else {
+        return Ok(None);
+    };
+    match value.to_i128() {
+        Some(n) if n > 0 => Ok(Some(n)),
+        _ => Err(PlatformError::Setting {
+            tenant: tenant.clone(),
+            field: format!("services.{name}.settings.{key}"),
+            message: format!("{value:?} is not a positive whole number"),
+        }),
+    }
+}
+
+/// `services.order.version` as a major number (`v2` -> 2).
+fn major(
+    tenant: &TenantId,
+    service: &mesh_runtime::config::ServiceConfig,
+) -> Result<u32, PlatformError> {
+    service
+        .version
+        .strip_prefix('v')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| PlatformError::Setting {
+            tenant: tenant.clone(),
+            field: "services.order.version".into(),
+            message: format!("{:?} is not a major version like \"v1\"", service.version),
+        })
+}

@@ -1,0 +1,443 @@
+//! The customer-service platform end to end, over real sockets: terminals hold gRPC streams
+//! to the gateway, the message service reaches locator and gateways over HTTP/2, events go
+//! over the embedded bus or RabbitMQ, data into the embedded store or PostgreSQL. Every
+//! scenario runs once for each shipped tenant (`tenants/*.toml`).
+
+mod support;
+
+use std::sync::Arc;
+
+use mesh_api::{
+    gateway::v1::{Push, push::Payload},
+    message::v1::{ChatMessage, MessageKind, ReadReceipt},
+    order::v2::OrderStatus,
+};
+use mesh_contract::TenantId;
+use mesh_order::Order;
+use mesh_store::{MemoryStore, MessageStore, Saved, StoreError, StoredMessage, StoredReceipt};
+use support::{Bus, Node, Store, eventually, next, run_id};
+use tokio::sync::Semaphore;
+
+fn chat(push: Push) -> ChatMessage {
+    match push.payload {
+        Some(Payload::Message(m)) => m,
+        other => panic!("expected a chat message, got {other:?}"),
+    }
+}
+
+fn receipt(push: Push) -> ReadReceipt {
+    match push.payload {
+        Some(Payload::Receipt(r)) => r,
+        other => panic!("expected a read receipt, got {other:?}"),
+    }
+}
+
+/// Ids of one test run, so tests sharing the broker never meet.
+struct Ids(String);
+
+impl Ids {
+    fn new() -> Self {
+        Self(run_id())
+    }
+    fn of(&self, name: &str) -> String {
+        format!("{name}-{}", self.0)
+    }
+}
+
+async fn stored(node: &Node, tenant: &str, conversation: &str) -> Vec<StoredMessage> {
+    node.store
+        .history(&TenantId::new(tenant).unwrap(), conversation, 0, 100)
+        .await
+        .unwrap()
+}
+
+async fn delivers_to_every_online_terminal(tenant: &str) {
+    let node = Node::start(Bus::Embedded, Store::Embedded).await;
+    let ids = Ids::new();
+    let (alice, bob, conv) = (ids.of("alice"), ids.of("bob"), ids.of("conv"));
+    let mut phone = node.terminal(tenant, &bob, "phone").await;
+    let mut desktop = node.terminal(tenant, &bob, "desktop").await;
+    let mut sender = node.terminal(tenant, &alice, "web").await;
+
+    let sent = sender.send(&conv, &bob, "hello bob", "c-1").await.unwrap();
+    let mut delivered = sent.delivered_terminals.clone();
+    delivered.sort();
+    assert_eq!(delivered, ["desktop", "phone"]);
+    assert!(sent.offline_terminals.is_empty(), "{sent:?}");
+    let message = sent.message.unwrap();
+    assert_eq!((message.seq, message.kind()), (1, MessageKind::Text));
+    for terminal in [&mut phone, &mut desktop] {
+        let got = chat(next(terminal).await);
+        assert_eq!(
+            (got.message_id.as_str(), got.body.as_str()),
+            (message.message_id.as_str(), "hello bob")
+        );
+    }
+
+    // a retried send (same client_msg_id) is the same message, not a second one
+    let retried = sender.send(&conv, &bob, "hello bob", "c-1").await.unwrap();
+    assert_eq!(retried.message.unwrap().message_id, message.message_id);
+    let second = sender
+        .send(&conv, &bob, "still there?", "c-2")
+        .await
+        .unwrap();
+    assert_eq!(second.message.unwrap().seq, 2);
+    assert_eq!(chat(next(&mut phone).await).body, "still there?");
+    node.finish().await;
+}
+
+async fn offline_messages_arrive_in_order_on_reconnect(tenant: &str) {
+    let node = Node::start(Bus::Embedded, Store::Embedded).await;
+    let ids = Ids::new();
+    let (alice, bob, conv) = (ids.of("alice"), ids.of("bob"), ids.of("conv"));
+    let mut sender = node.terminal(tenant, &alice, "web").await;
+    let desktop = node.terminal(tenant, &bob, "desktop").await;
+    drop(desktop); // bob closes the app
+    node.wait_connected(1).await;
+
+    for (i, body) in ["one", "two", "three"].iter().enumerate() {
+        let sent = sender
+            .send(&conv, &bob, body, &format!("m{i}"))
+            .await
+            .unwrap();
+        assert!(sent.delivered_terminals.is_empty(), "{sent:?}");
+        assert_eq!(
+            sent.offline_terminals,
+            ["desktop"],
+            "kept for the terminal bob has"
+        );
+    }
+
+    let mut desktop = node.terminal(tenant, &bob, "desktop").await;
+    assert_eq!(desktop.missed(), 3);
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let m = chat(next(&mut desktop).await);
+        bodies.push((m.seq, m.body));
+    }
+    assert_eq!(
+        bodies,
+        [(1, "one".into()), (2, "two".into()), (3, "three".into())]
+    );
+    // live again: the next one is pushed
+    sender.send(&conv, &bob, "four", "m3").await.unwrap();
+    assert_eq!(chat(next(&mut desktop).await).seq, 4);
+
+    // all four were acknowledged by the desktop: nothing is missed after another reconnect
+    drop(desktop);
+    node.wait_connected(1).await;
+    let desktop = node.terminal(tenant, &bob, "desktop").await;
+    assert_eq!(desktop.missed(), 0);
+    // a phone bob never used gets what no terminal of his acknowledged yet: nothing here
+    node.finish().await;
+}
+
+async fn read_receipts_reach_other_terminals_and_the_sender(tenant: &str) {
+    let node = Node::start(Bus::Embedded, Store::Embedded).await;
+    let ids = Ids::new();
+    let (alice, bob, conv) = (ids.of("alice"), ids.of("bob"), ids.of("conv"));
+    let mut phone = node.terminal(tenant, &bob, "phone").await;
+    let mut desktop = node.terminal(tenant, &bob, "desktop").await;
+    let mut sender = node.terminal(tenant, &alice, "web").await;
+    for (i, body) in ["a", "b"].iter().enumerate() {
+        sender
+            .send(&conv, &bob, body, &format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    for terminal in [&mut phone, &mut desktop] {
+        assert_eq!(chat(next(terminal).await).seq, 1);
+        assert_eq!(chat(next(terminal).await).seq, 2);
+    }
+
+    let read = phone.mark_read(&conv, 2).await.unwrap().unwrap();
+    assert_eq!((read.reader.as_str(), read.up_to_seq), (bob.as_str(), 2));
+    for terminal in [&mut desktop, &mut sender] {
+        let synced = receipt(next(terminal).await);
+        assert_eq!(
+            (
+                synced.conversation_id.as_str(),
+                synced.reader.as_str(),
+                synced.up_to_seq
+            ),
+            (conv.as_str(), bob.as_str(), 2)
+        );
+    }
+    // the phone that read gets no receipt of its own: its next push is the next message
+    sender.send(&conv, &bob, "c", "m2").await.unwrap();
+    assert_eq!(chat(next(&mut phone).await).seq, 3);
+
+    // the receipt is persisted too, through its event
+    let t = TenantId::new(tenant).unwrap();
+    eventually("the read receipt to be stored", || async {
+        node.store
+            .receipt(&t, &conv, &bob)
+            .await
+            .unwrap()
+            .map(|r| r.up_to_seq)
+            == Some(2)
+    })
+    .await;
+    // reading a conversation one is not in is refused, naming it
+    let err = sender.mark_read(&ids.of("elsewhere"), 1).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(
+        err.message().contains(&format!("in tenant {tenant}")),
+        "{err:?}"
+    );
+    node.finish().await;
+}
+
+/// A store whose message saves wait until the test opens the gate.
+struct GatedStore {
+    inner: MemoryStore,
+    gate: Semaphore,
+}
+
+#[async_trait::async_trait]
+impl MessageStore for GatedStore {
+    async fn open(&self, tenant: &TenantId, namespace: &str) -> Result<(), StoreError> {
+        self.inner.open(tenant, namespace).await
+    }
+    async fn save_message(&self, t: &TenantId, m: &StoredMessage) -> Result<Saved, StoreError> {
+        let _pass = self.gate.acquire().await.expect("gate");
+        self.inner.save_message(t, m).await
+    }
+    async fn history(
+        &self,
+        t: &TenantId,
+        c: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.inner.history(t, c, after, limit).await
+    }
+    async fn save_receipt(&self, t: &TenantId, r: &StoredReceipt) -> Result<(), StoreError> {
+        self.inner.save_receipt(t, r).await
+    }
+    async fn receipt(
+        &self,
+        t: &TenantId,
+        c: &str,
+        reader: &str,
+    ) -> Result<Option<StoredReceipt>, StoreError> {
+        self.inner.receipt(t, c, reader).await
+    }
+    async fn purge_before(&self, t: &TenantId, cutoff: i64) -> Result<u64, StoreError> {
+        self.inner.purge_before(t, cutoff).await
+    }
+}
+
+async fn persistence_is_asynchronous_over_rabbitmq(tenant: &str) {
+    let gated = Arc::new(GatedStore {
+        inner: MemoryStore::default(),
+        gate: Semaphore::new(0),
+    });
+    let node = Node::start_with_store(Bus::RabbitMq, Store::Embedded, Some(gated.clone())).await;
+    let ids = Ids::new();
+    let (alice, bob, conv) = (ids.of("alice"), ids.of("bob"), ids.of("conv"));
+    let mut phone = node.terminal(tenant, &bob, "phone").await;
+    let mut sender = node.terminal(tenant, &alice, "web").await;
+
+    // storage is blocked, yet the send completes and the message is delivered
+    let sent = sender
+        .send(&conv, &bob, "stored later", "m0")
+        .await
+        .unwrap();
+    assert_eq!(sent.delivered_terminals, ["phone"]);
+    assert_eq!(chat(next(&mut phone).await).body, "stored later");
+    assert!(
+        stored(&node, tenant, &conv).await.is_empty(),
+        "not stored yet: the gate is shut"
+    );
+
+    gated.gate.add_permits(1_000);
+    eventually(
+        "the message to be stored from its MessageSent event",
+        || async { stored(&node, tenant, &conv).await.len() == 1 },
+    )
+    .await;
+    let row = stored(&node, tenant, &conv).await.remove(0);
+    assert_eq!(
+        (row.message_id, row.body),
+        (sent.message.unwrap().message_id, "stored later".into())
+    );
+    node.finish().await;
+}
+
+async fn an_order_event_becomes_a_system_message_over_rabbitmq(tenant: &str) {
+    let node = Node::start(Bus::RabbitMq, Store::Embedded).await;
+    let ids = Ids::new();
+    let (bob, conv, order_id) = (ids.of("bob"), ids.of("conv"), ids.of("o"));
+    let mut desktop = node.terminal(tenant, &bob, "desktop").await;
+
+    let ctx = node.ctx(tenant);
+    let order = Order {
+        order_id: order_id.clone(),
+        user_id: bob.clone(),
+        merchant_id: "shop-1".into(),
+        status: OrderStatus::Paid as i32,
+        total_minor: 12900,
+        currency: "CNY".into(),
+        created_at_ms: 0,
+        conversation_id: conv.clone(),
+    };
+    node.platform.orders().place(&ctx, order).await.unwrap();
+    let placed = chat(next(&mut desktop).await);
+    assert_eq!(placed.kind(), MessageKind::System);
+    assert_eq!(placed.from_user, mesh_message::SYSTEM_SENDER);
+    assert_eq!(
+        placed.body,
+        format!("Order {order_id} was placed: CNY 129.00")
+    );
+    assert_eq!(
+        (placed.conversation_id.as_str(), placed.seq),
+        (conv.as_str(), 1)
+    );
+
+    node.platform
+        .orders()
+        .set_status(&ctx, &order_id, OrderStatus::Shipped as i32)
+        .await
+        .unwrap();
+    let shipped = chat(next(&mut desktop).await);
+    assert_eq!(
+        shipped.body,
+        format!("Order {order_id} is now shipped (was paid)")
+    );
+
+    eventually("both system messages to be stored", || async {
+        stored(&node, tenant, &conv).await.len() == 2
+    })
+    .await;
+    let kinds: Vec<i32> = stored(&node, tenant, &conv)
+        .await
+        .iter()
+        .map(|m| m.kind)
+        .collect();
+    assert_eq!(kinds, [MessageKind::System as i32; 2]);
+    node.finish().await;
+}
+
+/// The tested tenant and another one use the same user and conversation ids on one node;
+/// neither sees the other's messages, pushed or stored.
+async fn tenant_data_stays_in_its_namespace(tenant: &str, store: Store) {
+    let postgres = matches!(store, Store::Postgres);
+    let node = Node::start(Bus::Embedded, store).await;
+    let other = support::SHIPPED.iter().find(|t| **t != tenant).unwrap();
+    let ids = Ids::new();
+    let (alice, bob, conv) = (ids.of("alice"), ids.of("bob"), ids.of("conv"));
+    let mut mine = node.terminal(tenant, &bob, "phone").await;
+    let mut theirs = node.terminal(other, &bob, "phone").await;
+    let mut my_sender = node.terminal(tenant, &alice, "web").await;
+    let mut their_sender = node.terminal(other, &alice, "web").await;
+
+    their_sender
+        .send(&conv, &bob, &format!("for {other} only"), "m")
+        .await
+        .unwrap();
+    my_sender
+        .send(&conv, &bob, &format!("for {tenant} only"), "m")
+        .await
+        .unwrap();
+    assert_eq!(
+        chat(next(&mut mine).await).body,
+        format!("for {tenant} only")
+    );
+    assert_eq!(
+        chat(next(&mut theirs).await).body,
+        format!("for {other} only")
+    );
+
+    eventually("both tenants' messages to be stored", || async {
+        stored(&node, tenant, &conv).await.len() == 1
+            && stored(&node, other, &conv).await.len() == 1
+    })
+    .await;
+    assert_eq!(
+        stored(&node, tenant, &conv).await[0].body,
+        format!("for {tenant} only")
+    );
+    assert_eq!(
+        stored(&node, other, &conv).await[0].body,
+        format!("for {other} only")
+    );
+
+    if postgres {
+        // look at the database itself: each row sits in its own tenant's schema
+        let (raw, connection) =
+            tokio_postgres::connect(&support::postgres_url(), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        for (owner, namespace) in [
+            (
+                tenant,
+                node.tenants.get(tenant).unwrap().data_namespace.clone(),
+            ),
+            (
+                other,
+                node.tenants.get(other).unwrap().data_namespace.clone(),
+            ),
+        ] {
+            let schema = format!("t{}_{namespace}", node.run);
+            let bodies: Vec<String> = raw
+                .query(
+                    &format!("SELECT body FROM {schema}.messages WHERE conversation_id = $1"),
+                    &[&conv],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert_eq!(bodies, [format!("for {owner} only")], "schema {schema}");
+        }
+    }
+    node.finish().await;
+}
+
+macro_rules! for_every_shipped_tenant {
+    ($($tenant:ident),*) => {$(
+        mod $tenant {
+            use super::*;
+
+            #[tokio::test]
+            async fn delivers_to_every_online_terminal() {
+                super::delivers_to_every_online_terminal(stringify!($tenant)).await;
+            }
+
+            #[tokio::test]
+            async fn offline_messages_arrive_in_order_on_reconnect() {
+                super::offline_messages_arrive_in_order_on_reconnect(stringify!($tenant)).await;
+            }
+
+            #[tokio::test]
+            async fn read_receipts_reach_other_terminals_and_the_sender() {
+                super::read_receipts_reach_other_terminals_and_the_sender(stringify!($tenant)).await;
+            }
+
+            #[tokio::test]
+            async fn persistence_is_asynchronous_over_rabbitmq() {
+                super::persistence_is_asynchronous_over_rabbitmq(stringify!($tenant)).await;
+            }
+
+            #[tokio::test]
+            async fn an_order_event_becomes_a_system_message_over_rabbitmq() {
+                super::an_order_event_becomes_a_system_message_over_rabbitmq(stringify!($tenant)).await;
+            }
+
+            #[tokio::test]
+            async fn data_stays_in_its_namespace_on_the_embedded_store() {
+                super::tenant_data_stays_in_its_namespace(stringify!($tenant), Store::Embedded).await;
+            }
+
+            #[tokio::test]
+            async fn data_stays_in_its_namespace_on_postgresql() {
+                super::tenant_data_stays_in_its_namespace(stringify!($tenant), Store::Postgres).await;
+            }
+        }
+    )*};
+}
+
+for_every_shipped_tenant!(mall, finance, paipai);

@@ -1,0 +1,252 @@
+//! A node of the platform on loopback for the end-to-end tests, serving the three shipped
+//! tenants from `tenants/`, on the embedded bus or RabbitMQ, with the embedded store or
+//! PostgreSQL; and the terminals that talk to it.
+
+#![allow(dead_code)]
+
+use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use lapin::options::QueueDeleteOptions;
+use mesh_amqp::{AmqpBus, AmqpConfig};
+use mesh_api::{gateway::v1::Push, locator::v1::TerminalKind};
+use mesh_contract::{EventBus, RequestContext, TenantId, spec::names};
+use mesh_embedded::EmbeddedBus;
+use mesh_gateway::Terminal;
+use mesh_platform::{CATALOGUE, MESSAGE_CONSUMER, Platform, STORAGE_CONSUMER};
+use mesh_runtime::{Tenants, layers::SwitchBoard};
+use mesh_store::{MemoryStore, MessageStore, PgStore};
+use tonic::transport::Channel;
+
+/// The tenants the repository ships.
+pub const SHIPPED: [&str; 3] = ["mall", "finance", "paipai"];
+
+/// How long a test waits for anything to arrive.
+pub const WITHIN: Duration = Duration::from_secs(10);
+
+pub enum Bus {
+    Embedded,
+    RabbitMq,
+}
+
+pub enum Store {
+    Embedded,
+    Postgres,
+}
+
+pub fn amqp_uri() -> String {
+    std::env::var("MESH_TEST_AMQP_URI")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("MESH_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A short id unique to one test, for names that must not meet another test's.
+pub fn run_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..10].to_owned()
+}
+
+pub struct Node {
+    pub platform: Arc<Platform>,
+    pub address: SocketAddr,
+    pub channel: Channel,
+    pub tenants: Tenants,
+    pub switches: SwitchBoard,
+    pub store: Arc<dyn MessageStore>,
+    pub pg: Option<Arc<PgStore>>,
+    /// Consumer-name suffix and schema prefix of this node.
+    pub run: String,
+    rabbit: bool,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Node {
+    /// A node serving every shipped tenant.
+    pub async fn start(bus: Bus, store: Store) -> Self {
+        Self::start_with_store(bus, store, None).await
+    }
+
+    /// A node whose store is `custom` (wrapping the embedded one, say).
+    pub async fn start_with_store(
+        bus: Bus,
+        store: Store,
+        custom: Option<Arc<dyn MessageStore>>,
+    ) -> Self {
+        let run = run_id();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+        let tenants = Tenants::load(&dir, mesh_api::CONTRACTS).expect("the shipped tenants load");
+        let rabbit = matches!(bus, Bus::RabbitMq);
+        let bus: Arc<dyn EventBus> = match bus {
+            Bus::Embedded => Arc::new(EmbeddedBus::default()),
+            Bus::RabbitMq => Arc::new(
+                AmqpBus::connect(AmqpConfig {
+                    uri: amqp_uri(),
+                    retry_backoff: Duration::from_millis(20),
+                    max_attempts: 3,
+                    ..Default::default()
+                })
+                .await
+                .expect("RabbitMQ must run on 127.0.0.1:5672 (bash .ci/test starts it)"),
+            ),
+        };
+        let (store, pg): (Arc<dyn MessageStore>, _) = match (custom, store) {
+            (Some(custom), _) => (custom, None),
+            (None, Store::Embedded) => (Arc::new(MemoryStore::default()), None),
+            (None, Store::Postgres) => {
+                let pg = Arc::new(
+                    PgStore::connect_with_prefix(&postgres_url(), &format!("t{run}_"))
+                        .await
+                        .expect("PostgreSQL must run on 127.0.0.1:5432 (bash .ci/test starts it)"),
+                );
+                (pg.clone() as Arc<dyn MessageStore>, Some(pg))
+            }
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let platform = Arc::new(
+            Platform::new(&format!("node-{run}"), address, bus, store.clone())
+                .with_consumer_suffix(&format!("-{run}")),
+        );
+        for config in tenants.tenants.values() {
+            platform.add_tenant(config).await.unwrap();
+        }
+        let switches = SwitchBoard::from_tenants(&tenants, CATALOGUE);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        {
+            let (platform, tenants, switches) =
+                (platform.clone(), tenants.clone(), switches.clone());
+            tokio::spawn(async move {
+                platform
+                    .serve(listener, &tenants, switches, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .expect("serving");
+            });
+        }
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect_lazy();
+        Self {
+            platform,
+            address,
+            channel,
+            tenants,
+            switches,
+            store,
+            pg,
+            run,
+            rabbit,
+            stop: Some(stop),
+        }
+    }
+
+    /// A context for `tenant` carrying its credential, as an app of that business line has.
+    pub fn ctx(&self, tenant: &str) -> RequestContext {
+        let config = self.tenants.get(tenant).expect("a shipped tenant");
+        RequestContext::new(TenantId::new(tenant).unwrap()).with_token(
+            config
+                .credentials
+                .token
+                .clone()
+                .expect("shipped tenants have dev tokens"),
+        )
+    }
+
+    /// A terminal of `user` of `tenant`, connected (missed messages fetched).
+    pub async fn terminal(&self, tenant: &str, user: &str, terminal: &str) -> Terminal {
+        Terminal::connect(
+            &self.ctx(tenant),
+            self.channel.clone(),
+            self.channel.clone(),
+            user,
+            terminal,
+            TerminalKind::Phone,
+        )
+        .await
+        .unwrap_or_else(|status| panic!("{tenant}: {user}/{terminal} cannot connect: {status}"))
+    }
+
+    /// Waits until this node's gateway holds `n` terminal streams.
+    pub async fn wait_connected(&self, n: usize) {
+        eventually("the gateway to see the terminals come and go", || async {
+            self.platform.gateway().connected() == n
+        })
+        .await;
+    }
+
+    /// Stops serving and removes what the node left on shared services: its queues on the
+    /// broker, its schemas in PostgreSQL.
+    pub async fn finish(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(pg) = &self.pg {
+            pg.drop_opened().await.unwrap();
+        }
+        if self.rabbit {
+            let connection =
+                lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default())
+                    .await
+                    .unwrap();
+            let channel = connection.create_channel().await.unwrap();
+            for tenant in SHIPPED {
+                let tenant = TenantId::new(tenant).unwrap();
+                let queues = [
+                    names::queue(
+                        &tenant,
+                        "message",
+                        1,
+                        &format!("{STORAGE_CONSUMER}-{}", self.run),
+                    ),
+                    names::queue(
+                        &tenant,
+                        "order",
+                        1,
+                        &format!("{MESSAGE_CONSUMER}-{}", self.run),
+                    ),
+                    names::queue(
+                        &tenant,
+                        "order",
+                        2,
+                        &format!("{MESSAGE_CONSUMER}-{}", self.run),
+                    ),
+                ];
+                for queue in queues {
+                    for name in [names::dead_letter_queue(&queue), queue] {
+                        let _ = channel
+                            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Polls `check` until it holds, for at most [`WITHIN`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {WITHIN:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The terminal's next push, failing the test if none comes in time.
+pub async fn next(terminal: &mut Terminal) -> Push {
+    tokio::time::timeout(WITHIN, terminal.next())
+        .await
+        .unwrap_or_else(|_| panic!("{terminal:?}: nothing pushed within {WITHIN:?}"))
+        .unwrap_or_else(|status| panic!("{terminal:?}: {status}"))
+        .unwrap_or_else(|| panic!("{terminal:?}: the stream ended"))
+}

@@ -1,0 +1,170 @@
+//! What differs between the shipped tenants comes from their files, and bad input is refused
+//! with a message naming the tenant and the field.
+
+mod support;
+
+use std::{str::FromStr, time::SystemTime};
+
+use mesh_api::{message::v1 as message, recommend::v1 as recommend};
+use mesh_contract::{RequestContext, TenantId};
+use mesh_platform::{Platform, PlatformError};
+use mesh_runtime::{
+    Tenants,
+    layers::{Switch, SwitchTarget},
+};
+use mesh_store::{MemoryStore, MessageStore, StoredMessage};
+use support::{Bus, Node, Store};
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+#[tokio::test]
+async fn finance_keeps_messages_past_the_others_retention() {
+    let node = Node::start(Bus::Embedded, Store::Embedded).await;
+    let now = 1_000 * DAY_MS;
+    for tenant in support::SHIPPED {
+        let old = StoredMessage {
+            message_id: format!("{tenant}-old"),
+            conversation_id: "c".into(),
+            seq: 1,
+            sent_at_ms: now - 40 * DAY_MS,
+            ..Default::default()
+        };
+        node.store
+            .save_message(&TenantId::new(tenant).unwrap(), &old)
+            .await
+            .unwrap();
+    }
+    let purged = node.platform.purge_expired(now).await.unwrap();
+    let purged: Vec<(String, u64)> = purged
+        .into_iter()
+        .map(|(t, n)| (t.to_string(), n))
+        .collect();
+    // mall and paipai keep 30 days (tenants/_defaults.toml), finance 2555 (tenants/finance.toml)
+    assert_eq!(
+        purged,
+        [
+            ("finance".into(), 0),
+            ("mall".into(), 1),
+            ("paipai".into(), 1)
+        ]
+    );
+    node.finish().await;
+}
+
+async fn suggestions(node: &Node, tenant: &str) -> Result<usize, tonic::Status> {
+    let answer = recommend::RecommendCaller::new(node.channel.clone())
+        .suggest(
+            &node.ctx(tenant),
+            recommend::SuggestRequest {
+                user_id: "bob".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(answer.products.len())
+}
+
+#[tokio::test]
+async fn recommend_switched_off_for_mall_leaves_paipai_served() {
+    let node = Node::start(Bus::Embedded, Store::Embedded).await;
+    // per-tenant settings: mall shows 5, paipai the default 3, finance does not run recommend
+    assert_eq!(suggestions(&node, "mall").await.unwrap(), 5);
+    assert_eq!(suggestions(&node, "paipai").await.unwrap(), 3);
+    let refused = suggestions(&node, "finance").await.unwrap_err();
+    assert_eq!(refused.message(), "tenant finance does not run recommend");
+
+    node.switches.turn_off(Switch {
+        tenant: Some(TenantId::new("mall").unwrap()),
+        target: SwitchTarget::from_str("recommend").unwrap(),
+        reason: "incident drill".into(),
+        changed_by: "ops".into(),
+        changed_at: SystemTime::now(),
+    });
+    assert_eq!(
+        suggestions(&node, "mall").await.unwrap(),
+        0,
+        "the contract's degraded answer: empty"
+    );
+    assert_eq!(suggestions(&node, "paipai").await.unwrap(), 3);
+    node.finish().await;
+}
+
+#[tokio::test]
+async fn bad_sends_are_refused_naming_tenant_and_field() {
+    let node = Node::start(Bus::Embedded, Store::Embedded).await;
+    let send = |ctx: RequestContext, from: &str, body: String| {
+        let mut caller = message::MessageCaller::new(node.channel.clone());
+        let from = from.to_owned();
+        async move {
+            caller
+                .send(
+                    &ctx,
+                    message::SendRequest {
+                        conversation_id: "c".into(),
+                        from_user: from,
+                        to_user: "bob".into(),
+                        body,
+                        client_msg_id: String::new(),
+                    },
+                )
+                .await
+                .unwrap_err()
+        }
+    };
+    let too_big = send(node.ctx("finance"), "alice", "x".repeat(4097)).await;
+    assert_eq!(too_big.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        too_big.message(),
+        "body is 4097 bytes, over tenant finance's limit of 4096 bytes (services.message.settings.max_body_bytes)"
+    );
+    let empty = send(node.ctx("mall"), "alice", String::new()).await;
+    assert_eq!(empty.message(), "body is required");
+    let spoofed = send(node.ctx("mall"), "system", "I am the platform".into()).await;
+    assert_eq!(spoofed.code(), tonic::Code::PermissionDenied);
+
+    let unknown = RequestContext::new(TenantId::new("intruder").unwrap()).with_token("guess");
+    let refused = send(unknown, "alice", "hi".into()).await;
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(refused.message().contains("intruder"), "{refused:?}");
+    let wrong_token = node.ctx("paipai").with_token("dev-mall-token");
+    assert_eq!(
+        send(wrong_token, "alice", "hi".into()).await.code(),
+        tonic::Code::Unauthenticated
+    );
+    node.finish().await;
+}
+
+#[tokio::test]
+async fn a_bad_service_setting_names_tenant_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+    std::fs::copy(
+        shipped.join("_defaults.toml"),
+        dir.path().join("_defaults.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("newco.toml"),
+        "id = \"newco\"\ndisplay_name = \"NewCo\"\ndata_namespace = \"newco\"\n\
+         [credentials]\ntoken = \"newco-dev-token\"\n\
+         [services.message.settings]\nretention_days = \"forever\"\n",
+    )
+    .unwrap();
+    let tenants = Tenants::load(dir.path(), mesh_api::CONTRACTS).unwrap();
+    let platform = Platform::new(
+        "node",
+        "127.0.0.1:9".parse().unwrap(),
+        std::sync::Arc::new(mesh_embedded::EmbeddedBus::default()),
+        std::sync::Arc::new(MemoryStore::default()),
+    );
+    let err = platform
+        .add_tenant(tenants.get("newco").unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PlatformError::Setting { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("tenant newco: services.message.settings.retention_days: "),
+        "{err}"
+    );
+}

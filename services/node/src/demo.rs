@@ -1,116 +1,362 @@
-//! The walkthrough a newcomer runs first. Every step uses the generated stubs over real
-//! transports: a loopback HTTP/2 socket and the embedded event bus.
+//! The walkthrough a newcomer runs first: the customer-service platform for three business
+//! lines on one node, on embedded defaults (in-process event bus and store, no broker, no
+//! database). Every step goes over real loopback sockets through the generated stubs.
 
-use std::{collections::HashMap, time::Duration};
+use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
-use anyhow::Context;
-use mesh_api::{message::v1 as message, order::v1 as order};
-use mesh_contract::{DegradedAnswer, EventBus, HandlerError, RequestContext, TenantId};
+use anyhow::{Context, bail};
+use mesh_api::{
+    gateway::v1::{Push, push::Payload},
+    locator::v1::TerminalKind,
+    order::v1::OrderStatus,
+    recommend::v1 as recommend,
+};
+use mesh_contract::{DegradedAnswer, RequestContext, TenantId};
 use mesh_embedded::EmbeddedBus;
-use tokio::sync::mpsc;
-use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
+use mesh_gateway::Terminal;
+use mesh_order::Order;
+use mesh_platform::{CATALOGUE, Platform};
+use mesh_runtime::{
+    TenantConfig, Tenants,
+    layers::{Switch, SwitchBoard, SwitchTarget},
+};
+use mesh_store::{MemoryStore, MessageStore};
+use tonic::transport::Channel;
 
-pub async fn run(tenants: &[String]) -> anyhow::Result<()> {
-    let tenants = tenants
+/// How long the demo waits for any push before it calls the run failed.
+const WITHIN: Duration = Duration::from_secs(5);
+
+pub async fn run(dir: &Path, ids: &[String]) -> anyhow::Result<()> {
+    let ids = ids
         .iter()
         .map(|t| TenantId::new(t).with_context(|| format!("tenant {t:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let all = Tenants::load(dir, mesh_api::CONTRACTS)?;
+    let mut tenants = Tenants::default();
+    for id in &ids {
+        let Some(config) = all.get(id.as_str()) else {
+            bail!("tenant {id} is not configured in {}", dir.display());
+        };
+        tenants.tenants.insert(id.to_string(), config.clone());
+    }
 
     println!("== 1. The contracts: one description per service and major version ==");
     print_catalogue();
 
     println!(
-        "\n== 2. One order service, one process, {} tenants (HTTP/2 on loopback) ==",
-        tenants.len()
+        "\n== 2. One node, {} business lines, one code base (their differences: {}) ==",
+        ids.len(),
+        dir.join("*.toml").display()
     );
-    let orders = DemoOrders::seeded(&tenants);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(mesh_telemetry::TraceLayer::server(mesh_api::CONTRACTS))
-            .add_service(order::order_server::OrderServer::new(orders))
-            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
-    );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect()
-        .await?;
-    let mut caller = order::OrderCaller::new(
-        tower::ServiceBuilder::new()
-            .layer(mesh_telemetry::TraceLayer::client(mesh_api::CONTRACTS))
-            .service(channel),
-    );
-    println!("order.v1 serving on {addr}");
-    for tenant in &tenants {
-        let ctx = RequestContext::new(tenant.clone());
-        let answer = caller
-            .get_order(
-                &ctx,
-                order::GetOrderRequest {
-                    order_id: "o-1001".into(),
-                },
-            )
-            .await?;
-        let view = answer.order.unwrap_or_default();
-        println!(
-            "  [{tenant}] GetOrder(o-1001) -> user {}, {} {}.{:02}, {:?}  (the tenant travelled as metadata; data came from {tenant}'s namespace)",
-            view.user_id,
-            view.currency,
-            view.total_cents / 100,
-            view.total_cents % 100,
-            view.status()
-        );
+    let address = listener.local_addr()?;
+    let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::default());
+    let platform = Arc::new(Platform::new(
+        "node-1",
+        address,
+        Arc::new(EmbeddedBus::default()),
+        store.clone(),
+    ));
+    for id in &ids {
+        let config = &tenants.tenants[id.as_str()];
+        platform.add_tenant(config).await?;
+        println!("  [{id}] {}", describe(config));
     }
-
+    let switches = SwitchBoard::from_tenants(&tenants, CATALOGUE);
+    {
+        let (platform, tenants, switches) = (platform.clone(), tenants.clone(), switches.clone());
+        tokio::spawn(async move {
+            if let Err(err) = platform
+                .serve(listener, &tenants, switches, std::future::pending())
+                .await
+            {
+                eprintln!("the demo node stopped: {err}");
+            }
+        });
+    }
+    let channel = Channel::from_shared(format!("http://{address}"))?.connect_lazy();
     println!(
-        "\n== 3. Events: order -> message, per tenant, on the embedded bus (no broker needed) =="
+        "  gateway, locator, message, order (v1 + v2) and recommend serve on {address} (HTTP/2);\n  events go over the embedded bus, data into the embedded store: one namespace per tenant"
     );
-    let bus = EmbeddedBus::default();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut subscriptions = Vec::new();
-    for tenant in &tenants {
-        let consumer = order::OrderConsumer::new(SystemMessages { out: tx.clone() });
-        subscriptions.push(
-            bus.subscribe(consumer.subscription(tenant.clone(), "message"))
-                .await?,
-        );
-    }
-    let publisher = order::OrderPublisher::new(bus.clone());
-    for tenant in &tenants {
-        let ctx = RequestContext::new(tenant.clone());
-        publisher
-            .publish(
-                &ctx,
-                order::OrderCreated {
-                    order: Some(order::OrderView {
-                        order_id: format!("{tenant}-o-77"),
-                        total_cents: 12900,
-                        currency: "CNY".into(),
-                        ..Default::default()
-                    }),
-                    conversation_id: format!("{tenant}-conv-1"),
-                },
-            )
-            .await?;
-        println!(
-            "  [{tenant}] published OrderCreated to exchange {}",
-            order::contract::ORDER_CREATED.exchange(tenant)
-        );
-    }
-    for _ in &tenants {
-        let (tenant, system_message) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .context("an event was not handled within 5 s")?
-            .context("consumer stopped")?;
-        println!(
-            "  [{tenant}] message service turned it into: {:?}",
-            system_message.body
-        );
-    }
-    drop(subscriptions);
 
-    println!("\nDone. Each tenant was served by the same code; only the context differed.");
+    for id in &ids {
+        let config = &tenants.tenants[id.as_str()];
+        let ctx = RequestContext::new(id.clone()).with_token(config.credentials.resolve());
+        let order_version = config
+            .services
+            .get("order")
+            .map_or("(not run)", |s| s.version.as_str());
+        chat(&platform, &channel, &ctx, order_version, store.as_ref()).await?;
+    }
+    degrade(&channel, &tenants, &switches).await?;
+    println!(
+        "\nDone. Three business lines, one code base: only tenants/*.toml differed.\nNext: `cargo run -p mesh-node -- up` runs the same services supervised, one process per tenant group, and `meshctl` switches them at run time (README)."
+    );
+    Ok(())
+}
+
+fn describe(config: &TenantConfig) -> String {
+    let services: Vec<String> = config
+        .enabled_services()
+        .map(|(name, s)| format!("{name} {}", s.version))
+        .collect();
+    let message = config.services.get("message");
+    let setting = |key: &str| {
+        message
+            .and_then(|m| m.settings.get(key))
+            .and_then(|v| v.to_i128())
+            .map_or_else(|| "default".to_owned(), |v| v.to_string())
+    };
+    format!(
+        "{}: runs {}; keeps messages {} days; namespace {:?}",
+        config.display_name,
+        services.join(", "),
+        setting("retention_days"),
+        config.data_namespace
+    )
+}
+
+async fn connect(
+    channel: &Channel,
+    ctx: &RequestContext,
+    user: &str,
+    terminal: &str,
+    kind: TerminalKind,
+) -> anyhow::Result<Terminal> {
+    Terminal::connect(ctx, channel.clone(), channel.clone(), user, terminal, kind)
+        .await
+        .with_context(|| format!("[{}] {user}/{terminal} connecting", ctx.tenant))
+}
+
+/// The next push to `terminal`, shown as one line.
+async fn receive(terminal: &mut Terminal) -> anyhow::Result<String> {
+    let push = tokio::time::timeout(WITHIN, terminal.next())
+        .await
+        .with_context(|| format!("{terminal:?}: nothing pushed within {WITHIN:?}"))??
+        .with_context(|| format!("{terminal:?}: the gateway closed the stream"))?;
+    Ok(show(&push))
+}
+
+fn show(push: &Push) -> String {
+    match &push.payload {
+        Some(Payload::Message(m)) if m.from_user == mesh_message::SYSTEM_SENDER => {
+            format!("#{} system message: {:?}", m.seq, m.body)
+        }
+        Some(Payload::Message(m)) => format!("#{} from {}: {:?}", m.seq, m.from_user, m.body),
+        Some(Payload::Receipt(r)) => format!("receipt: {} read up to #{}", r.reader, r.up_to_seq),
+        None => "an empty push".into(),
+    }
+}
+
+/// Waits until the gateway holds `n` terminal streams (it notices a closed one a moment
+/// after the terminal went away).
+async fn wait_connected(platform: &Platform, n: usize) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while platform.gateway().connected() != n {
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "the gateway still holds {} terminals",
+                platform.gateway().connected()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// One tenant's story: terminals, chat, offline, an order event, a read receipt, storage.
+async fn chat(
+    platform: &Platform,
+    channel: &Channel,
+    ctx: &RequestContext,
+    order_version: &str,
+    store: &dyn MessageStore,
+) -> anyhow::Result<()> {
+    let t = &ctx.tenant;
+    let conversation = format!("{t}-support-1");
+    println!("\n== [{t}] a customer asks support about an order ==");
+    let mut tablet = connect(channel, ctx, "customer", "tablet", TerminalKind::Web).await?;
+    drop(tablet);
+    wait_connected(platform, 0).await?;
+    let mut phone = connect(channel, ctx, "customer", "phone", TerminalKind::Phone).await?;
+    let mut desktop = connect(channel, ctx, "customer", "desktop", TerminalKind::Desktop).await?;
+    let mut agent = connect(channel, ctx, "agent", "web", TerminalKind::Web).await?;
+    println!(
+        "  terminals attached to the gateway (long-lived gRPC streams): customer/phone, customer/desktop, agent/web; customer/tablet was used once and is off"
+    );
+
+    let asked = phone
+        .send(&conversation, "agent", "Hi, where is my parcel?", "q1")
+        .await?;
+    println!(
+        "  customer/phone sends \"Hi, where is my parcel?\" -> delivered to agent/{}",
+        asked.delivered_terminals.join(", agent/")
+    );
+    println!("    agent/web        got {}", receive(&mut agent).await?);
+    let answered = agent
+        .send(
+            &conversation,
+            "customer",
+            "Let me check that for you.",
+            "a1",
+        )
+        .await?;
+    println!(
+        "  agent/web sends \"Let me check that for you.\" -> delivered to {:?}, kept offline for {:?}",
+        answered.delivered_terminals, answered.offline_terminals
+    );
+    println!("    customer/phone   got {}", receive(&mut phone).await?);
+    println!("    customer/desktop got {}", receive(&mut desktop).await?);
+
+    let order_id = format!("{t}-o-77");
+    let order = Order {
+        order_id: order_id.clone(),
+        user_id: "customer".into(),
+        merchant_id: "shop-1".into(),
+        status: OrderStatus::Paid as i32,
+        total_minor: 12_900,
+        currency: "CNY".into(),
+        created_at_ms: 0,
+        conversation_id: conversation.clone(),
+    };
+    platform.orders().place(ctx, order).await?;
+    println!(
+        "  checkout places order {order_id}: the order service publishes OrderCreated on order {order_version} (this tenant's major); the message service turns it into a system message"
+    );
+    println!("    customer/phone   got {}", receive(&mut phone).await?);
+    println!("    customer/desktop got {}", receive(&mut desktop).await?);
+    platform
+        .orders()
+        .set_status(ctx, &order_id, OrderStatus::Shipped as i32)
+        .await?;
+    println!("  the order ships: OrderUpdated -> another system message");
+    println!("    customer/phone   got {}", receive(&mut phone).await?);
+    println!("    customer/desktop got {}", receive(&mut desktop).await?);
+
+    let read = phone.mark_read(&conversation, 3).await?.unwrap_or_default();
+    println!(
+        "  customer reads on the phone up to #{}: the receipt is synced to the customer's other terminal and to the agent",
+        read.up_to_seq
+    );
+    println!("    customer/desktop got {}", receive(&mut desktop).await?);
+    println!("    agent/web        got {}", receive(&mut agent).await?);
+
+    tablet = connect(channel, ctx, "customer", "tablet", TerminalKind::Web).await?;
+    println!(
+        "  customer/tablet comes back: {} missed messages, in order",
+        tablet.missed()
+    );
+    for _ in 0..tablet.missed() {
+        println!("    customer/tablet  got {}", receive(&mut tablet).await?);
+    }
+
+    // storage runs off the MessageSent events; the sends above never waited for it
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let stored = loop {
+        let stored = store.history(t, &conversation, 0, 100).await?;
+        if stored.len() == 4 || tokio::time::Instant::now() > deadline {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!(
+        "  stored asynchronously from the events, in {t}'s namespace: {} messages (#{})",
+        stored.len(),
+        stored
+            .iter()
+            .map(|m| m.seq.to_string())
+            .collect::<Vec<_>>()
+            .join(", #")
+    );
+    // the app closes: the gateway unregisters the terminals
+    drop((phone, desktop, agent, tablet));
+    wait_connected(platform, 0).await
+}
+
+async fn suggestions(channel: &Channel, ctx: &RequestContext) -> String {
+    // the plain tonic client, to show the `x-mesh-degraded` header a degraded answer carries
+    let mut request = tonic::Request::new(recommend::SuggestRequest {
+        user_id: "customer".into(),
+        ..Default::default()
+    });
+    if let Err(err) = ctx.inject(request.metadata_mut()) {
+        return format!("not sent: {err}");
+    }
+    let answer = recommend::recommend_client::RecommendClient::new(channel.clone())
+        .suggest(request)
+        .await;
+    match answer {
+        Ok(answer) => {
+            let degraded = answer
+                .metadata()
+                .get(mesh_runtime::layers::DEGRADED_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(|switch| {
+                    format!(
+                        " (degraded answer, {}: {switch})",
+                        mesh_runtime::layers::DEGRADED_HEADER
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "{} product suggestions{degraded}",
+                answer.into_inner().products.len()
+            )
+        }
+        Err(status) => format!("refused: {}", status.message()),
+    }
+}
+
+/// Ops turn recommend (tier 2) off for one tenant; the others keep it.
+async fn degrade(
+    channel: &Channel,
+    tenants: &Tenants,
+    switches: &SwitchBoard,
+) -> anyhow::Result<()> {
+    let ctxs: Vec<RequestContext> = tenants
+        .tenants
+        .values()
+        .map(|config| {
+            RequestContext::new(config.tenant_id()).with_token(config.credentials.resolve())
+        })
+        .collect();
+    let Some(victim) = ctxs.iter().find(|ctx| {
+        tenants.tenants[ctx.tenant.as_str()]
+            .enabled_services()
+            .any(|(name, _)| name == "recommend")
+    }) else {
+        return Ok(());
+    };
+    println!("\n== Degradation: recommend (tier 2) is the first thing switched off ==");
+    for ctx in &ctxs {
+        println!(
+            "  [{}] Suggest -> {}",
+            ctx.tenant,
+            suggestions(channel, ctx).await
+        );
+    }
+    switches.turn_off(Switch {
+        tenant: Some(victim.tenant.clone()),
+        target: SwitchTarget::from_str("recommend").map_err(anyhow::Error::msg)?,
+        reason: "demo: an incident at recommend".into(),
+        changed_by: "ops".into(),
+        changed_at: std::time::SystemTime::now(),
+    });
+    println!(
+        "  ops: `meshctl switch off recommend --tenant {} --reason ...` (here: on the node's switch board directly)",
+        victim.tenant
+    );
+    for ctx in &ctxs {
+        println!(
+            "  [{}] Suggest -> {}",
+            ctx.tenant,
+            suggestions(channel, ctx).await
+        );
+    }
+    println!(
+        "  {} gets the contract's degraded answer (empty) at once; the others are served as before",
+        victim.tenant
+    );
     Ok(())
 }
 
@@ -141,100 +387,5 @@ fn print_catalogue() {
             spec.events.len(),
             degraded.join(", ")
         );
-    }
-}
-
-/// A stand-in order service for the demo: one in-memory namespace per tenant.
-struct DemoOrders {
-    by_tenant: HashMap<TenantId, HashMap<String, order::OrderView>>,
-}
-
-impl DemoOrders {
-    fn seeded(tenants: &[TenantId]) -> Self {
-        let by_tenant = tenants
-            .iter()
-            .enumerate()
-            .map(|(i, tenant)| {
-                let view = order::OrderView {
-                    order_id: "o-1001".into(),
-                    user_id: format!("{tenant}-customer-1"),
-                    status: order::OrderStatus::Paid as i32,
-                    total_cents: 1999 + 1000 * i as i64,
-                    currency: "CNY".into(),
-                    ..Default::default()
-                };
-                (
-                    tenant.clone(),
-                    HashMap::from([(view.order_id.clone(), view)]),
-                )
-            })
-            .collect();
-        Self { by_tenant }
-    }
-}
-
-#[tonic::async_trait]
-impl order::order_server::Order for DemoOrders {
-    async fn get_order(
-        &self,
-        request: Request<order::GetOrderRequest>,
-    ) -> Result<Response<order::GetOrderResponse>, Status> {
-        let ctx = RequestContext::from_request(&request)?;
-        let namespace = self
-            .by_tenant
-            .get(&ctx.tenant)
-            .ok_or_else(|| Status::permission_denied(format!("unknown tenant {}", ctx.tenant)))?;
-        let id = request.into_inner().order_id;
-        let order = namespace
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("order {id} of tenant {}", ctx.tenant)))?;
-        Ok(Response::new(order::GetOrderResponse {
-            order: Some(order),
-        }))
-    }
-
-    async fn list_orders(
-        &self,
-        request: Request<order::ListOrdersRequest>,
-    ) -> Result<Response<order::ListOrdersResponse>, Status> {
-        let ctx = RequestContext::from_request(&request)?;
-        let orders = self
-            .by_tenant
-            .get(&ctx.tenant)
-            .map(|n| n.values().cloned().collect())
-            .unwrap_or_default();
-        Ok(Response::new(order::ListOrdersResponse { orders }))
-    }
-}
-
-/// Turns order events into system messages, as the message service will.
-struct SystemMessages {
-    out: mpsc::UnboundedSender<(TenantId, message::ChatMessage)>,
-}
-
-impl order::OrderHandler for SystemMessages {
-    async fn on_order_created(
-        &self,
-        ctx: &RequestContext,
-        event: order::OrderCreated,
-    ) -> Result<(), HandlerError> {
-        let order = event.order.unwrap_or_default();
-        let body = format!(
-            "Order {} was placed: {} {}.{:02}",
-            order.order_id,
-            order.currency,
-            order.total_cents / 100,
-            order.total_cents % 100
-        );
-        let system_message = message::ChatMessage {
-            conversation_id: event.conversation_id,
-            kind: message::MessageKind::System as i32,
-            body,
-            ..Default::default()
-        };
-        self.out
-            .send((ctx.tenant.clone(), system_message))
-            .map_err(|_| HandlerError::Retry("demo output closed".into()))
     }
 }

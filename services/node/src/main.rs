@@ -29,12 +29,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Runs the walkthrough on embedded defaults (no broker, no database): the contract
-    /// catalogue, HTTP/2 calls and events for several tenants.
+    /// Runs the walkthrough on embedded defaults (no broker, no database): the
+    /// customer-service platform for several tenants on one node, chatting, an order event,
+    /// a read receipt, offline messages, and a degradation switch for one tenant.
     Demo {
-        /// Tenants to serve.
+        /// Tenants to serve, from the tenants folder.
         #[arg(long, value_delimiter = ',', default_value = "mall,finance,paipai")]
         tenants: Vec<String>,
+        /// The tenants folder (default: `tenants`, else the repository's).
+        #[arg(long)]
+        dir: Option<PathBuf>,
         /// Print every mesh span (calls, publishes, consumes) on stderr as it closes.
         #[arg(long)]
         trace: bool,
@@ -77,11 +81,23 @@ async fn main() -> anyhow::Result<()> {
     // deployment's telemetry config says
     const LOGS: &str = "warn";
     let (telemetry, run) = match Cli::parse().command {
-        Cmd::Demo { tenants, trace } => {
+        Cmd::Demo {
+            tenants,
+            dir,
+            trace,
+        } => {
             let mut config = TelemetryConfig::from_env()?;
             config.console |= trace;
             let telemetry = mesh_telemetry::init("mesh-demo", &config, LOGS)?;
-            (telemetry, demo::run(&tenants).await)
+            let dir = dir.unwrap_or_else(|| {
+                let here = PathBuf::from("tenants");
+                if here.is_dir() {
+                    here
+                } else {
+                    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tenants"))
+                }
+            });
+            (telemetry, demo::run(&dir, &tenants).await)
         }
         Cmd::Up {
             tenants,

@@ -151,11 +151,11 @@ impl Platform {
             .insert(tenant.clone(), config.credentials.resolve());
         let enabled: HashMap<&str, &mesh_runtime::config::ServiceConfig> =
             config.enabled_services().collect();
-        if let Some(service) = enabled.get("recommend") {
-            if let Some(max) = positive(&tenant, service, "recommend", "max_suggestions")? {
-                self.recommend
-                    .set_max_suggestions(tenant.clone(), u32::try_from(max).unwrap_or(u32::MAX));
-            }
+        if let Some(service) = enabled.get("recommend")
+            && let Some(max) = positive(&tenant, service, "recommend", "max_suggestions")?
+        {
+            self.recommend
+                .set_max_suggestions(tenant.clone(), u32::try_from(max).unwrap_or(u32::MAX));
         }
         let order_major = match enabled.get("order") {
             Some(service) => {

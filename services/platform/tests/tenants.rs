@@ -12,7 +12,7 @@ use mesh_runtime::{
     Tenants,
     layers::{Switch, SwitchTarget},
 };
-use mesh_store::{MemoryStore, MessageStore, StoredMessage};
+use mesh_store::{MemoryStore, StoredMessage};
 use support::{Bus, Node, Store};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;

@@ -6,10 +6,8 @@
 use std::{collections::BTreeSet, io::Write, path::Path, time::Duration};
 
 use anyhow::{Context, bail};
-use mesh_api::{order, recommend};
-use mesh_contract::TenantId;
-use mesh_order::{OrderService, OrderStore};
-use mesh_recommend::RecommendService;
+use mesh_contract::{EventBus, TenantId};
+use mesh_platform::Platform;
 use mesh_runtime::{
     TenantAuthLayer, TenantConfig, TenantDirectory, Tenants,
     control::protocol::{APPLIED_PREFIX, BulkheadUse, STATS_PREFIX, WorkerState, WorkerStats},
@@ -18,11 +16,14 @@ use mesh_runtime::{
         RateLimiter, ServicePlan, SwitchBoard, TenantExecutorLayer, TenantRuntimes,
     },
 };
+use mesh_store::MessageStore;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const CATALOGUE: Catalogue = Catalogue(mesh_api::CONTRACTS);
 /// How long a supervised worker waits for its first state.
 const FIRST_STATE_WITHIN: Duration = Duration::from_secs(30);
+/// How often a worker deletes stored messages past their tenant's retention.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// How often a supervised worker reports its statistics.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
@@ -35,12 +36,12 @@ struct Served {
     limiter: RateLimiter,
     plan: ServicePlan,
     runtimes: TenantRuntimes,
-    recommend: RecommendService,
+    platform: std::sync::Arc<Platform>,
     bulkheads: Bulkheads,
 }
 
 impl Served {
-    fn new() -> Self {
+    fn new(platform: Platform) -> Self {
         let empty = Tenants::default();
         Self {
             ids: Default::default(),
@@ -49,15 +50,12 @@ impl Served {
             limiter: RateLimiter::from_tenants(&empty),
             plan: ServicePlan::from_tenants(&empty, CATALOGUE),
             runtimes: TenantRuntimes::default(),
-            recommend: RecommendService::new(
-                Default::default(),
-                RecommendService::sample_catalogue(),
-            ),
+            platform: std::sync::Arc::new(platform),
             bulkheads: Bulkheads::from_tenants(&empty),
         }
     }
 
-    fn add(&self, config: &TenantConfig) -> anyhow::Result<()> {
+    async fn add(&self, config: &TenantConfig) -> anyhow::Result<()> {
         let tenant = config.tenant_id();
         self.runtimes
             .add(config)
@@ -70,15 +68,8 @@ impl Served {
         self.plan.add(config);
         self.bulkheads
             .set_limit(tenant.clone(), config.limits.max_concurrent_per_dependency);
-        let max = config
-            .services
-            .get("recommend")
-            .and_then(|s| s.settings.get("max_suggestions"))
-            .and_then(|v| v.to_i128())
-            .and_then(|v| u32::try_from(v).ok());
-        if let Some(max) = max {
-            self.recommend.set_max_suggestions(tenant.clone(), max);
-        }
+        // the services: data namespace, settings, event consumers
+        self.platform.add_tenant(config).await?;
         // authentication last: the tenant's calls are admitted once everything else knows it
         self.directory.add(config);
         self.configs.lock().expect("lock").push(config.clone());
@@ -120,7 +111,7 @@ impl Served {
 
 /// Applies a state from the supervisor: its switches, and any tenant not served yet (read
 /// from the tenants folder, where the supervisor wrote it).
-fn apply(
+async fn apply(
     state: &WorkerState,
     dir: &Path,
     served: &Served,
@@ -133,7 +124,7 @@ fn apply(
             let Some(config) = tenants.get(tenant.as_str()) else {
                 bail!("tenant {tenant} is not configured in {}", dir.display());
             };
-            served.add(config)?;
+            served.add(config).await?;
         }
     }
     switches.replace_all(state.switches.clone());
@@ -146,15 +137,55 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+/// The event bus of a worker: RabbitMQ when `MESH_AMQP_URI` is set, else the embedded bus
+/// (events stay within the process, which serves every service of its tenants).
+async fn bus() -> anyhow::Result<std::sync::Arc<dyn EventBus>> {
+    Ok(match std::env::var("MESH_AMQP_URI") {
+        Ok(uri) => std::sync::Arc::new(
+            mesh_amqp::AmqpBus::connect(mesh_amqp::AmqpConfig {
+                uri,
+                ..Default::default()
+            })
+            .await
+            .context("MESH_AMQP_URI")?,
+        ),
+        Err(_) => std::sync::Arc::new(mesh_embedded::EmbeddedBus::default()),
+    })
+}
+
+/// The message store of a worker: PostgreSQL (a schema per tenant) when
+/// `MESH_STORE_POSTGRES` is set, else the embedded store.
+async fn store() -> anyhow::Result<std::sync::Arc<dyn MessageStore>> {
+    Ok(match std::env::var("MESH_STORE_POSTGRES") {
+        Ok(url) => std::sync::Arc::new(
+            mesh_store::PgStore::connect(&url)
+                .await
+                .context("MESH_STORE_POSTGRES")?,
+        ),
+        Err(_) => std::sync::Arc::new(mesh_store::MemoryStore::default()),
+    })
+}
+
 pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> anyhow::Result<()> {
     let all = Tenants::load(dir, mesh_api::CONTRACTS)?;
-    let served = Served::new();
+    // bound first: the gateway registers terminals under this process's address
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let address = listener.local_addr()?;
+    let platform = Platform::new(
+        &format!("worker-{}", std::process::id()),
+        address,
+        bus().await?,
+        store().await?,
+    );
+    let served = Served::new(platform);
     let mut mine = Tenants::default();
     for id in ids {
         let Some(config) = all.get(id) else {
             bail!("tenant {id:?} is not configured in {}", dir.display());
         };
-        served.add(config)?;
+        served.add(config).await?;
         mine.tenants.insert(id.clone(), config.clone());
     }
     let switches = SwitchBoard::from_tenants(&mine, CATALOGUE);
@@ -168,17 +199,19 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
             .context("reading stdin")?
             .context("stdin closed before the supervisor sent a state")?;
         let state = WorkerState::from_line(&first).context("the supervisor's first state")?;
-        apply(&state, dir, &served, &switches)?;
+        apply(&state, dir, &served, &switches).await?;
         say(&format!("{APPLIED_PREFIX}{}", state.version));
         let (state_dir, state_served, state_switches) =
             (dir.to_path_buf(), served.clone(), switches.clone());
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                match WorkerState::from_line(&line)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|state| {
-                        apply(&state, &state_dir, &state_served, &state_switches).map(|()| state)
-                    }) {
+                let applied = match WorkerState::from_line(&line) {
+                    Ok(state) => apply(&state, &state_dir, &state_served, &state_switches)
+                        .await
+                        .map(|()| state),
+                    Err(err) => Err(err.into()),
+                };
+                match applied {
                     Ok(state) => say(&format!("{APPLIED_PREFIX}{}", state.version)),
                     Err(err) => {
                         tracing::error!(error = %err, "state from the supervisor not applied")
@@ -204,11 +237,26 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         });
     }
 
-    let orders = OrderService::new(OrderStore::default());
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
-    say(&format!("READY {}", listener.local_addr()?));
+    // retention: each tenant's stored messages are kept as long as its file says
+    let retention = served.platform.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RETENTION_EVERY);
+        loop {
+            tick.tick().await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            match retention.purge_expired(now).await {
+                Ok(purged) => {
+                    for (tenant, n) in purged.into_iter().filter(|(_, n)| *n > 0) {
+                        tracing::info!(%tenant, messages = n, "expired messages purged");
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "purging expired messages failed"),
+            }
+        }
+    });
+    say(&format!("READY {address}"));
 
     // bulkhead use, exported with the other metrics while this process serves
     let _bulkheads = mesh_telemetry::metrics::observe_bulkheads({
@@ -237,11 +285,7 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         .layer(AdmitLayer::new(served.plan.clone()))
         .layer(TenantExecutorLayer::new(served.runtimes.clone()))
         .layer(DeadlineLayer::new(CATALOGUE))
-        .add_service(order::v1::order_server::OrderServer::new(orders.clone()))
-        .add_service(order::v2::order_server::OrderServer::new(orders))
-        .add_service(recommend::v1::recommend_server::RecommendServer::new(
-            served.recommend.clone(),
-        ))
+        .add_routes(served.platform.routes())
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {

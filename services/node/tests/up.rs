@@ -225,6 +225,47 @@ async fn tenants_run_in_supervised_processes_behind_one_front_door() {
         "paipai's credential cannot act as mall"
     );
 
+    // the chat platform through the front door: a terminal's stream reaches its tenant's
+    // worker, whose message service pushes to it; in the shared process and in finance's own
+    for (tenant, token) in [("mall", "dev-mall-token"), ("finance", "dev-finance-token")] {
+        let who = ctx(tenant, token);
+        let mut phone = mesh_gateway::Terminal::connect(
+            &who,
+            channel.clone(),
+            channel.clone(),
+            "bob",
+            "phone",
+            mesh_api::locator::v1::TerminalKind::Phone,
+        )
+        .await
+        .unwrap_or_else(|status| panic!("{tenant}: attaching through the front door: {status}"));
+        let sent = mesh_api::message::v1::MessageCaller::new(channel.clone())
+            .send(
+                &who,
+                mesh_api::message::v1::SendRequest {
+                    conversation_id: "c-1".into(),
+                    from_user: "alice".into(),
+                    to_user: "bob".into(),
+                    body: format!("hello from {tenant}"),
+                    client_msg_id: "m-1".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(sent.delivered_terminals, ["phone"], "{tenant}");
+        let push = tokio::time::timeout(Duration::from_secs(10), phone.next())
+            .await
+            .expect("a push within 10 s")
+            .unwrap()
+            .expect("the stream is open");
+        match push.payload {
+            Some(mesh_api::gateway::v1::push::Payload::Message(m)) => {
+                assert_eq!(m.body, format!("hello from {tenant}"))
+            }
+            other => panic!("{tenant}: expected a message, got {other:?}"),
+        }
+    }
+
     // kill finance's worker; mall keeps answering throughout, finance comes back
     let calm = tokio::spawn({
         let mut recommend = recommend::RecommendCaller::new(channel.clone());

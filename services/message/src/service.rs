@@ -22,6 +22,11 @@ pub const SYSTEM_SENDER: &str = "system";
 const DEFAULT_FETCH: usize = 100;
 /// Most offline messages one fetch returns.
 const MAX_FETCH: usize = 1000;
+/// Most messages kept waiting for a user's terminals; older ones are dropped from the queue
+/// (they stay in the store), so a user whose terminals never ack cannot grow it without end.
+const MAX_PENDING: usize = 10_000;
+/// Sends per conversation whose `client_msg_id` is remembered for retries.
+const REMEMBERED_SENDS: usize = 1024;
 
 /// One conversation's numbering and who takes part in it.
 #[derive(Default)]
@@ -30,6 +35,21 @@ struct Conversation {
     participants: BTreeSet<String>,
     /// By the sender's `client_msg_id`: a retried send answers the message it made first.
     by_client_id: HashMap<String, message::ChatMessage>,
+    /// The remembered ids, oldest first.
+    client_ids: std::collections::VecDeque<String>,
+}
+
+impl Conversation {
+    fn remember(&mut self, client_msg_id: &str, message: &message::ChatMessage) {
+        self.by_client_id
+            .insert(client_msg_id.to_owned(), message.clone());
+        self.client_ids.push_back(client_msg_id.to_owned());
+        while self.client_ids.len() > REMEMBERED_SENDS {
+            if let Some(oldest) = self.client_ids.pop_front() {
+                self.by_client_id.remove(&oldest);
+            }
+        }
+    }
 }
 
 /// What one user has not yet received on every terminal.
@@ -209,19 +229,16 @@ impl MessageService {
             conversation.participants.insert(request.from_user.clone());
             conversation.participants.insert(request.to_user.clone());
             if !request.client_msg_id.is_empty() {
-                conversation
-                    .by_client_id
-                    .insert(request.client_msg_id.clone(), message.clone());
+                conversation.remember(&request.client_msg_id, &message);
             }
             // numbered and queued under one lock: arrival order follows sequence order
             state.next_arrival += 1;
             let arrival = state.next_arrival;
-            state
-                .inboxes
-                .entry(request.to_user.clone())
-                .or_default()
-                .pending
-                .insert(arrival, message.clone());
+            let inbox = state.inboxes.entry(request.to_user.clone()).or_default();
+            inbox.pending.insert(arrival, message.clone());
+            while inbox.pending.len() > MAX_PENDING {
+                inbox.pending.pop_first();
+            }
             (message, arrival)
         };
 
@@ -236,6 +253,7 @@ impl MessageService {
             }
             if let Some(c) = state.conversations.get_mut(&request.conversation_id) {
                 c.by_client_id.remove(&request.client_msg_id);
+                c.client_ids.retain(|id| *id != request.client_msg_id);
             }
             return Err(Status::unavailable(format!(
                 "message not accepted, the event bus did not take it ({err}); retry with the same client_msg_id"
@@ -470,5 +488,64 @@ impl Message for MessageService {
         Ok(Response::new(message::MarkReadResponse {
             receipt: Some(receipt),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: &str) -> message::ChatMessage {
+        message::ChatMessage {
+            message_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_entry_leaves_the_queue_once_every_known_terminal_acked_it() {
+        let mut inbox = Inbox::default();
+        inbox.pending.insert(1, msg("a"));
+        inbox.pending.insert(2, msg("b"));
+        inbox
+            .terminals
+            .extend(["phone".to_owned(), "desktop".to_owned()]);
+        inbox
+            .acked
+            .entry("phone".into())
+            .or_default()
+            .insert("a".into());
+        inbox.trim();
+        assert_eq!(inbox.pending.len(), 2, "the desktop has not acked a");
+        inbox
+            .acked
+            .entry("desktop".into())
+            .or_default()
+            .insert("a".into());
+        inbox.trim();
+        let left: Vec<&str> = inbox
+            .pending
+            .values()
+            .map(|m| m.message_id.as_str())
+            .collect();
+        assert_eq!(left, ["b"]);
+        assert!(
+            inbox.acked.values().all(|ids| !ids.contains("a")),
+            "acks of a forgotten"
+        );
+    }
+
+    #[test]
+    fn only_the_latest_client_ids_are_remembered() {
+        let mut conversation = Conversation::default();
+        for i in 0..=REMEMBERED_SENDS {
+            conversation.remember(&format!("c{i}"), &msg(&format!("m{i}")));
+        }
+        assert_eq!(conversation.by_client_id.len(), REMEMBERED_SENDS);
+        assert!(!conversation.by_client_id.contains_key("c0"));
+        assert_eq!(
+            conversation.by_client_id[&format!("c{REMEMBERED_SENDS}")].message_id,
+            format!("m{REMEMBERED_SENDS}")
+        );
     }
 }

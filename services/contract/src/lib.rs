@@ -13,6 +13,7 @@
 mod context;
 
 pub mod bus;
+pub mod fields;
 pub mod spec;
 
 pub use bus::{BusError, Dispatch, EventBus, HandlerError, Subscription, SubscriptionHandle};

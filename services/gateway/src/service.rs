@@ -14,7 +14,10 @@ use mesh_api::{
     gateway::v1::{self, gateway_server::Gateway},
     locator::v1 as locator,
 };
-use mesh_contract::{RequestContext, ServiceCredentials, TenantId};
+use mesh_contract::{
+    RequestContext, ServiceCredentials, TenantId,
+    fields::{now_ms, required},
+};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, transport::Channel};
@@ -139,20 +142,6 @@ fn unregister(inner: Arc<Inner>, ctx: RequestContext, key: Key) {
             tracing::warn!(tenant = %ctx.tenant, error = %status, "unregistering a terminal failed");
         }
     });
-}
-
-fn required(field: &'static str, value: &str) -> Result<(), Status> {
-    if value.is_empty() {
-        Err(Status::invalid_argument(format!("{field} is required")))
-    } else {
-        Ok(())
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[tonic::async_trait]

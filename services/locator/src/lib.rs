@@ -10,7 +10,7 @@ use std::{
 };
 
 use mesh_api::locator::v1::{self, locator_server::Locator};
-use mesh_contract::{RequestContext, TenantId};
+use mesh_contract::{RequestContext, TenantId, fields::required};
 use tonic::{Request, Response, Status};
 
 /// Terminals of one user, by terminal id.
@@ -20,14 +20,6 @@ type UserTerminals = BTreeMap<String, v1::TerminalLocation>;
 #[derive(Clone, Debug, Default)]
 pub struct LocatorService {
     tenants: Arc<RwLock<HashMap<TenantId, HashMap<String, UserTerminals>>>>,
-}
-
-fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Status> {
-    if value.is_empty() {
-        Err(Status::invalid_argument(format!("{field} is required")))
-    } else {
-        Ok(value)
-    }
 }
 
 #[tonic::async_trait]

@@ -21,10 +21,3 @@ pub use archive::Archive;
 pub use service::{MessageService, SYSTEM_SENDER};
 pub use settings::MessageSettings;
 pub use system::SystemMessages;
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}

@@ -10,10 +10,13 @@ use mesh_api::{
     locator::v1 as locator,
     message::v1::{self as message, message_server::Message},
 };
-use mesh_contract::{EventBus, RequestContext, ServiceCredentials, TenantId};
+use mesh_contract::{
+    EventBus, RequestContext, ServiceCredentials, TenantId,
+    fields::{now_ms, required},
+};
 use tonic::{Request, Response, Status, transport::Channel};
 
-use crate::{MessageSettings, now_ms};
+use crate::MessageSettings;
 
 /// Sender of the messages the platform writes itself (e.g. from order events).
 pub const SYSTEM_SENDER: &str = "system";
@@ -108,14 +111,6 @@ pub struct MessageService {
 impl std::fmt::Debug for MessageService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MessageService").finish_non_exhaustive()
-    }
-}
-
-fn required(field: &'static str, value: &str) -> Result<(), Status> {
-    if value.is_empty() {
-        Err(Status::invalid_argument(format!("{field} is required")))
-    } else {
-        Ok(())
     }
 }
 

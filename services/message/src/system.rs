@@ -65,6 +65,52 @@ fn status_name(name: &str) -> String {
     name.trim_start_matches("ORDER_STATUS_").to_lowercase()
 }
 
+/// The parts of an order event a system message is made of; both majors' events reduce to it.
+struct OrderNews {
+    order_id: String,
+    user_id: String,
+    conversation_id: String,
+}
+
+impl SystemMessages {
+    async fn placed(
+        &self,
+        ctx: &RequestContext,
+        order: OrderNews,
+        total_minor: i64,
+        currency: &str,
+    ) -> Result<(), HandlerError> {
+        let body = format!(
+            "Order {} was placed: {}",
+            order.order_id,
+            money(total_minor, currency)
+        );
+        let key = format!("order:{}:created", order.order_id);
+        self.write(ctx, order.conversation_id, order.user_id, body, key)
+            .await
+    }
+
+    /// `status` and `previous` as the enums name them (`ORDER_STATUS_SHIPPED`); v1 and v2
+    /// share the values.
+    async fn status_changed(
+        &self,
+        ctx: &RequestContext,
+        order: OrderNews,
+        status: &str,
+        previous: &str,
+    ) -> Result<(), HandlerError> {
+        let status = status_name(status);
+        let body = format!(
+            "Order {} is now {status} (was {})",
+            order.order_id,
+            status_name(previous)
+        );
+        let key = format!("order:{}:{status}", order.order_id);
+        self.write(ctx, order.conversation_id, order.user_id, body, key)
+            .await
+    }
+}
+
 impl order_v1::OrderHandler for SystemMessages {
     async fn on_order_created(
         &self,
@@ -72,13 +118,12 @@ impl order_v1::OrderHandler for SystemMessages {
         event: order_v1::OrderCreated,
     ) -> Result<(), HandlerError> {
         let order = event.order.unwrap_or_default();
-        let body = format!(
-            "Order {} was placed: {}",
-            order.order_id,
-            money(order.total_cents, &order.currency)
-        );
-        let key = format!("order:{}:created", order.order_id);
-        self.write(ctx, event.conversation_id, order.user_id, body, key)
+        let news = OrderNews {
+            order_id: order.order_id,
+            user_id: order.user_id,
+            conversation_id: event.conversation_id,
+        };
+        self.placed(ctx, news, order.total_cents, &order.currency)
             .await
     }
 
@@ -87,14 +132,13 @@ impl order_v1::OrderHandler for SystemMessages {
         ctx: &RequestContext,
         event: order_v1::OrderUpdated,
     ) -> Result<(), HandlerError> {
-        let status = status_name(event.status().as_str_name());
-        let body = format!(
-            "Order {} is now {status} (was {})",
-            event.order_id,
-            status_name(event.previous_status().as_str_name())
-        );
-        let key = format!("order:{}:{status}", event.order_id);
-        self.write(ctx, event.conversation_id, event.user_id, body, key)
+        let (status, previous) = (event.status(), event.previous_status());
+        let news = OrderNews {
+            order_id: event.order_id,
+            user_id: event.user_id,
+            conversation_id: event.conversation_id,
+        };
+        self.status_changed(ctx, news, status.as_str_name(), previous.as_str_name())
             .await
     }
 }
@@ -107,13 +151,12 @@ impl order_v2::OrderHandler for SystemMessages {
     ) -> Result<(), HandlerError> {
         let order = event.order.unwrap_or_default();
         let total = order.total.unwrap_or_default();
-        let body = format!(
-            "Order {} was placed: {}",
-            order.order_id,
-            money(total.minor_units, &total.currency)
-        );
-        let key = format!("order:{}:created", order.order_id);
-        self.write(ctx, event.conversation_id, order.user_id, body, key)
+        let news = OrderNews {
+            order_id: order.order_id,
+            user_id: order.user_id,
+            conversation_id: event.conversation_id,
+        };
+        self.placed(ctx, news, total.minor_units, &total.currency)
             .await
     }
 
@@ -122,14 +165,13 @@ impl order_v2::OrderHandler for SystemMessages {
         ctx: &RequestContext,
         event: order_v2::OrderUpdated,
     ) -> Result<(), HandlerError> {
-        let status = status_name(event.status().as_str_name());
-        let body = format!(
-            "Order {} is now {status} (was {})",
-            event.order_id,
-            status_name(event.previous_status().as_str_name())
-        );
-        let key = format!("order:{}:{status}", event.order_id);
-        self.write(ctx, event.conversation_id, event.user_id, body, key)
+        let (status, previous) = (event.status(), event.previous_status());
+        let news = OrderNews {
+            order_id: event.order_id,
+            user_id: event.user_id,
+            conversation_id: event.conversation_id,
+        };
+        self.status_changed(ctx, news, status.as_str_name(), previous.as_str_name())
             .await
     }
 

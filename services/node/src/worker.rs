@@ -243,10 +243,10 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         let mut tick = tokio::time::interval(RETENTION_EVERY);
         loop {
             tick.tick().await;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            match retention.purge_expired(now).await {
+            match retention
+                .purge_expired(mesh_contract::fields::now_ms())
+                .await
+            {
                 Ok(purged) => {
                     for (tenant, n) in purged.into_iter().filter(|(_, n)| *n > 0) {
                         tracing::info!(%tenant, messages = n, "expired messages purged");

@@ -147,34 +147,43 @@ impl Platform {
     /// consumers. Only the services its config enables are set up for it.
     pub async fn add_tenant(&self, config: &TenantConfig) -> Result<(), PlatformError> {
         let tenant = config.tenant_id();
-        self.credentials
-            .insert(tenant.clone(), config.credentials.resolve());
         let enabled: HashMap<&str, &mesh_runtime::config::ServiceConfig> =
             config.enabled_services().collect();
-        if let Some(service) = enabled.get("recommend")
-            && let Some(max) = positive(&tenant, service, "recommend", "max_suggestions")?
-        {
-            self.recommend
-                .set_max_suggestions(tenant.clone(), u32::try_from(max).unwrap_or(u32::MAX));
-        }
+        // every setting is checked before anything is applied
+        let max_suggestions = match enabled.get("recommend") {
+            Some(service) => positive(&tenant, service, "recommend", "max_suggestions")?,
+            None => None,
+        };
         let order_major = match enabled.get("order") {
+            Some(service) => Some(major(&tenant, service)?),
+            None => None,
+        };
+        let message_settings = match enabled.get("message") {
             Some(service) => {
-                let major = major(&tenant, service)?;
-                self.orders.set_major(tenant.clone(), major);
-                Some(major)
+                let mut settings = MessageSettings::default();
+                if let Some(days) = positive(&tenant, service, "message", "retention_days")? {
+                    settings.retention_days = u32::try_from(days).unwrap_or(u32::MAX);
+                }
+                if let Some(bytes) = positive(&tenant, service, "message", "max_body_bytes")? {
+                    settings.max_body_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+                }
+                Some(settings)
             }
             None => None,
         };
-        let Some(service) = enabled.get("message") else {
+
+        self.credentials
+            .insert(tenant.clone(), config.credentials.resolve());
+        if let Some(max) = max_suggestions {
+            self.recommend
+                .set_max_suggestions(tenant.clone(), u32::try_from(max).unwrap_or(u32::MAX));
+        }
+        if let Some(major) = order_major {
+            self.orders.set_major(tenant.clone(), major);
+        }
+        let Some(settings) = message_settings else {
             return Ok(());
         };
-        let mut settings = MessageSettings::default();
-        if let Some(days) = positive(&tenant, service, "message", "retention_days")? {
-            settings.retention_days = u32::try_from(days).unwrap_or(u32::MAX);
-        }
-        if let Some(bytes) = positive(&tenant, service, "message", "max_body_bytes")? {
-            settings.max_body_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
-        }
         self.archive
             .store()
             .open(&tenant, &config.data_namespace)

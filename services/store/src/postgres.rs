@@ -2,8 +2,9 @@
 
 use std::{collections::HashMap, sync::RwLock};
 
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use mesh_contract::TenantId;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::NoTls;
 
 use crate::{MessageStore, Saved, StoreError, StoredMessage, StoredReceipt, valid_namespace};
 
@@ -11,15 +12,18 @@ use crate::{MessageStore, Saved, StoreError, StoredMessage, StoredReceipt, valid
 /// `mesh_mall`.
 pub const DEFAULT_PREFIX: &str = "mesh_";
 
+/// Connections the store keeps open at most.
+const POOL_SIZE: usize = 8;
+
 /// PostgreSQL backend: each tenant's tables live in schema `<prefix><namespace>`, created on
 /// [`MessageStore::open`]. Statements are built from that one schema name, which was
 /// validated as a plain identifier, so a statement reaches exactly one tenant's tables.
 ///
-/// One connection, pipelined (tokio-postgres runs concurrent statements on it); a lost
-/// connection makes operations fail with [`StoreError::Backend`], which the storage consumer
-/// turns into a retry.
+/// A pool of connections (deadpool-postgres) with prepared statements cached per connection:
+/// a connection that broke is replaced on the next use, and an operation that failed with it
+/// returns [`StoreError::Backend`], which the storage consumer turns into a retry.
 pub struct PgStore {
-    client: Client,
+    pool: Pool,
     prefix: String,
     schemas: RwLock<HashMap<TenantId, String>>,
 }
@@ -35,11 +39,10 @@ impl std::fmt::Debug for PgStore {
 
 /// Why [`PgStore::connect`] failed.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot connect to PostgreSQL at {url}: {source}")]
+#[error("cannot connect to PostgreSQL at {url}: {reason}")]
 pub struct ConnectError {
     url: String,
-    #[source]
-    source: tokio_postgres::Error,
+    reason: String,
 }
 
 impl PgStore {
@@ -50,19 +53,26 @@ impl PgStore {
 
     /// Connects; tenant schemas are named `<prefix><namespace>` (tests use a prefix per run).
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, ConnectError> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
-            .await
-            .map_err(|source| ConnectError {
-                url: url.to_owned(),
-                source,
-            })?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::error!(error = %err, "PostgreSQL connection lost");
-            }
-        });
+        let error = |reason: String| ConnectError {
+            url: url.to_owned(),
+            reason,
+        };
+        let config: tokio_postgres::Config = url.parse().map_err(|e| error(format!("{e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| error(e.to_string()))?;
+        // fail now, with the address, rather than on the first message
+        drop(pool.get().await.map_err(|e| error(e.to_string()))?);
         Ok(Self {
-            client,
+            pool,
             prefix: prefix.to_owned(),
             schemas: RwLock::default(),
         })
@@ -70,20 +80,42 @@ impl PgStore {
 
     /// Drops the schema of every tenant opened through this store, with its data (off-boarding,
     /// and tests cleaning up after themselves).
-    pub async fn drop_opened(&self) -> Result<(), tokio_postgres::Error> {
-        let schemas: Vec<String> = self
-            .schemas
-            .write()
-            .expect("lock")
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
-        for schema in schemas {
-            self.client
+    pub async fn drop_opened(&self) -> Result<(), StoreError> {
+        let schemas: Vec<(TenantId, String)> =
+            self.schemas.write().expect("lock").drain().collect();
+        for (tenant, schema) in schemas {
+            self.client(&tenant)
+                .await?
                 .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                .await?;
+                .await
+                .map_err(backend(&tenant, "dropping its schema"))?;
         }
         Ok(())
+    }
+
+    /// A pooled connection and `sql` prepared on it (once per connection), for `operation`
+    /// on `tenant`'s data.
+    async fn prepared(
+        &self,
+        tenant: &TenantId,
+        operation: &'static str,
+        sql: &str,
+    ) -> Result<(Object, tokio_postgres::Statement), StoreError> {
+        let client = self.client(tenant).await?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(backend(tenant, operation))?;
+        Ok((client, statement))
+    }
+
+    /// A pooled connection, for work on `tenant`'s data.
+    async fn client(&self, tenant: &TenantId) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(|e| StoreError::Backend {
+            tenant: tenant.clone(),
+            operation: "getting a connection",
+            reason: e.to_string(),
+        })
     }
 
     /// The schema prefix this store was opened with.
@@ -167,12 +199,12 @@ impl MessageStore for PgStore {
                SELECT '{tenant}' WHERE NOT EXISTS (SELECT 1 FROM {schema}.owner);
              COMMIT;"
         );
-        self.client
+        let client = self.client(tenant).await?;
+        client
             .batch_execute(&ddl)
             .await
             .map_err(backend(tenant, "creating its schema"))?;
-        let owner: String = self
-            .client
+        let owner: String = client
             .query_one(&format!("SELECT tenant FROM {schema}.owner"), &[])
             .await
             .map_err(backend(tenant, "reading its schema's owner"))?
@@ -195,16 +227,23 @@ impl MessageStore for PgStore {
         tenant: &TenantId,
         m: &StoredMessage,
     ) -> Result<Saved, StoreError> {
+        const OP: &str = "saving a message";
         let schema = self.schema(tenant)?;
-        let inserted = self
-            .client
-            .execute(
+        let (client, statement) = self
+            .prepared(
+                tenant,
+                OP,
                 &format!(
                     "INSERT INTO {schema}.messages
                      (message_id, conversation_id, seq, from_user, to_user, kind, body, sent_at_ms)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                      ON CONFLICT (message_id) DO NOTHING"
                 ),
+            )
+            .await?;
+        let inserted = client
+            .execute(
+                &statement,
                 &[
                     &m.message_id,
                     &m.conversation_id,
@@ -217,7 +256,7 @@ impl MessageStore for PgStore {
                 ],
             )
             .await
-            .map_err(backend(tenant, "saving a message"))?;
+            .map_err(backend(tenant, OP))?;
         Ok(if inserted == 1 {
             Saved::New
         } else {
@@ -232,28 +271,35 @@ impl MessageStore for PgStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
+        const OP: &str = "reading a conversation";
         let schema = self.schema(tenant)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self
-            .client
-            .query(
+        let (client, statement) = self
+            .prepared(
+                tenant,
+                OP,
                 &format!(
                     "SELECT message_id, conversation_id, seq, from_user, to_user, kind, body, sent_at_ms
                      FROM {schema}.messages
                      WHERE conversation_id = $1 AND seq > $2
                      ORDER BY seq LIMIT $3"
                 ),
-                &[&conversation_id, &seq(after_seq), &limit],
             )
+            .await?;
+        let rows = client
+            .query(&statement, &[&conversation_id, &seq(after_seq), &limit])
             .await
-            .map_err(backend(tenant, "reading a conversation"))?;
+            .map_err(backend(tenant, OP))?;
         Ok(rows.iter().map(message).collect())
     }
 
     async fn save_receipt(&self, tenant: &TenantId, r: &StoredReceipt) -> Result<(), StoreError> {
+        const OP: &str = "saving a read receipt";
         let schema = self.schema(tenant)?;
-        self.client
-            .execute(
+        let (client, statement) = self
+            .prepared(
+                tenant,
+                OP,
                 &format!(
                     "INSERT INTO {schema}.receipts (conversation_id, reader, up_to_seq, read_at_ms)
                      VALUES ($1, $2, $3, $4)
@@ -261,6 +307,11 @@ impl MessageStore for PgStore {
                        SET up_to_seq = EXCLUDED.up_to_seq, read_at_ms = EXCLUDED.read_at_ms
                        WHERE {schema}.receipts.up_to_seq < EXCLUDED.up_to_seq"
                 ),
+            )
+            .await?;
+        client
+            .execute(
+                &statement,
                 &[
                     &r.conversation_id,
                     &r.reader,
@@ -269,7 +320,7 @@ impl MessageStore for PgStore {
                 ],
             )
             .await
-            .map_err(backend(tenant, "saving a read receipt"))?;
+            .map_err(backend(tenant, OP))?;
         Ok(())
     }
 
@@ -279,18 +330,22 @@ impl MessageStore for PgStore {
         conversation_id: &str,
         reader: &str,
     ) -> Result<Option<StoredReceipt>, StoreError> {
+        const OP: &str = "reading a read receipt";
         let schema = self.schema(tenant)?;
-        let row = self
-            .client
-            .query_opt(
+        let (client, statement) = self
+            .prepared(
+                tenant,
+                OP,
                 &format!(
                     "SELECT conversation_id, reader, up_to_seq, read_at_ms
                      FROM {schema}.receipts WHERE conversation_id = $1 AND reader = $2"
                 ),
-                &[&conversation_id, &reader],
             )
+            .await?;
+        let row = client
+            .query_opt(&statement, &[&conversation_id, &reader])
             .await
-            .map_err(backend(tenant, "reading a read receipt"))?;
+            .map_err(backend(tenant, OP))?;
         Ok(row.map(|row| StoredReceipt {
             conversation_id: row.get(0),
             reader: row.get(1),
@@ -300,13 +355,18 @@ impl MessageStore for PgStore {
     }
 
     async fn purge_before(&self, tenant: &TenantId, cutoff_ms: i64) -> Result<u64, StoreError> {
+        const OP: &str = "purging expired messages";
         let schema = self.schema(tenant)?;
-        self.client
-            .execute(
+        let (client, statement) = self
+            .prepared(
+                tenant,
+                OP,
                 &format!("DELETE FROM {schema}.messages WHERE sent_at_ms < $1"),
-                &[&cutoff_ms],
             )
+            .await?;
+        client
+            .execute(&statement, &[&cutoff_ms])
             .await
-            .map_err(backend(tenant, "purging expired messages"))
+            .map_err(backend(tenant, OP))
     }
 }

@@ -280,3 +280,59 @@ async fn an_unreachable_database_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn postgresql_recovers_when_its_connections_are_killed() {
+    let app = format!(
+        "mesh-store-test-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let url = format!("{}?application_name={app}", postgres_url());
+    let prefix = format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let store = PgStore::connect_with_prefix(&url, &prefix).await.unwrap();
+    let mall = tenant("mall");
+    store.open(&mall, "mall").await.unwrap();
+    store
+        .save_message(&mall, &msg("before", "c", 1, 0))
+        .await
+        .unwrap();
+
+    // the database goes away under the store's connections (a restart, a failover)
+    let (raw, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let killed = raw
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap();
+    assert!(!killed.is_empty(), "the store had connections to kill");
+
+    // an operation may fail while the pool notices; it then opens fresh connections
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match store.save_message(&mall, &msg("after", "c", 2, 0)).await {
+            Ok(_) => break,
+            Err(err) => {
+                assert!(matches!(err, StoreError::Backend { .. }), "{err}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no recovery within 10 s: {err}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let ids: Vec<String> = store
+        .history(&mall, "c", 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.message_id)
+        .collect();
+    assert_eq!(ids, ["before", "after"]);
+    store.drop_opened().await.unwrap();
+}

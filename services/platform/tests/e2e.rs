@@ -233,7 +233,7 @@ async fn persistence_is_asynchronous_over_rabbitmq(tenant: &str) {
         inner: MemoryStore::default(),
         gate: Semaphore::new(0),
     });
-    let node = Node::start_with_store(Bus::RabbitMq, Store::Embedded, Some(gated.clone())).await;
+    let node = Node::start(Bus::RabbitMq, Store::Custom(gated.clone())).await;
     let ids = Ids::new();
     let (alice, bob, conv) = (ids.of("alice"), ids.of("bob"), ids.of("conv"));
     let mut phone = node.terminal(tenant, &bob, "phone").await;

@@ -31,6 +31,8 @@ pub enum Bus {
 pub enum Store {
     Embedded,
     Postgres,
+    /// A store of the test's own (wrapping the embedded one, say).
+    Custom(Arc<dyn MessageStore>),
 }
 
 pub fn amqp_uri() -> String {
@@ -65,15 +67,6 @@ pub struct Node {
 impl Node {
     /// A node serving every shipped tenant.
     pub async fn start(bus: Bus, store: Store) -> Self {
-        Self::start_with_store(bus, store, None).await
-    }
-
-    /// A node whose store is `custom` (wrapping the embedded one, say).
-    pub async fn start_with_store(
-        bus: Bus,
-        store: Store,
-        custom: Option<Arc<dyn MessageStore>>,
-    ) -> Self {
         let run = run_id();
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
         let tenants = Tenants::load(&dir, mesh_api::CONTRACTS).expect("the shipped tenants load");
@@ -91,10 +84,10 @@ impl Node {
                 .expect("RabbitMQ must run on 127.0.0.1:5672 (bash .ci/test starts it)"),
             ),
         };
-        let (store, pg): (Arc<dyn MessageStore>, _) = match (custom, store) {
-            (Some(custom), _) => (custom, None),
-            (None, Store::Embedded) => (Arc::new(MemoryStore::default()), None),
-            (None, Store::Postgres) => {
+        let (store, pg): (Arc<dyn MessageStore>, _) = match store {
+            Store::Custom(custom) => (custom, None),
+            Store::Embedded => (Arc::new(MemoryStore::default()), None),
+            Store::Postgres => {
                 let pg = Arc::new(
                     PgStore::connect_with_prefix(&postgres_url(), &format!("t{run}_"))
                         .await

@@ -106,3 +106,59 @@ impl message::MessageHandler for Archive {
             .map_err(handler_error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mesh_api::message::v1::MessageHandler as _;
+    use mesh_store::MemoryStore;
+
+    use super::*;
+
+    fn ctx(tenant: &str) -> RequestContext {
+        RequestContext::new(TenantId::new(tenant).unwrap())
+    }
+
+    #[tokio::test]
+    async fn events_that_can_never_be_stored_are_rejected_with_the_reason() {
+        let store = Arc::new(MemoryStore::default());
+        store
+            .open(&TenantId::new("mall").unwrap(), "mall")
+            .await
+            .unwrap();
+        let archive = Archive::new(store.clone());
+
+        let empty = archive
+            .on_message_sent(&ctx("mall"), message::MessageSent { message: None })
+            .await;
+        assert_eq!(
+            empty,
+            Err(HandlerError::Reject(
+                "MessageSent carries no message".into()
+            ))
+        );
+        let sent = message::MessageSent {
+            message: Some(message::ChatMessage {
+                message_id: "m-1".into(),
+                conversation_id: "c".into(),
+                seq: 1,
+                ..Default::default()
+            }),
+        };
+        let stranger = archive
+            .on_message_sent(&ctx("stranger"), sent.clone())
+            .await;
+        assert!(
+            matches!(&stranger, Err(HandlerError::Reject(reason)) if reason.contains("tenant stranger")),
+            "{stranger:?}"
+        );
+        // stored once, however often the event is delivered
+        for _ in 0..2 {
+            archive
+                .on_message_sent(&ctx("mall"), sent.clone())
+                .await
+                .unwrap();
+        }
+        let mall = TenantId::new("mall").unwrap();
+        assert_eq!(store.history(&mall, "c", 0, 10).await.unwrap().len(), 1);
+    }
+}

@@ -441,3 +441,78 @@ macro_rules! for_every_shipped_tenant {
 }
 
 for_every_shipped_tenant!(mall, finance, paipai);
+
+/// Garbage published on a tenant's message exchange is dead-lettered with its reason, and the
+/// storage consumer goes on storing the real messages after it.
+#[tokio::test]
+async fn garbage_on_the_queue_is_dead_lettered_and_storage_goes_on() {
+    use lapin::{
+        BasicProperties,
+        options::{BasicGetOptions, BasicPublishOptions},
+        types::{AMQPValue, FieldTable},
+    };
+    use mesh_contract::spec::names;
+
+    let node = Node::start(Bus::RabbitMq, Store::Embedded).await;
+    let mall = TenantId::new("mall").unwrap();
+    let connection =
+        lapin::Connection::connect(&support::amqp_uri(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert("x-mesh-tenant".into(), AMQPValue::LongString("mall".into()));
+    channel
+        .basic_publish(
+            names::exchange(&mall, "message", 1).as_str().into(),
+            "message_sent".into(),
+            BasicPublishOptions::default(),
+            b"\xff\xfe not protobuf",
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let queue = names::queue(&mall, "message", 1, &format!("storage-{}", node.run));
+    let dead = names::dead_letter_queue(&queue);
+    let mut reason = None;
+    for _ in 0..500 {
+        if let Some(message) = channel
+            .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            reason = match message
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-mesh-dead-reason").cloned())
+            {
+                Some(AMQPValue::LongString(text)) => Some(text.to_string()),
+                other => panic!("dead letter without a reason: {other:?}"),
+            };
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let reason = reason.expect("the garbage was dead-lettered within 10 s");
+    assert!(
+        reason.starts_with("payload is not a valid message.v1.MessageSent"),
+        "dead-letter reason: {reason}"
+    );
+
+    let ids = Ids::new();
+    let (alice, bob, conv) = (ids.of("alice"), ids.of("bob"), ids.of("conv"));
+    let mut sender = node.terminal("mall", &alice, "web").await;
+    sender
+        .send(&conv, &bob, "after the garbage", "m")
+        .await
+        .unwrap();
+    eventually("the next message to be stored", || async {
+        stored(&node, "mall", &conv).await.len() == 1
+    })
+    .await;
+    node.finish().await;
+}

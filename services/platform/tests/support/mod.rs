@@ -170,52 +170,87 @@ impl Node {
         .await;
     }
 
-    /// Stops serving and removes what the node left on shared services: its queues on the
-    /// broker, its schemas in PostgreSQL.
-    pub async fn finish(mut self) {
+    /// Stops serving and removes what the node left on shared services (dropping the node
+    /// does the same; this reads better at the end of a test).
+    pub async fn finish(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Node {
+    /// Runs even when a test fails: removes this node's queues from the broker (they would
+    /// otherwise keep collecting every later run's events) and its schemas from PostgreSQL,
+    /// over fresh connections on a thread of its own, since the test's runtime may be gone.
+    fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(pg) = &self.pg {
-            pg.drop_opened().await.unwrap();
-        }
-        if self.rabbit {
-            let connection =
-                lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default())
-                    .await
-                    .unwrap();
-            let channel = connection.create_channel().await.unwrap();
-            for tenant in SHIPPED {
-                let tenant = TenantId::new(tenant).unwrap();
-                let queues = [
-                    names::queue(
-                        &tenant,
-                        "message",
-                        1,
-                        &format!("{STORAGE_CONSUMER}-{}", self.run),
-                    ),
-                    names::queue(
-                        &tenant,
-                        "order",
-                        1,
-                        &format!("{MESSAGE_CONSUMER}-{}", self.run),
-                    ),
-                    names::queue(
-                        &tenant,
-                        "order",
-                        2,
-                        &format!("{MESSAGE_CONSUMER}-{}", self.run),
-                    ),
-                ];
-                for queue in queues {
-                    for name in [names::dead_letter_queue(&queue), queue] {
-                        let _ = channel
-                            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                            .await;
-                    }
+        let (run, rabbit, postgres) = (self.run.clone(), self.rabbit, self.pg.is_some());
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                if rabbit {
+                    delete_queues(&run).await;
                 }
+                if postgres {
+                    drop_schemas(&run).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn delete_queues(run: &str) {
+    let Ok(connection) =
+        lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    for tenant in SHIPPED {
+        let tenant = TenantId::new(tenant).unwrap();
+        let queues = [
+            names::queue(&tenant, "message", 1, &format!("{STORAGE_CONSUMER}-{run}")),
+            names::queue(&tenant, "order", 1, &format!("{MESSAGE_CONSUMER}-{run}")),
+            names::queue(&tenant, "order", 2, &format!("{MESSAGE_CONSUMER}-{run}")),
+        ];
+        for queue in queues {
+            for name in [names::dead_letter_queue(&queue), queue] {
+                let _ = channel
+                    .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                    .await;
             }
         }
+    }
+}
+
+async fn drop_schemas(run: &str) {
+    let Ok((client, connection)) =
+        tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await
+    else {
+        return;
+    };
+    tokio::spawn(connection);
+    let Ok(rows) = client
+        .query(
+            "SELECT schema_name::text FROM information_schema.schemata WHERE schema_name LIKE $1",
+            &[&format!("t{run}\\_%")],
+        )
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let schema: String = row.get(0);
+        let _ = client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await;
     }
 }
 

@@ -225,6 +225,10 @@ async fn chat(
     );
     println!("    customer/phone   got {}", receive(&mut phone).await?);
     println!("    customer/desktop got {}", receive(&mut desktop).await?);
+    println!(
+        "  agent/web looks the order up beside the conversation: {}",
+        look_up(channel, ctx, order_version, &order_id).await
+    );
     platform
         .orders()
         .set_status(ctx, &order_id, OrderStatus::Shipped as i32)
@@ -271,6 +275,54 @@ async fn chat(
     // the app closes: the gateway unregisters the terminals
     drop((phone, desktop, agent, tablet));
     wait_connected(platform, 0).await
+}
+
+/// GetOrder on the major the tenant runs, as support staff's console calls it.
+async fn look_up(channel: &Channel, ctx: &RequestContext, version: &str, order_id: &str) -> String {
+    let answer = if version == "v2" {
+        mesh_api::order::v2::OrderCaller::new(channel.clone())
+            .get_order(
+                ctx,
+                mesh_api::order::v2::GetOrderRequest {
+                    order_id: order_id.into(),
+                },
+            )
+            .await
+            .map(|a| {
+                let o = a.order.unwrap_or_default();
+                let total = o.total.clone().unwrap_or_default();
+                format!(
+                    "{:?}, {} {}.{:02}",
+                    o.status(),
+                    total.currency,
+                    total.minor_units / 100,
+                    total.minor_units % 100
+                )
+            })
+    } else {
+        mesh_api::order::v1::OrderCaller::new(channel.clone())
+            .get_order(
+                ctx,
+                mesh_api::order::v1::GetOrderRequest {
+                    order_id: order_id.into(),
+                },
+            )
+            .await
+            .map(|a| {
+                let o = a.order.unwrap_or_default();
+                format!(
+                    "{:?}, {} {}.{:02}",
+                    o.status(),
+                    o.currency,
+                    o.total_cents / 100,
+                    o.total_cents % 100
+                )
+            })
+    };
+    match answer {
+        Ok(view) => format!("GetOrder (order {version}) -> {view}"),
+        Err(status) => format!("GetOrder (order {version}) refused: {}", status.message()),
+    }
 }
 
 async fn suggestions(channel: &Channel, ctx: &RequestContext) -> String {

@@ -22,6 +22,7 @@ fn demo_tells_the_whole_story_for_three_tenants() {
         ));
         has("kept offline for [\"tablet\"]");
         has(&format!("publishes OrderCreated on order {order}"));
+        has(&format!("GetOrder (order {order}) -> Paid, CNY 129.00"));
         has(&format!(
             "customer/desktop got #3 system message: \"Order {tenant}-o-77 was placed: CNY 129.00\""
         ));

@@ -148,6 +148,17 @@ impl MessageService {
             .settings = settings;
     }
 
+    /// Every served tenant with its settings.
+    pub fn tenants(&self) -> Vec<(TenantId, MessageSettings)> {
+        self.inner
+            .tenants
+            .read()
+            .expect("lock")
+            .iter()
+            .map(|(tenant, state)| (tenant.clone(), state.lock().expect("lock").settings))
+            .collect()
+    }
+
     fn tenant(&self, tenant: &TenantId) -> Result<Arc<Mutex<TenantState>>, Status> {
         self.inner
             .tenants

@@ -90,7 +90,6 @@ pub struct Platform {
     bus: Arc<dyn EventBus>,
     credentials: ServiceCredentials,
     consumer_suffix: String,
-    settings: Mutex<HashMap<TenantId, MessageSettings>>,
     subscriptions: Mutex<Vec<SubscriptionHandle>>,
 }
 
@@ -98,7 +97,7 @@ impl std::fmt::Debug for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Platform")
             .field("gateway", &self.gateway)
-            .field("tenants", &self.settings.lock().expect("lock").len())
+            .field("message_tenants", &self.messages.tenants().len())
             .finish_non_exhaustive()
     }
 }
@@ -131,7 +130,6 @@ impl Platform {
             bus,
             credentials,
             consumer_suffix: String::new(),
-            settings: Mutex::default(),
             subscriptions: Mutex::default(),
         }
     }
@@ -225,7 +223,6 @@ impl Platform {
             None => {}
         }
         self.subscriptions.lock().expect("lock").extend(handles);
-        self.settings.lock().expect("lock").insert(tenant, settings);
         Ok(())
     }
 
@@ -315,21 +312,10 @@ impl Platform {
         &self.archive
     }
 
-    /// A served tenant's message settings.
-    pub fn message_settings(&self, tenant: &TenantId) -> Option<MessageSettings> {
-        self.settings.lock().expect("lock").get(tenant).copied()
-    }
-
     /// Deletes, for every served tenant, the stored messages its retention no longer keeps;
     /// returns how many per tenant.
     pub async fn purge_expired(&self, now_ms: i64) -> Result<Vec<(TenantId, u64)>, StoreError> {
-        let tenants: Vec<(TenantId, MessageSettings)> = self
-            .settings
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|(t, s)| (t.clone(), *s))
-            .collect();
+        let tenants = self.messages.tenants();
         let mut purged = Vec::with_capacity(tenants.len());
         for (tenant, settings) in tenants {
             let n = self

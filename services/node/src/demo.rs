@@ -279,6 +279,7 @@ async fn chat(
 
 /// GetOrder on the major the tenant runs, as support staff's console calls it.
 async fn look_up(channel: &Channel, ctx: &RequestContext, version: &str, order_id: &str) -> String {
+    // (status, total in minor units, currency) from whichever major answers
     let answer = if version == "v2" {
         mesh_api::order::v2::OrderCaller::new(channel.clone())
             .get_order(
@@ -291,12 +292,10 @@ async fn look_up(channel: &Channel, ctx: &RequestContext, version: &str, order_i
             .map(|a| {
                 let o = a.order.unwrap_or_default();
                 let total = o.total.clone().unwrap_or_default();
-                format!(
-                    "{:?}, {} {}.{:02}",
-                    o.status(),
+                (
+                    format!("{:?}", o.status()),
+                    total.minor_units,
                     total.currency,
-                    total.minor_units / 100,
-                    total.minor_units % 100
                 )
             })
     } else {
@@ -310,17 +309,15 @@ async fn look_up(channel: &Channel, ctx: &RequestContext, version: &str, order_i
             .await
             .map(|a| {
                 let o = a.order.unwrap_or_default();
-                format!(
-                    "{:?}, {} {}.{:02}",
-                    o.status(),
-                    o.currency,
-                    o.total_cents / 100,
-                    o.total_cents % 100
-                )
+                (format!("{:?}", o.status()), o.total_cents, o.currency)
             })
     };
     match answer {
-        Ok(view) => format!("GetOrder (order {version}) -> {view}"),
+        Ok((status, minor, currency)) => format!(
+            "GetOrder (order {version}) -> {status}, {currency} {}.{:02}",
+            minor / 100,
+            minor % 100
+        ),
         Err(status) => format!("GetOrder (order {version}) refused: {}", status.message()),
     }
 }

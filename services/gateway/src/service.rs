@@ -122,15 +122,17 @@ impl Drop for PushStream {
         if !inner.detach(&key, id) {
             return; // replaced by a newer connection of the same terminal: it stays registered
         }
-        unregister(inner, ctx, key);
+        unregister(inner, &ctx, key);
     }
 }
 
-/// Tells the locator, in the background, that a terminal left this node.
-fn unregister(inner: Arc<Inner>, ctx: RequestContext, key: Key) {
+/// Tells the locator, in the background and with the node's credential for the tenant, that
+/// a terminal left this node.
+fn unregister(inner: Arc<Inner>, ctx: &RequestContext, key: Key) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    let ctx = inner.credentials.outbound(ctx);
     runtime.spawn(async move {
         let (_, user_id, terminal_id) = key;
         let request = locator::UnregisterRequest {
@@ -168,12 +170,7 @@ impl Gateway for GatewayService {
             .insert(key.clone(), Connection { id, pushes: tx });
         let stream = PushStream {
             pushes: ReceiverStream::new(rx),
-            detach: Some((
-                self.inner.clone(),
-                key,
-                id,
-                self.inner.credentials.outbound(&ctx),
-            )),
+            detach: Some((self.inner.clone(), key, id, ctx.clone())),
         };
         let location = locator::TerminalLocation {
             user_id: r.user_id,
@@ -220,8 +217,7 @@ impl Gateway for GatewayService {
                 // and fetches what it missed
                 tracing::info!(tenant = %key.0, user = %key.1, terminal = %key.2, reason = %err, "terminal disconnected");
                 if self.inner.detach(&key, id) {
-                    let ctx = self.inner.credentials.outbound(&ctx);
-                    unregister(self.inner.clone(), ctx, key);
+                    unregister(self.inner.clone(), &ctx, key);
                 }
                 false
             }

@@ -94,6 +94,21 @@ async fn offline_messages_arrive_in_order_on_reconnect(tenant: &str) {
     let desktop = node.terminal(tenant, &bob, "desktop").await;
     drop(desktop); // bob closes the app
     node.wait_connected(1).await;
+    // the gateway told the locator: bob has no terminal anywhere now
+    eventually("the locator to forget bob's desktop", || async {
+        mesh_api::locator::v1::LocatorCaller::new(node.channel.clone())
+            .locate(
+                &node.ctx(tenant),
+                mesh_api::locator::v1::LocateRequest {
+                    user_id: bob.clone(),
+                },
+            )
+            .await
+            .unwrap()
+            .terminals
+            .is_empty()
+    })
+    .await;
 
     for (i, body) in ["one", "two", "three"].iter().enumerate() {
         let sent = sender

@@ -10,7 +10,9 @@
 //!   mesh stubs: contract metadata constants, a caller taking a `RequestContext`, and a typed
 //!   event publisher, handler trait and consumer;
 //! - [`check`]s two versions of the contracts for breaking changes within a major version,
-//!   like `buf breaking`, and also over the manifest (tier lowered, deadline removed ...).
+//!   like `buf breaking`, and also over the manifest (tier lowered, deadline removed ...);
+//!   the reference is the released baseline ([`ContractSet::baseline`], [`load_baseline`]),
+//!   never merely the previous commit.
 //!
 //! Use it from `build.rs`:
 //!
@@ -29,8 +31,9 @@ mod generate;
 mod load;
 pub mod model;
 mod stubs;
+pub mod tenants;
 
 pub use check::{BreakingChange, BreakingKind, compare};
 pub use error::{ContractError, Location, Violation};
 pub use generate::{Generated, INCLUDE_FILE, generate};
-pub use load::{ContractSet, OPTIONS_PROTO, OPTIONS_PROTO_NAME, load};
+pub use load::{ContractSet, OPTIONS_PROTO, OPTIONS_PROTO_NAME, load, load_baseline};

@@ -37,12 +37,21 @@ pub struct ContractSet {
     pub contracts: Vec<Contract>,
     /// Compiled descriptors of every contract file and its imports, dependencies first.
     pub descriptors: prost_types::FileDescriptorSet,
+    /// The same, encoded with the `(mesh.*)` options (prost_types drops extension options).
+    encoded: Vec<u8>,
 }
 
 impl ContractSet {
     /// The contract in a folder (`order/v1`).
     pub fn get(&self, dir: &str) -> Option<&Contract> {
         self.contracts.iter().find(|c| c.dir == dir)
+    }
+
+    /// The set as a release baseline: the encoded descriptor set of every contract file and
+    /// its imports, source info included (so a later check can point at the released line).
+    /// Deterministic: the same contracts always give the same bytes.
+    pub fn baseline(&self) -> Vec<u8> {
+        self.encoded.clone()
     }
 }
 
@@ -61,6 +70,70 @@ pub fn load(root: &Path) -> Result<ContractSet, ContractError> {
     resolver.add(EmbeddedOptions);
     resolver.add(IncludeFileResolver::new(root.to_path_buf()));
     resolver.add(GoogleFileResolver::new());
+    compile(root, found, resolver)
+}
+
+/// Loads the contracts held by a descriptor set written by [`ContractSet::baseline`] (the
+/// released contracts, `contracts/baseline.binpb`). Locations point into it as
+/// `<path>/<service>/v<major>/<file>.proto:line`, from the source info it keeps.
+pub fn load_baseline(path: &Path) -> Result<ContractSet, ContractError> {
+    let bytes = fs::read(path).map_err(|e| ContractError::io(path, e))?;
+    let set = <prost_types::FileDescriptorSet as prost::Message>::decode(bytes.as_slice())
+        .map_err(|e| ContractError::Layout {
+            path: path.to_path_buf(),
+            message: format!(
+                "not a protobuf descriptor set ({e}); write it with `mesh-codegen baseline update`"
+            ),
+        })?;
+    let mut found: Vec<Found> = Vec::new();
+    for file in &set.file {
+        let name = file.name();
+        let mut parts = name.split('/');
+        let (Some(service), Some(version), Some(_file), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue; // mesh/options.proto, google/protobuf/...
+        };
+        let Some(major) = parse_major(version) else {
+            continue;
+        };
+        let dir = format!("{service}/{version}");
+        match found.iter_mut().find(|f| f.dir == dir) {
+            Some(f) => f.files.push(name.to_owned()),
+            None => found.push(Found {
+                dir,
+                name: service.to_owned(),
+                major,
+                files: vec![name.to_owned()],
+            }),
+        }
+    }
+    found.sort_by(|a, b| a.dir.cmp(&b.dir));
+    if found.is_empty() {
+        return Err(ContractError::Layout {
+            path: path.to_path_buf(),
+            message: "the descriptor set holds no contract (`<service>/v<major>/<file>.proto`)"
+                .into(),
+        });
+    }
+    let resolver = protox::file::DescriptorSetFileResolver::decode(bytes.as_slice())
+        .expect("decoded as a FileDescriptorSet just above");
+    compile(path, found, resolver)
+}
+
+/// `v2` -> 2; anything else (`v02`, `2`, `v`) -> None.
+pub(crate) fn parse_major(version: &str) -> Option<u32> {
+    version
+        .strip_prefix('v')
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|n| format!("v{n}") == version)
+}
+
+fn compile(
+    root: &Path,
+    found: Vec<Found>,
+    resolver: impl FileResolver + 'static,
+) -> Result<ContractSet, ContractError> {
     let mut compiler = protox::Compiler::with_file_resolver(resolver);
     compiler.include_imports(true).include_source_info(true);
     for file in found.iter().flat_map(|c| &c.files) {
@@ -88,6 +161,7 @@ pub fn load(root: &Path) -> Result<ContractSet, ContractError> {
             root: root.to_path_buf(),
             contracts,
             descriptors: compiler.file_descriptor_set(),
+            encoded: compiler.encode_file_descriptor_set(),
         })
     } else {
         violations.sort_by(|a, b| a.location.cmp(&b.location));
@@ -113,11 +187,7 @@ fn discover(root: &Path) -> Result<Vec<Found>, ContractError> {
                 continue;
             }
             let version = file_name(&version_dir);
-            let major = version
-                .strip_prefix('v')
-                .and_then(|n| n.parse::<u32>().ok())
-                .filter(|n| format!("v{n}") == version)
-                .ok_or_else(|| ContractError::Layout {
+            let major = parse_major(&version).ok_or_else(|| ContractError::Layout {
                     path: version_dir.clone(),
                     message: format!(
                         "expected a major-version folder `v<N>` (e.g. `v1`) inside `{name}/`, found `{version}`"

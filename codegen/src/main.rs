@@ -29,19 +29,51 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Validates the contracts and, given a previous version, fails on breaking changes.
+    /// Validates the contracts and, given a reference, fails on breaking changes against it.
+    ///
+    /// The reference to use is the released baseline (`--against-baseline`): comparing with the
+    /// previous commit misses a break made in any but the last commit of a change.
     Check {
         /// The contracts folder to check.
         #[arg(long, default_value = "contracts")]
         contracts: PathBuf,
         /// A folder holding the previous version of the contracts.
-        #[arg(long, conflicts_with = "against_git")]
+        #[arg(long, group = "reference")]
         against: Option<PathBuf>,
-        /// A git revision holding the previous version (e.g. `HEAD~1`, `origin/main`).
-        #[arg(long)]
+        /// A git revision holding the previous version (e.g. a release tag `v0.3.0`).
+        #[arg(long, group = "reference")]
         against_git: Option<String>,
+        /// The released baseline, a descriptor set written by `baseline update`
+        /// (default `<contracts>/baseline.binpb`).
+        #[arg(long, group = "reference")]
+        against_baseline: Option<Option<PathBuf>>,
+        /// A tenants folder: every contract major a tenant file runs must exist.
+        #[arg(long)]
+        tenants: Option<PathBuf>,
+    },
+    /// The released baseline of the contracts, against which `check` finds breaking changes.
+    Baseline {
+        #[command(subcommand)]
+        command: BaselineCmd,
     },
 }
+
+#[derive(Subcommand)]
+enum BaselineCmd {
+    /// Rewrites the baseline from the contracts as they are now. Run it when releasing, never to
+    /// silence a failing check.
+    Update {
+        /// The contracts folder.
+        #[arg(long, default_value = "contracts")]
+        contracts: PathBuf,
+        /// Where to write it (default `<contracts>/baseline.binpb`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// The baseline's file name inside the contracts folder.
+const BASELINE_FILE: &str = "baseline.binpb";
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -68,10 +100,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Baseline {
+            command: BaselineCmd::Update { contracts, out },
+        } => {
+            let set = mesh_codegen::load(&contracts)?;
+            let out = out.unwrap_or_else(|| contracts.join(BASELINE_FILE));
+            std::fs::write(&out, set.baseline())
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote the baseline of {} contract(s) to {}",
+                set.contracts.len(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Check {
             contracts,
             against,
             against_git,
+            against_baseline,
+            tenants,
         } => {
             let head = mesh_codegen::load(&contracts)?;
             println!(
@@ -79,25 +127,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 head.contracts.len(),
                 contracts.display()
             );
+            let mut failed = false;
+            if let Some(dir) = tenants {
+                let uses = mesh_codegen::tenants::tenant_uses(&dir)?;
+                let missing = mesh_codegen::tenants::missing_majors(&head, &uses);
+                for m in &missing {
+                    let from = if m.inherited {
+                        " (inherited from _defaults.toml)"
+                    } else {
+                        ""
+                    };
+                    eprintln!(
+                        "{}: runs contract {}{from}, which is not in {}; keep the major until no tenant runs it",
+                        m.file.display(),
+                        m.contract,
+                        contracts.display()
+                    );
+                }
+                if missing.is_empty() {
+                    println!(
+                        "every contract major the tenants in {} run exists",
+                        dir.display()
+                    );
+                }
+                failed |= !missing.is_empty();
+            }
             let scratch;
-            let (base_dir, label) = match (against, against_git) {
-                (Some(dir), _) => (dir.clone(), dir.display().to_string()),
-                (None, Some(rev)) => {
+            let (base, label) = match (against, against_git, against_baseline) {
+                (Some(dir), _, _) => (
+                    mesh_codegen::load(&dir).with_context(|| {
+                        format!("loading the previous contracts from {}", dir.display())
+                    })?,
+                    dir.display().to_string(),
+                ),
+                (None, Some(rev), _) => {
                     scratch = tempfile::tempdir()?;
                     if !export_from_git(&contracts, &rev, scratch.path())? {
                         println!("{rev} has no contracts folder; nothing to compare against");
-                        return Ok(ExitCode::SUCCESS);
+                        return Ok(exit(failed));
                     }
-                    (scratch.path().to_path_buf(), rev)
+                    (
+                        mesh_codegen::load(scratch.path()).with_context(|| {
+                            format!("loading the previous contracts from {rev}")
+                        })?,
+                        rev,
+                    )
                 }
-                (None, None) => return Ok(ExitCode::SUCCESS),
+                (None, None, Some(path)) => {
+                    let path = path.unwrap_or_else(|| contracts.join(BASELINE_FILE));
+                    (
+                        mesh_codegen::load_baseline(&path)
+                            .with_context(|| format!("loading the baseline {}", path.display()))?,
+                        path.display().to_string(),
+                    )
+                }
+                (None, None, None) => return Ok(exit(failed)),
             };
-            let base = mesh_codegen::load(&base_dir)
-                .with_context(|| format!("loading the previous contracts from {label}"))?;
             let changes = mesh_codegen::compare(&base, &head);
             if changes.is_empty() {
                 println!("no breaking changes against {label}");
-                return Ok(ExitCode::SUCCESS);
+                return Ok(exit(failed));
             }
             eprintln!("{} breaking change(s) against {label}:", changes.len());
             for change in &changes {
@@ -108,6 +197,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+fn exit(failed: bool) -> ExitCode {
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -1,0 +1,202 @@
+//! The release baseline: breaking changes are found against what was released, whatever the
+//! commits in between, and a major a tenant still runs cannot be removed.
+
+mod common;
+
+use std::{path::Path, process::Command};
+
+use common::{THING_FIELDS, thing};
+
+fn codegen(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mesh-codegen"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("mesh-codegen runs")
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=test", "-c", "user.email=test@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn write(dir: &Path, path: &str, text: &str) {
+    let full = dir.join(path);
+    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+    std::fs::write(full, text).unwrap();
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A repository with `thing/v1` released: baseline written and committed.
+fn released() -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    let dir = repo.path();
+    git(dir, &["init", "-q", "-b", "main"]);
+    write(dir, "contracts/thing/v1/thing.proto", &thing(&[]));
+    write(dir, "README.md", "thing\n");
+    let out = codegen(&["baseline", "update"], dir);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(dir.join("contracts/baseline.binpb").exists());
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "release"]);
+    repo
+}
+
+#[test]
+fn a_break_in_an_earlier_commit_fails_against_the_baseline() {
+    let repo = released();
+    let dir = repo.path();
+    // commit 1 removes a field (breaking), commit 2 only edits the README (harmless)
+    let removed = thing(&[(
+        "{THING_FIELDS}",
+        &THING_FIELDS.replace("  int64 size = 2;", ""),
+    )]);
+    write(dir, "contracts/thing/v1/thing.proto", &removed);
+    git(dir, &["commit", "-q", "-am", "drop size"]);
+    write(dir, "README.md", "thing, documented\n");
+    git(dir, &["commit", "-q", "-am", "docs"]);
+
+    // comparing with the previous commit sees nothing: the hole this baseline closes
+    let previous = codegen(&["check", "--against-git", "HEAD~1"], dir);
+    assert!(previous.status.success(), "{}", text(&previous));
+
+    let against = codegen(&["check", "--against-baseline"], dir);
+    assert_eq!(against.status.code(), Some(1), "{}", text(&against));
+    let said = text(&against);
+    assert!(
+        said.contains("breaking change(s) against contracts/baseline.binpb"),
+        "{said}"
+    );
+    assert!(said.contains("FieldRemoved"), "{said}");
+    // the deleted field is pointed at in the released file, with its line
+    assert!(
+        said.contains("contracts/baseline.binpb/thing/v1/thing.proto:"),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_harmless_change_and_a_new_major_pass_without_touching_the_baseline() {
+    let repo = released();
+    let dir = repo.path();
+    let before = std::fs::read(dir.join("contracts/baseline.binpb")).unwrap();
+    let added = thing(&[(
+        "{THING_FIELDS}",
+        &format!("{THING_FIELDS}\n  string label = 9;"),
+    )]);
+    write(dir, "contracts/thing/v1/thing.proto", &added);
+    // thing/v2 beside thing/v1, with a breaking difference: it is a new major, hence new
+    let v2 = thing(&[(
+        "{THING_FIELDS}",
+        &THING_FIELDS.replace("  int64 size = 2;", ""),
+    )])
+    .replace("package thing.v1;", "package thing.v2;")
+    .replace("version: \"1.0.0\"", "version: \"2.0.0\"");
+    write(dir, "contracts/thing/v2/thing.proto", &v2);
+    let out = codegen(&["check", "--against-baseline"], dir);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("2 contract(s) valid"), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(dir.join("contracts/baseline.binpb")).unwrap(),
+        before,
+        "check never writes the baseline"
+    );
+}
+
+#[test]
+fn removing_a_major_a_tenant_runs_is_refused() {
+    let repo = released();
+    let dir = repo.path();
+    let v2 = thing(&[])
+        .replace("package thing.v1;", "package thing.v2;")
+        .replace("version: \"1.0.0\"", "version: \"2.0.0\"");
+    write(dir, "contracts/thing/v2/thing.proto", &v2);
+    write(
+        dir,
+        "tenants/_defaults.toml",
+        "[services.thing]\nversion = \"v1\"\n",
+    );
+    write(dir, "tenants/shop.toml", "id = \"shop\"\n");
+    write(
+        dir,
+        "tenants/market.toml",
+        "id = \"market\"\n[services.thing]\nversion = \"v2\"\n",
+    );
+    let ok = codegen(&["check", "--tenants", "tenants"], dir);
+    assert!(ok.status.success(), "{}", text(&ok));
+
+    // thing/v1 removed (released, and shop inherits it from _defaults.toml)
+    std::fs::remove_dir_all(dir.join("contracts/thing/v1")).unwrap();
+    let out = codegen(
+        &["check", "--tenants", "tenants", "--against-baseline"],
+        dir,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("tenants/shop.toml: runs contract thing/v1 (inherited from _defaults.toml), which is not in contracts"),
+        "{said}"
+    );
+    assert!(!said.contains("market.toml"), "{said}");
+    assert!(said.contains("ContractRemoved"), "{said}");
+
+    // even after a baseline update, the tenant check alone still refuses it
+    let update = codegen(&["baseline", "update"], dir);
+    assert!(update.status.success(), "{}", text(&update));
+    let out = codegen(
+        &["check", "--tenants", "tenants", "--against-baseline"],
+        dir,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no breaking changes against"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_file_that_is_no_baseline_is_refused_by_name() {
+    let repo = released();
+    let dir = repo.path();
+    write(
+        dir,
+        "contracts/baseline.binpb",
+        "not protobuf at all \u{7}\u{0}",
+    );
+    let out = codegen(&["check", "--against-baseline"], dir);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("contracts/baseline.binpb"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_repository_baseline_is_current_for_its_contracts() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let baseline = mesh_codegen::load_baseline(&root.join("contracts/baseline.binpb"))
+        .expect("contracts/baseline.binpb loads");
+    let head = mesh_codegen::load(&root.join("contracts")).expect("contracts/ is valid");
+    let changes = mesh_codegen::compare(&baseline, &head);
+    assert!(changes.is_empty(), "{changes:#?}");
+    let released: Vec<&str> = baseline.contracts.iter().map(|c| c.dir.as_str()).collect();
+    assert!(released.contains(&"order/v2"), "{released:?}");
+}

@@ -12,6 +12,44 @@ pub fn required(field: &'static str, value: &str) -> Result<(), tonic::Status> {
     }
 }
 
+/// The longest id a request may carry, in bytes (conversation, user, terminal, client message
+/// ids): everything accepted must be storable and indexable, by any backend.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// The characters an id may use besides ASCII letters and digits.
+pub const ID_PUNCTUATION: &str = "-_.:@";
+
+/// Refuses an id that is empty, longer than [`MAX_ID_BYTES`], or uses a character other than
+/// ASCII letters, digits and [`ID_PUNCTUATION`] (no spaces, no look-alike Unicode), with
+/// `INVALID_ARGUMENT` naming the field and the limit.
+pub fn id(field: &'static str, value: &str) -> Result<(), tonic::Status> {
+    required(field, value)?;
+    if value.len() > MAX_ID_BYTES {
+        return Err(tonic::Status::invalid_argument(format!(
+            "{field} is {} bytes, over the limit of {MAX_ID_BYTES} bytes",
+            value.len()
+        )));
+    }
+    if let Some((at, c)) = value
+        .char_indices()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || ID_PUNCTUATION.contains(*c)))
+    {
+        return Err(tonic::Status::invalid_argument(format!(
+            "{field} has {c:?} at byte {at}: ids use ASCII letters, digits and {ID_PUNCTUATION:?} only"
+        )));
+    }
+    Ok(())
+}
+
+/// Like [`id`], for an optional id: empty is fine.
+pub fn optional_id(field: &'static str, value: &str) -> Result<(), tonic::Status> {
+    if value.is_empty() {
+        Ok(())
+    } else {
+        id(field, value)
+    }
+}
+
 /// Now, as every `*_at_ms` field carries it: milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -29,5 +67,28 @@ mod tests {
             (status.code(), status.message()),
             (tonic::Code::InvalidArgument, "user_id is required")
         );
+    }
+
+    #[test]
+    fn ids_have_a_length_and_character_limit_named_in_the_refusal() {
+        for ok in ["bob", "order:42:created", "a.b-c_d@e", &"x".repeat(128)] {
+            assert!(super::id("user_id", ok).is_ok(), "{ok}");
+        }
+        let long = super::id("conversation_id", &"x".repeat(3000)).unwrap_err();
+        assert_eq!(long.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            long.message(),
+            "conversation_id is 3000 bytes, over the limit of 128 bytes"
+        );
+        for bad in ["sys\u{200b}tem", "system ", "a/b", "a\u{0}"] {
+            let err = super::id("from_user", bad).unwrap_err();
+            assert!(
+                err.message().starts_with("from_user has "),
+                "{}",
+                err.message()
+            );
+        }
+        assert!(super::optional_id("client_msg_id", "").is_ok());
+        assert!(super::optional_id("client_msg_id", "a b").is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! The terminal side: what an app runs to stay connected and in sync.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use mesh_api::{
     gateway::v1::{self as gateway, push::Payload},
@@ -11,8 +11,12 @@ use mesh_contract::RequestContext;
 use tonic::{Status, transport::Channel};
 
 /// One terminal of a user: attached to a gateway, fed first with what it missed while it was
-/// away (in order), then with live pushes; every chat message it receives is acknowledged to
-/// the message service, once.
+/// away (synced from its cursor over the user's timeline, in order, however much), then with
+/// live pushes; every chat message is returned once and acknowledged, which moves the cursor.
+///
+/// Messages carry their position in the user's timeline (1, 2, 3 ...), so the terminal knows
+/// the highest position up to which it holds everything: that is the cursor it acknowledges,
+/// and a push that overtook another never makes it skip the one it lacks.
 pub struct Terminal {
     ctx: RequestContext,
     user_id: String,
@@ -20,7 +24,10 @@ pub struct Terminal {
     pushes: tonic::Streaming<gateway::Push>,
     messages: message::MessageCaller<Channel>,
     missed: VecDeque<gateway::Push>,
-    seen: HashSet<String>,
+    /// Every message of the timeline up to here was returned.
+    cursor: u64,
+    /// Positions above the cursor returned already (a push overtook another).
+    ahead: BTreeSet<u64>,
 }
 
 impl std::fmt::Debug for Terminal {
@@ -30,15 +37,16 @@ impl std::fmt::Debug for Terminal {
             .field("user_id", &self.user_id)
             .field("terminal_id", &self.terminal_id)
             .field("missed", &self.missed.len())
+            .field("cursor", &self.cursor)
             .finish_non_exhaustive()
     }
 }
 
 impl Terminal {
-    /// Attaches to the gateway behind `gateway`, then fetches what this terminal missed from
-    /// the message service behind `messages`. Attaching first means nothing sent meanwhile
-    /// falls between the two: it is either live on the stream or in the missed list (or both,
-    /// and then shown once).
+    /// Attaches to the gateway behind `gateway`, then syncs what this terminal missed from
+    /// the message service behind `messages`, from the cursor it acknowledged last. Attaching
+    /// first means nothing sent meanwhile falls between the two: it is either live on the
+    /// stream or synced (or both, and then returned once).
     pub async fn connect(
         ctx: &RequestContext,
         gateway: Channel,
@@ -46,6 +54,21 @@ impl Terminal {
         user_id: &str,
         terminal_id: &str,
         kind: TerminalKind,
+    ) -> Result<Self, Status> {
+        Self::resume(ctx, gateway, messages, user_id, terminal_id, kind, 0).await
+    }
+
+    /// Like [`Terminal::connect`], syncing after `cursor`, the position this terminal held
+    /// everything up to before it lost its connection ([`Terminal::cursor`]); 0 means the
+    /// cursor the service has for it.
+    pub async fn resume(
+        ctx: &RequestContext,
+        gateway: Channel,
+        messages: Channel,
+        user_id: &str,
+        terminal_id: &str,
+        kind: TerminalKind,
+        cursor: u64,
     ) -> Result<Self, Status> {
         let pushes = gateway::GatewayCaller::new(gateway)
             .attach(
@@ -58,22 +81,34 @@ impl Terminal {
             )
             .await?;
         let mut messages = message::MessageCaller::new(messages);
-        let missed = messages
-            .fetch_offline(
-                ctx,
-                message::FetchOfflineRequest {
-                    user_id: user_id.into(),
-                    terminal_id: terminal_id.into(),
-                    limit: 0,
-                },
-            )
-            .await?
-            .messages
-            .into_iter()
-            .map(|m| gateway::Push {
+        let mut missed = VecDeque::new();
+        let mut after = cursor;
+        let mut start = None;
+        loop {
+            let page = messages
+                .fetch_offline(
+                    ctx,
+                    message::FetchOfflineRequest {
+                        user_id: user_id.into(),
+                        terminal_id: terminal_id.into(),
+                        limit: 0,
+                        after_position: after,
+                    },
+                )
+                .await?;
+            // where the sync started: the service's cursor when we gave none
+            start.get_or_insert(match page.messages.first() {
+                Some(first) => first.position.saturating_sub(1),
+                None => page.next_position,
+            });
+            missed.extend(page.messages.into_iter().map(|m| gateway::Push {
                 payload: Some(Payload::Message(m)),
-            })
-            .collect();
+            }));
+            if !page.more || page.next_position <= after {
+                break;
+            }
+            after = page.next_position;
+        }
         Ok(Self {
             ctx: ctx.clone(),
             user_id: user_id.into(),
@@ -81,8 +116,26 @@ impl Terminal {
             pushes,
             messages,
             missed,
-            seen: HashSet::new(),
+            cursor: start.unwrap_or(cursor),
+            ahead: BTreeSet::new(),
         })
+    }
+
+    /// The position in the user's timeline up to which this terminal returned every message;
+    /// pass it to [`Terminal::resume`] after a lost connection.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Takes position `p` as returned; false if it was already.
+    fn take(&mut self, p: u64) -> bool {
+        if p <= self.cursor || !self.ahead.insert(p) {
+            return false;
+        }
+        while self.ahead.remove(&(self.cursor + 1)) {
+            self.cursor += 1;
+        }
+        true
     }
 
     /// This terminal's id.
@@ -108,7 +161,7 @@ impl Terminal {
                 },
             };
             if let Some(Payload::Message(m)) = &push.payload {
-                if !self.seen.insert(m.message_id.clone()) {
+                if !self.take(m.position) {
                     continue;
                 }
                 self.messages
@@ -118,6 +171,7 @@ impl Terminal {
                             user_id: self.user_id.clone(),
                             terminal_id: self.terminal_id.clone(),
                             message_id: m.message_id.clone(),
+                            up_to_position: self.cursor,
                         },
                     )
                     .await?;

@@ -1,15 +1,19 @@
-//! The storage consumer: message events into the tenant's store.
+//! The storage consumer: read receipts into the tenant's store.
+//!
+//! Messages themselves are stored by Send before it answers (see [`crate::MessageService`]);
+//! a `MessageSent` event is an announcement of a stored message, never a way in, so one
+//! published by hand cannot put a message into anyone's conversation.
 
 use std::sync::Arc;
 
 use mesh_api::message::v1 as message;
 use mesh_contract::{HandlerError, RequestContext, TenantId};
-use mesh_store::{MessageStore, StoreError, StoredMessage, StoredReceipt};
+use mesh_store::{MessageStore, StoreError, StoredReceipt};
 
 use crate::MessageSettings;
 
-/// Persists `MessageSent` and `MessageRead` into the store, in the namespace of the event's
-/// tenant. Subscribe it per tenant with
+/// Persists `MessageRead` into the store, in the namespace of the event's tenant (and lets
+/// `MessageSent` pass: that message is stored already). Subscribe it per tenant with
 /// `MessageConsumer::new(archive).subscription(tenant, "storage")`.
 #[derive(Clone)]
 pub struct Archive {
@@ -22,12 +26,14 @@ impl std::fmt::Debug for Archive {
     }
 }
 
-/// A store failure as the bus should treat it: a backend hiccup is retried, anything about
-/// the tenant itself can never succeed and is dead-lettered with the reason.
+/// A store failure as the bus should treat it: a transient one (database unreachable, pool
+/// exhausted) is retried until the store is back; one about the data or the tenant can never
+/// succeed and is dead-lettered with the reason.
 fn handler_error(err: StoreError) -> HandlerError {
-    match err {
-        StoreError::Backend { .. } => HandlerError::Retry(err.to_string()),
-        _ => HandlerError::Reject(err.to_string()),
+    if err.is_transient() {
+        HandlerError::Retry(err.to_string())
+    } else {
+        HandlerError::Reject(err.to_string())
     }
 }
 
@@ -55,37 +61,7 @@ impl Archive {
     }
 }
 
-/// The stored form of a chat message.
-pub fn stored(m: message::ChatMessage) -> StoredMessage {
-    StoredMessage {
-        message_id: m.message_id,
-        conversation_id: m.conversation_id,
-        seq: m.seq,
-        from_user: m.from_user,
-        to_user: m.to_user,
-        kind: m.kind,
-        body: m.body,
-        sent_at_ms: m.sent_at_ms,
-    }
-}
-
 impl message::MessageHandler for Archive {
-    async fn on_message_sent(
-        &self,
-        ctx: &RequestContext,
-        event: message::MessageSent,
-    ) -> Result<(), HandlerError> {
-        let m = event
-            .message
-            .ok_or_else(|| HandlerError::Reject("MessageSent carries no message".into()))?;
-        // a redelivered event finds the message stored and changes nothing
-        self.store
-            .save_message(&ctx.tenant, &stored(m))
-            .await
-            .map(drop)
-            .map_err(handler_error)
-    }
-
     async fn on_message_read(
         &self,
         ctx: &RequestContext,
@@ -119,7 +95,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn events_that_can_never_be_stored_are_rejected_with_the_reason() {
+    async fn receipts_that_can_never_be_stored_are_rejected_with_the_reason() {
         let store = Arc::new(MemoryStore::default());
         store
             .open(&TenantId::new("mall").unwrap(), "mall")
@@ -128,37 +104,56 @@ mod tests {
         let archive = Archive::new(store.clone());
 
         let empty = archive
-            .on_message_sent(&ctx("mall"), message::MessageSent { message: None })
+            .on_message_read(&ctx("mall"), message::MessageRead { receipt: None })
             .await;
         assert_eq!(
             empty,
             Err(HandlerError::Reject(
-                "MessageSent carries no message".into()
+                "MessageRead carries no receipt".into()
             ))
         );
-        let sent = message::MessageSent {
-            message: Some(message::ChatMessage {
-                message_id: "m-1".into(),
+        let read = message::MessageRead {
+            receipt: Some(message::ReadReceipt {
                 conversation_id: "c".into(),
-                seq: 1,
-                ..Default::default()
+                reader: "bob".into(),
+                up_to_seq: 3,
+                read_at_ms: 1,
             }),
         };
         let stranger = archive
-            .on_message_sent(&ctx("stranger"), sent.clone())
+            .on_message_read(&ctx("stranger"), read.clone())
             .await;
         assert!(
             matches!(&stranger, Err(HandlerError::Reject(reason)) if reason.contains("tenant stranger")),
             "{stranger:?}"
         );
-        // stored once, however often the event is delivered
+        // the same receipt twice is one receipt
         for _ in 0..2 {
             archive
-                .on_message_sent(&ctx("mall"), sent.clone())
+                .on_message_read(&ctx("mall"), read.clone())
                 .await
                 .unwrap();
         }
         let mall = TenantId::new("mall").unwrap();
-        assert_eq!(store.history(&mall, "c", 0, 10).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .receipt(&mall, "c", "bob")
+                .await
+                .unwrap()
+                .map(|r| r.up_to_seq),
+            Some(3)
+        );
+        // a message announced on the bus is not a way into the store
+        let forged = message::MessageSent {
+            message: Some(message::ChatMessage {
+                message_id: "forged".into(),
+                conversation_id: "c".into(),
+                seq: 1,
+                from_user: "mallory".into(),
+                ..Default::default()
+            }),
+        };
+        archive.on_message_sent(&ctx("mall"), forged).await.unwrap();
+        assert!(store.history(&mall, "c", 0, 10).await.unwrap().is_empty());
     }
 }

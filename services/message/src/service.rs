@@ -1,7 +1,14 @@
-//! `message.v1`: send, acks, offline fetch, read receipts.
+//! `message.v1`: send, acks, sync from a cursor, read receipts.
+//!
+//! The service keeps no message state of its own: numbering, client-id deduplication, each
+//! user's timeline and each terminal's cursor live in the [`MessageStore`], so any worker can
+//! serve any call and a restarted one goes on where the last stopped. A send is stored first
+//! (in a task of its own, so a caller's deadline or disconnect cannot cut the durable step in
+//! half), then announced and pushed; every later step is safe to repeat, which a retry with
+//! the same `client_msg_id` does.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex, RwLock},
 };
 
@@ -12,8 +19,9 @@ use mesh_api::{
 };
 use mesh_contract::{
     EventBus, RequestContext, ServiceCredentials, TenantId,
-    fields::{now_ms, required},
+    fields::{id, now_ms, optional_id, required},
 };
+use mesh_store::{MessageStore, NewMessage, StoreError, StoredMessage};
 use tonic::{Request, Response, Status, transport::Channel};
 
 use crate::MessageSettings;
@@ -21,80 +29,14 @@ use crate::MessageSettings;
 /// Sender of the messages the platform writes itself (e.g. from order events).
 pub const SYSTEM_SENDER: &str = "system";
 
-/// Offline messages a terminal gets per fetch when it asks for no particular number.
+/// Messages a sync returns per page when the terminal asks for no particular number.
 const DEFAULT_FETCH: usize = 100;
-/// Most offline messages one fetch returns.
+/// Most messages one sync page returns.
 const MAX_FETCH: usize = 1000;
-/// Most messages kept waiting for a user's terminals; older ones are dropped from the queue
-/// (they stay in the store), so a user whose terminals never ack cannot grow it without end.
-const MAX_PENDING: usize = 10_000;
-/// Sends per conversation whose `client_msg_id` is remembered for retries.
-const REMEMBERED_SENDS: usize = 1024;
-
-/// One conversation's numbering and who takes part in it.
-#[derive(Default)]
-struct Conversation {
-    next_seq: u64,
-    participants: BTreeSet<String>,
-    /// By the sender's `client_msg_id`: a retried send answers the message it made first.
-    by_client_id: HashMap<String, message::ChatMessage>,
-    /// The remembered ids, oldest first.
-    client_ids: std::collections::VecDeque<String>,
-}
-
-impl Conversation {
-    fn remember(&mut self, client_msg_id: &str, message: &message::ChatMessage) {
-        self.by_client_id
-            .insert(client_msg_id.to_owned(), message.clone());
-        self.client_ids.push_back(client_msg_id.to_owned());
-        while self.client_ids.len() > REMEMBERED_SENDS {
-            if let Some(oldest) = self.client_ids.pop_front() {
-                self.by_client_id.remove(&oldest);
-            }
-        }
-    }
-}
-
-/// What one user has not yet received on every terminal.
-#[derive(Default)]
-struct Inbox {
-    /// By arrival number, which follows sequence order within each conversation.
-    pending: BTreeMap<u64, message::ChatMessage>,
-    /// Terminals seen for this user (acked or fetched): those a send reports as offline.
-    terminals: BTreeSet<String>,
-    /// Message ids each terminal acknowledged, among `pending`.
-    acked: HashMap<String, HashSet<String>>,
-}
-
-impl Inbox {
-    /// Forgets entries every known terminal has acknowledged (the store keeps them).
-    fn trim(&mut self) {
-        let (terminals, acked) = (&self.terminals, &mut self.acked);
-        self.pending.retain(|_, m| {
-            let everywhere = !terminals.is_empty()
-                && terminals
-                    .iter()
-                    .all(|t| acked.get(t).is_some_and(|ids| ids.contains(&m.message_id)));
-            if everywhere {
-                for ids in acked.values_mut() {
-                    ids.remove(&m.message_id);
-                }
-            }
-            !everywhere
-        });
-    }
-}
-
-#[derive(Default)]
-struct TenantState {
-    settings: MessageSettings,
-    conversations: HashMap<String, Conversation>,
-    inboxes: HashMap<String, Inbox>,
-    next_arrival: u64,
-}
 
 struct Inner {
-    tenants: RwLock<HashMap<TenantId, Arc<Mutex<TenantState>>>>,
+    settings: RwLock<HashMap<TenantId, MessageSettings>>,
+    store: Arc<dyn MessageStore>,
     locator: locator::LocatorCaller<Channel>,
     gateways: Mutex<HashMap<String, gateway::GatewayCaller<Channel>>>,
     events: message::MessagePublisher<Arc<dyn EventBus>>,
@@ -121,14 +63,47 @@ struct Pushed {
     offline: Vec<String>,
 }
 
+/// A store failure as a caller should see it: transient ones are `UNAVAILABLE` (retry), the
+/// others name what was refused.
+fn store_status(err: StoreError, what: &str) -> Status {
+    match &err {
+        StoreError::UnknownTenant(_) => Status::permission_denied(err.to_string()),
+        _ if err.is_transient() => Status::unavailable(format!(
+            "{what}: the message store is unavailable ({err}); retry"
+        )),
+        _ => Status::invalid_argument(format!("{what}: the message store refused it ({err})")),
+    }
+}
+
+/// The contract's form of a stored message.
+pub(crate) fn chat(m: StoredMessage) -> message::ChatMessage {
+    message::ChatMessage {
+        message_id: m.message_id,
+        conversation_id: m.conversation_id,
+        seq: m.seq,
+        from_user: m.from_user,
+        to_user: m.to_user,
+        kind: m.kind,
+        body: m.body,
+        sent_at_ms: m.sent_at_ms,
+        position: m.position,
+    }
+}
+
 impl MessageService {
-    /// A service that finds terminals through the locator behind `locator`, reaches gateways
-    /// at the addresses the locator gives (calling both with the tenant's `credentials`), and
-    /// publishes its events on `bus`.
-    pub fn new(locator: Channel, bus: Arc<dyn EventBus>, credentials: ServiceCredentials) -> Self {
+    /// A service keeping its messages in `store`, finding terminals through the locator behind
+    /// `locator`, reaching gateways at the addresses the locator gives (calling both with the
+    /// tenant's `credentials`), and announcing messages on `bus`.
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        locator: Channel,
+        bus: Arc<dyn EventBus>,
+        credentials: ServiceCredentials,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                tenants: RwLock::default(),
+                settings: RwLock::default(),
+                store,
                 locator: locator::LocatorCaller::new(locator),
                 gateways: Mutex::default(),
                 events: message::MessagePublisher::new(bus),
@@ -137,35 +112,39 @@ impl MessageService {
         }
     }
 
-    /// Serves `tenant` with its settings (again: replaces the settings, keeps the data).
+    /// Serves `tenant` with its settings (again: replaces the settings; the data is the
+    /// store's). The tenant's namespace must be open in the store.
     pub fn add_tenant(&self, tenant: TenantId, settings: MessageSettings) {
-        let mut tenants = self.inner.tenants.write().expect("lock");
-        tenants
-            .entry(tenant)
-            .or_default()
-            .lock()
+        self.inner
+            .settings
+            .write()
             .expect("lock")
-            .settings = settings;
+            .insert(tenant, settings);
     }
 
     /// Every served tenant with its settings.
     pub fn tenants(&self) -> Vec<(TenantId, MessageSettings)> {
         self.inner
-            .tenants
+            .settings
             .read()
             .expect("lock")
             .iter()
-            .map(|(tenant, state)| (tenant.clone(), state.lock().expect("lock").settings))
+            .map(|(tenant, settings)| (tenant.clone(), *settings))
             .collect()
     }
 
-    fn tenant(&self, tenant: &TenantId) -> Result<Arc<Mutex<TenantState>>, Status> {
+    /// The store the messages live in.
+    pub fn store(&self) -> &Arc<dyn MessageStore> {
+        &self.inner.store
+    }
+
+    fn settings(&self, tenant: &TenantId) -> Result<MessageSettings, Status> {
         self.inner
-            .tenants
+            .settings
             .read()
             .expect("lock")
             .get(tenant)
-            .cloned()
+            .copied()
             .ok_or_else(|| {
                 Status::permission_denied(format!(
                     "tenant {tenant} is not served by this message service"
@@ -187,7 +166,7 @@ impl MessageService {
         Ok(caller)
     }
 
-    /// Accepts a message (a user's, or the platform's own), hands it to the bus for storage
+    /// Accepts a message (a user's, or the platform's own): stores it, announces it on the bus
     /// and pushes it to the receiver's terminals.
     pub(crate) async fn accept(
         &self,
@@ -195,94 +174,69 @@ impl MessageService {
         request: message::SendRequest,
         kind: message::MessageKind,
     ) -> Result<message::SendResponse, Status> {
-        required("conversation_id", &request.conversation_id)?;
-        required("from_user", &request.from_user)?;
-        required("to_user", &request.to_user)?;
+        id("conversation_id", &request.conversation_id)?;
+        id("from_user", &request.from_user)?;
+        id("to_user", &request.to_user)?;
+        optional_id("client_msg_id", &request.client_msg_id)?;
         required("body", &request.body)?;
-        let state = self.tenant(&ctx.tenant)?;
-        let (message, arrival) = {
-            let mut state = state.lock().expect("lock");
-            let limit = state.settings.max_body_bytes;
-            if request.body.len() > limit {
-                return Err(Status::invalid_argument(format!(
-                    "body is {} bytes, over tenant {}'s limit of {limit} bytes (services.message.settings.max_body_bytes)",
-                    request.body.len(),
-                    ctx.tenant
-                )));
-            }
-            let conversation = state
-                .conversations
-                .entry(request.conversation_id.clone())
-                .or_default();
-            if let Some(first) = conversation.by_client_id.get(&request.client_msg_id) {
-                // a retry: the message exists and was pushed already
-                return Ok(message::SendResponse {
-                    message: Some(first.clone()),
-                    ..Default::default()
-                });
-            }
-            conversation.next_seq += 1;
-            let message = message::ChatMessage {
-                message_id: uuid::Uuid::new_v4().to_string(),
-                conversation_id: request.conversation_id.clone(),
-                seq: conversation.next_seq,
-                from_user: request.from_user.clone(),
-                to_user: request.to_user.clone(),
-                kind: kind as i32,
-                body: request.body.clone(),
-                sent_at_ms: now_ms(),
-            };
-            conversation.participants.insert(request.from_user.clone());
-            conversation.participants.insert(request.to_user.clone());
-            if !request.client_msg_id.is_empty() {
-                conversation.remember(&request.client_msg_id, &message);
-            }
-            // numbered and queued under one lock: arrival order follows sequence order
-            state.next_arrival += 1;
-            let arrival = state.next_arrival;
-            let inbox = state.inboxes.entry(request.to_user.clone()).or_default();
-            inbox.pending.insert(arrival, message.clone());
-            while inbox.pending.len() > MAX_PENDING {
-                inbox.pending.pop_first();
-            }
-            (message, arrival)
+        let limit = self.settings(&ctx.tenant)?.max_body_bytes;
+        if request.body.len() > limit {
+            return Err(Status::invalid_argument(format!(
+                "body is {} bytes, over tenant {}'s limit of {limit} bytes (services.message.settings.max_body_bytes)",
+                request.body.len(),
+                ctx.tenant
+            )));
+        }
+        if request.body.contains('\0') {
+            return Err(Status::invalid_argument(
+                "body contains a NUL character, which no store keeps",
+            ));
+        }
+        let new = NewMessage {
+            message_id: uuid::Uuid::new_v4().to_string(),
+            conversation_id: request.conversation_id,
+            client_msg_id: request.client_msg_id,
+            from_user: request.from_user,
+            to_user: request.to_user,
+            kind: kind as i32,
+            body: request.body,
+            sent_at_ms: now_ms(),
         };
+        // The durable step runs to its end in its own task even if this call is dropped now
+        // (deadline, disconnect): a retry then finds the message instead of half of it.
+        let store = self.inner.store.clone();
+        let tenant = ctx.tenant.clone();
+        let accepted = tokio::spawn(async move { store.accept(&tenant, &new).await })
+            .await
+            .map_err(|e| Status::internal(format!("storing the message failed: {e}")))?
+            .map_err(|e| store_status(e, "message not stored"))?;
+        let message = chat(accepted.into_message());
 
-        // storage happens later, from the event; what we wait for is the bus holding it
+        // Announced after it is stored, and again on a retry (the first announcement may have
+        // been cut off): consumers dedupe by message id.
         let sent = message::MessageSent {
             message: Some(message.clone()),
         };
         if let Err(err) = self.inner.events.publish(ctx, sent).await {
-            let mut state = state.lock().expect("lock");
-            if let Some(inbox) = state.inboxes.get_mut(&request.to_user) {
-                inbox.pending.remove(&arrival);
-            }
-            if let Some(c) = state.conversations.get_mut(&request.conversation_id) {
-                c.by_client_id.remove(&request.client_msg_id);
-                c.client_ids.retain(|id| *id != request.client_msg_id);
-            }
             return Err(Status::unavailable(format!(
-                "message not accepted, the event bus did not take it ({err}); retry with the same client_msg_id"
+                "message stored as seq {} of {:?} but not announced, the event bus did not take it ({err}); retry with the same client_msg_id",
+                message.seq, message.conversation_id
             )));
         }
 
         let push = gateway::Push {
             payload: Some(Payload::Message(message.clone())),
         };
-        let pushed = self.push(ctx, &request.to_user, None, push).await;
-        let known: BTreeSet<String> = state
-            .lock()
-            .expect("lock")
-            .inboxes
-            .get(&request.to_user)
-            .map(|i| i.terminals.clone())
-            .unwrap_or_default();
+        let (pushed, known) = tokio::join!(
+            self.push(ctx, &message.to_user, None, push),
+            self.inner.store.terminals(&ctx.tenant, &message.to_user)
+        );
         let mut offline = pushed.offline;
-        let unlocated: Vec<String> = known
-            .into_iter()
-            .filter(|t| !pushed.delivered.contains(t) && !offline.contains(t))
-            .collect();
-        offline.extend(unlocated);
+        for terminal in known.unwrap_or_default() {
+            if !pushed.delivered.contains(&terminal) && !offline.contains(&terminal) {
+                offline.push(terminal);
+            }
+        }
         Ok(message::SendResponse {
             message: Some(message),
             delivered_terminals: pushed.delivered,
@@ -365,7 +319,8 @@ impl Message for MessageService {
     ) -> Result<Response<message::SendResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
         let request = request.into_inner();
-        if request.from_user == SYSTEM_SENDER {
+        // ids are ASCII (checked in accept), so no look-alike passes this either
+        if request.from_user.eq_ignore_ascii_case(SYSTEM_SENDER) {
             return Err(Status::permission_denied(format!(
                 "from_user {SYSTEM_SENDER:?} is reserved for the platform's own messages"
             )));
@@ -381,19 +336,36 @@ impl Message for MessageService {
     ) -> Result<Response<message::AckDeliveryResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
         let r = request.into_inner();
-        required("user_id", &r.user_id)?;
-        required("terminal_id", &r.terminal_id)?;
-        required("message_id", &r.message_id)?;
-        let state = self.tenant(&ctx.tenant)?;
-        let mut state = state.lock().expect("lock");
-        let inbox = state.inboxes.entry(r.user_id).or_default();
-        inbox.terminals.insert(r.terminal_id.clone());
-        inbox
-            .acked
-            .entry(r.terminal_id)
-            .or_default()
-            .insert(r.message_id);
-        inbox.trim();
+        id("user_id", &r.user_id)?;
+        id("terminal_id", &r.terminal_id)?;
+        self.settings(&ctx.tenant)?;
+        let store = &self.inner.store;
+        let (position, contiguous) = if r.up_to_position > 0 {
+            (r.up_to_position, false)
+        } else {
+            required("message_id", &r.message_id)?;
+            let found = store
+                .position_of(&ctx.tenant, &r.user_id, &r.message_id)
+                .await
+                .map_err(|e| store_status(e, "ack not recorded"))?;
+            let position = found.ok_or_else(|| {
+                Status::not_found(format!(
+                    "message {:?} is not in the timeline of user {:?}",
+                    r.message_id, r.user_id
+                ))
+            })?;
+            (position, true)
+        };
+        store
+            .advance_cursor(
+                &ctx.tenant,
+                &r.user_id,
+                &r.terminal_id,
+                position,
+                contiguous,
+            )
+            .await
+            .map_err(|e| store_status(e, "ack not recorded"))?;
         Ok(Response::new(message::AckDeliveryResponse {}))
     }
 
@@ -403,26 +375,34 @@ impl Message for MessageService {
     ) -> Result<Response<message::FetchOfflineResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
         let r = request.into_inner();
-        required("user_id", &r.user_id)?;
-        required("terminal_id", &r.terminal_id)?;
+        id("user_id", &r.user_id)?;
+        id("terminal_id", &r.terminal_id)?;
+        self.settings(&ctx.tenant)?;
         let limit = match r.limit {
             0 => DEFAULT_FETCH,
             n => (n as usize).min(MAX_FETCH),
         };
-        let state = self.tenant(&ctx.tenant)?;
-        let mut state = state.lock().expect("lock");
-        let inbox = state.inboxes.entry(r.user_id).or_default();
-        // from now on a send reports this terminal as offline while it is not connected
-        inbox.terminals.insert(r.terminal_id.clone());
-        let acked = inbox.acked.get(&r.terminal_id);
-        let messages = inbox
-            .pending
-            .values()
-            .filter(|m| !acked.is_some_and(|ids| ids.contains(&m.message_id)))
-            .take(limit)
-            .cloned()
-            .collect();
-        Ok(Response::new(message::FetchOfflineResponse { messages }))
+        let store = &self.inner.store;
+        // also makes the terminal known: a send reports it offline while it is not connected
+        let cursor = store
+            .cursor(&ctx.tenant, &r.user_id, &r.terminal_id)
+            .await
+            .map_err(|e| store_status(e, "sync failed"))?;
+        let after = if r.after_position > 0 {
+            r.after_position
+        } else {
+            cursor
+        };
+        let page = store
+            .timeline(&ctx.tenant, &r.user_id, after, limit)
+            .await
+            .map_err(|e| store_status(e, "sync failed"))?;
+        let next_position = page.messages.last().map_or(after, |m| m.position);
+        Ok(Response::new(message::FetchOfflineResponse {
+            messages: page.messages.into_iter().map(chat).collect(),
+            next_position,
+            more: page.more,
+        }))
     }
 
     async fn mark_read(
@@ -431,34 +411,34 @@ impl Message for MessageService {
     ) -> Result<Response<message::MarkReadResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
         let r = request.into_inner();
-        required("conversation_id", &r.conversation_id)?;
-        required("user_id", &r.user_id)?;
-        let others: Vec<String> = {
-            let state = self.tenant(&ctx.tenant)?;
-            let state = state.lock().expect("lock");
-            let conversation = state
-                .conversations
-                .get(&r.conversation_id)
-                .filter(|c| c.participants.contains(&r.user_id))
-                .ok_or_else(|| {
-                    Status::not_found(format!(
-                        "user {:?} has no conversation {:?} in tenant {}",
-                        r.user_id, r.conversation_id, ctx.tenant
-                    ))
-                })?;
-            if r.up_to_seq == 0 || r.up_to_seq > conversation.next_seq {
-                return Err(Status::invalid_argument(format!(
-                    "up_to_seq {} is not a message of conversation {:?} (1..={})",
-                    r.up_to_seq, r.conversation_id, conversation.next_seq
-                )));
-            }
-            conversation
-                .participants
-                .iter()
-                .filter(|p| **p != r.user_id && *p != SYSTEM_SENDER)
-                .cloned()
-                .collect()
-        };
+        id("conversation_id", &r.conversation_id)?;
+        id("user_id", &r.user_id)?;
+        optional_id("terminal_id", &r.terminal_id)?;
+        self.settings(&ctx.tenant)?;
+        let conversation = self
+            .inner
+            .store
+            .conversation(&ctx.tenant, &r.conversation_id)
+            .await
+            .map_err(|e| store_status(e, "read receipt not recorded"))?
+            .filter(|c| c.participants.contains(&r.user_id))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "user {:?} has no conversation {:?} in tenant {}",
+                    r.user_id, r.conversation_id, ctx.tenant
+                ))
+            })?;
+        if r.up_to_seq == 0 || r.up_to_seq > conversation.last_seq {
+            return Err(Status::invalid_argument(format!(
+                "up_to_seq {} is not a message of conversation {:?} (1..={})",
+                r.up_to_seq, r.conversation_id, conversation.last_seq
+            )));
+        }
+        let others: Vec<String> = conversation
+            .participants
+            .into_iter()
+            .filter(|p| *p != r.user_id && p != SYSTEM_SENDER)
+            .collect();
         let receipt = message::ReadReceipt {
             conversation_id: r.conversation_id,
             reader: r.user_id.clone(),
@@ -494,64 +474,5 @@ impl Message for MessageService {
         Ok(Response::new(message::MarkReadResponse {
             receipt: Some(receipt),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn msg(id: &str) -> message::ChatMessage {
-        message::ChatMessage {
-            message_id: id.into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn an_entry_leaves_the_queue_once_every_known_terminal_acked_it() {
-        let mut inbox = Inbox::default();
-        inbox.pending.insert(1, msg("a"));
-        inbox.pending.insert(2, msg("b"));
-        inbox
-            .terminals
-            .extend(["phone".to_owned(), "desktop".to_owned()]);
-        inbox
-            .acked
-            .entry("phone".into())
-            .or_default()
-            .insert("a".into());
-        inbox.trim();
-        assert_eq!(inbox.pending.len(), 2, "the desktop has not acked a");
-        inbox
-            .acked
-            .entry("desktop".into())
-            .or_default()
-            .insert("a".into());
-        inbox.trim();
-        let left: Vec<&str> = inbox
-            .pending
-            .values()
-            .map(|m| m.message_id.as_str())
-            .collect();
-        assert_eq!(left, ["b"]);
-        assert!(
-            inbox.acked.values().all(|ids| !ids.contains("a")),
-            "acks of a forgotten"
-        );
-    }
-
-    #[test]
-    fn only_the_latest_client_ids_are_remembered() {
-        let mut conversation = Conversation::default();
-        for i in 0..=REMEMBERED_SENDS {
-            conversation.remember(&format!("c{i}"), &msg(&format!("m{i}")));
-        }
-        assert_eq!(conversation.by_client_id.len(), REMEMBERED_SENDS);
-        assert!(!conversation.by_client_id.contains_key("c0"));
-        assert_eq!(
-            conversation.by_client_id[&format!("c{REMEMBERED_SENDS}")].message_id,
-            format!("m{REMEMBERED_SENDS}")
-        );
     }
 }

@@ -120,7 +120,7 @@ impl Platform {
         Self {
             locator: LocatorService::default(),
             gateway: GatewayService::new(node_id, url, own.clone(), credentials.clone()),
-            messages: MessageService::new(own, bus.clone(), credentials.clone()),
+            messages: MessageService::new(store.clone(), own, bus.clone(), credentials.clone()),
             orders: OrderService::with_events(OrderStore::default(), bus.clone()),
             recommend: RecommendService::new(
                 Default::default(),

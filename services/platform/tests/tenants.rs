@@ -12,7 +12,7 @@ use mesh_runtime::{
     Tenants,
     layers::{Switch, SwitchTarget},
 };
-use mesh_store::{MemoryStore, StoredMessage};
+use mesh_store::{MemoryStore, NewMessage};
 use support::{Bus, Node, Store};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -22,15 +22,17 @@ async fn finance_keeps_messages_past_the_others_retention() {
     let node = Node::start(Bus::Embedded, Store::Embedded).await;
     let now = 1_000 * DAY_MS;
     for tenant in support::SHIPPED {
-        let old = StoredMessage {
+        let old = NewMessage {
             message_id: format!("{tenant}-old"),
             conversation_id: "c".into(),
-            seq: 1,
+            from_user: "alice".into(),
+            to_user: "bob".into(),
+            body: "old".into(),
             sent_at_ms: now - 40 * DAY_MS,
             ..Default::default()
         };
         node.store
-            .save_message(&TenantId::new(tenant).unwrap(), &old)
+            .accept(&TenantId::new(tenant).unwrap(), &old)
             .await
             .unwrap();
     }

@@ -1,5 +1,11 @@
 //! Where the messaging platform keeps its data, one namespace per tenant.
 //!
+//! The store is the truth of the messaging platform: a message exists once [`MessageStore::accept`]
+//! returned, numbered in its conversation (`seq`) and in its receiver's timeline (`position`),
+//! and a retried send with the same client id finds it instead of making a second one. A terminal
+//! syncs from its cursor over that timeline; nothing of this lives in a worker's memory, so a
+//! restarted or replaced worker goes on exactly where the last one stopped.
+//!
 //! Services never name a namespace: every operation takes the [`TenantId`] of the
 //! authenticated request, and the store maps it to the namespace the tenant's config gave it
 //! (`data_namespace`) when the tenant was [opened](MessageStore::open). A tenant that was not
@@ -27,8 +33,11 @@ pub struct StoredMessage {
     pub message_id: String,
     /// The conversation it belongs to.
     pub conversation_id: String,
-    /// Position in the conversation.
+    /// Position in the conversation: 1, 2, 3 ... without gaps.
     pub seq: u64,
+    /// Position in the receiver's timeline: 1, 2, 3 ... without gaps, per receiver. A
+    /// terminal's sync cursor is such a position.
+    pub position: u64,
     /// Sender (`system` for platform messages).
     pub from_user: String,
     /// Receiver.
@@ -54,13 +63,70 @@ pub struct StoredReceipt {
     pub read_at_ms: i64,
 }
 
-/// What [`MessageStore::save_message`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Saved {
-    /// The message is stored now.
-    New,
-    /// A message with that id was already stored (a redelivered event); nothing changed.
-    Duplicate,
+/// A message to accept: everything but its numbers, which the store gives.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Unique within the tenant (chosen by the caller, e.g. a UUID).
+    pub message_id: String,
+    /// The conversation it belongs to.
+    pub conversation_id: String,
+    /// The sender's id for this send; a second accept with the same id in the same
+    /// conversation returns the first message. Empty: no deduplication.
+    pub client_msg_id: String,
+    /// Sender.
+    pub from_user: String,
+    /// Receiver: the message goes into this user's timeline.
+    pub to_user: String,
+    /// `message.v1.MessageKind` number.
+    pub kind: i32,
+    /// Text.
+    pub body: String,
+    /// When it was accepted.
+    pub sent_at_ms: i64,
+}
+
+/// What [`MessageStore::accept`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored now, with new numbers.
+    New(StoredMessage),
+    /// The conversation already held a message with this client id (a retried send); this is
+    /// that message, unchanged.
+    Existing(StoredMessage),
+}
+
+impl Accepted {
+    /// The message, new or not.
+    pub fn message(&self) -> &StoredMessage {
+        match self {
+            Accepted::New(m) | Accepted::Existing(m) => m,
+        }
+    }
+
+    /// The message, new or not.
+    pub fn into_message(self) -> StoredMessage {
+        match self {
+            Accepted::New(m) | Accepted::Existing(m) => m,
+        }
+    }
+}
+
+/// One page of a user's timeline after a cursor.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// Messages received, in position order.
+    pub messages: Vec<StoredMessage>,
+    /// More follow after the last one.
+    pub more: bool,
+}
+
+/// What a conversation holds, for read receipts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConversationInfo {
+    /// The highest sequence number given.
+    pub last_seq: u64,
+    /// Everyone who sent or received a message in it, sorted.
+    pub participants: Vec<String>,
 }
 
 /// Why a store operation failed.
@@ -93,7 +159,24 @@ pub enum StoreError {
         operation: &'static str,
         /// What the backend said.
         reason: String,
+        /// The same operation may succeed later (database unreachable, pool exhausted,
+        /// connection lost, serialization conflict); false when the data itself is refused.
+        transient: bool,
     },
+}
+
+impl StoreError {
+    /// Whether trying again later can succeed: a caller retries these (with backoff) until the
+    /// backend is back, and gives up at once on the others.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Backend {
+                transient: true,
+                ..
+            }
+        )
+    }
 }
 
 /// A tenant-scoped message store. Cheap to share (`Arc<dyn MessageStore>`).
@@ -102,12 +185,61 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Makes `namespace` the tenant's, creating it if needed; idempotent for the same pair.
     async fn open(&self, tenant: &TenantId, namespace: &str) -> Result<(), StoreError>;
 
-    /// Stores a message once; a second save of the same id changes nothing.
-    async fn save_message(
+    /// Stores a message durably, numbering it in its conversation and in its receiver's
+    /// timeline, all or nothing. A message with the same non-empty `client_msg_id` in the
+    /// conversation is returned as [`Accepted::Existing`] instead, so a send retried after any
+    /// failure is stored once. Numbers are never given twice, and a reader never sees a
+    /// position before every lower one of the same timeline is visible.
+    async fn accept(&self, tenant: &TenantId, message: &NewMessage)
+    -> Result<Accepted, StoreError>;
+
+    /// Up to `limit` messages received by `user` after timeline position `after`, in order.
+    async fn timeline(
         &self,
         tenant: &TenantId,
-        message: &StoredMessage,
-    ) -> Result<Saved, StoreError>;
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
+
+    /// Where `terminal` of `user` is in the user's timeline; a terminal seen for the first
+    /// time is recorded at 0 (so it counts among the user's terminals from now on).
+    async fn cursor(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        terminal: &str,
+    ) -> Result<u64, StoreError>;
+
+    /// Moves the terminal's cursor to `position`, never backwards; with `contiguous`, only
+    /// from `position - 1` (an ack of one message must not skip one the terminal lacks).
+    /// Returns the cursor after the move.
+    async fn advance_cursor(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        terminal: &str,
+        position: u64,
+        contiguous: bool,
+    ) -> Result<u64, StoreError>;
+
+    /// The timeline position of message `message_id` if `user` received it.
+    async fn position_of(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        message_id: &str,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// The user's known terminals (those that synced or acked), sorted.
+    async fn terminals(&self, tenant: &TenantId, user: &str) -> Result<Vec<String>, StoreError>;
+
+    /// The conversation's last sequence number and participants; `None` if it has no message.
+    async fn conversation(
+        &self,
+        tenant: &TenantId,
+        conversation_id: &str,
+    ) -> Result<Option<ConversationInfo>, StoreError>;
 
     /// Up to `limit` messages of a conversation after `after_seq`, in sequence order.
     async fn history(

@@ -7,7 +7,10 @@ use std::{
 
 use mesh_contract::TenantId;
 
-use crate::{MessageStore, Saved, StoreError, StoredMessage, StoredReceipt, valid_namespace};
+use crate::{
+    Accepted, ConversationInfo, MessageStore, NewMessage, Page, StoreError, StoredMessage,
+    StoredReceipt, valid_namespace,
+};
 
 /// The embedded default: no external service, data lives as long as the process.
 #[derive(Debug, Default)]
@@ -23,9 +26,20 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct Namespace {
-    /// By (conversation, seq); the id index below keeps saves idempotent.
+    /// By (conversation, seq).
     messages: BTreeMap<(String, u64), StoredMessage>,
+    /// (conversation, client id) -> seq: retried sends find their message.
+    by_client_id: HashMap<(String, String), u64>,
+    /// message id -> (conversation, seq).
     ids: HashMap<String, (String, u64)>,
+    /// (receiver, position) -> (conversation, seq): each user's timeline.
+    timelines: BTreeMap<(String, u64), (String, u64)>,
+    /// Per conversation: last seq and participants (kept when messages are purged).
+    conversations: HashMap<String, ConversationInfo>,
+    /// Per receiver: last position given.
+    positions: HashMap<String, u64>,
+    /// Per user: terminal -> cursor.
+    cursors: HashMap<String, BTreeMap<String, u64>>,
     receipts: HashMap<(String, String), StoredReceipt>,
 }
 
@@ -73,20 +87,143 @@ impl MessageStore for MemoryStore {
         Ok(())
     }
 
-    async fn save_message(
+    async fn accept(&self, tenant: &TenantId, new: &NewMessage) -> Result<Accepted, StoreError> {
+        self.write(tenant, |ns| {
+            let client_key = (!new.client_msg_id.is_empty())
+                .then(|| (new.conversation_id.clone(), new.client_msg_id.clone()));
+            if let Some(seq) = client_key.as_ref().and_then(|k| ns.by_client_id.get(k))
+                && let Some(first) = ns.messages.get(&(new.conversation_id.clone(), *seq))
+            {
+                return Accepted::Existing(first.clone());
+            }
+            let conversation = ns
+                .conversations
+                .entry(new.conversation_id.clone())
+                .or_default();
+            conversation.last_seq += 1;
+            let seq = conversation.last_seq;
+            for user in [&new.from_user, &new.to_user] {
+                if let Err(at) = conversation.participants.binary_search(user) {
+                    conversation.participants.insert(at, user.clone());
+                }
+            }
+            let position = ns.positions.entry(new.to_user.clone()).or_default();
+            *position += 1;
+            let message = StoredMessage {
+                message_id: new.message_id.clone(),
+                conversation_id: new.conversation_id.clone(),
+                seq,
+                position: *position,
+                from_user: new.from_user.clone(),
+                to_user: new.to_user.clone(),
+                kind: new.kind,
+                body: new.body.clone(),
+                sent_at_ms: new.sent_at_ms,
+            };
+            ns.timelines.insert(
+                (new.to_user.clone(), message.position),
+                (new.conversation_id.clone(), seq),
+            );
+            if let Some(key) = client_key {
+                ns.by_client_id.insert(key, seq);
+            }
+            ns.ids
+                .insert(new.message_id.clone(), (new.conversation_id.clone(), seq));
+            ns.messages
+                .insert((new.conversation_id.clone(), seq), message.clone());
+            Accepted::New(message)
+        })
+    }
+
+    async fn timeline(
         &self,
         tenant: &TenantId,
-        message: &StoredMessage,
-    ) -> Result<Saved, StoreError> {
-        self.write(tenant, |ns| {
-            if ns.ids.contains_key(&message.message_id) {
-                return Saved::Duplicate;
-            }
-            let key = (message.conversation_id.clone(), message.seq);
-            ns.ids.insert(message.message_id.clone(), key.clone());
-            ns.messages.insert(key, message.clone());
-            Saved::New
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.read(tenant, |ns| {
+            let from = (user.to_owned(), after.saturating_add(1));
+            let to = (user.to_owned(), u64::MAX);
+            let mut messages: Vec<StoredMessage> = ns
+                .timelines
+                .range(from..=to)
+                .filter_map(|(_, key)| ns.messages.get(key).cloned())
+                .take(limit.saturating_add(1))
+                .collect();
+            let more = messages.len() > limit;
+            messages.truncate(limit);
+            Page { messages, more }
         })
+    }
+
+    async fn cursor(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        terminal: &str,
+    ) -> Result<u64, StoreError> {
+        self.write(tenant, |ns| {
+            *ns.cursors
+                .entry(user.to_owned())
+                .or_default()
+                .entry(terminal.to_owned())
+                .or_default()
+        })
+    }
+
+    async fn advance_cursor(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        terminal: &str,
+        position: u64,
+        contiguous: bool,
+    ) -> Result<u64, StoreError> {
+        self.write(tenant, |ns| {
+            let cursor = ns
+                .cursors
+                .entry(user.to_owned())
+                .or_default()
+                .entry(terminal.to_owned())
+                .or_default();
+            if position > *cursor && (!contiguous || position == *cursor + 1) {
+                *cursor = position;
+            }
+            *cursor
+        })
+    }
+
+    async fn position_of(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        message_id: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        self.read(tenant, |ns| {
+            ns.ids
+                .get(message_id)
+                .and_then(|key| ns.messages.get(key))
+                .filter(|m| m.to_user == user)
+                .map(|m| m.position)
+        })
+    }
+
+    async fn terminals(&self, tenant: &TenantId, user: &str) -> Result<Vec<String>, StoreError> {
+        self.read(tenant, |ns| {
+            ns.cursors
+                .get(user)
+                .map(|terminals| terminals.keys().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    async fn conversation(
+        &self,
+        tenant: &TenantId,
+        conversation_id: &str,
+    ) -> Result<Option<ConversationInfo>, StoreError> {
+        self.read(tenant, |ns| ns.conversations.get(conversation_id).cloned())
     }
 
     async fn history(
@@ -142,7 +279,12 @@ impl MessageStore for MemoryStore {
             let before = ns.messages.len();
             ns.messages.retain(|_, m| m.sent_at_ms >= cutoff_ms);
             let messages = &ns.messages;
+            ns.timelines.retain(|_, key| messages.contains_key(key));
             ns.ids.retain(|_, key| messages.contains_key(key));
+            // client ids of purged messages are forgotten too: a retry that late is a new send
+            ns.by_client_id.retain(|(conversation, _), seq| {
+                messages.contains_key(&(conversation.clone(), *seq))
+            });
             (before - ns.messages.len()) as u64
         })
     }

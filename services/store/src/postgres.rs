@@ -6,7 +6,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use mesh_contract::TenantId;
 use tokio_postgres::NoTls;
 
-use crate::{MessageStore, Saved, StoreError, StoredMessage, StoredReceipt, valid_namespace};
+use crate::{
+    Accepted, ConversationInfo, MessageStore, NewMessage, Page, StoreError, StoredMessage,
+    StoredReceipt, valid_namespace,
+};
 
 /// Schema prefix of [`PgStore::connect`]: tenant `mall` with namespace `mall` lives in schema
 /// `mesh_mall`.
@@ -115,6 +118,8 @@ impl PgStore {
             tenant: tenant.clone(),
             operation: "getting a connection",
             reason: e.to_string(),
+            // unreachable, refusing connections, or the pool exhausted: all pass
+            transient: true,
         })
     }
 
@@ -141,9 +146,32 @@ fn backend(
     move |err| StoreError::Backend {
         tenant,
         operation,
+        transient: transient(&err),
         reason: err
             .as_db_error()
             .map_or_else(|| err.to_string(), |db| db.message().to_owned()),
+    }
+}
+
+/// Whether the same statement can succeed later. No SQLSTATE: transient when the connection
+/// failed (closed, I/O), permanent otherwise (a value that cannot be encoded). SQLSTATE classes 08 (connection exception), 53 (insufficient resources), 57 (operator
+/// intervention: shutdown, cancelled), 58 (system error) and serialization failures or
+/// deadlocks pass; everything else (data exceptions, constraint violations, program limits such
+/// as an index row too large) is about the data and will fail the same way again.
+fn transient(err: &tokio_postgres::Error) -> bool {
+    match err.code() {
+        None => {
+            err.is_closed()
+                || std::error::Error::source(err).is_some_and(|s| s.is::<std::io::Error>())
+        }
+        Some(state) => {
+            let code = state.code();
+            ["08", "53", "57", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "40001"
+                || code == "40P01"
+        }
     }
 }
 
@@ -157,8 +185,14 @@ fn message(row: &tokio_postgres::Row) -> StoredMessage {
         kind: row.get(5),
         body: row.get(6),
         sent_at_ms: row.get(7),
+        // rows written before positions existed have none
+        position: row.get::<_, Option<i64>>(8).unwrap_or(0) as u64,
     }
 }
+
+/// The columns [`message`] reads, in its order.
+const MESSAGE_COLUMNS: &str =
+    "message_id, conversation_id, seq, from_user, to_user, kind, body, sent_at_ms, position";
 
 /// Sequence numbers are `bigint` in PostgreSQL.
 fn seq(value: u64) -> i64 {
@@ -189,6 +223,28 @@ impl MessageStore for PgStore {
                sent_at_ms bigint NOT NULL);
              CREATE INDEX IF NOT EXISTS messages_by_conversation
                ON {schema}.messages (conversation_id, seq);
+             ALTER TABLE {schema}.messages
+               ADD COLUMN IF NOT EXISTS client_msg_id text,
+               ADD COLUMN IF NOT EXISTS position bigint;
+             CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
+               ON {schema}.messages (conversation_id, client_msg_id);
+             CREATE UNIQUE INDEX IF NOT EXISTS messages_by_receiver
+               ON {schema}.messages (to_user, position);
+             CREATE TABLE IF NOT EXISTS {schema}.conversations (
+               conversation_id text PRIMARY KEY,
+               last_seq bigint NOT NULL);
+             CREATE TABLE IF NOT EXISTS {schema}.participants (
+               conversation_id text NOT NULL,
+               user_id text NOT NULL,
+               PRIMARY KEY (conversation_id, user_id));
+             CREATE TABLE IF NOT EXISTS {schema}.timelines (
+               user_id text PRIMARY KEY,
+               last_position bigint NOT NULL);
+             CREATE TABLE IF NOT EXISTS {schema}.cursors (
+               user_id text NOT NULL,
+               terminal_id text NOT NULL,
+               position bigint NOT NULL,
+               PRIMARY KEY (user_id, terminal_id));
              CREATE TABLE IF NOT EXISTS {schema}.receipts (
                conversation_id text NOT NULL,
                reader text NOT NULL,
@@ -222,46 +278,257 @@ impl MessageStore for PgStore {
         Ok(())
     }
 
-    async fn save_message(
+    async fn accept(&self, tenant: &TenantId, m: &NewMessage) -> Result<Accepted, StoreError> {
+        const OP: &str = "accepting a message";
+        let schema = self.schema(tenant)?;
+        let err = |e| backend(tenant, OP)(e);
+        let mut client = self.client(tenant).await?;
+        // Row locks order concurrent accepts: the conversation's counter first, then the
+        // receiver's timeline counter (always in that order, so two accepts never wait on each
+        // other in a cycle). A second accept of the same conversation waits for the first to
+        // commit, so it sees its client id, and positions of one timeline commit in order.
+        let tx = client.transaction().await.map_err(err)?;
+        let bump_seq = tx
+            .prepare_cached(&format!(
+                "INSERT INTO {schema}.conversations AS c (conversation_id, last_seq) VALUES ($1, 1)
+                 ON CONFLICT (conversation_id) DO UPDATE SET last_seq = c.last_seq + 1
+                 RETURNING last_seq"
+            ))
+            .await
+            .map_err(err)?;
+        let seq: i64 = tx
+            .query_one(&bump_seq, &[&m.conversation_id])
+            .await
+            .map_err(err)?
+            .get(0);
+        if !m.client_msg_id.is_empty() {
+            let find = tx
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM {schema}.messages
+                     WHERE conversation_id = $1 AND client_msg_id = $2"
+                ))
+                .await
+                .map_err(err)?;
+            if let Some(row) = tx
+                .query_opt(&find, &[&m.conversation_id, &m.client_msg_id])
+                .await
+                .map_err(err)?
+            {
+                // the counter bump is undone with the transaction
+                tx.rollback().await.map_err(err)?;
+                return Ok(Accepted::Existing(message(&row)));
+            }
+        }
+        let bump_position = tx
+            .prepare_cached(&format!(
+                "INSERT INTO {schema}.timelines AS t (user_id, last_position) VALUES ($1, 1)
+                 ON CONFLICT (user_id) DO UPDATE SET last_position = t.last_position + 1
+                 RETURNING last_position"
+            ))
+            .await
+            .map_err(err)?;
+        let position: i64 = tx
+            .query_one(&bump_position, &[&m.to_user])
+            .await
+            .map_err(err)?
+            .get(0);
+        let insert = tx
+            .prepare_cached(&format!(
+                "INSERT INTO {schema}.messages
+                 (message_id, conversation_id, seq, from_user, to_user, kind, body, sent_at_ms,
+                  position, client_msg_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULLIF($10, ''))"
+            ))
+            .await
+            .map_err(err)?;
+        tx.execute(
+            &insert,
+            &[
+                &m.message_id,
+                &m.conversation_id,
+                &seq,
+                &m.from_user,
+                &m.to_user,
+                &m.kind,
+                &m.body,
+                &m.sent_at_ms,
+                &position,
+                &m.client_msg_id,
+            ],
+        )
+        .await
+        .map_err(err)?;
+        let participants = tx
+            .prepare_cached(&format!(
+                "INSERT INTO {schema}.participants (conversation_id, user_id)
+                 VALUES ($1, $2), ($1, $3) ON CONFLICT DO NOTHING"
+            ))
+            .await
+            .map_err(err)?;
+        tx.execute(
+            &participants,
+            &[&m.conversation_id, &m.from_user, &m.to_user],
+        )
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(Accepted::New(StoredMessage {
+            message_id: m.message_id.clone(),
+            conversation_id: m.conversation_id.clone(),
+            seq: seq as u64,
+            position: position as u64,
+            from_user: m.from_user.clone(),
+            to_user: m.to_user.clone(),
+            kind: m.kind,
+            body: m.body.clone(),
+            sent_at_ms: m.sent_at_ms,
+        }))
+    }
+
+    async fn timeline(
         &self,
         tenant: &TenantId,
-        m: &StoredMessage,
-    ) -> Result<Saved, StoreError> {
-        const OP: &str = "saving a message";
+        user: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        const OP: &str = "reading a timeline";
         let schema = self.schema(tenant)?;
         let (client, statement) = self
             .prepared(
                 tenant,
                 OP,
                 &format!(
-                    "INSERT INTO {schema}.messages
-                     (message_id, conversation_id, seq, from_user, to_user, kind, body, sent_at_ms)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                     ON CONFLICT (message_id) DO NOTHING"
+                    "SELECT {MESSAGE_COLUMNS} FROM {schema}.messages
+                     WHERE to_user = $1 AND position > $2 ORDER BY position LIMIT $3"
                 ),
             )
             .await?;
-        let inserted = client
-            .execute(
-                &statement,
-                &[
-                    &m.message_id,
-                    &m.conversation_id,
-                    &seq(m.seq),
-                    &m.from_user,
-                    &m.to_user,
-                    &m.kind,
-                    &m.body,
-                    &m.sent_at_ms,
-                ],
-            )
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+        let rows = client
+            .query(&statement, &[&user, &seq(after), &fetch])
             .await
             .map_err(backend(tenant, OP))?;
-        Ok(if inserted == 1 {
-            Saved::New
-        } else {
-            Saved::Duplicate
-        })
+        let mut messages: Vec<StoredMessage> = rows.iter().map(message).collect();
+        let more = messages.len() > limit;
+        messages.truncate(limit);
+        Ok(Page { messages, more })
+    }
+
+    async fn cursor(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        terminal: &str,
+    ) -> Result<u64, StoreError> {
+        self.advance_cursor(tenant, user, terminal, 0, false).await
+    }
+
+    async fn advance_cursor(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        terminal: &str,
+        position: u64,
+        contiguous: bool,
+    ) -> Result<u64, StoreError> {
+        const OP: &str = "moving a terminal's cursor";
+        let schema = self.schema(tenant)?;
+        let (client, statement) = self
+            .prepared(
+                tenant,
+                OP,
+                &format!(
+                    "INSERT INTO {schema}.cursors AS k (user_id, terminal_id, position)
+                     VALUES ($1, $2, CASE WHEN $4::boolean AND $3::bigint > 1 THEN 0 ELSE $3::bigint END)
+                     ON CONFLICT (user_id, terminal_id) DO UPDATE SET position =
+                       CASE WHEN $4::boolean AND k.position <> $3::bigint - 1 THEN k.position
+                            ELSE GREATEST(k.position, $3::bigint) END
+                     RETURNING position"
+                ),
+            )
+            .await?;
+        let row = client
+            .query_one(&statement, &[&user, &terminal, &seq(position), &contiguous])
+            .await
+            .map_err(backend(tenant, OP))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn position_of(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        message_id: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        const OP: &str = "finding a message's position";
+        let schema = self.schema(tenant)?;
+        let (client, statement) = self
+            .prepared(
+                tenant,
+                OP,
+                &format!(
+                    "SELECT position FROM {schema}.messages WHERE message_id = $1 AND to_user = $2"
+                ),
+            )
+            .await?;
+        let row = client
+            .query_opt(&statement, &[&message_id, &user])
+            .await
+            .map_err(backend(tenant, OP))?;
+        Ok(row
+            .and_then(|row| row.get::<_, Option<i64>>(0))
+            .map(|p| p as u64))
+    }
+
+    async fn terminals(&self, tenant: &TenantId, user: &str) -> Result<Vec<String>, StoreError> {
+        const OP: &str = "listing a user's terminals";
+        let schema = self.schema(tenant)?;
+        let (client, statement) = self
+            .prepared(
+                tenant,
+                OP,
+                &format!(
+                    "SELECT terminal_id FROM {schema}.cursors WHERE user_id = $1 ORDER BY terminal_id"
+                ),
+            )
+            .await?;
+        let rows = client
+            .query(&statement, &[&user])
+            .await
+            .map_err(backend(tenant, OP))?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
+    async fn conversation(
+        &self,
+        tenant: &TenantId,
+        conversation_id: &str,
+    ) -> Result<Option<ConversationInfo>, StoreError> {
+        const OP: &str = "reading a conversation's participants";
+        let schema = self.schema(tenant)?;
+        let (client, statement) = self
+            .prepared(
+                tenant,
+                OP,
+                &format!(
+                    "SELECT c.last_seq, p.user_id FROM {schema}.conversations c
+                     JOIN {schema}.participants p USING (conversation_id)
+                     WHERE c.conversation_id = $1 ORDER BY p.user_id"
+                ),
+            )
+            .await?;
+        let rows = client
+            .query(&statement, &[&conversation_id])
+            .await
+            .map_err(backend(tenant, OP))?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        Ok(Some(ConversationInfo {
+            last_seq: first.get::<_, i64>(0) as u64,
+            participants: rows.iter().map(|row| row.get(1)).collect(),
+        }))
     }
 
     async fn history(
@@ -279,8 +546,7 @@ impl MessageStore for PgStore {
                 tenant,
                 OP,
                 &format!(
-                    "SELECT message_id, conversation_id, seq, from_user, to_user, kind, body, sent_at_ms
-                     FROM {schema}.messages
+                    "SELECT {MESSAGE_COLUMNS} FROM {schema}.messages
                      WHERE conversation_id = $1 AND seq > $2
                      ORDER BY seq LIMIT $3"
                 ),

@@ -2,7 +2,9 @@
 //! `MESH_TEST_POSTGRES`), each tenant in a schema of its own.
 
 use mesh_contract::TenantId;
-use mesh_store::{MessageStore, PgStore, Saved, StoreError, StoredMessage, StoredReceipt};
+use mesh_store::{
+    Accepted, MessageStore, NewMessage, PgStore, StoreError, StoredMessage, StoredReceipt,
+};
 
 fn postgres_url() -> String {
     std::env::var("MESH_TEST_POSTGRES")
@@ -21,11 +23,12 @@ fn tenant(id: &str) -> TenantId {
     TenantId::new(id).unwrap()
 }
 
-fn msg(id: &str, conversation: &str, seq: u64, sent_at_ms: i64) -> StoredMessage {
-    StoredMessage {
+/// Alice's message `id` to Bob in `conversation`, with client id `c-<id>`.
+fn msg(id: &str, conversation: &str, sent_at_ms: i64) -> NewMessage {
+    NewMessage {
         message_id: id.into(),
         conversation_id: conversation.into(),
-        seq,
+        client_msg_id: format!("c-{id}"),
         from_user: "alice".into(),
         to_user: "bob".into(),
         kind: 1,
@@ -34,23 +37,22 @@ fn msg(id: &str, conversation: &str, seq: u64, sent_at_ms: i64) -> StoredMessage
     }
 }
 
+async fn accept(store: &dyn MessageStore, tenant: &TenantId, m: NewMessage) -> StoredMessage {
+    match store.accept(tenant, &m).await.unwrap() {
+        Accepted::New(stored) => stored,
+        Accepted::Existing(old) => panic!("{} was new, found {old:?}", m.message_id),
+    }
+}
+
 /// The same conversation id in two tenants never mixes: not in history, receipts or purges.
 async fn tenants_never_see_each_other(store: &dyn MessageStore) {
     let (mall, paipai) = (tenant("mall"), tenant("paipai"));
     store.open(&mall, "mall").await.unwrap();
     store.open(&paipai, "paipai").await.unwrap();
-    store
-        .save_message(&mall, &msg("m-1", "c-1", 1, 10))
-        .await
-        .unwrap();
-    store
-        .save_message(&mall, &msg("m-2", "c-1", 2, 20))
-        .await
-        .unwrap();
-    store
-        .save_message(&paipai, &msg("p-1", "c-1", 1, 10))
-        .await
-        .unwrap();
+    accept(store, &mall, msg("m-1", "c-1", 10)).await;
+    accept(store, &mall, msg("m-2", "c-1", 20)).await;
+    let p1 = accept(store, &paipai, msg("p-1", "c-1", 10)).await;
+    assert_eq!((p1.seq, p1.position), (1, 1), "numbering is per tenant");
 
     let ids = |v: Vec<StoredMessage>| v.into_iter().map(|m| m.message_id).collect::<Vec<_>>();
     assert_eq!(
@@ -62,13 +64,34 @@ async fn tenants_never_see_each_other(store: &dyn MessageStore) {
         ["p-1"]
     );
 
-    // the same message id in another tenant is another message, not a duplicate
+    // the same ids in another tenant are another message, not a duplicate
+    accept(store, &paipai, msg("m-1", "c-9", 10)).await;
     assert_eq!(
         store
-            .save_message(&paipai, &msg("m-1", "c-9", 1, 10))
+            .timeline(&mall, "bob", 0, 10)
             .await
-            .unwrap(),
-        Saved::New
+            .unwrap()
+            .messages
+            .len(),
+        2
+    );
+    assert_eq!(
+        store.terminals(&paipai, "bob").await.unwrap(),
+        Vec::<String>::new()
+    );
+    store.cursor(&mall, "bob", "phone").await.unwrap();
+    assert_eq!(
+        store.terminals(&paipai, "bob").await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert!(
+        store
+            .conversation(&paipai, "c-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq
+            == 1
     );
     assert_eq!(
         ids(store.history(&mall, "c-9", 0, 10).await.unwrap()),
@@ -96,29 +119,47 @@ async fn tenants_never_see_each_other(store: &dyn MessageStore) {
     );
 }
 
-async fn saves_are_idempotent_and_history_is_ordered(store: &dyn MessageStore) {
+async fn accepts_are_numbered_once_and_history_is_ordered(store: &dyn MessageStore) {
     let finance = tenant("finance");
     store.open(&finance, "finance").await.unwrap();
-    for seq in [3, 1, 2] {
-        let saved = store
-            .save_message(&finance, &msg(&format!("f-{seq}"), "c", seq, 0))
-            .await
-            .unwrap();
-        assert_eq!(saved, Saved::New);
+    for (i, id) in ["f-1", "f-2", "f-3"].into_iter().enumerate() {
+        let stored = accept(store, &finance, msg(id, "c", 0)).await;
+        assert_eq!((stored.seq, stored.position), (i as u64 + 1, i as u64 + 1));
     }
+    // a retry with the same client id is the first message, numbers unchanged, nothing added
+    let mut retry = msg("f-2-retry", "c", 0);
+    retry.client_msg_id = "c-f-2".into();
+    match store.accept(&finance, &retry).await.unwrap() {
+        Accepted::Existing(first) => {
+            assert_eq!((first.message_id.as_str(), first.seq), ("f-2", 2));
+        }
+        other => panic!("a retry made a new message: {other:?}"),
+    }
+    // the same client id in another conversation is another message
+    let mut elsewhere = msg("g-1", "other", 0);
+    elsewhere.client_msg_id = "c-f-2".into();
+    let g1 = accept(store, &finance, elsewhere).await;
     assert_eq!(
-        store
-            .save_message(&finance, &msg("f-2", "c", 2, 0))
-            .await
-            .unwrap(),
-        Saved::Duplicate
+        (g1.seq, g1.position),
+        (1, 4),
+        "seq per conversation, position per receiver"
     );
+    // an empty client id never deduplicates
+    for id in ["n-1", "n-2"] {
+        let mut m = msg(id, "c", 0);
+        m.client_msg_id.clear();
+        accept(store, &finance, m).await;
+    }
     let seqs = |v: Vec<StoredMessage>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
     assert_eq!(
         seqs(store.history(&finance, "c", 0, 10).await.unwrap()),
-        [1, 2, 3]
+        [1, 2, 3, 4, 5]
     );
     assert_eq!(seqs(store.history(&finance, "c", 1, 1).await.unwrap()), [2]);
+    let info = store.conversation(&finance, "c").await.unwrap().unwrap();
+    assert_eq!(info.last_seq, 5);
+    assert_eq!(info.participants, ["alice", "bob"]);
+    assert_eq!(store.conversation(&finance, "none").await.unwrap(), None);
 
     // a receipt never moves a reader backwards
     let at = |up_to_seq| StoredReceipt {
@@ -140,23 +181,168 @@ async fn saves_are_idempotent_and_history_is_ordered(store: &dyn MessageStore) {
     );
 }
 
+/// A terminal syncs its user's timeline from its cursor, in pages; acks move the cursor
+/// forward only, and an ack of one message never skips one the terminal lacks.
+async fn terminals_sync_from_their_cursor(store: &dyn MessageStore) {
+    let mall = tenant("mall");
+    store.open(&mall, "mall").await.unwrap();
+    assert_eq!(store.cursor(&mall, "bob", "phone").await.unwrap(), 0);
+    for i in 1..=25 {
+        // two conversations interleaved, one timeline
+        let conversation = if i % 2 == 0 { "even" } else { "odd" };
+        accept(store, &mall, msg(&format!("m-{i}"), conversation, i)).await;
+    }
+    // to alice, not in bob's timeline
+    let mut reply = msg("r-1", "odd", 0);
+    (reply.from_user, reply.to_user) = ("bob".into(), "alice".into());
+    accept(store, &mall, reply).await;
+
+    let mut after = 0;
+    let mut got = Vec::new();
+    loop {
+        let page = store.timeline(&mall, "bob", after, 10).await.unwrap();
+        assert!(page.messages.len() <= 10);
+        got.extend(page.messages.iter().map(|m| m.position));
+        after = page.messages.last().map_or(after, |m| m.position);
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(got, (1..=25).collect::<Vec<u64>>());
+    let empty = store.timeline(&mall, "bob", 25, 10).await.unwrap();
+    assert!(empty.messages.is_empty() && !empty.more);
+
+    let third = store.timeline(&mall, "bob", 2, 1).await.unwrap().messages;
+    assert_eq!(
+        store
+            .position_of(&mall, "bob", &third[0].message_id)
+            .await
+            .unwrap(),
+        Some(3)
+    );
+    assert_eq!(
+        store
+            .position_of(&mall, "alice", &third[0].message_id)
+            .await
+            .unwrap(),
+        None,
+        "only the receiver's timeline holds it"
+    );
+    assert_eq!(store.position_of(&mall, "bob", "nope").await.unwrap(), None);
+
+    // contiguous acks: 1 moves, 3 does not skip 2, then 2 and 3 do
+    assert_eq!(
+        store
+            .advance_cursor(&mall, "bob", "phone", 1, true)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .advance_cursor(&mall, "bob", "phone", 3, true)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .advance_cursor(&mall, "bob", "phone", 2, true)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .advance_cursor(&mall, "bob", "phone", 3, true)
+            .await
+            .unwrap(),
+        3
+    );
+    // "I hold everything up to 20" moves at once; never backwards
+    assert_eq!(
+        store
+            .advance_cursor(&mall, "bob", "phone", 20, false)
+            .await
+            .unwrap(),
+        20
+    );
+    assert_eq!(
+        store
+            .advance_cursor(&mall, "bob", "phone", 5, false)
+            .await
+            .unwrap(),
+        20
+    );
+    assert_eq!(store.cursor(&mall, "bob", "phone").await.unwrap(), 20);
+    // a first ack of a later message from an unknown terminal does not claim the earlier ones
+    assert_eq!(
+        store
+            .advance_cursor(&mall, "bob", "desk", 7, true)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store.terminals(&mall, "bob").await.unwrap(),
+        ["desk", "phone"]
+    );
+    assert_eq!(
+        store.terminals(&mall, "alice").await.unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+/// Concurrent accepts into one conversation and one timeline: numbers are unique and gap-free,
+/// and concurrent retries of one send make one message.
+async fn concurrent_accepts_never_share_a_number(store: &dyn MessageStore) {
+    let mall = tenant("mall");
+    store.open(&mall, "mall").await.unwrap();
+    let mall = &mall;
+    let sends = (0..40).map(|i| {
+        // every send twice at once, as a client retrying a send that timed out would
+        let m = msg(&format!("m-{}", i / 2), "c", 0);
+        let mut m = m;
+        m.message_id = format!("attempt-{i}");
+        async move { store.accept(mall, &m).await.unwrap() }
+    });
+    let results = futures::future::join_all(sends).await;
+    let new = results
+        .iter()
+        .filter(|a| matches!(a, Accepted::New(_)))
+        .count();
+    assert_eq!(new, 20, "each of the 20 sends stored once");
+    let history = store.history(mall, "c", 0, 100).await.unwrap();
+    assert_eq!(
+        history.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=20).collect::<Vec<u64>>()
+    );
+    let mut positions: Vec<u64> = history.iter().map(|m| m.position).collect();
+    positions.sort();
+    assert_eq!(positions, (1..=20).collect::<Vec<u64>>());
+    // every attempt answered with the one stored message of its client id
+    for result in &results {
+        let m = result.message();
+        assert!(history.iter().any(|h| h == m), "{m:?}");
+    }
+}
+
 async fn purging_respects_the_cutoff(store: &dyn MessageStore) {
     let mall = tenant("mall");
     store.open(&mall, "mall").await.unwrap();
-    store
-        .save_message(&mall, &msg("old", "c", 1, 100))
-        .await
-        .unwrap();
-    store
-        .save_message(&mall, &msg("new", "c", 2, 200))
-        .await
-        .unwrap();
+    accept(store, &mall, msg("old", "c", 100)).await;
+    accept(store, &mall, msg("new", "c", 200)).await;
     assert_eq!(store.purge_before(&mall, 150).await.unwrap(), 1);
     let left = store.history(&mall, "c", 0, 10).await.unwrap();
     assert_eq!(
         left.into_iter().map(|m| m.message_id).collect::<Vec<_>>(),
         ["new"]
     );
+    let timeline = store.timeline(&mall, "bob", 0, 10).await.unwrap();
+    assert_eq!(timeline.messages.len(), 1);
+    // numbering goes on after a purge: nothing is numbered twice
+    let next = accept(store, &mall, msg("later", "c", 300)).await;
+    assert_eq!((next.seq, next.position), (3, 3));
 }
 
 async fn bad_tenants_get_clear_errors(store: &dyn MessageStore) {
@@ -213,7 +399,9 @@ macro_rules! both_backends {
 
 both_backends!(
     tenants_never_see_each_other,
-    saves_are_idempotent_and_history_is_ordered,
+    accepts_are_numbered_once_and_history_is_ordered,
+    terminals_sync_from_their_cursor,
+    concurrent_accepts_never_share_a_number,
     purging_respects_the_cutoff,
     bad_tenants_get_clear_errors,
 );
@@ -224,10 +412,7 @@ async fn postgresql_keeps_each_tenant_in_its_own_schema() {
     let (mall, finance) = (tenant("mall"), tenant("finance"));
     store.open(&mall, "mall").await.unwrap();
     store.open(&finance, "finance").await.unwrap();
-    store
-        .save_message(&mall, &msg("m-1", "c", 1, 0))
-        .await
-        .unwrap();
+    accept(&store, &mall, msg("m-1", "c", 0)).await;
 
     // look with a plain connection: the row is in mall's schema and nowhere else
     let (raw, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
@@ -292,10 +477,7 @@ async fn postgresql_recovers_when_its_connections_are_killed() {
     let store = PgStore::connect_with_prefix(&url, &prefix).await.unwrap();
     let mall = tenant("mall");
     store.open(&mall, "mall").await.unwrap();
-    store
-        .save_message(&mall, &msg("before", "c", 1, 0))
-        .await
-        .unwrap();
+    accept(&store, &mall, msg("before", "c", 0)).await;
 
     // the database goes away under the store's connections (a restart, a failover)
     let (raw, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
@@ -314,10 +496,10 @@ async fn postgresql_recovers_when_its_connections_are_killed() {
     // an operation may fail while the pool notices; it then opens fresh connections
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match store.save_message(&mall, &msg("after", "c", 2, 0)).await {
+        match store.accept(&mall, &msg("after", "c", 0)).await {
             Ok(_) => break,
             Err(err) => {
-                assert!(matches!(err, StoreError::Backend { .. }), "{err}");
+                assert!(err.is_transient(), "a lost connection passes: {err}");
                 assert!(
                     std::time::Instant::now() < deadline,
                     "no recovery within 10 s: {err}"
@@ -334,5 +516,24 @@ async fn postgresql_recovers_when_its_connections_are_killed() {
         .map(|m| m.message_id)
         .collect();
     assert_eq!(ids, ["before", "after"]);
+    store.drop_opened().await.unwrap();
+}
+
+#[tokio::test]
+async fn postgresql_tells_transient_from_permanent_failures() {
+    let store = postgres().await;
+    let mall = tenant("mall");
+    store.open(&mall, "mall").await.unwrap();
+    // a NUL byte can never be stored in a text column: the data is refused, for good
+    let mut bad = msg("nul", "c", 0);
+    bad.body = "a\u{0}b".into();
+    let err = store.accept(&mall, &bad).await.unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    // and nothing of it was kept: the next message takes seq 1
+    let next = accept(&store, &mall, msg("ok", "c", 0)).await;
+    assert_eq!((next.seq, next.position), (1, 1));
+    // a database nobody listens on passes
+    let unreachable = PgStore::connect("postgres://postgres@127.0.0.1:1/postgres").await;
+    assert!(unreachable.is_err());
     store.drop_opened().await.unwrap();
 }

@@ -133,7 +133,17 @@ async fn run(
                     return;
                 }
                 next = consumer.next() => match next {
-                    Some(Ok(delivery)) => handle(&bus, &sub, &queues, delivery).await,
+                    // a handler retrying a transient failure waits for its dependency as long
+                    // as it takes, but a stop still ends it: the delivery, unacked, goes back
+                    // to the queue with the channel
+                    Some(Ok(delivery)) => tokio::select! {
+                        biased;
+                        _ = &mut stop => {
+                            let _ = channel.close(200, "subscription stopped".into()).await;
+                            return;
+                        }
+                        () = handle(&bus, &sub, &queues, delivery) => {}
+                    },
                     Some(Err(err)) => break err.to_string(),
                     None => break "consumer cancelled".to_owned(),
                 },
@@ -278,7 +288,9 @@ async fn decide(bus: &AmqpBus, sub: &Subscription, delivery: &Delivery) -> Outco
     outcome
 }
 
-/// Runs the handler, retrying with backoff as the config says.
+/// Runs the handler until it succeeds or rejects the message: a transient failure (retry, or
+/// the event's timeout) is retried with backoff doubling up to `max_retry_backoff`, for as
+/// long as the dependency is down.
 async fn run_handler(
     bus: &AmqpBus,
     sub: &Subscription,
@@ -287,7 +299,8 @@ async fn run_handler(
     payload: Bytes,
 ) -> Outcome {
     let config = &bus.inner.config;
-    for attempt in 1..=config.max_attempts.max(1) {
+    let mut wait = config.retry_backoff;
+    for attempt in 1u32.. {
         let run = sub.dispatch.dispatch(ctx.clone(), event, payload.clone());
         let result = match event.timeout {
             Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
@@ -305,20 +318,23 @@ async fn run_handler(
                     attempts: attempt,
                 };
             }
-            Err(HandlerError::Retry(reason)) if attempt == config.max_attempts.max(1) => {
-                return Outcome::Dead {
-                    reason: format!("gave up after {attempt} attempt(s): {reason}"),
-                    attempts: attempt,
-                };
-            }
             Err(HandlerError::Retry(reason)) => {
-                let wait = config.retry_backoff * 2u32.saturating_pow(attempt - 1);
-                tracing::debug!(event = event.name, attempt, %reason, ?wait, "handler asked to retry");
+                let log = if attempt % 10 == 1 {
+                    tracing::Level::WARN
+                } else {
+                    tracing::Level::DEBUG
+                };
+                if log == tracing::Level::WARN {
+                    tracing::warn!(event = event.name, tenant = %ctx.tenant, attempt, %reason, ?wait, "transient failure; retrying until the dependency is back");
+                } else {
+                    tracing::debug!(event = event.name, attempt, %reason, ?wait, "retrying");
+                }
                 tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(config.max_retry_backoff.max(config.retry_backoff));
             }
         }
     }
-    unreachable!("the loop returns on its last attempt")
+    unreachable!("attempts never run out")
 }
 
 /// Copies the message, with the reason, into the subscription's dead-letter queue (confirmed).

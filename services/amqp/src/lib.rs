@@ -56,10 +56,11 @@ pub struct AmqpConfig {
     pub prefetch: u16,
     /// Largest payload published or handled; larger ones are refused or dead-lettered.
     pub max_payload_bytes: usize,
-    /// Runs of a handler that keeps asking to retry before the message is dead-lettered.
-    pub max_attempts: u32,
-    /// Wait before the first retry; doubled for each further one.
+    /// Wait before the first retry of a transient failure; doubled for each further one.
     pub retry_backoff: Duration,
+    /// Longest wait between two retries: a transient failure is retried at this pace until
+    /// the dependency is back, never dead-lettered.
+    pub max_retry_backoff: Duration,
     /// How long a publish waits for the broker (reconnecting if need be) before it fails.
     pub publish_timeout: Duration,
     /// Longest pause between two reconnection attempts.
@@ -72,8 +73,8 @@ impl Default for AmqpConfig {
             uri: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             prefetch: 32,
             max_payload_bytes: 1024 * 1024,
-            max_attempts: 3,
             retry_backoff: Duration::from_millis(100),
+            max_retry_backoff: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(5),
             max_reconnect_backoff: Duration::from_secs(2),
         }

@@ -51,7 +51,9 @@ pub enum BusError {
 /// How a consumer's handler failed, which decides what the transport does next.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {
-    /// Transient (a dependency is down): redeliver later, with backoff, up to the retry limit.
+    /// Transient (a dependency is down, a timeout): run again with growing backoff until it
+    /// succeeds or rejects; never dead-lettered, since the dependency will be back. The
+    /// subscription's later messages wait meanwhile (order is kept).
     #[error("retry: {0}")]
     Retry(String),
     /// Permanent (the message can never succeed): dead-letter it now, with this reason.

@@ -29,18 +29,19 @@ use tracing::Instrument;
 pub struct EmbeddedConfig {
     /// Largest payload published.
     pub max_payload_bytes: usize,
-    /// Runs of a handler that keeps asking to retry before the message is dead-lettered.
-    pub max_attempts: u32,
-    /// Wait before the first retry; doubled for each further one.
+    /// Wait before the first retry of a transient failure; doubled for each further one.
     pub retry_backoff: Duration,
+    /// Longest wait between two retries: a transient failure is retried at this pace until
+    /// the dependency is back, never dead-lettered.
+    pub max_retry_backoff: Duration,
 }
 
 impl Default for EmbeddedConfig {
     fn default() -> Self {
         Self {
             max_payload_bytes: 1024 * 1024,
-            max_attempts: 3,
             retry_backoff: Duration::from_millis(100),
+            max_retry_backoff: Duration::from_secs(5),
         }
     }
 }
@@ -232,9 +233,13 @@ impl EventBus for EmbeddedBus {
                         envelope = queue.pop() => {
                             let (trace, ctx) = EventTrace::start("embedded", "process", &envelope.ctx, envelope.event);
                             let envelope = Envelope { ctx, ..envelope };
-                            let dead = handle_one(&config, &sub, envelope)
-                                .instrument(trace.span().clone())
-                                .await;
+                            // a stop ends a handler that waits for its dependency
+                            let dead = tokio::select! {
+                                biased;
+                                _ = &mut stop => break,
+                                dead = handle_one(&config, &sub, envelope)
+                                    .instrument(trace.span().clone()) => dead,
+                            };
                             match &dead {
                                 None => trace.finish("ok", false),
                                 Some(_) => trace.finish("dead_lettered", true),
@@ -252,22 +257,16 @@ impl EventBus for EmbeddedBus {
     }
 }
 
-/// Runs the handler for one message; the dead letter if it could not be handled.
+/// Runs the handler for one message until it succeeds or rejects it (then: the dead letter).
+/// A transient failure (retry, or the event's timeout) is retried with backoff doubling up to
+/// `max_retry_backoff`, for as long as the dependency is down.
 async fn handle_one(
     config: &EmbeddedConfig,
     sub: &Subscription,
     envelope: Envelope,
 ) -> Option<DeadLetter> {
-    let max = config.max_attempts.max(1);
-    let dead = |reason: String, attempts: u32| DeadLetter {
-        message_id: envelope.message_id.clone(),
-        event: envelope.event.name,
-        tenant: envelope.ctx.tenant.to_string(),
-        reason,
-        attempts,
-        payload: envelope.payload.clone(),
-    };
-    for attempt in 1..=max {
+    let mut wait = config.retry_backoff;
+    for attempt in 1u32.. {
         let run = sub.dispatch.dispatch(
             envelope.ctx.clone(),
             envelope.event,
@@ -283,17 +282,24 @@ async fn handle_one(
         };
         match result {
             Ok(()) => return None,
-            Err(HandlerError::Reject(reason)) => return Some(dead(reason, attempt)),
-            Err(HandlerError::Retry(reason)) if attempt == max => {
-                return Some(dead(
-                    format!("gave up after {attempt} attempt(s): {reason}"),
-                    attempt,
-                ));
+            Err(HandlerError::Reject(reason)) => {
+                return Some(DeadLetter {
+                    message_id: envelope.message_id.clone(),
+                    event: envelope.event.name,
+                    tenant: envelope.ctx.tenant.to_string(),
+                    reason,
+                    attempts: attempt,
+                    payload: envelope.payload.clone(),
+                });
             }
-            Err(HandlerError::Retry(_)) => {
-                tokio::time::sleep(config.retry_backoff * 2u32.saturating_pow(attempt - 1)).await;
+            Err(HandlerError::Retry(reason)) => {
+                if attempt % 10 == 1 {
+                    tracing::warn!(event = envelope.event.name, tenant = %envelope.ctx.tenant, attempt, %reason, "transient failure; retrying until the dependency is back");
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(config.max_retry_backoff.max(config.retry_backoff));
             }
         }
     }
-    None
+    unreachable!("attempts never run out")
 }

@@ -77,7 +77,7 @@ impl Node {
                 AmqpBus::connect(AmqpConfig {
                     uri: amqp_uri(),
                     retry_backoff: Duration::from_millis(20),
-                    max_attempts: 3,
+                    max_retry_backoff: Duration::from_millis(50),
                     ..Default::default()
                 })
                 .await

@@ -2,82 +2,14 @@
 //! group's worker, including a tenant whose file the test writes; a killed worker is restarted
 //! while the other tenants keep answering; SIGTERM stops everything.
 
-use std::{
-    path::Path,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+mod support;
+
+use std::time::{Duration, Instant};
 
 use mesh_api::{order::v1 as order1, recommend::v1 as recommend};
-use mesh_contract::{RequestContext, TenantId};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::Command,
-    sync::mpsc,
-};
+use support::{MeshUp, alive, ctx, field, signal, tenants_folder};
+use tokio::process::Command;
 use tonic::Code;
-
-/// Lines `mesh up` prints, as they come.
-struct Output(mpsc::UnboundedReceiver<String>);
-
-impl Output {
-    /// The next line matching `pred`, waiting up to 60 s (workers are fresh processes).
-    async fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.0.recv()).await {
-                Ok(Some(line)) if pred(&line) => return line,
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("mesh up ended before {what}"),
-                Err(_) => panic!("no {what} within 60 s"),
-            }
-        }
-    }
-}
-
-fn field<'a>(line: &'a str, name: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
-}
-
-fn alive(pid: &str) -> bool {
-    std::process::Command::new("kill")
-        .args(["-0", pid])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-}
-
-fn signal(pid: &str, sig: &str) {
-    assert!(
-        std::process::Command::new("kill")
-            .args([sig, pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
-/// A tenants folder: the shipped defaults, the named shipped tenants, and `extra` files.
-fn tenants_folder(shipped_tenants: &[&str], extra: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
-    for tenant in std::iter::once("_defaults").chain(shipped_tenants.iter().copied()) {
-        let file = format!("{tenant}.toml");
-        std::fs::copy(shipped.join(&file), dir.path().join(&file)).unwrap();
-    }
-    for (name, body) in extra {
-        std::fs::write(dir.path().join(name), body).unwrap();
-    }
-    dir
-}
-
-fn ctx(tenant: &str, token: &str) -> RequestContext {
-    RequestContext::new(TenantId::new(tenant).unwrap()).with_token(token)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_run_in_supervised_processes_behind_one_front_door() {
@@ -90,32 +22,10 @@ async fn tenants_run_in_supervised_processes_behind_one_front_door() {
         )],
     );
 
-    let mut up = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
-        .arg(dir.path())
-        .env("MESH_STATE_DIR", dir.path().join(".state"))
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let supervisor_pid = up.id().unwrap().to_string();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            println!("mesh up: {line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut output = Output(rx);
-    let front = output
-        .wait_for("front door", |l| l.starts_with("front door listening on "))
-        .await;
-    let front = front
-        .trim_start_matches("front door listening on ")
-        .to_owned();
+    let mut up = MeshUp::start(dir.path(), &[]).await;
+    let supervisor_pid = up.pid();
+    let channel = up.channel().await;
+    let output = &mut up.output;
     let mut serving = Vec::new();
     for _ in 0..2 {
         serving.push(
@@ -140,11 +50,6 @@ async fn tenants_run_in_supervised_processes_behind_one_front_door() {
     );
     assert_ne!(field(&shared, "pid"), field(&finance, "pid"));
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{front}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
     let mut recommend = recommend::RecommendCaller::new(channel.clone());
     let mut orders = order1::OrderCaller::new(channel.clone());
     let suggest = recommend::SuggestRequest::default;
@@ -318,7 +223,7 @@ async fn tenants_run_in_supervised_processes_behind_one_front_door() {
 
     // SIGTERM stops the workers, then the supervisor
     signal(&supervisor_pid, "-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(20), up.wait())
+    let status = tokio::time::timeout(Duration::from_secs(20), up.child.wait())
         .await
         .expect("mesh up stops")
         .unwrap();

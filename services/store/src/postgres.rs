@@ -17,6 +17,9 @@ pub const DEFAULT_PREFIX: &str = "mesh_";
 
 /// Connections the store keeps open at most.
 const POOL_SIZE: usize = 8;
+/// Longest wait for a pooled connection, a new one, or checking an idle one: past it the
+/// operation fails as transient rather than hang (a database that stopped answering).
+const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// PostgreSQL backend: each tenant's tables live in schema `<prefix><namespace>`, created on
 /// [`MessageStore::open`]. Statements are built from that one schema name, which was
@@ -70,6 +73,10 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
             .build()
             .map_err(|e| error(e.to_string()))?;
         // fail now, with the address, rather than on the first message

@@ -1,0 +1,142 @@
+//! What the node tests share: `mesh up` as a child process and its output, tenants folders,
+//! signals.
+
+#![allow(dead_code)]
+
+use std::{
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use mesh_contract::{RequestContext, TenantId};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+
+/// Lines `mesh up` prints, as they come.
+pub struct Output(mpsc::UnboundedReceiver<String>);
+
+impl Output {
+    /// The next line matching `pred`, waiting up to 60 s (workers are fresh processes).
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.0.recv()).await {
+                Ok(Some(line)) if pred(&line) => return line,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("mesh up ended before {what}"),
+                Err(_) => panic!("no {what} within 60 s"),
+            }
+        }
+    }
+}
+
+/// The value of `name=` in a line `mesh up` printed.
+pub fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+}
+
+/// Whether process `pid` lives.
+pub fn alive(pid: &str) -> bool {
+    std::process::Command::new("kill")
+        .args(["-0", pid])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Sends `sig` (`-KILL`, `-TERM`) to `pid`.
+pub fn signal(pid: &str, sig: &str) {
+    assert!(
+        std::process::Command::new("kill")
+            .args([sig, pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// A tenants folder: the shipped defaults, the named shipped tenants, and `extra` files.
+pub fn tenants_folder(shipped_tenants: &[&str], extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+    for tenant in std::iter::once("_defaults").chain(shipped_tenants.iter().copied()) {
+        let file = format!("{tenant}.toml");
+        std::fs::copy(shipped.join(&file), dir.path().join(&file)).unwrap();
+    }
+    for (name, body) in extra {
+        std::fs::write(dir.path().join(name), body).unwrap();
+    }
+    dir
+}
+
+/// A tenant's request context with its credential.
+pub fn ctx(tenant: &str, token: &str) -> RequestContext {
+    RequestContext::new(TenantId::new(tenant).unwrap()).with_token(token)
+}
+
+/// A running `mesh up`, killed when dropped.
+pub struct MeshUp {
+    pub child: Child,
+    pub output: Output,
+    /// `host:port` of the front door.
+    pub front: String,
+}
+
+impl MeshUp {
+    /// Starts `mesh up` on the tenants in `dir` with extra environment `env`, and waits for
+    /// its front door.
+    pub async fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
+            .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
+            .arg(dir)
+            .env("MESH_STATE_DIR", dir.join(".state"))
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("mesh up: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut output = Output(rx);
+        let front = output
+            .wait_for("front door", |l| l.starts_with("front door listening on "))
+            .await
+            .trim_start_matches("front door listening on ")
+            .to_owned();
+        Self {
+            child,
+            output,
+            front,
+        }
+    }
+
+    /// A channel to the front door.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.front))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// The pid of this process.
+    pub fn pid(&self) -> String {
+        self.child.id().unwrap().to_string()
+    }
+}

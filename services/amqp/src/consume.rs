@@ -11,7 +11,7 @@ use lapin::{
         BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
         QueueDeclareOptions,
     },
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use mesh_contract::{
     BusError, EventSpec, HandlerError, RequestContext, Subscription, SubscriptionHandle,
@@ -67,12 +67,36 @@ async fn attach(
         .map_err(|e| unavailable("opening a consumer channel", e))?;
     bus.declare_exchange(link, &channel, &queues.exchange)
         .await?;
-    for name in [&queues.queue, &queues.dead] {
+    let config = &bus.inner.config;
+    let mut dead_args = FieldTable::default();
+    dead_args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(i64::from(config.dead_letter_max_length)),
+    );
+    dead_args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(
+            i64::try_from(config.dead_letter_ttl.as_millis()).unwrap_or(i64::MAX),
+        ),
+    );
+    // RabbitMQ's own dead-lettering (nack without requeue, a TTL or length limit an operator
+    // sets by policy) lands in the same dead-letter queue
+    let mut queue_args = FieldTable::default();
+    queue_args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    queue_args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(queues.dead.as_str().into()),
+    );
+    for (name, args) in [(&queues.dead, dead_args), (&queues.queue, queue_args)] {
+        declare_keeping_existing(link, name, args).await?;
         channel
             .queue_declare(
                 name.as_str().into(),
                 QueueDeclareOptions {
-                    durable: true,
+                    passive: true,
                     ..Default::default()
                 },
                 FieldTable::default(),
@@ -112,6 +136,45 @@ async fn attach(
         .await
         .map_err(|e| unavailable(&format!("consuming {}", queues.queue), e))?;
     Ok((channel, consumer))
+}
+
+/// Declares a durable queue with `args`; a queue of that name that already exists with other
+/// arguments (declared by an earlier version) is kept as it is, with a warning, rather than
+/// failing the subscription. The declaration runs on a channel of its own, which a refusal
+/// closes.
+async fn declare_keeping_existing(
+    link: &Link,
+    name: &str,
+    args: FieldTable,
+) -> Result<(), BusError> {
+    let channel = link
+        .connection
+        .create_channel()
+        .await
+        .map_err(|e| unavailable("opening a channel", e))?;
+    let declared = channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await;
+    match declared {
+        Ok(_) => {
+            let _ = channel.close(200, "declared".into()).await;
+            Ok(())
+        }
+        // PRECONDITION_FAILED: the queue exists with other arguments
+        Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406) =>
+        {
+            tracing::warn!(queue = name, error = %e, "queue exists with other arguments; keeping it (delete it to get dead-letter bounds)");
+            Ok(())
+        }
+        Err(e) => Err(unavailable(&format!("declaring queue {name}"), e)),
+    }
 }
 
 /// Consumes until stopped; when the connection drops, reattaches on a new one.
@@ -269,7 +332,12 @@ async fn decide(bus: &AmqpBus, sub: &Subscription, delivery: &Delivery) -> Outco
             ctx.tenant, sub.tenant
         ));
     }
-    let routing_key = delivery.routing_key.as_str();
+    // a replayed dead letter comes straight to the queue, its routing key in a header
+    let routing_key = if delivery.exchange.as_str().is_empty() {
+        envelope::text(headers, envelope::headers::ROUTING_KEY).unwrap_or_default()
+    } else {
+        delivery.routing_key.as_str()
+    };
     let Some(event) = sub.events.iter().find(|e| e.routing_key == routing_key) else {
         return dead(format!(
             "no subscribed event has routing key {routing_key:?}"
@@ -353,6 +421,13 @@ async fn dead_letter(
         &attempts.to_string(),
     );
     envelope::insert(&mut headers, envelope::headers::DEAD_QUEUE, &queues.queue);
+    if envelope::text(Some(&headers), envelope::headers::ROUTING_KEY).is_none() {
+        envelope::insert(
+            &mut headers,
+            envelope::headers::ROUTING_KEY,
+            delivery.routing_key.as_str(),
+        );
+    }
     let properties: BasicProperties = delivery.properties.clone().with_headers(headers);
     bus.publish_confirmed("", &queues.dead, "dead-letter", &delivery.data, properties)
         .await

@@ -18,6 +18,9 @@ pub mod headers {
     pub const DEAD_ATTEMPTS: &str = "x-mesh-dead-attempts";
     /// On a dead-lettered message: the queue it came from.
     pub const DEAD_QUEUE: &str = "x-mesh-dead-queue";
+    /// The event's routing key, carried as a header once a message leaves its exchange (dead
+    /// letters, and their replay straight to the consumer's queue).
+    pub const ROUTING_KEY: &str = "x-mesh-routing-key";
 }
 
 /// Content type of every event payload.

@@ -23,6 +23,7 @@
 //!   queue on the broker, so nothing acknowledged is lost.
 
 mod consume;
+mod dead_letters;
 mod envelope;
 mod idempotency;
 
@@ -44,6 +45,7 @@ use mesh_contract::{
 use mesh_telemetry::EventTrace;
 use tracing::Instrument;
 
+pub use dead_letters::DeadLetter;
 pub use envelope::headers;
 pub use idempotency::{DeliveryLog, DeliveryLogError, MemoryLog, RedisLog};
 
@@ -61,6 +63,10 @@ pub struct AmqpConfig {
     /// Longest wait between two retries: a transient failure is retried at this pace until
     /// the dependency is back, never dead-lettered.
     pub max_retry_backoff: Duration,
+    /// Most dead letters a subscription's dead-letter queue keeps; past it the oldest go.
+    pub dead_letter_max_length: u32,
+    /// How long a dead letter is kept.
+    pub dead_letter_ttl: Duration,
     /// How long a publish waits for the broker (reconnecting if need be) before it fails.
     pub publish_timeout: Duration,
     /// Longest pause between two reconnection attempts.
@@ -75,6 +81,8 @@ impl Default for AmqpConfig {
             max_payload_bytes: 1024 * 1024,
             retry_backoff: Duration::from_millis(100),
             max_retry_backoff: Duration::from_secs(5),
+            dead_letter_max_length: 100_000,
+            dead_letter_ttl: Duration::from_secs(14 * 24 * 60 * 60),
             publish_timeout: Duration::from_secs(5),
             max_reconnect_backoff: Duration::from_secs(2),
         }

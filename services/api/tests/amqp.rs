@@ -6,7 +6,13 @@
 mod broker;
 mod suite;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use lapin::{
     BasicProperties, Connection,
@@ -380,4 +386,200 @@ async fn tenants_on_separate_vhosts_never_meet_even_with_the_same_names() {
     rabbitmqctl(&["delete_vhost", &vhost]);
     let channel = broker::connect().await.create_channel().await.unwrap();
     broker::delete_order_topology(&channel, &tenant, &[]).await;
+}
+
+/// Rejects every order while its bug is in (a bad deploy); handles them once fixed.
+struct Buggy {
+    fixed: Arc<AtomicBool>,
+    handled: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl order::OrderHandler for Buggy {
+    async fn on_order_created(
+        &self,
+        _: &mesh_contract::RequestContext,
+        event: order::OrderCreated,
+    ) -> Result<(), mesh_contract::HandlerError> {
+        let id = event.order.unwrap_or_default().order_id;
+        if !self.fixed.load(Ordering::SeqCst) {
+            return Err(mesh_contract::HandlerError::Reject(format!(
+                "order {id}: handler bug"
+            )));
+        }
+        self.handled.send(id).unwrap();
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_are_shown_replayed_once_their_cause_is_fixed_and_purged() {
+    let mut broker = Broker::new().await;
+    let tenant = broker.tenant();
+    let bus = bus().await;
+    let fixed = Arc::new(AtomicBool::new(false));
+    let (handled, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let _sub = bus
+        .subscribe(
+            order::OrderConsumer::new(Buggy {
+                fixed: fixed.clone(),
+                handled,
+            })
+            .subscription(tenant.clone(), "message"),
+        )
+        .await
+        .unwrap();
+    let publisher = order::OrderPublisher::new(bus.clone());
+    for id in ["o-1", "o-2", "o-3"] {
+        publisher
+            .publish(&suite::ctx(&tenant), created(id))
+            .await
+            .unwrap();
+    }
+    let queue = suite::queue(&tenant, "message");
+    let mut count = 0;
+    for _ in 0..200 {
+        count = bus.dead_letter_count(&queue).await.unwrap();
+        if count == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(count, 3);
+
+    // shown with their reason, and left in place
+    let peeked = bus.peek_dead_letters(&queue, 2).await.unwrap();
+    assert_eq!(peeked.len(), 2);
+    assert_eq!(peeked[0].reason, "order o-1: handler bug");
+    assert_eq!(
+        (
+            peeked[0].event.as_str(),
+            peeked[0].tenant.as_str(),
+            peeked[0].attempts
+        ),
+        ("OrderCreated", tenant.as_str(), 1)
+    );
+    assert!(!peeked[0].message_id.is_empty() && peeked[0].bytes > 0);
+    assert_eq!(
+        bus.dead_letter_count(&queue).await.unwrap(),
+        3,
+        "peeking moves nothing"
+    );
+
+    // the fix is deployed: two are replayed through the normal consumer, in order, once
+    fixed.store(true, Ordering::SeqCst);
+    assert_eq!(bus.replay_dead_letters(&queue, 2).await.unwrap(), 2);
+    for id in ["o-1", "o-2"] {
+        let got = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .expect("replayed within 10 s")
+            .unwrap();
+        assert_eq!(got, id);
+    }
+    assert_eq!(bus.dead_letter_count(&queue).await.unwrap(), 1);
+    // the last one is purged instead; nothing more arrives
+    assert_eq!(bus.purge_dead_letters(&queue).await.unwrap(), 1);
+    assert_eq!(bus.dead_letter_count(&queue).await.unwrap(), 0);
+    assert_eq!(bus.replay_dead_letters(&queue, 10).await.unwrap(), 0);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), seen.recv())
+            .await
+            .is_err(),
+        "nothing handled twice or from the purge"
+    );
+    broker.cleanup(&["message"]).await;
+}
+
+#[tokio::test]
+async fn a_replayed_message_already_handled_is_not_handled_again() {
+    let mut broker = Broker::new().await;
+    let tenant = broker.tenant();
+    let bus = bus().await;
+    let fixed = Arc::new(AtomicBool::new(false));
+    let (handled, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let _sub = bus
+        .subscribe(
+            order::OrderConsumer::new(Buggy {
+                fixed: fixed.clone(),
+                handled,
+            })
+            .subscription(tenant.clone(), "message"),
+        )
+        .await
+        .unwrap();
+    order::OrderPublisher::new(bus.clone())
+        .publish(&suite::ctx(&tenant), created("o-9"))
+        .await
+        .unwrap();
+    let queue = suite::queue(&tenant, "message");
+    for _ in 0..200 {
+        if bus.dead_letter_count(&queue).await.unwrap() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // an operator copies the dead letter before replaying (two replays of one message)
+    let dead = names::dead_letter_queue(&queue);
+    let channel = broker.raw.create_channel().await.unwrap();
+    let original = broker.get(&dead).await;
+    for _ in 0..2 {
+        channel
+            .basic_publish(
+                "".into(),
+                dead.as_str().into(),
+                BasicPublishOptions::default(),
+                &original.delivery.data,
+                original.delivery.properties.clone(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    fixed.store(true, Ordering::SeqCst);
+    assert_eq!(bus.replay_dead_letters(&queue, 10).await.unwrap(), 2);
+    let got = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, "o-9");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), seen.recv())
+            .await
+            .is_err(),
+        "the same message id is handled once"
+    );
+    broker.cleanup(&["message"]).await;
+}
+
+#[tokio::test]
+async fn queues_an_earlier_version_declared_without_bounds_are_kept_and_consumed() {
+    let mut broker = Broker::new().await;
+    let tenant = broker.tenant();
+    let queue = suite::queue(&tenant, "message");
+    let channel = broker.raw.create_channel().await.unwrap();
+    for name in [queue.clone(), names::dead_letter_queue(&queue)] {
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let bus = bus().await;
+    let (handler, mut seen) = recorder();
+    let _sub = bus
+        .subscribe(order::OrderConsumer::new(handler).subscription(tenant.clone(), "message"))
+        .await
+        .expect("an existing queue with other arguments is used as it is");
+    order::OrderPublisher::new(bus.clone())
+        .publish(&suite::ctx(&tenant), created("o-1"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut seen).await.1, "created o-1");
+    broker.cleanup(&["message"]).await;
 }

@@ -57,6 +57,43 @@ enum Cmd {
     /// Injected latency at the front door, for drills and rehearsing automatic degradation.
     #[command(subcommand)]
     Fault(FaultCmd),
+    /// Dead letters (RabbitMQ): what each tenant's consumers rejected for good, and why; replay
+    /// them once the cause is fixed, or purge them.
+    #[command(subcommand)]
+    Dlq(DlqCmd),
+}
+
+#[derive(Subcommand)]
+enum DlqCmd {
+    /// Every consumer queue with its count of dead letters.
+    List {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// The oldest dead letters of a queue, with the reason of each; they stay where they are.
+    Show(DlqArgs),
+    /// Sends the oldest dead letters of a queue back to its consumer (a message already handled
+    /// is not handled again).
+    Replay(DlqArgs),
+    /// Deletes every dead letter of a queue.
+    Purge {
+        /// The queue, as `dlq list` names it.
+        queue: String,
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Args)]
+struct DlqArgs {
+    /// The queue, as `dlq list` names it (`mesh.mall.order.v1.message`).
+    queue: String,
+    #[arg(long)]
+    tenant: String,
+    /// At most this many (show: 20; replay: all).
+    #[arg(long)]
+    limit: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -229,8 +266,51 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 .map_err(refused)?;
             out.faults(&faults.into_inner().faults);
         }
+        Cmd::Dlq(DlqCmd::List { tenant }) => {
+            let list = admin
+                .list_dead_letters(api::ListDeadLettersRequest {
+                    tenant: tenant.unwrap_or_default(),
+                })
+                .await
+                .map_err(refused)?;
+            out.dead_letter_queues(&list.into_inner().queues);
+        }
+        Cmd::Dlq(DlqCmd::Show(args)) => {
+            let letters = admin
+                .show_dead_letters(dlq_request(args))
+                .await
+                .map_err(refused)?;
+            out.dead_letters(&letters.into_inner().letters);
+        }
+        Cmd::Dlq(DlqCmd::Replay(args)) => {
+            let queue = args.queue.clone();
+            let done = admin
+                .replay_dead_letters(dlq_request(args))
+                .await
+                .map_err(refused)?;
+            out.dead_letters_handled("replayed", &queue, done.into_inner().count);
+        }
+        Cmd::Dlq(DlqCmd::Purge { queue, tenant }) => {
+            let done = admin
+                .purge_dead_letters(api::DeadLettersRequest {
+                    tenant,
+                    queue: queue.clone(),
+                    limit: 0,
+                })
+                .await
+                .map_err(refused)?;
+            out.dead_letters_handled("purged", &queue, done.into_inner().count);
+        }
     }
     Ok(())
+}
+
+fn dlq_request(args: DlqArgs) -> api::DeadLettersRequest {
+    api::DeadLettersRequest {
+        tenant: args.tenant,
+        queue: args.queue,
+        limit: args.limit.unwrap_or(0),
+    }
 }
 
 /// The file as the admin API takes it: its name (which names the tenant's environment

@@ -329,4 +329,59 @@ impl Output {
         }
         println!("{rows}");
     }
+
+    /// `dlq list`.
+    pub fn dead_letter_queues(&self, queues: &[api::DeadLetterQueue]) {
+        if self.json {
+            return self.print(&json!({
+                "queues": queues.iter().map(|q| json!({
+                    "tenant": q.tenant, "queue": q.queue, "dead_letters": q.dead_letters,
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        let mut rows = table(&["TENANT", "QUEUE", "DEAD LETTERS"]);
+        for q in queues {
+            rows.add_row(vec![
+                q.tenant.clone(),
+                q.queue.clone(),
+                q.dead_letters.to_string(),
+            ]);
+        }
+        println!("{rows}");
+    }
+
+    /// `dlq show`.
+    pub fn dead_letters(&self, letters: &[api::DeadLetter]) {
+        if self.json {
+            return self.print(&json!({
+                "letters": letters.iter().map(|l| json!({
+                    "message_id": l.message_id, "event": l.event, "reason": l.reason,
+                    "attempts": l.attempts, "bytes": l.bytes,
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        if letters.is_empty() {
+            println!("no dead letter");
+            return;
+        }
+        let mut rows = table(&["MESSAGE ID", "EVENT", "RUNS", "BYTES", "REASON"]);
+        for l in letters {
+            rows.add_row(vec![
+                l.message_id.clone(),
+                l.event.clone(),
+                l.attempts.to_string(),
+                l.bytes.to_string(),
+                l.reason.clone(),
+            ]);
+        }
+        println!("{rows}");
+    }
+
+    /// `dlq replay|purge`.
+    pub fn dead_letters_handled(&self, what: &str, queue: &str, count: u32) {
+        if self.json {
+            return self.print(&json!({ what: count, "queue": queue }));
+        }
+        println!("{what} {count} dead letter(s) of {queue}");
+    }
 }

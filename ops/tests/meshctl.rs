@@ -697,6 +697,46 @@ async fn every_bad_input_fails_clearly_with_a_non_zero_exit() {
         );
     }
 
+    // dead letters live in RabbitMQ: a mesh on the embedded bus says so; a bad queue is named
+    let out = mesh.ctl(&["dlq", "list"]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("dead letters are kept by RabbitMQ")
+            && out.stderr.contains("MESH_AMQP_URI"),
+        "{}",
+        out.stderr
+    );
+    let out = mesh
+        .ctl(&[
+            "dlq",
+            "show",
+            "mesh.nobody.order.v1.message",
+            "--tenant",
+            "nobody",
+        ])
+        .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("unknown tenant \"nobody\""),
+        "{}",
+        out.stderr
+    );
+    let out = mesh
+        .ctl(&[
+            "dlq",
+            "replay",
+            "mesh.paipai.order.v2.message",
+            "--tenant",
+            "mall",
+        ])
+        .await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is not a queue of tenant mall; its queues: mesh.mall.message.v1.storage, mesh.mall.order.v1.message"),
+        "{}",
+        out.stderr
+    );
+
     // no mesh there
     let out = ctl(
         &["--admin", "127.0.0.1:1", "switch", "list"],

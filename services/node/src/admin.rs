@@ -20,12 +20,101 @@ const OPERATOR: &str = "ops";
 #[derive(Clone, Debug)]
 pub struct AdminService {
     plane: ControlPlane,
+    broker: Option<Broker>,
+}
+
+/// The broker the workers' events go through, reached on the first dead-letter call (so the
+/// mesh starts whether or not the broker is up).
+#[derive(Clone)]
+struct Broker {
+    uri: String,
+    bus: std::sync::Arc<tokio::sync::OnceCell<mesh_amqp::AmqpBus>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // the URI may carry a password
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
 }
 
 impl AdminService {
     /// Serves `plane`.
     pub fn new(plane: ControlPlane) -> Self {
-        Self { plane }
+        Self {
+            plane,
+            broker: None,
+        }
+    }
+
+    /// Dead letters are read from the RabbitMQ at `uri` (the workers' `MESH_AMQP_URI`).
+    pub fn with_broker(mut self, uri: Option<String>) -> Self {
+        self.broker = uri.map(|uri| Broker {
+            uri,
+            bus: Default::default(),
+        });
+        self
+    }
+
+    async fn bus(&self) -> Result<&mesh_amqp::AmqpBus, Status> {
+        let broker = self.broker.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "dead letters are kept by RabbitMQ; this mesh runs the embedded bus (start it with MESH_AMQP_URI)",
+            )
+        })?;
+        broker
+            .bus
+            .get_or_try_init(|| {
+                mesh_amqp::AmqpBus::connect(mesh_amqp::AmqpConfig {
+                    uri: broker.uri.clone(),
+                    ..Default::default()
+                })
+            })
+            .await
+            .map_err(bus_status)
+    }
+
+    /// The queues of `tenant` (every tenant when empty) whose dead letters ops may handle.
+    fn queues(&self, tenant: &str) -> Result<Vec<(String, String)>, Status> {
+        let rows = self.plane.tenants();
+        if !tenant.is_empty() && !rows.iter().any(|r| r.config.id == tenant) {
+            return Err(Status::not_found(format!("unknown tenant {tenant:?}")));
+        }
+        let mut queues = Vec::new();
+        for row in rows
+            .iter()
+            .filter(|r| tenant.is_empty() || r.config.id == tenant)
+        {
+            let names =
+                mesh_platform::queues(&row.config).map_err(|e| Status::internal(e.to_string()))?;
+            queues.extend(names.into_iter().map(|q| (row.config.id.clone(), q)));
+        }
+        queues.sort();
+        Ok(queues)
+    }
+
+    /// Checks `queue` is one of `tenant`'s.
+    fn queue_of(&self, tenant: &str, queue: &str) -> Result<(), Status> {
+        if tenant.is_empty() {
+            return Err(Status::invalid_argument("a tenant is required"));
+        }
+        let queues = self.queues(tenant)?;
+        if queues.iter().any(|(_, q)| q == queue) {
+            Ok(())
+        } else {
+            let names: Vec<&str> = queues.iter().map(|(_, q)| q.as_str()).collect();
+            Err(Status::invalid_argument(format!(
+                "queue {queue:?} is not a queue of tenant {tenant}; its queues: {}",
+                names.join(", ")
+            )))
+        }
+    }
+}
+
+fn bus_status(err: mesh_contract::BusError) -> Status {
+    match err {
+        mesh_contract::BusError::Unavailable(m) => Status::unavailable(m),
+        other => Status::internal(other.to_string()),
     }
 }
 
@@ -344,5 +433,93 @@ impl Admin for AdminService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<api::ListDeadLettersRequest>,
+    ) -> Result<Response<api::DeadLetterQueues>, Status> {
+        let request = request.into_inner();
+        let queues = self.queues(&request.tenant)?;
+        let bus = self.bus().await?;
+        let mut out = Vec::with_capacity(queues.len());
+        for (tenant, queue) in queues {
+            let dead_letters = match bus.dead_letter_count(&queue).await {
+                Ok(n) => n,
+                // not declared yet: the tenant's worker has not subscribed (or never will)
+                Err(mesh_contract::BusError::Topology(m)) if m.contains("NOT_FOUND") => 0,
+                Err(e) => return Err(bus_status(e)),
+            };
+            out.push(api::DeadLetterQueue {
+                tenant,
+                queue,
+                dead_letters,
+            });
+        }
+        Ok(Response::new(api::DeadLetterQueues { queues: out }))
+    }
+
+    async fn show_dead_letters(
+        &self,
+        request: Request<api::DeadLettersRequest>,
+    ) -> Result<Response<api::DeadLetterList>, Status> {
+        let request = request.into_inner();
+        self.queue_of(&request.tenant, &request.queue)?;
+        let limit = match request.limit {
+            0 => 20,
+            n => n as usize,
+        };
+        let letters = self
+            .bus()
+            .await?
+            .peek_dead_letters(&request.queue, limit)
+            .await
+            .map_err(bus_status)?;
+        Ok(Response::new(api::DeadLetterList {
+            letters: letters
+                .into_iter()
+                .map(|l| api::DeadLetter {
+                    message_id: l.message_id,
+                    event: l.event,
+                    reason: l.reason,
+                    attempts: l.attempts,
+                    bytes: u32::try_from(l.bytes).unwrap_or(u32::MAX),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        request: Request<api::DeadLettersRequest>,
+    ) -> Result<Response<api::DeadLettersHandled>, Status> {
+        let request = request.into_inner();
+        self.queue_of(&request.tenant, &request.queue)?;
+        let limit = match request.limit {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let count = self
+            .bus()
+            .await?
+            .replay_dead_letters(&request.queue, limit)
+            .await
+            .map_err(bus_status)?;
+        Ok(Response::new(api::DeadLettersHandled { count }))
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        request: Request<api::DeadLettersRequest>,
+    ) -> Result<Response<api::DeadLettersHandled>, Status> {
+        let request = request.into_inner();
+        self.queue_of(&request.tenant, &request.queue)?;
+        let count = self
+            .bus()
+            .await?
+            .purge_dead_letters(&request.queue)
+            .await
+            .map_err(bus_status)?;
+        Ok(Response::new(api::DeadLettersHandled { count }))
     }
 }

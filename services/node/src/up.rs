@@ -76,7 +76,7 @@ pub async fn run(
                 .with_context(|| format!("admin API: listening on {}", deploy.admin.listen))?;
             println!("admin listening on {}", admin_listener.local_addr()?);
             let service = AdminServer::with_interceptor(
-                AdminService::new(plane.clone()),
+                AdminService::new(plane.clone()).with_broker(std::env::var("MESH_AMQP_URI").ok()),
                 OpsCredential::new(&token),
             );
             Some(tokio::spawn(

@@ -137,18 +137,40 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+/// A number from the environment, or `default` when unset.
+fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .parse()
+            .with_context(|| format!("{name}={text:?} is not a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
 /// The event bus of a worker: RabbitMQ when `MESH_AMQP_URI` is set, else the embedded bus
-/// (events stay within the process, which serves every service of its tenants).
+/// (events stay within the process, which serves every service of its tenants). Dead-letter
+/// queues are bounded by `MESH_DLQ_MAX_LENGTH` and `MESH_DLQ_TTL_SECS`.
 async fn bus() -> anyhow::Result<std::sync::Arc<dyn EventBus>> {
     Ok(match std::env::var("MESH_AMQP_URI") {
-        Ok(uri) => std::sync::Arc::new(
-            mesh_amqp::AmqpBus::connect(mesh_amqp::AmqpConfig {
-                uri,
-                ..Default::default()
-            })
-            .await
-            .context("MESH_AMQP_URI")?,
-        ),
+        Ok(uri) => {
+            let defaults = mesh_amqp::AmqpConfig::default();
+            let max_length = env_number(
+                "MESH_DLQ_MAX_LENGTH",
+                defaults.dead_letter_max_length.into(),
+            )?;
+            let ttl = env_number("MESH_DLQ_TTL_SECS", defaults.dead_letter_ttl.as_secs())?;
+            std::sync::Arc::new(
+                mesh_amqp::AmqpBus::connect(mesh_amqp::AmqpConfig {
+                    uri,
+                    dead_letter_max_length: u32::try_from(max_length)
+                        .context("MESH_DLQ_MAX_LENGTH is too large")?,
+                    dead_letter_ttl: std::time::Duration::from_secs(ttl),
+                    ..defaults
+                })
+                .await
+                .context("MESH_AMQP_URI")?,
+            )
+        }
         Err(_) => std::sync::Arc::new(mesh_embedded::EmbeddedBus::default()),
     })
 }

@@ -330,6 +330,30 @@ impl Platform {
 }
 
 /// `services.<service>.settings.<key>` as a positive integer, if set.
+/// The broker queues the platform consumes for a tenant, as [`Platform::add_tenant`] subscribes
+/// them (without a consumer suffix): the storage consumer of `message.v1` and, when the tenant
+/// runs order, the message service's consumer of its order major. Operators find dead letters
+/// under these names (`<queue>.dead`).
+pub fn queues(config: &TenantConfig) -> Result<Vec<String>, PlatformError> {
+    use mesh_contract::spec::names;
+    let tenant = config.tenant_id();
+    let enabled: HashMap<&str, &mesh_runtime::config::ServiceConfig> =
+        config.enabled_services().collect();
+    if !enabled.contains_key("message") {
+        return Ok(Vec::new());
+    }
+    let mut queues = vec![names::queue(&tenant, "message", 1, STORAGE_CONSUMER)];
+    if let Some(service) = enabled.get("order") {
+        queues.push(names::queue(
+            &tenant,
+            "order",
+            major(&tenant, service)?,
+            MESSAGE_CONSUMER,
+        ));
+    }
+    Ok(queues)
+}
+
 fn positive(
     tenant: &TenantId,
     service: &mesh_runtime::config::ServiceConfig,

@@ -170,3 +170,22 @@ async fn a_bad_service_setting_names_tenant_and_key() {
         "{err}"
     );
 }
+
+#[test]
+fn the_queues_of_each_tenant_follow_its_services_and_majors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+    let tenants = Tenants::load(&dir, mesh_api::CONTRACTS).unwrap();
+    let queues = |id: &str| mesh_platform::queues(&tenants.tenants[id]).unwrap();
+    assert_eq!(
+        queues("mall"),
+        ["mesh.mall.message.v1.storage", "mesh.mall.order.v1.message"]
+    );
+    assert_eq!(
+        queues("paipai"),
+        [
+            "mesh.paipai.message.v1.storage",
+            "mesh.paipai.order.v2.message"
+        ],
+        "paipai runs order v2"
+    );
+}

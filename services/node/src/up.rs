@@ -52,7 +52,11 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let (events, mut reports) = mpsc::unbounded_channel();
-    let serving = tokio::spawn(front.clone().serve(listener, stopped(stopping.clone())));
+    let serving = tokio::spawn(front.clone().serve_with(
+        listener,
+        deploy.front_door.limits(),
+        stopped(stopping.clone()),
+    ));
     let supervisor = Supervisor::new(
         command,
         front.clone(),

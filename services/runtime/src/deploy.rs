@@ -2,7 +2,9 @@
 //! (where the admin API listens, the ops credential, where state is kept). One file,
 //! `ops/mesh.toml` by default, overridable from the environment: `MESH_ADMIN_LISTEN`,
 //! `MESH_ADMIN_TOKEN`, `MESH_ADMIN_TOKEN_ENV`, `MESH_STATE_DIR`, `MESH_TELEMETRY_OTLP_ENDPOINT`,
-//! `MESH_TELEMETRY_CONSOLE`, `MESH_TELEMETRY_EXPORT_INTERVAL_MS`.
+//! `MESH_TELEMETRY_CONSOLE`, `MESH_TELEMETRY_EXPORT_INTERVAL_MS`, `MESH_FRONT_DOOR_MAX_CONNECTIONS`,
+//! `MESH_FRONT_DOOR_IDLE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_KEEPALIVE_INTERVAL_SECS`,
+//! `MESH_FRONT_DOOR_KEEPALIVE_TIMEOUT_SECS`.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +29,48 @@ pub struct DeployConfig {
     /// Spans and metrics: OTLP export (off by default), console spans.
     #[serde(default)]
     pub telemetry: mesh_telemetry::TelemetryConfig,
+    /// The front door's connections: cap, keepalive, idle timeout.
+    #[serde(default)]
+    pub front_door: FrontDoorConfig,
+}
+
+/// The front door's connections (`[front_door]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FrontDoorConfig {
+    /// Connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// A connection without an open stream for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// HTTP/2 PING after this long without a frame from the peer.
+    pub keepalive_interval_secs: u64,
+    /// A peer silent this long after a PING is gone.
+    pub keepalive_timeout_secs: u64,
+}
+
+impl Default for FrontDoorConfig {
+    fn default() -> Self {
+        let limits = crate::connections::ConnectionLimits::default();
+        Self {
+            max_connections: limits.max_connections,
+            idle_timeout_secs: limits.idle_timeout.as_secs(),
+            keepalive_interval_secs: limits.keepalive_interval.as_secs(),
+            keepalive_timeout_secs: limits.keepalive_timeout.as_secs(),
+        }
+    }
+}
+
+impl FrontDoorConfig {
+    /// As the front door takes them.
+    pub fn limits(&self) -> crate::connections::ConnectionLimits {
+        use std::time::Duration;
+        crate::connections::ConnectionLimits {
+            max_connections: self.max_connections.max(1),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
+            keepalive_interval: Duration::from_secs(self.keepalive_interval_secs.max(1)),
+            keepalive_timeout: Duration::from_secs(self.keepalive_timeout_secs.max(1)),
+        }
+    }
 }
 
 /// The admin API.
@@ -84,7 +128,8 @@ impl DeployConfig {
             .merge(Toml::file(file))
             .merge(Env::prefixed("MESH_ADMIN_").map(|k| format!("admin.{k}").into()))
             .merge(Env::prefixed("MESH_STATE_").map(|k| format!("state.{k}").into()))
-            .merge(Env::prefixed("MESH_TELEMETRY_").map(|k| format!("telemetry.{k}").into()));
+            .merge(Env::prefixed("MESH_TELEMETRY_").map(|k| format!("telemetry.{k}").into()))
+            .merge(Env::prefixed("MESH_FRONT_DOOR_").map(|k| format!("front_door.{k}").into()));
         let config: Self = figment.extract().map_err(|err| {
             ConfigError::Invalid(
                 err.into_iter()

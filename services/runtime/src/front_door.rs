@@ -311,35 +311,26 @@ impl FrontDoor {
             .map(|(a, _)| a.clone())
     }
 
-    /// Serves callers on `listener` until `shutdown` resolves.
+    /// Serves callers on `listener` until `shutdown` resolves, with the default
+    /// [`ConnectionLimits`](crate::connections::ConnectionLimits).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        use hyper_util::{
-            rt::{TokioExecutor, TokioIo},
-            server::conn::auto::Builder,
-            service::TowerToHyperService,
-        };
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
-                    // small gRPC frames must not wait for the peer's delayed ACK (Nagle)
-                    let _ = stream.set_nodelay(true);
-                    let service = TowerToHyperService::new(self.clone());
-                    tokio::spawn(async move {
-                        let builder = Builder::new(TokioExecutor::new()).http2_only();
-                        if let Err(err) = builder.serve_connection(TokioIo::new(stream), service).await {
-                            tracing::debug!(error = %err, "front door connection ended");
-                        }
-                    });
-                }
-            }
-        }
+        self.serve_with(listener, Default::default(), shutdown)
+            .await
+    }
+
+    /// Serves callers on `listener` under `limits` (connection cap, keepalive, idle timeout)
+    /// until `shutdown` resolves.
+    pub async fn serve_with(
+        self,
+        listener: tokio::net::TcpListener,
+        limits: crate::connections::ConnectionLimits,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        crate::connections::serve_connections(listener, self, limits, shutdown).await
     }
 }
 

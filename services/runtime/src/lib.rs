@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod control;
 pub mod deploy;
 pub mod front_door;

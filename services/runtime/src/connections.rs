@@ -1,0 +1,244 @@
+//! What an HTTP/2 server owes its neighbours: a cap on connections, keepalive pings that find
+//! peers gone without a word, and an idle timeout that closes connections nobody uses, so a
+//! spike of connections leaves no memory behind once it is over.
+//!
+//! [`serve_connections`] accepts on a listener and serves each connection with a service,
+//! counting open streams per connection (a response body open is a stream in use, so a
+//! terminal's long-lived stream keeps its connection busy, never idle).
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+
+/// Limits of one listener's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// A connection with no stream open for this long is closed (gracefully: GOAWAY).
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING sent after this long without a frame from the peer.
+    pub keepalive_interval: Duration,
+    /// A peer that does not answer a PING within this long is gone: the connection is closed.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Streams open on one connection, and when the last one ended.
+#[derive(Debug)]
+struct Activity {
+    open: AtomicUsize,
+    since: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            since: Mutex::new(Instant::now()),
+        })
+    }
+
+    fn start(self: &Arc<Self>) -> StreamGuard {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        StreamGuard(self.clone())
+    }
+
+    /// How long the connection has had no open stream; zero while one is open.
+    fn idle_for(&self) -> Duration {
+        if self.open.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        self.since.lock().expect("lock").elapsed()
+    }
+}
+
+/// One open stream; its end (the response body finished or dropped) is recorded on drop.
+#[derive(Debug)]
+struct StreamGuard(Arc<Activity>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        *self.0.since.lock().expect("lock") = Instant::now();
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that holds its stream's guard until it ends.
+struct Guarded {
+    inner: tonic::body::Body,
+    guard: Option<StreamGuard>,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            self.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Wraps a service so every response's body counts as an open stream of `activity`.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for Tracked<S>
+where
+    S: tower_service::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = mesh_contract::bus::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let guard = self.activity.start();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|inner| {
+                tonic::body::Body::new(Guarded {
+                    inner,
+                    guard: Some(guard),
+                })
+            }))
+        })
+    }
+}
+
+/// Serves HTTP/2 connections accepted on `listener` with `service` under `limits`, until
+/// `shutdown` resolves.
+pub async fn serve_connections<S, B>(
+    listener: tokio::net::TcpListener,
+    service: S,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    S: tower_service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Future = B,
+        > + Clone
+        + Send
+        + 'static,
+    B: std::future::Future<
+            Output = Result<http::Response<tonic::body::Body>, std::convert::Infallible>,
+        > + Send
+        + 'static,
+{
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo, TokioTimer},
+        server::conn::auto::Builder,
+        service::TowerToHyperService,
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut refused_logged: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // out of file descriptors, mostly: wait a moment rather than spin
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if refused_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                tracing::warn!(%peer, max_connections = limits.max_connections, "connection limit reached; closing new connections");
+                refused_logged = Some(Instant::now());
+            }
+            drop(stream);
+            continue;
+        };
+        // small gRPC frames must not wait for the peer's delayed ACK (Nagle)
+        let _ = stream.set_nodelay(true);
+        let activity = Activity::new();
+        let service = TowerToHyperService::new(Tracked {
+            inner: service.clone(),
+            activity: activity.clone(),
+        });
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut builder = Builder::new(TokioExecutor::new()).http2_only();
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(limits.keepalive_interval)
+                .keep_alive_timeout(limits.keepalive_timeout);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let check =
+                (limits.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+            let mut ticks = tokio::time::interval(check);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    ended = connection.as_mut() => {
+                        if let Err(err) = ended {
+                            tracing::debug!(error = %err, "connection ended");
+                        }
+                        return;
+                    }
+                    _ = ticks.tick(), if !closing => {
+                        if activity.idle_for() >= limits.idle_timeout {
+                            tracing::debug!(%peer, "closing an idle connection");
+                            connection.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,177 @@
+//! The front door's connections under limits, seen by a plain HTTP/2 client (the `h2` crate,
+//! not tonic): a connection over the cap is closed, an idle one is closed with GOAWAY, one with
+//! an open stream (a terminal's) is kept however long it lasts.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use mesh_runtime::connections::{ConnectionLimits, serve_connections};
+
+/// Answers `/hold` with a body that never ends (a long-lived stream), anything else at once.
+#[derive(Clone)]
+struct Test;
+
+struct Endless;
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = tonic::Status;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Poll::Pending
+    }
+}
+
+impl<B: Send + 'static> tower_service::Service<http::Request<B>> for Test {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let hold = request.uri().path() == "/hold";
+        Box::pin(async move {
+            let body = if hold {
+                tonic::body::Body::new(Endless)
+            } else {
+                tonic::body::Body::new(http_body_util::Full::new(Bytes::from_static(b"ok")))
+            };
+            Ok(http::Response::new(body))
+        })
+    }
+}
+
+async fn server(limits: ConnectionLimits) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(serve_connections(
+        listener,
+        Test,
+        limits,
+        std::future::pending(),
+    ));
+    address
+}
+
+/// An HTTP/2 connection: the request sender and the connection's own future, running.
+async fn connect(
+    address: std::net::SocketAddr,
+) -> Result<
+    (
+        h2::client::SendRequest<Bytes>,
+        tokio::task::JoinHandle<Result<(), h2::Error>>,
+    ),
+    h2::Error,
+> {
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await?;
+    Ok((send, tokio::spawn(connection)))
+}
+
+async fn get(send: &mut h2::client::SendRequest<Bytes>, path: &str) -> h2::RecvStream {
+    let request = http::Request::get(format!("http://test{path}"))
+        .body(())
+        .unwrap();
+    let (response, _) = send
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, true)
+        .unwrap();
+    response.await.unwrap().into_body()
+}
+
+fn limits() -> ConnectionLimits {
+    ConnectionLimits {
+        max_connections: 2,
+        idle_timeout: Duration::from_millis(300),
+        keepalive_interval: Duration::from_secs(30),
+        keepalive_timeout: Duration::from_secs(20),
+    }
+}
+
+#[tokio::test]
+async fn a_connection_over_the_cap_is_closed_and_a_slot_frees_when_one_ends() {
+    let address = server(ConnectionLimits {
+        idle_timeout: Duration::from_secs(60),
+        ..limits()
+    })
+    .await;
+    let (mut first, first_conn) = connect(address).await.unwrap();
+    let (mut second, _second_conn) = connect(address).await.unwrap();
+    let _ = get(&mut first, "/").await;
+    let _ = get(&mut second, "/").await;
+    // the third is accepted and closed at once: the handshake or its first request fails
+    let third = match connect(address).await {
+        Ok((send, _conn)) => {
+            let request = http::Request::get("http://test/").body(()).unwrap();
+            match send.ready().await {
+                Ok(mut send) => match send.send_request(request, true) {
+                    Ok((response, _)) => response.await.map(drop),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    assert!(third.is_err(), "a third connection must be refused");
+    // the first goes away: its slot is free again
+    drop(first);
+    first_conn.abort();
+    let mut fourth = None;
+    for _ in 0..50 {
+        if let Ok((send, conn)) = connect(address).await
+            && let Ok(ready) = send.clone().ready().await
+        {
+            let request = http::Request::get("http://test/").body(()).unwrap();
+            let mut ready = ready;
+            if let Ok((response, _)) = ready.send_request(request, true)
+                && response.await.is_ok()
+            {
+                fourth = Some((send, conn));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        fourth.is_some(),
+        "a slot freed by a closed connection is taken again"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_and_one_holding_a_stream_is_kept() {
+    let address = server(limits()).await;
+    let (mut idle, idle_conn) = connect(address).await.unwrap();
+    let _ = get(&mut idle, "/").await;
+    let (mut busy, busy_conn) = connect(address).await.unwrap();
+    let _stream = get(&mut busy, "/hold").await;
+
+    // the idle one gets GOAWAY and ends, well before 5 s
+    tokio::time::timeout(Duration::from_secs(5), idle_conn)
+        .await
+        .expect("the idle connection is closed by the server")
+        .unwrap()
+        .unwrap();
+    // the one whose stream is open stays, past several idle timeouts
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        !busy_conn.is_finished(),
+        "a connection with an open stream is never idle"
+    );
+    let _ = get(&mut busy, "/").await;
+}

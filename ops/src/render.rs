@@ -335,15 +335,17 @@ impl Output {
         if self.json {
             return self.print(&json!({
                 "queues": queues.iter().map(|q| json!({
-                    "tenant": q.tenant, "queue": q.queue, "dead_letters": q.dead_letters,
+                    "tenant": q.tenant, "queue": q.queue, "waiting": q.waiting,
+                    "dead_letters": q.dead_letters,
                 })).collect::<Vec<_>>(),
             }));
         }
-        let mut rows = table(&["TENANT", "QUEUE", "DEAD LETTERS"]);
+        let mut rows = table(&["TENANT", "QUEUE", "WAITING", "DEAD LETTERS"]);
         for q in queues {
             rows.add_row(vec![
                 q.tenant.clone(),
                 q.queue.clone(),
+                q.waiting.to_string(),
                 q.dead_letters.to_string(),
             ]);
         }

@@ -56,11 +56,18 @@ fn letter(properties: &BasicProperties, bytes: usize) -> DeadLetter {
 impl AmqpBus {
     /// How many dead letters the queue `queue` (a subscription's queue, not its `.dead`) holds.
     pub async fn dead_letter_count(&self, queue: &str) -> Result<u32, BusError> {
+        self.waiting(&mesh_contract::spec::names::dead_letter_queue(queue))
+            .await
+    }
+
+    /// How many messages wait in `queue` for its consumer (not counting those it holds
+    /// unacknowledged): how far the consumer lags.
+    pub async fn waiting(&self, queue: &str) -> Result<u32, BusError> {
         let channel = self.admin_channel().await?;
-        let dead = mesh_contract::spec::names::dead_letter_queue(queue);
+        let dead = queue;
         let declared = channel
             .queue_declare(
-                dead.as_str().into(),
+                dead.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
@@ -68,7 +75,7 @@ impl AmqpBus {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| BusError::Topology(format!("dead-letter queue {dead}: {e}")))?;
+            .map_err(|e| BusError::Topology(format!("queue {dead}: {e}")))?;
         let _ = channel.close(200, "done".into()).await;
         Ok(declared.message_count())
     }

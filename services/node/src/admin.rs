@@ -443,17 +443,20 @@ impl Admin for AdminService {
         let queues = self.queues(&request.tenant)?;
         let bus = self.bus().await?;
         let mut out = Vec::with_capacity(queues.len());
+        // a queue not declared yet (its worker has not subscribed) holds nothing
+        let count = |counted: Result<u32, mesh_contract::BusError>| match counted {
+            Ok(n) => Ok(n),
+            Err(mesh_contract::BusError::Topology(m)) if m.contains("NOT_FOUND") => Ok(0),
+            Err(e) => Err(bus_status(e)),
+        };
         for (tenant, queue) in queues {
-            let dead_letters = match bus.dead_letter_count(&queue).await {
-                Ok(n) => n,
-                // not declared yet: the tenant's worker has not subscribed (or never will)
-                Err(mesh_contract::BusError::Topology(m)) if m.contains("NOT_FOUND") => 0,
-                Err(e) => return Err(bus_status(e)),
-            };
+            let dead_letters = count(bus.dead_letter_count(&queue).await)?;
+            let waiting = count(bus.waiting(&queue).await)?;
             out.push(api::DeadLetterQueue {
                 tenant,
                 queue,
                 dead_letters,
+                waiting,
             });
         }
         Ok(Response::new(api::DeadLetterQueues { queues: out }))

@@ -7,6 +7,7 @@
 mod amqp;
 mod memory;
 mod noisy;
+mod spike;
 mod switch;
 mod unary;
 
@@ -45,6 +46,7 @@ enum Figure {
     Noisy,
     Memory,
     Switch,
+    Spike,
 }
 
 /// One row of results.
@@ -143,6 +145,10 @@ async fn main() -> anyhow::Result<()> {
     if run(Figure::Switch) {
         eprintln!("switch propagation ...");
         rows.extend(switch::run(args.switch_rounds).await?);
+    }
+    if run(Figure::Spike) {
+        eprintln!("memory after a connection spike ...");
+        rows.extend(spike::run().await?);
     }
 
     let mut table = String::new();

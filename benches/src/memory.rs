@@ -29,7 +29,7 @@ pub fn mesh_binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

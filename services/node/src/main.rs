@@ -6,6 +6,13 @@
 //! - `mesh worker --tenant a,b`: one tenant process (normally started by `mesh up`);
 //! - `mesh demo`: the walkthrough on embedded defaults.
 
+/// jemalloc, with its background threads, gives memory back to the system some seconds after
+/// it is freed: once a spike of connections or calls is over, the front door and the workers
+/// return near their baseline (the system allocator kept the peak for good; figures in
+/// RELIABILITY.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod admin;
 mod demo;
 mod up;

@@ -55,9 +55,8 @@ impl Locator for LocatorService {
         let ctx = RequestContext::from_request(&request)?;
         let r = request.into_inner();
         let mut tenants = self.tenants.write().expect("lock");
-        if let Some(terminals) = tenants
-            .get_mut(&ctx.tenant)
-            .and_then(|users| users.get_mut(&r.user_id))
+        if let Some(users) = tenants.get_mut(&ctx.tenant)
+            && let Some(terminals) = users.get_mut(&r.user_id)
         {
             // only the node the terminal is on may remove it: a late unregister from the node
             // it left must not drop its new connection
@@ -66,6 +65,10 @@ impl Locator for LocatorService {
                 .is_some_and(|l| l.node_id == r.node_id)
             {
                 terminals.remove(&r.terminal_id);
+            }
+            // a user with no terminal left takes no memory
+            if terminals.is_empty() {
+                users.remove(&r.user_id);
             }
         }
         Ok(Response::new(v1::UnregisterResponse {}))

@@ -33,6 +33,9 @@ pub const SYSTEM_SENDER: &str = "system";
 const DEFAULT_FETCH: usize = 100;
 /// Most messages one sync page returns.
 const MAX_FETCH: usize = 1000;
+/// Gateway clients kept (one per access node address); past it the cache starts afresh, so
+/// addresses that come and go never grow it without end.
+const MAX_GATEWAYS: usize = 1024;
 
 struct Inner {
     settings: RwLock<HashMap<TenantId, MessageSettings>>,
@@ -162,6 +165,9 @@ impl MessageService {
             .tcp_nodelay(true)
             .connect_lazy();
         let caller = gateway::GatewayCaller::new(channel);
+        if gateways.len() >= MAX_GATEWAYS {
+            gateways.clear();
+        }
         gateways.insert(address.to_owned(), caller.clone());
         Ok(caller)
     }

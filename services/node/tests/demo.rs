@@ -31,7 +31,7 @@ fn demo_tells_the_whole_story_for_three_tenants() {
         ));
     }
     has("agent/web        got receipt: customer read up to #3");
-    has("customer/tablet comes back: 3 missed messages, in order");
+    has("customer/tablet comes back: syncs 3 missed messages from its cursor, in order");
     // the switch: mall degraded, paipai served, finance does not run recommend at all
     let after = &stdout[stdout
         .find("ops: `meshctl switch off")

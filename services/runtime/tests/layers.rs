@@ -62,7 +62,7 @@ impl recommend::recommend_server::Recommend for Recommendations {
     }
 }
 
-/// Order v2 whose calls all succeed.
+/// Order v2 whose calls all succeed, but for order `missing`, which is not found.
 struct Orders;
 
 #[tonic::async_trait]
@@ -71,6 +71,9 @@ impl order::order_server::Order for Orders {
         &self,
         r: Request<order::GetOrderRequest>,
     ) -> Result<Response<order::GetOrderResponse>, Status> {
+        if r.get_ref().order_id == "missing" {
+            return Err(Status::not_found("order \"missing\""));
+        }
         Ok(Response::new(order::GetOrderResponse {
             order: Some(order::OrderView {
                 order_id: r.into_inner().order_id,
@@ -613,4 +616,68 @@ async fn a_slow_dependency_of_one_tenant_does_not_slow_another_tenant() {
         "the setup must hurt the calm tenant without bulkheads, or this test proves nothing: {:?}",
         unprotected.p99
     );
+}
+
+/// An error through the cached-answers layer reaches a plain HTTP/2 client (the `h2` crate, as
+/// grpc-core reads it) as one HEADERS frame ending the stream with `grpc-status`: a
+/// trailers-only answer, never headers plus an empty DATA frame.
+#[tokio::test]
+async fn an_error_through_the_answer_cache_stays_trailers_only() {
+    use prost::Message as _;
+    let tenants = tenants();
+    let url = serve_stack(
+        &tenants,
+        SwitchBoard::new(CATALOGUE),
+        RateLimiter::from_tenants(&tenants),
+    )
+    .await;
+    let token = tenants
+        .get("paipai")
+        .unwrap()
+        .credentials
+        .token
+        .clone()
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let call = |order_id: &str| {
+        let message = order::GetOrderRequest {
+            order_id: order_id.into(),
+        }
+        .encode_to_vec();
+        let mut frame = vec![0u8];
+        frame.extend((message.len() as u32).to_be_bytes());
+        frame.extend(message);
+        let request = http::Request::post(format!("{url}/order.v2.Order/GetOrder"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-mesh-tenant", "paipai")
+            .header("x-mesh-token", token.as_str())
+            .body(())
+            .unwrap();
+        let send = send.clone();
+        async move {
+            let mut send = send.ready().await.unwrap();
+            let (response, mut body) = send.send_request(request, false).unwrap();
+            body.send_data(bytes::Bytes::from(frame), true).unwrap();
+            response.await.unwrap()
+        }
+    };
+    let missing = call("missing").await;
+    assert_eq!(missing.headers()["grpc-status"], "5", "{missing:?}");
+    assert!(
+        missing.body().is_end_stream(),
+        "the error is one HEADERS frame with END_STREAM: {missing:?}"
+    );
+    // a success keeps its DATA and trailers
+    let found = call("o-1").await;
+    assert!(found.headers().get("grpc-status").is_none());
+    let mut body = found.into_body();
+    let data = body.data().await.unwrap().unwrap();
+    assert!(data.len() > 5, "the message");
+    let trailers = body.trailers().await.unwrap().unwrap();
+    assert_eq!(trailers["grpc-status"], "0");
 }

@@ -198,6 +198,11 @@ where
                 tonic::body::Body::new(http_body_util::Full::new(bytes)),
             );
             let response = inner.call(request).await?;
+            // A trailers-only answer (an error: `grpc-status` in the headers) passes untouched;
+            // re-emitted as headers and an empty DATA frame it is refused by grpc-core.
+            if response.headers().contains_key("grpc-status") {
+                return Ok(response);
+            }
             let (parts, body) = response.into_parts();
             let Ok(collected) = body.collect().await else {
                 return Ok(
@@ -209,7 +214,10 @@ where
             if grpc_ok(trailers.as_ref()) && !parts.headers.contains_key(DEGRADED_HEADER) {
                 layer.cache.put(key, data.clone());
             }
-            let mut frames = vec![Ok::<_, Infallible>(Frame::data(data))];
+            let mut frames = Vec::with_capacity(2);
+            if !data.is_empty() {
+                frames.push(Ok::<_, Infallible>(Frame::data(data)));
+            }
             if let Some(trailers) = trailers {
                 frames.push(Ok(Frame::trailers(trailers)));
             }

@@ -211,9 +211,10 @@ pub trait MessageStore: Send + Sync + 'static {
         terminal: &str,
     ) -> Result<u64, StoreError>;
 
-    /// Moves the terminal's cursor to `position`, never backwards; with `contiguous`, only
-    /// from `position - 1` (an ack of one message must not skip one the terminal lacks).
-    /// Returns the cursor after the move.
+    /// Moves the terminal's cursor to `position`, never backwards and never past the last
+    /// position of the user's timeline (a cursor ahead would skip the messages to come); with
+    /// `contiguous`, only from `position - 1` (an ack of one message must not skip one the
+    /// terminal lacks). Returns the cursor after the move.
     async fn advance_cursor(
         &self,
         tenant: &TenantId,

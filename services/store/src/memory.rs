@@ -181,6 +181,8 @@ impl MessageStore for MemoryStore {
         contiguous: bool,
     ) -> Result<u64, StoreError> {
         self.write(tenant, |ns| {
+            // never past what the timeline holds: a cursor ahead would skip what comes next
+            let position = position.min(ns.positions.get(user).copied().unwrap_or(0));
             let cursor = ns
                 .cursors
                 .entry(user.to_owned())

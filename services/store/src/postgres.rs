@@ -446,11 +446,14 @@ impl MessageStore for PgStore {
                 tenant,
                 OP,
                 &format!(
-                    "INSERT INTO {schema}.cursors AS k (user_id, terminal_id, position)
-                     VALUES ($1, $2, CASE WHEN $4::boolean AND $3::bigint > 1 THEN 0 ELSE $3::bigint END)
+                    "WITH t AS (
+                       SELECT LEAST($3::bigint, COALESCE(
+                         (SELECT last_position FROM {schema}.timelines WHERE user_id = $1), 0)) AS p)
+                     INSERT INTO {schema}.cursors AS k (user_id, terminal_id, position)
+                     SELECT $1, $2, CASE WHEN $4::boolean AND t.p > 1 THEN 0 ELSE t.p END FROM t
                      ON CONFLICT (user_id, terminal_id) DO UPDATE SET position =
-                       CASE WHEN $4::boolean AND k.position <> $3::bigint - 1 THEN k.position
-                            ELSE GREATEST(k.position, $3::bigint) END
+                       CASE WHEN $4::boolean AND k.position <> (SELECT p FROM t) - 1 THEN k.position
+                            ELSE GREATEST(k.position, (SELECT p FROM t)) END
                      RETURNING position"
                 ),
             )

@@ -274,7 +274,23 @@ async fn terminals_sync_from_their_cursor(store: &dyn MessageStore) {
             .unwrap(),
         20
     );
-    assert_eq!(store.cursor(&mall, "bob", "phone").await.unwrap(), 20);
+    // never past the timeline's end: a bogus ack does not skip the messages to come
+    assert_eq!(
+        store
+            .advance_cursor(&mall, "bob", "phone", 1_000_000, false)
+            .await
+            .unwrap(),
+        25
+    );
+    assert_eq!(
+        store
+            .advance_cursor(&mall, "carol", "phone", 7, false)
+            .await
+            .unwrap(),
+        0,
+        "an empty timeline"
+    );
+    assert_eq!(store.cursor(&mall, "bob", "phone").await.unwrap(), 25);
     // a first ack of a later message from an unknown terminal does not claim the earlier ones
     assert_eq!(
         store

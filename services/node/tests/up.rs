@@ -260,3 +260,93 @@ async fn a_dependency_cycle_is_refused_at_start_up_and_named() {
         "nothing was started"
     );
 }
+
+/// Terminals through the front door: more long-lived streams than HTTP/2's default of 200 per
+/// connection reach one worker (the front door forwards them all over its connection to it),
+/// and a client cancelling many of its streams at once keeps its other terminals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_terminals_attach_through_the_front_door_and_survive_mass_cancels() {
+    use mesh_api::{gateway::v1 as gateway, locator::v1::TerminalKind, message::v1 as message};
+    const PER_CONNECTION: usize = 150;
+    const CONNECTIONS: usize = 4;
+    // a business line whose rate limit lets hundreds of terminals attach at once
+    let dir = tenants_folder(
+        &[],
+        &[(
+            "bulk.toml",
+            "id = \"bulk\"\ndisplay_name = \"Bulk\"\ndata_namespace = \"bulk\"\n[credentials]\ntoken = \"bulk-secret-token\"\n[limits]\nrequests_per_second = 100000\nburst = 100000\n",
+        )],
+    );
+    let mut up = MeshUp::start(dir.path(), &[]).await;
+    up.output
+        .wait_for("the worker", |l| l.starts_with("serving group=shared"))
+        .await;
+    let mall = ctx("bulk", "bulk-secret-token");
+    let mut kept = Vec::new();
+    let mut cancelled = Vec::new();
+    for c in 0..CONNECTIONS {
+        let channel = up.channel().await;
+        let attaches = (0..PER_CONNECTION).map(|t| {
+            let (channel, mall) = (channel.clone(), mall.clone());
+            async move {
+                let stream = gateway::GatewayCaller::new(channel)
+                    .attach(
+                        &mall,
+                        gateway::AttachRequest {
+                            user_id: format!("user{c}x{t}"),
+                            terminal_id: "phone".into(),
+                            kind: TerminalKind::Phone as i32,
+                        },
+                    )
+                    .await;
+                (format!("user{c}x{t}"), stream)
+            }
+        });
+        let attached =
+            tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(attaches))
+                .await
+                .expect("every attach answered within 30 s, none left hanging");
+        for (i, (user, stream)) in attached.into_iter().enumerate() {
+            let stream = stream.unwrap_or_else(|s| panic!("{user}: {s:?}"));
+            if i % 2 == 0 {
+                kept.push((user, stream));
+            } else {
+                cancelled.push(stream);
+            }
+        }
+    }
+    assert_eq!(kept.len() + cancelled.len(), PER_CONNECTION * CONNECTIONS);
+    // half of every connection's terminals go away at once
+    drop(cancelled);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // every kept terminal still receives its push
+    let channel = up.channel().await;
+    let mut sender = message::MessageCaller::new(channel);
+    for (user, _) in &kept {
+        let sent = sender
+            .send(
+                &mall,
+                message::SendRequest {
+                    conversation_id: format!("c-{user}"),
+                    from_user: "agent".into(),
+                    to_user: user.clone(),
+                    body: "still there".into(),
+                    client_msg_id: "m1".into(),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(sent.delivered_terminals, ["phone"], "{user}");
+    }
+    for (user, stream) in &mut kept {
+        let push = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("{user}: no push within 10 s"))
+            .unwrap_or_else(|s| panic!("{user}: stream failed: {s:?}"))
+            .expect("the stream is open");
+        assert!(matches!(
+            push.payload,
+            Some(gateway::push::Payload::Message(ref m)) if m.body == "still there"
+        ));
+    }
+}

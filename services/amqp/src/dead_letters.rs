@@ -45,7 +45,10 @@ fn letter(properties: &BasicProperties, bytes: usize) -> DeadLetter {
             .as_ref()
             .map(|id| id.as_str().to_owned())
             .unwrap_or_default(),
-        event: text(envelope::headers::EVENT),
+        // a raw publisher may set no event header: its routing key says which event it meant
+        event: Some(text(envelope::headers::EVENT))
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| text(envelope::headers::ROUTING_KEY)),
         tenant: text(mesh_contract::headers::TENANT),
         reason: text(envelope::headers::DEAD_REASON),
         attempts: text(envelope::headers::DEAD_ATTEMPTS).parse().unwrap_or(0),
@@ -107,8 +110,10 @@ impl AmqpBus {
 
     /// Sends up to `limit` dead letters of `queue` back to it (the handler runs them again),
     /// each removed from the dead-letter queue only once the broker confirmed the replay.
-    /// Returns how many.
+    /// Only the letters there when the replay starts: one that fails again and comes back is
+    /// not replayed a second time in the same call. Returns how many.
     pub async fn replay_dead_letters(&self, queue: &str, limit: usize) -> Result<u32, BusError> {
+        let limit = limit.min(self.dead_letter_count(queue).await? as usize);
         let channel = self.admin_channel().await?;
         let dead = mesh_contract::spec::names::dead_letter_queue(queue);
         let mut replayed = 0;

@@ -450,6 +450,7 @@ async fn dead_letters_are_shown_replayed_once_their_cause_is_fixed_and_purged() 
     let peeked = bus.peek_dead_letters(&queue, 2).await.unwrap();
     assert_eq!(peeked.len(), 2);
     assert_eq!(peeked[0].reason, "order o-1: handler bug");
+    assert_eq!(peeked[1].reason, "order o-2: handler bug");
     assert_eq!(
         (
             peeked[0].event.as_str(),
@@ -464,6 +465,19 @@ async fn dead_letters_are_shown_replayed_once_their_cause_is_fixed_and_purged() 
         3,
         "peeking moves nothing"
     );
+
+    // replayed before the fix, they fail again and come back: each replayed once, no loop
+    assert_eq!(
+        bus.replay_dead_letters(&queue, usize::MAX).await.unwrap(),
+        3
+    );
+    for _ in 0..200 {
+        if bus.dead_letter_count(&queue).await.unwrap() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(bus.dead_letter_count(&queue).await.unwrap(), 3);
 
     // the fix is deployed: two are replayed through the normal consumer, in order, once
     fixed.store(true, Ordering::SeqCst);

@@ -21,7 +21,7 @@ use mesh_contract::{
     EventBus, RequestContext, ServiceCredentials, TenantId,
     fields::{id, now_ms, optional_id, required},
 };
-use mesh_store::{MessageStore, NewMessage, StoreError, StoredMessage};
+use mesh_store::{Accepted, MessageStore, NewMessage, StoreError, StoredMessage};
 use tonic::{Request, Response, Status, transport::Channel};
 
 use crate::MessageSettings;
@@ -183,7 +183,8 @@ impl MessageService {
         id("conversation_id", &request.conversation_id)?;
         id("from_user", &request.from_user)?;
         id("to_user", &request.to_user)?;
-        optional_id("client_msg_id", &request.client_msg_id)?;
+        // without it a send cannot be retried safely, and every send may need a retry
+        id("client_msg_id", &request.client_msg_id)?;
         required("body", &request.body)?;
         let limit = self.settings(&ctx.tenant)?.max_body_bytes;
         if request.body.len() > limit {
@@ -198,6 +199,11 @@ impl MessageService {
                 "body contains a NUL character, which no store keeps",
             ));
         }
+        let (request_to, request_body, first_client_id) = (
+            request.to_user.clone(),
+            request.body.clone(),
+            request.client_msg_id.clone(),
+        );
         let new = NewMessage {
             message_id: uuid::Uuid::new_v4().to_string(),
             conversation_id: request.conversation_id,
@@ -216,6 +222,14 @@ impl MessageService {
             .await
             .map_err(|e| Status::internal(format!("storing the message failed: {e}")))?
             .map_err(|e| store_status(e, "message not stored"))?;
+        if let Accepted::Existing(first) = &accepted
+            && (first.to_user != request_to || first.body != request_body)
+        {
+            return Err(Status::already_exists(format!(
+                "client_msg_id {:?} of {:?} was used for another message of conversation {:?} (seq {}); a new message needs a new id",
+                first_client_id, first.from_user, first.conversation_id, first.seq
+            )));
+        }
         let message = chat(accepted.into_message());
 
         // Announced after it is stored, and again on a retry (the first announcement may have
@@ -349,7 +363,12 @@ impl Message for MessageService {
         let (position, contiguous) = if r.up_to_position > 0 {
             (r.up_to_position, false)
         } else {
-            required("message_id", &r.message_id)?;
+            if r.message_id.is_empty() {
+                return Err(Status::invalid_argument(
+                    "message_id or up_to_position is required",
+                ));
+            }
+            id("message_id", &r.message_id)?;
             let found = store
                 .position_of(&ctx.tenant, &r.user_id, &r.message_id)
                 .await

@@ -611,7 +611,7 @@ async fn acknowledged_messages_survive_broker_database_and_worker_faults() {
                 from_user: "sys\u{200b}tem".into(),
                 to_user: "bob".into(),
                 body: "hi".into(),
-                client_msg_id: String::new(),
+                client_msg_id: "z".into(),
             },
         )
         .await

@@ -80,11 +80,25 @@ async fn delivers_to_every_online_terminal(tenant: &str) {
     // a retried send (same client_msg_id) is the same message, not a second one
     let retried = sender.send(&conv, &bob, "hello bob", "c-1").await.unwrap();
     assert_eq!(retried.message.unwrap().message_id, message.message_id);
+    // the same id for another message is refused, not silently taken for the first
+    let reused = sender
+        .send(&conv, &bob, "something else", "c-1")
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), tonic::Code::AlreadyExists, "{reused:?}");
+    assert!(
+        reused.message().contains("a new message needs a new id"),
+        "{reused:?}"
+    );
+    // another user's send with the same id is another message
+    let mut bobs = node.terminal(tenant, &bob, "tablet").await;
+    let reply = bobs.send(&conv, &alice, "hi alice", "c-1").await.unwrap();
+    assert_eq!(reply.message.unwrap().seq, 2);
     let second = sender
         .send(&conv, &bob, "still there?", "c-2")
         .await
         .unwrap();
-    assert_eq!(second.message.unwrap().seq, 2);
+    assert_eq!(second.message.unwrap().seq, 3);
     assert_eq!(chat(next(&mut phone).await).body, "still there?");
     node.finish().await;
 }

@@ -106,7 +106,7 @@ async fn bad_sends_are_refused_naming_tenant_and_field() {
                         from_user: from,
                         to_user: "bob".into(),
                         body,
-                        client_msg_id: String::new(),
+                        client_msg_id: "m-1".into(),
                     },
                 )
                 .await
@@ -123,6 +123,8 @@ async fn bad_sends_are_refused_naming_tenant_and_field() {
     assert_eq!(empty.message(), "body is required");
     let spoofed = send(node.ctx("mall"), "system", "I am the platform".into()).await;
     assert_eq!(spoofed.code(), tonic::Code::PermissionDenied);
+    let spoofed = send(node.ctx("mall"), "System", "I am the platform".into()).await;
+    assert_eq!(spoofed.code(), tonic::Code::PermissionDenied, "in any case");
 
     let unknown = RequestContext::new(TenantId::new("intruder").unwrap()).with_token("guess");
     let refused = send(unknown, "alice", "hi".into()).await;

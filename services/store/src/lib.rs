@@ -70,8 +70,8 @@ pub struct NewMessage {
     pub message_id: String,
     /// The conversation it belongs to.
     pub conversation_id: String,
-    /// The sender's id for this send; a second accept with the same id in the same
-    /// conversation returns the first message. Empty: no deduplication.
+    /// The sender's id for this send; a second accept of the same sender with the same id in
+    /// the same conversation returns the first message. Empty: no deduplication.
     pub client_msg_id: String,
     /// Sender.
     pub from_user: String,
@@ -90,8 +90,8 @@ pub struct NewMessage {
 pub enum Accepted {
     /// Stored now, with new numbers.
     New(StoredMessage),
-    /// The conversation already held a message with this client id (a retried send); this is
-    /// that message, unchanged.
+    /// The conversation already held a message of this sender with this client id (a retried
+    /// send); this is that message, unchanged.
     Existing(StoredMessage),
 }
 
@@ -186,8 +186,8 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn open(&self, tenant: &TenantId, namespace: &str) -> Result<(), StoreError>;
 
     /// Stores a message durably, numbering it in its conversation and in its receiver's
-    /// timeline, all or nothing. A message with the same non-empty `client_msg_id` in the
-    /// conversation is returned as [`Accepted::Existing`] instead, so a send retried after any
+    /// timeline, all or nothing. A message of the same sender with the same non-empty
+    /// `client_msg_id` in the conversation is returned as [`Accepted::Existing`] instead, so a send retried after any
     /// failure is stored once. Numbers are never given twice, and a reader never sees a
     /// position before every lower one of the same timeline is visible.
     async fn accept(&self, tenant: &TenantId, message: &NewMessage)

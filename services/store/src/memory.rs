@@ -28,8 +28,8 @@ struct Inner {
 struct Namespace {
     /// By (conversation, seq).
     messages: BTreeMap<(String, u64), StoredMessage>,
-    /// (conversation, client id) -> seq: retried sends find their message.
-    by_client_id: HashMap<(String, String), u64>,
+    /// (conversation, sender, client id) -> seq: retried sends find their message.
+    by_client_id: HashMap<(String, String, String), u64>,
     /// message id -> (conversation, seq).
     ids: HashMap<String, (String, u64)>,
     /// (receiver, position) -> (conversation, seq): each user's timeline.
@@ -89,8 +89,13 @@ impl MessageStore for MemoryStore {
 
     async fn accept(&self, tenant: &TenantId, new: &NewMessage) -> Result<Accepted, StoreError> {
         self.write(tenant, |ns| {
-            let client_key = (!new.client_msg_id.is_empty())
-                .then(|| (new.conversation_id.clone(), new.client_msg_id.clone()));
+            let client_key = (!new.client_msg_id.is_empty()).then(|| {
+                (
+                    new.conversation_id.clone(),
+                    new.from_user.clone(),
+                    new.client_msg_id.clone(),
+                )
+            });
             if let Some(seq) = client_key.as_ref().and_then(|k| ns.by_client_id.get(k))
                 && let Some(first) = ns.messages.get(&(new.conversation_id.clone(), *seq))
             {
@@ -284,7 +289,7 @@ impl MessageStore for MemoryStore {
             ns.timelines.retain(|_, key| messages.contains_key(key));
             ns.ids.retain(|_, key| messages.contains_key(key));
             // client ids of purged messages are forgotten too: a retry that late is a new send
-            ns.by_client_id.retain(|(conversation, _), seq| {
+            ns.by_client_id.retain(|(conversation, _, _), seq| {
                 messages.contains_key(&(conversation.clone(), *seq))
             });
             (before - ns.messages.len()) as u64

@@ -233,8 +233,9 @@ impl MessageStore for PgStore {
              ALTER TABLE {schema}.messages
                ADD COLUMN IF NOT EXISTS client_msg_id text,
                ADD COLUMN IF NOT EXISTS position bigint;
-             CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id
-               ON {schema}.messages (conversation_id, client_msg_id);
+             DROP INDEX IF EXISTS {schema}.messages_by_client_id;
+             CREATE UNIQUE INDEX IF NOT EXISTS messages_by_sender_client_id
+               ON {schema}.messages (conversation_id, from_user, client_msg_id);
              CREATE UNIQUE INDEX IF NOT EXISTS messages_by_receiver
                ON {schema}.messages (to_user, position);
              CREATE TABLE IF NOT EXISTS {schema}.conversations (
@@ -312,12 +313,12 @@ impl MessageStore for PgStore {
             let find = tx
                 .prepare_cached(&format!(
                     "SELECT {MESSAGE_COLUMNS} FROM {schema}.messages
-                     WHERE conversation_id = $1 AND client_msg_id = $2"
+                     WHERE conversation_id = $1 AND from_user = $2 AND client_msg_id = $3"
                 ))
                 .await
                 .map_err(err)?;
             if let Some(row) = tx
-                .query_opt(&find, &[&m.conversation_id, &m.client_msg_id])
+                .query_opt(&find, &[&m.conversation_id, &m.from_user, &m.client_msg_id])
                 .await
                 .map_err(err)?
             {

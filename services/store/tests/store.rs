@@ -135,13 +135,19 @@ async fn accepts_are_numbered_once_and_history_is_ordered(store: &dyn MessageSto
         }
         other => panic!("a retry made a new message: {other:?}"),
     }
+    // another sender's id that happens to be the same is another message
+    let mut other_sender = msg("h-1", "c", 0);
+    other_sender.client_msg_id = "c-f-2".into();
+    other_sender.from_user = "carol".into();
+    let h1 = accept(store, &finance, other_sender).await;
+    assert_eq!(h1.seq, 4, "carol's send is not alice's");
     // the same client id in another conversation is another message
     let mut elsewhere = msg("g-1", "other", 0);
     elsewhere.client_msg_id = "c-f-2".into();
     let g1 = accept(store, &finance, elsewhere).await;
     assert_eq!(
         (g1.seq, g1.position),
-        (1, 4),
+        (1, 5),
         "seq per conversation, position per receiver"
     );
     // an empty client id never deduplicates
@@ -153,12 +159,12 @@ async fn accepts_are_numbered_once_and_history_is_ordered(store: &dyn MessageSto
     let seqs = |v: Vec<StoredMessage>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
     assert_eq!(
         seqs(store.history(&finance, "c", 0, 10).await.unwrap()),
-        [1, 2, 3, 4, 5]
+        [1, 2, 3, 4, 5, 6]
     );
     assert_eq!(seqs(store.history(&finance, "c", 1, 1).await.unwrap()), [2]);
     let info = store.conversation(&finance, "c").await.unwrap().unwrap();
-    assert_eq!(info.last_seq, 5);
-    assert_eq!(info.participants, ["alice", "bob"]);
+    assert_eq!(info.last_seq, 6);
+    assert_eq!(info.participants, ["alice", "bob", "carol"]);
     assert_eq!(store.conversation(&finance, "none").await.unwrap(), None);
 
     // a receipt never moves a reader backwards

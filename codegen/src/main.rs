@@ -153,6 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 failed |= !missing.is_empty();
             }
             let scratch;
+            let scratch_used = against_git.is_some();
             let (base, label) = match (against, against_git, against_baseline) {
                 (Some(dir), _, _) => (
                     mesh_codegen::load(&dir).with_context(|| {
@@ -190,7 +191,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             eprintln!("{} breaking change(s) against {label}:", changes.len());
             for change in &changes {
-                eprintln!("  {change}");
+                // an element deleted since a git revision is pointed at in that revision
+                // (`HEAD~3:order/v1/order.proto:12:3`), not in a scratch folder
+                match change.location.file.strip_prefix(&base.root) {
+                    Ok(relative) if scratch_used => {
+                        let mut location = change.location.clone();
+                        location.file = format!("{label}:{}", relative.display()).into();
+                        eprintln!("  {location}: {:?}: {}", change.kind, change.message);
+                    }
+                    _ => eprintln!("  {change}"),
+                }
             }
             eprintln!(
                 "breaking changes go into a new major version folder (e.g. order/v2) beside the old one"

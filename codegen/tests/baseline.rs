@@ -75,6 +75,14 @@ fn a_break_in_an_earlier_commit_fails_against_the_baseline() {
     // comparing with the previous commit sees nothing: the hole this baseline closes
     let previous = codegen(&["check", "--against-git", "HEAD~1"], dir);
     assert!(previous.status.success(), "{}", text(&previous));
+    // against the release commit it is seen, pointed at in that revision
+    let release = codegen(&["check", "--against-git", "HEAD~2"], dir);
+    assert_eq!(release.status.code(), Some(1), "{}", text(&release));
+    assert!(
+        text(&release).contains("  HEAD~2:thing/v1/thing.proto:"),
+        "{}",
+        text(&release)
+    );
 
     let against = codegen(&["check", "--against-baseline"], dir);
     assert_eq!(against.status.code(), Some(1), "{}", text(&against));

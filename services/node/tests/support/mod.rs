@@ -98,6 +98,9 @@ impl MeshUp {
             .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
             .arg(dir)
             .env("MESH_STATE_DIR", dir.join(".state"))
+            // tests run side by side: the admin API of each on a port of its own (figment
+            // finds the repository's ops/mesh.toml from any folder below it)
+            .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .kill_on_drop(true)

@@ -659,6 +659,43 @@ async fn every_bad_input_fails_clearly_with_a_non_zero_exit() {
             out.stderr
         );
     }
+    // a bad service setting is refused the same way, at once, and nothing is kept or started:
+    // it would have taken down the process shared with mall and paipai
+    for (file, body, field) in [
+        (
+            "zeroco.toml",
+            "id = \"zeroco\"\ndisplay_name = \"Zero\"\ndata_namespace = \"zeroco\"\n[credentials]\ntoken = \"zeroco-secret-token\"\n[services.recommend.settings]\nmax_suggestions = 0\n",
+            "services.recommend.settings.max_suggestions",
+        ),
+        (
+            "typoco.toml",
+            "id = \"typoco\"\ndisplay_name = \"Typo\"\ndata_namespace = \"typoco\"\n[credentials]\ntoken = \"typoco-secret-token\"\n[services.recommend.settings]\nmax_sugestions = 4\n",
+            "services.recommend.settings.max_sugestions: unknown setting; service recommend takes: max_suggestions",
+        ),
+    ] {
+        let path = files.path().join(file);
+        std::fs::write(&path, body).unwrap();
+        let path = path.to_str().unwrap();
+        for args in [vec!["tenant", "check", path], vec!["tenant", "add", path]] {
+            let out = mesh.ctl(&args).await;
+            assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+            assert!(
+                out.stderr.contains(file) && out.stderr.contains(field),
+                "{args:?}: {}",
+                out.stderr
+            );
+        }
+        assert!(
+            !tenants.path().join(file).exists(),
+            "a refused file is not kept"
+        );
+    }
+    assert_eq!(
+        mesh.suggest("mall", "dev-mall-token").await.0,
+        None,
+        "mall still served"
+    );
+
     let dir = tenants.path().to_str().unwrap();
     let local = ctl(&["tenant", "check", bad, "--tenants", dir], &[]).await;
     assert_eq!(local.code, 1);

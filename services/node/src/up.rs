@@ -24,6 +24,11 @@ pub async fn run(
     deploy: DeployConfig,
 ) -> anyhow::Result<()> {
     let tenants = Tenants::load(dir, mesh_api::CONTRACTS)?;
+    // the services' settings too, before any process starts: a bad one would take down the
+    // process group it shares with other tenants
+    for config in tenants.tenants.values() {
+        mesh_platform::check(config).map_err(|e| anyhow!("{}: {e}", dir.display()))?;
+    }
     let ops_token = deploy
         .ops_token()
         .map_err(|e| anyhow!("{}: {e}", config.display()))?;

@@ -124,7 +124,9 @@ async fn apply(
             let Some(config) = tenants.get(tenant.as_str()) else {
                 bail!("tenant {tenant} is not configured in {}", dir.display());
             };
-            served.add(config).await?;
+            if let Err(err) = served.add(config).await {
+                tracing::error!(tenant = %tenant, error = %format!("{err:#}"), "tenant not served");
+            }
         }
     }
     switches.replace_all(state.switches.clone());
@@ -207,7 +209,12 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         let Some(config) = all.get(id) else {
             bail!("tenant {id:?} is not configured in {}", dir.display());
         };
-        served.add(config).await?;
+        // a tenant that cannot be served (its schema cannot be created, say) is left out, with
+        // the reason; the others of this process keep being served
+        if let Err(err) = served.add(config).await {
+            tracing::error!(tenant = %id, error = %format!("{err:#}"), "tenant not served");
+            continue;
+        }
         mine.tenants.insert(id.clone(), config.clone());
     }
     let switches = SwitchBoard::from_tenants(&mine, CATALOGUE);

@@ -350,3 +350,32 @@ async fn hundreds_of_terminals_attach_through_the_front_door_and_survive_mass_ca
         ));
     }
 }
+
+#[tokio::test]
+async fn a_bad_service_setting_is_refused_at_start_up_and_named() {
+    let dir = tenants_folder(
+        &["mall"],
+        &[(
+            "zeroco.toml",
+            "id = \"zeroco\"\ndisplay_name = \"Zero\"\ndata_namespace = \"zeroco\"\n[credentials]\ntoken = \"zeroco-secret-token\"\n[services.recommend.settings]\nmax_suggestions = 0\n",
+        )],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
+        .arg(dir.path())
+        .env("MESH_STATE_DIR", dir.path().join(".state"))
+        .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "mesh up must refuse to start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tenant zeroco: services.recommend.settings.max_suggestions"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("serving"),
+        "no process was started"
+    );
+}

@@ -145,30 +145,12 @@ impl Platform {
     /// consumers. Only the services its config enables are set up for it.
     pub async fn add_tenant(&self, config: &TenantConfig) -> Result<(), PlatformError> {
         let tenant = config.tenant_id();
-        let enabled: HashMap<&str, &mesh_runtime::config::ServiceConfig> =
-            config.enabled_services().collect();
         // every setting is checked before anything is applied
-        let max_suggestions = match enabled.get("recommend") {
-            Some(service) => positive(&tenant, service, "recommend", "max_suggestions")?,
-            None => None,
-        };
-        let order_major = match enabled.get("order") {
-            Some(service) => Some(major(&tenant, service)?),
-            None => None,
-        };
-        let message_settings = match enabled.get("message") {
-            Some(service) => {
-                let mut settings = MessageSettings::default();
-                if let Some(days) = positive(&tenant, service, "message", "retention_days")? {
-                    settings.retention_days = u32::try_from(days).unwrap_or(u32::MAX);
-                }
-                if let Some(bytes) = positive(&tenant, service, "message", "max_body_bytes")? {
-                    settings.max_body_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
-                }
-                Some(settings)
-            }
-            None => None,
-        };
+        let TenantSettings {
+            max_suggestions,
+            order_major,
+            message: message_settings,
+        } = settings(config)?;
 
         self.credentials
             .insert(tenant.clone(), config.credentials.resolve());
@@ -330,6 +312,82 @@ impl Platform {
 }
 
 /// `services.<service>.settings.<key>` as a positive integer, if set.
+/// The settings the platform's services take from a tenant's config.
+struct TenantSettings {
+    max_suggestions: Option<i128>,
+    order_major: Option<u32>,
+    message: Option<MessageSettings>,
+}
+
+/// The keys each service's `settings` table may hold; any other is a typo or a setting of
+/// another service.
+const KNOWN_SETTINGS: &[(&str, &[&str])] = &[
+    ("message", &["retention_days", "max_body_bytes"]),
+    ("recommend", &["max_suggestions"]),
+];
+
+/// Checks what the platform's services take from a tenant's config (their `settings`, the
+/// order major) without serving it: what [`Platform::add_tenant`] would refuse, refused
+/// before anything runs. `mesh up` runs it on every tenant file at start-up and the admin
+/// API before a tenant is checked or added, so one tenant's bad setting never reaches a
+/// process that serves others.
+pub fn check(config: &TenantConfig) -> Result<(), PlatformError> {
+    settings(config).map(drop)
+}
+
+fn settings(config: &TenantConfig) -> Result<TenantSettings, PlatformError> {
+    let tenant = config.tenant_id();
+    for (name, service) in &config.services {
+        let known = KNOWN_SETTINGS
+            .iter()
+            .find(|(s, _)| s == name)
+            .map_or(&[][..], |(_, keys)| *keys);
+        if let Some(key) = service
+            .settings
+            .keys()
+            .find(|k| !known.contains(&k.as_str()))
+        {
+            let hint = match known {
+                [] => format!("service {name} takes no settings"),
+                keys => format!("service {name} takes: {}", keys.join(", ")),
+            };
+            return Err(PlatformError::Setting {
+                tenant,
+                field: format!("services.{name}.settings.{key}"),
+                message: format!("unknown setting; {hint}"),
+            });
+        }
+    }
+    let enabled: HashMap<&str, &mesh_runtime::config::ServiceConfig> =
+        config.enabled_services().collect();
+    let max_suggestions = match enabled.get("recommend") {
+        Some(service) => positive(&tenant, service, "recommend", "max_suggestions")?,
+        None => None,
+    };
+    let order_major = match enabled.get("order") {
+        Some(service) => Some(major(&tenant, service)?),
+        None => None,
+    };
+    let message = match enabled.get("message") {
+        Some(service) => {
+            let mut settings = MessageSettings::default();
+            if let Some(days) = positive(&tenant, service, "message", "retention_days")? {
+                settings.retention_days = u32::try_from(days).unwrap_or(u32::MAX);
+            }
+            if let Some(bytes) = positive(&tenant, service, "message", "max_body_bytes")? {
+                settings.max_body_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+            }
+            Some(settings)
+        }
+        None => None,
+    };
+    Ok(TenantSettings {
+        max_suggestions,
+        order_major,
+        message,
+    })
+}
+
 /// The broker queues the platform consumes for a tenant, as [`Platform::add_tenant`] subscribes
 /// them (without a consumer suffix): the storage consumer of `message.v1` and, when the tenant
 /// runs order, the message service's consumer of its order major. Operators find dead letters

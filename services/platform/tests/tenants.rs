@@ -191,3 +191,23 @@ fn the_queues_of_each_tenant_follow_its_services_and_majors() {
         "paipai runs order v2"
     );
 }
+
+#[test]
+fn unknown_settings_are_refused_naming_the_key_and_what_the_service_takes() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+    let tenants = Tenants::load(&dir, mesh_api::CONTRACTS).unwrap();
+    for config in tenants.tenants.values() {
+        mesh_platform::check(config).expect("the shipped tenants are valid");
+    }
+    let mut typo = tenants.tenants["mall"].clone();
+    typo.services
+        .get_mut("message")
+        .unwrap()
+        .settings
+        .insert("retention_day".into(), figment::value::Value::from(7));
+    let err = mesh_platform::check(&typo).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "tenant mall: services.message.settings.retention_day: unknown setting; service message takes: retention_days, max_body_bytes"
+    );
+}

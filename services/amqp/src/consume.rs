@@ -387,12 +387,8 @@ async fn run_handler(
                 };
             }
             Err(HandlerError::Retry(reason)) => {
-                let log = if attempt % 10 == 1 {
-                    tracing::Level::WARN
-                } else {
-                    tracing::Level::DEBUG
-                };
-                if log == tracing::Level::WARN {
+                // a dependency down for long says so every tenth run, not every run
+                if attempt % 10 == 1 {
                     tracing::warn!(event = event.name, tenant = %ctx.tenant, attempt, %reason, ?wait, "transient failure; retrying until the dependency is back");
                 } else {
                     tracing::debug!(event = event.name, attempt, %reason, ?wait, "retrying");

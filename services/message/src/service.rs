@@ -136,11 +136,6 @@ impl MessageService {
             .collect()
     }
 
-    /// The store the messages live in.
-    pub fn store(&self) -> &Arc<dyn MessageStore> {
-        &self.inner.store
-    }
-
     fn settings(&self, tenant: &TenantId) -> Result<MessageSettings, Status> {
         self.inner
             .settings

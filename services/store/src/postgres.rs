@@ -161,10 +161,11 @@ fn backend(
 }
 
 /// Whether the same statement can succeed later. No SQLSTATE: transient when the connection
-/// failed (closed, I/O), permanent otherwise (a value that cannot be encoded). SQLSTATE classes 08 (connection exception), 53 (insufficient resources), 57 (operator
-/// intervention: shutdown, cancelled), 58 (system error) and serialization failures or
-/// deadlocks pass; everything else (data exceptions, constraint violations, program limits such
-/// as an index row too large) is about the data and will fail the same way again.
+/// failed (closed, I/O), permanent otherwise (a value that cannot be encoded). SQLSTATE classes
+/// 08 (connection exception), 53 (insufficient resources), 57 (operator intervention: shutdown,
+/// cancelled), 58 (system error) and serialization failures or deadlocks pass; everything else
+/// (data exceptions, constraint violations, program limits such as an index row too large) is
+/// about the data and will fail the same way again.
 fn transient(err: &tokio_postgres::Error) -> bool {
     match err.code() {
         None => {

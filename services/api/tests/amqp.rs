@@ -411,14 +411,19 @@ impl order::OrderHandler for Buggy {
     }
 }
 
-#[tokio::test]
-async fn dead_letters_are_shown_replayed_once_their_cause_is_fixed_and_purged() {
-    let mut broker = Broker::new().await;
-    let tenant = broker.tenant();
-    let bus = bus().await;
+/// A `Buggy` consumer of the tenant's orders: its subscription, its fix switch, and what it
+/// handled.
+async fn subscribe_buggy(
+    bus: &AmqpBus,
+    tenant: &TenantId,
+) -> (
+    mesh_contract::SubscriptionHandle,
+    Arc<AtomicBool>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let fixed = Arc::new(AtomicBool::new(false));
-    let (handled, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let _sub = bus
+    let (handled, seen) = tokio::sync::mpsc::unbounded_channel();
+    let sub = bus
         .subscribe(
             order::OrderConsumer::new(Buggy {
                 fixed: fixed.clone(),
@@ -428,6 +433,28 @@ async fn dead_letters_are_shown_replayed_once_their_cause_is_fixed_and_purged() 
         )
         .await
         .unwrap();
+    (sub, fixed, seen)
+}
+
+/// Waits (bounded to 10 s) until `queue` holds `count` dead letters; how many it holds then.
+async fn dead_letters_reach(bus: &AmqpBus, queue: &str, count: u32) -> u32 {
+    let mut held = 0;
+    for _ in 0..200 {
+        held = bus.dead_letter_count(queue).await.unwrap();
+        if held == count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    held
+}
+
+#[tokio::test]
+async fn dead_letters_are_shown_replayed_once_their_cause_is_fixed_and_purged() {
+    let mut broker = Broker::new().await;
+    let tenant = broker.tenant();
+    let bus = bus().await;
+    let (_sub, fixed, mut seen) = subscribe_buggy(&bus, &tenant).await;
     let publisher = order::OrderPublisher::new(bus.clone());
     for id in ["o-1", "o-2", "o-3"] {
         publisher
@@ -436,15 +463,7 @@ async fn dead_letters_are_shown_replayed_once_their_cause_is_fixed_and_purged() 
             .unwrap();
     }
     let queue = suite::queue(&tenant, "message");
-    let mut count = 0;
-    for _ in 0..200 {
-        count = bus.dead_letter_count(&queue).await.unwrap();
-        if count == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(count, 3);
+    assert_eq!(dead_letters_reach(&bus, &queue, 3).await, 3);
 
     // shown with their reason, and left in place
     let peeked = bus.peek_dead_letters(&queue, 2).await.unwrap();
@@ -471,13 +490,7 @@ async fn dead_letters_are_shown_replayed_once_their_cause_is_fixed_and_purged() 
         bus.replay_dead_letters(&queue, usize::MAX).await.unwrap(),
         3
     );
-    for _ in 0..200 {
-        if bus.dead_letter_count(&queue).await.unwrap() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(bus.dead_letter_count(&queue).await.unwrap(), 3);
+    assert_eq!(dead_letters_reach(&bus, &queue, 3).await, 3);
 
     // the fix is deployed: two are replayed through the normal consumer, in order, once
     fixed.store(true, Ordering::SeqCst);
@@ -508,29 +521,13 @@ async fn a_replayed_message_already_handled_is_not_handled_again() {
     let mut broker = Broker::new().await;
     let tenant = broker.tenant();
     let bus = bus().await;
-    let fixed = Arc::new(AtomicBool::new(false));
-    let (handled, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let _sub = bus
-        .subscribe(
-            order::OrderConsumer::new(Buggy {
-                fixed: fixed.clone(),
-                handled,
-            })
-            .subscription(tenant.clone(), "message"),
-        )
-        .await
-        .unwrap();
+    let (_sub, fixed, mut seen) = subscribe_buggy(&bus, &tenant).await;
     order::OrderPublisher::new(bus.clone())
         .publish(&suite::ctx(&tenant), created("o-9"))
         .await
         .unwrap();
     let queue = suite::queue(&tenant, "message");
-    for _ in 0..200 {
-        if bus.dead_letter_count(&queue).await.unwrap() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(dead_letters_reach(&bus, &queue, 1).await, 1);
     // an operator copies the dead letter before replaying (two replays of one message)
     let dead = names::dead_letter_queue(&queue);
     let channel = broker.raw.create_channel().await.unwrap();

@@ -242,23 +242,29 @@ async fn a_dependency_cycle_is_refused_at_start_up_and_named() {
             "id = \"loop\"\ndisplay_name = \"Loop\"\ndata_namespace = \"loop\"\n[credentials]\ntoken = \"loop-secret-token\"\n[services.locator]\ndepends_on = [\"message\"]\n",
         )],
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
-        .arg(dir.path())
-        .env("MESH_STATE_DIR", dir.path().join(".state"))
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success(), "mesh up must refuse to start");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stderr, stdout) = refused_at_start(dir.path()).await;
     assert!(
         stderr.contains("loop.toml: field `services.locator.depends_on`: dependency cycle: locator -> message -> locator"),
         "{stderr}"
     );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).is_empty(),
-        "nothing was started"
-    );
+    assert!(stdout.is_empty(), "nothing was started");
+}
+
+/// Runs `mesh up` on the tenants in `dir`, which must refuse to start; its stderr and stdout.
+async fn refused_at_start(dir: &std::path::Path) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
+        .arg(dir)
+        .env("MESH_STATE_DIR", dir.join(".state"))
+        .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "mesh up must refuse to start");
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// Terminals through the front door: more long-lived streams than HTTP/2's default of 200 per
@@ -360,22 +366,10 @@ async fn a_bad_service_setting_is_refused_at_start_up_and_named() {
             "id = \"zeroco\"\ndisplay_name = \"Zero\"\ndata_namespace = \"zeroco\"\n[credentials]\ntoken = \"zeroco-secret-token\"\n[services.recommend.settings]\nmax_suggestions = 0\n",
         )],
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
-        .arg(dir.path())
-        .env("MESH_STATE_DIR", dir.path().join(".state"))
-        .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success(), "mesh up must refuse to start");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stderr, stdout) = refused_at_start(dir.path()).await;
     assert!(
         stderr.contains("tenant zeroco: services.recommend.settings.max_suggestions"),
         "{stderr}"
     );
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("serving"),
-        "no process was started"
-    );
+    assert!(!stdout.contains("serving"), "no process was started");
 }

@@ -24,6 +24,8 @@ pub struct Terminal {
     pushes: tonic::Streaming<gateway::Push>,
     messages: message::MessageCaller<Channel>,
     missed: VecDeque<gateway::Push>,
+    /// Where the next sync page starts, while there may be more to sync.
+    sync_after: Option<u64>,
     /// Every message of the timeline up to here was returned.
     cursor: u64,
     /// Positions above the cursor returned already (a push overtook another).
@@ -61,6 +63,13 @@ impl Terminal {
     /// Like [`Terminal::connect`], syncing after `cursor`, the position this terminal held
     /// everything up to before it lost its connection ([`Terminal::cursor`]); 0 means the
     /// cursor the service has for it.
+    ///
+    /// A reconnect (after a network switch, say) costs one round trip: the attach and the
+    /// first page of what was missed go out together, so the first missed message is
+    /// readable as soon as both answer. The attach may register after that page was read, so
+    /// one more page is fetched once the attach is in place, before the first live push is
+    /// returned (messages that arrived in between are then either on the stream or on that
+    /// page, and returned once).
     pub async fn resume(
         ctx: &RequestContext,
         gateway: Channel,
@@ -70,55 +79,53 @@ impl Terminal {
         kind: TerminalKind,
         cursor: u64,
     ) -> Result<Self, Status> {
-        let pushes = gateway::GatewayCaller::new(gateway)
-            .attach(
-                ctx,
-                gateway::AttachRequest {
-                    user_id: user_id.into(),
-                    terminal_id: terminal_id.into(),
-                    kind: kind as i32,
-                },
-            )
-            .await?;
-        let mut messages = message::MessageCaller::new(messages);
-        let mut missed = VecDeque::new();
-        let mut after = cursor;
-        let mut start = None;
-        loop {
-            let page = messages
-                .fetch_offline(
-                    ctx,
-                    message::FetchOfflineRequest {
-                        user_id: user_id.into(),
-                        terminal_id: terminal_id.into(),
-                        limit: 0,
-                        after_position: after,
-                    },
-                )
-                .await?;
-            // where the sync started: the service's cursor when we gave none
-            start.get_or_insert(match page.messages.first() {
-                Some(first) => first.position.saturating_sub(1),
-                None => page.next_position,
-            });
-            missed.extend(page.messages.into_iter().map(|m| gateway::Push {
-                payload: Some(Payload::Message(m)),
-            }));
-            if !page.more || page.next_position <= after {
-                break;
-            }
-            after = page.next_position;
-        }
-        Ok(Self {
+        let mut gateway = gateway::GatewayCaller::new(gateway);
+        let messages = message::MessageCaller::new(messages);
+        let attach = gateway.attach(
+            ctx,
+            gateway::AttachRequest {
+                user_id: user_id.into(),
+                terminal_id: terminal_id.into(),
+                kind: kind as i32,
+            },
+        );
+        let first = fetch_page(messages.clone(), ctx, user_id, terminal_id, cursor);
+        let (pushes, page) = tokio::try_join!(attach, first)?;
+        // where the sync started: the service's cursor when we gave none
+        let start = match page.messages.first() {
+            Some(first) => first.position.saturating_sub(1),
+            None if cursor == 0 => page.next_position,
+            None => cursor,
+        };
+        let mut terminal = Self {
             ctx: ctx.clone(),
             user_id: user_id.into(),
             terminal_id: terminal_id.into(),
             pushes,
             messages,
-            missed,
-            cursor: start.unwrap_or(cursor),
+            missed: VecDeque::new(),
+            sync_after: None,
+            cursor: start,
             ahead: BTreeSet::new(),
-        })
+        };
+        terminal.absorb(page);
+        Ok(terminal)
+    }
+
+    /// Queues a page of missed messages; the next page is fetched when these are read.
+    fn absorb(&mut self, page: message::FetchOfflineResponse) {
+        let after = self.sync_after.unwrap_or(self.cursor);
+        self.missed
+            .extend(page.messages.into_iter().map(|m| gateway::Push {
+                payload: Some(Payload::Message(m)),
+            }));
+        // a page that did not move (nothing after `after`) still was read before the attach
+        // may have registered; one more read after it closes that gap once
+        self.sync_after = match self.sync_after {
+            None => Some(page.next_position.max(after)),
+            Some(_) if page.more && page.next_position > after => Some(page.next_position),
+            Some(_) => None,
+        };
     }
 
     /// The position in the user's timeline up to which this terminal returned every message;
@@ -153,6 +160,20 @@ impl Terminal {
     /// both missed and pushed live is returned once.
     pub async fn next(&mut self) -> Result<Option<gateway::Push>, Status> {
         loop {
+            if self.missed.is_empty()
+                && let Some(after) = self.sync_after
+            {
+                let page = fetch_page(
+                    self.messages.clone(),
+                    &self.ctx,
+                    &self.user_id,
+                    &self.terminal_id,
+                    after,
+                )
+                .await?;
+                self.absorb(page);
+                continue;
+            }
             let push = match self.missed.pop_front() {
                 Some(push) => push,
                 None => match self.pushes.message().await? {
@@ -223,4 +244,25 @@ impl Terminal {
             .await?;
         Ok(answer.receipt)
     }
+}
+
+/// One page of the user's timeline after `after` (0: after this terminal's cursor).
+async fn fetch_page(
+    mut messages: message::MessageCaller<Channel>,
+    ctx: &RequestContext,
+    user_id: &str,
+    terminal_id: &str,
+    after: u64,
+) -> Result<message::FetchOfflineResponse, Status> {
+    messages
+        .fetch_offline(
+            ctx,
+            message::FetchOfflineRequest {
+                user_id: user_id.into(),
+                terminal_id: terminal_id.into(),
+                limit: 0,
+                after_position: after,
+            },
+        )
+        .await
 }

@@ -42,10 +42,12 @@ pub async fn run(
             dir.display().to_string(),
             "--supervised".into(),
         ],
-        // workers export telemetry as the deployment says
-        env: deploy.telemetry.to_env(),
+        // workers export telemetry as the deployment says, and ping the front door as it
+        // pings them
+        env: [deploy.telemetry.to_env(), deploy.front_door.worker_env()].concat(),
     };
-    let front = FrontDoor::new(Catalogue(mesh_api::CONTRACTS));
+    let front =
+        FrontDoor::new(Catalogue(mesh_api::CONTRACTS)).with_upstream(deploy.front_door.upstream());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("front door: listening on {listen}"))?;

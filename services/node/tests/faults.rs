@@ -563,8 +563,9 @@ async fn acknowledged_messages_survive_broker_database_and_worker_faults() {
     )
     .await
     .unwrap();
+    // the first page is there after one round trip; the rest is fetched as it is read
     let sync_time = synced.elapsed();
-    assert_eq!(tablet.missed(), 1000);
+    assert!(tablet.missed() > 0);
     let mut seqs = Vec::new();
     for _ in 0..1000 {
         match tablet.next().await.unwrap().unwrap().payload {

@@ -29,6 +29,13 @@ pub struct ConnectionLimits {
     pub keepalive_interval: Duration,
     /// A peer that does not answer a PING within this long is gone: the connection is closed.
     pub keepalive_timeout: Duration,
+    /// Streams one connection may have open at once (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    /// A terminal is one long-lived stream, so this is how many terminals one client
+    /// connection carries; the client's HTTP/2 library knows the limit and opens another
+    /// connection or waits. Streams the client resets before they were served count against
+    /// the same number, so a client cancelling all its terminals at once is never taken for a
+    /// reset flood (`GOAWAY too_many_resets` would drop its other streams).
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for ConnectionLimits {
@@ -38,6 +45,7 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(300),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
+            max_streams_per_connection: 1_000,
         }
     }
 }
@@ -82,13 +90,29 @@ impl Drop for StreamGuard {
     }
 }
 
-/// A response body that holds its stream's guard until it ends.
-struct Guarded {
+/// A response body that holds `guard` until it ends (or is dropped): what counts a stream as
+/// open for as long as its body runs, not only until its headers are sent.
+pub(crate) struct HoldUntilEnd<G> {
     inner: tonic::body::Body,
-    guard: Option<StreamGuard>,
+    guard: Option<G>,
 }
 
-impl http_body::Body for Guarded {
+impl<G: Send + Unpin + 'static> HoldUntilEnd<G> {
+    /// `response` with its body holding `guard`.
+    pub(crate) fn wrap(
+        response: http::Response<tonic::body::Body>,
+        guard: G,
+    ) -> http::Response<tonic::body::Body> {
+        response.map(|inner| {
+            tonic::body::Body::new(HoldUntilEnd {
+                inner,
+                guard: Some(guard),
+            })
+        })
+    }
+}
+
+impl<G: Unpin> http_body::Body for HoldUntilEnd<G> {
     type Data = Bytes;
     type Error = tonic::Status;
 
@@ -141,12 +165,7 @@ where
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            Ok(response.map(|inner| {
-                tonic::body::Body::new(Guarded {
-                    inner,
-                    guard: Some(guard),
-                })
-            }))
+            Ok(HoldUntilEnd::wrap(response, guard))
         })
     }
 }
@@ -215,7 +234,9 @@ pub async fn serve_connections<S, B>(
                 .http2()
                 .timer(TokioTimer::new())
                 .keep_alive_interval(limits.keepalive_interval)
-                .keep_alive_timeout(limits.keepalive_timeout);
+                .keep_alive_timeout(limits.keepalive_timeout)
+                .max_concurrent_streams(limits.max_streams_per_connection)
+                .max_pending_accept_reset_streams(limits.max_streams_per_connection as usize);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             let check =

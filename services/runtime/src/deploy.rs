@@ -4,7 +4,8 @@
 //! `MESH_ADMIN_TOKEN`, `MESH_ADMIN_TOKEN_ENV`, `MESH_STATE_DIR`, `MESH_TELEMETRY_OTLP_ENDPOINT`,
 //! `MESH_TELEMETRY_CONSOLE`, `MESH_TELEMETRY_EXPORT_INTERVAL_MS`, `MESH_FRONT_DOOR_MAX_CONNECTIONS`,
 //! `MESH_FRONT_DOOR_IDLE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_KEEPALIVE_INTERVAL_SECS`,
-//! `MESH_FRONT_DOOR_KEEPALIVE_TIMEOUT_SECS`.
+//! `MESH_FRONT_DOOR_KEEPALIVE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_CONNECTION`,
+//! `MESH_FRONT_DOOR_WORKER_CONNECTIONS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_WORKER`.
 
 use std::path::{Path, PathBuf};
 
@@ -46,16 +47,27 @@ pub struct FrontDoorConfig {
     pub keepalive_interval_secs: u64,
     /// A peer silent this long after a PING is gone.
     pub keepalive_timeout_secs: u64,
+    /// Streams (attached terminals, calls in flight) one client connection may have open.
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 connections from the front door to each worker process.
+    pub worker_connections: usize,
+    /// Streams open at once to one worker process; one more is refused with
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_streams_per_worker: usize,
 }
 
 impl Default for FrontDoorConfig {
     fn default() -> Self {
         let limits = crate::connections::ConnectionLimits::default();
+        let upstream = crate::upstream::UpstreamLimits::default();
         Self {
             max_connections: limits.max_connections,
             idle_timeout_secs: limits.idle_timeout.as_secs(),
             keepalive_interval_secs: limits.keepalive_interval.as_secs(),
             keepalive_timeout_secs: limits.keepalive_timeout.as_secs(),
+            max_streams_per_connection: limits.max_streams_per_connection,
+            worker_connections: upstream.connections,
+            max_streams_per_worker: upstream.max_streams,
         }
     }
 }
@@ -69,6 +81,81 @@ impl FrontDoorConfig {
             idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
             keepalive_interval: Duration::from_secs(self.keepalive_interval_secs.max(1)),
             keepalive_timeout: Duration::from_secs(self.keepalive_timeout_secs.max(1)),
+            max_streams_per_connection: self.max_streams_per_connection.max(1),
+        }
+    }
+
+    /// How the front door connects to each worker: the same keepalive as towards callers.
+    pub fn upstream(&self) -> crate::upstream::UpstreamLimits {
+        let limits = self.limits();
+        crate::upstream::UpstreamLimits {
+            connections: self.worker_connections.max(1),
+            max_streams: self.max_streams_per_worker.max(1),
+            keepalive_interval: limits.keepalive_interval,
+            keepalive_timeout: limits.keepalive_timeout,
+        }
+    }
+
+    /// What a worker needs to know of the hop from the front door (its keepalive pings, how
+    /// many streams the front door may open), as the environment `mesh up` starts it with;
+    /// read back by [`WorkerHttp2::from_env`].
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "MESH_WORKER_KEEPALIVE_INTERVAL_SECS".into(),
+                self.keepalive_interval_secs.max(1).to_string(),
+            ),
+            (
+                "MESH_WORKER_KEEPALIVE_TIMEOUT_SECS".into(),
+                self.keepalive_timeout_secs.max(1).to_string(),
+            ),
+            (
+                "MESH_WORKER_MAX_STREAMS".into(),
+                self.max_streams_per_worker.max(1).to_string(),
+            ),
+        ]
+    }
+}
+
+/// A worker's HTTP/2 server settings towards the front door.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerHttp2 {
+    /// PING the front door after this long without a frame from it.
+    pub keepalive_interval: std::time::Duration,
+    /// The front door is gone when a PING is not answered within this long.
+    pub keepalive_timeout: std::time::Duration,
+    /// Streams the front door may open (and reset before they are served) at once.
+    pub max_streams: usize,
+}
+
+impl Default for WorkerHttp2 {
+    fn default() -> Self {
+        let front = FrontDoorConfig::default();
+        let limits = front.limits();
+        Self {
+            keepalive_interval: limits.keepalive_interval,
+            keepalive_timeout: limits.keepalive_timeout,
+            max_streams: front.max_streams_per_worker,
+        }
+    }
+}
+
+impl WorkerHttp2 {
+    /// From what [`FrontDoorConfig::worker_env`] set; the defaults where unset or unreadable.
+    pub fn from_env() -> Self {
+        use std::time::Duration;
+        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+        let default = Self::default();
+        Self {
+            keepalive_interval: var("MESH_WORKER_KEEPALIVE_INTERVAL_SECS")
+                .map_or(default.keepalive_interval, |s| {
+                    Duration::from_secs(s.max(1))
+                }),
+            keepalive_timeout: var("MESH_WORKER_KEEPALIVE_TIMEOUT_SECS")
+                .map_or(default.keepalive_timeout, |s| Duration::from_secs(s.max(1))),
+            max_streams: var("MESH_WORKER_MAX_STREAMS").map_or(default.max_streams, |n| {
+                usize::try_from(n.max(1)).unwrap_or(usize::MAX)
+            }),
         }
     }
 }

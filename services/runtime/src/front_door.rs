@@ -16,10 +16,13 @@ use std::{
 };
 
 use mesh_contract::{TenantId, bus::BoxFuture, headers};
-use tonic::transport::{Channel, Endpoint};
 use tower::ServiceExt;
 
-use crate::layers::{Catalogue, DEGRADED_HEADER};
+use crate::{
+    connections::HoldUntilEnd,
+    layers::{Catalogue, DEGRADED_HEADER},
+    upstream::{Upstream, UpstreamLimits},
+};
 
 /// How long call samples are kept for the rules' windows.
 const KEEP_SAMPLES: Duration = Duration::from_secs(120);
@@ -98,7 +101,8 @@ struct Watch {
 /// Where each tenant's calls go.
 #[derive(Clone, Debug)]
 pub struct FrontDoor {
-    routes: Arc<RwLock<HashMap<TenantId, (String, Channel)>>>,
+    routes: Arc<RwLock<HashMap<TenantId, Upstream>>>,
+    upstream: UpstreamLimits,
     catalogue: Catalogue,
     watch: Arc<Watch>,
 }
@@ -134,9 +138,26 @@ impl FrontDoor {
     pub fn new(catalogue: Catalogue) -> Self {
         Self {
             routes: Arc::default(),
+            upstream: UpstreamLimits::default(),
             catalogue,
             watch: Arc::default(),
         }
+    }
+
+    /// Connects to each worker as `limits` say (connections, stream cap, keepalive); applies
+    /// to tenants routed from now on.
+    pub fn with_upstream(mut self, limits: UpstreamLimits) -> Self {
+        self.upstream = limits;
+        self
+    }
+
+    /// Streams open now to the worker serving `tenant`.
+    pub fn open_streams(&self, tenant: &TenantId) -> Option<usize> {
+        self.routes
+            .read()
+            .expect("lock")
+            .get(tenant)
+            .map(Upstream::open_streams)
     }
 
     /// Delays `tenant`'s calls (to `service`, or all) by `delay`; a zero delay clears the fault.
@@ -288,12 +309,14 @@ impl FrontDoor {
     }
 
     /// Routes `tenant` to the process listening at `address` (`127.0.0.1:4567`).
+    /// Tenants sharing a process share its connections (and its stream cap).
     pub fn route(&self, tenant: TenantId, address: &str) -> Result<(), tonic::transport::Error> {
-        let channel = Endpoint::from_shared(format!("http://{address}"))?.connect_lazy();
-        self.routes
-            .write()
-            .expect("lock")
-            .insert(tenant, (address.to_owned(), channel));
+        let mut routes = self.routes.write().expect("lock");
+        let upstream = match routes.values().find(|u| u.address() == address) {
+            Some(shared) => shared.clone(),
+            None => Upstream::new(address, self.upstream)?,
+        };
+        routes.insert(tenant, upstream);
         Ok(())
     }
 
@@ -308,7 +331,7 @@ impl FrontDoor {
             .read()
             .expect("lock")
             .get(tenant)
-            .map(|(a, _)| a.clone())
+            .map(|u| u.address().to_owned())
     }
 
     /// Serves callers on `listener` until `shutdown` resolves, with the default
@@ -354,16 +377,12 @@ where
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let tenant_id = tenant.as_deref().and_then(|t| TenantId::new(t).ok());
-        let route = tenant_id.as_ref().and_then(|t| {
-            self.routes
-                .read()
-                .expect("lock")
-                .get(t)
-                .map(|(_, c)| c.clone())
-        });
+        let route = tenant_id
+            .as_ref()
+            .and_then(|t| self.routes.read().expect("lock").get(t).cloned());
         let front = self.clone();
         Box::pin(async move {
-            let (Some(channel), Some(tenant_id)) = (route, tenant_id) else {
+            let (Some(upstream), Some(tenant_id)) = (route, tenant_id) else {
                 let status = match tenant {
                     None => tonic::Status::unauthenticated(format!(
                         "request carries no tenant (header `{}`)",
@@ -375,15 +394,19 @@ where
                 };
                 return Ok(status.into_http());
             };
+            let slot = match upstream.acquire() {
+                Ok(slot) => slot,
+                Err(status) => return Ok(status.into_http()),
+            };
             let started = Instant::now();
-            let _in_flight = front.enter(&tenant_id);
+            let in_flight = front.enter(&tenant_id);
             let path = request.uri().path().to_owned();
             let method = front.catalogue.method(&path);
             if let Some(delay) = front.delay_for(&tenant_id, method.map(|(spec, _)| spec.name)) {
                 tokio::time::sleep(delay).await;
             }
             let request = request.map(tonic::body::Body::new);
-            let response = match channel.oneshot(request).await {
+            let response = match slot.channel().oneshot(request).await {
                 Ok(response) => response,
                 Err(err) => tonic::Status::unavailable(format!(
                     "the tenant's process did not answer: {err}"
@@ -392,7 +415,8 @@ where
             };
             let tier = method.map(|(spec, _)| spec.tier.get());
             front.record(&tenant_id, tier, started, &response, &path);
-            Ok(response)
+            // a stream (a terminal) stays open, and counted, until its body ends
+            Ok(HoldUntilEnd::wrap(response, (slot, in_flight)))
         })
     }
 }

@@ -10,7 +10,9 @@
 //! - [`layers`]: rate limit, degradation switches, service plan, per-tenant runtimes and
 //!   contract deadlines for inbound calls, bulkheads for outbound ones.
 //! - [`supervisor`] and [`front_door`]: a process per tenant group, restarted alone when it
-//!   dies, and one address routing each call to its tenant's process.
+//!   dies, and one address routing each call to its tenant's process; [`connections`] (the
+//!   front door's listener: connection cap, keepalive, stream limits) and [`upstream`] (its
+//!   connections to each worker).
 //! - [`control`]: degradation switches at run time (persisted, pushed to every process),
 //!   tenants onboarded while running, status, automatic degradation rules.
 //! - [`deploy`]: the deployment's own configuration (admin API, ops credential, state folder).
@@ -26,6 +28,7 @@ pub mod front_door;
 pub mod graph;
 pub mod layers;
 pub mod supervisor;
+pub mod upstream;
 
 pub use auth::{TenantAuthLayer, TenantDirectory};
 pub use config::{ConfigError, FieldError, TenantConfig, Tenants};

@@ -99,7 +99,45 @@ fn limits() -> ConnectionLimits {
         idle_timeout: Duration::from_millis(300),
         keepalive_interval: Duration::from_secs(30),
         keepalive_timeout: Duration::from_secs(20),
+        max_streams_per_connection: 1_000,
     }
+}
+
+/// A client opening hundreds of streams and resetting them at once (a user closing every
+/// tab, a phone dropping its terminals) is not taken for a reset flood: its connection, and
+/// the long-lived stream it holds, stay; the stream limit is advertised to the client.
+#[tokio::test]
+async fn resetting_hundreds_of_streams_at_once_keeps_the_connection_and_its_other_streams() {
+    let address = server(ConnectionLimits {
+        idle_timeout: Duration::from_secs(60),
+        ..limits()
+    })
+    .await;
+    let (mut send, connection) = connect(address).await.unwrap();
+    let mut kept = get(&mut send, "/hold").await;
+    let mut send = send.ready().await.unwrap();
+    for _ in 0..900 {
+        let request = http::Request::get("http://test/hold").body(()).unwrap();
+        let (response, stream) = send.send_request(request, true).unwrap();
+        // the client gives up on it before the server served it: RST_STREAM(CANCEL)
+        drop((response, stream));
+        send = send.ready().await.unwrap();
+    }
+    let body = get(&mut send, "/").await;
+    let mut body = body;
+    let data = body
+        .data()
+        .await
+        .expect("a body")
+        .expect("the connection is alive");
+    assert_eq!(&data[..], b"ok");
+    assert!(!connection.is_finished(), "the connection was not closed");
+    // the long-lived stream is still open (nothing arrived, nothing failed)
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), kept.data())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,200 @@
+//! The front door's connections to one worker process.
+//!
+//! A terminal is a stream that stays open for hours, so the hop from the front door to a
+//! worker carries as many open streams as the worker has attached terminals. Over a single
+//! HTTP/2 connection they would all share one flow-control window and one peer's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS`, and a stream over that limit waits in the client,
+//! silently, for a slot that a terminal frees only when it leaves. So an [`Upstream`] keeps a
+//! few connections to its worker, puts each new stream on the least busy one, counts the
+//! streams open on the whole hop, and refuses one over [`UpstreamLimits::max_streams`] at once
+//! with `RESOURCE_EXHAUSTED` naming the limit: a limit is an answer, never a hang.
+//!
+//! Both ends ping: the connections send HTTP/2 PINGs, so a worker that stopped answering
+//! (frozen, or its host gone) is found within `keepalive_interval + keepalive_timeout` and its
+//! streams end, as they would if it had closed them.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use mesh_runtime::upstream::{Upstream, UpstreamLimits};
+//!
+//! let limits = UpstreamLimits { connections: 2, max_streams: 1, ..Default::default() };
+//! let upstream = Upstream::new("127.0.0.1:4567", limits).unwrap();
+//! let first = upstream.acquire().unwrap(); // connects lazily, on the first request
+//! assert_eq!(upstream.open_streams(), 1);
+//! let refused = upstream.acquire().unwrap_err();
+//! assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+//! drop(first); // the stream ended
+//! assert!(upstream.acquire().is_ok());
+//! # }
+//! ```
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tonic::transport::{Channel, Endpoint};
+
+/// How the front door connects to each worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamLimits {
+    /// HTTP/2 connections kept to each worker; streams are spread over them.
+    pub connections: usize,
+    /// Streams open at once to one worker, all its connections together; one more is refused
+    /// with `RESOURCE_EXHAUSTED`.
+    pub max_streams: usize,
+    /// HTTP/2 PING to the worker after this long without a frame from it.
+    pub keepalive_interval: Duration,
+    /// A worker that does not answer a PING within this long is gone.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for UpstreamLimits {
+    fn default() -> Self {
+        Self {
+            connections: 4,
+            max_streams: 100_000,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Lane {
+    channel: Channel,
+    open: AtomicUsize,
+}
+
+/// Connections to one worker, and the streams open over them.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    address: String,
+    lanes: Arc<[Lane]>,
+    open: Arc<AtomicUsize>,
+    max_streams: usize,
+}
+
+/// A stream open to the worker: counted until dropped (when the response body ends).
+#[derive(Debug)]
+pub struct StreamSlot {
+    lanes: Arc<[Lane]>,
+    lane: usize,
+    open: Arc<AtomicUsize>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.lanes[self.lane].open.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl StreamSlot {
+    /// The connection this stream goes over.
+    pub fn channel(&self) -> Channel {
+        self.lanes[self.lane].channel.clone()
+    }
+}
+
+impl Upstream {
+    /// Connections (made lazily, on the first request) to the worker listening at `address`
+    /// (`127.0.0.1:4567`).
+    pub fn new(address: &str, limits: UpstreamLimits) -> Result<Self, tonic::transport::Error> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))?
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(limits.keepalive_interval)
+            .keep_alive_timeout(limits.keepalive_timeout)
+            .keep_alive_while_idle(true);
+        let lanes: Arc<[Lane]> = (0..limits.connections.max(1))
+            .map(|_| Lane {
+                channel: endpoint.connect_lazy(),
+                open: AtomicUsize::new(0),
+            })
+            .collect();
+        Ok(Self {
+            address: address.to_owned(),
+            lanes,
+            open: Arc::default(),
+            max_streams: limits.max_streams.max(1),
+        })
+    }
+
+    /// Where the worker listens.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Streams open to the worker now.
+    pub fn open_streams(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// A slot for one more stream, on the least busy connection; `RESOURCE_EXHAUSTED` when
+    /// [`UpstreamLimits::max_streams`] are open.
+    #[allow(clippy::result_large_err)] // a Status is what the caller answers with
+    pub fn acquire(&self) -> Result<StreamSlot, tonic::Status> {
+        let max = self.max_streams;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| {
+                tonic::Status::resource_exhausted(format!(
+                    "the front door has {max} streams open to the worker at {} \
+                     (front_door.max_streams_per_worker); retry later or raise it",
+                    self.address
+                ))
+            })?;
+        let lane = self
+            .lanes
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, l)| l.open.load(Ordering::Relaxed))
+            .map_or(0, |(i, _)| i);
+        self.lanes[lane].open.fetch_add(1, Ordering::Relaxed);
+        Ok(StreamSlot {
+            lanes: self.lanes.clone(),
+            lane,
+            open: self.open.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn streams_spread_over_the_connections_and_the_cap_is_exact() {
+        let limits = UpstreamLimits {
+            connections: 3,
+            max_streams: 7,
+            ..Default::default()
+        };
+        let upstream = Upstream::new("127.0.0.1:9", limits).unwrap();
+        let slots: Vec<_> = (0..7).map(|_| upstream.acquire().unwrap()).collect();
+        let per_lane: Vec<usize> = upstream
+            .lanes
+            .iter()
+            .map(|l| l.open.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(per_lane.iter().sum::<usize>(), 7);
+        assert!(per_lane.iter().all(|&n| n == 2 || n == 3), "{per_lane:?}");
+        let refused = upstream.acquire().unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("max_streams_per_worker"));
+        drop(slots);
+        assert_eq!(upstream.open_streams(), 0);
+        assert!(
+            upstream
+                .lanes
+                .iter()
+                .all(|l| l.open.load(Ordering::Relaxed) == 0)
+        );
+    }
+}

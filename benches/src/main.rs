@@ -9,6 +9,7 @@ mod memory;
 mod noisy;
 mod spike;
 mod switch;
+mod terminals;
 mod unary;
 
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
@@ -47,6 +48,7 @@ enum Figure {
     Memory,
     Switch,
     Spike,
+    Terminals,
 }
 
 /// One row of results.
@@ -149,6 +151,10 @@ async fn main() -> anyhow::Result<()> {
     if run(Figure::Spike) {
         eprintln!("memory after a connection spike ...");
         rows.extend(spike::run().await?);
+    }
+    if run(Figure::Terminals) {
+        eprintln!("long connections: 20,000 terminals ...");
+        rows.extend(terminals::run().await?);
     }
 
     let mut table = String::new();

@@ -33,6 +33,8 @@ pub fn generate(set: &ContractSet, out_dir: &Path) -> Result<Generated, Contract
         .build_client(true)
         .build_server(true)
         .build_transport(true)
+        // small buffers: a long-lived stream keeps its call's buffers (see mesh_contract::codec)
+        .codec_path("::mesh_contract::codec::MeshCodec")
         .emit_rerun_if_changed(false)
         .include_file(INCLUDE_FILE)
         .out_dir(scratch.path())

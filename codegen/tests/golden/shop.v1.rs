@@ -139,7 +139,7 @@ pub mod shop_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = ::mesh_contract::codec::MeshCodec::default();
             let path = http::uri::PathAndQuery::from_static("/shop.v1.Shop/GetItem");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("shop.v1.Shop", "GetItem"));
@@ -161,7 +161,7 @@ pub mod shop_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = ::mesh_contract::codec::MeshCodec::default();
             let path = http::uri::PathAndQuery::from_static("/shop.v1.Shop/WatchStock");
             let mut req = request.into_request();
             req.extensions_mut().insert(GrpcMethod::new("shop.v1.Shop", "WatchStock"));
@@ -180,7 +180,7 @@ pub mod shop_client {
                         format!("Service was not ready: {}", e.into()),
                     )
                 })?;
-            let codec = tonic_prost::ProstCodec::default();
+            let codec = ::mesh_contract::codec::MeshCodec::default();
             let path = http::uri::PathAndQuery::from_static("/shop.v1.Shop/Upload");
             let mut req = request.into_streaming_request();
             req.extensions_mut().insert(GrpcMethod::new("shop.v1.Shop", "Upload"));
@@ -327,7 +327,7 @@ pub mod shop_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = GetItemSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = ::mesh_contract::codec::MeshCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -373,7 +373,7 @@ pub mod shop_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = WatchStockSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = ::mesh_contract::codec::MeshCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,
@@ -416,7 +416,7 @@ pub mod shop_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = UploadSvc(inner);
-                        let codec = tonic_prost::ProstCodec::default();
+                        let codec = ::mesh_contract::codec::MeshCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
                                 accept_compression_encodings,

@@ -13,6 +13,7 @@
 mod context;
 
 pub mod bus;
+pub mod codec;
 pub mod fields;
 pub mod spec;
 

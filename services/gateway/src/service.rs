@@ -29,9 +29,16 @@ pub const PUSH_BUFFER: usize = 256;
 
 type Key = (TenantId, String, String);
 
+/// Unregistrations in flight at once: when thousands of terminals leave together (a client
+/// or a front door gone), their unregistrations queue here instead of opening thousands of
+/// streams to the locator at once (which HTTP/2 flood protection answers with GOAWAY).
+const UNREGISTERING: usize = 64;
+
 struct Connection {
     id: u64,
-    pushes: mpsc::Sender<v1::Push>,
+    // boxed: the channel allocates its slots in blocks of 32, and a block of boxes is 256
+    // bytes where a block of pushes is 32 whole messages, for every attached terminal
+    pushes: mpsc::Sender<Box<v1::Push>>,
 }
 
 struct Inner {
@@ -41,6 +48,7 @@ struct Inner {
     credentials: ServiceCredentials,
     connections: Mutex<HashMap<Key, Connection>>,
     next_id: AtomicU64,
+    unregistering: Arc<tokio::sync::Semaphore>,
 }
 
 /// The service; clones share the connected terminals.
@@ -76,6 +84,7 @@ impl GatewayService {
                 credentials,
                 connections: Mutex::default(),
                 next_id: AtomicU64::new(1),
+                unregistering: Arc::new(tokio::sync::Semaphore::new(UNREGISTERING)),
             }),
         }
     }
@@ -92,6 +101,11 @@ impl Inner {
         let mut connections = self.connections.lock().expect("lock");
         if connections.get(key).is_some_and(|c| c.id == id) {
             connections.remove(key);
+            // after a crowd of terminals left, the table gives their room back
+            let (len, capacity) = (connections.len(), connections.capacity());
+            if capacity > 1024 && len < capacity / 4 {
+                connections.shrink_to(len * 2);
+            }
             true
         } else {
             false
@@ -102,7 +116,7 @@ impl Inner {
 /// The stream a terminal reads; dropping it (the terminal went away) detaches the terminal
 /// and unregisters it from the locator.
 struct PushStream {
-    pushes: ReceiverStream<v1::Push>,
+    pushes: ReceiverStream<Box<v1::Push>>,
     detach: Option<(Arc<Inner>, Key, u64, RequestContext)>,
 }
 
@@ -110,7 +124,9 @@ impl Stream for PushStream {
     type Item = Result<v1::Push, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.pushes).poll_next(cx).map(|p| p.map(Ok))
+        Pin::new(&mut self.pushes)
+            .poll_next(cx)
+            .map(|p| p.map(|push| Ok(*push)))
     }
 }
 
@@ -134,6 +150,9 @@ fn unregister(inner: Arc<Inner>, ctx: &RequestContext, key: Key) {
     };
     let ctx = inner.credentials.outbound(ctx);
     runtime.spawn(async move {
+        let Ok(_permit) = inner.unregistering.clone().acquire_owned().await else {
+            return;
+        };
         let (_, user_id, terminal_id) = key;
         let request = locator::UnregisterRequest {
             user_id,
@@ -208,7 +227,7 @@ impl Gateway for GatewayService {
             let connections = self.inner.connections.lock().expect("lock");
             connections
                 .get(&key)
-                .map(|c| (c.id, c.pushes.try_send(push)))
+                .map(|c| (c.id, c.pushes.try_send(Box::new(push))))
         };
         let delivered = match sent {
             Some((_, Ok(()))) => true,

@@ -69,6 +69,11 @@ impl Locator for LocatorService {
             // a user with no terminal left takes no memory
             if terminals.is_empty() {
                 users.remove(&r.user_id);
+                // nor does the room a crowd of users left behind
+                let (len, capacity) = (users.len(), users.capacity());
+                if capacity > 1024 && len < capacity / 4 {
+                    users.shrink_to(len * 2);
+                }
             }
         }
         Ok(Response::new(v1::UnregisterResponse {}))

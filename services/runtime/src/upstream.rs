@@ -31,7 +31,7 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, RwLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -64,10 +64,29 @@ impl Default for UpstreamLimits {
     }
 }
 
+/// A connection that carried more streams than this at once is replaced by a fresh one when
+/// its last stream ends: HTTP/2 stream tables never shrink, so after a crowd of terminals left
+/// the memory they took on both ends of the hop is only given back with the connection.
+const RECYCLE_AFTER: usize = 1_000;
+
 #[derive(Debug)]
 struct Lane {
-    channel: Channel,
+    endpoint: Endpoint,
+    channel: RwLock<Channel>,
     open: AtomicUsize,
+    /// Most streams open at once since the connection was made.
+    peak: AtomicUsize,
+}
+
+impl Lane {
+    fn new(endpoint: &Endpoint) -> Self {
+        Self {
+            endpoint: endpoint.clone(),
+            channel: RwLock::new(endpoint.connect_lazy()),
+            open: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
 }
 
 /// Connections to one worker, and the streams open over them.
@@ -89,7 +108,15 @@ pub struct StreamSlot {
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.lanes[self.lane].open.fetch_sub(1, Ordering::Relaxed);
+        let lane = &self.lanes[self.lane];
+        if lane.open.fetch_sub(1, Ordering::AcqRel) == 1
+            && lane.peak.load(Ordering::Relaxed) > RECYCLE_AFTER
+        {
+            // streams that start meanwhile use the old connection, which lives as long as
+            // they do
+            lane.peak.store(0, Ordering::Relaxed);
+            *lane.channel.write().expect("lock") = lane.endpoint.connect_lazy();
+        }
         self.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -97,7 +124,7 @@ impl Drop for StreamSlot {
 impl StreamSlot {
     /// The connection this stream goes over.
     pub fn channel(&self) -> Channel {
-        self.lanes[self.lane].channel.clone()
+        self.lanes[self.lane].channel.read().expect("lock").clone()
     }
 }
 
@@ -111,10 +138,7 @@ impl Upstream {
             .keep_alive_timeout(limits.keepalive_timeout)
             .keep_alive_while_idle(true);
         let lanes: Arc<[Lane]> = (0..limits.connections.max(1))
-            .map(|_| Lane {
-                channel: endpoint.connect_lazy(),
-                open: AtomicUsize::new(0),
-            })
+            .map(|_| Lane::new(&endpoint))
             .collect();
         Ok(Self {
             address: address.to_owned(),
@@ -156,7 +180,8 @@ impl Upstream {
             .enumerate()
             .min_by_key(|(_, l)| l.open.load(Ordering::Relaxed))
             .map_or(0, |(i, _)| i);
-        self.lanes[lane].open.fetch_add(1, Ordering::Relaxed);
+        let open = self.lanes[lane].open.fetch_add(1, Ordering::AcqRel) + 1;
+        self.lanes[lane].peak.fetch_max(open, Ordering::Relaxed);
         Ok(StreamSlot {
             lanes: self.lanes.clone(),
             lane,

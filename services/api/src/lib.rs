@@ -20,5 +20,6 @@ pub static CONTRACTS: &[&mesh_contract::ContractSpec] = &[
     &message::v1::contract::SPEC,
     &order::v1::contract::SPEC,
     &order::v2::contract::SPEC,
+    &push::v1::contract::SPEC,
     &recommend::v1::contract::SPEC,
 ];

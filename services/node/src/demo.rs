@@ -62,7 +62,11 @@ pub async fn run(dir: &Path, ids: &[String]) -> anyhow::Result<()> {
         platform.add_tenant(config).await?;
         println!("  [{id}] {}", describe(config));
     }
-    let switches = SwitchBoard::from_tenants(&tenants, CATALOGUE);
+    // the board the platform's own consumers consult, with the tenant files' initial switches
+    let switches = platform.switches().clone();
+    for switch in SwitchBoard::from_tenants(&tenants, CATALOGUE).list() {
+        switches.turn_off(switch);
+    }
     {
         let (platform, tenants, switches) = (platform.clone(), tenants.clone(), switches.clone());
         tokio::spawn(async move {

@@ -217,7 +217,11 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         }
         mine.tenants.insert(id.clone(), config.clone());
     }
-    let switches = SwitchBoard::from_tenants(&mine, CATALOGUE);
+    // one board for the inbound layers and the platform's consumers (push asks it too)
+    let switches = served.platform.switches().clone();
+    for switch in SwitchBoard::from_tenants(&mine, CATALOGUE).list() {
+        switches.turn_off(switch);
+    }
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     if supervised {

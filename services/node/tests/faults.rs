@@ -24,7 +24,7 @@ use mesh_api::{
     order::v1 as order,
 };
 use mesh_contract::RequestContext;
-use support::{MeshUp, ctx, field, signal, tenants_folder};
+use support::{Bearer, MeshUp, admin, ctx, field, signal, tenants_folder};
 use tonic::{Code, service::interceptor::InterceptedService, transport::Channel};
 
 const TOKEN: &str = "dev-mall-token";
@@ -641,7 +641,7 @@ async fn acknowledged_messages_survive_broker_database_and_worker_faults() {
 
     // 6. a bad migration makes the store refuse some system messages for good: they are
     //    dead-lettered with the reason, shown, and replayed once the cause is fixed
-    let admin = admin(&admin_at).await;
+    let admin = admin(&admin_at, OPS_TOKEN).await;
     let queue = mesh_contract::spec::names::queue(&mall.tenant, "order", 1, "message");
     let conversation = format!("dlq-{run}");
     db.sql(
@@ -759,33 +759,4 @@ async fn acknowledged_messages_survive_broker_database_and_worker_faults() {
     drop(up);
     drop(channel);
     db.drop_database().await;
-}
-
-/// The admin API client, as `meshctl` connects it.
-async fn admin(at: &str) -> AdminClient<InterceptedService<Channel, Bearer>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{at}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    AdminClient::with_interceptor(
-        channel,
-        Bearer(format!("Bearer {OPS_TOKEN}").parse().unwrap()),
-    )
-}
-
-/// Adds the ops credential to every admin call.
-#[derive(Clone)]
-struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
 }

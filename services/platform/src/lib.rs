@@ -18,12 +18,13 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use mesh_api::{gateway, locator, message, order, recommend};
+use mesh_api::{gateway, locator, message, order, push, recommend};
 use mesh_contract::{BusError, EventBus, ServiceCredentials, SubscriptionHandle, TenantId};
 use mesh_gateway::GatewayService;
 use mesh_locator::LocatorService;
 use mesh_message::{Archive, MessageService, MessageSettings, SystemMessages};
 use mesh_order::{OrderService, OrderStore};
+use mesh_push::{OfflineNotices, PushService};
 use mesh_recommend::RecommendService;
 use mesh_runtime::{
     TenantAuthLayer, TenantConfig, TenantDirectory, Tenants,
@@ -39,6 +40,8 @@ pub const CATALOGUE: Catalogue = Catalogue(mesh_api::CONTRACTS);
 pub const STORAGE_CONSUMER: &str = "storage";
 /// Consumer (queue) name of the message service's order-event consumer.
 pub const MESSAGE_CONSUMER: &str = "message";
+/// Consumer (queue) name of the push service's offline-notice consumer of message events.
+pub const PUSH_CONSUMER: &str = "push";
 
 /// Why a tenant could not be added to the node.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +89,11 @@ pub struct Platform {
     messages: MessageService,
     orders: OrderService,
     recommend: RecommendService,
+    push: PushService,
     archive: Archive,
+    /// Locator and gateways, at this node's own address.
+    own: Channel,
+    switches: SwitchBoard,
     bus: Arc<dyn EventBus>,
     credentials: ServiceCredentials,
     consumer_suffix: String,
@@ -120,13 +127,21 @@ impl Platform {
         Self {
             locator: LocatorService::default(),
             gateway: GatewayService::new(node_id, url, own.clone(), credentials.clone()),
-            messages: MessageService::new(store.clone(), own, bus.clone(), credentials.clone()),
+            messages: MessageService::new(
+                store.clone(),
+                own.clone(),
+                bus.clone(),
+                credentials.clone(),
+            ),
             orders: OrderService::with_events(OrderStore::default(), bus.clone()),
             recommend: RecommendService::new(
                 Default::default(),
                 RecommendService::sample_catalogue(),
             ),
+            push: PushService::default(),
             archive: Archive::new(store),
+            own,
+            switches: SwitchBoard::new(CATALOGUE),
             bus,
             credentials,
             consumer_suffix: String::new(),
@@ -150,6 +165,7 @@ impl Platform {
             max_suggestions,
             order_major,
             message: message_settings,
+            push: push_settings,
         } = settings(config)?;
 
         self.credentials
@@ -160,6 +176,15 @@ impl Platform {
         }
         if let Some(major) = order_major {
             self.orders.set_major(tenant.clone(), major);
+        }
+        if let Some(push) = &push_settings {
+            self.push
+                .set_webhook(tenant.clone(), &push.webhook, push.timeout)
+                .map_err(|message| PlatformError::Setting {
+                    tenant: tenant.clone(),
+                    field: "services.push.settings.webhook".into(),
+                    message,
+                })?;
         }
         let Some(settings) = message_settings else {
             return Ok(());
@@ -185,6 +210,24 @@ impl Platform {
             )
             .await?,
         ];
+        if push_settings.is_some() {
+            let notices = OfflineNotices::new(
+                self.push.clone(),
+                self.own.clone(),
+                self.credentials.clone(),
+                self.switches.clone(),
+            );
+            handles.push(
+                self.subscribe(
+                    message::v1::MessageConsumer::new(notices).subscription(
+                        tenant.clone(),
+                        format!("{PUSH_CONSUMER}{}", self.consumer_suffix),
+                    ),
+                    "message.v1",
+                )
+                .await?,
+            );
+        }
         let consumer = format!("{MESSAGE_CONSUMER}{}", self.consumer_suffix);
         let system = SystemMessages::new(self.messages.clone());
         match order_major {
@@ -245,6 +288,14 @@ impl Platform {
         .add_service(recommend::v1::recommend_server::RecommendServer::new(
             self.recommend.clone(),
         ))
+        .add_service(push::v1::push_server::PushServer::new(self.push.clone()))
+    }
+
+    /// The degradation switches this node's services consult themselves (the push consumer
+    /// asks whether push is off before it notifies): the board to put behind the inbound
+    /// switch layer and to update from ops, so calls and consumers see the same switches.
+    pub fn switches(&self) -> &SwitchBoard {
+        &self.switches
     }
 
     /// Serves the platform on `listener` until `shutdown` resolves, behind the runtime's
@@ -317,6 +368,13 @@ struct TenantSettings {
     max_suggestions: Option<i128>,
     order_major: Option<u32>,
     message: Option<MessageSettings>,
+    push: Option<PushSettings>,
+}
+
+/// Where a tenant's notifier is.
+struct PushSettings {
+    webhook: String,
+    timeout: std::time::Duration,
 }
 
 /// The keys each service's `settings` table may hold; any other is a typo or a setting of
@@ -324,6 +382,7 @@ struct TenantSettings {
 const KNOWN_SETTINGS: &[(&str, &[&str])] = &[
     ("message", &["retention_days", "max_body_bytes"]),
     ("recommend", &["max_suggestions"]),
+    ("push", &["webhook", "timeout_ms"]),
 ];
 
 /// Checks what the platform's services take from a tenant's config (their `settings`, the
@@ -381,10 +440,15 @@ fn settings(config: &TenantConfig) -> Result<TenantSettings, PlatformError> {
         }
         None => None,
     };
+    let push = match enabled.get("push") {
+        Some(service) => Some(push_settings(&tenant, service)?),
+        None => None,
+    };
     Ok(TenantSettings {
         max_suggestions,
         order_major,
         message,
+        push,
     })
 }
 
@@ -401,6 +465,9 @@ pub fn queues(config: &TenantConfig) -> Result<Vec<String>, PlatformError> {
         return Ok(Vec::new());
     }
     let mut queues = vec![names::queue(&tenant, "message", 1, STORAGE_CONSUMER)];
+    if enabled.contains_key("push") {
+        queues.push(names::queue(&tenant, "message", 1, PUSH_CONSUMER));
+    }
     if let Some(service) = enabled.get("order") {
         queues.push(names::queue(
             &tenant,
@@ -410,6 +477,39 @@ pub fn queues(config: &TenantConfig) -> Result<Vec<String>, PlatformError> {
         ));
     }
     Ok(queues)
+}
+
+/// `services.push.settings`: a `webhook` URL (required once push is enabled) and an optional
+/// `timeout_ms`.
+fn push_settings(
+    tenant: &TenantId,
+    service: &mesh_runtime::config::ServiceConfig,
+) -> Result<PushSettings, PlatformError> {
+    let error = |key: &str, message: String| PlatformError::Setting {
+        tenant: tenant.clone(),
+        field: format!("services.push.settings.{key}"),
+        message,
+    };
+    let webhook = match service.settings.get("webhook") {
+        None => {
+            return Err(error(
+                "webhook",
+                "push is enabled but names no notifier; set the webhook URL it posts to".into(),
+            ));
+        }
+        Some(value) => value
+            .as_str()
+            .ok_or_else(|| error("webhook", format!("{value:?} is not a URL string")))?,
+    };
+    mesh_push::parse_url(webhook).map_err(|message| error("webhook", message))?;
+    let timeout = match positive(tenant, service, "push", "timeout_ms")? {
+        Some(ms) => std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)),
+        None => mesh_push::DEFAULT_TIMEOUT,
+    };
+    Ok(PushSettings {
+        webhook: webhook.to_owned(),
+        timeout,
+    })
 }
 
 fn positive(

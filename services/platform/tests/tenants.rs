@@ -211,3 +211,52 @@ fn unknown_settings_are_refused_naming_the_key_and_what_the_service_takes() {
         "tenant mall: services.message.settings.retention_day: unknown setting; service message takes: retention_days, max_body_bytes"
     );
 }
+
+#[test]
+fn push_needs_a_notifier_url_once_enabled() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+    let tenants = Tenants::load(&dir, mesh_api::CONTRACTS).unwrap();
+    let with_push = |settings: &[(&str, figment::value::Value)]| {
+        let mut config = tenants.tenants["mall"].clone();
+        let push = config
+            .services
+            .get_mut("push")
+            .expect("push is in the defaults");
+        push.enabled = true;
+        push.settings = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        mesh_platform::check(&config).map_err(|e| e.to_string())
+    };
+    assert_eq!(
+        with_push(&[]).unwrap_err(),
+        "tenant mall: services.push.settings.webhook: push is enabled but names no notifier; set the webhook URL it posts to"
+    );
+    let err = with_push(&[("webhook", "push.example.com".into())]).unwrap_err();
+    assert!(
+        err.starts_with(
+            "tenant mall: services.push.settings.webhook: \"push.example.com\" is not a URL"
+        ),
+        "{err}"
+    );
+    let err = with_push(&[
+        ("webhook", "https://push.example.com/notify".into()),
+        ("timeout_ms", 0.into()),
+    ])
+    .unwrap_err();
+    assert!(err.contains("services.push.settings.timeout_ms"), "{err}");
+    with_push(&[
+        ("webhook", "https://push.example.com/notify".into()),
+        ("timeout_ms", 1500.into()),
+    ])
+    .unwrap();
+    // and its consumer's queue is the tenant's to inspect
+    let mut config = tenants.tenants["mall"].clone();
+    config.services.get_mut("push").unwrap().enabled = true;
+    assert!(
+        mesh_platform::queues(&config)
+            .unwrap()
+            .contains(&"mesh.mall.message.v1.push".to_owned())
+    );
+}

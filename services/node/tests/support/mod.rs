@@ -143,3 +143,37 @@ impl MeshUp {
         self.child.id().unwrap().to_string()
     }
 }
+
+/// The admin API client at `at`, with the ops credential `token`, as `meshctl` connects it.
+pub async fn admin(
+    at: &str,
+    token: &str,
+) -> mesh_api::admin::v1::admin_client::AdminClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{at}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    mesh_api::admin::v1::admin_client::AdminClient::with_interceptor(
+        channel,
+        Bearer(format!("Bearer {token}").parse().unwrap()),
+    )
+}
+
+/// Adds the ops credential to every admin call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}

@@ -330,6 +330,7 @@ fn the_repository_contracts_are_valid() {
             "message/v1",
             "order/v1",
             "order/v2",
+            "push/v1",
             "recommend/v1"
         ]
     );

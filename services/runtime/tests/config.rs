@@ -151,7 +151,7 @@ fn unknown_service_is_named_with_the_known_ones() {
     assert_problem(
         &dir,
         "acme.toml",
-        "field `services.payments`: unknown service \"payments\"; known services: gateway, locator, message, order, recommend",
+        "field `services.payments`: unknown service \"payments\"; known services: gateway, locator, message, order, push, recommend",
     );
 }
 

@@ -143,7 +143,7 @@ fn compile(
     }
     let pool = compiler.descriptor_pool();
     let options = MeshOptions::new(&pool);
-    let mut violations = Vec::new();
+    let mut violations = protoc_scoping(root, &found);
     let contracts = found
         .into_iter()
         .filter_map(|f| {
@@ -167,6 +167,59 @@ fn compile(
         violations.sort_by(|a, b| a.location.cmp(&b.location));
         Err(ContractError::Invalid(violations))
     }
+}
+
+/// What protoc refuses and protox accepts: a type written without its package inside a service
+/// that has a method of the same name (`rpc OrderCreated(OrderCreated)`). protoc looks the name
+/// up in the service's scope first, finds the method, and stops (`"OrderCreated" is not a
+/// message type`), so every non-Rust user would have to patch the contract; written from the
+/// package (`.order.v1.OrderCreated`) it means the message for both. Checked on the files as
+/// written (the compiled descriptors hold only resolved names).
+fn protoc_scoping(root: &Path, found: &[Found]) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for name in found.iter().flat_map(|c| &c.files) {
+        let Ok(file) = File::open(name, &root.join(name)) else {
+            continue; // unreadable files were reported by the compiler already
+        };
+        let proto = file.file_descriptor_proto();
+        let package = proto.package();
+        for (si, service) in proto.service.iter().enumerate() {
+            for (mi, method) in service.method.iter().enumerate() {
+                for (written, role) in [
+                    (method.input_type(), "request"),
+                    (method.output_type(), "response"),
+                ] {
+                    let first = written.split('.').next().unwrap_or_default();
+                    if written.starts_with('.') || !service.method.iter().any(|m| m.name() == first)
+                    {
+                        continue;
+                    }
+                    let mut location = Location::file(root.join(name));
+                    let path = [6, si as i32, 2, mi as i32];
+                    if let Some(span) = proto
+                        .source_code_info
+                        .as_ref()
+                        .and_then(|info| info.location.iter().find(|l| l.path == path))
+                        .map(|l| &l.span)
+                        .filter(|s| s.len() >= 2)
+                    {
+                        location.line = Some(span[0] as u32 + 1);
+                        location.column = Some(span[1] as u32 + 1);
+                    }
+                    violations.push(Violation {
+                        location,
+                        subject: format!("rpc {}.{}", service.name(), method.name()),
+                        message: format!(
+                            "its {role} type `{written}` names the method `{first}` in protoc's \
+                             scope, so protoc (Python, Go, Java, grpcurl) refuses the file; \
+                             write it from the package: `.{package}.{written}`"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    violations
 }
 
 fn discover(root: &Path) -> Result<Vec<Found>, ContractError> {

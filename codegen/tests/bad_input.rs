@@ -249,7 +249,9 @@ fn version_major_must_match_folder() {
 
 #[test]
 fn package_must_match_folder() {
-    let (text, _) = error_of(&thing(&[("package thing.v1;", "package things.v1;")]));
+    let source = thing(&[("package thing.v1;", "package things.v1;")])
+        .replace(".thing.v1.ThingChanged", ".things.v1.ThingChanged");
+    let (text, _) = error_of(&source);
     assert!(
         text.contains(
             "package is `things.v1`, but a contract in `thing/v1/` must use package `thing.v1`"
@@ -321,4 +323,27 @@ fn missing_import_is_named() {
         text.contains("import 'common/v1/money.proto' not found"),
         "{text}"
     );
+}
+
+#[test]
+fn a_type_named_like_a_method_of_its_service_is_refused_as_protoc_would() {
+    // protoc resolves `ThingChanged` to the method in the service's scope and refuses the file
+    let source = thing(&[]).replace(
+        "rpc ThingChanged(.thing.v1.ThingChanged)",
+        "rpc ThingChanged(ThingChanged)",
+    );
+    let (err, file) = error_of(&source);
+    let line = line_of(&source, "rpc ThingChanged(ThingChanged)");
+    assert!(
+        err.contains(&format!("{file}:{line}:3: rpc Thing.ThingChanged: its request type `ThingChanged` names the method")),
+        "{err}"
+    );
+    assert!(
+        err.contains("write it from the package: `.thing.v1.ThingChanged`"),
+        "{err}"
+    );
+    // the neighbours protoc takes: the type from the package, and a type named unlike any
+    // method (`GetThingRequest`) unqualified
+    let (_dir, result) = load_thing(&thing(&[]));
+    result.expect("a fully qualified type is accepted");
 }

@@ -114,7 +114,7 @@ fn a_harmless_change_and_a_new_major_pass_without_touching_the_baseline() {
         "{THING_FIELDS}",
         &THING_FIELDS.replace("  int64 size = 2;", ""),
     )])
-    .replace("package thing.v1;", "package thing.v2;")
+    .replace("thing.v1", "thing.v2")
     .replace("version: \"1.0.0\"", "version: \"2.0.0\"");
     write(dir, "contracts/thing/v2/thing.proto", &v2);
     let out = codegen(&["check", "--against-baseline"], dir);
@@ -132,7 +132,7 @@ fn removing_a_major_a_tenant_runs_is_refused() {
     let repo = released();
     let dir = repo.path();
     let v2 = thing(&[])
-        .replace("package thing.v1;", "package thing.v2;")
+        .replace("thing.v1", "thing.v2")
         .replace("version: \"1.0.0\"", "version: \"2.0.0\"");
     write(dir, "contracts/thing/v2/thing.proto", &v2);
     write(

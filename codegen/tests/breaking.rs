@@ -39,7 +39,7 @@ fn compatible_changes_pass() {
         (
             "{RPCS}",
             &format!(
-                "{RPCS}\n  rpc ListThings(GetThingRequest) returns (GetThingResponse) {{\n    option (mesh.method) = {{ kind: CALL timeout_ms: 100 }};\n  }}\n  rpc ThingGone(ThingGone) returns (google.protobuf.Empty) {{\n    option (mesh.method) = {{ kind: EVENT }};\n  }}"
+                "{RPCS}\n  rpc ListThings(GetThingRequest) returns (GetThingResponse) {{\n    option (mesh.method) = {{ kind: CALL timeout_ms: 100 }};\n  }}\n  rpc ThingGone(.thing.v1.ThingGone) returns (google.protobuf.Empty) {{\n    option (mesh.method) = {{ kind: EVENT }};\n  }}"
             ),
         ),
         ("{EXTRA_MESSAGES}", "message ThingGone { string id = 1; }\n"),
@@ -149,12 +149,12 @@ fn method_turned_from_call_to_event() {
     let base = thing(&[(
         "{RPCS}",
         &format!(
-            "{RPCS}\n  rpc Touch(ThingChanged) returns (google.protobuf.Empty) {{\n    option (mesh.method) = {{ kind: CALL timeout_ms: 100 }};\n  }}"
+            "{RPCS}\n  rpc Touch(.thing.v1.ThingChanged) returns (google.protobuf.Empty) {{\n    option (mesh.method) = {{ kind: CALL timeout_ms: 100 }};\n  }}"
         ),
     )]);
     let head = base.replace(
-        "rpc Touch(ThingChanged) returns (google.protobuf.Empty) {\n    option (mesh.method) = { kind: CALL timeout_ms: 100 };",
-        "rpc Touch(ThingGone) returns (google.protobuf.Empty) {\n    option (mesh.method) = { kind: EVENT timeout_ms: 100 };",
+        "rpc Touch(.thing.v1.ThingChanged) returns (google.protobuf.Empty) {\n    option (mesh.method) = { kind: CALL timeout_ms: 100 };",
+        "rpc Touch(.thing.v1.ThingGone) returns (google.protobuf.Empty) {\n    option (mesh.method) = { kind: EVENT timeout_ms: 100 };",
     ) + "message ThingGone { string id = 1; }\n";
     assert_eq!(kinds(&base, &head), [MethodKindChanged, MethodTypeChanged]);
 }
@@ -163,7 +163,7 @@ fn method_turned_from_call_to_event() {
 fn changed_method_types() {
     let head = thing(&[(
         "{RPCS}",
-        &RPCS.replacen("returns (GetThingResponse)", "returns (ThingChanged)", 1),
+        &RPCS.replacen("returns (GetThingResponse)", "returns (.thing.v1.ThingChanged)", 1),
     )]);
     assert_eq!(kinds(&thing(&[]), &head), [MethodTypeChanged]);
 }

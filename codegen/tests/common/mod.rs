@@ -74,7 +74,7 @@ pub const RPCS: &str = r#"
     option (mesh.method) = { kind: CALL timeout_ms: 100 };
   }
 
-  rpc ThingChanged(ThingChanged) returns (google.protobuf.Empty) {
+  rpc ThingChanged(.thing.v1.ThingChanged) returns (google.protobuf.Empty) {
     option (mesh.method) = { kind: EVENT timeout_ms: 100 };
   }"#;
 

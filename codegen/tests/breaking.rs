@@ -163,7 +163,11 @@ fn method_turned_from_call_to_event() {
 fn changed_method_types() {
     let head = thing(&[(
         "{RPCS}",
-        &RPCS.replacen("returns (GetThingResponse)", "returns (.thing.v1.ThingChanged)", 1),
+        &RPCS.replacen(
+            "returns (GetThingResponse)",
+            "returns (.thing.v1.ThingChanged)",
+            1,
+        ),
     )]);
     assert_eq!(kinds(&thing(&[]), &head), [MethodTypeChanged]);
 }

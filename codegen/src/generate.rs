@@ -13,6 +13,10 @@ use crate::{error::ContractError, load::ContractSet, model::Kind, stubs};
 /// Name of the generated root file that declares one module per package
 /// (`pub mod order { pub mod v1 { include!("order.v1.rs"); } }`).
 pub const INCLUDE_FILE: &str = "contracts.rs";
+/// The encoded `FileDescriptorSet` the generated servers are described by (for server
+/// reflection and tools such as grpcurl): every contract file and its imports, each service
+/// with its calls only (events travel on the queue).
+pub const DESCRIPTORS_FILE: &str = "descriptors.binpb";
 
 /// What [`generate`] wrote.
 #[derive(Debug)]
@@ -52,6 +56,11 @@ pub fn generate(set: &ContractSet, out_dir: &Path) -> Result<Generated, Contract
         fs::write(&path, code).map_err(|e| ContractError::io(&path, e))?;
     }
 
+    // what the servers answer server reflection from: every file, the calls of each service
+    let descriptors = scratch.path().join(DESCRIPTORS_FILE);
+    fs::write(&descriptors, prost::Message::encode_to_vec(&served(set)))
+        .map_err(|e| ContractError::io(&descriptors, e))?;
+
     fs::create_dir_all(out_dir).map_err(|e| ContractError::io(out_dir, e))?;
     let mut files = Vec::new();
     for entry in fs::read_dir(scratch.path()).map_err(|e| ContractError::io(scratch.path(), e))? {
@@ -59,14 +68,44 @@ pub fn generate(set: &ContractSet, out_dir: &Path) -> Result<Generated, Contract
             .map_err(|e| ContractError::io(scratch.path(), e))?
             .path();
         let to = out_dir.join(from.file_name().unwrap_or_default());
-        let code = fs::read_to_string(&from).map_err(|e| ContractError::io(&from, e))?;
-        if fs::read_to_string(&to).ok().as_deref() != Some(code.as_str()) {
+        let code = fs::read(&from).map_err(|e| ContractError::io(&from, e))?;
+        if fs::read(&to).ok().as_deref() != Some(code.as_slice()) {
             fs::write(&to, code).map_err(|e| ContractError::io(&to, e))?;
         }
         files.push(to);
     }
     files.sort();
     Ok(Generated { files })
+}
+
+/// Every file of the set, with each contract service's EVENT methods removed.
+fn served(set: &ContractSet) -> prost_types::FileDescriptorSet {
+    let events = event_methods(set);
+    let mut fds = set.descriptors.clone();
+    for file in &mut fds.file {
+        let package = file.package().to_owned();
+        for service in &mut file.service {
+            let service_name = format!("{package}.{}", service.name());
+            service
+                .method
+                .retain(|m| !events.contains(&format!("{service_name}.{}", m.name())));
+        }
+    }
+    fds
+}
+
+/// `package.Service.Method` of every event.
+fn event_methods(set: &ContractSet) -> HashSet<String> {
+    set.contracts
+        .iter()
+        .flat_map(|c| {
+            c.service
+                .methods
+                .iter()
+                .filter(|m| m.kind == Kind::Event)
+                .map(move |m| format!("{}.{}", c.service.full_name, m.name))
+        })
+        .collect()
 }
 
 /// The contract files with every EVENT method removed from their services (events travel on
@@ -79,17 +118,7 @@ fn calls_only(set: &ContractSet) -> prost_types::FileDescriptorSet {
         .iter()
         .flat_map(|c| c.files.iter().map(String::as_str))
         .collect();
-    let events: HashSet<String> = set
-        .contracts
-        .iter()
-        .flat_map(|c| {
-            c.service
-                .methods
-                .iter()
-                .filter(|m| m.kind == Kind::Event)
-                .map(move |m| format!("{}.{}", c.service.full_name, m.name))
-        })
-        .collect();
+    let events = event_methods(set);
     let mut fds = set.descriptors.clone();
     fds.file.retain(|f| contract_files.contains(f.name()));
     for file in &mut fds.file {

@@ -15,7 +15,28 @@ fn generated_code_matches_golden_files() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["contracts.rs", "shop.v1.rs"]);
+    assert_eq!(names, ["contracts.rs", "descriptors.binpb", "shop.v1.rs"]);
+    // the descriptor set the servers reflect: the contract's calls, not its events
+    let set: prost_types::FileDescriptorSet = prost::Message::decode(
+        std::fs::read(out.path().join("descriptors.binpb"))
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    let shop = set
+        .file
+        .iter()
+        .find(|f| f.name() == "shop/v1/shop.proto")
+        .unwrap();
+    let methods: Vec<&str> = shop.service[0].method.iter().map(|m| m.name()).collect();
+    assert_eq!(methods, ["GetItem", "WatchStock", "Upload"]);
+    assert!(
+        set.file
+            .iter()
+            .any(|f| f.name() == "google/protobuf/empty.proto"),
+        "imports are in the set, for tools that resolve types"
+    );
+    let names: Vec<String> = names.into_iter().filter(|n| n.ends_with(".rs")).collect();
 
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     for name in names {

@@ -11,6 +11,12 @@
 
 include!(concat!(env!("OUT_DIR"), "/contracts.rs"));
 
+/// The encoded `FileDescriptorSet` of every contract (calls only; events travel on the queue):
+/// what the front door and the workers answer server reflection from. `grpcurl -plaintext
+/// 127.0.0.1:7400 list` lists the services; `describe order.v1.Order` shows one.
+pub static FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.binpb"));
+
 /// Every business-service contract: what tenants may run, and what the runtime looks methods
 /// up in by gRPC path. The mesh's own control plane (`admin::v1`, served to `meshctl`) is not
 /// one of them: no tenant runs it.

@@ -11,6 +11,7 @@ use mesh_runtime::{
     deploy::DeployConfig,
     front_door::FrontDoor,
     layers::Catalogue,
+    probes::Probes,
     supervisor::{Supervisor, SupervisorEvent, WorkerCommand},
 };
 use tokio::sync::{mpsc, watch};
@@ -46,11 +47,17 @@ pub async fn run(
         // pings them
         env: [deploy.telemetry.to_env(), deploy.front_door.worker_env()].concat(),
     };
-    let front =
-        FrontDoor::new(Catalogue(mesh_api::CONTRACTS)).with_upstream(deploy.front_door.upstream());
+    let front = FrontDoor::new(Catalogue(mesh_api::CONTRACTS))
+        .with_upstream(deploy.front_door.upstream())
+        .with_probes(Probes::new(
+            mesh_api::CONTRACTS,
+            Some(mesh_api::FILE_DESCRIPTOR_SET),
+        ));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("front door: listening on {listen}"))?;
+    // healthy once it listens: a tenant whose worker is down gets UNAVAILABLE on its own calls
+    front.probes().set_serving(true).await;
     println!("front door listening on {}", listener.local_addr()?);
     println!("switch state in {}", store.path().display());
 

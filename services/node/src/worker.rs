@@ -15,6 +15,7 @@ use mesh_runtime::{
         AdmitLayer, AnswerCache, Bulkheads, CachedAnswersLayer, Catalogue, DeadlineLayer,
         RateLimiter, ServicePlan, SwitchBoard, TenantExecutorLayer, TenantRuntimes,
     },
+    probes::{Probes, ProbesLayer},
 };
 use mesh_store::MessageStore;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -304,13 +305,17 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         }
     });
     let http2 = mesh_runtime::deploy::WorkerHttp2::from_env();
+    let probes = Probes::new(mesh_api::CONTRACTS, Some(mesh_api::FILE_DESCRIPTOR_SET));
+    probes.set_serving(true).await;
     tonic::transport::Server::builder()
         // the front door's connections: pings both ways find a hop gone silent; the front door
         // counts and caps the streams it opens, and cancelling them at once is not a flood
         .http2_keepalive_interval(Some(http2.keepalive_interval))
         .http2_keepalive_timeout(Some(http2.keepalive_timeout))
         .http2_max_pending_accept_reset_streams(Some(http2.max_streams))
-        // outermost: one span per call, whatever answers it (auth, limits, switches, service),
+        // health and reflection first: they belong to no tenant
+        .layer(ProbesLayer::new(probes))
+        // then one span per call, whatever answers it (auth, limits, switches, service),
         // child of the caller's span
         .layer(mesh_telemetry::TraceLayer::server(mesh_api::CONTRACTS))
         .layer(TenantAuthLayer::new(served.directory.clone()))

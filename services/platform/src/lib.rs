@@ -313,7 +313,13 @@ impl Platform {
         for config in tenants.tenants.values() {
             directory.add(config);
         }
+        let probes = mesh_runtime::probes::Probes::new(
+            mesh_api::CONTRACTS,
+            Some(mesh_api::FILE_DESCRIPTOR_SET),
+        );
+        probes.set_serving(true).await;
         tonic::transport::Server::builder()
+            .layer(mesh_runtime::probes::ProbesLayer::new(probes))
             .layer(mesh_telemetry::TraceLayer::server(mesh_api::CONTRACTS))
             .layer(TenantAuthLayer::new(directory))
             .layer(AdmitLayer::new(switches))

@@ -21,6 +21,7 @@ use tower::ServiceExt;
 use crate::{
     connections::HoldUntilEnd,
     layers::{Catalogue, DEGRADED_HEADER},
+    probes::Probes,
     upstream::{Upstream, UpstreamLimits},
 };
 
@@ -105,6 +106,7 @@ pub struct FrontDoor {
     upstream: UpstreamLimits,
     catalogue: Catalogue,
     watch: Arc<Watch>,
+    probes: Probes,
 }
 
 impl Default for FrontDoor {
@@ -141,7 +143,20 @@ impl FrontDoor {
             upstream: UpstreamLimits::default(),
             catalogue,
             watch: Arc::default(),
+            probes: Probes::new(catalogue.0, None),
         }
+    }
+
+    /// Answers health and reflection with `probes` (they need no tenant and are never
+    /// forwarded); by default health only, for the catalogue's services.
+    pub fn with_probes(mut self, probes: Probes) -> Self {
+        self.probes = probes;
+        self
+    }
+
+    /// Its health and reflection.
+    pub fn probes(&self) -> &Probes {
+        &self.probes
     }
 
     /// Connects to each worker as `limits` say (connections, stream cap, keepalive); applies
@@ -371,6 +386,10 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if Probes::is_probe(request.uri().path()) {
+            let answer = self.probes.call(request);
+            return Box::pin(async move { Ok(answer.await) });
+        }
         let tenant = request
             .headers()
             .get(headers::TENANT)

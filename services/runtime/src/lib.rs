@@ -27,6 +27,7 @@ pub mod deploy;
 pub mod front_door;
 pub mod graph;
 pub mod layers;
+pub mod probes;
 pub mod supervisor;
 pub mod upstream;
 

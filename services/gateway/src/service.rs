@@ -34,6 +34,21 @@ type Key = (TenantId, String, String);
 /// streams to the locator at once (which HTTP/2 flood protection answers with GOAWAY).
 const UNREGISTERING: usize = 64;
 
+/// Tries to unregister a departed terminal before giving up (about 3 s of pauses).
+const UNREGISTER_ATTEMPTS: u32 = 5;
+
+/// Whether a failed call may pass if tried again.
+fn retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::Aborted
+    )
+}
+
 struct Connection {
     id: u64,
     // boxed: the channel allocates its slots in blocks of 32, and a block of boxes is 256
@@ -159,8 +174,21 @@ fn unregister(inner: Arc<Inner>, ctx: &RequestContext, key: Key) {
             terminal_id,
             node_id: inner.node_id.clone(),
         };
-        if let Err(status) = inner.locator.clone().unregister(&ctx, request).await {
-            tracing::warn!(tenant = %ctx.tenant, error = %status, "unregistering a terminal failed");
+        // a terminal left registered would look online for ever (no offline push for its
+        // user): a failure that may pass is retried a few times, with growing pauses
+        let mut pause = std::time::Duration::from_millis(100);
+        for attempt in 1..=UNREGISTER_ATTEMPTS {
+            match inner.locator.clone().unregister(&ctx, request.clone()).await {
+                Ok(_) => return,
+                Err(status) if attempt < UNREGISTER_ATTEMPTS && retryable(&status) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(status) => {
+                    tracing::warn!(tenant = %ctx.tenant, user = %request.user_id, terminal = %request.terminal_id, attempts = attempt, error = %status, "unregistering a terminal failed");
+                    return;
+                }
+            }
         }
     });
 }

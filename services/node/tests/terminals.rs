@@ -160,8 +160,8 @@ async fn five_thousand_terminals_through_the_front_door_get_their_messages_and_s
 }
 
 /// With `max_streams_per_worker = 20`, the 21st stream is refused at once with
-/// RESOURCE_EXHAUSTED naming the setting, never left waiting; when a terminal leaves, the
-/// next one attaches.
+/// RESOURCE_EXHAUSTED naming the setting, never left waiting, while unary calls (a send to the
+/// 20) still pass; when a terminal leaves, the next one attaches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_worker_refuses_the_next_stream_at_once_naming_the_limit() {
     let (_dir, up, bulk) = bulk_mesh(&[("MESH_FRONT_DOOR_MAX_STREAMS_PER_WORKER", "20")]).await;
@@ -186,6 +186,9 @@ async fn a_full_worker_refuses_the_next_stream_at_once_naming_the_limit() {
         refused.message().contains("max_streams_per_worker"),
         "{refused:?}"
     );
+    // the cap bounds long-lived streams only: the sends that feed the terminals still pass
+    let delivered = send(channel.clone(), &bulk, "many", "at-the-cap").await;
+    assert_eq!(delivered.len(), 20);
     drop(held.pop());
     // the slot is free once the front door saw the stream end
     let deadline = Instant::now() + Duration::from_secs(10);

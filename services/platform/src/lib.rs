@@ -532,8 +532,26 @@ fn positive(
         _ => Err(PlatformError::Setting {
             tenant: tenant.clone(),
             field: format!("services.{name}.settings.{key}"),
-            message: format!("{value:?} is not a positive whole number"),
+            message: format!("{} is not a positive whole number", shown(value)),
         }),
+    }
+}
+
+/// A setting's value as the tenant file wrote it (`0`, `"forever"`), not figment's Debug.
+fn shown(value: &figment::value::Value) -> String {
+    use figment::value::Value;
+    match value {
+        Value::String(_, s) => format!("{s:?}"),
+        Value::Bool(_, b) => b.to_string(),
+        Value::Num(_, n) => match (n.to_i128(), n.to_f64()) {
+            (Some(i), _) => i.to_string(),
+            (None, Some(f)) => f.to_string(),
+            _ => "a number".into(),
+        },
+        Value::Dict(..) => "a table".into(),
+        Value::Array(..) => "a list".into(),
+        Value::Char(_, c) => format!("{c:?}"),
+        Value::Empty(..) => "an empty value".into(),
     }
 }
 

@@ -245,7 +245,10 @@ fn push_needs_a_notifier_url_once_enabled() {
         ("timeout_ms", 0.into()),
     ])
     .unwrap_err();
-    assert!(err.contains("services.push.settings.timeout_ms"), "{err}");
+    assert!(
+        err.ends_with("services.push.settings.timeout_ms: 0 is not a positive whole number"),
+        "{err}"
+    );
     with_push(&[
         ("webhook", "https://push.example.com/notify".into()),
         ("timeout_ms", 1500.into()),

@@ -31,7 +31,7 @@ pub struct Notification {
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
     /// Worth retrying: the notifier is down, slow or overloaded.
-    #[error("notifier {url} did not take the notification (will retry): {reason}")]
+    #[error("notifier {url} did not take the notification (it may later): {reason}")]
     Transient {
         /// The notifier.
         url: String,

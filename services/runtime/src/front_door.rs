@@ -413,14 +413,16 @@ where
                 };
                 return Ok(status.into_http());
             };
-            let slot = match upstream.acquire() {
+            let path = request.uri().path().to_owned();
+            let method = front.catalogue.method(&path);
+            // a server stream (a terminal) may stay for hours: those are what the cap bounds
+            let long_lived = method.is_none_or(|(_, m)| m.server_streaming);
+            let slot = match upstream.acquire(long_lived) {
                 Ok(slot) => slot,
                 Err(status) => return Ok(status.into_http()),
             };
             let started = Instant::now();
             let in_flight = front.enter(&tenant_id);
-            let path = request.uri().path().to_owned();
-            let method = front.catalogue.method(&path);
             if let Some(delay) = front.delay_for(&tenant_id, method.map(|(spec, _)| spec.name)) {
                 tokio::time::sleep(delay).await;
             }

@@ -6,8 +6,10 @@
 //! `SETTINGS_MAX_CONCURRENT_STREAMS`, and a stream over that limit waits in the client,
 //! silently, for a slot that a terminal frees only when it leaves. So an [`Upstream`] keeps a
 //! few connections to its worker, puts each new stream on the least busy one, counts the
-//! streams open on the whole hop, and refuses one over [`UpstreamLimits::max_streams`] at once
-//! with `RESOURCE_EXHAUSTED` naming the limit: a limit is an answer, never a hang.
+//! long-lived streams open on the whole hop, and refuses one over [`UpstreamLimits::max_streams`]
+//! at once with `RESOURCE_EXHAUSTED` naming the limit: a limit is an answer, never a hang.
+//! Unary calls are never refused by it (a node full of terminals must still take the sends that
+//! feed them); they are bounded by the tenants' rate limits instead.
 //!
 //! Both ends ping: the connections send HTTP/2 PINGs, so a worker that stopped answering
 //! (frozen, or its host gone) is found within `keepalive_interval + keepalive_timeout` and its
@@ -20,12 +22,13 @@
 //!
 //! let limits = UpstreamLimits { connections: 2, max_streams: 1, ..Default::default() };
 //! let upstream = Upstream::new("127.0.0.1:4567", limits).unwrap();
-//! let first = upstream.acquire().unwrap(); // connects lazily, on the first request
+//! let first = upstream.acquire(true).unwrap(); // connects lazily, on the first request
 //! assert_eq!(upstream.open_streams(), 1);
-//! let refused = upstream.acquire().unwrap_err();
+//! let refused = upstream.acquire(true).unwrap_err();
 //! assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+//! assert!(upstream.acquire(false).is_ok(), "a unary call still goes through");
 //! drop(first); // the stream ended
-//! assert!(upstream.acquire().is_ok());
+//! assert!(upstream.acquire(true).is_ok());
 //! # }
 //! ```
 
@@ -44,8 +47,8 @@ use tonic::transport::{Channel, Endpoint};
 pub struct UpstreamLimits {
     /// HTTP/2 connections kept to each worker; streams are spread over them.
     pub connections: usize,
-    /// Streams open at once to one worker, all its connections together; one more is refused
-    /// with `RESOURCE_EXHAUSTED`.
+    /// Long-lived streams (server-streaming calls: attached terminals) open at once to one
+    /// worker, all its connections together; one more is refused with `RESOURCE_EXHAUSTED`.
     pub max_streams: usize,
     /// HTTP/2 PING to the worker after this long without a frame from it.
     pub keepalive_interval: Duration,
@@ -103,7 +106,8 @@ pub struct Upstream {
 pub struct StreamSlot {
     lanes: Arc<[Lane]>,
     lane: usize,
-    open: Arc<AtomicUsize>,
+    /// The hop's long-lived stream count, when this is one of them.
+    long_lived: Option<Arc<AtomicUsize>>,
 }
 
 impl Drop for StreamSlot {
@@ -117,7 +121,9 @@ impl Drop for StreamSlot {
             lane.peak.store(0, Ordering::Relaxed);
             *lane.channel.write().expect("lock") = lane.endpoint.connect_lazy();
         }
-        self.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(open) = &self.long_lived {
+            open.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -153,27 +159,30 @@ impl Upstream {
         &self.address
     }
 
-    /// Streams open to the worker now.
+    /// Long-lived streams open to the worker now.
     pub fn open_streams(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
 
-    /// A slot for one more stream, on the least busy connection; `RESOURCE_EXHAUSTED` when
-    /// [`UpstreamLimits::max_streams`] are open.
+    /// A slot for one more stream, on the least busy connection. A `long_lived` one (a
+    /// server-streaming call) is refused with `RESOURCE_EXHAUSTED` when
+    /// [`UpstreamLimits::max_streams`] are open; a unary call never is.
     #[allow(clippy::result_large_err)] // a Status is what the caller answers with
-    pub fn acquire(&self) -> Result<StreamSlot, tonic::Status> {
+    pub fn acquire(&self, long_lived: bool) -> Result<StreamSlot, tonic::Status> {
         let max = self.max_streams;
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .map_err(|_| {
-                tonic::Status::resource_exhausted(format!(
-                    "the front door has {max} streams open to the worker at {} \
-                     (front_door.max_streams_per_worker); retry later or raise it",
-                    self.address
-                ))
-            })?;
+        if long_lived {
+            self.open
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .map_err(|_| {
+                    tonic::Status::resource_exhausted(format!(
+                        "the front door has {max} long-lived streams open to the worker at {} \
+                         (front_door.max_streams_per_worker); retry later or raise it",
+                        self.address
+                    ))
+                })?;
+        }
         let lane = self
             .lanes
             .iter()
@@ -185,7 +194,7 @@ impl Upstream {
         Ok(StreamSlot {
             lanes: self.lanes.clone(),
             lane,
-            open: self.open.clone(),
+            long_lived: long_lived.then(|| self.open.clone()),
         })
     }
 }
@@ -202,7 +211,7 @@ mod tests {
             ..Default::default()
         };
         let upstream = Upstream::new("127.0.0.1:9", limits).unwrap();
-        let slots: Vec<_> = (0..7).map(|_| upstream.acquire().unwrap()).collect();
+        let slots: Vec<_> = (0..7).map(|_| upstream.acquire(true).unwrap()).collect();
         let per_lane: Vec<usize> = upstream
             .lanes
             .iter()
@@ -210,9 +219,12 @@ mod tests {
             .collect();
         assert_eq!(per_lane.iter().sum::<usize>(), 7);
         assert!(per_lane.iter().all(|&n| n == 2 || n == 3), "{per_lane:?}");
-        let refused = upstream.acquire().unwrap_err();
+        let refused = upstream.acquire(true).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(refused.message().contains("max_streams_per_worker"));
+        let unary = upstream.acquire(false).expect("unary calls are not capped");
+        assert_eq!(upstream.open_streams(), 7, "and not counted as long-lived");
+        drop(unary);
         drop(slots);
         assert_eq!(upstream.open_streams(), 0);
         assert!(

@@ -170,6 +170,17 @@ where
     }
 }
 
+/// File descriptors a mesh process needs besides its callers' connections (listeners, workers'
+/// pipes, connections to workers, broker, database, logs).
+const FILES_FOR_THE_REST: u64 = 64;
+
+/// The process's soft limit on open files (Linux), if it can be read.
+pub fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// Serves HTTP/2 connections accepted on `listener` with `service` under `limits`, until
 /// `shutdown` resolves.
 pub async fn serve_connections<S, B>(
@@ -197,7 +208,19 @@ pub async fn serve_connections<S, B>(
         service::TowerToHyperService,
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    if let Some(files) = open_file_limit()
+        && limits.max_connections as u64 + FILES_FOR_THE_REST > files
+    {
+        // the kernel would refuse before the cap does: accept fails (EMFILE) and callers wait
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            file_limit = files,
+            "the connection cap is above what this process may open; raise the file limit \
+             (ulimit -n, LimitNOFILE) or lower front_door.max_connections"
+        );
+    }
     let mut refused_logged: Option<Instant> = None;
+    let mut failed_accepts: (u64, Option<Instant>) = (0, None);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -205,8 +228,13 @@ pub async fn serve_connections<S, B>(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
-                    // out of file descriptors, mostly: wait a moment rather than spin
-                    tracing::warn!(error = %err, "accepting a connection failed");
+                    // out of file descriptors, mostly: wait a moment rather than spin, and say
+                    // so once in a while, not 20 times a second
+                    failed_accepts.0 += 1;
+                    if failed_accepts.1.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!(error = %err, failed = failed_accepts.0, "accepting connections fails; existing ones are served, new ones wait");
+                        failed_accepts = (0, Some(Instant::now()));
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

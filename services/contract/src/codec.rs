@@ -5,6 +5,9 @@
 //! per node) that buffer is most of what the stream costs, while a push is a few hundred
 //! bytes; the buffers start at 1 KiB here and grow when a larger message needs it.
 //!
+//! A body that does not decode is the caller's mistake: it answers `INVALID_ARGUMENT` naming
+//! the expected message (prost's codec answers `INTERNAL`, which says the server failed).
+//!
 //! ```
 //! use mesh_contract::codec::MeshCodec;
 //! use tonic::codec::Codec;
@@ -15,7 +18,7 @@
 
 use std::marker::PhantomData;
 
-use tonic::codec::{BufferSettings, Codec};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 /// Initial size of a call's encode and decode buffers.
@@ -45,13 +48,40 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = MeshDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstCodec::<T, U>::raw_encoder(settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(settings())
+        MeshDecoder(ProstCodec::<T, U>::raw_decoder(settings()))
+    }
+}
+
+/// prost's decoder, answering a body that does not decode with `INVALID_ARGUMENT`.
+#[derive(Debug)]
+pub struct MeshDecoder<U>(ProstDecoder<U>);
+
+impl<U: prost::Message + Default> Decoder for MeshDecoder<U> {
+    type Item = U;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, tonic::Status> {
+        self.0.decode(buf).map_err(|status| {
+            if status.code() != tonic::Code::Internal {
+                return status;
+            }
+            let name = std::any::type_name::<U>();
+            let name = name.rsplit("::").next().unwrap_or(name);
+            tonic::Status::invalid_argument(format!(
+                "the body does not decode as a {name}: {}",
+                status.message()
+            ))
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }

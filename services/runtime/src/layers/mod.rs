@@ -143,4 +143,14 @@ impl Catalogue {
             .iter()
             .find_map(|spec| spec.method_by_path(path).map(|m| (*spec, m)))
     }
+
+    /// The event whose gRPC path (`/order.v1.Order/OrderCreated`) is `path`: events are
+    /// declared as methods in the contract but travel on the queue.
+    pub fn event(&self, path: &str) -> Option<&'static mesh_contract::EventSpec> {
+        let (service, name) = path.strip_prefix('/')?.split_once('/')?;
+        self.0
+            .iter()
+            .filter(|spec| spec.service == service)
+            .find_map(|spec| spec.events.iter().find(|e| e.name == name))
+    }
 }

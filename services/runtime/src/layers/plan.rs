@@ -68,11 +68,23 @@ impl Admit for ServicePlan {
         let Some(ctx) = request.extensions().get::<RequestContext>() else {
             return Decision::Admit(());
         };
-        match self.catalogue.method(request.uri().path()) {
+        let path = request.uri().path();
+        match self.catalogue.method(path) {
             Some((spec, _)) => {
                 Decision::from_status(self.check(&ctx.tenant, spec.name, spec.major))
             }
-            None => Decision::Admit(()),
+            None => match self.catalogue.event(path) {
+                // an event is not served over HTTP/2: say where it travels instead of the
+                // router's bare UNIMPLEMENTED
+                Some(event) => Decision::from_status(Err(tonic::Status::unimplemented(format!(
+                    "{} is an event, not a call: publish it to exchange {} with routing key \
+                     {} (AMQP; see the envelope in README.md)",
+                    event.name,
+                    event.exchange(&ctx.tenant),
+                    event.routing_key
+                )))),
+                None => Decision::Admit(()),
+            },
         }
     }
 }

@@ -1,0 +1,252 @@
+//! What a caller that is not our generated stubs sees at the front door: a body that does not
+//! decode is its mistake (INVALID_ARGUMENT naming the message expected), and an event called
+//! as if it were a call is told where events travel.
+
+mod support;
+
+use bytes::{Buf, BufMut, Bytes};
+use support::{MeshUp, ctx, tenants_folder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+/// Sends and receives raw bytes: whatever a foreign client puts on the wire.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+impl Codec for Raw {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
+async fn call(up: &MeshUp, path: &'static str, body: &'static [u8]) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(up.channel().await);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(Bytes::from_static(body));
+    ctx("mall", "dev-mall-token")
+        .inject(request.metadata_mut())
+        .unwrap();
+    grpc.unary(request, http::uri::PathAndQuery::from_static(path), Raw)
+        .await
+        .expect_err("the call must be refused")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_is_invalid_argument_and_an_event_called_as_a_call_says_where_events_go() {
+    let dir = tenants_folder(&["mall"], &[]);
+    let mut up = MeshUp::start(dir.path(), &[]).await;
+    up.output
+        .wait_for("the worker", |l| l.starts_with("serving group=shared"))
+        .await;
+
+    // field 1 as a varint whose bytes never end: not a GetOrderRequest
+    let garbage = call(&up, "/order.v1.Order/GetOrder", &[0x08, 0xff, 0xff]).await;
+    assert_eq!(garbage.code(), tonic::Code::InvalidArgument, "{garbage:?}");
+    assert!(
+        garbage
+            .message()
+            .starts_with("the body does not decode as a GetOrderRequest: "),
+        "{garbage:?}"
+    );
+
+    let event = call(&up, "/order.v1.Order/OrderCreated", b"").await;
+    assert_eq!(event.code(), tonic::Code::Unimplemented, "{event:?}");
+    assert_eq!(
+        event.message(),
+        "OrderCreated is an event, not a call: publish it to exchange mesh.mall.order.v1 with \
+         routing key order_created (AMQP; see the envelope in README.md)"
+    );
+}
+
+/// The Python interpreter with grpcio-tools and pika that `bash .ci/test` prepares
+/// (`target/ci-python`), or `MESH_PYTHON`.
+fn python() -> std::path::PathBuf {
+    let python = std::env::var_os("MESH_PYTHON").map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/ci-python/bin/python")
+        },
+        std::path::PathBuf::from,
+    );
+    let ready = std::process::Command::new(&python)
+        .args(["-c", "import grpc_tools, pika"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ready,
+        "{} lacks grpcio-tools or pika: run the suite with `bash .ci/test` (it prepares \
+         target/ci-python), or point MESH_PYTHON at a Python that has both",
+        python.display()
+    );
+    python
+}
+
+fn run(command: &mut std::process::Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The envelope as README.md documents it, used by pika (not our publisher): the example in
+/// `ops/examples/` becomes a system message in the customer's conversation, once however often
+/// it is published with the same message id; a payload that does not decode is dead-lettered
+/// with the reason, and the tenant's other events keep flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_publisher_following_the_envelope_reaches_the_tenant_and_garbage_is_dead_lettered()
+{
+    use mesh_api::message::v1 as message;
+    const OPS_TOKEN: &str = "ops-wire-suite-token";
+    let python = python();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let stubs = tempfile::tempdir().unwrap();
+    run(std::process::Command::new(&python)
+        .current_dir(&root)
+        .args(["-m", "grpc_tools.protoc", "-Icontracts"])
+        .arg(format!("--python_out={}", stubs.path().display()))
+        .args(["order/v1/order.proto", "mesh/options.proto"]));
+
+    let tenant = format!("py{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let file = format!(
+        "id = \"{tenant}\"\ndisplay_name = \"Python publisher\"\ndata_namespace = \"{tenant}\"\n\
+         [credentials]\ntoken = \"py-secret-token\"\n"
+    );
+    let dir = tenants_folder(&[], &[(&format!("{tenant}.toml"), &file)]);
+    let mut up = MeshUp::start(
+        dir.path(),
+        &[
+            ("MESH_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            ("MESH_ADMIN_TOKEN", OPS_TOKEN),
+        ],
+    )
+    .await;
+    let admin_at = up
+        .output
+        .wait_for("the admin API", |l| l.starts_with("admin listening on "))
+        .await
+        .trim_start_matches("admin listening on ")
+        .to_owned();
+    up.output
+        .wait_for("the worker", |l| l.starts_with("serving group=shared"))
+        .await;
+
+    let publish = |message_id: &str, order: &str, cents: &str| {
+        run(std::process::Command::new(&python)
+            .env("PYTHONPATH", stubs.path())
+            .arg(root.join("ops/examples/publish_order_created.py"))
+            .args(["--tenant", &tenant, "--order", order, "--user", "alice"])
+            .args(["--conversation", "c-alice", "--total-cents", cents])
+            .args(["--currency", "EUR", "--message-id", message_id]))
+    };
+    publish("checkout-event-1", "o-1", "4999");
+    // the publisher retries after a lost confirm: same id, handled once
+    publish("checkout-event-1", "o-1", "4999");
+
+    // garbage on the same exchange and key: not an OrderCreated
+    run(std::process::Command::new(&python).args([
+        "-c",
+        &format!(
+            "import pika\n\
+             c = pika.BlockingConnection(pika.URLParameters('amqp://guest:guest@127.0.0.1:5672/%2f'))\n\
+             ch = c.channel(); ch.confirm_delivery()\n\
+             ch.basic_publish('mesh.{tenant}.order.v1', 'order_created', b'\\xff\\xff\\xff',\n\
+               pika.BasicProperties(message_id='garbage-1', delivery_mode=2,\n\
+                 headers={{'x-mesh-tenant': '{tenant}'}}), mandatory=True)\n\
+             c.close()\n"
+        ),
+    ]));
+    publish("checkout-event-2", "o-2", "1000"); // a later event still flows past the garbage
+
+    let ctx = ctx(&tenant, "py-secret-token");
+    let mut messages = message::MessageCaller::new(up.channel().await);
+    let mut bodies = Vec::new();
+    for _ in 0..100 {
+        bodies = messages
+            .fetch_offline(
+                &ctx,
+                message::FetchOfflineRequest {
+                    user_id: "alice".into(),
+                    terminal_id: "phone".into(),
+                    limit: 0,
+                    after_position: 0,
+                },
+            )
+            .await
+            .unwrap()
+            .messages
+            .into_iter()
+            .map(|m| m.body)
+            .collect::<Vec<_>>();
+        if bodies.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // event 1 once (published twice with one id), then event 2
+    assert_eq!(
+        bodies,
+        [
+            "Order o-1 was placed: EUR 49.99",
+            "Order o-2 was placed: EUR 10.00"
+        ]
+    );
+
+    let mut ops = support::admin(&admin_at, OPS_TOKEN).await;
+    let mut letters = Vec::new();
+    for _ in 0..100 {
+        letters = ops
+            .show_dead_letters(mesh_api::admin::v1::DeadLettersRequest {
+                tenant: tenant.clone(),
+                queue: format!("mesh.{tenant}.order.v1.message"),
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .letters;
+        if !letters.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].message_id, "garbage-1");
+    assert!(
+        letters[0].reason.contains("OrderCreated"),
+        "{:?}",
+        letters[0]
+    );
+}

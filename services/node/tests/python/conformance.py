@@ -1,0 +1,156 @@
+"""Wire conformance with a client nobody here wrote: Python grpcio, stubs generated from
+contracts/ by grpcio-tools' protoc. Run by services/node/tests/wire.rs against `mesh up`, at the
+front door and directly at a worker: every method's success path, the error codes a caller can
+meet (with their messages), and a chat end to end over a server stream.
+
+    python conformance.py --stubs DIR --target HOST:PORT [--target HOST:PORT ...]
+"""
+
+import argparse
+import sys
+import threading
+import uuid
+
+import grpc
+
+failures = []
+
+
+def check(what, condition, detail=""):
+    print(("ok   " if condition else "FAIL ") + what + (f": {detail}" if detail and not condition else ""))
+    if not condition:
+        failures.append(what)
+
+
+def md(tenant, token):
+    return (("x-mesh-tenant", tenant), ("x-mesh-token", token))
+
+
+MALL = md("mall", "dev-mall-token")
+PAIPAI = md("paipai", "dev-paipai-token")
+
+
+def refused(call, request, metadata, code, message_part, what):
+    try:
+        call(request, metadata=metadata, timeout=5)
+    except grpc.RpcError as e:
+        check(
+            what,
+            e.code() == code and message_part in (e.details() or ""),
+            f"got {e.code()} {e.details()!r}, want {code} containing {message_part!r}",
+        )
+        return
+    check(what, False, "the call succeeded")
+
+
+def run(target, run_id):
+    from gateway.v1 import gateway_pb2, gateway_pb2_grpc
+    from locator.v1 import locator_pb2, locator_pb2_grpc
+    from message.v1 import message_pb2, message_pb2_grpc
+    from order.v1 import order_pb2 as order1, order_pb2_grpc as order1_grpc
+    from order.v2 import order_pb2 as order2, order_pb2_grpc as order2_grpc
+    from push.v1 import push_pb2, push_pb2_grpc
+    from recommend.v1 import recommend_pb2, recommend_pb2_grpc
+
+    channel = grpc.insecure_channel(target)
+    print(f"-- {target}")
+    recommend = recommend_pb2_grpc.RecommendStub(channel)
+    orders1 = order1_grpc.OrderStub(channel)
+    orders2 = order2_grpc.OrderStub(channel)
+    messages = message_pb2_grpc.MessageStub(channel)
+    locator = locator_pb2_grpc.LocatorStub(channel)
+    gateway = gateway_pb2_grpc.GatewayStub(channel)
+    push = push_pb2_grpc.PushStub(channel)
+
+    # success paths
+    suggested = recommend.Suggest(recommend_pb2.SuggestRequest(user_id="alice"), metadata=MALL, timeout=5)
+    check("recommend.Suggest answers products", len(suggested.products) > 0, str(suggested))
+    listed = orders1.ListOrders(order1.ListOrdersRequest(user_id="alice"), metadata=MALL, timeout=5)
+    check("order.v1 ListOrders answers", listed.orders is not None)
+    listed2 = orders2.ListOrders(order2.ListOrdersRequest(user_id="alice"), metadata=PAIPAI, timeout=5)
+    check("order.v2 ListOrders answers for paipai", listed2.orders is not None)
+    located = locator.Locate(locator_pb2.LocateRequest(user_id="nobody"), metadata=MALL, timeout=5)
+    check("locator.Locate answers", len(located.terminals) == 0)
+
+    # errors, each with its code and its message
+    refused(orders1.GetOrder, order1.GetOrderRequest(order_id="missing"), MALL,
+            grpc.StatusCode.NOT_FOUND, "missing", "GetOrder of an unknown order is NOT_FOUND")
+    refused(orders1.GetOrder, order1.GetOrderRequest(order_id="o-1"), PAIPAI,
+            grpc.StatusCode.UNIMPLEMENTED, "runs order v2, not v1", "paipai's order v1 call is refused by its plan")
+    refused(recommend.Suggest, recommend_pb2.SuggestRequest(), md("mall", "wrong-token"),
+            grpc.StatusCode.UNAUTHENTICATED, "mall", "a wrong token is UNAUTHENTICATED")
+    refused(recommend.Suggest, recommend_pb2.SuggestRequest(), (),
+            grpc.StatusCode.UNAUTHENTICATED, "x-mesh-tenant", "no tenant is UNAUTHENTICATED")
+    refused(recommend.Suggest, recommend_pb2.SuggestRequest(), md("nosuch", "whatever-token"),
+            grpc.StatusCode.UNAVAILABLE if target_is_front[target] else grpc.StatusCode.UNAUTHENTICATED,
+            "nosuch", "an unknown tenant is refused naming it")
+    send = messages.Send
+    refused(send, message_pb2.SendRequest(conversation_id="c 1", from_user="a", to_user="b", body="x", client_msg_id="m"),
+            MALL, grpc.StatusCode.INVALID_ARGUMENT, "conversation_id", "a bad id is INVALID_ARGUMENT naming the field")
+    refused(send, message_pb2.SendRequest(conversation_id="c1", from_user="a", to_user="b", body="x"),
+            MALL, grpc.StatusCode.INVALID_ARGUMENT, "client_msg_id", "a missing client id is INVALID_ARGUMENT")
+    first = message_pb2.SendRequest(conversation_id=f"c-{run_id}", from_user="agent", to_user=f"bob{run_id}",
+                                    body="one", client_msg_id="dup")
+    send(first, metadata=MALL, timeout=5)
+    again = send(first, metadata=MALL, timeout=5)
+    check("a retried send answers the stored message", again.message.body == "one")
+    other = message_pb2.SendRequest(conversation_id=f"c-{run_id}", from_user="agent", to_user=f"bob{run_id}",
+                                    body="two", client_msg_id="dup")
+    refused(send, other, MALL, grpc.StatusCode.ALREADY_EXISTS, "dup", "a client id reused for another message is ALREADY_EXISTS")
+    refused(push.Notify, push_pb2.NotifyRequest(user_id="bob", body="hi", notification_id="n1"), MALL,
+            grpc.StatusCode.UNIMPLEMENTED, "tenant mall does not run push", "a service the tenant does not run is refused by its plan")
+    event_as_call = channel.unary_unary("/order.v1.Order/OrderCreated")
+    refused(event_as_call, b"", MALL, grpc.StatusCode.UNIMPLEMENTED, "exchange mesh.mall.order.v1",
+            "an event called as a call names its exchange")
+    garbage = channel.unary_unary("/order.v1.Order/GetOrder")
+    refused(garbage, b"\x08\xff\xff", MALL, grpc.StatusCode.INVALID_ARGUMENT, "GetOrderRequest",
+            "an undecodable body is INVALID_ARGUMENT")
+
+    # a chat end to end: a terminal attached over a server stream gets the message, acks it,
+    # and has nothing left to sync
+    user = f"carol{run_id}"
+    stream = gateway.Attach(gateway_pb2.AttachRequest(user_id=user, terminal_id="phone"), metadata=MALL)
+    got = []
+    ready = threading.Event()
+
+    def read():
+        for push_msg in stream:
+            got.append(push_msg)
+            ready.set()
+            return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    # the attach is registered once its headers are in
+    stream.initial_metadata()
+    sent = send(message_pb2.SendRequest(conversation_id=f"chat-{run_id}", from_user="agent", to_user=user,
+                                        body="hello from python", client_msg_id="m1"), metadata=MALL, timeout=5)
+    check("the attached terminal is delivered to", list(sent.delivered_terminals) == ["phone"], str(sent))
+    check("the push arrives on the stream", ready.wait(10) and got[0].message.body == "hello from python",
+          str(got))
+    position = got[0].message.position if got else 0
+    messages.AckDelivery(message_pb2.AckDeliveryRequest(user_id=user, terminal_id="phone", up_to_position=position),
+                         metadata=MALL, timeout=5)
+    left = messages.FetchOffline(message_pb2.FetchOfflineRequest(user_id=user, terminal_id="phone"),
+                                 metadata=MALL, timeout=5)
+    check("nothing left to sync after the ack", len(left.messages) == 0 and left.next_position == position, str(left))
+    stream.cancel()
+    channel.close()
+
+
+target_is_front = {}
+
+if __name__ == "__main__":
+    args = argparse.ArgumentParser()
+    args.add_argument("--stubs", required=True)
+    args.add_argument("--front", required=True)
+    args.add_argument("--worker", required=True)
+    a = args.parse_args()
+    sys.path.insert(0, a.stubs)
+    target_is_front = {a.front: True, a.worker: False}
+    for target in (a.front, a.worker):
+        run(target, uuid.uuid4().hex[:8])
+    if failures:
+        print(f"{len(failures)} check(s) failed: {failures}")
+        sys.exit(1)
+    print("all checks passed")

@@ -300,3 +300,147 @@ async fn python_grpc_clients_get_every_answer_intact_at_the_front_door_and_a_wor
     println!("{out}");
     assert!(out.ends_with("all checks passed\n"), "{out}");
 }
+
+/// Every early answer (one no service handler wrote: the front door's, tenant auth, the rate
+/// limit, the service plan, an event called as a call, an undecodable body, a service error
+/// through the answer cache) reaches a plain HTTP/2 client (the `h2` crate, read as grpc-core
+/// reads it) as a single HEADERS frame that ends the stream and carries `grpc-status`:
+/// trailers-only, never headers then an empty DATA frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_early_answer_is_a_single_trailers_only_headers_frame() {
+    let throttled = "id = \"throttled\"\ndisplay_name = \"Throttled\"\ndata_namespace = \"throttled\"\n\
+        [credentials]\ntoken = \"throttled-token\"\n[limits]\nrequests_per_second = 1\nburst = 1\n";
+    let dir = tenants_folder(&["mall", "paipai"], &[("throttled.toml", throttled)]);
+    let mut up = MeshUp::start(dir.path(), &[]).await;
+    let mut worker = None;
+    while worker.is_none() {
+        let line = up
+            .output
+            .wait_for("the workers", |l| l.starts_with("serving group="))
+            .await;
+        if line.contains("mall") {
+            worker = Some(support::field(&line, "address").to_owned());
+        }
+    }
+    let worker = worker.unwrap();
+    let get_order = |id: &str| {
+        use prost::Message as _;
+        mesh_api::order::v1::GetOrderRequest {
+            order_id: id.into(),
+        }
+        .encode_to_vec()
+    };
+    /// What is sent, and the `grpc-status` expected: (case, path, tenant, token, message,
+    /// status).
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Vec<u8>,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "no tenant",
+            "/order.v1.Order/GetOrder",
+            None,
+            None,
+            get_order("o"),
+            "16",
+        ),
+        (
+            "wrong token",
+            "/order.v1.Order/GetOrder",
+            Some("mall"),
+            Some("wrong-token"),
+            get_order("o"),
+            "16",
+        ),
+        (
+            "plan refusal",
+            "/order.v1.Order/GetOrder",
+            Some("paipai"),
+            Some("dev-paipai-token"),
+            get_order("o"),
+            "12",
+        ),
+        (
+            "event as a call",
+            "/order.v1.Order/OrderCreated",
+            Some("mall"),
+            Some("dev-mall-token"),
+            vec![],
+            "12",
+        ),
+        (
+            "undecodable body",
+            "/order.v1.Order/GetOrder",
+            Some("mall"),
+            Some("dev-mall-token"),
+            vec![0x08, 0xff],
+            "3",
+        ),
+        (
+            "service error via the cache",
+            "/order.v1.Order/GetOrder",
+            Some("mall"),
+            Some("dev-mall-token"),
+            get_order("missing"),
+            "5",
+        ),
+        (
+            "rate limit",
+            "/recommend.v1.Recommend/Suggest",
+            Some("throttled"),
+            Some("throttled-token"),
+            vec![],
+            "8",
+        ),
+    ];
+    for address in [up.front.clone(), worker] {
+        let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        for (what, path, tenant, token, message, status) in &cases {
+            let mut frame = vec![0u8];
+            frame.extend((message.len() as u32).to_be_bytes());
+            frame.extend(message);
+            let request = || {
+                let mut request = http::Request::post(format!("http://{address}{path}"))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers");
+                if let Some(tenant) = tenant {
+                    request = request.header("x-mesh-tenant", *tenant);
+                }
+                if let Some(token) = token {
+                    request = request.header("x-mesh-token", *token);
+                }
+                request.body(()).unwrap()
+            };
+            // the rate limit needs a call to spend its one token on first
+            let attempts = if *what == "rate limit" { 2 } else { 1 };
+            let mut last = None;
+            for _ in 0..attempts {
+                let mut ready = send.clone().ready().await.unwrap();
+                let (response, mut body) = ready.send_request(request(), false).unwrap();
+                body.send_data(bytes::Bytes::from(frame.clone()), true)
+                    .unwrap();
+                last = Some(response.await.unwrap());
+            }
+            let response = last.unwrap();
+            assert_eq!(
+                response
+                    .headers()
+                    .get("grpc-status")
+                    .map(|v| v.to_str().unwrap()),
+                Some(*status),
+                "{address} {what}: {response:?}"
+            );
+            assert!(
+                response.body().is_end_stream(),
+                "{address} {what}: one HEADERS frame with END_STREAM, got {response:?}"
+            );
+        }
+    }
+}

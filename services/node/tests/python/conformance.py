@@ -54,6 +54,27 @@ def run(target, run_id):
 
     channel = grpc.insecure_channel(target)
     print(f"-- {target}")
+
+    # health and reflection, as a load balancer and grpcurl ask them: no tenant metadata
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+    from google.protobuf.descriptor_pool import DescriptorPool
+
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "order.v1.Order", "message.v1.Message"):
+        status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        check(f"health of {service or 'the server'!r} is SERVING", status == health_pb2.HealthCheckResponse.SERVING)
+    refused(health.Check, health_pb2.HealthCheckRequest(service="nope.v1.Nope"), (),
+            grpc.StatusCode.NOT_FOUND, "", "health of an unknown service is NOT_FOUND")
+    reflected = ProtoReflectionDescriptorDatabase(channel)
+    services = set(reflected.get_services())
+    check("reflection lists the contract services",
+          {"order.v1.Order", "message.v1.Message", "gateway.v1.Gateway"} <= services, str(services))
+    methods = [m.name for m in DescriptorPool(reflected).FindServiceByName("order.v1.Order").methods]
+    check("reflection describes calls, not events", methods == ["GetOrder", "ListOrders"], str(methods))
+
     recommend = recommend_pb2_grpc.RecommendStub(channel)
     orders1 = order1_grpc.OrderStub(channel)
     orders2 = order2_grpc.OrderStub(channel)

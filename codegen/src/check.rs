@@ -57,6 +57,68 @@ pub enum BreakingKind {
     EnumValueRemoved,
     /// An enum value kept its name but changed its number.
     EnumValueRenumbered,
+    /// A field was deleted with its number reserved but not its name: a later version could
+    /// give the name to another field, which breaks JSON and generated code
+    /// (buf: FIELD_NO_DELETE_UNLESS_NAME_RESERVED).
+    FieldNameNotReserved,
+    /// A field's JSON name changed (`json_name`): JSON clients break (buf: FIELD_SAME_JSON_NAME).
+    FieldJsonNameChanged,
+    /// A oneof disappeared (its fields moved out or went away).
+    OneofRemoved,
+    /// An enum number now has another name: JSON and generated code break
+    /// (buf: ENUM_VALUE_SAME_NAME).
+    EnumValueRenamed,
+    /// A reserved number or name was taken out of `reserved`: the next change could reuse it
+    /// and pass (buf: RESERVED_MESSAGE_NO_DELETE, RESERVED_ENUM_NO_DELETE).
+    ReservedRemoved,
+    /// An enum value uses a number or name the previous version reserved.
+    EnumReservedReused,
+    /// A method's `idempotency_level` changed: clients retry or cache by it.
+    IdempotencyChanged,
+    /// The files' `syntax` changed (field presence and defaults change with it).
+    SyntaxChanged,
+    /// A capability the manifest listed is gone: tenants and tools that rely on it break.
+    CapabilityRemoved,
+    /// A method's degraded answer changed: callers see another fallback when it is switched
+    /// off. A warning: it is a change to review, not a wire break.
+    DegradedAnswerChanged,
+    /// A method's timeout went down: callers that took the old bound may now time out. A
+    /// warning.
+    TimeoutLowered,
+}
+
+/// How a change is treated: a breaking one fails `check`; a warning is reported and passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Breaks a consumer written against the previous version: goes into a new major.
+    Breaking,
+    /// Changes behaviour callers may rely on (manifest fallbacks and bounds): review it.
+    Warning,
+}
+
+impl BreakingKind {
+    /// How `check` treats this kind of change.
+    pub fn severity(self) -> Severity {
+        match self {
+            BreakingKind::DegradedAnswerChanged | BreakingKind::TimeoutLowered => Severity::Warning,
+            _ => Severity::Breaking,
+        }
+    }
+}
+
+impl fmt::Display for BreakingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Breaking => "breaking",
+            Severity::Warning => "warning",
+        })
+    }
 }
 
 /// One breaking change, with where it is.
@@ -74,7 +136,14 @@ pub struct BreakingChange {
 
 impl fmt::Display for BreakingChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {:?}: {}", self.location, self.kind, self.message)
+        write!(
+            f,
+            "{}: {} {}: {}",
+            self.location,
+            self.kind.severity(),
+            self.kind,
+            self.message
+        )
     }
 }
 
@@ -135,6 +204,25 @@ fn compare_contract(old: &Contract, new: &Contract, r: &mut Reporter<'_>) {
             format!("version went from {} back to {}", os.version, ns.version),
         );
     }
+    if old.syntax != new.syntax {
+        r.add(
+            SyntaxChanged,
+            &ns.location,
+            format!(
+                "syntax changed from {} to {}: field presence and defaults change with it",
+                old.syntax, new.syntax
+            ),
+        );
+    }
+    for capability in &os.capabilities {
+        if !ns.capabilities.contains(capability) {
+            r.add(
+                CapabilityRemoved,
+                &ns.location,
+                format!("capability {capability} was removed from the manifest"),
+            );
+        }
+    }
     if ns.tier > os.tier {
         r.add(
             TierLowered,
@@ -188,10 +276,40 @@ fn compare_contract(old: &Contract, new: &Contract, r: &mut Reporter<'_>) {
                 MethodStreamingChanged,
                 &nm.location,
                 format!(
-                    "{what} changed streaming (client, server) from {:?} to {:?}",
-                    (om.client_streaming, om.server_streaming),
-                    (nm.client_streaming, nm.server_streaming)
+                    "{what} changed from {} to {}",
+                    streaming(om.client_streaming, om.server_streaming),
+                    streaming(nm.client_streaming, nm.server_streaming)
                 ),
+            );
+        }
+        if om.idempotency != nm.idempotency {
+            r.add(
+                IdempotencyChanged,
+                &nm.location,
+                format!(
+                    "{what} idempotency_level changed from {} to {}",
+                    om.idempotency, nm.idempotency
+                ),
+            );
+        }
+        if om.degraded != nm.degraded {
+            r.add(
+                DegradedAnswerChanged,
+                &nm.location,
+                format!(
+                    "{what} degraded answer changed from {} to {}",
+                    degraded(om.degraded.as_ref()),
+                    degraded(nm.degraded.as_ref())
+                ),
+            );
+        }
+        if let (Some(before), Some(after)) = (om.timeout_ms, nm.timeout_ms)
+            && after < before
+        {
+            r.add(
+                TimeoutLowered,
+                &nm.location,
+                format!("{what} timeout_ms went down from {before} to {after}"),
             );
         }
         if let (Some(ms), None) = (om.timeout_ms, nm.timeout_ms) {
@@ -250,6 +368,17 @@ fn compare_message(old: &Message, new: &Message, r: &mut Reporter<'_>) {
                     &of.location,
                     format!("field {name}.{} = {} was removed; to delete a field, reserve its number and name", of.name, of.number),
                 );
+            } else if !new.reserved_names.contains(&of.name)
+                && !new.fields.iter().any(|f| f.name == of.name)
+            {
+                r.add(
+                    FieldNameNotReserved,
+                    &new.location,
+                    format!(
+                        "field {name}.{} = {} was deleted with its number reserved but not its name; add `reserved \"{}\";`",
+                        of.name, of.number, of.name
+                    ),
+                );
             }
             continue;
         };
@@ -284,13 +413,60 @@ fn compare_message(old: &Message, new: &Message, r: &mut Reporter<'_>) {
             );
         }
         if nf.oneof != of.oneof {
+            let place = |oneof: &Option<String>| match oneof {
+                Some(o) => format!("oneof {o}"),
+                None => "outside any oneof".to_owned(),
+            };
             r.add(
                 FieldOneofChanged,
                 &nf.location,
                 format!(
-                    "field {name}.{} moved from oneof {:?} to {:?}",
-                    nf.name, of.oneof, nf.oneof
+                    "field {name}.{} moved from {} to {}",
+                    nf.name,
+                    place(&of.oneof),
+                    place(&nf.oneof)
                 ),
+            );
+        }
+        if nf.name == of.name && nf.json_name != of.json_name {
+            r.add(
+                FieldJsonNameChanged,
+                &nf.location,
+                format!(
+                    "field {name}.{} changed its JSON name from {} to {}",
+                    nf.name, of.json_name, nf.json_name
+                ),
+            );
+        }
+    }
+    for (oneof, location) in &old.oneofs {
+        if !new.oneofs.iter().any(|(o, _)| o == oneof) {
+            r.add(
+                OneofRemoved,
+                location,
+                format!("oneof {name}.{oneof} was removed"),
+            );
+        }
+    }
+    for range in &old.reserved_numbers {
+        for number in range.clone() {
+            if !new.reserves_number(number) && !new.fields.iter().any(|f| f.number == number) {
+                r.add(
+                    ReservedRemoved,
+                    &new.location,
+                    format!("message {name} no longer reserves number {number}: the next change could reuse it unnoticed"),
+                );
+                break;
+            }
+        }
+    }
+    for reserved in &old.reserved_names {
+        if !new.reserved_names.contains(reserved) && !new.fields.iter().any(|f| &f.name == reserved)
+        {
+            r.add(
+                ReservedRemoved,
+                &new.location,
+                format!("message {name} no longer reserves the name {reserved}: the next change could reuse it unnoticed"),
             );
         }
     }
@@ -332,6 +508,17 @@ fn compare_enum(old: &Enum, new: &Enum, r: &mut Reporter<'_>) {
                 l,
                 format!("enum value {name}.{value} was renumbered from {number} to {n}"),
             );
+        } else if let Some((renamed, _, l)) = new
+            .values
+            .iter()
+            .find(|(v, n, _)| n == number && v != value)
+            && !new.values.iter().any(|(v, _, _)| v == value)
+        {
+            r.add(
+                EnumValueRenamed,
+                l,
+                format!("enum value {name} = {number} was renamed from {value} to {renamed}"),
+            );
         } else if !new.values.iter().any(|(_, n, _)| n == number)
             && !new
                 .reserved_numbers
@@ -340,5 +527,67 @@ fn compare_enum(old: &Enum, new: &Enum, r: &mut Reporter<'_>) {
         {
             r.add(EnumValueRemoved, location, format!("enum value {name}.{value} = {number} was removed; reserve its number to delete it"));
         }
+    }
+    for range in &old.reserved_numbers {
+        if let Some(number) = range.clone().find(|n| {
+            !new.reserved_numbers.iter().any(|r| r.contains(n))
+                && !new.values.iter().any(|(_, v, _)| v == n)
+        }) {
+            r.add(
+                ReservedRemoved,
+                &new.location,
+                format!("enum {name} no longer reserves number {number}: the next change could reuse it unnoticed"),
+            );
+        }
+    }
+    for reserved in &old.reserved_names {
+        if !new.reserved_names.contains(reserved)
+            && !new.values.iter().any(|(v, _, _)| v == reserved)
+        {
+            r.add(
+                ReservedRemoved,
+                &new.location,
+                format!("enum {name} no longer reserves the name {reserved}: the next change could reuse it unnoticed"),
+            );
+        }
+    }
+    for (value, number, location) in &new.values {
+        if old.reserved_numbers.iter().any(|r| r.contains(number)) {
+            r.add(
+                EnumReservedReused,
+                location,
+                format!("enum value {name}.{value} uses number {number}, which the previous version reserved"),
+            );
+        }
+        if old.reserved_names.contains(value) {
+            r.add(
+                EnumReservedReused,
+                location,
+                format!("enum value {name}.{value} uses a name the previous version reserved"),
+            );
+        }
+    }
+}
+
+/// A method's streaming, in words.
+fn streaming(client: bool, server: bool) -> &'static str {
+    match (client, server) {
+        (false, false) => "unary",
+        (true, false) => "client streaming",
+        (false, true) => "server streaming",
+        (true, true) => "bidirectional streaming",
+    }
+}
+
+/// A degraded answer, as the contract writes it.
+fn degraded(answer: Option<&crate::model::Degraded>) -> String {
+    use crate::model::Degraded;
+    match answer {
+        None => "the default (UNAVAILABLE)".into(),
+        Some(Degraded::Empty) => "`empty`".into(),
+        Some(Degraded::Error { code, message }) => {
+            format!("`error {{ code: {code} message: {message:?} }}`")
+        }
+        Some(Degraded::Cached { max_age_ms }) => format!("`cached {{ max_age_ms: {max_age_ms} }}`"),
     }
 }

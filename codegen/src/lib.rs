@@ -33,7 +33,7 @@ pub mod model;
 mod stubs;
 pub mod tenants;
 
-pub use check::{BreakingChange, BreakingKind, compare};
+pub use check::{BreakingChange, BreakingKind, Severity, compare};
 pub use error::{ContractError, Location, Violation};
 pub use generate::{Generated, INCLUDE_FILE, generate};
 pub use load::{ContractSet, OPTIONS_PROTO, OPTIONS_PROTO_NAME, load, load_baseline};

@@ -821,6 +821,12 @@ impl Extractor<'_> {
                 degraded,
                 doc: self.leading_comment(&file, &path),
                 location,
+                idempotency: method
+                    .method_descriptor_proto()
+                    .options
+                    .as_ref()
+                    .map(|o| o.idempotency_level().as_str_name().to_owned())
+                    .unwrap_or_else(|| "IDEMPOTENCY_UNKNOWN".into()),
             });
         }
 
@@ -853,6 +859,14 @@ impl Extractor<'_> {
             },
             messages,
             enums,
+            syntax: files.first().map_or_else(String::new, |f| {
+                let proto = f.file_descriptor_proto();
+                match proto.syntax() {
+                    "editions" => "editions".into(),
+                    "" => "proto2".into(),
+                    syntax => syntax.to_owned(),
+                }
+            }),
         })
     }
 
@@ -883,6 +897,7 @@ impl Extractor<'_> {
                     .containing_oneof()
                     .filter(|o| !o.is_synthetic())
                     .map(|o| o.name().to_owned()),
+                json_name: f.json_name().to_owned(),
                 location: self.locate(file, f.path()),
             })
             .collect();
@@ -897,6 +912,11 @@ impl Extractor<'_> {
                 fields,
                 reserved_numbers: message.reserved_ranges().collect(),
                 reserved_names: message.reserved_names().map(str::to_owned).collect(),
+                oneofs: message
+                    .oneofs()
+                    .filter(|o| !o.is_synthetic())
+                    .map(|o| (o.name().to_owned(), self.locate(file, o.path())))
+                    .collect(),
                 location: self.locate(file, message.path()),
             },
         );

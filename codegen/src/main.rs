@@ -7,6 +7,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use mesh_codegen::Severity;
 
 #[derive(Parser)]
 #[command(
@@ -16,6 +17,14 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// How `check` prints the changes it finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ErrorFormat {
+    Text,
+    Json,
+    GithubActions,
 }
 
 #[derive(Subcommand)]
@@ -50,6 +59,10 @@ enum Cmd {
         /// A tenants folder: every contract major a tenant file runs must exist.
         #[arg(long)]
         tenants: Option<PathBuf>,
+        /// How changes are printed: `text` (stderr), `json` (one array on stdout, for tools),
+        /// `github-actions` (annotations on the pull request's lines).
+        #[arg(long, value_enum, default_value_t = ErrorFormat::Text)]
+        error_format: ErrorFormat,
     },
     /// The released baseline of the contracts, against which `check` finds breaking changes.
     Baseline {
@@ -120,6 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             against_git,
             against_baseline,
             tenants,
+            error_format,
         } => {
             let head = mesh_codegen::load(&contracts)?;
             println!(
@@ -184,28 +198,85 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 (None, None, None) => return Ok(exit(failed)),
             };
-            let changes = mesh_codegen::compare(&base, &head);
-            if changes.is_empty() {
-                println!("no breaking changes against {label}");
-                return Ok(exit(failed));
-            }
-            eprintln!("{} breaking change(s) against {label}:", changes.len());
-            for change in &changes {
-                // an element deleted since a git revision is pointed at in that revision
-                // (`HEAD~3:order/v1/order.proto:12:3`), not in a scratch folder
-                match change.location.file.strip_prefix(&base.root) {
-                    Ok(relative) if scratch_used => {
-                        let mut location = change.location.clone();
-                        location.file = format!("{label}:{}", relative.display()).into();
-                        eprintln!("  {location}: {:?}: {}", change.kind, change.message);
+            let mut changes = mesh_codegen::compare(&base, &head);
+            // an element deleted since a git revision is pointed at in that revision
+            // (`HEAD~3:order/v1/order.proto:12:3`), not in a scratch folder
+            if scratch_used {
+                for change in &mut changes {
+                    if let Ok(relative) = change.location.file.strip_prefix(&base.root) {
+                        change.location.file = format!("{label}:{}", relative.display()).into();
                     }
-                    _ => eprintln!("  {change}"),
                 }
             }
-            eprintln!(
-                "breaking changes go into a new major version folder (e.g. order/v2) beside the old one"
-            );
-            Ok(ExitCode::FAILURE)
+            let breaking = changes
+                .iter()
+                .filter(|c| c.kind.severity() == Severity::Breaking)
+                .count();
+            report(&changes, error_format, &label);
+            if breaking > 0 {
+                failed = true;
+            }
+            Ok(exit(failed))
+        }
+    }
+}
+
+/// Prints `changes` (found against `label`) as `format` says.
+fn report(changes: &[mesh_codegen::BreakingChange], format: ErrorFormat, label: &str) {
+    let breaking = changes
+        .iter()
+        .filter(|c| c.kind.severity() == Severity::Breaking)
+        .count();
+    match format {
+        ErrorFormat::Json => {
+            let items: Vec<serde_json::Value> = changes
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "contract": c.contract,
+                        "kind": c.kind.to_string(),
+                        "severity": c.kind.severity().to_string(),
+                        "file": c.location.file.display().to_string(),
+                        "line": c.location.line,
+                        "column": c.location.column,
+                        "message": c.message,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(items));
+        }
+        ErrorFormat::GithubActions => {
+            for c in changes {
+                let level = match c.kind.severity() {
+                    Severity::Breaking => "error",
+                    Severity::Warning => "warning",
+                };
+                let mut at = format!("file={}", c.location.file.display());
+                if let Some(line) = c.location.line {
+                    at.push_str(&format!(",line={line}"));
+                }
+                if let Some(column) = c.location.column {
+                    at.push_str(&format!(",col={column}"));
+                }
+                // workflow commands end at a newline and treat `%` specially
+                let message = c.message.replace('%', "%25").replace('\n', "%0A");
+                println!("::{level} {at},title={}::{message}", c.kind);
+            }
+        }
+        ErrorFormat::Text if changes.is_empty() => {
+            println!("no breaking changes against {label}");
+        }
+        ErrorFormat::Text => {
+            let warnings = changes.len() - breaking;
+            eprintln!("{breaking} breaking change(s) and {warnings} warning(s) against {label}:");
+            for change in changes {
+                eprintln!("  {change}");
+            }
+            if breaking > 0 {
+                eprintln!(
+                    "breaking changes go into a new major version folder (e.g. order/v2) beside the old one"
+                );
+            }
         }
     }
 }

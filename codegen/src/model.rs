@@ -25,6 +25,8 @@ pub struct Contract {
     pub messages: BTreeMap<String, Message>,
     /// Every enum defined by the contract's files, by full name.
     pub enums: BTreeMap<String, Enum>,
+    /// `syntax` of its files: `proto3`, `proto2` (also when unset) or `editions`.
+    pub syntax: String,
 }
 
 impl Contract {
@@ -128,6 +130,9 @@ pub struct Method {
     pub doc: String,
     /// Where the method is declared.
     pub location: Location,
+    /// `option idempotency_level`: `IDEMPOTENCY_UNKNOWN`, `NO_SIDE_EFFECTS` or `IDEMPOTENT`
+    /// (clients may retry or cache by it).
+    pub idempotency: String,
 }
 
 /// A message and what the compatibility check needs of it.
@@ -141,6 +146,8 @@ pub struct Message {
     pub reserved_numbers: Vec<Range<u32>>,
     /// Reserved field names.
     pub reserved_names: Vec<String>,
+    /// Its oneofs (not proto3 `optional`'s synthetic ones), with where each is declared.
+    pub oneofs: Vec<(String, Location)>,
     /// Where it is declared.
     pub location: Location,
 }
@@ -165,6 +172,8 @@ pub struct Field {
     pub label: &'static str,
     /// Containing (real) oneof.
     pub oneof: Option<String>,
+    /// Its name in JSON (`json_name`, by default the name in lowerCamelCase).
+    pub json_name: String,
     /// Where it is declared.
     pub location: Location,
 }

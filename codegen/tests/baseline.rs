@@ -88,7 +88,7 @@ fn a_break_in_an_earlier_commit_fails_against_the_baseline() {
     assert_eq!(against.status.code(), Some(1), "{}", text(&against));
     let said = text(&against);
     assert!(
-        said.contains("breaking change(s) against contracts/baseline.binpb"),
+        said.contains("1 breaking change(s) and 0 warning(s) against contracts/baseline.binpb"),
         "{said}"
     );
     assert!(said.contains("FieldRemoved"), "{said}");

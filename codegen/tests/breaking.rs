@@ -342,3 +342,261 @@ fn the_repository_contracts_are_valid() {
     let shipped = std::fs::read_to_string(root.join("mesh/options.proto")).unwrap();
     assert_eq!(shipped, mesh_codegen::OPTIONS_PROTO);
 }
+
+// ---- rules buf has (and the manifest's own), each with a breaking case and a safe neighbour
+
+#[test]
+fn field_deleted_with_its_number_but_not_its_name_reserved() {
+    let head = fields("  int64 size = 2;", "  reserved 2;");
+    assert_eq!(kinds(&thing(&[]), &head), [FieldNameNotReserved]);
+    let both = fields("  int64 size = 2;", "  reserved 2;\n  reserved \"size\";");
+    assert_eq!(kinds(&thing(&[]), &both), []);
+}
+
+#[test]
+fn changed_json_name() {
+    let head = fields("int64 size = 2;", "int64 size = 2 [json_name = \"bytes\"];");
+    assert_eq!(kinds(&thing(&[]), &head), [FieldJsonNameChanged]);
+    // spelling out the default JSON name changes nothing
+    let same = fields("int64 size = 2;", "int64 size = 2 [json_name = \"size\"];");
+    assert_eq!(kinds(&thing(&[]), &same), []);
+}
+
+#[test]
+fn removed_oneof() {
+    let base = fields(
+        "  int64 size = 2;",
+        "  oneof measure {\n    int64 size = 2;\n  }",
+    );
+    assert_eq!(kinds(&base, &thing(&[])), [FieldOneofChanged, OneofRemoved]);
+    // a new oneof with a new field is an addition
+    let added = fields(
+        "  int64 size = 2;",
+        "  int64 size = 2;\n  oneof extra {\n    string note = 9;\n  }",
+    );
+    assert_eq!(kinds(&thing(&[]), &added), []);
+}
+
+#[test]
+fn renamed_enum_value() {
+    let head = thing(&[]).replace("COLOR_BLUE = 2;", "COLOR_NAVY = 2;");
+    assert_eq!(kinds(&thing(&[]), &head), [EnumValueRenamed]);
+    let added = thing(&[]).replace("COLOR_BLUE = 2;", "COLOR_BLUE = 2;\n  COLOR_NAVY = 3;");
+    assert_eq!(kinds(&thing(&[]), &added), []);
+}
+
+#[test]
+fn reserved_numbers_and_names_stay_reserved() {
+    let base = fields("  int64 size = 2;", "  reserved 2;\n  reserved \"size\";");
+    let dropped = fields("  int64 size = 2;", "");
+    assert_eq!(kinds(&base, &dropped), [ReservedRemoved, ReservedRemoved]);
+    let kept = fields(
+        "  int64 size = 2;",
+        "  reserved 2;\n  reserved \"size\";\n  string note = 9;",
+    );
+    assert_eq!(kinds(&base, &kept), []);
+
+    let enum_base = thing(&[]).replace("COLOR_BLUE = 2;", "COLOR_BLUE = 2;\n  reserved 3;");
+    assert_eq!(kinds(&enum_base, &thing(&[])), [ReservedRemoved]);
+}
+
+#[test]
+fn reused_reserved_enum_number_and_name() {
+    let base = thing(&[]).replace(
+        "COLOR_BLUE = 2;",
+        "COLOR_BLUE = 2;\n  reserved 3;\n  reserved \"COLOR_GREEN\";",
+    );
+    let head = thing(&[]).replace("COLOR_BLUE = 2;", "COLOR_BLUE = 2;\n  COLOR_GREEN = 3;");
+    assert_eq!(
+        kinds(&base, &head),
+        [EnumReservedReused, EnumReservedReused]
+    );
+    let fresh = thing(&[]).replace(
+        "COLOR_BLUE = 2;",
+        "COLOR_BLUE = 2;\n  reserved 3;\n  reserved \"COLOR_GREEN\";\n  COLOR_PINK = 4;",
+    );
+    assert_eq!(kinds(&base, &fresh), []);
+}
+
+#[test]
+fn changed_idempotency_level() {
+    let with = |level: &str| {
+        thing(&[(
+            "{RPCS}",
+            &RPCS.replacen(
+                "option (mesh.method) = { kind: CALL timeout_ms: 100 };",
+                &format!("option (mesh.method) = {{ kind: CALL timeout_ms: 100 }};\n    option idempotency_level = {level};"),
+                1,
+            ),
+        )])
+    };
+    assert_eq!(
+        kinds(&with("NO_SIDE_EFFECTS"), &with("IDEMPOTENT")),
+        [IdempotencyChanged]
+    );
+    assert_eq!(kinds(&with("IDEMPOTENT"), &with("IDEMPOTENT")), []);
+}
+
+#[test]
+fn changed_syntax() {
+    let proto2 = thing(&[])
+        .replace("syntax = \"proto3\";", "syntax = \"proto2\";")
+        .replace("  string id = 1;", "  optional string id = 1;")
+        .replace("  int64 size = 2;", "  optional int64 size = 2;")
+        .replace("  Color color = 4;", "  optional Color color = 4;");
+    assert_eq!(kinds(&thing(&[]), &proto2), [SyntaxChanged]);
+    assert_eq!(kinds(&proto2, &proto2), []);
+}
+
+#[test]
+fn removed_capability() {
+    let with = |capabilities: &str| {
+        thing(&[(
+            "{SERVICE_OPTS}",
+            &format!("tier: 1\n    capabilities: [{capabilities}]"),
+        )])
+    };
+    assert_eq!(
+        kinds(
+            &with("\"thing.read\", \"thing.write\""),
+            &with("\"thing.read\"")
+        ),
+        [CapabilityRemoved]
+    );
+    assert_eq!(
+        kinds(
+            &with("\"thing.read\""),
+            &with("\"thing.read\", \"thing.write\"")
+        ),
+        []
+    );
+}
+
+#[test]
+fn changed_degraded_answer_and_lowered_timeout_are_warnings() {
+    let with = |option: &str| {
+        thing(&[(
+            "{RPCS}",
+            &RPCS.replacen(
+                "option (mesh.method) = { kind: CALL timeout_ms: 100 };",
+                &format!("option (mesh.method) = {{ {option} }};"),
+                1,
+            ),
+        )])
+    };
+    let base = with("kind: CALL timeout_ms: 100 degraded { empty: true }");
+    let degraded = with(
+        "kind: CALL timeout_ms: 100 degraded { error { code: \"UNAVAILABLE\" message: \"off\" } }",
+    );
+    assert_eq!(kinds(&base, &degraded), [DegradedAnswerChanged]);
+    let lowered = with("kind: CALL timeout_ms: 50 degraded { empty: true }");
+    assert_eq!(kinds(&base, &lowered), [TimeoutLowered]);
+    let raised = with("kind: CALL timeout_ms: 500 degraded { empty: true }");
+    assert_eq!(kinds(&base, &raised), []);
+    for kind in [DegradedAnswerChanged, TimeoutLowered] {
+        assert_eq!(kind.severity(), mesh_codegen::Severity::Warning);
+    }
+    assert_eq!(FieldRemoved.severity(), mesh_codegen::Severity::Breaking);
+}
+
+#[test]
+fn messages_say_streaming_and_oneofs_in_words() {
+    let (_b, base) = load_thing(&thing(&[]));
+    let moved = fields(
+        "  int64 size = 2;",
+        "  oneof measure {\n    int64 size = 2;\n  }",
+    );
+    let (_h, head) = load_thing(&moved);
+    let changes = compare(&base.unwrap(), &head.unwrap());
+    assert_eq!(
+        changes[0].message,
+        "field thing.v1.GetThingResponse.size moved from outside any oneof to oneof measure"
+    );
+    let streaming = thing(&[(
+        "{RPCS}",
+        &RPCS.replacen(
+            "returns (GetThingResponse)",
+            "returns (stream GetThingResponse)",
+            1,
+        ),
+    )]);
+    let (_s, head) = load_thing(&streaming);
+    let (_b, base) = load_thing(&thing(&[]));
+    let changes = compare(&base.unwrap(), &head.unwrap());
+    assert_eq!(
+        changes[0].message,
+        "thing.v1.Thing.GetThing changed from unary to server streaming"
+    );
+}
+
+#[test]
+fn cli_error_formats_for_tools_and_pull_requests_and_warnings_pass() {
+    let base = Contracts::with("thing/v1/thing.proto", &thing(&[]));
+    let head = Contracts::with(
+        "thing/v1/thing.proto",
+        &fields("int64 size = 2;", "string size = 2;"),
+    );
+    let run = |head: &Contracts, format: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mesh-codegen"))
+            .args(["check", "--error-format", format, "--contracts"])
+            .arg(head.path())
+            .arg("--against")
+            .arg(base.path())
+            .output()
+            .unwrap()
+    };
+    let json = run(&head, "json");
+    assert_eq!(json.status.code(), Some(1));
+    let items: serde_json::Value = serde_json::from_slice(
+        json.stdout
+            .split(|b| *b == b'\n')
+            .find(|l| l.starts_with(b"["))
+            .expect("a JSON array line"),
+    )
+    .unwrap();
+    assert_eq!(items[0]["kind"], "FieldTypeChanged");
+    assert_eq!(items[0]["severity"], "breaking");
+    assert_eq!(items[0]["contract"], "thing/v1");
+    assert!(items[0]["line"].as_u64().is_some());
+    assert!(
+        items[0]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("thing/v1/thing.proto")
+    );
+
+    let github = run(&head, "github-actions");
+    let out = String::from_utf8_lossy(&github.stdout);
+    assert!(
+        out.lines().any(|l| l.starts_with("::error file=")
+            && l.contains("thing/v1/thing.proto,line=")
+            && l.contains(",title=FieldTypeChanged::field thing.v1.GetThingResponse.size changed type from int64 to string")),
+        "{out}"
+    );
+
+    // a warning alone is reported and passes
+    let lowered = Contracts::with(
+        "thing/v1/thing.proto",
+        &thing(&[(
+            "{RPCS}",
+            &RPCS.replacen("timeout_ms: 100", "timeout_ms: 50", 1),
+        )]),
+    );
+    let warned = run(&lowered, "text");
+    assert!(
+        warned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&warned.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&warned.stderr);
+    assert!(
+        stderr.contains("0 breaking change(s) and 1 warning(s)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "warning TimeoutLowered: thing.v1.Thing.GetThing timeout_ms went down from 100 to 50"
+        ),
+        "{stderr}"
+    );
+}

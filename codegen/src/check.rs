@@ -168,6 +168,31 @@ pub fn compare(base: &ContractSet, head: &ContractSet) -> Vec<BreakingChange> {
             Some(new) => compare_contract(old, new, &mut report),
         }
     }
+    // shared types (`common/`) are part of every contract that imports them
+    let mut report = Reporter {
+        contract: crate::load::SHARED_DIR,
+        out: &mut out,
+    };
+    for (name, om) in &base.shared.messages {
+        match head.shared.messages.get(name) {
+            None => report.add(
+                BreakingKind::MessageRemoved,
+                &om.location,
+                format!("shared message {name} was removed; contracts may use it"),
+            ),
+            Some(nm) => compare_message(om, nm, &mut report),
+        }
+    }
+    for (name, oe) in &base.shared.enums {
+        match head.shared.enums.get(name) {
+            None => report.add(
+                BreakingKind::EnumRemoved,
+                &oe.location,
+                format!("shared enum {name} was removed; contracts may use it"),
+            ),
+            Some(ne) => compare_enum(oe, ne, &mut report),
+        }
+    }
     out
 }
 

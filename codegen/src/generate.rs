@@ -108,7 +108,7 @@ fn event_methods(set: &ContractSet) -> HashSet<String> {
         .collect()
 }
 
-/// The contract files with every EVENT method removed from their services (events travel on
+/// The contract files (and the shared ones, generated once) with every EVENT method removed from their services (events travel on
 /// the queue, not over HTTP/2) and services left without calls dropped. Imports that are not
 /// contracts (the mesh options, well-known types) are left out: prost maps well-known types to
 /// `prost_types` and the options generate no code.
@@ -117,6 +117,7 @@ fn calls_only(set: &ContractSet) -> prost_types::FileDescriptorSet {
         .contracts
         .iter()
         .flat_map(|c| c.files.iter().map(String::as_str))
+        .chain(set.shared.files.iter().map(String::as_str))
         .collect();
     let events = event_methods(set);
     let mut fds = set.descriptors.clone();

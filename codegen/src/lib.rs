@@ -36,4 +36,6 @@ pub mod tenants;
 pub use check::{BreakingChange, BreakingKind, Severity, compare};
 pub use error::{ContractError, Location, Violation};
 pub use generate::{Generated, INCLUDE_FILE, generate};
-pub use load::{ContractSet, OPTIONS_PROTO, OPTIONS_PROTO_NAME, load, load_baseline};
+pub use load::{
+    ContractSet, OPTIONS_PROTO, OPTIONS_PROTO_NAME, SHARED_DIR, Shared, load, load_baseline,
+};

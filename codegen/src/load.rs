@@ -35,6 +35,9 @@ pub struct ContractSet {
     pub root: PathBuf,
     /// Contracts, ordered by folder (`gateway/v1`, `order/v1`, `order/v2`, ...).
     pub contracts: Vec<Contract>,
+    /// Types shared by several contracts (`contracts/common/*.proto`): generated once, checked
+    /// for breaking changes like a contract's.
+    pub shared: Shared,
     /// Compiled descriptors of every contract file and its imports, dependencies first.
     pub descriptors: prost_types::FileDescriptorSet,
     /// The same, encoded with the `(mesh.*)` options (prost_types drops extension options).
@@ -55,6 +58,20 @@ impl ContractSet {
     }
 }
 
+/// The shared files (`common/money.proto`) and the types they declare.
+#[derive(Clone, Debug, Default)]
+pub struct Shared {
+    /// Compiler names (`common/money.proto`).
+    pub files: Vec<String>,
+    /// Their messages, by full name.
+    pub messages: std::collections::BTreeMap<String, crate::model::Message>,
+    /// Their enums, by full name.
+    pub enums: std::collections::BTreeMap<String, crate::model::Enum>,
+}
+
+/// The folder of shared types.
+pub const SHARED_DIR: &str = "common";
+
 /// A contract folder found on disk, before compiling.
 struct Found {
     dir: String,
@@ -65,12 +82,12 @@ struct Found {
 
 /// Loads, compiles and validates every contract under `root`.
 pub fn load(root: &Path) -> Result<ContractSet, ContractError> {
-    let found = discover(root)?;
+    let (found, shared) = discover(root)?;
     let mut resolver = ChainFileResolver::new();
     resolver.add(EmbeddedOptions);
     resolver.add(IncludeFileResolver::new(root.to_path_buf()));
     resolver.add(GoogleFileResolver::new());
-    compile(root, found, resolver)
+    compile(root, found, shared, resolver)
 }
 
 /// Loads the contracts held by a descriptor set written by [`ContractSet::baseline`] (the
@@ -86,8 +103,13 @@ pub fn load_baseline(path: &Path) -> Result<ContractSet, ContractError> {
             ),
         })?;
     let mut found: Vec<Found> = Vec::new();
+    let mut shared = Vec::new();
     for file in &set.file {
         let name = file.name();
+        if name.split('/').count() == 2 && name.starts_with(&format!("{SHARED_DIR}/")) {
+            shared.push(name.to_owned());
+            continue;
+        }
         let mut parts = name.split('/');
         let (Some(service), Some(version), Some(_file), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -118,7 +140,7 @@ pub fn load_baseline(path: &Path) -> Result<ContractSet, ContractError> {
     }
     let resolver = protox::file::DescriptorSetFileResolver::decode(bytes.as_slice())
         .expect("decoded as a FileDescriptorSet just above");
-    compile(path, found, resolver)
+    compile(path, found, shared, resolver)
 }
 
 /// `v2` -> 2; anything else (`v02`, `2`, `v`) -> None.
@@ -132,11 +154,12 @@ pub(crate) fn parse_major(version: &str) -> Option<u32> {
 fn compile(
     root: &Path,
     found: Vec<Found>,
+    shared: Vec<String>,
     resolver: impl FileResolver + 'static,
 ) -> Result<ContractSet, ContractError> {
     let mut compiler = protox::Compiler::with_file_resolver(resolver);
     compiler.include_imports(true).include_source_info(true);
-    for file in found.iter().flat_map(|c| &c.files) {
+    for file in shared.iter().chain(found.iter().flat_map(|c| &c.files)) {
         compiler
             .open_file(file)
             .map_err(|err| proto_error(root, &err))?;
@@ -144,6 +167,13 @@ fn compile(
     let pool = compiler.descriptor_pool();
     let options = MeshOptions::new(&pool);
     let mut violations = protoc_scoping(root, &found);
+    let shared = Extractor {
+        root,
+        pool: &pool,
+        options: &options,
+        violations: &mut violations,
+    }
+    .shared(shared);
     let contracts = found
         .into_iter()
         .filter_map(|f| {
@@ -160,6 +190,7 @@ fn compile(
         Ok(ContractSet {
             root: root.to_path_buf(),
             contracts,
+            shared,
             descriptors: compiler.file_descriptor_set(),
             encoded: compiler.encode_file_descriptor_set(),
         })
@@ -222,11 +253,43 @@ fn protoc_scoping(root: &Path, found: &[Found]) -> Vec<Violation> {
     violations
 }
 
-fn discover(root: &Path) -> Result<Vec<Found>, ContractError> {
+fn discover(root: &Path) -> Result<(Vec<Found>, Vec<String>), ContractError> {
+    let stray = |path: PathBuf| ContractError::Layout {
+        path,
+        message: format!(
+            "a .proto file belongs in `<service>/v<major>/` (a contract) or `{SHARED_DIR}/` \
+             (types shared by contracts); move it there or delete it"
+        ),
+    };
+    let is_proto = |p: &Path| p.extension().is_some_and(|e| e == "proto");
     let mut found = Vec::new();
+    let mut shared = Vec::new();
     for service_dir in sorted_entries(root)? {
         let name = file_name(&service_dir);
-        if !service_dir.is_dir() || name == "mesh" || name.starts_with('.') {
+        if name.starts_with('.') {
+            continue;
+        }
+        if !service_dir.is_dir() {
+            if is_proto(&service_dir) {
+                return Err(stray(service_dir));
+            }
+            continue; // baseline.binpb, a README
+        }
+        if name == "mesh" {
+            continue;
+        }
+        if name == SHARED_DIR {
+            for file in sorted_entries(&service_dir)? {
+                if file.is_dir() {
+                    return Err(ContractError::Layout {
+                        path: file,
+                        message: format!("`{SHARED_DIR}/` holds .proto files only, no folders"),
+                    });
+                }
+                if is_proto(&file) {
+                    shared.push(format!("{SHARED_DIR}/{}", file_name(&file)));
+                }
+            }
             continue;
         }
         if !is_identifier(&name) {
@@ -237,6 +300,9 @@ fn discover(root: &Path) -> Result<Vec<Found>, ContractError> {
         }
         for version_dir in sorted_entries(&service_dir)? {
             if !version_dir.is_dir() {
+                if is_proto(&version_dir) {
+                    return Err(stray(version_dir));
+                }
                 continue;
             }
             let version = file_name(&version_dir);
@@ -248,7 +314,7 @@ fn discover(root: &Path) -> Result<Vec<Found>, ContractError> {
                 })?;
             let files: Vec<String> = sorted_entries(&version_dir)?
                 .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "proto"))
+                .filter(|p| is_proto(p))
                 .map(|p| format!("{name}/{version}/{}", file_name(&p)))
                 .collect();
             if files.is_empty() {
@@ -272,7 +338,7 @@ fn discover(root: &Path) -> Result<Vec<Found>, ContractError> {
                 .into(),
         });
     }
-    Ok(found)
+    Ok((found, shared))
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, ContractError> {
@@ -499,6 +565,41 @@ struct Extractor<'a> {
 }
 
 impl Extractor<'_> {
+    /// The shared files' types; a shared file declares types only, in package `common` or
+    /// `common.<name>`.
+    fn shared(&mut self, files: Vec<String>) -> Shared {
+        let mut shared = Shared::default();
+        for name in &files {
+            let Some(file) = self.pool.get_file_by_name(name) else {
+                continue;
+            };
+            let package = file.package_name().to_owned();
+            if package != SHARED_DIR && !package.starts_with(&format!("{SHARED_DIR}.")) {
+                self.violation(
+                    Location::file(self.root.join(name)),
+                    format!("shared file {name}"),
+                    format!("package is `{package}`; a shared file's package is `{SHARED_DIR}` or `{SHARED_DIR}.<name>`, so it never collides with a contract's"),
+                );
+            }
+            for service in file.services() {
+                self.violation(
+                    self.locate(&file, service.path()),
+                    format!("service {}", service.full_name()),
+                    "shared files declare types only; a service is a contract in `<service>/v<major>/`",
+                );
+            }
+            for message in file.messages() {
+                self.collect_message(&file, message, &mut shared.messages, &mut shared.enums);
+            }
+            for e in file.enums() {
+                let model = self.enum_model(&file, &e);
+                shared.enums.insert(model.full_name.clone(), model);
+            }
+        }
+        shared.files = files;
+        shared
+    }
+
     fn violation(
         &mut self,
         location: Location,

@@ -35,7 +35,7 @@ pub mod tenants;
 
 pub use check::{BreakingChange, BreakingKind, Severity, compare};
 pub use error::{ContractError, Location, Violation};
-pub use generate::{Generated, INCLUDE_FILE, generate};
+pub use generate::{GenerateOptions, Generated, INCLUDE_FILE, generate, generate_with};
 pub use load::{
     ContractSet, OPTIONS_PROTO, OPTIONS_PROTO_NAME, SHARED_DIR, Shared, load, load_baseline,
 };

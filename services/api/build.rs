@@ -14,7 +14,11 @@ fn main() {
             panic!("contracts in {} are invalid:\n{err}", contracts.display());
         }
     };
-    if let Err(err) = mesh_codegen::generate(&set, &out) {
+    // the admin API is the mesh's own control plane, served to meshctl: no tenant runs it
+    let options = mesh_codegen::GenerateOptions {
+        not_in_catalogue: &["admin"],
+    };
+    if let Err(err) = mesh_codegen::generate_with(&set, &out, &options) {
         panic!("{err}");
     }
 }

@@ -12,7 +12,8 @@
 //! - [`check`]s two versions of the contracts for breaking changes within a major version,
 //!   like `buf breaking`, and also over the manifest (tier lowered, deadline removed ...);
 //!   the reference is the released baseline ([`ContractSet::baseline`], [`load_baseline`]),
-//!   never merely the previous commit.
+//!   never merely the previous commit;
+//! - [`scaffold`]s a new service: its contract and a crate implementing it.
 //!
 //! Use it from `build.rs`:
 //!
@@ -30,6 +31,7 @@ mod error;
 mod generate;
 mod load;
 pub mod model;
+pub mod scaffold;
 mod stubs;
 pub mod tenants;
 

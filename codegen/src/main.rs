@@ -64,6 +64,18 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = ErrorFormat::Text)]
         error_format: ErrorFormat,
     },
+    /// Writes a new service: its contract (`<contracts>/<name>/v1/<name>.proto`) and a crate
+    /// implementing it (`<services>/<name>/`), then says the three lines that serve it.
+    NewService {
+        /// The service's name, lowercase snake_case (`coupon`, `gift_card`).
+        name: String,
+        /// The contracts folder.
+        #[arg(long, default_value = "contracts")]
+        contracts: PathBuf,
+        /// The folder of service crates.
+        #[arg(long, default_value = "services")]
+        services: PathBuf,
+    },
     /// The released baseline of the contracts, against which `check` finds breaking changes.
     Baseline {
         #[command(subcommand)]
@@ -111,6 +123,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 set.contracts.len(),
                 out.display()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::NewService {
+            name,
+            contracts,
+            services,
+        } => {
+            let scaffold = mesh_codegen::scaffold::new_service(&name, &contracts, &services)?;
+            for file in &scaffold.files {
+                println!("wrote {}", file.display());
+            }
+            // the contract is valid as written: checked with the others
+            let set = mesh_codegen::load(&contracts)?;
+            println!(
+                "{} contract(s) valid in {}",
+                set.contracts.len(),
+                contracts.display()
+            );
+            println!("to serve it:");
+            for (n, step) in scaffold.next_steps.iter().enumerate() {
+                println!("  {}. {step}", n + 1);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Baseline {

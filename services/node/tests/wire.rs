@@ -251,8 +251,8 @@ async fn a_python_publisher_following_the_envelope_reaches_the_tenant_and_garbag
     );
 }
 
-/// Python grpcio, with stubs protoc generated from `contracts/`, against `mesh up` at the front
-/// door and directly at a worker: every method's success path, the error codes a caller can
+/// Python grpcio, with stubs protoc generated from `contracts/`, against `mesh up` on RabbitMQ,
+/// at the front door and directly at a worker: health and reflection, every method's success path, the error codes a caller can
 /// meet with their messages, and a chat end to end over a server stream
 /// (`tests/python/conformance.py`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +279,12 @@ async fn python_grpc_clients_get_every_answer_intact_at_the_front_door_and_a_wor
         .arg(format!("--grpc_python_out={}", stubs.path().display()))
         .args(&protos));
     let dir = tenants_folder(&["mall", "paipai"], &[]);
-    let mut up = MeshUp::start(dir.path(), &[]).await;
+    // events on RabbitMQ, as deployed
+    let mut up = MeshUp::start(
+        dir.path(),
+        &[("MESH_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/%2f")],
+    )
+    .await;
     let serving = up
         .output
         .wait_for("the worker", |l| l.starts_with("serving group=shared"))

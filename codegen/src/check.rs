@@ -474,15 +474,21 @@ fn compare_message(old: &Message, new: &Message, r: &mut Reporter<'_>) {
         }
     }
     for range in &old.reserved_numbers {
-        for number in range.clone() {
-            if !new.reserves_number(number) && !new.fields.iter().any(|f| f.number == number) {
-                r.add(
-                    ReservedRemoved,
-                    &new.location,
-                    format!("message {name} no longer reserves number {number}: the next change could reuse it unnoticed"),
-                );
-                break;
-            }
+        let dropped: Vec<u32> = range
+            .clone()
+            .filter(|n| !new.reserves_number(*n) && !new.fields.iter().any(|f| f.number == *n))
+            .collect();
+        if let (Some(first), Some(last)) = (dropped.first(), dropped.last()) {
+            let numbers = if first == last {
+                format!("number {first}")
+            } else {
+                format!("numbers {first} to {last}")
+            };
+            r.add(
+                ReservedRemoved,
+                &new.location,
+                format!("message {name} no longer reserves {numbers}: the next change could reuse them unnoticed"),
+            );
         }
     }
     for reserved in &old.reserved_names {

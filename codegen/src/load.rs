@@ -312,7 +312,16 @@ fn discover(root: &Path) -> Result<(Vec<Found>, Vec<String>), ContractError> {
                         "expected a major-version folder `v<N>` (e.g. `v1`) inside `{name}/`, found `{version}`"
                     ),
                 })?;
-            let files: Vec<String> = sorted_entries(&version_dir)?
+            let entries = sorted_entries(&version_dir)?;
+            if let Some(nested) = entries.iter().find(|p| p.is_dir()) {
+                return Err(ContractError::Layout {
+                    path: nested.clone(),
+                    message: "a contract folder holds its .proto files directly, no folders: \
+                              move them into the contract folder or out of `contracts/`"
+                        .into(),
+                });
+            }
+            let files: Vec<String> = entries
                 .into_iter()
                 .filter(|p| is_proto(p))
                 .map(|p| format!("{name}/{version}/{}", file_name(&p)))

@@ -285,16 +285,25 @@ fn report(changes: &[mesh_codegen::BreakingChange], format: ErrorFormat, label: 
                     Severity::Breaking => "error",
                     Severity::Warning => "warning",
                 };
-                let mut at = format!("file={}", c.location.file.display());
-                if let Some(line) = c.location.line {
-                    at.push_str(&format!(",line={line}"));
-                }
-                if let Some(column) = c.location.column {
-                    at.push_str(&format!(",col={column}"));
-                }
                 // workflow commands end at a newline and treat `%` specially
                 let message = c.message.replace('%', "%25").replace('\n', "%0A");
-                println!("::{level} {at},title={}::{message}", c.kind);
+                if c.location.file.exists() {
+                    let mut at = format!("file={}", c.location.file.display());
+                    if let Some(line) = c.location.line {
+                        at.push_str(&format!(",line={line}"));
+                    }
+                    if let Some(column) = c.location.column {
+                        at.push_str(&format!(",col={column}"));
+                    }
+                    println!("::{level} {at},title={}::{message}", c.kind);
+                } else {
+                    // a deleted element lives only in the baseline or the revision: no line of
+                    // the pull request to annotate, so the annotation says where it was
+                    println!(
+                        "::{level} title={}::{message} (was at {})",
+                        c.kind, c.location
+                    );
+                }
             }
         }
         ErrorFormat::Text if changes.is_empty() => {
@@ -306,9 +315,20 @@ fn report(changes: &[mesh_codegen::BreakingChange], format: ErrorFormat, label: 
             for change in changes {
                 eprintln!("  {change}");
             }
-            if breaking > 0 {
+            if changes
+                .iter()
+                .any(|c| c.kind.severity() == Severity::Breaking && c.contract != "common")
+            {
                 eprintln!(
                     "breaking changes go into a new major version folder (e.g. order/v2) beside the old one"
+                );
+            }
+            if changes
+                .iter()
+                .any(|c| c.kind.severity() == Severity::Breaking && c.contract == "common")
+            {
+                eprintln!(
+                    "shared types (common/) cannot break: add new fields or messages beside the old ones instead"
                 );
             }
         }

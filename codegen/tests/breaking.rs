@@ -397,6 +397,20 @@ fn reserved_numbers_and_names_stay_reserved() {
 
     let enum_base = thing(&[]).replace("COLOR_BLUE = 2;", "COLOR_BLUE = 2;\n  reserved 3;");
     assert_eq!(kinds(&enum_base, &thing(&[])), [ReservedRemoved]);
+
+    // a range taken out is named as a range, a narrowed one by what it lost
+    let range = fields("  int64 size = 2;", "  reserved 20 to 25;");
+    let (_b, base) = load_thing(&range);
+    let (_h, head) = load_thing(&fields("  int64 size = 2;", "  reserved 20 to 22;"));
+    let changes = compare(&base.unwrap(), &head.unwrap());
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert!(
+        changes[0].message.ends_with(
+            "no longer reserves numbers 23 to 25: the next change could reuse them unnoticed"
+        ),
+        "{}",
+        changes[0]
+    );
 }
 
 #[test]

@@ -119,3 +119,14 @@ fn a_stray_proto_file_is_refused_naming_it() {
     contracts.write("thing/NOTES.txt", "notes\n");
     assert!(mesh_codegen::load(contracts.path()).is_ok());
 }
+
+#[test]
+fn a_folder_inside_a_contract_folder_is_refused() {
+    let contracts = Contracts::with("thing/v1/thing.proto", &thing(&[]));
+    contracts.write("thing/v1/extra/extra.proto", MONEY);
+    let err = mesh_codegen::load(contracts.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("thing/v1/extra"), "{err}");
+    assert!(err.contains("holds its .proto files directly"), "{err}");
+}

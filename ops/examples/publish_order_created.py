@@ -9,7 +9,8 @@ Stubs first (from the repository root), then the event:
         --amqp amqp://guest:guest@127.0.0.1:5672/%2f --tenant mall \
         --order o-1001 --user alice --conversation c-alice --total-cents 4999 --currency EUR
 
-Publishing the same --message-id twice is handled once (the id is the idempotency key).
+Publishing the same --message-id twice is handled once (the id is the idempotency key). The
+tenant must run order v1 (paipai runs v2: its exchange is mesh.paipai.order.v2).
 """
 
 import argparse
@@ -26,7 +27,9 @@ def main():
     args.add_argument("--tenant", required=True)
     args.add_argument("--order", required=True)
     args.add_argument("--user", required=True)
-    args.add_argument("--conversation", default="")
+    # the message service puts the system message in this conversation; an event without one
+    # is dead-lettered by the consumer ("an order event needs a conversation_id and a user")
+    args.add_argument("--conversation", required=True)
     args.add_argument("--total-cents", type=int, default=0)
     args.add_argument("--currency", default="EUR")
     args.add_argument("--message-id", default=None, help="idempotency key (default: a new UUID)")

@@ -56,6 +56,11 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("front door: listening on {listen}"))?;
+    for id in tenants.tenants.keys() {
+        if let Ok(tenant) = TenantId::new(id) {
+            front.know(tenant);
+        }
+    }
     // healthy once it listens: a tenant whose worker is down gets UNAVAILABLE on its own calls
     front.probes().set_serving(true).await;
     println!("front door listening on {}", listener.local_addr()?);

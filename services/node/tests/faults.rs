@@ -300,6 +300,8 @@ async fn send_until_ok(
                             | Code::DeadlineExceeded
                             | Code::Cancelled
                             | Code::Unknown
+                            // the tenant's rate limit shedding the clients' own retry storm
+                            | Code::ResourceExhausted
                     ),
                     "a fault must answer a retryable code: {status:?}"
                 );

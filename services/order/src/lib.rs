@@ -243,6 +243,9 @@ impl OrderService {
     }
 
     fn find(&self, ctx: &RequestContext, order_id: &str) -> Result<Order, Status> {
+        // checked at the door: an id that could never be stored is the caller's mistake, and
+        // is not echoed back at any length
+        mesh_contract::fields::id("order_id", order_id)?;
         self.store.get(&ctx.tenant, order_id).ok_or_else(|| {
             Status::not_found(format!("order {order_id:?} of tenant {}", ctx.tenant))
         })
@@ -314,6 +317,7 @@ impl v1::order_server::Order for OrderService {
     ) -> Result<Response<v1::ListOrdersResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
         let r = request.get_ref();
+        mesh_contract::fields::id("user_id", &r.user_id)?;
         let orders = self
             .store
             .list(&ctx.tenant, &r.user_id, limit(r.limit))
@@ -343,6 +347,7 @@ impl v2::order_server::Order for OrderService {
     ) -> Result<Response<v2::ListOrdersResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
         let r = request.get_ref();
+        mesh_contract::fields::id("user_id", &r.user_id)?;
         let orders = self
             .store
             .list(&ctx.tenant, &r.user_id, limit(r.limit))

@@ -58,6 +58,9 @@ impl v1::recommend_server::Recommend for RecommendService {
         request: Request<v1::SuggestRequest>,
     ) -> Result<Response<v1::SuggestResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
+        // both optional (anonymous suggestions, no conversation), checked when given
+        mesh_contract::fields::optional_id("user_id", &request.get_ref().user_id)?;
+        mesh_contract::fields::optional_id("conversation_id", &request.get_ref().conversation_id)?;
         let tenant_max = self
             .max_by_tenant
             .read()

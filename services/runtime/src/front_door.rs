@@ -103,6 +103,9 @@ struct Watch {
 #[derive(Clone, Debug)]
 pub struct FrontDoor {
     routes: Arc<RwLock<HashMap<TenantId, Upstream>>>,
+    /// Every tenant this mesh serves, routed now or not (a tenant whose process restarts is
+    /// known but unrouted: UNAVAILABLE, worth a retry; an unknown one is UNAUTHENTICATED).
+    known: Arc<RwLock<std::collections::HashSet<TenantId>>>,
     upstream: UpstreamLimits,
     catalogue: Catalogue,
     watch: Arc<Watch>,
@@ -140,6 +143,7 @@ impl FrontDoor {
     pub fn new(catalogue: Catalogue) -> Self {
         Self {
             routes: Arc::default(),
+            known: Arc::default(),
             upstream: UpstreamLimits::default(),
             catalogue,
             watch: Arc::default(),
@@ -324,8 +328,14 @@ impl FrontDoor {
     }
 
     /// Routes `tenant` to the process listening at `address` (`127.0.0.1:4567`).
+    /// Records that this mesh serves `tenant` (before its process is up).
+    pub fn know(&self, tenant: TenantId) {
+        self.known.write().expect("lock").insert(tenant);
+    }
+
     /// Tenants sharing a process share its connections (and its stream cap).
     pub fn route(&self, tenant: TenantId, address: &str) -> Result<(), tonic::transport::Error> {
+        self.know(tenant.clone());
         let mut routes = self.routes.write().expect("lock");
         let upstream = match routes.values().find(|u| u.address() == address) {
             Some(shared) => shared.clone(),
@@ -400,6 +410,9 @@ where
             .as_ref()
             .and_then(|t| self.routes.read().expect("lock").get(t).cloned());
         let front = self.clone();
+        let known = tenant_id
+            .as_ref()
+            .is_some_and(|t| self.known.read().expect("lock").contains(t));
         Box::pin(async move {
             let (Some(upstream), Some(tenant_id)) = (route, tenant_id) else {
                 let status = match tenant {
@@ -407,6 +420,9 @@ where
                         "request carries no tenant (header `{}`)",
                         headers::TENANT
                     )),
+                    Some(t) if !known => {
+                        tonic::Status::unauthenticated(format!("unknown tenant {t:?}"))
+                    }
                     Some(t) => tonic::Status::unavailable(format!(
                         "no process is serving tenant {t:?} right now"
                     )),

@@ -103,8 +103,13 @@ def run(target, run_id):
     refused(recommend.Suggest, recommend_pb2.SuggestRequest(), (),
             grpc.StatusCode.UNAUTHENTICATED, "x-mesh-tenant", "no tenant is UNAUTHENTICATED")
     refused(recommend.Suggest, recommend_pb2.SuggestRequest(), md("nosuch", "whatever-token"),
-            grpc.StatusCode.UNAVAILABLE if target_is_front[target] else grpc.StatusCode.UNAUTHENTICATED,
-            "nosuch", "an unknown tenant is refused naming it")
+            grpc.StatusCode.UNAUTHENTICATED, "unknown tenant \"nosuch\"", "an unknown tenant is UNAUTHENTICATED naming it")
+    refused(orders1.GetOrder, order1.GetOrderRequest(order_id=""), MALL,
+            grpc.StatusCode.INVALID_ARGUMENT, "order_id", "an empty order id is INVALID_ARGUMENT")
+    refused(orders1.GetOrder, order1.GetOrderRequest(order_id="x" * 5000), MALL,
+            grpc.StatusCode.INVALID_ARGUMENT, "order_id", "an oversized order id is INVALID_ARGUMENT")
+    refused(channel.unary_unary("/order.v1.Order/Nope"), b"", MALL,
+            grpc.StatusCode.UNIMPLEMENTED, "has no method \"Nope\"", "an unknown method names the service's methods")
     send = messages.Send
     refused(send, message_pb2.SendRequest(conversation_id="c 1", from_user="a", to_user="b", body="x", client_msg_id="m"),
             MALL, grpc.StatusCode.INVALID_ARGUMENT, "conversation_id", "a bad id is INVALID_ARGUMENT naming the field")

@@ -61,6 +61,39 @@ impl ServicePlan {
     }
 }
 
+impl ServicePlan {
+    /// What a call to a path no contract declares is told: the service's methods, or the
+    /// services there are (the router alone would answer an empty UNIMPLEMENTED).
+    fn unknown(&self, path: &str) -> tonic::Status {
+        let (service, method) = path
+            .strip_prefix('/')
+            .and_then(|p| p.split_once('/'))
+            .unwrap_or((path, ""));
+        let specs: Vec<_> = self
+            .catalogue
+            .0
+            .iter()
+            .filter(|spec| spec.service == service)
+            .collect();
+        if specs.is_empty() {
+            let mut services: Vec<&str> = self.catalogue.0.iter().map(|s| s.service).collect();
+            services.sort_unstable();
+            return tonic::Status::unimplemented(format!(
+                "no service {service:?} here; services: {}",
+                services.join(", ")
+            ));
+        }
+        let methods: Vec<&str> = specs
+            .iter()
+            .flat_map(|spec| spec.methods.iter().map(|m| m.name))
+            .collect();
+        tonic::Status::unimplemented(format!(
+            "{service} has no method {method:?}; its methods: {}",
+            methods.join(", ")
+        ))
+    }
+}
+
 impl Admit for ServicePlan {
     type Ticket = ();
 
@@ -83,7 +116,7 @@ impl Admit for ServicePlan {
                     event.exchange(&ctx.tenant),
                     event.routing_key
                 )))),
-                None => Decision::Admit(()),
+                None => Decision::from_status(Err(self.unknown(path))),
             },
         }
     }

@@ -51,8 +51,9 @@ impl Served {
             limiter: RateLimiter::from_tenants(&empty),
             plan: ServicePlan::from_tenants(&empty, CATALOGUE),
             runtimes: TenantRuntimes::default(),
+            // the bulkheads the platform's outbound calls really go through
+            bulkheads: platform.bulkheads().clone(),
             platform: std::sync::Arc::new(platform),
-            bulkheads: Bulkheads::from_tenants(&empty),
         }
     }
 
@@ -67,8 +68,6 @@ impl Served {
             config.limits.burst,
         );
         self.plan.add(config);
-        self.bulkheads
-            .set_limit(tenant.clone(), config.limits.max_concurrent_per_dependency);
         // the services: data namespace, settings, event consumers
         self.platform.add_tenant(config).await?;
         // authentication last: the tenant's calls are admitted once everything else knows it

@@ -22,7 +22,7 @@ use tonic::{Code, Status, Streaming, transport::Channel};
 /// A business line whose rate limit lets thousands of terminals attach at once.
 const BULK: &str = "id = \"bulk\"\ndisplay_name = \"Bulk\"\ndata_namespace = \"bulk\"\n\
     [credentials]\ntoken = \"bulk-secret-token\"\n\
-    [limits]\nrequests_per_second = 100000\nburst = 100000\n";
+    [limits]\nrequests_per_second = 100000\nburst = 100000\nmax_concurrent_per_dependency = 100000\n";
 
 async fn bulk_mesh(env: &[(&str, &str)]) -> (tempfile::TempDir, MeshUp, RequestContext) {
     let dir = tenants_folder(&[], &[("bulk.toml", BULK)]);

@@ -28,7 +28,7 @@ use mesh_push::{OfflineNotices, PushService};
 use mesh_recommend::RecommendService;
 use mesh_runtime::{
     TenantAuthLayer, TenantConfig, TenantDirectory, Tenants,
-    layers::{AdmitLayer, Catalogue, DeadlineLayer, ServicePlan, SwitchBoard},
+    layers::{AdmitLayer, Bulkheads, Catalogue, DeadlineLayer, ServicePlan, SwitchBoard},
 };
 use mesh_store::{MessageStore, StoreError};
 use tonic::{service::Routes, transport::Channel};
@@ -94,6 +94,7 @@ pub struct Platform {
     /// Locator and gateways, at this node's own address.
     own: Channel,
     switches: SwitchBoard,
+    bulkheads: Bulkheads,
     bus: Arc<dyn EventBus>,
     credentials: ServiceCredentials,
     consumer_suffix: String,
@@ -124,6 +125,10 @@ impl Platform {
             .tcp_nodelay(true)
             .connect_lazy();
         let credentials = ServiceCredentials::default();
+        // each tenant's calls to each dependency in places of their own (sized per tenant in
+        // add_tenant): a dependency slow for one tenant sheds that tenant's excess calls only
+        let bulkheads =
+            Bulkheads::new(mesh_runtime::config::Limits::default().max_concurrent_per_dependency);
         Self {
             locator: LocatorService::default(),
             gateway: GatewayService::new(node_id, url, own.clone(), credentials.clone()),
@@ -132,6 +137,7 @@ impl Platform {
                 own.clone(),
                 bus.clone(),
                 credentials.clone(),
+                bulkheads.clone(),
             ),
             orders: OrderService::with_events(OrderStore::default(), bus.clone()),
             recommend: RecommendService::new(
@@ -142,6 +148,7 @@ impl Platform {
             archive: Archive::new(store),
             own,
             switches: SwitchBoard::new(CATALOGUE),
+            bulkheads,
             bus,
             credentials,
             consumer_suffix: String::new(),
@@ -170,6 +177,8 @@ impl Platform {
 
         self.credentials
             .insert(tenant.clone(), config.credentials.resolve());
+        self.bulkheads
+            .set_limit(tenant.clone(), config.limits.max_concurrent_per_dependency);
         if let Some(max) = max_suggestions {
             self.recommend
                 .set_max_suggestions(tenant.clone(), u32::try_from(max).unwrap_or(u32::MAX));
@@ -289,6 +298,12 @@ impl Platform {
             self.recommend.clone(),
         ))
         .add_service(push::v1::push_server::PushServer::new(self.push.clone()))
+    }
+
+    /// The bulkheads the services' outbound calls go through, one per (tenant, dependency):
+    /// what `meshctl status` shows filling.
+    pub fn bulkheads(&self) -> &Bulkheads {
+        &self.bulkheads
     }
 
     /// The degradation switches this node's services consult themselves (the push consumer

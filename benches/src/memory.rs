@@ -29,6 +29,69 @@ pub fn mesh_binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A `mesh up` of the release binary, killed when dropped.
+pub struct MeshUp {
+    /// The process (the supervisor and front door).
+    pub child: tokio::process::Child,
+    /// Its pid.
+    pub pid: u32,
+    /// `host:port` of its front door.
+    pub front: String,
+    /// The pid of the worker of the shared group.
+    pub worker: u32,
+}
+
+/// Starts `mesh up` on the tenants in `tenants` (embedded bus and store, state in `state`,
+/// admin API on a free port) with the extra environment `env`, and waits for its front door and
+/// its shared worker.
+pub async fn mesh_up(
+    tenants: &std::path::Path,
+    state: &std::path::Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<MeshUp> {
+    let mut child = tokio::process::Command::new(mesh_binary()?)
+        .args(["up", "--listen", "127.0.0.1:0", "--config"])
+        .arg(state.join("no-mesh.toml"))
+        .arg("--tenants")
+        .arg(tenants)
+        .env("MESH_STATE_DIR", state)
+        .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .env_remove("MESH_AMQP_URI")
+        .env_remove("MESH_STORE_POSTGRES")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow::anyhow!("mesh up has no pid"))?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let (mut front, mut worker) = (None, None);
+    while front.is_none() || worker.is_none() {
+        let line = lines
+            .next_line()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("mesh up ended"))?;
+        if let Some(address) = line.strip_prefix("front door listening on ") {
+            front = Some(address.to_owned());
+        }
+        if line.starts_with("serving group=shared") {
+            worker = line
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("pid="))
+                .and_then(|p| p.parse::<u32>().ok());
+        }
+    }
+    // keep reading what it prints, so it never blocks on a full pipe
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(MeshUp {
+        child,
+        pid,
+        front: front.expect("read above"),
+        worker: worker.expect("read above"),
+    })
+}
+
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status

@@ -2,15 +2,14 @@
 //! connections through its front door, each making one call, then left idle: the front door
 //! closes them, and its resident memory is measured before, at the peak and after.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use futures::StreamExt;
 use mesh_api::recommend::v1 as recommend;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::{
     Row,
-    memory::{mesh_binary, rss_kib},
+    memory::{mesh_up, rss_kib},
 };
 
 /// Connections opened at the peak.
@@ -23,40 +22,14 @@ const SETTLE_SECS: u64 = 15;
 
 pub async fn run() -> anyhow::Result<Vec<Row>> {
     let state = tempfile::tempdir()?;
-    let mut up = tokio::process::Command::new(mesh_binary()?)
-        .args(["up", "--listen", "127.0.0.1:0", "--config"])
-        .arg(state.path().join("no-mesh.toml"))
-        .arg("--tenants")
-        .arg(crate::tenants_dir())
-        .env("MESH_STATE_DIR", state.path())
-        .env("MESH_FRONT_DOOR_IDLE_TIMEOUT_SECS", IDLE_SECS.to_string())
-        .env_remove("MESH_AMQP_URI")
-        .env_remove("MESH_STORE_POSTGRES")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let front_pid = up
-        .id()
-        .ok_or_else(|| anyhow::anyhow!("mesh up has no pid"))?;
-    let mut lines = BufReader::new(up.stdout.take().expect("piped")).lines();
-    let (mut front, mut worker) = (None, None);
-    while front.is_none() || worker.is_none() {
-        let line = lines
-            .next_line()
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("mesh up ended"))?;
-        if let Some(address) = line.strip_prefix("front door listening on ") {
-            front = Some(address.to_owned());
-        }
-        if line.starts_with("serving group=shared") {
-            worker = line
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix("pid="))
-                .and_then(|p| p.parse::<u32>().ok());
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let (front, worker) = (front.expect("read"), worker.expect("read"));
+    let idle = IDLE_SECS.to_string();
+    let mut up = mesh_up(
+        &crate::tenants_dir(),
+        state.path(),
+        &[("MESH_FRONT_DOOR_IDLE_TIMEOUT_SECS", idle.as_str())],
+    )
+    .await?;
+    let (front, front_pid, worker) = (up.front.clone(), up.pid, up.worker);
     let tenants = crate::shipped_tenants()?;
     let ctx = crate::tenant_ctx(&tenants, "mall")?;
     // one warm-up call, so the baseline includes the route to the worker
@@ -111,7 +84,7 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
         .unwrap_or(usize::MAX);
     eprintln!("connections the front door still holds after the idle timeout: {still_open}");
     drop(channels);
-    let _ = up.kill().await;
+    let _ = up.child.kill().await;
 
     let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
     let per = |peak: u64, base: u64| {

@@ -4,7 +4,7 @@
 //! time, resident memory of the front door and of the worker per attached terminal, memory
 //! after they left, and the time from a reconnect to the first message the terminal missed.
 
-use std::{process::Stdio, time::Duration, time::Instant};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use mesh_api::{
@@ -13,12 +13,11 @@ use mesh_api::{
     message::v1 as message,
 };
 use mesh_contract::{RequestContext, TenantId};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::transport::Channel;
 
 use crate::{
     Row,
-    memory::{mesh_binary, rss_kib},
+    memory::{mesh_up, rss_kib},
     micros, percentile,
 };
 
@@ -44,40 +43,8 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
         dir.path().join("_defaults.toml"),
     )?;
     std::fs::write(dir.path().join("bulk.toml"), BULK)?;
-    let mut up = tokio::process::Command::new(mesh_binary()?)
-        .args(["up", "--listen", "127.0.0.1:0", "--config"])
-        .arg(dir.path().join("no-mesh.toml"))
-        .arg("--tenants")
-        .arg(dir.path())
-        .env("MESH_STATE_DIR", dir.path().join(".state"))
-        .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
-        .env_remove("MESH_AMQP_URI")
-        .env_remove("MESH_STORE_POSTGRES")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let front_pid = up
-        .id()
-        .ok_or_else(|| anyhow::anyhow!("mesh up has no pid"))?;
-    let mut lines = BufReader::new(up.stdout.take().expect("piped")).lines();
-    let (mut front, mut worker) = (None, None);
-    while front.is_none() || worker.is_none() {
-        let line = lines
-            .next_line()
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("mesh up ended"))?;
-        if let Some(address) = line.strip_prefix("front door listening on ") {
-            front = Some(address.to_owned());
-        }
-        if line.starts_with("serving group=shared") {
-            worker = line
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix("pid="))
-                .and_then(|p| p.parse::<u32>().ok());
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let (front, worker) = (front.expect("read"), worker.expect("read"));
+    let mut up = mesh_up(dir.path(), &dir.path().join(".state"), &[]).await?;
+    let (front, front_pid, worker) = (up.front.clone(), up.pid, up.worker);
     let ctx = RequestContext::new(TenantId::new("bulk")?).with_token("bulk-secret-token");
     let mut channels = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
@@ -143,7 +110,7 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
         .connect()
         .await?;
     let reconnect = reconnects(&fresh, &ctx).await?;
-    let _ = up.kill().await;
+    let _ = up.child.kill().await;
 
     let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
     let per = |peak: u64, base: u64| {

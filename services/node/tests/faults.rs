@@ -438,12 +438,7 @@ async fn acknowledged_messages_survive_broker_database_and_worker_faults() {
         ],
     )
     .await;
-    let admin_at = up
-        .output
-        .wait_for("the admin API", |l| l.starts_with("admin listening on "))
-        .await
-        .trim_start_matches("admin listening on ")
-        .to_owned();
+    let admin_at = up.admin_address().await;
     let serving = up
         .output
         .wait_for("the worker", |l| l.starts_with("serving group=shared"))

@@ -144,12 +144,7 @@ async fn offline_receivers_are_notified_through_the_queue_with_retries_dead_lett
         ],
     )
     .await;
-    let admin_at = up
-        .output
-        .wait_for("the admin API", |l| l.starts_with("admin listening on "))
-        .await
-        .trim_start_matches("admin listening on ")
-        .to_owned();
+    let admin_at = up.admin_address().await;
     up.output
         .wait_for("the worker", |l| l.starts_with("serving group=shared"))
         .await;

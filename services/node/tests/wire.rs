@@ -153,12 +153,7 @@ async fn a_python_publisher_following_the_envelope_reaches_the_tenant_and_garbag
         ],
     )
     .await;
-    let admin_at = up
-        .output
-        .wait_for("the admin API", |l| l.starts_with("admin listening on "))
-        .await
-        .trim_start_matches("admin listening on ")
-        .to_owned();
+    let admin_at = up.admin_address().await;
     up.output
         .wait_for("the worker", |l| l.starts_with("serving group=shared"))
         .await;

@@ -138,6 +138,15 @@ impl MeshUp {
             .unwrap()
     }
 
+    /// Where its admin API listens (waits for the line saying so).
+    pub async fn admin_address(&mut self) -> String {
+        self.output
+            .wait_for("the admin API", |l| l.starts_with("admin listening on "))
+            .await
+            .trim_start_matches("admin listening on ")
+            .to_owned()
+    }
+
     /// The pid of this process.
     pub fn pid(&self) -> String {
         self.child.id().unwrap().to_string()

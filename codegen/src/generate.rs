@@ -152,10 +152,10 @@ fn event_methods(set: &ContractSet) -> HashSet<String> {
         .collect()
 }
 
-/// The contract files (and the shared ones, generated once) with every EVENT method removed from their services (events travel on
-/// the queue, not over HTTP/2) and services left without calls dropped. Imports that are not
-/// contracts (the mesh options, well-known types) are left out: prost maps well-known types to
-/// `prost_types` and the options generate no code.
+/// The contract files (and the shared ones, generated once) as [`served`] describes them (no
+/// EVENT methods: events travel on the queue, not over HTTP/2), without services left with no
+/// call. Imports that are not contracts (the mesh options, well-known types) are left out:
+/// prost maps well-known types to `prost_types` and the options generate no code.
 fn calls_only(set: &ContractSet) -> prost_types::FileDescriptorSet {
     let contract_files: HashSet<&str> = set
         .contracts
@@ -163,17 +163,9 @@ fn calls_only(set: &ContractSet) -> prost_types::FileDescriptorSet {
         .flat_map(|c| c.files.iter().map(String::as_str))
         .chain(set.shared.files.iter().map(String::as_str))
         .collect();
-    let events = event_methods(set);
-    let mut fds = set.descriptors.clone();
+    let mut fds = served(set);
     fds.file.retain(|f| contract_files.contains(f.name()));
     for file in &mut fds.file {
-        let package = file.package().to_owned();
-        for service in &mut file.service {
-            let service_name = format!("{package}.{}", service.name());
-            service
-                .method
-                .retain(|m| !events.contains(&format!("{service_name}.{}", m.name())));
-        }
         file.service.retain(|s| !s.method.is_empty());
     }
     fds

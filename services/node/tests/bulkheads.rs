@@ -92,9 +92,7 @@ async fn a_hanging_dependency_of_one_tenant_fills_only_its_bulkhead() {
     );
     let mut up = MeshUp::start(dir.path(), &[("MESH_ADMIN_TOKEN", OPS_TOKEN)]).await;
     let admin_at = up.admin_address().await;
-    up.output
-        .wait_for("the worker", |l| l.starts_with("serving group=shared"))
-        .await;
+    up.shared_worker().await;
     let (slow, calm) = (
         ctx("slowco", "slowco-secret-token"),
         ctx("calmco", "calmco-secret-token"),

@@ -439,10 +439,7 @@ async fn acknowledged_messages_survive_broker_database_and_worker_faults() {
     )
     .await;
     let admin_at = up.admin_address().await;
-    let serving = up
-        .output
-        .wait_for("the worker", |l| l.starts_with("serving group=shared"))
-        .await;
+    let serving = up.shared_worker().await;
     let channel = up.channel().await;
     let run = &uuid::Uuid::new_v4().simple().to_string()[..8];
 

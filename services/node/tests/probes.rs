@@ -56,10 +56,7 @@ async fn listed(address: &str) -> Vec<String> {
 async fn health_and_reflection_answer_without_tenant_credentials_at_the_front_door_and_a_worker() {
     let dir = tenants_folder(&["mall"], &[]);
     let mut up = MeshUp::start(dir.path(), &[]).await;
-    let serving = up
-        .output
-        .wait_for("the worker", |l| l.starts_with("serving group=shared"))
-        .await;
+    let serving = up.shared_worker().await;
     let worker = field(&serving, "address").to_owned();
     for address in [up.front.as_str(), worker.as_str()] {
         assert_eq!(

@@ -139,15 +139,13 @@ async fn offline_receivers_are_notified_through_the_queue_with_retries_dead_lett
     let mut up = MeshUp::start(
         dir.path(),
         &[
-            ("MESH_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            ("MESH_AMQP_URI", support::LOCAL_AMQP),
             ("MESH_ADMIN_TOKEN", OPS_TOKEN),
         ],
     )
     .await;
     let admin_at = up.admin_address().await;
-    up.output
-        .wait_for("the worker", |l| l.starts_with("serving group=shared"))
-        .await;
+    up.shared_worker().await;
     let ctx = ctx(&tenant, "push-secret-token");
     let channel = up.channel().await;
 

@@ -27,9 +27,7 @@ const BULK: &str = "id = \"bulk\"\ndisplay_name = \"Bulk\"\ndata_namespace = \"b
 async fn bulk_mesh(env: &[(&str, &str)]) -> (tempfile::TempDir, MeshUp, RequestContext) {
     let dir = tenants_folder(&[], &[("bulk.toml", BULK)]);
     let mut up = MeshUp::start(dir.path(), env).await;
-    up.output
-        .wait_for("the worker", |l| l.starts_with("serving group=shared"))
-        .await;
+    up.shared_worker().await;
     (dir, up, ctx("bulk", "bulk-secret-token"))
 }
 

@@ -64,9 +64,7 @@ async fn call(up: &MeshUp, path: &'static str, body: &'static [u8]) -> tonic::St
 async fn garbage_is_invalid_argument_and_an_event_called_as_a_call_says_where_events_go() {
     let dir = tenants_folder(&["mall"], &[]);
     let mut up = MeshUp::start(dir.path(), &[]).await;
-    up.output
-        .wait_for("the worker", |l| l.starts_with("serving group=shared"))
-        .await;
+    up.shared_worker().await;
 
     // field 1 as a varint whose bytes never end: not a GetOrderRequest
     let garbage = call(&up, "/order.v1.Order/GetOrder", &[0x08, 0xff, 0xff]).await;
@@ -148,15 +146,13 @@ async fn a_python_publisher_following_the_envelope_reaches_the_tenant_and_garbag
     let mut up = MeshUp::start(
         dir.path(),
         &[
-            ("MESH_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            ("MESH_AMQP_URI", support::LOCAL_AMQP),
             ("MESH_ADMIN_TOKEN", OPS_TOKEN),
         ],
     )
     .await;
     let admin_at = up.admin_address().await;
-    up.output
-        .wait_for("the worker", |l| l.starts_with("serving group=shared"))
-        .await;
+    up.shared_worker().await;
 
     let publish = |message_id: &str, order: &str, cents: &str| {
         run(std::process::Command::new(&python)
@@ -275,15 +271,8 @@ async fn python_grpc_clients_get_every_answer_intact_at_the_front_door_and_a_wor
         .args(&protos));
     let dir = tenants_folder(&["mall", "paipai"], &[]);
     // events on RabbitMQ, as deployed
-    let mut up = MeshUp::start(
-        dir.path(),
-        &[("MESH_AMQP_URI", "amqp://guest:guest@127.0.0.1:5672/%2f")],
-    )
-    .await;
-    let serving = up
-        .output
-        .wait_for("the worker", |l| l.starts_with("serving group=shared"))
-        .await;
+    let mut up = MeshUp::start(dir.path(), &[("MESH_AMQP_URI", support::LOCAL_AMQP)]).await;
+    let serving = up.shared_worker().await;
     let worker = support::field(&serving, "address").to_owned();
     let front = up.front.clone();
     let script = root.join("services/node/tests/python/conformance.py");

@@ -77,6 +77,9 @@ pub fn tenants_folder(shipped_tenants: &[&str], extra: &[(&str, &str)]) -> tempf
     dir
 }
 
+/// The machine's RabbitMQ, for tests that run `mesh up` on a real broker.
+pub const LOCAL_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 /// A tenant's request context with its credential.
 pub fn ctx(tenant: &str, token: &str) -> RequestContext {
     RequestContext::new(TenantId::new(tenant).unwrap()).with_token(token)
@@ -136,6 +139,14 @@ impl MeshUp {
             .connect()
             .await
             .unwrap()
+    }
+
+    /// The line announcing the worker of the shared group (`serving group=shared pid=..
+    /// address=.. tenants=..`), once it serves.
+    pub async fn shared_worker(&mut self) -> String {
+        self.output
+            .wait_for("the worker", |l| l.starts_with("serving group=shared"))
+            .await
     }
 
     /// Where its admin API listens (waits for the line saying so).

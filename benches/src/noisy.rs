@@ -94,6 +94,7 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
         tonic::transport::Server::builder()
             .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(
                 &tenants,
+                mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
             )))
             .add_service(locator::locator_server::LocatorServer::new(Locator))
             .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
@@ -119,6 +120,7 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
         tonic::transport::Server::builder()
             .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(
                 &tenants,
+                mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
             )))
             .layer(AdmitLayer::new(limiter))
             .add_service(recommend::recommend_server::RecommendServer::new(front))

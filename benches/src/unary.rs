@@ -56,7 +56,10 @@ async fn serve_mesh(tenants: &Tenants) -> anyhow::Result<String> {
         tonic::transport::Server::builder()
             // the worker's stack, outermost first: a span per call, then admission
             .layer(mesh_telemetry::TraceLayer::server(mesh_api::CONTRACTS))
-            .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(tenants)))
+            .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(
+                tenants,
+                mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
+            )))
             .layer(AdmitLayer::new(limiter))
             .layer(CachedAnswersLayer::new(
                 AnswerCache::new(10_000),

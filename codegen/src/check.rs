@@ -85,6 +85,11 @@ pub enum BreakingKind {
     /// A method's timeout went down: callers that took the old bound may now time out. A
     /// warning.
     TimeoutLowered,
+    /// A kind of caller the method declared in its `audience` may no longer call it.
+    AudienceNarrowed,
+    /// A method declared its `audience` for the first time (it was the BACKEND default): who
+    /// may call it changes, deliberately. A warning: review who loses access.
+    AudienceDeclared,
 }
 
 /// How a change is treated: a breaking one fails `check`; a warning is reported and passes.
@@ -100,7 +105,9 @@ impl BreakingKind {
     /// How `check` treats this kind of change.
     pub fn severity(self) -> Severity {
         match self {
-            BreakingKind::DegradedAnswerChanged | BreakingKind::TimeoutLowered => Severity::Warning,
+            BreakingKind::DegradedAnswerChanged
+            | BreakingKind::TimeoutLowered
+            | BreakingKind::AudienceDeclared => Severity::Warning,
             _ => Severity::Breaking,
         }
     }
@@ -327,6 +334,39 @@ fn compare_contract(old: &Contract, new: &Contract, r: &mut Reporter<'_>) {
                     degraded(nm.degraded.as_ref())
                 ),
             );
+        }
+        let names = |a: &[crate::model::Audience]| {
+            a.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+        };
+        if om.declared_audience.is_empty() {
+            if !nm.declared_audience.is_empty() && nm.audience() != om.audience() {
+                r.add(
+                    AudienceDeclared,
+                    &nm.location,
+                    format!(
+                        "{what} audience declared: [{}] (was the default, [BACKEND])",
+                        names(&nm.declared_audience)
+                    ),
+                );
+            }
+        } else {
+            let lost: Vec<_> = om
+                .audience()
+                .into_iter()
+                .filter(|a| !nm.audience().contains(a))
+                .collect();
+            if !lost.is_empty() {
+                r.add(
+                    AudienceNarrowed,
+                    &nm.location,
+                    format!(
+                        "{what} audience narrowed from [{}] to [{}]: {} callers lose access",
+                        names(&om.audience()),
+                        names(&nm.audience()),
+                        names(&lost)
+                    ),
+                );
+            }
         }
         if let (Some(before), Some(after)) = (om.timeout_ms, nm.timeout_ms)
             && after < before

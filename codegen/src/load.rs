@@ -19,7 +19,7 @@ use protox::file::{
 
 use crate::{
     error::{ContractError, Location, Violation},
-    model::{Contract, Degraded, Enum, Field, Kind, Message, Method, Service},
+    model::{Audience, Contract, Degraded, Enum, Field, Kind, Message, Method, Service},
 };
 
 /// The mesh options every contract imports, shipped with the generator so a contracts folder
@@ -523,6 +523,16 @@ fn get_u32(m: &DynamicMessage, field: &str) -> Option<u32> {
     m.get_field_by_name(field).and_then(|v| v.as_u32())
 }
 
+/// The numbers of a repeated enum field.
+fn get_enum_list(m: &DynamicMessage, field: &str) -> Vec<i32> {
+    m.get_field_by_name(field)
+        .and_then(|v| {
+            v.as_list()
+                .map(|l| l.iter().filter_map(|v| v.as_enum_number()).collect())
+        })
+        .unwrap_or_default()
+}
+
 fn get_message(m: &DynamicMessage, field: &str) -> Option<DynamicMessage> {
     if !m.has_field_by_name(field) {
         return None;
@@ -857,6 +867,28 @@ impl Extractor<'_> {
                     })
                 }
             });
+            let mut declared_audience = Vec::new();
+            for value in get_enum_list(&spec, "audience") {
+                match value {
+                    1 => declared_audience.push(Audience::User),
+                    2 => declared_audience.push(Audience::Backend),
+                    3 => declared_audience.push(Audience::Node),
+                    _ => self.violation(
+                        option_location.clone(),
+                        format!("{subject}: option (mesh.method).audience"),
+                        "names no caller; use USER, BACKEND or NODE",
+                    ),
+                }
+            }
+            declared_audience.sort();
+            declared_audience.dedup();
+            if kind == Kind::Event && !declared_audience.is_empty() {
+                self.violation(
+                    option_location.clone(),
+                    format!("{subject}: option (mesh.method).audience"),
+                    "is for calls; an event is published by the service that owns it",
+                );
+            }
             if timeout_ms == Some(0) {
                 self.violation(
                     option_location.clone(),
@@ -929,6 +961,7 @@ impl Extractor<'_> {
                 server_streaming: method.is_server_streaming(),
                 timeout_ms,
                 degraded,
+                declared_audience,
                 doc: self.leading_comment(&file, &path),
                 location,
                 idempotency: method

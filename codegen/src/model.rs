@@ -84,6 +84,28 @@ impl Kind {
     }
 }
 
+/// A kind of caller a method admits (`option (mesh.method).audience`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Audience {
+    /// An end user with a user token.
+    User,
+    /// A business line's backend with the tenant credential.
+    Backend,
+    /// The mesh's own nodes with the node credential.
+    Node,
+}
+
+impl Audience {
+    /// As written in contracts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Audience::User => "USER",
+            Audience::Backend => "BACKEND",
+            Audience::Node => "NODE",
+        }
+    }
+}
+
 /// The fallback a switched-off method answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Degraded {
@@ -126,6 +148,9 @@ pub struct Method {
     pub timeout_ms: Option<u32>,
     /// Fallback, if the contract sets one.
     pub degraded: Option<Degraded>,
+    /// Who may call it, as declared (sorted, no repeats); empty when the contract leaves it
+    /// unset, which means [`Audience::Backend`] only (see [`Method::audience`]).
+    pub declared_audience: Vec<Audience>,
     /// Leading comment, for generated docs.
     pub doc: String,
     /// Where the method is declared.
@@ -191,4 +216,15 @@ pub struct Enum {
     pub reserved_names: Vec<String>,
     /// Where it is declared.
     pub location: Location,
+}
+
+impl Method {
+    /// Who may call it: the declared audience, or the business backend alone when unset.
+    pub fn audience(&self) -> Vec<Audience> {
+        if self.declared_audience.is_empty() {
+            vec![Audience::Backend]
+        } else {
+            self.declared_audience.clone()
+        }
+    }
 }

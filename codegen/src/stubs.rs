@@ -120,6 +120,11 @@ fn metadata(contract: &Contract) -> TokenStream {
         let (cs, ss) = (m.client_streaming, m.server_streaming);
         let timeout = proc_macro2::Literal::u32_unsuffixed(m.timeout_ms.unwrap_or_default());
         let degraded = degraded(contract, m);
+        let mut audience = m
+            .audience()
+            .into_iter()
+            .map(|a| format_ident!("{}", a.as_str()));
+        let first = audience.next().expect("an audience is never empty");
         let doc = format!(" The `{}` call.", m.name);
         quote! {
             #[doc = #doc]
@@ -132,6 +137,7 @@ fn metadata(contract: &Contract) -> TokenStream {
                 server_streaming: #ss,
                 timeout: ::core::time::Duration::from_millis(#timeout),
                 degraded: #degraded,
+                audience: ::mesh_contract::Audience::#first #(.with(::mesh_contract::Audience::#audience))*,
             };
         }
     });

@@ -513,6 +513,44 @@ fn changed_degraded_answer_and_lowered_timeout_are_warnings() {
 }
 
 #[test]
+fn narrowing_a_declared_audience_is_breaking_declaring_one_is_a_warning() {
+    let with = |audience: &str| {
+        thing(&[(
+            "{RPCS}",
+            &RPCS.replacen(
+                "option (mesh.method) = { kind: CALL timeout_ms: 100 };",
+                &format!("option (mesh.method) = {{ kind: CALL timeout_ms: 100 {audience} }};"),
+                1,
+            ),
+        )])
+    };
+    let unset = with("");
+    let user_and_backend = with("audience: [USER, BACKEND]");
+    let user = with("audience: USER");
+    let everyone = with("audience: [USER, BACKEND, NODE]");
+    assert_eq!(kinds(&unset, &user), [AudienceDeclared]);
+    assert_eq!(AudienceDeclared.severity(), mesh_codegen::Severity::Warning);
+    // declaring the default itself changes nothing
+    assert_eq!(kinds(&unset, &with("audience: BACKEND")), []);
+    assert_eq!(kinds(&user_and_backend, &user), [AudienceNarrowed]);
+    assert_eq!(
+        AudienceNarrowed.severity(),
+        mesh_codegen::Severity::Breaking
+    );
+    assert_eq!(kinds(&user_and_backend, &everyone), []);
+    let (_b, base) = load_thing(&user_and_backend);
+    let (_h, head) = load_thing(&user);
+    let report = compare(&base.unwrap(), &head.unwrap());
+    assert!(
+        report[0]
+            .message
+            .contains("from [USER, BACKEND] to [USER]: BACKEND callers lose access"),
+        "{}",
+        report[0]
+    );
+}
+
+#[test]
 fn messages_say_streaming_and_oneofs_in_words() {
     let (_b, base) = load_thing(&thing(&[]));
     let moved = fields(

@@ -507,6 +507,7 @@ pub mod contract {
         degraded: ::mesh_contract::DegradedAnswer::Cached {
             max_age: ::core::time::Duration::from_millis(5000),
         },
+        audience: ::mesh_contract::Audience::BACKEND,
     };
     /// The `WatchStock` call.
     pub const WATCH_STOCK: ::mesh_contract::MethodSpec = ::mesh_contract::MethodSpec {
@@ -518,6 +519,7 @@ pub mod contract {
         server_streaming: true,
         timeout: ::core::time::Duration::from_millis(1000),
         degraded: ::mesh_contract::DegradedAnswer::Empty,
+        audience: ::mesh_contract::Audience::BACKEND,
     };
     /// The `Upload` call.
     pub const UPLOAD: ::mesh_contract::MethodSpec = ::mesh_contract::MethodSpec {
@@ -532,6 +534,7 @@ pub mod contract {
             code: ::tonic::Code::ResourceExhausted,
             message: "uploads paused",
         },
+        audience: ::mesh_contract::Audience::BACKEND,
     };
     /// The `ItemAdded` event.
     pub const ITEM_ADDED: ::mesh_contract::EventSpec = ::mesh_contract::EventSpec {

@@ -6,8 +6,11 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 pub mod headers {
     /// The tenant a call or message acts for.
     pub const TENANT: &str = "x-mesh-tenant";
-    /// The caller's tenant credential (checked by the runtime's auth layer).
+    /// The caller's secret credential: the tenant's (a business backend) or the node's (the
+    /// mesh's own processes). Checked by the runtime's auth layer.
     pub const TOKEN: &str = "x-mesh-token";
+    /// `Bearer <JWT>`: an end user's token, issued by the business line's account system.
+    pub const AUTHORIZATION: &str = "authorization";
     /// Id of the business request, kept across every hop.
     pub const REQUEST_ID: &str = "x-mesh-request-id";
     /// W3C trace context.
@@ -89,6 +92,32 @@ pub struct TraceContext {
     pub tracestate: Option<String>,
 }
 
+/// An end user, as a verified user token names them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserIdentity {
+    /// The user (`sub`).
+    pub user: String,
+    /// The terminal, when the token pins one.
+    pub terminal: Option<String>,
+}
+
+/// Who is calling, as the runtime's auth layer established it; services decide with it whose
+/// data a call may touch ([`RequestContext::act_as`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// Nobody established who: a context read off the wire without the auth layer. Acts as
+    /// no one.
+    Anonymous,
+    /// An end user of the tenant, with a verified user token: acts only as that user.
+    User(UserIdentity),
+    /// The tenant's backend, with the tenant credential: acts for any user of its tenant.
+    Backend,
+    /// One of the mesh's own processes, with the node credential.
+    Node,
+    /// Code in this process (a queue consumer, the platform itself): trusted.
+    Process,
+}
+
 /// Who a call or an event acts for and which trace it belongs to.
 ///
 /// Every generated stub takes one: a caller writes it into tonic metadata or AMQP headers, and
@@ -103,6 +132,10 @@ pub struct RequestContext {
     /// The tenant credential a caller presents; `None` inside a process that already
     /// authenticated the request.
     pub token: Option<String>,
+    /// An end user's token as sent (`Bearer <JWT>`); `None` once checked, like `token`.
+    pub authorization: Option<String>,
+    /// Who is calling; set by the auth layer.
+    pub caller: Caller,
     /// Trace context to continue.
     pub trace: TraceContext,
 }
@@ -136,7 +169,70 @@ impl RequestContext {
             tenant,
             request_id: uuid::Uuid::new_v4().to_string(),
             token: None,
+            authorization: None,
+            caller: Caller::Process,
             trace: TraceContext::default(),
+        }
+    }
+
+    /// The same context presenting an end user's token (`authorization: Bearer <jwt>`).
+    pub fn with_user_token(mut self, jwt: &str) -> Self {
+        self.authorization = Some(format!("Bearer {jwt}"));
+        self
+    }
+
+    /// The user a call acts as: for an end user, the token's user (`requested` must be empty
+    /// or the same); for a backend, a node or this process, `requested`. `field` names the
+    /// request field in the refusal.
+    ///
+    /// ```
+    /// use mesh_contract::{Caller, RequestContext, TenantId, UserIdentity};
+    ///
+    /// let mut ctx = RequestContext::new(TenantId::new("mall").unwrap());
+    /// ctx.caller = Caller::User(UserIdentity { user: "alice".into(), terminal: None });
+    /// assert_eq!(ctx.act_as("from_user", "").unwrap(), "alice");
+    /// assert_eq!(ctx.act_as("from_user", "alice").unwrap(), "alice");
+    /// let refused = ctx.act_as("from_user", "bob").unwrap_err();
+    /// assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    /// ```
+    pub fn act_as(&self, field: &'static str, requested: &str) -> Result<String, tonic::Status> {
+        match &self.caller {
+            Caller::User(who) if requested.is_empty() || requested == who.user => {
+                Ok(who.user.clone())
+            }
+            Caller::User(who) => Err(tonic::Status::permission_denied(format!(
+                "{field} {requested:?}: a user token acts only as its own user ({:?})",
+                who.user
+            ))),
+            Caller::Backend | Caller::Node | Caller::Process => Ok(requested.to_owned()),
+            Caller::Anonymous => Err(tonic::Status::unauthenticated(
+                "the caller was not authenticated",
+            )),
+        }
+    }
+
+    /// The terminal a call acts for: the token's when it pins one (`requested` must then be
+    /// empty or the same), else `requested`.
+    pub fn act_for_terminal(
+        &self,
+        field: &'static str,
+        requested: &str,
+    ) -> Result<String, tonic::Status> {
+        match &self.caller {
+            Caller::User(UserIdentity {
+                terminal: Some(terminal),
+                ..
+            }) if requested.is_empty() || requested == terminal => Ok(terminal.clone()),
+            Caller::User(UserIdentity {
+                terminal: Some(terminal),
+                ..
+            }) => Err(tonic::Status::permission_denied(format!(
+                "{field} {requested:?}: this user token is for terminal {terminal:?}"
+            ))),
+            Caller::Anonymous => Err(tonic::Status::unauthenticated(
+                "the caller was not authenticated",
+            )),
+            _ => Ok(requested.to_owned()),
         }
     }
 
@@ -144,6 +240,18 @@ impl RequestContext {
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
+    }
+
+    /// This context as the receiver of an event sees it, whatever the transport: tenant,
+    /// request and trace, no credential, and nobody established as the caller (what travels
+    /// through a broker is only what its headers say).
+    pub fn as_received(&self) -> Self {
+        Self {
+            token: None,
+            authorization: None,
+            caller: Caller::Anonymous,
+            ..self.clone()
+        }
     }
 
     /// Reads a context from (text) headers, whatever the transport.
@@ -158,6 +266,8 @@ impl RequestContext {
             tenant,
             request_id,
             token: get(headers::TOKEN).map(str::to_owned),
+            authorization: get(headers::AUTHORIZATION).map(str::to_owned),
+            caller: Caller::Anonymous,
             trace: TraceContext {
                 traceparent: get(headers::TRACEPARENT).map(str::to_owned),
                 tracestate: get(headers::TRACESTATE).map(str::to_owned),
@@ -173,6 +283,7 @@ impl RequestContext {
         ];
         let optional = [
             (headers::TOKEN, &self.token),
+            (headers::AUTHORIZATION, &self.authorization),
             (headers::TRACEPARENT, &self.trace.traceparent),
             (headers::TRACESTATE, &self.trace.tracestate),
         ];
@@ -221,40 +332,54 @@ impl RequestContext {
     }
 }
 
-/// The credentials a node holds for the tenants it serves, which its services present on the
-/// calls they make for a tenant (message -> locator, gateway -> locator ...).
+/// The node credential: what the mesh's own processes present to each other (message ->
+/// locator, message -> gateway ...), and no tenant ever holds.
 ///
 /// The runtime strips the credential a caller presented once it is checked, so it never
-/// travels further (not to other services, not into events); a service calling on acts with
-/// the node's credential for the same tenant instead.
+/// travels further (not to other services, not into events); a service calling on for a
+/// tenant presents the node credential instead, for the same tenant, request and trace.
 #[derive(Clone, Default)]
 pub struct ServiceCredentials {
-    tokens: Arc<std::sync::RwLock<std::collections::HashMap<TenantId, String>>>,
+    node: Arc<std::sync::RwLock<Option<String>>>,
 }
 
 impl fmt::Debug for ServiceCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tenants: Vec<TenantId> = self.tokens.read().expect("lock").keys().cloned().collect();
         f.debug_struct("ServiceCredentials")
-            .field("tenants", &tenants)
+            .field("node", &self.node.read().expect("lock").is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl ServiceCredentials {
-    /// Holds `token` for `tenant` from now on.
-    pub fn insert(&self, tenant: TenantId, token: impl Into<String>) {
-        self.tokens
-            .write()
-            .expect("lock")
-            .insert(tenant, token.into());
+    /// Presents `token` as the node credential from now on.
+    pub fn node(token: impl Into<String>) -> Self {
+        let credentials = Self::default();
+        credentials.set_node(token);
+        credentials
     }
 
-    /// `ctx` (same tenant, request and trace) carrying the node's credential for its tenant,
-    /// for a call made on its behalf; without one if the node holds none.
+    /// A fresh random node credential (244 random bits), for a mesh whose operator set none.
+    pub fn fresh_token() -> String {
+        format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+
+    /// Replaces the node credential.
+    pub fn set_node(&self, token: impl Into<String>) {
+        *self.node.write().expect("lock") = Some(token.into());
+    }
+
+    /// `ctx` (same tenant, request and trace) carrying the node credential, for a call made on
+    /// its behalf; without one if this process holds none.
     pub fn outbound(&self, ctx: &RequestContext) -> RequestContext {
         let mut out = ctx.clone();
-        out.token = self.tokens.read().expect("lock").get(&ctx.tenant).cloned();
+        out.token = self.node.read().expect("lock").clone();
+        out.authorization = None;
+        out.caller = Caller::Node;
         out
     }
 }
@@ -284,7 +409,12 @@ mod tests {
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
         let mut metadata = MetadataMap::new();
         ctx.inject(&mut metadata).unwrap();
-        assert_eq!(RequestContext::from_metadata(&metadata).unwrap(), ctx);
+        // who called is never read off the wire: the auth layer establishes it
+        let sent = RequestContext {
+            caller: Caller::Anonymous,
+            ..ctx
+        };
+        assert_eq!(RequestContext::from_metadata(&metadata).unwrap(), sent);
     }
 
     #[test]

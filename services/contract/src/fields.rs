@@ -50,6 +50,16 @@ pub fn optional_id(field: &'static str, value: &str) -> Result<(), tonic::Status
     }
 }
 
+/// The sender of the platform's own messages (from order events and the like). No user may
+/// be it, in any spelling of its case.
+pub const SYSTEM_SENDER: &str = "system";
+
+/// Whether `user` is the platform's own sender ([`SYSTEM_SENDER`], case ignored); ids are
+/// ASCII ([`id`]), so no other spelling can look like it.
+pub fn is_reserved_sender(user: &str) -> bool {
+    user.eq_ignore_ascii_case(SYSTEM_SENDER)
+}
+
 /// Now, as every `*_at_ms` field carries it: milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -19,6 +19,9 @@ pub mod spec;
 
 pub use bus::{BusError, Dispatch, EventBus, HandlerError, Subscription, SubscriptionHandle};
 pub use context::{
-    ContextError, RequestContext, ServiceCredentials, TenantId, TraceContext, headers,
+    Caller, ContextError, RequestContext, ServiceCredentials, TenantId, TraceContext, UserIdentity,
+    headers,
 };
-pub use spec::{ContractSpec, DegradedAnswer, Event, EventSpec, MethodKind, MethodSpec, Tier};
+pub use spec::{
+    Audience, ContractSpec, DegradedAnswer, Event, EventSpec, MethodKind, MethodSpec, Tier,
+};

@@ -3,7 +3,7 @@
 //! [`MethodSpec::timeout`], the degradation switch answers [`MethodSpec::degraded`], the
 //! transports route by [`EventSpec`].
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 /// Importance of a service: 0 is core and never degraded automatically, 2 is optional and the
 /// first thing degraded in an incident. Switching a tier off degrades that tier and every
@@ -69,6 +69,71 @@ pub enum DegradedAnswer {
     },
 }
 
+/// The kinds of caller a method admits (`option (mesh.method).audience` in its contract), each
+/// with its own credential: an end user's token, the business line's tenant credential, the
+/// node credential only the mesh's own processes hold.
+///
+/// ```
+/// use mesh_contract::{Audience, Caller};
+///
+/// let audience = Audience::USER.with(Audience::BACKEND);
+/// assert!(audience.admits(&Caller::Backend));
+/// assert!(!audience.admits(&Caller::Node));
+/// assert!(Audience::NODE.is_internal());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Audience(u8);
+
+impl Audience {
+    /// End users with a user token.
+    pub const USER: Audience = Audience(1);
+    /// The business line's backend with the tenant credential (the default of a contract).
+    pub const BACKEND: Audience = Audience(2);
+    /// The mesh's own nodes.
+    pub const NODE: Audience = Audience(4);
+
+    /// This audience and `other`.
+    pub const fn with(self, other: Audience) -> Audience {
+        Audience(self.0 | other.0)
+    }
+
+    /// Whether `caller` may call a method with this audience. A call made inside one process
+    /// ([`Caller::Process`]) is always admitted; an unauthenticated one never.
+    pub fn admits(self, caller: &crate::Caller) -> bool {
+        match caller {
+            crate::Caller::User(_) => self.0 & Self::USER.0 != 0,
+            crate::Caller::Backend => self.0 & Self::BACKEND.0 != 0,
+            crate::Caller::Node => self.0 & Self::NODE.0 != 0,
+            crate::Caller::Process => true,
+            crate::Caller::Anonymous => false,
+        }
+    }
+
+    /// Only the mesh's own nodes may call it: the front door refuses it from outside.
+    pub const fn is_internal(self) -> bool {
+        self.0 == Self::NODE.0
+    }
+
+    /// The kinds of caller, as contracts write them.
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (Self::USER, "USER"),
+            (Self::BACKEND, "BACKEND"),
+            (Self::NODE, "NODE"),
+        ]
+        .into_iter()
+        .filter(|(a, _)| self.0 & a.0 != 0)
+        .map(|(_, name)| name)
+        .collect()
+    }
+}
+
+impl fmt::Debug for Audience {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Audience({})", self.names().join("|"))
+    }
+}
+
 /// One request/response method of a contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MethodSpec {
@@ -88,6 +153,8 @@ pub struct MethodSpec {
     pub timeout: Duration,
     /// Fallback while switched off.
     pub degraded: DegradedAnswer,
+    /// Who may call it.
+    pub audience: Audience,
 }
 
 /// One event of a contract.

@@ -165,7 +165,8 @@ impl EmbeddedBus {
             })?;
         let envelope = Envelope {
             message_id: uuid::Uuid::new_v4().to_string(),
-            ctx: ctx.clone(),
+            // as a broker would hand it over: no credential, no established caller
+            ctx: ctx.as_received(),
             event,
             payload,
         };

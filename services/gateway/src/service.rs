@@ -202,7 +202,10 @@ impl Gateway for GatewayService {
         request: Request<v1::AttachRequest>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let ctx = RequestContext::from_request(&request)?;
-        let r = request.into_inner();
+        let mut r = request.into_inner();
+        // an end user attaches only its own terminals
+        r.user_id = ctx.act_as("user_id", &r.user_id)?;
+        r.terminal_id = ctx.act_for_terminal("terminal_id", &r.terminal_id)?;
         required("user_id", &r.user_id)?;
         required("terminal_id", &r.terminal_id)?;
         let key: Key = (ctx.tenant.clone(), r.user_id.clone(), r.terminal_id.clone());

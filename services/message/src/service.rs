@@ -10,6 +10,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, RwLock},
+    time::Duration,
 };
 
 use mesh_api::{
@@ -27,8 +28,21 @@ use tonic::{Request, Response, Status, transport::Channel};
 
 use crate::MessageSettings;
 
-/// Sender of the messages the platform writes itself (e.g. from order events).
-pub const SYSTEM_SENDER: &str = "system";
+pub use mesh_contract::fields::SYSTEM_SENDER;
+
+/// How often a send tries to locate the receiver's terminals (within its own deadline).
+const LOCATE_ATTEMPTS: u64 = 3;
+
+/// A failure that a second try may not meet: a deadline passed or a connection was lost.
+fn transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Cancelled
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unavailable
+            | tonic::Code::Unknown
+    )
+}
 
 /// Messages a sync returns per page when the terminal asks for no particular number.
 const DEFAULT_FETCH: usize = 100;
@@ -274,17 +288,31 @@ impl MessageService {
         push: gateway::Push,
     ) -> Pushed {
         let ctx = &self.inner.credentials.outbound(ctx);
-        let located = self
-            .inner
-            .locator
-            .clone()
-            .locate(
-                ctx,
-                locator::LocateRequest {
-                    user_id: user.into(),
-                },
-            )
-            .await;
+        // a locate lost to a passing overload (its deadline, a connection being replaced) is
+        // tried again while the send's own deadline allows: giving up reports online
+        // terminals as offline
+        let mut attempt = 1;
+        let located = loop {
+            let located = self
+                .inner
+                .locator
+                .clone()
+                .locate(
+                    ctx,
+                    locator::LocateRequest {
+                        user_id: user.into(),
+                    },
+                )
+                .await;
+            match located {
+                Err(status) if attempt < LOCATE_ATTEMPTS && transient(&status) => {
+                    tracing::debug!(tenant = %ctx.tenant, user, attempt, error = %status, "locating terminals again");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+                }
+                located => break located,
+            }
+        };
         let terminals = match located {
             Ok(found) => found.terminals,
             Err(status) => {
@@ -338,9 +366,11 @@ impl Message for MessageService {
         request: Request<message::SendRequest>,
     ) -> Result<Response<message::SendResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
-        let request = request.into_inner();
+        let mut request = request.into_inner();
+        // an end user sends as the user of its token, whatever from_user says
+        request.from_user = ctx.act_as("from_user", &request.from_user)?;
         // ids are ASCII (checked in accept), so no look-alike passes this either
-        if request.from_user.eq_ignore_ascii_case(SYSTEM_SENDER) {
+        if mesh_contract::fields::is_reserved_sender(&request.from_user) {
             return Err(Status::permission_denied(format!(
                 "from_user {SYSTEM_SENDER:?} is reserved for the platform's own messages"
             )));
@@ -355,7 +385,10 @@ impl Message for MessageService {
         request: Request<message::AckDeliveryRequest>,
     ) -> Result<Response<message::AckDeliveryResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
-        let r = request.into_inner();
+        let mut r = request.into_inner();
+        // an end user acts only as itself (and its token's terminal, if it names one)
+        r.user_id = ctx.act_as("user_id", &r.user_id)?;
+        r.terminal_id = ctx.act_for_terminal("terminal_id", &r.terminal_id)?;
         id("user_id", &r.user_id)?;
         id("terminal_id", &r.terminal_id)?;
         self.settings(&ctx.tenant)?;
@@ -399,7 +432,10 @@ impl Message for MessageService {
         request: Request<message::FetchOfflineRequest>,
     ) -> Result<Response<message::FetchOfflineResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
-        let r = request.into_inner();
+        let mut r = request.into_inner();
+        // an end user acts only as itself (and its token's terminal, if it names one)
+        r.user_id = ctx.act_as("user_id", &r.user_id)?;
+        r.terminal_id = ctx.act_for_terminal("terminal_id", &r.terminal_id)?;
         id("user_id", &r.user_id)?;
         id("terminal_id", &r.terminal_id)?;
         self.settings(&ctx.tenant)?;
@@ -435,7 +471,9 @@ impl Message for MessageService {
         request: Request<message::MarkReadRequest>,
     ) -> Result<Response<message::MarkReadResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
-        let r = request.into_inner();
+        let mut r = request.into_inner();
+        r.user_id = ctx.act_as("user_id", &r.user_id)?;
+        r.terminal_id = ctx.act_for_terminal("terminal_id", &r.terminal_id)?;
         id("conversation_id", &r.conversation_id)?;
         id("user_id", &r.user_id)?;
         optional_id("terminal_id", &r.terminal_id)?;

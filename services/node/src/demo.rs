@@ -18,6 +18,7 @@ use mesh_order::Order;
 use mesh_platform::{CATALOGUE, Platform};
 use mesh_runtime::{
     TenantConfig, Tenants,
+    identity::UserTokens,
     layers::{Switch, SwitchBoard, SwitchTarget},
 };
 use mesh_store::{MemoryStore, MessageStore};
@@ -90,7 +91,20 @@ pub async fn run(dir: &Path, ids: &[String]) -> anyhow::Result<()> {
             .services
             .get("order")
             .map_or("(not run)", |s| s.version.as_str());
-        chat(&platform, &channel, &ctx, order_version, store.as_ref()).await?;
+        // the business line's account system signs its users' tokens (here: its development key)
+        let users = config
+            .users
+            .as_ref()
+            .with_context(|| format!("tenant {id} has no [users] table to sign user tokens"))?;
+        chat(
+            &platform,
+            &channel,
+            &ctx,
+            users,
+            order_version,
+            store.as_ref(),
+        )
+        .await?;
     }
     degrade(&channel, &tenants, &switches).await?;
     println!(
@@ -123,10 +137,16 @@ fn describe(config: &TenantConfig) -> String {
 async fn connect(
     channel: &Channel,
     ctx: &RequestContext,
+    users: &UserTokens,
     user: &str,
     terminal: &str,
     kind: TerminalKind,
 ) -> anyhow::Result<Terminal> {
+    // a terminal holds its user's token, never the tenant credential
+    let token = users
+        .issue(user, Some(terminal), 3600)
+        .map_err(|(field, message)| anyhow::anyhow!("[{}] {field} {message}", ctx.tenant))?;
+    let ctx = &RequestContext::new(ctx.tenant.clone()).with_user_token(&token);
     Terminal::connect(ctx, channel.clone(), channel.clone(), user, terminal, kind)
         .await
         .with_context(|| format!("[{}] {user}/{terminal} connecting", ctx.tenant))
@@ -173,18 +193,35 @@ async fn chat(
     platform: &Platform,
     channel: &Channel,
     ctx: &RequestContext,
+    users: &UserTokens,
     order_version: &str,
     store: &dyn MessageStore,
 ) -> anyhow::Result<()> {
     let t = &ctx.tenant;
     let conversation = format!("{t}-support-1");
     println!("\n== [{t}] a customer asks support about an order ==");
-    let mut tablet = connect(channel, ctx, "customer", "tablet", TerminalKind::Web).await?;
+    let mut tablet = connect(channel, ctx, users, "customer", "tablet", TerminalKind::Web).await?;
     drop(tablet);
     wait_connected(platform, 0).await?;
-    let mut phone = connect(channel, ctx, "customer", "phone", TerminalKind::Phone).await?;
-    let mut desktop = connect(channel, ctx, "customer", "desktop", TerminalKind::Desktop).await?;
-    let mut agent = connect(channel, ctx, "agent", "web", TerminalKind::Web).await?;
+    let mut phone = connect(
+        channel,
+        ctx,
+        users,
+        "customer",
+        "phone",
+        TerminalKind::Phone,
+    )
+    .await?;
+    let mut desktop = connect(
+        channel,
+        ctx,
+        users,
+        "customer",
+        "desktop",
+        TerminalKind::Desktop,
+    )
+    .await?;
+    let mut agent = connect(channel, ctx, users, "agent", "web", TerminalKind::Web).await?;
     println!(
         "  terminals attached to the gateway (long-lived gRPC streams): customer/phone, customer/desktop, agent/web; customer/tablet was used once and is off"
     );
@@ -249,7 +286,7 @@ async fn chat(
     println!("    customer/desktop got {}", receive(&mut desktop).await?);
     println!("    agent/web        got {}", receive(&mut agent).await?);
 
-    tablet = connect(channel, ctx, "customer", "tablet", TerminalKind::Web).await?;
+    tablet = connect(channel, ctx, users, "customer", "tablet", TerminalKind::Web).await?;
     println!(
         "  customer/tablet comes back: syncs {} missed messages from its cursor, in order",
         tablet.missed()

@@ -63,6 +63,9 @@ enum Cmd {
         #[arg(long, default_value = "ops/mesh.toml")]
         config: PathBuf,
     },
+    /// End-user tokens for development.
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Serves some tenants in this process (started by `mesh up`).
     Worker {
         /// The tenants folder.
@@ -82,12 +85,72 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Prints a user token for `--user` of `--tenant`, signed with the tenant's development
+    /// key (`[users] hs256_secret` in its file): what a business line's account system issues
+    /// in production. Use it as `authorization: Bearer <token>`.
+    Issue {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The user (`sub`).
+        #[arg(long)]
+        user: String,
+        /// Pins the token to one terminal.
+        #[arg(long)]
+        terminal: Option<String>,
+        /// Seconds it stays valid.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// The tenants folder.
+        #[arg(long, default_value = "tenants")]
+        tenants: PathBuf,
+    },
+}
+
+/// Signs a development user token (`mesh token issue`).
+fn issue_token(
+    dir: &std::path::Path,
+    tenant: &str,
+    user: &str,
+    terminal: Option<&str>,
+    ttl: u64,
+) -> anyhow::Result<String> {
+    let tenants = mesh_runtime::Tenants::load(dir, mesh_api::CONTRACTS)?;
+    let config = tenants.get(tenant).ok_or_else(|| {
+        anyhow::anyhow!("tenant {tenant:?} is not configured in {}", dir.display())
+    })?;
+    let users = config.users.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("tenant {tenant:?} has no [users] table: it accepts no user tokens")
+    })?;
+    mesh_contract::fields::id("user", user).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    users
+        .issue(user, terminal, ttl)
+        .map_err(|(field, message)| anyhow::anyhow!("tenant {tenant:?}: {field} {message}"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // logs on stderr (`RUST_LOG=mesh_runtime=debug,info` shows more), spans exported as the
     // deployment's telemetry config says
     const LOGS: &str = "warn";
-    let (telemetry, run) = match Cli::parse().command {
+    let command = Cli::parse().command;
+    if let Cmd::Token(TokenCmd::Issue {
+        tenant,
+        user,
+        terminal,
+        ttl,
+        tenants,
+    }) = &command
+    {
+        println!(
+            "{}",
+            issue_token(tenants, tenant, user, terminal.as_deref(), *ttl)?
+        );
+        return Ok(());
+    }
+    let (telemetry, run) = match command {
         Cmd::Demo {
             tenants,
             dir,
@@ -128,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
                 worker::run(&tenants, &tenant, &listen, supervised).await,
             )
         }
+        Cmd::Token(_) => unreachable!("answered above"),
     };
     // what is buffered is sent before the process ends
     telemetry.shutdown().await;

@@ -7,6 +7,7 @@ use mesh_api::admin::v1::admin_server::AdminServer;
 use mesh_contract::TenantId;
 use mesh_runtime::{
     Tenants,
+    auth::NODE_CREDENTIAL_ENV,
     control::{ControlPlane, plane::initial_switches, store::SwitchStore},
     deploy::DeployConfig,
     front_door::FrontDoor,
@@ -45,7 +46,12 @@ pub async fn run(
         ],
         // workers export telemetry as the deployment says, and ping the front door as it
         // pings them
-        env: [deploy.telemetry.to_env(), deploy.front_door.worker_env()].concat(),
+        env: [
+            deploy.telemetry.to_env(),
+            deploy.front_door.worker_env(),
+            vec![(NODE_CREDENTIAL_ENV.into(), node_credential())],
+        ]
+        .concat(),
     };
     let front = FrontDoor::new(Catalogue(mesh_api::CONTRACTS))
         .with_upstream(deploy.front_door.upstream())
@@ -184,5 +190,14 @@ fn report(event: &SupervisorEvent) {
             println!("start_failed group={group} reason=\"{reason}\" retrying_in={retry_in:?}");
         }
         SupervisorEvent::Stopped { group, pid } => println!("stopped group={group} pid={pid}"),
+    }
+}
+
+/// The credential the workers present to each other: the operator's (several machines serving
+/// one mesh set the same `MESH_NODE_CREDENTIAL` on each), else a fresh random one per start.
+fn node_credential() -> String {
+    match std::env::var(NODE_CREDENTIAL_ENV) {
+        Ok(token) if !token.is_empty() => token,
+        _ => mesh_contract::ServiceCredentials::fresh_token(),
     }
 }

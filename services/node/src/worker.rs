@@ -47,7 +47,9 @@ impl Served {
         Self {
             ids: Default::default(),
             configs: Default::default(),
-            directory: TenantDirectory::default(),
+            // the node credential the platform presents to its peers is the one it accepts
+            directory: TenantDirectory::new(CATALOGUE)
+                .with_node_credential(platform.node_credential()),
             limiter: RateLimiter::from_tenants(&empty),
             plan: ServicePlan::from_tenants(&empty, CATALOGUE),
             runtimes: TenantRuntimes::default(),
@@ -203,6 +205,11 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         bus().await?,
         store().await?,
     );
+    // the workers of one mesh share the node credential `mesh up` gives them
+    let platform = match std::env::var(mesh_runtime::auth::NODE_CREDENTIAL_ENV) {
+        Ok(token) if !token.is_empty() => platform.with_node_credential(&token),
+        _ => platform,
+    };
     let served = Served::new(platform);
     let mut mine = Tenants::default();
     for id in ids {

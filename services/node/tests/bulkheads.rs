@@ -20,7 +20,7 @@ use mesh_api::{
     locator::v1::{self as locator, TerminalKind},
     message::v1 as message,
 };
-use support::{MeshUp, admin, ctx, tenants_folder};
+use support::{MeshUp, Users, admin, node_ctx, tenants_folder, worker_channel};
 use tonic::{Request, Response, Status};
 
 const OPS_TOKEN: &str = "ops-bulkhead-suite-token";
@@ -92,17 +92,16 @@ async fn a_hanging_dependency_of_one_tenant_fills_only_its_bulkhead() {
     );
     let mut up = MeshUp::start(dir.path(), &[("MESH_ADMIN_TOKEN", OPS_TOKEN)]).await;
     let admin_at = up.admin_address().await;
-    up.shared_worker().await;
-    let (slow, calm) = (
-        ctx("slowco", "slowco-secret-token"),
-        ctx("calmco", "calmco-secret-token"),
-    );
+    let worker = up.shared_worker().await;
+    let users = Users::of(dir.path());
+    let (slow, calm) = (users.ctx("slowco", "agent"), users.ctx("calmco", "agent"));
     let channel = up.channel().await;
 
-    // slowco's user has a terminal on the hanging gateway; calmco's a real one
-    locator::LocatorCaller::new(channel.clone())
+    // slowco's user has a terminal on the hanging gateway (registered as a node would, at the
+    // worker: nobody outside the mesh can register one); calmco's a real one
+    locator::LocatorCaller::new(worker_channel(&worker).await)
         .register(
-            &slow,
+            &node_ctx("slowco"),
             locator::RegisterRequest {
                 location: Some(locator::TerminalLocation {
                     user_id: "victim".into(),
@@ -118,7 +117,7 @@ async fn a_hanging_dependency_of_one_tenant_fills_only_its_bulkhead() {
         .unwrap();
     let mut calm_phone = gateway::GatewayCaller::new(channel.clone())
         .attach(
-            &calm,
+            &users.ctx("calmco", "calm"),
             gateway::AttachRequest {
                 user_id: "calm".into(),
                 terminal_id: "phone".into(),

@@ -18,7 +18,7 @@ use mesh_api::{
     message::v1 as message, push::v1 as push,
 };
 use mesh_contract::RequestContext;
-use support::{MeshUp, admin, ctx, tenants_folder};
+use support::{MeshUp, Users, admin, tenants_folder};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -146,13 +146,17 @@ async fn offline_receivers_are_notified_through_the_queue_with_retries_dead_lett
     .await;
     let admin_at = up.admin_address().await;
     up.shared_worker().await;
-    let ctx = ctx(&tenant, "push-secret-token");
+    let users = Users::of(dir.path());
+    // the support agent sends; olga's phone holds her own token
+    let ctx = users.ctx(&tenant, "agent");
+    // the business backend notifies with its tenant credential
+    let backend = support::ctx(&tenant, "push-secret-token");
     let channel = up.channel().await;
 
     // an attached user is not notified; an offline one is, once, with the message's id
     let mut online = gateway::GatewayCaller::new(channel.clone())
         .attach(
-            &ctx,
+            &users.ctx(&tenant, "olga"),
             gateway::AttachRequest {
                 user_id: "olga".into(),
                 terminal_id: "phone".into(),
@@ -233,7 +237,7 @@ async fn offline_receivers_are_notified_through_the_queue_with_retries_dead_lett
     send(channel.clone(), &ctx, "bob", "while-off").await;
     let degraded = push::PushCaller::new(channel.clone())
         .notify(
-            &ctx,
+            &backend,
             push::NotifyRequest {
                 user_id: "bob".into(),
                 body: "your order shipped".into(),
@@ -260,7 +264,7 @@ async fn offline_receivers_are_notified_through_the_queue_with_retries_dead_lett
     .unwrap();
     let notified = push::PushCaller::new(channel.clone())
         .notify(
-            &ctx,
+            &backend,
             push::NotifyRequest {
                 user_id: "bob".into(),
                 title: "Shop".into(),

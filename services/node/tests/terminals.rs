@@ -15,7 +15,7 @@ use mesh_api::{
     message::v1 as message,
 };
 use mesh_contract::RequestContext;
-use support::{MeshUp, ctx, tenants_folder};
+use support::{MeshUp, Users, node_ctx, tenants_folder, worker_channel};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Status, Streaming, transport::Channel};
 
@@ -24,22 +24,37 @@ const BULK: &str = "id = \"bulk\"\ndisplay_name = \"Bulk\"\ndata_namespace = \"b
     [credentials]\ntoken = \"bulk-secret-token\"\n\
     [limits]\nrequests_per_second = 100000\nburst = 100000\nmax_concurrent_per_dependency = 100000\n";
 
-async fn bulk_mesh(env: &[(&str, &str)]) -> (tempfile::TempDir, MeshUp, RequestContext) {
+/// The bulk business line: its users' tokens and where its worker serves.
+#[derive(Clone)]
+struct Bulk {
+    users: Users,
+    worker: String,
+}
+
+impl Bulk {
+    /// `user` of bulk, with a token of its own.
+    fn user(&self, user: &str) -> RequestContext {
+        self.users.ctx("bulk", user)
+    }
+}
+
+async fn bulk_mesh(env: &[(&str, &str)]) -> (tempfile::TempDir, MeshUp, Bulk) {
     let dir = tenants_folder(&[], &[("bulk.toml", BULK)]);
     let mut up = MeshUp::start(dir.path(), env).await;
-    up.shared_worker().await;
-    (dir, up, ctx("bulk", "bulk-secret-token"))
+    let worker = up.shared_worker().await;
+    let users = Users::of(dir.path());
+    (dir, up, Bulk { users, worker })
 }
 
 async fn attach(
     channel: Channel,
-    ctx: &RequestContext,
+    bulk: &Bulk,
     user: &str,
     terminal: &str,
 ) -> Result<Streaming<gateway::Push>, Status> {
     gateway::GatewayCaller::new(channel)
         .attach(
-            ctx,
+            &bulk.user(user),
             gateway::AttachRequest {
                 user_id: user.into(),
                 terminal_id: terminal.into(),
@@ -49,10 +64,10 @@ async fn attach(
         .await
 }
 
-async fn send(channel: Channel, ctx: &RequestContext, user: &str, id: &str) -> Vec<String> {
+async fn send(channel: Channel, bulk: &Bulk, user: &str, id: &str) -> Vec<String> {
     message::MessageCaller::new(channel)
         .send(
-            ctx,
+            &bulk.user("agent"),
             message::SendRequest {
                 conversation_id: format!("c-{user}"),
                 from_user: "agent".into(),
@@ -251,10 +266,12 @@ async fn carry(
     std::future::pending::<()>().await;
 }
 
-async fn terminals_of(channel: Channel, ctx: &RequestContext, user: &str) -> usize {
-    locator::LocatorCaller::new(channel)
+/// How many terminals of `user` the locator holds, asked at the worker as the mesh's own nodes
+/// ask (the front door serves no locator to the outside).
+async fn terminals_of(bulk: &Bulk, user: &str) -> usize {
+    locator::LocatorCaller::new(worker_channel(&bulk.worker).await)
         .locate(
-            ctx,
+            &node_ctx("bulk"),
             locator::LocateRequest {
                 user_id: user.into(),
             },
@@ -289,11 +306,11 @@ async fn a_terminal_whose_network_vanished_is_unregistered_by_keepalive() {
     let _desk = attach(direct.clone(), &bulk, "walker", "desktop")
         .await
         .unwrap();
-    assert_eq!(terminals_of(direct.clone(), &bulk, "walker").await, 2);
+    assert_eq!(terminals_of(&bulk, "walker").await, 2);
 
     relay.freeze();
     let frozen = Instant::now();
-    while terminals_of(direct.clone(), &bulk, "walker").await != 1 {
+    while terminals_of(&bulk, "walker").await != 1 {
         assert!(
             frozen.elapsed() < Duration::from_secs(20),
             "the vanished terminal is still registered after 20 s"
@@ -315,9 +332,10 @@ async fn a_terminal_whose_network_vanished_is_unregistered_by_keepalive() {
 async fn a_reconnecting_terminal_gets_what_it_missed_then_live_messages() {
     let (_dir, up, bulk) = bulk_mesh(&[]).await;
     let channel = up.channel().await;
+    let roamer = bulk.user("roamer");
     let connect = |cursor| {
         mesh_gateway::Terminal::resume(
-            &bulk,
+            &roamer,
             channel.clone(),
             channel.clone(),
             "roamer",

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use mesh_api::{order::v1 as order1, recommend::v1 as recommend};
-use support::{MeshUp, alive, ctx, field, signal, tenants_folder};
+use support::{MeshUp, Users, alive, ctx, field, signal, tenants_folder};
 use tokio::process::Command;
 use tonic::Code;
 
@@ -132,10 +132,11 @@ async fn tenants_run_in_supervised_processes_behind_one_front_door() {
 
     // the chat platform through the front door: a terminal's stream reaches its tenant's
     // worker, whose message service pushes to it; in the shared process and in finance's own
-    for (tenant, token) in [("mall", "dev-mall-token"), ("finance", "dev-finance-token")] {
-        let who = ctx(tenant, token);
+    // (each terminal holds its user's token, signed with the tenant's development key)
+    let users = Users::of(dir.path());
+    for tenant in ["mall", "finance"] {
         let mut phone = mesh_gateway::Terminal::connect(
-            &who,
+            &users.ctx(tenant, "bob"),
             channel.clone(),
             channel.clone(),
             "bob",
@@ -146,7 +147,7 @@ async fn tenants_run_in_supervised_processes_behind_one_front_door() {
         .unwrap_or_else(|status| panic!("{tenant}: attaching through the front door: {status}"));
         let sent = mesh_api::message::v1::MessageCaller::new(channel.clone())
             .send(
-                &who,
+                &users.ctx(tenant, "alice"),
                 mesh_api::message::v1::SendRequest {
                     conversation_id: "c-1".into(),
                     from_user: "alice".into(),

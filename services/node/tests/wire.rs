@@ -5,7 +5,7 @@
 mod support;
 
 use bytes::{Buf, BufMut, Bytes};
-use support::{MeshUp, ctx, tenants_folder};
+use support::{MeshUp, Users, ctx, tenants_folder};
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 /// Sends and receives raw bytes: whatever a foreign client puts on the wire.
@@ -181,7 +181,7 @@ async fn a_python_publisher_following_the_envelope_reaches_the_tenant_and_garbag
     ]));
     publish("checkout-event-2", "o-2", "1000"); // a later event still flows past the garbage
 
-    let ctx = ctx(&tenant, "py-secret-token");
+    let ctx = Users::of(dir.path()).ctx(&tenant, "alice");
     let mut messages = message::MessageCaller::new(up.channel().await);
     let mut bodies = Vec::new();
     for _ in 0..100 {
@@ -277,12 +277,15 @@ async fn python_grpc_clients_get_every_answer_intact_at_the_front_door_and_a_wor
     let front = up.front.clone();
     let script = root.join("services/node/tests/python/conformance.py");
     let stubs_dir = stubs.path().to_owned();
+    let tenants = dir.path().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         run(std::process::Command::new(&python)
             .arg(script)
             .arg("--stubs")
             .arg(stubs_dir)
-            .args(["--front", &front, "--worker", &worker]))
+            .args(["--front", &front, "--worker", &worker])
+            .arg("--tenants")
+            .arg(tenants))
     })
     .await
     .unwrap();

@@ -246,9 +246,17 @@ impl OrderService {
         // checked at the door: an id that could never be stored is the caller's mistake, and
         // is not echoed back at any length
         mesh_contract::fields::id("order_id", order_id)?;
-        self.store.get(&ctx.tenant, order_id).ok_or_else(|| {
-            Status::not_found(format!("order {order_id:?} of tenant {}", ctx.tenant))
-        })
+        let not_found =
+            || Status::not_found(format!("order {order_id:?} of tenant {}", ctx.tenant));
+        let order = self
+            .store
+            .get(&ctx.tenant, order_id)
+            .ok_or_else(not_found)?;
+        // an end user sees only its own orders; another user's is answered as missing
+        match ctx.act_as("user_id", &order.user_id) {
+            Ok(_) => Ok(order),
+            Err(_) => Err(not_found()),
+        }
     }
 }
 
@@ -317,10 +325,12 @@ impl v1::order_server::Order for OrderService {
     ) -> Result<Response<v1::ListOrdersResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
         let r = request.get_ref();
-        mesh_contract::fields::id("user_id", &r.user_id)?;
+        // an end user lists its own orders only
+        let user_id = ctx.act_as("user_id", &r.user_id)?;
+        mesh_contract::fields::id("user_id", &user_id)?;
         let orders = self
             .store
-            .list(&ctx.tenant, &r.user_id, limit(r.limit))
+            .list(&ctx.tenant, &user_id, limit(r.limit))
             .into_iter()
             .map(view_v1)
             .collect();
@@ -347,10 +357,12 @@ impl v2::order_server::Order for OrderService {
     ) -> Result<Response<v2::ListOrdersResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
         let r = request.get_ref();
-        mesh_contract::fields::id("user_id", &r.user_id)?;
+        // an end user lists its own orders only
+        let user_id = ctx.act_as("user_id", &r.user_id)?;
+        mesh_contract::fields::id("user_id", &user_id)?;
         let orders = self
             .store
-            .list(&ctx.tenant, &r.user_id, limit(r.limit))
+            .list(&ctx.tenant, &user_id, limit(r.limit))
             .into_iter()
             .map(view_v2)
             .collect();

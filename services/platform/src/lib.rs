@@ -97,6 +97,7 @@ pub struct Platform {
     bulkheads: Bulkheads,
     bus: Arc<dyn EventBus>,
     credentials: ServiceCredentials,
+    node_credential: String,
     consumer_suffix: String,
     subscriptions: Mutex<Vec<SubscriptionHandle>>,
 }
@@ -124,7 +125,10 @@ impl Platform {
             .expect("a socket address is a valid URI")
             .tcp_nodelay(true)
             .connect_lazy();
-        let credentials = ServiceCredentials::default();
+        // the node credential: what these services present to each other; a random one unless
+        // the process is one of several nodes that must share it (with_node_credential)
+        let node_credential = ServiceCredentials::fresh_token();
+        let credentials = ServiceCredentials::node(node_credential.clone());
         // each tenant's calls to each dependency in places of their own (sized per tenant in
         // add_tenant): a dependency slow for one tenant sheds that tenant's excess calls only
         let bulkheads =
@@ -151,9 +155,23 @@ impl Platform {
             bulkheads,
             bus,
             credentials,
+            node_credential,
             consumer_suffix: String::new(),
             subscriptions: Mutex::default(),
         }
+    }
+
+    /// Presents and accepts `token` as the node credential: every process of one mesh shares
+    /// it (`mesh up` hands its workers one), and no tenant ever holds it.
+    pub fn with_node_credential(mut self, token: &str) -> Self {
+        self.credentials.set_node(token);
+        self.node_credential = token.to_owned();
+        self
+    }
+
+    /// The node credential, for the directory that authenticates calls to these services.
+    pub fn node_credential(&self) -> &str {
+        &self.node_credential
     }
 
     /// Appends `suffix` to the consumer names (`storage<suffix>`, `message<suffix>`): several
@@ -175,8 +193,6 @@ impl Platform {
             push: push_settings,
         } = settings(config)?;
 
-        self.credentials
-            .insert(tenant.clone(), config.credentials.resolve());
         self.bulkheads
             .set_limit(tenant.clone(), config.limits.max_concurrent_per_dependency);
         if let Some(max) = max_suggestions {
@@ -324,10 +340,8 @@ impl Platform {
         switches: SwitchBoard,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
-        let directory = TenantDirectory::default();
-        for config in tenants.tenants.values() {
-            directory.add(config);
-        }
+        let directory = TenantDirectory::from_tenants(tenants, CATALOGUE)
+            .with_node_credential(&self.node_credential);
         let probes = mesh_runtime::probes::Probes::new(
             mesh_api::CONTRACTS,
             Some(mesh_api::FILE_DESCRIPTOR_SET),

@@ -115,7 +115,7 @@ async fn offline_messages_arrive_in_order_on_reconnect(tenant: &str) {
     eventually("the locator to forget bob's desktop", || async {
         mesh_api::locator::v1::LocatorCaller::new(node.channel.clone())
             .locate(
-                &node.ctx(tenant),
+                &node.node_ctx(tenant),
                 mesh_api::locator::v1::LocateRequest {
                     user_id: bob.clone(),
                 },

@@ -113,18 +113,38 @@ async fn bad_sends_are_refused_naming_tenant_and_field() {
                 .unwrap_err()
         }
     };
-    let too_big = send(node.ctx("finance"), "alice", "x".repeat(4097)).await;
+    let too_big = send(node.user("finance", "alice"), "alice", "x".repeat(4097)).await;
     assert_eq!(too_big.code(), tonic::Code::InvalidArgument);
     assert_eq!(
         too_big.message(),
         "body is 4097 bytes, over tenant finance's limit of 4096 bytes (services.message.settings.max_body_bytes)"
     );
-    let empty = send(node.ctx("mall"), "alice", String::new()).await;
+    let empty = send(node.user("mall", "alice"), "alice", String::new()).await;
     assert_eq!(empty.message(), "body is required");
-    let spoofed = send(node.ctx("mall"), "system", "I am the platform".into()).await;
+    let spoofed = send(
+        node.user("mall", "alice"),
+        "system",
+        "I am the platform".into(),
+    )
+    .await;
     assert_eq!(spoofed.code(), tonic::Code::PermissionDenied);
-    let spoofed = send(node.ctx("mall"), "System", "I am the platform".into()).await;
+    let spoofed = send(
+        node.user("mall", "alice"),
+        "System",
+        "I am the platform".into(),
+    )
+    .await;
     assert_eq!(spoofed.code(), tonic::Code::PermissionDenied, "in any case");
+    // a backend has no business sending as a person: Send is for USER callers
+    let backend = send(node.ctx("mall"), "alice", "hi".into()).await;
+    assert_eq!(backend.code(), tonic::Code::PermissionDenied, "{backend:?}");
+    // nor does a node: the mesh's own processes never send chat messages
+    let node_sends = send(node.node_ctx("mall"), "alice", "hi".into()).await;
+    assert_eq!(
+        node_sends.code(),
+        tonic::Code::PermissionDenied,
+        "{node_sends:?}"
+    );
 
     let unknown = RequestContext::new(TenantId::new("intruder").unwrap()).with_token("guess");
     let refused = send(unknown, "alice", "hi".into()).await;

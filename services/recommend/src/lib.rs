@@ -58,6 +58,8 @@ impl v1::recommend_server::Recommend for RecommendService {
         request: Request<v1::SuggestRequest>,
     ) -> Result<Response<v1::SuggestResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
+        // for an end user, its own suggestions (not another user's history)
+        ctx.act_as("user_id", &request.get_ref().user_id)?;
         // both optional (anonymous suggestions, no conversation), checked when given
         mesh_contract::fields::optional_id("user_id", &request.get_ref().user_id)?;
         mesh_contract::fields::optional_id("conversation_id", &request.get_ref().conversation_id)?;

@@ -1,24 +1,40 @@
-//! Tenant authentication for every inbound call.
+//! Who is calling, for every inbound call: authentication, then the contract's audience.
 //!
-//! A call names its tenant (`x-mesh-tenant`) and presents that tenant's credential
-//! (`x-mesh-token`). [`TenantAuthLayer`] checks both against the [`TenantDirectory`] before the
-//! service sees the call, then attaches the authenticated
-//! [`RequestContext`](mesh_contract::RequestContext) (credential removed) to the request, where
-//! `RequestContext::from_request` finds it. Calls with no tenant, an unknown tenant or someone
-//! else's credential get `UNAUTHENTICATED` with a message saying which.
+//! A call names its tenant (`x-mesh-tenant`) and presents one credential, which makes it one of
+//! three kinds of caller ([`Caller`]):
+//!
+//! | caller   | credential                                   | acts as                       |
+//! |----------|----------------------------------------------|-------------------------------|
+//! | end user | `authorization: Bearer <JWT>` (tenant's keys) | only the token's user         |
+//! | backend  | `x-mesh-token: <tenant credential>`          | any user of its tenant        |
+//! | node     | `x-mesh-token: <node credential>`            | the mesh's own calls          |
+//!
+//! [`TenantAuthLayer`] checks the credential against the [`TenantDirectory`], then the method's
+//! contract audience (`option (mesh.method).audience`): a caller the method does not admit gets
+//! `PERMISSION_DENIED`. The authenticated [`RequestContext`] (credentials removed, caller set) is
+//! attached to the request, where `RequestContext::from_request` finds it.
+//!
+//! A call with no credential, an unknown tenant or a credential that is not valid gets
+//! `UNAUTHENTICATED`, and the last two the same answer: nobody learns from it which tenants
+//! exist.
 
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
 };
 
-use mesh_contract::{ContextError, RequestContext, TenantId};
+use mesh_contract::{Caller, ContextError, RequestContext, TenantId};
 use subtle::ConstantTimeEq;
 
 use crate::{
     config::{TenantConfig, Tenants},
-    layers::{Admit, AdmitLayer, Decision},
+    identity::UserVerifier,
+    layers::{Admit, AdmitLayer, Catalogue, Decision},
 };
+
+/// Environment variable carrying the node credential to a process of the mesh (`mesh up` sets
+/// it for its workers; several machines serving one mesh set the same value on each).
+pub const NODE_CREDENTIAL_ENV: &str = "MESH_NODE_CREDENTIAL";
 
 /// Why a call was not authenticated.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -26,15 +42,14 @@ pub enum AuthError {
     /// No or a malformed tenant header.
     #[error(transparent)]
     Context(#[from] ContextError),
-    /// The tenant is not served here.
-    #[error("unknown tenant {0:?}")]
-    UnknownTenant(String),
     /// No credential presented.
-    #[error("no credential for tenant {0} (header `x-mesh-token`)")]
+    #[error(
+        "no credential for tenant {0}: a user token (`authorization: Bearer ...`) or a credential (`x-mesh-token`)"
+    )]
     MissingCredential(TenantId),
-    /// A credential that is not the tenant's.
+    /// An unknown tenant, or a credential that is not valid for the tenant (said alike).
     #[error("the credential presented is not valid for tenant {0}")]
-    WrongCredential(TenantId),
+    WrongCredential(String),
 }
 
 impl From<AuthError> for tonic::Status {
@@ -43,17 +58,25 @@ impl From<AuthError> for tonic::Status {
     }
 }
 
-/// The tenants served here and their credentials; shared and updatable at run time (a tenant
-/// onboarded while running is authenticated from then on).
-#[derive(Clone, Default)]
+#[derive(Clone)]
+struct TenantKeys {
+    token: Vec<u8>,
+    users: Option<UserVerifier>,
+}
+
+/// The tenants served here, their credentials and user keys, and the node credential; shared
+/// and updatable at run time (a tenant onboarded while running is authenticated from then on).
+#[derive(Clone)]
 pub struct TenantDirectory {
-    tokens: Arc<RwLock<HashMap<TenantId, Vec<u8>>>>,
+    tenants: Arc<RwLock<HashMap<TenantId, TenantKeys>>>,
+    node: Arc<RwLock<Option<Vec<u8>>>>,
+    catalogue: Catalogue,
 }
 
 impl std::fmt::Debug for TenantDirectory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let tenants: Vec<String> = self
-            .tokens
+            .tenants
             .read()
             .expect("lock")
             .keys()
@@ -61,52 +84,116 @@ impl std::fmt::Debug for TenantDirectory {
             .collect();
         f.debug_struct("TenantDirectory")
             .field("tenants", &tenants)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 impl TenantDirectory {
+    /// No tenants yet; methods of `catalogue` are admitted by their contract audience.
+    pub fn new(catalogue: Catalogue) -> Self {
+        Self {
+            tenants: Arc::default(),
+            node: Arc::default(),
+            catalogue,
+        }
+    }
+
     /// The tenants of a loaded configuration.
-    pub fn from_tenants(tenants: &Tenants) -> Self {
-        let directory = Self::default();
+    pub fn from_tenants(tenants: &Tenants, catalogue: Catalogue) -> Self {
+        let directory = Self::new(catalogue);
         for config in tenants.tenants.values() {
             directory.add(config);
         }
         directory
     }
 
-    /// Serves a (validated) tenant from now on, replacing its credential if it was served.
-    pub fn add(&self, config: &TenantConfig) {
-        self.insert(config.tenant_id(), config.credentials.resolve());
+    /// Accepts `token` as the node credential: the mesh's own processes calling each other.
+    pub fn with_node_credential(self, token: &str) -> Self {
+        *self.node.write().expect("lock") = Some(token.as_bytes().to_vec());
+        self
     }
 
-    /// Serves `tenant` with `token`.
+    /// Serves a (validated) tenant from now on, replacing its credential and user keys if it
+    /// was served. A tenant whose `[users]` keys do not load accepts no user token (validation
+    /// reports it before a tenant is served).
+    pub fn add(&self, config: &TenantConfig) {
+        let users = config.users.as_ref().and_then(|u| match u.verifier() {
+            Ok(v) => Some(v),
+            Err((field, message)) => {
+                tracing::error!(tenant = %config.id, field, message, "user keys not loaded");
+                None
+            }
+        });
+        self.tenants.write().expect("lock").insert(
+            config.tenant_id(),
+            TenantKeys {
+                token: config.credentials.resolve().into_bytes(),
+                users,
+            },
+        );
+    }
+
+    /// Serves `tenant` with the backend credential `token` and no user keys.
     pub fn insert(&self, tenant: TenantId, token: impl Into<String>) {
         let token: String = token.into();
-        self.tokens
-            .write()
-            .expect("lock")
-            .insert(tenant, token.into_bytes());
+        self.tenants.write().expect("lock").insert(
+            tenant,
+            TenantKeys {
+                token: token.into_bytes(),
+                users: None,
+            },
+        );
     }
 
     /// Stops serving `tenant`.
     pub fn remove(&self, tenant: &TenantId) {
-        self.tokens.write().expect("lock").remove(tenant);
+        self.tenants.write().expect("lock").remove(tenant);
     }
 
-    /// Checks a context's credential; the context without it on success.
+    /// Checks a context's credential; the context without it, and with its caller, on
+    /// success.
     pub fn authenticate(&self, mut ctx: RequestContext) -> Result<RequestContext, AuthError> {
-        let tokens = self.tokens.read().expect("lock");
-        let expected = tokens
-            .get(&ctx.tenant)
-            .ok_or_else(|| AuthError::UnknownTenant(ctx.tenant.to_string()))?;
-        let presented = ctx
-            .token
-            .take()
-            .ok_or_else(|| AuthError::MissingCredential(ctx.tenant.clone()))?;
-        if expected.is_empty() || !bool::from(presented.as_bytes().ct_eq(expected)) {
-            return Err(AuthError::WrongCredential(ctx.tenant.clone()));
+        let token = ctx.token.take();
+        let bearer = ctx.authorization.take();
+        let tenant = ctx.tenant.to_string();
+        let wrong = || AuthError::WrongCredential(tenant.clone());
+        if token.is_none() && bearer.is_none() {
+            return Err(AuthError::MissingCredential(ctx.tenant.clone()));
         }
+        let tenants = self.tenants.read().expect("lock");
+        let keys = tenants.get(&ctx.tenant).ok_or_else(wrong)?;
+        ctx.caller = match (token, bearer) {
+            (Some(token), None) => {
+                let node = self.node.read().expect("lock");
+                if node
+                    .as_deref()
+                    .is_some_and(|n| bool::from(token.as_bytes().ct_eq(n)))
+                {
+                    Caller::Node
+                } else if !keys.token.is_empty() && bool::from(token.as_bytes().ct_eq(&keys.token))
+                {
+                    Caller::Backend
+                } else {
+                    return Err(wrong());
+                }
+            }
+            (None, Some(bearer)) => {
+                let jwt = bearer
+                    .strip_prefix("Bearer ")
+                    .or_else(|| bearer.strip_prefix("bearer "))
+                    .ok_or_else(wrong)?;
+                let verifier = keys.users.as_ref().ok_or_else(wrong)?;
+                match verifier.verify(jwt.trim()) {
+                    Ok(user) => Caller::User(user),
+                    Err(err) => {
+                        tracing::debug!(tenant = %ctx.tenant, error = %err, "user token refused");
+                        return Err(wrong());
+                    }
+                }
+            }
+            // two credentials: which one speaks is ambiguous, so neither does
+            _ => return Err(wrong()),
+        };
         Ok(ctx)
     }
 
@@ -130,24 +217,58 @@ impl TenantDirectory {
         }
         self.authenticate(ctx?)
     }
+
+    /// Whether the method at `path` admits `caller` (a path outside the catalogue is left to
+    /// the router, which answers UNIMPLEMENTED).
+    pub fn admits(&self, path: &str, caller: &Caller) -> Result<(), tonic::Status> {
+        match self.catalogue.method(path) {
+            Some((_, method)) if !method.audience.admits(caller) => {
+                Err(tonic::Status::permission_denied(format!(
+                    "{path} is for {} callers; this one is {}",
+                    method.audience.names().join(" or "),
+                    caller_kind(caller)
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
-/// Tower layer authenticating the tenant of every call to the services it wraps.
+/// A caller's kind, as the contract audience names it.
+pub fn caller_kind(caller: &Caller) -> &'static str {
+    match caller {
+        Caller::User(_) => "USER",
+        Caller::Backend => "BACKEND",
+        Caller::Node => "NODE",
+        Caller::Process => "PROCESS",
+        Caller::Anonymous => "ANONYMOUS",
+    }
+}
+
+/// Tower layer authenticating the caller of every call to the services it wraps, and
+/// admitting it by the method's contract audience.
 pub type TenantAuthLayer = AdmitLayer<TenantDirectory>;
 
 impl Admit for TenantDirectory {
     type Ticket = ();
 
     fn admit<B>(&self, request: &mut http::Request<B>) -> Decision<()> {
-        match self.authenticate_headers(request.headers()) {
+        let checked = self
+            .authenticate_headers(request.headers())
+            .map_err(tonic::Status::from)
+            .and_then(|ctx| {
+                self.admits(request.uri().path(), &ctx.caller)?;
+                Ok(ctx)
+            });
+        match checked {
             Ok(ctx) => {
-                tracing::trace!(tenant = %ctx.tenant, path = request.uri().path(), "authenticated");
+                tracing::trace!(tenant = %ctx.tenant, caller = caller_kind(&ctx.caller), path = request.uri().path(), "authenticated");
                 request.extensions_mut().insert(ctx);
                 Decision::Admit(())
             }
-            Err(err) => {
-                tracing::debug!(path = request.uri().path(), error = %err, "call refused");
-                Decision::from_status(Err(err.into()))
+            Err(status) => {
+                tracing::debug!(path = request.uri().path(), error = %status.message(), "call refused");
+                Decision::from_status(Err(status))
             }
         }
     }

@@ -35,8 +35,12 @@ pub struct TenantConfig {
     pub display_name: String,
     /// Where the tenant's data lives (a PostgreSQL schema, a key prefix); unique per tenant.
     pub data_namespace: String,
-    /// The credential callers present for this tenant.
+    /// The credential the tenant's backend presents.
     pub credentials: Credentials,
+    /// Who issues the tenant's end users' tokens, and with which keys; without it the tenant
+    /// accepts no user token.
+    #[serde(default)]
+    pub users: Option<crate::identity::UserTokens>,
     /// Services the tenant runs, by service name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
@@ -472,9 +476,12 @@ pub fn load_file(
     let figment = figment
         .merge(Toml::file_exact(file))
         .merge(Env::prefixed(&env_prefix(file)).split("__"));
-    let config: TenantConfig = figment.extract().map_err(|err| {
+    let mut config: TenantConfig = figment.extract().map_err(|err| {
         ConfigError::Invalid(err.into_iter().map(|e| figment_error(e, file)).collect())
     })?;
+    if let (Some(users), Some(folder)) = (config.users.as_mut(), file.parent()) {
+        users.resolve_paths(folder);
+    }
     let errors = validate(&config, file, catalogue);
     if errors.is_empty() {
         Ok(config)
@@ -560,6 +567,9 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
             error("credentials.token_env".into(), format!("environment variable {var} is not set"))
         }
         _ => {}
+    }
+    if let Some(Err((field, message))) = config.users.as_ref().map(|u| u.verifier()) {
+        error(field.into(), message);
     }
     let known: BTreeMap<&str, Vec<u32>> =
         catalogue.iter().fold(BTreeMap::new(), |mut map, spec| {

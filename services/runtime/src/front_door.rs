@@ -400,6 +400,16 @@ where
             let answer = self.probes.call(request);
             return Box::pin(async move { Ok(answer.await) });
         }
+        // the mesh's own calls (locator, gateway delivery) never come from outside
+        if let Some((_, method)) = self.catalogue.method(request.uri().path())
+            && method.audience.is_internal()
+        {
+            let status = tonic::Status::permission_denied(format!(
+                "{} is internal to the mesh; it is not served to callers outside it",
+                request.uri().path()
+            ));
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
         let tenant = request
             .headers()
             .get(headers::TENANT)
@@ -420,9 +430,10 @@ where
                         "request carries no tenant (header `{}`)",
                         headers::TENANT
                     )),
-                    Some(t) if !known => {
-                        tonic::Status::unauthenticated(format!("unknown tenant {t:?}"))
-                    }
+                    // as a wrong credential is answered: nobody learns which tenants exist
+                    Some(t) if !known => tonic::Status::unauthenticated(
+                        crate::auth::AuthError::WrongCredential(t).to_string(),
+                    ),
                     Some(t) => tonic::Status::unavailable(format!(
                         "no process is serving tenant {t:?} right now"
                     )),

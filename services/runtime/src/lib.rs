@@ -26,6 +26,7 @@ pub mod control;
 pub mod deploy;
 pub mod front_door;
 pub mod graph;
+pub mod identity;
 pub mod layers;
 pub mod probes;
 pub mod supervisor;

@@ -657,6 +657,7 @@ mod tests {
                 token: Some("a-long-token".into()),
                 token_env: None,
             },
+            users: None,
             services: Default::default(),
             broker: Default::default(),
             isolation: Isolation {

@@ -87,7 +87,14 @@ async fn call(caller: &mut order::OrderCaller, ctx: &RequestContext) -> Result<S
 async fn each_credential_works_for_its_own_tenant_only() {
     let tenants = Tenants::load(&tenants_dir(), mesh_api::CONTRACTS).unwrap();
     let orders = Orders::default();
-    let mut caller = serve(TenantDirectory::from_tenants(&tenants), orders.clone()).await;
+    let mut caller = serve(
+        TenantDirectory::from_tenants(
+            &tenants,
+            mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
+        ),
+        orders.clone(),
+    )
+    .await;
 
     for tenant in ["mall", "finance", "paipai"] {
         let token = tenants
@@ -132,23 +139,42 @@ async fn each_credential_works_for_its_own_tenant_only() {
 #[tokio::test]
 async fn missing_unknown_and_tenantless_calls_are_refused_clearly() {
     let tenants = Tenants::load(&tenants_dir(), mesh_api::CONTRACTS).unwrap();
-    let mut caller = serve(TenantDirectory::from_tenants(&tenants), Orders::default()).await;
+    let mut caller = serve(
+        TenantDirectory::from_tenants(
+            &tenants,
+            mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
+        ),
+        Orders::default(),
+    )
+    .await;
 
     let status = call(&mut caller, &ctx("mall", None)).await.unwrap_err();
     assert_eq!(
         (status.code(), status.message()),
         (
             Code::Unauthenticated,
-            "no credential for tenant mall (header `x-mesh-token`)"
+            "no credential for tenant mall: a user token (`authorization: Bearer ...`) or a credential (`x-mesh-token`)"
         )
     );
 
     let status = call(&mut caller, &ctx("nobody", Some("whatever-token")))
         .await
         .unwrap_err();
+    // answered as a wrong credential is: nobody learns which tenants exist
     assert_eq!(
         (status.code(), status.message()),
-        (Code::Unauthenticated, "unknown tenant \"nobody\"")
+        (
+            Code::Unauthenticated,
+            "the credential presented is not valid for tenant nobody"
+        )
+    );
+    let wrong = call(&mut caller, &ctx("mall", Some("whatever-token")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        wrong.message().replace("mall", "nobody"),
+        status.message(),
+        "an unknown tenant and a wrong credential are answered alike"
     );
 
     // a raw client sending no context at all
@@ -161,6 +187,7 @@ async fn missing_unknown_and_tenantless_calls_are_refused_clearly() {
             tonic::transport::Server::builder()
                 .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(
                     &tenants,
+                    mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
                 )))
                 .add_service(order::order_server::OrderServer::new(Orders::default()))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
@@ -185,12 +212,15 @@ async fn missing_unknown_and_tenantless_calls_are_refused_clearly() {
 #[tokio::test]
 async fn a_tenant_onboarded_at_run_time_is_served_without_restart() {
     let tenants = Tenants::load(&tenants_dir(), mesh_api::CONTRACTS).unwrap();
-    let directory = TenantDirectory::from_tenants(&tenants);
+    let directory = TenantDirectory::from_tenants(
+        &tenants,
+        mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
+    );
     let mut caller = serve(directory.clone(), Orders::default()).await;
     let acme = ctx("acme", Some("acme-secret-token"));
     assert_eq!(
         call(&mut caller, &acme).await.unwrap_err().message(),
-        "unknown tenant \"acme\""
+        "the credential presented is not valid for tenant acme"
     );
 
     // a new business line: one file, written by the test, nothing else

@@ -134,7 +134,10 @@ fn credentials_from_the_environment() {
         );
         jail.set_env("ACME_TOKEN_FOR_TEST", "from-the-environment");
         let tenants = Tenants::load(dir.path(), mesh_api::CONTRACTS).unwrap();
-        let directory = mesh_runtime::TenantDirectory::from_tenants(&tenants);
+        let directory = mesh_runtime::TenantDirectory::from_tenants(
+            &tenants,
+            mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
+        );
         let ctx = mesh_contract::RequestContext::new(mesh_contract::TenantId::new("acme").unwrap())
             .with_token("from-the-environment");
         assert!(directory.authenticate(ctx).is_ok());

@@ -104,7 +104,10 @@ async fn serve_stack(tenants: &Tenants, board: SwitchBoard, limiter: RateLimiter
     let (listener, url) = listen().await;
     tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(tenants)))
+            .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(
+                tenants,
+                mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
+            )))
             .layer(AdmitLayer::new(limiter))
             .layer(CachedAnswersLayer::new(
                 AnswerCache::new(1000),
@@ -454,6 +457,9 @@ type LocatorClient = locator::LocatorCaller<
     >,
 >;
 
+/// What the test's services present to each other.
+const NODE_CREDENTIAL: &str = "layers-test-node-credential";
+
 /// A front service with finite capacity (8 calls at once) whose every call asks the locator.
 struct Front {
     locator: LocatorClient,
@@ -465,8 +471,9 @@ impl recommend::recommend_server::Recommend for Front {
         &self,
         request: Request<recommend::SuggestRequest>,
     ) -> Result<Response<recommend::SuggestResponse>, Status> {
-        let mut ctx = RequestContext::from_request(&request)?;
-        ctx.token = Some(request.get_ref().user_id.clone()); // the test passes the tenant's token along
+        // the locator is the mesh's own: the front service calls it as a node
+        let ctx = mesh_contract::ServiceCredentials::node(NODE_CREDENTIAL)
+            .outbound(&RequestContext::from_request(&request)?);
         self.locator
             .clone()
             .locate(&ctx, locator::LocateRequest::default())
@@ -481,9 +488,13 @@ async fn calm_p99(bulkhead: bool, noisy: bool, calls: usize) -> Calm {
     let (listener, locator_url) = listen().await;
     tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(
-                &tenants,
-            )))
+            .layer(TenantAuthLayer::new(
+                TenantDirectory::from_tenants(
+                    &tenants,
+                    mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
+                )
+                .with_node_credential(NODE_CREDENTIAL),
+            ))
             .add_service(locator::locator_server::LocatorServer::new(
                 ShardedLocator {
                     slow_tenant: TenantId::new("mall").unwrap(),
@@ -511,6 +522,7 @@ async fn calm_p99(bulkhead: bool, noisy: bool, calls: usize) -> Calm {
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(8))
             .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(
                 &tenants,
+                mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
             )))
             .add_service(recommend::recommend_server::RecommendServer::new(front))
             .serve_with_incoming(TcpListenerStream::new(listener)),

@@ -43,7 +43,10 @@ fn serve(tenants: &Tenants, isolate: bool) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let directory = TenantDirectory::from_tenants(tenants);
+    let directory = TenantDirectory::from_tenants(
+        tenants,
+        mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
+    );
     let runtimes = if isolate {
         TenantRuntimes::from_tenants(tenants).unwrap()
     } else {

@@ -3,12 +3,21 @@ contracts/ by grpcio-tools' protoc. Run by services/node/tests/wire.rs against `
 front door and directly at a worker: every method's success path, the error codes a caller can
 meet (with their messages), and a chat end to end over a server stream.
 
-    python conformance.py --stubs DIR --target HOST:PORT [--target HOST:PORT ...]
+    python conformance.py --stubs DIR --tenants DIR --front HOST:PORT --worker HOST:PORT
+
+End users sign in as a business line's account system would let them: a JWT (HS256 here, with
+the tenant file's development key), written by hand below so no Rust code is involved.
 """
 
 import argparse
+import base64
+import hashlib
+import hmac
+import json
 import sys
 import threading
+import time
+import tomllib
 import uuid
 
 import grpc
@@ -28,6 +37,27 @@ def md(tenant, token):
 
 MALL = md("mall", "dev-mall-token")
 PAIPAI = md("paipai", "dev-paipai-token")
+TENANTS = "tenants"
+
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def user_token(tenant, user, **claims):
+    """A user token as the tenant's account system signs it (RFC 7519, HS256)."""
+    with open(f"{TENANTS}/{tenant}.toml", "rb") as f:
+        users = tomllib.load(f)["users"]
+    now = int(time.time())
+    body = {"sub": user, "iss": users["issuer"], "aud": users.get("audience", "mesh"),
+            "iat": now, "nbf": now - 1, "exp": now + 600, **claims}
+    signing_input = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + b64(json.dumps(body).encode())
+    signature = hmac.new(users["hs256_secret"].encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(signature)
+
+
+def user_md(tenant, user, **claims):
+    return (("x-mesh-tenant", tenant), ("authorization", "Bearer " + user_token(tenant, user, **claims)))
 
 
 def refused(call, request, metadata, code, message_part, what):
@@ -90,8 +120,11 @@ def run(target, run_id):
     check("order.v1 ListOrders answers", listed.orders is not None)
     listed2 = orders2.ListOrders(order2.ListOrdersRequest(user_id="alice"), metadata=PAIPAI, timeout=5)
     check("order.v2 ListOrders answers for paipai", listed2.orders is not None)
-    located = locator.Locate(locator_pb2.LocateRequest(user_id="nobody"), metadata=MALL, timeout=5)
-    check("locator.Locate answers", len(located.terminals) == 0)
+    # the locator is the mesh's own: neither a backend nor a user may ask where a user is
+    refused(locator.Locate, locator_pb2.LocateRequest(user_id="nobody"), MALL,
+            grpc.StatusCode.PERMISSION_DENIED, "Locate", "locator.Locate is internal to the mesh")
+    refused(locator.Locate, locator_pb2.LocateRequest(user_id="nobody"), user_md("mall", "mallory"),
+            grpc.StatusCode.PERMISSION_DENIED, "Locate", "locator.Locate is internal, for users too")
 
     # errors, each with its code and its message
     refused(orders1.GetOrder, order1.GetOrderRequest(order_id="missing"), MALL,
@@ -103,7 +136,15 @@ def run(target, run_id):
     refused(recommend.Suggest, recommend_pb2.SuggestRequest(), (),
             grpc.StatusCode.UNAUTHENTICATED, "x-mesh-tenant", "no tenant is UNAUTHENTICATED")
     refused(recommend.Suggest, recommend_pb2.SuggestRequest(), md("nosuch", "whatever-token"),
-            grpc.StatusCode.UNAUTHENTICATED, "unknown tenant \"nosuch\"", "an unknown tenant is UNAUTHENTICATED naming it")
+            grpc.StatusCode.UNAUTHENTICATED, "the credential presented is not valid for tenant nosuch",
+            "an unknown tenant is answered as a wrong credential")
+    refused(recommend.Suggest, recommend_pb2.SuggestRequest(), md("mall", "whatever-token"),
+            grpc.StatusCode.UNAUTHENTICATED, "the credential presented is not valid for tenant mall",
+            "a wrong credential is answered alike")
+    refused(recommend.Suggest, recommend_pb2.SuggestRequest(), user_md("mall", "alice", exp=int(time.time()) - 3600),
+            grpc.StatusCode.UNAUTHENTICATED, "not valid for tenant mall", "an expired user token is UNAUTHENTICATED")
+    refused(recommend.Suggest, recommend_pb2.SuggestRequest(), user_md("mall", "alice", aud="elsewhere"),
+            grpc.StatusCode.UNAUTHENTICATED, "not valid for tenant mall", "a user token for another audience is UNAUTHENTICATED")
     refused(orders1.GetOrder, order1.GetOrderRequest(order_id=""), MALL,
             grpc.StatusCode.INVALID_ARGUMENT, "order_id", "an empty order id is INVALID_ARGUMENT")
     refused(orders1.GetOrder, order1.GetOrderRequest(order_id="x" * 5000), MALL,
@@ -111,18 +152,24 @@ def run(target, run_id):
     refused(channel.unary_unary("/order.v1.Order/Nope"), b"", MALL,
             grpc.StatusCode.UNIMPLEMENTED, "has no method \"Nope\"", "an unknown method names the service's methods")
     send = messages.Send
-    refused(send, message_pb2.SendRequest(conversation_id="c 1", from_user="a", to_user="b", body="x", client_msg_id="m"),
-            MALL, grpc.StatusCode.INVALID_ARGUMENT, "conversation_id", "a bad id is INVALID_ARGUMENT naming the field")
-    refused(send, message_pb2.SendRequest(conversation_id="c1", from_user="a", to_user="b", body="x"),
-            MALL, grpc.StatusCode.INVALID_ARGUMENT, "client_msg_id", "a missing client id is INVALID_ARGUMENT")
-    first = message_pb2.SendRequest(conversation_id=f"c-{run_id}", from_user="agent", to_user=f"bob{run_id}",
+    AGENT = user_md("mall", "agent")
+    refused(send, message_pb2.SendRequest(conversation_id="c1", from_user="agent", to_user="b", body="x", client_msg_id="m"),
+            MALL, grpc.StatusCode.PERMISSION_DENIED, "USER", "the backend credential cannot send as a user")
+    refused(send, message_pb2.SendRequest(conversation_id="c1", from_user="bob", to_user="agent", body="x", client_msg_id="m"),
+            AGENT, grpc.StatusCode.PERMISSION_DENIED, "acts only as its own user", "a user cannot send as another")
+    refused(send, message_pb2.SendRequest(conversation_id="c 1", from_user="agent", to_user="b", body="x", client_msg_id="m"),
+            AGENT, grpc.StatusCode.INVALID_ARGUMENT, "conversation_id", "a bad id is INVALID_ARGUMENT naming the field")
+    refused(send, message_pb2.SendRequest(conversation_id="c1", from_user="agent", to_user="b", body="x"),
+            AGENT, grpc.StatusCode.INVALID_ARGUMENT, "client_msg_id", "a missing client id is INVALID_ARGUMENT")
+    first = message_pb2.SendRequest(conversation_id=f"c-{run_id}", to_user=f"bob{run_id}",
                                     body="one", client_msg_id="dup")
-    send(first, metadata=MALL, timeout=5)
-    again = send(first, metadata=MALL, timeout=5)
+    stored = send(first, metadata=AGENT, timeout=5)
+    check("a user's send is from the token's user", stored.message.from_user == "agent", str(stored))
+    again = send(first, metadata=AGENT, timeout=5)
     check("a retried send answers the stored message", again.message.body == "one")
     other = message_pb2.SendRequest(conversation_id=f"c-{run_id}", from_user="agent", to_user=f"bob{run_id}",
                                     body="two", client_msg_id="dup")
-    refused(send, other, MALL, grpc.StatusCode.ALREADY_EXISTS, "dup", "a client id reused for another message is ALREADY_EXISTS")
+    refused(send, other, AGENT, grpc.StatusCode.ALREADY_EXISTS, "dup", "a client id reused for another message is ALREADY_EXISTS")
     refused(push.Notify, push_pb2.NotifyRequest(user_id="bob", body="hi", notification_id="n1"), MALL,
             grpc.StatusCode.UNIMPLEMENTED, "tenant mall does not run push", "a service the tenant does not run is refused by its plan")
     event_as_call = channel.unary_unary("/order.v1.Order/OrderCreated")
@@ -135,7 +182,10 @@ def run(target, run_id):
     # a chat end to end: a terminal attached over a server stream gets the message, acks it,
     # and has nothing left to sync
     user = f"carol{run_id}"
-    stream = gateway.Attach(gateway_pb2.AttachRequest(user_id=user, terminal_id="phone"), metadata=MALL)
+    CAROL = user_md("mall", user)
+    refused(messages.FetchOffline, message_pb2.FetchOfflineRequest(user_id=user, terminal_id="phone"), AGENT,
+            grpc.StatusCode.PERMISSION_DENIED, "acts only as its own user", "a user cannot read another's messages")
+    stream = gateway.Attach(gateway_pb2.AttachRequest(user_id=user, terminal_id="phone"), metadata=CAROL)
     got = []
     ready = threading.Event()
 
@@ -150,15 +200,15 @@ def run(target, run_id):
     # the attach is registered once its headers are in
     stream.initial_metadata()
     sent = send(message_pb2.SendRequest(conversation_id=f"chat-{run_id}", from_user="agent", to_user=user,
-                                        body="hello from python", client_msg_id="m1"), metadata=MALL, timeout=5)
+                                        body="hello from python", client_msg_id="m1"), metadata=AGENT, timeout=5)
     check("the attached terminal is delivered to", list(sent.delivered_terminals) == ["phone"], str(sent))
     check("the push arrives on the stream", ready.wait(10) and got[0].message.body == "hello from python",
           str(got))
     position = got[0].message.position if got else 0
     messages.AckDelivery(message_pb2.AckDeliveryRequest(user_id=user, terminal_id="phone", up_to_position=position),
-                         metadata=MALL, timeout=5)
-    left = messages.FetchOffline(message_pb2.FetchOfflineRequest(user_id=user, terminal_id="phone"),
-                                 metadata=MALL, timeout=5)
+                         metadata=CAROL, timeout=5)
+    left = messages.FetchOffline(message_pb2.FetchOfflineRequest(terminal_id="phone"),
+                                 metadata=CAROL, timeout=5)
     check("nothing left to sync after the ack", len(left.messages) == 0 and left.next_position == position, str(left))
     stream.cancel()
     channel.close()
@@ -171,7 +221,9 @@ if __name__ == "__main__":
     args.add_argument("--stubs", required=True)
     args.add_argument("--front", required=True)
     args.add_argument("--worker", required=True)
+    args.add_argument("--tenants", required=True)
     a = args.parse_args()
+    TENANTS = a.tenants
     sys.path.insert(0, a.stubs)
     target_is_front = {a.front: True, a.worker: False}
     for target in (a.front, a.worker):

@@ -72,15 +72,82 @@ pub fn tenants_folder(shipped_tenants: &[&str], extra: &[(&str, &str)]) -> tempf
         std::fs::copy(shipped.join(&file), dir.path().join(&file)).unwrap();
     }
     for (name, body) in extra {
+        // every test tenant signs its users' tokens with a development key, as shipped ones do
+        let body = if body.contains("[users]") || name.starts_with('_') {
+            body.to_string()
+        } else {
+            let id = name.trim_end_matches(".toml");
+            format!(
+                "{body}\n[users]\nissuer = \"{id}-accounts\"\nhs256_secret = \"test-{id}-user-signing-key-0123456789abcdef\"\n"
+            )
+        };
         std::fs::write(dir.path().join(name), body).unwrap();
     }
     dir
 }
 
+/// Signs end-user tokens for the tenants of a tenants folder, with their development keys.
+#[derive(Clone)]
+pub struct Users(std::sync::Arc<mesh_runtime::Tenants>);
+
+impl Users {
+    /// The tenants of `dir`.
+    pub fn of(dir: &Path) -> Self {
+        Self(std::sync::Arc::new(
+            mesh_runtime::Tenants::load(dir, mesh_api::CONTRACTS).expect("valid tenants"),
+        ))
+    }
+
+    /// The shipped tenants (mall, finance, paipai).
+    pub fn shipped() -> Self {
+        Self::of(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants"))
+    }
+
+    /// A token for `user` of `tenant`.
+    pub fn token(&self, tenant: &str, user: &str) -> String {
+        let config = self.0.get(tenant).expect("a configured tenant");
+        let users = config.users.as_ref().expect("the tenant has [users]");
+        users.issue(user, None, 600).expect("a development key")
+    }
+
+    /// A token for `user` of `tenant` signed with its key but addressed to another audience.
+    pub fn token_for_audience(&self, tenant: &str, user: &str, audience: &str) -> String {
+        let config = self.0.get(tenant).expect("a configured tenant");
+        let mut users = config.users.clone().expect("the tenant has [users]");
+        users.audience = audience.into();
+        users.issue(user, None, 600).expect("a development key")
+    }
+
+    /// A request context acting as `user` of `tenant`, with a token of its own.
+    pub fn ctx(&self, tenant: &str, user: &str) -> RequestContext {
+        RequestContext::new(TenantId::new(tenant).unwrap())
+            .with_user_token(&self.token(tenant, user))
+    }
+}
+
 /// The machine's RabbitMQ, for tests that run `mesh up` on a real broker.
 pub const LOCAL_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// A tenant's request context with its credential.
+/// The node credential the tests give `mesh up` (its workers present it to each other).
+pub const NODE_CREDENTIAL: &str = "test-node-credential-0123456789abcdef";
+
+/// A request context of one of the mesh's own nodes, for `tenant`: what a worker presents to
+/// another. Only a worker accepts it (the front door refuses internal methods).
+pub fn node_ctx(tenant: &str) -> RequestContext {
+    RequestContext::new(TenantId::new(tenant).unwrap()).with_token(NODE_CREDENTIAL)
+}
+
+/// A channel straight to a worker (`address=` of its `serving` line), bypassing the front door
+/// as the mesh's own nodes do.
+pub async fn worker_channel(serving_line: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", field(serving_line, "address")))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A tenant's request context with its backend credential.
 pub fn ctx(tenant: &str, token: &str) -> RequestContext {
     RequestContext::new(TenantId::new(tenant).unwrap()).with_token(token)
 }
@@ -104,6 +171,8 @@ impl MeshUp {
             // tests run side by side: the admin API of each on a port of its own (figment
             // finds the repository's ops/mesh.toml from any folder below it)
             .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+            // known to the test, which may then act as one of the mesh's nodes at a worker
+            .env("MESH_NODE_CREDENTIAL", NODE_CREDENTIAL)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .kill_on_drop(true)

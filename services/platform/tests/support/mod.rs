@@ -148,10 +148,28 @@ impl Node {
         )
     }
 
+    /// A context acting as `user` of `tenant`, with a user token signed by the tenant's
+    /// development key, as the business line's account system gives its apps.
+    pub fn user(&self, tenant: &str, user: &str) -> RequestContext {
+        let users = self.tenants.get(tenant).and_then(|c| c.users.as_ref());
+        let token = users
+            .expect("shipped tenants have [users]")
+            .issue(user, None, 600)
+            .expect("a development key");
+        RequestContext::new(TenantId::new(tenant).unwrap()).with_user_token(&token)
+    }
+
+    /// A context of the mesh's own nodes for `tenant` (what the services present to each
+    /// other).
+    pub fn node_ctx(&self, tenant: &str) -> RequestContext {
+        RequestContext::new(TenantId::new(tenant).unwrap())
+            .with_token(self.platform.node_credential())
+    }
+
     /// A terminal of `user` of `tenant`, connected (missed messages fetched).
     pub async fn terminal(&self, tenant: &str, user: &str, terminal: &str) -> Terminal {
         Terminal::connect(
-            &self.ctx(tenant),
+            &self.user(tenant, user),
             self.channel.clone(),
             self.channel.clone(),
             user,

@@ -11,7 +11,7 @@ use tonic::{
     Code, Request, Status,
     metadata::AsciiMetadataValue,
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
 /// How long to wait for the mesh to accept the connection.
@@ -70,15 +70,47 @@ impl CtlError {
 
     /// The error for a status the admin API answered.
     pub fn from_status(status: Status, admin: &str) -> Self {
+        // a connection the mesh closed under the call (a TLS alert, say) comes back as an
+        // unknown status whose source is the transport's error: unreachable, saying why
+        let transport =
+            status.code() == Code::Unknown && std::error::Error::source(&status).is_some();
         match status.code() {
             Code::Unavailable => CtlError::Unreachable {
                 admin: admin.to_owned(),
                 reason: status.message().to_owned(),
             },
+            _ if transport => CtlError::Unreachable {
+                admin: admin.to_owned(),
+                reason: {
+                    let mut reason = std::error::Error::source(&status)
+                        .map_or_else(|| status.message().to_owned(), causes);
+                    if admin.starts_with("https://") {
+                        reason.push_str(
+                            " (over TLS: a mesh that asks for client certificates closes the \
+                             connection of a client without one; see --cert-file)",
+                        );
+                    }
+                    reason
+                },
+            },
             Code::Unauthenticated => CtlError::Credential(status.message().to_owned()),
             _ => CtlError::Refused(status.message().to_owned()),
         }
     }
+}
+
+/// An error and its causes, outermost first, as one line.
+fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -98,7 +130,37 @@ impl Interceptor for Bearer {
 pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
 
 /// Connects to the admin API at `admin` (`http://host:port`, or just `host:port`).
-pub async fn connect(admin: &str, token: Option<&str>) -> Result<Admin, CtlError> {
+/// How to trust the admin API over TLS (`https://` addresses).
+#[derive(Clone, Debug, Default)]
+pub struct AdminTls {
+    /// PEM CA that signed the mesh's certificate (else the system's roots are not used:
+    /// nothing is trusted).
+    pub ca_file: Option<PathBuf>,
+    /// This client's certificate and key, when the mesh asks for one (mutual TLS).
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl AdminTls {
+    fn config(&self, host: &str) -> Result<ClientTlsConfig, CtlError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| CtlError::File {
+                path: path.clone(),
+                source,
+            })
+        };
+        let mut config = ClientTlsConfig::new().domain_name(host);
+        if let Some(ca) = &self.ca_file {
+            config = config.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(config)
+    }
+}
+
+/// The admin API at `admin` (`host:port`, `http://` or `https://`), with the ops credential.
+pub async fn connect(admin: &str, token: Option<&str>, tls: &AdminTls) -> Result<Admin, CtlError> {
     let token = token
         .filter(|t| !t.is_empty())
         .ok_or(CtlError::NoCredential)?;
@@ -110,9 +172,15 @@ pub async fn connect(admin: &str, token: Option<&str>) -> Result<Admin, CtlError
     } else {
         format!("http://{admin}")
     };
-    let endpoint = Endpoint::from_shared(url)
+    let mut endpoint = Endpoint::from_shared(url)
         .map_err(|e| CtlError::Usage(format!("--admin {admin:?} is not an address: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT);
+    if endpoint.uri().scheme_str() == Some("https") {
+        let host = endpoint.uri().host().unwrap_or_default().to_owned();
+        endpoint = endpoint
+            .tls_config(tls.config(&host)?)
+            .map_err(|e| CtlError::Usage(format!("TLS for --admin {admin:?}: {e}")))?;
+    }
     let channel = endpoint
         .connect()
         .await

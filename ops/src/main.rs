@@ -37,6 +37,25 @@ struct Cli {
     /// The ops credential (never a tenant's); `mesh up` takes it from ops/mesh.toml.
     #[arg(long, env = "MESH_OPS_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// The CA that signed the mesh's certificate, for an `https://` admin address.
+    #[arg(long, env = "MESH_ADMIN_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// This client's certificate (PEM), when the admin API asks for one (mutual TLS).
+    #[arg(
+        long,
+        env = "MESH_ADMIN_CERT_FILE",
+        global = true,
+        requires = "key_file"
+    )]
+    cert_file: Option<PathBuf>,
+    /// The key of `--cert-file` (PEM).
+    #[arg(
+        long,
+        env = "MESH_ADMIN_KEY_FILE",
+        global = true,
+        requires = "cert_file"
+    )]
+    key_file: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -192,7 +211,11 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         out.checked(&tenant, &group, file);
         return Ok(());
     }
-    let mut admin = client::connect(&cli.admin, cli.token.as_deref()).await?;
+    let tls = client::AdminTls {
+        ca_file: cli.ca_file.clone(),
+        identity: cli.cert_file.clone().zip(cli.key_file.clone()),
+    };
+    let mut admin = client::connect(&cli.admin, cli.token.as_deref(), &tls).await?;
     let refused = |status| CtlError::from_status(status, &cli.admin);
     match cli.command {
         Cmd::Switch(SwitchCmd::List) => {

@@ -68,6 +68,11 @@ impl Mesh {
     /// Starts the mesh on `tenants` with switch state in `state`; returns once `groups` process
     /// groups serve.
     async fn up(tenants: &Path, state: &Path, groups: usize) -> Mesh {
+        Self::up_with(tenants, state, groups, &[]).await
+    }
+
+    /// [`Mesh::up`] with extra environment for `mesh up`.
+    async fn up_with(tenants: &Path, state: &Path, groups: usize, env: &[(&str, &str)]) -> Mesh {
         let mut child = Command::new(mesh_binary())
             .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
             .arg(tenants)
@@ -76,6 +81,7 @@ impl Mesh {
             .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
             .env("MESH_ADMIN_TOKEN", TOKEN)
             .env("MESH_STATE_DIR", state)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -796,5 +802,90 @@ async fn every_bad_input_fails_clearly_with_a_non_zero_exit() {
             .contains("every switch is on")
     );
     assert_eq!(mesh.suggest("mall", "dev-mall-token").await.0, None);
+    mesh.stop().await;
+}
+
+/// The admin API over TLS: meshctl trusts the mesh's CA with `--ca-file` (and presents its own
+/// certificate with `--cert-file`/`--key-file` when the mesh asks for one); without them it
+/// cannot reach the mesh, and says so with exit code 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshctl_reaches_an_admin_api_over_tls_only_trusting_its_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let pki = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: String| {
+        let path = pki.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = write("ca.pem", ca_params.self_signed(&ca_key).unwrap().pem());
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: &[&str], stem: &str| {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap().pem();
+        (
+            write(&format!("{stem}.pem"), cert),
+            write(&format!("{stem}.key"), key.serialize_pem()),
+        )
+    };
+    let (cert, key) = leaf(&["127.0.0.1"], "mesh");
+    let (client_cert, client_key) = leaf(&["ops.example"], "ops");
+
+    let tenants = tenants_folder(&["mall"], &[]);
+    let state = tempfile::tempdir().unwrap();
+    let mesh = Mesh::up_with(
+        tenants.path(),
+        state.path(),
+        1,
+        &[
+            ("MESH_TLS_CERT_FILE", &cert),
+            ("MESH_TLS_KEY_FILE", &key),
+            ("MESH_TLS_CLIENT_CA_FILE", &ca),
+        ],
+    )
+    .await;
+    let https = format!("https://{}", mesh.admin);
+    let with = |extra: &[(&'static str, String)]| {
+        let mut env = vec![
+            ("MESH_ADMIN", https.clone()),
+            ("MESH_OPS_TOKEN", TOKEN.to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        env
+    };
+    let run = |env: Vec<(&'static str, String)>| async move {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        ctl(&["tenant", "list", "--json"], &env).await
+    };
+    let trusted = run(with(&[
+        ("MESH_ADMIN_CA_FILE", ca.clone()),
+        ("MESH_ADMIN_CERT_FILE", client_cert.clone()),
+        ("MESH_ADMIN_KEY_FILE", client_key.clone()),
+    ]))
+    .await;
+    assert_eq!(trusted.code, 0, "{}", trusted.stderr);
+    assert!(trusted.stdout.contains("\"mall\""), "{}", trusted.stdout);
+    // no client certificate: the mesh asks for one
+    let anonymous = run(with(&[("MESH_ADMIN_CA_FILE", ca.clone())])).await;
+    assert_eq!(anonymous.code, 3, "{}", anonymous.stderr);
+    // no trust in the mesh's CA
+    let untrusting = run(with(&[
+        ("MESH_ADMIN_CERT_FILE", client_cert.clone()),
+        ("MESH_ADMIN_KEY_FILE", client_key.clone()),
+    ]))
+    .await;
+    assert_eq!(untrusting.code, 3, "{}", untrusting.stderr);
+    assert!(
+        untrusting
+            .stderr
+            .contains("cannot reach the mesh admin API"),
+        "{}",
+        untrusting.stderr
+    );
     mesh.stop().await;
 }

@@ -93,7 +93,7 @@ pub struct TraceContext {
 }
 
 /// An end user, as a verified user token names them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct UserIdentity {
     /// The user (`sub`).
     pub user: String,
@@ -103,7 +103,7 @@ pub struct UserIdentity {
 
 /// Who is calling, as the runtime's auth layer established it; services decide with it whose
 /// data a call may touch ([`RequestContext::act_as`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Caller {
     /// Nobody established who: a context read off the wire without the auth layer. Acts as
     /// no one.

@@ -54,10 +54,16 @@ pub fn optional_id(field: &'static str, value: &str) -> Result<(), tonic::Status
 /// be it, in any spelling of its case.
 pub const SYSTEM_SENDER: &str = "system";
 
-/// Whether `user` is the platform's own sender ([`SYSTEM_SENDER`], case ignored); ids are
-/// ASCII ([`id`]), so no other spelling can look like it.
+/// Whether `user` is, or reads as, the platform's own sender: [`SYSTEM_SENDER`] in any case,
+/// with any punctuation around or inside it (`system.`, `_System`, `sys-tem`). Ids are ASCII
+/// ([`id`]), so no other spelling can look like it.
 pub fn is_reserved_sender(user: &str) -> bool {
-    user.eq_ignore_ascii_case(SYSTEM_SENDER)
+    let letters: String = user
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    letters == SYSTEM_SENDER
 }
 
 /// Now, as every `*_at_ms` field carries it: milliseconds since the Unix epoch.

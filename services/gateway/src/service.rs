@@ -14,10 +14,7 @@ use mesh_api::{
     gateway::v1::{self, gateway_server::Gateway},
     locator::v1 as locator,
 };
-use mesh_contract::{
-    RequestContext, ServiceCredentials, TenantId,
-    fields::{now_ms, required},
-};
+use mesh_contract::{RequestContext, ServiceCredentials, TenantId, fields::now_ms};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, transport::Channel};
@@ -206,8 +203,8 @@ impl Gateway for GatewayService {
         // an end user attaches only its own terminals
         r.user_id = ctx.act_as("user_id", &r.user_id)?;
         r.terminal_id = ctx.act_for_terminal("terminal_id", &r.terminal_id)?;
-        required("user_id", &r.user_id)?;
-        required("terminal_id", &r.terminal_id)?;
+        mesh_contract::fields::id("user_id", &r.user_id)?;
+        mesh_contract::fields::id("terminal_id", &r.terminal_id)?;
         let key: Key = (ctx.tenant.clone(), r.user_id.clone(), r.terminal_id.clone());
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(PUSH_BUFFER);

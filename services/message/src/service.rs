@@ -86,7 +86,9 @@ struct Pushed {
 /// others name what was refused.
 fn store_status(err: StoreError, what: &str) -> Status {
     match &err {
-        StoreError::UnknownTenant(_) => Status::permission_denied(err.to_string()),
+        StoreError::UnknownTenant(_) | StoreError::NotAParticipant { .. } => {
+            Status::permission_denied(err.to_string())
+        }
         _ if err.is_transient() => Status::unavailable(format!(
             "{what}: the message store is unavailable ({err}); retry"
         )),
@@ -227,6 +229,8 @@ impl MessageService {
             kind: kind as i32,
             body: request.body,
             sent_at_ms: now_ms(),
+            // people write only into their own conversations; the platform anywhere
+            members_only: matches!(ctx.caller, mesh_contract::Caller::User(_)),
         };
         // The durable step runs to its end in its own task even if this call is dropped now
         // (deadline, disconnect): a retry then finds the message instead of half of it.

@@ -6,7 +6,7 @@ use anyhow::{Context, anyhow};
 use mesh_api::admin::v1::admin_server::AdminServer;
 use mesh_contract::TenantId;
 use mesh_runtime::{
-    Tenants,
+    TenantDirectory, Tenants,
     auth::NODE_CREDENTIAL_ENV,
     control::{ControlPlane, plane::initial_switches, store::SwitchStore},
     deploy::DeployConfig,
@@ -34,8 +34,14 @@ pub async fn run(
     let ops_token = deploy
         .ops_token()
         .map_err(|e| anyhow!("{}: {e}", config.display()))?;
+    // TLS on the front door and the admin API when ops/mesh.toml names a certificate
+    let tls = deploy
+        .tls
+        .acceptor()
+        .map_err(|e| anyhow!("{}: {e}", config.display()))?;
     let store = SwitchStore::in_dir(&deploy.state.dir);
     let saved = initial_switches(&tenants, &store)?;
+    let node_credential = node_credential();
     let command = WorkerCommand {
         program: std::env::current_exe().context("locating the mesh binary")?,
         args: vec![
@@ -49,11 +55,16 @@ pub async fn run(
         env: [
             deploy.telemetry.to_env(),
             deploy.front_door.worker_env(),
-            vec![(NODE_CREDENTIAL_ENV.into(), node_credential())],
+            vec![(NODE_CREDENTIAL_ENV.into(), node_credential.clone())],
         ]
         .concat(),
     };
+    // the front door authenticates every call as the workers do: unknown tenants and wrong
+    // credentials are refused here, alike, before any tenant's route or state shows
+    let directory = TenantDirectory::from_tenants(&tenants, Catalogue(mesh_api::CONTRACTS))
+        .with_node_credential(&node_credential);
     let front = FrontDoor::new(Catalogue(mesh_api::CONTRACTS))
+        .with_directory(directory)
         .with_upstream(deploy.front_door.upstream())
         .with_probes(Probes::new(
             mesh_api::CONTRACTS,
@@ -62,14 +73,15 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("front door: listening on {listen}"))?;
-    for id in tenants.tenants.keys() {
-        if let Ok(tenant) = TenantId::new(id) {
-            front.know(tenant);
-        }
+    for config in tenants.tenants.values() {
+        front.serve_tenant(config);
     }
     // healthy once it listens: a tenant whose worker is down gets UNAVAILABLE on its own calls
     front.probes().set_serving(true).await;
     println!("front door listening on {}", listener.local_addr()?);
+    if tls.is_some() {
+        println!("TLS on the front door and the admin API");
+    }
     println!("switch state in {}", store.path().display());
 
     let (stop, stopping) = watch::channel(false);
@@ -80,6 +92,7 @@ pub async fn run(
     let serving = tokio::spawn(front.clone().serve_with(
         listener,
         deploy.front_door.limits(),
+        tls.clone(),
         stopped(stopping.clone()),
     ));
     let supervisor = Supervisor::new(
@@ -108,15 +121,14 @@ pub async fn run(
                 AdminService::new(plane.clone()).with_broker(std::env::var("MESH_AMQP_URI").ok()),
                 OpsCredential::new(&token),
             );
-            Some(tokio::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(admin_listener)
-                            .with_nodelay(Some(true)),
-                        stopped(stopping.clone()),
-                    ),
-            ))
+            // the front door's connection handling (and TLS), not its limits
+            Some(tokio::spawn(mesh_runtime::connections::serve_connections(
+                admin_listener,
+                tonic::service::Routes::new(service),
+                mesh_runtime::connections::ConnectionLimits::default(),
+                tls.clone(),
+                stopped(stopping.clone()),
+            )))
         }
         None => {
             println!(

@@ -390,3 +390,51 @@ async fn tokens_of_another_tenant_or_for_another_audience_are_refused() {
         "the credential presented is not valid for tenant mall"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_into_someone_elses_conversation_is_refused() {
+    let mesh = Mesh::start().await;
+    let mut phone = mesh.victims_phone().await;
+    let talk = |from: &str, to: &str, id: &str| message::SendRequest {
+        conversation_id: "c-victim-bob".into(),
+        from_user: from.into(),
+        to_user: to.into(),
+        body: format!("{from}: {id}"),
+        client_msg_id: id.into(),
+    };
+    let mut messages = message::MessageCaller::new(mesh.channel.clone());
+    messages
+        .send(&mesh.mall("bob"), talk("bob", "victim", "b1"))
+        .await
+        .unwrap();
+    let status = refused(
+        messages
+            .send(&mesh.mall("mallory"), talk("mallory", "victim", "m1"))
+            .await,
+        Code::PermissionDenied,
+        "mallory writing into bob and the victim's conversation",
+    );
+    assert!(status.message().contains("not a participant"), "{status:?}");
+    // nor may she mark it read: it is not hers
+    refused(
+        messages
+            .mark_read(
+                &mesh.mall("mallory"),
+                message::MarkReadRequest {
+                    conversation_id: "c-victim-bob".into(),
+                    up_to_seq: 1,
+                    ..Default::default()
+                },
+            )
+            .await,
+        Code::NotFound,
+        "mallory marking it read",
+    );
+    // the victim's phone holds bob's messages, nothing of mallory's in between
+    messages
+        .send(&mesh.mall("bob"), talk("bob", "victim", "b2"))
+        .await
+        .unwrap();
+    assert_eq!(next_body(&mut phone).await, "bob: bob: b1");
+    assert_eq!(next_body(&mut phone).await, "bob: bob: b2");
+}

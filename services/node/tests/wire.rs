@@ -5,7 +5,7 @@
 mod support;
 
 use bytes::{Buf, BufMut, Bytes};
-use support::{MeshUp, Users, ctx, tenants_folder};
+use support::{MeshUp, Users, ctx, python, run, tenants_folder};
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 /// Sends and receives raw bytes: whatever a foreign client puts on the wire.
@@ -83,40 +83,6 @@ async fn garbage_is_invalid_argument_and_an_event_called_as_a_call_says_where_ev
         "OrderCreated is an event, not a call: publish it to exchange mesh.mall.order.v1 with \
          routing key order_created (AMQP; see the envelope in README.md)"
     );
-}
-
-/// The Python interpreter with grpcio-tools and pika that `bash .ci/test` prepares
-/// (`target/ci-python`), or `MESH_PYTHON`.
-fn python() -> std::path::PathBuf {
-    let python = std::env::var_os("MESH_PYTHON").map_or_else(
-        || {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/ci-python/bin/python")
-        },
-        std::path::PathBuf::from,
-    );
-    let ready = std::process::Command::new(&python)
-        .args(["-c", "import grpc_tools, pika"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ready,
-        "{} lacks grpcio-tools or pika: run the suite with `bash .ci/test` (it prepares \
-         target/ci-python), or point MESH_PYTHON at a Python that has both",
-        python.display()
-    );
-    python
-}
-
-fn run(command: &mut std::process::Command) -> String {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The envelope as README.md documents it, used by pika (not our publisher): the example in

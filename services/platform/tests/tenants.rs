@@ -29,6 +29,7 @@ async fn finance_keeps_messages_past_the_others_retention() {
             to_user: "bob".into(),
             body: "old".into(),
             sent_at_ms: now - 40 * DAY_MS,
+            members_only: false,
             ..Default::default()
         };
         node.store

@@ -181,12 +181,13 @@ pub fn open_file_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// Serves HTTP/2 connections accepted on `listener` with `service` under `limits`, until
-/// `shutdown` resolves.
+/// Serves HTTP/2 connections accepted on `listener` with `service` under `limits`, over TLS
+/// when `tls` is given (see [`crate::tls`]), until `shutdown` resolves.
 pub async fn serve_connections<S, B>(
     listener: tokio::net::TcpListener,
     service: S,
     limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()>,
 ) where
     S: tower_service::Service<
@@ -202,11 +203,7 @@ pub async fn serve_connections<S, B>(
         > + Send
         + 'static,
 {
-    use hyper_util::{
-        rt::{TokioExecutor, TokioIo, TokioTimer},
-        server::conn::auto::Builder,
-        service::TowerToHyperService,
-    };
+    use hyper_util::service::TowerToHyperService;
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     if let Some(files) = open_file_limit()
         && limits.max_connections as u64 + FILES_FOR_THE_REST > files
@@ -251,43 +248,84 @@ pub async fn serve_connections<S, B>(
         // small gRPC frames must not wait for the peer's delayed ACK (Nagle)
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
+        let tls = tls.clone();
         let service = TowerToHyperService::new(Tracked {
             inner: service.clone(),
             activity: activity.clone(),
         });
         tokio::spawn(async move {
             let _slot = slot;
-            let mut builder = Builder::new(TokioExecutor::new()).http2_only();
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(limits.keepalive_interval)
-                .keep_alive_timeout(limits.keepalive_timeout)
-                .max_concurrent_streams(limits.max_streams_per_connection)
-                .max_pending_accept_reset_streams(limits.max_streams_per_connection as usize);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let check =
-                (limits.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
-            let mut ticks = tokio::time::interval(check);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    ended = connection.as_mut() => {
-                        if let Err(err) = ended {
-                            tracing::debug!(error = %err, "connection ended");
+            match tls {
+                None => serve_connection(stream, service, limits, activity, peer).await,
+                Some(tls) => {
+                    // a client that never finishes its handshake does not keep the slot
+                    match tokio::time::timeout(TLS_HANDSHAKE_WITHIN, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, service, limits, activity, peer).await
                         }
-                        return;
-                    }
-                    _ = ticks.tick(), if !closing => {
-                        if activity.idle_for() >= limits.idle_timeout {
-                            tracing::debug!(%peer, "closing an idle connection");
-                            connection.as_mut().graceful_shutdown();
-                            closing = true;
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed")
                         }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
             }
         });
+    }
+}
+
+/// How long a client has to finish its TLS handshake.
+const TLS_HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Serves one accepted connection (plain or TLS) until it ends or idles out.
+async fn serve_connection<IO, S>(
+    io: IO,
+    service: S,
+    limits: ConnectionLimits,
+    activity: Arc<Activity>,
+    peer: std::net::SocketAddr,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<tonic::body::Body>,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo, TokioTimer},
+        server::conn::auto::Builder,
+    };
+    let mut builder = Builder::new(TokioExecutor::new()).http2_only();
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout)
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .max_pending_accept_reset_streams(limits.max_streams_per_connection as usize);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let check = (limits.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let mut ticks = tokio::time::interval(check);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(err) = ended {
+                    tracing::debug!(error = %err, "connection ended");
+                }
+                return;
+            }
+            _ = ticks.tick(), if !closing => {
+                if activity.idle_for() >= limits.idle_timeout {
+                    tracing::debug!(%peer, "closing an idle connection");
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
     }
 }

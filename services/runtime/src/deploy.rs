@@ -5,7 +5,8 @@
 //! `MESH_TELEMETRY_CONSOLE`, `MESH_TELEMETRY_EXPORT_INTERVAL_MS`, `MESH_FRONT_DOOR_MAX_CONNECTIONS`,
 //! `MESH_FRONT_DOOR_IDLE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_KEEPALIVE_INTERVAL_SECS`,
 //! `MESH_FRONT_DOOR_KEEPALIVE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_CONNECTION`,
-//! `MESH_FRONT_DOOR_WORKER_CONNECTIONS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_WORKER`.
+//! `MESH_FRONT_DOOR_WORKER_CONNECTIONS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_WORKER`,
+//! `MESH_TLS_CERT_FILE`, `MESH_TLS_KEY_FILE`, `MESH_TLS_CLIENT_CA_FILE`.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +34,9 @@ pub struct DeployConfig {
     /// The front door's connections: cap, keepalive, idle timeout.
     #[serde(default)]
     pub front_door: FrontDoorConfig,
+    /// TLS on the front door and the admin API (off unless a certificate is named).
+    #[serde(default)]
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// The front door's connections (`[front_door]`).
@@ -216,7 +220,8 @@ impl DeployConfig {
             .merge(Env::prefixed("MESH_ADMIN_").map(|k| format!("admin.{k}").into()))
             .merge(Env::prefixed("MESH_STATE_").map(|k| format!("state.{k}").into()))
             .merge(Env::prefixed("MESH_TELEMETRY_").map(|k| format!("telemetry.{k}").into()))
-            .merge(Env::prefixed("MESH_FRONT_DOOR_").map(|k| format!("front_door.{k}").into()));
+            .merge(Env::prefixed("MESH_FRONT_DOOR_").map(|k| format!("front_door.{k}").into()))
+            .merge(Env::prefixed("MESH_TLS_").map(|k| format!("tls.{k}").into()));
         let config: Self = figment.extract().map_err(|err| {
             ConfigError::Invalid(
                 err.into_iter()

@@ -110,6 +110,9 @@ pub struct FrontDoor {
     catalogue: Catalogue,
     watch: Arc<Watch>,
     probes: Probes,
+    /// When set, every call is authenticated here before it is routed (as its worker does
+    /// again): an unknown tenant and a wrong credential are answered alike, at the same place.
+    directory: Option<crate::TenantDirectory>,
 }
 
 impl Default for FrontDoor {
@@ -148,7 +151,24 @@ impl FrontDoor {
             catalogue,
             watch: Arc::default(),
             probes: Probes::new(catalogue.0, None),
+            directory: None,
         }
+    }
+
+    /// Authenticates every call with `directory` (and admits it by its contract audience)
+    /// before routing it. Tenants onboarded later are added with [`FrontDoor::serve_tenant`].
+    pub fn with_directory(mut self, directory: crate::TenantDirectory) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// Knows `config`'s tenant from now on, and its credentials when this front door
+    /// authenticates.
+    pub fn serve_tenant(&self, config: &crate::TenantConfig) {
+        if let Some(directory) = &self.directory {
+            directory.add(config);
+        }
+        self.know(config.tenant_id());
     }
 
     /// Answers health and reflection with `probes` (they need no tenant and are never
@@ -272,10 +292,17 @@ impl FrontDoor {
         response: &http::Response<tonic::body::Body>,
         path: &str,
     ) {
-        let failed = response
+        let status = response
             .headers()
             .get("grpc-status")
-            .is_some_and(|status| status.as_bytes() != b"0");
+            .and_then(|s| s.to_str().ok())
+            .and_then(|s| s.parse::<i32>().ok())
+            .map(tonic::Code::from);
+        // a caller's own mistake (no credential, a bad argument, a missing order) says nothing
+        // about the service's health: it must not trip, nor calm, an automatic rule, or
+        // anyone could switch a tenant off by sending garbage
+        let sample = !status.is_some_and(caller_error);
+        let failed = status.is_some_and(|code| code != tonic::Code::Ok);
         let degraded = response.headers().get(DEGRADED_HEADER);
         let now = Instant::now();
         let mut tenants = self.watch.tenants.lock().expect("lock");
@@ -283,7 +310,7 @@ impl FrontDoor {
         if degraded.is_some() {
             watched.load.degraded += 1;
         }
-        if let Some(tier) = tier {
+        if let Some(tier) = tier.filter(|_| sample) {
             watched.samples.push_back(Sample {
                 at: now,
                 tier,
@@ -366,20 +393,38 @@ impl FrontDoor {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        self.serve_with(listener, Default::default(), shutdown)
+        self.serve_with(listener, Default::default(), None, shutdown)
             .await
     }
 
-    /// Serves callers on `listener` under `limits` (connection cap, keepalive, idle timeout)
-    /// until `shutdown` resolves.
+    /// Serves callers on `listener` under `limits` (connection cap, keepalive, idle timeout),
+    /// over TLS when `tls` is given ([`crate::tls`]), until `shutdown` resolves.
     pub async fn serve_with(
         self,
         listener: tokio::net::TcpListener,
         limits: crate::connections::ConnectionLimits,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        crate::connections::serve_connections(listener, self, limits, shutdown).await
+        crate::connections::serve_connections(listener, self, limits, tls, shutdown).await
     }
+}
+
+/// An answer that is about the call, not about the service's health.
+fn caller_error(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Cancelled
+            | InvalidArgument
+            | NotFound
+            | AlreadyExists
+            | PermissionDenied
+            | FailedPrecondition
+            | OutOfRange
+            | Unimplemented
+            | Unauthenticated
+    )
 }
 
 impl<B> tower_service::Service<http::Request<B>> for FrontDoor
@@ -409,6 +454,17 @@ where
                 request.uri().path()
             ));
             return Box::pin(async move { Ok(status.into_http()) });
+        }
+        // who is calling, before anything about the tenant is revealed (its route, its
+        // process being down)
+        if let Some(directory) = &self.directory {
+            let checked = directory
+                .authenticate_headers(request.headers())
+                .map_err(tonic::Status::from)
+                .and_then(|ctx| directory.admits(request.uri().path(), &ctx.caller));
+            if let Err(status) = checked {
+                return Box::pin(async move { Ok(status.into_http()) });
+            }
         }
         let tenant = request
             .headers()

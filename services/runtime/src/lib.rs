@@ -30,6 +30,7 @@ pub mod identity;
 pub mod layers;
 pub mod probes;
 pub mod supervisor;
+pub mod tls;
 pub mod upstream;
 
 pub use auth::{TenantAuthLayer, TenantDirectory};

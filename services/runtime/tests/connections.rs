@@ -59,6 +59,7 @@ async fn server(limits: ConnectionLimits) -> std::net::SocketAddr {
         listener,
         Test,
         limits,
+        None,
         std::future::pending(),
     ));
     address

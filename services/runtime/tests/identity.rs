@@ -305,3 +305,69 @@ fn a_user_acts_only_as_itself() {
         tonic::Code::Unauthenticated
     );
 }
+
+/// The front door authenticates before it routes: while a tenant has no process (it restarts,
+/// say), an authenticated caller hears UNAVAILABLE, but a wrong credential and an unknown
+/// tenant hear the same UNAUTHENTICATED as ever, so nobody learns which tenants exist from it.
+#[tokio::test]
+async fn the_front_door_refuses_before_it_reveals_a_tenants_state() {
+    use mesh_api::recommend::v1 as recommend;
+    let (directory, tenants) = directory();
+    let front = mesh_runtime::front_door::FrontDoor::new(Catalogue(mesh_api::CONTRACTS))
+        .with_directory(directory);
+    for config in tenants.tenants.values() {
+        front.serve_tenant(config);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(front.clone().serve(listener, std::future::pending()));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let caller = recommend::RecommendCaller::new(channel.clone());
+    let ask = |ctx: RequestContext| {
+        let mut caller = caller.clone();
+        async move {
+            caller
+                .suggest(&ctx, recommend::SuggestRequest::default())
+                .await
+                .unwrap_err()
+        }
+    };
+    let unrouted = ask(mall().with_token("dev-mall-token")).await;
+    assert_eq!(unrouted.code(), tonic::Code::Unavailable, "{unrouted:?}");
+    let wrong = ask(mall().with_token("dev-paipai-token")).await;
+    let unknown = ask(RequestContext::new(TenantId::new("acme").unwrap()).with_token("x")).await;
+    assert_eq!(
+        (wrong.code(), wrong.message()),
+        (
+            tonic::Code::Unauthenticated,
+            "the credential presented is not valid for tenant mall"
+        )
+    );
+    assert_eq!(
+        (unknown.code(), unknown.message()),
+        (
+            tonic::Code::Unauthenticated,
+            "the credential presented is not valid for tenant acme"
+        )
+    );
+    // the audience is checked here too: the backend never reaches a worker with a Send
+    let send = mesh_api::message::v1::MessageCaller::new(channel)
+        .send(
+            &mall().with_token("dev-mall-token"),
+            mesh_api::message::v1::SendRequest::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(send.code(), tonic::Code::PermissionDenied, "{send:?}");
+    // refused callers are no evidence of the tenant's health: nothing an automatic rule reads
+    let window = front.window(
+        &TenantId::new("mall").unwrap(),
+        2,
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(window.calls, 0, "{window:?}");
+}

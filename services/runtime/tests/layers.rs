@@ -314,6 +314,16 @@ async fn a_cached_method_answers_its_last_good_answer_per_tenant_while_off() {
         order::GetOrderResponse::default(),
         "answers never cross tenants"
     );
+    // nor callers: an end user of paipai asking for the same order gets no answer the
+    // backend was given
+    let paipai_users = tenants.get("paipai").unwrap().users.clone().unwrap();
+    let bob = RequestContext::new(TenantId::new("paipai").unwrap())
+        .with_user_token(&paipai_users.issue("bob", None, 60).unwrap());
+    assert_eq!(
+        caller.get_order(&bob, get("o-7")).await.unwrap(),
+        order::GetOrderResponse::default(),
+        "answers never cross callers"
+    );
 
     let mut raw = order::order_client::OrderClient::new(channel(&url).await);
     let mut request = Request::new(get("o-7"));

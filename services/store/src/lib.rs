@@ -83,6 +83,12 @@ pub struct NewMessage {
     pub body: String,
     /// When it was accepted.
     pub sent_at_ms: i64,
+    /// Only a participant may write into an existing conversation (an end user's message):
+    /// checked in the same transaction as the store, so a conversation between two people
+    /// cannot be joined by a third who guesses its id. The first message of a conversation
+    /// makes its sender and receiver its participants; a participant writing to someone new
+    /// brings them in.
+    pub members_only: bool,
 }
 
 /// What [`MessageStore::accept`] did.
@@ -149,6 +155,15 @@ pub enum StoreError {
         namespace: String,
         /// The tenant it belongs to.
         owner: TenantId,
+    },
+    /// A sender who is not a participant wrote into an existing conversation
+    /// ([`NewMessage::members_only`]).
+    #[error("{user:?} is not a participant of conversation {conversation:?}")]
+    NotAParticipant {
+        /// The conversation.
+        conversation: String,
+        /// The sender.
+        user: String,
     },
     /// The backend failed (connection lost, statement refused).
     #[error("store backend failed for tenant {tenant} ({operation}): {reason}")]

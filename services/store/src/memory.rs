@@ -88,7 +88,7 @@ impl MessageStore for MemoryStore {
     }
 
     async fn accept(&self, tenant: &TenantId, new: &NewMessage) -> Result<Accepted, StoreError> {
-        self.write(tenant, |ns| {
+        self.write(tenant, |ns| -> Result<Accepted, StoreError> {
             let client_key = (!new.client_msg_id.is_empty()).then(|| {
                 (
                     new.conversation_id.clone(),
@@ -99,7 +99,20 @@ impl MessageStore for MemoryStore {
             if let Some(seq) = client_key.as_ref().and_then(|k| ns.by_client_id.get(k))
                 && let Some(first) = ns.messages.get(&(new.conversation_id.clone(), *seq))
             {
-                return Accepted::Existing(first.clone());
+                return Ok(Accepted::Existing(first.clone()));
+            }
+            if new.members_only
+                && let Some(conversation) = ns.conversations.get(&new.conversation_id)
+                && conversation.last_seq > 0
+                && conversation
+                    .participants
+                    .binary_search(&new.from_user)
+                    .is_err()
+            {
+                return Err(StoreError::NotAParticipant {
+                    conversation: new.conversation_id.clone(),
+                    user: new.from_user.clone(),
+                });
             }
             let conversation = ns
                 .conversations
@@ -136,8 +149,8 @@ impl MessageStore for MemoryStore {
                 .insert(new.message_id.clone(), (new.conversation_id.clone(), seq));
             ns.messages
                 .insert((new.conversation_id.clone(), seq), message.clone());
-            Accepted::New(message)
-        })
+            Ok(Accepted::New(message))
+        })?
     }
 
     async fn timeline(

@@ -310,6 +310,27 @@ impl MessageStore for PgStore {
             .await
             .map_err(err)?
             .get(0);
+        // the conversation's row is locked by the bump: membership cannot change under us
+        if m.members_only && seq > 1 {
+            let member = tx
+                .prepare_cached(&format!(
+                    "SELECT 1 FROM {schema}.participants WHERE conversation_id = $1 AND user_id = $2"
+                ))
+                .await
+                .map_err(err)?;
+            if tx
+                .query_opt(&member, &[&m.conversation_id, &m.from_user])
+                .await
+                .map_err(err)?
+                .is_none()
+            {
+                tx.rollback().await.map_err(err)?;
+                return Err(StoreError::NotAParticipant {
+                    conversation: m.conversation_id.clone(),
+                    user: m.from_user.clone(),
+                });
+            }
+        }
         if !m.client_msg_id.is_empty() {
             let find = tx
                 .prepare_cached(&format!(

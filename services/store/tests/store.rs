@@ -34,6 +34,7 @@ fn msg(id: &str, conversation: &str, sent_at_ms: i64) -> NewMessage {
         kind: 1,
         body: format!("body of {id}"),
         sent_at_ms,
+        members_only: false,
     }
 }
 
@@ -396,6 +397,44 @@ async fn bad_tenants_get_clear_errors(store: &dyn MessageStore) {
     );
 }
 
+/// Only participants write into an existing conversation when `members_only`: its first
+/// message makes sender and receiver participants, a participant brings someone new in, an
+/// outsider is refused (and nothing of it is stored); the platform's own messages go anywhere.
+async fn only_participants_write_into_a_conversation(store: &dyn MessageStore) {
+    let mall = tenant("mall");
+    store.open(&mall, "mall").await.unwrap();
+    let from = |id: &str, sender: &str, receiver: &str| NewMessage {
+        from_user: sender.into(),
+        to_user: receiver.into(),
+        members_only: true,
+        ..msg(id, "c-ab", 10)
+    };
+    accept(store, &mall, from("m-1", "alice", "bob")).await;
+    accept(store, &mall, from("m-2", "bob", "alice")).await;
+    let refused = store
+        .accept(&mall, &from("m-3", "mallory", "alice"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, StoreError::NotAParticipant { conversation, user }
+            if conversation == "c-ab" && user == "mallory"),
+        "{refused:?}"
+    );
+    assert!(!refused.is_transient());
+    // alice brings carol in; carol may then write
+    accept(store, &mall, from("m-4", "alice", "carol")).await;
+    let carols = accept(store, &mall, from("m-5", "carol", "alice")).await;
+    assert_eq!(carols.seq, 4, "the refused message took no number");
+    // the platform writes anywhere
+    let system = NewMessage {
+        members_only: false,
+        ..from("m-6", "system", "alice")
+    };
+    accept(store, &mall, system).await;
+    let conversation = store.conversation(&mall, "c-ab").await.unwrap().unwrap();
+    assert!(!conversation.participants.contains(&"mallory".to_owned()));
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -426,6 +465,7 @@ both_backends!(
     concurrent_accepts_never_share_a_number,
     purging_respects_the_cutoff,
     bad_tenants_get_clear_errors,
+    only_participants_write_into_a_conversation,
 );
 
 #[tokio::test]

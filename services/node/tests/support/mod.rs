@@ -266,3 +266,38 @@ impl tonic::service::Interceptor for Bearer {
         Ok(request)
     }
 }
+
+/// The Python interpreter with grpcio-tools and pika that `bash .ci/test` prepares
+/// (`target/ci-python`), or `MESH_PYTHON`.
+pub fn python() -> std::path::PathBuf {
+    let python = std::env::var_os("MESH_PYTHON").map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/ci-python/bin/python")
+        },
+        std::path::PathBuf::from,
+    );
+    let ready = std::process::Command::new(&python)
+        .args(["-c", "import grpc_tools, pika"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ready,
+        "{} lacks grpcio-tools or pika: run the suite with `bash .ci/test` (it prepares \
+         target/ci-python), or point MESH_PYTHON at a Python that has both",
+        python.display()
+    );
+    python
+}
+
+/// Runs `command`; its standard output, failing the test with both outputs if it fails.
+pub fn run(command: &mut std::process::Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -336,6 +336,8 @@ impl ControlPlane {
                 .expect("lock")
                 .tenants
                 .insert(tenant.clone());
+            // the front door authenticates its callers from now on
+            self.plane.front.serve_tenant(&config);
             self.save()?;
             self.plane.supervisor.set_switches(self.switches());
             let version = self

@@ -1,6 +1,7 @@
 //! Cached degraded answers: for methods whose contract says `degraded { cached { max_age_ms } }`,
-//! the last good answer per (tenant, method, request) is kept, and served while the method is
-//! switched off if it is young enough. Placed in front of the [`SwitchBoard`] layer, which
+//! the last good answer per (tenant, caller, method, request) is kept, and served while the
+//! method is switched off if it is young enough. The caller is part of the key: an answer a
+//! service gave one user (their order) is never served to another, nor to a backend. Placed in front of the [`SwitchBoard`] layer, which
 //! answers the empty response when there is no such answer.
 
 use std::{
@@ -14,11 +15,11 @@ use std::{
 use bytes::Bytes;
 use http_body::Frame;
 use http_body_util::BodyExt;
-use mesh_contract::{DegradedAnswer, RequestContext, TenantId, bus::BoxFuture};
+use mesh_contract::{Caller, DegradedAnswer, RequestContext, TenantId, bus::BoxFuture};
 
 use super::{Catalogue, GrpcResponse, SwitchBoard, switch::DEGRADED_HEADER, take_ready};
 
-type Key = (TenantId, &'static str, Bytes);
+type Key = (TenantId, Caller, &'static str, Bytes);
 
 /// The last good answers, bounded in entries (the oldest are dropped first).
 #[derive(Clone, Debug)]
@@ -156,22 +157,24 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let mut inner = take_ready(&mut self.inner);
         let found = self.layer.catalogue.method(request.uri().path());
-        let tenant = request
+        let who = request
             .extensions()
             .get::<RequestContext>()
-            .map(|c| c.tenant.clone());
-        let cached = match (found, tenant) {
-            (Some((spec, method)), Some(tenant))
+            .map(|c| (c.tenant.clone(), c.caller.clone()));
+        let cached = match (found, who) {
+            (Some((spec, method)), Some((tenant, caller)))
                 if !method.client_streaming && !method.server_streaming =>
             {
                 match method.degraded {
-                    DegradedAnswer::Cached { max_age } => Some((spec, method, tenant, max_age)),
+                    DegradedAnswer::Cached { max_age } => {
+                        Some((spec, method, tenant, caller, max_age))
+                    }
                     _ => None,
                 }
             }
             _ => None,
         };
-        let Some((spec, method, tenant, max_age)) = cached else {
+        let Some((spec, method, tenant, caller, max_age)) = cached else {
             return Box::pin(inner.call(request.map(tonic::body::Body::new)));
         };
         let layer = self.layer.clone();
@@ -187,7 +190,7 @@ where
                     .into_http());
                 }
             };
-            let key = (tenant.clone(), method.path, bytes.clone());
+            let key = (tenant.clone(), caller, method.path, bytes.clone());
             if layer.board.switched_off(&tenant, spec, method).is_some()
                 && let Some(answer) = layer.cache.get(&key, max_age)
             {
@@ -241,6 +244,7 @@ mod tests {
         let key = |n: u8| {
             (
                 TenantId::new("mall").unwrap(),
+                Caller::Backend,
                 "/order.v2.Order/GetOrder",
                 Bytes::from(vec![n]),
             )

@@ -26,6 +26,7 @@ mod consume;
 mod dead_letters;
 mod envelope;
 mod idempotency;
+mod placement;
 
 use std::{
     collections::HashSet,
@@ -48,6 +49,7 @@ use tracing::Instrument;
 pub use dead_letters::DeadLetter;
 pub use envelope::headers;
 pub use idempotency::{DeliveryLog, DeliveryLogError, MemoryLog, RedisLog};
+pub use placement::{PlacedBuses, Placement};
 
 /// Settings of the RabbitMQ transport.
 #[derive(Clone, Debug)]
@@ -112,6 +114,39 @@ impl AmqpConfig {
             .map_or(base.len(), |i| authority_start + i);
         Self {
             uri: format!("{}/{encoded}{query}", &base[..authority_end]),
+            ..self.clone()
+        }
+    }
+
+    /// The same settings as broker user `user` with `password` (a tenant's own broker user).
+    pub fn with_credentials(&self, user: &str, password: &str) -> Self {
+        let encode = |text: &str| -> String {
+            text.bytes()
+                .map(|b| match b {
+                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                        (b as char).to_string()
+                    }
+                    other => format!("%{other:02X}"),
+                })
+                .collect()
+        };
+        let scheme_end = self.uri.find("://").map_or(0, |i| i + 3);
+        let rest = &self.uri[scheme_end..];
+        let host_and_rest = match rest.find('/') {
+            // user info, if any, ends at the last '@' before the path
+            Some(path) => match rest[..path].rfind('@') {
+                Some(at) => &rest[at + 1..],
+                None => rest,
+            },
+            None => rest.rsplit_once('@').map_or(rest, |(_, host)| host),
+        };
+        Self {
+            uri: format!(
+                "{}{}:{}@{host_and_rest}",
+                &self.uri[..scheme_end],
+                encode(user),
+                encode(password)
+            ),
             ..self.clone()
         }
     }
@@ -454,7 +489,27 @@ impl EventBus for AmqpBus {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{AmqpConfig, redact};
+
+    #[test]
+    fn credentials_replace_the_uri_user() {
+        let base = AmqpConfig {
+            uri: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            base.with_credentials("mesh-newco", "p@ss/word").uri,
+            "amqp://mesh-newco:p%40ss%2Fword@127.0.0.1:5672/%2f"
+        );
+        let anonymous = AmqpConfig {
+            uri: "amqp://127.0.0.1:5672/%2f".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            anonymous.with_credentials("u", "p").with_vhost("v").uri,
+            "amqp://u:p@127.0.0.1:5672/v"
+        );
+    }
 
     #[test]
     fn the_vhost_replaces_the_uri_path() {

@@ -39,10 +39,12 @@ struct Served {
     runtimes: TenantRuntimes,
     platform: std::sync::Arc<Platform>,
     bulkheads: Bulkheads,
+    /// Each tenant's broker placement (vhost, user), on RabbitMQ.
+    placed: Option<mesh_amqp::PlacedBuses>,
 }
 
 impl Served {
-    fn new(platform: Platform) -> Self {
+    fn new(platform: Platform, placed: Option<mesh_amqp::PlacedBuses>) -> Self {
         let empty = Tenants::default();
         Self {
             ids: Default::default(),
@@ -56,6 +58,7 @@ impl Served {
             // the bulkheads the platform's outbound calls really go through
             bulkheads: platform.bulkheads().clone(),
             platform: std::sync::Arc::new(platform),
+            placed,
         }
     }
 
@@ -70,6 +73,17 @@ impl Served {
             config.limits.burst,
         );
         self.plan.add(config);
+        // its vhost and broker user first: its consumers subscribe there
+        if let Some(placed) = &self.placed {
+            let placement = mesh_amqp::Placement {
+                vhost: config.broker.vhost.clone(),
+                credentials: config.broker.credentials(),
+            };
+            placed
+                .place(tenant.clone(), &placement)
+                .await
+                .with_context(|| format!("placing tenant {tenant} on the broker"))?;
+        }
         // the services: data namespace, settings, event consumers
         self.platform.add_tenant(config).await?;
         // authentication last: the tenant's calls are admitted once everything else knows it
@@ -154,7 +168,7 @@ fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
 /// The event bus of a worker: RabbitMQ when `MESH_AMQP_URI` is set, else the embedded bus
 /// (events stay within the process, which serves every service of its tenants). Dead-letter
 /// queues are bounded by `MESH_DLQ_MAX_LENGTH` and `MESH_DLQ_TTL_SECS`.
-async fn bus() -> anyhow::Result<std::sync::Arc<dyn EventBus>> {
+async fn bus() -> anyhow::Result<(std::sync::Arc<dyn EventBus>, Option<mesh_amqp::PlacedBuses>)> {
     Ok(match std::env::var("MESH_AMQP_URI") {
         Ok(uri) => {
             let defaults = mesh_amqp::AmqpConfig::default();
@@ -163,19 +177,23 @@ async fn bus() -> anyhow::Result<std::sync::Arc<dyn EventBus>> {
                 defaults.dead_letter_max_length.into(),
             )?;
             let ttl = env_number("MESH_DLQ_TTL_SECS", defaults.dead_letter_ttl.as_secs())?;
-            std::sync::Arc::new(
-                mesh_amqp::AmqpBus::connect(mesh_amqp::AmqpConfig {
-                    uri,
-                    dead_letter_max_length: u32::try_from(max_length)
-                        .context("MESH_DLQ_MAX_LENGTH is too large")?,
-                    dead_letter_ttl: std::time::Duration::from_secs(ttl),
-                    ..defaults
-                })
-                .await
-                .context("MESH_AMQP_URI")?,
-            )
+            let shared = mesh_amqp::AmqpBus::connect(mesh_amqp::AmqpConfig {
+                uri,
+                dead_letter_max_length: u32::try_from(max_length)
+                    .context("MESH_DLQ_MAX_LENGTH is too large")?,
+                dead_letter_ttl: std::time::Duration::from_secs(ttl),
+                ..defaults
+            })
+            .await
+            .context("MESH_AMQP_URI")?;
+            // each tenant on its own vhost and broker user when its file says so
+            let placed = mesh_amqp::PlacedBuses::new(shared);
+            (std::sync::Arc::new(placed.clone()), Some(placed))
         }
-        Err(_) => std::sync::Arc::new(mesh_embedded::EmbeddedBus::default()),
+        Err(_) => (
+            std::sync::Arc::new(mesh_embedded::EmbeddedBus::default()),
+            None,
+        ),
     })
 }
 
@@ -199,10 +217,11 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
+    let (bus, placed) = bus().await?;
     let platform = Platform::new(
         &format!("worker-{}", std::process::id()),
         address,
-        bus().await?,
+        bus,
         store().await?,
     );
     // the workers of one mesh share the node credential `mesh up` gives them
@@ -210,7 +229,7 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         Ok(token) if !token.is_empty() => platform.with_node_credential(&token),
         _ => platform,
     };
-    let served = Served::new(platform);
+    let served = Served::new(platform, placed);
     let mut mine = Tenants::default();
     for id in ids {
         let Some(config) = all.get(id) else {

@@ -119,17 +119,27 @@ fn yes() -> bool {
     true
 }
 
-/// Broker placement of a tenant's events.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+/// Broker placement of a tenant's events (`[broker]`): by default the vhost and user of
+/// `MESH_AMQP_URI`, shared with the other tenants placed there; a vhost of its own, open only
+/// to a broker user of its own, closes its events to everyone but the platform.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// RabbitMQ virtual host; a vhost of its own (with its own user) isolates a tenant fully.
-    pub vhost: String,
+    /// RabbitMQ virtual host of the tenant's exchanges and queues; unset: the URI's.
+    pub vhost: Option<String>,
+    /// The tenant's own broker user; unset: the URI's.
+    pub user: Option<String>,
+    /// Environment variable holding that user's password.
+    pub password_env: Option<String>,
 }
 
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        Self { vhost: "/".into() }
+impl BrokerConfig {
+    /// The tenant's own broker user and password, if it names one (validated on load: the
+    /// variable is set).
+    pub fn credentials(&self) -> Option<(String, String)> {
+        let user = self.user.clone()?;
+        let password = std::env::var(self.password_env.as_deref()?).unwrap_or_default();
+        Some((user, password))
     }
 }
 
@@ -570,6 +580,28 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
     }
     if let Some(Err((field, message))) = config.users.as_ref().map(|u| u.verifier()) {
         error(field.into(), message);
+    }
+    let broker = &config.broker;
+    if broker.vhost.as_deref().is_some_and(|v| v.trim().is_empty()) {
+        error(
+            "broker.vhost".into(),
+            "is empty; leave it out to use the vhost of MESH_AMQP_URI".into(),
+        );
+    }
+    match (&broker.user, &broker.password_env) {
+        (Some(_), None) => error(
+            "broker.password_env".into(),
+            "is missing: the environment variable holding broker.user's password".into(),
+        ),
+        (None, Some(_)) => error(
+            "broker.user".into(),
+            "is missing: password_env is the password of which broker user?".into(),
+        ),
+        (Some(_), Some(var)) if std::env::var(var).map_or(true, |v| v.is_empty()) => error(
+            "broker.password_env".into(),
+            format!("environment variable {var} is not set"),
+        ),
+        _ => {}
     }
     let known: BTreeMap<&str, Vec<u32>> =
         catalogue.iter().fold(BTreeMap::new(), |mut map, spec| {

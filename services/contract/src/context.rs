@@ -341,6 +341,9 @@ impl RequestContext {
 #[derive(Clone, Default)]
 pub struct ServiceCredentials {
     node: Arc<std::sync::RwLock<Option<String>>>,
+    /// The node's TLS client identity and the nodes' CA, when the hops between the mesh's
+    /// processes use mutual TLS.
+    tls: Arc<std::sync::RwLock<Option<tonic::transport::ClientTlsConfig>>>,
 }
 
 impl fmt::Debug for ServiceCredentials {
@@ -357,6 +360,24 @@ impl ServiceCredentials {
         let credentials = Self::default();
         credentials.set_node(token);
         credentials
+    }
+
+    /// Dials other nodes over mutual TLS with `tls` from now on (`https://` addresses).
+    pub fn set_tls(&self, tls: tonic::transport::ClientTlsConfig) {
+        *self.tls.write().expect("lock") = Some(tls);
+    }
+
+    /// An endpoint for another node at `url` (`http://` or `https://`): over mutual TLS when
+    /// the URL says https and this node has a TLS identity.
+    pub fn endpoint(
+        &self,
+        url: &str,
+    ) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?;
+        match self.tls.read().expect("lock").clone() {
+            Some(tls) if url.starts_with("https://") => endpoint.tls_config(tls),
+            _ => Ok(endpoint),
+        }
     }
 
     /// A fresh random node credential (244 random bits), for a mesh whose operator set none.

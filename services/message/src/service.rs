@@ -176,7 +176,11 @@ impl MessageService {
         if let Some(caller) = gateways.get(address) {
             return Ok(caller.clone());
         }
-        let channel = tonic::transport::Endpoint::from_shared(address.to_owned())
+        // over mutual TLS when the nodes use it (the gateway registered an https address)
+        let channel = self
+            .inner
+            .credentials
+            .endpoint(address)
             .map_err(|e| Status::internal(format!("gateway address {address:?}: {e}")))?
             .tcp_nodelay(true)
             .connect_lazy();

@@ -39,6 +39,11 @@ pub async fn run(
         .tls
         .acceptor()
         .map_err(|e| anyhow!("{}: {e}", config.display()))?;
+    // and mutual TLS between the front door and the workers, and among workers
+    let node_tls = deploy
+        .tls
+        .node_tls()
+        .map_err(|e| anyhow!("{}: {e}", config.display()))?;
     let store = SwitchStore::in_dir(&deploy.state.dir);
     let saved = initial_switches(&tenants, &store)?;
     let node_credential = node_credential();
@@ -56,6 +61,7 @@ pub async fn run(
             deploy.telemetry.to_env(),
             deploy.front_door.worker_env(),
             vec![(NODE_CREDENTIAL_ENV.into(), node_credential.clone())],
+            node_tls.as_ref().map(|t| t.to_env()).unwrap_or_default(),
         ]
         .concat(),
     };
@@ -65,6 +71,7 @@ pub async fn run(
         .with_node_credential(&node_credential);
     let front = FrontDoor::new(Catalogue(mesh_api::CONTRACTS))
         .with_directory(directory)
+        .with_node_tls(node_tls.clone())
         .with_upstream(deploy.front_door.upstream())
         .with_probes(Probes::new(
             mesh_api::CONTRACTS,

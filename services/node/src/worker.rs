@@ -218,11 +218,14 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         .with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
     let (bus, placed) = bus().await?;
-    let platform = Platform::new(
+    // mutual TLS with the front door and the other workers, when `mesh up` says so
+    let node_tls = mesh_runtime::tls::NodeTls::from_env().context("the node's TLS files")?;
+    let platform = Platform::with_node_tls(
         &format!("worker-{}", std::process::id()),
         address,
         bus,
         store().await?,
+        node_tls.as_ref(),
     );
     // the workers of one mesh share the node credential `mesh up` gives them
     let platform = match std::env::var(mesh_runtime::auth::NODE_CREDENTIAL_ENV) {
@@ -332,7 +335,13 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
     let http2 = mesh_runtime::deploy::WorkerHttp2::from_env();
     let probes = Probes::new(mesh_api::CONTRACTS, Some(mesh_api::FILE_DESCRIPTOR_SET));
     probes.set_serving(true).await;
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &node_tls {
+        server = server
+            .tls_config(tls.server_config())
+            .context("serving over mutual TLS")?;
+    }
+    server
         // the front door's connections: pings both ways find a hop gone silent; the front door
         // counts and caps the streams it opens, and cancelling them at once is not a flood
         .http2_keepalive_interval(Some(http2.keepalive_interval))

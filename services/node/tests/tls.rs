@@ -224,3 +224,92 @@ async fn with_a_client_ca_only_clients_it_signed_get_in() {
         assert_ne!(code, 0, "{url} with a certificate another CA signed: {out}");
     }
 }
+
+/// With `node_ca_file`, the hops between the mesh's own processes use mutual TLS too: a worker
+/// answers only callers presenting a certificate the nodes' CA signed, and a chat still goes
+/// from the front door to the worker, from the message service to the locator and to the
+/// gateway holding the terminal, all over those hops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_s_own_hops_use_mutual_tls_when_asked() {
+    use mesh_api::{gateway::v1 as gateway, locator::v1::TerminalKind, message::v1 as message};
+    let pki = pki();
+    let dir = tenants_folder(&["mall"], &[]);
+    let mut up = MeshUp::start(
+        dir.path(),
+        &[
+            ("MESH_TLS_CERT_FILE", pki.cert.to_str().unwrap()),
+            ("MESH_TLS_KEY_FILE", pki.key.to_str().unwrap()),
+            ("MESH_TLS_NODE_CA_FILE", pki.ca.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let worker = format!(
+        "https://{}",
+        support::field(&up.shared_worker().await, "address")
+    );
+    let ca = pki.ca.as_path();
+    // the mesh's certificate is the node certificate here: it opens the worker
+    let (code, out) = curl(
+        &worker,
+        HEALTH,
+        &[
+            Path::new("--cacert"),
+            ca,
+            Path::new("--cert"),
+            &pki.cert,
+            Path::new("--key"),
+            &pki.key,
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("grpc-status: 0"), "{out}");
+    let (code, out) = curl(&worker, HEALTH, &[Path::new("--cacert"), ca]);
+    assert_ne!(code, 0, "a caller without a node certificate: {out}");
+    let (code, out) = curl(
+        &worker.replace("https://", "http://"),
+        HEALTH,
+        &[Path::new("--http2-prior-knowledge")],
+    );
+    assert_ne!(code, 0, "plain HTTP/2 to a worker: {out}");
+
+    // a chat through the front door (TLS to callers, mutual TLS behind it)
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", up.front))
+        .unwrap()
+        .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(std::fs::read(ca).unwrap()),
+        ))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let users = support::Users::of(dir.path());
+    let mut phone = gateway::GatewayCaller::new(channel.clone())
+        .attach(
+            &users.ctx("mall", "bob"),
+            gateway::AttachRequest {
+                user_id: "bob".into(),
+                terminal_id: "phone".into(),
+                kind: TerminalKind::Phone as i32,
+            },
+        )
+        .await
+        .unwrap();
+    let sent = message::MessageCaller::new(channel)
+        .send(
+            &users.ctx("mall", "alice"),
+            message::SendRequest {
+                conversation_id: "c-tls".into(),
+                to_user: "bob".into(),
+                body: "over mutual TLS".into(),
+                client_msg_id: "t1".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent.delivered_terminals, ["phone"]);
+    let push = phone.message().await.unwrap().unwrap();
+    assert!(
+        matches!(push.payload, Some(gateway::push::Payload::Message(m)) if m.body == "over mutual TLS")
+    );
+}

@@ -29,6 +29,7 @@ use mesh_recommend::RecommendService;
 use mesh_runtime::{
     TenantAuthLayer, TenantConfig, TenantDirectory, Tenants,
     layers::{AdmitLayer, Bulkheads, Catalogue, DeadlineLayer, ServicePlan, SwitchBoard},
+    tls::NodeTls,
 };
 use mesh_store::{MessageStore, StoreError};
 use tonic::{service::Routes, transport::Channel};
@@ -120,15 +121,31 @@ impl Platform {
         bus: Arc<dyn EventBus>,
         store: Arc<dyn MessageStore>,
     ) -> Self {
-        let url = format!("http://{address}");
-        let own = Channel::from_shared(url.clone())
-            .expect("a socket address is a valid URI")
+        Self::with_node_tls(node_id, address, bus, store, None)
+    }
+
+    /// [`Platform::new`] for a node that talks to the others over mutual TLS: it registers its
+    /// terminals under an `https://` address and dials every node, itself included, with its
+    /// certificate (it must then serve with `tls.server_config()`).
+    pub fn with_node_tls(
+        node_id: &str,
+        address: SocketAddr,
+        bus: Arc<dyn EventBus>,
+        store: Arc<dyn MessageStore>,
+        tls: Option<&NodeTls>,
+    ) -> Self {
+        let url = NodeTls::url(tls, &address.to_string());
+        let own = NodeTls::endpoint(tls, &url)
+            .expect("a socket address is a valid URI, and the TLS identity loaded")
             .tcp_nodelay(true)
             .connect_lazy();
         // the node credential: what these services present to each other; a random one unless
         // the process is one of several nodes that must share it (with_node_credential)
         let node_credential = ServiceCredentials::fresh_token();
         let credentials = ServiceCredentials::node(node_credential.clone());
+        if let Some(tls) = tls {
+            credentials.set_tls(tls.client_config());
+        }
         // each tenant's calls to each dependency in places of their own (sized per tenant in
         // add_tenant): a dependency slow for one tenant sheds that tenant's excess calls only
         let bulkheads =

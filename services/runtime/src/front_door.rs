@@ -113,6 +113,8 @@ pub struct FrontDoor {
     /// When set, every call is authenticated here before it is routed (as its worker does
     /// again): an unknown tenant and a wrong credential are answered alike, at the same place.
     directory: Option<crate::TenantDirectory>,
+    /// Mutual TLS towards the workers.
+    node_tls: Option<crate::tls::NodeTls>,
 }
 
 impl Default for FrontDoor {
@@ -152,7 +154,14 @@ impl FrontDoor {
             watch: Arc::default(),
             probes: Probes::new(catalogue.0, None),
             directory: None,
+            node_tls: None,
         }
+    }
+
+    /// Dials the workers over mutual TLS (they serve with the same nodes' CA).
+    pub fn with_node_tls(mut self, tls: Option<crate::tls::NodeTls>) -> Self {
+        self.node_tls = tls;
+        self
     }
 
     /// Authenticates every call with `directory` (and admits it by its contract audience)
@@ -366,7 +375,7 @@ impl FrontDoor {
         let mut routes = self.routes.write().expect("lock");
         let upstream = match routes.values().find(|u| u.address() == address) {
             Some(shared) => shared.clone(),
-            None => Upstream::new(address, self.upstream)?,
+            None => Upstream::with_tls(address, self.upstream, self.node_tls.as_ref())?,
         };
         routes.insert(tenant, upstream);
         Ok(())

@@ -8,12 +8,17 @@
 //! [tls]
 //! cert_file = "/etc/mesh/front.pem"      # the chain, leaf first
 //! key_file = "/etc/mesh/front.key"       # PKCS#8, PKCS#1 or SEC1
-//! # client_ca_file = "/etc/mesh/nodes-ca.pem"
+//! # client_ca_file = "/etc/mesh/clients-ca.pem"
+//! # node_ca_file = "/etc/mesh/nodes-ca.pem"   # mutual TLS between the mesh's processes
 //! ```
 //!
-//! Environment: `MESH_TLS_CERT_FILE`, `MESH_TLS_KEY_FILE`, `MESH_TLS_CLIENT_CA_FILE`.
+//! Environment: `MESH_TLS_CERT_FILE`, `MESH_TLS_KEY_FILE`, `MESH_TLS_CLIENT_CA_FILE`,
+//! `MESH_TLS_NODE_CA_FILE`.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use serde::Deserialize;
@@ -29,6 +34,9 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
     /// PEM CA certificates; when set, clients must present a certificate one of them signed.
     pub client_ca_file: Option<PathBuf>,
+    /// PEM CA of the mesh's own nodes; when set, the hops between the mesh's processes use
+    /// mutual TLS too, each node presenting `cert_file` ([`NodeTls`]).
+    pub node_ca_file: Option<PathBuf>,
 }
 
 /// What is wrong with the TLS files, naming the `[tls]` key.
@@ -52,6 +60,20 @@ impl TlsConfig {
     /// Whether TLS is configured at all.
     pub fn enabled(&self) -> bool {
         self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// Mutual TLS between the mesh's processes, `None` unless `node_ca_file` is set.
+    pub fn node_tls(&self) -> Result<Option<NodeTls>, TlsError> {
+        let Some(ca) = &self.node_ca_file else {
+            return Ok(None);
+        };
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => NodeTls::load(cert, key, ca).map(Some),
+            _ => Err(error(
+                "node_ca_file",
+                "needs cert_file and key_file: they are each node's certificate too",
+            )),
+        }
     }
 
     /// The acceptor for the listeners, `None` when TLS is off.
@@ -120,5 +142,114 @@ impl TlsConfig {
         })?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Some(TlsAcceptor::from(Arc::new(config))))
+    }
+}
+
+/// Environment variables carrying [`NodeTls`] to a worker (`mesh up` sets them).
+pub mod node_env {
+    /// The node's certificate chain (PEM file).
+    pub const CERT_FILE: &str = "MESH_NODE_TLS_CERT_FILE";
+    /// Its key (PEM file).
+    pub const KEY_FILE: &str = "MESH_NODE_TLS_KEY_FILE";
+    /// The CA every node's certificate is signed by (PEM file).
+    pub const CA_FILE: &str = "MESH_NODE_TLS_CA_FILE";
+}
+
+/// Mutual TLS on the hops between the mesh's own processes (front door to workers, worker to
+/// worker): each serves with its certificate and asks the caller for one signed by the nodes'
+/// CA; each dials with its certificate and trusts only that CA. On with `[tls] node_ca_file`
+/// (the node certificate is `cert_file`, which must then name the workers' address, e.g.
+/// `127.0.0.1`).
+#[derive(Clone)]
+pub struct NodeTls {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: Vec<u8>,
+    files: [PathBuf; 3],
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls")
+            .field("cert_file", &self.files[0])
+            .field("ca_file", &self.files[2])
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeTls {
+    /// Reads the node's certificate, key and the nodes' CA.
+    pub fn load(cert_file: &Path, key_file: &Path, ca_file: &Path) -> Result<Self, TlsError> {
+        let read = |field, path: &Path| {
+            std::fs::read(path).map_err(|e| error(field, format!("{}: {e}", path.display())))
+        };
+        Ok(Self {
+            cert: read("cert_file", cert_file)?,
+            key: read("key_file", key_file)?,
+            ca: read("node_ca_file", ca_file)?,
+            files: [
+                cert_file.to_path_buf(),
+                key_file.to_path_buf(),
+                ca_file.to_path_buf(),
+            ],
+        })
+    }
+
+    /// What `mesh up` hands its workers ([`node_env`]).
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        [node_env::CERT_FILE, node_env::KEY_FILE, node_env::CA_FILE]
+            .into_iter()
+            .zip(&self.files)
+            .map(|(name, file)| (name.to_owned(), file.display().to_string()))
+            .collect()
+    }
+
+    /// From [`node_env`]; `None` when unset (the hops are plain HTTP/2).
+    pub fn from_env() -> Result<Option<Self>, TlsError> {
+        let var = |name| std::env::var_os(name).map(PathBuf::from);
+        match (
+            var(node_env::CERT_FILE),
+            var(node_env::KEY_FILE),
+            var(node_env::CA_FILE),
+        ) {
+            (Some(cert), Some(key), Some(ca)) => Self::load(&cert, &key, &ca).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// How a node serves: its certificate, and a client certificate the nodes' CA signed
+    /// required of every caller.
+    pub fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&self.cert, &self.key))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca))
+    }
+
+    /// How a node dials another: presenting its certificate, trusting the nodes' CA only.
+    pub fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&self.cert, &self.key))
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca))
+    }
+
+    /// The URL a node at `address` (`127.0.0.1:4567`) is dialled at.
+    pub fn url(tls: Option<&Self>, address: &str) -> String {
+        match tls {
+            Some(_) => format!("https://{address}"),
+            None => format!("http://{address}"),
+        }
+    }
+
+    /// An endpoint for `url` (`http://` or `https://`), over mutual TLS when `tls` is set and
+    /// the URL says https.
+    pub fn endpoint(
+        tls: Option<&Self>,
+        url: &str,
+    ) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?;
+        match tls {
+            Some(tls) if url.starts_with("https://") => endpoint.tls_config(tls.client_config()),
+            _ => Ok(endpoint),
+        }
     }
 }

@@ -138,7 +138,17 @@ impl Upstream {
     /// Connections (made lazily, on the first request) to the worker listening at `address`
     /// (`127.0.0.1:4567`).
     pub fn new(address: &str, limits: UpstreamLimits) -> Result<Self, tonic::transport::Error> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))?
+        Self::with_tls(address, limits, None)
+    }
+
+    /// [`Upstream::new`] over mutual TLS when the mesh's processes use it.
+    pub fn with_tls(
+        address: &str,
+        limits: UpstreamLimits,
+        tls: Option<&crate::tls::NodeTls>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let url = crate::tls::NodeTls::url(tls, address);
+        let endpoint = crate::tls::NodeTls::endpoint(tls, &url)?
             .tcp_nodelay(true)
             .http2_keep_alive_interval(limits.keepalive_interval)
             .keep_alive_timeout(limits.keepalive_timeout)

@@ -72,8 +72,10 @@ impl CtlError {
     pub fn from_status(status: Status, admin: &str) -> Self {
         // a connection the mesh closed under the call (a TLS alert, say) comes back as an
         // unknown status whose source is the transport's error: unreachable, saying why
-        let transport =
-            status.code() == Code::Unknown && std::error::Error::source(&status).is_some();
+        // (unknown, or cancelled when the connection went before the call was sent)
+        let transport = matches!(status.code(), Code::Unknown | Code::Cancelled)
+            && (std::error::Error::source(&status).is_some()
+                || status.message() == "operation was canceled");
         match status.code() {
             Code::Unavailable => CtlError::Unreachable {
                 admin: admin.to_owned(),

@@ -62,7 +62,7 @@ fn publish(stubs: &std::path::Path, uri: &str, tenant: &str, id: &str) -> String
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_on_its_own_vhost_is_closed_to_the_shared_broker_user() {
+async fn forging_events_with_the_shared_broker_account_reaches_nothing_on_a_tenants_own_vhost() {
     let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let tenant = format!("iso{suffix}");
     let vhost = format!("mesh-test-{suffix}");

@@ -49,6 +49,17 @@ pub enum CtlError {
         /// The transport's reason.
         reason: String,
     },
+    /// TLS with the admin API failed (its certificate is not trusted, or this client has no
+    /// certificate the mesh accepts).
+    #[error(
+        "TLS with the mesh admin API at {admin} failed: {reason}\n  --ca-file names the CA that signed the mesh's certificate; --cert-file and --key-file this client's certificate, when the mesh asks for one"
+    )]
+    Tls {
+        /// The address tried.
+        admin: String,
+        /// What failed.
+        reason: String,
+    },
     /// The mesh refused the credential.
     #[error("the mesh refused the ops credential: {0}")]
     Credential(String),
@@ -63,7 +74,7 @@ impl CtlError {
         match self {
             CtlError::Refused(_) | CtlError::InvalidTenant(_) => 1,
             CtlError::Usage(_) | CtlError::File { .. } | CtlError::NoCredential => 2,
-            CtlError::Unreachable { .. } => 3,
+            CtlError::Unreachable { .. } | CtlError::Tls { .. } => 3,
             CtlError::Credential(_) => 4,
         }
     }
@@ -73,31 +84,57 @@ impl CtlError {
         // a connection the mesh closed under the call (a TLS alert, say) comes back as an
         // unknown status whose source is the transport's error: unreachable, saying why
         // (unknown, or cancelled when the connection went before the call was sent)
-        let transport = matches!(status.code(), Code::Unknown | Code::Cancelled)
-            && (std::error::Error::source(&status).is_some()
-                || status.message() == "operation was canceled");
+        // (an h2 protocol error when a plain client met a TLS server); an answer from the mesh
+        // itself has no source
+        let transport = matches!(
+            status.code(),
+            Code::Unknown | Code::Cancelled | Code::Internal
+        ) && (std::error::Error::source(&status).is_some()
+            || status.message() == "operation was canceled");
         match status.code() {
             Code::Unavailable => CtlError::Unreachable {
                 admin: admin.to_owned(),
                 reason: status.message().to_owned(),
             },
-            _ if transport => CtlError::Unreachable {
+            _ if transport && admin.starts_with("https://") => CtlError::Tls {
                 admin: admin.to_owned(),
-                reason: {
-                    let mut reason = std::error::Error::source(&status)
-                        .map_or_else(|| status.message().to_owned(), causes);
-                    if admin.starts_with("https://") {
-                        reason.push_str(
-                            " (over TLS: a mesh that asks for client certificates closes the \
-                             connection of a client without one; see --cert-file)",
-                        );
-                    }
-                    reason
-                },
+                reason: format!(
+                    "the mesh closed the connection under the first call ({}): it asks for a client certificate this client did not present, or one its CA did not sign",
+                    std::error::Error::source(&status)
+                        .map_or_else(|| status.message().to_owned(), causes)
+                ),
             },
+            _ if transport => unreachable(
+                admin,
+                std::error::Error::source(&status)
+                    .map_or_else(|| status.message().to_owned(), causes),
+            ),
             Code::Unauthenticated => CtlError::Credential(status.message().to_owned()),
             _ => CtlError::Refused(status.message().to_owned()),
         }
+    }
+}
+
+/// The mesh could not be reached at `admin` for `reason`: a TLS failure said as one, and a
+/// plain address that meets a TLS server pointed to https.
+fn unreachable(admin: &str, reason: String) -> CtlError {
+    let lower = reason.to_lowercase();
+    let tls = ["certificate", "unknownissuer", "handshake", "alert", "tls"];
+    if tls.iter().any(|word| lower.contains(word)) {
+        return CtlError::Tls {
+            admin: admin.to_owned(),
+            reason,
+        };
+    }
+    let garbled = ["broken pipe", "connection reset", "frame", "h2 protocol"];
+    let reason = if !admin.starts_with("https://") && garbled.iter().any(|w| lower.contains(w)) {
+        format!("{reason} (if the admin API serves TLS, its address is https://...)")
+    } else {
+        reason
+    };
+    CtlError::Unreachable {
+        admin: admin.to_owned(),
+        reason,
     }
 }
 
@@ -131,7 +168,6 @@ impl Interceptor for Bearer {
 /// The admin client `meshctl` uses.
 pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
 
-/// Connects to the admin API at `admin` (`http://host:port`, or just `host:port`).
 /// How to trust the admin API over TLS (`https://` addresses).
 #[derive(Clone, Debug, Default)]
 pub struct AdminTls {
@@ -144,18 +180,30 @@ pub struct AdminTls {
 
 impl AdminTls {
     fn config(&self, host: &str) -> Result<ClientTlsConfig, CtlError> {
-        let read = |path: &PathBuf| {
-            std::fs::read(path).map_err(|source| CtlError::File {
+        // a file that is not what its flag says is named now, not as a handshake failure later
+        let read = |path: &PathBuf, flag: &str, marker: &str, what: &str| {
+            let pem = std::fs::read(path).map_err(|source| CtlError::File {
                 path: path.clone(),
                 source,
-            })
+            })?;
+            if !String::from_utf8_lossy(&pem).contains(marker) {
+                return Err(CtlError::Usage(format!(
+                    "{flag} {} holds no PEM {what}",
+                    path.display()
+                )));
+            }
+            Ok(pem)
         };
+        let certificate = ("-----BEGIN CERTIFICATE-----", "certificate");
         let mut config = ClientTlsConfig::new().domain_name(host);
         if let Some(ca) = &self.ca_file {
-            config = config.ca_certificate(Certificate::from_pem(read(ca)?));
+            let pem = read(ca, "--ca-file", certificate.0, certificate.1)?;
+            config = config.ca_certificate(Certificate::from_pem(pem));
         }
         if let Some((cert, key)) = &self.identity {
-            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+            let cert = read(cert, "--cert-file", certificate.0, certificate.1)?;
+            let key = read(key, "--key-file", "PRIVATE KEY-----", "private key")?;
+            config = config.identity(Identity::from_pem(cert, key));
         }
         Ok(config)
     }
@@ -183,14 +231,12 @@ pub async fn connect(admin: &str, token: Option<&str>, tls: &AdminTls) -> Result
             .tls_config(tls.config(&host)?)
             .map_err(|e| CtlError::Usage(format!("TLS for --admin {admin:?}: {e}")))?;
     }
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| CtlError::Unreachable {
-            admin: admin.to_owned(),
-            reason: std::error::Error::source(&e)
-                .map_or_else(|| e.to_string(), ToString::to_string),
-        })?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        unreachable(
+            admin,
+            std::error::Error::source(&e).map_or_else(|| e.to_string(), causes),
+        )
+    })?;
     Ok(AdminClient::with_interceptor(channel, Bearer(bearer)))
 }
 

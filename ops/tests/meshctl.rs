@@ -873,6 +873,12 @@ async fn meshctl_reaches_an_admin_api_over_tls_only_trusting_its_ca() {
     // no client certificate: the mesh asks for one
     let anonymous = run(with(&[("MESH_ADMIN_CA_FILE", ca.clone())])).await;
     assert_eq!(anonymous.code, 3, "{}", anonymous.stderr);
+    assert!(
+        anonymous.stderr.contains("TLS with the mesh admin API")
+            && anonymous.stderr.contains("client certificate"),
+        "{}",
+        anonymous.stderr
+    );
     // no trust in the mesh's CA
     let untrusting = run(with(&[
         ("MESH_ADMIN_CERT_FILE", client_cert.clone()),
@@ -881,11 +887,31 @@ async fn meshctl_reaches_an_admin_api_over_tls_only_trusting_its_ca() {
     .await;
     assert_eq!(untrusting.code, 3, "{}", untrusting.stderr);
     assert!(
-        untrusting
-            .stderr
-            .contains("cannot reach the mesh admin API"),
+        untrusting.stderr.contains("TLS with the mesh admin API")
+            && untrusting.stderr.contains("--ca-file"),
         "{}",
         untrusting.stderr
     );
+    // a --ca-file that is no certificate is named before anything is tried
+    let garbage = write("garbage.pem", "not a certificate".into());
+    let named = run(with(&[("MESH_ADMIN_CA_FILE", garbage.clone())])).await;
+    assert_eq!(named.code, 2, "{}", named.stderr);
+    assert!(
+        named
+            .stderr
+            .contains(&format!("--ca-file {garbage} holds no PEM certificate")),
+        "{}",
+        named.stderr
+    );
+    // plain HTTP/2 to the TLS port cannot reach it
+    let plain = ctl(
+        &["tenant", "list"],
+        &[
+            ("MESH_ADMIN", &format!("http://{}", mesh.admin)),
+            ("MESH_OPS_TOKEN", TOKEN),
+        ],
+    )
+    .await;
+    assert_eq!(plain.code, 3, "{}", plain.stderr);
     mesh.stop().await;
 }

@@ -55,15 +55,17 @@ pub fn optional_id(field: &'static str, value: &str) -> Result<(), tonic::Status
 pub const SYSTEM_SENDER: &str = "system";
 
 /// Whether `user` is, or reads as, the platform's own sender: [`SYSTEM_SENDER`] in any case,
-/// with any punctuation around or inside it (`system.`, `_System`, `sys-tem`). Ids are ASCII
-/// ([`id`]), so no other spelling can look like it.
+/// with any punctuation around or inside it (`system.`, `_System`, `sys-tem`), or before an
+/// `@` or `:` (`system@mall`). Ids are ASCII ([`id`]), so no other spelling can look like it.
 pub fn is_reserved_sender(user: &str) -> bool {
-    let letters: String = user
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    letters == SYSTEM_SENDER
+    let letters = |text: &str| -> String {
+        text.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let local = user.split(['@', ':']).next().unwrap_or_default();
+    letters(user) == SYSTEM_SENDER || letters(local) == SYSTEM_SENDER
 }
 
 /// Now, as every `*_at_ms` field carries it: milliseconds since the Unix epoch.

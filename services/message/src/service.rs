@@ -378,6 +378,13 @@ impl Message for MessageService {
         // an end user sends as the user of its token, whatever from_user says
         request.from_user = ctx.act_as("from_user", &request.from_user)?;
         // ids are ASCII (checked in accept), so no look-alike passes this either
+        // nor write to it: the platform's sender is nobody's inbox
+        if mesh_contract::fields::is_reserved_sender(&request.to_user) {
+            return Err(Status::invalid_argument(format!(
+                "to_user {:?}: the platform's own sender receives no messages",
+                request.to_user
+            )));
+        }
         if mesh_contract::fields::is_reserved_sender(&request.from_user) {
             return Err(Status::permission_denied(format!(
                 "from_user {SYSTEM_SENDER:?} is reserved for the platform's own messages"

@@ -38,12 +38,12 @@ pub async fn run(
     let tls = deploy
         .tls
         .acceptor()
-        .map_err(|e| anyhow!("{}: {e}", config.display()))?;
+        .map_err(|e| anyhow!("{} (or its MESH_TLS_* override): {e}", config.display()))?;
     // and mutual TLS between the front door and the workers, and among workers
     let node_tls = deploy
         .tls
         .node_tls()
-        .map_err(|e| anyhow!("{}: {e}", config.display()))?;
+        .map_err(|e| anyhow!("{} (or its MESH_TLS_* override): {e}", config.display()))?;
     let store = SwitchStore::in_dir(&deploy.state.dir);
     let saved = initial_switches(&tenants, &store)?;
     let node_credential = node_credential();

@@ -114,9 +114,19 @@ async fn five_thousand_terminals_through_the_front_door_get_their_messages_and_s
         let (channel, bulk) = (channels[i % CONNECTIONS].clone(), bulk.clone());
         let (user, device) = (format!("user{}", i / DEVICES), format!("d{}", i % DEVICES));
         async move {
-            let stream = attach(channel, &bulk, &user, &device)
-                .await
-                .unwrap_or_else(|s| panic!("{user}/{device}: {s:?}"));
+            // as an app does: an attach that ran out of time (a loaded CI machine) is tried
+            // again; anything else fails the test
+            let mut attempt = 0;
+            let stream = loop {
+                attempt += 1;
+                match attach(channel.clone(), &bulk, &user, &device).await {
+                    Ok(stream) => break stream,
+                    Err(s)
+                        if attempt < 3
+                            && matches!(s.code(), Code::Cancelled | Code::DeadlineExceeded) => {}
+                    Err(s) => panic!("{user}/{device}: {s:?}"),
+                }
+            };
             (user, device, stream)
         }
     });

@@ -310,7 +310,7 @@ async fn serve_connection<IO, S>(
     tokio::pin!(connection);
     let check = (limits.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
     let mut ticks = tokio::time::interval(check);
-    let mut closing = false;
+    let mut closing: Option<Instant> = None;
     loop {
         tokio::select! {
             ended = connection.as_mut() => {
@@ -319,13 +319,28 @@ async fn serve_connection<IO, S>(
                 }
                 return;
             }
-            _ = ticks.tick(), if !closing => {
-                if activity.idle_for() >= limits.idle_timeout {
-                    tracing::debug!(%peer, "closing an idle connection");
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
+            _ = ticks.tick() => {
+                match closing {
+                    None if activity.idle_for() >= limits.idle_timeout => {
+                        tracing::debug!(%peer, "closing an idle connection");
+                        connection.as_mut().graceful_shutdown();
+                        closing = Some(Instant::now());
+                    }
+                    // a peer that never spoke HTTP/2 (no preface, a silent socket) or ignores
+                    // GOAWAY would hold its slot for ever: dropped once the grace is over
+                    Some(since)
+                        if since.elapsed() >= limits.idle_timeout.min(GOAWAY_GRACE)
+                            && activity.idle_for() > Duration::ZERO =>
+                    {
+                        tracing::debug!(%peer, "dropping a connection that did not close");
+                        return;
+                    }
+                    _ => {}
                 }
             }
         }
     }
 }
+
+/// How long a connection asked to close (idle) may take to do so before it is dropped.
+const GOAWAY_GRACE: Duration = Duration::from_secs(10);

@@ -419,6 +419,49 @@ impl FrontDoor {
     }
 }
 
+/// A `grpc-timeout` header value (`100m`, `5S`): digits and a unit.
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Whether forwarding failed because the request's deadline passed.
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if e.to_string().contains("Timeout expired") || e.to_string().contains("timed out") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// An answer saying the time ran out (the deadline, a cancellation, a cut-off forward).
+fn ran_out(response: &http::Response<tonic::body::Body>) -> bool {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|s| s.to_str().ok())
+        .and_then(|s| s.parse::<i32>().ok())
+        .map(tonic::Code::from)
+        .is_some_and(|code| {
+            matches!(
+                code,
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unavailable
+            )
+        })
+}
+
 /// An answer that is about the call, not about the service's health.
 fn caller_error(code: tonic::Code) -> bool {
     use tonic::Code::*;
@@ -506,6 +549,11 @@ where
                 return Ok(status.into_http());
             };
             let path = request.uri().path().to_owned();
+            let deadline = request
+                .headers()
+                .get("grpc-timeout")
+                .and_then(|v| v.to_str().ok())
+                .and_then(grpc_timeout);
             let method = front.catalogue.method(&path);
             // a server stream (a terminal) may stay for hours: those are what the cap bounds
             let long_lived = method.is_none_or(|(_, m)| m.server_streaming);
@@ -521,12 +569,23 @@ where
             let request = request.map(tonic::body::Body::new);
             let response = match slot.channel().oneshot(request).await {
                 Ok(response) => response,
+                // the caller's own grpc-timeout ran out first: its deadline, not an outage
+                Err(err) if timed_out(&err) => tonic::Status::deadline_exceeded(
+                    "the caller's deadline passed before the tenant's process answered",
+                )
+                .into_http(),
                 Err(err) => tonic::Status::unavailable(format!(
                     "the tenant's process did not answer: {err}"
                 ))
                 .into_http(),
             };
-            let tier = method.map(|(spec, _)| spec.tier.get());
+            // a caller that gave the call less time than its contract does says nothing about
+            // the service when it runs out of it (or anyone could trip a rule with tiny
+            // deadlines)
+            let cut_short = method.is_some_and(|(_, m)| deadline.is_some_and(|d| d < m.timeout));
+            let tier = method
+                .filter(|_| !(cut_short && ran_out(&response)))
+                .map(|(spec, _)| spec.tier.get());
             front.record(&tenant_id, tier, started, &response, &path);
             // a stream (a terminal) stays open, and counted, until its body ends
             Ok(HoldUntilEnd::wrap(response, (slot, in_flight)))

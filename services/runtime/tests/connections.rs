@@ -214,3 +214,29 @@ async fn an_idle_connection_is_closed_and_one_holding_a_stream_is_kept() {
     );
     let _ = get(&mut busy, "/").await;
 }
+
+/// A peer that connects and never speaks HTTP/2 (no preface: a silent socket, a stalled
+/// client) does not hold its slot for ever: it is dropped once idle and its grace is over,
+/// and the slot serves the next caller.
+#[tokio::test]
+async fn a_silent_connection_is_dropped_and_frees_its_slot() {
+    use tokio::io::AsyncReadExt;
+    let address = server(limits()).await;
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    // both slots are taken by sockets that never speak: the server closes them
+    for socket in &mut silent {
+        let mut byte = [0u8; 64];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut byte)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue, // the server's SETTINGS / GOAWAY
+                Err(_) => panic!("a silent connection still open after 5 s"),
+            }
+        }
+    }
+    let (mut send, _conn) = connect(address).await.expect("a slot is free again");
+    let _ = get(&mut send, "/").await;
+}

@@ -4,7 +4,6 @@
 
 mod support;
 
-use mesh_api::message::v1 as message;
 use support::{MeshUp, python, run, tenants_folder};
 
 /// Runs `rabbitmqctl` (the test creates its vhost and user, and removes them).
@@ -146,28 +145,7 @@ async fn forging_events_with_the_shared_broker_account_reaches_nothing_on_a_tena
         .arg(dir.path()));
     let alice = mesh_contract::RequestContext::new(mesh_contract::TenantId::new(&tenant).unwrap())
         .with_user_token(token.trim());
-    let mut messages = message::MessageCaller::new(up.channel().await);
-    let mut bodies = Vec::new();
-    for _ in 0..100 {
-        bodies = messages
-            .fetch_offline(
-                &alice,
-                message::FetchOfflineRequest {
-                    terminal_id: "phone".into(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap()
-            .messages
-            .into_iter()
-            .map(|m| m.body)
-            .collect::<Vec<_>>();
-        if !bodies.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let bodies = support::timeline_bodies(up.channel().await, &alice, 1).await;
     assert_eq!(bodies.len(), 1, "only the tenant's own event: {bodies:?}");
     assert!(bodies[0].contains("real-1"), "{bodies:?}");
 

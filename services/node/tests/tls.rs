@@ -67,6 +67,18 @@ fn pki() -> Pki {
     }
 }
 
+/// curl's flags trusting `ca` and presenting `cert` / `key`.
+fn presenting<'a>(ca: &'a Path, cert: &'a Path, key: &'a Path) -> [&'a Path; 6] {
+    [
+        Path::new("--cacert"),
+        ca,
+        Path::new("--cert"),
+        cert,
+        Path::new("--key"),
+        key,
+    ]
+}
+
 /// The front door's health check.
 const HEALTH: &str = "/grpc.health.v1.Health/Check";
 /// The admin API's tenant list (the ops credential in `authorization`).
@@ -196,31 +208,14 @@ async fn with_a_client_ca_only_clients_it_signed_get_in() {
         let (code, out) = curl(
             &url,
             path,
-            &[
-                Path::new("--cacert"),
-                ca,
-                Path::new("--cert"),
-                &pki.client_cert,
-                Path::new("--key"),
-                &pki.client_key,
-            ],
+            &presenting(ca, &pki.client_cert, &pki.client_key),
         );
         assert_eq!(code, 0, "{url} with a client certificate: {out}");
         assert!(out.contains("grpc-status: 0"), "{out}");
         let (code, out) = curl(&url, path, &[Path::new("--cacert"), ca]);
         assert_ne!(code, 0, "{url} without a client certificate: {out}");
-        let (code, out) = curl(
-            &url,
-            path,
-            &[
-                Path::new("--cacert"),
-                ca,
-                Path::new("--cert"),
-                &pki.stranger_cert,
-                Path::new("--key"),
-                &pki.stranger_key,
-            ],
-        );
+        let stranger = presenting(ca, &pki.stranger_cert, &pki.stranger_key);
+        let (code, out) = curl(&url, path, &stranger);
         assert_ne!(code, 0, "{url} with a certificate another CA signed: {out}");
     }
 }
@@ -249,18 +244,7 @@ async fn the_mesh_s_own_hops_use_mutual_tls_when_asked() {
     );
     let ca = pki.ca.as_path();
     // the mesh's certificate is the node certificate here: it opens the worker
-    let (code, out) = curl(
-        &worker,
-        HEALTH,
-        &[
-            Path::new("--cacert"),
-            ca,
-            Path::new("--cert"),
-            &pki.cert,
-            Path::new("--key"),
-            &pki.key,
-        ],
-    );
+    let (code, out) = curl(&worker, HEALTH, &presenting(ca, &pki.cert, &pki.key));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("grpc-status: 0"), "{out}");
     let (code, out) = curl(&worker, HEALTH, &[Path::new("--cacert"), ca]);

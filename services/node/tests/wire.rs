@@ -92,7 +92,6 @@ async fn garbage_is_invalid_argument_and_an_event_called_as_a_call_says_where_ev
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_publisher_following_the_envelope_reaches_the_tenant_and_garbage_is_dead_lettered()
 {
-    use mesh_api::message::v1 as message;
     const OPS_TOKEN: &str = "ops-wire-suite-token";
     let python = python();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -147,31 +146,8 @@ async fn a_python_publisher_following_the_envelope_reaches_the_tenant_and_garbag
     ]));
     publish("checkout-event-2", "o-2", "1000"); // a later event still flows past the garbage
 
-    let ctx = Users::of(dir.path()).ctx(&tenant, "alice");
-    let mut messages = message::MessageCaller::new(up.channel().await);
-    let mut bodies = Vec::new();
-    for _ in 0..100 {
-        bodies = messages
-            .fetch_offline(
-                &ctx,
-                message::FetchOfflineRequest {
-                    user_id: "alice".into(),
-                    terminal_id: "phone".into(),
-                    limit: 0,
-                    after_position: 0,
-                },
-            )
-            .await
-            .unwrap()
-            .messages
-            .into_iter()
-            .map(|m| m.body)
-            .collect::<Vec<_>>();
-        if bodies.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let alice = Users::of(dir.path()).ctx(&tenant, "alice");
+    let bodies = support::timeline_bodies(up.channel().await, &alice, 2).await;
     // event 1 once (published twice with one id), then event 2
     assert_eq!(
         bodies,

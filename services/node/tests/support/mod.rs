@@ -301,3 +301,35 @@ pub fn run(command: &mut std::process::Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The bodies in the timeline of `who`'s user (synced as terminal `phone`), once it holds at
+/// least `at_least` messages or 10 s have passed (events arrive asynchronously).
+pub async fn timeline_bodies(
+    channel: tonic::transport::Channel,
+    who: &RequestContext,
+    at_least: usize,
+) -> Vec<String> {
+    let mut messages = mesh_api::message::v1::MessageCaller::new(channel);
+    let mut bodies = Vec::new();
+    for _ in 0..100 {
+        bodies = messages
+            .fetch_offline(
+                who,
+                mesh_api::message::v1::FetchOfflineRequest {
+                    terminal_id: "phone".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .messages
+            .into_iter()
+            .map(|m| m.body)
+            .collect::<Vec<_>>();
+        if bodies.len() >= at_least {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bodies
+}

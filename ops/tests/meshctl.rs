@@ -268,6 +268,9 @@ async fn tier_2_off_for_one_tenant_degrades_it_at_once_and_survives_a_restart() 
         ])
         .await;
     assert!(off.contains("tier>=2@mall is off"), "{off}");
+    // counted: the one process serving mall (finance's own process applied it too, but does
+    // not serve mall)
+    assert!(off.contains("applied by 1 process(es)"), "{off}");
     // the command answers once every process applied it: the very next call is degraded
     assert_eq!(
         mesh.suggest("mall", "dev-mall-token").await,
@@ -362,14 +365,15 @@ async fn tier_2_off_for_one_tenant_degrades_it_at_once_and_survives_a_restart() 
         Some("recommend.Suggest@all")
     );
     mesh.ok(&["switch", "on", "recommend.Suggest"]).await;
-    mesh.ok(&["switch", "off", "recommend", "--tenant", "finance"])
+    // (finance runs no recommend: a switch of it for finance is refused; a tier is not)
+    mesh.ok(&["switch", "off", "--tier", "2", "--tenant", "finance"])
         .await;
     assert_eq!(
         mesh.suggest("finance", "dev-finance-token")
             .await
             .0
             .as_deref(),
-        Some("recommend@finance"),
+        Some("tier>=2@finance"),
         "finance runs in its own process, which applied it too"
     );
     assert_eq!(mesh.suggest("paipai", "dev-paipai-token").await.0, None);
@@ -637,6 +641,13 @@ async fn every_bad_input_fails_clearly_with_a_non_zero_exit() {
         &["switch", "off", "recommend", "--tenant", "ghost"],
         1,
         &["unknown tenant \"ghost\"", "mall"],
+    )
+    .await;
+    // mall does not run push (it names no notifier): nothing to switch off for it
+    fails(
+        &["switch", "off", "push", "--tenant", "mall"],
+        1,
+        &["tenant mall does not run push", "it runs: ", "recommend"],
     )
     .await;
     fails(&["switch", "off"], 2, &["which switch?"]).await;

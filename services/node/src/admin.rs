@@ -165,6 +165,7 @@ fn status(err: ControlError) -> Status {
     match err {
         ControlError::UnknownTenant(..) => Status::not_found(message),
         ControlError::UnknownSwitch(_) => Status::invalid_argument(message),
+        ControlError::NotRun { .. } => Status::failed_precondition(message),
         ControlError::InvalidTenant(ConfigError::Invalid(_)) => Status::invalid_argument(message),
         ControlError::NotApplied(_) | ControlError::NotServed(_) => {
             Status::deadline_exceeded(message)

@@ -77,6 +77,17 @@ pub async fn run(
             mesh_api::CONTRACTS,
             Some(mesh_api::FILE_DESCRIPTOR_SET),
         ));
+    // which deployment config this is, first (once it is valid): a mesh started in another
+    // folder must not silently run on defaults
+    match DeployConfig::source(config) {
+        Some(file) => println!("config {}", file.display()),
+        None => println!(
+            "config {} not found here or in a parent folder: defaults and MESH_* variables \
+             only (admin API off unless MESH_ADMIN_TOKEN is set; switch state in {})",
+            config.display(),
+            deploy.state.dir.display()
+        ),
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("front door: listening on {listen}"))?;

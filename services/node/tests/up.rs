@@ -284,3 +284,43 @@ async fn a_bad_service_setting_is_refused_at_start_up_and_named() {
     );
     assert!(!stdout.contains("serving"), "no process was started");
 }
+
+/// `mesh up` says first which deployment config it read, or that it found none and what that
+/// leaves off: started in another folder, it must not run on defaults without saying so.
+#[tokio::test]
+async fn mesh_up_says_which_config_it_read_or_that_it_found_none() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tenants_folder(&["mall"], &[]);
+    let first_line = |config: std::path::PathBuf| {
+        let dir = dir.path().to_owned();
+        async move {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
+                .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
+                .arg(&dir)
+                .arg("--config")
+                .arg(&config)
+                .env("MESH_STATE_DIR", dir.join(".state"))
+                .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("a first line within 30 s")
+                .unwrap()
+                .expect("mesh up printed a line")
+        }
+    };
+    let missing = dir.path().join("nowhere/mesh.toml");
+    let line = first_line(missing.clone()).await;
+    assert!(
+        line.starts_with(&format!("config {} not found", missing.display()))
+            && line.contains("admin API off"),
+        "{line}"
+    );
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/mesh.toml");
+    let line = first_line(shipped.clone()).await;
+    assert_eq!(line, format!("config {}", shipped.display()));
+}

@@ -320,6 +320,7 @@ impl Tenants {
         let mut tenants = BTreeMap::new();
         let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
         let mut namespaces: HashMap<String, PathBuf> = HashMap::new();
+        let mut credentials: HashMap<String, PathBuf> = HashMap::new();
         for file in files {
             match load_file(&file, defaults.as_deref(), catalogue) {
                 Ok(tenant) => {
@@ -348,6 +349,19 @@ impl Tenants {
                         });
                         continue;
                     }
+                    let token = tenant.credentials.resolve();
+                    if let Some(first) = credentials.get(&token) {
+                        errors.push(FieldError {
+                            source,
+                            field: "credentials".into(),
+                            message: format!(
+                                "the same credential as {}: each business line's backend holds its own",
+                                first.display()
+                            ),
+                        });
+                        continue;
+                    }
+                    credentials.insert(token, file.clone());
                     namespaces.insert(tenant.data_namespace.clone(), file.clone());
                     sources.insert(tenant.id.clone(), file);
                     tenants.insert(tenant.id.clone(), tenant);
@@ -442,6 +456,20 @@ pub fn check_new(
                 "duplicate tenant id {:?}: {} declares it already",
                 config.id,
                 first.display()
+            ),
+        ));
+    }
+    let token = config.credentials.resolve();
+    if let Some(other) = existing
+        .tenants
+        .values()
+        .find(|t| t.credentials.resolve() == token)
+    {
+        return Err(invalid(
+            "credentials",
+            format!(
+                "the same credential as tenant {}: each business line's backend holds its own",
+                other.id
             ),
         ));
     }
@@ -556,6 +584,17 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
     };
     if let Err(e) = TenantId::new(&config.id) {
         error("id".into(), e.to_string());
+    }
+    // one name for one business line: its file, its environment prefix, its id
+    let stem = file.file_stem().unwrap_or_default().to_string_lossy();
+    if stem != config.id.as_str() {
+        error(
+            "id".into(),
+            format!(
+                "{:?} differs from the file name: a tenant file is named after its id ({}.toml)",
+                config.id, config.id
+            ),
+        );
     }
     if config.display_name.trim().is_empty() {
         error("display_name".into(), "must not be empty".into());

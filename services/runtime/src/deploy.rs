@@ -213,6 +213,19 @@ fn default_state_dir() -> PathBuf {
 }
 
 impl DeployConfig {
+    /// The file [`DeployConfig::load`] reads for `file`: itself if absolute, else the first
+    /// `file` found in the working folder or one of its parents (as figment looks for it);
+    /// `None` when there is none and only defaults and the environment apply.
+    pub fn source(file: &Path) -> Option<PathBuf> {
+        if file.is_absolute() {
+            return file.is_file().then(|| file.to_path_buf());
+        }
+        let here = std::env::current_dir().ok()?;
+        here.ancestors()
+            .map(|dir| dir.join(file))
+            .find(|candidate| candidate.is_file())
+    }
+
     /// Reads `file` (if it exists) and the environment overrides.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let figment = Figment::new()

@@ -175,7 +175,7 @@ fn unknown_contract_version_is_named_with_the_available_ones() {
 }
 
 #[test]
-fn duplicate_tenant_id_names_both_files() {
+fn a_file_not_named_after_its_id_is_refused() {
     let dir = folder(&[
         ("acme.toml", ACME),
         (
@@ -183,13 +183,41 @@ fn duplicate_tenant_id_names_both_files() {
             &ACME.replace("data_namespace = \"acme\"", "data_namespace = \"acme2\""),
         ),
     ]);
-    let problems = problems(dir.path());
-    let expected = format!(
-        "{}: field `id`: duplicate tenant id \"acme\": {} declares it already",
-        dir.path().join("acme.toml").display(),
-        dir.path().join("acme-copy.toml").display()
+    assert_problem(
+        &dir,
+        "acme-copy.toml",
+        "field `id`: \"acme\" differs from the file name: a tenant file is named after its id (acme.toml)",
     );
-    assert!(problems.contains(&expected), "{problems:#?}");
+}
+
+#[test]
+fn a_credential_two_tenants_share_is_refused_naming_both() {
+    let bolt = ACME
+        .replace("id = \"acme\"", "id = \"bolt\"")
+        .replace("data_namespace = \"acme\"", "data_namespace = \"bolt\"");
+    let dir = folder(&[("acme.toml", ACME), ("bolt.toml", &bolt)]);
+    let expected = format!(
+        "field `credentials`: the same credential as {}",
+        dir.path().join("acme.toml").display()
+    );
+    assert_problem(&dir, "bolt.toml", &expected);
+    // and as onboarding checks a new file against the folder
+    let ok = folder(&[("acme.toml", ACME)]);
+    let existing = Tenants::load(ok.path(), mesh_api::CONTRACTS).unwrap();
+    let refused = mesh_runtime::config::check_new(
+        ok.path(),
+        &existing,
+        "bolt.toml",
+        &bolt,
+        mesh_api::CONTRACTS,
+    )
+    .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("the same credential as tenant acme"),
+        "{refused}"
+    );
 }
 
 #[test]

@@ -37,6 +37,16 @@ pub enum ControlError {
     /// The switch names no service, method or tier of the catalogue.
     #[error("unknown switch: {0}")]
     UnknownSwitch(String),
+    /// The tenant does not run the service the switch names.
+    #[error("tenant {tenant} does not run {service}; it runs: {runs}")]
+    NotRun {
+        /// The tenant.
+        tenant: String,
+        /// The service named.
+        service: String,
+        /// What it runs.
+        runs: String,
+    },
     /// A tenant file is invalid.
     #[error(transparent)]
     InvalidTenant(#[from] ConfigError),
@@ -69,7 +79,7 @@ pub enum ControlError {
 pub struct SwitchChange {
     /// Every switch off after the change.
     pub switches: Vec<Switch>,
-    /// Processes that applied it.
+    /// Processes that applied it: for a switch of one tenant, those serving that tenant.
     pub processes_applied: usize,
     /// False when the switch was already in the asked state.
     pub changed: bool,
@@ -238,6 +248,24 @@ impl ControlPlane {
         target
             .validate(Catalogue(self.plane.catalogue))
             .map_err(ControlError::UnknownSwitch)?;
+        // a switch for one tenant names something that tenant runs
+        if let (
+            Some(tenant),
+            SwitchTarget::Service(service) | SwitchTarget::Method { service, .. },
+        ) = (&tenant, &target)
+        {
+            let tenants = self.plane.tenants.read().expect("lock");
+            if let Some(config) = tenants.get(tenant.as_str()) {
+                let runs: Vec<&str> = config.enabled_services().map(|(name, _)| name).collect();
+                if !runs.contains(&service.as_str()) {
+                    return Err(ControlError::NotRun {
+                        tenant: tenant.to_string(),
+                        service: service.clone(),
+                        runs: runs.join(", "),
+                    });
+                }
+            }
+        }
         let switch = Switch {
             tenant,
             target,
@@ -245,8 +273,20 @@ impl ControlPlane {
             changed_by: changed_by.to_owned(),
             changed_at: SystemTime::now(),
         };
+        let scope = switch.tenant.clone();
         let (changed, version) = self.change(switch, on).await?;
-        let processes_applied = self.await_version(version).await?;
+        let all_applied = self.await_version(version).await?;
+        // for one tenant: the processes that serve it (every process applied the change)
+        let processes_applied = match &scope {
+            Some(tenant) => self
+                .plane
+                .supervisor
+                .processes()
+                .iter()
+                .filter(|p| p.pid.is_some() && p.tenants.contains(tenant))
+                .count(),
+            None => all_applied,
+        };
         Ok(SwitchChange {
             switches: self.switches(),
             processes_applied,

@@ -175,7 +175,11 @@ async fn main() -> anyhow::Result<()> {
             config,
         } => {
             let deploy = DeployConfig::load(&config)?;
-            let telemetry = mesh_telemetry::init("mesh-up", &deploy.telemetry, LOGS)?;
+            let telemetry = mesh_telemetry::init_as(
+                &mesh_telemetry::Process::new("mesh-front-door"),
+                &deploy.telemetry,
+                LOGS,
+            )?;
             (telemetry, up::run(&tenants, &listen, &config, deploy).await)
         }
         Cmd::Worker {
@@ -185,7 +189,17 @@ async fn main() -> anyhow::Result<()> {
             supervised,
         } => {
             let config = TelemetryConfig::from_env()?;
-            let telemetry = mesh_telemetry::init("mesh-worker", &config, LOGS)?;
+            // which worker: its group (from the supervisor) and tenants, beside the instance
+            // id and pid every process's resource carries
+            let group =
+                std::env::var("MESH_WORKER_GROUP").unwrap_or_else(|_| "unsupervised".into());
+            let telemetry = mesh_telemetry::init_as(
+                &mesh_telemetry::Process::new("mesh-worker")
+                    .with("mesh.worker.group", group)
+                    .with("mesh.tenants", tenant.join(",")),
+                &config,
+                LOGS,
+            )?;
             (
                 telemetry,
                 worker::run(&tenants, &tenant, &listen, supervised).await,

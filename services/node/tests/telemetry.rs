@@ -43,6 +43,8 @@ use tokio::{
 use tonic::{Request, Response, Status, transport::server::TcpIncoming};
 use tracing::Instrument;
 
+mod support;
+
 /// Where the child sends its telemetry; its presence makes the ignored test the child.
 const FIXTURE_COLLECTOR: &str = "MESH_TEST_FIXTURE_COLLECTOR";
 
@@ -92,6 +94,30 @@ type Point = (String, String, HashMap<String, String>);
 struct Collector {
     spans: Arc<Mutex<Vec<Received>>>,
     points: Arc<Mutex<Vec<Point>>>,
+    /// Every resource seen, its attributes as text.
+    resources: Arc<Mutex<Vec<HashMap<String, String>>>>,
+}
+
+impl Collector {
+    fn saw(&self, resource: Option<&Resource>) {
+        let Some(resource) = resource else { return };
+        let attributes = resource
+            .attributes
+            .iter()
+            .filter_map(|kv| {
+                let value = match kv.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::StringValue(s) => s.clone(),
+                    any_value::Value::IntValue(i) => i.to_string(),
+                    _ => return None,
+                };
+                Some((kv.key.clone(), value))
+            })
+            .collect();
+        let mut resources = self.resources.lock().unwrap();
+        if !resources.contains(&attributes) {
+            resources.push(attributes);
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -102,6 +128,7 @@ impl TraceService for Collector {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let mut spans = self.spans.lock().unwrap();
         for resource in request.into_inner().resource_spans {
+            self.saw(resource.resource.as_ref());
             let process = service_name(resource.resource.as_ref());
             for scope in resource.scope_spans {
                 spans.extend(scope.spans.into_iter().map(|span| Received {
@@ -122,6 +149,7 @@ impl MetricsService for Collector {
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         let mut points = self.points.lock().unwrap();
         for resource in request.into_inner().resource_metrics {
+            self.saw(resource.resource.as_ref());
             let process = service_name(resource.resource.as_ref());
             for scope in resource.scope_metrics {
                 for m in scope.metrics {
@@ -547,4 +575,77 @@ async fn a_collector_that_is_down_never_fails_a_request() {
     }
     // and the process still stops cleanly, giving up on what it could not send
     stop(child).await;
+}
+
+/// Each worker of a mesh exports a resource of its own: the same `service.name`, but its
+/// group, tenants, process id, a fresh instance id and the mesh's version, so a collector tells
+/// the processes (and a restarted one) apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_exports_a_resource_that_tells_it_apart() {
+    let (collector, addr) = start_collector().await;
+    let dir = support::tenants_folder(&["mall", "finance"], &[]);
+    let endpoint = format!("http://{addr}");
+    let mut up = support::MeshUp::start(
+        dir.path(),
+        &[
+            ("MESH_TELEMETRY_OTLP_ENDPOINT", endpoint.as_str()),
+            ("MESH_TELEMETRY_EXPORT_INTERVAL_MS", "200"),
+        ],
+    )
+    .await;
+    let mut pids = HashMap::new();
+    for _ in 0..2 {
+        let line = up
+            .output
+            .wait_for("a worker", |l| l.starts_with("serving group="))
+            .await;
+        pids.insert(
+            support::field(&line, "group").to_owned(),
+            support::field(&line, "pid").to_owned(),
+        );
+    }
+    // a call for each, so each has spans to export (metrics come on their own too)
+    let channel = up.channel().await;
+    for (tenant, token) in [("mall", "dev-mall-token"), ("finance", "dev-finance-token")] {
+        let _ = mesh_api::order::v1::OrderCaller::new(channel.clone())
+            .list_orders(
+                &support::ctx(tenant, token),
+                mesh_api::order::v1::ListOrdersRequest {
+                    user_id: "alice".into(),
+                    limit: 1,
+                },
+            )
+            .await;
+    }
+    let worker = |group: &str| {
+        collector
+            .resources
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.get("mesh.worker.group").map(String::as_str) == Some(group))
+            .cloned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (worker("shared").is_none() || worker("finance").is_none()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (shared, finance) = (
+        worker("shared").expect("the shared worker's resource"),
+        worker("finance").expect("finance's worker's resource"),
+    );
+    for (group, resource, tenants) in [
+        ("shared", &shared, "mall"),
+        ("finance", &finance, "finance"),
+    ] {
+        assert_eq!(resource["service.name"], "mesh-worker", "{resource:?}");
+        assert_eq!(resource["mesh.tenants"], tenants, "{resource:?}");
+        assert_eq!(resource["process.pid"], pids[group], "{resource:?}");
+        assert!(!resource["service.version"].is_empty(), "{resource:?}");
+        assert_eq!(resource["service.instance.id"].len(), 36, "{resource:?}");
+    }
+    assert_ne!(
+        shared["service.instance.id"],
+        finance["service.instance.id"]
+    );
 }

@@ -382,6 +382,8 @@ fn spawn(command: &WorkerCommand, group: &str, tenants: &[TenantId]) -> Result<W
     let mut child = Command::new(&command.program)
         .args(&command.args)
         .envs(command.env.iter().map(|(k, v)| (k, v)))
+        // named in the worker's telemetry resource
+        .env("MESH_WORKER_GROUP", group)
         .arg("--tenant")
         .arg(list.join(","))
         .stdin(Stdio::piped())

@@ -162,6 +162,61 @@ pub fn init(
     config: &TelemetryConfig,
     default_log: &str,
 ) -> Result<Telemetry, TelemetryError> {
+    init_as(&Process::new(service_name), config, default_log)
+}
+
+/// Who a process is, in the resource every span and metric it exports carries: several
+/// processes of one mesh (the front door, a worker per group) are told apart by it, and a
+/// restarted process by its instance id.
+#[derive(Clone, Debug)]
+pub struct Process {
+    /// `service.name`: `mesh-front-door`, `mesh-worker` ...
+    pub service_name: String,
+    /// More resource attributes (`mesh.worker.group`, `mesh.tenants`).
+    pub attributes: Vec<(&'static str, String)>,
+}
+
+impl Process {
+    /// A process named `service_name`, with no further attributes.
+    pub fn new(service_name: &str) -> Self {
+        Self {
+            service_name: service_name.to_owned(),
+            attributes: Vec::new(),
+        }
+    }
+
+    /// The same, with `key = value` in its resource.
+    pub fn with(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.attributes.push((key, value.into()));
+        self
+    }
+
+    /// Its resource: `service.name`, `service.version` (this build of the mesh),
+    /// `service.instance.id` (new for every start), `process.pid`, and the attributes given.
+    pub fn resource(&self) -> Resource {
+        let mut attributes = vec![
+            opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            opentelemetry::KeyValue::new("service.instance.id", uuid::Uuid::new_v4().to_string()),
+            opentelemetry::KeyValue::new("process.pid", i64::from(std::process::id())),
+        ];
+        attributes.extend(
+            self.attributes
+                .iter()
+                .map(|(k, v)| opentelemetry::KeyValue::new(*k, v.clone())),
+        );
+        Resource::builder()
+            .with_service_name(self.service_name.clone())
+            .with_attributes(attributes)
+            .build()
+    }
+}
+
+/// [`init`] as `process`: its resource identifies it among the mesh's processes.
+pub fn init_as(
+    process: &Process,
+    config: &TelemetryConfig,
+    default_log: &str,
+) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     // static directives only: a callsite's interest is decided once and cached, so the
     // HTTP/2 stack's many trace events cost nothing per call when they are off
@@ -193,9 +248,7 @@ pub fn init(
                 endpoint: endpoint.clone(),
                 message: e.to_string(),
             };
-            let resource = Resource::builder()
-                .with_service_name(service_name.to_owned())
-                .build();
+            let resource = process.resource();
             let spans = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint)

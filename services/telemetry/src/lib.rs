@@ -20,6 +20,6 @@ mod layer;
 pub mod metrics;
 mod propagation;
 
-pub use config::{Telemetry, TelemetryConfig, TelemetryError, init};
+pub use config::{Process, Telemetry, TelemetryConfig, TelemetryError, init, init_as};
 pub use layer::{Outcome, Side, TraceLayer, Traced};
 pub use propagation::{EventTrace, carry, continue_trace, parent_of, trace_of};

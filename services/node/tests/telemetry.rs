@@ -649,3 +649,47 @@ async fn each_worker_exports_a_resource_that_tells_it_apart() {
         finance["service.instance.id"]
     );
 }
+
+/// A collector that is down is said once per outage and signal, not once a second: `mesh up`
+/// exporting every 100 ms to a closed port for 3 s logs the outage once per signal and process
+/// and none of the SDK's per-export errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_is_said_once_per_outage() {
+    // a port nobody listens on
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let dir = support::tenants_folder(&["mall"], &[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
+        .arg(dir.path())
+        .env("MESH_STATE_DIR", dir.path().join(".state"))
+        .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("MESH_TELEMETRY_OTLP_ENDPOINT", &endpoint)
+        .env("MESH_TELEMETRY_EXPORT_INTERVAL_MS", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let read = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // SIGTERM: the supervisor stops its worker and both flush what they hold
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    let logs = read.await.unwrap();
+    let said = logs.matches("telemetry export fails").count();
+    assert!(
+        (1..=4).contains(&said),
+        "once per signal and process, not per export: {said}\n{logs}"
+    );
+    assert!(!logs.contains("ExportError"), "{logs}");
+}

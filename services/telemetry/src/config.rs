@@ -255,6 +255,8 @@ pub fn init_as(
                 .with_timeout(Duration::from_secs(3))
                 .build()
                 .map_err(|e| failed(&e))?;
+            // a collector that is down is said once per outage, not once per export
+            let spans = crate::outage::Quiet::new(spans, "spans", endpoint);
             let batch = BatchSpanProcessor::builder(spans)
                 .with_batch_config(
                     BatchConfigBuilder::default()
@@ -275,9 +277,11 @@ pub fn init_as(
                 .map_err(|e| failed(&e))?;
             let meter = SdkMeterProvider::builder()
                 .with_reader(
-                    PeriodicReader::builder(metrics)
-                        .with_interval(interval)
-                        .build(),
+                    PeriodicReader::builder(crate::outage::Quiet::new(
+                        metrics, "metrics", endpoint,
+                    ))
+                    .with_interval(interval)
+                    .build(),
                 )
                 .with_resource(resource)
                 .build();

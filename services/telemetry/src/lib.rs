@@ -18,6 +18,7 @@
 mod config;
 mod layer;
 pub mod metrics;
+pub mod outage;
 mod propagation;
 
 pub use config::{Process, Telemetry, TelemetryConfig, TelemetryError, init, init_as};

@@ -693,3 +693,95 @@ async fn a_collector_that_is_down_is_said_once_per_outage() {
     );
     assert!(!logs.contains("ExportError"), "{logs}");
 }
+
+/// The front door traces every call it answers or forwards: a routed call's worker span is the
+/// child of the front door's, in the caller's trace; a call it refuses has a span too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_door_traces_every_call_as_the_parent_of_its_workers() {
+    let (collector, addr) = start_collector().await;
+    let dir = support::tenants_folder(&["mall"], &[]);
+    let endpoint = format!("http://{addr}");
+    let mut up = support::MeshUp::start(
+        dir.path(),
+        &[
+            ("MESH_TELEMETRY_OTLP_ENDPOINT", endpoint.as_str()),
+            ("MESH_TELEMETRY_EXPORT_INTERVAL_MS", "200"),
+        ],
+    )
+    .await;
+    up.shared_worker().await;
+    let channel = up.channel().await;
+    let call = |token: &'static str, trace: &'static str| {
+        let channel = channel.clone();
+        async move {
+            let mut ctx = support::ctx("mall", token);
+            ctx.trace.traceparent = Some(format!("00-{trace}-00f067aa0ba902b7-01"));
+            mesh_api::order::v1::OrderCaller::new(channel)
+                .list_orders(
+                    &ctx,
+                    mesh_api::order::v1::ListOrdersRequest {
+                        user_id: "alice".into(),
+                        limit: 1,
+                    },
+                )
+                .await
+        }
+    };
+    const ROUTED: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const REFUSED: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
+    call("dev-mall-token", ROUTED).await.unwrap();
+    call("not-the-token", REFUSED).await.unwrap_err();
+
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let spans_of = |trace: &str| -> Vec<Received> {
+        collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| hex(&r.span.trace_id) == trace)
+            .cloned()
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let complete = |spans: &[Received]| {
+        spans.iter().any(|r| r.process == "mesh-front-door")
+            && spans.iter().any(|r| r.process == "mesh-worker")
+    };
+    while (!complete(&spans_of(ROUTED)) || spans_of(REFUSED).is_empty())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let routed = spans_of(ROUTED);
+    let front = routed
+        .iter()
+        .find(|r| r.process == "mesh-front-door")
+        .unwrap_or_else(|| panic!("no front door span: {routed:#?}"));
+    let worker = routed
+        .iter()
+        .find(|r| r.process == "mesh-worker" && r.span.kind == SpanKind::Server as i32)
+        .unwrap_or_else(|| panic!("no worker span: {routed:#?}"));
+    assert_eq!(front.span.kind, SpanKind::Server as i32);
+    assert_eq!(
+        hex(&front.span.parent_span_id),
+        "00f067aa0ba902b7",
+        "the caller's span"
+    );
+    assert_eq!(
+        worker.span.parent_span_id, front.span.span_id,
+        "the worker's span is the front door's child"
+    );
+    assert_eq!(front.attr("outcome").as_deref(), Some("ok"));
+    let refused = spans_of(REFUSED);
+    assert!(
+        refused.iter().any(
+            |r| r.process == "mesh-front-door" && r.attr("outcome").as_deref() == Some("error")
+        ),
+        "{refused:#?}"
+    );
+    assert!(
+        !refused.iter().any(|r| r.process == "mesh-worker"),
+        "refused at the door"
+    );
+}

@@ -358,8 +358,9 @@ async fn every_early_answer_is_a_single_trailers_only_headers_frame() {
             for _ in 0..attempts {
                 let mut ready = send.clone().ready().await.unwrap();
                 let (response, mut body) = ready.send_request(request(), false).unwrap();
-                body.send_data(bytes::Bytes::from(frame.clone()), true)
-                    .unwrap();
+                // an early answer may close the stream before the body is sent (the front
+                // door refuses from the headers alone): HTTP/2 allows it, so does the test
+                let _ = body.send_data(bytes::Bytes::from(frame.clone()), true);
                 last = Some(response.await.unwrap());
             }
             let response = last.unwrap();

@@ -415,7 +415,11 @@ impl FrontDoor {
         tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        crate::connections::serve_connections(listener, self, limits, tls, shutdown).await
+        // a span for every call it answers or forwards (refused, delayed, routed): the
+        // worker's span is its child, as the forwarded request carries this span's context
+        let traced =
+            tower::Layer::layer(&mesh_telemetry::TraceLayer::server(self.catalogue.0), self);
+        crate::connections::serve_connections(listener, traced, limits, tls, shutdown).await
     }
 }
 

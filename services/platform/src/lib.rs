@@ -134,18 +134,20 @@ impl Platform {
         store: Arc<dyn MessageStore>,
         tls: Option<&NodeTls>,
     ) -> Self {
-        let url = NodeTls::url(tls, &address.to_string());
-        let own = NodeTls::endpoint(tls, &url)
-            .expect("a socket address is a valid URI, and the TLS identity loaded")
-            .tcp_nodelay(true)
-            .connect_lazy();
         // the node credential: what these services present to each other; a random one unless
-        // the process is one of several nodes that must share it (with_node_credential)
+        // the process is one of several nodes that must share it (with_node_credential). First,
+        // as the node's own address is dialled as any other node's.
         let node_credential = ServiceCredentials::fresh_token();
         let credentials = ServiceCredentials::node(node_credential.clone());
         if let Some(tls) = tls {
             credentials.set_tls(tls.client_config());
         }
+        let url = NodeTls::url(tls, &address.to_string());
+        let own = credentials
+            .endpoint(&url)
+            .expect("a socket address is a valid URI, and the TLS identity loaded")
+            .tcp_nodelay(true)
+            .connect_lazy();
         // each tenant's calls to each dependency in places of their own (sized per tenant in
         // add_tenant): a dependency slow for one tenant sheds that tenant's excess calls only
         let bulkheads =

@@ -301,12 +301,7 @@ impl FrontDoor {
         response: &http::Response<tonic::body::Body>,
         path: &str,
     ) {
-        let status = response
-            .headers()
-            .get("grpc-status")
-            .and_then(|s| s.to_str().ok())
-            .and_then(|s| s.parse::<i32>().ok())
-            .map(tonic::Code::from);
+        let status = grpc_code(response);
         // a caller's own mistake (no credential, a bad argument, a missing order) says nothing
         // about the service's health: it must not trip, nor calm, an automatic rule, or
         // anyone could switch a tenant off by sending garbage
@@ -452,18 +447,22 @@ fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
 
 /// An answer saying the time ran out (the deadline, a cancellation, a cut-off forward).
 fn ran_out(response: &http::Response<tonic::body::Body>) -> bool {
+    grpc_code(response).is_some_and(|code| {
+        matches!(
+            code,
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unavailable
+        )
+    })
+}
+
+/// The gRPC status of a trailers-only answer (an early one, an error), read from its headers.
+fn grpc_code(response: &http::Response<tonic::body::Body>) -> Option<tonic::Code> {
     response
         .headers()
         .get("grpc-status")
         .and_then(|s| s.to_str().ok())
         .and_then(|s| s.parse::<i32>().ok())
         .map(tonic::Code::from)
-        .is_some_and(|code| {
-            matches!(
-                code,
-                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unavailable
-            )
-        })
 }
 
 /// An answer that is about the call, not about the service's health.

@@ -136,16 +136,7 @@ async fn offline_receivers_are_notified_through_the_queue_with_retries_dead_lett
         hook.url
     );
     let dir = tenants_folder(&[], &[(&format!("{tenant}.toml"), &file)]);
-    let mut up = MeshUp::start(
-        dir.path(),
-        &[
-            ("MESH_AMQP_URI", support::LOCAL_AMQP),
-            ("MESH_ADMIN_TOKEN", OPS_TOKEN),
-        ],
-    )
-    .await;
-    let admin_at = up.admin_address().await;
-    up.shared_worker().await;
+    let (up, admin_at) = MeshUp::on_rabbitmq(dir.path(), OPS_TOKEN).await;
     let users = Users::of(dir.path());
     // the support agent sends; olga's phone holds her own token
     let ctx = users.ctx(&tenant, "agent");

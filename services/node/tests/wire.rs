@@ -108,16 +108,7 @@ async fn a_python_publisher_following_the_envelope_reaches_the_tenant_and_garbag
          [credentials]\ntoken = \"py-secret-token\"\n"
     );
     let dir = tenants_folder(&[], &[(&format!("{tenant}.toml"), &file)]);
-    let mut up = MeshUp::start(
-        dir.path(),
-        &[
-            ("MESH_AMQP_URI", support::LOCAL_AMQP),
-            ("MESH_ADMIN_TOKEN", OPS_TOKEN),
-        ],
-    )
-    .await;
-    let admin_at = up.admin_address().await;
-    up.shared_worker().await;
+    let (up, admin_at) = MeshUp::on_rabbitmq(dir.path(), OPS_TOKEN).await;
 
     let publish = |message_id: &str, order: &str, cents: &str| {
         run(std::process::Command::new(&python)

@@ -1,6 +1,8 @@
 //! The front door's view of a tenant's health, which automatic degradation rules read: only
 //! what says something about the service counts, never what a caller brought on itself.
 
+mod common;
+
 use std::time::Duration;
 
 use mesh_api::recommend::v1 as recommend;
@@ -37,14 +39,7 @@ async fn a_caller_cutting_its_own_deadline_short_is_no_evidence_of_trouble() {
     front
         .route(mall.clone(), &worker_address.to_string())
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(front.clone().serve(listener, std::future::pending()));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::serve_front_door(front.clone()).await;
     let raw = recommend::recommend_client::RecommendClient::new(channel);
     let call = |timeout: Duration| {
         let mut raw = raw.clone();

@@ -2,6 +2,8 @@
 //! a JWKS document), the three kinds of caller told apart by their credential, and each
 //! method's contract audience enforced.
 
+mod common;
+
 use std::path::Path;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -328,14 +330,7 @@ async fn the_front_door_refuses_before_it_reveals_a_tenants_state() {
     for config in tenants.tenants.values() {
         front.serve_tenant(config);
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(front.clone().serve(listener, std::future::pending()));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = common::serve_front_door(front.clone()).await;
     let caller = recommend::RecommendCaller::new(channel.clone());
     let ask = |ctx: RequestContext| {
         let mut caller = caller.clone();

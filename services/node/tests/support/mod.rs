@@ -201,6 +201,22 @@ impl MeshUp {
         }
     }
 
+    /// `mesh up` on the tenants in `dir`, on the machine's RabbitMQ, with the admin API open to
+    /// `ops_token`: itself and the admin API's address, once the shared worker serves.
+    pub async fn on_rabbitmq(dir: &Path, ops_token: &str) -> (Self, String) {
+        let mut up = Self::start(
+            dir,
+            &[
+                ("MESH_AMQP_URI", LOCAL_AMQP),
+                ("MESH_ADMIN_TOKEN", ops_token),
+            ],
+        )
+        .await;
+        let admin_at = up.admin_address().await;
+        up.shared_worker().await;
+        (up, admin_at)
+    }
+
     /// A channel to the front door.
     pub async fn channel(&self) -> tonic::transport::Channel {
         tonic::transport::Endpoint::from_shared(format!("http://{}", self.front))

@@ -43,3 +43,17 @@ pub fn folder(files: &[(&str, &str)]) -> tempfile::TempDir {
     }
     dir
 }
+
+/// Serves `front` on a loopback port and connects to it.
+pub async fn serve_front_door(
+    front: mesh_runtime::front_door::FrontDoor,
+) -> tonic::transport::Channel {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(front.serve(listener, std::future::pending()));
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}

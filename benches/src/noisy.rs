@@ -13,8 +13,8 @@ use std::{
 use mesh_api::{locator::v1 as locator, recommend::v1 as recommend};
 use mesh_contract::{RequestContext, TenantId};
 use mesh_runtime::{
-    TenantAuthLayer, TenantDirectory, Tenants,
-    layers::{AdmitLayer, Bulkheads, RateLimiter},
+    Inbound, Outbound, OutboundChannel, Tenants,
+    layers::{Bulkheads, Catalogue, SwitchBoard},
 };
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, transport::Channel};
@@ -51,13 +51,7 @@ impl locator::locator_server::Locator for Locator {
 
 /// The front service: every call asks the locator, through the tenant's bulkhead.
 struct Front {
-    locator: locator::LocatorCaller<
-        tower::util::BoxCloneSyncService<
-            http::Request<tonic::body::Body>,
-            http::Response<tonic::body::Body>,
-            tonic::transport::Error,
-        >,
-    >,
+    locator: locator::LocatorCaller<OutboundChannel>,
     tokens: Arc<Tenants>,
 }
 
@@ -81,6 +75,21 @@ impl recommend::recommend_server::Recommend for Front {
     }
 }
 
+const CATALOGUE: Catalogue = Catalogue(mesh_api::CONTRACTS);
+
+/// The product's inbound stack serving every tenant, with only mall held to a rate (set by
+/// the caller): admission is measured, paipai is never refused.
+fn inbound(tenants: &Tenants) -> anyhow::Result<Inbound> {
+    let inbound = Inbound::new(CATALOGUE, SwitchBoard::new(CATALOGUE));
+    for config in tenants.tenants.values() {
+        inbound.serve_tenant(config)?;
+        inbound
+            .limiter()
+            .set(config.tenant_id(), 10_000_000, 10_000_000);
+    }
+    Ok(inbound)
+}
+
 async fn listen() -> anyhow::Result<(tokio::net::TcpListener, String)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -92,37 +101,27 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
     let (listener, locator_url) = listen().await?;
     tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(
-                &tenants,
-                mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
-            )))
+            .layer(inbound(&tenants)?.layer())
             .add_service(locator::locator_server::LocatorServer::new(Locator))
             .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
     let to_locator = tonic::transport::Endpoint::from_shared(locator_url)?
         .connect()
         .await?;
-    let bulkheads = Bulkheads::new(4);
-    let guarded = tower::ServiceBuilder::new()
-        .layer(AdmitLayer::new(bulkheads.for_dependency("locator")))
-        .service(to_locator);
+    // the product's outbound stack: span, deadline, then the (tenant, locator) bulkhead
+    let outbound = Outbound::new(Bulkheads::new(4), CATALOGUE);
     let front = Front {
-        locator: locator::LocatorCaller::new(tower::util::BoxCloneSyncService::new(guarded)),
+        locator: locator::LocatorCaller::new(outbound.channel("locator", to_locator)),
         tokens: tenants.clone(),
     };
-    let limiter = RateLimiter::from_tenants(&tenants);
-    limiter.set(TenantId::new("mall")?, 50, 10);
-    limiter.set(TenantId::new("paipai")?, 100_000, 100_000);
+    let front_inbound = inbound(&tenants)?;
+    front_inbound.limiter().set(TenantId::new("mall")?, 50, 10);
     let (listener, front_url) = listen().await?;
     tokio::spawn(
-        // the worker's own admission stack (auth, then the tenant's rate limit); no limit
+        // the worker's own inbound stack (the tenant's rate limit after auth); no limit
         // shared by all tenants in front of it, which would queue B behind A's flood
         tonic::transport::Server::builder()
-            .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(
-                &tenants,
-                mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
-            )))
-            .layer(AdmitLayer::new(limiter))
+            .layer(front_inbound.layer())
             .add_service(recommend::recommend_server::RecommendServer::new(front))
             .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );

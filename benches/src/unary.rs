@@ -14,11 +14,8 @@ use mesh_api::recommend::v1 as recommend;
 use mesh_contract::{RequestContext, TenantId};
 use mesh_recommend::RecommendService;
 use mesh_runtime::{
-    TenantAuthLayer, TenantDirectory, Tenants,
-    layers::{
-        AdmitLayer, AnswerCache, CachedAnswersLayer, Catalogue, DeadlineLayer, RateLimiter,
-        ServicePlan, SwitchBoard,
-    },
+    Inbound, Tenants,
+    layers::{Catalogue, SwitchBoard},
 };
 use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
@@ -48,29 +45,18 @@ async fn serve_raw() -> anyhow::Result<String> {
 async fn serve_mesh(tenants: &Tenants) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let limiter = RateLimiter::from_tenants(tenants);
+    // the worker's inbound stack, as the product builds it
+    let inbound = Inbound::new(CATALOGUE, SwitchBoard::new(CATALOGUE));
+    for config in tenants.tenants.values() {
+        inbound.serve_tenant(config)?;
+    }
     // admission is measured, not exercised: the bench must never be refused
-    limiter.set(TenantId::new("mall")?, 10_000_000, 10_000_000);
-    let switches = SwitchBoard::new(CATALOGUE);
+    inbound
+        .limiter()
+        .set(TenantId::new("mall")?, 10_000_000, 10_000_000);
     tokio::spawn(
         tonic::transport::Server::builder()
-            // the worker's stack, outermost first: a span per call, then admission
-            .layer(mesh_telemetry::TraceLayer::server(mesh_api::CONTRACTS))
-            .layer(TenantAuthLayer::new(TenantDirectory::from_tenants(
-                tenants,
-                mesh_runtime::layers::Catalogue(mesh_api::CONTRACTS),
-            )))
-            .layer(AdmitLayer::new(limiter))
-            .layer(CachedAnswersLayer::new(
-                AnswerCache::new(10_000),
-                switches.clone(),
-                CATALOGUE,
-            ))
-            .layer(AdmitLayer::new(switches))
-            .layer(AdmitLayer::new(ServicePlan::from_tenants(
-                tenants, CATALOGUE,
-            )))
-            .layer(DeadlineLayer::new(CATALOGUE))
+            .layer(inbound.layer())
             .add_service(service())
             .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );

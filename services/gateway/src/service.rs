@@ -15,9 +15,10 @@ use mesh_api::{
     locator::v1 as locator,
 };
 use mesh_contract::{RequestContext, ServiceCredentials, TenantId, fields::now_ms};
+use mesh_runtime::OutboundChannel;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tonic::{Request, Response, Status, transport::Channel};
+use tonic::{Request, Response, Status};
 
 /// Pushes a terminal may have outstanding. A terminal that falls this far behind is
 /// disconnected (its stream ends): it reconnects and fetches what it missed as offline
@@ -56,7 +57,7 @@ struct Connection {
 struct Inner {
     node_id: String,
     node_address: String,
-    locator: locator::LocatorCaller<Channel>,
+    locator: locator::LocatorCaller<OutboundChannel>,
     credentials: ServiceCredentials,
     connections: Mutex<HashMap<Key, Connection>>,
     next_id: AtomicU64,
@@ -80,12 +81,12 @@ impl std::fmt::Debug for GatewayService {
 
 impl GatewayService {
     /// An access node named `node_id`, reachable at `node_address` (what the locator hands
-    /// to the message service), registering terminals with the locator behind `locator` with
-    /// the tenant's `credentials`.
+    /// to the message service), registering terminals with the locator behind `locator` (a
+    /// channel through the process's outbound stack) with the tenant's `credentials`.
     pub fn new(
         node_id: impl Into<String>,
         node_address: impl Into<String>,
-        locator: Channel,
+        locator: OutboundChannel,
         credentials: ServiceCredentials,
     ) -> Self {
         Self {

@@ -22,7 +22,7 @@ use mesh_contract::{
     EventBus, RequestContext, ServiceCredentials, TenantId,
     fields::{id, now_ms, optional_id, required},
 };
-use mesh_runtime::layers::{Bulkheads, Outbound};
+use mesh_runtime::{Outbound, OutboundChannel};
 use mesh_store::{Accepted, MessageStore, NewMessage, StoreError, StoredMessage};
 use tonic::{Request, Response, Status, transport::Channel};
 
@@ -55,9 +55,9 @@ const MAX_GATEWAYS: usize = 1024;
 struct Inner {
     settings: RwLock<HashMap<TenantId, MessageSettings>>,
     store: Arc<dyn MessageStore>,
-    locator: locator::LocatorCaller<Outbound>,
-    gateways: Mutex<HashMap<String, gateway::GatewayCaller<Outbound>>>,
-    bulkheads: Bulkheads,
+    locator: locator::LocatorCaller<OutboundChannel>,
+    gateways: Mutex<HashMap<String, gateway::GatewayCaller<OutboundChannel>>>,
+    outbound: Outbound,
     events: message::MessagePublisher<Arc<dyn EventBus>>,
     credentials: ServiceCredentials,
 }
@@ -114,22 +114,23 @@ pub(crate) fn chat(m: StoredMessage) -> message::ChatMessage {
 impl MessageService {
     /// A service keeping its messages in `store`, finding terminals through the locator behind
     /// `locator`, reaching gateways at the addresses the locator gives (calling both with the
-    /// tenant's `credentials`, each through the tenant's bulkhead for that dependency in
-    /// `bulkheads`), and announcing messages on `bus`.
+    /// tenant's `credentials`, both through the process's `outbound` stack: a CLIENT span, the
+    /// deadline and the tenant's bulkhead for that dependency), and announcing messages on
+    /// `bus`.
     pub fn new(
         store: Arc<dyn MessageStore>,
         locator: Channel,
         bus: Arc<dyn EventBus>,
         credentials: ServiceCredentials,
-        bulkheads: Bulkheads,
+        outbound: Outbound,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 settings: RwLock::default(),
                 store,
-                locator: locator::LocatorCaller::new(bulkheads.outbound("locator", locator)),
+                locator: locator::LocatorCaller::new(outbound.channel("locator", locator)),
                 gateways: Mutex::default(),
-                bulkheads,
+                outbound,
                 events: message::MessagePublisher::new(bus),
                 credentials,
             }),
@@ -171,7 +172,7 @@ impl MessageService {
             })
     }
 
-    fn gateway(&self, address: &str) -> Result<gateway::GatewayCaller<Outbound>, Status> {
+    fn gateway(&self, address: &str) -> Result<gateway::GatewayCaller<OutboundChannel>, Status> {
         let mut gateways = self.inner.gateways.lock().expect("lock");
         if let Some(caller) = gateways.get(address) {
             return Ok(caller.clone());
@@ -184,7 +185,7 @@ impl MessageService {
             .map_err(|e| Status::internal(format!("gateway address {address:?}: {e}")))?
             .tcp_nodelay(true)
             .connect_lazy();
-        let caller = gateway::GatewayCaller::new(self.inner.bulkheads.outbound("gateway", channel));
+        let caller = gateway::GatewayCaller::new(self.inner.outbound.channel("gateway", channel));
         if gateways.len() >= MAX_GATEWAYS {
             gateways.clear();
         }

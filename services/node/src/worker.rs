@@ -9,12 +9,9 @@ use anyhow::{Context, bail};
 use mesh_contract::{EventBus, TenantId};
 use mesh_platform::Platform;
 use mesh_runtime::{
-    TenantAuthLayer, TenantConfig, TenantDirectory, Tenants,
+    Inbound, TenantConfig, Tenants,
     control::protocol::{APPLIED_PREFIX, BulkheadUse, STATS_PREFIX, WorkerState, WorkerStats},
-    layers::{
-        AdmitLayer, AnswerCache, Bulkheads, CachedAnswersLayer, Catalogue, DeadlineLayer,
-        RateLimiter, ServicePlan, SwitchBoard, TenantExecutorLayer, TenantRuntimes,
-    },
+    layers::{Bulkheads, Catalogue, SwitchBoard},
     probes::{Probes, ProbesLayer},
 };
 use mesh_store::MessageStore;
@@ -33,10 +30,8 @@ const STATS_EVERY: Duration = Duration::from_secs(1);
 struct Served {
     ids: std::sync::Arc<std::sync::Mutex<BTreeSet<TenantId>>>,
     configs: std::sync::Arc<std::sync::Mutex<Vec<TenantConfig>>>,
-    directory: TenantDirectory,
-    limiter: RateLimiter,
-    plan: ServicePlan,
-    runtimes: TenantRuntimes,
+    /// The runtime's inbound stack and what it knows of each tenant.
+    inbound: Inbound,
     platform: std::sync::Arc<Platform>,
     bulkheads: Bulkheads,
     /// Each tenant's broker placement (vhost, user), on RabbitMQ.
@@ -45,16 +40,13 @@ struct Served {
 
 impl Served {
     fn new(platform: Platform, placed: Option<mesh_amqp::PlacedBuses>) -> Self {
-        let empty = Tenants::default();
         Self {
             ids: Default::default(),
             configs: Default::default(),
-            // the node credential the platform presents to its peers is the one it accepts
-            directory: TenantDirectory::new(CATALOGUE)
+            // the switches the platform's consumers consult are the ones calls are answered
+            // from, and the node credential its services present to each other is accepted
+            inbound: Inbound::new(CATALOGUE, platform.switches().clone())
                 .with_node_credential(platform.node_credential()),
-            limiter: RateLimiter::from_tenants(&empty),
-            plan: ServicePlan::from_tenants(&empty, CATALOGUE),
-            runtimes: TenantRuntimes::default(),
             // the bulkheads the platform's outbound calls really go through
             bulkheads: platform.bulkheads().clone(),
             platform: std::sync::Arc::new(platform),
@@ -64,15 +56,9 @@ impl Served {
 
     async fn add(&self, config: &TenantConfig) -> anyhow::Result<()> {
         let tenant = config.tenant_id();
-        self.runtimes
-            .add(config)
+        self.inbound
+            .add_tenant(config)
             .with_context(|| format!("starting the runtime of tenant {tenant}"))?;
-        self.limiter.set(
-            tenant.clone(),
-            config.limits.requests_per_second,
-            config.limits.burst,
-        );
-        self.plan.add(config);
         // its vhost and broker user first: its consumers subscribe there
         if let Some(placed) = &self.placed {
             let placement = mesh_amqp::Placement {
@@ -87,7 +73,7 @@ impl Served {
         // the services: data namespace, settings, event consumers
         self.platform.add_tenant(config).await?;
         // authentication last: the tenant's calls are admitted once everything else knows it
-        self.directory.add(config);
+        self.inbound.admit_tenant(config);
         self.configs.lock().expect("lock").push(config.clone());
         self.ids.lock().expect("lock").insert(tenant);
         Ok(())
@@ -349,20 +335,9 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         .http2_max_pending_accept_reset_streams(Some(http2.max_streams))
         // health and reflection first: they belong to no tenant
         .layer(ProbesLayer::new(probes))
-        // then one span per call, whatever answers it (auth, limits, switches, service),
-        // child of the caller's span
-        .layer(mesh_telemetry::TraceLayer::server(mesh_api::CONTRACTS))
-        .layer(TenantAuthLayer::new(served.directory.clone()))
-        .layer(AdmitLayer::new(served.limiter.clone()))
-        .layer(CachedAnswersLayer::new(
-            AnswerCache::new(10_000),
-            switches.clone(),
-            CATALOGUE,
-        ))
-        .layer(AdmitLayer::new(switches))
-        .layer(AdmitLayer::new(served.plan.clone()))
-        .layer(TenantExecutorLayer::new(served.runtimes.clone()))
-        .layer(DeadlineLayer::new(CATALOGUE))
+        // then the runtime's inbound stack: a span per call, whatever answers it (auth,
+        // limits, switches, service), child of the caller's span
+        .layer(served.inbound.layer())
         .add_routes(served.platform.routes())
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

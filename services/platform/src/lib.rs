@@ -27,8 +27,8 @@ use mesh_order::{OrderService, OrderStore};
 use mesh_push::{OfflineNotices, PushService};
 use mesh_recommend::RecommendService;
 use mesh_runtime::{
-    TenantAuthLayer, TenantConfig, TenantDirectory, Tenants,
-    layers::{AdmitLayer, Bulkheads, Catalogue, DeadlineLayer, ServicePlan, SwitchBoard},
+    Inbound, Outbound, TenantConfig, Tenants,
+    layers::{Bulkheads, Catalogue, SwitchBoard},
     tls::NodeTls,
 };
 use mesh_store::{MessageStore, StoreError};
@@ -68,6 +68,18 @@ pub enum PlatformError {
         #[source]
         source: StoreError,
     },
+    /// The tenant's own runtime (`isolation.threads`) could not be started.
+    #[error("tenant {tenant}: starting its runtime: {source}")]
+    Runtime {
+        /// Whose runtime.
+        tenant: TenantId,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server stopped with an error.
+    #[error("serving the platform: {0}")]
+    Serve(#[source] tonic::transport::Error),
     /// A consumer could not subscribe.
     #[error("tenant {tenant}: subscribing {consumer} to {contract} events: {source}")]
     Subscribe {
@@ -95,7 +107,7 @@ pub struct Platform {
     /// Locator and gateways, at this node's own address.
     own: Channel,
     switches: SwitchBoard,
-    bulkheads: Bulkheads,
+    outbound: Outbound,
     bus: Arc<dyn EventBus>,
     credentials: ServiceCredentials,
     node_credential: String,
@@ -150,17 +162,24 @@ impl Platform {
             .connect_lazy();
         // each tenant's calls to each dependency in places of their own (sized per tenant in
         // add_tenant): a dependency slow for one tenant sheds that tenant's excess calls only
-        let bulkheads =
-            Bulkheads::new(mesh_runtime::config::Limits::default().max_concurrent_per_dependency);
+        let outbound = Outbound::new(
+            Bulkheads::new(mesh_runtime::config::Limits::default().max_concurrent_per_dependency),
+            CATALOGUE,
+        );
         Self {
             locator: LocatorService::default(),
-            gateway: GatewayService::new(node_id, url, own.clone(), credentials.clone()),
+            gateway: GatewayService::new(
+                node_id,
+                url,
+                outbound.channel("locator", own.clone()),
+                credentials.clone(),
+            ),
             messages: MessageService::new(
                 store.clone(),
                 own.clone(),
                 bus.clone(),
                 credentials.clone(),
-                bulkheads.clone(),
+                outbound.clone(),
             ),
             orders: OrderService::with_events(OrderStore::default(), bus.clone()),
             recommend: RecommendService::new(
@@ -171,7 +190,7 @@ impl Platform {
             archive: Archive::new(store),
             own,
             switches: SwitchBoard::new(CATALOGUE),
-            bulkheads,
+            outbound,
             bus,
             credentials,
             node_credential,
@@ -212,7 +231,8 @@ impl Platform {
             push: push_settings,
         } = settings(config)?;
 
-        self.bulkheads
+        self.outbound
+            .bulkheads()
             .set_limit(tenant.clone(), config.limits.max_concurrent_per_dependency);
         if let Some(max) = max_suggestions {
             self.recommend
@@ -257,7 +277,7 @@ impl Platform {
         if push_settings.is_some() {
             let notices = OfflineNotices::new(
                 self.push.clone(),
-                self.own.clone(),
+                self.outbound.channel("locator", self.own.clone()),
                 self.credentials.clone(),
                 self.switches.clone(),
             );
@@ -338,7 +358,7 @@ impl Platform {
     /// The bulkheads the services' outbound calls go through, one per (tenant, dependency):
     /// what `meshctl status` shows filling.
     pub fn bulkheads(&self) -> &Bulkheads {
-        &self.bulkheads
+        self.outbound.bulkheads()
     }
 
     /// The degradation switches this node's services consult themselves (the push consumer
@@ -349,18 +369,24 @@ impl Platform {
     }
 
     /// Serves the platform on `listener` until `shutdown` resolves, behind the runtime's
-    /// inbound checks for `tenants`: a span per call, tenant authentication, degradation
-    /// `switches`, the tenant's service plan, contract deadlines. (`mesh up`'s workers add
-    /// rate limits, cached answers and per-tenant runtimes around the same routes.)
+    /// inbound stack ([`Inbound`]) for `tenants`, with degradation `switches`: the same stack
+    /// `mesh up`'s workers run.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
         tenants: &Tenants,
         switches: SwitchBoard,
         shutdown: impl std::future::Future<Output = ()>,
-    ) -> Result<(), tonic::transport::Error> {
-        let directory = TenantDirectory::from_tenants(tenants, CATALOGUE)
-            .with_node_credential(&self.node_credential);
+    ) -> Result<(), PlatformError> {
+        let inbound = Inbound::new(CATALOGUE, switches).with_node_credential(&self.node_credential);
+        for config in tenants.tenants.values() {
+            inbound
+                .serve_tenant(config)
+                .map_err(|source| PlatformError::Runtime {
+                    tenant: config.tenant_id(),
+                    source,
+                })?;
+        }
         let probes = mesh_runtime::probes::Probes::new(
             mesh_api::CONTRACTS,
             Some(mesh_api::FILE_DESCRIPTOR_SET),
@@ -368,19 +394,14 @@ impl Platform {
         probes.set_serving(true).await;
         tonic::transport::Server::builder()
             .layer(mesh_runtime::probes::ProbesLayer::new(probes))
-            .layer(mesh_telemetry::TraceLayer::server(mesh_api::CONTRACTS))
-            .layer(TenantAuthLayer::new(directory))
-            .layer(AdmitLayer::new(switches))
-            .layer(AdmitLayer::new(ServicePlan::from_tenants(
-                tenants, CATALOGUE,
-            )))
-            .layer(DeadlineLayer::new(CATALOGUE))
+            .layer(inbound.layer())
             .add_routes(self.routes())
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown,
             )
             .await
+            .map_err(PlatformError::Serve)
     }
 
     /// The order service (orders are placed by checkout, outside the platform: this is

@@ -31,8 +31,8 @@ use mesh_contract::{
     HandlerError, RequestContext, ServiceCredentials, TenantId,
     fields::{id, required},
 };
-use mesh_runtime::layers::SwitchBoard;
-use tonic::{Request, Response, Status, transport::Channel};
+use mesh_runtime::{OutboundChannel, layers::SwitchBoard};
+use tonic::{Request, Response, Status};
 
 pub use webhook::{Notification, NotifyError, Webhook, parse_url};
 
@@ -118,7 +118,7 @@ impl Push for PushService {
 #[derive(Clone)]
 pub struct OfflineNotices {
     push: PushService,
-    locator: locator::LocatorCaller<Channel>,
+    locator: locator::LocatorCaller<OutboundChannel>,
     credentials: ServiceCredentials,
     switches: SwitchBoard,
 }
@@ -135,7 +135,7 @@ impl OfflineNotices {
     /// off for the tenant.
     pub fn new(
         push: PushService,
-        locator: Channel,
+        locator: OutboundChannel,
         credentials: ServiceCredentials,
         switches: SwitchBoard,
     ) -> Self {

@@ -8,7 +8,8 @@
 //!   holding tenant A's credential cannot act as tenant B.
 //! - [`graph`]: the service dependency graph; a cycle refuses start-up, naming it.
 //! - [`layers`]: rate limit, degradation switches, service plan, per-tenant runtimes and
-//!   contract deadlines for inbound calls, bulkheads for outbound ones.
+//!   contract deadlines for inbound calls, bulkheads for outbound ones; [`stack`] puts them
+//!   together, once: [`Inbound`] and [`Outbound`].
 //! - [`supervisor`] and [`front_door`]: a process per tenant group, restarted alone when it
 //!   dies, and one address routing each call to its tenant's process; [`connections`] (the
 //!   front door's listener: connection cap, keepalive, stream limits) and [`upstream`] (its
@@ -29,9 +30,11 @@ pub mod graph;
 pub mod identity;
 pub mod layers;
 pub mod probes;
+pub mod stack;
 pub mod supervisor;
 pub mod tls;
 pub mod upstream;
 
 pub use auth::{TenantAuthLayer, TenantDirectory};
 pub use config::{ConfigError, FieldError, TenantConfig, Tenants};
+pub use stack::{Inbound, Outbound, OutboundChannel};

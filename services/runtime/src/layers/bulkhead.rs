@@ -17,15 +17,6 @@ use crate::config::Tenants;
 /// A call's place in a bulkhead, released when the call answers.
 pub type BulkheadPermit = Option<OwnedSemaphorePermit>;
 
-/// A client for one dependency with its bulkhead in front: what a service's outbound calls go
-/// through (see [`Bulkheads::outbound`]). Generated callers take it as their transport
-/// (`LocatorCaller<Outbound>`).
-pub type Outbound = tower::util::BoxCloneSyncService<
-    http::Request<tonic::body::Body>,
-    http::Response<tonic::body::Body>,
-    tonic::transport::Error,
->;
-
 /// The bulkheads of a process: one per (tenant, dependency), sized from tenant config.
 #[derive(Clone, Debug)]
 pub struct Bulkheads {
@@ -74,37 +65,13 @@ impl Bulkheads {
     }
 
     /// The policy for calls to `dependency`, to wrap that dependency's client in an
-    /// [`AdmitLayer`](super::AdmitLayer). All policies of one `Bulkheads` share its state.
+    /// [`AdmitLayer`](super::AdmitLayer) (as [`Outbound`](crate::stack::Outbound) does). All
+    /// policies of one `Bulkheads` share its state.
     pub fn for_dependency(&self, dependency: &str) -> Self {
         Self {
             inner: self.inner.clone(),
             dependency: dependency.into(),
         }
-    }
-
-    /// `channel` with the bulkhead of `dependency` in front: each call takes a place for its
-    /// tenant (from its `x-mesh-tenant`) or is shed at once with `RESOURCE_EXHAUSTED`, so a
-    /// dependency slow for one tenant holds at most that tenant's places.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// use mesh_runtime::layers::Bulkheads;
-    ///
-    /// let bulkheads = Bulkheads::new(8);
-    /// let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
-    /// let locator = bulkheads.outbound("locator", channel);
-    /// # let _ = locator;
-    /// let tenant = mesh_contract::TenantId::new("mall").unwrap();
-    /// assert_eq!(bulkheads.in_use(&tenant, "locator"), (0, 8));
-    /// # }
-    /// ```
-    pub fn outbound(&self, dependency: &str, channel: tonic::transport::Channel) -> Outbound {
-        tower::util::BoxCloneSyncService::new(
-            tower::ServiceBuilder::new()
-                .layer(super::AdmitLayer::new(self.for_dependency(dependency)))
-                .service(channel),
-        )
     }
 
     fn semaphore(&self, tenant: &TenantId) -> (Arc<Semaphore>, u32) {

@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 
 use mesh_contract::{ContractSpec, MethodSpec, bus::BoxFuture};
 
-pub use bulkhead::{BulkheadPermit, Bulkheads, Outbound};
+pub use bulkhead::{BulkheadPermit, Bulkheads};
 pub use cache::{AnswerCache, CachedAnswers, CachedAnswersLayer};
 pub use deadline::{Deadline, DeadlineLayer};
 pub use executor::{TenantExecutor, TenantExecutorLayer, TenantRuntimes};

@@ -1,0 +1,215 @@
+//! The two stacks every mesh process runs, each built in one place: [`Inbound`] around the
+//! services a process serves, [`Outbound`] around every call those services make.
+//!
+//! Nothing else assembles layers by hand: the worker, the single-node platform, the demo and
+//! the benchmarks take their stacks from here, so what the benchmarks measure and what the
+//! tests cover is what the product runs.
+//!
+//! Inbound, outermost first (see [`Inbound::layer`]):
+//!
+//! 1. a SERVER span per call ([`TraceLayer::server`]): whatever answers it below (a refusal, a
+//!    degraded answer, the service) is traced, child of the caller's span;
+//! 2. tenant authentication ([`TenantDirectory`]): who is calling, and may they call this;
+//! 3. the tenant's rate limit ([`RateLimiter`]);
+//! 4. cached answers of `cached` methods while their switch is off ([`CachedAnswersLayer`]);
+//! 5. degradation switches ([`SwitchBoard`]): the contract's degraded answer, at once;
+//! 6. the tenant's service plan ([`ServicePlan`]): does it run this service at this major;
+//! 7. the tenant's own runtime, if it has one ([`TenantExecutorLayer`]);
+//! 8. the contract's deadline ([`DeadlineLayer`]).
+//!
+//! Outbound, outermost first (see [`Outbound::channel`]): a CLIENT span, the deadline (the
+//! callee's contract deadline or the caller's, whichever is shorter, so a hung dependency
+//! frees its place), and the bulkhead of the (tenant, dependency) pair.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use mesh_runtime::{
+//!     layers::{Bulkheads, Catalogue, SwitchBoard},
+//!     stack::{Inbound, Outbound},
+//! };
+//!
+//! let catalogue = Catalogue(&[]);
+//! let inbound = Inbound::new(catalogue, SwitchBoard::new(catalogue));
+//! let server = tonic::transport::Server::builder().layer(inbound.layer());
+//! # let _ = server;
+//!
+//! let outbound = Outbound::new(Bulkheads::new(8), catalogue);
+//! let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+//! let to_locator = outbound.channel("locator", channel); // hand it to a generated caller
+//! # let _ = to_locator;
+//! # }
+//! ```
+
+use mesh_telemetry::{TraceLayer, Traced};
+use tower::{ServiceBuilder, layer::util::Identity, layer::util::Stack};
+
+use crate::{
+    TenantAuthLayer, TenantConfig, TenantDirectory,
+    layers::{
+        AdmitLayer, AnswerCache, Bulkheads, CachedAnswersLayer, Catalogue, DeadlineLayer,
+        RateLimiter, ServicePlan, SwitchBoard, TenantExecutorLayer, TenantRuntimes,
+    },
+};
+
+/// How many degraded-able answers an inbound stack keeps to serve while their method is off.
+const CACHED_ANSWERS: usize = 10_000;
+
+/// The per-tenant state behind a process's inbound stack, and the stack itself.
+///
+/// Cheap to clone: every clone shares the same state, so a tenant added through one is
+/// served by the layers another built.
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    catalogue: Catalogue,
+    directory: TenantDirectory,
+    limiter: RateLimiter,
+    cache: AnswerCache,
+    switches: SwitchBoard,
+    plan: ServicePlan,
+    runtimes: TenantRuntimes,
+}
+
+/// The tower layer [`Inbound::layer`] builds: the documented order, as one type.
+pub type InboundLayer = ServiceBuilder<
+    Stack<
+        DeadlineLayer,
+        Stack<
+            TenantExecutorLayer,
+            Stack<
+                AdmitLayer<ServicePlan>,
+                Stack<
+                    AdmitLayer<SwitchBoard>,
+                    Stack<
+                        CachedAnswersLayer,
+                        Stack<
+                            AdmitLayer<RateLimiter>,
+                            Stack<TenantAuthLayer, Stack<TraceLayer, Identity>>,
+                        >,
+                    >,
+                >,
+            >,
+        >,
+    >,
+>;
+
+impl Inbound {
+    /// An inbound stack serving no tenant yet, for the contracts of `catalogue`, with the
+    /// degradation `switches` ops steer.
+    pub fn new(catalogue: Catalogue, switches: SwitchBoard) -> Self {
+        Self {
+            catalogue,
+            directory: TenantDirectory::new(catalogue),
+            limiter: RateLimiter::default(),
+            cache: AnswerCache::new(CACHED_ANSWERS),
+            switches,
+            plan: ServicePlan::from_tenants(&Default::default(), catalogue),
+            runtimes: TenantRuntimes::default(),
+        }
+    }
+
+    /// Accepts the node credential `token` (what the mesh's processes present to each other).
+    pub fn with_node_credential(mut self, token: &str) -> Self {
+        self.directory = self.directory.with_node_credential(token);
+        self
+    }
+
+    /// Prepares everything the stack knows of `config`'s tenant (its runtime, rate limit and
+    /// service plan) but does not admit its calls yet: call [`Inbound::admit_tenant`] once the
+    /// services behind the stack serve it too. Again for a tenant already added: its limits and
+    /// plan are replaced.
+    pub fn add_tenant(&self, config: &TenantConfig) -> std::io::Result<()> {
+        self.runtimes.add(config)?;
+        self.limiter.set(
+            config.tenant_id(),
+            config.limits.requests_per_second,
+            config.limits.burst,
+        );
+        self.plan.add(config);
+        Ok(())
+    }
+
+    /// Admits the calls of `config`'s tenant: authentication knows it from now on.
+    pub fn admit_tenant(&self, config: &TenantConfig) {
+        self.directory.add(config);
+    }
+
+    /// [`Inbound::add_tenant`] then [`Inbound::admit_tenant`], for services that need no
+    /// preparation of their own in between.
+    pub fn serve_tenant(&self, config: &TenantConfig) -> std::io::Result<()> {
+        self.add_tenant(config)?;
+        self.admit_tenant(config);
+        Ok(())
+    }
+
+    /// The rate limits (benchmarks raise them so admission is measured, not exercised).
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// The degradation switches the stack answers from.
+    pub fn switches(&self) -> &SwitchBoard {
+        &self.switches
+    }
+
+    /// The stack, in the order the module documents.
+    pub fn layer(&self) -> InboundLayer {
+        ServiceBuilder::new()
+            .layer(TraceLayer::server(self.catalogue.0))
+            .layer(TenantAuthLayer::new(self.directory.clone()))
+            .layer(AdmitLayer::new(self.limiter.clone()))
+            .layer(CachedAnswersLayer::new(
+                self.cache.clone(),
+                self.switches.clone(),
+                self.catalogue,
+            ))
+            .layer(AdmitLayer::new(self.switches.clone()))
+            .layer(AdmitLayer::new(self.plan.clone()))
+            .layer(TenantExecutorLayer::new(self.runtimes.clone()))
+            .layer(DeadlineLayer::new(self.catalogue))
+    }
+}
+
+/// A client for one dependency behind the outbound stack: what generated callers take as their
+/// transport (`LocatorCaller<OutboundChannel>`).
+pub type OutboundChannel = tower::util::BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    tonic::transport::Error,
+>;
+
+/// The outbound stack of a process: every call its services make goes through
+/// [`Outbound::channel`].
+#[derive(Clone, Debug)]
+pub struct Outbound {
+    bulkheads: Bulkheads,
+    catalogue: Catalogue,
+}
+
+impl Outbound {
+    /// Calls through `bulkheads` (one per tenant and dependency), to the contracts of
+    /// `catalogue` (which names spans and finds deadlines).
+    pub fn new(bulkheads: Bulkheads, catalogue: Catalogue) -> Self {
+        Self {
+            bulkheads,
+            catalogue,
+        }
+    }
+
+    /// The bulkheads behind every channel (`meshctl status` shows them filling).
+    pub fn bulkheads(&self) -> &Bulkheads {
+        &self.bulkheads
+    }
+
+    /// `channel` to `dependency` behind the stack: each call opens a CLIENT span (whose
+    /// context the callee continues), is cut off at its deadline, and takes a place in its
+    /// tenant's bulkhead for `dependency` or is shed at once with `RESOURCE_EXHAUSTED`.
+    pub fn channel(&self, dependency: &str, channel: tonic::transport::Channel) -> OutboundChannel {
+        let stack: Traced<_> = ServiceBuilder::new()
+            .layer(TraceLayer::client(self.catalogue.0))
+            .layer(DeadlineLayer::new(self.catalogue))
+            .layer(AdmitLayer::new(self.bulkheads.for_dependency(dependency)))
+            .service(channel);
+        tower::util::BoxCloneSyncService::new(stack)
+    }
+}

@@ -10,7 +10,7 @@ use mesh_contract::{EventBus, TenantId};
 use mesh_platform::Platform;
 use mesh_runtime::{
     Inbound, TenantConfig, Tenants,
-    control::protocol::{APPLIED_PREFIX, BulkheadUse, STATS_PREFIX, WorkerState, WorkerStats},
+    control::protocol::{BulkheadUse, WorkerLine, WorkerState, WorkerStats},
     layers::{Bulkheads, Catalogue, SwitchBoard},
     probes::{Probes, ProbesLayer},
 };
@@ -135,7 +135,8 @@ async fn apply(
     Ok(())
 }
 
-fn say(line: &str) {
+/// Tells the supervisor (one line on stdout, in the protocol's own words).
+fn say(line: WorkerLine) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
@@ -248,7 +249,7 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
             .context("stdin closed before the supervisor sent a state")?;
         let state = WorkerState::from_line(&first).context("the supervisor's first state")?;
         apply(&state, dir, &served, &switches).await?;
-        say(&format!("{APPLIED_PREFIX}{}", state.version));
+        say(WorkerLine::Applied(state.version));
         let (state_dir, state_served, state_switches) =
             (dir.to_path_buf(), served.clone(), switches.clone());
         tokio::spawn(async move {
@@ -260,7 +261,7 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
                     Err(err) => Err(err.into()),
                 };
                 match applied {
-                    Ok(state) => say(&format!("{APPLIED_PREFIX}{}", state.version)),
+                    Ok(state) => say(WorkerLine::Applied(state.version)),
                     Err(err) => {
                         tracing::error!(error = %err, "state from the supervisor not applied")
                     }
@@ -274,8 +275,7 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
             let mut tick = tokio::time::interval(STATS_EVERY);
             loop {
                 tick.tick().await;
-                let stats = serde_json::to_string(&reporting.stats()).expect("stats serialize");
-                say(&format!("{STATS_PREFIX}{stats}"));
+                say(WorkerLine::Stats(reporting.stats()));
             }
         });
     } else {
@@ -304,7 +304,7 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
             }
         }
     });
-    say(&format!("READY {address}"));
+    say(WorkerLine::Ready(address.to_string()));
 
     // bulkhead use, exported with the other metrics while this process serves
     let _bulkheads = mesh_telemetry::metrics::observe_bulkheads({

@@ -65,7 +65,16 @@ pub struct WorkerStats {
     pub calls: Vec<mesh_telemetry::metrics::MethodTally>,
 }
 
-/// A line a worker printed.
+/// A line a worker prints: the worker writes it with `Display`, the supervisor reads it with
+/// [`WorkerLine::parse`], so the two sides cannot drift apart.
+///
+/// ```
+/// use mesh_runtime::control::protocol::WorkerLine;
+///
+/// let line = WorkerLine::Ready("127.0.0.1:4567".into()).to_string();
+/// assert_eq!(line, "READY 127.0.0.1:4567");
+/// assert_eq!(WorkerLine::parse(&line), WorkerLine::Ready("127.0.0.1:4567".into()));
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum WorkerLine {
     /// It serves at this address.
@@ -76,6 +85,22 @@ pub enum WorkerLine {
     Stats(WorkerStats),
     /// Anything else: its own output, shown to the operator.
     Output(String),
+}
+
+impl std::fmt::Display for WorkerLine {
+    /// The line as the worker prints it (without its newline).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ready(address) => write!(f, "{READY_PREFIX}{address}"),
+            Self::Applied(version) => write!(f, "{APPLIED_PREFIX}{version}"),
+            Self::Stats(stats) => write!(
+                f,
+                "{STATS_PREFIX}{}",
+                serde_json::to_string(stats).expect("statistics always serialize")
+            ),
+            Self::Output(line) => f.write_str(line),
+        }
+    }
 }
 
 impl WorkerLine {
@@ -133,6 +158,27 @@ mod tests {
             WorkerLine::parse("STATS {not json"),
             WorkerLine::Output("STATS {not json".into())
         );
+    }
+
+    #[test]
+    fn every_worker_line_survives_being_printed_and_read() {
+        let stats = WorkerStats {
+            bulkheads: vec![BulkheadUse {
+                tenant: TenantId::new("mall").unwrap(),
+                dependency: "locator".into(),
+                in_use: 1,
+                capacity: 8,
+            }],
+            calls: Vec::new(),
+        };
+        for line in [
+            WorkerLine::Ready("127.0.0.1:4000".into()),
+            WorkerLine::Applied(7),
+            WorkerLine::Stats(stats),
+            WorkerLine::Output("listening".into()),
+        ] {
+            assert_eq!(WorkerLine::parse(&line.to_string()), line);
+        }
     }
 
     #[test]

@@ -105,13 +105,11 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
             .add_service(locator::locator_server::LocatorServer::new(Locator))
             .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
-    let to_locator = tonic::transport::Endpoint::from_shared(locator_url)?
-        .connect()
-        .await?;
+    let to_locator = tonic::transport::Endpoint::from_shared(locator_url)?;
     // the product's outbound stack: span, deadline, then the (tenant, locator) bulkhead
     let outbound = Outbound::new(Bulkheads::new(4), CATALOGUE);
     let front = Front {
-        locator: locator::LocatorCaller::new(outbound.channel("locator", to_locator)),
+        locator: locator::LocatorCaller::new(outbound.channel("locator", &to_locator)),
         tokens: tenants.clone(),
     };
     let front_inbound = inbound(&tenants)?;

@@ -18,7 +18,7 @@ use mesh_contract::{
     bus::{Bytes, StopSignal},
     spec::names,
 };
-use mesh_telemetry::EventTrace;
+use mesh_telemetry::{Destination, EventTrace};
 use tracing::Instrument;
 
 use crate::{AmqpBus, Link, envelope, unavailable};
@@ -279,7 +279,7 @@ async fn handle(bus: &AmqpBus, sub: &Subscription, queues: &Queues, delivery: De
         tracing::debug!(queue = %queues.queue, message_id = ?message_id, "already handled; acknowledging the redelivery");
         Outcome::Done
     } else {
-        let outcome = decide(bus, sub, &delivery).await;
+        let outcome = decide(bus, sub, queues, &delivery).await;
         if let (Outcome::Done, Some(id)) = (&outcome, &message_id)
             && let Err(err) = log.record(&queues.queue, id).await
         {
@@ -312,7 +312,12 @@ async fn handle(bus: &AmqpBus, sub: &Subscription, queues: &Queues, delivery: De
     }
 }
 
-async fn decide(bus: &AmqpBus, sub: &Subscription, delivery: &Delivery) -> Outcome {
+async fn decide(
+    bus: &AmqpBus,
+    sub: &Subscription,
+    queues: &Queues,
+    delivery: &Delivery,
+) -> Outcome {
     let config = &bus.inner.config;
     if delivery.data.len() > config.max_payload_bytes {
         return dead(format!(
@@ -345,7 +350,17 @@ async fn decide(bus: &AmqpBus, sub: &Subscription, delivery: &Delivery) -> Outco
     };
     let payload = Bytes::from(delivery.data.clone());
     // the consume continues the publisher's trace
-    let (trace, ctx) = EventTrace::start("rabbitmq", "process", &ctx, event);
+    let destination = Destination {
+        exchange: &queues.exchange,
+        routing_key,
+        queue: Some(&queues.queue),
+        message_id: delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str()),
+    };
+    let (trace, ctx) = EventTrace::start("rabbitmq", "process", &ctx, event, &destination);
     let outcome = run_handler(bus, sub, &ctx, event, payload)
         .instrument(trace.span().clone())
         .await;

@@ -43,7 +43,7 @@ use mesh_contract::{
     BusError, EventBus, EventSpec, RequestContext, Subscription, SubscriptionHandle,
     bus::{BoxFuture, Bytes},
 };
-use mesh_telemetry::EventTrace;
+use mesh_telemetry::{Destination, EventTrace};
 use tracing::Instrument;
 
 pub use dead_letters::DeadLetter;
@@ -458,9 +458,17 @@ impl EventBus for AmqpBus {
                 });
             }
             // the message carries this publish's span, so its consumers continue the trace
-            let (trace, ctx) = EventTrace::start("rabbitmq", "publish", ctx, event);
             let exchange = event.exchange(&ctx.tenant);
+            let destination = Destination {
+                exchange: &exchange,
+                routing_key: event.routing_key,
+                ..Default::default()
+            };
+            let (trace, ctx) = EventTrace::start("rabbitmq", "publish", ctx, event, &destination);
             let properties = envelope::properties(&ctx, event);
+            if let Some(id) = properties.message_id() {
+                trace.identify(id.as_str());
+            }
             let published = self
                 .publish_confirmed(
                     &exchange,

@@ -20,7 +20,7 @@ use mesh_contract::{
     bus::{BoxFuture, Bytes},
     spec::names,
 };
-use mesh_telemetry::EventTrace;
+use mesh_telemetry::{Destination, EventTrace};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
@@ -192,7 +192,13 @@ impl EventBus for EmbeddedBus {
                     limit: self.config.max_payload_bytes,
                 });
             }
-            let (trace, ctx) = EventTrace::start("embedded", "publish", ctx, event);
+            let exchange = event.exchange(&ctx.tenant);
+            let destination = Destination {
+                exchange: &exchange,
+                routing_key: event.routing_key,
+                ..Default::default()
+            };
+            let (trace, ctx) = EventTrace::start("embedded", "publish", ctx, event, &destination);
             let published = self.enqueue(&ctx, event, payload);
             match &published {
                 Ok(()) => trace.finish("ok", false),
@@ -232,7 +238,14 @@ impl EventBus for EmbeddedBus {
                         biased;
                         _ = &mut stop => break,
                         envelope = queue.pop() => {
-                            let (trace, ctx) = EventTrace::start("embedded", "process", &envelope.ctx, envelope.event);
+                            let exchange = envelope.event.exchange(&envelope.ctx.tenant);
+                            let destination = Destination {
+                                exchange: &exchange,
+                                routing_key: envelope.event.routing_key,
+                                queue: Some(&name),
+                                message_id: None,
+                            };
+                            let (trace, ctx) = EventTrace::start("embedded", "process", &envelope.ctx, envelope.event, &destination);
                             let envelope = Envelope { ctx, ..envelope };
                             // a stop ends a handler that waits for its dependency
                             let dead = tokio::select! {

@@ -24,7 +24,7 @@ use mesh_contract::{
 };
 use mesh_runtime::{Outbound, OutboundChannel};
 use mesh_store::{Accepted, MessageStore, NewMessage, StoreError, StoredMessage};
-use tonic::{Request, Response, Status, transport::Channel};
+use tonic::{Request, Response, Status};
 
 use crate::MessageSettings;
 
@@ -113,13 +113,13 @@ pub(crate) fn chat(m: StoredMessage) -> message::ChatMessage {
 
 impl MessageService {
     /// A service keeping its messages in `store`, finding terminals through the locator behind
-    /// `locator`, reaching gateways at the addresses the locator gives (calling both with the
+    /// `locator` (a channel of `outbound`), reaching gateways at the addresses the locator gives (calling both with the
     /// tenant's `credentials`, both through the process's `outbound` stack: a CLIENT span, the
     /// deadline and the tenant's bulkhead for that dependency), and announcing messages on
     /// `bus`.
     pub fn new(
         store: Arc<dyn MessageStore>,
-        locator: Channel,
+        locator: OutboundChannel,
         bus: Arc<dyn EventBus>,
         credentials: ServiceCredentials,
         outbound: Outbound,
@@ -128,7 +128,7 @@ impl MessageService {
             inner: Arc::new(Inner {
                 settings: RwLock::default(),
                 store,
-                locator: locator::LocatorCaller::new(outbound.channel("locator", locator)),
+                locator: locator::LocatorCaller::new(locator),
                 gateways: Mutex::default(),
                 outbound,
                 events: message::MessagePublisher::new(bus),
@@ -178,14 +178,13 @@ impl MessageService {
             return Ok(caller.clone());
         }
         // over mutual TLS when the nodes use it (the gateway registered an https address)
-        let channel = self
+        let endpoint = self
             .inner
             .credentials
             .endpoint(address)
             .map_err(|e| Status::internal(format!("gateway address {address:?}: {e}")))?
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let caller = gateway::GatewayCaller::new(self.inner.outbound.channel("gateway", channel));
+            .tcp_nodelay(true);
+        let caller = gateway::GatewayCaller::new(self.inner.outbound.channel("gateway", &endpoint));
         if gateways.len() >= MAX_GATEWAYS {
             gateways.clear();
         }

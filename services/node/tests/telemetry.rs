@@ -68,6 +68,17 @@ fn text(attributes: &[KeyValue], key: &str) -> Option<String> {
         })
 }
 
+fn int(attributes: &[KeyValue], key: &str) -> Option<i64> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .and_then(|v| match v {
+            any_value::Value::IntValue(i) => Some(*i),
+            _ => None,
+        })
+}
+
 fn service_name(resource: Option<&Resource>) -> String {
     resource
         .and_then(|r| text(&r.attributes, "service.name"))
@@ -84,6 +95,19 @@ struct Received {
 impl Received {
     fn attr(&self, key: &str) -> Option<String> {
         text(&self.span.attributes, key)
+    }
+
+    fn int(&self, key: &str) -> Option<i64> {
+        int(&self.span.attributes, key)
+    }
+
+    /// The span's status code (0 unset, 1 ok, 2 error) and message.
+    fn status(&self) -> (i32, String) {
+        self.span
+            .status
+            .as_ref()
+            .map(|s| (s.code, s.message.clone()))
+            .unwrap_or_default()
     }
 }
 
@@ -460,10 +484,10 @@ async fn one_request_is_one_trace_across_http2_the_queue_and_two_processes() {
             .clone()
     };
     let root = find("business request", SpanKind::Internal);
-    let client = find("message.Send", SpanKind::Client);
-    let server = find("message.Send", SpanKind::Server);
-    let publish = find("message.MessageSent publish", SpanKind::Producer);
-    let process = find("message.MessageSent process", SpanKind::Consumer);
+    let client = find("message.v1.Message/Send", SpanKind::Client);
+    let server = find("message.v1.Message/Send", SpanKind::Server);
+    let publish = find("publish mesh.tracetest.message.v1", SpanKind::Producer);
+    let process = find("process mesh.tracetest.message.v1", SpanKind::Consumer);
 
     // one trace, each span the child of the one before it
     for (child, parent) in [
@@ -526,13 +550,13 @@ async fn one_request_is_one_trace_across_http2_the_queue_and_two_processes() {
         };
         let call = [
             ("tenant", "tracetest"),
-            ("service", "message"),
-            ("method", "Send"),
+            ("rpc.system", "grpc"),
+            ("rpc.service", "message.v1.Message"),
+            ("rpc.method", "Send"),
             ("outcome", "ok"),
         ];
-        if has("message-process", "mesh.rpc.calls", &call)
-            && has("message-process", "mesh.rpc.duration", &call[..3])
-            && has("test-process", "mesh.rpc.calls", &call)
+        if has("message-process", "rpc.server.duration", &call)
+            && has("test-process", "rpc.client.duration", &call)
             && has(
                 "test-process",
                 "mesh.events",
@@ -732,7 +756,6 @@ async fn the_front_door_traces_every_call_as_the_parent_of_its_workers() {
     call("dev-mall-token", ROUTED).await.unwrap();
     call("not-the-token", REFUSED).await.unwrap_err();
 
-    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let spans_of = |trace: &str| -> Vec<Received> {
         collector
             .spans
@@ -784,4 +807,374 @@ async fn the_front_door_traces_every_call_as_the_parent_of_its_workers() {
         !refused.iter().any(|r| r.process == "mesh-worker"),
         "refused at the door"
     );
+}
+
+/// Hex of a span or trace id.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One chat through `mesh up` on RabbitMQ, as an OTLP collector receives it: one span tree
+/// from the caller's span through the front door, the worker's `Send`, its CLIENT calls to the
+/// locator and the gateway and their SERVER ends, the publish and the storage consume, each
+/// with the OpenTelemetry RPC or messaging attributes beside the mesh's own; and calls that
+/// fail carry their gRPC code, status message and the status the conventions rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
+    use mesh_api::{gateway::v1 as gateway, locator::v1::TerminalKind, order::v2 as order2};
+
+    let (collector, addr) = start_collector().await;
+    // a business line of its own per run: its queues on the shared broker are its own
+    let tenant = format!("otel{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let file = format!(
+        "id = \"{tenant}\"\ndisplay_name = \"Telemetry test\"\ndata_namespace = \"{tenant}\"\n\
+         [credentials]\ntoken = \"otel-secret-token\"\n"
+    );
+    let dir = support::tenants_folder(&[], &[(&format!("{tenant}.toml"), &file)]);
+    let endpoint = format!("http://{addr}");
+    let mut up = support::MeshUp::start(
+        dir.path(),
+        &[
+            ("MESH_AMQP_URI", support::LOCAL_AMQP),
+            ("MESH_TELEMETRY_OTLP_ENDPOINT", endpoint.as_str()),
+            ("MESH_TELEMETRY_EXPORT_INTERVAL_MS", "200"),
+        ],
+    )
+    .await;
+    up.shared_worker().await;
+    let users = support::Users::of(dir.path());
+    let channel = up.channel().await;
+
+    // bob is attached; alice writes to him, in the caller's trace
+    let mut bob = gateway::GatewayCaller::new(channel.clone())
+        .attach(
+            &users.ctx(&tenant, "bob"),
+            gateway::AttachRequest {
+                user_id: "bob".into(),
+                terminal_id: "phone".into(),
+                kind: TerminalKind::Phone as i32,
+            },
+        )
+        .await
+        .expect("bob attaches");
+    const CHAT: &str = "6bf92f3577b34da6a3ce929d0e0e4738";
+    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+    let in_trace = |user: &str, trace: &str| {
+        let mut ctx = users.ctx(&tenant, user);
+        ctx.trace.traceparent = Some(format!("00-{trace}-{CALLER_SPAN}-01"));
+        ctx
+    };
+    let sent = message::MessageCaller::new(channel.clone())
+        .send(
+            &in_trace("alice", CHAT),
+            message::SendRequest {
+                conversation_id: "c-otel".into(),
+                from_user: "alice".into(),
+                to_user: "bob".into(),
+                body: "hello".into(),
+                client_msg_id: "otel-1".into(),
+            },
+        )
+        .await
+        .expect("alice's message is accepted");
+    assert!(sent.message.is_some());
+    let pushed = tokio::time::timeout(Duration::from_secs(10), bob.message())
+        .await
+        .expect("bob's push within 10 s")
+        .unwrap();
+    assert!(pushed.is_some(), "bob got alice's message");
+
+    // two failures: the caller's mistake (a message without a receiver: INVALID_ARGUMENT) and
+    // a service the tenant does not run at that major (order v2: UNIMPLEMENTED)
+    const MISTAKE: &str = "7bf92f3577b34da6a3ce929d0e0e4739";
+    const NOT_RUN: &str = "8bf92f3577b34da6a3ce929d0e0e473a";
+    let mistake = message::MessageCaller::new(channel.clone())
+        .send(
+            &in_trace("alice", MISTAKE),
+            message::SendRequest {
+                conversation_id: "c-otel".into(),
+                from_user: "alice".into(),
+                to_user: String::new(),
+                body: "to nobody".into(),
+                client_msg_id: "otel-2".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(mistake.code(), tonic::Code::InvalidArgument, "{mistake:?}");
+    let not_run = order2::OrderCaller::new(channel.clone())
+        .list_orders(
+            &in_trace("alice", NOT_RUN),
+            order2::ListOrdersRequest {
+                user_id: "alice".into(),
+                limit: 1,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(not_run.code(), tonic::Code::Unimplemented, "{not_run:?}");
+
+    // the collector's view of each trace
+    let spans_of = |trace: &str| -> Vec<Received> {
+        collector
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| hex(&r.span.trace_id) == trace)
+            .cloned()
+            .collect()
+    };
+    let named = |spans: &[Received], name: &str, kind: SpanKind| -> Option<Received> {
+        spans
+            .iter()
+            .find(|s| s.span.name == name && s.span.kind == kind as i32)
+            .cloned()
+    };
+    let exchange = format!("mesh.{tenant}.message.v1");
+    let storage_queue = format!("{exchange}.storage");
+    let wanted: Vec<(String, SpanKind)> = vec![
+        ("message.v1.Message/Send".into(), SpanKind::Server),
+        ("locator.v1.Locator/Locate".into(), SpanKind::Client),
+        ("locator.v1.Locator/Locate".into(), SpanKind::Server),
+        ("gateway.v1.Gateway/Deliver".into(), SpanKind::Client),
+        ("gateway.v1.Gateway/Deliver".into(), SpanKind::Server),
+        (format!("publish {exchange}"), SpanKind::Producer),
+    ];
+    let storage_consume = |spans: &[Received]| {
+        spans
+            .iter()
+            .find(|s| {
+                s.span.kind == SpanKind::Consumer as i32
+                    && s.attr("messaging.consumer.group.name").as_deref()
+                        == Some(storage_queue.as_str())
+            })
+            .cloned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let chat = loop {
+        let spans = spans_of(CHAT);
+        let complete = wanted
+            .iter()
+            .all(|(name, kind)| named(&spans, name, *kind).is_some())
+            && spans
+                .iter()
+                .filter(|s| s.span.name == "message.v1.Message/Send")
+                .count()
+                >= 2
+            && storage_consume(&spans).is_some()
+            && !spans_of(MISTAKE).is_empty()
+            && spans_of(NOT_RUN).len() >= 2;
+        if complete {
+            break spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the collector did not get the chat's span tree within 30 s: {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let of = |process: &str, name: &str, kind: SpanKind| {
+        chat.iter()
+            .find(|s| s.process == process && s.span.name == name && s.span.kind == kind as i32)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind:?} {name:?} from {process}: {chat:#?}"))
+    };
+    let front = of(
+        "mesh-front-door",
+        "message.v1.Message/Send",
+        SpanKind::Server,
+    );
+    let send = of("mesh-worker", "message.v1.Message/Send", SpanKind::Server);
+    let locate_client = of("mesh-worker", "locator.v1.Locator/Locate", SpanKind::Client);
+    let locate_server = of("mesh-worker", "locator.v1.Locator/Locate", SpanKind::Server);
+    let deliver_client = of(
+        "mesh-worker",
+        "gateway.v1.Gateway/Deliver",
+        SpanKind::Client,
+    );
+    let deliver_server = of(
+        "mesh-worker",
+        "gateway.v1.Gateway/Deliver",
+        SpanKind::Server,
+    );
+    let publish = of(
+        "mesh-worker",
+        &format!("publish {exchange}"),
+        SpanKind::Producer,
+    );
+    let consume = storage_consume(&chat).unwrap();
+    assert_eq!(consume.process, "mesh-worker");
+
+    // the tree: caller -> front door -> worker Send -> {CLIENT -> SERVER, PRODUCER -> CONSUMER}
+    assert_eq!(hex(&front.span.parent_span_id), CALLER_SPAN);
+    for (child, parent) in [
+        (&send, &front),
+        (&locate_client, &send),
+        (&locate_server, &locate_client),
+        (&deliver_client, &send),
+        (&deliver_server, &deliver_client),
+        (&publish, &send),
+        (&consume, &publish),
+    ] {
+        assert_eq!(
+            child.span.parent_span_id, parent.span.span_id,
+            "{} ({:?}) is the child of {} ({:?})",
+            child.span.name, child.span.kind, parent.span.name, parent.span.kind
+        );
+    }
+
+    // RPC conventions beside the mesh's own attributes, on every call span
+    for (span, service, method) in [
+        (&front, "message.v1.Message", "Send"),
+        (&send, "message.v1.Message", "Send"),
+        (&locate_client, "locator.v1.Locator", "Locate"),
+        (&locate_server, "locator.v1.Locator", "Locate"),
+        (&deliver_client, "gateway.v1.Gateway", "Deliver"),
+        (&deliver_server, "gateway.v1.Gateway", "Deliver"),
+    ] {
+        let what = format!(
+            "{} {:?} of {}",
+            span.span.name, span.span.kind, span.process
+        );
+        assert_eq!(span.attr("rpc.system").as_deref(), Some("grpc"), "{what}");
+        assert_eq!(span.attr("rpc.service").as_deref(), Some(service), "{what}");
+        assert_eq!(span.attr("rpc.method").as_deref(), Some(method), "{what}");
+        assert_eq!(span.int("rpc.grpc.status_code"), Some(0), "{what}");
+        assert_eq!(
+            span.attr("tenant").as_deref(),
+            Some(tenant.as_str()),
+            "{what}"
+        );
+        assert_eq!(span.attr("outcome").as_deref(), Some("ok"), "{what}");
+        assert!(span.attr("contract.version").is_some(), "{what}");
+        assert_eq!(
+            span.attr("server.address").as_deref(),
+            Some("127.0.0.1"),
+            "{what}"
+        );
+        assert!(span.int("server.port").is_some_and(|p| p > 0), "{what}");
+        assert_eq!(span.status().0, 0, "unset: {what}");
+    }
+    // a server knows who called it
+    for span in [&front, &send, &locate_server, &deliver_server] {
+        assert_eq!(
+            span.attr("network.peer.address").as_deref(),
+            Some("127.0.0.1"),
+            "{} of {}",
+            span.span.name,
+            span.process
+        );
+        assert!(span.int("network.peer.port").is_some());
+    }
+    // messaging conventions on the publish and the consume
+    for span in [&publish, &consume] {
+        let what = format!("{} {:?}", span.span.name, span.span.kind);
+        assert_eq!(
+            span.attr("messaging.system").as_deref(),
+            Some("rabbitmq"),
+            "{what}"
+        );
+        assert_eq!(
+            span.attr("messaging.destination.name").as_deref(),
+            Some(exchange.as_str()),
+            "{what}"
+        );
+        assert!(
+            span.attr("messaging.rabbitmq.destination.routing_key")
+                .is_some_and(|k| !k.is_empty()),
+            "{what}"
+        );
+        assert_eq!(
+            span.attr("tenant").as_deref(),
+            Some(tenant.as_str()),
+            "{what}"
+        );
+        assert_eq!(span.attr("event").as_deref(), Some("MessageSent"), "{what}");
+        assert_eq!(span.attr("outcome").as_deref(), Some("ok"), "{what}");
+    }
+    assert_eq!(
+        publish.attr("messaging.operation.type").as_deref(),
+        Some("send")
+    );
+    assert_eq!(
+        consume.attr("messaging.operation.type").as_deref(),
+        Some("process")
+    );
+    assert_eq!(
+        publish.attr("messaging.operation.name").as_deref(),
+        Some("publish")
+    );
+    assert_eq!(
+        consume.attr("messaging.operation.name").as_deref(),
+        Some("process")
+    );
+    let message_id = publish
+        .attr("messaging.message.id")
+        .expect("the message id");
+    assert_eq!(
+        consume.attr("messaging.message.id"),
+        Some(message_id),
+        "the consume names the message the publish sent"
+    );
+
+    // the caller's mistake: its code and message, the server spans' status left unset
+    for span in spans_of(MISTAKE) {
+        assert_eq!(span.int("rpc.grpc.status_code"), Some(3), "{span:#?}");
+        assert_eq!(span.attr("error.type").as_deref(), Some("INVALID_ARGUMENT"));
+        assert_eq!(span.attr("outcome").as_deref(), Some("error"));
+        assert!(span.attr("status_message").is_some_and(|m| !m.is_empty()));
+        assert_eq!(
+            span.status().0,
+            0,
+            "a SERVER span leaves the caller's mistake unset"
+        );
+    }
+    // a method the tenant does not run: an error on every server span, with its message
+    let not_run = spans_of(NOT_RUN);
+    assert!(
+        not_run.iter().any(|s| s.process == "mesh-worker"),
+        "{not_run:#?}"
+    );
+    for span in not_run {
+        assert_eq!(span.int("rpc.grpc.status_code"), Some(12), "{span:#?}");
+        assert_eq!(span.attr("error.type").as_deref(), Some("UNIMPLEMENTED"));
+        let (code, message) = span.status();
+        assert_eq!(code, 2, "ERROR: {span:#?}");
+        assert!(
+            message.contains("does not run") || message.contains("runs order"),
+            "{message}"
+        );
+    }
+
+    // the RPC duration metrics, in seconds, from the front door and the worker
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let points = collector.points.lock().unwrap().clone();
+        let has = |process: &str, name: &str, service: &str| {
+            points.iter().any(|(p, n, attrs)| {
+                p == process
+                    && n == name
+                    && attrs.get("rpc.service").map(String::as_str) == Some(service)
+                    && attrs.get("tenant").map(String::as_str) == Some(tenant.as_str())
+            })
+        };
+        if has(
+            "mesh-front-door",
+            "rpc.server.duration",
+            "message.v1.Message",
+        ) && has("mesh-worker", "rpc.server.duration", "message.v1.Message")
+            && has("mesh-worker", "rpc.client.duration", "locator.v1.Locator")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RPC metrics missing after 20 s: {points:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(bob);
+    drop(up);
 }

@@ -32,7 +32,7 @@ use mesh_runtime::{
     tls::NodeTls,
 };
 use mesh_store::{MessageStore, StoreError};
-use tonic::{service::Routes, transport::Channel};
+use tonic::{service::Routes, transport::Endpoint};
 
 /// Every contract the platform serves, as the runtime's layers look methods up.
 pub const CATALOGUE: Catalogue = Catalogue(mesh_api::CONTRACTS);
@@ -105,7 +105,7 @@ pub struct Platform {
     push: PushService,
     archive: Archive,
     /// Locator and gateways, at this node's own address.
-    own: Channel,
+    own: Endpoint,
     switches: SwitchBoard,
     outbound: Outbound,
     bus: Arc<dyn EventBus>,
@@ -158,8 +158,7 @@ impl Platform {
         let own = credentials
             .endpoint(&url)
             .expect("a socket address is a valid URI, and the TLS identity loaded")
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
         // each tenant's calls to each dependency in places of their own (sized per tenant in
         // add_tenant): a dependency slow for one tenant sheds that tenant's excess calls only
         let outbound = Outbound::new(
@@ -171,12 +170,12 @@ impl Platform {
             gateway: GatewayService::new(
                 node_id,
                 url,
-                outbound.channel("locator", own.clone()),
+                outbound.channel("locator", &own),
                 credentials.clone(),
             ),
             messages: MessageService::new(
                 store.clone(),
-                own.clone(),
+                outbound.channel("locator", &own),
                 bus.clone(),
                 credentials.clone(),
                 outbound.clone(),
@@ -277,7 +276,7 @@ impl Platform {
         if push_settings.is_some() {
             let notices = OfflineNotices::new(
                 self.push.clone(),
-                self.outbound.channel("locator", self.own.clone()),
+                self.outbound.channel("locator", &self.own),
                 self.credentials.clone(),
                 self.switches.clone(),
             );

@@ -141,6 +141,8 @@ impl<G: Unpin> http_body::Body for HoldUntilEnd<G> {
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// The connection's two ends.
+    peer: tonic::transport::server::TcpConnectInfo,
 }
 
 impl<S, B> tower_service::Service<http::Request<B>> for Tracked<S>
@@ -160,7 +162,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // who is calling, as tonic's own server tells its services (spans name the peer)
+        request.extensions_mut().insert(self.peer.clone());
         let guard = self.activity.start();
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -252,6 +256,10 @@ pub async fn serve_connections<S, B>(
         let service = TowerToHyperService::new(Tracked {
             inner: service.clone(),
             activity: activity.clone(),
+            peer: tonic::transport::server::TcpConnectInfo {
+                local_addr: stream.local_addr().ok(),
+                remote_addr: Some(peer),
+            },
         });
         tokio::spawn(async move {
             let _slot = slot;

@@ -35,8 +35,8 @@
 //! # let _ = server;
 //!
 //! let outbound = Outbound::new(Bulkheads::new(8), catalogue);
-//! let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
-//! let to_locator = outbound.channel("locator", channel); // hand it to a generated caller
+//! let locator = tonic::transport::Endpoint::from_static("http://127.0.0.1:9");
+//! let to_locator = outbound.channel("locator", &locator); // hand it to a generated caller
 //! # let _ = to_locator;
 //! # }
 //! ```
@@ -201,15 +201,20 @@ impl Outbound {
         &self.bulkheads
     }
 
-    /// `channel` to `dependency` behind the stack: each call opens a CLIENT span (whose
-    /// context the callee continues), is cut off at its deadline, and takes a place in its
-    /// tenant's bulkhead for `dependency` or is shed at once with `RESOURCE_EXHAUSTED`.
-    pub fn channel(&self, dependency: &str, channel: tonic::transport::Channel) -> OutboundChannel {
+    /// A channel to `dependency` at `endpoint` (connected on its first call) behind the stack:
+    /// each call opens a CLIENT span naming the server (whose context the callee continues),
+    /// is cut off at its deadline, and takes a place in its tenant's bulkhead for `dependency`
+    /// or is shed at once with `RESOURCE_EXHAUSTED`.
+    pub fn channel(
+        &self,
+        dependency: &str,
+        endpoint: &tonic::transport::Endpoint,
+    ) -> OutboundChannel {
         let stack: Traced<_> = ServiceBuilder::new()
-            .layer(TraceLayer::client(self.catalogue.0))
+            .layer(TraceLayer::client(self.catalogue.0).to_server(endpoint.uri()))
             .layer(DeadlineLayer::new(self.catalogue))
             .layer(AdmitLayer::new(self.bulkheads.for_dependency(dependency)))
-            .service(channel);
+            .service(endpoint.connect_lazy());
         tower::util::BoxCloneSyncService::new(stack)
     }
 }

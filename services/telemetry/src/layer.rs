@@ -4,6 +4,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Instant,
 };
@@ -44,42 +45,95 @@ pub enum Outcome {
     Shed,
     /// Ran out of time (`DEADLINE_EXCEEDED`).
     TimedOut,
+    /// Given up by the caller (`CANCELLED`, or the call dropped before its status): a
+    /// terminal leaving, a caller's deadline. Not a failure of the service.
+    Cancelled,
     /// Any other failure.
     Error,
 }
 
 impl Outcome {
-    /// The attribute value: `ok`, `degraded`, `shed`, `timed_out`, `error`.
+    /// The attribute value: `ok`, `degraded`, `shed`, `timed_out`, `cancelled`, `error`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Degraded => "degraded",
             Outcome::Shed => "shed",
             Outcome::TimedOut => "timed_out",
+            Outcome::Cancelled => "cancelled",
             Outcome::Error => "error",
         }
     }
 
-    /// The outcome a unary response's headers tell (an error is a trailers-only response, so
-    /// its `grpc-status` is in the headers).
-    pub fn of(headers: &HeaderMap) -> Self {
-        if headers.contains_key("x-mesh-degraded") {
-            return Outcome::Degraded;
+    /// The outcome of a call that ended with gRPC status `code` (answered degraded or not).
+    pub fn of_code(code: tonic::Code, degraded: bool) -> Self {
+        match code {
+            tonic::Code::Ok if degraded => Outcome::Degraded,
+            tonic::Code::Ok => Outcome::Ok,
+            tonic::Code::ResourceExhausted => Outcome::Shed,
+            tonic::Code::DeadlineExceeded => Outcome::TimedOut,
+            tonic::Code::Cancelled => Outcome::Cancelled,
+            _ => Outcome::Error,
         }
-        match headers.get("grpc-status").map(HeaderValue::as_bytes) {
-            None | Some(b"0") => Outcome::Ok,
-            Some(b"8") => Outcome::Shed,
-            Some(b"4") => Outcome::TimedOut,
-            Some(_) => Outcome::Error,
-        }
+    }
+
+    /// The outcome a response's headers tell, when they carry its status (a trailers-only
+    /// answer: an error, or a degraded answer); `None` when the status is still to come in the
+    /// trailers.
+    pub fn of(headers: &HeaderMap) -> Option<Self> {
+        let status = tonic::Status::from_header_map(headers)?;
+        Some(Self::of_code(status.code(), headers.contains_key(DEGRADED)))
+    }
+}
+
+/// The header a degraded answer carries (the runtime's switch layer sets it).
+const DEGRADED: &str = "x-mesh-degraded";
+
+/// Whether a span of `side` ending with `code` is an error, as the OpenTelemetry RPC
+/// conventions rule: a client's for any status but OK; a server's only for the codes that
+/// say the server failed (the others are the caller's doing and leave the status unset).
+pub fn is_error(side: Side, code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    match side {
+        Side::Client => code != Ok,
+        Side::Server => matches!(
+            code,
+            Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
+        ),
+    }
+}
+
+/// The status code's name, as `error.type` carries it (`UNAVAILABLE`).
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
 /// Traces every call through it; see [`Traced`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct TraceLayer {
     side: Side,
     catalogue: &'static [&'static ContractSpec],
+    /// The server a client calls (`server.address`, `server.port`), when known.
+    server: Option<(Arc<str>, Option<u16>)>,
 }
 
 impl TraceLayer {
@@ -89,6 +143,7 @@ impl TraceLayer {
         Self {
             side: Side::Server,
             catalogue,
+            server: None,
         }
     }
 
@@ -98,7 +153,15 @@ impl TraceLayer {
         Self {
             side: Side::Client,
             catalogue,
+            server: None,
         }
+    }
+
+    /// Names the server a client layer calls (its `server.address` and `server.port`): the
+    /// requests a channel sends carry no authority yet.
+    pub fn to_server(mut self, uri: &http::Uri) -> Self {
+        self.server = uri.host().map(|host| (Arc::from(host), uri.port_u16()));
+        self
     }
 }
 
@@ -108,13 +171,20 @@ impl<S> tower::Layer<S> for TraceLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Traced {
             inner,
-            layer: *self,
+            layer: self.clone(),
         }
     }
 }
 
-/// A service whose calls each open a span (`mesh::rpc`) with the tenant, service, contract
-/// version, method and outcome, and count in [`metrics`].
+/// A service whose calls each open a span (`mesh::rpc`) named `package.Service/Method`, with
+/// the OpenTelemetry RPC attributes (`rpc.system`, `rpc.service`, `rpc.method`,
+/// `rpc.grpc.status_code`, `error.type`, `server.*`, `network.peer.*`) beside the mesh's own
+/// (`tenant`, `service`, `contract.version`, `method`, `outcome`), and count in [`metrics`].
+///
+/// The call is recorded when it really ends: at the status in the response's trailers (or in
+/// its headers, for a trailers-only answer), so a stream is timed to its last message and a
+/// stream failing after its headers counts as failed; a call dropped before its status counts
+/// as cancelled.
 #[derive(Clone, Debug)]
 pub struct Traced<S> {
     inner: S,
@@ -141,27 +211,164 @@ fn set_trace(headers: &mut HeaderMap, trace: &TraceContext) {
     }
 }
 
+/// One call being traced, recorded once when it ends (or when dropped unfinished).
+struct Call {
+    span: tracing::Span,
+    side: Side,
+    tenant: String,
+    names: Names,
+    started: Instant,
+    degraded: bool,
+    done: bool,
+}
+
+impl Call {
+    /// Records the end of the call with `status` (`None`: it ended without one).
+    fn finish(&mut self, status: Option<tonic::Status>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let status = status
+            .unwrap_or_else(|| tonic::Status::unknown("the response ended without a gRPC status"));
+        let code = status.code();
+        let outcome = Outcome::of_code(code, self.degraded);
+        let span = &self.span;
+        span.record("outcome", outcome.as_str());
+        span.record("rpc.grpc.status_code", code as i64);
+        if code != tonic::Code::Ok {
+            span.record("error.type", code_name(code));
+            if !status.message().is_empty() {
+                span.record("status_message", status.message());
+            }
+        }
+        if is_error(self.side, code) {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", status.message());
+        }
+        let names = self.names;
+        metrics::call(&metrics::Call {
+            side: self.side,
+            tenant: &self.tenant,
+            service: names.service,
+            rpc_service: names.rpc_service,
+            version: names.version,
+            method: names.method,
+            code,
+            outcome,
+            took: self.started.elapsed(),
+        });
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(Some(tonic::Status::cancelled(
+                "the call was dropped before it ended",
+            )));
+        }
+    }
+}
+
+/// What a call is called: by the mesh (`message`, `Send`) and by the conventions
+/// (`message.v1.Message`).
+#[derive(Clone, Copy, Debug)]
+struct Names {
+    service: &'static str,
+    rpc_service: &'static str,
+    version: &'static str,
+    method: &'static str,
+}
+
+impl Names {
+    /// The names of the call at `path`; `unknown` for a path no contract serves.
+    fn of(catalogue: &[&'static ContractSpec], path: &str) -> Self {
+        catalogue
+            .iter()
+            .find_map(|c| {
+                c.method_by_path(path).map(|m| Names {
+                    service: c.name,
+                    rpc_service: c.service,
+                    version: c.version,
+                    method: m.name,
+                })
+            })
+            .unwrap_or(Names {
+                service: "unknown",
+                rpc_service: "unknown",
+                version: "",
+                method: "unknown",
+            })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records its call when the status arrives in its trailers (or the
+    /// body ends, fails, or is dropped).
+    pub struct TracedBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Box<Call>>,
+    }
+}
+
+impl<B> http_body::Body for TracedBody<B>
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(call) = this.call.as_mut() {
+            match &frame {
+                Some(Ok(frame)) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        call.finish(tonic::Status::from_header_map(trailers));
+                    }
+                }
+                Some(Err(err)) => call.finish(Some(tonic::Status::unknown(format!(
+                    "the response body failed: {err}"
+                )))),
+                None => call.finish(None),
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl<S, B, RB> tower::Service<http::Request<B>> for Traced<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
+    S::Error: std::fmt::Display,
+    RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    RB::Error: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
 {
-    type Response = S::Response;
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        let (service, version, method) = self
-            .layer
-            .catalogue
-            .iter()
-            .find_map(|c| c.method_by_path(path).map(|m| (c.name, c.version, m.name)))
-            .unwrap_or(("unknown", "", "unknown"));
+        let names = Names::of(self.layer.catalogue, request.uri().path());
         let tenant = header(request.headers(), headers::TENANT)
             .unwrap_or_default()
             .to_owned();
@@ -169,16 +376,45 @@ where
         let span = tracing::info_span!(
             target: "mesh::rpc",
             "rpc",
-            otel.name = %format!("{service}.{method}"),
+            otel.name = %format_args!("{}/{}", names.rpc_service, names.method),
             otel.kind = side.as_str(),
             otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
             rpc.system = "grpc",
+            rpc.service = names.rpc_service,
+            rpc.method = names.method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            server.address = tracing::field::Empty,
+            server.port = tracing::field::Empty,
+            network.peer.address = tracing::field::Empty,
+            network.peer.port = tracing::field::Empty,
             tenant = %tenant,
-            service,
-            contract.version = version,
-            method,
+            service = names.service,
+            contract.version = names.version,
+            method = names.method,
             outcome = tracing::field::Empty,
+            status_message = tracing::field::Empty,
         );
+        let (host, port) = match (&self.layer.server, request.uri().authority()) {
+            (Some((host, port)), _) => (Some(&**host), *port),
+            (None, Some(authority)) => (Some(authority.host()), authority.port_u16()),
+            (None, None) => (None, None),
+        };
+        if let Some(host) = host {
+            span.record("server.address", host);
+        }
+        if let Some(port) = port {
+            span.record("server.port", i64::from(port));
+        }
+        if let Some(peer) = request
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|info| info.remote_addr())
+        {
+            span.record("network.peer.address", tracing::field::display(peer.ip()));
+            span.record("network.peer.port", i64::from(peer.port()));
+        }
         let trace = TraceContext {
             traceparent: header(request.headers(), headers::TRACEPARENT).map(str::to_owned),
             tracestate: header(request.headers(), headers::TRACESTATE).map(str::to_owned),
@@ -186,20 +422,41 @@ where
         // the request's own context decides the parent: the caller's span on a server, the
         // business request's on a client; whoever receives the request sees this span
         set_trace(request.headers_mut(), &propagation::carry(&trace, &span));
-        let started = Instant::now();
-        let call = self.inner.call(request);
+        let mut call = Box::new(Call {
+            span: span.clone(),
+            side,
+            tenant,
+            names,
+            started: Instant::now(),
+            degraded: false,
+            done: false,
+        });
+        let future = self.inner.call(request);
         Box::pin(async move {
-            let result = call.instrument(span.clone()).await;
-            let outcome = match &result {
-                Ok(response) => Outcome::of(response.headers()),
-                Err(_) => Outcome::Error,
-            };
-            span.record("outcome", outcome.as_str());
-            if matches!(outcome, Outcome::Error | Outcome::TimedOut) {
-                span.record("otel.status_code", "ERROR");
+            match future.instrument(span).await {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    call.degraded = parts.headers.contains_key(DEGRADED);
+                    // a trailers-only answer: its status is in the headers, its body empty
+                    if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
+                        call.finish(Some(status));
+                    }
+                    let body = TracedBody {
+                        inner: body,
+                        call: (!call.done).then_some(call),
+                    };
+                    Ok(http::Response::from_parts(
+                        parts,
+                        tonic::body::Body::new(body),
+                    ))
+                }
+                Err(err) => {
+                    call.finish(Some(tonic::Status::unavailable(format!(
+                        "the call failed before an answer: {err}"
+                    ))));
+                    Err(err)
+                }
             }
-            metrics::call(side, &tenant, service, method, outcome, started.elapsed());
-            result
         })
     }
 }
@@ -223,19 +480,48 @@ mod tests {
     #[test]
     fn the_outcome_follows_the_grpc_status_and_the_degraded_mark() {
         for (pairs, outcome) in [
-            (&[][..], Outcome::Ok),
-            (&[("grpc-status", "0")][..], Outcome::Ok),
+            (&[][..], None),
+            (&[("x-mesh-degraded", "recommend@mall")][..], None),
+            (&[("grpc-status", "0")][..], Some(Outcome::Ok)),
             (
-                &[("x-mesh-degraded", "recommend@mall")][..],
-                Outcome::Degraded,
+                &[("grpc-status", "0"), ("x-mesh-degraded", "recommend@mall")][..],
+                Some(Outcome::Degraded),
             ),
-            (&[("grpc-status", "8")][..], Outcome::Shed),
-            (&[("grpc-status", "4")][..], Outcome::TimedOut),
-            (&[("grpc-status", "5")][..], Outcome::Error),
-            (&[("grpc-status", "16")][..], Outcome::Error),
+            (&[("grpc-status", "8")][..], Some(Outcome::Shed)),
+            (&[("grpc-status", "4")][..], Some(Outcome::TimedOut)),
+            (&[("grpc-status", "1")][..], Some(Outcome::Cancelled)),
+            (&[("grpc-status", "5")][..], Some(Outcome::Error)),
+            (&[("grpc-status", "16")][..], Some(Outcome::Error)),
         ] {
             assert_eq!(Outcome::of(&headers(pairs)), outcome, "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn server_spans_leave_the_callers_mistakes_unset_client_spans_do_not() {
+        use tonic::Code::*;
+        for code in [
+            InvalidArgument,
+            Unauthenticated,
+            PermissionDenied,
+            NotFound,
+            Cancelled,
+        ] {
+            assert!(!is_error(Side::Server, code), "{code:?}");
+            assert!(is_error(Side::Client, code), "{code:?}");
+        }
+        for code in [
+            Unknown,
+            DeadlineExceeded,
+            Unimplemented,
+            Internal,
+            Unavailable,
+            DataLoss,
+        ] {
+            assert!(is_error(Side::Server, code), "{code:?}");
+        }
+        assert!(!is_error(Side::Client, Ok));
+        assert_eq!(code_name(ResourceExhausted), "RESOURCE_EXHAUSTED");
     }
 
     #[test]

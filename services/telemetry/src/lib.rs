@@ -22,5 +22,5 @@ pub mod outage;
 mod propagation;
 
 pub use config::{Process, Telemetry, TelemetryConfig, TelemetryError, init, init_as};
-pub use layer::{Outcome, Side, TraceLayer, Traced};
-pub use propagation::{EventTrace, carry, continue_trace, parent_of, trace_of};
+pub use layer::{Outcome, Side, TraceLayer, Traced, TracedBody, is_error};
+pub use propagation::{Destination, EventTrace, carry, continue_trace, parent_of, trace_of};

@@ -1,9 +1,11 @@
 //! Per-tenant metrics, on the global OpenTelemetry meter (exported over OTLP by [`crate::init`];
 //! no-ops without it):
 //!
-//! - `mesh.rpc.calls` (counter): calls by `tenant`, `service`, `method`, `side` and `outcome`
-//!   (so degraded and shed answers are counted as such);
-//! - `mesh.rpc.duration` (histogram, ms): call latency by `tenant`, `service`, `method`, `side`;
+//! - `rpc.server.duration` and `rpc.client.duration` (histograms, seconds, as the OpenTelemetry
+//!   RPC conventions name them): every call served or made, timed to its status (a stream to
+//!   its end), by `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, and the
+//!   mesh's `tenant`, `contract.version` and `outcome` (so degraded, shed and cancelled calls
+//!   are counted as such; a histogram's count is the number of calls);
 //! - `mesh.events` (counter): publishes and consumes by `tenant`, `service`, `event`,
 //!   `operation` and `outcome`;
 //! - `mesh.bulkhead.in_use` (gauge): permits taken per `tenant` and `dependency`, from
@@ -29,8 +31,8 @@ use opentelemetry::{
 use crate::{Outcome, Side};
 
 struct Instruments {
-    calls: Counter<u64>,
-    duration: Histogram<f64>,
+    server: Histogram<f64>,
+    client: Histogram<f64>,
     events: Counter<u64>,
 }
 
@@ -43,15 +45,23 @@ fn instruments() -> &'static Instruments {
     static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
     INSTRUMENTS.get_or_init(|| {
         let meter = meter();
+        // seconds, with boundaries from 0.1 ms to 10 s (the SDK's default ones are for ms)
+        let boundaries = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0,
+        ];
         Instruments {
-            calls: meter
-                .u64_counter("mesh.rpc.calls")
-                .with_description("calls by tenant, service, method, side and outcome")
+            server: meter
+                .f64_histogram("rpc.server.duration")
+                .with_unit("s")
+                .with_description("duration of inbound RPCs, to their status")
+                .with_boundaries(boundaries.clone())
                 .build(),
-            duration: meter
-                .f64_histogram("mesh.rpc.duration")
-                .with_unit("ms")
-                .with_description("call latency")
+            client: meter
+                .f64_histogram("rpc.client.duration")
+                .with_unit("s")
+                .with_description("duration of outbound RPCs, to their status")
+                .with_boundaries(boundaries)
                 .build(),
             events: meter
                 .u64_counter("mesh.events")
@@ -157,15 +167,40 @@ pub(crate) fn exported() {
     EXPORTED.store(true, Ordering::Relaxed);
 }
 
+/// One call that ended, as [`call`] counts it.
+#[derive(Clone, Copy, Debug)]
+pub struct Call<'a> {
+    /// Served or made.
+    pub side: Side,
+    /// Whose call (empty when it named none).
+    pub tenant: &'a str,
+    /// The mesh's service name (`message`).
+    pub service: &'static str,
+    /// The fully qualified protobuf service (`message.v1.Message`).
+    pub rpc_service: &'static str,
+    /// The contract's version.
+    pub version: &'static str,
+    /// The method (`Send`).
+    pub method: &'static str,
+    /// Its gRPC status.
+    pub code: tonic::Code,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// From the request to the status.
+    pub took: Duration,
+}
+
 /// Counts one call.
-pub fn call(
-    side: Side,
-    tenant: &str,
-    service: &'static str,
-    method: &'static str,
-    outcome: Outcome,
-    took: Duration,
-) {
+pub fn call(call: &Call<'_>) {
+    let &Call {
+        side,
+        tenant,
+        service,
+        method,
+        outcome,
+        took,
+        ..
+    } = call;
     if side == Side::Server {
         let c = counters(tenant, service, method);
         c.calls.fetch_add(1, Ordering::Relaxed);
@@ -174,7 +209,7 @@ pub fn call(
             Ordering::Relaxed,
         );
         let by_outcome = match outcome {
-            Outcome::Ok => None,
+            Outcome::Ok | Outcome::Cancelled => None,
             Outcome::Degraded => Some(&c.degraded),
             Outcome::Shed => Some(&c.shed),
             Outcome::TimedOut => Some(&c.timed_out),
@@ -188,15 +223,20 @@ pub fn call(
         return;
     }
     let i = instruments();
-    let mut attributes = vec![
+    let attributes = [
+        KeyValue::new("rpc.system", "grpc"),
+        KeyValue::new("rpc.service", call.rpc_service),
+        KeyValue::new("rpc.method", method),
+        KeyValue::new("rpc.grpc.status_code", call.code as i64),
         KeyValue::new("tenant", tenant.to_owned()),
-        KeyValue::new("service", service),
-        KeyValue::new("method", method),
-        KeyValue::new("side", side.as_str()),
+        KeyValue::new("contract.version", call.version),
+        KeyValue::new("outcome", outcome.as_str()),
     ];
-    i.duration.record(took.as_secs_f64() * 1e3, &attributes);
-    attributes.push(KeyValue::new("outcome", outcome.as_str()));
-    i.calls.add(1, &attributes);
+    let histogram = match side {
+        Side::Server => &i.server,
+        Side::Client => &i.client,
+    };
+    histogram.record(took.as_secs_f64(), &attributes);
 }
 
 /// Counts one publish or consume of an event (`operation` = `publish` or `process`).

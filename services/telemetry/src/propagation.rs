@@ -76,9 +76,29 @@ pub fn continue_trace(ctx: &RequestContext, span: &tracing::Span) -> RequestCont
     ctx
 }
 
+/// Where an event travels, as the OpenTelemetry messaging conventions name it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Destination<'a> {
+    /// The exchange (`messaging.destination.name`; the span is named after it).
+    pub exchange: &'a str,
+    /// The routing key (`messaging.rabbitmq.destination.routing_key`).
+    pub routing_key: &'a str,
+    /// The queue a consumer reads (`messaging.consumer.group.name`).
+    pub queue: Option<&'a str>,
+    /// The message's id (`messaging.message.id`), when known at the start; see
+    /// [`EventTrace::identify`].
+    pub message_id: Option<&'a str>,
+}
+
 /// One publish or consume of an event, traced: its span continues the trace of the message's
 /// context, and [`EventTrace::finish`] records the outcome on the span and in the metrics.
 /// Transports open one per publish and per delivery.
+///
+/// The span follows the messaging conventions (`publish mesh.mall.order.v1`, kind PRODUCER or
+/// CONSUMER, `messaging.system`, `messaging.operation.name` / `.type`,
+/// `messaging.destination.name`, the routing key, the message id, the consumer's queue) and
+/// keeps the mesh's own attributes (`tenant`, `service`, `contract.version`, `event`,
+/// `outcome`).
 #[derive(Debug)]
 pub struct EventTrace {
     span: tracing::Span,
@@ -89,27 +109,34 @@ pub struct EventTrace {
 
 impl EventTrace {
     /// Starts tracing one publish (`op` = `publish`) or one consume (`op` = `process`) of
-    /// `event` on the transport `system` (`rabbitmq`, `embedded`); answers the context that
-    /// carries this span on (into the message's headers, or to the handler).
+    /// `event` on the transport `system` (`rabbitmq`, `embedded`) at `destination`; answers
+    /// the context that carries this span on (into the message's headers, or to the handler).
     pub fn start(
         system: &'static str,
         op: &'static str,
         ctx: &RequestContext,
         event: &'static EventSpec,
+        destination: &Destination<'_>,
     ) -> (Self, RequestContext) {
-        let kind = if op == "publish" {
-            "producer"
+        let (kind, op_type) = if op == "publish" {
+            ("producer", "send")
         } else {
-            "consumer"
+            ("consumer", "process")
         };
         let span = tracing::info_span!(
             target: "mesh::event",
             "event",
-            otel.name = %format!("{}.{} {op}", event.service, event.name),
+            otel.name = %format_args!("{op} {}", destination.exchange),
             otel.kind = kind,
             otel.status_code = tracing::field::Empty,
             messaging.system = system,
-            messaging.operation = op,
+            messaging.operation.name = op,
+            messaging.operation.type = op_type,
+            messaging.destination.name = destination.exchange,
+            messaging.rabbitmq.destination.routing_key = destination.routing_key,
+            messaging.message.id = destination.message_id,
+            messaging.consumer.group.name = destination.queue,
+            error.type = tracing::field::Empty,
             tenant = %ctx.tenant,
             service = event.service,
             contract.version = event.version,
@@ -127,6 +154,11 @@ impl EventTrace {
         (trace, ctx)
     }
 
+    /// Records the message's id, once the transport gave it one.
+    pub fn identify(&self, message_id: &str) {
+        self.span.record("messaging.message.id", message_id);
+    }
+
     /// The span, to instrument the work with.
     pub fn span(&self) -> &tracing::Span {
         &self.span
@@ -137,6 +169,7 @@ impl EventTrace {
     pub fn finish(self, outcome: &'static str, failed: bool) {
         if failed {
             self.span.record("otel.status_code", "ERROR");
+            self.span.record("error.type", outcome);
         }
         self.span.record("outcome", outcome);
         crate::metrics::event(

@@ -12,7 +12,7 @@ use std::{
 
 use mesh_api::recommend::v1 as recommend;
 use mesh_contract::{RequestContext, TenantId};
-use mesh_runtime::control::protocol::{READY_PREFIX, WorkerState};
+use mesh_runtime::supervisor::protocol::{READY_PREFIX, WorkerState};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::Row;

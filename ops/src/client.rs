@@ -3,10 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use mesh_api::admin::v1::admin_client::AdminClient;
-use mesh_runtime::{
-    config::{ConfigError, Tenants, check_new},
-    control::plane::group_of,
-};
+use mesh_config::tenant::{ConfigError, Tenants, check_new, group_of};
 use tonic::{
     Code, Request, Status,
     metadata::AsciiMetadataValue,

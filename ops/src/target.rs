@@ -3,7 +3,7 @@
 //! only reads the command line.
 
 use mesh_api::admin::v1 as api;
-use mesh_runtime::layers::SwitchTarget;
+use mesh_config::switch::SwitchTarget;
 
 use crate::{SwitchArgs, client::CtlError};
 

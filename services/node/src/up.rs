@@ -8,12 +8,15 @@ use mesh_contract::TenantId;
 use mesh_runtime::{
     TenantDirectory, Tenants,
     auth::NODE_CREDENTIAL_ENV,
+    connections::ConnectionLimits,
     control::{ControlPlane, plane::initial_switches, store::SwitchStore},
     deploy::DeployConfig,
     front_door::FrontDoor,
     layers::Catalogue,
     probes::Probes,
     supervisor::{Supervisor, SupervisorEvent, WorkerCommand},
+    tls::LoadTls,
+    upstream::UpstreamLimits,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -72,7 +75,7 @@ pub async fn run(
     let front = FrontDoor::new(Catalogue(mesh_api::CONTRACTS))
         .with_directory(directory)
         .with_node_tls(node_tls.clone())
-        .with_upstream(deploy.front_door.upstream())
+        .with_upstream(UpstreamLimits::from(&deploy.front_door))
         .with_probes(Probes::new(
             mesh_api::CONTRACTS,
             Some(mesh_api::FILE_DESCRIPTOR_SET),
@@ -109,7 +112,7 @@ pub async fn run(
     let (events, mut reports) = mpsc::unbounded_channel();
     let serving = tokio::spawn(front.clone().serve_with(
         listener,
-        deploy.front_door.limits(),
+        ConnectionLimits::from(&deploy.front_door),
         tls.clone(),
         stopped(stopping.clone()),
     ));

@@ -1,7 +1,7 @@
 //! One tenant process: the services, behind the runtime's full inbound stack, for the tenants
 //! it is given. Under a supervisor (`--supervised`) it takes its state (switches, tenants) from
 //! stdin before it serves and after every change, and confirms each (see
-//! `mesh_runtime::control::protocol`).
+//! `mesh_runtime::supervisor::protocol`).
 
 use std::{collections::BTreeSet, io::Write, path::Path, time::Duration};
 
@@ -10,9 +10,9 @@ use mesh_contract::{EventBus, TenantId};
 use mesh_platform::Platform;
 use mesh_runtime::{
     Inbound, TenantConfig, Tenants,
-    control::protocol::{BulkheadUse, WorkerLine, WorkerState, WorkerStats},
     layers::{Bulkheads, Catalogue, SwitchBoard},
     probes::{Probes, ProbesLayer},
+    supervisor::protocol::{BulkheadUse, WorkerLine, WorkerState, WorkerStats},
 };
 use mesh_store::MessageStore;
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -38,14 +38,23 @@ pub struct ConnectionLimits {
     pub max_streams_per_connection: u32,
 }
 
+/// The deployment file's defaults (`[front_door]` in `ops/mesh.toml`).
 impl Default for ConnectionLimits {
     fn default() -> Self {
+        Self::from(&mesh_config::deploy::FrontDoorConfig::default())
+    }
+}
+
+/// As `[front_door]` in `ops/mesh.toml` sets them.
+impl From<&mesh_config::deploy::FrontDoorConfig> for ConnectionLimits {
+    fn from(config: &mesh_config::deploy::FrontDoorConfig) -> Self {
+        use std::time::Duration;
         Self {
-            max_connections: 10_000,
-            idle_timeout: Duration::from_secs(300),
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(20),
-            max_streams_per_connection: 1_000,
+            max_connections: config.max_connections.max(1),
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs.max(1)),
+            keepalive_interval: Duration::from_secs(config.keepalive_interval_secs.max(1)),
+            keepalive_timeout: Duration::from_secs(config.keepalive_timeout_secs.max(1)),
+            max_streams_per_connection: config.max_streams_per_connection.max(1),
         }
     }
 }

@@ -21,23 +21,9 @@ use std::{
 };
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use serde::Deserialize;
 use tokio_rustls::TlsAcceptor;
 
-/// The `[tls]` table of the deployment config.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM certificate chain, leaf first.
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of the leaf.
-    pub key_file: Option<PathBuf>,
-    /// PEM CA certificates; when set, clients must present a certificate one of them signed.
-    pub client_ca_file: Option<PathBuf>,
-    /// PEM CA of the mesh's own nodes; when set, the hops between the mesh's processes use
-    /// mutual TLS too, each node presenting `cert_file` ([`NodeTls`]).
-    pub node_ca_file: Option<PathBuf>,
-}
+pub use mesh_config::deploy::TlsConfig;
 
 /// What is wrong with the TLS files, naming the `[tls]` key.
 #[derive(Debug, thiserror::Error)]
@@ -56,14 +42,17 @@ fn error(field: &'static str, message: impl Into<String>) -> TlsError {
     }
 }
 
-impl TlsConfig {
-    /// Whether TLS is configured at all.
-    pub fn enabled(&self) -> bool {
-        self.cert_file.is_some() || self.key_file.is_some()
-    }
-
+/// Loads what the `[tls]` table names (the table itself is plain config, in `mesh-config`).
+pub trait LoadTls {
     /// Mutual TLS between the mesh's processes, `None` unless `node_ca_file` is set.
-    pub fn node_tls(&self) -> Result<Option<NodeTls>, TlsError> {
+    fn node_tls(&self) -> Result<Option<NodeTls>, TlsError>;
+
+    /// The acceptor for the mesh's listeners, `None` when TLS is off.
+    fn acceptor(&self) -> Result<Option<TlsAcceptor>, TlsError>;
+}
+
+impl LoadTls for TlsConfig {
+    fn node_tls(&self) -> Result<Option<NodeTls>, TlsError> {
         let Some(ca) = &self.node_ca_file else {
             return Ok(None);
         };
@@ -76,8 +65,7 @@ impl TlsConfig {
         }
     }
 
-    /// The acceptor for the listeners, `None` when TLS is off.
-    pub fn acceptor(&self) -> Result<Option<TlsAcceptor>, TlsError> {
+    fn acceptor(&self) -> Result<Option<TlsAcceptor>, TlsError> {
         let (cert_file, key_file) = match (&self.cert_file, &self.key_file) {
             (None, None) if self.client_ca_file.is_some() => {
                 return Err(error(

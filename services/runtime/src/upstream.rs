@@ -56,13 +56,22 @@ pub struct UpstreamLimits {
     pub keepalive_timeout: Duration,
 }
 
+/// The deployment file's defaults (`[front_door]` in `ops/mesh.toml`).
 impl Default for UpstreamLimits {
     fn default() -> Self {
+        Self::from(&mesh_config::deploy::FrontDoorConfig::default())
+    }
+}
+
+/// How the front door connects to each worker: the same keepalive as towards callers.
+impl From<&mesh_config::deploy::FrontDoorConfig> for UpstreamLimits {
+    fn from(config: &mesh_config::deploy::FrontDoorConfig) -> Self {
+        let limits = crate::connections::ConnectionLimits::from(config);
         Self {
-            connections: 4,
-            max_streams: 100_000,
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(20),
+            connections: config.worker_connections.max(1),
+            max_streams: config.max_streams_per_worker.max(1),
+            keepalive_interval: limits.keepalive_interval,
+            keepalive_timeout: limits.keepalive_timeout,
         }
     }
 }

@@ -10,84 +10,12 @@ use opentelemetry_sdk::{
     propagation::TraceContextPropagator,
     trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider},
 };
-use serde::Deserialize;
 use tracing_subscriber::{
     EnvFilter, Layer, filter::Targets, fmt::format::FmtSpan, layer::SubscriberExt,
     util::SubscriberInitExt,
 };
 
-/// Telemetry of one deployment (`[telemetry]` in `ops/mesh.toml`; `MESH_TELEMETRY_*` in a
-/// worker's environment). Off by default: nothing is exported unless an endpoint is set.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct TelemetryConfig {
-    /// OTLP/gRPC collector (`http://127.0.0.1:4317`); none exports nothing.
-    #[serde(default)]
-    pub otlp_endpoint: Option<String>,
-    /// Print every mesh span on stderr as it closes: the trace of each call, for a newcomer.
-    #[serde(default)]
-    pub console: bool,
-    /// How often spans and metrics are sent, in milliseconds.
-    #[serde(default = "default_export_interval_ms")]
-    pub export_interval_ms: u64,
-}
-
-fn default_export_interval_ms() -> u64 {
-    1000
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self {
-            otlp_endpoint: None,
-            console: false,
-            export_interval_ms: default_export_interval_ms(),
-        }
-    }
-}
-
-impl TelemetryConfig {
-    /// The environment variables a worker process reads this config from (what `mesh up`
-    /// hands its workers).
-    pub fn to_env(&self) -> Vec<(String, String)> {
-        let mut env = vec![
-            ("MESH_TELEMETRY_CONSOLE".into(), self.console.to_string()),
-            (
-                "MESH_TELEMETRY_EXPORT_INTERVAL_MS".into(),
-                self.export_interval_ms.to_string(),
-            ),
-        ];
-        if let Some(endpoint) = &self.otlp_endpoint {
-            env.push(("MESH_TELEMETRY_OTLP_ENDPOINT".into(), endpoint.clone()));
-        }
-        env
-    }
-
-    /// Reads `MESH_TELEMETRY_OTLP_ENDPOINT`, `MESH_TELEMETRY_CONSOLE` and
-    /// `MESH_TELEMETRY_EXPORT_INTERVAL_MS`.
-    pub fn from_env() -> Result<Self, TelemetryError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let invalid = |name: &str, value: &str| TelemetryError::Invalid {
-            field: name.to_owned(),
-            message: format!("{value:?} is not valid"),
-        };
-        let mut config = Self {
-            otlp_endpoint: var("MESH_TELEMETRY_OTLP_ENDPOINT"),
-            ..Self::default()
-        };
-        if let Some(v) = var("MESH_TELEMETRY_CONSOLE") {
-            config.console = v
-                .parse()
-                .map_err(|_| invalid("MESH_TELEMETRY_CONSOLE", &v))?;
-        }
-        if let Some(v) = var("MESH_TELEMETRY_EXPORT_INTERVAL_MS") {
-            config.export_interval_ms = v
-                .parse()
-                .map_err(|_| invalid("MESH_TELEMETRY_EXPORT_INTERVAL_MS", &v))?;
-        }
-        Ok(config)
-    }
-}
+pub use mesh_config::deploy::TelemetryConfig;
 
 /// Why telemetry could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -301,31 +229,4 @@ pub fn init_as(
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(telemetry)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_worker_is_handed_the_config_as_the_variables_it_reads() {
-        let config = TelemetryConfig {
-            otlp_endpoint: Some("http://127.0.0.1:4317".into()),
-            console: true,
-            export_interval_ms: 250,
-        };
-        let env = config.to_env();
-        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        assert_eq!(
-            get("MESH_TELEMETRY_OTLP_ENDPOINT"),
-            Some("http://127.0.0.1:4317")
-        );
-        assert_eq!(get("MESH_TELEMETRY_CONSOLE"), Some("true"));
-        assert_eq!(get("MESH_TELEMETRY_EXPORT_INTERVAL_MS"), Some("250"));
-        assert_eq!(
-            TelemetryConfig::default().otlp_endpoint,
-            None,
-            "off by default"
-        );
-    }
 }

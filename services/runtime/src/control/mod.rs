@@ -2,12 +2,10 @@
 //! restarts, tenants onboarded while running, status, automatic degradation.
 //!
 //! - [`plane`]: [`ControlPlane`], what `mesh up` runs behind the admin API;
-//! - [`protocol`]: how the supervisor hands each worker the current state over its stdin;
 //! - [`store`]: the switch state on disk;
 //! - [`rules`]: the automatic degradation decision.
 
 pub mod plane;
-pub mod protocol;
 pub mod rules;
 pub mod store;
 

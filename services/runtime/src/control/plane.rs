@@ -15,10 +15,10 @@ use super::{
     store::{SavedSwitches, StoreError, SwitchStore},
 };
 use crate::{
-    config::{self, ConfigError, ProcessIsolation, TenantConfig, Tenants},
+    config::{self, ConfigError, TenantConfig, Tenants, group_of},
     front_door::{DegradedSeen, Fault, FrontDoor, TenantLoad},
     layers::{Catalogue, Switch, SwitchBoard, SwitchTarget},
-    supervisor::{self, ProcessInfo, SHARED_GROUP, Supervisor},
+    supervisor::{self, ProcessInfo, Supervisor},
 };
 
 /// How long a change may take to reach every worker before the call says which did not.
@@ -246,7 +246,7 @@ impl ControlPlane {
     ) -> Result<SwitchChange, ControlError> {
         let tenant = tenant.map(|t| self.tenant(t)).transpose()?;
         target
-            .validate(Catalogue(self.plane.catalogue))
+            .validate(self.plane.catalogue)
             .map_err(ControlError::UnknownSwitch)?;
         // a switch for one tenant names something that tenant runs
         if let (
@@ -439,7 +439,7 @@ impl ControlPlane {
         let tenant = self.tenant(tenant)?;
         if let Some(service) = service {
             SwitchTarget::Service(service.to_owned())
-                .validate(Catalogue(self.plane.catalogue))
+                .validate(self.plane.catalogue)
                 .map_err(ControlError::UnknownSwitch)?;
         }
         self.plane
@@ -519,13 +519,5 @@ impl ControlPlane {
                 tracing::error!(%tenant, rule = rule.name, error = %err, "automatic degradation failed");
             }
         }
-    }
-}
-
-/// The process group a tenant runs in.
-pub fn group_of(config: &TenantConfig) -> String {
-    match config.isolation.process {
-        ProcessIsolation::Own => config.id.clone(),
-        ProcessIsolation::Shared => SHARED_GROUP.to_owned(),
     }
 }

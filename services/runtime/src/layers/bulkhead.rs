@@ -65,7 +65,7 @@ impl Bulkheads {
     }
 
     /// The policy for calls to `dependency`, to wrap that dependency's client in an
-    /// [`AdmitLayer`](super::AdmitLayer) (as [`Outbound`](crate::stack::Outbound) does). All
+    /// [`AdmitLayer`](super::AdmitLayer) (as the runtime's outbound stack does). All
     /// policies of one `Bulkheads` share its state.
     pub fn for_dependency(&self, dependency: &str) -> Self {
         Self {

@@ -27,13 +27,15 @@ use tokio::{
     task::JoinHandle,
 };
 
-pub use crate::control::protocol::READY_PREFIX;
+pub mod protocol;
+
 use crate::{
     config::{ProcessIsolation, Tenants},
-    control::protocol::{WorkerLine, WorkerState, WorkerStats},
     front_door::FrontDoor,
     layers::Switch,
+    supervisor::protocol::{WorkerLine, WorkerState, WorkerStats},
 };
+pub use protocol::READY_PREFIX;
 
 /// Tenants served by one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -354,8 +356,7 @@ impl Supervisor {
     }
 }
 
-/// Name of the group of the tenants that share a process.
-pub const SHARED_GROUP: &str = "shared";
+pub use crate::config::SHARED_GROUP;
 
 impl Inner {
     fn update(&self, group: &str, edit: impl FnOnce(&mut GroupSlot)) {

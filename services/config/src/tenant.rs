@@ -11,7 +11,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fmt,
     path::{Path, PathBuf},
 };
 
@@ -20,7 +19,21 @@ use figment::{
     providers::{Env, Format, Toml},
 };
 use mesh_contract::{ContractSpec, TenantId};
+
+use crate::error::field_errors;
+pub use crate::error::{ConfigError, FieldError};
 use serde::Deserialize;
+
+/// Name of the process group of the tenants that share a process.
+pub const SHARED_GROUP: &str = "shared";
+
+/// The process group a tenant runs in: its own (named after it) or the shared one.
+pub fn group_of(config: &TenantConfig) -> String {
+    match config.isolation.process {
+        ProcessIsolation::Own => config.id.clone(),
+        ProcessIsolation::Shared => SHARED_GROUP.to_owned(),
+    }
+}
 
 /// Name of the shared defaults file in a tenants folder.
 pub const DEFAULTS_FILE: &str = "_defaults.toml";
@@ -40,7 +53,7 @@ pub struct TenantConfig {
     /// Who issues the tenant's end users' tokens, and with which keys; without it the tenant
     /// accepts no user token.
     #[serde(default)]
-    pub users: Option<crate::identity::UserTokens>,
+    pub users: Option<crate::users::UserTokens>,
     /// Services the tenant runs, by service name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceConfig>,
@@ -237,47 +250,6 @@ fn default_calm_secs() -> u32 {
 
 fn default_min_calls() -> u32 {
     20
-}
-
-/// One problem in a tenant file: where, which field, what.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    /// The file, or `environment variable NAME` for an override.
-    pub source: String,
-    /// Dotted field path (`limits.requests_per_second`); empty for the whole file.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}: {}", self.source, self.message)
-        } else {
-            write!(
-                f,
-                "{}: field `{}`: {}",
-                self.source, self.field, self.message
-            )
-        }
-    }
-}
-
-/// Why tenant configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The tenants folder could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// Tenant files are invalid; every problem found is listed.
-    #[error("{} problem(s) in tenant configuration:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
-    Invalid(Vec<FieldError>),
 }
 
 /// Every tenant of a tenants folder, validated.
@@ -515,7 +487,9 @@ pub fn load_file(
         .merge(Toml::file_exact(file))
         .merge(Env::prefixed(&env_prefix(file)).split("__"));
     let mut config: TenantConfig = figment.extract().map_err(|err| {
-        ConfigError::Invalid(err.into_iter().map(|e| figment_error(e, file)).collect())
+        ConfigError::Invalid(field_errors(err, file, |keys| {
+            format!("{}{}", env_prefix(file), keys.join("__").to_uppercase())
+        }))
     })?;
     if let (Some(users), Some(folder)) = (config.users.as_mut(), file.parent()) {
         users.resolve_paths(folder);
@@ -525,42 +499,6 @@ pub fn load_file(
         Ok(config)
     } else {
         Err(ConfigError::Invalid(errors))
-    }
-}
-
-fn figment_error(err: figment::Error, file: &Path) -> FieldError {
-    let source = match err.metadata.as_ref() {
-        Some(meta) => match &meta.source {
-            Some(figment::Source::File(path)) => path.display().to_string(),
-            _ if meta.name.contains("environment") => {
-                let keys: Vec<&str> = err.path.iter().map(String::as_str).collect();
-                format!(
-                    "environment variable {}{}",
-                    env_prefix(file),
-                    keys.join("__").to_uppercase()
-                )
-            }
-            _ => meta.name.to_string(),
-        },
-        // a missing field has no source of its own: it is the tenant file's to state
-        None => file.display().to_string(),
-    };
-    let message = match &err.kind {
-        figment::error::Kind::MissingField(name) => format!("missing required field `{name}`"),
-        kind => kind.to_string(),
-    };
-    let mut field = err.path.join(".");
-    if let figment::error::Kind::MissingField(name) = &err.kind {
-        field = if field.is_empty() {
-            name.to_string()
-        } else {
-            format!("{field}.{name}")
-        };
-    }
-    FieldError {
-        source,
-        field,
-        message,
     }
 }
 
@@ -765,7 +703,11 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
             error(field.into(), "must be at least 1".into());
         }
     }
-    let graph = crate::graph::DependencyGraph::from_tenant(config);
+    let graph = crate::graph::DependencyGraph::of(
+        config
+            .enabled_services()
+            .map(|(name, service)| (name, &service.depends_on)),
+    );
     if let Err(cycle) = graph.check_acyclic() {
         error(
             format!("services.{}.depends_on", cycle.path[0]),

@@ -22,7 +22,7 @@
 //! Paths are relative to the tenant file.
 //!
 //! ```
-//! use mesh_runtime::identity::UserTokens;
+//! use mesh_config::users::UserTokens;
 //!
 //! let users = UserTokens::development("mall-accounts", "a-development-secret-of-32-bytes!");
 //! let verifier = users.verifier().unwrap();

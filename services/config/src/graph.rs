@@ -4,8 +4,6 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use crate::config::TenantConfig;
-
 /// Which service calls which.
 #[derive(Clone, Debug, Default)]
 pub struct DependencyGraph {
@@ -21,11 +19,14 @@ pub struct Cycle {
 }
 
 impl DependencyGraph {
-    /// The calls between the services a tenant runs.
-    pub fn from_tenant(config: &TenantConfig) -> Self {
+    /// The graph of `services`, each with the services it calls.
+    pub fn of<'a, D>(services: impl IntoIterator<Item = (&'a str, D)>) -> Self
+    where
+        D: IntoIterator<Item = &'a String>,
+    {
         let mut graph = Self::default();
-        for (name, service) in config.enabled_services() {
-            for dependency in &service.depends_on {
+        for (name, dependencies) in services {
+            for dependency in dependencies {
                 graph.add(name, dependency);
             }
         }

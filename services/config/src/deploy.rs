@@ -1,0 +1,425 @@
+//! Deployment configuration: what belongs to one running mesh rather than to a business line
+//! (where the admin API listens, the ops credential, where state is kept). One file,
+//! `ops/mesh.toml` by default, overridable from the environment: `MESH_ADMIN_LISTEN`,
+//! `MESH_ADMIN_TOKEN`, `MESH_ADMIN_TOKEN_ENV`, `MESH_STATE_DIR`, `MESH_TELEMETRY_OTLP_ENDPOINT`,
+//! `MESH_TELEMETRY_CONSOLE`, `MESH_TELEMETRY_EXPORT_INTERVAL_MS`, `MESH_FRONT_DOOR_MAX_CONNECTIONS`,
+//! `MESH_FRONT_DOOR_IDLE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_KEEPALIVE_INTERVAL_SECS`,
+//! `MESH_FRONT_DOOR_KEEPALIVE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_CONNECTION`,
+//! `MESH_FRONT_DOOR_WORKER_CONNECTIONS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_WORKER`,
+//! `MESH_TLS_CERT_FILE`, `MESH_TLS_KEY_FILE`, `MESH_TLS_CLIENT_CA_FILE`.
+
+use std::path::{Path, PathBuf};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use serde::Deserialize;
+
+use crate::error::{ConfigError, FieldError, field_errors};
+
+/// One mesh deployment.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// The admin API `meshctl` talks to.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Where the mesh keeps what must survive a restart.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// Spans and metrics: OTLP export (off by default), console spans.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// The front door's connections: cap, keepalive, idle timeout.
+    #[serde(default)]
+    pub front_door: FrontDoorConfig,
+    /// TLS on the front door and the admin API (off unless a certificate is named).
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// Spans and metrics (`[telemetry]`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector (`http://127.0.0.1:4317`); none exports nothing.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// Print every mesh span on stderr as it closes: the trace of each call, for a newcomer.
+    #[serde(default)]
+    pub console: bool,
+    /// How often spans and metrics are sent, in milliseconds.
+    #[serde(default = "default_export_interval_ms")]
+    pub export_interval_ms: u64,
+}
+
+fn default_export_interval_ms() -> u64 {
+    1000
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            console: false,
+            export_interval_ms: default_export_interval_ms(),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The environment variables a worker process reads this config from (what `mesh up`
+    /// hands its workers).
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("MESH_TELEMETRY_CONSOLE".into(), self.console.to_string()),
+            (
+                "MESH_TELEMETRY_EXPORT_INTERVAL_MS".into(),
+                self.export_interval_ms.to_string(),
+            ),
+        ];
+        if let Some(endpoint) = &self.otlp_endpoint {
+            env.push(("MESH_TELEMETRY_OTLP_ENDPOINT".into(), endpoint.clone()));
+        }
+        env
+    }
+
+    /// Reads `MESH_TELEMETRY_OTLP_ENDPOINT`, `MESH_TELEMETRY_CONSOLE` and
+    /// `MESH_TELEMETRY_EXPORT_INTERVAL_MS`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let invalid = |name: &str, value: &str| {
+            ConfigError::Deploy(vec![FieldError {
+                source: format!("environment variable {name}"),
+                field: String::new(),
+                message: format!("{value:?} is not valid"),
+            }])
+        };
+        let mut config = Self {
+            otlp_endpoint: var("MESH_TELEMETRY_OTLP_ENDPOINT"),
+            ..Self::default()
+        };
+        if let Some(v) = var("MESH_TELEMETRY_CONSOLE") {
+            config.console = v
+                .parse()
+                .map_err(|_| invalid("MESH_TELEMETRY_CONSOLE", &v))?;
+        }
+        if let Some(v) = var("MESH_TELEMETRY_EXPORT_INTERVAL_MS") {
+            config.export_interval_ms = v
+                .parse()
+                .map_err(|_| invalid("MESH_TELEMETRY_EXPORT_INTERVAL_MS", &v))?;
+        }
+        Ok(config)
+    }
+}
+
+/// The `[tls]` table: TLS on the front door and the admin API (off unless a certificate is
+/// named), and between the mesh's own processes.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the leaf.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates; when set, clients must present a certificate one of them signed.
+    pub client_ca_file: Option<PathBuf>,
+    /// PEM CA of the mesh's own nodes; when set, the hops between the mesh's processes use
+    /// mutual TLS too, each node presenting `cert_file`.
+    pub node_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured at all.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some()
+    }
+}
+
+/// The front door's connections (`[front_door]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FrontDoorConfig {
+    /// Connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// A connection without an open stream for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// HTTP/2 PING after this long without a frame from the peer.
+    pub keepalive_interval_secs: u64,
+    /// A peer silent this long after a PING is gone.
+    pub keepalive_timeout_secs: u64,
+    /// Streams (attached terminals, calls in flight) one client connection may have open.
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 connections from the front door to each worker process.
+    pub worker_connections: usize,
+    /// Streams open at once to one worker process; one more is refused with
+    /// `RESOURCE_EXHAUSTED`.
+    pub max_streams_per_worker: usize,
+}
+
+impl Default for FrontDoorConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            idle_timeout_secs: 300,
+            keepalive_interval_secs: 30,
+            keepalive_timeout_secs: 20,
+            max_streams_per_connection: 1_000,
+            worker_connections: 4,
+            max_streams_per_worker: 100_000,
+        }
+    }
+}
+
+/// The environment through which `mesh up` tells a worker of the hop from the front door.
+pub mod worker_env {
+    /// Seconds between PINGs to the front door.
+    pub const KEEPALIVE_INTERVAL_SECS: &str = "MESH_WORKER_KEEPALIVE_INTERVAL_SECS";
+    /// Seconds a PING may go unanswered.
+    pub const KEEPALIVE_TIMEOUT_SECS: &str = "MESH_WORKER_KEEPALIVE_TIMEOUT_SECS";
+    /// Streams the front door may open at once.
+    pub const MAX_STREAMS: &str = "MESH_WORKER_MAX_STREAMS";
+}
+
+impl FrontDoorConfig {
+    /// What a worker needs to know of the hop from the front door (its keepalive pings, how
+    /// many streams the front door may open), as the environment `mesh up` starts it with
+    /// (names in [`worker_env`]).
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                worker_env::KEEPALIVE_INTERVAL_SECS.into(),
+                self.keepalive_interval_secs.max(1).to_string(),
+            ),
+            (
+                worker_env::KEEPALIVE_TIMEOUT_SECS.into(),
+                self.keepalive_timeout_secs.max(1).to_string(),
+            ),
+            (
+                worker_env::MAX_STREAMS.into(),
+                self.max_streams_per_worker.max(1).to_string(),
+            ),
+        ]
+    }
+}
+
+/// The admin API.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address (`127.0.0.1:7401`; port 0 picks one, printed at start).
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// The ops credential itself; development only, use `token_env` anywhere else.
+    pub token: Option<String>,
+    /// Environment variable holding the ops credential.
+    pub token_env: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            token: None,
+            token_env: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:7401".into()
+}
+
+/// Persistent state.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Folder of the state files (switch state).
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    ".mesh".into()
+}
+
+impl DeployConfig {
+    /// The file [`DeployConfig::load`] reads for `file`: itself if absolute, else the first
+    /// `file` found in the working folder or one of its parents (as figment looks for it);
+    /// `None` when there is none and only defaults and the environment apply.
+    pub fn source(file: &Path) -> Option<PathBuf> {
+        if file.is_absolute() {
+            return file.is_file().then(|| file.to_path_buf());
+        }
+        let here = std::env::current_dir().ok()?;
+        here.ancestors()
+            .map(|dir| dir.join(file))
+            .find(|candidate| candidate.is_file())
+    }
+
+    /// Reads `file` (if it exists) and the environment overrides.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let figment = Figment::new()
+            .merge(Toml::file(file))
+            .merge(Env::prefixed("MESH_ADMIN_").map(|k| format!("admin.{k}").into()))
+            .merge(Env::prefixed("MESH_STATE_").map(|k| format!("state.{k}").into()))
+            .merge(Env::prefixed("MESH_TELEMETRY_").map(|k| format!("telemetry.{k}").into()))
+            .merge(Env::prefixed("MESH_FRONT_DOOR_").map(|k| format!("front_door.{k}").into()))
+            .merge(Env::prefixed("MESH_TLS_").map(|k| format!("tls.{k}").into()));
+        figment.extract().map_err(|err| {
+            ConfigError::Deploy(field_errors(err, file, |keys| {
+                format!("MESH_{}", keys.join("_").to_uppercase())
+            }))
+        })
+    }
+
+    /// The ops credential; `Ok(None)` when none is configured (the admin API stays off).
+    pub fn ops_token(&self) -> Result<Option<String>, FieldError> {
+        let error = |field: &str, message: String| FieldError {
+            source: "deployment config".into(),
+            field: field.into(),
+            message,
+        };
+        match (&self.admin.token, &self.admin.token_env) {
+            (Some(_), Some(_)) => Err(error(
+                "admin",
+                "set either `token` or `token_env`, not both".into(),
+            )),
+            (Some(token), None) if token.len() < 12 => {
+                Err(error("admin.token", "is shorter than 12 characters".into()))
+            }
+            (Some(token), None) => Ok(Some(token.clone())),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(token) if token.len() >= 12 => Ok(Some(token)),
+                Ok(_) => Err(error(
+                    "admin.token_env",
+                    format!("environment variable {var} holds fewer than 12 characters"),
+                )),
+                Err(_) => Err(error(
+                    "admin.token_env",
+                    format!("environment variable {var} is not set"),
+                )),
+            },
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+// figment's Jail returns figment's own (large) error type
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_is_handed_the_config_as_the_variables_it_reads() {
+        let config = TelemetryConfig {
+            otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+            console: true,
+            export_interval_ms: 250,
+        };
+        let env = config.to_env();
+        let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get("MESH_TELEMETRY_OTLP_ENDPOINT"),
+            Some("http://127.0.0.1:4317")
+        );
+        assert_eq!(get("MESH_TELEMETRY_CONSOLE"), Some("true"));
+        assert_eq!(get("MESH_TELEMETRY_EXPORT_INTERVAL_MS"), Some("250"));
+        assert_eq!(
+            TelemetryConfig::default().otlp_endpoint,
+            None,
+            "off by default"
+        );
+    }
+
+    #[test]
+    fn file_then_environment_and_errors_name_the_field() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "mesh.toml",
+                "[admin]\nlisten = \"127.0.0.1:9000\"\ntoken = \"ops-token-from-file\"\n",
+            )?;
+            let config = DeployConfig::load(Path::new("mesh.toml")).unwrap();
+            assert_eq!(config.admin.listen, "127.0.0.1:9000");
+            assert_eq!(config.state.dir, PathBuf::from(".mesh"));
+            assert_eq!(
+                config.ops_token().unwrap().as_deref(),
+                Some("ops-token-from-file")
+            );
+
+            assert_eq!(
+                config.telemetry,
+                TelemetryConfig::default(),
+                "no export unless asked"
+            );
+
+            jail.set_env("MESH_ADMIN_LISTEN", "127.0.0.1:0");
+            jail.set_env("MESH_STATE_DIR", "/tmp/mesh-state");
+            jail.set_env("MESH_TELEMETRY_OTLP_ENDPOINT", "http://127.0.0.1:4317");
+            let config = DeployConfig::load(Path::new("mesh.toml")).unwrap();
+            assert_eq!(config.admin.listen, "127.0.0.1:0");
+            assert_eq!(config.state.dir, PathBuf::from("/tmp/mesh-state"));
+            assert_eq!(
+                config.telemetry.otlp_endpoint.as_deref(),
+                Some("http://127.0.0.1:4317")
+            );
+
+            jail.create_file("slow.toml", "[telemetry]\nexport_interval_ms = \"soon\"\n")?;
+            let err = DeployConfig::load(Path::new("slow.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("slow.toml") && err.contains("telemetry.export_interval_ms"),
+                "{err}"
+            );
+            assert!(err.contains("deployment configuration"), "{err}");
+            jail.set_env("MESH_FRONT_DOOR_MAX_CONNECTIONS", "many");
+            let err = DeployConfig::load(Path::new("mesh.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("environment variable MESH_FRONT_DOOR_MAX_CONNECTIONS"),
+                "{err}"
+            );
+            jail.set_env("MESH_FRONT_DOOR_MAX_CONNECTIONS", "100");
+
+            let missing = DeployConfig::load(Path::new("absent.toml")).unwrap();
+            assert_eq!(
+                missing.ops_token().unwrap(),
+                None,
+                "no credential: admin off"
+            );
+
+            jail.create_file("bad.toml", "[admin]\nlisen = \"x\"\n")?;
+            let err = DeployConfig::load(Path::new("bad.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("bad.toml") && err.contains("lisen"), "{err}");
+
+            jail.create_file(
+                "env.toml",
+                "[admin]\ntoken_env = \"MESH_TEST_OPS_TOKEN_UNSET\"\n",
+            )?;
+            let err = DeployConfig::load(Path::new("env.toml"))
+                .unwrap()
+                .ops_token()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("MESH_TEST_OPS_TOKEN_UNSET is not set"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,26 @@
+//! What a mesh is told, parsed once: the crate `meshctl` needs and nothing more (no runtime, no
+//! HTTP server, no telemetry SDK).
+//!
+//! - [`tenant`]: the tenant files (`tenants/_defaults.toml` + `tenants/<tenant>.toml` +
+//!   `MESH_TENANT_<ID>__...` environment overrides, via figment), validated against the
+//!   contracts with errors naming the file and the field. Business-line differences live here,
+//!   never in `if tenant == ...` code.
+//! - [`users`]: a tenant's `[users]` table, parsed into the verifier of its users' tokens.
+//! - [`graph`]: the service dependency graph; a cycle refuses start-up, naming it.
+//! - [`switch`]: degradation switch targets (`recommend`, `order.GetOrder`, `tier>=2`) and
+//!   switches.
+//! - [`deploy`]: the deployment's own file (`ops/mesh.toml`: admin API, ops credential, state
+//!   folder, telemetry, front door, TLS).
+//!
+//! Every error is a [`ConfigError`] naming where it comes from: a tenant file, the deployment
+//! file, or an environment variable.
+
+pub mod deploy;
+mod error;
+pub mod graph;
+pub mod switch;
+pub mod tenant;
+pub mod users;
+
+pub use error::{ConfigError, FieldError};
+pub use tenant::{TenantConfig, Tenants};

@@ -366,7 +366,7 @@ async fn decide(
         .await;
     match &outcome {
         Outcome::Done => trace.finish("ok", false),
-        Outcome::Dead { .. } => trace.finish("dead_lettered", true),
+        Outcome::Dead { reason, .. } => trace.fail("dead_lettered", reason),
     }
     outcome
 }

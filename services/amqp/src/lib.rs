@@ -481,7 +481,7 @@ impl EventBus for AmqpBus {
                 .await;
             match &published {
                 Ok(()) => trace.finish("ok", false),
-                Err(_) => trace.finish("error", true),
+                Err(err) => trace.fail("error", &err.to_string()),
             }
             published
         })

@@ -202,7 +202,7 @@ impl EventBus for EmbeddedBus {
             let published = self.enqueue(&ctx, event, payload);
             match &published {
                 Ok(()) => trace.finish("ok", false),
-                Err(_) => trace.finish("error", true),
+                Err(err) => trace.fail("error", &err.to_string()),
             }
             published
         })
@@ -256,7 +256,7 @@ impl EventBus for EmbeddedBus {
                             };
                             match &dead {
                                 None => trace.finish("ok", false),
-                                Some(_) => trace.finish("dead_lettered", true),
+                                Some(dead) => trace.fail("dead_lettered", &dead.reason),
                             }
                             if let Some(dead) = dead {
                                 tracing::warn!(queue = %name, reason = %dead.reason, "dead-lettering a message");

@@ -555,8 +555,8 @@ async fn one_request_is_one_trace_across_http2_the_queue_and_two_processes() {
             ("rpc.method", "Send"),
             ("outcome", "ok"),
         ];
-        if has("message-process", "rpc.server.duration", &call)
-            && has("test-process", "rpc.client.duration", &call)
+        if has("message-process", "rpc.server.call.duration", &call)
+            && has("test-process", "rpc.client.call.duration", &call)
             && has(
                 "test-process",
                 "mesh.events",
@@ -883,6 +883,18 @@ async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
         .expect("bob's push within 10 s")
         .unwrap();
     assert!(pushed.is_some(), "bob got alice's message");
+    // bob stays a while, then leaves: his Attach span lasts as long as he stayed
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    drop(bob);
+    // made-up tenants with made-up credentials: refused, and no metric series of their own
+    for i in 0..5 {
+        let forged = support::ctx(&format!("madeup{i}"), "not-a-credential");
+        let refused = message::MessageCaller::new(channel.clone())
+            .send(&forged, message::SendRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
 
     // two failures: the caller's mistake (a message without a receiver: INVALID_ARGUMENT) and
     // a service the tenant does not run at that major (order v2: UNIMPLEMENTED)
@@ -954,17 +966,21 @@ async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let chat = loop {
         let spans = spans_of(CHAT);
-        let complete = wanted
-            .iter()
-            .all(|(name, kind)| named(&spans, name, *kind).is_some())
-            && spans
+        let complete =
+            wanted
                 .iter()
-                .filter(|s| s.span.name == "message.v1.Message/Send")
-                .count()
-                >= 2
-            && storage_consume(&spans).is_some()
-            && !spans_of(MISTAKE).is_empty()
-            && spans_of(NOT_RUN).len() >= 2;
+                .all(|(name, kind)| named(&spans, name, *kind).is_some())
+                && spans
+                    .iter()
+                    .filter(|s| s.span.name == "message.v1.Message/Send")
+                    .count()
+                    >= 2
+                && storage_consume(&spans).is_some()
+                && !spans_of(MISTAKE).is_empty()
+                && spans_of(NOT_RUN).len() >= 2
+                && collector.spans.lock().unwrap().iter().any(|s| {
+                    s.process == "mesh-worker" && s.span.name == "gateway.v1.Gateway/Attach"
+                });
         if complete {
             break spans;
         }
@@ -1148,6 +1164,28 @@ async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
         );
     }
 
+    // a stream's span ends when the stream does, not when its headers went out
+    let attach = collector
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|s| s.process == "mesh-worker" && s.span.name == "gateway.v1.Gateway/Attach")
+        .cloned()
+        .unwrap();
+    let lasted =
+        Duration::from_nanos(attach.span.end_time_unix_nano - attach.span.start_time_unix_nano);
+    assert!(
+        lasted >= Duration::from_millis(400),
+        "bob's Attach span lasted {lasted:?}"
+    );
+    assert_eq!(attach.attr("outcome").as_deref(), Some("cancelled"));
+    assert_eq!(
+        attach.attr("error.type"),
+        None,
+        "bob leaving is no error of the server"
+    );
+
     // the RPC duration metrics, in seconds, from the front door and the worker
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -1162,11 +1200,21 @@ async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
         };
         if has(
             "mesh-front-door",
-            "rpc.server.duration",
+            "rpc.server.call.duration",
             "message.v1.Message",
-        ) && has("mesh-worker", "rpc.server.duration", "message.v1.Message")
-            && has("mesh-worker", "rpc.client.duration", "locator.v1.Locator")
-        {
+        ) && has(
+            "mesh-worker",
+            "rpc.server.call.duration",
+            "message.v1.Message",
+        ) && has(
+            "mesh-worker",
+            "rpc.client.call.duration",
+            "locator.v1.Locator",
+        ) {
+            let made_up = points
+                .iter()
+                .any(|(_, _, attrs)| attrs.get("tenant").is_some_and(|t| t.starts_with("madeup")));
+            assert!(!made_up, "a refused tenant made a series: {points:#?}");
             break;
         }
         assert!(
@@ -1175,6 +1223,5 @@ async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    drop(bob);
     drop(up);
 }

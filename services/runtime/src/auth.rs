@@ -17,6 +17,41 @@
 //! A call with no credential, an unknown tenant or a credential that is not valid gets
 //! `UNAUTHENTICATED`, and the last two the same answer: nobody learns from it which tenants
 //! exist.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::path::Path;
+//!
+//! use mesh_contract::RequestContext;
+//! use mesh_runtime::{TenantAuthLayer, TenantDirectory, Tenants, layers::Catalogue};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+//! let tenants = Tenants::load(&folder, mesh_api::CONTRACTS).unwrap();
+//! let directory = TenantDirectory::from_tenants(&tenants, Catalogue(mesh_api::CONTRACTS));
+//! let service = ServiceBuilder::new()
+//!     .layer(TenantAuthLayer::new(directory))
+//!     .service_fn(|request: http::Request<()>| async move {
+//!         // the service sees who called, the credential gone
+//!         let ctx = request.extensions().get::<RequestContext>().unwrap();
+//!         assert_eq!(ctx.tenant.as_str(), "mall");
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+//!     });
+//! let call = |token: &str| {
+//!     http::Request::builder()
+//!         .uri("/order.v1.Order/GetOrder")
+//!         .header("x-mesh-tenant", "mall")
+//!         .header("x-mesh-token", token)
+//!         .body(())
+//!         .unwrap()
+//! };
+//! let served = service.clone().oneshot(call("dev-mall-token")).await.unwrap();
+//! assert!(served.headers().get("grpc-status").is_none());
+//! let refused = service.oneshot(call("dev-paipai-token")).await.unwrap();
+//! assert_eq!(refused.headers()["grpc-status"], "16", "UNAUTHENTICATED");
+//! # }
+//! ```
 
 use std::{
     collections::HashMap,

@@ -215,8 +215,14 @@ pub fn init_as(
                 .build();
             opentelemetry::global::set_meter_provider(meter.clone());
             crate::metrics::exported();
+            // only what the README lists: no source locations (always this crate's layer), no
+            // thread names or busy/idle timings on every span
             let layer = tracing_opentelemetry::layer()
                 .with_tracer(tracer.tracer("mesh"))
+                .with_location(false)
+                .with_threads(false)
+                .with_tracked_inactivity(false)
+                .with_target(false)
                 .with_filter(Targets::new().with_target(MESH_SPANS, tracing::Level::INFO));
             telemetry.tracer = Some(tracer);
             telemetry.meter = Some(meter);

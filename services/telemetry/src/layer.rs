@@ -1,5 +1,34 @@
 //! A span per HTTP/2 call, on the server or the client side, carrying the W3C trace context on
 //! in the call's metadata.
+//!
+//! The call is recorded when its status arrives, in the trailers of a streamed answer:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use http_body_util::BodyExt;
+//! use mesh_telemetry::{TraceLayer, metrics};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(TraceLayer::server(&[]))
+//!     .service_fn(|_: http::Request<()>| async {
+//!         // headers first; the failure only in the trailers, after the message
+//!         let mut trailers = http::HeaderMap::new();
+//!         trailers.insert("grpc-status", "13".parse().unwrap());
+//!         let body = http_body_util::Full::new(bytes::Bytes::from_static(b"partial"))
+//!             .with_trailers(async move { Some(Ok(trailers)) });
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(body))
+//!     });
+//! let request = http::Request::builder().header("x-mesh-tenant", "docs").body(()).unwrap();
+//! let response = service.oneshot(request).await.unwrap();
+//! let counted = |tally: Vec<metrics::MethodTally>| tally.into_iter().find(|t| t.tenant == "docs");
+//! assert!(counted(metrics::tally()).is_none(), "not over at its headers");
+//! response.into_body().collect().await.unwrap();
+//! let tally = counted(metrics::tally()).unwrap();
+//! assert_eq!((tally.calls, tally.errors), (1, 1), "an INTERNAL error, seen in the trailers");
+//! # }
+//! ```
 
 use std::{
     future::Future,
@@ -65,10 +94,12 @@ impl Outcome {
         }
     }
 
-    /// The outcome of a call that ended with gRPC status `code` (answered degraded or not).
+    /// The outcome of a call that ended with gRPC status `code` (answered degraded or not: a
+    /// degraded answer is the contract's fallback, whether that is an empty answer or a status
+    /// such as `UNAVAILABLE`).
     pub fn of_code(code: tonic::Code, degraded: bool) -> Self {
         match code {
-            tonic::Code::Ok if degraded => Outcome::Degraded,
+            _ if degraded => Outcome::Degraded,
             tonic::Code::Ok => Outcome::Ok,
             tonic::Code::ResourceExhausted => Outcome::Shed,
             tonic::Code::DeadlineExceeded => Outcome::TimedOut,
@@ -233,22 +264,36 @@ impl Call {
         let code = status.code();
         let outcome = Outcome::of_code(code, self.degraded);
         let span = &self.span;
+        // the span ends now: its end is the last time it was left, which for a stream is long
+        // after the handler returned its headers
+        let _now = span.enter();
         span.record("outcome", outcome.as_str());
         span.record("rpc.grpc.status_code", code as i64);
-        if code != tonic::Code::Ok {
+        // a server whose caller left (a terminal detaching) did not fail: no error type
+        let failed = code != tonic::Code::Ok
+            && !(self.side == Side::Server && code == tonic::Code::Cancelled);
+        if failed {
             span.record("error.type", code_name(code));
-            if !status.message().is_empty() {
-                span.record("status_message", status.message());
-            }
         }
-        if is_error(self.side, code) {
+        if code != tonic::Code::Ok && !status.message().is_empty() {
+            span.record("status_message", status.message());
+        }
+        // a degraded answer is the contract's fallback, not the server failing
+        if is_error(self.side, code) && !(self.degraded && self.side == Side::Server) {
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_description", status.message());
         }
+        // a tenant nobody vouched for (the credential was refused) is not a metric series:
+        // anyone could make up tenants by the thousand
+        let tenant = if code == tonic::Code::Unauthenticated {
+            ""
+        } else {
+            self.tenant.as_str()
+        };
         let names = self.names;
         metrics::call(&metrics::Call {
             side: self.side,
-            tenant: &self.tenant,
+            tenant,
             service: names.service,
             rpc_service: names.rpc_service,
             version: names.version,
@@ -293,11 +338,12 @@ impl Names {
                     method: m.name,
                 })
             })
+            // the conventions' name for a method outside the known set, which bounds the series
             .unwrap_or(Names {
-                service: "unknown",
-                rpc_service: "unknown",
+                service: "_OTHER",
+                rpc_service: "_OTHER",
                 version: "",
-                method: "unknown",
+                method: "_OTHER",
             })
     }
 }
@@ -369,7 +415,10 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let names = Names::of(self.layer.catalogue, request.uri().path());
+        // only a well-formed tenant id is recorded (bounded in length and alphabet); who vouched
+        // for it is known at the end (see `Call::finish`)
         let tenant = header(request.headers(), headers::TENANT)
+            .filter(|t| mesh_contract::TenantId::new(t).is_ok())
             .unwrap_or_default()
             .to_owned();
         let side = self.layer.side;
@@ -492,6 +541,11 @@ mod tests {
             (&[("grpc-status", "1")][..], Some(Outcome::Cancelled)),
             (&[("grpc-status", "5")][..], Some(Outcome::Error)),
             (&[("grpc-status", "16")][..], Some(Outcome::Error)),
+            // a switched-off method whose degraded answer is a status
+            (
+                &[("grpc-status", "14"), ("x-mesh-degraded", "message@mall")][..],
+                Some(Outcome::Degraded),
+            ),
         ] {
             assert_eq!(Outcome::of(&headers(pairs)), outcome, "{pairs:?}");
         }

@@ -1,8 +1,8 @@
 //! Per-tenant metrics, on the global OpenTelemetry meter (exported over OTLP by [`crate::init`];
 //! no-ops without it):
 //!
-//! - `rpc.server.duration` and `rpc.client.duration` (histograms, seconds, as the OpenTelemetry
-//!   RPC conventions name them): every call served or made, timed to its status (a stream to
+//! - `rpc.server.call.duration` and `rpc.client.call.duration` (histograms, seconds, as the
+//!   current OpenTelemetry RPC conventions name them; the older `rpc.server.duration` was in ms): every call served or made, timed to its status (a stream to
 //!   its end), by `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, and the
 //!   mesh's `tenant`, `contract.version` and `outcome` (so degraded, shed and cancelled calls
 //!   are counted as such; a histogram's count is the number of calls);
@@ -52,13 +52,13 @@ fn instruments() -> &'static Instruments {
         ];
         Instruments {
             server: meter
-                .f64_histogram("rpc.server.duration")
+                .f64_histogram("rpc.server.call.duration")
                 .with_unit("s")
                 .with_description("duration of inbound RPCs, to their status")
                 .with_boundaries(boundaries.clone())
                 .build(),
             client: meter
-                .f64_histogram("rpc.client.duration")
+                .f64_histogram("rpc.client.call.duration")
                 .with_unit("s")
                 .with_description("duration of outbound RPCs, to their status")
                 .with_boundaries(boundaries)

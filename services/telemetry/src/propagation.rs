@@ -129,6 +129,7 @@ impl EventTrace {
             otel.name = %format_args!("{op} {}", destination.exchange),
             otel.kind = kind,
             otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
             messaging.system = system,
             messaging.operation.name = op,
             messaging.operation.type = op_type,
@@ -162,6 +163,13 @@ impl EventTrace {
     /// The span, to instrument the work with.
     pub fn span(&self) -> &tracing::Span {
         &self.span
+    }
+
+    /// [`EventTrace::finish`] for a failure, with its cause as the span's status message
+    /// (`error.type` stays the outcome: few values, fit for grouping).
+    pub fn fail(self, outcome: &'static str, cause: &str) {
+        self.span.record("otel.status_description", cause);
+        self.finish(outcome, true);
     }
 
     /// Records how it ended (`ok`, `error`, `dead_lettered`); `failed` marks the span as an

@@ -2,6 +2,37 @@
 //! When a dependency slows down for one tenant, that tenant's calls to it pile up only to its
 //! own limit; the next ones are shed at once (`RESOURCE_EXHAUSTED`) instead of queueing, so the
 //! caller's capacity stays free for other tenants and other dependencies.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use mesh_runtime::layers::{BulkheadLayer, Bulkheads};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! let bulkheads = Bulkheads::new(1); // one call in flight per tenant
+//! let (release, released) = tokio::sync::watch::channel(false);
+//! let mut locator = ServiceBuilder::new()
+//!     .layer(BulkheadLayer::new(bulkheads.for_dependency("locator")))
+//!     .service_fn(move |_: http::Request<()>| {
+//!         let mut released = released.clone();
+//!         async move {
+//!             let _ = released.wait_for(|r| *r).await; // a dependency that hangs
+//!             Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+//!         }
+//!     });
+//! let call = |tenant: &str| {
+//!     http::Request::builder().header("x-mesh-tenant", tenant).body(()).unwrap()
+//! };
+//! let hanging = tokio::spawn(locator.ready().await.unwrap().call(call("mall")));
+//! let shed = locator.ready().await.unwrap().call(call("mall")).await.unwrap();
+//! assert_eq!(shed.headers()["grpc-status"], "8", "RESOURCE_EXHAUSTED at once, not queued");
+//! let mall = mesh_contract::TenantId::new("mall").unwrap();
+//! assert_eq!(bulkheads.in_use(&mall, "locator"), (1, 1));
+//! release.send(true).unwrap();
+//! assert!(hanging.await.unwrap().is_ok());
+//! assert_eq!(bulkheads.in_use(&mall, "locator"), (0, 1), "the place is free again");
+//! # }
+//! ```
 
 use std::{
     collections::HashMap,

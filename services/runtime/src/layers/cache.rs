@@ -3,6 +3,53 @@
 //! method is switched off if it is young enough. The caller is part of the key: an answer a
 //! service gave one user (their order) is never served to another, nor to a backend. Placed in front of the [`SwitchBoard`] layer, which
 //! answers the empty response when there is no such answer.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::time::SystemTime;
+//!
+//! use http_body_util::BodyExt;
+//! use mesh_contract::{RequestContext, TenantId};
+//! use mesh_runtime::layers::{
+//!     AnswerCache, CachedAnswersLayer, Catalogue, Switch, SwitchBoard, SwitchTarget,
+//! };
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let board = SwitchBoard::new(Catalogue(mesh_api::CONTRACTS));
+//! let service = ServiceBuilder::new()
+//!     .layer(CachedAnswersLayer::new(AnswerCache::new(100), board.clone(), Catalogue(mesh_api::CONTRACTS)))
+//!     .service_fn(|_: http::Request<tonic::body::Body>| async {
+//!         // the order service's answer: one message frame, then OK in the trailers
+//!         let mut trailers = http::HeaderMap::new();
+//!         trailers.insert("grpc-status", "0".parse().unwrap());
+//!         let body = http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\x02hi"))
+//!             .with_trailers(async move { Some(Ok(trailers)) });
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::new(body)))
+//!     });
+//! let call = || {
+//!     let mut request = http::Request::builder()
+//!         .uri("/order.v1.Order/GetOrder") // `degraded { cached { max_age_ms: 60000 } }`
+//!         .body(tonic::body::Body::empty())
+//!         .unwrap();
+//!     request.extensions_mut().insert(RequestContext::new(TenantId::new("mall").unwrap()));
+//!     request
+//! };
+//! let fresh = service.clone().oneshot(call()).await.unwrap();
+//! let answer = fresh.into_body().collect().await.unwrap().to_bytes();
+//!
+//! board.turn_off(Switch {
+//!     tenant: TenantId::new("mall").ok(),
+//!     target: SwitchTarget::Service("order".into()),
+//!     reason: "database failover".into(),
+//!     changed_by: "ops".into(),
+//!     changed_at: SystemTime::now(),
+//! });
+//! let cached = service.oneshot(call()).await.unwrap();
+//! assert_eq!(cached.headers()["x-mesh-degraded"], "cached@mall");
+//! assert_eq!(cached.into_body().collect().await.unwrap().to_bytes(), answer);
+//! # }
+//! ```
 
 use std::{
     collections::HashMap,

@@ -1,4 +1,26 @@
 //! The contract's deadline, enforced where the call is served.
+//! The contract's deadline, enforced where the call is served.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::time::Duration;
+//!
+//! use mesh_runtime::layers::{Catalogue, DeadlineLayer};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(DeadlineLayer::new(Catalogue(&[])))
+//!     .service_fn(|_: http::Request<()>| async {
+//!         tokio::time::sleep(Duration::from_secs(60)).await; // a stuck handler
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+//!     });
+//! // the caller gives it 20 ms (a contract's own deadline applies the same way)
+//! let request = http::Request::builder().header("grpc-timeout", "20m").body(()).unwrap();
+//! let answer = service.oneshot(request).await.unwrap();
+//! assert_eq!(answer.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED, the server freed");
+//! # }
+//! ```
 
 use std::{
     task::{Context, Poll},

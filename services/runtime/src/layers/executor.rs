@@ -1,6 +1,38 @@
 //! Thread isolation: a tenant with `isolation.threads > 0` gets a tokio runtime of its own, and
 //! its calls run there. Its CPU-heavy or blocking work then competes only with itself, never
 //! with the tenants on the process's shared runtime.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::path::Path;
+//!
+//! use mesh_contract::{RequestContext, TenantId};
+//! use mesh_runtime::{Tenants, layers::{TenantExecutorLayer, TenantRuntimes}};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! // finance's file asks for `isolation.threads = 2`
+//! let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+//! let tenants = Tenants::load(&folder, mesh_api::CONTRACTS).unwrap();
+//! let service = ServiceBuilder::new()
+//!     .layer(TenantExecutorLayer::new(TenantRuntimes::from_tenants(&tenants).unwrap()))
+//!     .service_fn(|_: http::Request<()>| async {
+//!         let thread = std::thread::current().name().unwrap_or_default().to_owned();
+//!         let mut response = http::Response::new(tonic::body::Body::empty());
+//!         response.headers_mut().insert("thread", thread.parse().unwrap());
+//!         Ok::<_, std::convert::Infallible>(response)
+//!     });
+//! let call = |tenant: &str| {
+//!     let mut request = http::Request::new(());
+//!     request.extensions_mut().insert(RequestContext::new(TenantId::new(tenant).unwrap()));
+//!     request
+//! };
+//! let finance = service.clone().oneshot(call("finance")).await.unwrap();
+//! assert_eq!(finance.headers()["thread"], "tenant-finance");
+//! let mall = service.oneshot(call("mall")).await.unwrap();
+//! assert_ne!(mall.headers()["thread"], "tenant-finance", "the shared runtime");
+//! # }
+//! ```
 
 use std::{
     collections::HashMap,

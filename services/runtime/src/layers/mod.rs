@@ -9,8 +9,42 @@
 //! Outbound: [`Bulkheads`], so a slow dependency only exhausts its own permits for that tenant.
 //!
 //! Most of them decide before the call whether to let it through; they share one tower
-//! [`AdmitLayer`] around an [`Admit`] policy. Refusals are answered at once, as a gRPC status or
-//! a degraded answer, never by waiting.
+//! [`AdmitLayer`] around an [`Admit`] policy ([`RateLimitLayer`], [`SwitchLayer`],
+//! [`ServicePlanLayer`], [`BulkheadLayer`], and `TenantAuthLayer` are that layer with their
+//! policy). Refusals are answered at once, as a gRPC status or a degraded answer, never by
+//! waiting. The runtime puts them together once, in [`crate::stack`].
+//!
+//! A policy of your own:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use mesh_runtime::layers::{Admit, AdmitLayer, Decision};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! /// Refuses calls that name no tenant.
+//! #[derive(Clone)]
+//! struct NeedsTenant;
+//!
+//! impl Admit for NeedsTenant {
+//!     type Ticket = ();
+//!     fn admit<B>(&self, request: &mut http::Request<B>) -> Decision<()> {
+//!         Decision::from_status(match request.headers().get("x-mesh-tenant") {
+//!             Some(_) => Ok(()),
+//!             None => Err(tonic::Status::unauthenticated("no tenant")),
+//!         })
+//!     }
+//! }
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(AdmitLayer::new(NeedsTenant))
+//!     .service_fn(|_: http::Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+//!     });
+//! let refused = service.oneshot(http::Request::new(())).await.unwrap();
+//! assert_eq!(refused.headers()["grpc-status"], "16");
+//! # }
+//! ```
 
 mod bulkhead;
 mod cache;
@@ -25,6 +59,15 @@ use std::task::{Context, Poll};
 use mesh_contract::{ContractSpec, MethodSpec, bus::BoxFuture};
 
 pub use bulkhead::{BulkheadPermit, Bulkheads};
+
+/// Sheds a tenant's calls to a dependency beyond its places ([`Bulkheads::for_dependency`]).
+pub type BulkheadLayer = AdmitLayer<Bulkheads>;
+/// Refuses a tenant's calls beyond its rate ([`RateLimiter`]).
+pub type RateLimitLayer = AdmitLayer<RateLimiter>;
+/// Answers switched-off methods with their degraded answer ([`SwitchBoard`]).
+pub type SwitchLayer = AdmitLayer<SwitchBoard>;
+/// Refuses calls to services or majors the tenant does not run ([`ServicePlan`]).
+pub type ServicePlanLayer = AdmitLayer<ServicePlan>;
 pub use cache::{AnswerCache, CachedAnswers, CachedAnswersLayer};
 pub use deadline::{Deadline, DeadlineLayer};
 pub use executor::{TenantExecutor, TenantExecutorLayer, TenantRuntimes};

@@ -1,5 +1,34 @@
 //! What each tenant runs: a call reaches a service only if the caller's tenant runs that
 //! service, at that contract major (paipai runs order v2, so its order v1 calls are refused).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::path::Path;
+//!
+//! use mesh_contract::{RequestContext, TenantId};
+//! use mesh_runtime::{Tenants, layers::{Catalogue, ServicePlan, ServicePlanLayer}};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+//! let tenants = Tenants::load(&folder, mesh_api::CONTRACTS).unwrap();
+//! let plan = ServicePlan::from_tenants(&tenants, Catalogue(mesh_api::CONTRACTS));
+//! let service = ServiceBuilder::new()
+//!     .layer(ServicePlanLayer::new(plan))
+//!     .service_fn(|_: http::Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+//!     });
+//! let call = |tenant: &str, path: &str| {
+//!     let mut request = http::Request::builder().uri(path).body(()).unwrap();
+//!     request.extensions_mut().insert(RequestContext::new(TenantId::new(tenant).unwrap()));
+//!     request
+//! };
+//! let v2 = service.clone().oneshot(call("paipai", "/order.v2.Order/GetOrder")).await.unwrap();
+//! assert!(v2.headers().get("grpc-status").is_none(), "paipai runs order v2");
+//! let v1 = service.oneshot(call("paipai", "/order.v1.Order/GetOrder")).await.unwrap();
+//! assert_eq!(v1.headers()["grpc-status"], "12", "UNIMPLEMENTED: it does not run v1");
+//! # }
+//! ```
 
 use std::{
     collections::HashMap,

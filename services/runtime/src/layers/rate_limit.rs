@@ -1,5 +1,35 @@
 //! Per-tenant admission rate: a tenant flooding the mesh is turned away at the door
 //! (`RESOURCE_EXHAUSTED`) at its own configured rate, before it takes capacity from others.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use mesh_contract::{RequestContext, TenantId};
+//! use mesh_runtime::layers::{RateLimitLayer, RateLimiter};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let (mall, paipai) = (TenantId::new("mall").unwrap(), TenantId::new("paipai").unwrap());
+//! let limiter = RateLimiter::default();
+//! limiter.set(mall.clone(), 1, 1); // one call a second, no burst
+//! let service = ServiceBuilder::new()
+//!     .layer(RateLimitLayer::new(limiter))
+//!     .service_fn(|_: http::Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+//!     });
+//! // the authentication layer before it attaches the caller's context
+//! let call = |tenant: &TenantId| {
+//!     let mut request = http::Request::new(());
+//!     request.extensions_mut().insert(RequestContext::new(tenant.clone()));
+//!     request
+//! };
+//! let first = service.clone().oneshot(call(&mall)).await.unwrap();
+//! assert!(first.headers().get("grpc-status").is_none(), "served");
+//! let second = service.clone().oneshot(call(&mall)).await.unwrap();
+//! assert_eq!(second.headers()["grpc-status"], "8", "RESOURCE_EXHAUSTED");
+//! let other = service.oneshot(call(&paipai)).await.unwrap();
+//! assert!(other.headers().get("grpc-status").is_none(), "another tenant is not limited by mall's rate");
+//! # }
+//! ```
 
 use std::{
     collections::HashMap,

@@ -1,6 +1,44 @@
 //! Degradation switches: ops turn a method, a service or whole tiers off, for one tenant or
 //! all, at run time. A switched-off call never reaches the service: it gets the contract's
 //! degraded answer at once, marked with the `x-mesh-degraded` response header.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use std::time::SystemTime;
+//!
+//! use mesh_contract::{RequestContext, TenantId};
+//! use mesh_runtime::layers::{Catalogue, Switch, SwitchBoard, SwitchLayer, SwitchTarget};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let board = SwitchBoard::new(Catalogue(mesh_api::CONTRACTS));
+//! let service = ServiceBuilder::new()
+//!     .layer(SwitchLayer::new(board.clone()))
+//!     .service_fn(|_: http::Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+//!     });
+//! let call = || {
+//!     let mut request = http::Request::builder()
+//!         .uri("/recommend.v1.Recommend/Suggest")
+//!         .body(())
+//!         .unwrap();
+//!     request.extensions_mut().insert(RequestContext::new(TenantId::new("mall").unwrap()));
+//!     request
+//! };
+//! board.turn_off(Switch {
+//!     tenant: TenantId::new("mall").ok(),
+//!     target: SwitchTarget::Service("recommend".into()),
+//!     reason: "incident 7".into(),
+//!     changed_by: "ops".into(),
+//!     changed_at: SystemTime::now(),
+//! });
+//! let degraded = service.clone().oneshot(call()).await.unwrap();
+//! assert_eq!(degraded.headers()["x-mesh-degraded"], "recommend@mall");
+//! board.turn_on(TenantId::new("mall").ok().as_ref(), &SwitchTarget::Service("recommend".into()));
+//! let served = service.oneshot(call()).await.unwrap();
+//! assert!(served.headers().get("x-mesh-degraded").is_none());
+//! # }
+//! ```
 
 use std::{
     convert::Infallible,

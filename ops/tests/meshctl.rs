@@ -687,7 +687,7 @@ async fn every_bad_input_fails_clearly_with_a_non_zero_exit() {
         (
             "typoco.toml",
             "id = \"typoco\"\ndisplay_name = \"Typo\"\ndata_namespace = \"typoco\"\n[credentials]\ntoken = \"typoco-secret-token\"\n[services.recommend.settings]\nmax_sugestions = 4\n",
-            "services.recommend.settings.max_sugestions: unknown setting; service recommend takes: max_suggestions",
+            "services.recommend.settings.max_sugestions`: unknown setting; did you mean `max_suggestions`?",
         ),
     ] {
         let path = files.path().join(file);
@@ -705,6 +705,15 @@ async fn every_bad_input_fails_clearly_with_a_non_zero_exit() {
         assert!(
             !tenants.path().join(file).exists(),
             "a refused file is not kept"
+        );
+        // offline too, with the very same check
+        let dir = tenants.path().to_str().unwrap();
+        let local = ctl(&["tenant", "check", path, "--tenants", dir], &[]).await;
+        assert_eq!(local.code, 1, "{}", local.stderr);
+        assert!(
+            local.stderr.contains(file) && local.stderr.contains(field),
+            "{}",
+            local.stderr
         );
     }
     assert_eq!(

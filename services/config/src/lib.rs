@@ -7,6 +7,8 @@
 //!   never in `if tenant == ...` code.
 //! - [`users`]: a tenant's `[users]` table, parsed into the verifier of its users' tokens.
 //! - [`graph`]: the service dependency graph; a cycle refuses start-up, naming it.
+//! - [`settings`]: every service setting a tenant file may set, declared once (type, bounds,
+//!   default, meaning), and the check of a tenant's settings against them.
 //! - [`switch`]: degradation switch targets (`recommend`, `order.GetOrder`, `tier>=2`) and
 //!   switches.
 //! - [`deploy`]: the deployment's own file (`ops/mesh.toml`: admin API, ops credential, state
@@ -18,6 +20,7 @@
 pub mod deploy;
 mod error;
 pub mod graph;
+pub mod settings;
 pub mod switch;
 pub mod tenant;
 pub mod users;

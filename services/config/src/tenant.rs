@@ -714,5 +714,17 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
             cycle.to_string(),
         );
     }
+    // each service's settings, against their declarations (for a known service only: an
+    // unknown one was refused above)
+    for (name, service) in &config.services {
+        if known.contains_key(name.as_str()) {
+            errors.extend(crate::settings::check(
+                &source,
+                name,
+                service.enabled,
+                &service.settings,
+            ));
+        }
+    }
     errors
 }

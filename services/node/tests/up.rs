@@ -279,7 +279,8 @@ async fn a_bad_service_setting_is_refused_at_start_up_and_named() {
     );
     let (stderr, stdout) = refused_at_start(dir.path()).await;
     assert!(
-        stderr.contains("tenant zeroco: services.recommend.settings.max_suggestions"),
+        stderr
+            .contains("zeroco.toml: field `services.recommend.settings.max_suggestions`: 0 is not"),
         "{stderr}"
     );
     assert!(!stdout.contains("serving"), "no process was started");

@@ -29,6 +29,7 @@ use mesh_recommend::RecommendService;
 use mesh_runtime::{
     Inbound, Outbound, TenantConfig, Tenants,
     layers::{Bulkheads, Catalogue, SwitchBoard},
+    settings,
     tls::NodeTls,
 };
 use mesh_store::{MessageStore, StoreError};
@@ -436,10 +437,9 @@ impl Platform {
     }
 }
 
-/// `services.<service>.settings.<key>` as a positive integer, if set.
 /// The settings the platform's services take from a tenant's config.
 struct TenantSettings {
-    max_suggestions: Option<i128>,
+    max_suggestions: Option<u64>,
     order_major: Option<u32>,
     message: Option<MessageSettings>,
     push: Option<PushSettings>,
@@ -451,19 +451,10 @@ struct PushSettings {
     timeout: std::time::Duration,
 }
 
-/// The keys each service's `settings` table may hold; any other is a typo or a setting of
-/// another service.
-const KNOWN_SETTINGS: &[(&str, &[&str])] = &[
-    ("message", &["retention_days", "max_body_bytes"]),
-    ("recommend", &["max_suggestions"]),
-    ("push", &["webhook", "timeout_ms"]),
-];
-
 /// Checks what the platform's services take from a tenant's config (their `settings`, the
-/// order major) without serving it: what [`Platform::add_tenant`] would refuse, refused
-/// before anything runs. `mesh up` runs it on every tenant file at start-up and the admin
-/// API before a tenant is checked or added, so one tenant's bad setting never reaches a
-/// process that serves others.
+/// order major) without serving it: what [`Platform::add_tenant`] would refuse. The settings
+/// check is the one every tenant file gets when it loads ([`settings::check`], against the
+/// declarations in [`settings::DECLARED`]); a config built in code gets it here.
 pub fn check(config: &TenantConfig) -> Result<(), PlatformError> {
     settings(config).map(drop)
 }
@@ -471,53 +462,49 @@ pub fn check(config: &TenantConfig) -> Result<(), PlatformError> {
 fn settings(config: &TenantConfig) -> Result<TenantSettings, PlatformError> {
     let tenant = config.tenant_id();
     for (name, service) in &config.services {
-        let known = KNOWN_SETTINGS
-            .iter()
-            .find(|(s, _)| s == name)
-            .map_or(&[][..], |(_, keys)| *keys);
-        if let Some(key) = service
-            .settings
-            .keys()
-            .find(|k| !known.contains(&k.as_str()))
-        {
-            let hint = match known {
-                [] => format!("service {name} takes no settings"),
-                keys => format!("service {name} takes: {}", keys.join(", ")),
-            };
+        let problems = settings::check(
+            &format!("tenant {tenant}"),
+            name,
+            service.enabled,
+            &service.settings,
+        );
+        if let Some(problem) = problems.into_iter().next() {
             return Err(PlatformError::Setting {
                 tenant,
-                field: format!("services.{name}.settings.{key}"),
-                message: format!("unknown setting; {hint}"),
+                field: problem.field,
+                message: problem.message,
             });
         }
     }
     let enabled: HashMap<&str, &mesh_runtime::config::ServiceConfig> =
         config.enabled_services().collect();
-    let max_suggestions = match enabled.get("recommend") {
-        Some(service) => positive(&tenant, service, "recommend", "max_suggestions")?,
-        None => None,
+    // checked: each value is the tenant's, or its declared default
+    let value = |service: &str, key: &str| {
+        let declared = settings::declared(service, key).expect("a declared setting");
+        enabled
+            .get(service)
+            .map(|s| settings::count(&s.settings, declared))
     };
+    let max_suggestions = value("recommend", "max_suggestions");
     let order_major = match enabled.get("order") {
         Some(service) => Some(major(&tenant, service)?),
         None => None,
     };
-    let message = match enabled.get("message") {
-        Some(service) => {
-            let mut settings = MessageSettings::default();
-            if let Some(days) = positive(&tenant, service, "message", "retention_days")? {
-                settings.retention_days = u32::try_from(days).unwrap_or(u32::MAX);
-            }
-            if let Some(bytes) = positive(&tenant, service, "message", "max_body_bytes")? {
-                settings.max_body_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
-            }
-            Some(settings)
-        }
-        None => None,
-    };
-    let push = match enabled.get("push") {
-        Some(service) => Some(push_settings(&tenant, service)?),
-        None => None,
-    };
+    let message = enabled.get("message").map(|_| MessageSettings {
+        retention_days: value("message", "retention_days")
+            .map_or(u32::MAX, |d| u32::try_from(d).unwrap_or(u32::MAX)),
+        max_body_bytes: value("message", "max_body_bytes")
+            .map_or(usize::MAX, |b| usize::try_from(b).unwrap_or(usize::MAX)),
+    });
+    let push = enabled.get("push").map(|service| PushSettings {
+        webhook: service
+            .settings
+            .get("webhook")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        timeout: std::time::Duration::from_millis(value("push", "timeout_ms").unwrap_or_default()),
+    });
     Ok(TenantSettings {
         max_suggestions,
         order_major,
@@ -553,76 +540,6 @@ pub fn queues(config: &TenantConfig) -> Result<Vec<String>, PlatformError> {
     Ok(queues)
 }
 
-/// `services.push.settings`: a `webhook` URL (required once push is enabled) and an optional
-/// `timeout_ms`.
-fn push_settings(
-    tenant: &TenantId,
-    service: &mesh_runtime::config::ServiceConfig,
-) -> Result<PushSettings, PlatformError> {
-    let error = |key: &str, message: String| PlatformError::Setting {
-        tenant: tenant.clone(),
-        field: format!("services.push.settings.{key}"),
-        message,
-    };
-    let webhook = match service.settings.get("webhook") {
-        None => {
-            return Err(error(
-                "webhook",
-                "push is enabled but names no notifier; set the webhook URL it posts to".into(),
-            ));
-        }
-        Some(value) => value
-            .as_str()
-            .ok_or_else(|| error("webhook", format!("{value:?} is not a URL string")))?,
-    };
-    mesh_push::parse_url(webhook).map_err(|message| error("webhook", message))?;
-    let timeout = match positive(tenant, service, "push", "timeout_ms")? {
-        Some(ms) => std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)),
-        None => mesh_push::DEFAULT_TIMEOUT,
-    };
-    Ok(PushSettings {
-        webhook: webhook.to_owned(),
-        timeout,
-    })
-}
-
-fn positive(
-    tenant: &TenantId,
-    service: &mesh_runtime::config::ServiceConfig,
-    name: &str,
-    key: &str,
-) -> Result<Option<i128>, PlatformError> {
-    let Some(value) = service.settings.get(key) else {
-        return Ok(None);
-    };
-    match value.to_i128() {
-        Some(n) if n > 0 => Ok(Some(n)),
-        _ => Err(PlatformError::Setting {
-            tenant: tenant.clone(),
-            field: format!("services.{name}.settings.{key}"),
-            message: format!("{} is not a positive whole number", shown(value)),
-        }),
-    }
-}
-
-/// A setting's value as the tenant file wrote it (`0`, `"forever"`), not figment's Debug.
-fn shown(value: &figment::value::Value) -> String {
-    use figment::value::Value;
-    match value {
-        Value::String(_, s) => format!("{s:?}"),
-        Value::Bool(_, b) => b.to_string(),
-        Value::Num(_, n) => match (n.to_i128(), n.to_f64()) {
-            (Some(i), _) => i.to_string(),
-            (None, Some(f)) => f.to_string(),
-            _ => "a number".into(),
-        },
-        Value::Dict(..) => "a table".into(),
-        Value::Array(..) => "a list".into(),
-        Value::Char(_, c) => format!("{c:?}"),
-        Value::Empty(..) => "an empty value".into(),
-    }
-}
-
 /// `services.order.version` as a major number (`v2` -> 2).
 fn major(
     tenant: &TenantId,
@@ -637,4 +554,33 @@ fn major(
             field: "services.order.version".into(),
             message: format!("{:?} is not a major version like \"v1\"", service.version),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The services' own defaults (used when a service runs outside the platform) are the
+    /// declared ones: a tenant file without the setting gets the same value either way.
+    #[test]
+    fn the_services_defaults_are_the_declared_ones() {
+        let default = |service, key| settings::declared(service, key).unwrap().default;
+        let message = MessageSettings::default();
+        assert_eq!(
+            default("message", "retention_days"),
+            Some(u64::from(message.retention_days))
+        );
+        assert_eq!(
+            default("message", "max_body_bytes"),
+            Some(message.max_body_bytes as u64)
+        );
+        assert_eq!(
+            default("recommend", "max_suggestions"),
+            Some(u64::from(mesh_recommend::DEFAULT_MAX_SUGGESTIONS))
+        );
+        assert_eq!(
+            default("push", "timeout_ms"),
+            Some(mesh_push::DEFAULT_TIMEOUT.as_millis() as u64)
+        );
+    }
 }

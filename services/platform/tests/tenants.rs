@@ -175,21 +175,35 @@ async fn a_bad_service_setting_names_tenant_and_key() {
          [services.message.settings]\nretention_days = \"forever\"\n",
     )
     .unwrap();
-    let tenants = Tenants::load(dir.path(), mesh_api::CONTRACTS).unwrap();
+    // refused as the file loads, naming file and key
+    let err = Tenants::load(dir.path(), mesh_api::CONTRACTS)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "newco.toml: field `services.message.settings.retention_days`: \"forever\" is not a \
+             whole number from 1 to 36500"
+        ),
+        "{err}"
+    );
+    // and a config built in code, by the platform, with the same check
+    let shipped = Tenants::load(&shipped, mesh_api::CONTRACTS).unwrap();
+    let mut bad = shipped.tenants["mall"].clone();
+    bad.services.get_mut("message").unwrap().settings.insert(
+        "retention_days".into(),
+        figment::value::Value::from("forever"),
+    );
     let platform = Platform::new(
         "node",
         "127.0.0.1:9".parse().unwrap(),
         std::sync::Arc::new(mesh_embedded::EmbeddedBus::default()),
         std::sync::Arc::new(MemoryStore::default()),
     );
-    let err = platform
-        .add_tenant(tenants.get("newco").unwrap())
-        .await
-        .unwrap_err();
+    let err = platform.add_tenant(&bad).await.unwrap_err();
     assert!(matches!(err, PlatformError::Setting { .. }), "{err}");
     assert!(
         err.to_string()
-            .starts_with("tenant newco: services.message.settings.retention_days: "),
+            .starts_with("tenant mall: services.message.settings.retention_days: "),
         "{err}"
     );
 }
@@ -229,7 +243,8 @@ fn unknown_settings_are_refused_naming_the_key_and_what_the_service_takes() {
     let err = mesh_platform::check(&typo).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "tenant mall: services.message.settings.retention_day: unknown setting; service message takes: retention_days, max_body_bytes"
+        "tenant mall: services.message.settings.retention_day: unknown setting; did you mean \
+         `retention_days`? (service message takes: retention_days, max_body_bytes)"
     );
 }
 
@@ -252,7 +267,9 @@ fn push_needs_a_notifier_url_once_enabled() {
     };
     assert_eq!(
         with_push(&[]).unwrap_err(),
-        "tenant mall: services.push.settings.webhook: push is enabled but names no notifier; set the webhook URL it posts to"
+        "tenant mall: services.push.settings.webhook: push is enabled but sets no `webhook` (the \
+         business line's notifier: where offline notices are posted; required once \
+         `services.push.enabled = true`)"
     );
     let err = with_push(&[("webhook", "push.example.com".into())]).unwrap_err();
     assert!(
@@ -267,7 +284,9 @@ fn push_needs_a_notifier_url_once_enabled() {
     ])
     .unwrap_err();
     assert!(
-        err.ends_with("services.push.settings.timeout_ms: 0 is not a positive whole number"),
+        err.ends_with(
+            "services.push.settings.timeout_ms: 0 is not a whole number from 1 to 600000"
+        ),
         "{err}"
     );
     with_push(&[

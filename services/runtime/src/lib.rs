@@ -22,6 +22,8 @@
 pub mod auth;
 /// The service dependency graph ([`mesh_config::graph`]).
 pub use mesh_config::graph;
+/// Every service setting a tenant file may set, declared once ([`mesh_config::settings`]).
+pub use mesh_config::settings;
 /// Tenant files ([`mesh_config::tenant`], re-exported: the runtime serves what they say).
 pub use mesh_config::tenant as config;
 /// Tenants' user tokens ([`mesh_config::users`]): their settings and verifiers.

@@ -265,7 +265,7 @@ pub fn check_locally(
                     "not a tenant file of that folder",
                 ),
             })?;
-        return Ok((config.id.clone(), group_of(config)));
+        return Ok((config.id.to_string(), group_of(config)));
     }
     let content = std::fs::read_to_string(file).map_err(|source| CtlError::File {
         path: file.to_path_buf(),
@@ -278,5 +278,5 @@ pub fn check_locally(
         .unwrap_or_default();
     let config = check_new(dir, &existing, &file_name, &content, catalogue)
         .map_err(CtlError::InvalidTenant)?;
-    Ok((config.id.clone(), group_of(&config)))
+    Ok((config.id.to_string(), group_of(&config)))
 }

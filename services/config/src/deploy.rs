@@ -294,16 +294,15 @@ impl DeployConfig {
                 "admin",
                 "set either `token` or `token_env`, not both".into(),
             )),
-            (Some(token), None) if token.len() < 12 => {
-                Err(error("admin.token", "is shorter than 12 characters".into()))
-            }
-            (Some(token), None) => Ok(Some(token.clone())),
+            (Some(token), None) => crate::check_credential(token, "has")
+                .map(|()| Some(token.clone()))
+                .map_err(|message| error("admin.token", message)),
             (None, Some(var)) => match std::env::var(var) {
-                Ok(token) if token.len() >= 12 => Ok(Some(token)),
-                Ok(_) => Err(error(
-                    "admin.token_env",
-                    format!("environment variable {var} holds fewer than 12 characters"),
-                )),
+                Ok(token) => {
+                    crate::check_credential(&token, &format!("environment variable {var} holds"))
+                        .map(|()| Some(token))
+                        .map_err(|message| error("admin.token_env", message))
+                }
                 Err(_) => Err(error(
                     "admin.token_env",
                     format!("environment variable {var} is not set"),

@@ -2,6 +2,20 @@
 
 use std::{fmt, path::Path, path::PathBuf};
 
+/// Shortest credential accepted, a tenant's or the ops one: one rule for both.
+pub const MIN_CREDENTIAL_LEN: usize = 12;
+
+/// Checks a credential (a tenant's `credentials.token`, the ops `admin.token`) against the one
+/// rule; the problem, said of `what` (`"is"`, `"environment variable X holds"`).
+pub fn check_credential(token: &str, what: &str) -> Result<(), String> {
+    if token.chars().count() < MIN_CREDENTIAL_LEN {
+        return Err(format!(
+            "{what} fewer than {MIN_CREDENTIAL_LEN} characters: too easy to guess"
+        ));
+    }
+    Ok(())
+}
+
 /// One problem in a config file: where, which field, what.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {

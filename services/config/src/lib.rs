@@ -25,5 +25,5 @@ pub mod switch;
 pub mod tenant;
 pub mod users;
 
-pub use error::{ConfigError, FieldError};
+pub use error::{ConfigError, FieldError, MIN_CREDENTIAL_LEN, check_credential};
 pub use tenant::{TenantConfig, Tenants};

@@ -24,13 +24,51 @@ use crate::error::field_errors;
 pub use crate::error::{ConfigError, FieldError};
 use serde::Deserialize;
 
+/// A contract major version as tenant files write it (`v1`, `v2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Major(u32);
+
+impl Major {
+    /// The major number (`v2` -> 2).
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl std::str::FromStr for Major {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.strip_prefix('v')
+            .filter(|n| !n.starts_with('+') && !n.starts_with('0'))
+            .and_then(|n| n.parse().ok())
+            .map(Major)
+            .ok_or_else(|| format!("{text:?} is not a major version like \"v1\""))
+    }
+}
+
+impl TryFrom<String> for Major {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl std::fmt::Display for Major {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
 /// Name of the process group of the tenants that share a process.
 pub const SHARED_GROUP: &str = "shared";
 
 /// The process group a tenant runs in: its own (named after it) or the shared one.
 pub fn group_of(config: &TenantConfig) -> String {
     match config.isolation.process {
-        ProcessIsolation::Own => config.id.clone(),
+        ProcessIsolation::Own => config.id.to_string(),
         ProcessIsolation::Shared => SHARED_GROUP.to_owned(),
     }
 }
@@ -43,7 +81,7 @@ pub const DEFAULTS_FILE: &str = "_defaults.toml";
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Tenant id: what calls and messages carry (`mall`).
-    pub id: String,
+    pub id: TenantId,
     /// Name shown to people (`Mall`).
     pub display_name: String,
     /// Where the tenant's data lives (a PostgreSQL schema, a key prefix); unique per tenant.
@@ -77,7 +115,7 @@ pub struct TenantConfig {
 impl TenantConfig {
     /// The validated tenant id.
     pub fn tenant_id(&self) -> TenantId {
-        TenantId::new(&self.id).expect("validated on load")
+        self.id.clone()
     }
 
     /// Services the tenant runs (enabled ones), with their settings.
@@ -119,7 +157,7 @@ pub struct ServiceConfig {
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Contract major version: `v1`, `v2`.
-    pub version: String,
+    pub version: Major,
     /// Services it calls (HTTP/2). Events are not dependencies: they never block a caller.
     #[serde(default)]
     pub depends_on: Vec<String>,
@@ -297,7 +335,7 @@ impl Tenants {
             match load_file(&file, defaults.as_deref(), catalogue) {
                 Ok(tenant) => {
                     let source = file.display().to_string();
-                    if let Some(first) = sources.get(&tenant.id) {
+                    if let Some(first) = sources.get(tenant.id.as_str()) {
                         errors.push(FieldError {
                             source,
                             field: "id".into(),
@@ -335,8 +373,8 @@ impl Tenants {
                     }
                     credentials.insert(token, file.clone());
                     namespaces.insert(tenant.data_namespace.clone(), file.clone());
-                    sources.insert(tenant.id.clone(), file);
-                    tenants.insert(tenant.id.clone(), tenant);
+                    sources.insert(tenant.id.to_string(), file);
+                    tenants.insert(tenant.id.to_string(), tenant);
                 }
                 Err(ConfigError::Invalid(mut more)) => errors.append(&mut more),
                 Err(other) => return Err(other),
@@ -421,7 +459,7 @@ pub fn check_new(
         ),
         other => other,
     })?;
-    if let Some(first) = existing.files.get(&config.id) {
+    if let Some(first) = existing.files.get(config.id.as_str()) {
         return Err(invalid(
             "id",
             format!(
@@ -520,16 +558,13 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
             message,
         });
     };
-    if let Err(e) = TenantId::new(&config.id) {
-        error("id".into(), e.to_string());
-    }
     // one name for one business line: its file, its environment prefix, its id
     let stem = file.file_stem().unwrap_or_default().to_string_lossy();
     if stem != config.id.as_str() {
         error(
             "id".into(),
             format!(
-                "{:?} differs from the file name: a tenant file is named after its id ({}.toml)",
+                "\"{}\" differs from the file name: a tenant file is named after its id ({}.toml)",
                 config.id, config.id
             ),
         );
@@ -549,11 +584,20 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
     match (&config.credentials.token, &config.credentials.token_env) {
         (Some(_), Some(_)) => error("credentials".into(), "set either `token` or `token_env`, not both".into()),
         (None, None) => error("credentials".into(), "missing: set `token_env` (the environment variable holding the tenant's token) or, for development, `token`".into()),
-        (Some(token), None) if token.len() < 8 => error("credentials.token".into(), "is shorter than 8 characters".into()),
-        (None, Some(var)) if std::env::var(var).map_or(true, |v| v.is_empty()) => {
-            error("credentials.token_env".into(), format!("environment variable {var} is not set"))
+        (Some(token), None) => {
+            if let Err(message) = crate::check_credential(token, "has") {
+                error("credentials.token".into(), message);
+            }
         }
-        _ => {}
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(token) if !token.is_empty() => {
+                let holds = format!("environment variable {var} holds");
+                if let Err(message) = crate::check_credential(&token, &holds) {
+                    error("credentials.token_env".into(), message);
+                }
+            }
+            _ => error("credentials.token_env".into(), format!("environment variable {var} is not set")),
+        },
     }
     if let Some(Err((field, message))) = config.users.as_ref().map(|u| u.verifier()) {
         error(field.into(), message);
@@ -599,16 +643,12 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
             );
             continue;
         };
-        let major = service
-            .version
-            .strip_prefix('v')
-            .and_then(|m| m.parse::<u32>().ok());
-        if !major.is_some_and(|m| majors.contains(&m)) {
+        if !majors.contains(&service.version.get()) {
             let available: Vec<String> = majors.iter().map(|m| format!("v{m}")).collect();
             error(
                 format!("{field}.version"),
                 format!(
-                    "{:?} is not a contract version of {name}; available: {}",
+                    "\"{}\" is not a contract version of {name}; available: {}",
                     service.version,
                     available.join(", ")
                 ),

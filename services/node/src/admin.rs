@@ -77,17 +77,17 @@ impl AdminService {
     /// The queues of `tenant` (every tenant when empty) whose dead letters ops may handle.
     fn queues(&self, tenant: &str) -> Result<Vec<(String, String)>, Status> {
         let rows = self.plane.tenants();
-        if !tenant.is_empty() && !rows.iter().any(|r| r.config.id == tenant) {
+        if !tenant.is_empty() && !rows.iter().any(|r| r.config.id.as_str() == tenant) {
             return Err(Status::not_found(format!("unknown tenant {tenant:?}")));
         }
         let mut queues = Vec::new();
         for row in rows
             .iter()
-            .filter(|r| tenant.is_empty() || r.config.id == tenant)
+            .filter(|r| tenant.is_empty() || r.config.id.as_str() == tenant)
         {
             let names =
                 mesh_platform::queues(&row.config).map_err(|e| Status::internal(e.to_string()))?;
-            queues.extend(names.into_iter().map(|q| (row.config.id.clone(), q)));
+            queues.extend(names.into_iter().map(|q| (row.config.id.to_string(), q)));
         }
         queues.sort();
         Ok(queues)
@@ -243,7 +243,7 @@ fn switch_to_api(switch: &Switch) -> api::Switch {
 
 fn tenant_to_api(row: &TenantRow) -> api::Tenant {
     api::Tenant {
-        id: row.config.id.clone(),
+        id: row.config.id.to_string(),
         display_name: row.config.display_name.clone(),
         group: row.group.clone(),
         pid: row.pid.unwrap_or_default(),
@@ -307,7 +307,7 @@ impl Admin for AdminService {
             .map_err(status)?;
         settings_checked(&file.file_name, &config)?;
         Ok(Response::new(api::CheckTenantResponse {
-            tenant: config.id,
+            tenant: config.id.to_string(),
             group,
         }))
     }

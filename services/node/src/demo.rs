@@ -90,7 +90,7 @@ pub async fn run(dir: &Path, ids: &[String]) -> anyhow::Result<()> {
         let order_version = config
             .services
             .get("order")
-            .map_or("(not run)", |s| s.version.as_str());
+            .map_or("(not run)".to_owned(), |s| s.version.to_string());
         // the business line's account system signs its users' tokens (here: its development key)
         let users = config
             .users
@@ -101,7 +101,7 @@ pub async fn run(dir: &Path, ids: &[String]) -> anyhow::Result<()> {
             &channel,
             &ctx,
             users,
-            order_version,
+            &order_version,
             store.as_ref(),
         )
         .await?;

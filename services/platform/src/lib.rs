@@ -486,10 +486,7 @@ fn settings(config: &TenantConfig) -> Result<TenantSettings, PlatformError> {
             .map(|s| settings::count(&s.settings, declared))
     };
     let max_suggestions = value("recommend", "max_suggestions");
-    let order_major = match enabled.get("order") {
-        Some(service) => Some(major(&tenant, service)?),
-        None => None,
-    };
+    let order_major = enabled.get("order").map(|service| service.version.get());
     let message = enabled.get("message").map(|_| MessageSettings {
         retention_days: value("message", "retention_days")
             .map_or(u32::MAX, |d| u32::try_from(d).unwrap_or(u32::MAX)),
@@ -533,27 +530,11 @@ pub fn queues(config: &TenantConfig) -> Result<Vec<String>, PlatformError> {
         queues.push(names::queue(
             &tenant,
             "order",
-            major(&tenant, service)?,
+            service.version.get(),
             MESSAGE_CONSUMER,
         ));
     }
     Ok(queues)
-}
-
-/// `services.order.version` as a major number (`v2` -> 2).
-fn major(
-    tenant: &TenantId,
-    service: &mesh_runtime::config::ServiceConfig,
-) -> Result<u32, PlatformError> {
-    service
-        .version
-        .strip_prefix('v')
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| PlatformError::Setting {
-            tenant: tenant.clone(),
-            field: "services.order.version".into(),
-            message: format!("{:?} is not a major version like \"v1\"", service.version),
-        })
 }
 
 #[cfg(test)]

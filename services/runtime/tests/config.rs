@@ -78,8 +78,8 @@ fn shipped_tenants_load_with_their_differences() {
     );
 
     let paipai = tenants.get("paipai").unwrap();
-    assert_eq!(paipai.services["order"].version, "v2");
-    assert_eq!(mall.services["order"].version, "v1");
+    assert_eq!(paipai.services["order"].version.to_string(), "v2");
+    assert_eq!(mall.services["order"].version.get(), 1);
 }
 
 #[test]

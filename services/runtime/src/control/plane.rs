@@ -126,7 +126,7 @@ pub fn initial_switches(
         let tenant = config.tenant_id();
         if saved.tenants.insert(tenant) {
             let mut one = Tenants::default();
-            one.tenants.insert(config.id.clone(), config.clone());
+            one.tenants.insert(config.id.to_string(), config.clone());
             for switch in SwitchBoard::from_tenants(&one, Catalogue(&[])).list() {
                 board.turn_off(switch);
             }
@@ -362,11 +362,13 @@ impl ControlPlane {
             let tenant = config.tenant_id();
             {
                 let mut tenants = self.plane.tenants.write().expect("lock");
-                tenants.tenants.insert(config.id.clone(), config.clone());
-                tenants.files.insert(config.id.clone(), path);
+                tenants
+                    .tenants
+                    .insert(config.id.to_string(), config.clone());
+                tenants.files.insert(config.id.to_string(), path);
             }
             let mut one = Tenants::default();
-            one.tenants.insert(config.id.clone(), config.clone());
+            one.tenants.insert(config.id.to_string(), config.clone());
             for switch in SwitchBoard::from_tenants(&one, Catalogue(&[])).list() {
                 self.plane.board.turn_off(switch);
             }
@@ -389,7 +391,7 @@ impl ControlPlane {
         let deadline = Instant::now() + ONBOARD_WITHIN;
         while self.plane.front.address(&config.tenant_id()).is_none() {
             if Instant::now() > deadline {
-                return Err(ControlError::NotServed(config.id));
+                return Err(ControlError::NotServed(config.id.to_string()));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

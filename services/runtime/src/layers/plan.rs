@@ -64,10 +64,7 @@ impl ServicePlan {
     pub fn add(&self, config: &TenantConfig) {
         let services = config
             .enabled_services()
-            .filter_map(|(name, s)| {
-                let major = s.version.strip_prefix('v')?.parse().ok()?;
-                Some((name.to_owned(), major))
-            })
+            .map(|(name, s)| (name.to_owned(), s.version.get()))
             .collect();
         self.runs
             .write()

@@ -53,7 +53,7 @@ pub fn groups(tenants: &Tenants) -> Vec<Group> {
     for config in tenants.tenants.values() {
         match config.isolation.process {
             ProcessIsolation::Own => groups.push(Group {
-                name: config.id.clone(),
+                name: config.id.to_string(),
                 tenants: vec![config.tenant_id()],
             }),
             ProcessIsolation::Shared => shared.push(config.tenant_id()),
@@ -653,7 +653,7 @@ mod tests {
 
     fn tenant(id: &str, process: ProcessIsolation) -> TenantConfig {
         TenantConfig {
-            id: id.into(),
+            id: mesh_contract::TenantId::new(id).unwrap(),
             display_name: id.into(),
             data_namespace: id.into(),
             credentials: Credentials {

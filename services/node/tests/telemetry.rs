@@ -123,6 +123,17 @@ struct Collector {
 }
 
 impl Collector {
+    /// Every span received of the trace with (hex) id `trace`.
+    fn trace(&self, trace: &str) -> Vec<Received> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| hex(&r.span.trace_id) == trace)
+            .cloned()
+            .collect()
+    }
+
     fn saw(&self, resource: Option<&Resource>) {
         let Some(resource) = resource else { return };
         let attributes = resource
@@ -756,16 +767,7 @@ async fn the_front_door_traces_every_call_as_the_parent_of_its_workers() {
     call("dev-mall-token", ROUTED).await.unwrap();
     call("not-the-token", REFUSED).await.unwrap_err();
 
-    let spans_of = |trace: &str| -> Vec<Received> {
-        collector
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| hex(&r.span.trace_id) == trace)
-            .cloned()
-            .collect()
-    };
+    let spans_of = |trace: &str| collector.trace(trace);
     let deadline = Instant::now() + Duration::from_secs(20);
     let complete = |spans: &[Received]| {
         spans.iter().any(|r| r.process == "mesh-front-door")
@@ -927,16 +929,7 @@ async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
     assert_eq!(not_run.code(), tonic::Code::Unimplemented, "{not_run:?}");
 
     // the collector's view of each trace
-    let spans_of = |trace: &str| -> Vec<Received> {
-        collector
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| hex(&r.span.trace_id) == trace)
-            .cloned()
-            .collect()
-    };
+    let spans_of = |trace: &str| collector.trace(trace);
     let named = |spans: &[Received], name: &str, kind: SpanKind| -> Option<Received> {
         spans
             .iter()

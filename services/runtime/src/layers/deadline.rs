@@ -64,7 +64,7 @@ pub struct Deadline<S> {
 }
 
 /// The caller's `grpc-timeout`, if it sent one (`300m`, `2S`, `100000u` ...).
-fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+pub(crate) fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;

@@ -48,7 +48,7 @@
 
 mod bulkhead;
 mod cache;
-mod deadline;
+pub(crate) mod deadline;
 mod executor;
 mod plan;
 mod rate_limit;

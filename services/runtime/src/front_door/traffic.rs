@@ -1,0 +1,478 @@
+//! What the front door watches of each tenant's traffic: calls in flight, calls routed,
+//! degraded answers (for `meshctl status`), and the latency and failures of each call by tier
+//! (for the automatic degradation rules). A tower layer in front of the router, recording each
+//! call when it really ends: at the status in its trailers, so a stream (an attached terminal)
+//! is in flight for as long as it is open, and a stream failing after its headers counts as
+//! failed.
+//!
+//! Only tenants the mesh serves are watched (a flood of made-up tenants takes no memory), and
+//! only calls the router forwarded are counted and sampled: a refusal at the door says nothing
+//! about the tenant's service.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    convert::Infallible,
+    pin::Pin,
+    sync::{Arc, Mutex, RwLock},
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use mesh_contract::{TenantId, bus::BoxFuture, headers};
+
+use crate::layers::{Catalogue, DEGRADED_HEADER};
+
+/// How long call samples are kept for the rules' windows.
+const KEEP_SAMPLES: Duration = Duration::from_secs(120);
+/// At most this many samples per tenant (memory stays bounded under any flood).
+const MAX_SAMPLES: usize = 50_000;
+/// Degraded answers remembered for `status`.
+const RECENT_DEGRADED: usize = 50;
+
+/// A degraded answer the front door passed on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DegradedSeen {
+    /// Whose call.
+    pub tenant: TenantId,
+    /// gRPC path.
+    pub method: String,
+    /// The switch that answered (its scope).
+    pub switch: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// A tenant's traffic through the front door.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenantLoad {
+    /// Calls in flight now.
+    pub in_flight: u32,
+    /// Calls forwarded since start.
+    pub calls: u64,
+    /// Degraded answers since start.
+    pub degraded: u64,
+}
+
+/// Latency and failures of some calls over a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct WindowStats {
+    /// Calls answered in the window.
+    pub calls: u32,
+    /// Their 99th percentile latency.
+    pub p99: Duration,
+    /// Share of them that failed (0 to 1).
+    pub error_rate: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    at: Instant,
+    tier: u8,
+    latency: Duration,
+    failed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Watched {
+    load: TenantLoad,
+    samples: VecDeque<Sample>,
+}
+
+/// The tenants the mesh serves (the router's list).
+pub(crate) type Known = Arc<RwLock<HashSet<TenantId>>>;
+
+/// Marks a response the router forwarded to a worker (not one it answered itself).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Forwarded;
+
+/// Every tenant's traffic so far.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    tenants: Mutex<HashMap<TenantId, Watched>>,
+    degraded: Mutex<VecDeque<DegradedSeen>>,
+}
+
+impl Traffic {
+    /// Latency and failures of `tenant`'s calls of tier `max_tier` and more important ones,
+    /// answered within the last `window`.
+    pub fn window(&self, tenant: &TenantId, max_tier: u8, window: Duration) -> WindowStats {
+        let since = Instant::now().checked_sub(window);
+        let tenants = self.tenants.lock().expect("lock");
+        let Some(watched) = tenants.get(tenant) else {
+            return WindowStats::default();
+        };
+        let mut latencies: Vec<Duration> = Vec::new();
+        let mut failed = 0u32;
+        for sample in watched.samples.iter().rev() {
+            if since.is_some_and(|since| sample.at < since) {
+                break;
+            }
+            if sample.tier <= max_tier {
+                latencies.push(sample.latency);
+                failed += u32::from(sample.failed);
+            }
+        }
+        drop(tenants);
+        if latencies.is_empty() {
+            return WindowStats::default();
+        }
+        latencies.sort_unstable();
+        let rank = (latencies.len() * 99).div_ceil(100).max(1) - 1;
+        let calls = u32::try_from(latencies.len()).unwrap_or(u32::MAX);
+        WindowStats {
+            calls,
+            p99: latencies[rank],
+            error_rate: f64::from(failed) / f64::from(calls),
+        }
+    }
+
+    /// Every tenant's load so far.
+    pub fn load(&self) -> Vec<(TenantId, TenantLoad)> {
+        let tenants = self.tenants.lock().expect("lock");
+        let mut load: Vec<_> = tenants
+            .iter()
+            .map(|(t, w)| (t.clone(), w.load.clone()))
+            .collect();
+        load.sort_by(|a, b| a.0.cmp(&b.0));
+        load
+    }
+
+    /// The most recent degraded answers, newest first.
+    pub fn recent_degraded(&self) -> Vec<DegradedSeen> {
+        self.degraded
+            .lock()
+            .expect("lock")
+            .iter()
+            .rev()
+            .cloned()
+            .collect()
+    }
+
+    fn enter(self: &Arc<Self>, tenant: &TenantId) -> InFlight {
+        let mut tenants = self.tenants.lock().expect("lock");
+        tenants.entry(tenant.clone()).or_default().load.in_flight += 1;
+        InFlight {
+            traffic: self.clone(),
+            tenant: tenant.clone(),
+        }
+    }
+}
+
+/// Counts a call in flight until dropped.
+struct InFlight {
+    traffic: Arc<Traffic>,
+    tenant: TenantId,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(w) = self
+            .traffic
+            .tenants
+            .lock()
+            .expect("lock")
+            .get_mut(&self.tenant)
+        {
+            w.load.in_flight = w.load.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+/// One forwarded call, sampled once when it ends.
+struct Call {
+    in_flight: InFlight,
+    /// The tier of its method, when its latency may be sampled.
+    tier: Option<u8>,
+    /// The caller gave it less time than its contract does.
+    cut_short: bool,
+    started: Instant,
+}
+
+impl Call {
+    /// Records the call with the status it ended with (`None`: the body ended without one).
+    fn finish(self, code: Option<tonic::Code>) {
+        let traffic = &self.in_flight.traffic;
+        let tenant = &self.in_flight.tenant;
+        let code = code.unwrap_or(tonic::Code::Unknown);
+        // a caller's own mistake (no credential, a bad argument, a missing order) says nothing
+        // about the service's health: it must not trip, nor calm, an automatic rule, or anyone
+        // could switch a tenant off by sending garbage; nor does a caller that gave the call
+        // less time than its contract when that time runs out
+        let ran_out = matches!(
+            code,
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unavailable
+        );
+        let sampled = !(caller_error(code) || (self.cut_short && ran_out));
+        let Some(tier) = self.tier.filter(|_| sampled) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut tenants = traffic.tenants.lock().expect("lock");
+        let watched = tenants.entry(tenant.clone()).or_default();
+        {
+            watched.samples.push_back(Sample {
+                at: now,
+                tier,
+                latency: now - self.started,
+                failed: code != tonic::Code::Ok,
+            });
+            while watched.samples.len() > MAX_SAMPLES
+                || watched
+                    .samples
+                    .front()
+                    .is_some_and(|s| now.duration_since(s.at) > KEEP_SAMPLES)
+            {
+                watched.samples.pop_front();
+            }
+        }
+    }
+}
+
+impl Traffic {
+    /// Counts a call the router forwarded, as its answer's headers arrive (a terminal that
+    /// leaves before its stream's status is counted all the same).
+    fn forwarded(&self, tenant: &TenantId, path: &str, degraded: Option<&str>) {
+        let mut tenants = self.tenants.lock().expect("lock");
+        let watched = tenants.entry(tenant.clone()).or_default();
+        watched.load.calls += 1;
+        if degraded.is_some() {
+            watched.load.degraded += 1;
+        }
+        drop(tenants);
+        if let Some(switch) = degraded {
+            let mut recent = self.degraded.lock().expect("lock");
+            if recent.len() == RECENT_DEGRADED {
+                recent.pop_front();
+            }
+            recent.push_back(DegradedSeen {
+                tenant: tenant.clone(),
+                method: path.to_owned(),
+                switch: switch.to_owned(),
+                at: SystemTime::now(),
+            });
+        }
+    }
+}
+
+/// An answer that is about the call, not about the service's health.
+fn caller_error(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Cancelled
+            | InvalidArgument
+            | NotFound
+            | AlreadyExists
+            | PermissionDenied
+            | FailedPrecondition
+            | OutOfRange
+            | Unimplemented
+            | Unauthenticated
+    )
+}
+
+/// The gRPC status in `headers` (a trailers-only answer's headers, or trailers).
+fn grpc_code(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|s| s.to_str().ok())
+        .and_then(|s| s.parse::<i32>().ok())
+        .map(tonic::Code::from)
+}
+
+/// Tower layer recording every call of a served tenant in [`Traffic`].
+#[derive(Clone, Debug)]
+pub(crate) struct TrafficLayer {
+    traffic: Arc<Traffic>,
+    known: Known,
+    catalogue: Catalogue,
+}
+
+impl TrafficLayer {
+    pub(crate) fn new(traffic: Arc<Traffic>, known: Known, catalogue: Catalogue) -> Self {
+        Self {
+            traffic,
+            known,
+            catalogue,
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for TrafficLayer {
+    type Service = Watching<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Watching {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`TrafficLayer`] produces.
+#[derive(Clone, Debug)]
+pub(crate) struct Watching<S> {
+    inner: S,
+    layer: TrafficLayer,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for Watching<S>
+where
+    S: tower_service::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let mut inner = crate::layers::take_ready(&mut self.inner);
+        let tenant = request
+            .headers()
+            .get(headers::TENANT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| TenantId::new(t).ok())
+            .filter(|t| self.layer.known.read().expect("lock").contains(t));
+        let Some(tenant) = tenant else {
+            return Box::pin(inner.call(request));
+        };
+        let path = request.uri().path().to_owned();
+        let method = self.layer.catalogue.method(&path);
+        let deadline = crate::layers::deadline::caller_timeout(request.headers());
+        let traffic = self.layer.traffic.clone();
+        let call = Call {
+            in_flight: traffic.enter(&tenant),
+            cut_short: method.is_some_and(|(_, m)| deadline.is_some_and(|d| d < m.timeout)),
+            tier: method.map(|(spec, _)| spec.tier.get()),
+            started: Instant::now(),
+        };
+        let answer = inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            if response.extensions().get::<Forwarded>().is_none() {
+                return Ok(response); // answered at the door: not the service's doing
+            }
+            let degraded = response
+                .headers()
+                .get(DEGRADED_HEADER)
+                .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned());
+            traffic.forwarded(&tenant, &path, degraded.as_deref());
+            // a trailers-only answer (an error, an early answer) is over already
+            if let Some(code) = grpc_code(response.headers()) {
+                call.finish(Some(code));
+                return Ok(response);
+            }
+            Ok(response.map(|inner| {
+                tonic::body::Body::new(RecordAtEnd {
+                    inner,
+                    call: Some(call),
+                })
+            }))
+        })
+    }
+}
+
+/// A response body that records its call when its status arrives (or it ends without one).
+/// Dropped before that (the caller left), the call is only no longer in flight.
+struct RecordAtEnd {
+    inner: tonic::body::Body,
+    call: Option<Call>,
+}
+
+impl http_body::Body for RecordAtEnd {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(call) = self.call.take()
+                {
+                    call.finish(grpc_code(trailers));
+                }
+            }
+            Poll::Ready(Some(Err(_)) | None) => {
+                if let Some(call) = self.call.take() {
+                    call.finish(None);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::*;
+
+    /// A stream that fails after its headers: in flight until its body ends, then sampled as
+    /// the failure its trailers say.
+    #[tokio::test]
+    async fn a_call_is_recorded_when_its_body_ends_with_the_status_of_its_trailers() {
+        let mall = TenantId::new("mall").unwrap();
+        let traffic = Arc::new(Traffic::default());
+        let known: Known = Arc::new(RwLock::new([mall.clone()].into_iter().collect()));
+        let service = ServiceBuilder::new()
+            .layer(TrafficLayer::new(
+                traffic.clone(),
+                known,
+                Catalogue(mesh_api::CONTRACTS),
+            ))
+            .service_fn(|_: http::Request<()>| async {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "14".parse().unwrap());
+                let body = http_body_util::Full::new(Bytes::from_static(b"partial"))
+                    .with_trailers(async move { Some(Ok(trailers)) });
+                let mut response = http::Response::new(tonic::body::Body::new(body));
+                response.extensions_mut().insert(Forwarded);
+                Ok::<_, Infallible>(response)
+            });
+        let request = http::Request::builder()
+            .uri("/order.v1.Order/GetOrder")
+            .header("x-mesh-tenant", "mall")
+            .body(())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        let window = || traffic.window(&mall, 2, Duration::from_secs(60));
+        assert_eq!(traffic.load()[0].1.in_flight, 1, "open until its body ends");
+        assert_eq!(window().calls, 0, "not sampled at its headers");
+        response.into_body().collect().await.unwrap();
+        assert_eq!(traffic.load()[0].1.in_flight, 0);
+        assert_eq!(traffic.load()[0].1.calls, 1);
+        let sampled = window();
+        assert_eq!(
+            (sampled.calls, sampled.error_rate),
+            (1, 1.0),
+            "UNAVAILABLE in the trailers"
+        );
+    }
+}

@@ -11,7 +11,8 @@ use std::{
 use heck::ToSnakeCase;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, ExtensionDescriptor, FieldDescriptor, FileDescriptor,
-    Kind as FieldKind, MessageDescriptor, Value,
+    Kind as FieldKind, MessageDescriptor, MethodDescriptor, ReflectMessage, ServiceDescriptor,
+    Value,
 };
 use protox::file::{
     ChainFileResolver, File, FileResolver, GoogleFileResolver, IncludeFileResolver,
@@ -494,6 +495,19 @@ impl MeshOptions {
             method: pool.get_extension_by_name("mesh.method"),
         }
     }
+
+    /// Field number of an extension, to point at where a file sets it.
+    fn number(ext: Option<&ExtensionDescriptor>) -> u32 {
+        ext.map_or(0, ExtensionDescriptor::number)
+    }
+}
+
+/// What a contract's `option (mesh.service)` says, checked.
+struct Manifest {
+    version: semver::Version,
+    tier: u32,
+    owner: String,
+    capabilities: Vec<String>,
 }
 
 fn extension(
@@ -523,12 +537,31 @@ fn get_u32(m: &DynamicMessage, field: &str) -> Option<u32> {
     m.get_field_by_name(field).and_then(|v| v.as_u32())
 }
 
-/// The numbers of a repeated enum field.
-fn get_enum_list(m: &DynamicMessage, field: &str) -> Vec<i32> {
+/// The name of enum value `number` of `field`'s enum type (`CALL`), as `mesh/options.proto`
+/// declares it: the options are read by name, not by bare number.
+fn enum_name(m: &DynamicMessage, field: &str, number: i32) -> Option<String> {
+    match m.descriptor().get_field_by_name(field)?.kind() {
+        FieldKind::Enum(e) => e.get_value(number).map(|v| v.name().to_owned()),
+        _ => None,
+    }
+}
+
+/// The value of an enum field, by name (`None` when unset or unknown).
+fn get_enum(m: &DynamicMessage, field: &str) -> Option<String> {
+    let number = m.get_field_by_name(field)?.as_enum_number()?;
+    enum_name(m, field, number)
+}
+
+/// The values of a repeated enum field, by name (`None` for a number the enum lacks).
+fn get_enum_list(m: &DynamicMessage, field: &str) -> Vec<Option<String>> {
     m.get_field_by_name(field)
         .and_then(|v| {
-            v.as_list()
-                .map(|l| l.iter().filter_map(|v| v.as_enum_number()).collect())
+            v.as_list().map(|l| {
+                l.iter()
+                    .filter_map(|v| v.as_enum_number())
+                    .map(|n| enum_name(m, field, n))
+                    .collect()
+            })
         })
         .unwrap_or_default()
 }
@@ -677,6 +710,7 @@ impl Extractor<'_> {
             .unwrap_or_default()
     }
 
+    /// One contract folder: its one service, its manifest, its methods and its types.
     fn contract(&mut self, found: Found) -> Option<Contract> {
         let package = format!("{}.v{}", found.name, found.major);
         let files: Vec<FileDescriptor> = found
@@ -684,7 +718,45 @@ impl Extractor<'_> {
             .iter()
             .filter_map(|name| self.pool.get_file_by_name(name))
             .collect();
-        for file in &files {
+        self.check_packages(&found, &files, &package);
+        let service = self.the_service(&found, &files)?;
+        let file = service.parent_file();
+        let service_location = self.locate(&file, service.path());
+        let manifest = self.manifest(&found, &service)?;
+        let methods = self.methods(&file, &service, &package);
+        let (messages, enums) = self.types(&files);
+        Some(Contract {
+            dir: found.dir,
+            name: found.name,
+            major: found.major,
+            package,
+            files: found.files,
+            service: Service {
+                proto_name: service.name().to_owned(),
+                full_name: service.full_name().to_owned(),
+                version: manifest.version,
+                tier: manifest.tier,
+                owner: manifest.owner,
+                capabilities: manifest.capabilities,
+                methods,
+                location: service_location,
+            },
+            messages,
+            enums,
+            syntax: files.first().map_or_else(String::new, |f| {
+                let proto = f.file_descriptor_proto();
+                match proto.syntax() {
+                    "editions" => "editions".into(),
+                    "" => "proto2".into(),
+                    syntax => syntax.to_owned(),
+                }
+            }),
+        })
+    }
+
+    /// Every file of a contract folder is in the folder's package.
+    fn check_packages(&mut self, found: &Found, files: &[FileDescriptor], package: &str) {
+        for file in files {
             if file.package_name() != package {
                 let location = self.locate(file, &[2]);
                 self.violation(
@@ -698,8 +770,16 @@ impl Extractor<'_> {
                 );
             }
         }
+    }
+
+    /// The contract's one service (the first, when it declares several: each extra is refused).
+    fn the_service(
+        &mut self,
+        found: &Found,
+        files: &[FileDescriptor],
+    ) -> Option<ServiceDescriptor> {
         let services: Vec<_> = files.iter().flat_map(|f| f.services()).collect();
-        let service = match services.as_slice() {
+        match services.as_slice() {
             [] => {
                 let location = Location::file(self.root.join(&found.files[0]));
                 self.violation(
@@ -707,9 +787,9 @@ impl Extractor<'_> {
                     format!("contract {}", found.dir),
                     "declares no service; a contract describes exactly one service",
                 );
-                return None;
+                None
             }
-            [one] => one.clone(),
+            [one] => Some(one.clone()),
             [first, rest @ ..] => {
                 for extra in rest {
                     let location = self.locate(&extra.parent_file(), extra.path());
@@ -719,13 +799,21 @@ impl Extractor<'_> {
                         format!("contract {} already declares service {}; a contract describes exactly one service", found.dir, first.full_name()),
                     );
                 }
-                first.clone()
+                Some(first.clone())
             }
-        };
+        }
+    }
+
+    /// The service's `option (mesh.service)`: name, version, tier, owner, capabilities.
+    fn manifest(&mut self, found: &Found, service: &ServiceDescriptor) -> Option<Manifest> {
         let file = service.parent_file();
         let subject = format!("service {}", service.full_name());
         let service_location = self.locate(&file, service.path());
-        let option_location = self.locate_option(&file, service.path(), 51000);
+        let option_location = self.locate_option(
+            &file,
+            service.path(),
+            MeshOptions::number(self.options.service.as_ref()),
+        );
         let Some(manifest) = extension(&service.options(), self.options.service.as_ref()) else {
             self.violation(
                 service_location,
@@ -805,177 +893,222 @@ impl Extractor<'_> {
                 })
             })
             .unwrap_or_default();
+        Some(Manifest {
+            version,
+            tier,
+            owner,
+            capabilities,
+        })
+    }
 
+    /// The service's methods, each checked (a method too broken to model is left out).
+    fn methods(
+        &mut self,
+        file: &FileDescriptor,
+        service: &ServiceDescriptor,
+        package: &str,
+    ) -> Vec<Method> {
         let mut methods = Vec::new();
         let mut rust_names: HashMap<String, String> = HashMap::new();
         let mut payloads: HashMap<String, String> = HashMap::new();
         for method in service.methods() {
-            let path = method.path().to_vec();
-            let location = self.locate(&file, &path);
-            let subject = format!("method {}", method.full_name());
-            let snake = method.name().to_snake_case();
-            if let Some(other) = rust_names.insert(snake.clone(), method.name().to_owned()) {
-                self.violation(
-                    location.clone(),
-                    subject.clone(),
-                    format!("duplicate method or event name: `{}` and `{other}` both become `{snake}` in generated code and routing keys", method.name()),
-                );
-            }
-            if RESERVED_METHOD_NAMES.contains(&snake.as_str()) {
-                self.violation(
-                    location.clone(),
-                    subject.clone(),
-                    format!("`{}` becomes `{snake}`, which the generated tonic client already defines; choose another name", method.name()),
-                );
-            }
-            let option_location = self.locate_option(&file, &path, 51001);
-            let Some(spec) = extension(&method.options(), self.options.method.as_ref()) else {
-                self.violation(
-                    location,
-                    subject,
-                    "missing `option (mesh.method) = { kind: CALL|EVENT ... }`",
-                );
-                continue;
-            };
-            let kind = match spec
-                .get_field_by_name("kind")
-                .and_then(|v| v.as_enum_number())
+            if let Some(model) = self.method(file, &method, package, &mut rust_names, &mut payloads)
             {
-                Some(1) => Kind::Call,
-                Some(2) => Kind::Event,
-                _ => {
-                    self.violation(
-                        option_location,
-                        format!("{subject}: option (mesh.method).kind"),
-                        "is missing; say `kind: CALL` (HTTP/2) or `kind: EVENT` (message queue)",
-                    );
-                    continue;
-                }
-            };
-            let timeout_ms = get_u32(&spec, "timeout_ms");
-            let degraded = get_message(&spec, "degraded").and_then(|d| {
-                if let Some(e) = get_message(&d, "error") {
-                    Some(Degraded::Error {
-                        code: get_str(&e, "code"),
-                        message: get_str(&e, "message"),
-                    })
-                } else if d.has_field_by_name("empty") {
-                    Some(Degraded::Empty)
-                } else {
-                    get_message(&d, "cached").map(|c| Degraded::Cached {
-                        max_age_ms: get_u32(&c, "max_age_ms").unwrap_or(0),
-                    })
-                }
-            });
-            let mut declared_audience = Vec::new();
-            for value in get_enum_list(&spec, "audience") {
-                match value {
-                    1 => declared_audience.push(Audience::User),
-                    2 => declared_audience.push(Audience::Backend),
-                    3 => declared_audience.push(Audience::Node),
-                    _ => self.violation(
-                        option_location.clone(),
-                        format!("{subject}: option (mesh.method).audience"),
-                        "names no caller; use USER, BACKEND or NODE",
-                    ),
-                }
+                methods.push(model);
             }
-            declared_audience.sort();
-            declared_audience.dedup();
-            if kind == Kind::Event && !declared_audience.is_empty() {
+        }
+        methods
+    }
+
+    /// One method and its `option (mesh.method)`; `rust_names` and `payloads` are what the
+    /// service's methods before it took.
+    fn method(
+        &mut self,
+        file: &FileDescriptor,
+        method: &MethodDescriptor,
+        package: &str,
+        rust_names: &mut HashMap<String, String>,
+        payloads: &mut HashMap<String, String>,
+    ) -> Option<Method> {
+        let path = method.path().to_vec();
+        let location = self.locate(file, &path);
+        let subject = format!("method {}", method.full_name());
+        let snake = method.name().to_snake_case();
+        if let Some(other) = rust_names.insert(snake.clone(), method.name().to_owned()) {
+            self.violation(
+                location.clone(),
+                subject.clone(),
+                format!("duplicate method or event name: `{}` and `{other}` both become `{snake}` in generated code and routing keys", method.name()),
+            );
+        }
+        if RESERVED_METHOD_NAMES.contains(&snake.as_str()) {
+            self.violation(
+                location.clone(),
+                subject.clone(),
+                format!("`{}` becomes `{snake}`, which the generated tonic client already defines; choose another name", method.name()),
+            );
+        }
+        let option_location = self.locate_option(
+            file,
+            &path,
+            MeshOptions::number(self.options.method.as_ref()),
+        );
+        let Some(spec) = extension(&method.options(), self.options.method.as_ref()) else {
+            self.violation(
+                location,
+                subject,
+                "missing `option (mesh.method) = { kind: CALL|EVENT ... }`",
+            );
+            return None;
+        };
+        let kind = match get_enum(&spec, "kind").as_deref() {
+            Some("CALL") => Kind::Call,
+            Some("EVENT") => Kind::Event,
+            _ => {
                 self.violation(
+                    option_location,
+                    format!("{subject}: option (mesh.method).kind"),
+                    "is missing; say `kind: CALL` (HTTP/2) or `kind: EVENT` (message queue)",
+                );
+                return None;
+            }
+        };
+        let timeout_ms = get_u32(&spec, "timeout_ms");
+        let degraded = get_message(&spec, "degraded").and_then(|d| {
+            if let Some(e) = get_message(&d, "error") {
+                Some(Degraded::Error {
+                    code: get_str(&e, "code"),
+                    message: get_str(&e, "message"),
+                })
+            } else if d.has_field_by_name("empty") {
+                Some(Degraded::Empty)
+            } else {
+                get_message(&d, "cached").map(|c| Degraded::Cached {
+                    max_age_ms: get_u32(&c, "max_age_ms").unwrap_or(0),
+                })
+            }
+        });
+        let mut declared_audience = Vec::new();
+        for value in get_enum_list(&spec, "audience") {
+            match value.as_deref() {
+                Some("USER") => declared_audience.push(Audience::User),
+                Some("BACKEND") => declared_audience.push(Audience::Backend),
+                Some("NODE") => declared_audience.push(Audience::Node),
+                _ => self.violation(
                     option_location.clone(),
                     format!("{subject}: option (mesh.method).audience"),
-                    "is for calls; an event is published by the service that owns it",
-                );
+                    "names no caller; use USER, BACKEND or NODE",
+                ),
             }
-            if timeout_ms == Some(0) {
-                self.violation(
-                    option_location.clone(),
-                    format!("{subject}: option (mesh.method).timeout_ms"),
-                    "is 0; a deadline must be at least 1 ms",
-                );
-            }
-            if let Some(Degraded::Error { code, .. }) = &degraded
-                && !GRPC_CODES.contains(&code.as_str())
-            {
-                self.violation(
-                    option_location.clone(),
-                    format!("{subject}: option (mesh.method).degraded.error.code"),
-                    format!(
-                        "{code:?} is not a gRPC code name; use one of {}",
-                        GRPC_CODES.join(", ")
-                    ),
-                );
-            }
-            match kind {
-                Kind::Call => {
-                    if timeout_ms.is_none() {
-                        self.violation(
-                            option_location.clone(),
-                            format!("{subject}: option (mesh.method).timeout_ms"),
-                            "is missing; every call states its deadline",
-                        );
-                    }
-                }
-                Kind::Event => {
-                    if method.output().full_name() != "google.protobuf.Empty" {
-                        self.violation(
-                            location.clone(),
-                            subject.clone(),
-                            format!(
-                                "is an EVENT but returns {}; events return google.protobuf.Empty",
-                                method.output().full_name()
-                            ),
-                        );
-                    }
-                    if method.is_client_streaming() || method.is_server_streaming() {
-                        self.violation(
-                            location.clone(),
-                            subject.clone(),
-                            "is an EVENT and cannot stream",
-                        );
-                    }
-                    if matches!(degraded, Some(Degraded::Cached { .. })) {
-                        self.violation(option_location.clone(), format!("{subject}: option (mesh.method).degraded.cached"), "events cannot answer a cached value; use `empty` (skip the publish) or `error`");
-                    }
-                    if let Some(other) = payloads.insert(
-                        method.input().full_name().to_owned(),
-                        method.name().to_owned(),
-                    ) {
-                        self.violation(location.clone(), subject.clone(), format!("uses payload {} already used by event {other}; give each event its own message", method.input().full_name()));
-                    }
-                    if method.input().parent_file().package_name() != package {
-                        self.violation(location.clone(), subject.clone(), format!("payload {} must be declared in this contract's package `{package}`", method.input().full_name()));
-                    }
-                }
-            }
-            methods.push(Method {
-                name: method.name().to_owned(),
-                kind,
-                input: method.input().full_name().to_owned(),
-                input_package: method.input().package_name().to_owned(),
-                output: method.output().full_name().to_owned(),
-                output_package: method.output().package_name().to_owned(),
-                client_streaming: method.is_client_streaming(),
-                server_streaming: method.is_server_streaming(),
-                timeout_ms,
-                degraded,
-                declared_audience,
-                doc: self.leading_comment(&file, &path),
-                location,
-                idempotency: method
-                    .method_descriptor_proto()
-                    .options
-                    .as_ref()
-                    .map(|o| o.idempotency_level().as_str_name().to_owned())
-                    .unwrap_or_else(|| "IDEMPOTENCY_UNKNOWN".into()),
-            });
         }
+        declared_audience.sort();
+        declared_audience.dedup();
+        if kind == Kind::Event && !declared_audience.is_empty() {
+            self.violation(
+                option_location.clone(),
+                format!("{subject}: option (mesh.method).audience"),
+                "is for calls; an event is published by the service that owns it",
+            );
+        }
+        if timeout_ms == Some(0) {
+            self.violation(
+                option_location.clone(),
+                format!("{subject}: option (mesh.method).timeout_ms"),
+                "is 0; a deadline must be at least 1 ms",
+            );
+        }
+        if let Some(Degraded::Error { code, .. }) = &degraded
+            && !GRPC_CODES.contains(&code.as_str())
+        {
+            self.violation(
+                option_location.clone(),
+                format!("{subject}: option (mesh.method).degraded.error.code"),
+                format!(
+                    "{code:?} is not a gRPC code name; use one of {}",
+                    GRPC_CODES.join(", ")
+                ),
+            );
+        }
+        match kind {
+            Kind::Call => {
+                if timeout_ms.is_none() {
+                    self.violation(
+                        option_location.clone(),
+                        format!("{subject}: option (mesh.method).timeout_ms"),
+                        "is missing; every call states its deadline",
+                    );
+                }
+            }
+            Kind::Event => {
+                if method.output().full_name() != "google.protobuf.Empty" {
+                    self.violation(
+                        location.clone(),
+                        subject.clone(),
+                        format!(
+                            "is an EVENT but returns {}; events return google.protobuf.Empty",
+                            method.output().full_name()
+                        ),
+                    );
+                }
+                if method.is_client_streaming() || method.is_server_streaming() {
+                    self.violation(
+                        location.clone(),
+                        subject.clone(),
+                        "is an EVENT and cannot stream",
+                    );
+                }
+                if matches!(degraded, Some(Degraded::Cached { .. })) {
+                    self.violation(option_location.clone(), format!("{subject}: option (mesh.method).degraded.cached"), "events cannot answer a cached value; use `empty` (skip the publish) or `error`");
+                }
+                if let Some(other) = payloads.insert(
+                    method.input().full_name().to_owned(),
+                    method.name().to_owned(),
+                ) {
+                    self.violation(location.clone(), subject.clone(), format!("uses payload {} already used by event {other}; give each event its own message", method.input().full_name()));
+                }
+                if method.input().parent_file().package_name() != package {
+                    self.violation(
+                        location.clone(),
+                        subject.clone(),
+                        format!(
+                            "payload {} must be declared in this contract's package `{package}`",
+                            method.input().full_name()
+                        ),
+                    );
+                }
+            }
+        }
+        Some(Method {
+            name: method.name().to_owned(),
+            kind,
+            input: method.input().full_name().to_owned(),
+            input_package: method.input().package_name().to_owned(),
+            output: method.output().full_name().to_owned(),
+            output_package: method.output().package_name().to_owned(),
+            client_streaming: method.is_client_streaming(),
+            server_streaming: method.is_server_streaming(),
+            timeout_ms,
+            degraded,
+            declared_audience,
+            doc: self.leading_comment(file, &path),
+            location,
+            idempotency: method
+                .method_descriptor_proto()
+                .options
+                .as_ref()
+                .map(|o| o.idempotency_level().as_str_name().to_owned())
+                .unwrap_or_else(|| "IDEMPOTENCY_UNKNOWN".into()),
+        })
+    }
 
+    /// The messages and enums the contract's files declare.
+    fn types(
+        &mut self,
+        files: &[FileDescriptor],
+    ) -> (BTreeMap<String, Message>, BTreeMap<String, Enum>) {
         let mut messages = BTreeMap::new();
         let mut enums = BTreeMap::new();
-        for file in &files {
+        for file in files {
             for message in file.messages() {
                 self.collect_message(file, message, &mut messages, &mut enums);
             }
@@ -984,33 +1117,7 @@ impl Extractor<'_> {
                 enums.insert(model.full_name.clone(), model);
             }
         }
-        Some(Contract {
-            dir: found.dir,
-            name: found.name,
-            major: found.major,
-            package,
-            files: found.files,
-            service: Service {
-                proto_name: service.name().to_owned(),
-                full_name: service.full_name().to_owned(),
-                version,
-                tier,
-                owner,
-                capabilities,
-                methods,
-                location: service_location,
-            },
-            messages,
-            enums,
-            syntax: files.first().map_or_else(String::new, |f| {
-                let proto = f.file_descriptor_proto();
-                match proto.syntax() {
-                    "editions" => "editions".into(),
-                    "" => "proto2".into(),
-                    syntax => syntax.to_owned(),
-                }
-            }),
-        })
+        (messages, enums)
     }
 
     fn collect_message(

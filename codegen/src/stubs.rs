@@ -1,4 +1,5 @@
-//! The mesh half of the generated code, appended to each package's prost/tonic output:
+//! The mesh half of the generated code, written after tonic's for each service (see
+//! `generate::MeshServices`):
 //! contract metadata constants, a caller that takes a [`RequestContext`], and typed event
 //! publisher / handler / consumer.
 //!

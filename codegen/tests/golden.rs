@@ -1,6 +1,8 @@
 //! Golden test: the code generated for `fixtures/shop/v1` is exactly `golden/`.
 //! After an intended change to the generator, refresh with `UPDATE_GOLDEN=1 cargo test -p mesh-codegen --test golden`.
 
+mod common;
+
 use std::path::Path;
 
 #[test]
@@ -109,4 +111,29 @@ fn generated_stubs_carry_the_contract() {
         !code.contains("async fn item_added("),
         "events must not be tonic methods"
     );
+}
+
+/// A contract of events only (no call over HTTP/2) gets no tonic client or server, and its
+/// mesh stubs all the same: the composed generator writes them for a service with no method.
+#[test]
+fn a_contract_of_events_only_gets_its_mesh_stubs_and_no_tonic_code() {
+    let source = common::thing(&[(
+        "{RPCS}",
+        r#"
+  rpc ThingChanged(.thing.v1.ThingChanged) returns (google.protobuf.Empty) {
+    option (mesh.method) = { kind: EVENT timeout_ms: 100 };
+  }"#,
+    )]);
+    let (_contracts, set) = common::load_thing(&source);
+    let set = set.expect("an events-only contract is valid");
+    let out = tempfile::tempdir().unwrap();
+    mesh_codegen::generate(&set, out.path()).expect("generation succeeds");
+    let code = std::fs::read_to_string(out.path().join("thing.v1.rs")).unwrap();
+    assert!(code.contains("pub mod contract"), "the contract metadata");
+    assert!(
+        code.contains("pub struct ThingPublisher"),
+        "the event publisher"
+    );
+    assert!(!code.contains("pub mod thing_client"), "no tonic client");
+    assert!(!code.contains("pub mod thing_server"), "no tonic server");
 }

@@ -548,20 +548,56 @@ fn is_namespace(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> Vec<FieldError> {
-    let source = file.display().to_string();
-    let mut errors = Vec::new();
-    let mut error = |field: String, message: String| {
-        errors.push(FieldError {
-            source: source.clone(),
+/// The problems found in one tenant file, each naming the file.
+struct Problems {
+    source: String,
+    list: Vec<FieldError>,
+}
+
+impl Problems {
+    fn add(&mut self, field: String, message: String) {
+        self.list.push(FieldError {
+            source: self.source.clone(),
             field,
             message,
         });
+    }
+}
+
+/// Every rule a tenant file must keep, section by section; every problem found, not the first.
+fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> Vec<FieldError> {
+    let mut problems = Problems {
+        source: file.display().to_string(),
+        list: Vec::new(),
     };
+    check_identity(&mut problems, config, file);
+    check_credentials(&mut problems, config);
+    check_broker(&mut problems, config);
+    let known = check_services(&mut problems, config, catalogue);
+    check_switches_and_rules(&mut problems, config);
+    check_limits_and_graph(&mut problems, config);
+    // each service's settings, against their declarations (for a known service only: an
+    // unknown one was refused above)
+    for (name, service) in &config.services {
+        if known.contains_key(name.as_str()) {
+            let source = problems.source.clone();
+            problems.list.extend(crate::settings::check(
+                &source,
+                name,
+                service.enabled,
+                &service.settings,
+            ));
+        }
+    }
+    problems.list
+}
+
+/// Its id, its file name, display name and data namespace.
+fn check_identity(problems: &mut Problems, config: &TenantConfig, file: &Path) {
     // one name for one business line: its file, its environment prefix, its id
     let stem = file.file_stem().unwrap_or_default().to_string_lossy();
     if stem != config.id.as_str() {
-        error(
+        problems.add(
             "id".into(),
             format!(
                 "\"{}\" differs from the file name: a tenant file is named after its id ({}.toml)",
@@ -570,10 +606,10 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
         );
     }
     if config.display_name.trim().is_empty() {
-        error("display_name".into(), "must not be empty".into());
+        problems.add("display_name".into(), "must not be empty".into());
     }
     if !is_namespace(&config.data_namespace) {
-        error(
+        problems.add(
             "data_namespace".into(),
             format!(
                 "{:?} must be 1-63 lowercase letters, digits or '_', starting with a letter (it names a database schema)",
@@ -581,49 +617,66 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
             ),
         );
     }
+}
+
+/// The backend credential (one rule for every credential) and the users' token keys.
+fn check_credentials(problems: &mut Problems, config: &TenantConfig) {
     match (&config.credentials.token, &config.credentials.token_env) {
-        (Some(_), Some(_)) => error("credentials".into(), "set either `token` or `token_env`, not both".into()),
-        (None, None) => error("credentials".into(), "missing: set `token_env` (the environment variable holding the tenant's token) or, for development, `token`".into()),
+        (Some(_), Some(_)) => problems.add("credentials".into(), "set either `token` or `token_env`, not both".into()),
+        (None, None) => problems.add("credentials".into(), "missing: set `token_env` (the environment variable holding the tenant's token) or, for development, `token`".into()),
         (Some(token), None) => {
             if let Err(message) = crate::check_credential(token, "has") {
-                error("credentials.token".into(), message);
+                problems.add("credentials.token".into(), message);
             }
         }
         (None, Some(var)) => match std::env::var(var) {
             Ok(token) if !token.is_empty() => {
                 let holds = format!("environment variable {var} holds");
                 if let Err(message) = crate::check_credential(&token, &holds) {
-                    error("credentials.token_env".into(), message);
+                    problems.add("credentials.token_env".into(), message);
                 }
             }
-            _ => error("credentials.token_env".into(), format!("environment variable {var} is not set")),
+            _ => problems.add("credentials.token_env".into(), format!("environment variable {var} is not set")),
         },
     }
     if let Some(Err((field, message))) = config.users.as_ref().map(|u| u.verifier()) {
-        error(field.into(), message);
+        problems.add(field.into(), message);
     }
+}
+
+/// Where its events go.
+fn check_broker(problems: &mut Problems, config: &TenantConfig) {
     let broker = &config.broker;
     if broker.vhost.as_deref().is_some_and(|v| v.trim().is_empty()) {
-        error(
+        problems.add(
             "broker.vhost".into(),
             "is empty; leave it out to use the vhost of MESH_AMQP_URI".into(),
         );
     }
     match (&broker.user, &broker.password_env) {
-        (Some(_), None) => error(
+        (Some(_), None) => problems.add(
             "broker.password_env".into(),
             "is missing: the environment variable holding broker.user's password".into(),
         ),
-        (None, Some(_)) => error(
+        (None, Some(_)) => problems.add(
             "broker.user".into(),
             "is missing: password_env is the password of which broker user?".into(),
         ),
-        (Some(_), Some(var)) if std::env::var(var).map_or(true, |v| v.is_empty()) => error(
+        (Some(_), Some(var)) if std::env::var(var).map_or(true, |v| v.is_empty()) => problems.add(
             "broker.password_env".into(),
             format!("environment variable {var} is not set"),
         ),
         _ => {}
     }
+}
+
+/// Each service it names: known, at a contract major that exists, its dependencies run. The
+/// known services and their majors are returned.
+fn check_services<'a>(
+    problems: &mut Problems,
+    config: &TenantConfig,
+    catalogue: &[&'a ContractSpec],
+) -> BTreeMap<&'a str, Vec<u32>> {
     let known: BTreeMap<&str, Vec<u32>> =
         catalogue.iter().fold(BTreeMap::new(), |mut map, spec| {
             map.entry(spec.name)
@@ -634,7 +687,7 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
     for (name, service) in &config.services {
         let field = format!("services.{name}");
         let Some(majors) = known.get(name.as_str()) else {
-            error(
+            problems.add(
                 field,
                 format!(
                     "unknown service {name:?}; known services: {}",
@@ -645,7 +698,7 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
         };
         if !majors.contains(&service.version.get()) {
             let available: Vec<String> = majors.iter().map(|m| format!("v{m}")).collect();
-            error(
+            problems.add(
                 format!("{field}.version"),
                 format!(
                     "\"{}\" is not a contract version of {name}; available: {}",
@@ -657,7 +710,7 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
         if service.enabled {
             for dependency in &service.depends_on {
                 if !config.services.get(dependency).is_some_and(|d| d.enabled) {
-                    error(
+                    problems.add(
                         format!("{field}.depends_on"),
                         format!("{name} depends on {dependency:?}, which this tenant does not run"),
                     );
@@ -665,9 +718,14 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
             }
         }
     }
+    known
+}
+
+/// Initial switches and automatic degradation rules.
+fn check_switches_and_rules(problems: &mut Problems, config: &TenantConfig) {
     for name in &config.switches.services_off {
         if !config.services.contains_key(name) {
-            error(
+            problems.add(
                 "switches.services_off".into(),
                 format!("{name:?} is not a service of this tenant"),
             );
@@ -676,7 +734,7 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
     if let Some(tier) = config.switches.tiers_off_from
         && tier > mesh_contract::Tier::MAX
     {
-        error(
+        problems.add(
             "switches.tiers_off_from".into(),
             format!("{tier} is not a tier (0, 1 or 2)"),
         );
@@ -685,27 +743,27 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
     for (i, rule) in config.auto_degrade.iter().enumerate() {
         let field = |name: &str| format!("auto_degrade[{i}].{name}");
         if rule.name.trim().is_empty() {
-            error(field("name"), "must not be empty".into());
+            problems.add(field("name"), "must not be empty".into());
         } else if !rule_names.insert(rule.name.as_str()) {
-            error(
+            problems.add(
                 field("name"),
                 format!("{:?} names another rule of this tenant already", rule.name),
             );
         }
         let max = mesh_contract::Tier::MAX;
         if rule.watch_tier > max {
-            error(
+            problems.add(
                 field("watch_tier"),
                 format!("{} is not a tier (0, 1 or 2)", rule.watch_tier),
             );
         }
         if rule.switch_off_tiers_from > max {
-            error(
+            problems.add(
                 field("switch_off_tiers_from"),
                 format!("{} is not a tier (0, 1 or 2)", rule.switch_off_tiers_from),
             );
         } else if rule.switch_off_tiers_from <= rule.watch_tier {
-            error(
+            problems.add(
                 field("switch_off_tiers_from"),
                 format!(
                     "must be above watch_tier ({}): a rule sheds less important work to protect the calls it watches",
@@ -714,22 +772,26 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
             );
         }
         match (rule.p99_ms_above, rule.error_rate_above) {
-            (None, None) => error(
+            (None, None) => problems.add(
                 field("p99_ms_above"),
                 "set p99_ms_above or error_rate_above (or both): the rule has nothing to watch"
                     .into(),
             ),
-            (Some(0), _) => error(field("p99_ms_above"), "must be at least 1".into()),
-            (_, Some(rate)) if !(rate > 0.0 && rate <= 1.0) => error(
+            (Some(0), _) => problems.add(field("p99_ms_above"), "must be at least 1".into()),
+            (_, Some(rate)) if !(rate > 0.0 && rate <= 1.0) => problems.add(
                 field("error_rate_above"),
                 format!("{rate} is not a share between 0 (excluded) and 1"),
             ),
             _ => {}
         }
         if rule.window_secs == 0 {
-            error(field("window_secs"), "must be at least 1".into());
+            problems.add(field("window_secs"), "must be at least 1".into());
         }
     }
+}
+
+/// Admission limits, and no dependency cycle.
+fn check_limits_and_graph(problems: &mut Problems, config: &TenantConfig) {
     let limits = &config.limits;
     for (field, value) in [
         ("limits.requests_per_second", limits.requests_per_second),
@@ -740,7 +802,7 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
         ),
     ] {
         if value == 0 {
-            error(field.into(), "must be at least 1".into());
+            problems.add(field.into(), "must be at least 1".into());
         }
     }
     let graph = crate::graph::DependencyGraph::of(
@@ -749,22 +811,9 @@ fn validate(config: &TenantConfig, file: &Path, catalogue: &[&ContractSpec]) -> 
             .map(|(name, service)| (name, &service.depends_on)),
     );
     if let Err(cycle) = graph.check_acyclic() {
-        error(
+        problems.add(
             format!("services.{}.depends_on", cycle.path[0]),
             cycle.to_string(),
         );
     }
-    // each service's settings, against their declarations (for a known service only: an
-    // unknown one was refused above)
-    for (name, service) in &config.services {
-        if known.contains_key(name.as_str()) {
-            errors.extend(crate::settings::check(
-                &source,
-                name,
-                service.enabled,
-                &service.settings,
-            ));
-        }
-    }
-    errors
 }

@@ -204,22 +204,9 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
-    let (bus, placed) = bus().await?;
     // mutual TLS with the front door and the other workers, when `mesh up` says so
     let node_tls = mesh_runtime::tls::NodeTls::from_env().context("the node's TLS files")?;
-    let platform = Platform::with_node_tls(
-        &format!("worker-{}", std::process::id()),
-        address,
-        bus,
-        store().await?,
-        node_tls.as_ref(),
-    );
-    // the workers of one mesh share the node credential `mesh up` gives them
-    let platform = match std::env::var(mesh_runtime::auth::NODE_CREDENTIAL_ENV) {
-        Ok(token) if !token.is_empty() => platform.with_node_credential(&token),
-        _ => platform,
-    };
-    let served = Served::new(platform, placed);
+    let served = platform(address, node_tls.as_ref()).await?;
     let mut mine = Tenants::default();
     for id in ids {
         let Some(config) = all.get(id) else {
@@ -241,52 +228,93 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     if supervised {
-        let mut lines = BufReader::new(tokio::io::stdin()).lines();
-        let first = tokio::time::timeout(FIRST_STATE_WITHIN, lines.next_line())
-            .await
-            .context("no state from the supervisor on stdin")?
-            .context("reading stdin")?
-            .context("stdin closed before the supervisor sent a state")?;
-        let state = WorkerState::from_line(&first).context("the supervisor's first state")?;
-        apply(&state, dir, &served, &switches).await?;
-        say(WorkerLine::Applied(state.version));
-        let (state_dir, state_served, state_switches) =
-            (dir.to_path_buf(), served.clone(), switches.clone());
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let applied = match WorkerState::from_line(&line) {
-                    Ok(state) => apply(&state, &state_dir, &state_served, &state_switches)
-                        .await
-                        .map(|()| state),
-                    Err(err) => Err(err.into()),
-                };
-                match applied {
-                    Ok(state) => say(WorkerLine::Applied(state.version)),
-                    Err(err) => {
-                        tracing::error!(error = %err, "state from the supervisor not applied")
-                    }
-                }
-            }
-            // stdin closed: the supervisor asks us to stop (or is gone)
-            let _ = stop.send(());
-        });
-        let reporting = served.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(STATS_EVERY);
-            loop {
-                tick.tick().await;
-                say(WorkerLine::Stats(reporting.stats()));
-            }
-        });
+        follow_supervisor(dir, &served, &switches, stop).await?;
     } else {
         tokio::spawn(async move {
             let _ = tokio::signal::ctrl_c().await;
             let _ = stop.send(());
         });
     }
+    purge_expired_hourly(served.platform.clone());
+    say(WorkerLine::Ready(address.to_string()));
+    serve(listener, &served, node_tls.as_ref(), async {
+        let _ = stopped.await;
+    })
+    .await
+}
 
-    // retention: each tenant's stored messages are kept as long as its file says
-    let retention = served.platform.clone();
+/// The platform of this process (its bus, store, address and node credential), with nothing
+/// served yet.
+async fn platform(
+    address: std::net::SocketAddr,
+    node_tls: Option<&mesh_runtime::tls::NodeTls>,
+) -> anyhow::Result<Served> {
+    let (bus, placed) = bus().await?;
+    let platform = Platform::with_node_tls(
+        &format!("worker-{}", std::process::id()),
+        address,
+        bus,
+        store().await?,
+        node_tls,
+    );
+    // the workers of one mesh share the node credential `mesh up` gives them
+    let platform = match std::env::var(mesh_runtime::auth::NODE_CREDENTIAL_ENV) {
+        Ok(token) if !token.is_empty() => platform.with_node_credential(&token),
+        _ => platform,
+    };
+    Ok(Served::new(platform, placed))
+}
+
+/// Takes the supervisor's first state from stdin before serving, then follows its changes
+/// (and reports statistics) in the background; `stop` fires when stdin closes.
+async fn follow_supervisor(
+    dir: &Path,
+    served: &Served,
+    switches: &SwitchBoard,
+    stop: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<()> {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let first = tokio::time::timeout(FIRST_STATE_WITHIN, lines.next_line())
+        .await
+        .context("no state from the supervisor on stdin")?
+        .context("reading stdin")?
+        .context("stdin closed before the supervisor sent a state")?;
+    let state = WorkerState::from_line(&first).context("the supervisor's first state")?;
+    apply(&state, dir, served, switches).await?;
+    say(WorkerLine::Applied(state.version));
+    let (state_dir, state_served, state_switches) =
+        (dir.to_path_buf(), served.clone(), switches.clone());
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let applied = match WorkerState::from_line(&line) {
+                Ok(state) => apply(&state, &state_dir, &state_served, &state_switches)
+                    .await
+                    .map(|()| state),
+                Err(err) => Err(err.into()),
+            };
+            match applied {
+                Ok(state) => say(WorkerLine::Applied(state.version)),
+                Err(err) => {
+                    tracing::error!(error = %err, "state from the supervisor not applied")
+                }
+            }
+        }
+        // stdin closed: the supervisor asks us to stop (or is gone)
+        let _ = stop.send(());
+    });
+    let reporting = served.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STATS_EVERY);
+        loop {
+            tick.tick().await;
+            say(WorkerLine::Stats(reporting.stats()));
+        }
+    });
+    Ok(())
+}
+
+/// Retention: each tenant's stored messages are kept as long as its file says.
+fn purge_expired_hourly(retention: std::sync::Arc<Platform>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(RETENTION_EVERY);
         loop {
@@ -304,8 +332,15 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
             }
         }
     });
-    say(WorkerLine::Ready(address.to_string()));
+}
 
+/// Serves the platform behind the probes and the runtime's inbound stack until `stopped`.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    served: &Served,
+    node_tls: Option<&mesh_runtime::tls::NodeTls>,
+    stopped: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     // bulkhead use, exported with the other metrics while this process serves
     let _bulkheads = mesh_telemetry::metrics::observe_bulkheads({
         let served = served.clone();
@@ -322,7 +357,7 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
     let probes = Probes::new(mesh_api::CONTRACTS, Some(mesh_api::FILE_DESCRIPTOR_SET));
     probes.set_serving(true).await;
     let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &node_tls {
+    if let Some(tls) = node_tls {
         server = server
             .tls_config(tls.server_config())
             .context("serving over mutual TLS")?;
@@ -341,9 +376,7 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         .add_routes(served.platform.routes())
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stopped.await;
-            },
+            stopped,
         )
         .await?;
     Ok(())

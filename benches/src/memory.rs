@@ -12,7 +12,7 @@ use std::{
 
 use mesh_api::recommend::v1 as recommend;
 use mesh_contract::{RequestContext, TenantId};
-use mesh_runtime::supervisor::protocol::{READY_PREFIX, WorkerState};
+use mesh_runtime::supervisor::protocol::{WorkerLine, WorkerState};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::Row;
@@ -130,8 +130,8 @@ pub async fn run(window: Duration) -> anyhow::Result<Vec<Row>> {
             .next_line()
             .await?
             .ok_or_else(|| anyhow::anyhow!("worker ended"))?;
-        if let Some(address) = line.strip_prefix(READY_PREFIX) {
-            break address.to_owned();
+        if let WorkerLine::Ready(address) = WorkerLine::parse(&line) {
+            break address;
         }
     };
     // keep reading what it prints (its statistics), so it never blocks on a full pipe

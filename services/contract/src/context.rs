@@ -41,13 +41,25 @@ impl TenantId {
         if valid {
             Ok(Self(id.into()))
         } else {
-            Err(ContextError::InvalidTenant(id.to_owned()))
+            Err(ContextError::InvalidTenant(quoted(id)))
         }
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// A caller's text as an error quotes it: at most 40 characters (an id is at most 32), so a
+/// caller cannot make the answer, the log or the span as long as it likes.
+fn quoted(text: &str) -> String {
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(40).collect();
+    if chars.next().is_some() {
+        format!("{head}…")
+    } else {
+        head
     }
 }
 
@@ -417,7 +429,7 @@ mod tests {
         for bad in ["", "Mall", "1mall", "mall.x", "mall x", &"a".repeat(33)] {
             assert_eq!(
                 TenantId::new(bad),
-                Err(ContextError::InvalidTenant(bad.to_owned())),
+                Err(ContextError::InvalidTenant(quoted(bad))),
                 "{bad:?} must be refused"
             );
         }

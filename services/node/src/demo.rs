@@ -15,7 +15,7 @@ use mesh_contract::{DegradedAnswer, RequestContext, TenantId};
 use mesh_embedded::EmbeddedBus;
 use mesh_gateway::Terminal;
 use mesh_order::Order;
-use mesh_platform::{CATALOGUE, Platform};
+use mesh_platform::Platform;
 use mesh_runtime::{
     TenantConfig, Tenants,
     identity::UserTokens,
@@ -64,15 +64,13 @@ pub async fn run(dir: &Path, ids: &[String]) -> anyhow::Result<()> {
         println!("  [{id}] {}", describe(config));
     }
     // the board the platform's own consumers consult, with the tenant files' initial switches
+    platform.apply_initial_switches(&tenants);
     let switches = platform.switches().clone();
-    for switch in SwitchBoard::from_tenants(&tenants, CATALOGUE).list() {
-        switches.turn_off(switch);
-    }
     {
-        let (platform, tenants, switches) = (platform.clone(), tenants.clone(), switches.clone());
+        let (platform, tenants) = (platform.clone(), tenants.clone());
         tokio::spawn(async move {
             if let Err(err) = platform
-                .serve(listener, &tenants, switches, std::future::pending())
+                .serve(listener, &tenants, std::future::pending())
                 .await
             {
                 eprintln!("the demo node stopped: {err}");

@@ -221,10 +221,8 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         mine.tenants.insert(id.clone(), config.clone());
     }
     // one board for the inbound layers and the platform's consumers (push asks it too)
+    served.platform.apply_initial_switches(&mine);
     let switches = served.platform.switches().clone();
-    for switch in SwitchBoard::from_tenants(&mine, CATALOGUE).list() {
-        switches.turn_off(switch);
-    }
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     if supervised {

@@ -368,17 +368,26 @@ impl Platform {
         &self.switches
     }
 
+    /// Turns off, on this node's board, the switches `tenants`' files turn off from start-up.
+    pub fn apply_initial_switches(&self, tenants: &Tenants) {
+        for switch in SwitchBoard::from_tenants(tenants, CATALOGUE).list() {
+            self.switches.turn_off(switch);
+        }
+    }
+
     /// Serves the platform on `listener` until `shutdown` resolves, behind the runtime's
-    /// inbound stack ([`Inbound`]) for `tenants`, with degradation `switches`: the same stack
-    /// `mesh up`'s workers run.
+    /// inbound stack ([`Inbound`]) for `tenants`: the same stack `mesh up`'s workers run,
+    /// answering from the same switch board the platform's consumers consult
+    /// ([`Platform::switches`]; the tenant files' initial switches applied).
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
         tenants: &Tenants,
-        switches: SwitchBoard,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), PlatformError> {
-        let inbound = Inbound::new(CATALOGUE, switches).with_node_credential(&self.node_credential);
+        self.apply_initial_switches(tenants);
+        let inbound = Inbound::new(CATALOGUE, self.switches.clone())
+            .with_node_credential(&self.node_credential);
         for config in tenants.tenants.values() {
             inbound
                 .serve_tenant(config)

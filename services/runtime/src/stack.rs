@@ -14,12 +14,15 @@
 //! 4. cached answers of `cached` methods while their switch is off ([`CachedAnswersLayer`]);
 //! 5. degradation switches ([`SwitchBoard`]): the contract's degraded answer, at once;
 //! 6. the tenant's service plan ([`ServicePlan`]): does it run this service at this major;
-//! 7. the tenant's own runtime, if it has one ([`TenantExecutorLayer`]);
-//! 8. the contract's deadline ([`DeadlineLayer`]).
+//! 7. the contract's deadline ([`DeadlineLayer`]), timed on the shared runtime: a tenant that
+//!    saturates its own runtime does not delay its deadline;
+//! 8. the tenant's own runtime, if it has one ([`TenantExecutorLayer`]); a call cut off by its
+//!    deadline or its caller stops there too.
 //!
 //! Outbound, outermost first (see [`Outbound::channel`]): a CLIENT span, the deadline (the
-//! callee's contract deadline or the caller's, whichever is shorter, so a hung dependency
-//! frees its place), and the bulkhead of the (tenant, dependency) pair.
+//! callee's contract deadline, or the request's `grpc-timeout` if shorter, as the generated
+//! callers set it: a hung dependency frees its place, even a shed-free one that ignores its
+//! own deadline), and the bulkhead of the (tenant, dependency) pair.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -73,9 +76,9 @@ pub struct Inbound {
 /// The tower layer [`Inbound::layer`] builds: the documented order, as one type.
 pub type InboundLayer = ServiceBuilder<
     Stack<
-        DeadlineLayer,
+        TenantExecutorLayer,
         Stack<
-            TenantExecutorLayer,
+            DeadlineLayer,
             Stack<
                 AdmitLayer<ServicePlan>,
                 Stack<
@@ -165,8 +168,8 @@ impl Inbound {
             ))
             .layer(AdmitLayer::new(self.switches.clone()))
             .layer(AdmitLayer::new(self.plan.clone()))
-            .layer(TenantExecutorLayer::new(self.runtimes.clone()))
             .layer(DeadlineLayer::new(self.catalogue))
+            .layer(TenantExecutorLayer::new(self.runtimes.clone()))
     }
 }
 

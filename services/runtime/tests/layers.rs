@@ -99,7 +99,9 @@ impl order::order_server::Order for Orders {
     }
 }
 
-/// The full inbound stack in front of recommend v1 and order v2.
+/// The admission layers (auth, rate limit, switches, plan, deadline; each tested on its own
+/// here, the product's whole stack is `mesh_runtime::Inbound`) in front of recommend v1 and
+/// order v2.
 async fn serve_stack(tenants: &Tenants, board: SwitchBoard, limiter: RateLimiter) -> String {
     let (listener, url) = listen().await;
     tokio::spawn(

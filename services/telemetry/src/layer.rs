@@ -134,6 +134,18 @@ pub fn is_error(side: Side, code: tonic::Code) -> bool {
     }
 }
 
+/// At most this many bytes of a status message go on a span.
+const MAX_STATUS_MESSAGE: usize = 256;
+
+/// `text` cut to [`MAX_STATUS_MESSAGE`] bytes, on a character boundary.
+fn bounded(text: &str) -> &str {
+    let mut end = text.len().min(MAX_STATUS_MESSAGE);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The status code's name, as `error.type` carries it (`UNAVAILABLE`).
 fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
@@ -275,13 +287,15 @@ impl Call {
         if failed {
             span.record("error.type", code_name(code));
         }
-        if code != tonic::Code::Ok && !status.message().is_empty() {
-            span.record("status_message", status.message());
+        // a status message may quote what the caller sent (a tenant id, say): bounded
+        let message = bounded(status.message());
+        if code != tonic::Code::Ok && !message.is_empty() {
+            span.record("status_message", message);
         }
         // a degraded answer is the contract's fallback, not the server failing
         if is_error(self.side, code) && !(self.degraded && self.side == Side::Server) {
             span.record("otel.status_code", "ERROR");
-            span.record("otel.status_description", status.message());
+            span.record("otel.status_description", message);
         }
         // a tenant nobody vouched for (the credential was refused) is not a metric series:
         // anyone could make up tenants by the thousand
@@ -576,6 +590,13 @@ mod tests {
         }
         assert!(!is_error(Side::Client, Ok));
         assert_eq!(code_name(ResourceExhausted), "RESOURCE_EXHAUSTED");
+    }
+
+    #[test]
+    fn a_status_message_on_a_span_is_bounded() {
+        let long = "é".repeat(1000);
+        assert_eq!(bounded(&long).len(), MAX_STATUS_MESSAGE);
+        assert_eq!(bounded("short"), "short");
     }
 
     #[test]

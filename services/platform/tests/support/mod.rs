@@ -12,7 +12,7 @@ use mesh_api::{gateway::v1::Push, locator::v1::TerminalKind};
 use mesh_contract::{EventBus, RequestContext, TenantId, spec::names};
 use mesh_embedded::EmbeddedBus;
 use mesh_gateway::Terminal;
-use mesh_platform::{CATALOGUE, MESSAGE_CONSUMER, Platform, STORAGE_CONSUMER};
+use mesh_platform::{MESSAGE_CONSUMER, Platform, STORAGE_CONSUMER};
 use mesh_runtime::{Tenants, layers::SwitchBoard};
 use mesh_store::{MemoryStore, MessageStore, PgStore};
 use tonic::transport::Channel;
@@ -105,14 +105,14 @@ impl Node {
         for config in tenants.tenants.values() {
             platform.add_tenant(config).await.unwrap();
         }
-        let switches = SwitchBoard::from_tenants(&tenants, CATALOGUE);
+        // the board the platform's consumers consult too
+        let switches = platform.switches().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         {
-            let (platform, tenants, switches) =
-                (platform.clone(), tenants.clone(), switches.clone());
+            let (platform, tenants) = (platform.clone(), tenants.clone());
             tokio::spawn(async move {
                 platform
-                    .serve(listener, &tenants, switches, async {
+                    .serve(listener, &tenants, async {
                         let _ = stopped.await;
                     })
                     .await

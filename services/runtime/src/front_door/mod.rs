@@ -152,12 +152,12 @@ impl FrontDoor {
         self.traffic.recent_degraded()
     }
 
-    /// Routes `tenant` to the process listening at `address` (`127.0.0.1:4567`).
     /// Records that this mesh serves `tenant` (before its process is up).
     pub fn know(&self, tenant: TenantId) {
         self.known.write().expect("lock").insert(tenant);
     }
 
+    /// Routes `tenant` to the process listening at `address` (`127.0.0.1:4567`).
     /// Tenants sharing a process share its connections (and its stream cap).
     pub fn route(&self, tenant: TenantId, address: &str) -> Result<(), tonic::transport::Error> {
         self.know(tenant.clone());

@@ -338,7 +338,6 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let mut inner = crate::layers::take_ready(&mut self.inner);
         let tenant = request
             .headers()
             .get(headers::TENANT)
@@ -346,7 +345,7 @@ where
             .and_then(|t| TenantId::new(t).ok())
             .filter(|t| self.layer.known.read().expect("lock").contains(t));
         let Some(tenant) = tenant else {
-            return Box::pin(inner.call(request));
+            return Box::pin(self.inner.call(request));
         };
         let path = request.uri().path().to_owned();
         let method = self.layer.catalogue.method(&path);
@@ -358,7 +357,7 @@ where
             tier: method.map(|(spec, _)| spec.tier.get()),
             started: Instant::now(),
         };
-        let answer = inner.call(request);
+        let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await?;
             if response.extensions().get::<Forwarded>().is_none() {

@@ -43,7 +43,6 @@ use mesh_contract::{TenantId, headers};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Admit, Decision};
-use crate::config::Tenants;
 
 /// A call's place in a bulkhead, released when the call answers.
 pub type BulkheadPermit = Option<OwnedSemaphorePermit>;
@@ -59,7 +58,8 @@ pub struct Bulkheads {
 struct Inner {
     limits: HashMap<TenantId, u32>,
     default_limit: u32,
-    semaphores: HashMap<(TenantId, Arc<str>), Arc<Semaphore>>,
+    /// Each place's semaphore, with the limit it was made with.
+    semaphores: HashMap<(TenantId, Arc<str>), (Arc<Semaphore>, u32)>,
 }
 
 impl Bulkheads {
@@ -74,25 +74,14 @@ impl Bulkheads {
         }
     }
 
-    /// Bulkheads sized by each tenant's `limits.max_concurrent_per_dependency`.
-    pub fn from_tenants(tenants: &Tenants) -> Self {
-        let bulkheads = Self::new(crate::config::Limits::default().max_concurrent_per_dependency);
-        for config in tenants.tenants.values() {
-            bulkheads.set_limit(
-                config.tenant_id(),
-                config.limits.max_concurrent_per_dependency,
-            );
-        }
-        bulkheads
-    }
-
-    /// Sets a tenant's limit (for bulkheads created from now on).
+    /// Sets a tenant's limit. A changed limit applies to the next calls at once: the tenant's
+    /// places are made anew with it (calls in flight finish in the old ones).
     pub fn set_limit(&self, tenant: TenantId, limit: u32) {
-        self.inner
-            .lock()
-            .expect("lock")
-            .limits
-            .insert(tenant, limit.max(1));
+        let limit = limit.max(1);
+        let mut inner = self.inner.lock().expect("lock");
+        if inner.limits.insert(tenant.clone(), limit) != Some(limit) {
+            inner.semaphores.retain(|(t, _), _| *t != tenant);
+        }
     }
 
     /// The policy for calls to `dependency`, to wrap that dependency's client in an
@@ -112,12 +101,11 @@ impl Bulkheads {
             .get(tenant)
             .copied()
             .unwrap_or(inner.default_limit);
-        let semaphore = inner
+        inner
             .semaphores
             .entry((tenant.clone(), self.dependency.clone()))
-            .or_insert_with(|| Arc::new(Semaphore::new(limit as usize)))
-            .clone();
-        (semaphore, limit)
+            .or_insert_with(|| (Arc::new(Semaphore::new(limit as usize)), limit))
+            .clone()
     }
 
     /// Calls of `tenant` in flight to `dependency`, and the limit.
@@ -185,5 +173,23 @@ mod tests {
         assert_eq!(bulkheads.in_use(&a, "locator"), (2, 2));
         drop(held);
         assert_eq!(bulkheads.in_use(&a, "locator"), (0, 2));
+    }
+
+    #[test]
+    fn a_changed_limit_applies_to_the_next_calls_and_never_underflows() {
+        let bulkheads = Bulkheads::new(2);
+        let a = TenantId::new("a").unwrap();
+        let locator = bulkheads.for_dependency("locator");
+        let held = locator.try_enter(&a).unwrap();
+        bulkheads.set_limit(a.clone(), 1);
+        assert_eq!(
+            bulkheads.in_use(&a, "locator"),
+            (0, 1),
+            "new places, the new limit"
+        );
+        let _new = locator.try_enter(&a).unwrap();
+        assert!(locator.try_enter(&a).is_err(), "held to the new limit");
+        drop(held); // finishes in its old place
+        assert_eq!(bulkheads.in_use(&a, "locator"), (1, 1));
     }
 }

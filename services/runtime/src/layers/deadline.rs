@@ -100,7 +100,7 @@ where
             (Some(contract), Some(caller)) => Some(contract.min(caller)),
             (contract, caller) => contract.or(caller),
         };
-        let call = super::take_ready(&mut self.inner).call(request);
+        let call = self.inner.call(request);
         match limit {
             None => Box::pin(call),
             Some(limit) => Box::pin(async move {

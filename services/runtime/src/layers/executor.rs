@@ -172,11 +172,13 @@ where
             .extensions()
             .get::<RequestContext>()
             .and_then(|ctx| self.runtimes.get(&ctx.tenant));
-        let call = super::take_ready(&mut self.inner).call(request);
+        // the instance polled ready is the one called, right here: no clone needed
+        let call = self.inner.call(request);
         match runtime {
             None => Box::pin(call),
             Some(runtime) => Box::pin(async move {
-                match runtime.spawn(call).await {
+                // a caller that gives up (its deadline, a disconnect) stops the handler too
+                match AbortOnDrop(runtime.spawn(call)).await {
                     Ok(response) => response,
                     Err(err) => Ok(tonic::Status::internal(format!(
                         "the tenant's runtime dropped the call: {err}"
@@ -185,5 +187,23 @@ where
                 }
             }),
         }
+    }
+}
+
+/// A task handle that aborts its task when dropped: the call on the tenant's runtime ends with
+/// the caller's interest in it, as it would on the shared runtime.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
     }
 }

@@ -4,8 +4,8 @@
 //! [`RateLimiter`] (is the tenant within its rate), [`CachedAnswersLayer`] (keeps the last good
 //! answer of `cached` methods and serves it while they are off), [`SwitchBoard`] (is the method switched off:
 //! answer the contract's degraded response), [`ServicePlan`] (does the tenant run this service
-//! at this major), [`DeadlineLayer`] (the contract's deadline).
-//! [`TenantExecutorLayer`] then runs the call on the tenant's own runtime if it has one.
+//! at this major), [`DeadlineLayer`] (the contract's deadline), then [`TenantExecutorLayer`]
+//! runs the call on the tenant's own runtime if it has one.
 //! Outbound: [`Bulkheads`], so a slow dependency only exhausts its own permits for that tenant.
 //!
 //! Most of them decide before the call whether to let it through; they share one tower
@@ -156,7 +156,8 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         match self.policy.admit(&mut request) {
             Decision::Admit(ticket) => {
-                let call = take_ready(&mut self.inner).call(request);
+                // the instance polled ready is the one called, right here: no clone needed
+                let call = self.inner.call(request);
                 Box::pin(async move {
                     let response = call.await;
                     drop(ticket);

@@ -101,8 +101,12 @@ impl Admit for RateLimiter {
     type Ticket = ();
 
     fn admit<B>(&self, request: &mut http::Request<B>) -> Decision<()> {
-        // placed after authentication, which attached the context
+        // placed after authentication, which attached the context. The mesh's own calls for
+        // a tenant (a send locating and delivering to its terminals) are part of calls the
+        // tenant's rate already admitted: counting them again would shed pushes of sends
+        // that were accepted
         match request.extensions().get::<RequestContext>() {
+            Some(ctx) if matches!(ctx.caller, mesh_contract::Caller::Node) => Decision::Admit(()),
             Some(ctx) => Decision::from_status(self.check(&ctx.tenant)),
             None => Decision::Admit(()),
         }
@@ -133,5 +137,30 @@ mod tests {
         );
         limiter.check(&calm).unwrap();
         limiter.check(&TenantId::new("unlimited").unwrap()).unwrap();
+    }
+
+    #[test]
+    fn the_mesh_s_own_calls_for_a_tenant_do_not_spend_its_rate() {
+        let limiter = RateLimiter::default();
+        let tenant = TenantId::new("mall").unwrap();
+        limiter.set(tenant.clone(), 1, 1);
+        let call = |caller: mesh_contract::Caller| {
+            let mut ctx = RequestContext::new(tenant.clone());
+            ctx.caller = caller;
+            let mut request = http::Request::new(());
+            request.extensions_mut().insert(ctx);
+            matches!(limiter.admit(&mut request), Decision::Admit(()))
+        };
+        for _ in 0..10 {
+            assert!(call(mesh_contract::Caller::Node), "a node's push or locate");
+        }
+        assert!(
+            call(mesh_contract::Caller::Backend),
+            "the tenant's one call"
+        );
+        assert!(
+            !call(mesh_contract::Caller::Backend),
+            "its next one is over its rate"
+        );
     }
 }

@@ -35,7 +35,6 @@ use crate::{
     layers::Switch,
     supervisor::protocol::{WorkerLine, WorkerState, WorkerStats},
 };
-pub use protocol::READY_PREFIX;
 
 /// Tenants served by one process.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -206,10 +206,15 @@ impl FrontDoor {
     ) {
         // the front door's stack, outermost first: a span for every call it answers or
         // forwards (refused, delayed, routed; the worker's span is its child, as the forwarded
-        // request carries this span's context), the traffic it watches, the drills' delays,
-        // then the router
+        // request carries this span's context), health and reflection, who may call what,
+        // the traffic it watches, the drills' delays, then the router
         let stack = tower::ServiceBuilder::new()
             .layer(mesh_telemetry::TraceLayer::server(self.catalogue.0))
+            .layer(crate::probes::ProbesLayer::new(self.probes.clone()))
+            .layer(crate::layers::AdmitLayer::new(Door {
+                catalogue: self.catalogue,
+                directory: self.directory.clone(),
+            }))
             .layer(TrafficLayer::new(
                 self.traffic.clone(),
                 self.known.clone(),
@@ -233,6 +238,41 @@ fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Who may call what at the door: the mesh's internal methods are never served to callers
+/// outside it, and with a directory every caller is authenticated (and admitted by the
+/// method's contract audience) before anything about the tenant is revealed (its route, its
+/// process being down).
+#[derive(Clone, Debug)]
+struct Door {
+    catalogue: Catalogue,
+    directory: Option<crate::TenantDirectory>,
+}
+
+impl crate::layers::Admit for Door {
+    type Ticket = ();
+
+    fn admit<B>(&self, request: &mut http::Request<B>) -> crate::layers::Decision<()> {
+        let path = request.uri().path();
+        // the mesh's own calls (locator, gateway delivery) never come from outside
+        if let Some((_, method)) = self.catalogue.method(path)
+            && method.audience.is_internal()
+        {
+            return crate::layers::Decision::from_status(Err(tonic::Status::permission_denied(
+                format!("{path} is internal to the mesh; it is not served to callers outside it"),
+            )));
+        }
+        crate::layers::Decision::from_status(match &self.directory {
+            Some(directory) => directory
+                .authenticate_headers(request.headers())
+                .map_err(tonic::Status::from)
+                .and_then(|ctx| directory.admits(path, &ctx.caller)),
+            None => Ok(()),
+        })
+    }
+}
+
+/// The router: each call to the process serving its tenant (see [`FrontDoor::serve_with`] for
+/// the layers in front of it).
 impl<B> tower_service::Service<http::Request<B>> for FrontDoor
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -247,31 +287,6 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if Probes::is_probe(request.uri().path()) {
-            let answer = self.probes.call(request);
-            return Box::pin(async move { Ok(answer.await) });
-        }
-        // the mesh's own calls (locator, gateway delivery) never come from outside
-        if let Some((_, method)) = self.catalogue.method(request.uri().path())
-            && method.audience.is_internal()
-        {
-            let status = tonic::Status::permission_denied(format!(
-                "{} is internal to the mesh; it is not served to callers outside it",
-                request.uri().path()
-            ));
-            return Box::pin(async move { Ok(status.into_http()) });
-        }
-        // who is calling, before anything about the tenant is revealed (its route, its
-        // process being down)
-        if let Some(directory) = &self.directory {
-            let checked = directory
-                .authenticate_headers(request.headers())
-                .map_err(tonic::Status::from)
-                .and_then(|ctx| directory.admits(request.uri().path(), &ctx.caller));
-            if let Err(status) = checked {
-                return Box::pin(async move { Ok(status.into_http()) });
-            }
-        }
         let tenant = request
             .headers()
             .get(headers::TENANT)

@@ -56,7 +56,7 @@ mod switch;
 
 use std::task::{Context, Poll};
 
-use mesh_contract::{ContractSpec, MethodSpec, bus::BoxFuture};
+use mesh_contract::{ContractSpec, MethodSpec};
 
 pub use bulkhead::{BulkheadPermit, Bulkheads};
 
@@ -137,17 +137,54 @@ pub struct Admitted<S, A> {
     policy: A,
 }
 
+pin_project_lite::pin_project! {
+    /// The response future of [`Admitted`]: the service's call, holding its ticket until it
+    /// answers, or the answer the policy gave at once. Named, not boxed: the admission layers
+    /// are on every call's path, and each would otherwise allocate per call.
+    #[project = AdmitFutureProjection]
+    #[allow(missing_docs)] // the macro takes no docs on fields: the call, its ticket; the answer
+    pub enum AdmitFuture<F, T> {
+        /// Admitted: the call, and its ticket.
+        Called {
+            #[pin]
+            call: F,
+            ticket: Option<T>,
+        },
+        /// Answered by the policy.
+        Answered {
+            answer: Option<GrpcResponse>,
+        },
+    }
+}
+
+impl<F, T, E> std::future::Future for AdmitFuture<F, T>
+where
+    F: std::future::Future<Output = Result<GrpcResponse, E>>,
+{
+    type Output = Result<GrpcResponse, E>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AdmitFutureProjection::Called { call, ticket } => {
+                let response = std::task::ready!(call.poll(cx));
+                ticket.take(); // released as the call answers
+                Poll::Ready(response)
+            }
+            AdmitFutureProjection::Answered { answer } => Poll::Ready(Ok(answer
+                .take()
+                .expect("an AdmitFuture is polled once it is done"))),
+        }
+    }
+}
+
 impl<S, A, B> tower_service::Service<http::Request<B>> for Admitted<S, A>
 where
-    S: tower_service::Service<http::Request<B>, Response = GrpcResponse> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S: tower_service::Service<http::Request<B>, Response = GrpcResponse>,
     A: Admit,
-    B: Send + 'static,
 {
     type Response = GrpcResponse;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<GrpcResponse, S::Error>>;
+    type Future = AdmitFuture<S::Future, A::Ticket>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -155,16 +192,14 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         match self.policy.admit(&mut request) {
-            Decision::Admit(ticket) => {
-                // the instance polled ready is the one called, right here: no clone needed
-                let call = self.inner.call(request);
-                Box::pin(async move {
-                    let response = call.await;
-                    drop(ticket);
-                    response
-                })
-            }
-            Decision::Answer(answer) => Box::pin(std::future::ready(Ok(answer))),
+            // the instance polled ready is the one called, right here: no clone needed
+            Decision::Admit(ticket) => AdmitFuture::Called {
+                call: self.inner.call(request),
+                ticket: Some(ticket),
+            },
+            Decision::Answer(answer) => AdmitFuture::Answered {
+                answer: Some(answer),
+            },
         }
     }
 }

@@ -281,42 +281,78 @@ fn caller(contract: &Contract) -> TokenStream {
     }
 }
 
+/// What the event stubs of one contract are called, and each event's pieces.
+struct EventStubs {
+    full: String,
+    marker: syn::Ident,
+    publisher: syn::Ident,
+    handler: syn::Ident,
+    consumer: syn::Ident,
+    /// Per event, in contract order.
+    payloads: Vec<TokenStream>,
+    specs: Vec<syn::Ident>,
+    names: Vec<String>,
+    handler_fns: Vec<syn::Ident>,
+    handler_docs: Vec<TokenStream>,
+    decode_errors: Vec<String>,
+}
+
+/// The typed event stubs: a sealed marker of the contract's payloads, a publisher, a handler
+/// trait and a consumer that decodes deliveries for it.
 fn events(contract: &Contract) -> TokenStream {
     let events: Vec<&Method> = contract.events().collect();
     if events.is_empty() {
         return quote!();
     }
     let proto_name = &contract.service.proto_name;
-    let marker = format_ident!("{}Event", proto_name);
-    let publisher = format_ident!("{}Publisher", proto_name);
-    let handler = format_ident!("{}Handler", proto_name);
-    let consumer = format_ident!("{}Consumer", proto_name);
-    let full = &contract.service.full_name;
-    let payloads: Vec<TokenStream> = events
-        .iter()
-        .map(|m| rust_type(contract, &m.input, &m.input_package))
-        .collect();
-    let specs: Vec<_> = events.iter().map(|m| const_name(m)).collect();
-    let names: Vec<&String> = events.iter().map(|m| &m.name).collect();
-    let handler_fns: Vec<_> = events
-        .iter()
-        .map(|m| format_ident!("on_{}", m.name.to_snake_case()))
-        .collect();
-    let handler_docs = events
-        .iter()
-        .map(|m| doc_lines(if m.doc.is_empty() { &m.name } else { &m.doc }));
-    let decode_errors = events
-        .iter()
-        .map(|m| format!("payload is not a valid {}: ", m.input));
+    let stubs = EventStubs {
+        full: contract.service.full_name.clone(),
+        marker: format_ident!("{}Event", proto_name),
+        publisher: format_ident!("{}Publisher", proto_name),
+        handler: format_ident!("{}Handler", proto_name),
+        consumer: format_ident!("{}Consumer", proto_name),
+        payloads: events
+            .iter()
+            .map(|m| rust_type(contract, &m.input, &m.input_package))
+            .collect(),
+        specs: events.iter().map(|m| const_name(m)).collect(),
+        names: events.iter().map(|m| m.name.clone()).collect(),
+        handler_fns: events
+            .iter()
+            .map(|m| format_ident!("on_{}", m.name.to_snake_case()))
+            .collect(),
+        handler_docs: events
+            .iter()
+            .map(|m| doc_lines(if m.doc.is_empty() { &m.name } else { &m.doc }))
+            .collect(),
+        decode_errors: events
+            .iter()
+            .map(|m| format!("payload is not a valid {}: ", m.input))
+            .collect(),
+    };
+    let marker = event_marker(&stubs);
+    let publisher = event_publisher(&stubs);
+    let handler = event_handler(&stubs);
+    let consumer = event_consumer(&stubs);
+    quote! {
+        #marker
+        #publisher
+        #handler
+        #consumer
+    }
+}
+
+/// The sealed marker trait only the contract's payloads implement.
+fn event_marker(stubs: &EventStubs) -> TokenStream {
+    let EventStubs {
+        full,
+        marker,
+        publisher,
+        payloads,
+        specs,
+        ..
+    } = stubs;
     let marker_doc = format!(" An event of `{full}`; only these can go through [`{publisher}`].");
-    let publisher_doc = doc_lines(&format!(
-        "Publishes `{full}` events on any [`EventBus`](::mesh_contract::EventBus), to the\nexchange of the context's tenant."
-    ));
-    let handler_doc = doc_lines(&format!(
-        "Handles `{full}` events. Every method defaults to acknowledging and ignoring the event,\nso a consumer only implements what it needs and an event added in a minor version does not\nbreak it. Return [`HandlerError::Retry`](::mesh_contract::HandlerError::Retry) for transient\nfailures and `Reject` for messages that can never succeed."
-    ));
-    let consumer_doc = format!(" Decodes `{full}` deliveries and routes them to a [`{handler}`].");
-    let unknown = format!("{full} has no event ");
     quote! {
         mod sealed {
             pub trait Sealed {}
@@ -332,7 +368,21 @@ fn events(contract: &Contract) -> TokenStream {
             }
             impl #marker for #payloads {}
         )*
+    }
+}
 
+/// The publisher of the contract's events on any bus.
+fn event_publisher(stubs: &EventStubs) -> TokenStream {
+    let EventStubs {
+        full,
+        marker,
+        publisher,
+        ..
+    } = stubs;
+    let publisher_doc = doc_lines(&format!(
+        "Publishes `{full}` events on any [`EventBus`](::mesh_contract::EventBus), to the\nexchange of the context's tenant."
+    ));
+    quote! {
         #publisher_doc
         #[derive(Debug, Clone)]
         pub struct #publisher<B> {
@@ -355,7 +405,23 @@ fn events(contract: &Contract) -> TokenStream {
                 self.bus.publish(ctx, E::SPEC, payload.into()).await
             }
         }
+    }
+}
 
+/// The handler trait, one method per event, each acknowledging by default.
+fn event_handler(stubs: &EventStubs) -> TokenStream {
+    let EventStubs {
+        full,
+        handler,
+        payloads,
+        handler_fns,
+        handler_docs,
+        ..
+    } = stubs;
+    let handler_doc = doc_lines(&format!(
+        "Handles `{full}` events. Every method defaults to acknowledging and ignoring the event,\nso a consumer only implements what it needs and an event added in a minor version does not\nbreak it. Return [`HandlerError::Retry`](::mesh_contract::HandlerError::Retry) for transient\nfailures and `Reject` for messages that can never succeed."
+    ));
+    quote! {
         #handler_doc
         pub trait #handler: ::core::marker::Send + ::core::marker::Sync + 'static {
             #(
@@ -370,7 +436,24 @@ fn events(contract: &Contract) -> TokenStream {
                 }
             )*
         }
+    }
+}
 
+/// The consumer: decodes each delivery and routes it to the handler's method for its event.
+fn event_consumer(stubs: &EventStubs) -> TokenStream {
+    let EventStubs {
+        full,
+        handler,
+        consumer,
+        payloads,
+        names,
+        handler_fns,
+        decode_errors,
+        ..
+    } = stubs;
+    let consumer_doc = format!(" Decodes `{full}` deliveries and routes them to a [`{handler}`].");
+    let unknown = format!("{full} has no event ");
+    quote! {
         #[doc = #consumer_doc]
         pub struct #consumer<H> {
             handler: ::std::sync::Arc<H>,

@@ -200,6 +200,18 @@ impl MessageService {
         request: message::SendRequest,
         kind: message::MessageKind,
     ) -> Result<message::SendResponse, Status> {
+        self.check_send(ctx, &request)?;
+        let message = self.store_once(ctx, request, kind).await?;
+        self.announce(ctx, &message).await?;
+        Ok(self.deliver(ctx, message).await)
+    }
+
+    /// A send's fields, against the tenant's limits.
+    fn check_send(
+        &self,
+        ctx: &RequestContext,
+        request: &message::SendRequest,
+    ) -> Result<(), Status> {
         id("conversation_id", &request.conversation_id)?;
         id("from_user", &request.from_user)?;
         id("to_user", &request.to_user)?;
@@ -219,6 +231,17 @@ impl MessageService {
                 "body contains a NUL character, which no store keeps",
             ));
         }
+        Ok(())
+    }
+
+    /// Stores the message once (a retry with the same `client_msg_id` finds the first one),
+    /// to its end even if the call is dropped meanwhile.
+    async fn store_once(
+        &self,
+        ctx: &RequestContext,
+        request: message::SendRequest,
+        kind: message::MessageKind,
+    ) -> Result<message::ChatMessage, Status> {
         let (request_to, request_body, first_client_id) = (
             request.to_user.clone(),
             request.body.clone(),
@@ -252,10 +275,16 @@ impl MessageService {
                 first_client_id, first.from_user, first.conversation_id, first.seq
             )));
         }
-        let message = chat(accepted.into_message());
+        Ok(chat(accepted.into_message()))
+    }
 
-        // Announced after it is stored, and again on a retry (the first announcement may have
-        // been cut off): consumers dedupe by message id.
+    /// Announces a stored message: after it is stored, and again on a retry (the first
+    /// announcement may have been cut off): consumers dedupe by message id.
+    async fn announce(
+        &self,
+        ctx: &RequestContext,
+        message: &message::ChatMessage,
+    ) -> Result<(), Status> {
         let sent = message::MessageSent {
             message: Some(message.clone()),
         };
@@ -265,7 +294,16 @@ impl MessageService {
                 message.seq, message.conversation_id
             )));
         }
+        Ok(())
+    }
 
+    /// Pushes a stored message to its receiver's terminals; the answer says which got it and
+    /// which are offline (those sync it later). Never fails: the message is stored already.
+    async fn deliver(
+        &self,
+        ctx: &RequestContext,
+        message: message::ChatMessage,
+    ) -> message::SendResponse {
         let push = gateway::Push {
             payload: Some(Payload::Message(message.clone())),
         };
@@ -279,11 +317,11 @@ impl MessageService {
                 offline.push(terminal);
             }
         }
-        Ok(message::SendResponse {
+        message::SendResponse {
             message: Some(message),
             delivered_terminals: pushed.delivered,
             offline_terminals: offline,
-        })
+        }
     }
 
     /// Pushes to every located terminal of `user` except `skip`, all at once. A push that

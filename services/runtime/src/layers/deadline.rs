@@ -27,8 +27,6 @@ use std::{
     time::Duration,
 };
 
-use mesh_contract::bus::BoxFuture;
-
 use super::{Catalogue, GrpcResponse};
 
 /// Tower layer cutting a call off at its contract deadline (or the caller's, if shorter) with
@@ -79,16 +77,48 @@ pub(crate) fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
+pin_project_lite::pin_project! {
+    /// The response future of [`Deadline`]: the call, cut off at its deadline (named, not
+    /// boxed: it is on every call's path).
+    pub struct DeadlineFuture<F> {
+        #[pin]
+        call: tokio::time::Timeout<F>,
+        // the method's name and the limit, for the answer when it runs out
+        method: &'static str,
+        limit: Duration,
+    }
+}
+
+impl<F, E> std::future::Future for DeadlineFuture<F>
+where
+    F: std::future::Future<Output = Result<GrpcResponse, E>>,
+{
+    type Output = Result<GrpcResponse, E>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(match std::task::ready!(this.call.poll(cx)) {
+            Ok(response) => response,
+            Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                "{} did not answer within its deadline of {:?}",
+                this.method, this.limit
+            ))
+            .into_http()),
+        })
+    }
+}
+
+/// Without a contract deadline or a caller's: an hour, the longest anything here may wait
+/// (a timer that never fires costs next to nothing, and keeps the future one type).
+const NO_DEADLINE: Duration = Duration::from_secs(3600);
+
 impl<S, B> tower_service::Service<http::Request<B>> for Deadline<S>
 where
-    S: tower_service::Service<http::Request<B>, Response = GrpcResponse> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
+    S: tower_service::Service<http::Request<B>, Response = GrpcResponse>,
 {
     type Response = GrpcResponse;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<GrpcResponse, S::Error>>;
+    type Future = DeadlineFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -100,21 +130,11 @@ where
             (Some(contract), Some(caller)) => Some(contract.min(caller)),
             (contract, caller) => contract.or(caller),
         };
-        let call = self.inner.call(request);
-        match limit {
-            None => Box::pin(call),
-            Some(limit) => Box::pin(async move {
-                match tokio::time::timeout(limit, call).await {
-                    Ok(response) => response,
-                    Err(_) => {
-                        let name = method.map_or("the call", |m| m.name);
-                        Ok(tonic::Status::deadline_exceeded(format!(
-                            "{name} did not answer within its deadline of {limit:?}"
-                        ))
-                        .into_http())
-                    }
-                }
-            }),
+        let limit = limit.unwrap_or(NO_DEADLINE);
+        DeadlineFuture {
+            call: tokio::time::timeout(limit, self.inner.call(request)),
+            method: method.map_or("the call", |m| m.name),
+            limit,
         }
     }
 }

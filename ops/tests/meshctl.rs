@@ -935,3 +935,98 @@ async fn meshctl_reaches_an_admin_api_over_tls_only_trusting_its_ca() {
     assert_eq!(plain.code, 3, "{}", plain.stderr);
     mesh.stop().await;
 }
+
+/// The problem an output states about `file`: the rest of the line that is about `file` (the
+/// file is where the line starts saying something, `file: ...`) and names `naming` (the same
+/// whatever folder the file was read from).
+fn problem_in(output: &str, file: &str, naming: &str) -> Option<String> {
+    let about = format!("{file}: ");
+    output
+        .lines()
+        .filter(|line| line.contains(naming))
+        .find_map(|line| line.find(&about).map(|at| line[at..].trim_end().to_owned()))
+}
+
+/// Every broken tenant file kept in `tests/broken-tenants` (one defect each, its second line
+/// saying what the refusal must name) is refused with the same problem, naming the file and
+/// the field, by `meshctl tenant check` offline, `tenant check` and `tenant add` against a
+/// running mesh, and `mesh up` at start-up; nothing is kept, and the running mesh keeps
+/// serving its tenant throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_tenant_files_are_refused_identically_everywhere() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/broken-tenants");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&fixtures)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 30, "{} broken files", files.len());
+
+    // mall runs: a broken file may take its namespace or its credential
+    let tenants = tenants_folder(&["mall"], &[]);
+    let state = tempfile::tempdir().unwrap();
+    let mesh = Mesh::up(tenants.path(), state.path(), 1).await;
+    let dir = tenants.path().to_str().unwrap().to_owned();
+    for path in &files {
+        let file = path.file_name().unwrap().to_str().unwrap();
+        let naming = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("# refused naming: ").map(str::to_owned))
+            .unwrap_or_else(|| panic!("{file} says what its refusal names"));
+        let path_arg = path.to_str().unwrap();
+
+        let offline = ctl(&["tenant", "check", path_arg, "--tenants", &dir], &[]).await;
+        let check = mesh.ctl(&["tenant", "check", path_arg]).await;
+        let add = mesh.ctl(&["tenant", "add", path_arg]).await;
+        // start-up: the shipped defaults and mall, and the broken file
+        let folder = tenants_folder(&["mall"], &[]);
+        std::fs::copy(path, folder.path().join(file)).unwrap();
+        let started = tokio::time::timeout(
+            Duration::from_secs(60),
+            Command::new(mesh_binary())
+                .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
+                .arg(folder.path())
+                .arg("--config")
+                .arg(state.path().join("no-such-mesh.toml"))
+                .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+                .env("MESH_STATE_DIR", folder.path().join(".state"))
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{file}: mesh up neither refused nor served within 60 s"))
+        .unwrap();
+        let start_up = String::from_utf8_lossy(&started.stderr).into_owned();
+        assert!(!started.status.success(), "{file}: mesh up started");
+
+        let mut problems = Vec::new();
+        for (how, code, output) in [
+            ("offline tenant check", offline.code, &offline.stderr),
+            ("tenant check", check.code, &check.stderr),
+            ("tenant add", add.code, &add.stderr),
+            ("mesh up", 1, &start_up),
+        ] {
+            assert_eq!(code, 1, "{file}: {how} exit code: {output}");
+            let problem = problem_in(output, file, &naming)
+                .unwrap_or_else(|| panic!("{file}: {how} does not name {naming}: {output}"));
+            problems.push((how, problem));
+        }
+        for (how, problem) in &problems[1..] {
+            assert_eq!(
+                problem, &problems[0].1,
+                "{file}: {how} states the problem as offline tenant check does"
+            );
+        }
+        assert!(
+            !tenants.path().join(file).exists(),
+            "{file}: a refused file is not kept"
+        );
+    }
+    assert_eq!(
+        mesh.suggest("mall", "dev-mall-token").await.0,
+        None,
+        "mall still served"
+    );
+}

@@ -10,7 +10,7 @@
 //! Every error names the file (or environment variable) and the field.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     path::{Path, PathBuf},
 };
 
@@ -329,50 +329,30 @@ impl Tenants {
         let mut errors = Vec::new();
         let mut tenants = BTreeMap::new();
         let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
-        let mut namespaces: HashMap<String, PathBuf> = HashMap::new();
-        let mut credentials: HashMap<String, PathBuf> = HashMap::new();
         for file in files {
             match load_file(&file, defaults.as_deref(), catalogue) {
                 Ok(tenant) => {
-                    let source = file.display().to_string();
-                    if let Some(first) = sources.get(tenant.id.as_str()) {
+                    let clashing = tenants.values().find_map(|t: &TenantConfig| {
+                        let with = sources[t.id.as_str()].as_path();
+                        clash(&tenant, [(t, with)]).map(|found| (t, with, found))
+                    });
+                    if let Some((other, other_file, (field, message))) = clashing {
+                        // said of both files: a folder has no newcomer, and whichever file is
+                        // the one to mend, its problem reads as it would on onboarding
                         errors.push(FieldError {
-                            source,
-                            field: "id".into(),
-                            message: format!(
-                                "duplicate tenant id {:?}: {} declares it already",
-                                tenant.id,
-                                first.display()
-                            ),
+                            source: file.display().to_string(),
+                            field: field.into(),
+                            message,
                         });
+                        if let Some((field, message)) = clash(other, [(&tenant, file.as_path())]) {
+                            errors.push(FieldError {
+                                source: other_file.display().to_string(),
+                                field: field.into(),
+                                message,
+                            });
+                        }
                         continue;
                     }
-                    if let Some(first) = namespaces.get(&tenant.data_namespace) {
-                        errors.push(FieldError {
-                            source,
-                            field: "data_namespace".into(),
-                            message: format!(
-                                "{:?} is already the data namespace of {}; tenants never share data",
-                                tenant.data_namespace,
-                                first.display()
-                            ),
-                        });
-                        continue;
-                    }
-                    let token = tenant.credentials.resolve();
-                    if let Some(first) = credentials.get(&token) {
-                        errors.push(FieldError {
-                            source,
-                            field: "credentials".into(),
-                            message: format!(
-                                "the same credential as {}: each business line's backend holds its own",
-                                first.display()
-                            ),
-                        });
-                        continue;
-                    }
-                    credentials.insert(token, file.clone());
-                    namespaces.insert(tenant.data_namespace.clone(), file.clone());
                     sources.insert(tenant.id.to_string(), file);
                     tenants.insert(tenant.id.to_string(), tenant);
                 }
@@ -459,44 +439,52 @@ pub fn check_new(
         ),
         other => other,
     })?;
-    if let Some(first) = existing.files.get(config.id.as_str()) {
-        return Err(invalid(
-            "id",
-            format!(
-                "duplicate tenant id {:?}: {} declares it already",
-                config.id,
-                first.display()
-            ),
-        ));
-    }
-    let token = config.credentials.resolve();
-    if let Some(other) = existing
+    let others = existing
         .tenants
         .values()
-        .find(|t| t.credentials.resolve() == token)
-    {
-        return Err(invalid(
-            "credentials",
-            format!(
-                "the same credential as tenant {}: each business line's backend holds its own",
-                other.id
-            ),
-        ));
-    }
-    if let Some(other) = existing
-        .tenants
-        .values()
-        .find(|t| t.data_namespace == config.data_namespace)
-    {
-        return Err(invalid(
-            "data_namespace",
-            format!(
-                "{:?} is already the data namespace of tenant {}; tenants never share data",
-                config.data_namespace, other.id
-            ),
-        ));
+        .map(|t| (t, existing.files[t.id.as_str()].as_path()));
+    if let Some((field, message)) = clash(&config, others) {
+        return Err(invalid(field, message));
     }
     Ok(config)
+}
+
+/// Whether `config` takes what one of `others` (each with its file) holds already: its id, its
+/// data namespace or its credential; the field and the problem. The one check a folder loading
+/// and a file added to it both run.
+fn clash<'a>(
+    config: &TenantConfig,
+    others: impl IntoIterator<Item = (&'a TenantConfig, &'a Path)>,
+) -> Option<(&'static str, String)> {
+    let token = config.credentials.resolve();
+    others.into_iter().find_map(|(other, file)| {
+        // the other file by name, as every folder it may be read from names it
+        let file = file.file_name().unwrap_or_default().to_string_lossy();
+        if other.id == config.id {
+            Some((
+                "id",
+                format!("duplicate tenant id \"{}\": {file} declares it already", config.id),
+            ))
+        } else if other.data_namespace == config.data_namespace {
+            Some((
+                "data_namespace",
+                format!(
+                    "{:?} is already the data namespace of tenant {} ({file}); tenants never share data",
+                    config.data_namespace, other.id
+                ),
+            ))
+        } else if other.credentials.resolve() == token {
+            Some((
+                "credentials",
+                format!(
+                    "the same credential as tenant {} ({file}): each business line's backend holds its own",
+                    other.id
+                ),
+            ))
+        } else {
+            None
+        }
+    })
 }
 
 /// The environment prefix of a tenant file's overrides: `MESH_TENANT_<STEM>__`.

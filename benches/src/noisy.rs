@@ -11,7 +11,7 @@ use std::{
 };
 
 use mesh_api::{locator::v1 as locator, recommend::v1 as recommend};
-use mesh_contract::{RequestContext, TenantId};
+use mesh_contract::{RequestContext, ServiceCredentials, TenantId};
 use mesh_runtime::{
     Inbound, Outbound, OutboundChannel, Tenants,
     layers::{Bulkheads, Catalogue, SwitchBoard},
@@ -49,10 +49,11 @@ impl locator::locator_server::Locator for Locator {
     }
 }
 
-/// The front service: every call asks the locator, through the tenant's bulkhead.
+/// The front service: every call asks the locator, through the tenant's bulkhead, as the
+/// product's services do (with the node credential: the locator serves the mesh only).
 struct Front {
     locator: locator::LocatorCaller<OutboundChannel>,
-    tokens: Arc<Tenants>,
+    credentials: ServiceCredentials,
 }
 
 #[tonic::async_trait]
@@ -61,15 +62,12 @@ impl recommend::recommend_server::Recommend for Front {
         &self,
         request: Request<recommend::SuggestRequest>,
     ) -> Result<Response<recommend::SuggestResponse>, Status> {
-        let ctx = RequestContext::from_request(&request)?;
-        let token = self
-            .tokens
-            .get(ctx.tenant.as_str())
-            .and_then(|t| t.credentials.token.clone())
-            .unwrap_or_default();
+        let ctx = self
+            .credentials
+            .outbound(&RequestContext::from_request(&request)?);
         self.locator
             .clone()
-            .locate(&ctx.with_token(token), locator::LocateRequest::default())
+            .locate(&ctx, locator::LocateRequest::default())
             .await?;
         Ok(Response::new(recommend::SuggestResponse::default()))
     }
@@ -99,9 +97,10 @@ async fn listen() -> anyhow::Result<(tokio::net::TcpListener, String)> {
 pub async fn run() -> anyhow::Result<Vec<Row>> {
     let tenants = Arc::new(crate::shipped_tenants()?);
     let (listener, locator_url) = listen().await?;
+    let node_token = ServiceCredentials::fresh_token();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(inbound(&tenants)?.layer())
+            .layer(inbound(&tenants)?.with_node_credential(&node_token).layer())
             .add_service(locator::locator_server::LocatorServer::new(Locator))
             .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );
@@ -110,7 +109,7 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
     let outbound = Outbound::new(Bulkheads::new(4), CATALOGUE);
     let front = Front {
         locator: locator::LocatorCaller::new(outbound.channel("locator", &to_locator)),
-        tokens: tenants.clone(),
+        credentials: ServiceCredentials::node(node_token.clone()),
     };
     let front_inbound = inbound(&tenants)?;
     front_inbound.limiter().set(TenantId::new("mall")?, 50, 10);

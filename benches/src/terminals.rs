@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use mesh_api::{
     gateway::v1::{self as gateway, push::Payload},
-    locator::v1::{self as locator, TerminalKind},
+    locator::v1::TerminalKind,
     message::v1 as message,
+    order::v1 as order,
 };
 use mesh_contract::{RequestContext, TenantId};
+use mesh_runtime::identity::UserTokens;
 use tonic::transport::Channel;
 
 use crate::{
@@ -34,6 +36,7 @@ const RECONNECTS: usize = 200;
 /// A business line whose rate limit does not throttle a mass attach.
 const BULK: &str = "id = \"bulk\"\ndisplay_name = \"Bulk\"\ndata_namespace = \"bulk\"\n\
     [credentials]\ntoken = \"bulk-secret-token\"\n\
+    [users]\nissuer = \"bulk-accounts\"\nhs256_secret = \"bulk-development-secret-of-32-bytes\"\n\
     [limits]\nrequests_per_second = 1000000\nburst = 1000000\nmax_concurrent_per_dependency = 100000\n";
 
 pub async fn run() -> anyhow::Result<Vec<Row>> {
@@ -45,7 +48,15 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
     std::fs::write(dir.path().join("bulk.toml"), BULK)?;
     let mut up = mesh_up(dir.path(), &dir.path().join(".state"), &[]).await?;
     let (front, front_pid, worker) = (up.front.clone(), up.pid, up.worker);
+    // the backend sends; each terminal attaches with its user's own token
     let ctx = RequestContext::new(TenantId::new("bulk")?).with_token("bulk-secret-token");
+    let users = UserTokens::development("bulk-accounts", "bulk-development-secret-of-32-bytes");
+    let user_ctx = |user: &str| -> anyhow::Result<RequestContext> {
+        let token = users
+            .issue(user, None, 3600)
+            .map_err(|(field, message)| anyhow::anyhow!("{field}: {message}"))?;
+        Ok(RequestContext::new(TenantId::new("bulk")?).with_user_token(&token))
+    };
     let mut channels = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
         channels.push(
@@ -55,7 +66,7 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
         );
     }
     // warm-up: the route to the worker, its connections, one terminal in and out
-    drop(attach(channels[0].clone(), &ctx, "warm", "phone").await?);
+    drop(attach(channels[0].clone(), &user_ctx("warm")?, "warm", "phone").await?);
     let rtt = round_trips(&channels[0], &ctx).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let baseline = (rss_kib(front_pid)?, rss_kib(worker)?);
@@ -63,9 +74,12 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
     let started = Instant::now();
     let mut terminals: Vec<_> = futures::stream::iter(0..TERMINALS)
         .map(|i| {
-            let (channel, ctx) = (channels[i % CONNECTIONS].clone(), ctx.clone());
+            let (channel, ctx) = (
+                channels[i % CONNECTIONS].clone(),
+                user_ctx(&format!("user{i}")),
+            );
             async move {
-                let stream = attach(channel, &ctx, &format!("user{i}"), "phone").await?;
+                let stream = attach(channel, &ctx?, &format!("user{i}"), "phone").await?;
                 anyhow::Ok((i, stream))
             }
         })
@@ -78,11 +92,12 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let peak = (rss_kib(front_pid)?, rss_kib(worker)?);
 
-    // every one of them gets a message
+    // every one of them gets a message, from the support agent (a user: sends are users')
+    let agent = user_ctx("agent")?;
     let started = Instant::now();
     futures::stream::iter(0..TERMINALS)
         .map(|i| {
-            let (channel, ctx) = (channels[i % CONNECTIONS].clone(), ctx.clone());
+            let (channel, ctx) = (channels[i % CONNECTIONS].clone(), agent.clone());
             async move { send(channel, &ctx, &format!("user{i}"), "hello").await }
         })
         .buffer_unordered(64)
@@ -109,7 +124,7 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
     let fresh = tonic::transport::Endpoint::from_shared(format!("http://{front}"))?
         .connect()
         .await?;
-    let reconnect = reconnects(&fresh, &ctx).await?;
+    let reconnect = reconnects(&fresh, &agent, &user_ctx("roamer")?).await?;
     let _ = up.child.kill().await;
 
     let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
@@ -212,20 +227,22 @@ async fn send(
         .await
 }
 
-/// p50 / p99 of a unary call through the front door (Locate).
+/// p50 / p99 of a unary call through the front door (ListOrders).
 async fn round_trips(
     channel: &Channel,
     ctx: &RequestContext,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let mut caller = locator::LocatorCaller::new(channel.clone());
+    // a plain unary call through the front door (the locator serves the mesh only)
+    let mut caller = order::OrderCaller::new(channel.clone());
     let mut times = Vec::with_capacity(RECONNECTS);
     for _ in 0..RECONNECTS {
         let started = Instant::now();
         caller
-            .locate(
+            .list_orders(
                 ctx,
-                locator::LocateRequest {
+                order::ListOrdersRequest {
                     user_id: "warm".into(),
+                    limit: 1,
                 },
             )
             .await?;
@@ -240,10 +257,11 @@ async fn round_trips(
 async fn reconnects(
     channel: &Channel,
     ctx: &RequestContext,
+    roamer: &RequestContext,
 ) -> anyhow::Result<(Duration, Duration)> {
     let resume = |cursor| {
         mesh_gateway::Terminal::resume(
-            ctx,
+            roamer,
             channel.clone(),
             channel.clone(),
             "roamer",

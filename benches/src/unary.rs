@@ -34,8 +34,18 @@ fn service() -> recommend::recommend_server::RecommendServer<RecommendService> {
 async fn serve_raw() -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
+    // the caller as a server that trusts its network would take it: a backend of mall (the
+    // service acts only for authenticated callers; the mesh's side pays for checking that)
+    let mut caller = RequestContext::new(TenantId::new("mall")?);
+    caller.caller = mesh_contract::Caller::Backend;
     tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(tower::util::MapRequestLayer::new(
+                move |mut request: http::Request<tonic::body::Body>| {
+                    request.extensions_mut().insert(caller.clone());
+                    request
+                },
+            ))
             .add_service(service())
             .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );

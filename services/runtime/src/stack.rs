@@ -21,8 +21,8 @@
 //!
 //! Outbound, outermost first (see [`Outbound::channel`]): a CLIENT span, the deadline (the
 //! callee's contract deadline, or the request's `grpc-timeout` if shorter, as the generated
-//! callers set it: a hung dependency frees its place, even a shed-free one that ignores its
-//! own deadline), and the bulkhead of the (tenant, dependency) pair.
+//! callers set it: a dependency that hangs frees its bulkhead place when the deadline passes,
+//! whatever the dependency does), and the bulkhead of the (tenant, dependency) pair.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

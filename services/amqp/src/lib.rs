@@ -459,11 +459,7 @@ impl EventBus for AmqpBus {
             }
             // the message carries this publish's span, so its consumers continue the trace
             let exchange = event.exchange(&ctx.tenant);
-            let destination = Destination {
-                exchange: &exchange,
-                routing_key: event.routing_key,
-                ..Default::default()
-            };
+            let destination = Destination::publish(&exchange, event);
             let (trace, ctx) = EventTrace::start("rabbitmq", "publish", ctx, event, &destination);
             let properties = envelope::properties(&ctx, event);
             if let Some(id) = properties.message_id() {

@@ -193,11 +193,7 @@ impl EventBus for EmbeddedBus {
                 });
             }
             let exchange = event.exchange(&ctx.tenant);
-            let destination = Destination {
-                exchange: &exchange,
-                routing_key: event.routing_key,
-                ..Default::default()
-            };
+            let destination = Destination::publish(&exchange, event);
             let (trace, ctx) = EventTrace::start("embedded", "publish", ctx, event, &destination);
             let published = self.enqueue(&ctx, event, payload);
             match &published {

@@ -111,11 +111,6 @@ impl AdminService {
     }
 }
 
-/// What the platform's services would refuse of a tenant file, as the admin API answers it.
-fn settings_checked(file_name: &str, config: &mesh_runtime::TenantConfig) -> Result<(), Status> {
-    mesh_platform::check(config).map_err(|e| Status::invalid_argument(format!("{file_name}: {e}")))
-}
-
 fn bus_status(err: mesh_contract::BusError) -> Status {
     match err {
         mesh_contract::BusError::Unavailable(m) => Status::unavailable(m),
@@ -305,7 +300,6 @@ impl Admin for AdminService {
             .plane
             .check_tenant(&file.file_name, &file.content)
             .map_err(status)?;
-        settings_checked(&file.file_name, &config)?;
         Ok(Response::new(api::CheckTenantResponse {
             tenant: config.id.to_string(),
             group,
@@ -317,12 +311,7 @@ impl Admin for AdminService {
         request: Request<api::TenantFile>,
     ) -> Result<Response<api::TenantList>, Status> {
         let file = request.into_inner();
-        // the services' settings are checked before anything is written or started
-        let (checked, _) = self
-            .plane
-            .check_tenant(&file.file_name, &file.content)
-            .map_err(status)?;
-        settings_checked(&file.file_name, &checked)?;
+        // checked (the services' settings too) before anything is written or started
         let config = self
             .plane
             .add_tenant(&file.file_name, &file.content)

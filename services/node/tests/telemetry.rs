@@ -227,6 +227,22 @@ async fn start_collector() -> (Collector, SocketAddr) {
     (collector, addr)
 }
 
+/// `mesh up` on the tenants in `dir` (with extra environment `env`), exporting every 200 ms to
+/// a collector of its own.
+async fn traced_mesh_up(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Collector, support::MeshUp) {
+    let (collector, addr) = start_collector().await;
+    let endpoint = format!("http://{addr}");
+    let mut all = vec![
+        ("MESH_TELEMETRY_OTLP_ENDPOINT", endpoint.as_str()),
+        ("MESH_TELEMETRY_EXPORT_INTERVAL_MS", "200"),
+    ];
+    all.extend_from_slice(env);
+    (collector, support::MeshUp::start(dir, &all).await)
+}
+
 // ---- the message service process -----------------------------------------------------------
 
 struct MessageFixture {
@@ -617,17 +633,8 @@ async fn a_collector_that_is_down_never_fails_a_request() {
 /// the processes (and a restarted one) apart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_worker_exports_a_resource_that_tells_it_apart() {
-    let (collector, addr) = start_collector().await;
     let dir = support::tenants_folder(&["mall", "finance"], &[]);
-    let endpoint = format!("http://{addr}");
-    let mut up = support::MeshUp::start(
-        dir.path(),
-        &[
-            ("MESH_TELEMETRY_OTLP_ENDPOINT", endpoint.as_str()),
-            ("MESH_TELEMETRY_EXPORT_INTERVAL_MS", "200"),
-        ],
-    )
-    .await;
+    let (collector, mut up) = traced_mesh_up(dir.path(), &[]).await;
     let mut pids = HashMap::new();
     for _ in 0..2 {
         let line = up
@@ -733,17 +740,8 @@ async fn a_collector_that_is_down_is_said_once_per_outage() {
 /// child of the front door's, in the caller's trace; a call it refuses has a span too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_front_door_traces_every_call_as_the_parent_of_its_workers() {
-    let (collector, addr) = start_collector().await;
     let dir = support::tenants_folder(&["mall"], &[]);
-    let endpoint = format!("http://{addr}");
-    let mut up = support::MeshUp::start(
-        dir.path(),
-        &[
-            ("MESH_TELEMETRY_OTLP_ENDPOINT", endpoint.as_str()),
-            ("MESH_TELEMETRY_EXPORT_INTERVAL_MS", "200"),
-        ],
-    )
-    .await;
+    let (collector, mut up) = traced_mesh_up(dir.path(), &[]).await;
     up.shared_worker().await;
     let channel = up.channel().await;
     let call = |token: &'static str, trace: &'static str| {
@@ -825,7 +823,6 @@ fn hex(bytes: &[u8]) -> String {
 async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
     use mesh_api::{gateway::v1 as gateway, locator::v1::TerminalKind, order::v2 as order2};
 
-    let (collector, addr) = start_collector().await;
     // a business line of its own per run: its queues on the shared broker are its own
     let tenant = format!("otel{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let file = format!(
@@ -833,16 +830,8 @@ async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
          [credentials]\ntoken = \"otel-secret-token\"\n"
     );
     let dir = support::tenants_folder(&[], &[(&format!("{tenant}.toml"), &file)]);
-    let endpoint = format!("http://{addr}");
-    let mut up = support::MeshUp::start(
-        dir.path(),
-        &[
-            ("MESH_AMQP_URI", support::LOCAL_AMQP),
-            ("MESH_TELEMETRY_OTLP_ENDPOINT", endpoint.as_str()),
-            ("MESH_TELEMETRY_EXPORT_INTERVAL_MS", "200"),
-        ],
-    )
-    .await;
+    let (collector, mut up) =
+        traced_mesh_up(dir.path(), &[("MESH_AMQP_URI", support::LOCAL_AMQP)]).await;
     up.shared_worker().await;
     let users = support::Users::of(dir.path());
     let channel = up.channel().await;

@@ -90,6 +90,17 @@ pub struct Destination<'a> {
     pub message_id: Option<&'a str>,
 }
 
+impl<'a> Destination<'a> {
+    /// Where a publish of `event` to `exchange` goes (the message id known later).
+    pub fn publish(exchange: &'a str, event: &'static EventSpec) -> Self {
+        Self {
+            exchange,
+            routing_key: event.routing_key,
+            ..Self::default()
+        }
+    }
+}
+
 /// One publish or consume of an event, traced: its span continues the trace of the message's
 /// context, and [`EventTrace::finish`] records the outcome on the span and in the metrics.
 /// Transports open one per publish and per delivery.

@@ -12,7 +12,7 @@ use std::{
 
 use mesh_api::recommend::v1 as recommend;
 use mesh_contract::{RequestContext, TenantId};
-use mesh_runtime::supervisor::protocol::{WorkerLine, WorkerState};
+use mesh_runtime::supervisor::protocol::{TenantSource, WorkerLine, WorkerState};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::Row;
@@ -118,7 +118,11 @@ pub async fn run(window: Duration) -> anyhow::Result<Vec<Row>> {
     let state = WorkerState {
         version: 1,
         switches: Vec::new(),
-        tenants: vec![TenantId::new("mall")?],
+        tenants: vec![TenantSource::read(
+            TenantId::new("mall")?,
+            &tenants.join("mall.toml"),
+        )?],
+        purge: Vec::new(),
     };
     let mut stdin = worker.stdin.take().expect("piped");
     stdin

@@ -163,7 +163,32 @@ enum TenantCmd {
         /// The tenant file (`newco.toml`).
         file: PathBuf,
     },
-    /// Tenants, the process serving each, and its health.
+    /// Applies a changed tenant file (limits, settings, services, credential, switch
+    /// defaults) to the running mesh without restarting anyone. A replaced credential stays
+    /// valid for the file's `credentials.rotation_overlap_secs` (default 300).
+    Update {
+        /// The tenant file, under the name it has in the tenants folder (`mall.toml`).
+        file: PathBuf,
+    },
+    /// Removes a tenant: its calls are no longer admitted, those in flight finish, its
+    /// consumers stop, its file moves to the state folder's `removed/`. Its data stays.
+    Remove {
+        /// The tenant id.
+        tenant: String,
+        /// Deletes its stored messages too.
+        #[arg(long)]
+        purge_data: bool,
+    },
+    /// Moves a tenant into a process of its own or into the shared one, without failing
+    /// its calls (the new process serves it, calls go there, the old one drains).
+    Move {
+        /// The tenant id.
+        tenant: String,
+        /// `own` or `shared`.
+        #[arg(long, value_parser = ["own", "shared"])]
+        process: String,
+    },
+    /// Tenants, the process serving each, its state and why it is down.
     List,
 }
 
@@ -258,6 +283,27 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 .await
                 .map_err(refused)?;
             out.added(&added.into_inner().tenants);
+        }
+        Cmd::Tenant(TenantCmd::Update { file }) => {
+            let updated = admin
+                .update_tenant(read_tenant_file(&file)?)
+                .await
+                .map_err(refused)?;
+            out.changed("updated", &updated.into_inner().tenants);
+        }
+        Cmd::Tenant(TenantCmd::Remove { tenant, purge_data }) => {
+            let removed = admin
+                .remove_tenant(api::RemoveTenantRequest { tenant, purge_data })
+                .await
+                .map_err(refused)?;
+            out.changed("removed", &removed.into_inner().tenants);
+        }
+        Cmd::Tenant(TenantCmd::Move { tenant, process }) => {
+            let moved = admin
+                .move_tenant(api::MoveTenantRequest { tenant, process })
+                .await
+                .map_err(refused)?;
+            out.changed("moved", &moved.into_inner().tenants);
         }
         Cmd::Tenant(TenantCmd::List) => {
             let list = admin

@@ -80,12 +80,15 @@ fn tenant_json(t: &api::Tenant) -> Value {
         "pid": t.pid,
         "address": t.address,
         "health": t.health,
+        "reason": t.reason,
         "services": t.services,
     })
 }
 
 fn tenants_table(tenants: &[api::Tenant]) -> Table {
-    let mut rows = table(&["TENANT", "NAME", "GROUP", "PID", "HEALTH", "SERVICES"]);
+    let mut rows = table(&[
+        "TENANT", "NAME", "GROUP", "PID", "HEALTH", "SERVICES", "REASON",
+    ]);
     for t in tenants {
         rows.add_row(vec![
             t.id.clone(),
@@ -94,6 +97,7 @@ fn tenants_table(tenants: &[api::Tenant]) -> Table {
             pid(t.pid),
             t.health.clone(),
             t.services.join(" "),
+            t.reason.clone(),
         ]);
     }
     rows
@@ -181,6 +185,19 @@ impl Output {
                 "tenant {} is served by pid {} (group {})",
                 t.id, t.pid, t.group
             );
+        }
+        println!("{}", tenants_table(tenants));
+    }
+
+    /// `tenant update`, `remove` and `move`: what was done, and the tenant's row after.
+    pub fn changed(&self, done: &str, tenants: &[api::Tenant]) {
+        if self.json {
+            return self.print(&json!({
+                done: tenants.iter().map(tenant_json).collect::<Vec<_>>(),
+            }));
+        }
+        for t in tenants {
+            println!("tenant {} {done} (group {})", t.id, t.group);
         }
         println!("{}", tenants_table(tenants));
     }

@@ -135,6 +135,14 @@ pub struct Credentials {
     pub token: Option<String>,
     /// Environment variable holding the token.
     pub token_env: Option<String>,
+    /// When `meshctl tenant update` changes the credential, the previous one is still
+    /// accepted for this many seconds, so the backend can roll over without failed calls.
+    #[serde(default = "rotation_overlap")]
+    pub rotation_overlap_secs: u64,
+}
+
+fn rotation_overlap() -> u64 {
+    300
 }
 
 impl Credentials {
@@ -378,6 +386,23 @@ impl Tenants {
     }
 }
 
+/// The text of a tenant file with its `isolation.process` set to `process`, everything else
+/// (comments, order, spacing) as it was: what `meshctl tenant move` writes back.
+pub fn with_process(text: &str, process: ProcessIsolation) -> Result<String, String> {
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
+    let value = match process {
+        ProcessIsolation::Own => "own",
+        ProcessIsolation::Shared => "shared",
+    };
+    let isolation = doc
+        .entry("isolation")
+        .or_insert_with(toml_edit::table)
+        .as_table_like_mut()
+        .ok_or("`isolation` is not a table")?;
+    isolation.insert("process", toml_edit::value(value));
+    Ok(doc.to_string())
+}
+
 /// Validates a tenant file that is not in the tenants folder `dir` yet, exactly as
 /// [`Tenants::load`] will once it is there: over the folder's defaults and the file's environment
 /// overrides, against the catalogue, and against the tenants `existing` already (id, data
@@ -390,29 +415,109 @@ pub fn check_new(
     content: &str,
     catalogue: &[&ContractSpec],
 ) -> Result<TenantConfig, ConfigError> {
-    let invalid = |field: &str, message: String| {
-        ConfigError::Invalid(vec![FieldError {
-            source: file_name.to_owned(),
-            field: field.to_owned(),
-            message,
-        }])
+    check_file_name(file_name)?;
+    if dir.join(file_name).exists() {
+        return Err(invalid(
+            file_name,
+            "",
+            format!(
+                "{} exists already in {}; to change a tenant, `meshctl tenant update` it",
+                file_name,
+                dir.display()
+            ),
+        ));
+    }
+    let config = load_text(dir, file_name, content, catalogue)?;
+    let others = existing
+        .tenants
+        .values()
+        .map(|t| (t, existing.files[t.id.as_str()].as_path()));
+    if let Some((field, message)) = clash(&config, others) {
+        return Err(invalid(file_name, field, message));
+    }
+    Ok(config)
+}
+
+/// Validates a new text for the file of a tenant `existing` serves: the same rules as
+/// [`check_new`], against every other tenant; the id (and so the file) stays the tenant's.
+pub fn check_update(
+    dir: &Path,
+    existing: &Tenants,
+    file_name: &str,
+    content: &str,
+    catalogue: &[&ContractSpec],
+) -> Result<TenantConfig, ConfigError> {
+    check_file_name(file_name)?;
+    let Some((id, _)) = existing
+        .files
+        .iter()
+        .find(|(_, path)| path.file_name().is_some_and(|n| n == file_name))
+    else {
+        return Err(invalid(
+            file_name,
+            "",
+            format!(
+                "no tenant of {} comes from {file_name}; a new tenant is onboarded with \
+                 `meshctl tenant add`",
+                dir.display()
+            ),
+        ));
     };
+    let config = load_text(dir, file_name, content, catalogue)?;
+    if config.id.as_str() != id {
+        return Err(invalid(
+            file_name,
+            "id",
+            format!(
+                "{file_name} serves tenant {id}; an update cannot rename it to {:?}",
+                config.id.as_str()
+            ),
+        ));
+    }
+    let others = existing
+        .tenants
+        .values()
+        .filter(|t| t.id.as_str() != id)
+        .map(|t| (t, existing.files[t.id.as_str()].as_path()));
+    if let Some((field, message)) = clash(&config, others) {
+        return Err(invalid(file_name, field, message));
+    }
+    Ok(config)
+}
+
+fn invalid(file_name: &str, field: &str, message: String) -> ConfigError {
+    ConfigError::Invalid(vec![FieldError {
+        source: file_name.to_owned(),
+        field: field.to_owned(),
+        message,
+    }])
+}
+
+fn check_file_name(file_name: &str) -> Result<(), ConfigError> {
     let plain = Path::new(file_name)
         .file_name()
         .map(|n| n.to_string_lossy())
         == Some(file_name.into());
     if !plain || !file_name.ends_with(".toml") || file_name.starts_with(['_', '.']) {
         return Err(invalid(
+            file_name,
             "",
             "a tenant file name is `<tenant>.toml`: no folder, not starting with `_` or `.`".into(),
         ));
     }
-    if dir.join(file_name).exists() {
-        return Err(invalid(
-            "",
-            format!("{} exists already in {}", file_name, dir.display()),
-        ));
-    }
+    Ok(())
+}
+
+/// Loads and validates the text of a tenant file named `file_name` as if it were in the
+/// tenants folder `dir`: over the folder's defaults, with the file's environment overrides, key
+/// files relative to `dir`. Errors name the file as `file_name`. What every worker runs on the
+/// tenant files its supervisor hands it: the same validation as start-up, on the same text.
+pub fn load_text(
+    dir: &Path,
+    file_name: &str,
+    content: &str,
+    catalogue: &[&ContractSpec],
+) -> Result<TenantConfig, ConfigError> {
     let scratch = tempfile::tempdir().map_err(|source| ConfigError::Io {
         path: std::env::temp_dir(),
         source,
@@ -425,7 +530,7 @@ pub fn check_new(
     let defaults = dir.join(DEFAULTS_FILE);
     let defaults = defaults.exists().then_some(defaults);
     let shown = file.display().to_string();
-    let config = load_file(&file, defaults.as_deref(), catalogue).map_err(|err| match err {
+    load_file_in(&file, dir, defaults.as_deref(), catalogue).map_err(|err| match err {
         ConfigError::Invalid(errors) => ConfigError::Invalid(
             errors
                 .into_iter()
@@ -438,15 +543,7 @@ pub fn check_new(
                 .collect(),
         ),
         other => other,
-    })?;
-    let others = existing
-        .tenants
-        .values()
-        .map(|t| (t, existing.files[t.id.as_str()].as_path()));
-    if let Some((field, message)) = clash(&config, others) {
-        return Err(invalid(field, message));
-    }
-    Ok(config)
+    })
 }
 
 /// Whether `config` takes what one of `others` (each with its file) holds already: its id, its
@@ -499,6 +596,21 @@ pub fn load_file(
     defaults: Option<&Path>,
     catalogue: &[&ContractSpec],
 ) -> Result<TenantConfig, ConfigError> {
+    load_file_in(
+        file,
+        file.parent().unwrap_or(Path::new(".")),
+        defaults,
+        catalogue,
+    )
+}
+
+/// [`load_file`], with the key files it names relative to `folder`.
+fn load_file_in(
+    file: &Path,
+    folder: &Path,
+    defaults: Option<&Path>,
+    catalogue: &[&ContractSpec],
+) -> Result<TenantConfig, ConfigError> {
     if !file.exists() {
         return Err(ConfigError::Io {
             path: file.to_path_buf(),
@@ -517,7 +629,7 @@ pub fn load_file(
             format!("{}{}", env_prefix(file), keys.join("__").to_uppercase())
         }))
     })?;
-    if let (Some(users), Some(folder)) = (config.users.as_mut(), file.parent()) {
+    if let Some(users) = config.users.as_mut() {
         users.resolve_paths(folder);
     }
     let errors = validate(&config, file, catalogue);

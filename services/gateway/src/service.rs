@@ -106,6 +106,16 @@ impl GatewayService {
     pub fn connected(&self) -> usize {
         self.inner.connections.lock().expect("lock").len()
     }
+
+    /// Ends the streams of `tenant`'s terminals (the tenant is removed from this process, or
+    /// moved to another): each terminal sees its stream end, attaches again through the front
+    /// door and syncs from its cursor there. How many were attached.
+    pub fn detach_tenant(&self, tenant: &TenantId) -> usize {
+        let mut connections = self.inner.connections.lock().expect("lock");
+        let before = connections.len();
+        connections.retain(|(t, _, _), _| t != tenant);
+        before - connections.len()
+    }
 }
 
 impl Inner {

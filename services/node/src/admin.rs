@@ -162,8 +162,9 @@ fn status(err: ControlError) -> Status {
         ControlError::UnknownSwitch(_) => Status::invalid_argument(message),
         ControlError::NotRun { .. } => Status::failed_precondition(message),
         ControlError::InvalidTenant(ConfigError::Invalid(_)) => Status::invalid_argument(message),
-        ControlError::NotApplied(_) | ControlError::NotServed(_) => {
-            Status::deadline_exceeded(message)
+        ControlError::NotApplied(_) => Status::deadline_exceeded(message),
+        ControlError::NotServed { .. } | ControlError::Refused(_) => {
+            Status::failed_precondition(message)
         }
         ControlError::InvalidTenant(_) | ControlError::Store(_) | ControlError::Io { .. } => {
             Status::internal(message)
@@ -243,12 +244,28 @@ fn tenant_to_api(row: &TenantRow) -> api::Tenant {
         group: row.group.clone(),
         pid: row.pid.unwrap_or_default(),
         address: row.address.clone().unwrap_or_default(),
-        health: if row.serving { "serving" } else { "down" }.into(),
+        health: row.state.into(),
         services: row
             .config
             .enabled_services()
             .map(|(name, s)| format!("{name}@{}", s.version))
             .collect(),
+        reason: row.reason.clone().unwrap_or_default(),
+    }
+}
+
+impl AdminService {
+    /// The row of `tenant`, as a list of one.
+    fn row_of(&self, tenant: &mesh_contract::TenantId) -> api::TenantList {
+        api::TenantList {
+            tenants: self
+                .plane
+                .tenants()
+                .iter()
+                .filter(|row| row.config.id == *tenant)
+                .map(tenant_to_api)
+                .collect(),
+        }
     }
 }
 
@@ -317,15 +334,64 @@ impl Admin for AdminService {
             .add_tenant(&file.file_name, &file.content)
             .await
             .map_err(status)?;
+        Ok(Response::new(self.row_of(&config.id)))
+    }
+
+    async fn update_tenant(
+        &self,
+        request: Request<api::TenantFile>,
+    ) -> Result<Response<api::TenantList>, Status> {
+        let file = request.into_inner();
+        let config = self
+            .plane
+            .update_tenant(&file.file_name, &file.content)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(self.row_of(&config.id)))
+    }
+
+    async fn remove_tenant(
+        &self,
+        request: Request<api::RemoveTenantRequest>,
+    ) -> Result<Response<api::TenantList>, Status> {
+        let request = request.into_inner();
+        let config = self
+            .plane
+            .remove_tenant(&request.tenant, request.purge_data)
+            .await
+            .map_err(status)?;
+        // its last row, now that no process serves it
         Ok(Response::new(api::TenantList {
-            tenants: self
-                .plane
-                .tenants()
-                .iter()
-                .filter(|row| row.config.id == config.id)
-                .map(tenant_to_api)
-                .collect(),
+            tenants: vec![api::Tenant {
+                id: config.id.to_string(),
+                display_name: config.display_name.clone(),
+                group: mesh_runtime::config::group_of(&config),
+                health: "removed".into(),
+                ..Default::default()
+            }],
         }))
+    }
+
+    async fn move_tenant(
+        &self,
+        request: Request<api::MoveTenantRequest>,
+    ) -> Result<Response<api::TenantList>, Status> {
+        let request = request.into_inner();
+        let process = match request.process.as_str() {
+            "own" => mesh_runtime::config::ProcessIsolation::Own,
+            "shared" => mesh_runtime::config::ProcessIsolation::Shared,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "process {other:?}: `own` or `shared`"
+                )));
+            }
+        };
+        let config = self
+            .plane
+            .move_tenant(&request.tenant, process)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(self.row_of(&config.id)))
     }
 
     async fn list_tenants(

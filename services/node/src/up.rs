@@ -128,7 +128,9 @@ pub async fn run(
         store,
         supervisor.clone(),
         front,
-    )?;
+    )?
+    // the workers inherit MESH_STORE_POSTGRES: their stored data lives outside them
+    .with_data_shared(std::env::var_os("MESH_STORE_POSTGRES").is_some());
     let admin = match ops_token {
         Some(token) => {
             let admin_listener = tokio::net::TcpListener::bind(&deploy.admin.listen)

@@ -1,9 +1,15 @@
 //! One tenant process: the services, behind the runtime's full inbound stack, for the tenants
-//! it is given. Under a supervisor (`--supervised`) it takes its state (switches, tenants) from
-//! stdin before it serves and after every change, and confirms each (see
-//! `mesh_runtime::supervisor::protocol`).
+//! it is given. Under a supervisor (`--supervised`) it takes its state (switches, tenants and
+//! their files) from stdin before it serves and after every change, and confirms each, naming
+//! the tenants it could not serve (see `mesh_runtime::supervisor::protocol`): one tenant's
+//! file or schema never takes the process, and so its neighbours, down.
 
-use std::{collections::BTreeSet, io::Write, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+    path::Path,
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use mesh_contract::{EventBus, TenantId};
@@ -12,7 +18,7 @@ use mesh_runtime::{
     Inbound, TenantConfig, Tenants,
     layers::{Bulkheads, Catalogue, SwitchBoard},
     probes::{Probes, ProbesLayer},
-    supervisor::protocol::{BulkheadUse, WorkerLine, WorkerState, WorkerStats},
+    supervisor::protocol::{BulkheadUse, TenantSource, WorkerLine, WorkerState, WorkerStats},
 };
 use mesh_store::MessageStore;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -24,12 +30,15 @@ const FIRST_STATE_WITHIN: Duration = Duration::from_secs(30);
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// How often a supervised worker reports its statistics.
 const STATS_EVERY: Duration = Duration::from_secs(1);
+/// How long a tenant leaving this process may take to finish the calls it has here.
+const DRAIN_WITHIN: Duration = Duration::from_secs(30);
 
-/// Everything that knows which tenants this process serves; grows when one is onboarded.
+/// Everything that knows which tenants this process serves; changes as tenants are added,
+/// updated, moved and removed.
 #[derive(Clone)]
 struct Served {
-    ids: std::sync::Arc<std::sync::Mutex<BTreeSet<TenantId>>>,
-    configs: std::sync::Arc<std::sync::Mutex<Vec<TenantConfig>>>,
+    /// Each tenant served, with the text of the file it is served from.
+    tenants: std::sync::Arc<std::sync::Mutex<BTreeMap<TenantId, (String, TenantConfig)>>>,
     /// The runtime's inbound stack and what it knows of each tenant.
     inbound: Inbound,
     platform: std::sync::Arc<Platform>,
@@ -41,8 +50,7 @@ struct Served {
 impl Served {
     fn new(platform: Platform, placed: Option<mesh_amqp::PlacedBuses>) -> Self {
         Self {
-            ids: Default::default(),
-            configs: Default::default(),
+            tenants: Default::default(),
             // the switches the platform's consumers consult are the ones calls are answered
             // from, and the node credential its services present to each other is accepted
             inbound: Inbound::new(CATALOGUE, platform.switches().clone())
@@ -54,7 +62,9 @@ impl Served {
         }
     }
 
-    async fn add(&self, config: &TenantConfig) -> anyhow::Result<()> {
+    /// Serves a tenant, or applies its changed file (limits, settings, credential, user
+    /// keys): the calls admitted meanwhile run on, on the old or the new settings.
+    async fn add(&self, config: &TenantConfig, text: &str) -> anyhow::Result<()> {
         let tenant = config.tenant_id();
         self.inbound
             .add_tenant(config)
@@ -74,19 +84,52 @@ impl Served {
         self.platform.add_tenant(config).await?;
         // authentication last: the tenant's calls are admitted once everything else knows it
         self.inbound.admit_tenant(config);
-        self.configs.lock().expect("lock").push(config.clone());
-        self.ids.lock().expect("lock").insert(tenant);
+        self.tenants
+            .lock()
+            .expect("lock")
+            .insert(tenant, (text.to_owned(), config.clone()));
         Ok(())
     }
 
-    fn serves(&self, tenant: &TenantId) -> bool {
-        self.ids.lock().expect("lock").contains(tenant)
+    /// Stops serving a tenant: waits (up to [`DRAIN_WITHIN`]) for the calls it has here,
+    /// stops admitting its calls, then stops its consumers and lets its terminals go (their
+    /// next attach reaches wherever it is served now); deletes its data with `purge_data`.
+    async fn remove(&self, tenant: &TenantId, purge_data: bool) -> anyhow::Result<()> {
+        let drained = |within| async move {
+            let deadline = tokio::time::Instant::now() + within;
+            while self.inbound.in_flight(tenant) > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        // its calls were routed elsewhere (or refused) before this state came: those already
+        // here finish, and so do the few still on their way
+        drained(DRAIN_WITHIN).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drained(DRAIN_WITHIN).await;
+        self.inbound.remove_tenant(tenant);
+        self.tenants.lock().expect("lock").remove(tenant);
+        self.platform
+            .remove_tenant(tenant, purge_data)
+            .await
+            .with_context(|| format!("removing tenant {tenant}"))?;
+        Ok(())
+    }
+
+    /// The text each tenant is served from.
+    fn texts(&self) -> BTreeMap<TenantId, String> {
+        self.tenants
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(id, (text, _))| (id.clone(), text.clone()))
+            .collect()
     }
 
     fn stats(&self) -> WorkerStats {
-        let configs = self.configs.lock().expect("lock");
-        let bulkheads = configs
-            .iter()
+        let tenants = self.tenants.lock().expect("lock");
+        let bulkheads = tenants
+            .values()
+            .map(|(_, config)| config)
             .flat_map(|config| {
                 // one bulkhead per tenant and dependency, however many services call it
                 let dependencies: BTreeSet<&String> = config
@@ -111,27 +154,76 @@ impl Served {
     }
 }
 
-/// Applies a state from the supervisor: its switches, and any tenant not served yet (read
-/// from the tenants folder, where the supervisor wrote it).
+/// Applies a state from the supervisor: its switches; each tenant file new or changed,
+/// validated as start-up validates it and served; each tenant no longer listed drained and
+/// removed. Returns the tenants of the state it does not serve, with the reason.
 async fn apply(
     state: &WorkerState,
     dir: &Path,
     served: &Served,
     switches: &SwitchBoard,
-) -> anyhow::Result<()> {
-    let new: Vec<&TenantId> = state.tenants.iter().filter(|t| !served.serves(t)).collect();
-    if !new.is_empty() {
-        let tenants = Tenants::load(dir, mesh_api::CONTRACTS)?;
-        for tenant in new {
-            let Some(config) = tenants.get(tenant.as_str()) else {
-                bail!("tenant {tenant} is not configured in {}", dir.display());
-            };
-            if let Err(err) = served.add(config).await {
-                tracing::error!(tenant = %tenant, error = %format!("{err:#}"), "tenant not served");
+) -> BTreeMap<TenantId, String> {
+    // switches first: a tenant draining below must not hold back an operator's switch
+    switches.replace_all(state.switches.clone());
+    let mut down = BTreeMap::new();
+    let texts = served.texts();
+    for source in &state.tenants {
+        if texts.get(&source.id) == Some(&source.text) {
+            continue;
+        }
+        if let Err(reason) = serve_source(source, dir, served).await {
+            tracing::error!(tenant = %source.id, error = %reason, "tenant not served");
+            down.insert(source.id.clone(), reason);
+        }
+    }
+    let listed: BTreeSet<&TenantId> = state.tenants.iter().map(|t| &t.id).collect();
+    for gone in texts.keys().filter(|t| !listed.contains(t)) {
+        let purge = state.purge.contains(gone);
+        match served.remove(gone, purge).await {
+            Ok(()) => {
+                tracing::info!(tenant = %gone, purged = purge, "tenant no longer served here")
+            }
+            Err(err) => {
+                tracing::error!(tenant = %gone, error = %format!("{err:#}"), "removing a tenant")
             }
         }
     }
-    switches.replace_all(state.switches.clone());
+    down
+}
+
+/// Validates one tenant file and serves it; the reason, if it cannot be.
+async fn serve_source(source: &TenantSource, dir: &Path, served: &Served) -> Result<(), String> {
+    let config =
+        mesh_runtime::config::load_text(dir, &source.file, &source.text, mesh_api::CONTRACTS)
+            .map_err(|err| err.to_string())?;
+    if config.id != source.id {
+        return Err(format!(
+            "{}: id: the file serves {:?}, not {}",
+            source.file,
+            config.id.as_str(),
+            source.id
+        ));
+    }
+    served.add(&config, &source.text).await.map_err(|err| {
+        // each cause once, without the tenant the supervisor names anyway
+        let mut said = String::new();
+        for cause in err.chain().map(ToString::to_string) {
+            if !said.contains(&cause) {
+                if !said.is_empty() {
+                    said.push_str(": ");
+                }
+                said.push_str(&cause);
+            }
+        }
+        said.strip_prefix(&format!("tenant {}: ", source.id))
+            .map(str::to_owned)
+            .unwrap_or(said)
+    })?;
+    if let Some(previous) = &source.previous_credential {
+        served
+            .inbound
+            .accept_previous(&source.id, &previous.token, previous.remaining());
+    }
     Ok(())
 }
 
@@ -198,7 +290,6 @@ async fn store() -> anyhow::Result<std::sync::Arc<dyn MessageStore>> {
 }
 
 pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> anyhow::Result<()> {
-    let all = Tenants::load(dir, mesh_api::CONTRACTS)?;
     // bound first: the gateway registers terminals under this process's address
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -207,27 +298,31 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
     // mutual TLS with the front door and the other workers, when `mesh up` says so
     let node_tls = mesh_runtime::tls::NodeTls::from_env().context("the node's TLS files")?;
     let served = platform(address, node_tls.as_ref()).await?;
-    let mut mine = Tenants::default();
-    for id in ids {
-        let Some(config) = all.get(id) else {
-            bail!("tenant {id:?} is not configured in {}", dir.display());
-        };
-        // a tenant that cannot be served (its schema cannot be created, say) is left out, with
-        // the reason; the others of this process keep being served
-        if let Err(err) = served.add(config).await {
-            tracing::error!(tenant = %id, error = %format!("{err:#}"), "tenant not served");
-            continue;
-        }
-        mine.tenants.insert(id.clone(), config.clone());
-    }
     // one board for the inbound layers and the platform's consumers (push asks it too)
-    served.platform.apply_initial_switches(&mine);
     let switches = served.platform.switches().clone();
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     if supervised {
+        // the supervisor hands over the tenants' files themselves, not the folder
         follow_supervisor(dir, &served, &switches, stop).await?;
     } else {
+        let all = Tenants::load(dir, mesh_api::CONTRACTS)?;
+        let mut mine = Tenants::default();
+        for id in ids {
+            let (Some(config), Some(file)) = (all.get(id), all.files.get(id)) else {
+                bail!("tenant {id:?} is not configured in {}", dir.display());
+            };
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            // a tenant that cannot be served (its schema cannot be created, say) is left
+            // out, with the reason; the others of this process keep being served
+            if let Err(err) = served.add(config, &text).await {
+                tracing::error!(tenant = %id, error = %format!("{err:#}"), "tenant not served");
+                continue;
+            }
+            mine.tenants.insert(id.clone(), config.clone());
+        }
+        served.platform.apply_initial_switches(&mine);
         tokio::spawn(async move {
             let _ = tokio::signal::ctrl_c().await;
             let _ = stop.send(());
@@ -278,20 +373,23 @@ async fn follow_supervisor(
         .context("reading stdin")?
         .context("stdin closed before the supervisor sent a state")?;
     let state = WorkerState::from_line(&first).context("the supervisor's first state")?;
-    apply(&state, dir, served, switches).await?;
-    say(WorkerLine::Applied(state.version));
+    let down = apply(&state, dir, served, switches).await;
+    say(WorkerLine::Applied {
+        version: state.version,
+        down,
+    });
     let (state_dir, state_served, state_switches) =
         (dir.to_path_buf(), served.clone(), switches.clone());
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
-            let applied = match WorkerState::from_line(&line) {
-                Ok(state) => apply(&state, &state_dir, &state_served, &state_switches)
-                    .await
-                    .map(|()| state),
-                Err(err) => Err(err.into()),
-            };
-            match applied {
-                Ok(state) => say(WorkerLine::Applied(state.version)),
+            match WorkerState::from_line(&line) {
+                Ok(state) => {
+                    let down = apply(&state, &state_dir, &state_served, &state_switches).await;
+                    say(WorkerLine::Applied {
+                        version: state.version,
+                        down,
+                    });
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "state from the supervisor not applied")
                 }

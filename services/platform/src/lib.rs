@@ -113,7 +113,7 @@ pub struct Platform {
     credentials: ServiceCredentials,
     node_credential: String,
     consumer_suffix: String,
-    subscriptions: Mutex<Vec<SubscriptionHandle>>,
+    subscriptions: Mutex<HashMap<TenantId, Vec<SubscriptionHandle>>>,
 }
 
 impl std::fmt::Debug for Platform {
@@ -220,9 +220,14 @@ impl Platform {
     }
 
     /// Serves a tenant: opens its data namespace, applies its settings and subscribes its
-    /// consumers. Only the services its config enables are set up for it.
+    /// consumers. Only the services its config enables are set up for it. Again for a tenant
+    /// served already (its file changed): the new settings replace the old, and its consumers
+    /// are subscribed anew (their queues keep what arrives in between).
     pub async fn add_tenant(&self, config: &TenantConfig) -> Result<(), PlatformError> {
         let tenant = config.tenant_id();
+        if let Some(old) = self.subscriptions.lock().expect("lock").remove(&tenant) {
+            old.into_iter().for_each(SubscriptionHandle::stop);
+        }
         // every setting is checked before anything is applied
         let TenantSettings {
             max_suggestions,
@@ -311,7 +316,37 @@ impl Platform {
             ),
             None => {}
         }
-        self.subscriptions.lock().expect("lock").extend(handles);
+        self.subscriptions
+            .lock()
+            .expect("lock")
+            .insert(tenant, handles);
+        Ok(())
+    }
+
+    /// Stops serving a tenant: its consumers stop (their queues keep what arrives for it),
+    /// its attached terminals are let go (they attach again where it is served next), and
+    /// with `purge_data` its stored messages are deleted. Calls are no longer admitted by
+    /// then (the caller removed it from the inbound stack first).
+    pub async fn remove_tenant(
+        &self,
+        tenant: &TenantId,
+        purge_data: bool,
+    ) -> Result<(), PlatformError> {
+        if let Some(old) = self.subscriptions.lock().expect("lock").remove(tenant) {
+            old.into_iter().for_each(SubscriptionHandle::stop);
+        }
+        self.gateway.detach_tenant(tenant);
+        if purge_data {
+            self.archive
+                .store()
+                .drop_tenant(tenant)
+                .await
+                .map_err(|source| PlatformError::Store {
+                    tenant: tenant.clone(),
+                    namespace: String::new(),
+                    source,
+                })?;
+        }
         Ok(())
     }
 

@@ -234,6 +234,9 @@ impl MessageStore for GatedStore {
     async fn open(&self, tenant: &TenantId, namespace: &str) -> Result<(), StoreError> {
         self.inner.open(tenant, namespace).await
     }
+    async fn drop_tenant(&self, tenant: &TenantId) -> Result<(), StoreError> {
+        self.inner.drop_tenant(tenant).await
+    }
     async fn accept(&self, t: &TenantId, m: &NewMessage) -> Result<Accepted, StoreError> {
         let _pass = self.gate.acquire().await.expect("gate");
         self.inner.accept(t, m).await

@@ -96,7 +96,19 @@ impl From<AuthError> for tonic::Status {
 #[derive(Clone)]
 struct TenantKeys {
     token: Vec<u8>,
+    /// The credential it replaced, accepted until the instant given (a rotation's overlap).
+    previous: Option<(Vec<u8>, std::time::Instant)>,
     users: Option<UserVerifier>,
+}
+
+impl TenantKeys {
+    fn backend(&self, token: &[u8]) -> bool {
+        let current = !self.token.is_empty() && bool::from(token.ct_eq(&self.token));
+        let previous = self.previous.as_ref().is_some_and(|(old, until)| {
+            std::time::Instant::now() < *until && bool::from(token.ct_eq(old))
+        });
+        current | previous
+    }
 }
 
 /// The tenants served here, their credentials and user keys, and the node credential; shared
@@ -133,6 +145,7 @@ impl TenantDirectory {
             tenants: Arc::default(),
             decoy: Arc::new(TenantKeys {
                 token: secret.clone().into_bytes(),
+                previous: None,
                 users: crate::identity::UserTokens::development("decoy", &secret)
                     .verifier()
                     .ok(),
@@ -158,8 +171,9 @@ impl TenantDirectory {
     }
 
     /// Serves a (validated) tenant from now on, replacing its credential and user keys if it
-    /// was served. A tenant whose `[users]` keys do not load accepts no user token (validation
-    /// reports it before a tenant is served).
+    /// was served; a replaced credential is still accepted for the file's
+    /// `credentials.rotation_overlap_secs`. A tenant whose `[users]` keys do not load accepts
+    /// no user token (validation reports it before a tenant is served).
     pub fn add(&self, config: &TenantConfig) {
         let users = config.users.as_ref().and_then(|u| match u.verifier() {
             Ok(v) => Some(v),
@@ -168,13 +182,34 @@ impl TenantDirectory {
                 None
             }
         });
-        self.tenants.write().expect("lock").insert(
+        let token = config.credentials.resolve().into_bytes();
+        let overlap = std::time::Duration::from_secs(config.credentials.rotation_overlap_secs);
+        let mut tenants = self.tenants.write().expect("lock");
+        let previous = match tenants.get(&config.id) {
+            Some(old) if old.token != token => std::time::Instant::now()
+                .checked_add(overlap)
+                .map(|until| (old.token.clone(), until)),
+            Some(old) => old.previous.clone(),
+            None => None,
+        };
+        tenants.insert(
             config.tenant_id(),
             TenantKeys {
-                token: config.credentials.resolve().into_bytes(),
+                token,
+                previous,
                 users,
             },
         );
+    }
+
+    /// Accepts `token` as `tenant`'s previous credential for `overlap` more (a rotation that
+    /// began in another process, or before this one started).
+    pub fn accept_previous(&self, tenant: &TenantId, token: &str, overlap: std::time::Duration) {
+        if let Some(keys) = self.tenants.write().expect("lock").get_mut(tenant)
+            && let Some(until) = std::time::Instant::now().checked_add(overlap)
+        {
+            keys.previous = Some((token.as_bytes().to_vec(), until));
+        }
     }
 
     /// Serves `tenant` with the backend credential `token` and no user keys.
@@ -184,6 +219,7 @@ impl TenantDirectory {
             tenant,
             TenantKeys {
                 token: token.into_bytes(),
+                previous: None,
                 users: None,
             },
         );
@@ -217,8 +253,7 @@ impl TenantDirectory {
                     .is_some_and(|n| bool::from(token.as_bytes().ct_eq(n)))
                 {
                     Caller::Node
-                } else if !keys.token.is_empty() && bool::from(token.as_bytes().ct_eq(&keys.token))
-                {
+                } else if keys.backend(token.as_bytes()) {
                     Caller::Backend
                 } else {
                     return Err(wrong());

@@ -145,6 +145,29 @@ impl Inbound {
         Ok(())
     }
 
+    /// Accepts `token` as `tenant`'s previous credential for `overlap` more (see
+    /// [`TenantDirectory::accept_previous`]).
+    pub fn accept_previous(
+        &self,
+        tenant: &mesh_contract::TenantId,
+        token: &str,
+        overlap: std::time::Duration,
+    ) {
+        self.directory.accept_previous(tenant, token, overlap);
+    }
+
+    /// Stops admitting `tenant`'s calls (authentication and its plan forget it); calls
+    /// admitted already run to their end ([`Inbound::in_flight`] counts them).
+    pub fn remove_tenant(&self, tenant: &mesh_contract::TenantId) {
+        self.directory.remove(tenant);
+        self.plan.remove(tenant);
+    }
+
+    /// `tenant`'s calls admitted and not answered yet.
+    pub fn in_flight(&self, tenant: &mesh_contract::TenantId) -> usize {
+        self.plan.in_flight(tenant)
+    }
+
     /// The rate limits (benchmarks raise them so admission is measured, not exercised).
     pub fn limiter(&self) -> &RateLimiter {
         &self.limiter

@@ -284,6 +284,10 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Deletes the tenant's messages sent before `cutoff_ms` (its retention ran out); returns
     /// how many.
     async fn purge_before(&self, tenant: &TenantId, cutoff_ms: i64) -> Result<u64, StoreError>;
+
+    /// Deletes the tenant's namespace with everything in it (`meshctl tenant remove
+    /// --purge-data`); a tenant never opened here has nothing to delete.
+    async fn drop_tenant(&self, tenant: &TenantId) -> Result<(), StoreError>;
 }
 
 /// Checks a namespace (prefix included) can name a PostgreSQL schema unquoted.

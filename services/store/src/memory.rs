@@ -87,6 +87,13 @@ impl MessageStore for MemoryStore {
         Ok(())
     }
 
+    async fn drop_tenant(&self, tenant: &TenantId) -> Result<(), StoreError> {
+        let mut inner = self.inner.write().expect("store lock");
+        inner.tenants.remove(tenant);
+        inner.owners.retain(|_, owner| owner != tenant);
+        Ok(())
+    }
+
     async fn accept(&self, tenant: &TenantId, new: &NewMessage) -> Result<Accepted, StoreError> {
         self.write(tenant, |ns| -> Result<Accepted, StoreError> {
             let client_key = (!new.client_msg_id.is_empty()).then(|| {

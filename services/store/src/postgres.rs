@@ -209,6 +209,19 @@ fn seq(value: u64) -> i64 {
 
 #[async_trait::async_trait]
 impl MessageStore for PgStore {
+    async fn drop_tenant(&self, tenant: &TenantId) -> Result<(), StoreError> {
+        let Some(schema) = self.schemas.read().expect("lock").get(tenant).cloned() else {
+            return Ok(());
+        };
+        self.client(tenant)
+            .await?
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .await
+            .map_err(backend(tenant, "dropping its schema"))?;
+        self.schemas.write().expect("lock").remove(tenant);
+        Ok(())
+    }
+
     async fn open(&self, tenant: &TenantId, namespace: &str) -> Result<(), StoreError> {
         valid_namespace(namespace)?;
         let schema = format!("{}{namespace}", self.prefix);

@@ -18,13 +18,19 @@ use crate::{
     config::{self, ConfigError, TenantConfig, Tenants, group_of},
     front_door::{DegradedSeen, Fault, FrontDoor, TenantLoad},
     layers::{Catalogue, Switch, SwitchBoard, SwitchTarget},
-    supervisor::{self, ProcessInfo, Supervisor},
+    supervisor::{
+        self, ProcessInfo, Supervisor,
+        protocol::{PreviousCredential, TenantSource},
+    },
 };
 
 /// How long a change may take to reach every worker before the call says which did not.
 const APPLY_WITHIN: Duration = Duration::from_secs(3);
-/// How long an onboarded tenant's process may take to serve it.
-const ONBOARD_WITHIN: Duration = Duration::from_secs(60);
+/// How long a process may take to serve a tenant added, changed or moved (a new process
+/// starting included) before the change is undone and the caller told why.
+const SERVE_WITHIN: Duration = Duration::from_secs(30);
+/// How long a process may take to drain a tenant leaving it.
+const DRAIN_WITHIN: Duration = Duration::from_secs(40);
 /// How often automatic rules look at the calls.
 const RULE_TICK: Duration = Duration::from_millis(200);
 
@@ -56,11 +62,18 @@ pub enum ControlError {
         .0.join(", ")
     )]
     NotApplied(Vec<String>),
-    /// An onboarded tenant is not served in time.
-    #[error(
-        "tenant {0} was added but no process serves it after {ONBOARD_WITHIN:?}; see `meshctl status`"
-    )]
-    NotServed(String),
+    /// The processes that would serve a tenant's file could not: nothing of the change was
+    /// kept (the tenant is as it was before, or not there at all).
+    #[error("tenant {tenant} cannot be served: {reason}; nothing was changed")]
+    NotServed {
+        /// The tenant.
+        tenant: String,
+        /// Why, in the process's words.
+        reason: String,
+    },
+    /// The change asked for cannot be made this way.
+    #[error("{0}")]
+    Refused(String),
     /// The switch state could not be saved or read.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -98,6 +111,10 @@ pub struct TenantRow {
     pub address: Option<String>,
     /// Routed by the front door now.
     pub serving: bool,
+    /// `serving`, `starting` (its process is not up yet) or `down`.
+    pub state: &'static str,
+    /// Why it is down.
+    pub reason: Option<String>,
 }
 
 /// What `meshctl status` shows.
@@ -125,15 +142,26 @@ pub fn initial_switches(
     for config in tenants.tenants.values() {
         let tenant = config.tenant_id();
         if saved.tenants.insert(tenant) {
-            let mut one = Tenants::default();
-            one.tenants.insert(config.id.to_string(), config.clone());
-            for switch in SwitchBoard::from_tenants(&one, Catalogue(&[])).list() {
+            for switch in initial_switches_of(config) {
                 board.turn_off(switch);
             }
         }
     }
     saved.switches = board.list();
     Ok(saved)
+}
+
+fn millis_since_epoch(at: SystemTime) -> u128 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
+/// The switches a tenant's file turns off from the start.
+fn initial_switches_of(config: &TenantConfig) -> Vec<Switch> {
+    let mut one = Tenants::default();
+    one.tenants.insert(config.id.to_string(), config.clone());
+    SwitchBoard::from_tenants(&one, Catalogue(&[])).list()
 }
 
 struct Plane {
@@ -148,6 +176,11 @@ struct Plane {
     /// Serializes changes: each is saved and handed to the workers in the order it was made.
     edit: tokio::sync::Mutex<()>,
     rules: Mutex<HashMap<(TenantId, String), RuleState>>,
+    /// Each tenant's file as it is served (what the processes were handed).
+    sources: Mutex<HashMap<TenantId, TenantSource>>,
+    /// Whether stored data lives outside the workers (PostgreSQL): a tenant may then move
+    /// between processes without leaving its messages behind.
+    data_shared: std::sync::atomic::AtomicBool,
 }
 
 /// The control plane. Cheap to clone.
@@ -194,8 +227,19 @@ impl ControlPlane {
                 );
             }
         }
+        let mut sources = HashMap::new();
+        for (id, file) in &tenants.files {
+            let tenant = TenantId::new(id).expect("a loaded tenant's id is valid");
+            let source =
+                TenantSource::read(tenant.clone(), file).map_err(|source| ControlError::Io {
+                    path: file.clone(),
+                    source,
+                })?;
+            sources.insert(tenant, source);
+        }
         for group in supervisor::groups(&tenants) {
-            supervisor.start_group(group);
+            let files = group.tenants.iter().map(|t| sources[t].clone()).collect();
+            supervisor.start_group(&group.name, files);
         }
         Ok(Self {
             plane: Arc::new(Plane {
@@ -209,8 +253,19 @@ impl ControlPlane {
                 front,
                 edit: tokio::sync::Mutex::default(),
                 rules: Mutex::new(rules),
+                sources: Mutex::new(sources),
+                data_shared: Default::default(),
             }),
         })
+    }
+
+    /// Says whether the workers keep stored data outside themselves (PostgreSQL), which
+    /// `tenant move` needs.
+    pub fn with_data_shared(self, shared: bool) -> Self {
+        self.plane
+            .data_shared
+            .store(shared, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     /// Every switch that is off.
@@ -343,63 +398,352 @@ impl ControlPlane {
         Ok((config, group))
     }
 
-    /// Onboards a tenant file: writes it into the tenants folder, applies its initial switches
-    /// and has a process serve it (a new one if it is isolated, the shared one otherwise)
-    /// without restarting any other. Returns once the front door routes it.
+    /// Onboards a tenant file: the process that would serve it (a new one if it is isolated,
+    /// the shared one otherwise, without restarting any other) validates and serves it first;
+    /// only then is the file written into the tenants folder. If that process cannot serve it
+    /// within [`SERVE_WITHIN`], nothing is kept and the reason is returned.
     pub async fn add_tenant(
         &self,
         file_name: &str,
         content: &str,
     ) -> Result<TenantConfig, ControlError> {
-        let (version, config) = {
-            let _edit = self.plane.edit.lock().await;
-            let (config, _) = self.check_tenant(file_name, content)?;
-            let path = self.plane.dir.join(file_name);
-            std::fs::write(&path, content).map_err(|source| ControlError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            let tenant = config.tenant_id();
-            {
-                let mut tenants = self.plane.tenants.write().expect("lock");
-                tenants
-                    .tenants
-                    .insert(config.id.to_string(), config.clone());
-                tenants.files.insert(config.id.to_string(), path);
-            }
-            let mut one = Tenants::default();
-            one.tenants.insert(config.id.to_string(), config.clone());
-            for switch in SwitchBoard::from_tenants(&one, Catalogue(&[])).list() {
-                self.plane.board.turn_off(switch);
-            }
-            self.plane
-                .known
-                .lock()
-                .expect("lock")
-                .tenants
-                .insert(tenant.clone());
-            // the front door authenticates its callers from now on
-            self.plane.front.serve_tenant(&config);
-            self.save()?;
-            self.plane.supervisor.set_switches(self.switches());
-            let version = self
-                .plane
-                .supervisor
-                .add_tenant(tenant, config.isolation.process);
-            (version, config)
+        let _edit = self.plane.edit.lock().await;
+        let (config, group) = self.check_tenant(file_name, content)?;
+        let tenant = config.tenant_id();
+        let source = TenantSource {
+            id: tenant.clone(),
+            file: file_name.to_owned(),
+            text: content.to_owned(),
+            previous_credential: None,
         };
-        let deadline = Instant::now() + ONBOARD_WITHIN;
-        while self.plane.front.address(&config.tenant_id()).is_none() {
-            if Instant::now() > deadline {
-                return Err(ControlError::NotServed(config.id.to_string()));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // the front door authenticates its callers, and the tenant's initial switches hold,
+        // before its first call can be routed
+        self.plane.front.serve_tenant(&config);
+        let initial = initial_switches_of(&config);
+        for switch in &initial {
+            self.plane.board.turn_off(switch.clone());
         }
-        self.await_version(version).await?;
+        self.plane.supervisor.set_switches(self.switches());
+        let version = self.plane.supervisor.set_tenant(&group, source.clone());
+        let served = self.served(&group, &tenant, version).await;
+        if let Err(reason) = served {
+            // undone: the process forgets it, and so does everything here
+            let undo = self.plane.supervisor.remove_tenant(&group, &tenant, false);
+            self.plane.front.forget_tenant(&tenant);
+            for switch in &initial {
+                self.plane.board.turn_on(Some(&tenant), &switch.target);
+            }
+            self.plane.supervisor.set_switches(self.switches());
+            let _ = self.plane.supervisor.wait_applied(undo, APPLY_WITHIN).await;
+            return Err(ControlError::NotServed {
+                tenant: tenant.to_string(),
+                reason,
+            });
+        }
+        let path = self.plane.dir.join(file_name);
+        self.write_file(&path, content)?;
+        {
+            let mut tenants = self.plane.tenants.write().expect("lock");
+            tenants
+                .tenants
+                .insert(config.id.to_string(), config.clone());
+            tenants.files.insert(config.id.to_string(), path);
+        }
+        self.plane
+            .sources
+            .lock()
+            .expect("lock")
+            .insert(tenant.clone(), source);
+        self.plane
+            .known
+            .lock()
+            .expect("lock")
+            .tenants
+            .insert(tenant);
+        self.save()?;
         Ok(config)
     }
 
-    /// Every tenant and where it runs.
+    /// Applies a changed tenant file (limits, settings, services, credential, user keys,
+    /// switch defaults) to the process serving the tenant, without a restart: validated as
+    /// `tenant add` validates, served by its process first, written last. A changed
+    /// credential leaves the previous one valid for `credentials.rotation_overlap_secs`. If
+    /// the process cannot serve the new file, it goes back to the old one and nothing is kept.
+    pub async fn update_tenant(
+        &self,
+        file_name: &str,
+        content: &str,
+    ) -> Result<TenantConfig, ControlError> {
+        let _edit = self.plane.edit.lock().await;
+        let config = {
+            let tenants = self.plane.tenants.read().expect("lock");
+            config::check_update(
+                &self.plane.dir,
+                &tenants,
+                file_name,
+                content,
+                self.plane.catalogue,
+            )?
+        };
+        let tenant = config.tenant_id();
+        let old = self.config_of(&tenant)?;
+        if old.isolation.process != config.isolation.process {
+            return Err(ControlError::Refused(format!(
+                "{file_name}: isolation.process: a tenant changes process with `meshctl tenant \
+                 move {tenant} --process {}`, which moves it without failing its calls",
+                match config.isolation.process {
+                    config::ProcessIsolation::Own => "own",
+                    config::ProcessIsolation::Shared => "shared",
+                }
+            )));
+        }
+        let group = group_of(&config);
+        let old_source = self.plane.sources.lock().expect("lock")[&tenant].clone();
+        let (old_token, token) = (old.credentials.resolve(), config.credentials.resolve());
+        let previous_credential = if old_token == token {
+            old_source.previous_credential.clone()
+        } else {
+            let until =
+                SystemTime::now() + Duration::from_secs(config.credentials.rotation_overlap_secs);
+            Some(PreviousCredential {
+                token: old_token,
+                until_ms: u64::try_from(millis_since_epoch(until)).unwrap_or(u64::MAX),
+            })
+        };
+        let source = TenantSource {
+            text: content.to_owned(),
+            previous_credential,
+            ..old_source.clone()
+        };
+        let version = self.plane.supervisor.set_tenant(&group, source.clone());
+        if let Err(reason) = self.served(&group, &tenant, version).await {
+            let undo = self.plane.supervisor.set_tenant(&group, old_source);
+            let _ = self.served(&group, &tenant, undo).await;
+            return Err(ControlError::NotServed {
+                tenant: tenant.to_string(),
+                reason,
+            });
+        }
+        // the front door takes the new credential (the old one overlapping) and the new
+        // switch defaults hold; a default the file no longer declares is switched back on
+        self.plane.front.serve_tenant(&config);
+        for switch in initial_switches_of(&old) {
+            if let Some(current) = self
+                .switches()
+                .into_iter()
+                .find(|s| s.tenant.as_ref() == Some(&tenant) && s.target == switch.target)
+                && current.changed_by == switch.changed_by
+            {
+                self.plane.board.turn_on(Some(&tenant), &switch.target);
+            }
+        }
+        for switch in initial_switches_of(&config) {
+            self.plane.board.turn_off(switch);
+        }
+        self.save()?;
+        let applied = self.plane.supervisor.set_switches(self.switches());
+        let path = self.plane.dir.join(file_name);
+        self.write_file(&path, content)?;
+        self.plane
+            .tenants
+            .write()
+            .expect("lock")
+            .tenants
+            .insert(config.id.to_string(), config.clone());
+        self.plane
+            .sources
+            .lock()
+            .expect("lock")
+            .insert(tenant, source);
+        self.await_version(applied).await?;
+        Ok(config)
+    }
+
+    /// Removes a tenant: the front door stops admitting its calls (refused as an unknown
+    /// tenant's), its process drains the calls it has, stops its consumers and lets its
+    /// terminals go, and its file leaves the tenants folder (kept under the state folder's
+    /// `removed/`). Its stored data stays unless `purge_data`. Returns its last config.
+    pub async fn remove_tenant(
+        &self,
+        id: &str,
+        purge_data: bool,
+    ) -> Result<TenantConfig, ControlError> {
+        let _edit = self.plane.edit.lock().await;
+        let tenant = self.tenant(id)?;
+        let config = self.config_of(&tenant)?;
+        let group = group_of(&config);
+        self.plane.front.forget_tenant(&tenant);
+        let version = self
+            .plane
+            .supervisor
+            .remove_tenant(&group, &tenant, purge_data);
+        // its own process stops once drained; a shared one confirms the removal
+        let _ = self
+            .plane
+            .supervisor
+            .wait_applied(version, DRAIN_WITHIN)
+            .await;
+        let file = {
+            let mut tenants = self.plane.tenants.write().expect("lock");
+            tenants.tenants.remove(id);
+            tenants.files.remove(id)
+        };
+        self.plane.sources.lock().expect("lock").remove(&tenant);
+        if let Some(file) = file {
+            let kept = self.plane.store.path().with_file_name("removed");
+            std::fs::create_dir_all(&kept).map_err(|source| ControlError::Io {
+                path: kept.clone(),
+                source,
+            })?;
+            let to = kept.join(file.file_name().unwrap_or_default());
+            std::fs::rename(&file, &to)
+                .map_err(|source| ControlError::Io { path: file, source })?;
+        }
+        // its switches go with it
+        for switch in self.switches() {
+            if switch.tenant.as_ref() == Some(&tenant) {
+                self.plane.board.turn_on(Some(&tenant), &switch.target);
+            }
+        }
+        self.plane
+            .known
+            .lock()
+            .expect("lock")
+            .tenants
+            .remove(&tenant);
+        self.save()?;
+        let applied = self.plane.supervisor.set_switches(self.switches());
+        self.await_version(applied).await?;
+        Ok(config)
+    }
+
+    /// Moves a tenant to a process of its own or into the shared one, without failing its
+    /// calls: the new process serves it, the front door routes it there, then the old one
+    /// drains it and lets it go; its file then says where it runs. Needs stored data outside
+    /// the workers (PostgreSQL), or the tenant's messages would stay behind.
+    pub async fn move_tenant(
+        &self,
+        id: &str,
+        process: config::ProcessIsolation,
+    ) -> Result<TenantConfig, ControlError> {
+        let _edit = self.plane.edit.lock().await;
+        let tenant = self.tenant(id)?;
+        let old = self.config_of(&tenant)?;
+        let from = group_of(&old);
+        if old.isolation.process == process {
+            return Err(ControlError::Refused(format!(
+                "tenant {tenant} runs in process group {from} already"
+            )));
+        }
+        if old.enabled_services().any(|(name, _)| name == "message")
+            && !self
+                .plane
+                .data_shared
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(ControlError::Refused(format!(
+                "tenant {tenant} keeps its messages in the embedded store of its process; moving \
+                 it would leave them behind: run the mesh on PostgreSQL (MESH_STORE_POSTGRES) to \
+                 move tenants"
+            )));
+        }
+        let old_source = self.plane.sources.lock().expect("lock")[&tenant].clone();
+        let text = config::with_process(&old_source.text, process)
+            .map_err(|e| ControlError::Refused(format!("{}: {e}", old_source.file)))?;
+        let config = {
+            let tenants = self.plane.tenants.read().expect("lock");
+            config::check_update(
+                &self.plane.dir,
+                &tenants,
+                &old_source.file,
+                &text,
+                self.plane.catalogue,
+            )?
+        };
+        let to = group_of(&config);
+        let source = TenantSource {
+            text: text.clone(),
+            ..old_source.clone()
+        };
+        // 1. the new process serves it (routed still to the old)
+        let version = self.plane.supervisor.set_tenant(&to, source.clone());
+        if let Err(reason) = self.served(&to, &tenant, version).await {
+            let undo = self.plane.supervisor.remove_tenant(&to, &tenant, false);
+            let _ = self.plane.supervisor.wait_applied(undo, APPLY_WITHIN).await;
+            return Err(ControlError::NotServed {
+                tenant: tenant.to_string(),
+                reason,
+            });
+        }
+        // 2. its calls go there
+        let routed = self.plane.supervisor.route(&tenant, &to);
+        self.await_version(routed).await?;
+        let address = self
+            .plane
+            .supervisor
+            .processes()
+            .into_iter()
+            .find(|p| p.group == to)
+            .and_then(|p| p.address);
+        let deadline = Instant::now() + APPLY_WITHIN;
+        while address.is_some() && self.plane.front.address(&tenant) != address {
+            if Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // 3. the old process drains it and lets it go (an own process then stops)
+        let version = self.plane.supervisor.remove_tenant(&from, &tenant, false);
+        let _ = self
+            .plane
+            .supervisor
+            .wait_applied(version, DRAIN_WITHIN)
+            .await;
+        let path = self.plane.dir.join(&source.file);
+        self.write_file(&path, &text)?;
+        self.plane
+            .tenants
+            .write()
+            .expect("lock")
+            .tenants
+            .insert(config.id.to_string(), config.clone());
+        self.plane
+            .sources
+            .lock()
+            .expect("lock")
+            .insert(tenant, source);
+        Ok(config)
+    }
+
+    /// Waits until `group` applied `version`, then whether it serves `tenant` (and the front
+    /// door routes it, when it is routed there).
+    async fn served(&self, group: &str, tenant: &TenantId, version: u64) -> Result<(), String> {
+        self.plane
+            .supervisor
+            .wait_tenant(group, tenant, version, SERVE_WITHIN)
+            .await
+    }
+
+    fn config_of(&self, tenant: &TenantId) -> Result<TenantConfig, ControlError> {
+        let tenants = self.plane.tenants.read().expect("lock");
+        tenants
+            .get(tenant.as_str())
+            .cloned()
+            .ok_or_else(|| ControlError::UnknownTenant(tenant.to_string(), String::new()))
+    }
+
+    /// Writes a tenant file whole or not at all (a crash mid-write leaves the old one).
+    fn write_file(&self, path: &std::path::Path, content: &str) -> Result<(), ControlError> {
+        let io = |source| ControlError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let scratch = path.with_extension("toml.partial");
+        std::fs::write(&scratch, content).map_err(io)?;
+        std::fs::rename(&scratch, path).map_err(io)
+    }
+
+    /// Every tenant, where it runs, and its state.
     pub fn tenants(&self) -> Vec<TenantRow> {
         let processes = self.plane.supervisor.processes();
         let tenants = self.plane.tenants.read().expect("lock");
@@ -408,14 +752,25 @@ impl ControlPlane {
             .values()
             .map(|config| {
                 let tenant = config.tenant_id();
-                let process = processes.iter().find(|p| p.tenants.contains(&tenant));
+                let group = group_of(config);
+                let process = processes.iter().find(|p| p.group == group);
                 let address = self.plane.front.address(&tenant);
+                let down = process.and_then(|p| p.down.get(&tenant).cloned());
+                let (state, reason) = match (process, &down) {
+                    (_, Some(reason)) => ("down", Some(reason.clone())),
+                    (Some(p), None) if p.pid.is_some() && address.is_some() => ("serving", None),
+                    (Some(p), None) if p.pid.is_some() => ("starting", None),
+                    (Some(p), None) => ("down", p.last_failure.clone()),
+                    (None, None) => ("down", Some("no process group runs it".into())),
+                };
                 TenantRow {
                     config: config.clone(),
-                    group: process.map_or_else(|| group_of(config), |p| p.group.clone()),
+                    group,
                     pid: process.and_then(|p| p.pid),
                     serving: address.is_some(),
                     address,
+                    state,
+                    reason,
                 }
             })
             .collect()

@@ -98,6 +98,16 @@ impl FrontDoor {
         self.know(config.tenant_id());
     }
 
+    /// Forgets `tenant`: its calls are refused from now on as an unknown tenant's are (its
+    /// calls forwarded already run to their end).
+    pub fn forget_tenant(&self, tenant: &TenantId) {
+        if let Some(directory) = &self.directory {
+            directory.remove(tenant);
+        }
+        self.known.write().expect("lock").remove(tenant);
+        self.unroute(tenant);
+    }
+
     /// Answers health and reflection with `probes` (they need no tenant and are never
     /// forwarded); by default health only, for the catalogue's services.
     pub fn with_probes(mut self, probes: Probes) -> Self {

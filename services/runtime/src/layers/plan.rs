@@ -32,7 +32,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use mesh_contract::{RequestContext, TenantId};
@@ -43,8 +46,25 @@ use crate::config::{TenantConfig, Tenants};
 /// The services and majors each tenant runs, from its config.
 #[derive(Clone, Debug)]
 pub struct ServicePlan {
-    runs: Arc<RwLock<HashMap<TenantId, HashMap<String, u32>>>>,
+    runs: Arc<RwLock<HashMap<TenantId, TenantPlan>>>,
     catalogue: Catalogue,
+}
+
+#[derive(Debug, Default)]
+struct TenantPlan {
+    services: HashMap<String, u32>,
+    /// Its calls admitted and not answered yet: what removing it from a process waits for.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a call of a tenant in flight until it answers.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ServicePlan {
@@ -69,14 +89,46 @@ impl ServicePlan {
         self.runs
             .write()
             .expect("lock")
-            .insert(config.tenant_id(), services);
+            .entry(config.tenant_id())
+            .or_default()
+            .services = services;
+    }
+
+    /// Forgets a tenant: its calls are refused from now on.
+    pub fn remove(&self, tenant: &TenantId) {
+        self.runs.write().expect("lock").remove(tenant);
+    }
+
+    /// `tenant`'s calls admitted and not answered yet (server streams count until their
+    /// first answer, not for their whole life).
+    pub fn in_flight(&self, tenant: &TenantId) -> usize {
+        self.runs
+            .read()
+            .expect("lock")
+            .get(tenant)
+            .map_or(0, |plan| plan.in_flight.load(Ordering::Relaxed))
     }
 
     /// Whether `tenant` runs `service` at `major`; the refusal says what it runs instead.
     pub fn check(&self, tenant: &TenantId, service: &str, major: u32) -> Result<(), tonic::Status> {
+        self.admit_call(tenant, service, major).map(drop)
+    }
+
+    /// [`ServicePlan::check`], counting the call in flight while the ticket lives.
+    fn admit_call(
+        &self,
+        tenant: &TenantId,
+        service: &str,
+        major: u32,
+    ) -> Result<InFlight, tonic::Status> {
         let runs = self.runs.read().expect("lock");
-        match runs.get(tenant).and_then(|s| s.get(service)) {
-            Some(m) if *m == major => Ok(()),
+        let plan = runs.get(tenant);
+        match plan.and_then(|p| p.services.get(service)) {
+            Some(m) if *m == major => {
+                let counter = &plan.expect("found above").in_flight;
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(InFlight(counter.clone()))
+            }
             Some(m) => Err(tonic::Status::unimplemented(format!(
                 "tenant {tenant} runs {service} v{m}, not v{major}"
             ))),
@@ -121,17 +173,18 @@ impl ServicePlan {
 }
 
 impl Admit for ServicePlan {
-    type Ticket = ();
+    type Ticket = Option<InFlight>;
 
-    fn admit<B>(&self, request: &mut http::Request<B>) -> Decision<()> {
+    fn admit<B>(&self, request: &mut http::Request<B>) -> Decision<Option<InFlight>> {
         let Some(ctx) = request.extensions().get::<RequestContext>() else {
-            return Decision::Admit(());
+            return Decision::Admit(None);
         };
         let path = request.uri().path();
         match self.catalogue.method(path) {
-            Some((spec, _)) => {
-                Decision::from_status(self.check(&ctx.tenant, spec.name, spec.major))
-            }
+            Some((spec, _)) => Decision::from_status(
+                self.admit_call(&ctx.tenant, spec.name, spec.major)
+                    .map(Some),
+            ),
             None => match self.catalogue.event(path) {
                 // an event is not served over HTTP/2: say where it travels instead of the
                 // router's bare UNIMPLEMENTED

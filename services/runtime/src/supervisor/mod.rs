@@ -10,6 +10,12 @@
 //! A worker that exits is restarted with backoff, alone: the other groups keep serving. On
 //! shutdown, workers are asked to stop (their stdin closes) and killed if they do not within a
 //! grace period. A worker whose supervisor dies sees its stdin close too.
+//!
+//! The tenant lifecycle is a change of that state: a tenant added to a group, its file changed,
+//! removed from a group (the worker drains its calls first), or routed to another group (a
+//! move: served by both, routed to the new one, then removed from the old). A worker that
+//! cannot serve one tenant says so in its `APPLIED` line; that tenant is down with its reason
+//! ([`ProcessInfo::down`]) and not routed, its neighbours keep serving.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -33,7 +39,7 @@ use crate::{
     config::{ProcessIsolation, Tenants},
     front_door::FrontDoor,
     layers::Switch,
-    supervisor::protocol::{WorkerLine, WorkerState, WorkerStats},
+    supervisor::protocol::{TenantSource, WorkerLine, WorkerState, WorkerStats},
 };
 
 /// Tenants served by one process.
@@ -141,6 +147,10 @@ pub struct ProcessInfo {
     pub serving_since: Option<Instant>,
     /// What it last reported.
     pub stats: WorkerStats,
+    /// Tenants of the group it could not serve, and why.
+    pub down: BTreeMap<TenantId, String>,
+    /// Why its last run ended or failed to start, if it did.
+    pub last_failure: Option<String>,
 }
 
 /// Backoff between restarts: doubles from `FIRST_BACKOFF` to `MAX_BACKOFF`, and starts over
@@ -158,7 +168,10 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 struct Desired {
     version: u64,
     switches: Arc<Vec<Switch>>,
-    groups: Arc<BTreeMap<String, Vec<TenantId>>>,
+    groups: Arc<BTreeMap<String, Vec<TenantSource>>>,
+    /// The group each tenant's calls go to (during a move, one of the two serving it).
+    routes: Arc<BTreeMap<TenantId, String>>,
+    purge: Arc<Vec<TenantId>>,
 }
 
 impl Desired {
@@ -167,7 +180,12 @@ impl Desired {
             version: self.version,
             switches: self.switches.to_vec(),
             tenants: self.groups.get(group).cloned().unwrap_or_default(),
+            purge: self.purge.to_vec(),
         }
+    }
+
+    fn routed_to(&self, tenant: &TenantId, group: &str) -> bool {
+        self.routes.get(tenant).is_some_and(|g| g == group)
     }
 }
 
@@ -215,7 +233,7 @@ impl Supervisor {
         let desired = Desired {
             version: 1,
             switches: Arc::new(switches),
-            groups: Arc::default(),
+            ..Desired::default()
         };
         Self {
             inner: Arc::new(Inner {
@@ -230,61 +248,139 @@ impl Supervisor {
         }
     }
 
-    /// Starts (and from then on supervises) a group's worker.
-    pub fn start_group(&self, group: Group) {
-        let name = group.name.clone();
-        self.change(|desired| {
+    /// Starts (and from then on supervises) a group's worker, serving `tenants` (each routed
+    /// to it).
+    pub fn start_group(&self, name: &str, tenants: Vec<TenantSource>) -> u64 {
+        let version = self.change(|desired| {
+            let mut routes = (*desired.routes).clone();
+            for tenant in &tenants {
+                routes
+                    .entry(tenant.id.clone())
+                    .or_insert_with(|| name.to_owned());
+            }
+            desired.routes = Arc::new(routes);
             let mut groups = (*desired.groups).clone();
-            groups.insert(name.clone(), group.tenants.clone());
+            groups.insert(name.to_owned(), tenants.clone());
             desired.groups = Arc::new(groups);
         });
         self.inner.slots.lock().expect("lock").insert(
-            name.clone(),
+            name.to_owned(),
             GroupSlot {
                 info: ProcessInfo {
-                    group: name.clone(),
-                    tenants: group.tenants,
+                    group: name.to_owned(),
+                    tenants: Vec::new(),
                     pid: None,
                     address: None,
                     restarts: 0,
                     serving_since: None,
                     stats: WorkerStats::default(),
+                    down: BTreeMap::new(),
+                    last_failure: None,
                 },
                 applied: watch::channel(0).0,
             },
         );
-        let task = tokio::spawn(supervise_group(self.inner.clone(), name));
+        let task = tokio::spawn(supervise_group(self.inner.clone(), name.to_owned()));
         self.inner.tasks.lock().expect("lock").push(task);
+        version
     }
 
-    /// Serves a tenant onboarded at run time: in a new process if it has one of its own, else
-    /// in the shared process (started if there is none), which takes it without a restart.
-    /// Returns the version to await with [`Supervisor::wait_applied`].
-    pub fn add_tenant(&self, tenant: TenantId, process: ProcessIsolation) -> u64 {
-        let group = match process {
-            ProcessIsolation::Own => tenant.to_string(),
-            ProcessIsolation::Shared => SHARED_GROUP.to_owned(),
-        };
-        let exists = self.inner.desired.borrow().groups.contains_key(&group);
-        if exists {
-            let version = self.change(|desired| {
-                let mut groups = (*desired.groups).clone();
-                groups
-                    .entry(group.clone())
-                    .or_default()
-                    .push(tenant.clone());
-                desired.groups = Arc::new(groups);
-            });
-            if let Some(slot) = self.inner.slots.lock().expect("lock").get_mut(&group) {
-                slot.info.tenants.push(tenant);
+    /// Has `group` serve `tenant` from its file: a tenant onboarded at run time (in a new
+    /// process if the group has none yet, else taken by the running one without a restart),
+    /// or a changed file of one it serves. The tenant is routed to `group` unless it is
+    /// routed to another already (a move routes it with [`Supervisor::route`]). Returns the
+    /// version to await with [`Supervisor::wait_tenant`].
+    pub fn set_tenant(&self, group: &str, tenant: TenantSource) -> u64 {
+        let exists = self.inner.desired.borrow().groups.contains_key(group);
+        if !exists {
+            return self.start_group(group, vec![tenant]);
+        }
+        self.change(|desired| {
+            let mut groups = (*desired.groups).clone();
+            let served = groups.entry(group.to_owned()).or_default();
+            served.retain(|t| t.id != tenant.id);
+            served.push(tenant.clone());
+            desired.groups = Arc::new(groups);
+            let mut routes = (*desired.routes).clone();
+            routes
+                .entry(tenant.id.clone())
+                .or_insert_with(|| group.to_owned());
+            desired.routes = Arc::new(routes);
+            let mut purge = (*desired.purge).clone();
+            purge.retain(|t| *t != tenant.id);
+            desired.purge = Arc::new(purge);
+        })
+    }
+
+    /// Routes `tenant`'s calls to `group` (which serves it) once its worker applied this
+    /// version. Returns the version.
+    pub fn route(&self, tenant: &TenantId, group: &str) -> u64 {
+        self.change(|desired| {
+            let mut routes = (*desired.routes).clone();
+            routes.insert(tenant.clone(), group.to_owned());
+            desired.routes = Arc::new(routes);
+        })
+    }
+
+    /// Has `group` stop serving `tenant` (its worker drains the tenant's calls, then stops
+    /// its consumers), deleting its stored data too when `purge`; a group left with no tenant
+    /// stops. Returns the version to await.
+    pub fn remove_tenant(&self, group: &str, tenant: &TenantId, purge: bool) -> u64 {
+        self.change(|desired| {
+            let mut groups = (*desired.groups).clone();
+            if let Some(served) = groups.get_mut(group) {
+                served.retain(|t| t.id != *tenant);
+                if served.is_empty() {
+                    groups.remove(group);
+                }
             }
-            version
-        } else {
-            self.start_group(Group {
-                name: group,
-                tenants: vec![tenant],
+            desired.groups = Arc::new(groups);
+            if desired.routed_to(tenant, group) {
+                let mut routes = (*desired.routes).clone();
+                routes.remove(tenant);
+                desired.routes = Arc::new(routes);
+            }
+            if purge {
+                let mut list = (*desired.purge).clone();
+                list.push(tenant.clone());
+                desired.purge = Arc::new(list);
+            }
+        })
+    }
+
+    /// Waits until `group`'s worker applied `version`; then whether it serves `tenant`, or the
+    /// reason it does not (the worker's, or why the group has no worker serving).
+    pub async fn wait_tenant(
+        &self,
+        group: &str,
+        tenant: &TenantId,
+        version: u64,
+        within: Duration,
+    ) -> Result<(), String> {
+        let applied = self
+            .inner
+            .slots
+            .lock()
+            .expect("lock")
+            .get(group)
+            .map(|slot| slot.applied.subscribe());
+        let Some(mut applied) = applied else {
+            return Err(format!("process group {group} is not running"));
+        };
+        let done = tokio::time::timeout(within, applied.wait_for(|v| *v >= version)).await;
+        let slots = self.inner.slots.lock().expect("lock");
+        let info = slots.get(group).map(|slot| &slot.info);
+        if !matches!(done, Ok(Ok(_))) {
+            return Err(match info.and_then(|i| i.last_failure.as_deref()) {
+                Some(failure) => {
+                    format!("process group {group} did not serve it within {within:?}: {failure}")
+                }
+                None => format!("process group {group} did not confirm within {within:?}"),
             });
-            self.inner.desired.borrow().version
+        }
+        match info.and_then(|i| i.down.get(tenant)) {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
         }
     }
 
@@ -449,6 +545,8 @@ async fn stop(worker: Worker) -> Option<ExitStatus> {
 enum RunEnd {
     Exited(String),
     NotReady(String),
+    /// The group has no tenant left: its worker stops for good.
+    Retired,
     Shutdown,
 }
 
@@ -461,6 +559,7 @@ async fn start_failed(
     backoff: &mut Duration,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
+    inner.update(group, |slot| slot.info.last_failure = Some(reason.clone()));
     inner.report(SupervisorEvent::StartFailed {
         group: group.to_owned(),
         reason,
@@ -478,8 +577,14 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
     let mut backoff = FIRST_BACKOFF;
     while !*shutdown.borrow() {
         let mut desired = inner.desired.subscribe();
+        if !desired.borrow().groups.contains_key(&group) {
+            // retired (its last tenant removed or moved) while it was down
+            inner.slots.lock().expect("lock").remove(&group);
+            return;
+        }
         let state = desired.borrow_and_update().for_group(&group);
-        let mut worker = match spawn(&inner.command, &group, &state.tenants) {
+        let ids: Vec<TenantId> = state.tenants.iter().map(|t| t.id.clone()).collect();
+        let mut worker = match spawn(&inner.command, &group, &ids) {
             Ok(worker) => worker,
             Err(reason) => {
                 if start_failed(&inner, &group, reason, &mut backoff, &mut shutdown).await {
@@ -503,22 +608,34 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
             &mut shutdown,
         )
         .await;
-        let routed = inner
-            .desired
-            .borrow()
-            .groups
+        let (served, address) = inner
+            .slots
+            .lock()
+            .expect("lock")
             .get(&group)
-            .cloned()
+            .map(|slot| (slot.info.tenants.clone(), slot.info.address.clone()))
             .unwrap_or_default();
-        for tenant in &routed {
-            inner.front.unroute(tenant);
+        if let Some(address) = address {
+            for tenant in &served {
+                unroute_from(&inner, tenant, &address);
+            }
         }
         inner.update(&group, |slot| {
             slot.info.pid = None;
             slot.info.address = None;
             slot.info.serving_since = None;
+            slot.info.tenants.clear();
         });
         let status = match end {
+            RunEnd::Retired => {
+                stop(worker).await;
+                inner.report(SupervisorEvent::Stopped {
+                    group: group.clone(),
+                    pid,
+                });
+                inner.slots.lock().expect("lock").remove(&group);
+                return;
+            }
             RunEnd::Shutdown => {
                 stop(worker).await;
                 inner.report(SupervisorEvent::Stopped {
@@ -529,6 +646,7 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
             }
             RunEnd::Exited(status) => status,
             RunEnd::NotReady(reason) => {
+                inner.update(&group, |slot| slot.info.last_failure = Some(reason.clone()));
                 stop(worker).await;
                 if start_failed(&inner, &group, reason, &mut backoff, &mut shutdown).await {
                     return;
@@ -539,7 +657,10 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
         if started.elapsed() >= STABLE_AFTER {
             backoff = FIRST_BACKOFF;
         }
-        inner.update(&group, |slot| slot.info.restarts += 1);
+        inner.update(&group, |slot| {
+            slot.info.restarts += 1;
+            slot.info.last_failure = Some(format!("its worker exited ({status})"));
+        });
         inner.report(SupervisorEvent::Exited {
             group: group.clone(),
             pid,
@@ -567,7 +688,10 @@ async fn run_worker(
     let mut sent: HashMap<u64, Vec<TenantId>> = HashMap::new();
     let mut serving: Vec<TenantId> = Vec::new();
     let mut address: Option<String> = None;
-    sent.insert(first.version, first.tenants.clone());
+    sent.insert(
+        first.version,
+        first.tenants.iter().map(|t| t.id.clone()).collect(),
+    );
     send_state(&mut worker.stdin, &first).await;
     let ready_by = tokio::time::sleep(START_TIMEOUT);
     tokio::pin!(ready_by);
@@ -576,12 +700,11 @@ async fn run_worker(
         tokio::select! {
             line = worker.lines.recv(), if lines_open => match line {
                 Some(WorkerLine::Ready(addr)) => {
-                    for tenant in &serving {
-                        route(inner, tenant, &addr);
-                    }
+                    route_here(inner, group, &serving, &addr);
                     inner.update(group, |slot| {
                         slot.info.address = Some(addr.clone());
                         slot.info.serving_since = Some(Instant::now());
+                        slot.info.last_failure = None;
                     });
                     inner.report(SupervisorEvent::Serving {
                         group: group.to_owned(),
@@ -591,18 +714,26 @@ async fn run_worker(
                     });
                     address = Some(addr);
                 }
-                Some(WorkerLine::Applied(version)) => {
+                Some(WorkerLine::Applied { version, down }) => {
                     if let Some(tenants) = sent.get(&version) {
-                        serving = tenants.clone();
+                        let now: Vec<TenantId> = tenants
+                            .iter()
+                            .filter(|t| !down.contains_key(*t))
+                            .cloned()
+                            .collect();
                         if let Some(addr) = &address {
-                            for tenant in &serving {
-                                route(inner, tenant, addr);
+                            // removed, moved away or down: no longer routed here
+                            for gone in serving.iter().filter(|t| !now.contains(t)) {
+                                unroute_from(inner, gone, addr);
                             }
+                            route_here(inner, group, &now, addr);
                         }
+                        serving = now;
                     }
                     sent.retain(|v, _| *v > version);
                     inner.update(group, |slot| {
                         slot.info.tenants = serving.clone();
+                        slot.info.down = down;
                         slot.applied.send_replace(version);
                     });
                 }
@@ -612,8 +743,11 @@ async fn run_worker(
             },
             changed = desired.changed() => {
                 if changed.is_ok() {
+                    if !desired.borrow().groups.contains_key(group) {
+                        return RunEnd::Retired;
+                    }
                     let state = desired.borrow_and_update().for_group(group);
-                    sent.insert(state.version, state.tenants.clone());
+                    sent.insert(state.version, state.tenants.iter().map(|t| t.id.clone()).collect());
                     send_state(&mut worker.stdin, &state).await;
                 }
             }
@@ -628,12 +762,24 @@ async fn run_worker(
     }
 }
 
-fn route(inner: &Inner, tenant: &TenantId, address: &str) {
-    if inner.front.address(tenant).as_deref() == Some(address) {
-        return;
+/// Routes to `address` those of `tenants` whose calls go to `group`.
+fn route_here(inner: &Inner, group: &str, tenants: &[TenantId], address: &str) {
+    let desired = inner.desired.borrow().clone();
+    for tenant in tenants.iter().filter(|t| desired.routed_to(t, group)) {
+        if inner.front.address(tenant).as_deref() == Some(address) {
+            continue;
+        }
+        if let Err(err) = inner.front.route(tenant.clone(), address) {
+            tracing::error!(%tenant, %address, error = %err, "cannot route");
+        }
     }
-    if let Err(err) = inner.front.route(tenant.clone(), address) {
-        tracing::error!(%tenant, %address, error = %err, "cannot route");
+}
+
+/// Stops routing `tenant` to `address`, if that is where it goes (a moved tenant is routed
+/// elsewhere already).
+fn unroute_from(inner: &Inner, tenant: &TenantId, address: &str) {
+    if inner.front.address(tenant).as_deref() == Some(address) {
+        inner.front.unroute(tenant);
     }
 }
 
@@ -658,6 +804,7 @@ mod tests {
             credentials: Credentials {
                 token: Some("a-long-token".into()),
                 token_env: None,
+                rotation_overlap_secs: 300,
             },
             users: None,
             services: Default::default(),

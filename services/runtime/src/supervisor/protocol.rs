@@ -4,8 +4,15 @@
 //!
 //! - supervisor → worker: a [`WorkerState`] as one JSON line, the whole desired state each time
 //!   (idempotent; a late line never undoes a newer one: versions only grow);
-//! - worker → supervisor: `READY <address>` once serving, `APPLIED <version>` after each state,
+//! - worker → supervisor: `READY <address>` once serving, `APPLIED <version>` after each state
+//!   (`APPLIED <version> {"tenant":"reason"}` naming the tenants it could not serve),
 //!   `STATS <json>` ([`WorkerStats`]) now and then. Any other line is the worker's own output.
+//!
+//! A worker is handed each tenant's file itself ([`TenantSource`]), not a folder to read: it
+//! validates that text as start-up and `meshctl tenant check` do, and a file it cannot serve
+//! is one tenant down with its reason, never the process.
+
+use std::collections::BTreeMap;
 
 use mesh_contract::TenantId;
 use serde::{Deserialize, Serialize};
@@ -26,8 +33,63 @@ pub struct WorkerState {
     pub version: u64,
     /// Every switch that is off (all tenants; the worker applies those of its tenants).
     pub switches: Vec<Switch>,
-    /// The tenants the worker serves: it starts serving any it does not yet.
-    pub tenants: Vec<TenantId>,
+    /// The tenants the worker serves, with their files: it starts serving any it does not yet,
+    /// applies a file that changed, and drains and stops serving any no longer listed.
+    pub tenants: Vec<TenantSource>,
+    /// Tenants removed for good whose stored data goes too (`meshctl tenant remove
+    /// --purge-data`).
+    #[serde(default)]
+    pub purge: Vec<TenantId>,
+}
+
+/// One tenant's file, as the worker validates and serves it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSource {
+    /// The tenant.
+    pub id: TenantId,
+    /// Its file name (`mall.toml`): names its environment overrides and its errors.
+    pub file: String,
+    /// The file's text.
+    pub text: String,
+    /// The credential this file's replaced, still accepted until its overlap ends (a rotation
+    /// by `meshctl tenant update`): a process that starts serving the tenant meanwhile (a
+    /// move, a restart) accepts it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_credential: Option<PreviousCredential>,
+}
+
+/// A replaced credential and the end of its overlap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousCredential {
+    /// The credential.
+    pub token: String,
+    /// Accepted until then (milliseconds since the Unix epoch).
+    pub until_ms: u64,
+}
+
+impl PreviousCredential {
+    /// How long it is still accepted from now.
+    pub fn remaining(&self) -> std::time::Duration {
+        let until = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.until_ms);
+        until
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+    }
+}
+
+impl TenantSource {
+    /// Reads a tenant's file.
+    pub fn read(id: TenantId, path: &std::path::Path) -> std::io::Result<Self> {
+        Ok(Self {
+            id,
+            file: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            text: std::fs::read_to_string(path)?,
+            previous_credential: None,
+        })
+    }
 }
 
 impl WorkerState {
@@ -79,8 +141,13 @@ pub struct WorkerStats {
 pub enum WorkerLine {
     /// It serves at this address.
     Ready(String),
-    /// It applied this state version.
-    Applied(u64),
+    /// It applied this state version; the tenants it could not serve, with the reason.
+    Applied {
+        /// The state's version.
+        version: u64,
+        /// Tenants of the state it does not serve, and why.
+        down: BTreeMap<TenantId, String>,
+    },
     /// Its statistics.
     Stats(WorkerStats),
     /// Anything else: its own output, shown to the operator.
@@ -92,7 +159,14 @@ impl std::fmt::Display for WorkerLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Ready(address) => write!(f, "{READY_PREFIX}{address}"),
-            Self::Applied(version) => write!(f, "{APPLIED_PREFIX}{version}"),
+            Self::Applied { version, down } if down.is_empty() => {
+                write!(f, "{APPLIED_PREFIX}{version}")
+            }
+            Self::Applied { version, down } => write!(
+                f,
+                "{APPLIED_PREFIX}{version} {}",
+                serde_json::to_string(down).expect("reasons always serialize")
+            ),
             Self::Stats(stats) => write!(
                 f,
                 "{STATS_PREFIX}{}",
@@ -109,11 +183,18 @@ impl WorkerLine {
         if let Some(address) = line.strip_prefix(READY_PREFIX) {
             return Self::Ready(address.trim().to_owned());
         }
-        if let Some(version) = line
-            .strip_prefix(APPLIED_PREFIX)
-            .and_then(|v| v.trim().parse().ok())
-        {
-            return Self::Applied(version);
+        if let Some(applied) = line.strip_prefix(APPLIED_PREFIX) {
+            let (version, down) = applied
+                .trim()
+                .split_once(' ')
+                .unwrap_or((applied.trim(), ""));
+            let down = match down {
+                "" => Some(BTreeMap::new()),
+                json => serde_json::from_str(json).ok(),
+            };
+            if let (Ok(version), Some(down)) = (version.parse(), down) {
+                return Self::Applied { version, down };
+            }
         }
         if let Some(stats) = line
             .strip_prefix(STATS_PREFIX)
@@ -135,7 +216,23 @@ mod tests {
             WorkerLine::parse("READY 127.0.0.1:4000"),
             WorkerLine::Ready("127.0.0.1:4000".into())
         );
-        assert_eq!(WorkerLine::parse("APPLIED 12"), WorkerLine::Applied(12));
+        assert_eq!(
+            WorkerLine::parse("APPLIED 12"),
+            WorkerLine::Applied {
+                version: 12,
+                down: BTreeMap::new()
+            }
+        );
+        assert_eq!(
+            WorkerLine::parse(r#"APPLIED 12 {"newco":"its schema cannot be created"}"#),
+            WorkerLine::Applied {
+                version: 12,
+                down: BTreeMap::from([(
+                    TenantId::new("newco").unwrap(),
+                    "its schema cannot be created".to_owned()
+                )])
+            }
+        );
         assert_eq!(
             WorkerLine::parse("APPLIED twelve"),
             WorkerLine::Output("APPLIED twelve".into())
@@ -173,7 +270,17 @@ mod tests {
         };
         for line in [
             WorkerLine::Ready("127.0.0.1:4000".into()),
-            WorkerLine::Applied(7),
+            WorkerLine::Applied {
+                version: 7,
+                down: BTreeMap::new(),
+            },
+            WorkerLine::Applied {
+                version: 8,
+                down: BTreeMap::from([(
+                    TenantId::new("mall").unwrap(),
+                    "a \"quoted\" reason".into(),
+                )]),
+            },
             WorkerLine::Stats(stats),
             WorkerLine::Output("listening".into()),
         ] {
@@ -186,12 +293,19 @@ mod tests {
         let state = WorkerState {
             version: 3,
             switches: vec![],
-            tenants: vec![TenantId::new("mall").unwrap()],
+            tenants: vec![TenantSource {
+                id: TenantId::new("mall").unwrap(),
+                file: "mall.toml".into(),
+                text: "id = \"mall\"\n".into(),
+                previous_credential: None,
+            }],
+            purge: vec![],
         };
         assert_eq!(WorkerState::from_line(&state.to_line()).unwrap(), state);
-        let err =
-            WorkerState::from_line(r#"{"version":1,"switches":[],"tenants":["Not A Tenant"]}"#)
-                .unwrap_err();
+        let err = WorkerState::from_line(
+            r#"{"version":1,"switches":[],"tenants":[{"id":"Not A Tenant","file":"x.toml","text":""}]}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("Not A Tenant"), "{err}");
     }
 }

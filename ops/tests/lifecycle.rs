@@ -1,0 +1,323 @@
+//! The tenant lifecycle through the real `mesh up` and `meshctl`, under a steady call loop
+//! from the other tenants: a tenant is added, refused when its process cannot serve it
+//! (nothing kept, neighbours untouched), updated (settings, limits, credential rotated with an
+//! overlap), moved into a process of its own and back, and removed, while mall's and paipai's
+//! calls keep succeeding, every one of them, and the moving tenant's own calls too.
+//!
+//! Stored data lives in a PostgreSQL database of the test's own (a move needs data outside
+//! the workers); `bash .ci/test` starts PostgreSQL.
+
+mod support;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use mesh_api::recommend::v1 as recommend;
+use serde_json::Value;
+use support::{Mesh, ctx, tenants_folder};
+use tokio::task::JoinHandle;
+use tonic::{Request, transport::Channel};
+
+const NEWCO: &str = r#"# a business line onboarded at run time
+id = "newco"
+display_name = "New Co"
+data_namespace = "newco"
+
+[credentials]
+token = "newco-secret-token"
+rotation_overlap_secs = 600
+"#;
+
+fn postgres_base() -> String {
+    std::env::var("MESH_TEST_POSTGRES_BASE")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} (bash .ci/test starts it): {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A database of the test's own, dropped at the end.
+struct Db {
+    name: String,
+    admin: tokio_postgres::Client,
+}
+
+impl Db {
+    async fn create() -> Self {
+        let name = format!(
+            "mesh_lifecycle_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let admin = connect(&format!("{}/postgres", postgres_base())).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        Self { name, admin }
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", postgres_base(), self.name)
+    }
+
+    async fn drop(self) {
+        let _ = self
+            .admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await;
+    }
+}
+
+/// One Suggest call; the answer's product count, or the failure.
+async fn suggest(channel: &Channel, tenant: &str, token: &str) -> Result<usize, tonic::Status> {
+    let mut client = recommend::recommend_client::RecommendClient::new(channel.clone());
+    let mut request = Request::new(recommend::SuggestRequest {
+        user_id: "u-1".into(),
+        limit: 5,
+        ..Default::default()
+    });
+    ctx(tenant, token).inject(request.metadata_mut()).unwrap();
+    request.set_timeout(Duration::from_secs(5));
+    Ok(client.suggest(request).await?.into_inner().products.len())
+}
+
+/// [`suggest`], its failure's code only.
+async fn answered(channel: &Channel, tenant: &str, token: &str) -> Result<usize, tonic::Code> {
+    suggest(channel, tenant, token).await.map_err(|s| s.code())
+}
+
+/// A tenant's calls from a few callers at once, each one call after another, until stopped:
+/// how many, and every failure.
+struct Loop {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<(u64, Vec<String>)>>,
+}
+
+/// Callers per tenant in a loop.
+const CALLERS: usize = 4;
+
+impl Loop {
+    fn start(channel: &Channel, tenant: &'static str, token: &'static str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..CALLERS)
+            .map(|_| {
+                let (channel, until) = (channel.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let (mut calls, mut failed) = (0, Vec::new());
+                    while !until.load(Ordering::Relaxed) {
+                        calls += 1;
+                        if let Err(status) = suggest(&channel, tenant, token).await {
+                            failed.push(format!("{:?}: {}", status.code(), status.message()));
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    (calls, failed)
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Stops it; its calls, asserting none failed.
+    async fn stop_without_failures(self, tenant: &str) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut calls, mut failed) = (0, Vec::new());
+        for task in self.tasks {
+            let (n, mut f) = task.await.unwrap();
+            calls += n;
+            failed.append(&mut f);
+        }
+        assert!(
+            failed.is_empty(),
+            "{} of {tenant}'s {calls} calls failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        assert!(calls > 20, "{tenant} made only {calls} calls");
+        calls
+    }
+}
+
+fn row<'a>(list: &'a Value, tenant: &str) -> Option<&'a Value> {
+    list["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == tenant)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_come_change_move_and_go_while_their_neighbours_fail_no_call() {
+    let db = Db::create().await;
+    let tenants = tenants_folder(&["mall", "paipai", "finance"], &[]);
+    let state = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let mut mesh = Mesh::up_with(
+        tenants.path(),
+        state.path(),
+        2,
+        &[("MESH_STORE_POSTGRES", &db.url())],
+    )
+    .await;
+    let mall = Loop::start(&mesh.channel, "mall", "dev-mall-token");
+    let paipai = Loop::start(&mesh.channel, "paipai", "dev-paipai-token");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // --- add: served by the shared process before its file is written
+    let newco_file = files.path().join("newco.toml");
+    std::fs::write(&newco_file, NEWCO).unwrap();
+    let newco_path = newco_file.to_str().unwrap();
+    let added = mesh.json(&["tenant", "add", newco_path]).await;
+    assert_eq!(added["added"][0]["health"], "serving", "{added}");
+    assert!(tenants.path().join("newco.toml").exists());
+    assert_eq!(
+        answered(&mesh.channel, "newco", "newco-secret-token").await,
+        Ok(3)
+    );
+    let newco = Loop::start(&mesh.channel, "newco", "newco-secret-token");
+
+    // --- add refused inside the process: its data namespace is another tenant's schema in
+    // the database, which only the worker opening it can find out. Nothing is kept.
+    let taken = connect(&db.url()).await;
+    taken
+        .batch_execute(
+            "CREATE SCHEMA mesh_daojia;
+             CREATE TABLE mesh_daojia.owner (tenant text PRIMARY KEY);
+             INSERT INTO mesh_daojia.owner VALUES ('someone_else');",
+        )
+        .await
+        .unwrap();
+    let daojia = files.path().join("daojia.toml");
+    std::fs::write(
+        &daojia,
+        NEWCO
+            .replace("newco", "daojia")
+            .replace("daojia-secret-token", "daojia-secret-token-1"),
+    )
+    .unwrap();
+    let refused = mesh.ctl(&["tenant", "add", daojia.to_str().unwrap()]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("daojia") && refused.stderr.contains("someone_else"),
+        "the process's reason is said: {}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("nothing was changed"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !tenants.path().join("daojia.toml").exists(),
+        "nothing written"
+    );
+    let list = mesh.json(&["tenant", "list"]).await;
+    assert!(row(&list, "daojia").is_none(), "nothing kept: {list}");
+    for t in ["mall", "paipai", "finance", "newco"] {
+        assert_eq!(row(&list, t).unwrap()["health"], "serving", "{list}");
+    }
+    let unknown = answered(&mesh.channel, "daojia", "daojia-secret-token-1").await;
+    assert_eq!(unknown.unwrap_err(), tonic::Code::Unauthenticated);
+
+    // --- update: a setting and the credential, without a restart; the old credential
+    // overlaps, so newco's own loop (still on it) fails nothing
+    let shared_pid = row(&list, "newco").unwrap()["pid"].as_u64().unwrap();
+    let updated_text = NEWCO.replace("newco-secret-token", "newco-rotated-token")
+        + "\n[services.recommend.settings]\nmax_suggestions = 2\n";
+    std::fs::write(&newco_file, &updated_text).unwrap();
+    let updated = mesh.json(&["tenant", "update", newco_path]).await;
+    assert_eq!(
+        updated["updated"][0]["pid"], shared_pid,
+        "no restart: {updated}"
+    );
+    assert_eq!(
+        answered(&mesh.channel, "newco", "newco-rotated-token").await,
+        Ok(2),
+        "the new setting and credential hold"
+    );
+    assert_eq!(
+        answered(&mesh.channel, "newco", "newco-secret-token").await,
+        Ok(2),
+        "the old credential overlaps"
+    );
+    assert_eq!(
+        std::fs::read_to_string(tenants.path().join("newco.toml")).unwrap(),
+        updated_text
+    );
+    // an update the validation refuses changes nothing
+    std::fs::write(&newco_file, updated_text.replace("= 2", "= 0")).unwrap();
+    let bad = mesh.ctl(&["tenant", "update", newco_path]).await;
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("max_suggestions"), "{}", bad.stderr);
+    assert_eq!(
+        answered(&mesh.channel, "newco", "newco-rotated-token").await,
+        Ok(2)
+    );
+    std::fs::write(&newco_file, &updated_text).unwrap();
+
+    // --- move: into a process of its own and back, its calls and its neighbours' unbroken
+    let moved = mesh
+        .json(&["tenant", "move", "newco", "--process", "own"])
+        .await;
+    assert_eq!(moved["moved"][0]["group"], "newco", "{moved}");
+    let own_pid = moved["moved"][0]["pid"].as_u64().unwrap();
+    assert_ne!(own_pid, shared_pid);
+    assert!(
+        std::fs::read_to_string(tenants.path().join("newco.toml"))
+            .unwrap()
+            .contains("process = \"own\""),
+        "the file says where it runs now"
+    );
+    assert_eq!(
+        answered(&mesh.channel, "newco", "newco-rotated-token").await,
+        Ok(2)
+    );
+    let back = mesh
+        .json(&["tenant", "move", "newco", "--process", "shared"])
+        .await;
+    assert_eq!(back["moved"][0]["pid"], shared_pid, "{back}");
+    mesh.wait_line("newco's own process stopping", "stopped group=newco")
+        .await;
+    let newco_calls = newco.stop_without_failures("newco").await;
+
+    // --- remove: refused from then on as an unknown tenant; the file is kept aside
+    let removed = mesh.json(&["tenant", "remove", "newco"]).await;
+    assert_eq!(removed["removed"][0]["health"], "removed", "{removed}");
+    let gone = answered(&mesh.channel, "newco", "newco-rotated-token").await;
+    assert_eq!(gone.unwrap_err(), tonic::Code::Unauthenticated);
+    assert!(!tenants.path().join("newco.toml").exists());
+    assert!(state.path().join("removed/newco.toml").exists());
+    let list = mesh.json(&["tenant", "list"]).await;
+    assert!(row(&list, "newco").is_none(), "{list}");
+    let schema: i64 = connect(&db.url())
+        .await
+        .query_one(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'mesh_newco'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schema, 1, "its data stays without --purge-data");
+
+    let mall_calls = mall.stop_without_failures("mall").await;
+    let paipai_calls = paipai.stop_without_failures("paipai").await;
+    println!(
+        "calls without a failure: mall {mall_calls}, paipai {paipai_calls}, newco {newco_calls}"
+    );
+    mesh.stop().await;
+    db.drop().await;
+}

@@ -151,6 +151,19 @@ impl Loop {
     }
 }
 
+/// How many schemas of the test's database are named `name` (0 or 1).
+async fn schemas_named(db: &Db, name: &str) -> i64 {
+    connect(&db.url())
+        .await
+        .query_one(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 fn row<'a>(list: &'a Value, tenant: &str) -> Option<&'a Value> {
     list["tenants"]
         .as_array()
@@ -302,16 +315,21 @@ async fn tenants_come_change_move_and_go_while_their_neighbours_fail_no_call() {
     assert!(state.path().join("removed/newco.toml").exists());
     let list = mesh.json(&["tenant", "list"]).await;
     assert!(row(&list, "newco").is_none(), "{list}");
-    let schema: i64 = connect(&db.url())
-        .await
-        .query_one(
-            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'mesh_newco'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(schema, 1, "its data stays without --purge-data");
+    assert_eq!(
+        schemas_named(&db, "mesh_newco").await,
+        1,
+        "its data stays without --purge-data"
+    );
+
+    // --- remove with its data: finance's own process stops, its schema is gone
+    assert_eq!(schemas_named(&db, "mesh_finance").await, 1);
+    let purged = mesh
+        .json(&["tenant", "remove", "finance", "--purge-data"])
+        .await;
+    assert_eq!(purged["removed"][0]["health"], "removed", "{purged}");
+    mesh.wait_line("finance's process stopping", "stopped group=finance")
+        .await;
+    assert_eq!(schemas_named(&db, "mesh_finance").await, 0, "purged");
 
     let mall_calls = mall.stop_without_failures("mall").await;
     let paipai_calls = paipai.stop_without_failures("paipai").await;

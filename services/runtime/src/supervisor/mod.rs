@@ -202,6 +202,9 @@ struct Inner {
     desired: watch::Sender<Desired>,
     slots: Mutex<BTreeMap<String, GroupSlot>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Held while a group is retired or given a tenant, so a tenant never lands in a group
+    /// whose supervision just ended.
+    membership: Mutex<()>,
 }
 
 /// Runs the tenant groups, each in a worker process of its own, and keeps every worker on the
@@ -244,6 +247,7 @@ impl Supervisor {
                 desired: watch::channel(desired).0,
                 slots: Mutex::default(),
                 tasks: Mutex::default(),
+                membership: Mutex::default(),
             }),
         }
     }
@@ -291,6 +295,8 @@ impl Supervisor {
     /// routed to another already (a move routes it with [`Supervisor::route`]). Returns the
     /// version to await with [`Supervisor::wait_tenant`].
     pub fn set_tenant(&self, group: &str, tenant: TenantSource) -> u64 {
+        // not while a group left empty retires (see `supervise_group`)
+        let _membership = self.inner.membership.lock().expect("lock");
         let exists = self.inner.desired.borrow().groups.contains_key(group);
         if !exists {
             return self.start_group(group, vec![tenant]);
@@ -328,11 +334,10 @@ impl Supervisor {
     pub fn remove_tenant(&self, group: &str, tenant: &TenantId, purge: bool) -> u64 {
         self.change(|desired| {
             let mut groups = (*desired.groups).clone();
+            // a group left empty stays listed until its worker applied this (drained the
+            // tenant, deleted its data): then the worker stops
             if let Some(served) = groups.get_mut(group) {
                 served.retain(|t| t.id != *tenant);
-                if served.is_empty() {
-                    groups.remove(group);
-                }
             }
             desired.groups = Arc::new(groups);
             if desired.routed_to(tenant, group) {
@@ -577,9 +582,7 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
     let mut backoff = FIRST_BACKOFF;
     while !*shutdown.borrow() {
         let mut desired = inner.desired.subscribe();
-        if !desired.borrow().groups.contains_key(&group) {
-            // retired (its last tenant removed or moved) while it was down
-            inner.slots.lock().expect("lock").remove(&group);
+        if retire(&inner, &group) {
             return;
         }
         let state = desired.borrow_and_update().for_group(&group);
@@ -633,8 +636,8 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
                     group: group.clone(),
                     pid,
                 });
-                inner.slots.lock().expect("lock").remove(&group);
-                return;
+                // retired for good at the top of the loop, unless given a tenant meanwhile
+                continue;
             }
             RunEnd::Shutdown => {
                 stop(worker).await;
@@ -730,7 +733,18 @@ async fn run_worker(
                         }
                         serving = now;
                     }
+                    let emptied = sent.get(&version).is_some_and(Vec::is_empty);
                     sent.retain(|v, _| *v > version);
+                    // its last tenant drained and let go, and none given since: it stops
+                    if emptied
+                        && inner.desired.borrow().groups.get(group).is_none_or(Vec::is_empty)
+                    {
+                        inner.update(group, |slot| {
+                            slot.info.tenants.clear();
+                            slot.applied.send_replace(version);
+                        });
+                        return RunEnd::Retired;
+                    }
                     inner.update(group, |slot| {
                         slot.info.tenants = serving.clone();
                         slot.info.down = down;
@@ -743,9 +757,6 @@ async fn run_worker(
             },
             changed = desired.changed() => {
                 if changed.is_ok() {
-                    if !desired.borrow().groups.contains_key(group) {
-                        return RunEnd::Retired;
-                    }
                     let state = desired.borrow_and_update().for_group(group);
                     sent.insert(state.version, state.tenants.iter().map(|t| t.id.clone()).collect());
                     send_state(&mut worker.stdin, &state).await;
@@ -760,6 +771,26 @@ async fn run_worker(
             _ = shutdown.changed() => return RunEnd::Shutdown,
         }
     }
+}
+
+/// Ends a group's supervision if it has no tenant left: it leaves the desired state (without
+/// telling the workers: nothing they run changes) and the process list. True if it did.
+fn retire(inner: &Inner, group: &str) -> bool {
+    let _membership = inner.membership.lock().expect("lock");
+    let mut retired = false;
+    inner.desired.send_if_modified(|desired| {
+        if desired.groups.get(group).is_none_or(Vec::is_empty) {
+            let mut groups = (*desired.groups).clone();
+            groups.remove(group);
+            desired.groups = Arc::new(groups);
+            retired = true;
+        }
+        false
+    });
+    if retired {
+        inner.slots.lock().expect("lock").remove(group);
+    }
+    retired
 }
 
 /// Routes to `address` those of `tenants` whose calls go to `group`.

@@ -71,6 +71,10 @@ enum Cmd {
     /// Business lines: validate and onboard a tenant file, list tenants and their processes.
     #[command(subcommand)]
     Tenant(TenantCmd),
+    /// Grey release of a contract major: to listed users and a share of all users first,
+    /// then wider, then promoted to everyone, or rolled back.
+    #[command(subcommand)]
+    Grey(GreyCmd),
     /// Processes, tenants, bulkhead saturation, load and the latest degraded answers.
     Status,
     /// Injected latency at the front door, for drills and rehearsing automatic degradation.
@@ -193,6 +197,40 @@ enum TenantCmd {
 }
 
 #[derive(Subcommand)]
+enum GreyCmd {
+    /// Starts a grey release (`--version`) or widens it: more users, a larger share. Their
+    /// calls may use that major, and the events of their orders travel on it.
+    Widen {
+        /// The service (`order`).
+        service: String,
+        #[arg(long)]
+        tenant: String,
+        /// The major released (`v2`); required to start.
+        #[arg(long)]
+        version: Option<String>,
+        /// Users added, by id (`--users u-1,u-2`).
+        #[arg(long, value_delimiter = ',')]
+        users: Vec<String>,
+        /// Share of all users (0-100, by a stable hash of the user id); never narrows.
+        #[arg(long)]
+        percent: Option<u32>,
+    },
+    /// Ends it: everyone runs the service's version again (nothing they did is lost: both
+    /// majors serve the same data).
+    Rollback {
+        service: String,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Ends it the other way: its major becomes the service's version for everyone.
+    Promote {
+        service: String,
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum FaultCmd {
     /// Delays a tenant's calls (of one service, or all) by MS milliseconds.
     Delay {
@@ -311,6 +349,44 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 .await
                 .map_err(refused)?;
             out.tenants(&list.into_inner().tenants);
+        }
+        Cmd::Grey(cmd) => {
+            let request = match cmd {
+                GreyCmd::Widen {
+                    service,
+                    tenant,
+                    version,
+                    users,
+                    percent,
+                } => api::SetGreyRequest {
+                    tenant,
+                    service,
+                    action: "widen".into(),
+                    version: version.unwrap_or_default(),
+                    users,
+                    percent,
+                },
+                GreyCmd::Rollback { service, tenant } => api::SetGreyRequest {
+                    tenant,
+                    service,
+                    action: "rollback".into(),
+                    ..Default::default()
+                },
+                GreyCmd::Promote { service, tenant } => api::SetGreyRequest {
+                    tenant,
+                    service,
+                    action: "promote".into(),
+                    ..Default::default()
+                },
+            };
+            let action = request.action.clone();
+            let changed = admin.set_grey(request).await.map_err(refused)?;
+            let done = match action.as_str() {
+                "widen" => "grey release widened",
+                "rollback" => "grey release rolled back",
+                _ => "grey release promoted",
+            };
+            out.changed(done, &changed.into_inner().tenants);
         }
         Cmd::Status => {
             let report = admin.status(api::StatusRequest {}).await.map_err(refused)?;

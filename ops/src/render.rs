@@ -230,7 +230,7 @@ impl Output {
                     "calls": l.calls, "degraded": l.degraded,
                 })).collect::<Vec<_>>(),
                 "calls": report.calls.iter().map(|c| json!({
-                    "tenant": c.tenant, "service": c.service, "method": c.method,
+                    "tenant": c.tenant, "service": c.service, "major": c.major, "method": c.method,
                     "calls": c.calls, "degraded": c.degraded, "shed": c.shed,
                     "timed_out": c.timed_out, "errors": c.errors, "mean_ms": c.mean_ms,
                 })).collect::<Vec<_>>(),
@@ -268,6 +268,7 @@ impl Output {
         let mut calls = table(&[
             "TENANT",
             "SERVICE",
+            "MAJOR",
             "METHOD",
             "CALLS",
             "DEGRADED",
@@ -280,6 +281,7 @@ impl Output {
             calls.add_row(vec![
                 c.tenant.clone(),
                 c.service.clone(),
+                c.major.clone(),
                 c.method.clone(),
                 c.calls.to_string(),
                 c.degraded.to_string(),

@@ -339,3 +339,168 @@ async fn tenants_come_change_move_and_go_while_their_neighbours_fail_no_call() {
     mesh.stop().await;
     db.drop().await;
 }
+
+/// `ListOrders` of order v`major` as `user` of mall (a user token): the number of orders, or
+/// the failure's code and message.
+async fn list_orders(
+    channel: &Channel,
+    major: u32,
+    user: &str,
+) -> Result<usize, (tonic::Code, String)> {
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenants");
+    let mall = mesh_config::tenant::load_file(
+        &folder.join("mall.toml"),
+        Some(&folder.join("_defaults.toml")),
+        mesh_api::CONTRACTS,
+    )
+    .unwrap();
+    let token = mall.users.unwrap().issue(user, None, 600).unwrap();
+    let ctx = mesh_contract::RequestContext::new(mesh_contract::TenantId::new("mall").unwrap())
+        .with_user_token(&token);
+    let failed = |s: tonic::Status| (s.code(), s.message().to_owned());
+    match major {
+        1 => {
+            let mut client = mesh_api::order::v1::order_client::OrderClient::new(channel.clone());
+            let mut request = Request::new(mesh_api::order::v1::ListOrdersRequest {
+                user_id: user.into(),
+                limit: 5,
+            });
+            ctx.inject(request.metadata_mut()).unwrap();
+            let orders = client.list_orders(request).await.map_err(failed)?;
+            Ok(orders.into_inner().orders.len())
+        }
+        _ => {
+            let mut client = mesh_api::order::v2::order_client::OrderClient::new(channel.clone());
+            let mut request = Request::new(mesh_api::order::v2::ListOrdersRequest {
+                user_id: user.into(),
+                limit: 5,
+            });
+            ctx.inject(request.metadata_mut()).unwrap();
+            let orders = client.list_orders(request).await.map_err(failed)?;
+            Ok(orders.into_inner().orders.len())
+        }
+    }
+}
+
+/// Calls of mall's order at `major` that the status counts.
+fn order_calls(status: &Value, major: &str) -> u64 {
+    status["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["tenant"] == "mall" && c["service"] == "order" && c["major"] == major)
+        .map(|c| c["calls"].as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grey_release_widens_and_rolls_back_while_the_neighbours_fail_no_call() {
+    let tenants = tenants_folder(&["mall", "paipai"], &[]);
+    let state = tempfile::tempdir().unwrap();
+    let mesh = Mesh::up(tenants.path(), state.path(), 1).await;
+    let mall = Loop::start(&mesh.channel, "mall", "dev-mall-token");
+    let paipai = Loop::start(&mesh.channel, "paipai", "dev-paipai-token");
+    let channel = &mesh.channel;
+
+    // mall runs order v1; v2 first for alice
+    assert!(list_orders(channel, 1, "alice").await.is_ok());
+    let (code, _) = list_orders(channel, 2, "alice").await.unwrap_err();
+    assert_eq!(code, tonic::Code::Unimplemented, "no grey release yet");
+    let started = mesh
+        .json(&[
+            "grey",
+            "widen",
+            "order",
+            "--tenant",
+            "mall",
+            "--version",
+            "v2",
+            "--users",
+            "alice",
+        ])
+        .await;
+    let services = started["grey release widened"][0]["services"].to_string();
+    assert!(
+        services.contains("order@v1+v2(grey:1users,0%)"),
+        "{started}"
+    );
+    assert!(
+        list_orders(channel, 2, "alice").await.is_ok(),
+        "alice is in it"
+    );
+    let (code, message) = list_orders(channel, 2, "bob").await.unwrap_err();
+    assert_eq!(code, tonic::Code::FailedPrecondition);
+    assert!(message.contains("call order v1"), "{message}");
+    assert!(
+        list_orders(channel, 1, "bob").await.is_ok(),
+        "bob stays on v1"
+    );
+    assert!(
+        list_orders(channel, 1, "alice").await.is_ok(),
+        "alice may still call v1"
+    );
+
+    // widened to everyone by share; never narrowed
+    mesh.ok(&[
+        "grey",
+        "widen",
+        "order",
+        "--tenant",
+        "mall",
+        "--percent",
+        "100",
+    ])
+    .await;
+    assert!(
+        list_orders(channel, 2, "bob").await.is_ok(),
+        "bob is in 100 %"
+    );
+    let narrow = mesh
+        .ctl(&[
+            "grey",
+            "widen",
+            "order",
+            "--tenant",
+            "mall",
+            "--percent",
+            "50",
+        ])
+        .await;
+    assert_eq!(narrow.code, 1);
+    assert!(
+        narrow.stderr.contains("does not narrow"),
+        "{}",
+        narrow.stderr
+    );
+    // workers report their calls every second
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = mesh.json(&["status"]).await;
+        if order_calls(&status, "v2") >= 2 && order_calls(&status, "v1") >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "calls per major: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // rolled back: v2 is closed again, v1 serves everyone, the file says v1 only
+    mesh.ok(&["grey", "rollback", "order", "--tenant", "mall"])
+        .await;
+    let (code, _) = list_orders(channel, 2, "alice").await.unwrap_err();
+    assert_eq!(code, tonic::Code::Unimplemented);
+    assert!(list_orders(channel, 1, "alice").await.is_ok());
+    let file = std::fs::read_to_string(tenants.path().join("mall.toml")).unwrap();
+    assert!(!file.contains("grey"), "{file}");
+    let again = mesh
+        .ctl(&["grey", "rollback", "order", "--tenant", "mall"])
+        .await;
+    assert_eq!(again.code, 1);
+    assert!(again.stderr.contains("no grey release"), "{}", again.stderr);
+
+    mall.stop_without_failures("mall").await;
+    paipai.stop_without_failures("paipai").await;
+    mesh.stop().await;
+}

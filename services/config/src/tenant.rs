@@ -172,10 +172,60 @@ pub struct ServiceConfig {
     /// Business settings the service reads (retention, limits ...): where business lines differ.
     #[serde(default)]
     pub settings: BTreeMap<String, figment::value::Value>,
+    /// A newer contract major released first to some users (`meshctl grey widen|rollback`).
+    #[serde(default)]
+    pub grey: Option<GreyRelease>,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// A contract major released to some of a tenant's users before all of them (grey, or canary,
+/// release): the listed users and a stable share of all users call it and get its events; the
+/// others stay on the service's `version`. Widened, then promoted (it becomes `version`) or
+/// rolled back (removed): the data both majors serve is the same, so nobody is stranded.
+///
+/// ```
+/// use mesh_config::tenant::{GreyRelease, Major};
+///
+/// let grey = GreyRelease { version: "v2".parse().unwrap(), users: vec!["u-7".into()], percent: 10 };
+/// assert!(grey.includes("mall", "order", "u-7"), "listed");
+/// let share = (0..10_000).filter(|n| grey.includes("mall", "order", &format!("u-{n}"))).count();
+/// assert!((800..1200).contains(&share), "about 10 %: {share}");
+/// assert_eq!(grey.includes("mall", "order", "u-42"), grey.includes("mall", "order", "u-42"));
+/// ```
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GreyRelease {
+    /// The major released first (`v2`).
+    pub version: Major,
+    /// Users who get it, by user id.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// And this share of all users, 0-100, by a stable hash of the user id: a user in it
+    /// stays in it while the share grows.
+    #[serde(default)]
+    pub percent: u8,
+}
+
+impl GreyRelease {
+    /// Whether `user` of `tenant` gets the grey major of `service`.
+    pub fn includes(&self, tenant: &str, service: &str, user: &str) -> bool {
+        if self.users.iter().any(|u| u == user) {
+            return true;
+        }
+        // FNV-1a over tenant/service/user: the same bucket on every process and release
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in [tenant, "/", service, "/", user]
+            .iter()
+            .flat_map(|part| part.bytes())
+        {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash % 100 < u64::from(self.percent)
+    }
 }
 
 /// Broker placement of a tenant's events (`[broker]`): by default the vhost and user of
@@ -400,6 +450,117 @@ pub fn with_process(text: &str, process: ProcessIsolation) -> Result<String, Str
         .as_table_like_mut()
         .ok_or("`isolation` is not a table")?;
     isolation.insert("process", toml_edit::value(value));
+    Ok(doc.to_string())
+}
+
+/// A change of a service's grey release (`meshctl grey ...`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum GreyChange {
+    /// Starts it (`version` given) or widens it: more users, a larger share.
+    Widen {
+        /// The major released; required to start one.
+        version: Option<Major>,
+        /// Users added to it.
+        users: Vec<String>,
+        /// Its new share of all users; never smaller than the current one.
+        percent: Option<u8>,
+    },
+    /// Ends it: everyone runs the service's `version` again.
+    Rollback,
+    /// Ends it the other way: its major becomes the service's `version` for everyone.
+    Promote,
+}
+
+/// The text of a tenant file with `service`'s grey release changed, everything else as it
+/// was; the problem if the change does not apply.
+pub fn with_grey(text: &str, service: &str, change: &GreyChange) -> Result<String, String> {
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
+    let services = doc
+        .entry("services")
+        .or_insert_with(|| {
+            let mut services = toml_edit::Table::new();
+            services.set_implicit(true);
+            toml_edit::Item::Table(services)
+        })
+        .as_table_like_mut()
+        .ok_or("`services` is not a table")?;
+    // a service the tenant runs as the shared defaults say gets a table of its own
+    let table = services
+        .entry(service)
+        .or_insert_with(toml_edit::table)
+        .as_table_like_mut()
+        .ok_or_else(|| format!("`services.{service}` is not a table"))?;
+    let grey_version = table
+        .get("grey")
+        .and_then(|g| g.as_table_like())
+        .and_then(|g| g.get("version"))
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    match change {
+        GreyChange::Rollback | GreyChange::Promote if grey_version.is_none() => {
+            return Err(format!("{service} has no grey release"));
+        }
+        GreyChange::Rollback => {
+            table.remove("grey");
+        }
+        GreyChange::Promote => {
+            let version = grey_version.expect("checked above");
+            table.remove("grey");
+            table.insert("version", toml_edit::value(version));
+        }
+        GreyChange::Widen {
+            version,
+            users,
+            percent,
+        } => {
+            if version.is_none() && grey_version.is_none() {
+                return Err(format!(
+                    "{service} has no grey release yet: name the major to release (--version)"
+                ));
+            }
+            let grey = table
+                .entry("grey")
+                .or_insert_with(|| toml_edit::value(toml_edit::InlineTable::new()))
+                .as_table_like_mut()
+                .ok_or("`grey` is not a table")?;
+            if let Some(version) = version {
+                grey.insert("version", toml_edit::value(version.to_string()));
+            }
+            let current = grey
+                .get("percent")
+                .and_then(|p| p.as_integer())
+                .unwrap_or(0);
+            if let Some(percent) = percent {
+                if i64::from(*percent) < current {
+                    return Err(format!(
+                        "{service} is released to {current} % already: widening does not \
+                         narrow (roll back, then start again)"
+                    ));
+                }
+                grey.insert("percent", toml_edit::value(i64::from(*percent)));
+            }
+            let mut listed: Vec<String> = grey
+                .get("users")
+                .and_then(|u| u.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|u| u.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for user in users {
+                if !listed.contains(user) {
+                    listed.push(user.clone());
+                }
+            }
+            if !listed.is_empty() {
+                grey.insert(
+                    "users",
+                    toml_edit::value(toml_edit::Array::from_iter(listed)),
+                );
+            }
+        }
+    }
     Ok(doc.to_string())
 }
 
@@ -806,6 +967,34 @@ fn check_services<'a>(
                     available.join(", ")
                 ),
             );
+        }
+        if let Some(grey) = &service.grey {
+            let field = format!("{field}.grey");
+            if !majors.contains(&grey.version.get()) {
+                let available: Vec<String> = majors.iter().map(|m| format!("v{m}")).collect();
+                problems.add(
+                    format!("{field}.version"),
+                    format!(
+                        "\"{}\" is not a contract version of {name}; available: {}",
+                        grey.version,
+                        available.join(", ")
+                    ),
+                );
+            } else if grey.version == service.version {
+                problems.add(
+                    format!("{field}.version"),
+                    format!("{name} runs {} for everyone already", grey.version),
+                );
+            }
+            if grey.percent > 100 {
+                problems.add(
+                    format!("{field}.percent"),
+                    format!("{} is not a share of users (0-100)", grey.percent),
+                );
+            }
+            if grey.users.iter().any(String::is_empty) {
+                problems.add(format!("{field}.users"), "an empty user id".into());
+            }
         }
         if service.enabled {
             for dependency in &service.depends_on {

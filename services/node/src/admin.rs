@@ -248,7 +248,16 @@ fn tenant_to_api(row: &TenantRow) -> api::Tenant {
         services: row
             .config
             .enabled_services()
-            .map(|(name, s)| format!("{name}@{}", s.version))
+            .map(|(name, s)| match &s.grey {
+                Some(grey) => format!(
+                    "{name}@{}+{}(grey:{}users,{}%)",
+                    s.version,
+                    grey.version,
+                    grey.users.len(),
+                    grey.percent
+                ),
+                None => format!("{name}@{}", s.version),
+            })
             .collect(),
         reason: row.reason.clone().unwrap_or_default(),
     }
@@ -372,6 +381,40 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn set_grey(
+        &self,
+        request: Request<api::SetGreyRequest>,
+    ) -> Result<Response<api::TenantList>, Status> {
+        use mesh_runtime::config::GreyChange;
+        let request = request.into_inner();
+        let change = match request.action.as_str() {
+            "widen" => GreyChange::Widen {
+                version: match request.version.as_str() {
+                    "" => None,
+                    v => Some(
+                        v.parse()
+                            .map_err(|e| Status::invalid_argument(format!("version {v:?}: {e}")))?,
+                    ),
+                },
+                users: request.users,
+                percent: request.percent.map(|p| u8::try_from(p).unwrap_or(u8::MAX)),
+            },
+            "rollback" => GreyChange::Rollback,
+            "promote" => GreyChange::Promote,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "action {other:?}: `widen`, `rollback` or `promote`"
+                )));
+            }
+        };
+        let config = self
+            .plane
+            .grey(&request.tenant, &request.service, &change)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(self.row_of(&config.id)))
+    }
+
     async fn move_tenant(
         &self,
         request: Request<api::MoveTenantRequest>,
@@ -452,6 +495,7 @@ impl Admin for AdminService {
                 .map(|c| api::MethodCalls {
                     tenant: c.tenant.clone(),
                     service: c.service.clone(),
+                    major: c.major.clone(),
                     method: c.method.clone(),
                     calls: c.calls,
                     degraded: c.degraded,

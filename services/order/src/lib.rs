@@ -84,12 +84,23 @@ impl OrderStore {
     }
 }
 
-/// Publishes a tenant's order events on the major it runs.
+/// Which users of a tenant get the major in grey release (by user id).
+pub type GreyUsers = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The major a tenant's order events use: one for everyone, or a newer one for the users in
+/// its grey release.
+#[derive(Clone)]
+struct EventMajor {
+    major: u32,
+    grey: Option<(u32, GreyUsers)>,
+}
+
+/// Publishes a tenant's order events on the major it runs (for the order's user).
 #[derive(Clone)]
 struct Events {
     v1: v1::OrderPublisher<Arc<dyn EventBus>>,
     v2: v2::OrderPublisher<Arc<dyn EventBus>>,
-    majors: Arc<RwLock<HashMap<TenantId, u32>>>,
+    majors: Arc<RwLock<HashMap<TenantId, EventMajor>>>,
 }
 
 /// Why [`OrderService::place`] or [`OrderService::set_status`] failed.
@@ -158,8 +169,18 @@ impl OrderService {
     /// Publishes `tenant`'s events on contract major `major` (1 unless set; from the tenant's
     /// `services.order.version`).
     pub fn set_major(&self, tenant: TenantId, major: u32) {
+        self.set_majors(tenant, major, None);
+    }
+
+    /// [`OrderService::set_major`], with a grey release: the events of the orders of users
+    /// `grey.1` includes use major `grey.0`.
+    pub fn set_majors(&self, tenant: TenantId, major: u32, grey: Option<(u32, GreyUsers)>) {
         if let Some(events) = &self.events {
-            events.majors.write().expect("lock").insert(tenant, major);
+            events
+                .majors
+                .write()
+                .expect("lock")
+                .insert(tenant, EventMajor { major, grey });
         }
     }
 
@@ -170,7 +191,7 @@ impl OrderService {
         let Some(events) = &self.events else {
             return Ok(());
         };
-        let published = match events.major(&ctx.tenant) {
+        let published = match events.major(&ctx.tenant, &order.user_id) {
             2 => {
                 let event = v2::OrderCreated {
                     conversation_id: order.conversation_id.clone(),
@@ -211,7 +232,7 @@ impl OrderService {
         order.status = status;
         self.store.put(&ctx.tenant, order.clone());
         if let Some(events) = &self.events {
-            let published = match events.major(&ctx.tenant) {
+            let published = match events.major(&ctx.tenant, &order.user_id) {
                 2 => {
                     let event = v2::OrderUpdated {
                         order_id: order.order_id.clone(),
@@ -261,13 +282,15 @@ impl OrderService {
 }
 
 impl Events {
-    fn major(&self, tenant: &TenantId) -> u32 {
-        self.majors
-            .read()
-            .expect("lock")
-            .get(tenant)
-            .copied()
-            .unwrap_or(1)
+    fn major(&self, tenant: &TenantId, user: &str) -> u32 {
+        match self.majors.read().expect("lock").get(tenant) {
+            Some(EventMajor {
+                grey: Some((grey, users)),
+                ..
+            }) if users(user) => *grey,
+            Some(set) => set.major,
+            None => 1,
+        }
     }
 }
 
@@ -581,6 +604,61 @@ mod tests {
             err.to_string(),
             "order \"o-404\" of tenant paipai does not exist"
         );
+    }
+
+    #[tokio::test]
+    async fn in_a_grey_release_the_orders_of_its_users_go_out_on_its_major() {
+        let bus: Arc<dyn EventBus> = Arc::new(mesh_embedded::EmbeddedBus::default());
+        let mall = TenantId::new("mall").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _v1 = bus
+            .subscribe(v1::OrderConsumer::new(Seen(tx.clone())).subscription(mall.clone(), "t"))
+            .await
+            .unwrap();
+        let _v2 = bus
+            .subscribe(v2::OrderConsumer::new(Seen(tx)).subscription(mall.clone(), "t"))
+            .await
+            .unwrap();
+        let service = OrderService::with_events(OrderStore::default(), bus);
+        let grey: GreyUsers = Arc::new(|user| user == "alice");
+        service.set_majors(mall.clone(), 1, Some((2, grey)));
+        let ctx = RequestContext::new(mall.clone());
+        for (id, user) in [("o-1", "bob"), ("o-2", "alice")] {
+            let order = Order {
+                order_id: id.into(),
+                user_id: user.into(),
+                conversation_id: "c-1".into(),
+                status: v2::OrderStatus::Paid as i32,
+                ..Default::default()
+            };
+            service.place(&ctx, order).await.unwrap();
+            service
+                .set_status(&ctx, id, v2::OrderStatus::Shipped as i32)
+                .await
+                .unwrap();
+        }
+        // bob's placement on v1 (handled there), alice's update on v2 (handled there)
+        assert_eq!(rx.recv().await.unwrap(), "mall v1 created o-1 in c-1");
+        assert_eq!(
+            rx.recv().await.unwrap(),
+            "mall v2 updated o-2 Paid->Shipped"
+        );
+        // rolled back: alice's orders go out on v1 again, and stay hers
+        service.set_majors(mall.clone(), 1, None);
+        service
+            .place(
+                &ctx,
+                Order {
+                    order_id: "o-3".into(),
+                    user_id: "alice".into(),
+                    conversation_id: "c-2".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(rx.recv().await.unwrap(), "mall v1 created o-3 in c-2");
+        assert!(rx.try_recv().is_err(), "nothing else");
     }
 
     fn store_status(service: &OrderService, tenant: &TenantId) -> i32 {

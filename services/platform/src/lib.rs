@@ -232,6 +232,7 @@ impl Platform {
         let TenantSettings {
             max_suggestions,
             order_major,
+            order_grey,
             message: message_settings,
             push: push_settings,
         } = settings(config)?;
@@ -244,7 +245,13 @@ impl Platform {
                 .set_max_suggestions(tenant.clone(), u32::try_from(max).unwrap_or(u32::MAX));
         }
         if let Some(major) = order_major {
-            self.orders.set_major(tenant.clone(), major);
+            let grey = order_grey.as_ref().map(|grey| {
+                let (release, id) = (grey.clone(), tenant.clone());
+                let users: mesh_order::GreyUsers =
+                    Arc::new(move |user| release.includes(id.as_str(), "order", user));
+                (grey.version.get(), users)
+            });
+            self.orders.set_majors(tenant.clone(), major, grey);
         }
         if let Some(push) = &push_settings {
             self.push
@@ -299,22 +306,24 @@ impl Platform {
         }
         let consumer = format!("{MESSAGE_CONSUMER}{}", self.consumer_suffix);
         let system = SystemMessages::new(self.messages.clone());
-        match order_major {
-            Some(2) => handles.push(
-                self.subscribe(
-                    order::v2::OrderConsumer::new(system).subscription(tenant.clone(), consumer),
+        // the events of the major everyone runs, and of the one in grey release
+        let majors = order_major
+            .into_iter()
+            .chain(order_grey.as_ref().map(|g| g.version.get()));
+        for major in majors {
+            let subscription = match major {
+                2 => self.subscribe(
+                    order::v2::OrderConsumer::new(system.clone())
+                        .subscription(tenant.clone(), consumer.clone()),
                     "order.v2",
-                )
-                .await?,
-            ),
-            Some(_) => handles.push(
-                self.subscribe(
-                    order::v1::OrderConsumer::new(system).subscription(tenant.clone(), consumer),
+                ),
+                _ => self.subscribe(
+                    order::v1::OrderConsumer::new(system.clone())
+                        .subscription(tenant.clone(), consumer.clone()),
                     "order.v1",
-                )
-                .await?,
-            ),
-            None => {}
+                ),
+            };
+            handles.push(subscription.await?);
         }
         self.subscriptions
             .lock()
@@ -485,6 +494,8 @@ impl Platform {
 struct TenantSettings {
     max_suggestions: Option<u64>,
     order_major: Option<u32>,
+    /// The order major in grey release, if any.
+    order_grey: Option<mesh_runtime::config::GreyRelease>,
     message: Option<MessageSettings>,
     push: Option<PushSettings>,
 }
@@ -531,6 +542,9 @@ fn settings(config: &TenantConfig) -> Result<TenantSettings, PlatformError> {
     };
     let max_suggestions = value("recommend", "max_suggestions");
     let order_major = enabled.get("order").map(|service| service.version.get());
+    let order_grey = enabled
+        .get("order")
+        .and_then(|service| service.grey.clone());
     let message = enabled.get("message").map(|_| MessageSettings {
         retention_days: value("message", "retention_days")
             .map_or(u32::MAX, |d| u32::try_from(d).unwrap_or(u32::MAX)),
@@ -549,6 +563,7 @@ fn settings(config: &TenantConfig) -> Result<TenantSettings, PlatformError> {
     Ok(TenantSettings {
         max_suggestions,
         order_major,
+        order_grey,
         message,
         push,
     })

@@ -78,6 +78,9 @@ pub struct MethodTally {
     pub tenant: String,
     /// Service name.
     pub service: String,
+    /// The contract major it was called at (`v2`): a grey release shows its calls per major.
+    #[serde(default)]
+    pub major: String,
     /// Method name.
     pub method: String,
     /// Every call.
@@ -105,21 +108,22 @@ struct Counters {
     total_us: AtomicU64,
 }
 
-/// By tenant, then by (service, method). A served call takes a read lock and bumps atomics;
-/// only a tenant's first call to a method takes the write lock.
-type Tallies = HashMap<String, HashMap<(&'static str, &'static str), Arc<Counters>>>;
+/// By tenant, then by (service, protobuf service, method): the protobuf service names the
+/// major. A served call takes a read lock and bumps atomics; only a tenant's first call to a
+/// method takes the write lock.
+type Tallies = HashMap<String, HashMap<(&'static str, &'static str, &'static str), Arc<Counters>>>;
 
 fn tallies() -> &'static RwLock<Tallies> {
     static TALLIES: OnceLock<RwLock<Tallies>> = OnceLock::new();
     TALLIES.get_or_init(RwLock::default)
 }
 
-fn counters(tenant: &str, service: &'static str, method: &'static str) -> Arc<Counters> {
+fn counters(tenant: &str, key: (&'static str, &'static str, &'static str)) -> Arc<Counters> {
     if let Some(found) = tallies()
         .read()
         .expect("lock")
         .get(tenant)
-        .and_then(|m| m.get(&(service, method)))
+        .and_then(|m| m.get(&key))
     {
         return found.clone();
     }
@@ -128,7 +132,7 @@ fn counters(tenant: &str, service: &'static str, method: &'static str) -> Arc<Co
         .expect("lock")
         .entry(tenant.to_owned())
         .or_default()
-        .entry((service, method))
+        .entry(key)
         .or_default()
         .clone()
 }
@@ -141,20 +145,31 @@ pub fn tally() -> Vec<MethodTally> {
         .expect("lock")
         .iter()
         .flat_map(|(tenant, by_method)| {
-            by_method.iter().map(|((service, method), c)| MethodTally {
-                tenant: tenant.clone(),
-                service: (*service).into(),
-                method: (*method).into(),
-                calls: get(&c.calls),
-                degraded: get(&c.degraded),
-                shed: get(&c.shed),
-                timed_out: get(&c.timed_out),
-                errors: get(&c.errors),
-                total_ms: get(&c.total_us) as f64 / 1e3,
-            })
+            by_method
+                .iter()
+                .map(|((service, rpc_service, method), c)| MethodTally {
+                    tenant: tenant.clone(),
+                    service: (*service).into(),
+                    // `order.v2.Order`: the package's last part
+                    major: rpc_service
+                        .rsplit_once('.')
+                        .and_then(|(package, _)| package.rsplit('.').next())
+                        .unwrap_or_default()
+                        .into(),
+                    method: (*method).into(),
+                    calls: get(&c.calls),
+                    degraded: get(&c.degraded),
+                    shed: get(&c.shed),
+                    timed_out: get(&c.timed_out),
+                    errors: get(&c.errors),
+                    total_ms: get(&c.total_us) as f64 / 1e3,
+                })
         })
         .collect();
-    all.sort_by(|a, b| (&a.tenant, &a.service, &a.method).cmp(&(&b.tenant, &b.service, &b.method)));
+    all.sort_by(|a, b| {
+        (&a.tenant, &a.service, &a.major, &a.method)
+            .cmp(&(&b.tenant, &b.service, &b.major, &b.method))
+    });
     all
 }
 
@@ -196,13 +211,14 @@ pub fn call(call: &Call<'_>) {
         side,
         tenant,
         service,
+        rpc_service,
         method,
         outcome,
         took,
         ..
     } = call;
     if side == Side::Server {
-        let c = counters(tenant, service, method);
+        let c = counters(tenant, (service, rpc_service, method));
         c.calls.fetch_add(1, Ordering::Relaxed);
         c.total_us.fetch_add(
             u64::try_from(took.as_micros()).unwrap_or(u64::MAX),

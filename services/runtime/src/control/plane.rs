@@ -475,6 +475,33 @@ impl ControlPlane {
         content: &str,
     ) -> Result<TenantConfig, ControlError> {
         let _edit = self.plane.edit.lock().await;
+        self.apply_update(file_name, content).await
+    }
+
+    /// Starts, widens, promotes or rolls back the grey release of a tenant's service: its
+    /// file changed as `meshctl grey` asks, applied as [`ControlPlane::update_tenant`] applies
+    /// a file (calls and events of the users it includes use its major from then on).
+    pub async fn grey(
+        &self,
+        id: &str,
+        service: &str,
+        change: &config::GreyChange,
+    ) -> Result<TenantConfig, ControlError> {
+        let _edit = self.plane.edit.lock().await;
+        let tenant = self.tenant(id)?;
+        let source = self.plane.sources.lock().expect("lock")[&tenant].clone();
+        let text = config::with_grey(&source.text, service, change).map_err(|e| {
+            ControlError::Refused(format!("{}: services.{service}: {e}", source.file))
+        })?;
+        self.apply_update(&source.file, &text).await
+    }
+
+    /// [`ControlPlane::update_tenant`], its edit lock held.
+    async fn apply_update(
+        &self,
+        file_name: &str,
+        content: &str,
+    ) -> Result<TenantConfig, ControlError> {
         let config = {
             let tenants = self.plane.tenants.read().expect("lock");
             config::check_update(

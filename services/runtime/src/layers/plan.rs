@@ -1,5 +1,8 @@
 //! What each tenant runs: a call reaches a service only if the caller's tenant runs that
 //! service, at that contract major (paipai runs order v2, so its order v1 calls are refused).
+//! A major in grey release ([`GreyRelease`](crate::config::GreyRelease)) is open to the users
+//! it includes (and to the tenant's backend, which acts for any of them); the tenant's other
+//! users are told to call the major everyone runs.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -38,10 +41,10 @@ use std::{
     },
 };
 
-use mesh_contract::{RequestContext, TenantId};
+use mesh_contract::{Caller, RequestContext, TenantId};
 
 use super::{Admit, Catalogue, Decision};
-use crate::config::{TenantConfig, Tenants};
+use crate::config::{GreyRelease, TenantConfig, Tenants};
 
 /// The services and majors each tenant runs, from its config.
 #[derive(Clone, Debug)]
@@ -52,7 +55,8 @@ pub struct ServicePlan {
 
 #[derive(Debug, Default)]
 struct TenantPlan {
-    services: HashMap<String, u32>,
+    /// Each service's major, and the major in grey release if there is one.
+    services: HashMap<String, (u32, Option<GreyRelease>)>,
     /// Its calls admitted and not answered yet: what removing it from a process waits for.
     in_flight: Arc<AtomicUsize>,
 }
@@ -84,7 +88,7 @@ impl ServicePlan {
     pub fn add(&self, config: &TenantConfig) {
         let services = config
             .enabled_services()
-            .map(|(name, s)| (name.to_owned(), s.version.get()))
+            .map(|(name, s)| (name.to_owned(), (s.version.get(), s.grey.clone())))
             .collect();
         self.runs
             .write()
@@ -109,27 +113,45 @@ impl ServicePlan {
             .map_or(0, |plan| plan.in_flight.load(Ordering::Relaxed))
     }
 
-    /// Whether `tenant` runs `service` at `major`; the refusal says what it runs instead.
-    pub fn check(&self, tenant: &TenantId, service: &str, major: u32) -> Result<(), tonic::Status> {
-        self.admit_call(tenant, service, major).map(drop)
+    /// Whether `tenant` runs `service` at `major` for `caller`; the refusal says what it
+    /// runs instead.
+    pub fn check(
+        &self,
+        tenant: &TenantId,
+        caller: &Caller,
+        service: &str,
+        major: u32,
+    ) -> Result<(), tonic::Status> {
+        self.admit_call(tenant, caller, service, major).map(drop)
     }
 
     /// [`ServicePlan::check`], counting the call in flight while the ticket lives.
     fn admit_call(
         &self,
         tenant: &TenantId,
+        caller: &Caller,
         service: &str,
         major: u32,
     ) -> Result<InFlight, tonic::Status> {
         let runs = self.runs.read().expect("lock");
         let plan = runs.get(tenant);
+        let admitted = |plan: &TenantPlan| {
+            plan.in_flight.fetch_add(1, Ordering::Relaxed);
+            Ok(InFlight(plan.in_flight.clone()))
+        };
         match plan.and_then(|p| p.services.get(service)) {
-            Some(m) if *m == major => {
-                let counter = &plan.expect("found above").in_flight;
-                counter.fetch_add(1, Ordering::Relaxed);
-                Ok(InFlight(counter.clone()))
-            }
-            Some(m) => Err(tonic::Status::unimplemented(format!(
+            Some((m, _)) if *m == major => admitted(plan.expect("found above")),
+            Some((m, Some(grey))) if grey.version.get() == major => match caller {
+                Caller::User(who) if !grey.includes(tenant.as_str(), service, &who.user) => {
+                    Err(tonic::Status::failed_precondition(format!(
+                        "{service} v{major} is released to some of tenant {tenant}'s users \
+                         first; user {:?} is not among them yet: call {service} v{m}",
+                        who.user
+                    )))
+                }
+                _ => admitted(plan.expect("found above")),
+            },
+            Some((m, _)) => Err(tonic::Status::unimplemented(format!(
                 "tenant {tenant} runs {service} v{m}, not v{major}"
             ))),
             None => Err(tonic::Status::unimplemented(format!(
@@ -182,7 +204,7 @@ impl Admit for ServicePlan {
         let path = request.uri().path();
         match self.catalogue.method(path) {
             Some((spec, _)) => Decision::from_status(
-                self.admit_call(&ctx.tenant, spec.name, spec.major)
+                self.admit_call(&ctx.tenant, &ctx.caller, spec.name, spec.major)
                     .map(Some),
             ),
             None => match self.catalogue.event(path) {

@@ -271,7 +271,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
     }) = &cli.command
     {
         let (tenant, group) = client::check_locally(file, dir)?;
-        out.checked(&tenant, &group, file);
+        out.checked(&tenant, &group, file, false);
         return Ok(());
     }
     let tls = client::AdminTls {
@@ -313,7 +313,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 .await
                 .map_err(refused)?
                 .into_inner();
-            out.checked(&response.tenant, &response.group, &file);
+            out.checked(&response.tenant, &response.group, &file, response.updates);
         }
         Cmd::Tenant(TenantCmd::Add { file }) => {
             let added = admin

@@ -162,15 +162,23 @@ impl Output {
     }
 
     /// `tenant check`.
-    pub fn checked(&self, tenant: &str, group: &str, file: &Path) {
+    pub fn checked(&self, tenant: &str, group: &str, file: &Path, updates: bool) {
         if self.json {
-            return self
-                .print(&json!({ "file": file, "tenant": tenant, "group": group, "valid": true }));
+            return self.print(&json!({
+                "file": file, "tenant": tenant, "group": group, "valid": true, "updates": updates,
+            }));
         }
-        println!(
-            "{}: valid; tenant {tenant} would run in process group {group}",
-            file.display()
-        );
+        if updates {
+            println!(
+                "{}: valid; `tenant update` would apply it to tenant {tenant} (process group {group})",
+                file.display()
+            );
+        } else {
+            println!(
+                "{}: valid; tenant {tenant} would run in process group {group}",
+                file.display()
+            );
+        }
     }
 
     /// `tenant add`.

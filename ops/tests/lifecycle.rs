@@ -279,6 +279,19 @@ async fn tenants_come_change_move_and_go_while_their_neighbours_fail_no_call() {
         answered(&mesh.channel, "newco", "newco-rotated-token").await,
         Ok(2)
     );
+    // its data stays where it is
+    std::fs::write(
+        &newco_file,
+        updated_text.replace("data_namespace = \"newco\"", "data_namespace = \"newco_b\""),
+    )
+    .unwrap();
+    let moved_data = mesh.ctl(&["tenant", "update", newco_path]).await;
+    assert_eq!(moved_data.code, 1);
+    assert!(
+        moved_data.stderr.contains("data_namespace"),
+        "{}",
+        moved_data.stderr
+    );
     std::fs::write(&newco_file, &updated_text).unwrap();
 
     // --- move: into a process of its own and back, its calls and its neighbours' unbroken

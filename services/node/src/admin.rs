@@ -322,13 +322,14 @@ impl Admin for AdminService {
         request: Request<api::TenantFile>,
     ) -> Result<Response<api::CheckTenantResponse>, Status> {
         let file = request.into_inner();
-        let (config, group) = self
+        let (config, group, updates) = self
             .plane
             .check_tenant(&file.file_name, &file.content)
             .map_err(status)?;
         Ok(Response::new(api::CheckTenantResponse {
             tenant: config.id.to_string(),
             group,
+            updates,
         }))
     }
 

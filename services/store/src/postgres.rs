@@ -226,13 +226,37 @@ impl MessageStore for PgStore {
         valid_namespace(namespace)?;
         let schema = format!("{}{namespace}", self.prefix);
         valid_namespace(&schema)?;
-        // One simple-query message runs as a unit on the server; the advisory lock keeps two
-        // processes opening the same schema from racing on CREATE.
-        let ddl = format!(
+        // The owner first, alone: a namespace that is another tenant's is refused before
+        // anything is created in it. One simple-query message runs as a unit on the server;
+        // the advisory lock keeps two processes opening the same schema from racing on CREATE.
+        let claim = format!(
             "BEGIN;
              SELECT pg_advisory_xact_lock(hashtext('mesh-store:{schema}'));
              CREATE SCHEMA IF NOT EXISTS {schema};
              CREATE TABLE IF NOT EXISTS {schema}.owner (tenant text PRIMARY KEY);
+             INSERT INTO {schema}.owner (tenant)
+               SELECT '{tenant}' WHERE NOT EXISTS (SELECT 1 FROM {schema}.owner);
+             COMMIT;"
+        );
+        let client = self.client(tenant).await?;
+        client
+            .batch_execute(&claim)
+            .await
+            .map_err(backend(tenant, "creating its schema"))?;
+        let owner: String = client
+            .query_one(&format!("SELECT tenant FROM {schema}.owner"), &[])
+            .await
+            .map_err(backend(tenant, "reading its schema's owner"))?
+            .get(0);
+        if owner != tenant.as_str() {
+            return Err(StoreError::NamespaceTaken {
+                namespace: namespace.to_owned(),
+                owner: TenantId::new(&owner).map_err(|_| StoreError::InvalidNamespace(owner))?,
+            });
+        }
+        let ddl = format!(
+            "BEGIN;
+             SELECT pg_advisory_xact_lock(hashtext('mesh-store:{schema}'));
              CREATE TABLE IF NOT EXISTS {schema}.messages (
                message_id text PRIMARY KEY,
                conversation_id text NOT NULL,
@@ -273,26 +297,12 @@ impl MessageStore for PgStore {
                up_to_seq bigint NOT NULL,
                read_at_ms bigint NOT NULL,
                PRIMARY KEY (conversation_id, reader));
-             INSERT INTO {schema}.owner (tenant)
-               SELECT '{tenant}' WHERE NOT EXISTS (SELECT 1 FROM {schema}.owner);
              COMMIT;"
         );
-        let client = self.client(tenant).await?;
         client
             .batch_execute(&ddl)
             .await
-            .map_err(backend(tenant, "creating its schema"))?;
-        let owner: String = client
-            .query_one(&format!("SELECT tenant FROM {schema}.owner"), &[])
-            .await
-            .map_err(backend(tenant, "reading its schema's owner"))?
-            .get(0);
-        if owner != tenant.as_str() {
-            return Err(StoreError::NamespaceTaken {
-                namespace: namespace.to_owned(),
-                owner: TenantId::new(&owner).map_err(|_| StoreError::InvalidNamespace(owner))?,
-            });
-        }
+            .map_err(backend(tenant, "creating its tables"))?;
         self.schemas
             .write()
             .expect("lock")

@@ -511,6 +511,59 @@ async fn postgresql_keeps_each_tenant_in_its_own_schema() {
     store.drop_opened().await.unwrap();
 }
 
+/// A namespace whose schema names another owner is refused before anything is created in
+/// it, and dropping a tenant deletes its schema only.
+#[tokio::test]
+async fn postgresql_refuses_a_foreign_schema_untouched_and_drops_only_its_own() {
+    let store = postgres().await;
+    let prefix = store_prefix(&store);
+    let (raw, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    raw.batch_execute(&format!(
+        "CREATE SCHEMA {prefix}squat;
+         CREATE TABLE {prefix}squat.owner (tenant text PRIMARY KEY);
+         INSERT INTO {prefix}squat.owner VALUES ('mall');"
+    ))
+    .await
+    .unwrap();
+    let tables = |schema: String| {
+        let raw = &raw;
+        async move {
+            raw.query_one(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1",
+                &[&schema],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        }
+    };
+    let intruder = tenant("intruder");
+    let err = store.open(&intruder, "squat").await.unwrap_err();
+    assert!(matches!(err, StoreError::NamespaceTaken { .. }), "{err}");
+    assert_eq!(
+        tables(format!("{prefix}squat")).await,
+        1,
+        "only its owner table"
+    );
+
+    let finance = tenant("finance");
+    store.open(&finance, "finance").await.unwrap();
+    store.drop_tenant(&intruder).await.unwrap();
+    assert_eq!(
+        tables(format!("{prefix}squat")).await,
+        1,
+        "not the intruder's"
+    );
+    store.drop_tenant(&finance).await.unwrap();
+    assert_eq!(tables(format!("{prefix}finance")).await, 0, "dropped");
+    raw.batch_execute(&format!("DROP SCHEMA {prefix}squat CASCADE"))
+        .await
+        .unwrap();
+}
+
 fn store_prefix(store: &PgStore) -> String {
     store.prefix().to_owned()
 }

@@ -380,8 +380,33 @@ impl ControlPlane {
             .map_err(ControlError::NotApplied)
     }
 
-    /// Validates a tenant file as onboarding it would; the tenant and its process group.
+    /// Validates a tenant file as `tenant add` would, or as `tenant update` would when it is
+    /// the file of a tenant served already (a dry run of either): the tenant, its process
+    /// group, and whether the file would update a tenant.
     pub fn check_tenant(
+        &self,
+        file_name: &str,
+        content: &str,
+    ) -> Result<(TenantConfig, String, bool), ControlError> {
+        let updates = self
+            .plane
+            .tenants
+            .read()
+            .expect("lock")
+            .files
+            .values()
+            .any(|path| path.file_name().is_some_and(|n| n == file_name));
+        if updates {
+            let config = self.check_change(file_name, content)?;
+            let group = group_of(&config);
+            return Ok((config, group, true));
+        }
+        let (config, group) = self.check_addition(file_name, content)?;
+        Ok((config, group, false))
+    }
+
+    /// Validates a new tenant's file; the tenant and its process group.
+    fn check_addition(
         &self,
         file_name: &str,
         content: &str,
@@ -408,7 +433,7 @@ impl ControlPlane {
         content: &str,
     ) -> Result<TenantConfig, ControlError> {
         let _edit = self.plane.edit.lock().await;
-        let (config, group) = self.check_tenant(file_name, content)?;
+        let (config, group) = self.check_addition(file_name, content)?;
         let tenant = config.tenant_id();
         let source = TenantSource {
             id: tenant.clone(),
@@ -416,9 +441,7 @@ impl ControlPlane {
             text: content.to_owned(),
             previous_credential: None,
         };
-        // the front door authenticates its callers, and the tenant's initial switches hold,
-        // before its first call can be routed
-        self.plane.front.serve_tenant(&config);
+        // the tenant's initial switches hold before its first call
         let initial = initial_switches_of(&config);
         for switch in &initial {
             self.plane.board.turn_off(switch.clone());
@@ -440,6 +463,8 @@ impl ControlPlane {
                 reason,
             });
         }
+        // served and routed: the front door admits its callers from now on
+        self.plane.front.serve_tenant(&config);
         let path = self.plane.dir.join(file_name);
         self.write_file(&path, content)?;
         {
@@ -496,12 +521,9 @@ impl ControlPlane {
         self.apply_update(&source.file, &text).await
     }
 
-    /// [`ControlPlane::update_tenant`], its edit lock held.
-    async fn apply_update(
-        &self,
-        file_name: &str,
-        content: &str,
-    ) -> Result<TenantConfig, ControlError> {
+    /// Validates a changed file of a tenant served already: the rules of every file, and what
+    /// an update cannot change (its data namespace; its process, which `tenant move` changes).
+    fn check_change(&self, file_name: &str, content: &str) -> Result<TenantConfig, ControlError> {
         let config = {
             let tenants = self.plane.tenants.read().expect("lock");
             config::check_update(
@@ -512,18 +534,37 @@ impl ControlPlane {
                 self.plane.catalogue,
             )?
         };
-        let tenant = config.tenant_id();
-        let old = self.config_of(&tenant)?;
+        let old = self.config_of(&config.id)?;
+        if old.data_namespace != config.data_namespace {
+            return Err(ControlError::Refused(format!(
+                "{file_name}: data_namespace: a tenant's data stays where it is ({:?}); an \
+                 update cannot move it to {:?} (its stored messages would be left behind)",
+                old.data_namespace, config.data_namespace
+            )));
+        }
         if old.isolation.process != config.isolation.process {
             return Err(ControlError::Refused(format!(
                 "{file_name}: isolation.process: a tenant changes process with `meshctl tenant \
-                 move {tenant} --process {}`, which moves it without failing its calls",
+                 move {} --process {}`, which moves it without failing its calls",
+                config.id,
                 match config.isolation.process {
                     config::ProcessIsolation::Own => "own",
                     config::ProcessIsolation::Shared => "shared",
                 }
             )));
         }
+        Ok(config)
+    }
+
+    /// [`ControlPlane::update_tenant`], its edit lock held.
+    async fn apply_update(
+        &self,
+        file_name: &str,
+        content: &str,
+    ) -> Result<TenantConfig, ControlError> {
+        let config = self.check_change(file_name, content)?;
+        let tenant = config.tenant_id();
+        let old = self.config_of(&tenant)?;
         let group = group_of(&config);
         let old_source = self.plane.sources.lock().expect("lock")[&tenant].clone();
         let (old_token, token) = (old.credentials.resolve(), config.credentials.resolve());

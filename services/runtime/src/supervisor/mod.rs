@@ -353,7 +353,8 @@ impl Supervisor {
         })
     }
 
-    /// Waits until `group`'s worker applied `version`; then whether it serves `tenant`, or the
+    /// Waits until `group`'s worker applied `version` and, when `tenant`'s calls go to that
+    /// group, the front door routes them there; then whether it serves `tenant`, or the
     /// reason it does not (the worker's, or why the group has no worker serving).
     pub async fn wait_tenant(
         &self,
@@ -372,10 +373,34 @@ impl Supervisor {
         let Some(mut applied) = applied else {
             return Err(format!("process group {group} is not running"));
         };
-        let done = tokio::time::timeout(within, applied.wait_for(|v| *v >= version)).await;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut in_time = matches!(
+            tokio::time::timeout_at(deadline, applied.wait_for(|v| *v >= version)).await,
+            Ok(Ok(_))
+        );
+        // a new process confirms its state before it listens: routed once it does
+        let routed_here = self.inner.desired.borrow().routed_to(tenant, group);
+        while routed_here && in_time {
+            let (address, down) = {
+                let slots = self.inner.slots.lock().expect("lock");
+                let info = slots.get(group).map(|slot| &slot.info);
+                (
+                    info.and_then(|i| i.address.clone()),
+                    info.is_some_and(|i| i.down.contains_key(tenant)),
+                )
+            };
+            if down || (address.is_some() && self.inner.front.address(tenant) == address) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                in_time = false;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let slots = self.inner.slots.lock().expect("lock");
         let info = slots.get(group).map(|slot| &slot.info);
-        if !matches!(done, Ok(Ok(_))) {
+        if !in_time {
             return Err(match info.and_then(|i| i.last_failure.as_deref()) {
                 Some(failure) => {
                     format!("process group {group} did not serve it within {within:?}: {failure}")

@@ -517,3 +517,61 @@ async fn a_grey_release_widens_and_rolls_back_while_the_neighbours_fail_no_call(
     paipai.stop_without_failures("paipai").await;
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_down_at_start_up_is_served_once_its_dependency_is_back() {
+    let db = Db::create().await;
+    // paipai's schema belongs to someone else when the mesh starts
+    let raw = connect(&db.url()).await;
+    raw.batch_execute(
+        "CREATE SCHEMA mesh_paipai;
+         CREATE TABLE mesh_paipai.owner (tenant text PRIMARY KEY);
+         INSERT INTO mesh_paipai.owner VALUES ('someone_else');",
+    )
+    .await
+    .unwrap();
+    let tenants = tenants_folder(&["mall", "paipai"], &[]);
+    let state = tempfile::tempdir().unwrap();
+    let mesh = Mesh::up_with(
+        tenants.path(),
+        state.path(),
+        1,
+        &[("MESH_STORE_POSTGRES", &db.url())],
+    )
+    .await;
+    let list = mesh.json(&["tenant", "list"]).await;
+    let paipai = row(&list, "paipai").unwrap();
+    assert_eq!(paipai["health"], "down", "{list}");
+    assert!(
+        paipai["reason"].as_str().unwrap().contains("someone_else"),
+        "{list}"
+    );
+    assert_eq!(row(&list, "mall").unwrap()["health"], "serving");
+    assert_eq!(
+        answered(&mesh.channel, "paipai", "dev-paipai-token").await,
+        Err(tonic::Code::Unavailable)
+    );
+    let mall = Loop::start(&mesh.channel, "mall", "dev-mall-token");
+
+    // the schema is freed: the worker serves paipai on its own, nobody restarts
+    raw.batch_execute("DROP SCHEMA mesh_paipai CASCADE")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = mesh.json(&["tenant", "list"]).await;
+        if row(&list, "paipai").unwrap()["health"] == "serving" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still down: {list}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        answered(&mesh.channel, "paipai", "dev-paipai-token")
+            .await
+            .is_ok()
+    );
+    mall.stop_without_failures("mall").await;
+    mesh.stop().await;
+    db.drop().await;
+}

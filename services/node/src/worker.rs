@@ -32,6 +32,10 @@ const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 const STATS_EVERY: Duration = Duration::from_secs(1);
 /// How long a tenant leaving this process may take to finish the calls it has here.
 const DRAIN_WITHIN: Duration = Duration::from_secs(30);
+/// How soon a tenant this process could not serve is tried again (a dependency down, say),
+/// doubling up to [`RETRY_DOWN_AT_MOST`].
+const RETRY_DOWN_FIRST: Duration = Duration::from_secs(1);
+const RETRY_DOWN_AT_MOST: Duration = Duration::from_secs(30);
 
 /// Everything that knows which tenants this process serves; changes as tenants are added,
 /// updated, moved and removed.
@@ -185,6 +189,32 @@ async fn apply(
             }
             Err(err) => {
                 tracing::error!(tenant = %gone, error = %format!("{err:#}"), "removing a tenant")
+            }
+        }
+    }
+    down
+}
+
+/// Tries again to serve the tenants of `state` that are `down`; those still down.
+async fn retry_down(
+    state: &WorkerState,
+    mut down: BTreeMap<TenantId, String>,
+    dir: &Path,
+    served: &Served,
+) -> BTreeMap<TenantId, String> {
+    let again: Vec<&TenantSource> = state
+        .tenants
+        .iter()
+        .filter(|t| down.contains_key(&t.id))
+        .collect();
+    for source in again {
+        match serve_source(source, dir, served).await {
+            Ok(()) => {
+                tracing::info!(tenant = %source.id, "tenant served after all");
+                down.remove(&source.id);
+            }
+            Err(reason) => {
+                down.insert(source.id.clone(), reason);
             }
         }
     }
@@ -372,26 +402,47 @@ async fn follow_supervisor(
         .context("no state from the supervisor on stdin")?
         .context("reading stdin")?
         .context("stdin closed before the supervisor sent a state")?;
-    let state = WorkerState::from_line(&first).context("the supervisor's first state")?;
-    let down = apply(&state, dir, served, switches).await;
+    let mut state = WorkerState::from_line(&first).context("the supervisor's first state")?;
+    let mut down = apply(&state, dir, served, switches).await;
     say(WorkerLine::Applied {
         version: state.version,
-        down,
+        down: down.clone(),
     });
     let (state_dir, state_served, state_switches) =
         (dir.to_path_buf(), served.clone(), switches.clone());
     tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            match WorkerState::from_line(&line) {
-                Ok(state) => {
-                    let down = apply(&state, &state_dir, &state_served, &state_switches).await;
-                    say(WorkerLine::Applied {
-                        version: state.version,
-                        down,
-                    });
+        let mut retry_in = RETRY_DOWN_FIRST;
+        loop {
+            tokio::select! {
+                line = lines.next_line() => {
+                    let Ok(Some(line)) = line else { break };
+                    match WorkerState::from_line(&line) {
+                        Ok(next) => {
+                            state = next;
+                            down = apply(&state, &state_dir, &state_served, &state_switches).await;
+                            retry_in = RETRY_DOWN_FIRST;
+                            say(WorkerLine::Applied {
+                                version: state.version,
+                                down: down.clone(),
+                            });
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, "state from the supervisor not applied")
+                        }
+                    }
                 }
-                Err(err) => {
-                    tracing::error!(error = %err, "state from the supervisor not applied")
+                // a tenant down for a reason that may pass (its database, its broker vhost)
+                // is served once it does: the same version, confirmed again with fewer down
+                () = tokio::time::sleep(retry_in), if !down.is_empty() => {
+                    let before = down.len();
+                    down = retry_down(&state, down, &state_dir, &state_served).await;
+                    if down.len() < before {
+                        say(WorkerLine::Applied {
+                            version: state.version,
+                            down: down.clone(),
+                        });
+                    }
+                    retry_in = (retry_in * 2).min(RETRY_DOWN_AT_MOST);
                 }
             }
         }

@@ -714,6 +714,9 @@ async fn run_worker(
     let pid = worker.child.id().unwrap_or_default();
     // the tenants each version sent names, until the worker confirms it
     let mut sent: HashMap<u64, Vec<TenantId>> = HashMap::new();
+    // the last version applied and its tenants: a worker confirms it again when a tenant it
+    // could not serve is served after all
+    let mut last: (u64, Vec<TenantId>) = (0, Vec::new());
     let mut serving: Vec<TenantId> = Vec::new();
     let mut address: Option<String> = None;
     sent.insert(
@@ -743,7 +746,12 @@ async fn run_worker(
                     address = Some(addr);
                 }
                 Some(WorkerLine::Applied { version, down }) => {
-                    if let Some(tenants) = sent.get(&version) {
+                    let tenants = sent
+                        .get(&version)
+                        .cloned()
+                        .or_else(|| (last.0 == version).then(|| last.1.clone()));
+                    if let Some(tenants) = &tenants {
+                        last = (version, tenants.clone());
                         let now: Vec<TenantId> = tenants
                             .iter()
                             .filter(|t| !down.contains_key(*t))

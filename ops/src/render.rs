@@ -10,6 +10,24 @@ use comfy_table::{Table, presets::NOTHING};
 use mesh_api::admin::v1 as api;
 use serde_json::{Value, json};
 
+/// Prints one line on stdout. A reader that went away (`meshctl ... | head -1`) ends meshctl
+/// quietly: what it did is done, only the rest of its report has nowhere to go.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        write_line(format_args!($($arg)*))
+    };
+}
+
+fn write_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(err) = writeln!(out, "{line}")
+        && err.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
 /// Where and how to print.
 pub struct Output {
     /// JSON instead of tables.
@@ -105,7 +123,7 @@ fn tenants_table(tenants: &[api::Tenant]) -> Table {
 
 impl Output {
     fn print(&self, value: &Value) {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(value).expect("JSON of plain values")
         );
@@ -119,7 +137,7 @@ impl Output {
             }));
         }
         if switches.is_empty() {
-            println!("every switch is on: no call is degraded");
+            say!("every switch is on: no call is degraded");
             return;
         }
         let mut rows = table(&["SWITCH", "STATE", "TENANT", "CHANGED BY", "WHEN", "REASON"]);
@@ -133,8 +151,8 @@ impl Output {
                 s.reason.clone(),
             ]);
         }
-        println!("{rows}");
-        println!("every other switch is on");
+        say!("{rows}");
+        say!("every other switch is on");
     }
 
     /// `switch off|on`.
@@ -149,15 +167,15 @@ impl Output {
             }));
         }
         match (on, response.changed) {
-            (false, _) => println!(
+            (false, _) => say!(
                 "{scope} is off: applied by {} process(es)",
                 response.processes_applied
             ),
-            (true, true) => println!(
+            (true, true) => say!(
                 "{scope} is on again: applied by {} process(es)",
                 response.processes_applied
             ),
-            (true, false) => println!("{scope} was not off: nothing changed"),
+            (true, false) => say!("{scope} was not off: nothing changed"),
         }
     }
 
@@ -169,12 +187,12 @@ impl Output {
             }));
         }
         if updates {
-            println!(
+            say!(
                 "{}: valid; `tenant update` would apply it to tenant {tenant} (process group {group})",
                 file.display()
             );
         } else {
-            println!(
+            say!(
                 "{}: valid; tenant {tenant} would run in process group {group}",
                 file.display()
             );
@@ -189,12 +207,14 @@ impl Output {
             }));
         }
         for t in tenants {
-            println!(
+            say!(
                 "tenant {} is served by pid {} (group {})",
-                t.id, t.pid, t.group
+                t.id,
+                t.pid,
+                t.group
             );
         }
-        println!("{}", tenants_table(tenants));
+        say!("{}", tenants_table(tenants));
     }
 
     /// `tenant update`, `remove` and `move`: what was done, and the tenant's row after.
@@ -205,9 +225,9 @@ impl Output {
             }));
         }
         for t in tenants {
-            println!("tenant {} {done} (group {})", t.id, t.group);
+            say!("tenant {} {done} (group {})", t.id, t.group);
         }
-        println!("{}", tenants_table(tenants));
+        say!("{}", tenants_table(tenants));
     }
 
     /// `tenant list`.
@@ -217,7 +237,7 @@ impl Output {
                 "tenants": tenants.iter().map(tenant_json).collect::<Vec<_>>(),
             }));
         }
-        println!("{}", tenants_table(tenants));
+        say!("{}", tenants_table(tenants));
     }
 
     /// `status`.
@@ -259,8 +279,8 @@ impl Output {
                 humantime::format_duration(Duration::from_secs(p.up_for_ms / 1000)).to_string(),
             ]);
         }
-        println!("PROCESSES\n{processes}\n");
-        println!("TENANTS\n{}\n", tenants_table(&report.tenants));
+        say!("PROCESSES\n{processes}\n");
+        say!("TENANTS\n{}\n", tenants_table(&report.tenants));
 
         let mut load = table(&["TENANT", "IN FLIGHT", "CALLS", "DEGRADED"]);
         for l in &report.load {
@@ -271,7 +291,7 @@ impl Output {
                 l.degraded.to_string(),
             ]);
         }
-        println!("LOAD (through the front door)\n{load}\n");
+        say!("LOAD (through the front door)\n{load}\n");
 
         let mut calls = table(&[
             "TENANT",
@@ -299,7 +319,7 @@ impl Output {
                 format!("{:.2} ms", c.mean_ms),
             ]);
         }
-        println!("CALLS (served, per tenant and method)\n{calls}\n");
+        say!("CALLS (served, per tenant and method)\n{calls}\n");
 
         let mut bulkheads = table(&["TENANT", "DEPENDENCY", "IN USE", "SATURATION"]);
         for b in &report.bulkheads {
@@ -311,10 +331,10 @@ impl Output {
                 format!("{saturation:.0}%"),
             ]);
         }
-        println!("BULKHEADS\n{bulkheads}\n");
+        say!("BULKHEADS\n{bulkheads}\n");
 
         if report.recent_degraded.is_empty() {
-            println!("RECENT DEGRADED ANSWERS\nnone");
+            say!("RECENT DEGRADED ANSWERS\nnone");
         } else {
             let mut degraded = table(&["WHEN", "TENANT", "METHOD", "SWITCH"]);
             for d in &report.recent_degraded {
@@ -325,7 +345,7 @@ impl Output {
                     d.switch.clone(),
                 ]);
             }
-            println!("RECENT DEGRADED ANSWERS (newest first)\n{degraded}");
+            say!("RECENT DEGRADED ANSWERS (newest first)\n{degraded}");
         }
     }
 
@@ -339,7 +359,7 @@ impl Output {
             }));
         }
         if faults.is_empty() {
-            println!("no fault injected");
+            say!("no fault injected");
             return;
         }
         let mut rows = table(&["TENANT", "SERVICE", "DELAY"]);
@@ -354,7 +374,7 @@ impl Output {
                 format!("{} ms", f.delay_ms),
             ]);
         }
-        println!("{rows}");
+        say!("{rows}");
     }
 
     /// `dlq list`.
@@ -376,7 +396,7 @@ impl Output {
                 q.dead_letters.to_string(),
             ]);
         }
-        println!("{rows}");
+        say!("{rows}");
     }
 
     /// `dlq show`.
@@ -390,7 +410,7 @@ impl Output {
             }));
         }
         if letters.is_empty() {
-            println!("no dead letter");
+            say!("no dead letter");
             return;
         }
         let mut rows = table(&["MESSAGE ID", "EVENT", "RUNS", "BYTES", "REASON"]);
@@ -403,7 +423,7 @@ impl Output {
                 l.reason.clone(),
             ]);
         }
-        println!("{rows}");
+        say!("{rows}");
     }
 
     /// `dlq replay|purge`.
@@ -411,6 +431,6 @@ impl Output {
         if self.json {
             return self.print(&json!({ what: count, "queue": queue }));
         }
-        println!("{what} {count} dead letter(s) of {queue}");
+        say!("{what} {count} dead letter(s) of {queue}");
     }
 }

@@ -575,3 +575,43 @@ async fn a_tenant_down_at_start_up_is_served_once_its_dependency_is_back() {
     mesh.stop().await;
     db.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_credential_keeps_overlapping_across_a_restart_of_the_mesh() {
+    let tenants = tenants_folder(&["mall", "paipai"], &[]);
+    let state = tempfile::tempdir().unwrap();
+    let mesh = Mesh::up(tenants.path(), state.path(), 1).await;
+    let file = tenants.path().join("mall.toml");
+    let rotated = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("dev-mall-token", "mall-rotated-token");
+    let edited = tempfile::tempdir().unwrap();
+    let copy = edited.path().join("mall.toml");
+    std::fs::write(&copy, &rotated).unwrap();
+    mesh.ok(&["tenant", "update", copy.to_str().unwrap()]).await;
+    for token in ["mall-rotated-token", "dev-mall-token"] {
+        assert!(
+            answered(&mesh.channel, "mall", token).await.is_ok(),
+            "{token}"
+        );
+    }
+    mesh.stop().await;
+    let saved = std::fs::read_to_string(state.path().join("switches.json")).unwrap();
+    assert!(
+        !saved.contains("dev-mall-token"),
+        "only a digest is kept: {saved}"
+    );
+
+    let mesh = Mesh::up(tenants.path(), state.path(), 1).await;
+    for token in ["mall-rotated-token", "dev-mall-token"] {
+        assert!(
+            answered(&mesh.channel, "mall", token).await.is_ok(),
+            "{token} after the restart"
+        );
+    }
+    assert_eq!(
+        answered(&mesh.channel, "mall", "some-other-token").await,
+        Err(tonic::Code::Unauthenticated)
+    );
+    mesh.stop().await;
+}

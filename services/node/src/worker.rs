@@ -252,7 +252,7 @@ async fn serve_source(source: &TenantSource, dir: &Path, served: &Served) -> Res
     if let Some(previous) = &source.previous_credential {
         served
             .inbound
-            .accept_previous(&source.id, &previous.token, previous.remaining());
+            .accept_previous(&source.id, &previous.sha256, previous.remaining());
     }
     Ok(())
 }

@@ -96,19 +96,32 @@ impl From<AuthError> for tonic::Status {
 #[derive(Clone)]
 struct TenantKeys {
     token: Vec<u8>,
-    /// The credential it replaced, accepted until the instant given (a rotation's overlap).
+    /// The SHA-256 of the credential it replaced, accepted until the instant given (a
+    /// rotation's overlap).
     previous: Option<(Vec<u8>, std::time::Instant)>,
     users: Option<UserVerifier>,
 }
 
 impl TenantKeys {
     fn backend(&self, token: &[u8]) -> bool {
-        let current = !self.token.is_empty() && bool::from(token.ct_eq(&self.token));
-        let previous = self.previous.as_ref().is_some_and(|(old, until)| {
-            std::time::Instant::now() < *until && bool::from(token.ct_eq(old))
-        });
-        current | previous
+        if !self.token.is_empty() && bool::from(token.ct_eq(&self.token)) {
+            return true;
+        }
+        self.previous.as_ref().is_some_and(|(old, until)| {
+            std::time::Instant::now() < *until && bool::from(digest(token).ct_eq(old))
+        })
     }
+}
+
+fn digest(token: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, token)
+        .as_ref()
+        .to_vec()
+}
+
+/// The SHA-256 of `token`, hex: how a replaced credential is remembered.
+pub fn digest_hex(token: &[u8]) -> String {
+    digest(token).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The tenants served here, their credentials and user keys, and the node credential; shared
@@ -188,7 +201,7 @@ impl TenantDirectory {
         let previous = match tenants.get(&config.id) {
             Some(old) if old.token != token => std::time::Instant::now()
                 .checked_add(overlap)
-                .map(|until| (old.token.clone(), until)),
+                .map(|until| (digest(&old.token), until)),
             Some(old) => old.previous.clone(),
             None => None,
         };
@@ -202,13 +215,23 @@ impl TenantDirectory {
         );
     }
 
-    /// Accepts `token` as `tenant`'s previous credential for `overlap` more (a rotation that
-    /// began in another process, or before this one started).
-    pub fn accept_previous(&self, tenant: &TenantId, token: &str, overlap: std::time::Duration) {
+    /// Accepts the credential whose SHA-256 is `sha256_hex` as `tenant`'s previous one for
+    /// `overlap` more (a rotation that began in another process, or before this one started).
+    pub fn accept_previous(
+        &self,
+        tenant: &TenantId,
+        sha256_hex: &str,
+        overlap: std::time::Duration,
+    ) {
+        let bytes: Option<Vec<u8>> = (0..sha256_hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(sha256_hex.get(i..i + 2)?, 16).ok())
+            .collect();
         if let Some(keys) = self.tenants.write().expect("lock").get_mut(tenant)
             && let Some(until) = std::time::Instant::now().checked_add(overlap)
+            && let Some(bytes) = bytes
         {
-            keys.previous = Some((token.as_bytes().to_vec(), until));
+            keys.previous = Some((bytes, until));
         }
     }
 

@@ -145,15 +145,15 @@ impl Inbound {
         Ok(())
     }
 
-    /// Accepts `token` as `tenant`'s previous credential for `overlap` more (see
-    /// [`TenantDirectory::accept_previous`]).
+    /// Accepts the credential whose SHA-256 is `sha256_hex` as `tenant`'s previous one for
+    /// `overlap` more (see [`TenantDirectory::accept_previous`]).
     pub fn accept_previous(
         &self,
         tenant: &mesh_contract::TenantId,
-        token: &str,
+        sha256_hex: &str,
         overlap: std::time::Duration,
     ) {
-        self.directory.accept_previous(tenant, token, overlap);
+        self.directory.accept_previous(tenant, sha256_hex, overlap);
     }
 
     /// Stops admitting `tenant`'s calls (authentication and its plan forget it); calls

@@ -151,12 +151,6 @@ pub fn initial_switches(
     Ok(saved)
 }
 
-fn millis_since_epoch(at: SystemTime) -> u128 {
-    at.duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
-}
-
 /// The switches a tenant's file turns off from the start.
 fn initial_switches_of(config: &TenantConfig) -> Vec<Switch> {
     let mut one = Tenants::default();
@@ -209,6 +203,8 @@ impl ControlPlane {
         supervisor: Supervisor,
         front: FrontDoor,
     ) -> Result<Self, ControlError> {
+        let mut saved = saved;
+        saved.rotations.retain(|_, r| !r.remaining().is_zero());
         store.save(&saved)?;
         let board = SwitchBoard::new(Catalogue(catalogue));
         board.replace_all(saved.switches.clone());
@@ -230,11 +226,18 @@ impl ControlPlane {
         let mut sources = HashMap::new();
         for (id, file) in &tenants.files {
             let tenant = TenantId::new(id).expect("a loaded tenant's id is valid");
-            let source =
+            let mut source =
                 TenantSource::read(tenant.clone(), file).map_err(|source| ControlError::Io {
                     path: file.clone(),
                     source,
                 })?;
+            // a rotation still overlapping when the mesh stopped goes on overlapping
+            if let Some(previous) = saved.rotations.get(&tenant)
+                && !previous.remaining().is_zero()
+            {
+                front.accept_previous(&tenant, &previous.sha256, previous.remaining());
+                source.previous_credential = Some(previous.clone());
+            }
             sources.insert(tenant, source);
         }
         for group in supervisor::groups(&tenants) {
@@ -571,12 +574,10 @@ impl ControlPlane {
         let previous_credential = if old_token == token {
             old_source.previous_credential.clone()
         } else {
-            let until =
-                SystemTime::now() + Duration::from_secs(config.credentials.rotation_overlap_secs);
-            Some(PreviousCredential {
-                token: old_token,
-                until_ms: u64::try_from(millis_since_epoch(until)).unwrap_or(u64::MAX),
-            })
+            Some(PreviousCredential::replaced(
+                &old_token,
+                Duration::from_secs(config.credentials.rotation_overlap_secs),
+            ))
         };
         let source = TenantSource {
             text: content.to_owned(),
@@ -592,9 +593,17 @@ impl ControlPlane {
                 reason,
             });
         }
-        // the front door takes the new credential (the old one overlapping) and the new
-        // switch defaults hold; a default the file no longer declares is switched back on
+        // the front door takes the new credential (the old one overlapping, across a restart
+        // of the mesh too) and the new switch defaults hold; a default the file no longer
+        // declares is switched back on
         self.plane.front.serve_tenant(&config);
+        {
+            let mut known = self.plane.known.lock().expect("lock");
+            match &source.previous_credential {
+                Some(previous) => known.rotations.insert(tenant.clone(), previous.clone()),
+                None => known.rotations.remove(&tenant),
+            };
+        }
         for switch in initial_switches_of(&old) {
             if let Some(current) = self
                 .switches()
@@ -673,12 +682,11 @@ impl ControlPlane {
                 self.plane.board.turn_on(Some(&tenant), &switch.target);
             }
         }
-        self.plane
-            .known
-            .lock()
-            .expect("lock")
-            .tenants
-            .remove(&tenant);
+        {
+            let mut known = self.plane.known.lock().expect("lock");
+            known.tenants.remove(&tenant);
+            known.rotations.remove(&tenant);
+        }
         self.save()?;
         let applied = self.plane.supervisor.set_switches(self.switches());
         self.await_version(applied).await?;

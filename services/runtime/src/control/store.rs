@@ -21,6 +21,11 @@ pub struct SavedSwitches {
     pub tenants: BTreeSet<TenantId>,
     /// Every switch that is off.
     pub switches: Vec<Switch>,
+    /// Credentials replaced by `tenant update` whose overlap has not ended (their digests):
+    /// still accepted after a restart of the mesh.
+    #[serde(default)]
+    pub rotations:
+        std::collections::BTreeMap<TenantId, crate::supervisor::protocol::PreviousCredential>,
 }
 
 /// Why the state file could not be read or written.
@@ -121,6 +126,14 @@ mod tests {
                 changed_by: "alice".into(),
                 changed_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             }],
+            rotations: [(
+                TenantId::new("mall").unwrap(),
+                crate::supervisor::protocol::PreviousCredential::replaced(
+                    "old-mall-token",
+                    Duration::from_secs(60),
+                ),
+            )]
+            .into(),
         };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), Some(state));

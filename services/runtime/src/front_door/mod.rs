@@ -98,6 +98,14 @@ impl FrontDoor {
         self.know(config.tenant_id());
     }
 
+    /// Accepts the credential whose SHA-256 is `sha256_hex` as `tenant`'s previous one for
+    /// `overlap` more (a rotation that began before the mesh restarted).
+    pub fn accept_previous(&self, tenant: &TenantId, sha256_hex: &str, overlap: Duration) {
+        if let Some(directory) = &self.directory {
+            directory.accept_previous(tenant, sha256_hex, overlap);
+        }
+    }
+
     /// Forgets `tenant`: its calls are refused from now on as an unknown tenant's are (its
     /// calls forwarded already run to their end).
     pub fn forget_tenant(&self, tenant: &TenantId) {

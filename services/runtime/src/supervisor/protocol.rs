@@ -58,16 +58,30 @@ pub struct TenantSource {
     pub previous_credential: Option<PreviousCredential>,
 }
 
-/// A replaced credential and the end of its overlap.
+/// A replaced credential and the end of its overlap. Only its SHA-256 digest travels and is
+/// kept (in the mesh's state, across restarts): the old secret itself is written nowhere.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreviousCredential {
-    /// The credential.
-    pub token: String,
+    /// SHA-256 of the credential, hex.
+    pub sha256: String,
     /// Accepted until then (milliseconds since the Unix epoch).
     pub until_ms: u64,
 }
 
 impl PreviousCredential {
+    /// The credential `token`, replaced now, accepted for `overlap` more.
+    pub fn replaced(token: &str, overlap: std::time::Duration) -> Self {
+        let until = std::time::SystemTime::now() + overlap;
+        let until_ms = until
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        Self {
+            sha256: crate::auth::digest_hex(token.as_bytes()),
+            until_ms: u64::try_from(until_ms).unwrap_or(u64::MAX),
+        }
+    }
+
     /// How long it is still accepted from now.
     pub fn remaining(&self) -> std::time::Duration {
         let until = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.until_ms);

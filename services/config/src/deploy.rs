@@ -1,7 +1,8 @@
 //! Deployment configuration: what belongs to one running mesh rather than to a business line
 //! (where the admin API listens, the ops credential, where state is kept). One file,
 //! `ops/mesh.toml` by default, overridable from the environment: `MESH_ADMIN_LISTEN`,
-//! `MESH_ADMIN_TOKEN`, `MESH_ADMIN_TOKEN_ENV`, `MESH_STATE_DIR`, `MESH_TELEMETRY_OTLP_ENDPOINT`,
+//! `MESH_ADMIN_TOKEN`, `MESH_ADMIN_TOKEN_ENV`, `MESH_STATE_DIR`, `MESH_STATE_REDIS_URL`,
+//! `MESH_TELEMETRY_OTLP_ENDPOINT`,
 //! `MESH_TELEMETRY_CONSOLE`, `MESH_TELEMETRY_EXPORT_INTERVAL_MS`, `MESH_FRONT_DOOR_MAX_CONNECTIONS`,
 //! `MESH_FRONT_DOOR_IDLE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_KEEPALIVE_INTERVAL_SECS`,
 //! `MESH_FRONT_DOOR_KEEPALIVE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_CONNECTION`,
@@ -180,6 +181,8 @@ pub mod worker_env {
     pub const KEEPALIVE_TIMEOUT_SECS: &str = "MESH_WORKER_KEEPALIVE_TIMEOUT_SECS";
     /// Streams the front door may open at once.
     pub const MAX_STREAMS: &str = "MESH_WORKER_MAX_STREAMS";
+    /// The Redis the nodes of a mesh share (`[state] redis_url`).
+    pub const REDIS_URL: &str = "MESH_STATE_REDIS_URL";
 }
 
 impl FrontDoorConfig {
@@ -238,13 +241,29 @@ pub struct StateConfig {
     /// Folder of the state files (switch state).
     #[serde(default = "default_state_dir")]
     pub dir: PathBuf,
+    /// Redis shared by the nodes of one mesh (`redis://10.0.0.5:6379`): who is connected to
+    /// which node, and the switch state, which every node then follows. Unset: one node, its
+    /// state its own.
+    #[serde(default)]
+    pub redis_url: Option<String>,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         Self {
             dir: default_state_dir(),
+            redis_url: None,
         }
+    }
+}
+
+impl StateConfig {
+    /// What a worker needs of the shared state, as the environment `mesh up` starts it with.
+    pub fn worker_env(&self) -> Vec<(String, String)> {
+        self.redis_url
+            .iter()
+            .map(|url| (worker_env::REDIS_URL.to_owned(), url.clone()))
+            .collect()
     }
 }
 

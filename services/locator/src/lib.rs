@@ -1,25 +1,53 @@
 //! The locator service: which access node (gateway) each connected terminal of a user is on,
 //! so the message service can push to every terminal of a receiver.
 //!
+//! Where that knowledge lives is a [`Presence`]: this process's memory ([`MemoryPresence`],
+//! one node) or Redis ([`RedisPresence`], several nodes sharing it: a terminal attached to any
+//! node is found from every other). With Redis each node also says it is alive (a key that
+//! expires unless renewed), and the terminals of a node that stopped saying so are forgotten
+//! within seconds: a node killed without a goodbye does not leave its users looking online.
+//!
 //! Data isolation: the registry is keyed by the tenant of the authenticated
 //! [`RequestContext`]; a tenant can neither see nor unregister another tenant's terminals.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, RwLock},
-};
+use std::sync::Arc;
 
 use mesh_api::locator::v1::{self, locator_server::Locator};
-use mesh_contract::{RequestContext, TenantId, fields::required};
+use mesh_contract::{RequestContext, fields::required};
 use tonic::{Request, Response, Status};
 
-/// Terminals of one user, by terminal id.
-type UserTerminals = BTreeMap<String, v1::TerminalLocation>;
+mod presence;
+
+pub use presence::{MemoryPresence, Presence, PresenceError, RedisPresence};
 
 /// The service; clones share one registry.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone)]
 pub struct LocatorService {
-    tenants: Arc<RwLock<HashMap<TenantId, HashMap<String, UserTerminals>>>>,
+    presence: Arc<dyn Presence>,
+}
+
+impl std::fmt::Debug for LocatorService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocatorService").finish_non_exhaustive()
+    }
+}
+
+impl Default for LocatorService {
+    /// A locator for one node: the registry in this process's memory.
+    fn default() -> Self {
+        Self::new(Arc::new(MemoryPresence::default()))
+    }
+}
+
+impl LocatorService {
+    /// A locator keeping its registry in `presence`.
+    pub fn new(presence: Arc<dyn Presence>) -> Self {
+        Self { presence }
+    }
+}
+
+fn unavailable(err: PresenceError) -> Status {
+    Status::unavailable(err.to_string())
 }
 
 #[tonic::async_trait]
@@ -37,14 +65,10 @@ impl Locator for LocatorService {
         required("location.terminal_id", &location.terminal_id)?;
         required("location.node_address", &location.node_address)?;
         // a terminal that reconnects (here or on another node) replaces its old location
-        self.tenants
-            .write()
-            .expect("lock")
-            .entry(ctx.tenant)
-            .or_default()
-            .entry(location.user_id.clone())
-            .or_default()
-            .insert(location.terminal_id.clone(), location);
+        self.presence
+            .register(&ctx.tenant, location)
+            .await
+            .map_err(unavailable)?;
         Ok(Response::new(v1::RegisterResponse {}))
     }
 
@@ -54,28 +78,12 @@ impl Locator for LocatorService {
     ) -> Result<Response<v1::UnregisterResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
         let r = request.into_inner();
-        let mut tenants = self.tenants.write().expect("lock");
-        if let Some(users) = tenants.get_mut(&ctx.tenant)
-            && let Some(terminals) = users.get_mut(&r.user_id)
-        {
-            // only the node the terminal is on may remove it: a late unregister from the node
-            // it left must not drop its new connection
-            if terminals
-                .get(&r.terminal_id)
-                .is_some_and(|l| l.node_id == r.node_id)
-            {
-                terminals.remove(&r.terminal_id);
-            }
-            // a user with no terminal left takes no memory
-            if terminals.is_empty() {
-                users.remove(&r.user_id);
-                // nor does the room a crowd of users left behind
-                let (len, capacity) = (users.len(), users.capacity());
-                if capacity > 1024 && len < capacity / 4 {
-                    users.shrink_to(len * 2);
-                }
-            }
-        }
+        // only the node the terminal is on may remove it: a late unregister from the node it
+        // left must not drop its new connection
+        self.presence
+            .unregister(&ctx.tenant, &r.user_id, &r.terminal_id, &r.node_id)
+            .await
+            .map_err(unavailable)?;
         Ok(Response::new(v1::UnregisterResponse {}))
     }
 
@@ -85,19 +93,18 @@ impl Locator for LocatorService {
     ) -> Result<Response<v1::LocateResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
         let terminals = self
-            .tenants
-            .read()
-            .expect("lock")
-            .get(&ctx.tenant)
-            .and_then(|users| users.get(&request.get_ref().user_id))
-            .map(|t| t.values().cloned().collect())
-            .unwrap_or_default();
+            .presence
+            .locate(&ctx.tenant, &request.get_ref().user_id)
+            .await
+            .map_err(unavailable)?;
         Ok(Response::new(v1::LocateResponse { terminals }))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use mesh_contract::TenantId;
+
     use super::*;
 
     fn request<T>(tenant: &str, body: T) -> Request<T> {

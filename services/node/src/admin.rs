@@ -166,6 +166,7 @@ fn status(err: ControlError) -> Status {
         ControlError::NotServed { .. } | ControlError::Refused(_) => {
             Status::failed_precondition(message)
         }
+        ControlError::Shared(_) => Status::unavailable(message),
         ControlError::InvalidTenant(_) | ControlError::Store(_) | ControlError::Io { .. } => {
             Status::internal(message)
         }

@@ -60,6 +60,7 @@ pub async fn run(
         env: [
             deploy.telemetry.to_env(),
             deploy.front_door.worker_env(),
+            deploy.state.worker_env(),
             vec![(NODE_CREDENTIAL_ENV.into(), node_credential.clone())],
             node_tls.as_ref().map(|t| t.to_env()).unwrap_or_default(),
         ]
@@ -131,6 +132,12 @@ pub async fn run(
     )?
     // the workers inherit MESH_STORE_POSTGRES: their stored data lives outside them
     .with_data_shared(std::env::var_os("MESH_STORE_POSTGRES").is_some());
+    // several nodes: the switch state is theirs together
+    if let Some(url) = &deploy.state.redis_url {
+        let shared = mesh_runtime::control::shared::SharedSwitches::connect(url).await?;
+        plane.share_switches(shared).await?;
+        println!("shared state in {url}: switches follow every node of the mesh");
+    }
     let admin = match ops_token {
         Some(token) => {
             let admin_listener = tokio::net::TcpListener::bind(&deploy.admin.listen)

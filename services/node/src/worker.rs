@@ -30,6 +30,8 @@ const FIRST_STATE_WITHIN: Duration = Duration::from_secs(30);
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 /// How often a supervised worker reports its statistics.
 const STATS_EVERY: Duration = Duration::from_secs(1);
+/// How long a node that stopped saying it is alive keeps its terminals in a shared locator.
+const NODE_TTL: Duration = Duration::from_secs(3);
 /// How long a tenant leaving this process may take to finish the calls it has here.
 const DRAIN_WITHIN: Duration = Duration::from_secs(30);
 /// How soon a tenant this process could not serve is tried again (a dependency down, say),
@@ -373,13 +375,29 @@ async fn platform(
     node_tls: Option<&mesh_runtime::tls::NodeTls>,
 ) -> anyhow::Result<Served> {
     let (bus, placed) = bus().await?;
-    let platform = Platform::with_node_tls(
-        &format!("worker-{}", std::process::id()),
-        address,
-        bus,
-        store().await?,
-        node_tls,
+    // unique across the machines of a mesh, not only on this one
+    let node_id = format!(
+        "worker-{}-{}",
+        std::process::id(),
+        &mesh_contract::ServiceCredentials::fresh_token()[..8]
     );
+    let platform = Platform::with_node_tls(&node_id, address, bus, store().await?, node_tls);
+    // several nodes: who is connected where lives in Redis, with this node's heartbeat
+    let platform = match std::env::var(mesh_runtime::deploy::worker_env::REDIS_URL) {
+        Ok(url) if !url.is_empty() => {
+            let presence = mesh_locator::RedisPresence::connect(&url)
+                .await
+                .with_context(|| {
+                    format!("{}={url}", mesh_runtime::deploy::worker_env::REDIS_URL)
+                })?;
+            // dropped with the process: its terminals are forgotten NODE_TTL after it dies
+            std::mem::forget(presence.keep_alive(&node_id, NODE_TTL));
+            platform.with_locator(mesh_locator::LocatorService::new(std::sync::Arc::new(
+                presence,
+            )))
+        }
+        _ => platform,
+    };
     // the workers of one mesh share the node credential `mesh up` gives them
     let platform = match std::env::var(mesh_runtime::auth::NODE_CREDENTIAL_ENV) {
         Ok(token) if !token.is_empty() => platform.with_node_credential(&token),

@@ -24,7 +24,7 @@ use mesh_api::{
     order::v1 as order,
 };
 use mesh_contract::RequestContext;
-use support::{Bearer, MeshUp, Users, admin, ctx, field, signal, tenants_folder};
+use support::{Bearer, Db, MeshUp, Users, admin, ctx, field, signal, tenants_folder};
 use tonic::{Code, service::interceptor::InterceptedService, transport::Channel};
 
 const TOKEN: &str = "dev-mall-token";
@@ -165,98 +165,6 @@ impl Rabbit {
 impl Drop for Rabbit {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// A PostgreSQL database of the test's own, which it can cut off from every client.
-struct Db {
-    name: String,
-    admin: tokio_postgres::Client,
-}
-
-fn postgres_base() -> String {
-    std::env::var("MESH_TEST_POSTGRES_BASE")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {url} (bash .ci/test starts it): {e}"));
-    tokio::spawn(connection);
-    client
-}
-
-impl Db {
-    async fn create() -> Self {
-        let name = format!(
-            "mesh_fault_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        let admin = connect(&format!("{}/postgres", postgres_base())).await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        Self { name, admin }
-    }
-
-    fn url(&self) -> String {
-        format!("{}/{}", postgres_base(), self.name)
-    }
-
-    /// The database refuses new connections and loses its current ones, as if unreachable.
-    async fn cut(&self) {
-        self.admin
-            .batch_execute(&format!(
-                "ALTER DATABASE {0} ALLOW_CONNECTIONS false;
-                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{0}';",
-                self.name
-            ))
-            .await
-            .unwrap();
-    }
-
-    async fn restore(&self) {
-        self.admin
-            .batch_execute(&format!(
-                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-                self.name
-            ))
-            .await
-            .unwrap();
-    }
-
-    /// (conversation, seq, client id, message id) of the stored messages of conversations
-    /// starting with `prefix`, in mall's schema.
-    async fn stored(&self, prefix: &str) -> Vec<(String, i64, Option<String>, String)> {
-        let client = connect(&self.url()).await;
-        client
-            .query(
-                "SELECT conversation_id, seq, client_msg_id, message_id FROM mesh_mall.messages
-                 WHERE conversation_id LIKE $1 ORDER BY conversation_id, seq",
-                &[&format!("{prefix}%")],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-            .collect()
-    }
-
-    /// Runs `sql` in the database.
-    async fn sql(&self, sql: &str) {
-        connect(&self.url()).await.batch_execute(sql).await.unwrap();
-    }
-
-    async fn drop_database(self) {
-        let _ = self
-            .admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .await;
     }
 }
 

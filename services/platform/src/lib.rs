@@ -207,6 +207,13 @@ impl Platform {
         self
     }
 
+    /// Keeps who is connected where in `locator` (shared by several nodes: [`RedisPresence`](
+    /// mesh_locator::RedisPresence)) instead of this process's memory.
+    pub fn with_locator(mut self, locator: LocatorService) -> Self {
+        self.locator = locator;
+        self
+    }
+
     /// The node credential, for the directory that authenticates calls to these services.
     pub fn node_credential(&self) -> &str {
         &self.node_credential

@@ -3,10 +3,12 @@
 //!
 //! - [`plane`]: [`ControlPlane`], what `mesh up` runs behind the admin API;
 //! - [`store`]: the switch state on disk;
+//! - [`shared`]: the switch state several nodes share (Redis);
 //! - [`rules`]: the automatic degradation decision.
 
 pub mod plane;
 pub mod rules;
+pub mod shared;
 pub mod store;
 
 pub use plane::{ControlError, ControlPlane, StatusReport, SwitchChange, TenantRow};

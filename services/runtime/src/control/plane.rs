@@ -12,6 +12,7 @@ use mesh_contract::{ContractSpec, TenantId};
 
 use super::{
     rules::{self, RuleAction, RuleState},
+    shared::{SharedError, SharedSwitches},
     store::{SavedSwitches, StoreError, SwitchStore},
 };
 use crate::{
@@ -77,6 +78,9 @@ pub enum ControlError {
     /// The switch state could not be saved or read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The switch state shared with the other nodes cannot be reached.
+    #[error(transparent)]
+    Shared(#[from] SharedError),
     /// Writing the tenant file failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -175,6 +179,8 @@ struct Plane {
     /// Whether stored data lives outside the workers (PostgreSQL): a tenant may then move
     /// between processes without leaving its messages behind.
     data_shared: std::sync::atomic::AtomicBool,
+    /// The switch state shared with the other nodes of the mesh, if there are.
+    shared: std::sync::OnceLock<SharedSwitches>,
 }
 
 /// The control plane. Cheap to clone.
@@ -258,6 +264,7 @@ impl ControlPlane {
                 rules: Mutex::new(rules),
                 sources: Mutex::new(sources),
                 data_shared: Default::default(),
+                shared: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -364,8 +371,57 @@ impl ControlPlane {
             self.plane.board.turn_off(switch);
             true
         };
+        Ok((changed, self.switches_changed().await?))
+    }
+
+    /// After the board changed: saves it, tells the other nodes (when they share the state),
+    /// and hands it to the workers; the version to await.
+    async fn switches_changed(&self) -> Result<u64, ControlError> {
         self.save()?;
-        Ok((changed, self.plane.supervisor.set_switches(self.switches())))
+        let switches = self.switches();
+        if let Some(shared) = self.plane.shared.get()
+            && let Err(err) = shared.publish(&switches).await
+        {
+            // this node applies it anyway; the others follow once Redis is back
+            tracing::warn!(error = %err, "switch change not shared with the other nodes");
+        }
+        Ok(self.plane.supervisor.set_switches(switches))
+    }
+
+    /// Follows the switch state the nodes of a mesh share: the shared state replaces this
+    /// node's (a node joining follows the others; the first one to share puts its own), and
+    /// every change made through another node reaches this node's workers.
+    pub async fn share_switches(&self, shared: SharedSwitches) -> Result<(), ControlError> {
+        match shared.load().await? {
+            Some(switches) => self.apply_shared(switches).await?,
+            None => shared.publish(&self.switches()).await?,
+        }
+        let _ = self.plane.shared.set(shared.clone());
+        let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(shared.follow(move |switches| {
+            let _ = tx.send(switches);
+        }));
+        let plane = self.clone();
+        tokio::spawn(async move {
+            while let Some(switches) = changes.recv().await {
+                if let Err(err) = plane.apply_shared(switches).await {
+                    tracing::error!(error = %err, "applying shared switches");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Applies the switches another node shared (without sharing them back).
+    async fn apply_shared(&self, switches: Vec<Switch>) -> Result<(), ControlError> {
+        let _edit = self.plane.edit.lock().await;
+        if self.switches() == switches {
+            return Ok(());
+        }
+        self.plane.board.replace_all(switches);
+        self.save()?;
+        self.plane.supervisor.set_switches(self.switches());
+        Ok(())
     }
 
     fn save(&self) -> Result<(), ControlError> {
@@ -488,7 +544,7 @@ impl ControlPlane {
             .expect("lock")
             .tenants
             .insert(tenant);
-        self.save()?;
+        self.switches_changed().await?;
         Ok(config)
     }
 
@@ -617,8 +673,7 @@ impl ControlPlane {
         for switch in initial_switches_of(&config) {
             self.plane.board.turn_off(switch);
         }
-        self.save()?;
-        let applied = self.plane.supervisor.set_switches(self.switches());
+        let applied = self.switches_changed().await?;
         let path = self.plane.dir.join(file_name);
         self.write_file(&path, content)?;
         self.plane
@@ -687,8 +742,7 @@ impl ControlPlane {
             known.tenants.remove(&tenant);
             known.rotations.remove(&tenant);
         }
-        self.save()?;
-        let applied = self.plane.supervisor.set_switches(self.switches());
+        let applied = self.switches_changed().await?;
         self.await_version(applied).await?;
         Ok(config)
     }

@@ -1,0 +1,283 @@
+//! Where the locator keeps who is connected where.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::RwLock,
+    time::Duration,
+};
+
+use mesh_api::locator::v1::TerminalLocation;
+use mesh_contract::TenantId;
+use prost::Message;
+
+/// Why the registry could not be read or written (its store is unreachable, say): the call
+/// is answered UNAVAILABLE, worth a retry.
+#[derive(Debug, thiserror::Error)]
+#[error("presence registry: {0}")]
+pub struct PresenceError(String);
+
+/// The registry of connected terminals, per tenant and user.
+#[tonic::async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// Records where a terminal is connected, replacing where it was.
+    async fn register(
+        &self,
+        tenant: &TenantId,
+        location: TerminalLocation,
+    ) -> Result<(), PresenceError>;
+
+    /// Forgets a terminal, if node `node_id` is still the one it is connected to.
+    async fn unregister(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        terminal: &str,
+        node_id: &str,
+    ) -> Result<(), PresenceError>;
+
+    /// Every terminal of a user connected now, ordered by terminal id.
+    async fn locate(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+    ) -> Result<Vec<TerminalLocation>, PresenceError>;
+}
+
+/// Terminals of one user, by terminal id.
+type UserTerminals = BTreeMap<String, TerminalLocation>;
+
+/// The registry in this process's memory: one node.
+#[derive(Debug, Default)]
+pub struct MemoryPresence {
+    tenants: RwLock<HashMap<TenantId, HashMap<String, UserTerminals>>>,
+}
+
+#[tonic::async_trait]
+impl Presence for MemoryPresence {
+    async fn register(
+        &self,
+        tenant: &TenantId,
+        location: TerminalLocation,
+    ) -> Result<(), PresenceError> {
+        self.tenants
+            .write()
+            .expect("lock")
+            .entry(tenant.clone())
+            .or_default()
+            .entry(location.user_id.clone())
+            .or_default()
+            .insert(location.terminal_id.clone(), location);
+        Ok(())
+    }
+
+    async fn unregister(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        terminal: &str,
+        node_id: &str,
+    ) -> Result<(), PresenceError> {
+        let mut tenants = self.tenants.write().expect("lock");
+        if let Some(users) = tenants.get_mut(tenant)
+            && let Some(terminals) = users.get_mut(user)
+        {
+            if terminals
+                .get(terminal)
+                .is_some_and(|l| l.node_id == node_id)
+            {
+                terminals.remove(terminal);
+            }
+            // a user with no terminal left takes no memory
+            if terminals.is_empty() {
+                users.remove(user);
+                // nor does the room a crowd of users left behind
+                let (len, capacity) = (users.len(), users.capacity());
+                if capacity > 1024 && len < capacity / 4 {
+                    users.shrink_to(len * 2);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn locate(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+    ) -> Result<Vec<TerminalLocation>, PresenceError> {
+        Ok(self
+            .tenants
+            .read()
+            .expect("lock")
+            .get(tenant)
+            .and_then(|users| users.get(user))
+            .map(|t| t.values().cloned().collect())
+            .unwrap_or_default())
+    }
+}
+
+/// Removes a terminal's entry only if the node holding it is the one asking (`<node>|...`).
+const UNREGISTER: &str = r"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and string.sub(v, 1, string.len(ARGV[2]) + 1) == ARGV[2] .. '|' then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+";
+
+/// The registry in Redis, shared by every node of a mesh: a hash per tenant and user
+/// (`mesh:loc:<tenant>:<user>`, terminal id to `<node id>|<location>`), and a key per live
+/// node (`mesh:node:<node id>`) that expires unless the node renews it
+/// ([`RedisPresence::keep_alive`]). A terminal on a node whose key expired is not located, and
+/// its entry is removed by the next lookup.
+#[derive(Clone)]
+pub struct RedisPresence {
+    connection: redis::aio::ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisPresence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPresence").finish_non_exhaustive()
+    }
+}
+
+fn redis_error(what: &str) -> impl Fn(redis::RedisError) -> PresenceError + '_ {
+    move |e| PresenceError(format!("{what}: {e}"))
+}
+
+fn user_key(tenant: &TenantId, user: &str) -> String {
+    format!("mesh:loc:{tenant}:{user}")
+}
+
+fn node_key(node_id: &str) -> String {
+    format!("mesh:node:{node_id}")
+}
+
+impl RedisPresence {
+    /// Connects to Redis at `url` (`redis://127.0.0.1:6379`).
+    pub async fn connect(url: &str) -> Result<Self, PresenceError> {
+        let client = redis::Client::open(url).map_err(redis_error(url))?;
+        let connection = client
+            .get_connection_manager()
+            .await
+            .map_err(redis_error(url))?;
+        Ok(Self { connection })
+    }
+
+    /// Says node `node_id` is alive for `ttl`, now and every third of it, until the returned
+    /// task is aborted (or the process ends): when it stops, the node's terminals are forgotten
+    /// within `ttl`.
+    pub fn keep_alive(&self, node_id: &str, ttl: Duration) -> tokio::task::JoinHandle<()> {
+        let (mut connection, key) = (self.connection.clone(), node_key(node_id));
+        let seconds = ttl.as_secs().max(1);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
+            loop {
+                tick.tick().await;
+                let said = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(1)
+                    .arg("EX")
+                    .arg(seconds)
+                    .query_async::<()>(&mut connection)
+                    .await;
+                if let Err(err) = said {
+                    tracing::warn!(node = %key, error = %err, "presence heartbeat failed");
+                }
+            }
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Presence for RedisPresence {
+    async fn register(
+        &self,
+        tenant: &TenantId,
+        location: TerminalLocation,
+    ) -> Result<(), PresenceError> {
+        let mut value = format!("{}|", location.node_id).into_bytes();
+        location.encode(&mut value).expect("a Vec grows as needed");
+        redis::cmd("HSET")
+            .arg(user_key(tenant, &location.user_id))
+            .arg(&location.terminal_id)
+            .arg(value)
+            .query_async::<()>(&mut self.connection.clone())
+            .await
+            .map_err(redis_error("registering a terminal"))
+    }
+
+    async fn unregister(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        terminal: &str,
+        node_id: &str,
+    ) -> Result<(), PresenceError> {
+        redis::cmd("EVAL")
+            .arg(UNREGISTER)
+            .arg(1)
+            .arg(user_key(tenant, user))
+            .arg(terminal)
+            .arg(node_id)
+            .query_async::<i64>(&mut self.connection.clone())
+            .await
+            .map(drop)
+            .map_err(redis_error("unregistering a terminal"))
+    }
+
+    async fn locate(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+    ) -> Result<Vec<TerminalLocation>, PresenceError> {
+        let mut connection = self.connection.clone();
+        let key = user_key(tenant, user);
+        let entries: BTreeMap<String, Vec<u8>> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .map_err(redis_error("locating a user"))?;
+        let mut found = Vec::with_capacity(entries.len());
+        for (terminal, value) in entries {
+            let split = value.iter().position(|b| *b == b'|');
+            let decoded = split.and_then(|at| TerminalLocation::decode(&value[at + 1..]).ok());
+            match decoded {
+                Some(location) => found.push((terminal, location)),
+                None => tracing::warn!(%tenant, %terminal, "unreadable presence entry skipped"),
+            }
+        }
+        if found.is_empty() {
+            return Ok(Vec::new());
+        }
+        let nodes: Vec<String> = found
+            .iter()
+            .map(|(_, l)| l.node_id.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let alive: Vec<Option<i64>> = redis::cmd("MGET")
+            .arg(nodes.iter().map(|n| node_key(n)).collect::<Vec<_>>())
+            .query_async(&mut connection)
+            .await
+            .map_err(redis_error("checking which nodes are alive"))?;
+        let alive: HashSet<&str> = nodes
+            .iter()
+            .zip(alive)
+            .filter(|(_, a)| a.is_some())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let mut located = Vec::with_capacity(found.len());
+        for (terminal, location) in found {
+            if alive.contains(location.node_id.as_str()) {
+                located.push(location);
+            } else {
+                // its node is gone: so is the terminal's connection
+                let _ = self
+                    .unregister(tenant, user, &terminal, &location.node_id)
+                    .await;
+            }
+        }
+        Ok(located)
+    }
+}

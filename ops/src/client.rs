@@ -3,7 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use mesh_api::admin::v1::admin_client::AdminClient;
-use mesh_config::tenant::{ConfigError, Tenants, check_new, group_of};
+use mesh_config::tenant::{ConfigError, Tenants, check_new, check_update, group_of};
 use tonic::{
     Code, Request, Status,
     metadata::AsciiMetadataValue,
@@ -238,11 +238,12 @@ pub async fn connect(admin: &str, token: Option<&str>, tls: &AdminTls) -> Result
 }
 
 /// `tenant check FILE --tenants DIR`: the same validation the mesh runs, without a mesh.
-/// Answers the tenant id and its process group.
+/// Answers the tenant id, its process group, and whether the file would update a tenant of
+/// the folder (an edited copy of one of its files: a dry run of `tenant update`).
 pub fn check_locally(
     file: &std::path::Path,
     dir: &std::path::Path,
-) -> Result<(String, String), CtlError> {
+) -> Result<(String, String, bool), CtlError> {
     let catalogue = mesh_api::CONTRACTS;
     let inside = |f: &std::path::Path| {
         f.parent()
@@ -265,7 +266,7 @@ pub fn check_locally(
                     "not a tenant file of that folder",
                 ),
             })?;
-        return Ok((config.id.to_string(), group_of(config)));
+        return Ok((config.id.to_string(), group_of(config), false));
     }
     let content = std::fs::read_to_string(file).map_err(|source| CtlError::File {
         path: file.to_path_buf(),
@@ -276,7 +277,12 @@ pub fn check_locally(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let config = check_new(dir, &existing, &file_name, &content, catalogue)
-        .map_err(CtlError::InvalidTenant)?;
-    Ok((config.id.to_string(), group_of(&config)))
+    let updates = dir.join(&file_name).exists();
+    let config = if updates {
+        check_update(dir, &existing, &file_name, &content, catalogue)
+    } else {
+        check_new(dir, &existing, &file_name, &content, catalogue)
+    }
+    .map_err(CtlError::InvalidTenant)?;
+    Ok((config.id.to_string(), group_of(&config), updates))
 }

@@ -270,8 +270,8 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         tenants: Some(dir),
     }) = &cli.command
     {
-        let (tenant, group) = client::check_locally(file, dir)?;
-        out.checked(&tenant, &group, file, false);
+        let (tenant, group, updates) = client::check_locally(file, dir)?;
+        out.checked(&tenant, &group, file, updates);
         return Ok(());
     }
     let tls = client::AdminTls {

@@ -506,7 +506,29 @@ async fn a_grey_release_widens_and_rolls_back_while_the_neighbours_fail_no_call(
     assert_eq!(code, tonic::Code::Unimplemented);
     assert!(list_orders(channel, 1, "alice").await.is_ok());
     let file = std::fs::read_to_string(tenants.path().join("mall.toml")).unwrap();
-    assert!(!file.contains("grey"), "{file}");
+    assert!(
+        !file.contains("grey") && !file.contains("[services.order]"),
+        "back as it was: {file}"
+    );
+    let unknown = mesh
+        .ctl(&[
+            "grey",
+            "widen",
+            "ordr",
+            "--tenant",
+            "mall",
+            "--version",
+            "v2",
+            "--users",
+            "a",
+        ])
+        .await;
+    assert_eq!(unknown.code, 1);
+    assert!(
+        unknown.stderr.contains("does not run ordr"),
+        "{}",
+        unknown.stderr
+    );
     let again = mesh
         .ctl(&["grey", "rollback", "order", "--tenant", "mall"])
         .await;
@@ -588,6 +610,18 @@ async fn a_rotated_credential_keeps_overlapping_across_a_restart_of_the_mesh() {
     let edited = tempfile::tempdir().unwrap();
     let copy = edited.path().join("mall.toml");
     std::fs::write(&copy, &rotated).unwrap();
+    // offline, against the folder: a dry run of the update
+    let dir = tenants.path().to_str().unwrap();
+    let dry = support::ctl(
+        &["tenant", "check", copy.to_str().unwrap(), "--tenants", dir],
+        &[],
+    )
+    .await;
+    assert!(
+        dry.stdout.contains("`tenant update` would apply it"),
+        "{}",
+        dry.stdout
+    );
     mesh.ok(&["tenant", "update", copy.to_str().unwrap()]).await;
     for token in ["mall-rotated-token", "dev-mall-token"] {
         assert!(
@@ -595,6 +629,22 @@ async fn a_rotated_credential_keeps_overlapping_across_a_restart_of_the_mesh() {
             "{token}"
         );
     }
+    // nobody else may take the retired credential while it is still accepted
+    let taker = edited.path().join("taker.toml");
+    std::fs::write(
+        &taker,
+        NEWCO
+            .replace("newco", "taker")
+            .replace("taker-secret-token", "dev-mall-token"),
+    )
+    .unwrap();
+    let refused = mesh.ctl(&["tenant", "add", taker.to_str().unwrap()]).await;
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("credential tenant mall retired"),
+        "{}",
+        refused.stderr
+    );
     mesh.stop().await;
     let saved = std::fs::read_to_string(state.path().join("switches.json")).unwrap();
     assert!(

@@ -561,7 +561,21 @@ pub fn with_grey(text: &str, service: &str, change: &GreyChange) -> Result<Strin
             }
         }
     }
-    Ok(doc.to_string())
+    // a table left empty (the release rolled back, the service's settings all in the
+    // defaults) goes too
+    let emptied = doc
+        .get("services")
+        .and_then(|s| s.get(service))
+        .and_then(|t| t.as_table_like())
+        .is_some_and(|t| t.is_empty());
+    if emptied && let Some(services) = doc.get_mut("services").and_then(|s| s.as_table_like_mut()) {
+        services.remove(service);
+    }
+    let changed = doc.to_string();
+    if changed == text {
+        return Err("that changes nothing".into());
+    }
+    Ok(changed)
 }
 
 /// Validates a tenant file that is not in the tenants folder `dir` yet, exactly as
@@ -600,7 +614,9 @@ pub fn check_new(
 }
 
 /// Validates a new text for the file of a tenant `existing` serves: the same rules as
-/// [`check_new`], against every other tenant; the id (and so the file) stays the tenant's.
+/// [`check_new`], against every other tenant; the id (and so the file) and the data namespace
+/// stay the tenant's, and its process changes only by a move ([`with_process`], which callers
+/// validate with `existing` already holding the moved file).
 pub fn check_update(
     dir: &Path,
     existing: &Tenants,
@@ -625,6 +641,32 @@ pub fn check_update(
         ));
     };
     let config = load_text(dir, file_name, content, catalogue)?;
+    let old = &existing.tenants[id.as_str()];
+    if old.data_namespace != config.data_namespace {
+        return Err(invalid(
+            file_name,
+            "data_namespace",
+            format!(
+                "a tenant's data stays where it is ({:?}); an update cannot move it to {:?} (its \
+                 stored messages would be left behind)",
+                old.data_namespace, config.data_namespace
+            ),
+        ));
+    }
+    if old.isolation.process != config.isolation.process && config.id.as_str() == id {
+        return Err(invalid(
+            file_name,
+            "isolation.process",
+            format!(
+                "a tenant changes process with `meshctl tenant move {id} --process {}`, which \
+                 moves it without failing its calls",
+                match config.isolation.process {
+                    ProcessIsolation::Own => "own",
+                    ProcessIsolation::Shared => "shared",
+                }
+            ),
+        ));
+    }
     if config.id.as_str() != id {
         return Err(invalid(
             file_name,
@@ -980,10 +1022,19 @@ fn check_services<'a>(
                         available.join(", ")
                     ),
                 );
-            } else if grey.version == service.version {
+            } else if grey.version <= service.version {
                 problems.add(
                     format!("{field}.version"),
-                    format!("{name} runs {} for everyone already", grey.version),
+                    format!(
+                        "a grey release is of a newer major than the {} everyone runs",
+                        service.version
+                    ),
+                );
+            }
+            if !service.enabled {
+                problems.add(
+                    field.clone(),
+                    format!("{name} is not enabled for this tenant: nothing to release"),
                 );
             }
             if grey.percent > 100 {
@@ -992,8 +1043,16 @@ fn check_services<'a>(
                     format!("{} is not a share of users (0-100)", grey.percent),
                 );
             }
-            if grey.users.iter().any(String::is_empty) {
-                problems.add(format!("{field}.users"), "an empty user id".into());
+            if grey.users.is_empty() && grey.percent == 0 {
+                problems.add(
+                    field.clone(),
+                    "releases to nobody: list users or give a percent".into(),
+                );
+            }
+            for user in &grey.users {
+                if let Err(status) = mesh_contract::fields::id("user id", user) {
+                    problems.add(format!("{field}.users"), status.message().to_owned());
+                }
             }
         }
         if service.enabled {

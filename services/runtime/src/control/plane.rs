@@ -478,8 +478,38 @@ impl ControlPlane {
             content,
             self.plane.catalogue,
         )?;
+        drop(tenants);
+        self.check_retired_credentials(file_name, &config)?;
         let group = group_of(&config);
         Ok((config, group))
+    }
+
+    /// Refuses a credential another tenant retired and still accepts (its rotation overlap):
+    /// whoever still holds it would reach this tenant.
+    fn check_retired_credentials(
+        &self,
+        file_name: &str,
+        config: &TenantConfig,
+    ) -> Result<(), ControlError> {
+        let digest = crate::auth::digest_hex(config.credentials.resolve().as_bytes());
+        let known = self.plane.known.lock().expect("lock");
+        let taken = known.rotations.iter().find(|(other, retired)| {
+            **other != config.id && retired.sha256 == digest && !retired.remaining().is_zero()
+        });
+        match taken {
+            Some((other, retired)) => Err(ControlError::InvalidTenant(ConfigError::Invalid(vec![
+                config::FieldError {
+                    source: file_name.to_owned(),
+                    field: "credentials".into(),
+                    message: format!(
+                        "the credential tenant {other} retired, still accepted for {}s (its \
+                         rotation overlap): each business line's backend holds its own",
+                        retired.remaining().as_secs()
+                    ),
+                },
+            ]))),
+            None => Ok(()),
+        }
     }
 
     /// Onboards a tenant file: the process that would serve it (a new one if it is isolated,
@@ -573,6 +603,18 @@ impl ControlPlane {
     ) -> Result<TenantConfig, ControlError> {
         let _edit = self.plane.edit.lock().await;
         let tenant = self.tenant(id)?;
+        let runs: Vec<String> = self
+            .config_of(&tenant)?
+            .enabled_services()
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        if !runs.iter().any(|name| name == service) {
+            return Err(ControlError::NotRun {
+                tenant: tenant.to_string(),
+                service: service.to_owned(),
+                runs: runs.join(", "),
+            });
+        }
         let source = self.plane.sources.lock().expect("lock")[&tenant].clone();
         let text = config::with_grey(&source.text, service, change).map_err(|e| {
             ControlError::Refused(format!("{}: services.{service}: {e}", source.file))
@@ -580,8 +622,8 @@ impl ControlPlane {
         self.apply_update(&source.file, &text).await
     }
 
-    /// Validates a changed file of a tenant served already: the rules of every file, and what
-    /// an update cannot change (its data namespace; its process, which `tenant move` changes).
+    /// Validates a changed file of a tenant served already ([`config::check_update`]), and
+    /// that its credential is no other tenant's retired one.
     fn check_change(&self, file_name: &str, content: &str) -> Result<TenantConfig, ControlError> {
         let config = {
             let tenants = self.plane.tenants.read().expect("lock");
@@ -593,25 +635,7 @@ impl ControlPlane {
                 self.plane.catalogue,
             )?
         };
-        let old = self.config_of(&config.id)?;
-        if old.data_namespace != config.data_namespace {
-            return Err(ControlError::Refused(format!(
-                "{file_name}: data_namespace: a tenant's data stays where it is ({:?}); an \
-                 update cannot move it to {:?} (its stored messages would be left behind)",
-                old.data_namespace, config.data_namespace
-            )));
-        }
-        if old.isolation.process != config.isolation.process {
-            return Err(ControlError::Refused(format!(
-                "{file_name}: isolation.process: a tenant changes process with `meshctl tenant \
-                 move {} --process {}`, which moves it without failing its calls",
-                config.id,
-                match config.isolation.process {
-                    config::ProcessIsolation::Own => "own",
-                    config::ProcessIsolation::Shared => "shared",
-                }
-            )));
-        }
+        self.check_retired_credentials(file_name, &config)?;
         Ok(config)
     }
 
@@ -781,7 +805,12 @@ impl ControlPlane {
         let text = config::with_process(&old_source.text, process)
             .map_err(|e| ControlError::Refused(format!("{}: {e}", old_source.file)))?;
         let config = {
-            let tenants = self.plane.tenants.read().expect("lock");
+            // validated as the file of a tenant that runs there already: the move is the one
+            // change of process an update may carry
+            let mut tenants = self.plane.tenants.read().expect("lock").clone();
+            if let Some(moved) = tenants.tenants.get_mut(tenant.as_str()) {
+                moved.isolation.process = process;
+            }
             config::check_update(
                 &self.plane.dir,
                 &tenants,

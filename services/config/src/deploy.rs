@@ -183,6 +183,9 @@ pub mod worker_env {
     pub const MAX_STREAMS: &str = "MESH_WORKER_MAX_STREAMS";
     /// The Redis the nodes of a mesh share (`[state] redis_url`).
     pub const REDIS_URL: &str = "MESH_STATE_REDIS_URL";
+    /// The `host:port` the other nodes dial to reach this worker, when it is not the address
+    /// it listens on (`0.0.0.0:7501` in a pod: its pod IP and port).
+    pub const ADVERTISE_ADDRESS: &str = "MESH_WORKER_ADVERTISE_ADDRESS";
 }
 
 impl FrontDoorConfig {

@@ -4,7 +4,8 @@
 //!   alone if it dies), serves one front door routing every call to its tenant's process, and
 //!   the admin API `meshctl` drives (switches, onboarding, status);
 //! - `mesh worker --tenant a,b`: one tenant process (normally started by `mesh up`);
-//! - `mesh demo`: the walkthrough on embedded defaults.
+//! - `mesh demo`: the walkthrough on embedded defaults;
+//! - `mesh deploy haproxy|k8s`: the configuration of several machines (see `mesh_deploy`).
 
 /// jemalloc, with its background threads, gives memory back to the system some seconds after
 /// it is freed: once a spike of connections or calls is over, the front door and the workers
@@ -66,6 +67,10 @@ enum Cmd {
     /// End-user tokens for development.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Renders the configuration of the engines that run a mesh on several machines, from
+    /// the tenants folder: HAProxy in front, Kubernetes manifests.
+    #[command(subcommand)]
+    Deploy(DeployCmd),
     /// Serves some tenants in this process (started by `mesh up`).
     Worker {
         /// The tenants folder.
@@ -83,6 +88,85 @@ enum Cmd {
         #[arg(long)]
         supervised: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum DeployCmd {
+    /// HAProxy routing each call by its tenant to the replicas (`mesh worker` processes) of
+    /// the tenant's process group, over HTTP/2, with health checks. Prints the file.
+    Haproxy {
+        /// The tenants folder.
+        #[arg(long, default_value = "tenants")]
+        tenants: PathBuf,
+        /// Where HAProxy listens.
+        #[arg(long, default_value = "0.0.0.0:7400")]
+        listen: String,
+        /// A process group's replicas: `shared=10.0.0.5:7501,10.0.0.6:7501`; once per group.
+        #[arg(long = "group", value_name = "GROUP=HOST:PORT,...")]
+        groups: Vec<String>,
+    },
+    /// Kubernetes manifests: a Deployment, Service, PodDisruptionBudget and autoscaler per
+    /// process group, the tenant files as a ConfigMap, HAProxy in front. Prints them.
+    K8s {
+        /// The tenants folder.
+        #[arg(long, default_value = "tenants")]
+        tenants: PathBuf,
+        #[arg(long, default_value = "mesh")]
+        namespace: String,
+        /// The image holding the `mesh` binary.
+        #[arg(long, default_value = "mesh:latest")]
+        image: String,
+        /// Replicas of each process group.
+        #[arg(long, default_value_t = 2)]
+        replicas: u32,
+    },
+}
+
+/// `mesh deploy ...`: the rendered file.
+fn render(cmd: &DeployCmd) -> anyhow::Result<String> {
+    Ok(match cmd {
+        DeployCmd::Haproxy {
+            tenants,
+            listen,
+            groups,
+        } => {
+            let loaded = mesh_runtime::Tenants::load(tenants, mesh_api::CONTRACTS)?;
+            let mut replicas = std::collections::BTreeMap::new();
+            for group in groups {
+                let (name, addresses) = group.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("--group {group:?}: write GROUP=HOST:PORT,HOST:PORT")
+                })?;
+                replicas.insert(
+                    name.to_owned(),
+                    addresses.split(',').map(str::to_owned).collect(),
+                );
+            }
+            mesh_deploy::haproxy::render(
+                &loaded,
+                &mesh_deploy::haproxy::Haproxy {
+                    listen: listen.clone(),
+                    replicas,
+                },
+            )?
+        }
+        DeployCmd::K8s {
+            tenants,
+            namespace,
+            image,
+            replicas,
+        } => {
+            let loaded = mesh_runtime::Tenants::load(tenants, mesh_api::CONTRACTS)?;
+            mesh_deploy::k8s::render(
+                &loaded,
+                tenants,
+                &mesh_deploy::k8s::Options {
+                    namespace: namespace.clone(),
+                    image: image.clone(),
+                    replicas: *replicas,
+                },
+            )?
+        }
+    })
 }
 
 #[derive(Subcommand)]
@@ -150,6 +234,10 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if let Cmd::Deploy(deploy) = &command {
+        print!("{}", render(deploy)?);
+        return Ok(());
+    }
     let (telemetry, run) = match command {
         Cmd::Demo {
             tenants,
@@ -205,7 +293,7 @@ async fn main() -> anyhow::Result<()> {
                 worker::run(&tenants, &tenant, &listen, supervised).await,
             )
         }
-        Cmd::Token(_) => unreachable!("answered above"),
+        Cmd::Token(_) | Cmd::Deploy(_) => unreachable!("answered above"),
     };
     // what is buffered is sent before the process ends
     telemetry.shutdown().await;

@@ -326,7 +326,7 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    let address = listener.local_addr()?;
+    let address = advertised(listener.local_addr()?)?;
     // mutual TLS with the front door and the other workers, when `mesh up` says so
     let node_tls = mesh_runtime::tls::NodeTls::from_env().context("the node's TLS files")?;
     let served = platform(address, node_tls.as_ref()).await?;
@@ -355,6 +355,8 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
             mine.tenants.insert(id.clone(), config.clone());
         }
         served.platform.apply_initial_switches(&mine);
+        // one of several replicas (Kubernetes, behind a proxy): the switches every node shares
+        follow_shared_switches(&switches).await?;
         tokio::spawn(async move {
             let _ = tokio::signal::ctrl_c().await;
             let _ = stop.send(());
@@ -366,6 +368,18 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         let _ = stopped.await;
     })
     .await
+}
+
+/// The address the other nodes dial to reach this worker: `MESH_WORKER_ADVERTISE_ADDRESS`
+/// when set (a pod listening on 0.0.0.0 gives its pod IP), else the one it listens on.
+fn advertised(listening: std::net::SocketAddr) -> anyhow::Result<std::net::SocketAddr> {
+    let name = mesh_runtime::deploy::worker_env::ADVERTISE_ADDRESS;
+    match std::env::var(name) {
+        Ok(address) if !address.is_empty() => address
+            .parse()
+            .with_context(|| format!("{name}={address:?} is not an ip:port")),
+        _ => Ok(listening),
+    }
 }
 
 /// The platform of this process (its bus, store, address and node credential), with nothing
@@ -475,6 +489,24 @@ async fn follow_supervisor(
             say(WorkerLine::Stats(reporting.stats()));
         }
     });
+    Ok(())
+}
+
+/// A worker without a supervisor (a replica under Kubernetes) follows the switch state the
+/// nodes of its mesh share in Redis, when there is one.
+async fn follow_shared_switches(switches: &SwitchBoard) -> anyhow::Result<()> {
+    let name = mesh_runtime::deploy::worker_env::REDIS_URL;
+    let Ok(url) = std::env::var(name) else {
+        return Ok(());
+    };
+    let shared = mesh_runtime::control::shared::SharedSwitches::connect(&url)
+        .await
+        .with_context(|| format!("{name}={url}"))?;
+    if let Some(state) = shared.load().await? {
+        switches.replace_all(state);
+    }
+    let board = switches.clone();
+    tokio::spawn(shared.follow(move |state| board.replace_all(state)));
     Ok(())
 }
 

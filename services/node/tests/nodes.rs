@@ -12,42 +12,14 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use mesh_api::{gateway::v1::push::Payload, locator::v1::TerminalKind, recommend::v1 as recommend};
+use mesh_api::{locator::v1::TerminalKind, recommend::v1 as recommend};
 use mesh_gateway::Terminal;
-use support::{Db, MeshUp, Users, ctx, field, node_ctx, signal, tenants_folder, worker_channel};
+use support::{
+    Db, MeshUp, Users, clear_shared_switches, ctx, field, next_body, node_ctx, redis_url, signal,
+    tenants_folder, worker_channel,
+};
 
 const OPS_TOKEN: &str = "nodes-test-ops-token";
-
-fn redis_url() -> String {
-    std::env::var("MESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-async fn clear_shared_switches() {
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis on 127.0.0.1:6379 (bash .ci/test starts it)");
-    redis::cmd("DEL")
-        .arg("mesh:control:switches")
-        .query_async::<()>(&mut connection)
-        .await
-        .unwrap();
-}
-
-/// The body of the next chat message `terminal` reads, within 10 s.
-async fn next_body(terminal: &mut Terminal) -> String {
-    loop {
-        let push = tokio::time::timeout(Duration::from_secs(10), terminal.next())
-            .await
-            .expect("a push within 10 s")
-            .unwrap()
-            .expect("the stream is open");
-        if let Some(Payload::Message(m)) = push.payload {
-            return m.body;
-        }
-    }
-}
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() * p).div_ceil(100).max(1) - 1]

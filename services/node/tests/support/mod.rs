@@ -441,3 +441,37 @@ impl Db {
             .await;
     }
 }
+
+/// The Redis tests share (`MESH_TEST_REDIS_URL`, or 127.0.0.1:6379).
+pub fn redis_url() -> String {
+    std::env::var("MESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Clears the switch state the nodes of a mesh share (one mesh per Redis: tests start and
+/// end clean).
+pub async fn clear_shared_switches() {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis on 127.0.0.1:6379 (bash .ci/test starts it)");
+    redis::cmd("DEL")
+        .arg("mesh:control:switches")
+        .query_async::<()>(&mut connection)
+        .await
+        .unwrap();
+}
+
+/// The body of the next chat message `terminal` reads, within 10 s.
+pub async fn next_body(terminal: &mut mesh_gateway::Terminal) -> String {
+    loop {
+        let push = tokio::time::timeout(Duration::from_secs(10), terminal.next())
+            .await
+            .expect("a push within 10 s")
+            .unwrap()
+            .expect("the stream is open");
+        if let Some(mesh_api::gateway::v1::push::Payload::Message(m)) = push.payload {
+            return m.body;
+        }
+    }
+}

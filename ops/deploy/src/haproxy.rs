@@ -1,0 +1,161 @@
+//! HAProxy in front of the mesh: an established proxy, not a home-made one, routing by tenant.
+//!
+//! Why HAProxy (Debian's `haproxy` 2.6): it speaks HTTP/2 on both sides (`proto h2`), routes
+//! on a request header with a one-line ACL, retries a request whose connection failed on
+//! another server, health-checks servers and takes a dead one out within a second or two; it
+//! is one small package, and its configuration is a text file the operator can read. Envoy
+//! does the same with far more configuration; nginx's open-source build lacks active health
+//! checks.
+//!
+//! Each process group is a backend whose servers are its replicas (`mesh worker` processes,
+//! the same tenants on several machines); a call goes to the backend of its `x-mesh-tenant`.
+//! A call with no known tenant goes to the first group, whose workers answer it as the mesh
+//! answers an unknown tenant (UNAUTHENTICATED).
+//!
+//! ```
+//! use mesh_deploy::haproxy::{Haproxy, render};
+//!
+//! let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+//! let tenants = mesh_config::Tenants::load(&folder, mesh_api::CONTRACTS).unwrap();
+//! let config = render(&tenants, &Haproxy {
+//!     listen: "0.0.0.0:7400".into(),
+//!     replicas: [
+//!         ("shared".to_owned(), vec!["10.0.0.5:7501".to_owned(), "10.0.0.6:7501".to_owned()]),
+//!         ("finance".to_owned(), vec!["10.0.0.7:7502".to_owned()]),
+//!     ].into(),
+//! }).unwrap();
+//! assert!(config.contains("use_backend group_shared if { req.hdr(x-mesh-tenant) -m str mall paipai }"));
+//! assert!(config.contains("server shared_2 10.0.0.6:7501 proto h2 check"));
+//! ```
+
+use std::{collections::BTreeMap, fmt::Write};
+
+use mesh_config::Tenants;
+
+use crate::{DeployError, groups};
+
+/// Where HAProxy listens and where each process group's replicas are.
+#[derive(Clone, Debug, Default)]
+pub struct Haproxy {
+    /// `host:port` callers reach.
+    pub listen: String,
+    /// `host:port` of each replica, by process group.
+    pub replicas: BTreeMap<String, Vec<String>>,
+}
+
+fn check_address(address: &str) -> Result<(), DeployError> {
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(DeployError::BadAddress(address.to_owned())),
+    }
+}
+
+/// The HAProxy configuration (`haproxy -f FILE`) for `tenants` behind `options`.
+pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployError> {
+    let groups = groups(tenants);
+    for group in options.replicas.keys() {
+        if !groups.contains_key(group) {
+            return Err(DeployError::UnknownGroup(
+                group.clone(),
+                groups.keys().cloned().collect::<Vec<_>>().join(", "),
+            ));
+        }
+    }
+    check_address(&options.listen)?;
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(
+        w,
+        "# Rendered by `mesh deploy haproxy` from the tenants folder: each call goes to the\n\
+         # replicas of its tenant's process group, chosen by its x-mesh-tenant header.\n\
+         global\n\
+         \x20 maxconn 4096\n\n\
+         defaults\n\
+         \x20 mode http\n\
+         \x20 timeout connect 1s\n\
+         \x20 # terminals hold a stream for hours; unary calls carry their own grpc-timeout\n\
+         \x20 timeout client 1h\n\
+         \x20 timeout server 1h\n\
+         \x20 timeout tunnel 1h\n\
+         \x20 # a call whose connection failed goes to another replica; one that reached a\n\
+         \x20 # replica is never sent twice (the client retries what it may)\n\
+         \x20 retries 3\n\
+         \x20 option redispatch 1\n\
+         \x20 retry-on conn-failure\n\n\
+         frontend mesh\n\
+         \x20 bind {} proto h2",
+        options.listen
+    );
+    for (group, members) in &groups {
+        let _ = writeln!(
+            w,
+            "  use_backend group_{group} if {{ req.hdr(x-mesh-tenant) -m str {} }}",
+            members.join(" ")
+        );
+    }
+    if let Some(first) = groups.keys().next() {
+        let _ = writeln!(w, "  default_backend group_{first}");
+    }
+    for (group, members) in &groups {
+        let replicas = options
+            .replicas
+            .get(group)
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| DeployError::NoReplicas {
+                group: group.clone(),
+                tenants: members.join(","),
+            })?;
+        let _ = write!(
+            w,
+            "\nbackend group_{group}\n\
+             \x20 # tenants: {}\n\
+             \x20 balance roundrobin\n\
+             \x20 # a replica that stops answering is out after 2 failed checks 300 ms apart\n\
+             \x20 default-server inter 300ms fall 2 rise 2\n",
+            members.join(", ")
+        );
+        for (n, address) in replicas.iter().enumerate() {
+            check_address(address)?;
+            let _ = writeln!(w, "  server {group}_{} {address} proto h2 check", n + 1);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> Tenants {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+        Tenants::load(&folder, mesh_api::CONTRACTS).unwrap()
+    }
+
+    #[test]
+    fn every_group_needs_replicas_and_every_replica_a_group() {
+        let tenants = shipped();
+        let only_shared = Haproxy {
+            listen: "127.0.0.1:7400".into(),
+            replicas: [("shared".to_owned(), vec!["127.0.0.1:7501".to_owned()])].into(),
+        };
+        let err = render(&tenants, &only_shared).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "process group finance (tenants finance) has no replicas: give them, e.g. --group finance=10.0.0.5:7501,10.0.0.6:7501"
+        );
+        let mut typo = only_shared.clone();
+        typo.replicas
+            .insert("finanse".into(), vec!["127.0.0.1:7502".into()]);
+        assert!(matches!(
+            render(&tenants, &typo),
+            Err(DeployError::UnknownGroup(g, _)) if g == "finanse"
+        ));
+        let mut bad = only_shared;
+        bad.replicas
+            .insert("finance".into(), vec!["nowhere".into()]);
+        assert_eq!(
+            render(&tenants, &bad),
+            Err(DeployError::BadAddress("nowhere".into()))
+        );
+    }
+}

@@ -133,6 +133,8 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
             // what the other replicas dial to push to this one's terminals
             json!({ "name": "MESH_WORKER_ADVERTISE_ADDRESS", "value": format!("$(POD_IP):{WORKER_PORT}") }),
             json!({ "name": "MESH_WORKER_GROUP", "value": group }),
+            // replicated over the broker cluster: a confirmed event survives a broker node
+            json!({ "name": "MESH_AMQP_QUEUE_TYPE", "value": "quorum" }),
         ];
         for shared in [
             "MESH_NODE_CREDENTIAL",

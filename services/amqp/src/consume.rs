@@ -79,6 +79,12 @@ async fn attach(
             i64::try_from(config.dead_letter_ttl.as_millis()).unwrap_or(i64::MAX),
         ),
     );
+    if config.queue_type == crate::QueueType::Quorum {
+        dead_args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
     // RabbitMQ's own dead-lettering (nack without requeue, a TTL or length limit an operator
     // sets by policy) lands in the same dead-letter queue
     let mut queue_args = FieldTable::default();
@@ -90,6 +96,12 @@ async fn attach(
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(queues.dead.as_str().into()),
     );
+    if config.queue_type == crate::QueueType::Quorum {
+        queue_args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
     for (name, args) in [(&queues.dead, dead_args), (&queues.queue, queue_args)] {
         declare_keeping_existing(link, name, args).await?;
         channel

@@ -73,6 +73,35 @@ pub struct AmqpConfig {
     pub publish_timeout: Duration,
     /// Longest pause between two reconnection attempts.
     pub max_reconnect_backoff: Duration,
+    /// The other nodes of the broker's cluster (`host:port`), tried in turn when the one in
+    /// `uri` cannot be reached: the same user, password and vhost on each.
+    pub other_nodes: Vec<String>,
+    /// How the subscriptions' queues are declared.
+    pub queue_type: QueueType,
+}
+
+/// How queues are declared. Quorum queues are replicated over a cluster's nodes (Raft): with
+/// publisher confirms, a confirmed message survives the loss of a minority of them. Classic
+/// queues live on one node; enough for one broker (development, `mesh demo`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueType {
+    /// One node's queue.
+    #[default]
+    Classic,
+    /// Replicated over the cluster (the production choice).
+    Quorum,
+}
+
+impl std::str::FromStr for QueueType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "classic" => Ok(Self::Classic),
+            "quorum" => Ok(Self::Quorum),
+            other => Err(format!("queue type {other:?}: `classic` or `quorum`")),
+        }
+    }
 }
 
 impl Default for AmqpConfig {
@@ -87,6 +116,8 @@ impl Default for AmqpConfig {
             dead_letter_ttl: Duration::from_secs(14 * 24 * 60 * 60),
             publish_timeout: Duration::from_secs(5),
             max_reconnect_backoff: Duration::from_secs(2),
+            other_nodes: Vec::new(),
+            queue_type: QueueType::Classic,
         }
     }
 }
@@ -116,6 +147,25 @@ impl AmqpConfig {
             uri: format!("{}/{encoded}{query}", &base[..authority_end]),
             ..self.clone()
         }
+    }
+
+    /// The URIs to try, in order: `uri`, then the same with each of `other_nodes` as its
+    /// host and port.
+    pub fn candidates(&self) -> Vec<String> {
+        let scheme_end = self.uri.find("://").map_or(0, |i| i + 3);
+        let rest = &self.uri[scheme_end..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        let userinfo = authority.rfind('@').map_or("", |at| &authority[..=at]);
+        std::iter::once(self.uri.clone())
+            .chain(self.other_nodes.iter().map(|node| {
+                format!(
+                    "{}{userinfo}{node}{}",
+                    &self.uri[..scheme_end],
+                    &rest[authority_end..]
+                )
+            }))
+            .collect()
     }
 
     /// The same settings as broker user `user` with `password` (a tenant's own broker user).
@@ -168,6 +218,8 @@ struct Inner {
     log: Arc<dyn DeliveryLog>,
     /// Set by [`AmqpBus::close`]: no reconnecting after that.
     closed: std::sync::atomic::AtomicBool,
+    /// Which of the config's candidate URIs connected last.
+    node: std::sync::atomic::AtomicUsize,
 }
 
 /// One live connection with its confirm-mode publishing channel.
@@ -209,6 +261,7 @@ impl AmqpBus {
                 generation: Default::default(),
                 log,
                 closed: Default::default(),
+                node: Default::default(),
             }),
         };
         bus.link_once().await?;
@@ -249,10 +302,28 @@ impl AmqpBus {
         if let Some(link) = slot.as_ref().filter(|l| l.healthy()) {
             return Ok(link.clone());
         }
-        let uri = &self.inner.config.uri;
-        let connection = Connection::connect(uri, ConnectionProperties::default())
-            .await
-            .map_err(|e| unavailable(&format!("connecting to {}", redact(uri)), e))?;
+        // the node that answered last first, then the cluster's others
+        let candidates = self.inner.config.candidates();
+        let start = self.inner.node.load(std::sync::atomic::Ordering::Relaxed) % candidates.len();
+        let mut failure = None;
+        let mut connected = None;
+        for n in (0..candidates.len()).map(|i| (start + i) % candidates.len()) {
+            let uri = &candidates[n];
+            match Connection::connect(uri, ConnectionProperties::default()).await {
+                Ok(connection) => {
+                    self.inner
+                        .node
+                        .store(n, std::sync::atomic::Ordering::Relaxed);
+                    connected = Some(connection);
+                    break;
+                }
+                Err(e) => failure = Some(unavailable(&format!("connecting to {}", redact(uri)), e)),
+            }
+        }
+        let connection = match connected {
+            Some(connection) => connection,
+            None => return Err(failure.expect("at least the uri was tried")),
+        };
         let publisher = connection
             .create_channel()
             .await
@@ -338,7 +409,10 @@ impl AmqpBus {
     }
 
     /// Publishes with confirm and `mandatory`, reconnecting while the broker is unreachable,
-    /// until [`AmqpConfig::publish_timeout`]. A nack or a returned message is final.
+    /// until [`AmqpConfig::publish_timeout`]. A nack is retried too until then: a quorum
+    /// queue nacks while its leader is being elected again (a cluster node died), and takes
+    /// the message once it is (a nacked message that was stored after all is a duplicate the
+    /// consumers' delivery log recognises). A returned (unroutable) message is final.
     async fn publish_confirmed(
         &self,
         exchange: &str,
@@ -375,9 +449,22 @@ impl AmqpBus {
                     }
                     tracing::debug!(%reason, "publish interrupted; retrying on a new connection");
                 }
+                Err(nacked @ BusError::NotConfirmed { .. })
+                    if self.nacked(&nacked) && Instant::now() + NACK_PAUSE < deadline =>
+                {
+                    // lapin also nacks what was awaiting a confirm when its connection died:
+                    // the next attempt goes out on a connection known to be alive
+                    tracing::debug!(error = %nacked, "publish nacked; retrying");
+                    self.drop_link(&link).await;
+                    tokio::time::sleep(NACK_PAUSE).await;
+                }
                 other => return other,
             }
         }
+    }
+
+    fn nacked(&self, err: &BusError) -> bool {
+        matches!(err, BusError::NotConfirmed { reason, .. } if reason == NACKED)
     }
 
     async fn publish_on(
@@ -415,9 +502,7 @@ impl AmqpBus {
             reason,
         };
         if confirm.is_nack() {
-            return Err(not_confirmed(
-                "the broker refused the message (nack)".into(),
-            ));
+            return Err(not_confirmed(NACKED.into()));
         }
         match confirm.take_message() {
             None => Ok(()),
@@ -428,6 +513,11 @@ impl AmqpBus {
         }
     }
 }
+
+/// Why a publish was not confirmed when the broker nacked it.
+const NACKED: &str = "the broker refused the message (nack)";
+/// The pause before a nacked publish is sent again.
+const NACK_PAUSE: Duration = Duration::from_millis(50);
 
 /// The URI without its password, for error messages.
 fn redact(uri: &str) -> String {

@@ -19,7 +19,7 @@ use std::{
 use mesh_amqp::{AmqpBus, AmqpConfig, RedisLog};
 use mesh_api::order::v1 as order;
 use mesh_contract::{BusError, EventBus, HandlerError, RequestContext, TenantId};
-use suite::{created, ctx, fresh_tenant};
+use suite::{Counter, created, ctx, fresh_tenant};
 use tokio::{net::TcpListener, task::AbortHandle};
 
 /// Where the proxy forwards to.
@@ -102,24 +102,6 @@ fn config(uri: String) -> AmqpConfig {
 async fn cleanup(tenant: &TenantId) {
     let channel = broker::connect().await.create_channel().await.unwrap();
     broker::delete_order_topology(&channel, tenant, &["message"]).await;
-}
-
-/// Counts handler runs per order id.
-#[derive(Clone, Default)]
-struct Counter {
-    runs: Arc<Mutex<HashMap<String, u32>>>,
-}
-
-impl order::OrderHandler for Counter {
-    async fn on_order_created(
-        &self,
-        _: &RequestContext,
-        event: order::OrderCreated,
-    ) -> Result<(), HandlerError> {
-        let id = event.order.unwrap_or_default().order_id;
-        *self.runs.lock().unwrap().entry(id).or_default() += 1;
-        Ok(())
-    }
 }
 
 #[tokio::test]

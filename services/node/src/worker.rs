@@ -278,7 +278,9 @@ fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
 
 /// The event bus of a worker: RabbitMQ when `MESH_AMQP_URI` is set, else the embedded bus
 /// (events stay within the process, which serves every service of its tenants). Dead-letter
-/// queues are bounded by `MESH_DLQ_MAX_LENGTH` and `MESH_DLQ_TTL_SECS`.
+/// queues are bounded by `MESH_DLQ_MAX_LENGTH` and `MESH_DLQ_TTL_SECS`; a broker cluster's
+/// other nodes are `MESH_AMQP_NODES` (`host:port,...`), and `MESH_AMQP_QUEUE_TYPE=quorum`
+/// replicates the queues over them.
 async fn bus() -> anyhow::Result<(std::sync::Arc<dyn EventBus>, Option<mesh_amqp::PlacedBuses>)> {
     Ok(match std::env::var("MESH_AMQP_URI") {
         Ok(uri) => {
@@ -288,8 +290,25 @@ async fn bus() -> anyhow::Result<(std::sync::Arc<dyn EventBus>, Option<mesh_amqp
                 defaults.dead_letter_max_length.into(),
             )?;
             let ttl = env_number("MESH_DLQ_TTL_SECS", defaults.dead_letter_ttl.as_secs())?;
+            let queue_type = match std::env::var("MESH_AMQP_QUEUE_TYPE") {
+                Ok(kind) => kind
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("MESH_AMQP_QUEUE_TYPE: {e}"))?,
+                Err(_) => defaults.queue_type,
+            };
+            let other_nodes = std::env::var("MESH_AMQP_NODES")
+                .map(|nodes| {
+                    nodes
+                        .split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
             let shared = mesh_amqp::AmqpBus::connect(mesh_amqp::AmqpConfig {
                 uri,
+                queue_type,
+                other_nodes,
                 dead_letter_max_length: u32::try_from(max_length)
                     .context("MESH_DLQ_MAX_LENGTH is too large")?,
                 dead_letter_ttl: std::time::Duration::from_secs(ttl),

@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU32, Ordering},
     },
     time::Duration,
@@ -386,4 +387,22 @@ pub async fn a_stopped_subscription_leaves_events_queued<B: EventBus + Clone>(
         .await
         .unwrap();
     assert_eq!(next(&mut rx).await.1, "created after");
+}
+
+/// Counts handler runs per order id.
+#[derive(Clone, Default)]
+pub struct Counter {
+    pub runs: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl order::OrderHandler for Counter {
+    async fn on_order_created(
+        &self,
+        _: &RequestContext,
+        event: order::OrderCreated,
+    ) -> Result<(), HandlerError> {
+        let id = event.order.unwrap_or_default().order_id;
+        *self.runs.lock().unwrap().entry(id).or_default() += 1;
+        Ok(())
+    }
 }

@@ -157,31 +157,11 @@ async fn a_connection_cut_mid_stream_loses_no_confirmed_event_and_runs_none_twic
     );
     assert_eq!(confirmed.len(), EVENTS);
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let runs = counter.runs.lock().unwrap().clone();
-        let missing: Vec<_> = confirmed
-            .iter()
-            .filter(|id| !runs.contains_key(*id))
-            .collect();
-        if missing.is_empty() {
-            let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
-            assert!(twice.is_empty(), "handlers ran twice: {twice:?}");
-            assert_eq!(runs.len(), EVENTS, "only published events were handled");
-            println!(
-                "{EVENTS} confirmed, {} handled once each, 0 lost, 0 duplicated",
-                runs.len()
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} confirmed events never handled, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(5)]
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let handled = counter
+        .each_handled_once(&confirmed, Duration::from_secs(30))
+        .await;
+    assert_eq!(handled, EVENTS, "only published events were handled");
+    println!("{EVENTS} confirmed, {handled} handled once each, 0 lost, 0 duplicated");
     bus.close().await.unwrap();
     cleanup(&tenant).await;
 }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use mesh_api::{locator::v1::TerminalKind, recommend::v1 as recommend};
 use mesh_gateway::Terminal;
 use support::{
-    Db, MeshUp, Users, clear_shared_switches, ctx, field, next_body, node_ctx, redis_url, signal,
-    tenants_folder, worker_channel,
+    Db, MeshUp, Users, clear_shared_switches, ctx, field, next_body, node_ctx, reattach_phone,
+    redis_url, signal, tenants_folder, worker_channel,
 };
 
 const OPS_TOKEN: &str = "nodes-test-ops-token";
@@ -212,21 +212,7 @@ async fn two_nodes_serve_one_platform_and_survive_one_being_killed() {
             .expect("sending works while a node is down");
         assert!(answer.delivered_terminals.is_empty(), "bob is offline");
     }
-    let mut bob = Terminal::resume(
-        &users.ctx("mall", "bob"),
-        to_b.clone(),
-        to_b.clone(),
-        "bob",
-        "phone",
-        TerminalKind::Phone,
-        cursor,
-    )
-    .await
-    .unwrap();
-    let mut synced = Vec::new();
-    while bob.missed() > 0 {
-        synced.push(next_body(&mut bob).await);
-    }
+    let (mut bob, synced) = reattach_phone(&users, "bob", &to_b, cursor).await;
     let away: Vec<String> = (0..5).map(|n| format!("away {n}")).collect();
     assert_eq!(synced, away, "everything he missed, each once, in order");
     alice

@@ -19,8 +19,8 @@ use std::{
 use mesh_api::{locator::v1::TerminalKind, recommend::v1 as recommend};
 use mesh_gateway::Terminal;
 use support::{
-    Db, NODE_CREDENTIAL, Users, clear_shared_switches, ctx, next_body, node_ctx, redis_url, signal,
-    tenants_folder,
+    Db, NODE_CREDENTIAL, Users, clear_shared_switches, ctx, next_body, node_ctx, reattach_phone,
+    redis_url, signal, tenants_folder,
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -225,21 +225,7 @@ async fn a_replica_killed_behind_haproxy_costs_only_retried_calls_and_a_reattach
         assert!(answer.delivered_terminals.is_empty(), "bob is away");
     }
     // he attaches again through the proxy (to the survivor) and syncs what he missed, once
-    let mut bob = Terminal::resume(
-        &users.ctx("mall", "bob"),
-        channel.clone(),
-        channel.clone(),
-        "bob",
-        "phone",
-        TerminalKind::Phone,
-        cursor,
-    )
-    .await
-    .unwrap();
-    let mut synced = Vec::new();
-    while bob.missed() > 0 {
-        synced.push(next_body(&mut bob).await);
-    }
+    let (mut bob, synced) = reattach_phone(&users, "bob", &channel, cursor).await;
     assert_eq!(synced, ["away 0", "away 1", "away 2"]);
     let answer = send("welcome back".into(), "m-1".into()).await.unwrap();
     assert_eq!(answer.delivered_terminals, ["phone"]);

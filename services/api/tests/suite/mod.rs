@@ -406,3 +406,30 @@ impl order::OrderHandler for Counter {
         Ok(())
     }
 }
+
+impl Counter {
+    /// Waits (up to `within`) until each of `confirmed` was handled, and asserts none was
+    /// handled twice; how many events were handled in all.
+    pub async fn each_handled_once(&self, confirmed: &[String], within: Duration) -> usize {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let runs = self.runs.lock().unwrap().clone();
+            let missing: Vec<_> = confirmed
+                .iter()
+                .filter(|id| !runs.contains_key(*id))
+                .collect();
+            if missing.is_empty() {
+                let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+                assert!(twice.is_empty(), "handlers ran twice: {twice:?}");
+                return runs.len();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} confirmed events never handled, e.g. {:?}",
+                missing.len(),
+                &missing[..missing.len().min(5)]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

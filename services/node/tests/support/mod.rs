@@ -475,3 +475,29 @@ pub async fn next_body(terminal: &mut mesh_gateway::Terminal) -> String {
         }
     }
 }
+
+/// `user`'s phone of mall attaches again through `channel` from `cursor` (where it held
+/// everything up to); it, and the bodies of the chat messages it synced.
+pub async fn reattach_phone(
+    users: &Users,
+    user: &str,
+    channel: &tonic::transport::Channel,
+    cursor: u64,
+) -> (mesh_gateway::Terminal, Vec<String>) {
+    let mut phone = mesh_gateway::Terminal::resume(
+        &users.ctx("mall", user),
+        channel.clone(),
+        channel.clone(),
+        user,
+        "phone",
+        mesh_api::locator::v1::TerminalKind::Phone,
+        cursor,
+    )
+    .await
+    .unwrap();
+    let mut synced = Vec::new();
+    while phone.missed() > 0 {
+        synced.push(next_body(&mut phone).await);
+    }
+    (phone, synced)
+}

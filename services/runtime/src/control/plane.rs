@@ -554,20 +554,7 @@ impl ControlPlane {
         }
         // served and routed: the front door admits its callers from now on
         self.plane.front.serve_tenant(&config);
-        let path = self.plane.dir.join(file_name);
-        self.write_file(&path, content)?;
-        {
-            let mut tenants = self.plane.tenants.write().expect("lock");
-            tenants
-                .tenants
-                .insert(config.id.to_string(), config.clone());
-            tenants.files.insert(config.id.to_string(), path);
-        }
-        self.plane
-            .sources
-            .lock()
-            .expect("lock")
-            .insert(tenant.clone(), source);
+        self.keep(&config, source)?;
         self.plane
             .known
             .lock()
@@ -698,19 +685,7 @@ impl ControlPlane {
             self.plane.board.turn_off(switch);
         }
         let applied = self.switches_changed().await?;
-        let path = self.plane.dir.join(file_name);
-        self.write_file(&path, content)?;
-        self.plane
-            .tenants
-            .write()
-            .expect("lock")
-            .tenants
-            .insert(config.id.to_string(), config.clone());
-        self.plane
-            .sources
-            .lock()
-            .expect("lock")
-            .insert(tenant, source);
+        self.keep(&config, source)?;
         self.await_version(applied).await?;
         Ok(config)
     }
@@ -858,19 +833,7 @@ impl ControlPlane {
             .supervisor
             .wait_applied(version, DRAIN_WITHIN)
             .await;
-        let path = self.plane.dir.join(&source.file);
-        self.write_file(&path, &text)?;
-        self.plane
-            .tenants
-            .write()
-            .expect("lock")
-            .tenants
-            .insert(config.id.to_string(), config.clone());
-        self.plane
-            .sources
-            .lock()
-            .expect("lock")
-            .insert(tenant, source);
+        self.keep(&config, source)?;
         Ok(config)
     }
 
@@ -891,15 +854,30 @@ impl ControlPlane {
             .ok_or_else(|| ControlError::UnknownTenant(tenant.to_string(), String::new()))
     }
 
-    /// Writes a tenant file whole or not at all (a crash mid-write leaves the old one).
-    fn write_file(&self, path: &std::path::Path, content: &str) -> Result<(), ControlError> {
+    /// Keeps a tenant's file once its process serves it: written into the tenants folder
+    /// whole or not at all (a crash mid-write leaves the old one), and known from now on.
+    fn keep(&self, config: &TenantConfig, source: TenantSource) -> Result<(), ControlError> {
+        let path = self.plane.dir.join(&source.file);
         let io = |source| ControlError::Io {
-            path: path.to_path_buf(),
+            path: path.clone(),
             source,
         };
         let scratch = path.with_extension("toml.partial");
-        std::fs::write(&scratch, content).map_err(io)?;
-        std::fs::rename(&scratch, path).map_err(io)
+        std::fs::write(&scratch, &source.text).map_err(io)?;
+        std::fs::rename(&scratch, &path).map_err(io)?;
+        {
+            let mut tenants = self.plane.tenants.write().expect("lock");
+            tenants
+                .tenants
+                .insert(config.id.to_string(), config.clone());
+            tenants.files.insert(config.id.to_string(), path);
+        }
+        self.plane
+            .sources
+            .lock()
+            .expect("lock")
+            .insert(config.tenant_id(), source);
+        Ok(())
     }
 
     /// Every tenant, where it runs, and its state.

@@ -134,9 +134,14 @@ pub async fn run(
     .with_data_shared(std::env::var_os("MESH_STORE_POSTGRES").is_some());
     // several nodes: the switch state is theirs together
     if let Some(url) = &deploy.state.redis_url {
-        let shared = mesh_runtime::control::shared::SharedSwitches::connect(url).await?;
-        plane.share_switches(shared).await?;
-        println!("shared state in {url}: switches follow every node of the mesh");
+        use mesh_runtime::control::shared::{SharedSwitches, SharedTenants};
+        plane
+            .share_switches(SharedSwitches::connect(url).await?)
+            .await?;
+        plane
+            .share_tenants(SharedTenants::connect(url).await?)
+            .await?;
+        println!("shared state in {url}: switches and tenants follow every node of the mesh");
     }
     let admin = match ops_token {
         Some(token) => {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mesh_api::{locator::v1::TerminalKind, recommend::v1 as recommend};
 use mesh_gateway::Terminal;
 use support::{
-    Db, MeshUp, Users, clear_shared_switches, ctx, field, next_body, node_ctx, reattach_phone,
+    Db, MeshUp, Users, clear_shared_state, ctx, field, next_body, node_ctx, reattach_phone,
     redis_url, signal, tenants_folder, worker_channel,
 };
 
@@ -42,29 +42,33 @@ async fn degraded(channel: &tonic::transport::Channel) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_serve_one_platform_and_survive_one_being_killed() {
-    clear_shared_switches().await;
+    clear_shared_state().await;
     let db = Db::create().await;
-    let dir = tenants_folder(&["mall"], &[]);
+    // each node its own tenants folder, as on machines of their own
+    let (dir, dir_b) = (
+        tenants_folder(&["mall"], &[]),
+        tenants_folder(&["mall"], &[]),
+    );
     let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let shared = [
         ("MESH_STATE_REDIS_URL", redis_url()),
         ("MESH_STORE_POSTGRES", db.url()),
         ("MESH_ADMIN_TOKEN", OPS_TOKEN.to_owned()),
     ];
-    let folder = dir.path();
-    let start = |state: &tempfile::TempDir| {
+    let start = |folder: &std::path::Path, state: &tempfile::TempDir| {
+        let folder = folder.to_path_buf();
         let mut env: Vec<(&str, String)> = shared.to_vec();
         env.push(("MESH_STATE_DIR", state.path().display().to_string()));
         async move {
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let mut node = MeshUp::start(folder, &env).await;
+            let mut node = MeshUp::start(&folder, &env).await;
             let admin = node.admin_address().await;
             let worker = node.shared_worker().await;
             (node, admin, worker)
         }
     };
-    let (node_a, admin_a, worker_a) = start(&state_a).await;
-    let (node_b, _admin_b, worker_b) = start(&state_b).await;
+    let (node_a, admin_a, worker_a) = start(dir.path(), &state_a).await;
+    let (node_b, admin_b, worker_b) = start(dir_b.path(), &state_b).await;
     let (to_a, to_b) = (node_a.channel().await, node_b.channel().await);
     let users = Users::of(dir.path());
 
@@ -173,6 +177,61 @@ async fn two_nodes_serve_one_platform_and_survive_one_being_killed() {
         propagation[propagation.len() - 1]
     );
 
+    // a business line onboarded through node a is served by node b too, and removed
+    // through node b, by node a no longer
+    let newco = "id = \"newco\"\ndisplay_name = \"New Co\"\ndata_namespace = \"newco\"\n\
+                 [credentials]\ntoken = \"newco-secret-token\"\n";
+    admin
+        .add_tenant(mesh_api::admin::v1::TenantFile {
+            file_name: "newco.toml".into(),
+            content: newco.into(),
+        })
+        .await
+        .unwrap();
+    let newco_ctx = ctx("newco", "newco-secret-token");
+    let suggest_as = |channel: tonic::transport::Channel, who: mesh_contract::RequestContext| async move {
+        let mut request = tonic::Request::new(recommend::SuggestRequest::default());
+        who.inject(request.metadata_mut()).unwrap();
+        recommend::recommend_client::RecommendClient::new(channel)
+            .suggest(request)
+            .await
+            .map(drop)
+            .map_err(|s| s.code())
+    };
+    let onboarded = Instant::now();
+    while suggest_as(to_b.clone(), newco_ctx.clone()).await.is_err() {
+        assert!(
+            onboarded.elapsed() < Duration::from_secs(10),
+            "node b serves newco"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "FIGURE a tenant added through node a served by node b after {:?}",
+        onboarded.elapsed()
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir_b.path().join("newco.toml")).unwrap(),
+        newco,
+        "node b keeps the file for its next start"
+    );
+    let mut admin_of_b = support::admin(&admin_b, OPS_TOKEN).await;
+    admin_of_b
+        .remove_tenant(mesh_api::admin::v1::RemoveTenantRequest {
+            tenant: "newco".into(),
+            purge_data: false,
+        })
+        .await
+        .unwrap();
+    let removed = Instant::now();
+    while suggest_as(to_a.clone(), newco_ctx.clone()).await != Err(tonic::Code::Unauthenticated) {
+        assert!(
+            removed.elapsed() < Duration::from_secs(10),
+            "node a forgets newco"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // node a dies outright (its supervisor and its worker): bob is forgotten within seconds,
     // what is sent to him meanwhile is stored, and he syncs it from node b exactly once
     let cursor = bob.cursor();
@@ -222,6 +281,6 @@ async fn two_nodes_serve_one_platform_and_survive_one_being_killed() {
     assert_eq!(next_body(&mut bob).await, "welcome back");
 
     drop(node_b);
-    clear_shared_switches().await;
+    clear_shared_state().await;
     db.drop_database().await;
 }

@@ -19,7 +19,7 @@ use std::{
 use mesh_api::{locator::v1::TerminalKind, recommend::v1 as recommend};
 use mesh_gateway::Terminal;
 use support::{
-    Db, NODE_CREDENTIAL, Users, clear_shared_switches, ctx, next_body, node_ctx, reattach_phone,
+    Db, NODE_CREDENTIAL, Users, clear_shared_state, ctx, next_body, node_ctx, reattach_phone,
     redis_url, signal, tenants_folder,
 };
 use tokio::{
@@ -84,7 +84,7 @@ async fn suggest(channel: &tonic::transport::Channel) -> Result<(), tonic::Statu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_behind_haproxy_costs_only_retried_calls_and_a_reattach() {
-    clear_shared_switches().await;
+    clear_shared_state().await;
     let db = Db::create().await;
     let dir = tenants_folder(&["mall"], &[]);
     // limits hold per replica: raised here, so the loop measures failover, not admission
@@ -252,6 +252,6 @@ async fn a_replica_killed_behind_haproxy_costs_only_retried_calls_and_a_reattach
     assert!(calls > 100, "{calls} calls");
     let _ = haproxy.kill().await;
     drop((first, second));
-    clear_shared_switches().await;
+    clear_shared_state().await;
     db.drop_database().await;
 }

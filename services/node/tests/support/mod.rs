@@ -447,9 +447,9 @@ pub fn redis_url() -> String {
     std::env::var("MESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// Clears the switch state the nodes of a mesh share (one mesh per Redis: tests start and
-/// end clean).
-pub async fn clear_shared_switches() {
+/// Clears the state the nodes of a mesh share, switches and tenants (one mesh per Redis:
+/// tests start and end clean).
+pub async fn clear_shared_state() {
     let client = redis::Client::open(redis_url()).unwrap();
     let mut connection = client
         .get_multiplexed_async_connection()
@@ -457,6 +457,7 @@ pub async fn clear_shared_switches() {
         .expect("Redis on 127.0.0.1:6379 (bash .ci/test starts it)");
     redis::cmd("DEL")
         .arg("mesh:control:switches")
+        .arg("mesh:control:tenants")
         .query_async::<()>(&mut connection)
         .await
         .unwrap();

@@ -2,7 +2,7 @@
 //! supervisor and the front door, and does what ops ask through the admin API.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant, SystemTime},
@@ -12,7 +12,7 @@ use mesh_contract::{ContractSpec, TenantId};
 
 use super::{
     rules::{self, RuleAction, RuleState},
-    shared::{SharedError, SharedSwitches},
+    shared::{SharedError, SharedSwitches, SharedTenants},
     store::{SavedSwitches, StoreError, SwitchStore},
 };
 use crate::{
@@ -181,6 +181,8 @@ struct Plane {
     data_shared: std::sync::atomic::AtomicBool,
     /// The switch state shared with the other nodes of the mesh, if there are.
     shared: std::sync::OnceLock<SharedSwitches>,
+    /// The tenant registry shared with the other nodes of the mesh, if there are.
+    shared_tenants: std::sync::OnceLock<SharedTenants>,
 }
 
 /// The control plane. Cheap to clone.
@@ -265,6 +267,7 @@ impl ControlPlane {
                 sources: Mutex::new(sources),
                 data_shared: Default::default(),
                 shared: std::sync::OnceLock::new(),
+                shared_tenants: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -412,6 +415,93 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Follows the tenant registry the nodes of a mesh share: a node joining takes the shared
+    /// registry (adding, updating, moving and removing its own tenants to match; the first
+    /// node to share puts its own), and every tenant added, updated, moved or removed through
+    /// another node is so here too, checked and served as through this node.
+    pub async fn share_tenants(&self, shared: SharedTenants) -> Result<(), ControlError> {
+        match shared.load().await? {
+            Some(tenants) => self.apply_shared_tenants(tenants).await,
+            None => shared.publish(&self.sources()).await?,
+        }
+        let _ = self.plane.shared_tenants.set(shared.clone());
+        let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(shared.follow(move |tenants| {
+            let _ = tx.send(tenants);
+        }));
+        let plane = self.clone();
+        tokio::spawn(async move {
+            while let Some(tenants) = changes.recv().await {
+                plane.apply_shared_tenants(tenants).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Every tenant's file, as served.
+    fn sources(&self) -> BTreeMap<TenantId, TenantSource> {
+        self.plane
+            .sources
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(id, source)| (id.clone(), source.clone()))
+            .collect()
+    }
+
+    /// After the tenant set or a tenant's file changed: tells the other nodes, when they
+    /// share the registry.
+    async fn tenants_changed(&self) {
+        if let Some(shared) = self.plane.shared_tenants.get()
+            && let Err(err) = shared.publish(&self.sources()).await
+        {
+            tracing::warn!(error = %err, "tenant change not shared with the other nodes");
+        }
+    }
+
+    /// Makes this node's tenants those another node shared; what one of them cannot be here
+    /// is said in the log and left as it was.
+    async fn apply_shared_tenants(&self, wanted: BTreeMap<TenantId, TenantSource>) {
+        let _edit = self.plane.edit.lock().await;
+        let have = self.sources();
+        for (id, source) in &wanted {
+            let done = match have.get(id) {
+                None => self.add_locked(&source.file, &source.text).await.map(drop),
+                Some(old) if old.text != source.text => {
+                    let process = config::load_text(
+                        &self.plane.dir,
+                        &source.file,
+                        &source.text,
+                        self.plane.catalogue,
+                    )
+                    .map(|c| c.isolation.process);
+                    match process {
+                        Ok(process)
+                            if self
+                                .config_of(id)
+                                .is_ok_and(|c| c.isolation.process != process) =>
+                        {
+                            self.move_locked(id.as_str(), process).await.map(drop)
+                        }
+                        _ => self
+                            .apply_update(&source.file, &source.text)
+                            .await
+                            .map(drop),
+                    }
+                }
+                Some(_) => Ok(()),
+            };
+            if let Err(err) = done {
+                tracing::error!(tenant = %id, error = %err, "a tenant shared by another node is not served here");
+            }
+        }
+        for id in have.keys().filter(|id| !wanted.contains_key(*id)) {
+            if let Err(err) = self.remove_locked(id.as_str(), false).await {
+                tracing::error!(tenant = %id, error = %err, "a tenant another node removed is still here");
+            }
+        }
+    }
+
     /// Applies the switches another node shared (without sharing them back).
     async fn apply_shared(&self, switches: Vec<Switch>) -> Result<(), ControlError> {
         let _edit = self.plane.edit.lock().await;
@@ -522,6 +612,19 @@ impl ControlPlane {
         content: &str,
     ) -> Result<TenantConfig, ControlError> {
         let _edit = self.plane.edit.lock().await;
+        let added = self.add_locked(file_name, content).await;
+        if added.is_ok() {
+            self.tenants_changed().await;
+        }
+        added
+    }
+
+    /// [`ControlPlane::add_tenant`], its edit lock held.
+    async fn add_locked(
+        &self,
+        file_name: &str,
+        content: &str,
+    ) -> Result<TenantConfig, ControlError> {
         let (config, group) = self.check_addition(file_name, content)?;
         let tenant = config.tenant_id();
         let source = TenantSource {
@@ -576,7 +679,11 @@ impl ControlPlane {
         content: &str,
     ) -> Result<TenantConfig, ControlError> {
         let _edit = self.plane.edit.lock().await;
-        self.apply_update(file_name, content).await
+        let updated = self.apply_update(file_name, content).await;
+        if updated.is_ok() {
+            self.tenants_changed().await;
+        }
+        updated
     }
 
     /// Starts, widens, promotes or rolls back the grey release of a tenant's service: its
@@ -606,7 +713,11 @@ impl ControlPlane {
         let text = config::with_grey(&source.text, service, change).map_err(|e| {
             ControlError::Refused(format!("{}: services.{service}: {e}", source.file))
         })?;
-        self.apply_update(&source.file, &text).await
+        let updated = self.apply_update(&source.file, &text).await;
+        if updated.is_ok() {
+            self.tenants_changed().await;
+        }
+        updated
     }
 
     /// Validates a changed file of a tenant served already ([`config::check_update`]), and
@@ -700,6 +811,19 @@ impl ControlPlane {
         purge_data: bool,
     ) -> Result<TenantConfig, ControlError> {
         let _edit = self.plane.edit.lock().await;
+        let removed = self.remove_locked(id, purge_data).await;
+        if removed.is_ok() {
+            self.tenants_changed().await;
+        }
+        removed
+    }
+
+    /// [`ControlPlane::remove_tenant`], its edit lock held.
+    async fn remove_locked(
+        &self,
+        id: &str,
+        purge_data: bool,
+    ) -> Result<TenantConfig, ControlError> {
         let tenant = self.tenant(id)?;
         let config = self.config_of(&tenant)?;
         let group = group_of(&config);
@@ -756,6 +880,19 @@ impl ControlPlane {
         process: config::ProcessIsolation,
     ) -> Result<TenantConfig, ControlError> {
         let _edit = self.plane.edit.lock().await;
+        let moved = self.move_locked(id, process).await;
+        if moved.is_ok() {
+            self.tenants_changed().await;
+        }
+        moved
+    }
+
+    /// [`ControlPlane::move_tenant`], its edit lock held.
+    async fn move_locked(
+        &self,
+        id: &str,
+        process: config::ProcessIsolation,
+    ) -> Result<TenantConfig, ControlError> {
         let tenant = self.tenant(id)?;
         let old = self.config_of(&tenant)?;
         let from = group_of(&old);

@@ -1,48 +1,82 @@
-//! Switch state shared by the nodes of one mesh, in Redis: a node saves every change there
-//! (`mesh:control:switches`) and announces it (`PUBLISH mesh:control:changed`); every other
-//! node loads it and hands it to its workers. `meshctl` pointed at any node changes them all.
+//! State shared by the nodes of one mesh, in Redis: the switch state
+//! (`mesh:control:switches`) and the tenant registry (`mesh:control:tenants`, each tenant's
+//! file). A node saves every change there and announces it (`PUBLISH <key>:changed`); every
+//! other node loads it and applies it. `meshctl` pointed at any node changes them all.
 //!
-//! The node's own file (`switches.json`) stays its copy for a restart while Redis is away.
+//! The node's own files (`switches.json`, the tenants folder) stay its copy for a restart
+//! while Redis is away.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, marker::PhantomData, time::Duration};
 
 use futures::StreamExt;
+use mesh_contract::TenantId;
+use serde::{Serialize, de::DeserializeOwned};
 
-use crate::layers::Switch;
+use crate::{layers::Switch, supervisor::protocol::TenantSource};
 
-const KEY: &str = "mesh:control:switches";
-const CHANNEL: &str = "mesh:control:changed";
+/// The switches every node follows.
+pub type SharedSwitches = Shared<Vec<Switch>>;
+/// Every tenant of the mesh, with its file.
+pub type SharedTenants = Shared<BTreeMap<TenantId, TenantSource>>;
+
+impl SharedSwitches {
+    /// The switch state at the Redis at `url`.
+    pub async fn connect(url: &str) -> Result<Self, SharedError> {
+        Self::at(url, "mesh:control:switches").await
+    }
+}
+
+impl SharedTenants {
+    /// The tenant registry at the Redis at `url`.
+    pub async fn connect(url: &str) -> Result<Self, SharedError> {
+        Self::at(url, "mesh:control:tenants").await
+    }
+}
 
 /// Why the shared state could not be reached.
 #[derive(Debug, thiserror::Error)]
-#[error("shared switch state (Redis {url}): {message}")]
+#[error("shared state (Redis {url}): {message}")]
 pub struct SharedError {
     url: String,
     message: String,
 }
 
-/// The switch state the nodes of one mesh share.
-#[derive(Clone)]
-pub struct SharedSwitches {
+/// One value the nodes of one mesh share, kept under one Redis key.
+pub struct Shared<T> {
     url: String,
+    key: &'static str,
     client: redis::Client,
     connection: redis::aio::ConnectionManager,
     /// This node, so it does not apply its own announcements.
     origin: String,
+    value: PhantomData<fn() -> T>,
 }
 
-impl std::fmt::Debug for SharedSwitches {
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Self {
+            url: self.url.clone(),
+            key: self.key,
+            client: self.client.clone(),
+            connection: self.connection.clone(),
+            origin: self.origin.clone(),
+            value: PhantomData,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Shared<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedSwitches")
+        f.debug_struct("Shared")
             .field("url", &self.url)
+            .field("key", &self.key)
             .field("origin", &self.origin)
             .finish()
     }
 }
 
-impl SharedSwitches {
-    /// Connects to the Redis at `url`.
-    pub async fn connect(url: &str) -> Result<Self, SharedError> {
+impl<T: Serialize + DeserializeOwned + Send + 'static> Shared<T> {
+    async fn at(url: &str, key: &'static str) -> Result<Self, SharedError> {
         let error = |e: redis::RedisError| SharedError {
             url: url.to_owned(),
             message: e.to_string(),
@@ -51,10 +85,16 @@ impl SharedSwitches {
         let connection = client.get_connection_manager().await.map_err(error)?;
         Ok(Self {
             url: url.to_owned(),
+            key,
             client,
             connection,
             origin: mesh_contract::ServiceCredentials::fresh_token(),
+            value: PhantomData,
         })
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:changed", self.key)
     }
 
     fn error(&self, e: impl std::fmt::Display) -> SharedError {
@@ -64,10 +104,10 @@ impl SharedSwitches {
         }
     }
 
-    /// The switches every node follows, if any node saved them yet.
-    pub async fn load(&self) -> Result<Option<Vec<Switch>>, SharedError> {
+    /// The value every node follows, if any node saved it yet.
+    pub async fn load(&self) -> Result<Option<T>, SharedError> {
         let text: Option<String> = redis::cmd("GET")
-            .arg(KEY)
+            .arg(self.key)
             .query_async(&mut self.connection.clone())
             .await
             .map_err(|e| self.error(e))?;
@@ -75,17 +115,17 @@ impl SharedSwitches {
             .transpose()
     }
 
-    /// Saves `switches` for every node and tells them.
-    pub async fn publish(&self, switches: &[Switch]) -> Result<(), SharedError> {
-        let text = serde_json::to_string(switches).map_err(|e| self.error(e))?;
+    /// Saves `value` for every node and tells them.
+    pub async fn publish(&self, value: &T) -> Result<(), SharedError> {
+        let text = serde_json::to_string(value).map_err(|e| self.error(e))?;
         redis::pipe()
             .atomic()
             .cmd("SET")
-            .arg(KEY)
+            .arg(self.key)
             .arg(text)
             .ignore()
             .cmd("PUBLISH")
-            .arg(CHANNEL)
+            .arg(self.channel())
             .arg(&self.origin)
             .ignore()
             .query_async::<()>(&mut self.connection.clone())
@@ -93,20 +133,20 @@ impl SharedSwitches {
             .map_err(|e| self.error(e))
     }
 
-    /// Calls `changed` with the shared switches each time another node changes them, for
-    /// ever: a lost subscription is made again (and the state loaded, in case a change was
-    /// missed meanwhile).
-    pub async fn follow(self, changed: impl Fn(Vec<Switch>) + Send + 'static) {
+    /// Calls `changed` with the shared value each time another node changes it, for ever: a
+    /// lost subscription is made again (and the value loaded, in case a change was missed
+    /// meanwhile).
+    pub async fn follow(self, changed: impl Fn(T) + Send + 'static) {
         let mut pause = Duration::from_millis(100);
         loop {
             match self.client.get_async_pubsub().await {
                 Ok(mut pubsub) => {
-                    if let Err(err) = pubsub.subscribe(CHANNEL).await {
-                        tracing::warn!(error = %err, "subscribing to shared switch changes");
+                    if let Err(err) = pubsub.subscribe(self.channel()).await {
+                        tracing::warn!(error = %err, "subscribing to shared state changes");
                     } else {
                         pause = Duration::from_millis(100);
-                        if let Ok(Some(switches)) = self.load().await {
-                            changed(switches);
+                        if let Ok(Some(value)) = self.load().await {
+                            changed(value);
                         }
                         let mut messages = pubsub.on_message();
                         while let Some(message) = messages.next().await {
@@ -115,14 +155,14 @@ impl SharedSwitches {
                                 continue;
                             }
                             match self.load().await {
-                                Ok(Some(switches)) => changed(switches),
+                                Ok(Some(value)) => changed(value),
                                 Ok(None) => {}
-                                Err(err) => tracing::warn!(error = %err, "loading shared switches"),
+                                Err(err) => tracing::warn!(error = %err, "loading shared state"),
                             }
                         }
                     }
                 }
-                Err(err) => tracing::warn!(error = %err, "connecting for shared switch changes"),
+                Err(err) => tracing::warn!(error = %err, "connecting for shared state changes"),
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));

@@ -2,6 +2,7 @@
 //! (where the admin API listens, the ops credential, where state is kept). One file,
 //! `ops/mesh.toml` by default, overridable from the environment: `MESH_ADMIN_LISTEN`,
 //! `MESH_ADMIN_TOKEN`, `MESH_ADMIN_TOKEN_ENV`, `MESH_STATE_DIR`, `MESH_STATE_REDIS_URL`,
+//! `MESH_STATE_REDIS_PREFIX`,
 //! `MESH_TELEMETRY_OTLP_ENDPOINT`,
 //! `MESH_TELEMETRY_CONSOLE`, `MESH_TELEMETRY_EXPORT_INTERVAL_MS`, `MESH_FRONT_DOOR_MAX_CONNECTIONS`,
 //! `MESH_FRONT_DOOR_IDLE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_KEEPALIVE_INTERVAL_SECS`,
@@ -183,6 +184,8 @@ pub mod worker_env {
     pub const MAX_STREAMS: &str = "MESH_WORKER_MAX_STREAMS";
     /// The Redis the nodes of a mesh share (`[state] redis_url`).
     pub const REDIS_URL: &str = "MESH_STATE_REDIS_URL";
+    /// The prefix of the mesh's keys in it (`[state] redis_prefix`).
+    pub const REDIS_PREFIX: &str = "MESH_STATE_REDIS_PREFIX";
     /// The `host:port` the other nodes dial to reach this worker, when it is not the address
     /// it listens on (`0.0.0.0:7501` in a pod: its pod IP and port).
     pub const ADVERTISE_ADDRESS: &str = "MESH_WORKER_ADVERTISE_ADDRESS";
@@ -249,6 +252,14 @@ pub struct StateConfig {
     /// state its own.
     #[serde(default)]
     pub redis_url: Option<String>,
+    /// What this mesh's keys and channels in that Redis start with: several meshes (staging,
+    /// production) share one Redis apart.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+}
+
+fn default_redis_prefix() -> String {
+    "mesh".into()
 }
 
 impl Default for StateConfig {
@@ -256,6 +267,7 @@ impl Default for StateConfig {
         Self {
             dir: default_state_dir(),
             redis_url: None,
+            redis_prefix: default_redis_prefix(),
         }
     }
 }
@@ -265,7 +277,15 @@ impl StateConfig {
     pub fn worker_env(&self) -> Vec<(String, String)> {
         self.redis_url
             .iter()
-            .map(|url| (worker_env::REDIS_URL.to_owned(), url.clone()))
+            .flat_map(|url| {
+                [
+                    (worker_env::REDIS_URL.to_owned(), url.clone()),
+                    (
+                        worker_env::REDIS_PREFIX.to_owned(),
+                        self.redis_prefix.clone(),
+                    ),
+                ]
+            })
             .collect()
     }
 }

@@ -126,13 +126,15 @@ return 0
 ";
 
 /// The registry in Redis, shared by every node of a mesh: a hash per tenant and user
-/// (`mesh:loc:<tenant>:<user>`, terminal id to `<node id>|<location>`), and a key per live
-/// node (`mesh:node:<node id>`) that expires unless the node renews it
+/// (`<prefix>:loc:<tenant>:<user>`, terminal id to `<node id>|<location>`), and a key per
+/// live node (`<prefix>:node:<node id>`) that expires unless the node renews it
 /// ([`RedisPresence::keep_alive`]). A terminal on a node whose key expired is not located, and
 /// its entry is removed by the next lookup.
 #[derive(Clone)]
 pub struct RedisPresence {
     connection: redis::aio::ConnectionManager,
+    /// The mesh's keys' prefix: several meshes share a Redis apart.
+    prefix: String,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -145,30 +147,36 @@ fn redis_error(what: &str) -> impl Fn(redis::RedisError) -> PresenceError + '_ {
     move |e| PresenceError(format!("{what}: {e}"))
 }
 
-fn user_key(tenant: &TenantId, user: &str) -> String {
-    format!("mesh:loc:{tenant}:{user}")
-}
+impl RedisPresence {
+    fn user_key(&self, tenant: &TenantId, user: &str) -> String {
+        format!("{}:loc:{tenant}:{user}", self.prefix)
+    }
 
-fn node_key(node_id: &str) -> String {
-    format!("mesh:node:{node_id}")
+    fn node_key(&self, node_id: &str) -> String {
+        format!("{}:node:{node_id}", self.prefix)
+    }
 }
 
 impl RedisPresence {
-    /// Connects to Redis at `url` (`redis://127.0.0.1:6379`).
-    pub async fn connect(url: &str) -> Result<Self, PresenceError> {
+    /// Connects to Redis at `url` (`redis://127.0.0.1:6379`), for the mesh whose keys start
+    /// with `prefix`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, PresenceError> {
         let client = redis::Client::open(url).map_err(redis_error(url))?;
         let connection = client
             .get_connection_manager()
             .await
             .map_err(redis_error(url))?;
-        Ok(Self { connection })
+        Ok(Self {
+            connection,
+            prefix: prefix.to_owned(),
+        })
     }
 
     /// Says node `node_id` is alive for `ttl`, now and every third of it, until the returned
     /// task is aborted (or the process ends): when it stops, the node's terminals are forgotten
     /// within `ttl`.
     pub fn keep_alive(&self, node_id: &str, ttl: Duration) -> tokio::task::JoinHandle<()> {
-        let (mut connection, key) = (self.connection.clone(), node_key(node_id));
+        let (mut connection, key) = (self.connection.clone(), self.node_key(node_id));
         let seconds = ttl.as_secs().max(1);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
@@ -199,7 +207,7 @@ impl Presence for RedisPresence {
         let mut value = format!("{}|", location.node_id).into_bytes();
         location.encode(&mut value).expect("a Vec grows as needed");
         redis::cmd("HSET")
-            .arg(user_key(tenant, &location.user_id))
+            .arg(self.user_key(tenant, &location.user_id))
             .arg(&location.terminal_id)
             .arg(value)
             .query_async::<()>(&mut self.connection.clone())
@@ -217,7 +225,7 @@ impl Presence for RedisPresence {
         redis::cmd("EVAL")
             .arg(UNREGISTER)
             .arg(1)
-            .arg(user_key(tenant, user))
+            .arg(self.user_key(tenant, user))
             .arg(terminal)
             .arg(node_id)
             .query_async::<i64>(&mut self.connection.clone())
@@ -232,7 +240,7 @@ impl Presence for RedisPresence {
         user: &str,
     ) -> Result<Vec<TerminalLocation>, PresenceError> {
         let mut connection = self.connection.clone();
-        let key = user_key(tenant, user);
+        let key = self.user_key(tenant, user);
         let entries: BTreeMap<String, Vec<u8>> = redis::cmd("HGETALL")
             .arg(&key)
             .query_async(&mut connection)
@@ -257,7 +265,7 @@ impl Presence for RedisPresence {
             .into_iter()
             .collect();
         let alive: Vec<Option<i64>> = redis::cmd("MGET")
-            .arg(nodes.iter().map(|n| node_key(n)).collect::<Vec<_>>())
+            .arg(nodes.iter().map(|n| self.node_key(n)).collect::<Vec<_>>())
             .query_async(&mut connection)
             .await
             .map_err(redis_error("checking which nodes are alive"))?;

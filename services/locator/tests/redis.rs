@@ -34,10 +34,11 @@ async fn nodes_share_terminals_and_a_silent_node_is_forgotten() {
     let tenant = TenantId::new(&format!("t{run}")).unwrap();
     let other = TenantId::new(&format!("o{run}")).unwrap();
     let (node_a, node_b) = (format!("a-{run}"), format!("b-{run}"));
-    let a = RedisPresence::connect(&redis_url())
+    let prefix = format!("test-{run}");
+    let a = RedisPresence::connect(&redis_url(), &prefix)
         .await
         .expect("Redis on 127.0.0.1:6379 (bash .ci/test starts it)");
-    let b = RedisPresence::connect(&redis_url()).await.unwrap();
+    let b = RedisPresence::connect(&redis_url(), &prefix).await.unwrap();
     let alive_a = a.keep_alive(&node_a, Duration::from_secs(1));
     let _alive_b = b.keep_alive(&node_b, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -135,11 +135,12 @@ pub async fn run(
     // several nodes: the switch state is theirs together
     if let Some(url) = &deploy.state.redis_url {
         use mesh_runtime::control::shared::{SharedSwitches, SharedTenants};
+        let prefix = &deploy.state.redis_prefix;
         plane
-            .share_switches(SharedSwitches::connect(url).await?)
+            .share_switches(SharedSwitches::connect(url, prefix).await?)
             .await?;
         plane
-            .share_tenants(SharedTenants::connect(url).await?)
+            .share_tenants(SharedTenants::connect(url, prefix).await?)
             .await?;
         println!("shared state in {url}: switches and tenants follow every node of the mesh");
     }

@@ -418,7 +418,7 @@ async fn platform(
     // several nodes: who is connected where lives in Redis, with this node's heartbeat
     let platform = match std::env::var(mesh_runtime::deploy::worker_env::REDIS_URL) {
         Ok(url) if !url.is_empty() => {
-            let presence = mesh_locator::RedisPresence::connect(&url)
+            let presence = mesh_locator::RedisPresence::connect(&url, &redis_prefix())
                 .await
                 .with_context(|| {
                     format!("{}={url}", mesh_runtime::deploy::worker_env::REDIS_URL)
@@ -511,6 +511,14 @@ async fn follow_supervisor(
     Ok(())
 }
 
+/// What the mesh's keys in the shared Redis start with (`MESH_STATE_REDIS_PREFIX`, `mesh`).
+fn redis_prefix() -> String {
+    std::env::var(mesh_runtime::deploy::worker_env::REDIS_PREFIX)
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "mesh".into())
+}
+
 /// A worker without a supervisor (a replica under Kubernetes) follows the switch state the
 /// nodes of its mesh share in Redis, when there is one.
 async fn follow_shared_switches(switches: &SwitchBoard) -> anyhow::Result<()> {
@@ -518,7 +526,7 @@ async fn follow_shared_switches(switches: &SwitchBoard) -> anyhow::Result<()> {
     let Ok(url) = std::env::var(name) else {
         return Ok(());
     };
-    let shared = mesh_runtime::control::shared::SharedSwitches::connect(&url)
+    let shared = mesh_runtime::control::shared::SharedSwitches::connect(&url, &redis_prefix())
         .await
         .with_context(|| format!("{name}={url}"))?;
     if let Some(state) = shared.load().await? {

@@ -6,7 +6,7 @@
 //! other node, exactly once. Prints the cross-node push latency and the switch propagation,
 //! the figures SCALE.md records.
 //!
-//! One mesh per Redis: the test clears the shared switch state before and after.
+//! The mesh's keys in Redis carry a prefix of the test's own.
 
 mod support;
 
@@ -16,7 +16,7 @@ use mesh_api::{locator::v1::TerminalKind, recommend::v1 as recommend};
 use mesh_gateway::Terminal;
 use support::{
     Db, MeshUp, Users, clear_shared_state, ctx, field, next_body, node_ctx, reattach_phone,
-    redis_url, signal, tenants_folder, worker_channel,
+    redis_prefix, redis_url, signal, tenants_folder, worker_channel,
 };
 
 const OPS_TOKEN: &str = "nodes-test-ops-token";
@@ -42,7 +42,8 @@ async fn degraded(channel: &tonic::transport::Channel) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_serve_one_platform_and_survive_one_being_killed() {
-    clear_shared_state().await;
+    let prefix = redis_prefix();
+    clear_shared_state(&prefix).await;
     let db = Db::create().await;
     // each node its own tenants folder, as on machines of their own
     let (dir, dir_b) = (
@@ -52,6 +53,7 @@ async fn two_nodes_serve_one_platform_and_survive_one_being_killed() {
     let (state_a, state_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let shared = [
         ("MESH_STATE_REDIS_URL", redis_url()),
+        ("MESH_STATE_REDIS_PREFIX", prefix.clone()),
         ("MESH_STORE_POSTGRES", db.url()),
         ("MESH_ADMIN_TOKEN", OPS_TOKEN.to_owned()),
     ];
@@ -281,6 +283,6 @@ async fn two_nodes_serve_one_platform_and_survive_one_being_killed() {
     assert_eq!(next_body(&mut bob).await, "welcome back");
 
     drop(node_b);
-    clear_shared_state().await;
+    clear_shared_state(&prefix).await;
     db.drop_database().await;
 }

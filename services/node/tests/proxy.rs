@@ -20,7 +20,7 @@ use mesh_api::{locator::v1::TerminalKind, recommend::v1 as recommend};
 use mesh_gateway::Terminal;
 use support::{
     Db, NODE_CREDENTIAL, Users, clear_shared_state, ctx, next_body, node_ctx, reattach_phone,
-    redis_url, signal, tenants_folder,
+    redis_prefix, redis_url, signal, tenants_folder,
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -29,7 +29,7 @@ use tokio::{
 use tonic::Code;
 
 /// A `mesh worker` replica serving mall, and where it listens.
-async fn replica(dir: &std::path::Path, db: &Db) -> (Child, String) {
+async fn replica(dir: &std::path::Path, db: &Db, prefix: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
         .args([
             "worker",
@@ -41,6 +41,7 @@ async fn replica(dir: &std::path::Path, db: &Db) -> (Child, String) {
         ])
         .arg(dir)
         .env("MESH_STATE_REDIS_URL", redis_url())
+        .env("MESH_STATE_REDIS_PREFIX", prefix)
         .env("MESH_STORE_POSTGRES", db.url())
         .env("MESH_NODE_CREDENTIAL", NODE_CREDENTIAL)
         .stdout(Stdio::piped())
@@ -84,7 +85,8 @@ async fn suggest(channel: &tonic::transport::Channel) -> Result<(), tonic::Statu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_behind_haproxy_costs_only_retried_calls_and_a_reattach() {
-    clear_shared_state().await;
+    let prefix = redis_prefix();
+    clear_shared_state(&prefix).await;
     let db = Db::create().await;
     let dir = tenants_folder(&["mall"], &[]);
     // limits hold per replica: raised here, so the loop measures failover, not admission
@@ -92,8 +94,8 @@ async fn a_replica_killed_behind_haproxy_costs_only_retried_calls_and_a_reattach
     let raised = std::fs::read_to_string(&mall).unwrap()
         + "\n[limits]\nrequests_per_second = 50000\nburst = 50000\n";
     std::fs::write(&mall, raised).unwrap();
-    let (mut first, first_at) = replica(dir.path(), &db).await;
-    let (mut second, second_at) = replica(dir.path(), &db).await;
+    let (mut first, first_at) = replica(dir.path(), &db, &prefix).await;
+    let (mut second, second_at) = replica(dir.path(), &db, &prefix).await;
 
     // HAProxy as `mesh deploy haproxy` configures it
     let port = free_port();
@@ -252,6 +254,6 @@ async fn a_replica_killed_behind_haproxy_costs_only_retried_calls_and_a_reattach
     assert!(calls > 100, "{calls} calls");
     let _ = haproxy.kill().await;
     drop((first, second));
-    clear_shared_state().await;
+    clear_shared_state(&prefix).await;
     db.drop_database().await;
 }

@@ -447,17 +447,25 @@ pub fn redis_url() -> String {
     std::env::var("MESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// Clears the state the nodes of a mesh share, switches and tenants (one mesh per Redis:
-/// tests start and end clean).
-pub async fn clear_shared_state() {
+/// A prefix of its own for the keys of a test's mesh in the shared Redis: tests running side
+/// by side (or a crashed run's leftovers) never see each other's state.
+pub fn redis_prefix() -> String {
+    format!(
+        "test-mesh-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Deletes the control state a test's mesh left in Redis under `prefix`.
+pub async fn clear_shared_state(prefix: &str) {
     let client = redis::Client::open(redis_url()).unwrap();
     let mut connection = client
         .get_multiplexed_async_connection()
         .await
         .expect("Redis on 127.0.0.1:6379 (bash .ci/test starts it)");
     redis::cmd("DEL")
-        .arg("mesh:control:switches")
-        .arg("mesh:control:tenants")
+        .arg(format!("{prefix}:control:switches"))
+        .arg(format!("{prefix}:control:tenants"))
         .query_async::<()>(&mut connection)
         .await
         .unwrap();

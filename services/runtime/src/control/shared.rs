@@ -1,6 +1,7 @@
 //! State shared by the nodes of one mesh, in Redis: the switch state
-//! (`mesh:control:switches`) and the tenant registry (`mesh:control:tenants`, each tenant's
-//! file). A node saves every change there and announces it (`PUBLISH <key>:changed`); every
+//! (`<prefix>:control:switches`) and the tenant registry (`<prefix>:control:tenants`, each
+//! tenant's file); the prefix (`[state] redis_prefix`, `mesh` by default) keeps several meshes
+//! on one Redis apart. A node saves every change there and announces it (`PUBLISH <key>:changed`); every
 //! other node loads it and applies it. `meshctl` pointed at any node changes them all.
 //!
 //! The node's own files (`switches.json`, the tenants folder) stay its copy for a restart
@@ -20,16 +21,16 @@ pub type SharedSwitches = Shared<Vec<Switch>>;
 pub type SharedTenants = Shared<BTreeMap<TenantId, TenantSource>>;
 
 impl SharedSwitches {
-    /// The switch state at the Redis at `url`.
-    pub async fn connect(url: &str) -> Result<Self, SharedError> {
-        Self::at(url, "mesh:control:switches").await
+    /// The switch state of the mesh `prefix` at the Redis at `url`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, SharedError> {
+        Self::at(url, format!("{prefix}:control:switches")).await
     }
 }
 
 impl SharedTenants {
-    /// The tenant registry at the Redis at `url`.
-    pub async fn connect(url: &str) -> Result<Self, SharedError> {
-        Self::at(url, "mesh:control:tenants").await
+    /// The tenant registry of the mesh `prefix` at the Redis at `url`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, SharedError> {
+        Self::at(url, format!("{prefix}:control:tenants")).await
     }
 }
 
@@ -44,7 +45,7 @@ pub struct SharedError {
 /// One value the nodes of one mesh share, kept under one Redis key.
 pub struct Shared<T> {
     url: String,
-    key: &'static str,
+    key: String,
     client: redis::Client,
     connection: redis::aio::ConnectionManager,
     /// This node, so it does not apply its own announcements.
@@ -56,7 +57,7 @@ impl<T> Clone for Shared<T> {
     fn clone(&self) -> Self {
         Self {
             url: self.url.clone(),
-            key: self.key,
+            key: self.key.clone(),
             client: self.client.clone(),
             connection: self.connection.clone(),
             origin: self.origin.clone(),
@@ -76,7 +77,7 @@ impl<T> std::fmt::Debug for Shared<T> {
 }
 
 impl<T: Serialize + DeserializeOwned + Send + 'static> Shared<T> {
-    async fn at(url: &str, key: &'static str) -> Result<Self, SharedError> {
+    async fn at(url: &str, key: String) -> Result<Self, SharedError> {
         let error = |e: redis::RedisError| SharedError {
             url: url.to_owned(),
             message: e.to_string(),
@@ -107,7 +108,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Shared<T> {
     /// The value every node follows, if any node saved it yet.
     pub async fn load(&self) -> Result<Option<T>, SharedError> {
         let text: Option<String> = redis::cmd("GET")
-            .arg(self.key)
+            .arg(&self.key)
             .query_async(&mut self.connection.clone())
             .await
             .map_err(|e| self.error(e))?;
@@ -121,7 +122,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Shared<T> {
         redis::pipe()
             .atomic()
             .cmd("SET")
-            .arg(self.key)
+            .arg(&self.key)
             .arg(text)
             .ignore()
             .cmd("PUBLISH")

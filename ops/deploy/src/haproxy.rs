@@ -23,6 +23,7 @@
 //!         ("shared".to_owned(), vec!["10.0.0.5:7501".to_owned(), "10.0.0.6:7501".to_owned()]),
 //!         ("finance".to_owned(), vec!["10.0.0.7:7502".to_owned()]),
 //!     ].into(),
+//!     dns_slots: None,
 //! }).unwrap();
 //! assert!(config.contains("use_backend group_shared if { req.hdr(x-mesh-tenant) -m str mall paipai }"));
 //! assert!(config.contains("server shared_2 10.0.0.6:7501 proto h2 check"));
@@ -39,8 +40,14 @@ use crate::{DeployError, groups};
 pub struct Haproxy {
     /// `host:port` callers reach.
     pub listen: String,
-    /// `host:port` of each replica, by process group.
+    /// `host:port` of each replica, by process group; with `dns_slots`, one DNS name per
+    /// group whose records are the replicas.
     pub replicas: BTreeMap<String, Vec<String>>,
+    /// Find each group's replicas in DNS (a Kubernetes headless Service: one A record per
+    /// ready pod), re-resolved every few seconds, with room for this many per group: a
+    /// replica added by the autoscaler is used, one gone is dropped, and a call is balanced
+    /// over the pods rather than pinned to one virtual address.
+    pub dns_slots: Option<u32>,
 }
 
 fn check_address(address: &str) -> Result<(), DeployError> {
@@ -96,6 +103,16 @@ pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployErro
     if let Some(first) = groups.keys().next() {
         let _ = writeln!(w, "  default_backend group_{first}");
     }
+    if options.dns_slots.is_some() {
+        // the resolver of the machine (a pod's: the cluster DNS), asked again every 5 s
+        let _ = write!(
+            w,
+            "\nresolvers dns\n\
+             \x20 parse-resolv-conf\n\
+             \x20 hold valid 5s\n\
+             \x20 hold obsolete 5s\n"
+        );
+    }
     for (group, members) in &groups {
         let replicas = options
             .replicas
@@ -114,9 +131,23 @@ pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployErro
              \x20 default-server inter 300ms fall 2 rise 2\n",
             members.join(", ")
         );
-        for (n, address) in replicas.iter().enumerate() {
-            check_address(address)?;
-            let _ = writeln!(w, "  server {group}_{} {address} proto h2 check", n + 1);
+        match options.dns_slots {
+            Some(slots) => {
+                let [name] = replicas.as_slice() else {
+                    return Err(DeployError::BadAddress(replicas.join(",")));
+                };
+                check_address(name)?;
+                let _ = writeln!(
+                    w,
+                    "  server-template {group}_ {slots} {name} proto h2 check resolvers dns init-addr none"
+                );
+            }
+            None => {
+                for (n, address) in replicas.iter().enumerate() {
+                    check_address(address)?;
+                    let _ = writeln!(w, "  server {group}_{} {address} proto h2 check", n + 1);
+                }
+            }
         }
     }
     Ok(out)
@@ -137,6 +168,7 @@ mod tests {
         let only_shared = Haproxy {
             listen: "127.0.0.1:7400".into(),
             replicas: [("shared".to_owned(), vec!["127.0.0.1:7501".to_owned()])].into(),
+            dns_slots: None,
         };
         let err = render(&tenants, &only_shared).unwrap_err();
         assert_eq!(

@@ -34,6 +34,9 @@ pub const KUBERNETES_VERSION: &str = "1.33.0";
 pub const WORKER_PORT: u16 = 7501;
 /// The Secret every secret comes from.
 pub const SECRET: &str = "mesh-secrets";
+/// The port of every worker's Prometheus scrape endpoint, in its pod (the pods carry the
+/// `prometheus.io/*` annotations that name it).
+pub const METRICS_PORT: u16 = 9464;
 
 /// What the manifests need beyond the tenants.
 #[derive(Clone, Debug)]
@@ -71,11 +74,13 @@ fn secret_env(name: &str) -> Value {
     })
 }
 
-/// Every environment variable the tenant files read, sorted.
-fn tenant_secrets(tenants: &Tenants) -> Vec<String> {
+/// Every environment variable the files of `members` read, sorted: a group's pods get their
+/// own tenants' secrets, never another group's.
+fn tenant_secrets(tenants: &Tenants, members: &[String]) -> Vec<String> {
     let mut names: Vec<String> = tenants
         .tenants
         .values()
+        .filter(|config| members.iter().any(|m| m == config.id.as_str()))
         .flat_map(|config| {
             [
                 config.credentials.token_env.clone(),
@@ -95,21 +100,50 @@ fn tenant_secrets(tenants: &Tenants) -> Vec<String> {
 
 /// The manifests for `tenants` (read from `dir`, whose files go into the ConfigMap).
 pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String, DeployError> {
+    // the tenant files, and the key files they name (a user key, a JWKS), each at its path
+    // below the mounted folder: ConfigMap keys are flat, so each key is mapped to its path
     let mut files = BTreeMap::new();
+    let mut items = Vec::new();
     let defaults = dir.join(mesh_config::tenant::DEFAULTS_FILE);
-    let paths = tenants
+    let mut paths: Vec<(std::path::PathBuf, String)> = tenants
         .files
         .values()
         .cloned()
-        .chain(defaults.exists().then_some(defaults));
-    for path in paths {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        .chain(defaults.exists().then_some(defaults))
+        .map(|path| (path, String::new()))
+        .collect();
+    for (id, config) in &tenants.tenants {
+        let Some(users) = &config.users else { continue };
+        for (field, key) in [
+            ("users.public_key_file", &users.public_key_file),
+            ("users.jwks_file", &users.jwks_file),
+        ] {
+            if let Some(key) = key {
+                paths.push((key.clone(), format!("tenant {id}: {field}")));
+            }
+        }
+    }
+    for (path, named_by) in paths {
+        let relative = path
+            .strip_prefix(dir)
+            .ok()
+            .filter(|r| !r.as_os_str().is_empty())
+            .map(|r| r.to_string_lossy().into_owned())
+            .ok_or_else(|| {
+                DeployError::Read(
+                    path.display().to_string(),
+                    format!(
+                        "{named_by} names a file outside the tenants folder {}: on Kubernetes \
+                         the folder is the ConfigMap, so keep it there",
+                        dir.display()
+                    ),
+                )
+            })?;
+        let key = relative.replace(['/', '\\'], "..");
         let text = std::fs::read_to_string(&path)
             .map_err(|e| DeployError::Read(path.display().to_string(), e.to_string()))?;
-        files.insert(name, text);
+        items.push(json!({ "key": key, "path": relative }));
+        files.insert(key, text);
     }
     let mut docs = vec![json!({
         "apiVersion": "v1",
@@ -117,10 +151,11 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
         "metadata": metadata("mesh-tenants", options, "tenants"),
         "data": files,
     })];
-    let secrets = tenant_secrets(tenants);
+    let mut all_secrets = Vec::new();
     let mut replicas = BTreeMap::new();
     for (group, members) in groups(tenants) {
         let name = format!("mesh-{group}");
+        // a headless Service: one DNS record per ready pod, which HAProxy balances over
         replicas.insert(
             group.clone(),
             vec![format!(
@@ -128,6 +163,8 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
                 options.namespace
             )],
         );
+        let secrets = tenant_secrets(tenants, &members);
+        all_secrets.extend(secrets.iter().cloned());
         let mut env = vec![
             json!({ "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } }),
             // what the other replicas dial to push to this one's terminals
@@ -135,6 +172,8 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
             json!({ "name": "MESH_WORKER_GROUP", "value": group }),
             // replicated over the broker cluster: a confirmed event survives a broker node
             json!({ "name": "MESH_AMQP_QUEUE_TYPE", "value": "quorum" }),
+            // each pod's own metrics, scraped by Prometheus (the annotations below)
+            json!({ "name": "MESH_TELEMETRY_PROMETHEUS_LISTEN", "value": format!("0.0.0.0:{METRICS_PORT}") }),
         ];
         for shared in [
             "MESH_NODE_CREDENTIAL",
@@ -154,7 +193,14 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
                 "replicas": options.replicas,
                 "selector": { "matchLabels": labels(&group) },
                 "template": {
-                    "metadata": { "labels": labels(&group) },
+                    "metadata": {
+                        "labels": labels(&group),
+                        "annotations": {
+                            "prometheus.io/scrape": "true",
+                            "prometheus.io/port": METRICS_PORT.to_string(),
+                            "prometheus.io/path": "/metrics",
+                        },
+                    },
                     "spec": {
                         "terminationGracePeriodSeconds": 40,
                         "containers": [{
@@ -165,7 +211,10 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
                                 "--tenant", members.join(","),
                                 "--listen", format!("0.0.0.0:{WORKER_PORT}"),
                             ],
-                            "ports": [{ "name": "grpc", "containerPort": WORKER_PORT }],
+                            "ports": [
+                                { "name": "grpc", "containerPort": WORKER_PORT },
+                                { "name": "metrics", "containerPort": METRICS_PORT },
+                            ],
                             "env": env,
                             "resources": {
                                 "requests": { "cpu": "250m", "memory": "128Mi" },
@@ -175,7 +224,7 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
                             "livenessProbe": probe(10),
                             "volumeMounts": [{ "name": "tenants", "mountPath": "/etc/mesh/tenants", "readOnly": true }],
                         }],
-                        "volumes": [{ "name": "tenants", "configMap": { "name": "mesh-tenants" } }],
+                        "volumes": [{ "name": "tenants", "configMap": { "name": "mesh-tenants", "items": items } }],
                     },
                 },
             },
@@ -185,6 +234,7 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
             "kind": "Service",
             "metadata": metadata(&name, options, &group),
             "spec": {
+                "clusterIP": "None",
                 "selector": labels(&group),
                 "ports": [{ "name": "grpc", "port": WORKER_PORT, "targetPort": "grpc", "appProtocol": "kubernetes.io/h2c" }],
             },
@@ -219,6 +269,8 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
         &Haproxy {
             listen: "0.0.0.0:7400".into(),
             replicas,
+            // as many as the autoscaler may run
+            dns_slots: Some(options.replicas.max(1) * 4),
         },
     )?;
     docs.push(json!({
@@ -260,6 +312,9 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
             "ports": [{ "name": "grpc", "port": 7400, "targetPort": "grpc", "appProtocol": "kubernetes.io/h2c" }],
         },
     }));
+    all_secrets.sort();
+    all_secrets.dedup();
+    let secrets = all_secrets;
     let mut out = format!(
         "# Rendered by `mesh deploy k8s` for Kubernetes {KUBERNETES_VERSION}. Secrets come from the \
          Secret {SECRET} (keys: MESH_NODE_CREDENTIAL, MESH_STATE_REDIS_URL, MESH_STORE_POSTGRES, \
@@ -272,4 +327,149 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
         out.push('\n');
     }
     Ok(out)
+}
+
+#[cfg(test)]
+// figment's Jail returns figment's own (large) error type
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    /// A public key (P-256) for a tenant's user tokens.
+    const PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEA4ZN7WDXQrcB19GPPNeG2qkuuSJB
+48Z6hpVrtaoSiaopf9Y0K5OLnuzQIQvLJSeiarX5leiWFUaLdE+XqN619Q==
+-----END PUBLIC KEY-----
+";
+
+    /// A tenant whose broker password is in the environment variable `<ID>_BROKER_PASSWORD`.
+    fn tenant(id: &str, extra: &str) -> String {
+        format!(
+            "id = \"{id}\"\ndisplay_name = \"{id}\"\ndata_namespace = \"{id}\"\n\
+             [credentials]\ntoken = \"{id}-secret-token\"\n\
+             [broker]\nuser = \"mesh-{id}\"\npassword_env = \"{}_BROKER_PASSWORD\"\n{extra}",
+            id.to_uppercase()
+        )
+    }
+
+    fn docs(yaml: &str) -> Vec<Value> {
+        yaml.split("---\n")
+            .skip(1)
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn key_files_are_mounted_where_their_tenant_names_them_and_secrets_stay_in_their_group() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        std::fs::write(dir.path().join("keys/newco.pem"), PUBLIC_KEY).unwrap();
+        std::fs::write(
+            dir.path().join("newco.toml"),
+            tenant(
+                "newco",
+                "[isolation]\nprocess = \"own\"\n[users]\nissuer = \"newco\"\n\
+                 public_key_file = \"keys/newco.pem\"\nalgorithm = \"ES256\"\n",
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("shop.toml"), tenant("shop", "")).unwrap();
+        // the files load where their secrets are set (figment's jail: set for this test only)
+        let load = |dir: &Path| {
+            let mut loaded = None;
+            figment::Jail::expect_with(|jail| {
+                jail.set_env("NEWCO_BROKER_PASSWORD", "newco-broker-secret");
+                jail.set_env("SHOP_BROKER_PASSWORD", "shop-broker-secret");
+                loaded = Some(Tenants::load(dir, mesh_api::CONTRACTS).unwrap());
+                Ok(())
+            });
+            loaded.unwrap()
+        };
+        let tenants = load(dir.path());
+        let docs = docs(&render(&tenants, dir.path(), &Options::default()).unwrap());
+        let config_map = docs
+            .iter()
+            .find(|d| d["metadata"]["name"] == "mesh-tenants")
+            .unwrap();
+        assert_eq!(config_map["data"]["keys..newco.pem"], PUBLIC_KEY);
+        let deployment = |name: &str| {
+            docs.iter()
+                .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == name)
+                .unwrap()
+                .clone()
+        };
+        let newco = deployment("mesh-newco");
+        let pod = &newco["spec"]["template"]["spec"];
+        let items = pod["volumes"][0]["configMap"]["items"].as_array().unwrap();
+        assert!(
+            items.contains(&json!({ "key": "keys..newco.pem", "path": "keys/newco.pem" })),
+            "{items:?}"
+        );
+        assert!(items.contains(&json!({ "key": "newco.toml", "path": "newco.toml" })));
+        let env_of = |deployment: &Value| -> Vec<String> {
+            deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let (newco_env, shop_env) = (env_of(&newco), env_of(&deployment("mesh-shared")));
+        assert!(newco_env.contains(&"NEWCO_BROKER_PASSWORD".to_owned()));
+        assert!(
+            !newco_env.contains(&"SHOP_BROKER_PASSWORD".to_owned()),
+            "{newco_env:?}"
+        );
+        assert!(shop_env.contains(&"SHOP_BROKER_PASSWORD".to_owned()));
+        assert!(
+            !shop_env.contains(&"NEWCO_BROKER_PASSWORD".to_owned()),
+            "{shop_env:?}"
+        );
+        assert!(newco_env.contains(&"MESH_TELEMETRY_PROMETHEUS_LISTEN".to_owned()));
+        assert_eq!(
+            newco["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"],
+            METRICS_PORT.to_string()
+        );
+        // HAProxy finds each group's pods through its headless Service
+        let service = docs
+            .iter()
+            .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "mesh-newco")
+            .unwrap();
+        assert_eq!(service["spec"]["clusterIP"], "None");
+        let proxy = docs
+            .iter()
+            .find(|d| d["metadata"]["name"] == "mesh-proxy" && d["kind"] == "ConfigMap")
+            .unwrap();
+        assert!(
+            proxy["data"]["haproxy.cfg"]
+                .as_str()
+                .unwrap()
+                .contains("server-template newco_ 8 mesh-newco.mesh.svc.cluster.local:7501 proto h2 check resolvers dns")
+        );
+
+        // a key outside the folder cannot be in the ConfigMap: said, naming tenant and field
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("k.pem"), PUBLIC_KEY).unwrap();
+        std::fs::write(
+            dir.path().join("newco.toml"),
+            tenant(
+                "newco",
+                &format!(
+                    "[users]\nissuer = \"newco\"\npublic_key_file = \"{}\"\nalgorithm = \"ES256\"\n",
+                    outside.path().join("k.pem").display()
+                ),
+            ),
+        )
+        .unwrap();
+        let tenants = load(dir.path());
+        let err = render(&tenants, dir.path(), &Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "tenant newco: users.public_key_file names a file outside the tenants folder"
+            ),
+            "{err}"
+        );
+    }
 }

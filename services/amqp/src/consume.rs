@@ -380,6 +380,15 @@ async fn decide(
         Outcome::Done => trace.finish("ok", false),
         Outcome::Dead { reason, .. } => trace.fail("dead_lettered", reason),
     }
+    if let Some(age) = envelope::age(&delivery.properties) {
+        mesh_telemetry::metrics::event_lag(
+            sub.tenant.as_str(),
+            event.service,
+            event.name,
+            &sub.consumer,
+            age,
+        );
+    }
     outcome
 }
 

@@ -21,6 +21,9 @@ pub mod headers {
     /// The event's routing key, carried as a header once a message leaves its exchange (dead
     /// letters, and their replay straight to the consumer's queue).
     pub const ROUTING_KEY: &str = "x-mesh-routing-key";
+    /// When it was published, in milliseconds since the Unix epoch: how far behind its
+    /// consumers are (`mesh.event.lag`).
+    pub const PUBLISHED_AT_MS: &str = "x-mesh-published-at-ms";
 }
 
 /// Content type of every event payload.
@@ -38,17 +41,39 @@ pub fn properties(ctx: &RequestContext, event: &EventSpec) -> BasicProperties {
         }
     }
     insert(&mut table, headers::EVENT, event.name);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    insert(
+        &mut table,
+        headers::PUBLISHED_AT_MS,
+        &now.as_millis().to_string(),
+    );
     insert(
         &mut table,
         headers::CONTRACT,
         &format!("{}/v{}@{}", event.service, event.major, event.version),
     );
     BasicProperties::default()
+        .with_timestamp(now.as_secs())
         .with_message_id(uuid::Uuid::new_v4().to_string().into())
         .with_content_type(CONTENT_TYPE.into())
         .with_type(event.payload.into())
         .with_delivery_mode(2)
         .with_headers(table)
+}
+
+/// How long ago the message was published: its [`headers::PUBLISHED_AT_MS`], else its AMQP
+/// timestamp (seconds, as other publishers such as pika set it); `None` without either.
+pub fn age(properties: &BasicProperties) -> Option<std::time::Duration> {
+    let published = text(properties.headers().as_ref(), headers::PUBLISHED_AT_MS)
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(std::time::Duration::from_millis)
+        .or_else(|| properties.timestamp().map(std::time::Duration::from_secs))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Some(now.saturating_sub(published))
 }
 
 /// Adds a text header.

@@ -4,7 +4,8 @@
 //! `MESH_ADMIN_TOKEN`, `MESH_ADMIN_TOKEN_ENV`, `MESH_STATE_DIR`, `MESH_STATE_REDIS_URL`,
 //! `MESH_STATE_REDIS_PREFIX`,
 //! `MESH_TELEMETRY_OTLP_ENDPOINT`,
-//! `MESH_TELEMETRY_CONSOLE`, `MESH_TELEMETRY_EXPORT_INTERVAL_MS`, `MESH_FRONT_DOOR_MAX_CONNECTIONS`,
+//! `MESH_TELEMETRY_CONSOLE`, `MESH_TELEMETRY_EXPORT_INTERVAL_MS`,
+//! `MESH_TELEMETRY_PROMETHEUS_LISTEN`, `MESH_FRONT_DOOR_MAX_CONNECTIONS`,
 //! `MESH_FRONT_DOOR_IDLE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_KEEPALIVE_INTERVAL_SECS`,
 //! `MESH_FRONT_DOOR_KEEPALIVE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_CONNECTION`,
 //! `MESH_FRONT_DOOR_WORKER_CONNECTIONS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_WORKER`,
@@ -54,6 +55,11 @@ pub struct TelemetryConfig {
     /// How often spans and metrics are sent, in milliseconds.
     #[serde(default = "default_export_interval_ms")]
     pub export_interval_ms: u64,
+    /// Where a Prometheus scrape endpoint listens (`0.0.0.0:9464`, serving `GET /metrics`);
+    /// none serves none. `mesh up` serves there the metrics of the whole node (its own and
+    /// every worker's); a worker started alone (one per pod) serves its own.
+    #[serde(default)]
+    pub prometheus_listen: Option<String>,
 }
 
 fn default_export_interval_ms() -> u64 {
@@ -66,6 +72,7 @@ impl Default for TelemetryConfig {
             otlp_endpoint: None,
             console: false,
             export_interval_ms: default_export_interval_ms(),
+            prometheus_listen: None,
         }
     }
 }
@@ -84,11 +91,19 @@ impl TelemetryConfig {
         if let Some(endpoint) = &self.otlp_endpoint {
             env.push(("MESH_TELEMETRY_OTLP_ENDPOINT".into(), endpoint.clone()));
         }
+        if self.prometheus_listen.is_some() {
+            // the node serves the scrape endpoint; each worker serves its own on loopback, on
+            // a port of its choosing that it tells the supervisor (`METRICS <address>`)
+            env.push((
+                "MESH_TELEMETRY_PROMETHEUS_LISTEN".into(),
+                "127.0.0.1:0".into(),
+            ));
+        }
         env
     }
 
-    /// Reads `MESH_TELEMETRY_OTLP_ENDPOINT`, `MESH_TELEMETRY_CONSOLE` and
-    /// `MESH_TELEMETRY_EXPORT_INTERVAL_MS`.
+    /// Reads `MESH_TELEMETRY_OTLP_ENDPOINT`, `MESH_TELEMETRY_CONSOLE`,
+    /// `MESH_TELEMETRY_EXPORT_INTERVAL_MS` and `MESH_TELEMETRY_PROMETHEUS_LISTEN`.
     pub fn from_env() -> Result<Self, ConfigError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let invalid = |name: &str, value: &str| {
@@ -100,6 +115,7 @@ impl TelemetryConfig {
         };
         let mut config = Self {
             otlp_endpoint: var("MESH_TELEMETRY_OTLP_ENDPOINT"),
+            prometheus_listen: var("MESH_TELEMETRY_PROMETHEUS_LISTEN"),
             ..Self::default()
         };
         if let Some(v) = var("MESH_TELEMETRY_CONSOLE") {
@@ -367,6 +383,7 @@ mod tests {
             otlp_endpoint: Some("http://127.0.0.1:4317".into()),
             console: true,
             export_interval_ms: 250,
+            prometheus_listen: Some("0.0.0.0:9464".into()),
         };
         let env = config.to_env();
         let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
@@ -376,6 +393,11 @@ mod tests {
         );
         assert_eq!(get("MESH_TELEMETRY_CONSOLE"), Some("true"));
         assert_eq!(get("MESH_TELEMETRY_EXPORT_INTERVAL_MS"), Some("250"));
+        assert_eq!(
+            get("MESH_TELEMETRY_PROMETHEUS_LISTEN"),
+            Some("127.0.0.1:0"),
+            "the node's address is the node's: its workers serve theirs on loopback"
+        );
         assert_eq!(
             TelemetryConfig::default().otlp_endpoint,
             None,

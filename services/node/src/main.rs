@@ -16,6 +16,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod admin;
 mod demo;
+mod scrape;
 mod up;
 mod worker;
 
@@ -132,20 +133,31 @@ fn render(cmd: &DeployCmd) -> anyhow::Result<String> {
         } => {
             let loaded = mesh_runtime::Tenants::load(tenants, mesh_api::CONTRACTS)?;
             let mut replicas = std::collections::BTreeMap::new();
+            let mut seen = std::collections::BTreeSet::new();
             for group in groups {
                 let (name, addresses) = group.split_once('=').ok_or_else(|| {
                     anyhow::anyhow!("--group {group:?}: write GROUP=HOST:PORT,HOST:PORT")
                 })?;
-                replicas.insert(
-                    name.to_owned(),
-                    addresses.split(',').map(str::to_owned).collect(),
-                );
+                let addresses: Vec<String> =
+                    addresses.split(',').map(|a| a.trim().to_owned()).collect();
+                for address in &addresses {
+                    // one worker serves one group: the same address twice is a typo
+                    if !seen.insert(address.clone()) {
+                        anyhow::bail!("--group {group:?}: {address:?} is given twice");
+                    }
+                }
+                if replicas.insert(name.trim().to_owned(), addresses).is_some() {
+                    anyhow::bail!(
+                        "--group {name}: given twice; list all its replicas in one --group"
+                    );
+                }
             }
             mesh_deploy::haproxy::render(
                 &loaded,
                 &mesh_deploy::haproxy::Haproxy {
                     listen: listen.clone(),
                     replicas,
+                    dns_slots: None,
                 },
             )?
         }

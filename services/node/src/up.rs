@@ -171,6 +171,26 @@ pub async fn run(
             None
         }
     };
+    // the node's metrics where Prometheus looks: its own, the control plane's switches and
+    // tenants, and every worker's
+    let _control_metrics = mesh_telemetry::metrics::observe_control({
+        let plane = plane.clone();
+        move || control_state(&plane)
+    });
+    let metrics = match &deploy.telemetry.prometheus_listen {
+        Some(listen) => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("metrics: listening on {listen}"))?;
+            println!("metrics at http://{}/metrics", listener.local_addr()?);
+            Some(tokio::spawn(crate::scrape::serve(
+                listener,
+                crate::scrape::node(supervisor.clone()),
+                stopped(stopping.clone()),
+            )))
+        }
+        None => None,
+    };
     let rules = tokio::spawn(plane.run_rules(stopped(stopping.clone())));
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -189,11 +209,37 @@ pub async fn run(
     if let Some(admin) = admin {
         let _ = admin.await;
     }
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     while let Ok(event) = reports.try_recv() {
         report(&event);
     }
     println!("stopped");
     Ok(())
+}
+
+/// The switches and tenants of the control plane, as its gauges report them.
+fn control_state(plane: &ControlPlane) -> mesh_telemetry::metrics::ControlState {
+    mesh_telemetry::metrics::ControlState {
+        switches: plane
+            .switches()
+            .into_iter()
+            .map(|s| mesh_telemetry::metrics::SwitchOff {
+                tenant: s
+                    .tenant
+                    .as_ref()
+                    .map_or_else(|| "*".to_owned(), ToString::to_string),
+                target: s.target.to_string(),
+                changed_by: s.changed_by,
+            })
+            .collect(),
+        tenants: plane
+            .tenants()
+            .into_iter()
+            .map(|t| (t.config.id.to_string(), t.state.to_owned()))
+            .collect(),
+    }
 }
 
 fn list(tenants: &[TenantId]) -> String {

@@ -376,17 +376,48 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         served.platform.apply_initial_switches(&mine);
         // one of several replicas (Kubernetes, behind a proxy): the switches every node shares
         follow_shared_switches(&switches).await?;
+        // a pod is stopped with SIGTERM, a terminal with ctrl-c: both drain and stop
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
             let _ = stop.send(());
         });
     }
     purge_expired_hourly(served.platform.clone());
+    serve_metrics(supervised).await?;
     say(WorkerLine::Ready(address.to_string()));
     serve(listener, &served, node_tls.as_ref(), async {
         let _ = stopped.await;
     })
     .await
+}
+
+/// This process's Prometheus scrape endpoint, when `MESH_TELEMETRY_PROMETHEUS_LISTEN` names
+/// one: a pod's own (`0.0.0.0:9464`), or a port on loopback that the supervisor is told of
+/// and the node's endpoint reads.
+async fn serve_metrics(supervised: bool) -> anyhow::Result<()> {
+    let Some(listen) = mesh_telemetry::TelemetryConfig::from_env()?.prometheus_listen else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("MESH_TELEMETRY_PROMETHEUS_LISTEN={listen}"))?;
+    let address = listener.local_addr()?;
+    tokio::spawn(crate::scrape::serve(
+        listener,
+        crate::scrape::own(),
+        std::future::pending(),
+    ));
+    if supervised {
+        say(WorkerLine::Metrics(address.to_string()));
+    } else {
+        tracing::info!(%address, "metrics at /metrics");
+    }
+    Ok(())
 }
 
 /// The address the other nodes dial to reach this worker: `MESH_WORKER_ADVERTISE_ADDRESS`
@@ -573,7 +604,14 @@ async fn serve(
                 .stats()
                 .bulkheads
                 .into_iter()
-                .map(|b| (b.tenant.to_string(), b.dependency, u64::from(b.in_use)))
+                .map(|b| {
+                    (
+                        b.tenant.to_string(),
+                        b.dependency,
+                        u64::from(b.in_use),
+                        u64::from(b.capacity),
+                    )
+                })
                 .collect()
         }
     });

@@ -307,6 +307,7 @@ async fn message_service_process() {
             otlp_endpoint: Some(collector),
             console: false,
             export_interval_ms: 200,
+            prometheus_listen: None,
         },
         "warn",
     )
@@ -444,6 +445,7 @@ async fn one_request_is_one_trace_across_http2_the_queue_and_two_processes() {
             otlp_endpoint: Some(endpoint.clone()),
             console: false,
             export_interval_ms: 200,
+            prometheus_listen: None,
         },
         "warn",
     )

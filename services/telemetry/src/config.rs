@@ -168,15 +168,16 @@ pub fn init_as(
         })
         .with_filter(logs);
     let mut telemetry = Telemetry::default();
+    let resource = process.resource();
+    let interval = Duration::from_millis(config.export_interval_ms.max(10));
+    let mut meter = SdkMeterProvider::builder().with_resource(resource.clone());
     let otel = match &config.otlp_endpoint {
         None => None,
         Some(endpoint) => {
-            let interval = Duration::from_millis(config.export_interval_ms.max(10));
             let failed = |e: &dyn std::fmt::Display| TelemetryError::Exporter {
                 endpoint: endpoint.clone(),
                 message: e.to_string(),
             };
-            let resource = process.resource();
             let spans = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint)
@@ -195,7 +196,7 @@ pub fn init_as(
                 .build();
             let tracer = SdkTracerProvider::builder()
                 .with_span_processor(batch)
-                .with_resource(resource.clone())
+                .with_resource(resource)
                 .build();
             let metrics = opentelemetry_otlp::MetricExporter::builder()
                 .with_tonic()
@@ -203,18 +204,11 @@ pub fn init_as(
                 .with_timeout(Duration::from_secs(3))
                 .build()
                 .map_err(|e| failed(&e))?;
-            let meter = SdkMeterProvider::builder()
-                .with_reader(
-                    PeriodicReader::builder(crate::outage::Quiet::new(
-                        metrics, "metrics", endpoint,
-                    ))
+            meter = meter.with_reader(
+                PeriodicReader::builder(crate::outage::Quiet::new(metrics, "metrics", endpoint))
                     .with_interval(interval)
                     .build(),
-                )
-                .with_resource(resource)
-                .build();
-            opentelemetry::global::set_meter_provider(meter.clone());
-            crate::metrics::exported();
+            );
             // only what the README lists: no source locations (always this crate's layer), no
             // thread names or busy/idle timings on every span
             let layer = tracing_opentelemetry::layer()
@@ -225,10 +219,24 @@ pub fn init_as(
                 .with_target(false)
                 .with_filter(Targets::new().with_target(MESH_SPANS, tracing::Level::INFO));
             telemetry.tracer = Some(tracer);
-            telemetry.meter = Some(meter);
             Some(layer)
         }
     };
+    // the same instruments, read by a Prometheus scrape (crate::scrape)
+    if config.prometheus_listen.is_some() {
+        meter = meter.with_reader(crate::scrape::reader().map_err(|message| {
+            TelemetryError::Invalid {
+                field: "prometheus_listen".into(),
+                message,
+            }
+        })?);
+    }
+    if config.otlp_endpoint.is_some() || config.prometheus_listen.is_some() {
+        let meter = meter.build();
+        opentelemetry::global::set_meter_provider(meter.clone());
+        crate::metrics::exported();
+        telemetry.meter = Some(meter);
+    }
     tracing_subscriber::registry()
         .with(fmt)
         .with(otel)

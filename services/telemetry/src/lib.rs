@@ -13,6 +13,9 @@
 //! - Metrics per tenant, service and method ([`metrics`]): calls by outcome, latency, events,
 //!   bulkheads in use.
 //!
+//! - The same metrics on a Prometheus scrape endpoint ([`scrape`]), when
+//!   `[telemetry] prometheus_listen` is set.
+//!
 //! Nothing here knows a particular service: names come from the contract catalogue.
 
 mod config;
@@ -20,6 +23,7 @@ mod layer;
 pub mod metrics;
 pub mod outage;
 mod propagation;
+pub mod scrape;
 
 pub use config::{Process, Telemetry, TelemetryConfig, TelemetryError, init, init_as};
 pub use layer::{Outcome, Side, TraceLayer, Traced, TracedBody, is_error};

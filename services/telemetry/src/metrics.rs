@@ -8,8 +8,14 @@
 //!   are counted as such; a histogram's count is the number of calls);
 //! - `mesh.events` (counter): publishes and consumes by `tenant`, `service`, `event`,
 //!   `operation` and `outcome`;
-//! - `mesh.bulkhead.in_use` (gauge): permits taken per `tenant` and `dependency`, from
-//!   [`observe_bulkheads`].
+//! - `mesh.bulkhead.in_use` and `mesh.bulkhead.capacity` (gauges): permits taken and in all,
+//!   per `tenant` and `dependency`, from [`observe_bulkheads`];
+//! - `mesh.event.lag` (histogram, seconds): from an event's publish to its consumer done with
+//!   it, by `tenant`, `service`, `event` and `consumer` (`consumer="storage"` is how far
+//!   storage is behind), from [`event_lag`];
+//! - `mesh.switch.off` (gauge, 1 per switch that is off) by `tenant` (`*` for all), `target`
+//!   and `changed_by`, and `mesh.tenant.serving` (gauge, 1 or 0) by `tenant` and `state`, from
+//!   [`observe_control`] in the process that holds the control plane.
 //!
 //! The calls a process served are also tallied in the process ([`tally`]), which is how
 //! `meshctl status` reads them without a metrics backend.
@@ -34,6 +40,7 @@ struct Instruments {
     server: Histogram<f64>,
     client: Histogram<f64>,
     events: Counter<u64>,
+    lag: Histogram<f64>,
 }
 
 fn meter() -> Meter {
@@ -66,6 +73,15 @@ fn instruments() -> &'static Instruments {
             events: meter
                 .u64_counter("mesh.events")
                 .with_description("events published and consumed, by outcome")
+                .build(),
+            lag: meter
+                .f64_histogram("mesh.event.lag")
+                .with_unit("s")
+                .with_description("from an event's publish to its consumer done with it")
+                .with_boundaries(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, 300.0, 900.0,
+                ])
                 .build(),
         }
     })
@@ -278,25 +294,133 @@ pub fn event(
     );
 }
 
-/// Reports bulkhead use at every export: `read` answers `(tenant, dependency, in_use)` rows.
-/// Keep the returned gauge alive as long as it should report.
-pub fn observe_bulkheads<F>(read: F) -> ObservableGauge<u64>
+/// Counts how long one event waited, from its publish to `consumer` done with it (a clock
+/// behind the publisher's reads as no wait).
+pub fn event_lag(
+    tenant: &str,
+    service: &'static str,
+    event: &'static str,
+    consumer: &str,
+    lag: Duration,
+) {
+    if !EXPORTED.load(Ordering::Relaxed) {
+        return;
+    }
+    instruments().lag.record(
+        lag.as_secs_f64(),
+        &[
+            KeyValue::new("tenant", tenant.to_owned()),
+            KeyValue::new("service", service),
+            KeyValue::new("event", event),
+            KeyValue::new("consumer", consumer.to_owned()),
+        ],
+    );
+}
+
+/// A switch that is off, as [`observe_control`] reports it.
+#[derive(Clone, Debug)]
+pub struct SwitchOff {
+    /// Its tenant, `*` for every tenant.
+    pub tenant: String,
+    /// What it turns off (`recommend`, `tier>=2`).
+    pub target: String,
+    /// Who turned it off (`ops`, `config`, `auto:<rule>`).
+    pub changed_by: String,
+}
+
+/// What the control plane knows, as [`observe_control`] reads it at every export or scrape:
+/// the switches that are off, and each tenant with its state (`serving`, `starting`, `down`).
+#[derive(Clone, Debug, Default)]
+pub struct ControlState {
+    /// Every switch that is off.
+    pub switches: Vec<SwitchOff>,
+    /// Every tenant and its state.
+    pub tenants: Vec<(String, String)>,
+}
+
+/// Reports the control plane's switches and tenants at every export (`mesh.switch.off`,
+/// `mesh.tenant.serving`). Keep the returned gauges alive as long as they should report.
+pub fn observe_control<F>(read: F) -> Vec<ObservableGauge<u64>>
 where
-    F: Fn() -> Vec<(String, String, u64)> + Send + Sync + 'static,
+    F: Fn() -> ControlState + Send + Sync + 'static,
 {
-    meter()
-        .u64_observable_gauge("mesh.bulkhead.in_use")
-        .with_description("bulkhead permits taken, per tenant and dependency")
+    let read = Arc::new(read);
+    let switches = {
+        let read = read.clone();
+        meter()
+            .u64_observable_gauge("mesh.switch.off")
+            .with_description(
+                "switches that are off (1 each), by tenant (* for all), target and who",
+            )
+            .with_callback(move |gauge| {
+                for switch in read().switches {
+                    gauge.observe(
+                        1,
+                        &[
+                            KeyValue::new("tenant", switch.tenant),
+                            KeyValue::new("target", switch.target),
+                            KeyValue::new("changed_by", switch.changed_by),
+                        ],
+                    );
+                }
+            })
+            .build()
+    };
+    let tenants = meter()
+        .u64_observable_gauge("mesh.tenant.serving")
+        .with_description("1 for a tenant served, 0 for one starting or down, by state")
         .with_callback(move |gauge| {
-            for (tenant, dependency, in_use) in read() {
+            for (tenant, state) in read().tenants {
+                let serving = u64::from(state == "serving");
                 gauge.observe(
-                    in_use,
+                    serving,
                     &[
                         KeyValue::new("tenant", tenant),
-                        KeyValue::new("dependency", dependency),
+                        KeyValue::new("state", state),
                     ],
                 );
             }
         })
-        .build()
+        .build();
+    vec![switches, tenants]
+}
+
+/// Reports bulkhead use at every export (`mesh.bulkhead.in_use` and `mesh.bulkhead.capacity`):
+/// `read` answers `(tenant, dependency, in_use, capacity)` rows. Keep the returned gauges alive
+/// as long as they should report.
+pub fn observe_bulkheads<F>(read: F) -> Vec<ObservableGauge<u64>>
+where
+    F: Fn() -> Vec<(String, String, u64, u64)> + Send + Sync + 'static,
+{
+    let read = Arc::new(read);
+    let gauge = |name: &'static str, description: &'static str, capacity: bool| {
+        let read = read.clone();
+        meter()
+            .u64_observable_gauge(name)
+            .with_description(description)
+            .with_callback(move |gauge| {
+                for (tenant, dependency, in_use, size) in read() {
+                    gauge.observe(
+                        if capacity { size } else { in_use },
+                        &[
+                            KeyValue::new("tenant", tenant),
+                            KeyValue::new("dependency", dependency),
+                        ],
+                    );
+                }
+            })
+            .build()
+    };
+    vec![
+        gauge(
+            "mesh.bulkhead.in_use",
+            "bulkhead permits taken, per tenant and dependency",
+            false,
+        ),
+        gauge(
+            "mesh.bulkhead.capacity",
+            "bulkhead permits in all, per tenant and dependency",
+            true,
+        ),
+    ]
 }

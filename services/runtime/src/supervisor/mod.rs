@@ -147,6 +147,8 @@ pub struct ProcessInfo {
     pub serving_since: Option<Instant>,
     /// What it last reported.
     pub stats: WorkerStats,
+    /// Where its Prometheus scrape endpoint listens, once it said so.
+    pub metrics_address: Option<String>,
     /// Tenants of the group it could not serve, and why.
     pub down: BTreeMap<TenantId, String>,
     /// Why its last run ended or failed to start, if it did.
@@ -278,6 +280,7 @@ impl Supervisor {
                     restarts: 0,
                     serving_since: None,
                     stats: WorkerStats::default(),
+                    metrics_address: None,
                     down: BTreeMap::new(),
                     last_failure: None,
                 },
@@ -651,6 +654,7 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
         inner.update(&group, |slot| {
             slot.info.pid = None;
             slot.info.address = None;
+            slot.info.metrics_address = None;
             slot.info.serving_since = None;
             slot.info.tenants.clear();
         });
@@ -785,6 +789,9 @@ async fn run_worker(
                     });
                 }
                 Some(WorkerLine::Stats(stats)) => inner.update(group, |slot| slot.info.stats = stats),
+                Some(WorkerLine::Metrics(address)) => {
+                    inner.update(group, |slot| slot.info.metrics_address = Some(address));
+                }
                 Some(WorkerLine::Output(_)) => {}
                 None => lines_open = false,
             },

@@ -6,7 +6,9 @@
 //!   (idempotent; a late line never undoes a newer one: versions only grow);
 //! - worker → supervisor: `READY <address>` once serving, `APPLIED <version>` after each state
 //!   (`APPLIED <version> {"tenant":"reason"}` naming the tenants it could not serve),
-//!   `STATS <json>` ([`WorkerStats`]) now and then. Any other line is the worker's own output.
+//!   `STATS <json>` ([`WorkerStats`]) now and then, `METRICS <address>` once its Prometheus
+//!   scrape endpoint listens (when metrics are scraped). Any other line is the worker's own
+//!   output.
 //!
 //! A worker is handed each tenant's file itself ([`TenantSource`]), not a folder to read: it
 //! validates that text as start-up and `meshctl tenant check` do, and a file it cannot serve
@@ -25,6 +27,8 @@ pub const READY_PREFIX: &str = "READY ";
 pub const APPLIED_PREFIX: &str = "APPLIED ";
 /// The line a worker prints with its statistics: `STATS {...}`.
 pub const STATS_PREFIX: &str = "STATS ";
+/// The line a worker prints once its scrape endpoint listens: `METRICS 127.0.0.1:4568`.
+pub const METRICS_PREFIX: &str = "METRICS ";
 
 /// The state a worker must run with; sent before it serves and after every change.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -164,6 +168,8 @@ pub enum WorkerLine {
     },
     /// Its statistics.
     Stats(WorkerStats),
+    /// Its Prometheus scrape endpoint listens at this address.
+    Metrics(String),
     /// Anything else: its own output, shown to the operator.
     Output(String),
 }
@@ -186,6 +192,7 @@ impl std::fmt::Display for WorkerLine {
                 "{STATS_PREFIX}{}",
                 serde_json::to_string(stats).expect("statistics always serialize")
             ),
+            Self::Metrics(address) => write!(f, "{METRICS_PREFIX}{address}"),
             Self::Output(line) => f.write_str(line),
         }
     }
@@ -209,6 +216,9 @@ impl WorkerLine {
             if let (Ok(version), Some(down)) = (version.parse(), down) {
                 return Self::Applied { version, down };
             }
+        }
+        if let Some(address) = line.strip_prefix(METRICS_PREFIX) {
+            return Self::Metrics(address.trim().to_owned());
         }
         if let Some(stats) = line
             .strip_prefix(STATS_PREFIX)
@@ -296,6 +306,7 @@ mod tests {
                 )]),
             },
             WorkerLine::Stats(stats),
+            WorkerLine::Metrics("127.0.0.1:4001".into()),
             WorkerLine::Output("listening".into()),
         ] {
             assert_eq!(WorkerLine::parse(&line.to_string()), line);

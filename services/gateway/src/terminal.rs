@@ -134,15 +134,28 @@ impl Terminal {
         self.cursor
     }
 
-    /// Takes position `p` as returned; false if it was already.
-    fn take(&mut self, p: u64) -> bool {
-        if p <= self.cursor || !self.ahead.insert(p) {
-            return false;
+    /// Whether position `p` was returned already.
+    fn taken(&self, p: u64) -> bool {
+        p <= self.cursor || self.ahead.contains(&p)
+    }
+
+    /// The cursor once position `p` (not yet taken) is.
+    fn cursor_with(&self, p: u64) -> u64 {
+        let mut cursor = self.cursor;
+        while cursor + 1 == p || self.ahead.contains(&(cursor + 1)) {
+            cursor += 1;
         }
-        while self.ahead.remove(&(self.cursor + 1)) {
-            self.cursor += 1;
+        cursor
+    }
+
+    /// Takes position `p` as returned.
+    fn take(&mut self, p: u64) {
+        self.cursor = self.cursor_with(p);
+        if p > self.cursor {
+            self.ahead.insert(p);
         }
-        true
+        let cursor = self.cursor;
+        self.ahead.retain(|&q| q > cursor);
     }
 
     /// This terminal's id.
@@ -182,20 +195,29 @@ impl Terminal {
                 },
             };
             if let Some(Payload::Message(m)) = &push.payload {
-                if !self.take(m.position) {
+                if self.taken(m.position) {
                     continue;
                 }
-                self.messages
+                // taken only once acknowledged: an acknowledgement that fails (the node died,
+                // say) leaves the message to be returned by the next call, and a resume from
+                // this cursor syncs it again, never skips it
+                let acked = self
+                    .messages
                     .ack_delivery(
                         &self.ctx,
                         message::AckDeliveryRequest {
                             user_id: self.user_id.clone(),
                             terminal_id: self.terminal_id.clone(),
                             message_id: m.message_id.clone(),
-                            up_to_position: self.cursor,
+                            up_to_position: self.cursor_with(m.position),
                         },
                     )
-                    .await?;
+                    .await;
+                if let Err(status) = acked {
+                    self.missed.push_front(push);
+                    return Err(status);
+                }
+                self.take(m.position);
             }
             return Ok(Some(push));
         }

@@ -133,15 +133,16 @@ fn render(cmd: &DeployCmd) -> anyhow::Result<String> {
         } => {
             let loaded = mesh_runtime::Tenants::load(tenants, mesh_api::CONTRACTS)?;
             let mut replicas = std::collections::BTreeMap::new();
-            let mut seen = std::collections::BTreeSet::new();
             for group in groups {
+                // (one address in several groups is fine: a `mesh up` node's front door serves
+                // every group; twice in one group is a typo)
+                let mut seen = std::collections::BTreeSet::new();
                 let (name, addresses) = group.split_once('=').ok_or_else(|| {
                     anyhow::anyhow!("--group {group:?}: write GROUP=HOST:PORT,HOST:PORT")
                 })?;
                 let addresses: Vec<String> =
                     addresses.split(',').map(|a| a.trim().to_owned()).collect();
                 for address in &addresses {
-                    // one worker serves one group: the same address twice is a typo
                     if !seen.insert(address.clone()) {
                         anyhow::bail!("--group {group:?}: {address:?} is given twice");
                     }

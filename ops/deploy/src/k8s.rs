@@ -167,8 +167,9 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
         all_secrets.extend(secrets.iter().cloned());
         let mut env = vec![
             json!({ "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } }),
-            // what the other replicas dial to push to this one's terminals
-            json!({ "name": "MESH_WORKER_ADVERTISE_ADDRESS", "value": format!("$(POD_IP):{WORKER_PORT}") }),
+            // what the other replicas dial to push to this one's terminals: its pod IP (v4 or
+            // v6) on the port it listens on
+            json!({ "name": "MESH_WORKER_ADVERTISE_HOST", "value": "$(POD_IP)" }),
             json!({ "name": "MESH_WORKER_GROUP", "value": group }),
             // replicated over the broker cluster: a confirmed event survives a broker node
             json!({ "name": "MESH_AMQP_QUEUE_TYPE", "value": "quorum" }),

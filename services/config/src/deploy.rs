@@ -9,7 +9,8 @@
 //! `MESH_FRONT_DOOR_IDLE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_KEEPALIVE_INTERVAL_SECS`,
 //! `MESH_FRONT_DOOR_KEEPALIVE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_CONNECTION`,
 //! `MESH_FRONT_DOOR_WORKER_CONNECTIONS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_WORKER`,
-//! `MESH_TLS_CERT_FILE`, `MESH_TLS_KEY_FILE`, `MESH_TLS_CLIENT_CA_FILE`.
+//! `MESH_TLS_CERT_FILE`, `MESH_TLS_KEY_FILE`, `MESH_TLS_CLIENT_CA_FILE`,
+//! `MESH_WORKERS_LISTEN_HOST`, `MESH_WORKERS_ADVERTISE_HOST`.
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,68 @@ pub struct DeployConfig {
     /// TLS on the front door and the admin API (off unless a certificate is named).
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Where `mesh up`'s workers listen, and the address other machines reach them at.
+    #[serde(default)]
+    pub workers: WorkersConfig,
+}
+
+/// Where `mesh up`'s workers listen (`[workers]`): on loopback for one machine; on several
+/// machines (a terminal on one node gets what is sent through another, pushed worker to
+/// worker), on an interface the others reach, with the address they reach it at.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// The host each worker listens on, on a port of its choosing (`127.0.0.1`; `0.0.0.0`
+    /// for every interface).
+    pub listen_host: String,
+    /// The host other machines dial to reach this machine's workers (`10.0.0.5`); needed
+    /// when `listen_host` is every interface, and it is the listen host otherwise.
+    pub advertise_host: Option<String>,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        Self {
+            listen_host: "127.0.0.1".into(),
+            advertise_host: None,
+        }
+    }
+}
+
+impl WorkersConfig {
+    /// The `--listen` a worker is started with, and the environment telling it the host it is
+    /// reached at; an error naming the setting when other machines could not reach it.
+    pub fn worker_listen(&self) -> Result<(String, Vec<(String, String)>), FieldError> {
+        let host = self.listen_host.trim();
+        let unspecified = host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+        let listen = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:0")
+        } else {
+            format!("{host}:0")
+        };
+        match &self.advertise_host {
+            Some(advertised) if !advertised.trim().is_empty() => Ok((
+                listen,
+                vec![(
+                    worker_env::ADVERTISE_HOST.into(),
+                    advertised.trim().to_owned(),
+                )],
+            )),
+            _ if unspecified => Err(FieldError {
+                source: "deployment config".into(),
+                field: "workers.advertise_host".into(),
+                message: format!(
+                    "listen_host {host:?} is every interface: name the address other machines \
+                     reach this one at (advertise_host = \"10.0.0.5\", or \
+                     MESH_WORKERS_ADVERTISE_HOST)"
+                ),
+            }),
+            _ => Ok((listen, Vec::new())),
+        }
+    }
 }
 
 /// Spans and metrics (`[telemetry]`).
@@ -205,6 +268,9 @@ pub mod worker_env {
     /// The `host:port` the other nodes dial to reach this worker, when it is not the address
     /// it listens on (`0.0.0.0:7501` in a pod: its pod IP and port).
     pub const ADVERTISE_ADDRESS: &str = "MESH_WORKER_ADVERTISE_ADDRESS";
+    /// The host the other nodes dial to reach this worker, on the port it listens on
+    /// (`[workers] advertise_host`, for `mesh up`'s workers on ports of their choosing).
+    pub const ADVERTISE_HOST: &str = "MESH_WORKER_ADVERTISE_HOST";
 }
 
 impl FrontDoorConfig {
@@ -332,7 +398,8 @@ impl DeployConfig {
             .merge(Env::prefixed("MESH_STATE_").map(|k| format!("state.{k}").into()))
             .merge(Env::prefixed("MESH_TELEMETRY_").map(|k| format!("telemetry.{k}").into()))
             .merge(Env::prefixed("MESH_FRONT_DOOR_").map(|k| format!("front_door.{k}").into()))
-            .merge(Env::prefixed("MESH_TLS_").map(|k| format!("tls.{k}").into()));
+            .merge(Env::prefixed("MESH_TLS_").map(|k| format!("tls.{k}").into()))
+            .merge(Env::prefixed("MESH_WORKERS_").map(|k| format!("workers.{k}").into()));
         figment.extract().map_err(|err| {
             ConfigError::Deploy(field_errors(err, file, |keys| {
                 format!("MESH_{}", keys.join("_").to_uppercase())
@@ -403,6 +470,40 @@ mod tests {
             None,
             "off by default"
         );
+    }
+
+    #[test]
+    fn workers_listen_where_other_machines_reach_them_or_the_setting_is_named() {
+        let default = WorkersConfig::default();
+        assert_eq!(
+            default.worker_listen().unwrap(),
+            ("127.0.0.1:0".to_owned(), Vec::new())
+        );
+        let everywhere = WorkersConfig {
+            listen_host: "0.0.0.0".into(),
+            advertise_host: None,
+        };
+        let err = everywhere.worker_listen().unwrap_err();
+        assert_eq!(err.field, "workers.advertise_host");
+        let reachable = WorkersConfig {
+            advertise_host: Some("10.0.0.5".into()),
+            ..everywhere
+        };
+        assert_eq!(
+            reachable.worker_listen().unwrap(),
+            (
+                "0.0.0.0:0".to_owned(),
+                vec![(
+                    "MESH_WORKER_ADVERTISE_HOST".to_owned(),
+                    "10.0.0.5".to_owned()
+                )]
+            )
+        );
+        let v6 = WorkersConfig {
+            listen_host: "::".into(),
+            advertise_host: Some("fd00::5".into()),
+        };
+        assert_eq!(v6.worker_listen().unwrap().0, "[::]:0");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::RwLock,
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -130,12 +130,22 @@ return 0
 /// live node (`<prefix>:node:<node id>`) that expires unless the node renews it
 /// ([`RedisPresence::keep_alive`]). A terminal on a node whose key expired is not located, and
 /// its entry is removed by the next lookup.
+///
+/// A node that was only silent (paused, cut off from Redis for longer than its heartbeat's
+/// expiry, or Redis restarted empty) finds its key gone at its next heartbeat and registers
+/// again every terminal it still holds, unless the terminal meanwhile registered elsewhere:
+/// its terminals are reachable again, not forgotten for good.
 #[derive(Clone)]
 pub struct RedisPresence {
     connection: redis::aio::ConnectionManager,
     /// The mesh's keys' prefix: several meshes share a Redis apart.
     prefix: String,
+    /// What this process registered and holds: (user key, terminal) to the entry's value.
+    held: Arc<Mutex<Held>>,
 }
+
+/// Entries this process registered: (user key, terminal id) to the entry's value.
+type Held = HashMap<(String, String), Vec<u8>>;
 
 impl std::fmt::Debug for RedisPresence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -169,31 +179,89 @@ impl RedisPresence {
         Ok(Self {
             connection,
             prefix: prefix.to_owned(),
+            held: Arc::default(),
         })
     }
 
     /// Says node `node_id` is alive for `ttl`, now and every third of it, until the returned
     /// task is aborted (or the process ends): when it stops, the node's terminals are forgotten
-    /// within `ttl`.
+    /// within `ttl`. A heartbeat that finds the node's key gone (the node was silent longer
+    /// than `ttl`) registers again the terminals this process holds.
     pub fn keep_alive(&self, node_id: &str, ttl: Duration) -> tokio::task::JoinHandle<()> {
-        let (mut connection, key) = (self.connection.clone(), self.node_key(node_id));
+        let presence = self.clone();
+        let key = self.node_key(node_id);
         let seconds = ttl.as_secs().max(1);
         tokio::spawn(async move {
+            let mut connection = presence.connection.clone();
             let mut tick = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
+            let mut first = true;
             loop {
                 tick.tick().await;
+                // the value it replaced: none means the key had expired (or Redis lost it)
                 let said = redis::cmd("SET")
                     .arg(&key)
                     .arg(1)
                     .arg("EX")
                     .arg(seconds)
-                    .query_async::<()>(&mut connection)
+                    .arg("GET")
+                    .query_async::<Option<i64>>(&mut connection)
                     .await;
-                if let Err(err) = said {
-                    tracing::warn!(node = %key, error = %err, "presence heartbeat failed");
+                match said {
+                    Ok(None) if !first => {
+                        let again = presence.register_held().await;
+                        tracing::warn!(node = %key, terminals = again, "this node was taken for dead (silent past its heartbeat's expiry); its terminals are registered again");
+                    }
+                    Ok(_) => first = false,
+                    Err(err) => {
+                        tracing::warn!(node = %key, error = %err, "presence heartbeat failed")
+                    }
                 }
             }
         })
+    }
+
+    /// Removes a terminal's entry in Redis if `node_id` holds it.
+    async fn forget(&self, key: &str, terminal: &str, node_id: &str) -> Result<(), PresenceError> {
+        redis::cmd("EVAL")
+            .arg(UNREGISTER)
+            .arg(1)
+            .arg(key)
+            .arg(terminal)
+            .arg(node_id)
+            .query_async::<i64>(&mut self.connection.clone())
+            .await
+            .map(drop)
+            .map_err(redis_error("unregistering a terminal"))
+    }
+
+    /// Registers again each terminal this process holds whose entry is gone (none that
+    /// registered elsewhere meanwhile); how many.
+    async fn register_held(&self) -> usize {
+        let held: Vec<((String, String), Vec<u8>)> = self
+            .held
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut connection = self.connection.clone();
+        let mut again = 0;
+        for ((user_key, terminal), value) in held {
+            let set = redis::cmd("HSETNX")
+                .arg(&user_key)
+                .arg(&terminal)
+                .arg(value)
+                .query_async::<i64>(&mut connection)
+                .await;
+            match set {
+                Ok(1) => again += 1,
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "registering a terminal again failed");
+                }
+            }
+        }
+        again
     }
 }
 
@@ -206,13 +274,19 @@ impl Presence for RedisPresence {
     ) -> Result<(), PresenceError> {
         let mut value = format!("{}|", location.node_id).into_bytes();
         location.encode(&mut value).expect("a Vec grows as needed");
+        let key = self.user_key(tenant, &location.user_id);
         redis::cmd("HSET")
-            .arg(self.user_key(tenant, &location.user_id))
+            .arg(&key)
             .arg(&location.terminal_id)
-            .arg(value)
+            .arg(&value)
             .query_async::<()>(&mut self.connection.clone())
             .await
-            .map_err(redis_error("registering a terminal"))
+            .map_err(redis_error("registering a terminal"))?;
+        self.held
+            .lock()
+            .expect("lock")
+            .insert((key, location.terminal_id), value);
+        Ok(())
     }
 
     async fn unregister(
@@ -222,16 +296,19 @@ impl Presence for RedisPresence {
         terminal: &str,
         node_id: &str,
     ) -> Result<(), PresenceError> {
-        redis::cmd("EVAL")
-            .arg(UNREGISTER)
-            .arg(1)
-            .arg(self.user_key(tenant, user))
-            .arg(terminal)
-            .arg(node_id)
-            .query_async::<i64>(&mut self.connection.clone())
-            .await
-            .map(drop)
-            .map_err(redis_error("unregistering a terminal"))
+        let key = self.user_key(tenant, user);
+        {
+            // held here no more, if it was held by `node_id` (this process's)
+            let mut held = self.held.lock().expect("lock");
+            let entry = (key.clone(), terminal.to_owned());
+            if held
+                .get(&entry)
+                .is_some_and(|v| v.starts_with(format!("{node_id}|").as_bytes()))
+            {
+                held.remove(&entry);
+            }
+        }
+        self.forget(&key, terminal, node_id).await
     }
 
     async fn locate(
@@ -280,10 +357,9 @@ impl Presence for RedisPresence {
             if alive.contains(location.node_id.as_str()) {
                 located.push(location);
             } else {
-                // its node is gone: so is the terminal's connection
-                let _ = self
-                    .unregister(tenant, user, &terminal, &location.node_id)
-                    .await;
+                // its node is gone: so is the terminal's connection (unless the node was only
+                // silent: then its next heartbeat registers the terminal again)
+                let _ = self.forget(&key, &terminal, &location.node_id).await;
             }
         }
         Ok(located)

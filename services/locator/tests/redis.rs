@@ -80,3 +80,77 @@ async fn nodes_share_terminals_and_a_silent_node_is_forgotten() {
         .unwrap();
     assert!(b.locate(&tenant, "bob").await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_node_silent_past_its_expiry_registers_its_terminals_again() {
+    let run = &mesh_contract::ServiceCredentials::fresh_token()[..8].to_lowercase();
+    let tenant = TenantId::new(&format!("t{run}")).unwrap();
+    let (node_a, node_b) = (format!("a-{run}"), format!("b-{run}"));
+    let prefix = format!("test-{run}");
+    let a = RedisPresence::connect(&redis_url(), &prefix)
+        .await
+        .expect("Redis on 127.0.0.1:6379 (bash .ci/test starts it)");
+    let b = RedisPresence::connect(&redis_url(), &prefix).await.unwrap();
+    // a heartbeat every second
+    let _alive_a = a.keep_alive(&node_a, Duration::from_secs(3));
+    let _alive_b = b.keep_alive(&node_b, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.register(&tenant, at("carol", "phone", &node_a))
+        .await
+        .unwrap();
+    a.register(&tenant, at("carol", "tablet", &node_a))
+        .await
+        .unwrap();
+
+    // node a is taken for dead (paused past its expiry: its key gone, as expiry removes it),
+    // and node b's next lookup forgets its terminals
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut forgotten = false;
+    for _ in 0..5 {
+        redis::cmd("DEL")
+            .arg(format!("{prefix}:node:{node_a}"))
+            .query_async::<()>(&mut raw)
+            .await
+            .unwrap();
+        // (unless a's heartbeat came between the two: then again)
+        if b.locate(&tenant, "carol").await.unwrap().is_empty() {
+            forgotten = true;
+            break;
+        }
+    }
+    assert!(forgotten, "node b forgets a dead node's terminals");
+    // meanwhile carol's tablet attached to node b
+    b.register(&tenant, at("carol", "tablet", &node_b))
+        .await
+        .unwrap();
+
+    // node a's next heartbeat finds its key gone: its phone is located again, and the tablet
+    // stays where it attached last
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let found = b.locate(&tenant, "carol").await.unwrap();
+        if terminals(&found) == [("phone", node_a.as_str()), ("tablet", node_b.as_str())] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {found:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // a terminal node a let go is not brought back
+    a.unregister(&tenant, "carol", "phone", &node_a)
+        .await
+        .unwrap();
+    redis::cmd("DEL")
+        .arg(format!("{prefix}:node:{node_a}"))
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        terminals(&b.locate(&tenant, "carol").await.unwrap()),
+        [("tablet", node_b.as_str())]
+    );
+    b.unregister(&tenant, "carol", "tablet", &node_b)
+        .await
+        .unwrap();
+}

@@ -47,12 +47,23 @@ pub async fn run(
     let store = SwitchStore::in_dir(&deploy.state.dir);
     let saved = initial_switches(&tenants, &store)?;
     let node_credential = node_credential();
+    // where the workers listen, and the address other machines push to them at
+    let (worker_listen, worker_advertised) = deploy.workers.worker_listen().map_err(|e| {
+        anyhow!(
+            "{} (or MESH_WORKERS_*): {}: {}",
+            config.display(),
+            e.field,
+            e.message
+        )
+    })?;
     let command = WorkerCommand {
         program: std::env::current_exe().context("locating the mesh binary")?,
         args: vec![
             "worker".into(),
             "--tenants".into(),
             dir.display().to_string(),
+            "--listen".into(),
+            worker_listen,
             "--supervised".into(),
         ],
         // workers export telemetry as the deployment says, and ping the front door as it
@@ -62,6 +73,7 @@ pub async fn run(
             deploy.front_door.worker_env(),
             deploy.state.worker_env(),
             vec![(NODE_CREDENTIAL_ENV.into(), node_credential.clone())],
+            worker_advertised,
             node_tls.as_ref().map(|t| t.to_env()).unwrap_or_default(),
         ]
         .concat(),

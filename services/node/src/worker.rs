@@ -421,15 +421,27 @@ async fn serve_metrics(supervised: bool) -> anyhow::Result<()> {
 }
 
 /// The address the other nodes dial to reach this worker: `MESH_WORKER_ADVERTISE_ADDRESS`
-/// when set (a pod listening on 0.0.0.0 gives its pod IP), else the one it listens on.
+/// when set (a pod listening on 0.0.0.0 gives its pod IP and port), else
+/// `MESH_WORKER_ADVERTISE_HOST` on the port it listens on (`mesh up`'s `[workers]
+/// advertise_host`), else the address it listens on.
 fn advertised(listening: std::net::SocketAddr) -> anyhow::Result<std::net::SocketAddr> {
-    let name = mesh_runtime::deploy::worker_env::ADVERTISE_ADDRESS;
-    match std::env::var(name) {
-        Ok(address) if !address.is_empty() => address
+    use mesh_runtime::deploy::worker_env::{ADVERTISE_ADDRESS, ADVERTISE_HOST};
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if let Some(address) = var(ADVERTISE_ADDRESS) {
+        return address
+            .trim()
             .parse()
-            .with_context(|| format!("{name}={address:?} is not an ip:port")),
-        _ => Ok(listening),
+            .with_context(|| format!("{ADVERTISE_ADDRESS}={address:?} is not an ip:port"));
     }
+    if let Some(host) = var(ADVERTISE_HOST) {
+        let ip: std::net::IpAddr = host
+            .trim()
+            .trim_matches(['[', ']'])
+            .parse()
+            .with_context(|| format!("{ADVERTISE_HOST}={host:?} is not an IP address"))?;
+        return Ok(std::net::SocketAddr::new(ip, listening.port()));
+    }
+    Ok(listening)
 }
 
 /// The platform of this process (its bus, store, address and node credential), with nothing

@@ -98,11 +98,19 @@ async fn three_nodes_behind_haproxy_lose_and_duplicate_nothing_when_one_is_kille
             ("MESH_AMQP_URI", support::LOCAL_AMQP.to_owned()),
             ("MESH_ADMIN_TOKEN", OPS_TOKEN.to_owned()),
             ("MESH_STATE_DIR", state.path().display().to_string()),
+            // as on machines of their own: workers on every interface, reached at an address
+            // given (pushes between nodes dial it)
+            ("MESH_WORKERS_LISTEN_HOST", "0.0.0.0".to_owned()),
+            ("MESH_WORKERS_ADVERTISE_HOST", "127.0.0.1".to_owned()),
         ];
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut up = MeshUp::start(folder.path(), &env).await;
         let admin = up.admin_address().await;
         let worker = up.shared_worker().await;
+        assert!(
+            field(&worker, "address").starts_with("127.0.0.1:"),
+            "the worker says the address it is reached at: {worker}"
+        );
         let channel = up.channel().await;
         nodes.push(Node {
             up,

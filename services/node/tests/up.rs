@@ -251,13 +251,30 @@ async fn a_dependency_cycle_is_refused_at_start_up_and_named() {
     assert!(stdout.is_empty(), "nothing was started");
 }
 
+#[tokio::test]
+async fn workers_listening_everywhere_without_an_address_to_reach_them_are_refused() {
+    let dir = support::tenants_folder(&["mall"], &[]);
+    let (stderr, _) =
+        refused_at_start_with(dir.path(), &[("MESH_WORKERS_LISTEN_HOST", "0.0.0.0")]).await;
+    assert!(
+        stderr.contains("workers.advertise_host: listen_host \"0.0.0.0\" is every interface"),
+        "{stderr}"
+    );
+}
+
 /// Runs `mesh up` on the tenants in `dir`, which must refuse to start; its stderr and stdout.
 async fn refused_at_start(dir: &std::path::Path) -> (String, String) {
+    refused_at_start_with(dir, &[]).await
+}
+
+/// [`refused_at_start`] with more environment.
+async fn refused_at_start_with(dir: &std::path::Path, env: &[(&str, &str)]) -> (String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mesh"))
         .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
         .arg(dir)
         .env("MESH_STATE_DIR", dir.join(".state"))
         .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap();

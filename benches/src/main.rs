@@ -5,6 +5,7 @@
 //! for the memory and switch propagation figures.
 
 mod amqp;
+mod front_door;
 mod memory;
 mod noisy;
 mod spike;
@@ -49,6 +50,7 @@ enum Figure {
     Switch,
     Spike,
     Terminals,
+    FrontDoor,
 }
 
 /// One row of results.
@@ -151,6 +153,10 @@ async fn main() -> anyhow::Result<()> {
     if run(Figure::Spike) {
         eprintln!("memory after a connection spike ...");
         rows.extend(spike::run().await?);
+    }
+    if run(Figure::FrontDoor) {
+        eprintln!("the front door hop, against HAProxy and the worker directly ...");
+        rows.extend(front_door::run(window).await?);
     }
     if run(Figure::Terminals) {
         eprintln!("long connections: 20,000 terminals ...");

@@ -39,6 +39,8 @@ pub struct MeshUp {
     pub front: String,
     /// The pid of the worker of the shared group.
     pub worker: u32,
+    /// Where the worker of the shared group serves (`127.0.0.1:4567`).
+    pub worker_address: String,
 }
 
 /// Starts `mesh up` on the tenants in `tenants` (embedded bus and store, state in `state`,
@@ -66,7 +68,7 @@ pub async fn mesh_up(
         .id()
         .ok_or_else(|| anyhow::anyhow!("mesh up has no pid"))?;
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let (mut front, mut worker) = (None, None);
+    let (mut front, mut worker, mut worker_address) = (None, None, None);
     while front.is_none() || worker.is_none() {
         let line = lines
             .next_line()
@@ -76,10 +78,13 @@ pub async fn mesh_up(
             front = Some(address.to_owned());
         }
         if line.starts_with("serving group=shared") {
-            worker = line
-                .split_whitespace()
-                .find_map(|kv| kv.strip_prefix("pid="))
-                .and_then(|p| p.parse::<u32>().ok());
+            let field = |name: &str| {
+                line.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(name))
+                    .map(str::to_owned)
+            };
+            worker = field("pid=").and_then(|p| p.parse::<u32>().ok());
+            worker_address = field("address=");
         }
     }
     // keep reading what it prints, so it never blocks on a full pipe
@@ -89,6 +94,7 @@ pub async fn mesh_up(
         pid,
         front: front.expect("read above"),
         worker: worker.expect("read above"),
+        worker_address: worker_address.unwrap_or_default(),
     })
 }
 

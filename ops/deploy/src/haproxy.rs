@@ -9,8 +9,9 @@
 //!
 //! Each process group is a backend whose servers are its replicas (`mesh worker` processes,
 //! the same tenants on several machines); a call goes to the backend of its `x-mesh-tenant`.
-//! A call with no known tenant goes to the first group, whose workers answer it as the mesh
-//! answers an unknown tenant (UNAUTHENTICATED).
+//! A call with no known tenant goes to the shared group (else the first), whose workers
+//! answer it as the mesh answers an unknown tenant (UNAUTHENTICATED), and health and
+//! reflection as for anyone.
 //!
 //! ```
 //! use mesh_deploy::haproxy::{Haproxy, render};
@@ -50,9 +51,20 @@ pub struct Haproxy {
     pub dns_slots: Option<u32>,
 }
 
+/// `host:port` with a host HAProxy reads as one word (a name, an IPv4 or a bracketed IPv6
+/// address: no space, `#` or newline that would cut or add a line) and a port number.
 fn check_address(address: &str) -> Result<(), DeployError> {
+    let host_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']');
     match address.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        Some((host, port))
+            if !host.is_empty()
+                && host.chars().all(host_char)
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+                && !port.starts_with('0') =>
+        {
+            Ok(())
+        }
         _ => Err(DeployError::BadAddress(address.to_owned())),
     }
 }
@@ -100,8 +112,16 @@ pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployErro
             members.join(" ")
         );
     }
-    if let Some(first) = groups.keys().next() {
-        let _ = writeln!(w, "  default_backend group_{first}");
+    // a call naming no tenant (health, reflection) or an unknown one goes to the shared group,
+    // whose workers answer it as the mesh answers an unknown tenant: never to a business
+    // line's own process group, kept apart for that business line
+    let fallback = if groups.contains_key("shared") {
+        Some("shared")
+    } else {
+        groups.keys().next().map(String::as_str)
+    };
+    if let Some(fallback) = fallback {
+        let _ = writeln!(w, "  default_backend group_{fallback}");
     }
     if options.dns_slots.is_some() {
         // the resolver of the machine (a pod's: the cluster DNS), asked again every 5 s
@@ -182,12 +202,26 @@ mod tests {
             render(&tenants, &typo),
             Err(DeployError::UnknownGroup(g, _)) if g == "finanse"
         ));
-        let mut bad = only_shared;
-        bad.replicas
-            .insert("finance".into(), vec!["nowhere".into()]);
-        assert_eq!(
-            render(&tenants, &bad),
-            Err(DeployError::BadAddress("nowhere".into()))
-        );
+        for nowhere in [
+            "nowhere",
+            "10.0.0.5#x:7501",
+            "10.0.0.5 :7501",
+            "a\nserver x:1",
+            "h:07501",
+            "h:0",
+        ] {
+            let mut bad = only_shared.clone();
+            bad.replicas.insert("finance".into(), vec![nowhere.into()]);
+            assert_eq!(
+                render(&tenants, &bad),
+                Err(DeployError::BadAddress(nowhere.into()))
+            );
+        }
+        let mut good = only_shared;
+        good.replicas
+            .insert("finance".into(), vec!["[fd00::5]:7502".into()]);
+        let config = render(&tenants, &good).unwrap();
+        assert!(config.contains("default_backend group_shared"), "{config}");
+        assert!(config.contains("server finance_1 [fd00::5]:7502 proto h2 check"));
     }
 }

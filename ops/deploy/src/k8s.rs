@@ -98,7 +98,8 @@ fn tenant_secrets(tenants: &Tenants, members: &[String]) -> Vec<String> {
     names
 }
 
-/// The manifests for `tenants` (read from `dir`, whose files go into the ConfigMap).
+/// The manifests for `tenants` (read from `dir`, whose files go into the ConfigMap; load them
+/// with [`Tenants::load_without_secrets`] where the secrets they name are not set).
 pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String, DeployError> {
     // the tenant files, and the key files they name (a user key, a JWKS), each at its path
     // below the mounted folder: ConfigMap keys are flat, so each key is mapped to its path
@@ -124,10 +125,15 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
         }
     }
     for (path, named_by) in paths {
+        // below the folder for real: no `..` climbing out of it (`keys/../../x.pem`)
         let relative = path
             .strip_prefix(dir)
             .ok()
-            .filter(|r| !r.as_os_str().is_empty())
+            .filter(|r| {
+                !r.as_os_str().is_empty()
+                    && r.components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)))
+            })
             .map(|r| r.to_string_lossy().into_owned())
             .ok_or_else(|| {
                 DeployError::Read(
@@ -331,8 +337,6 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
 }
 
 #[cfg(test)]
-// figment's Jail returns figment's own (large) error type
-#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -343,13 +347,14 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEA4ZN7WDXQrcB19GPPNeG2qkuuSJB
 -----END PUBLIC KEY-----
 ";
 
-    /// A tenant whose broker password is in the environment variable `<ID>_BROKER_PASSWORD`.
+    /// A tenant whose token is in the environment variable `<ID>_TOKEN` and broker password
+    /// in `<ID>_BROKER_PASSWORD`, neither set here.
     fn tenant(id: &str, extra: &str) -> String {
+        let var = id.to_uppercase();
         format!(
             "id = \"{id}\"\ndisplay_name = \"{id}\"\ndata_namespace = \"{id}\"\n\
-             [credentials]\ntoken = \"{id}-secret-token\"\n\
-             [broker]\nuser = \"mesh-{id}\"\npassword_env = \"{}_BROKER_PASSWORD\"\n{extra}",
-            id.to_uppercase()
+             [credentials]\ntoken_env = \"{var}_TOKEN\"\n\
+             [broker]\nuser = \"mesh-{id}\"\npassword_env = \"{var}_BROKER_PASSWORD\"\n{extra}"
         )
     }
 
@@ -375,17 +380,8 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEA4ZN7WDXQrcB19GPPNeG2qkuuSJB
         )
         .unwrap();
         std::fs::write(dir.path().join("shop.toml"), tenant("shop", "")).unwrap();
-        // the files load where their secrets are set (figment's jail: set for this test only)
-        let load = |dir: &Path| {
-            let mut loaded = None;
-            figment::Jail::expect_with(|jail| {
-                jail.set_env("NEWCO_BROKER_PASSWORD", "newco-broker-secret");
-                jail.set_env("SHOP_BROKER_PASSWORD", "shop-broker-secret");
-                loaded = Some(Tenants::load(dir, mesh_api::CONTRACTS).unwrap());
-                Ok(())
-            });
-            loaded.unwrap()
-        };
+        // rendered where the secrets are not: they go into the Secret, not through here
+        let load = |dir: &Path| Tenants::load_without_secrets(dir, mesh_api::CONTRACTS).unwrap();
         let tenants = load(dir.path());
         let docs = docs(&render(&tenants, dir.path(), &Options::default()).unwrap());
         let config_map = docs
@@ -417,6 +413,11 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEA4ZN7WDXQrcB19GPPNeG2qkuuSJB
         };
         let (newco_env, shop_env) = (env_of(&newco), env_of(&deployment("mesh-shared")));
         assert!(newco_env.contains(&"NEWCO_BROKER_PASSWORD".to_owned()));
+        assert!(newco_env.contains(&"NEWCO_TOKEN".to_owned()));
+        assert!(
+            !newco_env.contains(&"SHOP_TOKEN".to_owned()),
+            "{newco_env:?}"
+        );
         assert!(
             !newco_env.contains(&"SHOP_BROKER_PASSWORD".to_owned()),
             "{newco_env:?}"

@@ -366,6 +366,25 @@ impl Tenants {
     /// Loads every `*.toml` of `dir` except `_defaults.toml` (and other `_`-prefixed files),
     /// validating each against `catalogue` and all of them against each other.
     pub fn load(dir: &Path, catalogue: &[&ContractSpec]) -> Result<Self, ConfigError> {
+        Self::load_with(dir, catalogue, Secrets::Here)
+    }
+
+    /// [`Tenants::load`] on a machine that does not hold the secrets the files name by
+    /// environment variable (`token_env`, `hs256_secret_env`, `password_env`): every other
+    /// rule is checked. What `mesh deploy` renders from; the secrets go into the deployment's
+    /// own store (a Kubernetes Secret), never through the renderer.
+    pub fn load_without_secrets(
+        dir: &Path,
+        catalogue: &[&ContractSpec],
+    ) -> Result<Self, ConfigError> {
+        Self::load_with(dir, catalogue, Secrets::Elsewhere)
+    }
+
+    fn load_with(
+        dir: &Path,
+        catalogue: &[&ContractSpec],
+        secrets: Secrets,
+    ) -> Result<Self, ConfigError> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|source| ConfigError::Io {
                 path: dir.to_path_buf(),
@@ -388,7 +407,8 @@ impl Tenants {
         let mut tenants = BTreeMap::new();
         let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
         for file in files {
-            match load_file(&file, defaults.as_deref(), catalogue) {
+            let folder = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+            match load_file_in(&file, &folder, defaults.as_deref(), catalogue, secrets) {
                 Ok(tenant) => {
                     let clashing = tenants.values().find_map(|t: &TenantConfig| {
                         let with = sources[t.id.as_str()].as_path();
@@ -733,7 +753,8 @@ pub fn load_text(
     let defaults = dir.join(DEFAULTS_FILE);
     let defaults = defaults.exists().then_some(defaults);
     let shown = file.display().to_string();
-    load_file_in(&file, dir, defaults.as_deref(), catalogue).map_err(|err| match err {
+    load_file_in(&file, dir, defaults.as_deref(), catalogue, Secrets::Here).map_err(|err| match err
+    {
         ConfigError::Invalid(errors) => ConfigError::Invalid(
             errors
                 .into_iter()
@@ -773,7 +794,7 @@ fn clash<'a>(
                     config.data_namespace, other.id
                 ),
             ))
-        } else if other.credentials.resolve() == token {
+        } else if !token.is_empty() && other.credentials.resolve() == token {
             Some((
                 "credentials",
                 format!(
@@ -804,7 +825,26 @@ pub fn load_file(
         file.parent().unwrap_or(Path::new(".")),
         defaults,
         catalogue,
+        Secrets::Here,
     )
+}
+
+/// Whether the secrets a tenant file names by environment variable are set where it loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Secrets {
+    /// Here: a variable that is not set is an error.
+    Here,
+    /// In the deployment's own store (rendering its manifests): not checked here.
+    Elsewhere,
+}
+
+/// Whether `error` only says that a secret's environment variable is not set here.
+fn unset_secret(error: &FieldError) -> bool {
+    matches!(
+        error.field.as_str(),
+        "credentials.token_env" | "broker.password_env" | "users.hs256_secret_env"
+    ) && error.message.starts_with("environment variable ")
+        && error.message.ends_with(" is not set")
 }
 
 /// [`load_file`], with the key files it names relative to `folder`.
@@ -813,6 +853,7 @@ fn load_file_in(
     folder: &Path,
     defaults: Option<&Path>,
     catalogue: &[&ContractSpec],
+    secrets: Secrets,
 ) -> Result<TenantConfig, ConfigError> {
     if !file.exists() {
         return Err(ConfigError::Io {
@@ -835,7 +876,10 @@ fn load_file_in(
     if let Some(users) = config.users.as_mut() {
         users.resolve_paths(folder);
     }
-    let errors = validate(&config, file, catalogue);
+    let mut errors = validate(&config, file, catalogue);
+    if secrets == Secrets::Elsewhere {
+        errors.retain(|e| !unset_secret(e));
+    }
     if errors.is_empty() {
         Ok(config)
     } else {

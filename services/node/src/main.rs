@@ -131,7 +131,8 @@ fn render(cmd: &DeployCmd) -> anyhow::Result<String> {
             listen,
             groups,
         } => {
-            let loaded = mesh_runtime::Tenants::load(tenants, mesh_api::CONTRACTS)?;
+            // the secrets the files name are the deployment's, not this machine's
+            let loaded = mesh_runtime::Tenants::load_without_secrets(tenants, mesh_api::CONTRACTS)?;
             let mut replicas = std::collections::BTreeMap::new();
             for group in groups {
                 // (one address in several groups is fine: a `mesh up` node's front door serves
@@ -168,7 +169,8 @@ fn render(cmd: &DeployCmd) -> anyhow::Result<String> {
             image,
             replicas,
         } => {
-            let loaded = mesh_runtime::Tenants::load(tenants, mesh_api::CONTRACTS)?;
+            // the secrets the files name are the deployment's, not this machine's
+            let loaded = mesh_runtime::Tenants::load_without_secrets(tenants, mesh_api::CONTRACTS)?;
             mesh_deploy::k8s::render(
                 &loaded,
                 tenants,

@@ -3,8 +3,9 @@
 //!
 //! A worker serves its own metrics; `mesh up` serves the node's: its own (the front door and
 //! the control plane: switches, tenants) merged with every worker's, fetched from the address
-//! each worker said (`METRICS <address>`) at each scrape. A worker that does not answer is
-//! left out of that scrape and shows as `mesh_worker_scraped{mesh_worker_group="…"} 0`.
+//! each worker said (`METRICS <address>`) at each scrape. A worker that does not answer (or
+//! is restarting) is left out of that scrape and shows as
+//! `mesh_worker_scraped{mesh_worker_group="…"} 0`.
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
@@ -38,14 +39,18 @@ pub fn node(supervisor: Supervisor) -> Source {
     Arc::new(move || {
         let (supervisor, client) = (supervisor.clone(), client.clone());
         Box::pin(async move {
-            let workers: Vec<(String, String)> = supervisor
+            // every group the supervisor runs: one restarting (no address yet) reads 0
+            let workers: Vec<(String, Option<String>)> = supervisor
                 .processes()
                 .into_iter()
-                .filter_map(|p| p.metrics_address.map(|a| (p.group, a)))
+                .map(|p| (p.group, p.metrics_address))
                 .collect();
             let fetched = futures::future::join_all(workers.iter().map(|(group, address)| {
                 let client = client.clone();
                 async move {
+                    let Some(address) = address else {
+                        return (group.clone(), None);
+                    };
                     let text = async {
                         client
                             .get(format!("http://{address}/metrics"))

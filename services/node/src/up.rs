@@ -155,6 +155,20 @@ pub async fn run(
             .share_tenants(SharedTenants::connect(url, prefix).await?)
             .await?;
         println!("shared state in {url}: switches and tenants follow every node of the mesh");
+        if deploy.workers.advertise_host.is_none()
+            && deploy
+                .workers
+                .listen_host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+        {
+            println!(
+                "workers listen on loopback ([workers] listen_host {}): nodes on other machines \
+                 cannot push to terminals attached here; set listen_host and advertise_host",
+                deploy.workers.listen_host
+            );
+        }
     }
     let admin = match ops_token {
         Some(token) => {
@@ -236,15 +250,8 @@ fn control_state(plane: &ControlPlane) -> mesh_telemetry::metrics::ControlState 
     mesh_telemetry::metrics::ControlState {
         switches: plane
             .switches()
-            .into_iter()
-            .map(|s| mesh_telemetry::metrics::SwitchOff {
-                tenant: s
-                    .tenant
-                    .as_ref()
-                    .map_or_else(|| "*".to_owned(), ToString::to_string),
-                target: s.target.to_string(),
-                changed_by: s.changed_by,
-            })
+            .iter()
+            .map(mesh_telemetry::metrics::SwitchOff::from)
             .collect(),
         tenants: plane
             .tenants()

@@ -353,12 +353,16 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
     let switches = served.platform.switches().clone();
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // a worker alone (a pod) reports its tenants and switches itself; under `mesh up` the
+    // node does, from its control plane
+    let mut _control_metrics = Vec::new();
     if supervised {
         // the supervisor hands over the tenants' files themselves, not the folder
         follow_supervisor(dir, &served, &switches, stop).await?;
     } else {
         let all = Tenants::load(dir, mesh_api::CONTRACTS)?;
         let mut mine = Tenants::default();
+        let mut states = Vec::new();
         for id in ids {
             let (Some(config), Some(file)) = (all.get(id), all.files.get(id)) else {
                 bail!("tenant {id:?} is not configured in {}", dir.display());
@@ -369,13 +373,19 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
             // out, with the reason; the others of this process keep being served
             if let Err(err) = served.add(config, &text).await {
                 tracing::error!(tenant = %id, error = %format!("{err:#}"), "tenant not served");
+                states.push((id.clone(), "down".to_owned()));
                 continue;
             }
+            states.push((id.clone(), "serving".to_owned()));
             mine.tenants.insert(id.clone(), config.clone());
         }
         served.platform.apply_initial_switches(&mine);
         // one of several replicas (Kubernetes, behind a proxy): the switches every node shares
         follow_shared_switches(&switches).await?;
+        _control_metrics = mesh_telemetry::metrics::observe_control({
+            let board = switches.clone();
+            move || control_state(&board, &states)
+        });
         // a pod is stopped with SIGTERM, a terminal with ctrl-c: both drain and stop
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -394,6 +404,21 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         let _ = stopped.await;
     })
     .await
+}
+
+/// The switches a lone worker follows and the states of its tenants, as its gauges say them.
+fn control_state(
+    board: &SwitchBoard,
+    tenants: &[(String, String)],
+) -> mesh_telemetry::metrics::ControlState {
+    mesh_telemetry::metrics::ControlState {
+        switches: board
+            .list()
+            .iter()
+            .map(mesh_telemetry::metrics::SwitchOff::from)
+            .collect(),
+        tenants: tenants.to_vec(),
+    }
 }
 
 /// This process's Prometheus scrape endpoint, when `MESH_TELEMETRY_PROMETHEUS_LISTEN` names

@@ -189,6 +189,15 @@ async fn the_node_serves_every_process_metrics_per_tenant_as_prometheus_reads_th
             .await
             .expect("bob reads it");
     }
+    // calls that take no credential (health, reflection) naming made-up tenants make no series
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    for i in 0..5 {
+        let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest::default());
+        request
+            .metadata_mut()
+            .insert("x-mesh-tenant", format!("madeup{i}").parse().unwrap());
+        health.check(request).await.expect("health answers anyone");
+    }
     let mut ops = support::admin(&admin_at, OPS_TOKEN).await;
     ops.set_switch(mesh_api::admin::v1::SetSwitchRequest {
         target: Some(mesh_api::admin::v1::SwitchTarget {
@@ -227,6 +236,11 @@ async fn the_node_serves_every_process_metrics_per_tenant_as_prometheus_reads_th
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+
+    assert!(
+        !text.contains("tenant=\"madeup"),
+        "a tenant nobody vouched for is no series"
+    );
 
     // Prometheus's own linter takes it: one family each, valid names, types and samples
     let mut promtool = Command::new("promtool")
@@ -361,4 +375,120 @@ async fn the_node_serves_every_process_metrics_per_tenant_as_prometheus_reads_th
         missing.is_empty(),
         "queried but not served: {missing:?}\nserved: {served:?}"
     );
+
+    // b's worker dies: while it restarts, the node says it could not read it (the alert
+    // MeshWorkerNotScraped counts on that), and the exposition stays valid
+    let pid = sample(&text, "target_info", &[("mesh_worker_group", &b)])
+        .map(|_| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("target_info{")
+                        && l.contains(&format!("mesh_worker_group=\"{b}\""))
+                })
+                .and_then(|l| l.split("process_pid=\"").nth(1))
+                .and_then(|rest| rest.split('"').next())
+                .unwrap()
+                .to_owned()
+        })
+        .expect("b's worker is in the scrape");
+    support::signal(&pid, "-KILL");
+    let killed = Instant::now();
+    loop {
+        let text = scrape(&metrics_at).await;
+        if sample(&text, "mesh_worker_scraped", &[("mesh_worker_group", &b)]) == Some(0.0) {
+            assert_eq!(
+                sample(
+                    &text,
+                    "mesh_worker_scraped",
+                    &[("mesh_worker_group", "shared")]
+                ),
+                Some(1.0)
+            );
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "b's worker never read as not scraped:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_alone_serves_its_tenants_and_switches_as_a_node_would() {
+    // paipai starts with recommend off (its file's switch defaults)
+    let dir = tenants_folder(&["mall", "paipai"], &[]);
+    let paipai = dir.path().join("paipai.toml");
+    let text = std::fs::read_to_string(&paipai).unwrap()
+        + "\n[switches]\nservices_off = [\"recommend\"]\n";
+    std::fs::write(&paipai, text).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args([
+            "worker",
+            "--tenant",
+            "mall",
+            "--tenant",
+            "paipai",
+            "--listen",
+            "127.0.0.1:0",
+            "--tenants",
+        ])
+        .arg(dir.path())
+        .env(
+            "MESH_TELEMETRY_PROMETHEUS_LISTEN",
+            format!("127.0.0.1:{port}"),
+        )
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let at = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let text = loop {
+        if let Ok(response) = reqwest::get(format!("http://{at}/metrics")).await {
+            let text = response.text().await.unwrap();
+            if text.contains("mesh_tenant_serving") {
+                break text;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the worker's metrics"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for tenant in ["mall", "paipai"] {
+        assert_eq!(
+            sample(
+                &text,
+                "mesh_tenant_serving",
+                &[("tenant", tenant), ("state", "serving")]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "mesh_switch_off",
+            &[
+                ("tenant", "paipai"),
+                ("target", "recommend"),
+                ("changed_by", "config")
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "mesh_switch_off", &[("tenant", "mall")]),
+        None
+    );
+    let _ = worker.kill().await;
 }

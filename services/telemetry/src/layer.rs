@@ -297,9 +297,10 @@ impl Call {
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_description", message);
         }
-        // a tenant nobody vouched for (the credential was refused) is not a metric series:
-        // anyone could make up tenants by the thousand
-        let tenant = if code == tonic::Code::Unauthenticated {
+        // a tenant nobody vouched for is not a metric series (anyone could make up tenants by
+        // the thousand): not when its credential was refused, nor on a path that takes none
+        // (health, reflection, a path no contract serves)
+        let tenant = if code == tonic::Code::Unauthenticated || self.names.service == "_OTHER" {
             ""
         } else {
             self.tenant.as_str()

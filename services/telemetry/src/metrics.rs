@@ -328,6 +328,19 @@ pub struct SwitchOff {
     pub changed_by: String,
 }
 
+impl From<&mesh_config::switch::Switch> for SwitchOff {
+    fn from(switch: &mesh_config::switch::Switch) -> Self {
+        Self {
+            tenant: switch
+                .tenant
+                .as_ref()
+                .map_or_else(|| "*".to_owned(), ToString::to_string),
+            target: switch.target.to_string(),
+            changed_by: switch.changed_by.clone(),
+        }
+    }
+}
+
 /// What the control plane knows, as [`observe_control`] reads it at every export or scrape:
 /// the switches that are off, and each tenant with its state (`serving`, `starting`, `down`).
 #[derive(Clone, Debug, Default)]

@@ -1,0 +1,193 @@
+//! Figure 8: the front door hop. The same client (32 callers over 4 HTTP/2 connections, mall's
+//! Suggest) calls one `mesh up` worker three ways in one run: directly, through HAProxy (Debian's
+//! package, routing on `x-mesh-tenant` as `mesh deploy haproxy` configures it), and through the
+//! mesh's front door. Each path runs twice, in the order direct, HAProxy, front door, front
+//! door, HAProxy, direct, so a drift of the machine weighs on all three alike.
+
+use std::{
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use mesh_api::recommend::v1 as recommend;
+use mesh_contract::{RequestContext, TenantId};
+
+use crate::{
+    Row,
+    memory::{mesh_binary, mesh_up},
+    micros, percentile,
+};
+
+const CONNECTIONS: usize = 4;
+const CALLERS: usize = 32;
+
+/// Calls and their latencies on one path over `window`.
+#[derive(Default)]
+struct Measured {
+    calls: u64,
+    seconds: f64,
+    latencies: Vec<Duration>,
+}
+
+impl Measured {
+    fn per_second(&self) -> f64 {
+        self.calls as f64 / self.seconds.max(1e-9)
+    }
+}
+
+async fn load(address: &str, window: Duration, into: &mut Measured) -> anyhow::Result<()> {
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
+    }
+    let ctx = RequestContext::new(TenantId::new("mall")?).with_token("dev-mall-token");
+    // warm: connections open, caches filled
+    let mut caller = recommend::RecommendCaller::new(channels[0].clone());
+    for _ in 0..200 {
+        caller
+            .suggest(&ctx, recommend::SuggestRequest::default())
+            .await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let (stop, ctx) = (stop.clone(), ctx.clone());
+            let mut caller = recommend::RecommendCaller::new(channels[i % CONNECTIONS].clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(50_000);
+                let mut failed = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let call = Instant::now();
+                    match caller
+                        .suggest(&ctx, recommend::SuggestRequest::default())
+                        .await
+                    {
+                        Ok(_) => latencies.push(call.elapsed()),
+                        Err(_) => failed += 1,
+                    }
+                }
+                (latencies, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(window).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failed = 0;
+    for task in tasks {
+        let (mut latencies, f) = task.await?;
+        into.calls += latencies.len() as u64;
+        into.latencies.append(&mut latencies);
+        failed += f;
+    }
+    into.seconds += started.elapsed().as_secs_f64();
+    anyhow::ensure!(failed == 0, "{failed} calls to {address} failed");
+    Ok(())
+}
+
+pub async fn run(window: Duration) -> anyhow::Result<Vec<Row>> {
+    // mall alone, its rate limit out of the way: the figure is the hop, not admission
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(
+        crate::tenants_dir().join("_defaults.toml"),
+        dir.path().join("_defaults.toml"),
+    )?;
+    let mall = std::fs::read_to_string(crate::tenants_dir().join("mall.toml"))?
+        + "\n[limits]\nrequests_per_second = 1000000\nburst = 1000000\nmax_concurrent_per_dependency = 100000\n";
+    std::fs::write(dir.path().join("mall.toml"), mall)?;
+    let up = mesh_up(dir.path(), &dir.path().join(".state"), &[]).await?;
+
+    // HAProxy in front of the same worker, as `mesh deploy haproxy` renders it
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let haproxy_at = format!("127.0.0.1:{port}");
+    let rendered = std::process::Command::new(mesh_binary()?)
+        .args(["deploy", "haproxy", "--tenants"])
+        .arg(dir.path())
+        .args(["--listen", &haproxy_at])
+        .args(["--group", &format!("shared={}", up.worker_address)])
+        .output()?;
+    anyhow::ensure!(
+        rendered.status.success(),
+        "mesh deploy haproxy: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let config = dir.path().join("haproxy.cfg");
+    std::fs::write(&config, &rendered.stdout)?;
+    let haproxy = tokio::process::Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let Ok(mut haproxy) = haproxy else {
+        anyhow::bail!("haproxy is not installed (Debian's haproxy package)");
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let half = window / 2;
+    let (mut direct, mut proxied, mut front) = (
+        Measured::default(),
+        Measured::default(),
+        Measured::default(),
+    );
+    load(&up.worker_address, half, &mut direct).await?;
+    load(&haproxy_at, half, &mut proxied).await?;
+    load(&up.front, half, &mut front).await?;
+    load(&up.front, half, &mut front).await?;
+    load(&haproxy_at, half, &mut proxied).await?;
+    load(&up.worker_address, half, &mut direct).await?;
+    let _ = haproxy.kill().await;
+    drop(up);
+
+    for m in [&mut direct, &mut proxied, &mut front] {
+        m.latencies.sort();
+    }
+    let summary = |m: &Measured| {
+        format!(
+            "{:.0} calls/s, p50 {} p99 {}",
+            m.per_second(),
+            micros(percentile(&m.latencies, 0.5)),
+            micros(percentile(&m.latencies, 0.99))
+        )
+    };
+    let ratio = |a: &Measured, b: &Measured| {
+        format!(
+            "{:.2}x calls/s, p50 {:.2}x, p99 {:.2}x",
+            a.per_second() / b.per_second(),
+            percentile(&a.latencies, 0.5).as_secs_f64()
+                / percentile(&b.latencies, 0.5).as_secs_f64(),
+            percentile(&a.latencies, 0.99).as_secs_f64()
+                / percentile(&b.latencies, 0.99).as_secs_f64()
+        )
+    };
+    Ok(vec![
+        Row::new(
+            format!(
+                "front door hop vs. HAProxy routing on x-mesh-tenant to the same worker ({CALLERS} callers, {CONNECTIONS} connections)"
+            ),
+            format!("HAProxy: {}", summary(&proxied)),
+            format!("front door: {}", summary(&front)),
+            ratio(&front, &proxied),
+            ">= 1.0x calls/s, <= 1.0x latency",
+        ),
+        Row::new(
+            "front door hop vs. calling the worker directly",
+            format!("direct: {}", summary(&direct)),
+            format!("front door: {}", summary(&front)),
+            ratio(&front, &direct),
+            "(a path without the hop: >= 0.9x)",
+        ),
+    ])
+}

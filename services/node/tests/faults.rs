@@ -32,14 +32,6 @@ const OPS_TOKEN: &str = "ops-fault-suite-token";
 /// Longest a single send may take to be acknowledged, retries included.
 const SEND_BOUND: Duration = Duration::from_secs(120);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn port_open(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
@@ -65,7 +57,7 @@ impl Rabbit {
             .prefix("mesh-fault-mq")
             .tempdir()
             .unwrap();
-        let (port, dist_port) = (free_port(), free_port());
+        let (port, dist_port) = (support::free_port(), support::free_port());
         std::fs::write(dir.path().join("plugins"), "[].").unwrap();
         std::fs::write(
             dir.path().join("rabbitmq.conf"),

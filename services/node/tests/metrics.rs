@@ -198,18 +198,7 @@ async fn the_node_serves_every_process_metrics_per_tenant_as_prometheus_reads_th
             .insert("x-mesh-tenant", format!("madeup{i}").parse().unwrap());
         health.check(request).await.expect("health answers anyone");
     }
-    let mut ops = support::admin(&admin_at, OPS_TOKEN).await;
-    ops.set_switch(mesh_api::admin::v1::SetSwitchRequest {
-        target: Some(mesh_api::admin::v1::SwitchTarget {
-            service: "recommend".into(),
-            ..Default::default()
-        }),
-        tenant: a.clone(),
-        on: false,
-        reason: "metrics test".into(),
-    })
-    .await
-    .unwrap();
+    support::switch_recommend(&admin_at, OPS_TOKEN, &a, false, "metrics test").await;
 
     // the storage consumer's lag shows once it took both receipts
     let started = Instant::now();
@@ -422,11 +411,7 @@ async fn a_worker_alone_serves_its_tenants_and_switches_as_a_node_would() {
     let text = std::fs::read_to_string(&paipai).unwrap()
         + "\n[switches]\nservices_off = [\"recommend\"]\n";
     std::fs::write(&paipai, text).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
         .args([
             "worker",

@@ -20,7 +20,7 @@ use mesh_api::{locator::v1::TerminalKind, recommend::v1 as recommend};
 use mesh_gateway::Terminal;
 use support::{
     Db, NODE_CREDENTIAL, Users, clear_shared_state, ctx, next_body, node_ctx, reattach_phone,
-    redis_prefix, redis_url, signal, tenants_folder,
+    redis_prefix, redis_url, signal, start_haproxy, tenants_folder,
 };
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -63,14 +63,6 @@ async fn replica(dir: &std::path::Path, db: &Db, prefix: &str) -> (Child, String
     (child, address)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn suggest(channel: &tonic::transport::Channel) -> Result<(), tonic::Status> {
     let mut request = tonic::Request::new(recommend::SuggestRequest::default());
     ctx("mall", "dev-mall-token")
@@ -98,29 +90,9 @@ async fn a_replica_killed_behind_haproxy_costs_only_retried_calls_and_a_reattach
     let (mut second, second_at) = replica(dir.path(), &db, &prefix).await;
 
     // HAProxy as `mesh deploy haproxy` configures it
-    let port = free_port();
-    let rendered = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(["deploy", "haproxy", "--tenants"])
-        .arg(dir.path())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--group", &format!("shared={first_at},{second_at}")])
-        .output()
-        .unwrap();
-    assert!(
-        rendered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rendered.stderr)
-    );
-    let config = dir.path().join("haproxy.cfg");
-    std::fs::write(&config, &rendered.stdout).unwrap();
-    let mut haproxy = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&config)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("haproxy (Debian's haproxy package; bash .ci/test installs it)");
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+    let (mut haproxy, proxy_at) =
+        start_haproxy(dir.path(), &format!("shared={first_at},{second_at}")).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{proxy_at}"))
         .unwrap()
         .connect_lazy();
     let started = Instant::now();

@@ -12,7 +12,6 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -21,9 +20,8 @@ use mesh_api::{locator::v1::TerminalKind, message::v1 as message, recommend::v1 
 use mesh_gateway::Terminal;
 use support::{
     Db, MeshUp, Users, clear_shared_state, ctx, field, node_ctx, redis_prefix, redis_url, signal,
-    tenants_folder, worker_channel,
+    start_haproxy, switch_recommend, tenants_folder, worker_channel,
 };
-use tokio::process::Command;
 use tonic::transport::Channel;
 
 const OPS_TOKEN: &str = "three-nodes-ops-token";
@@ -34,14 +32,6 @@ const MESSAGES: usize = 60;
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() * p).div_ceil(100).max(1) - 1]
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Whether mall's Suggest through `channel` is answered degraded.
@@ -122,30 +112,10 @@ async fn three_nodes_behind_haproxy_lose_and_duplicate_nothing_when_one_is_kille
     let users = Users::of(folders[0].path());
 
     // HAProxy as `mesh deploy haproxy` configures it, the three front doors its servers
-    let port = free_port();
     let fronts: Vec<&str> = nodes.iter().map(|n| n.up.front.as_str()).collect();
-    let rendered = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(["deploy", "haproxy", "--tenants"])
-        .arg(folders[0].path())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--group", &format!("shared={}", fronts.join(","))])
-        .output()
-        .unwrap();
-    assert!(
-        rendered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rendered.stderr)
-    );
-    let config = folders[0].path().join("haproxy.cfg");
-    std::fs::write(&config, &rendered.stdout).unwrap();
-    let mut haproxy = Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("haproxy (Debian's haproxy package; bash .ci/test installs it)");
-    let proxy = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+    let (mut haproxy, proxy_at) =
+        start_haproxy(folders[0].path(), &format!("shared={}", fronts.join(","))).await;
+    let proxy = tonic::transport::Endpoint::from_shared(format!("http://{proxy_at}"))
         .unwrap()
         .connect_lazy();
     let started = Instant::now();
@@ -158,22 +128,10 @@ async fn three_nodes_behind_haproxy_lose_and_duplicate_nothing_when_one_is_kille
     }
 
     // a switch set through node a reaches nodes b and c
-    let mut admin_a = support::admin(&nodes[0].admin, OPS_TOKEN).await;
     let mut propagation = Vec::new();
     for on in [false, true].repeat(5) {
         let set = Instant::now();
-        admin_a
-            .set_switch(mesh_api::admin::v1::SetSwitchRequest {
-                target: Some(mesh_api::admin::v1::SwitchTarget {
-                    service: "recommend".into(),
-                    ..Default::default()
-                }),
-                tenant: "mall".into(),
-                on,
-                reason: "three nodes test".into(),
-            })
-            .await
-            .unwrap();
+        switch_recommend(&nodes[0].admin, OPS_TOKEN, "mall", on, "three nodes test").await;
         for node in &nodes[1..] {
             while degraded(&node.channel).await.unwrap() == on {
                 assert!(
@@ -435,19 +393,7 @@ async fn three_nodes_behind_haproxy_lose_and_duplicate_nothing_when_one_is_kille
     );
 
     // the switch set through a survivor reaches the other and the proxy's routes
-    let mut admin_b = support::admin(&nodes[1].admin, OPS_TOKEN).await;
-    admin_b
-        .set_switch(mesh_api::admin::v1::SetSwitchRequest {
-            target: Some(mesh_api::admin::v1::SwitchTarget {
-                service: "recommend".into(),
-                ..Default::default()
-            }),
-            tenant: "mall".into(),
-            on: false,
-            reason: "after the kill".into(),
-        })
-        .await
-        .unwrap();
+    switch_recommend(&nodes[1].admin, OPS_TOKEN, "mall", false, "after the kill").await;
     let set = Instant::now();
     while !degraded(&nodes[0].channel).await.unwrap() {
         assert!(

@@ -510,3 +510,58 @@ pub async fn reattach_phone(
     }
     (phone, synced)
 }
+
+/// A port free on loopback now (for a process that must be told its port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// HAProxy as `mesh deploy haproxy` configures it for the tenants in `dir`, listening on a free
+/// port of loopback with `group` (`shared=host:port,...`) as its servers; it, and where it
+/// listens. (Debian's `haproxy`; `bash .ci/test` installs it.)
+pub async fn start_haproxy(dir: &Path, group: &str) -> (Child, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let rendered = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["deploy", "haproxy", "--tenants"])
+        .arg(dir)
+        .args(["--listen", &listen, "--group", group])
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(&config, &rendered.stdout).unwrap();
+    let haproxy = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("haproxy (Debian's haproxy package; bash .ci/test installs it)");
+    (haproxy, listen)
+}
+
+/// Turns recommend off (`on` false) or on again for `tenant` through the admin API at `at`, as
+/// `meshctl switch off|on recommend --tenant <tenant>` does.
+pub async fn switch_recommend(at: &str, token: &str, tenant: &str, on: bool, reason: &str) {
+    admin(at, token)
+        .await
+        .set_switch(mesh_api::admin::v1::SetSwitchRequest {
+            target: Some(mesh_api::admin::v1::SwitchTarget {
+                service: "recommend".into(),
+                ..Default::default()
+            }),
+            tenant: tenant.into(),
+            on,
+            reason: reason.into(),
+        })
+        .await
+        .unwrap();
+}

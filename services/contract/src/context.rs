@@ -63,6 +63,14 @@ fn quoted(text: &str) -> String {
     }
 }
 
+/// Maps and sets keyed by tenant are searched with a header's text as it came, with no id
+/// allocated per call (the hash and order of an id are those of its text).
+impl std::borrow::Borrow<str> for TenantId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl TryFrom<String> for TenantId {
     type Error = ContextError;
     fn try_from(s: String) -> Result<Self, Self::Error> {

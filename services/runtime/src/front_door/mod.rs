@@ -305,39 +305,36 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // the route, found with the header's text as it came: nothing allocated per call
         let tenant = request
             .headers()
             .get(headers::TENANT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let tenant_id = tenant.as_deref().and_then(|t| TenantId::new(t).ok());
-        let route = tenant_id
-            .as_ref()
-            .and_then(|t| self.routes.read().expect("lock").get(t).cloned());
-        let front = self.clone();
-        let known = tenant_id
-            .as_ref()
-            .is_some_and(|t| self.known.read().expect("lock").contains(t));
-        Box::pin(async move {
-            let (Some(upstream), Some(_)) = (route, tenant_id) else {
-                let status = match tenant {
-                    None => tonic::Status::unauthenticated(format!(
-                        "request carries no tenant (header `{}`)",
-                        headers::TENANT
-                    )),
-                    // as a wrong credential is answered: nobody learns which tenants exist
-                    Some(t) if !known => tonic::Status::unauthenticated(
-                        crate::auth::AuthError::WrongCredential(t).to_string(),
-                    ),
-                    Some(t) => tonic::Status::unavailable(format!(
-                        "no process is serving tenant {t:?} right now"
-                    )),
-                };
-                return Ok(status.into_http());
+            .and_then(|v| v.to_str().ok());
+        let route = tenant.and_then(|t| self.routes.read().expect("lock").get(t).cloned());
+        let Some(upstream) = route else {
+            let status = match tenant {
+                None => tonic::Status::unauthenticated(format!(
+                    "request carries no tenant (header `{}`)",
+                    headers::TENANT
+                )),
+                // as a wrong credential is answered: nobody learns which tenants exist
+                Some(t) if !self.known.read().expect("lock").contains(t) => {
+                    tonic::Status::unauthenticated(
+                        crate::auth::AuthError::WrongCredential(t.to_owned()).to_string(),
+                    )
+                }
+                Some(t) => tonic::Status::unavailable(format!(
+                    "no process is serving tenant {t:?} right now"
+                )),
             };
-            let method = front.catalogue.method(request.uri().path());
-            // a server stream (a terminal) may stay for hours: those are what the cap bounds
-            let long_lived = method.is_none_or(|(_, m)| m.server_streaming);
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        };
+        // a server stream (a terminal) may stay for hours: those are what the cap bounds
+        let long_lived = self
+            .catalogue
+            .method(request.uri().path())
+            .is_none_or(|(_, m)| m.server_streaming);
+        Box::pin(async move {
             let slot = match upstream.acquire(long_lived) {
                 Ok(slot) => slot,
                 Err(status) => return Ok(status.into_http()),

@@ -46,6 +46,7 @@ enum Figure {
     Unary,
     Amqp,
     Noisy,
+    NoisyFrontDoor,
     Memory,
     Switch,
     Spike,
@@ -141,6 +142,10 @@ async fn main() -> anyhow::Result<()> {
     if run(Figure::Noisy) {
         eprintln!("noisy neighbour ...");
         rows.extend(noisy::run().await?);
+    }
+    if run(Figure::NoisyFrontDoor) {
+        eprintln!("noisy neighbour through the front door ...");
+        rows.extend(noisy::run_through_front_door().await?);
     }
     if run(Figure::Memory) {
         eprintln!("memory ...");

@@ -168,6 +168,71 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
     )])
 }
 
+/// Figure 3b: the same neighbours through `mesh up`'s front door, both tenants served by the
+/// shared worker: B's (paipai's) p99 beside A (mall, held to 50 calls/s) flooding the front door
+/// from a process of its own, against B alone through the same front door.
+pub async fn run_through_front_door() -> anyhow::Result<Vec<Row>> {
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(
+        crate::tenants_dir().join("_defaults.toml"),
+        dir.path().join("_defaults.toml"),
+    )?;
+    // B calls as fast as it can, one call at a time: its own limit out of the way
+    let paipai = std::fs::read_to_string(crate::tenants_dir().join("paipai.toml"))?
+        + "\n[limits]\nrequests_per_second = 100000\nburst = 100000\n";
+    std::fs::write(dir.path().join("paipai.toml"), paipai)?;
+    let mall = std::fs::read_to_string(crate::tenants_dir().join("mall.toml"))?
+        + "\n[limits]\nrequests_per_second = 50\nburst = 10\n";
+    std::fs::write(dir.path().join("mall.toml"), mall)?;
+    let up = crate::memory::mesh_up(dir.path(), &dir.path().join(".state"), &[]).await?;
+    let front_url = format!("http://{}", up.front);
+    let channel = tonic::transport::Endpoint::from_shared(front_url.clone())?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let paipai = crate::tenant_ctx(&crate::shipped_tenants()?, "paipai")?;
+    let calm = || {
+        let (mut caller, paipai) = (
+            recommend::RecommendCaller::new(channel.clone()),
+            paipai.clone(),
+        );
+        async move {
+            let mut latencies = Vec::new();
+            for _ in 0..1000 {
+                let started = Instant::now();
+                caller
+                    .suggest(&paipai, recommend::SuggestRequest::default())
+                    .await?;
+                latencies.push(started.elapsed());
+            }
+            latencies.sort();
+            anyhow::Ok(percentile(&latencies, 0.99))
+        }
+    };
+    calm().await?; // warm
+    let alone = calm().await?;
+    let mut flooding = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["--flood", &front_url])
+        .stdin(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let beside = calm().await?;
+    drop(flooding.stdin.take()); // its stop signal
+    let flooded = tokio::time::timeout(Duration::from_secs(10), flooding.wait())
+        .await
+        .map_err(|_| anyhow::anyhow!("the flooding process did not stop"))??;
+    anyhow::ensure!(flooded.success(), "the flooding process failed: {flooded}");
+    drop(up);
+    Ok(vec![Row::new(
+        "calm tenant p99 through the front door beside a tenant flooding it (same worker)",
+        format!("{} (alone)", micros(alone)),
+        micros(beside),
+        format!("{:.2}", beside.as_secs_f64() / alone.as_secs_f64()),
+        "<= 1.2",
+    )])
+}
+
 /// The flooding neighbour, run as `mesh-bench --flood URL` by [`run`]: tenant A's 32 callers at
 /// ~16 calls/s each (~500 calls/s, ten times its limit) until stdin closes.
 pub async fn flood(front_url: String) -> anyhow::Result<()> {

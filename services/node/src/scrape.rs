@@ -94,6 +94,8 @@ pub async fn serve(listener: TcpListener, source: Source, stopped: impl Future<O
     let accept = async {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // out of file descriptors, say: try again in a moment, not in a spin
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
             let source = source.clone();

@@ -96,14 +96,10 @@ async fn load(address: &str, window: Duration, into: &mut Measured) -> anyhow::R
 
 pub async fn run(window: Duration) -> anyhow::Result<Vec<Row>> {
     // mall alone, its rate limit out of the way: the figure is the hop, not admission
-    let dir = tempfile::tempdir()?;
-    std::fs::copy(
-        crate::tenants_dir().join("_defaults.toml"),
-        dir.path().join("_defaults.toml"),
-    )?;
-    let mall = std::fs::read_to_string(crate::tenants_dir().join("mall.toml"))?
-        + "\n[limits]\nrequests_per_second = 1000000\nburst = 1000000\nmax_concurrent_per_dependency = 100000\n";
-    std::fs::write(dir.path().join("mall.toml"), mall)?;
+    let dir = crate::tenants_folder(&[(
+        "mall",
+        "[limits]\nrequests_per_second = 1000000\nburst = 1000000\nmax_concurrent_per_dependency = 100000\n",
+    )])?;
     let up = mesh_up(dir.path(), &dir.path().join(".state"), &[]).await?;
 
     // HAProxy in front of the same worker, as `mesh deploy haproxy` renders it

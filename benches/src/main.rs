@@ -86,6 +86,22 @@ pub fn tenants_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenants")
 }
 
+/// A tenants folder of a figure's own: the shipped defaults, and each `(tenant, extra)` as the
+/// shipped file with `extra` appended (its limits raised or lowered, say).
+pub fn tenants_folder(shipped: &[(&str, &str)]) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(
+        tenants_dir().join("_defaults.toml"),
+        dir.path().join("_defaults.toml"),
+    )?;
+    for (tenant, extra) in shipped {
+        let file = format!("{tenant}.toml");
+        let text = std::fs::read_to_string(tenants_dir().join(&file))? + "\n" + extra;
+        std::fs::write(dir.path().join(file), text)?;
+    }
+    Ok(dir)
+}
+
 /// The shipped tenants, validated.
 pub fn shipped_tenants() -> anyhow::Result<mesh_runtime::Tenants> {
     Ok(mesh_runtime::Tenants::load(

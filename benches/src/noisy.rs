@@ -127,20 +127,7 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
         .await?;
     let ctx = |tenant: &str| crate::tenant_ctx(&tenants, tenant);
 
-    let calm = |channel: Channel, ctx: RequestContext| async move {
-        let mut caller = recommend::RecommendCaller::new(channel);
-        let mut latencies = Vec::new();
-        for _ in 0..500 {
-            let started = Instant::now();
-            caller
-                .suggest(&ctx, recommend::SuggestRequest::default())
-                .await?;
-            latencies.push(started.elapsed());
-        }
-        latencies.sort();
-        anyhow::Ok(percentile(&latencies, 0.99))
-    };
-    let alone = calm(channel.clone(), ctx("paipai")?).await?;
+    let alone = calm_p99(channel.clone(), &ctx("paipai")?, 500).await?;
 
     // A floods from a process of its own, as a real neighbour would: its callers do not
     // share this process's cores' run queue with B's caller
@@ -150,7 +137,7 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
         .kill_on_drop(true)
         .spawn()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let beside = calm(channel.clone(), ctx("paipai")?).await?;
+    let beside = calm_p99(channel.clone(), &ctx("paipai")?, 500).await?;
     drop(flooding.stdin.take()); // its stop signal
     let flood_calls = tokio::time::timeout(Duration::from_secs(10), flooding.wait())
         .await
@@ -168,22 +155,38 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
     )])
 }
 
+/// The p99 of `calls` Suggest calls of `ctx` through `channel`, one after the other: the calm
+/// tenant's experience.
+async fn calm_p99(
+    channel: Channel,
+    ctx: &RequestContext,
+    calls: usize,
+) -> anyhow::Result<Duration> {
+    let mut caller = recommend::RecommendCaller::new(channel);
+    let mut latencies = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        caller
+            .suggest(ctx, recommend::SuggestRequest::default())
+            .await?;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    Ok(percentile(&latencies, 0.99))
+}
+
 /// Figure 3b: the same neighbours through `mesh up`'s front door, both tenants served by the
 /// shared worker: B's (paipai's) p99 beside A (mall, held to 50 calls/s) flooding the front door
 /// from a process of its own, against B alone through the same front door.
 pub async fn run_through_front_door() -> anyhow::Result<Vec<Row>> {
-    let dir = tempfile::tempdir()?;
-    std::fs::copy(
-        crate::tenants_dir().join("_defaults.toml"),
-        dir.path().join("_defaults.toml"),
-    )?;
     // B calls as fast as it can, one call at a time: its own limit out of the way
-    let paipai = std::fs::read_to_string(crate::tenants_dir().join("paipai.toml"))?
-        + "\n[limits]\nrequests_per_second = 100000\nburst = 100000\n";
-    std::fs::write(dir.path().join("paipai.toml"), paipai)?;
-    let mall = std::fs::read_to_string(crate::tenants_dir().join("mall.toml"))?
-        + "\n[limits]\nrequests_per_second = 50\nburst = 10\n";
-    std::fs::write(dir.path().join("mall.toml"), mall)?;
+    let dir = crate::tenants_folder(&[
+        (
+            "paipai",
+            "[limits]\nrequests_per_second = 100000\nburst = 100000\n",
+        ),
+        ("mall", "[limits]\nrequests_per_second = 50\nburst = 10\n"),
+    ])?;
     let up = crate::memory::mesh_up(dir.path(), &dir.path().join(".state"), &[]).await?;
     let front_url = format!("http://{}", up.front);
     let channel = tonic::transport::Endpoint::from_shared(front_url.clone())?
@@ -191,33 +194,15 @@ pub async fn run_through_front_door() -> anyhow::Result<Vec<Row>> {
         .connect()
         .await?;
     let paipai = crate::tenant_ctx(&crate::shipped_tenants()?, "paipai")?;
-    let calm = || {
-        let (mut caller, paipai) = (
-            recommend::RecommendCaller::new(channel.clone()),
-            paipai.clone(),
-        );
-        async move {
-            let mut latencies = Vec::new();
-            for _ in 0..1000 {
-                let started = Instant::now();
-                caller
-                    .suggest(&paipai, recommend::SuggestRequest::default())
-                    .await?;
-                latencies.push(started.elapsed());
-            }
-            latencies.sort();
-            anyhow::Ok(percentile(&latencies, 0.99))
-        }
-    };
-    calm().await?; // warm
-    let alone = calm().await?;
+    calm_p99(channel.clone(), &paipai, 1000).await?; // warm
+    let alone = calm_p99(channel.clone(), &paipai, 1000).await?;
     let mut flooding = tokio::process::Command::new(std::env::current_exe()?)
         .args(["--flood", &front_url])
         .stdin(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let beside = calm().await?;
+    let beside = calm_p99(channel.clone(), &paipai, 1000).await?;
     drop(flooding.stdin.take()); // its stop signal
     let flooded = tokio::time::timeout(Duration::from_secs(10), flooding.wait())
         .await

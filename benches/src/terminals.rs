@@ -40,11 +40,7 @@ const BULK: &str = "id = \"bulk\"\ndisplay_name = \"Bulk\"\ndata_namespace = \"b
     [limits]\nrequests_per_second = 1000000\nburst = 1000000\nmax_concurrent_per_dependency = 100000\n";
 
 pub async fn run() -> anyhow::Result<Vec<Row>> {
-    let dir = tempfile::tempdir()?;
-    std::fs::copy(
-        crate::tenants_dir().join("_defaults.toml"),
-        dir.path().join("_defaults.toml"),
-    )?;
+    let dir = crate::tenants_folder(&[])?;
     std::fs::write(dir.path().join("bulk.toml"), BULK)?;
     let mut up = mesh_up(dir.path(), &dir.path().join(".state"), &[]).await?;
     let (front, front_pid, worker) = (up.front.clone(), up.pid, up.worker);

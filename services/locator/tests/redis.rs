@@ -28,17 +28,50 @@ fn terminals(found: &[TerminalLocation]) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// One test's mesh in the shared Redis: a tenant, two nodes and a registry client for each,
+/// all under a prefix of its own.
+struct Run {
+    id: String,
+    tenant: TenantId,
+    node_a: String,
+    node_b: String,
+    prefix: String,
+    a: RedisPresence,
+    b: RedisPresence,
+}
+
+impl Run {
+    async fn start() -> Self {
+        let id = mesh_contract::ServiceCredentials::fresh_token()[..8].to_lowercase();
+        let prefix = format!("test-{id}");
+        let a = RedisPresence::connect(&redis_url(), &prefix)
+            .await
+            .expect("Redis on 127.0.0.1:6379 (bash .ci/test starts it)");
+        let b = RedisPresence::connect(&redis_url(), &prefix).await.unwrap();
+        Self {
+            tenant: TenantId::new(&format!("t{id}")).unwrap(),
+            node_a: format!("a-{id}"),
+            node_b: format!("b-{id}"),
+            prefix,
+            a,
+            b,
+            id,
+        }
+    }
+}
+
 #[tokio::test]
 async fn nodes_share_terminals_and_a_silent_node_is_forgotten() {
-    let run = &mesh_contract::ServiceCredentials::fresh_token()[..8].to_lowercase();
-    let tenant = TenantId::new(&format!("t{run}")).unwrap();
+    let Run {
+        id: run,
+        tenant,
+        node_a,
+        node_b,
+        prefix: _,
+        a,
+        b,
+    } = Run::start().await;
     let other = TenantId::new(&format!("o{run}")).unwrap();
-    let (node_a, node_b) = (format!("a-{run}"), format!("b-{run}"));
-    let prefix = format!("test-{run}");
-    let a = RedisPresence::connect(&redis_url(), &prefix)
-        .await
-        .expect("Redis on 127.0.0.1:6379 (bash .ci/test starts it)");
-    let b = RedisPresence::connect(&redis_url(), &prefix).await.unwrap();
     let alive_a = a.keep_alive(&node_a, Duration::from_secs(1));
     let _alive_b = b.keep_alive(&node_b, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -83,14 +116,15 @@ async fn nodes_share_terminals_and_a_silent_node_is_forgotten() {
 
 #[tokio::test]
 async fn a_node_silent_past_its_expiry_registers_its_terminals_again() {
-    let run = &mesh_contract::ServiceCredentials::fresh_token()[..8].to_lowercase();
-    let tenant = TenantId::new(&format!("t{run}")).unwrap();
-    let (node_a, node_b) = (format!("a-{run}"), format!("b-{run}"));
-    let prefix = format!("test-{run}");
-    let a = RedisPresence::connect(&redis_url(), &prefix)
-        .await
-        .expect("Redis on 127.0.0.1:6379 (bash .ci/test starts it)");
-    let b = RedisPresence::connect(&redis_url(), &prefix).await.unwrap();
+    let Run {
+        tenant,
+        node_a,
+        node_b,
+        prefix,
+        a,
+        b,
+        ..
+    } = Run::start().await;
     // a heartbeat every second
     let _alive_a = a.keep_alive(&node_a, Duration::from_secs(3));
     let _alive_b = b.keep_alive(&node_b, Duration::from_secs(30));

@@ -58,6 +58,7 @@ pub async fn mesh_up(
         .arg(tenants)
         .env("MESH_STATE_DIR", state)
         .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("MESH_WEB_LISTEN", "127.0.0.1:0")
         .envs(env.iter().copied())
         .env_remove("MESH_AMQP_URI")
         .env_remove("MESH_STORE_POSTGRES")

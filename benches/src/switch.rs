@@ -93,6 +93,7 @@ pub async fn run(rounds: usize) -> anyhow::Result<Vec<Row>> {
         .arg("--config")
         .arg(state.path().join("none.toml"))
         .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("MESH_WEB_LISTEN", "127.0.0.1:0")
         .env("MESH_ADMIN_TOKEN", TOKEN)
         .env("MESH_STATE_DIR", state.path())
         .stdout(Stdio::piped())

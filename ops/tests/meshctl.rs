@@ -768,6 +768,7 @@ async fn broken_tenant_files_are_refused_identically_everywhere() {
                 .arg("--config")
                 .arg(state.path().join("no-such-mesh.toml"))
                 .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+                .env("MESH_WEB_LISTEN", "127.0.0.1:0")
                 .env("MESH_STATE_DIR", folder.path().join(".state"))
                 .kill_on_drop(true)
                 .output(),

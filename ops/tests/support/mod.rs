@@ -83,6 +83,7 @@ impl Mesh {
             .arg("--config")
             .arg(state.join("no-such-mesh.toml"))
             .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("MESH_WEB_LISTEN", "127.0.0.1:0")
             .env("MESH_ADMIN_TOKEN", TOKEN)
             .env("MESH_STATE_DIR", state)
             .envs(env.iter().copied())

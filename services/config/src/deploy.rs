@@ -10,7 +10,8 @@
 //! `MESH_FRONT_DOOR_KEEPALIVE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_CONNECTION`,
 //! `MESH_FRONT_DOOR_WORKER_CONNECTIONS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_WORKER`,
 //! `MESH_TLS_CERT_FILE`, `MESH_TLS_KEY_FILE`, `MESH_TLS_CLIENT_CA_FILE`,
-//! `MESH_WORKERS_LISTEN_HOST`, `MESH_WORKERS_ADVERTISE_HOST`.
+//! `MESH_WORKERS_LISTEN_HOST`, `MESH_WORKERS_ADVERTISE_HOST`, `MESH_WEB_LISTEN`,
+//! `MESH_WEB_MAX_BODY_BYTES`.
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +45,31 @@ pub struct DeployConfig {
     /// Where `mesh up`'s workers listen, and the address other machines reach them at.
     #[serde(default)]
     pub workers: WorkersConfig,
+    /// The browsers' access: every contract call as HTTP/JSON, the web chat and the ops
+    /// console.
+    #[serde(default)]
+    pub web: WebConfig,
+}
+
+/// The browsers' access (`[web]`): HTTP/1.1 and HTTP/2 with JSON bodies, the terminal stream as
+/// server-sent events, the web chat page and the ops console, beside the front door.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Listen address (`127.0.0.1:7480`; port 0 picks one, printed at start; empty turns the
+    /// browsers' access off).
+    pub listen: String,
+    /// The largest request body accepted; a larger one is refused with 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7480".into(),
+            max_body_bytes: 1 << 20,
+        }
+    }
 }
 
 /// Where `mesh up`'s workers listen (`[workers]`): on loopback for one machine; on several
@@ -399,7 +425,8 @@ impl DeployConfig {
             .merge(Env::prefixed("MESH_TELEMETRY_").map(|k| format!("telemetry.{k}").into()))
             .merge(Env::prefixed("MESH_FRONT_DOOR_").map(|k| format!("front_door.{k}").into()))
             .merge(Env::prefixed("MESH_TLS_").map(|k| format!("tls.{k}").into()))
-            .merge(Env::prefixed("MESH_WORKERS_").map(|k| format!("workers.{k}").into()));
+            .merge(Env::prefixed("MESH_WORKERS_").map(|k| format!("workers.{k}").into()))
+            .merge(Env::prefixed("MESH_WEB_").map(|k| format!("web.{k}").into()));
         figment.extract().map_err(|err| {
             ConfigError::Deploy(field_errors(err, file, |keys| {
                 format!("MESH_{}", keys.join("_").to_uppercase())

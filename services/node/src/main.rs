@@ -18,6 +18,7 @@ mod admin;
 mod demo;
 mod scrape;
 mod up;
+mod web;
 mod worker;
 
 use std::path::PathBuf;

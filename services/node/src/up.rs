@@ -140,7 +140,7 @@ pub async fn run(
         saved,
         store,
         supervisor.clone(),
-        front,
+        front.clone(),
     )?
     // the workers inherit MESH_STORE_POSTGRES: their stored data lives outside them
     .with_data_shared(std::env::var_os("MESH_STORE_POSTGRES").is_some());
@@ -170,20 +170,24 @@ pub async fn run(
             );
         }
     }
-    let admin = match ops_token {
-        Some(token) => {
+    // the admin API, once: served to meshctl on its own listener and to the ops console
+    // through the browsers' access
+    let admin_service = ops_token.map(|token| {
+        tonic::service::Routes::new(AdminServer::with_interceptor(
+            AdminService::new(plane.clone()).with_broker(std::env::var("MESH_AMQP_URI").ok()),
+            OpsCredential::new(&token),
+        ))
+    });
+    let admin = match &admin_service {
+        Some(service) => {
             let admin_listener = tokio::net::TcpListener::bind(&deploy.admin.listen)
                 .await
                 .with_context(|| format!("admin API: listening on {}", deploy.admin.listen))?;
             println!("admin listening on {}", admin_listener.local_addr()?);
-            let service = AdminServer::with_interceptor(
-                AdminService::new(plane.clone()).with_broker(std::env::var("MESH_AMQP_URI").ok()),
-                OpsCredential::new(&token),
-            );
             // the front door's connection handling (and TLS), not its limits
             Some(tokio::spawn(mesh_runtime::connections::serve_connections(
                 admin_listener,
-                tonic::service::Routes::new(service),
+                service.clone(),
                 mesh_runtime::connections::ConnectionLimits::default(),
                 tls.clone(),
                 stopped(stopping.clone()),
@@ -195,6 +199,29 @@ pub async fn run(
                 config.display()
             );
             None
+        }
+    };
+    let web = match deploy.web.listen.trim() {
+        "" => None,
+        listen => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("web access: listening on {listen}"))?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            println!(
+                "web access at {scheme}://{}/ (chat /chat, ops console /console)",
+                listener.local_addr()?
+            );
+            Some(tokio::spawn(mesh_runtime::connections::serve_connections(
+                listener,
+                crate::web::access(&front, admin_service, deploy.web.max_body_bytes)?,
+                mesh_runtime::connections::ConnectionLimits {
+                    http1: true,
+                    ..ConnectionLimits::from(&deploy.front_door)
+                },
+                tls.clone(),
+                stopped(stopping.clone()),
+            )))
         }
     };
     // the node's metrics where Prometheus looks: its own, the control plane's switches and
@@ -237,6 +264,9 @@ pub async fn run(
     }
     if let Some(metrics) = metrics {
         let _ = metrics.await;
+    }
+    if let Some(web) = web {
+        let _ = web.await;
     }
     while let Ok(event) = reports.try_recv() {
         report(&event);

@@ -334,6 +334,7 @@ async fn acknowledged_messages_survive_broker_database_and_worker_faults() {
             ("MESH_AMQP_URI", &amqp),
             ("MESH_STORE_POSTGRES", &pg),
             ("MESH_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("MESH_WEB_LISTEN", "127.0.0.1:0"),
             ("MESH_ADMIN_TOKEN", OPS_TOKEN),
         ],
     )

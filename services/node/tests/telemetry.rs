@@ -709,6 +709,7 @@ async fn a_collector_that_is_down_is_said_once_per_outage() {
         .arg(dir.path())
         .env("MESH_STATE_DIR", dir.path().join(".state"))
         .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("MESH_WEB_LISTEN", "127.0.0.1:0")
         .env("MESH_TELEMETRY_OTLP_ENDPOINT", &endpoint)
         .env("MESH_TELEMETRY_EXPORT_INTERVAL_MS", "100")
         .stdout(Stdio::null())

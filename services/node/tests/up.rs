@@ -274,6 +274,7 @@ async fn refused_at_start_with(dir: &std::path::Path, env: &[(&str, &str)]) -> (
         .arg(dir)
         .env("MESH_STATE_DIR", dir.join(".state"))
         .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("MESH_WEB_LISTEN", "127.0.0.1:0")
         .envs(env.iter().copied())
         .output()
         .await
@@ -319,6 +320,7 @@ async fn mesh_up_says_which_config_it_read_or_that_it_found_none() {
                 .arg(&config)
                 .env("MESH_STATE_DIR", dir.join(".state"))
                 .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+                .env("MESH_WEB_LISTEN", "127.0.0.1:0")
                 .stdout(std::process::Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()

@@ -36,6 +36,9 @@ pub struct ConnectionLimits {
     /// the same number, so a client cancelling all its terminals at once is never taken for a
     /// reset flood (`GOAWAY too_many_resets` would drop its other streams).
     pub max_streams_per_connection: u32,
+    /// Whether HTTP/1.1 is served beside HTTP/2 (the browsers' access, `mesh-web`); gRPC
+    /// needs HTTP/2, so the front door and the workers serve HTTP/2 only.
+    pub http1: bool,
 }
 
 /// The deployment file's defaults (`[front_door]` in `ops/mesh.toml`).
@@ -55,6 +58,7 @@ impl From<&mesh_config::deploy::FrontDoorConfig> for ConnectionLimits {
             keepalive_interval: Duration::from_secs(config.keepalive_interval_secs.max(1)),
             keepalive_timeout: Duration::from_secs(config.keepalive_timeout_secs.max(1)),
             max_streams_per_connection: config.max_streams_per_connection.max(1),
+            http1: false,
         }
     }
 }
@@ -315,7 +319,12 @@ async fn serve_connection<IO, S>(
         rt::{TokioExecutor, TokioIo, TokioTimer},
         server::conn::auto::Builder,
     };
-    let mut builder = Builder::new(TokioExecutor::new()).http2_only();
+    let mut builder = Builder::new(TokioExecutor::new());
+    if limits.http1 {
+        builder.http1().timer(TokioTimer::new());
+    } else {
+        builder = builder.http2_only();
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -101,6 +101,7 @@ fn limits() -> ConnectionLimits {
         keepalive_interval: Duration::from_secs(30),
         keepalive_timeout: Duration::from_secs(20),
         max_streams_per_connection: 1_000,
+        http1: false,
     }
 }
 

@@ -171,6 +171,7 @@ impl MeshUp {
             // tests run side by side: the admin API of each on a port of its own (figment
             // finds the repository's ops/mesh.toml from any folder below it)
             .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("MESH_WEB_LISTEN", "127.0.0.1:0")
             // known to the test, which may then act as one of the mesh's nodes at a worker
             .env("MESH_NODE_CREDENTIAL", NODE_CREDENTIAL)
             .envs(env.iter().copied())
@@ -240,6 +241,19 @@ impl MeshUp {
             .wait_for("the admin API", |l| l.starts_with("admin listening on "))
             .await
             .trim_start_matches("admin listening on ")
+            .to_owned()
+    }
+
+    /// Where its browsers' access listens (`host:port`; waits for the line saying so).
+    pub async fn web_address(&mut self) -> String {
+        let line = self
+            .output
+            .wait_for("the web access", |l| l.starts_with("web access at http://"))
+            .await;
+        line.trim_start_matches("web access at http://")
+            .split('/')
+            .next()
+            .unwrap()
             .to_owned()
     }
 

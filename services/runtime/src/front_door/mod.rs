@@ -222,11 +222,34 @@ impl FrontDoor {
         tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        // the front door's stack, outermost first: a span for every call it answers or
-        // forwards (refused, delayed, routed; the worker's span is its child, as the forwarded
-        // request carries this span's context), health and reflection, who may call what,
-        // the traffic it watches, the drills' delays, then the router
-        let stack = tower::ServiceBuilder::new()
+        let stack = self.stack();
+        crate::connections::serve_connections(listener, stack, limits, tls, shutdown).await
+    }
+}
+
+impl FrontDoor {
+    /// The front door as one service, its layers around its router: what it serves on its
+    /// listener, and what the browsers' access (`mesh-web`) calls in process, so a call that
+    /// came as HTTP/JSON passes exactly the checks a gRPC call does.
+    pub fn stack<B>(
+        self,
+    ) -> impl tower_service::Service<
+        http::Request<B>,
+        Response = http::Response<tonic::body::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // outermost first: a span for every call it answers or forwards (refused, delayed,
+        // routed; the worker's span is its child, as the forwarded request carries this span's
+        // context), health and reflection, who may call what, the traffic it watches, the
+        // drills' delays, then the router
+        tower::ServiceBuilder::new()
             .layer(mesh_telemetry::TraceLayer::server(self.catalogue.0))
             .layer(crate::probes::ProbesLayer::new(self.probes.clone()))
             .layer(crate::layers::AdmitLayer::new(Door {
@@ -239,8 +262,7 @@ impl FrontDoor {
                 self.catalogue,
             ))
             .layer(FaultLayer::new(self.faults.clone(), self.catalogue))
-            .service(self);
-        crate::connections::serve_connections(listener, stack, limits, tls, shutdown).await
+            .service(self)
     }
 }
 

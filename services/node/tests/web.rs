@@ -1,0 +1,347 @@
+//! The browsers' access of `mesh up`, used with curl (HTTP/1.1 and HTTP/2), not with a client
+//! of ours: calls as JSON through the same layers as gRPC (user tokens acting as their user
+//! only, switches with the degraded mark, the admin API behind the ops credential), the
+//! terminal stream as server-sent events, and every kind of bad request answered with its
+//! HTTP status and a JSON error naming what is wrong.
+
+mod support;
+
+use std::process::Stdio;
+
+use support::{MeshUp, Users};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const OPS: &str = "ops-web-suite-token";
+
+/// An HTTP answer as curl printed it.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: String,
+    body: serde_json::Value,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    fn error_status(&self) -> &str {
+        self.body["error"]["status"].as_str().unwrap_or_default()
+    }
+
+    fn error_message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or_default()
+    }
+}
+
+/// `curl` with `args`, the answer parsed (headers, then a JSON body).
+async fn curl(args: &[&str]) -> Answer {
+    curl_with_body(args, None).await
+}
+
+/// `curl` with `args`, sending `body` (from its standard input: a body may be larger than a
+/// command line), the answer parsed.
+async fn curl_with_body(args: &[&str], body: Option<&str>) -> Answer {
+    use tokio::io::AsyncWriteExt;
+    let mut command = tokio::process::Command::new("curl");
+    command.args(["-s", "-i", "-H", "expect:"]).args(args);
+    if body.is_some() {
+        command.args(["--data-binary", "@-"]);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("curl is installed");
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(body) = body {
+        stdin.write_all(body.as_bytes()).await.unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (headers, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("curl {args:?}: no answer: {text:?}"));
+    let status = headers.split_whitespace().nth(1).unwrap().parse().unwrap();
+    Answer {
+        status,
+        headers: headers.to_owned(),
+        body: serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("curl {args:?}: the body is not JSON ({e}): {body:?}")),
+    }
+}
+
+/// POSTs `body` to `path` at `web` as `tenant`, with `credential` header lines.
+async fn post(web: &str, path: &str, headers: &[String], body: &str) -> Answer {
+    let url = format!("http://{web}{path}");
+    let mut args: Vec<&str> = vec![&url];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    curl_with_body(&args, Some(body)).await
+}
+
+fn user(tenant: &str, token: &str) -> Vec<String> {
+    vec![
+        format!("x-mesh-tenant: {tenant}"),
+        format!("authorization: Bearer {token}"),
+    ]
+}
+
+fn ops() -> Vec<String> {
+    vec![format!("authorization: Bearer {OPS}")]
+}
+
+/// A terminal attached with `curl -N`: the events it prints, line by line.
+struct Sse {
+    _child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Sse {
+    async fn attach(web: &str, headers: &[String], body: &str) -> Self {
+        let mut command = tokio::process::Command::new("curl");
+        command
+            .args(["-s", "-N", &format!("http://{web}/gateway/v1/Attach")])
+            .args(["--data-binary", body]);
+        for h in headers {
+            command.args(["-H", h]);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            _child: child,
+            lines,
+        }
+    }
+
+    /// The next event's name and JSON data (keepalive comments skipped), within 10 s.
+    async fn next(&mut self) -> (String, serde_json::Value) {
+        let read = async {
+            let mut name = String::new();
+            loop {
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("the stream ended");
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = n.to_owned();
+                } else if let Some(data) = line.strip_prefix("data: ") {
+                    return (name, serde_json::from_str(data).unwrap());
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), read)
+            .await
+            .expect("an event within 10 s")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_chats_over_json_and_server_sent_events_through_the_mesh_layers() {
+    let dir = support::tenants_folder(&["mall", "paipai"], &[]);
+    let mut up = MeshUp::start(dir.path(), &[("MESH_ADMIN_TOKEN", OPS)]).await;
+    up.admin_address().await;
+    let web = up.web_address().await;
+    up.shared_worker().await;
+    let users = Users::of(dir.path());
+    let alice = user("mall", &users.token("mall", "alice"));
+    let bob = user("mall", &users.token("mall", "bob"));
+
+    // bob's browser attaches; the stream opens once the gateway registered the terminal
+    let mut terminal = Sse::attach(
+        &web,
+        &bob,
+        r#"{"userId": "bob", "terminalId": "web-1", "kind": "TERMINAL_KIND_WEB"}"#,
+    )
+    .await;
+    // alice sends (the proto3 JSON mapping: lowerCamelCase names, 64-bit numbers as strings)
+    let send = r#"{"conversationId": "c1", "fromUser": "alice", "toUser": "bob",
+                   "body": "hello <b>bob</b>", "clientMsgId": "m-1"}"#;
+    let sent = loop {
+        let sent = post(&web, "/message/v1/Send", &alice, send).await;
+        assert_eq!(sent.status, 200, "{sent:?}");
+        // the terminal registers as its stream opens: resend (same client id, stored once)
+        // until the send reports it delivered
+        if sent.body["deliveredTerminals"] == serde_json::json!(["web-1"]) {
+            break sent;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(sent.body["message"]["seq"], "1", "{sent:?}");
+    assert_eq!(sent.header("content-type"), Some("application/json"));
+    let (name, push) = terminal.next().await;
+    assert_eq!(name, "message");
+    assert_eq!(push["message"]["body"], "hello <b>bob</b>");
+    assert_eq!(
+        push["message"]["messageId"],
+        sent.body["message"]["messageId"]
+    );
+
+    // the same over HTTP/2 (prior knowledge), with snake_case names, read back by bob's sync
+    let url = format!("http://{web}/message/v1/FetchOffline");
+    let mut args = vec![
+        "--http2-prior-knowledge",
+        &url,
+        "--data-binary",
+        r#"{"user_id": "bob", "terminal_id": "web-2"}"#,
+    ];
+    for h in &bob {
+        args.extend(["-H", h.as_str()]);
+    }
+    let synced = curl(&args).await;
+    assert_eq!(synced.status, 200, "{synced:?}");
+    assert!(synced.headers.starts_with("HTTP/2 200"), "{synced:?}");
+    assert_eq!(synced.body["messages"][0]["body"], "hello <b>bob</b>");
+
+    // a user token acts as its own user only
+    let forged = post(
+        &web,
+        "/message/v1/Send",
+        &alice,
+        r#"{"conversationId": "c1", "fromUser": "bob", "toUser": "alice", "body": "x", "clientMsgId": "m-2"}"#,
+    )
+    .await;
+    assert_eq!(
+        (forged.status, forged.error_status()),
+        (403, "PERMISSION_DENIED")
+    );
+    // a token of another tenant, an unknown tenant: refused alike
+    let wrong = post(
+        &web,
+        "/message/v1/Send",
+        &user("paipai", &users.token("mall", "alice")),
+        send,
+    )
+    .await;
+    let unknown = post(&web, "/message/v1/Send", &user("nobody", "x"), send).await;
+    assert_eq!(
+        (wrong.status, wrong.error_status()),
+        (401, "UNAUTHENTICATED")
+    );
+    assert_eq!(
+        (unknown.status, unknown.error_status()),
+        (401, "UNAUTHENTICATED")
+    );
+    // a typo never reaches the mesh, and the answer names the message and the field
+    let typo = post(&web, "/message/v1/Send", &alice, r#"{"toUsr": "bob"}"#).await;
+    assert_eq!(
+        (typo.status, typo.error_status()),
+        (400, "INVALID_ARGUMENT")
+    );
+    assert!(
+        typo.error_message().contains("message.v1.SendRequest")
+            && typo.error_message().contains("toUsr"),
+        "{typo:?}"
+    );
+    let not_json = post(&web, "/message/v1/Send", &alice, "body=hi").await;
+    assert_eq!(not_json.status, 400, "{not_json:?}");
+    let deadline = post(
+        &web,
+        "/message/v1/Send",
+        &[alice.clone(), vec!["x-mesh-timeout-ms: soon".into()]].concat(),
+        send,
+    )
+    .await;
+    assert_eq!(deadline.status, 400, "{deadline:?}");
+    assert!(
+        deadline.error_message().contains("x-mesh-timeout-ms"),
+        "{deadline:?}"
+    );
+    // over the body limit (1 MiB by default)
+    let huge = format!(r#"{{"body": "{}"}}"#, "a".repeat(1_100_000));
+    let too_big = post(&web, "/message/v1/Send", &alice, &huge).await;
+    assert_eq!(
+        (too_big.status, too_big.error_status()),
+        (413, "RESOURCE_EXHAUSTED")
+    );
+    // no such call; the mesh's internal calls are not served here; a call wants POST
+    let nowhere = post(&web, "/message/v9/Send", &alice, "{}").await;
+    assert_eq!(nowhere.status, 404, "{nowhere:?}");
+    let internal = post(&web, "/gateway/v1/Deliver", &alice, "{}").await;
+    assert_eq!(internal.status, 404, "{internal:?}");
+    let get = curl(&[&format!("http://{web}/message/v1/Send")]).await;
+    assert_eq!((get.status, get.header("allow")), (405, Some("POST")));
+
+    // the admin API: behind the ops credential, as for meshctl
+    let anyone = post(&web, "/admin/v1/ListSwitches", &alice, "{}").await;
+    assert_eq!(
+        (anyone.status, anyone.error_status()),
+        (401, "UNAUTHENTICATED")
+    );
+    let off = post(
+        &web,
+        "/admin/v1/SetSwitch",
+        &ops(),
+        r#"{"target": {"service": "recommend"}, "tenant": "mall", "on": false, "reason": "drill"}"#,
+    )
+    .await;
+    assert_eq!(off.status, 200, "{off:?}");
+    assert_eq!(off.body["switches"][0]["scope"], "recommend@mall");
+    // mall's suggestions are degraded (the empty answer, marked); paipai's are served
+    let suggest = r#"{"userId": "alice", "limit": 3}"#;
+    let mall = post(&web, "/recommend/v1/Suggest", &alice, suggest).await;
+    assert_eq!(mall.status, 200, "{mall:?}");
+    assert_eq!(mall.header("x-mesh-degraded"), Some("recommend@mall"));
+    assert_eq!(mall.body["products"], serde_json::json!([]));
+    let paipai = post(
+        &web,
+        "/recommend/v1/Suggest",
+        &user("paipai", &users.token("paipai", "alice")),
+        suggest,
+    )
+    .await;
+    assert_eq!(paipai.status, 200, "{paipai:?}");
+    assert_eq!(paipai.header("x-mesh-degraded"), None);
+    assert_eq!(
+        paipai.body["products"].as_array().unwrap().len(),
+        3,
+        "{paipai:?}"
+    );
+
+    // a degraded error answer (messaging off): 503 with the contract's message, marked
+    post(
+        &web,
+        "/admin/v1/SetSwitch",
+        &ops(),
+        r#"{"target": {"service": "message", "method": "Send"}, "tenant": "mall", "on": false}"#,
+    )
+    .await;
+    let refused = post(&web, "/message/v1/Send", &alice, send).await;
+    assert_eq!(
+        (refused.status, refused.error_status()),
+        (503, "UNAVAILABLE")
+    );
+    assert_eq!(
+        refused.error_message(),
+        "messaging is temporarily unavailable"
+    );
+    assert_eq!(refused.header("x-mesh-degraded"), Some("message.Send@mall"));
+
+    // a stream refused before it opens is a plain error answer, not an event stream
+    let stranger = curl(&[
+        &format!("http://{web}/gateway/v1/Attach"),
+        "--data-binary",
+        r#"{"userId": "bob", "terminalId": "t"}"#,
+        "-H",
+        &alice[0],
+        "-H",
+        &alice[1],
+    ])
+    .await;
+    assert_eq!(
+        (stranger.status, stranger.error_status()),
+        (403, "PERMISSION_DENIED")
+    );
+}

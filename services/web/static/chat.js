@@ -1,0 +1,273 @@
+// The web chat: a terminal of one user of one business line. It attaches (the gateway's
+// stream, as server-sent events), syncs what it missed from its cursor, acknowledges what it
+// shows, sends, marks read, and shows the user's orders and suggestions beside the
+// conversation. Every request is a contract call over the mesh's HTTP/JSON access, with the
+// user's token: the mesh lets it act as that user only.
+import { MeshError, call, el, stream } from "./mesh.js";
+
+const $ = (id) => document.getElementById(id);
+
+let session = null; // { tenant, user, token, peer, terminal, conversation }
+let online = true;
+let attached = null; // the AbortController of the open stream
+const shown = new Map(); // message id -> its list item
+let sentSeqs = []; // [seq, list item] of what this user sent here, for read receipts
+let lastRead = 0;
+
+function headers() {
+  return { "x-mesh-tenant": session.tenant, authorization: `Bearer ${session.token}` };
+}
+
+function mesh(path, body) {
+  return call(path, body, headers());
+}
+
+function setConnection(state) {
+  const pill = $("connection");
+  pill.textContent = state;
+  pill.dataset.state = state;
+}
+
+/** The conversation of two users, named alike on both sides. */
+function conversationOf(a, b) {
+  return `chat.${[a, b].sort().join(".")}`;
+}
+
+/** The terminal id of this browser for this user: kept, so a reload resumes its cursor. */
+function terminalOf(tenant, user) {
+  const key = `mesh.terminal.${tenant}.${user}`;
+  let id = localStorage.getItem(key);
+  if (!id) {
+    id = `web-${crypto.randomUUID().slice(0, 8)}`;
+    localStorage.setItem(key, id);
+  }
+  return id;
+}
+
+function show(message) {
+  if (shown.has(message.messageId)) return;
+  const mine = message.fromUser === session.user;
+  const kind = message.kind === "MESSAGE_KIND_SYSTEM" ? "system" : mine ? "mine" : "theirs";
+  const state = el("span", "state", mine ? "sent" : "");
+  const item = el(
+    "li",
+    `message ${kind}`,
+    el("span", "from", kind === "system" ? "system" : message.fromUser),
+    el("span", "body", message.body),
+    state,
+  );
+  item.dataset.seq = message.seq;
+  item.dataset.messageId = message.messageId;
+  shown.set(message.messageId, item);
+  $("messages").append(item);
+  item.scrollIntoView({ block: "end" });
+  if (mine) {
+    sentSeqs.push([Number(message.seq), state]);
+    markReceipts();
+  }
+}
+
+function markReceipts() {
+  for (const [seq, state] of sentSeqs) {
+    if (seq <= lastRead) state.textContent = "read";
+  }
+}
+
+/** Shows what came while this terminal was away, from its cursor, then moves the cursor. */
+async function sync() {
+  for (;;) {
+    const { json } = await mesh("/message/v1/FetchOffline", {
+      userId: session.user,
+      terminalId: session.terminal,
+      limit: 50,
+    });
+    json.messages.forEach(receive);
+    if (json.messages.length > 0) {
+      await mesh("/message/v1/AckDelivery", {
+        userId: session.user,
+        terminalId: session.terminal,
+        upToPosition: json.nextPosition,
+      });
+    }
+    if (!json.more) break;
+  }
+}
+
+/** A message for this user: shown, and read at once when it is of the open conversation. */
+function receive(message) {
+  show(message);
+  if (message.conversationId === session.conversation && message.kind !== "MESSAGE_KIND_SYSTEM") {
+    mesh("/message/v1/MarkRead", {
+      conversationId: message.conversationId,
+      userId: session.user,
+      terminalId: session.terminal,
+      upToSeq: message.seq,
+    }).catch(() => {}); // a receipt is best effort; a degraded MarkRead answers empty
+  }
+  if (message.kind === "MESSAGE_KIND_SYSTEM") refreshOrders();
+}
+
+function push(p) {
+  if (p.message) {
+    receive(p.message);
+    mesh("/message/v1/AckDelivery", {
+      userId: session.user,
+      terminalId: session.terminal,
+      upToPosition: p.message.position,
+    }).catch(() => {}); // unacked, it comes again at the next sync
+  } else if (p.receipt && p.receipt.reader !== session.user) {
+    lastRead = Math.max(lastRead, Number(p.receipt.upToSeq));
+    markReceipts();
+  }
+}
+
+/** Keeps the terminal attached while online: attach, sync, then pushes until cut; again. */
+async function attach() {
+  while (online) {
+    const controller = new AbortController();
+    attached = controller;
+    setConnection("connecting");
+    try {
+      await stream(
+        "/gateway/v1/Attach",
+        { userId: session.user, terminalId: session.terminal, kind: "TERMINAL_KIND_WEB" },
+        headers(),
+        {
+          signal: controller.signal,
+          onOpen: () => {
+            setConnection("online");
+            sync().catch((err) => console.warn("sync", err));
+          },
+          onMessage: push,
+        },
+      );
+    } catch (err) {
+      if (controller.signal.aborted) break;
+      if (err instanceof MeshError && (err.http === 401 || err.http === 403)) {
+        setConnection(`refused: ${err.status}`);
+        return;
+      }
+      console.warn("attach", err);
+    }
+    if (!online) break;
+    setConnection("reconnecting");
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  setConnection("offline");
+}
+
+async function send(event) {
+  event.preventDefault();
+  const body = $("body").value.trim();
+  if (!body) return;
+  $("send-error").textContent = "";
+  try {
+    const { json } = await mesh("/message/v1/Send", {
+      conversationId: session.conversation,
+      fromUser: session.user,
+      toUser: session.peer,
+      body,
+      clientMsgId: crypto.randomUUID(),
+    });
+    $("body").value = "";
+    show(json.message);
+  } catch (err) {
+    $("send-error").textContent = err.message;
+  }
+}
+
+async function refreshOrders() {
+  const list = $("orders");
+  try {
+    const { json } = await mesh("/order/v1/ListOrders", { userId: session.user, limit: 5 });
+    list.replaceChildren(
+      ...(json.orders.length === 0
+        ? [el("li", "muted", "no orders")]
+        : json.orders.map((o) =>
+            el(
+              "li",
+              "order",
+              el("span", "order-id", o.orderId),
+              ` ${o.status.replace("ORDER_STATUS_", "").toLowerCase()} `,
+              `${o.currency} ${(Number(o.totalCents) / 100).toFixed(2)}`,
+            ),
+          )),
+    );
+  } catch (err) {
+    list.replaceChildren(el("li", "error", err.message));
+  }
+}
+
+async function refreshSuggestions() {
+  const state = $("recommend-state");
+  const banner = $("recommend-degraded");
+  try {
+    const { json, degraded } = await mesh("/recommend/v1/Suggest", {
+      userId: session.user,
+      conversationId: session.conversation,
+      limit: 3,
+    });
+    state.textContent = degraded ? "degraded" : "live";
+    state.dataset.state = degraded ? "degraded" : "live";
+    banner.hidden = !degraded;
+    banner.textContent = degraded
+      ? `Suggestions are switched off for now (${degraded}); the chat works as usual.`
+      : "";
+    $("suggestions").replaceChildren(
+      ...json.products.map((p) =>
+        el("li", "product", p.title, ` ${p.currency} ${(Number(p.priceCents) / 100).toFixed(2)}`),
+      ),
+    );
+  } catch (err) {
+    state.textContent = "unavailable";
+    state.dataset.state = "unavailable";
+    banner.hidden = false;
+    banner.textContent = err.message;
+  }
+}
+
+function toggleOnline() {
+  online = !online;
+  $("toggle-online").textContent = online ? "Go offline" : "Go online";
+  if (online) attach();
+  else attached?.abort();
+}
+
+function start(values) {
+  const { tenant, user, token, peer } = values;
+  session = {
+    tenant,
+    user,
+    token,
+    peer,
+    terminal: terminalOf(tenant, user),
+    conversation: conversationOf(user, peer),
+  };
+  $("sign-in").hidden = true;
+  $("chat").hidden = false;
+  $("who").textContent = `${user} @ ${tenant}`;
+  $("conversation-title").textContent = `with ${peer}`;
+  $("composer").addEventListener("submit", send);
+  $("toggle-online").addEventListener("click", toggleOnline);
+  attach();
+  refreshOrders();
+  refreshSuggestions();
+  setInterval(refreshSuggestions, 2000);
+}
+
+// sign in from the form, or at once from the address (#tenant=mall&user=alice&token=...&peer=bob)
+const given = new URLSearchParams(location.hash.slice(1));
+if (["tenant", "user", "token", "peer"].every((k) => given.get(k))) {
+  start(Object.fromEntries(given));
+} else {
+  for (const k of ["tenant", "user", "peer"]) if (given.get(k)) $(k).value = given.get(k);
+  $("sign-in").addEventListener("submit", (event) => {
+    event.preventDefault();
+    start({
+      tenant: $("tenant").value.trim(),
+      user: $("user").value.trim(),
+      token: $("token").value.trim(),
+      peer: $("peer").value.trim(),
+    });
+  });
+}

@@ -1,0 +1,156 @@
+// The ops console: what `meshctl` does, in a browser. Every action is a call of the admin API
+// (contracts/admin/v1) over the mesh's HTTP/JSON access, with the ops credential.
+import { call, el } from "./mesh.js";
+
+const $ = (id) => document.getElementById(id);
+let token = null;
+
+function admin(method, body) {
+  return call(`/admin/v1/${method}`, body, { authorization: `Bearer ${token}` });
+}
+
+function rows(id, items, cells) {
+  $(id)
+    .querySelector("tbody")
+    .replaceChildren(
+      ...(items.length === 0
+        ? [el("tr", "muted", el("td", "", "none"))]
+        : items.map((item) => {
+            const row = el("tr", "", ...cells(item).map((c) => el("td", "", c)));
+            return row;
+          })),
+    );
+}
+
+function when(ms) {
+  const n = Number(ms);
+  return n ? new Date(n).toLocaleTimeString() : "";
+}
+
+function duration(ms) {
+  const s = Math.round(Number(ms) / 1000);
+  return s < 120 ? `${s} s` : `${Math.round(s / 60)} min`;
+}
+
+function targetOf(s) {
+  if (s.tier !== undefined && s.tier !== null) return { tier: s.tier };
+  return { service: s.service, method: s.method };
+}
+
+async function refreshSwitches() {
+  const { json } = await admin("ListSwitches", {});
+  rows("switches", json.switches, (s) => {
+    const on = el("button", "small", "Switch on");
+    on.dataset.scope = s.scope;
+    on.addEventListener("click", () =>
+      setSwitch({ target: targetOf(s.target), tenant: s.tenant, on: true, reason: "" }),
+    );
+    return [s.scope, s.reason, s.changedBy, when(s.changedAtMs), on];
+  });
+}
+
+async function refreshStatus() {
+  const { json } = await admin("Status", {});
+  rows("processes", json.processes, (p) => [
+    p.group,
+    String(p.pid),
+    p.address,
+    p.tenants.join(", "),
+    String(p.restarts),
+    duration(p.upForMs),
+  ]);
+  rows("load", json.load, (l) => [l.tenant, String(l.inFlight), String(l.calls), String(l.degraded)]);
+  rows("bulkheads", json.bulkheads, (b) => [b.tenant, b.dependency, String(b.inUse), String(b.capacity)]);
+  rows("degraded", json.recentDegraded.slice(0, 10), (d) => [when(d.atMs), d.tenant, d.method, d.switch]);
+  rows("tenants", json.tenants, (t) => [t.id, t.displayName, t.group, t.health, t.reason]);
+}
+
+async function refreshDeadLetters() {
+  try {
+    const { json } = await admin("ListDeadLetters", { tenant: "" });
+    rows("dead-letters", json.queues, (q) => [q.tenant, q.queue, String(q.deadLetters), String(q.waiting)]);
+    $("dead-letters-note").textContent = "";
+  } catch (err) {
+    rows("dead-letters", [], () => []);
+    // on the embedded transport there is no broker to ask
+    $("dead-letters-note").textContent = err.message;
+  }
+}
+
+async function refresh() {
+  try {
+    await Promise.all([refreshSwitches(), refreshStatus(), refreshDeadLetters()]);
+    $("connection").textContent = "connected";
+    $("connection").dataset.state = "online";
+  } catch (err) {
+    $("connection").textContent = err.message;
+    $("connection").dataset.state = "refused";
+  }
+}
+
+async function setSwitch(request) {
+  try {
+    const { json } = await admin("SetSwitch", request);
+    $("switch-result").textContent = `${json.changed ? "changed" : "unchanged"}; ${
+      json.switches.length
+    } switches off (applied by ${json.processesApplied} processes)`;
+  } catch (err) {
+    $("switch-result").textContent = err.message;
+  }
+  await refresh();
+}
+
+function switchFromForm(event) {
+  event.preventDefault();
+  const on = event.submitter?.value === "true";
+  const tier = $("switch-tier").value;
+  const target =
+    tier !== ""
+      ? { tier: Number(tier) }
+      : { service: $("switch-service").value.trim(), method: $("switch-method").value.trim() };
+  setSwitch({ target, tenant: $("switch-tenant").value.trim(), on, reason: $("switch-reason").value });
+}
+
+async function tenantFromForm(event) {
+  event.preventDefault();
+  const file = { fileName: $("tenant-file-name").value.trim(), content: $("tenant-file-content").value };
+  try {
+    if (event.submitter?.value === "add") {
+      const { json } = await admin("AddTenant", file);
+      $("tenant-result").textContent = `added; ${json.tenants.length} tenants`;
+    } else {
+      const { json } = await admin("CheckTenant", file);
+      $("tenant-result").textContent = `valid: tenant ${json.tenant}, process group ${json.group}${
+        json.updates ? " (updates the running tenant)" : ""
+      }`;
+    }
+  } catch (err) {
+    $("tenant-result").textContent = err.message;
+  }
+  await refresh();
+}
+
+async function open(credential) {
+  token = credential;
+  try {
+    await admin("ListSwitches", {});
+  } catch (err) {
+    $("sign-in-error").textContent = err.message;
+    return;
+  }
+  sessionStorage.setItem("mesh.ops", credential);
+  $("sign-in").hidden = true;
+  $("console").hidden = false;
+  $("set-switch").addEventListener("submit", switchFromForm);
+  $("tenant-file").addEventListener("submit", tenantFromForm);
+  await refresh();
+  setInterval(refresh, 3000);
+}
+
+$("sign-in").addEventListener("submit", (event) => {
+  event.preventDefault();
+  open($("ops-token").value);
+});
+// the credential stays for this tab only (sessionStorage), never in the address
+const kept = sessionStorage.getItem("mesh.ops");
+if (kept) open(kept);

@@ -84,6 +84,149 @@ impl OrderStore {
     }
 }
 
+impl OrderStore {
+    /// Stores `order` unless `tenant` has it already: an announcement arriving after the
+    /// order moved on (paid, cancelled) must not take it back to its first state.
+    pub fn put_new(&self, tenant: &TenantId, order: Order) {
+        self.namespaces
+            .write()
+            .expect("lock")
+            .entry(tenant.clone())
+            .or_default()
+            .entry(order.order_id.clone())
+            .or_insert(order);
+    }
+
+    /// Sets the status of a known order; `false` when the order is not known.
+    pub fn set_status(&self, tenant: &TenantId, order_id: &str, status: i32) -> bool {
+        let mut namespaces = self.namespaces.write().expect("lock");
+        match namespaces.get_mut(tenant).and_then(|n| n.get_mut(order_id)) {
+            Some(order) => {
+                order.status = status;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The order book: what checkout systems outside the platform announce on the queue
+/// (`OrderCreated`, `OrderUpdated`, `OrderCancelled`, in the envelope README.md gives) is
+/// recorded in the [`OrderStore`], so the orders a checkout written in any language places
+/// are the ones support staff look up beside the conversation. Replays are harmless: a known
+/// order is kept as it is.
+#[derive(Clone, Debug)]
+pub struct OrderBook {
+    store: OrderStore,
+}
+
+impl OrderBook {
+    /// Records into `store` (the one the [`OrderService`] answers from).
+    pub fn new(store: OrderStore) -> Self {
+        Self { store }
+    }
+
+    fn created(
+        &self,
+        ctx: &RequestContext,
+        order: Option<Order>,
+    ) -> Result<(), mesh_contract::HandlerError> {
+        let order = order.ok_or_else(|| {
+            mesh_contract::HandlerError::Reject("OrderCreated carries no order".into())
+        })?;
+        for (field, value) in [
+            ("order.order_id", &order.order_id),
+            ("order.user_id", &order.user_id),
+        ] {
+            mesh_contract::fields::id(field, value)
+                .map_err(|s| mesh_contract::HandlerError::Reject(s.message().to_owned()))?;
+        }
+        self.store.put_new(&ctx.tenant, order);
+        Ok(())
+    }
+
+    fn moved(&self, ctx: &RequestContext, order_id: &str, status: i32) {
+        // an update of an order this platform never heard of has nothing to show it beside
+        self.store.set_status(&ctx.tenant, order_id, status);
+    }
+}
+
+impl v1::OrderHandler for OrderBook {
+    async fn on_order_created(
+        &self,
+        ctx: &RequestContext,
+        event: v1::OrderCreated,
+    ) -> Result<(), mesh_contract::HandlerError> {
+        let conversation_id = event.conversation_id;
+        self.created(
+            ctx,
+            event.order.map(|o| Order {
+                order_id: o.order_id,
+                user_id: o.user_id,
+                merchant_id: o.merchant_id,
+                status: o.status,
+                total_minor: o.total_cents,
+                currency: o.currency,
+                created_at_ms: o.created_at_ms,
+                conversation_id,
+            }),
+        )
+    }
+
+    async fn on_order_updated(
+        &self,
+        ctx: &RequestContext,
+        event: v1::OrderUpdated,
+    ) -> Result<(), mesh_contract::HandlerError> {
+        self.moved(ctx, &event.order_id, event.status);
+        Ok(())
+    }
+}
+
+impl v2::OrderHandler for OrderBook {
+    async fn on_order_created(
+        &self,
+        ctx: &RequestContext,
+        event: v2::OrderCreated,
+    ) -> Result<(), mesh_contract::HandlerError> {
+        let conversation_id = event.conversation_id;
+        self.created(
+            ctx,
+            event.order.map(|o| {
+                let total = o.total.unwrap_or_default();
+                Order {
+                    order_id: o.order_id,
+                    user_id: o.user_id,
+                    merchant_id: o.merchant_id,
+                    status: o.status,
+                    total_minor: total.minor_units,
+                    currency: total.currency,
+                    created_at_ms: o.created_at_ms,
+                    conversation_id,
+                }
+            }),
+        )
+    }
+
+    async fn on_order_updated(
+        &self,
+        ctx: &RequestContext,
+        event: v2::OrderUpdated,
+    ) -> Result<(), mesh_contract::HandlerError> {
+        self.moved(ctx, &event.order_id, event.status);
+        Ok(())
+    }
+
+    async fn on_order_cancelled(
+        &self,
+        ctx: &RequestContext,
+        event: v2::OrderCancelled,
+    ) -> Result<(), mesh_contract::HandlerError> {
+        self.moved(ctx, &event.order_id, v2::OrderStatus::Cancelled as i32);
+        Ok(())
+    }
+}
+
 /// Which users of a tenant get the major in grey release (by user id).
 pub type GreyUsers = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -152,6 +295,11 @@ impl OrderService {
             store,
             events: None,
         }
+    }
+
+    /// The store it answers from (an [`OrderBook`] records into the same one).
+    pub fn store(&self) -> &OrderStore {
+        &self.store
     }
 
     /// The service over `store`, publishing order events on `bus`.
@@ -515,6 +663,69 @@ mod tests {
         assert_eq!(
             service.cancel_order(cancel()).await.unwrap_err().code(),
             tonic::Code::FailedPrecondition
+        );
+    }
+
+    /// What a checkout outside the platform announces is what ListOrders shows; a replayed
+    /// announcement does not undo a later change; an announcement without an order is
+    /// rejected (dead-lettered), not retried.
+    #[tokio::test]
+    async fn the_order_book_records_what_checkouts_announce() {
+        let store = OrderStore::default();
+        let book = OrderBook::new(store.clone());
+        let mall = RequestContext::new(TenantId::new("mall").unwrap());
+        let created = v1::OrderCreated {
+            order: Some(v1::OrderView {
+                order_id: "o-1".into(),
+                user_id: "alice".into(),
+                status: 1,
+                total_cents: 4999,
+                currency: "EUR".into(),
+                ..Default::default()
+            }),
+            conversation_id: "c-1".into(),
+        };
+        v1::OrderHandler::on_order_created(&book, &mall, created.clone())
+            .await
+            .unwrap();
+        let listed = store.list(&mall.tenant, "alice", 10);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].total_minor, listed[0].conversation_id.as_str()),
+            (4999, "c-1")
+        );
+        // no other tenant sees it
+        assert!(
+            store
+                .list(&TenantId::new("paipai").unwrap(), "alice", 10)
+                .is_empty()
+        );
+
+        v2::OrderHandler::on_order_cancelled(
+            &book,
+            &mall,
+            v2::OrderCancelled {
+                order_id: "o-1".into(),
+                user_id: "alice".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        // the first announcement again (a redelivery): the order stays cancelled
+        v1::OrderHandler::on_order_created(&book, &mall, created)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get(&mall.tenant, "o-1").unwrap().status,
+            v2::OrderStatus::Cancelled as i32
+        );
+
+        let empty =
+            v1::OrderHandler::on_order_created(&book, &mall, v1::OrderCreated::default()).await;
+        assert!(
+            matches!(empty, Err(mesh_contract::HandlerError::Reject(_))),
+            "{empty:?}"
         );
     }
 

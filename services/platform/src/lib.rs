@@ -42,6 +42,8 @@ pub const CATALOGUE: Catalogue = Catalogue(mesh_api::CONTRACTS);
 pub const STORAGE_CONSUMER: &str = "storage";
 /// Consumer (queue) name of the message service's order-event consumer.
 pub const MESSAGE_CONSUMER: &str = "message";
+/// Consumer (queue) name of the order book, which records the orders checkouts announce.
+pub const ORDER_CONSUMER: &str = "order";
 /// Consumer (queue) name of the push service's offline-notice consumer of message events.
 pub const PUSH_CONSUMER: &str = "push";
 
@@ -313,24 +315,45 @@ impl Platform {
         }
         let consumer = format!("{MESSAGE_CONSUMER}{}", self.consumer_suffix);
         let system = SystemMessages::new(self.messages.clone());
+        // the orders checkouts announce, recorded where GetOrder / ListOrders read
+        let book_consumer = format!("{ORDER_CONSUMER}{}", self.consumer_suffix);
+        let book = mesh_order::OrderBook::new(self.orders.store().clone());
         // the events of the major everyone runs, and of the one in grey release
         let majors = order_major
             .into_iter()
             .chain(order_grey.as_ref().map(|g| g.version.get()));
         for major in majors {
-            let subscription = match major {
-                2 => self.subscribe(
-                    order::v2::OrderConsumer::new(system.clone())
-                        .subscription(tenant.clone(), consumer.clone()),
-                    "order.v2",
+            let (messages, orders) = match major {
+                2 => (
+                    self.subscribe(
+                        order::v2::OrderConsumer::new(system.clone())
+                            .subscription(tenant.clone(), consumer.clone()),
+                        "order.v2",
+                    )
+                    .await?,
+                    self.subscribe(
+                        order::v2::OrderConsumer::new(book.clone())
+                            .subscription(tenant.clone(), book_consumer.clone()),
+                        "order.v2",
+                    )
+                    .await?,
                 ),
-                _ => self.subscribe(
-                    order::v1::OrderConsumer::new(system.clone())
-                        .subscription(tenant.clone(), consumer.clone()),
-                    "order.v1",
+                _ => (
+                    self.subscribe(
+                        order::v1::OrderConsumer::new(system.clone())
+                            .subscription(tenant.clone(), consumer.clone()),
+                        "order.v1",
+                    )
+                    .await?,
+                    self.subscribe(
+                        order::v1::OrderConsumer::new(book.clone())
+                            .subscription(tenant.clone(), book_consumer.clone()),
+                        "order.v1",
+                    )
+                    .await?,
                 ),
             };
-            handles.push(subscription.await?);
+            handles.extend([messages, orders]);
         }
         self.subscriptions
             .lock()
@@ -593,12 +616,14 @@ pub fn queues(config: &TenantConfig) -> Result<Vec<String>, PlatformError> {
         queues.push(names::queue(&tenant, "message", 1, PUSH_CONSUMER));
     }
     if let Some(service) = enabled.get("order") {
-        queues.push(names::queue(
-            &tenant,
-            "order",
-            service.version.get(),
-            MESSAGE_CONSUMER,
-        ));
+        for consumer in [MESSAGE_CONSUMER, ORDER_CONSUMER] {
+            queues.push(names::queue(
+                &tenant,
+                "order",
+                service.version.get(),
+                consumer,
+            ));
+        }
     }
     Ok(queues)
 }

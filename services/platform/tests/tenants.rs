@@ -213,15 +213,22 @@ fn the_queues_of_each_tenant_follow_its_services_and_majors() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
     let tenants = Tenants::load(&dir, mesh_api::CONTRACTS).unwrap();
     let queues = |id: &str| mesh_platform::queues(&tenants.tenants[id]).unwrap();
+    // storage of messages; order events turned into system messages, and recorded by the
+    // order book
     assert_eq!(
         queues("mall"),
-        ["mesh.mall.message.v1.storage", "mesh.mall.order.v1.message"]
+        [
+            "mesh.mall.message.v1.storage",
+            "mesh.mall.order.v1.message",
+            "mesh.mall.order.v1.order"
+        ]
     );
     assert_eq!(
         queues("paipai"),
         [
             "mesh.paipai.message.v1.storage",
-            "mesh.paipai.order.v2.message"
+            "mesh.paipai.order.v2.message",
+            "mesh.paipai.order.v2.order"
         ],
         "paipai runs order v2"
     );

@@ -252,7 +252,12 @@ function start(values) {
   attach();
   refreshOrders();
   refreshSuggestions();
-  setInterval(refreshSuggestions, 2000);
+  // the panels follow the business: an order event may be stored a moment after the system
+  // message about it arrives, and ops may switch suggestions off or on at any time
+  setInterval(() => {
+    refreshOrders();
+    refreshSuggestions();
+  }, 2000);
 }
 
 // sign in from the form, or at once from the address (#tenant=mall&user=alice&token=...&peer=bob)

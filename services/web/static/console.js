@@ -62,18 +62,128 @@ async function refreshStatus() {
   rows("load", json.load, (l) => [l.tenant, String(l.inFlight), String(l.calls), String(l.degraded)]);
   rows("bulkheads", json.bulkheads, (b) => [b.tenant, b.dependency, String(b.inUse), String(b.capacity)]);
   rows("degraded", json.recentDegraded.slice(0, 10), (d) => [when(d.atMs), d.tenant, d.method, d.switch]);
-  rows("tenants", json.tenants, (t) => [t.id, t.displayName, t.group, t.health, t.reason]);
+  rows("tenants", json.tenants, (t) => [
+    t.id,
+    t.displayName,
+    t.group,
+    t.health,
+    t.reason,
+    el(
+      "span",
+      "",
+      button(t.group === "shared" ? "Own process" : "Shared process", () =>
+        tenantAction("MoveTenant", { tenant: t.id, process: t.group === "shared" ? "own" : "shared" }),
+      ),
+      " ",
+      button("Remove", () => {
+        if (!confirm(`Remove tenant ${t.id}? Its calls are refused from now on; its data stays.`)) return;
+        tenantAction("RemoveTenant", { tenant: t.id, purgeData: false });
+      }),
+    ),
+  ]);
 }
 
 async function refreshDeadLetters() {
   try {
     const { json } = await admin("ListDeadLetters", { tenant: "" });
-    rows("dead-letters", json.queues, (q) => [q.tenant, q.queue, String(q.deadLetters), String(q.waiting)]);
+    rows("dead-letters", json.queues, (q) => {
+      const letters = { tenant: q.tenant, queue: q.queue };
+      return [
+        q.tenant,
+        q.queue,
+        String(q.deadLetters),
+        String(q.waiting),
+        el(
+          "span",
+          "",
+          button("Show", () => showLetters(letters)),
+          " ",
+          button("Replay", () => handleLetters("ReplayDeadLetters", letters)),
+          " ",
+          button("Purge", () => {
+            if (confirm(`Delete every dead letter of ${q.queue}?`)) handleLetters("PurgeDeadLetters", letters);
+          }),
+        ),
+      ];
+    });
     $("dead-letters-note").textContent = "";
   } catch (err) {
     rows("dead-letters", [], () => []);
     // on the embedded transport there is no broker to ask
     $("dead-letters-note").textContent = err.message;
+  }
+}
+
+function button(label, action) {
+  const node = el("button", "small", label);
+  node.type = "button";
+  node.addEventListener("click", action);
+  return node;
+}
+
+async function tenantAction(method, request) {
+  try {
+    const { json } = await admin(method, request);
+    $("tenant-result").textContent = `done; ${json.tenants.length} tenants`;
+  } catch (err) {
+    $("tenant-result").textContent = err.message;
+  }
+  await refresh();
+}
+
+async function showLetters(request) {
+  try {
+    const { json } = await admin("ShowDeadLetters", { ...request, limit: 20 });
+    $("letters").hidden = false;
+    rows("letters", json.letters, (l) => [l.messageId, l.event, l.reason, String(l.attempts), String(l.bytes)]);
+  } catch (err) {
+    $("dead-letters-note").textContent = err.message;
+  }
+}
+
+async function handleLetters(method, request) {
+  try {
+    const { json } = await admin(method, { ...request, limit: 0 });
+    $("dead-letters-note").textContent = `${method === "PurgeDeadLetters" ? "purged" : "replayed"} ${json.count}`;
+  } catch (err) {
+    $("dead-letters-note").textContent = err.message;
+  }
+  await refresh();
+}
+
+async function greyFromForm(event) {
+  event.preventDefault();
+  const request = {
+    tenant: $("grey-tenant").value.trim(),
+    service: $("grey-service").value.trim(),
+    action: event.submitter?.value ?? "widen",
+    version: $("grey-version").value.trim(),
+    users: $("grey-users").value.split(",").map((u) => u.trim()).filter(Boolean),
+  };
+  if ($("grey-percent").value !== "") request.percent = Number($("grey-percent").value);
+  try {
+    await admin("SetGrey", request);
+    $("grey-result").textContent = `${request.action}: done`;
+  } catch (err) {
+    $("grey-result").textContent = err.message;
+  }
+  await refresh();
+}
+
+async function faultFromForm(event) {
+  event.preventDefault();
+  try {
+    const { json } = await admin("SetFault", {
+      tenant: $("fault-tenant").value.trim(),
+      service: $("fault-service").value.trim(),
+      delayMs: Number($("fault-delay").value || 0),
+    });
+    $("fault-result").textContent =
+      json.faults.length === 0
+        ? "no latency injected"
+        : json.faults.map((f) => `${f.tenant}/${f.service || "*"}: +${f.delayMs} ms`).join(", ");
+  } catch (err) {
+    $("fault-result").textContent = err.message;
   }
 }
 
@@ -115,9 +225,10 @@ async function tenantFromForm(event) {
   event.preventDefault();
   const file = { fileName: $("tenant-file-name").value.trim(), content: $("tenant-file-content").value };
   try {
-    if (event.submitter?.value === "add") {
-      const { json } = await admin("AddTenant", file);
-      $("tenant-result").textContent = `added; ${json.tenants.length} tenants`;
+    const action = event.submitter?.value;
+    if (action === "add" || action === "update") {
+      const { json } = await admin(action === "add" ? "AddTenant" : "UpdateTenant", file);
+      $("tenant-result").textContent = `${action === "add" ? "added" : "updated"}; ${json.tenants.length} tenants`;
     } else {
       const { json } = await admin("CheckTenant", file);
       $("tenant-result").textContent = `valid: tenant ${json.tenant}, process group ${json.group}${
@@ -143,6 +254,8 @@ async function open(credential) {
   $("console").hidden = false;
   $("set-switch").addEventListener("submit", switchFromForm);
   $("tenant-file").addEventListener("submit", tenantFromForm);
+  $("grey").addEventListener("submit", greyFromForm);
+  $("fault").addEventListener("submit", faultFromForm);
   await refresh();
   setInterval(refresh, 3000);
 }

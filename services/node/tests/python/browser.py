@@ -1,0 +1,205 @@
+"""The web chat and the ops console in a real browser (headless Chromium, driven by selenium
+through Debian's chromedriver), against a running `mesh up`: two browser sessions of one
+business line chat (pushes, read receipts, sync after reconnect, an order placed by a Python
+checkout appearing as a system message and in the order panel); the console switches
+recommend off for mall, and mall's chat shows its suggestions degraded while a paipai chat
+does not. Screenshots of each page go to the folder given.
+
+Run by services/node/tests/browser.rs, which starts the mesh and passes everything as JSON:
+
+    python browser.py '{"web": "127.0.0.1:7480", "tokens": {...}, "ops": "...", ...}'
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+ARGS = json.loads(sys.argv[1])
+WEB = f"http://{ARGS['web']}"
+SHOTS = ARGS["screenshots"]
+WAIT = 20  # seconds any one thing may take to show
+
+
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = ARGS.get("chromium", "/usr/bin/chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1200,820"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(
+        service=Service(ARGS.get("chromedriver", "/usr/bin/chromedriver")), options=options
+    )
+    driver.set_page_load_timeout(WAIT)
+    return driver
+
+
+def until(driver, what, condition):
+    try:
+        return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(lambda d: condition(d))
+    except TimeoutException:
+        logs = "\n".join(str(entry) for entry in driver.get_log("browser"))
+        raise AssertionError(f"{what}: not within {WAIT} s\nbrowser console:\n{logs}") from None
+
+
+def text(driver, element_id):
+    return driver.find_element(By.ID, element_id).text
+
+
+def chat(tenant, user, peer):
+    driver = browser()
+    token = ARGS["tokens"][f"{user}@{tenant}"]
+    driver.get(f"{WEB}/chat#tenant={tenant}&user={user}&token={token}&peer={peer}")
+    until(driver, f"{user}@{tenant} online", lambda d: text(d, "connection") == "online")
+    return driver
+
+
+def bodies(driver, kind="message"):
+    return [
+        li.find_element(By.CLASS_NAME, "body").text
+        for li in driver.find_elements(By.CSS_SELECTOR, f"#messages li.{kind}")
+    ]
+
+
+def send(driver, body):
+    box = driver.find_element(By.ID, "body")
+    box.send_keys(body)
+    driver.find_element(By.ID, "send").click()
+    until(driver, f"{body!r} shown as sent", lambda d: body in bodies(d, "mine"))
+
+
+def state_of(driver, body):
+    for li in driver.find_elements(By.CSS_SELECTOR, "#messages li.mine"):
+        if li.find_element(By.CLASS_NAME, "body").text == body:
+            return li.find_element(By.CLASS_NAME, "state").text
+    return None
+
+
+def shot(driver, name):
+    os.makedirs(SHOTS, exist_ok=True)
+    driver.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
+
+
+def main():
+    drivers = []
+    try:
+        alice = chat("mall", "alice", "bob")
+        drivers.append(alice)
+        bob = chat("mall", "bob", "alice")
+        drivers.append(bob)
+
+        # live pushes both ways; markup typed by a user is shown as text
+        send(alice, "Hello, is my <b>order</b> on its way?")
+        until(bob, "bob sees alice's message",
+              lambda d: "Hello, is my <b>order</b> on its way?" in bodies(d, "theirs"))
+        assert not bob.find_elements(By.CSS_SELECTOR, "#messages b"), "markup was rendered"
+        send(bob, "Let me check that for you.")
+        until(alice, "alice sees bob's answer",
+              lambda d: "Let me check that for you." in bodies(d, "theirs"))
+        # bob's page read alice's message as it showed it: alice sees the receipt
+        until(alice, "read receipt", lambda d: state_of(d, "Hello, is my <b>order</b> on its way?") == "read")
+
+        # bob goes offline; what alice sends meanwhile reaches him by sync once he is back
+        bob.find_element(By.ID, "toggle-online").click()
+        until(bob, "bob offline", lambda d: text(d, "connection") == "offline")
+        send(alice, "Sent while you were away")
+        time.sleep(0.5)
+        assert "Sent while you were away" not in bodies(bob, "theirs"), "pushed while offline"
+        bob.find_element(By.ID, "toggle-online").click()
+        until(bob, "bob synced after reconnecting",
+              lambda d: "Sent while you were away" in bodies(d, "theirs"))
+
+        # a checkout written in Python publishes an order event: a system message in the
+        # conversation, and the order in alice's order panel
+        order = ARGS["order"]
+        subprocess.run(
+            [sys.executable, ARGS["publisher"], "--amqp", ARGS["amqp"], "--tenant", "mall",
+             "--order", order, "--user", "alice", "--conversation", "chat.alice.bob",
+             "--total-cents", "4999", "--currency", "EUR"],
+            env={**os.environ, "PYTHONPATH": ARGS["stubs"]}, check=True,
+        )
+        until(alice, "the order's system message",
+              lambda d: any(order in b for b in bodies(d, "system")))
+        until(alice, "the order panel", lambda d: order in text(d, "orders"))
+
+        # suggestions are live for both business lines before the drill
+        carol = chat("paipai", "carol", "dave")
+        drivers.append(carol)
+        for driver, who in ((alice, "mall"), (carol, "paipai")):
+            until(driver, f"{who} suggestions live", lambda d: text(d, "recommend-state") == "live")
+            until(driver, f"{who} suggestions listed",
+                  lambda d: len(d.find_elements(By.CSS_SELECTOR, "#suggestions li")) > 0)
+
+        # the console: sign in with the ops credential, switch recommend off for mall
+        console = browser()
+        drivers.append(console)
+        console.get(f"{WEB}/console")
+        console.find_element(By.ID, "ops-token").send_keys(ARGS["ops"])
+        console.find_element(By.ID, "sign-in-button").click()
+        until(console, "console open", lambda d: text(d, "connection") == "connected")
+        until(console, "processes listed", lambda d: "shared" in text(d, "processes"))
+        until(console, "tenants listed", lambda d: "paipai" in text(d, "tenants"))
+        console.find_element(By.ID, "switch-tenant").send_keys("mall")
+        console.find_element(By.ID, "switch-service").send_keys("recommend")
+        console.find_element(By.ID, "switch-reason").send_keys("browser drill")
+        console.find_element(By.ID, "switch-off").click()
+        until(console, "the switch listed", lambda d: "recommend@mall" in text(d, "switches"))
+        assert "browser drill" in text(console, "switches")
+
+        # mall's chat shows suggestions degraded; paipai's stays live; the chat itself works
+        until(alice, "mall degraded", lambda d: text(d, "recommend-state") == "degraded")
+        assert "recommend@mall" in text(alice, "recommend-degraded")
+        send(alice, "Still here during the drill")
+        until(bob, "chat during the drill",
+              lambda d: "Still here during the drill" in bodies(d, "theirs"))
+        time.sleep(2.5)  # a refresh of paipai's suggestions after the switch
+        assert text(carol, "recommend-state") == "live", text(carol, "recommend-state")
+        # the console saw mall's degraded answers
+        until(console, "degraded answers listed", lambda d: "recommend@mall" in text(d, "degraded"))
+
+        shot(alice, "chat-mall-customer-degraded")
+        shot(bob, "chat-mall-agent")
+        shot(carol, "chat-paipai-live")
+        # onboarding from the console: a bad file is refused naming the field, a good one is
+        # checked, added and served without a restart
+        new = ARGS["new_tenant"]
+        console.find_element(By.ID, "tenant-file-name").send_keys(f"{new}.toml")
+        content = console.find_element(By.ID, "tenant-file-content")
+        content.send_keys(f'id = "{new}"\ndisplay_name = "Web shop"\ndata_namespace = "{new}"\n'
+                          '[credentials]\ntoken = "web-shop-token"\n[limits]\nrequests_per_second = -1\n')
+        console.find_element(By.ID, "tenant-check").click()
+        until(console, "the bad file refused", lambda d: "requests_per_second" in text(d, "tenant-result"))
+        content.clear()
+        content.send_keys(f'id = "{new}"\ndisplay_name = "Web shop"\ndata_namespace = "{new}"\n'
+                          '[credentials]\ntoken = "web-shop-token"\n')
+        console.find_element(By.ID, "tenant-check").click()
+        until(console, "the file checked", lambda d: f"valid: tenant {new}" in text(d, "tenant-result"))
+        console.find_element(By.ID, "tenant-add").click()
+        until(console, "the tenant added", lambda d: "added" in text(d, "tenant-result"))
+        until(console, "the tenant served",
+              lambda d: any(new in row.text and "serving" in row.text
+                            for row in d.find_elements(By.CSS_SELECTOR, "#tenants tbody tr")))
+        # its consumer queues are listed with the others'
+        until(console, "dead letter queues", lambda d: f"mesh.{new}.message.v1.storage" in text(d, "dead-letters"))
+        console.set_window_size(1200, 2300)  # the whole console, status and tenants too
+        shot(console, "console")
+
+        # and back on from the console: mall's suggestions return
+        console.find_element(By.CSS_SELECTOR, "#switches button").click()
+        until(console, "the switch gone", lambda d: "recommend@mall" not in text(d, "switches"))
+        until(alice, "mall live again", lambda d: text(d, "recommend-state") == "live")
+        print("browser: every check passed")
+    finally:
+        for driver in drivers:
+            driver.quit()
+
+
+if __name__ == "__main__":
+    main()

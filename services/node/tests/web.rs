@@ -150,7 +150,11 @@ impl Sse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_chats_over_json_and_server_sent_events_through_the_mesh_layers() {
-    let dir = support::tenants_folder(&["mall", "paipai"], &[]);
+    // a business line allowed one call a second, to meet its rate limit over HTTP
+    let tiny = "id = \"tiny\"\ndisplay_name = \"Tiny\"\ndata_namespace = \"tiny\"\n\
+                [credentials]\ntoken = \"tiny-backend-token\"\n\
+                [limits]\nrequests_per_second = 1\nburst = 1\n";
+    let dir = support::tenants_folder(&["mall", "paipai"], &[("tiny.toml", tiny)]);
     let mut up = MeshUp::start(dir.path(), &[("MESH_ADMIN_TOKEN", OPS)]).await;
     up.admin_address().await;
     let web = up.web_address().await;
@@ -328,6 +332,49 @@ async fn curl_chats_over_json_and_server_sent_events_through_the_mesh_layers() {
         "messaging is temporarily unavailable"
     );
     assert_eq!(refused.header("x-mesh-degraded"), Some("message.Send@mall"));
+
+    // the tenant's rate limit: the call over it is 429, with the limiter's words
+    let backend = vec![
+        "x-mesh-tenant: tiny".to_owned(),
+        "x-mesh-token: tiny-backend-token".to_owned(),
+    ];
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let answer = post(&web, "/recommend/v1/Suggest", &backend, suggest).await;
+        codes.push((answer.status, answer.error_status().to_owned()));
+    }
+    assert_eq!(codes[0].0, 200, "{codes:?}");
+    assert!(
+        codes.contains(&(429, "RESOURCE_EXHAUSTED".to_owned())),
+        "{codes:?}"
+    );
+
+    // the caller's deadline: a drill delays paipai's recommend by 2 s; with 300 ms to answer
+    // the call is a 504, as a gRPC caller's DEADLINE_EXCEEDED
+    let fault = post(
+        &web,
+        "/admin/v1/SetFault",
+        &ops(),
+        r#"{"tenant": "paipai", "service": "recommend", "delayMs": 2000}"#,
+    )
+    .await;
+    assert_eq!(fault.status, 200, "{fault:?}");
+    let late = post(
+        &web,
+        "/recommend/v1/Suggest",
+        &[
+            user("paipai", &users.token("paipai", "alice")),
+            vec!["x-mesh-timeout-ms: 300".into()],
+        ]
+        .concat(),
+        suggest,
+    )
+    .await;
+    assert_eq!(
+        (late.status, late.error_status()),
+        (504, "DEADLINE_EXCEEDED"),
+        "{late:?}"
+    );
 
     // a stream refused before it opens is a plain error answer, not an event stream
     let stranger = curl(&[

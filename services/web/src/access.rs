@@ -39,6 +39,10 @@ pub const DEGRADED_HEADER: &str = "x-mesh-degraded";
 /// without one, the contract's timeout applies.
 pub const TIMEOUT_HEADER: &str = "x-mesh-timeout-ms";
 
+/// How long past a contract's timeout this access waits for the mesh's own answer (a degraded
+/// one, the worker's DEADLINE_EXCEEDED) before it answers DEADLINE_EXCEEDED itself.
+const DEADLINE_GRACE: Duration = Duration::from_millis(100);
+
 /// How often an idle server-sent event stream says it is alive (a comment line), so proxies
 /// and the browser do not take a quiet terminal for a dead connection.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -191,17 +195,39 @@ impl WebAccess {
                 return error(StatusCode::BAD_REQUEST, Code::InvalidArgument, &message);
             }
         };
-        let call = match grpc_request(&route, &parts.headers, message) {
+        let (call, deadline) = match grpc_request(&route, &parts.headers, message) {
             Ok(call) => call,
             Err(message) => {
                 return error(StatusCode::BAD_REQUEST, Code::InvalidArgument, &message);
             }
         };
-        let Ok(response) = self.upstream(&route).oneshot(call).await;
-        if route.streams() {
-            events(&route, response)
-        } else {
-            unary(&route, response).await
+        // this access is the gRPC client: it keeps the deadline itself, as a gRPC client
+        // does, so a call held up before it reaches the deadline layer of its worker (a
+        // drill's delay at the front door, a worker that stopped answering) is answered
+        // DEADLINE_EXCEEDED in time, not left hanging. Without a deadline from the caller, the
+        // contract's timeout (and a moment, for the mesh's own answer to come first).
+        let deadline = deadline.or_else(|| {
+            (!route.method.timeout.is_zero()).then(|| route.method.timeout + DEADLINE_GRACE)
+        });
+        let upstream = self.upstream(&route);
+        let answer = async {
+            let Ok(response) = upstream.oneshot(call).await;
+            if route.streams() {
+                // the deadline bounds opening a stream, not its life
+                events(&route, response)
+            } else {
+                unary(&route, response).await
+            }
+        };
+        match deadline {
+            None => answer.await,
+            Some(deadline) => match tokio::time::timeout(deadline, answer).await {
+                Ok(answer) => answer,
+                Err(_) => status_error(&Status::deadline_exceeded(format!(
+                    "no answer within the call's deadline ({} ms)",
+                    deadline.as_millis()
+                ))),
+            },
         }
     }
 
@@ -270,12 +296,12 @@ fn to_json(output: &MessageDescriptor, message: Bytes) -> Result<Vec<u8>, Status
 }
 
 /// The gRPC request of a call: its message framed, the caller's credentials, request id, trace
-/// context and deadline carried over.
+/// context and deadline carried over; with the deadline the caller gave, if any.
 fn grpc_request(
     route: &Route,
     from: &HeaderMap,
     message: Vec<u8>,
-) -> Result<Request<tonic::body::Body>, String> {
+) -> Result<(Request<tonic::body::Body>, Option<Duration>), String> {
     let mut request = Request::builder()
         .method(Method::POST)
         .uri(route.method.path)
@@ -289,7 +315,15 @@ fn grpc_request(
             to.insert(name, value.clone());
         }
     }
+    let mut deadline = None;
     if let Some(value) = from.get("grpc-timeout") {
+        deadline = Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(grpc_timeout)
+                .ok_or("header grpc-timeout must be as gRPC writes it (`300m`: digits and a unit of H M S m u n)")?,
+        );
         to.insert("grpc-timeout", value.clone());
     } else if let Some(value) = from.get(TIMEOUT_HEADER) {
         let ms: u64 = value
@@ -304,8 +338,27 @@ fn grpc_request(
             "grpc-timeout",
             HeaderValue::from_str(&format!("{ms}m")).expect("digits"),
         );
+        deadline = Some(Duration::from_millis(ms));
     }
-    Ok(request)
+    Ok((request, deadline))
+}
+
+/// A `grpc-timeout` value (`300m`: up to 8 digits and a unit) as a duration.
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The answer of a call that returns one message.
@@ -491,4 +544,20 @@ fn json(status: StatusCode, body: Bytes) -> Response<tonic::body::Body> {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_read_as_grpc_writes_them() {
+        assert_eq!(grpc_timeout("300m"), Some(Duration::from_millis(300)));
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "300", "300x", "123456789m", "-1m", "1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -392,3 +392,95 @@ async fn curl_chats_over_json_and_server_sent_events_through_the_mesh_layers() {
         (403, "PERMISSION_DENIED")
     );
 }
+
+/// gRPC-Web, as a browser's gRPC client sends it (here curl with the bytes such a client
+/// writes): the same call at its gRPC path, through the same layers, the status in a trailer
+/// frame; a degraded answer carries its mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_calls_pass_the_same_layers() {
+    use prost::Message as _;
+    let dir = support::tenants_folder(&["mall", "paipai"], &[]);
+    let mut up = MeshUp::start(dir.path(), &[("MESH_ADMIN_TOKEN", OPS)]).await;
+    let admin_at = up.admin_address().await;
+    let web = up.web_address().await;
+    up.shared_worker().await;
+    let users = Users::of(dir.path());
+    let files = tempfile::tempdir().unwrap();
+
+    // one gRPC-Web call: (HTTP status, headers, messages, trailer text)
+    let call = |tenant: &'static str, token: String| {
+        let web = web.clone();
+        let files = files.path().to_owned();
+        async move {
+            let request = mesh_api::recommend::v1::SuggestRequest {
+                user_id: "alice".into(),
+                limit: 3,
+                ..Default::default()
+            }
+            .encode_to_vec();
+            let mut body = vec![0];
+            body.extend_from_slice(&(request.len() as u32).to_be_bytes());
+            body.extend_from_slice(&request);
+            let input = files.join(format!("{tenant}.in"));
+            let output = files.join(format!("{tenant}.out"));
+            std::fs::write(&input, body).unwrap();
+            let out = tokio::process::Command::new("curl")
+                .args(["-s", "-D", "-", "-o"])
+                .arg(&output)
+                .arg(format!("http://{web}/recommend.v1.Recommend/Suggest"))
+                .args([
+                    "-H",
+                    "content-type: application/grpc-web+proto",
+                    "-H",
+                    "x-grpc-web: 1",
+                ])
+                .args(["-H", &format!("x-mesh-tenant: {tenant}")])
+                .args(["-H", &format!("authorization: Bearer {token}")])
+                .arg("--data-binary")
+                .arg(format!("@{}", input.display()))
+                .output()
+                .await
+                .unwrap();
+            let headers = String::from_utf8_lossy(&out.stdout).to_lowercase();
+            let mut body = &std::fs::read(&output).unwrap()[..];
+            let (mut messages, mut trailers) = (Vec::new(), String::new());
+            while body.len() >= 5 {
+                let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+                let frame = &body[5..5 + len];
+                if body[0] & 0x80 != 0 {
+                    trailers.push_str(&String::from_utf8_lossy(frame).to_lowercase());
+                } else {
+                    messages.push(mesh_api::recommend::v1::SuggestResponse::decode(frame).unwrap());
+                }
+                body = &body[5 + len..];
+            }
+            (headers, messages, trailers)
+        }
+    };
+
+    let (headers, messages, trailers) = call("paipai", users.token("paipai", "alice")).await;
+    assert!(headers.starts_with("http/1.1 200"), "{headers}");
+    assert!(
+        headers.contains("content-type: application/grpc-web"),
+        "{headers}"
+    );
+    assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].products.len(), 3);
+
+    // a token of another tenant: refused by the front door, as over gRPC
+    let (headers, messages, trailers) = call("paipai", users.token("mall", "alice")).await;
+    assert!(messages.is_empty(), "{messages:?}");
+    assert!(
+        headers.contains("grpc-status: 16") || trailers.contains("grpc-status:16"),
+        "{headers} {trailers:?}"
+    );
+
+    support::switch_recommend(&admin_at, OPS, "mall", false, "grpc-web drill").await;
+    let (headers, messages, _) = call("mall", users.token("mall", "alice")).await;
+    assert!(
+        headers.contains("x-mesh-degraded: recommend@mall"),
+        "{headers}"
+    );
+    assert!(messages[0].products.is_empty());
+}

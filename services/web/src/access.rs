@@ -103,9 +103,47 @@ impl WebAccess {
     }
 
     fn upstream(&self, route: &Route) -> Upstream {
+        self.upstream_of(route.contract.service)
+    }
+
+    /// Where calls of the service named `service` (`message.v1.Message`) go.
+    fn upstream_of(&self, service: &str) -> Upstream {
         match &self.admin {
-            Some((service, admin)) if *service == route.contract.service => admin.clone(),
+            Some((admin_service, admin)) if *admin_service == service => admin.clone(),
             _ => self.calls.clone(),
+        }
+    }
+
+    /// A gRPC-Web call (a browser's gRPC client, grpc-web or Connect's gRPC-Web transport):
+    /// translated by tonic-web to the gRPC call it carries, at its gRPC path, through the same
+    /// stack as every other call.
+    async fn grpc_web<B>(self, request: Request<B>) -> Response<tonic::body::Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        use tower::Layer;
+        let service = request
+            .uri()
+            .path()
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let translated = tonic_web::GrpcWebLayer::new().layer(self.upstream_of(&service));
+        let request = request.map(|body| {
+            tonic::body::Body::new(Limited::new(body, self.max_body).map_err(|err| {
+                Status::resource_exhausted(format!("the body is too large or broken: {err}"))
+            }))
+        });
+        match translated.oneshot(request).await {
+            Ok(response) => response.map(tonic::body::Body::new),
+            Err(err) => error(
+                StatusCode::BAD_REQUEST,
+                Code::InvalidArgument,
+                &format!("not a gRPC-Web call: {err}"),
+            ),
         }
     }
 }
@@ -136,6 +174,9 @@ impl WebAccess {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = request.uri().path().to_owned();
+        if is_grpc_web(request.headers()) {
+            return self.grpc_web(request).await;
+        }
         let Some(route) = self.routes.get(&path).cloned() else {
             return match (request.method(), path.as_str()) {
                 (&Method::GET | &Method::HEAD, "/routes") => self.route_list(),
@@ -505,6 +546,14 @@ impl EventStream {
     }
 }
 
+/// Whether the request is gRPC-Web (`application/grpc-web`, `+proto`, `-text`).
+fn is_grpc_web(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc-web"))
+}
+
 /// One server-sent event (`data` is one line: JSON has no raw newlines).
 fn event(name: &str, data: &[u8]) -> Bytes {
     let mut event = Vec::with_capacity(data.len() + name.len() + 16);
@@ -555,7 +604,10 @@ mod tests {
         assert_eq!(grpc_timeout("300m"), Some(Duration::from_millis(300)));
         assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
         assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(
+            grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
         for bad in ["", "m", "300", "300x", "123456789m", "-1m", "1.5S"] {
             assert_eq!(grpc_timeout(bad), None, "{bad:?}");
         }

@@ -19,6 +19,9 @@
 //!   server-sent events: `message` events (one JSON message each), then `end` or `error`.
 //!   A browser reads them with `fetch` (which can send the credential headers), a terminal's
 //!   sends are plain calls.
+//! - **gRPC-Web:** a browser's gRPC client (grpc-web, Connect's gRPC-Web transport) calls the
+//!   gRPC path (`POST /message.v1.Message/Send`, `application/grpc-web+proto` or `-text`),
+//!   translated by tonic-web and passed to the same stack.
 //! - **Pages:** the web chat (`/chat`) and the ops console (`/console`), static files compiled
 //!   in; the console calls the admin API through the same access with the ops credential.
 //!

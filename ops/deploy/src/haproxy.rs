@@ -25,6 +25,7 @@
 //!         ("finance".to_owned(), vec!["10.0.0.7:7502".to_owned()]),
 //!     ].into(),
 //!     dns_slots: None,
+//!     web: None,
 //! }).unwrap();
 //! assert!(config.contains("use_backend group_shared if { req.hdr(x-mesh-tenant) -m str mall paipai }"));
 //! assert!(config.contains("server shared_2 10.0.0.6:7501 proto h2 check"));
@@ -49,6 +50,19 @@ pub struct Haproxy {
     /// replica added by the autoscaler is used, one gone is dropped, and a call is balanced
     /// over the pods rather than pinned to one virtual address.
     pub dns_slots: Option<u32>,
+    /// The browsers' access too: a second frontend for HTTP/1.1 and JSON, server-sent events
+    /// and gRPC-Web, routed by tenant as the calls are, to each replica's web port.
+    pub web: Option<HaproxyWeb>,
+}
+
+/// Where browsers reach the mesh through HAProxy, and the port each replica serves them on
+/// (`[web] listen` of a `mesh up` node, `MESH_WORKER_WEB_LISTEN` of a worker).
+#[derive(Clone, Debug)]
+pub struct HaproxyWeb {
+    /// `host:port` browsers reach.
+    pub listen: String,
+    /// The web port of every replica (same host as its gRPC address).
+    pub port: u16,
 }
 
 /// `host:port` with a host HAProxy reads as one word (a name, an IPv4 or a bracketed IPv6
@@ -123,6 +137,22 @@ pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployErro
     if let Some(fallback) = fallback {
         let _ = writeln!(w, "  default_backend group_{fallback}");
     }
+    if let Some(web) = &options.web {
+        check_address(&web.listen)?;
+        // browsers speak HTTP/1.1 (or h2 over TLS): the same routing by tenant, to the
+        // replicas' web ports; a page or a call naming no tenant goes where unknown ones go
+        let _ = writeln!(w, "\nfrontend web\n  bind {}", web.listen);
+        for (group, members) in &groups {
+            let _ = writeln!(
+                w,
+                "  use_backend web_{group} if {{ req.hdr(x-mesh-tenant) -m str {} }}",
+                members.join(" ")
+            );
+        }
+        if let Some(fallback) = fallback {
+            let _ = writeln!(w, "  default_backend web_{fallback}");
+        }
+    }
     if options.dns_slots.is_some() {
         // the resolver of the machine (a pod's: the cluster DNS), asked again every 5 s
         let _ = write!(
@@ -142,30 +172,46 @@ pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployErro
                 group: group.clone(),
                 tenants: members.join(","),
             })?;
-        let _ = write!(
-            w,
-            "\nbackend group_{group}\n\
-             \x20 # tenants: {}\n\
-             \x20 balance roundrobin\n\
-             \x20 # a replica that stops answering is out after 2 failed checks 300 ms apart\n\
-             \x20 default-server inter 300ms fall 2 rise 2\n",
-            members.join(", ")
-        );
-        match options.dns_slots {
-            Some(slots) => {
-                let [name] = replicas.as_slice() else {
-                    return Err(DeployError::BadAddress(replicas.join(",")));
-                };
-                check_address(name)?;
-                let _ = writeln!(
-                    w,
-                    "  server-template {group}_ {slots} {name} proto h2 check resolvers dns init-addr none"
-                );
-            }
-            None => {
-                for (n, address) in replicas.iter().enumerate() {
-                    check_address(address)?;
-                    let _ = writeln!(w, "  server {group}_{} {address} proto h2 check", n + 1);
+        for address in replicas {
+            check_address(address)?;
+        }
+        if options.dns_slots.is_some() && replicas.len() != 1 {
+            return Err(DeployError::BadAddress(replicas.join(",")));
+        }
+        let web_port = options.web.as_ref().map(|web| web.port);
+        for (backend, port, proto) in std::iter::once(("group", None, " proto h2"))
+            .chain(web_port.map(|port| ("web", Some(port), "")))
+        {
+            let _ = write!(
+                w,
+                "\nbackend {backend}_{group}\n\
+                 \x20 # tenants: {}\n\
+                 \x20 balance roundrobin\n\
+                 \x20 # a replica that stops answering is out after 2 failed checks 300 ms apart\n\
+                 \x20 default-server inter 300ms fall 2 rise 2\n",
+                members.join(", ")
+            );
+            // the replica's address, on its web port for the web backend
+            let at = |address: &str| match port {
+                Some(port) => {
+                    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+                    format!("{host}:{port}")
+                }
+                None => address.to_owned(),
+            };
+            match options.dns_slots {
+                Some(slots) => {
+                    let _ = writeln!(
+                        w,
+                        "  server-template {group}_ {slots} {}{proto} check resolvers dns init-addr none",
+                        at(&replicas[0])
+                    );
+                }
+                None => {
+                    for (n, address) in replicas.iter().enumerate() {
+                        let _ =
+                            writeln!(w, "  server {group}_{} {}{proto} check", n + 1, at(address));
+                    }
                 }
             }
         }
@@ -189,6 +235,7 @@ mod tests {
             listen: "127.0.0.1:7400".into(),
             replicas: [("shared".to_owned(), vec!["127.0.0.1:7501".to_owned()])].into(),
             dns_slots: None,
+            web: None,
         };
         let err = render(&tenants, &only_shared).unwrap_err();
         assert_eq!(
@@ -223,5 +270,32 @@ mod tests {
         let config = render(&tenants, &good).unwrap();
         assert!(config.contains("default_backend group_shared"), "{config}");
         assert!(config.contains("server finance_1 [fd00::5]:7502 proto h2 check"));
+        assert!(!config.contains("frontend web"), "{config}");
+
+        // with the browsers' access: the same routing, to each replica's web port, HTTP/1.1
+        good.web = Some(HaproxyWeb {
+            listen: "0.0.0.0:7480".into(),
+            port: 7480,
+        });
+        let config = render(&tenants, &good).unwrap();
+        assert!(
+            config.contains("frontend web\n  bind 0.0.0.0:7480\n"),
+            "{config}"
+        );
+        assert!(
+            config.contains(
+                "use_backend web_shared if { req.hdr(x-mesh-tenant) -m str mall paipai }"
+            ),
+            "{config}"
+        );
+        assert!(config.contains("default_backend web_shared"), "{config}");
+        assert!(
+            config.contains("server finance_1 [fd00::5]:7480 check\n"),
+            "{config}"
+        );
+        assert!(
+            config.contains("server shared_1 127.0.0.1:7480 check\n"),
+            "{config}"
+        );
     }
 }

@@ -37,6 +37,9 @@ pub const SECRET: &str = "mesh-secrets";
 /// The port of every worker's Prometheus scrape endpoint, in its pod (the pods carry the
 /// `prometheus.io/*` annotations that name it).
 pub const METRICS_PORT: u16 = 9464;
+/// The port browsers reach the mesh on: every worker serves its tenants' calls as HTTP/JSON
+/// there, and the proxy in front routes them by tenant.
+pub const WEB_PORT: u16 = 7480;
 
 /// What the manifests need beyond the tenants.
 #[derive(Clone, Debug)]
@@ -181,6 +184,8 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
             json!({ "name": "MESH_AMQP_QUEUE_TYPE", "value": "quorum" }),
             // each pod's own metrics, scraped by Prometheus (the annotations below)
             json!({ "name": "MESH_TELEMETRY_PROMETHEUS_LISTEN", "value": format!("0.0.0.0:{METRICS_PORT}") }),
+            // the browsers' access of its tenants (HTTP/JSON, server-sent events, gRPC-Web)
+            json!({ "name": "MESH_WORKER_WEB_LISTEN", "value": format!("0.0.0.0:{WEB_PORT}") }),
         ];
         for shared in [
             "MESH_NODE_CREDENTIAL",
@@ -221,6 +226,7 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
                             "ports": [
                                 { "name": "grpc", "containerPort": WORKER_PORT },
                                 { "name": "metrics", "containerPort": METRICS_PORT },
+                                { "name": "web", "containerPort": WEB_PORT },
                             ],
                             "env": env,
                             "resources": {
@@ -243,7 +249,10 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
             "spec": {
                 "clusterIP": "None",
                 "selector": labels(&group),
-                "ports": [{ "name": "grpc", "port": WORKER_PORT, "targetPort": "grpc", "appProtocol": "kubernetes.io/h2c" }],
+                "ports": [
+                    { "name": "grpc", "port": WORKER_PORT, "targetPort": "grpc", "appProtocol": "kubernetes.io/h2c" },
+                    { "name": "web", "port": WEB_PORT, "targetPort": "web", "appProtocol": "http" },
+                ],
             },
         }));
         docs.push(json!({
@@ -278,6 +287,10 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
             replicas,
             // as many as the autoscaler may run
             dns_slots: Some(options.replicas.max(1) * 4),
+            web: Some(haproxy::HaproxyWeb {
+                listen: format!("0.0.0.0:{WEB_PORT}"),
+                port: WEB_PORT,
+            }),
         },
     )?;
     docs.push(json!({
@@ -300,7 +313,10 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
                         "name": "haproxy",
                         "image": "haproxy:2.6",
                         "args": ["-f", "/usr/local/etc/haproxy/haproxy.cfg"],
-                        "ports": [{ "name": "grpc", "containerPort": 7400 }],
+                        "ports": [
+                            { "name": "grpc", "containerPort": 7400 },
+                            { "name": "web", "containerPort": WEB_PORT },
+                        ],
                         "readinessProbe": { "tcpSocket": { "port": 7400 }, "periodSeconds": 5 },
                         "volumeMounts": [{ "name": "config", "mountPath": "/usr/local/etc/haproxy", "readOnly": true }],
                     }],
@@ -316,7 +332,10 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
         "spec": {
             "type": "LoadBalancer",
             "selector": labels("proxy"),
-            "ports": [{ "name": "grpc", "port": 7400, "targetPort": "grpc", "appProtocol": "kubernetes.io/h2c" }],
+            "ports": [
+                { "name": "grpc", "port": 7400, "targetPort": "grpc", "appProtocol": "kubernetes.io/h2c" },
+                { "name": "web", "port": WEB_PORT, "targetPort": "web", "appProtocol": "http" },
+            ],
         },
     }));
     all_secrets.sort();
@@ -448,6 +467,12 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEA4ZN7WDXQrcB19GPPNeG2qkuuSJB
                 .unwrap()
                 .contains("server-template newco_ 8 mesh-newco.mesh.svc.cluster.local:7501 proto h2 check resolvers dns")
         );
+        // and browsers, routed alike to each pod's web port, which every worker serves
+        assert!(newco_env.contains(&"MESH_WORKER_WEB_LISTEN".to_owned()));
+        assert!(proxy["data"]["haproxy.cfg"].as_str().unwrap().contains(
+            "server-template newco_ 8 mesh-newco.mesh.svc.cluster.local:7480 check resolvers dns"
+        ));
+        assert_eq!(service["spec"]["ports"][1]["port"], WEB_PORT);
 
         // a key outside the folder cannot be in the ConfigMap: said, naming tenant and field
         let outside = tempfile::tempdir().unwrap();

@@ -106,6 +106,13 @@ enum DeployCmd {
         /// A process group's replicas: `shared=10.0.0.5:7501,10.0.0.6:7501`; once per group.
         #[arg(long = "group", value_name = "GROUP=HOST:PORT,...")]
         groups: Vec<String>,
+        /// Where HAProxy serves browsers too (HTTP/JSON, server-sent events, gRPC-Web, the
+        /// pages), routed by tenant as the calls are; off unless given.
+        #[arg(long)]
+        web_listen: Option<String>,
+        /// The port each replica serves browsers on (`[web] listen` of a `mesh up` node).
+        #[arg(long, default_value_t = 7480)]
+        web_port: u16,
     },
     /// Kubernetes manifests: a Deployment, Service, PodDisruptionBudget and autoscaler per
     /// process group, the tenant files as a ConfigMap, HAProxy in front. Prints them.
@@ -131,6 +138,8 @@ fn render(cmd: &DeployCmd) -> anyhow::Result<String> {
             tenants,
             listen,
             groups,
+            web_listen,
+            web_port,
         } => {
             // the secrets the files name are the deployment's, not this machine's
             let loaded = mesh_runtime::Tenants::load_without_secrets(tenants, mesh_api::CONTRACTS)?;
@@ -161,6 +170,12 @@ fn render(cmd: &DeployCmd) -> anyhow::Result<String> {
                     listen: listen.clone(),
                     replicas,
                     dns_slots: None,
+                    web: web_listen
+                        .as_ref()
+                        .map(|listen| mesh_deploy::haproxy::HaproxyWeb {
+                            listen: listen.clone(),
+                            port: *web_port,
+                        }),
                 },
             )?
         }

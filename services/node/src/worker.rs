@@ -399,11 +399,49 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
     }
     purge_expired_hourly(served.platform.clone());
     serve_metrics(supervised).await?;
+    serve_web(&served).await?;
     say(WorkerLine::Ready(address.to_string()));
     serve(listener, &served, node_tls.as_ref(), async {
         let _ = stopped.await;
     })
     .await
+}
+
+/// Environment variable naming where a worker serves the browsers' access itself: a pod's
+/// (`0.0.0.0:7480`, `mesh deploy k8s` sets it), where no `mesh up` node serves it in front.
+pub const WEB_LISTEN_ENV: &str = "MESH_WORKER_WEB_LISTEN";
+
+/// The browsers' access of a worker serving without a node in front (a pod), when
+/// `MESH_WORKER_WEB_LISTEN` names an address: every call of its tenants as HTTP/JSON, server-
+/// sent events and gRPC-Web, through this process's own inbound stack; the pages too. (There
+/// is no admin API here: the console needs a `mesh up` node.)
+async fn serve_web(served: &Served) -> anyhow::Result<()> {
+    let Some(listen) = std::env::var(WEB_LISTEN_ENV)
+        .ok()
+        .filter(|l| !l.trim().is_empty())
+    else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("{WEB_LISTEN_ENV}={listen}"))?;
+    tracing::info!(address = %listener.local_addr()?, "web access");
+    let stack = tower::ServiceBuilder::new()
+        .layer(served.inbound.layer())
+        .service(served.platform.routes());
+    let routes = mesh_web::Routes::new(mesh_api::CONTRACTS, mesh_api::FILE_DESCRIPTOR_SET)?;
+    let access = mesh_web::WebAccess::new(routes, tower::util::BoxCloneSyncService::new(stack));
+    tokio::spawn(mesh_runtime::connections::serve_connections(
+        listener,
+        access,
+        mesh_runtime::connections::ConnectionLimits {
+            http1: true,
+            ..Default::default()
+        },
+        None,
+        std::future::pending(),
+    ));
+    Ok(())
 }
 
 /// The switches a lone worker follows and the states of its tenants, as its gauges say them.

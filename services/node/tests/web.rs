@@ -484,3 +484,123 @@ async fn grpc_web_calls_pass_the_same_layers() {
     );
     assert!(messages[0].products.is_empty());
 }
+
+/// Past one machine the browsers' access has its counterpart: a worker serving alone (a pod)
+/// serves it itself (`MESH_WORKER_WEB_LISTEN`, as `mesh deploy k8s` sets), and HAProxy as
+/// `mesh deploy haproxy --web-listen` configures it routes browsers by tenant to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_worker_behind_haproxy_serves_browsers_as_a_node_does() {
+    let dir = support::tenants_folder(&["mall", "paipai"], &[]);
+    let users = Users::of(dir.path());
+    let web_port = support::free_port();
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args([
+            "worker",
+            "--tenant",
+            "mall,paipai",
+            "--listen",
+            "127.0.0.1:0",
+            "--tenants",
+        ])
+        .arg(dir.path())
+        .env("MESH_WORKER_WEB_LISTEN", format!("127.0.0.1:{web_port}"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("the worker ended");
+            if let Some(address) = line.strip_prefix("READY ") {
+                return address.to_owned();
+            }
+        }
+    })
+    .await
+    .expect("the worker is ready within 60 s");
+
+    // HAProxy: gRPC to the worker's address, browsers to its web port
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let web_listen = format!("127.0.0.1:{}", support::free_port());
+    let rendered = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .args(["deploy", "haproxy", "--tenants"])
+        .arg(dir.path())
+        .args(["--listen", &listen, "--group", &format!("shared={ready}")])
+        .args([
+            "--web-listen",
+            &web_listen,
+            "--web-port",
+            &web_port.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let config = dir.path().join("haproxy.cfg");
+    std::fs::write(&config, &rendered.stdout).unwrap();
+    let _haproxy = tokio::process::Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("haproxy (Debian's haproxy package; bash .ci/test installs it)");
+
+    let alice = user("paipai", &users.token("paipai", "alice"));
+    let suggest = r#"{"userId": "alice", "limit": 2}"#;
+    // HAProxy listens, then checks the worker before it sends it anything
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&web_listen).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut answer = post(&web_listen, "/recommend/v1/Suggest", &alice, suggest).await;
+    for _ in 0..100 {
+        if answer.status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        answer = post(&web_listen, "/recommend/v1/Suggest", &alice, suggest).await;
+    }
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(
+        answer.body["products"].as_array().unwrap().len(),
+        2,
+        "{answer:?}"
+    );
+    // the worker's own layers: a forged user and a stranger refused, through the proxy too
+    let forged = post(
+        &web_listen,
+        "/message/v1/Send",
+        &alice,
+        r#"{"conversationId": "c", "fromUser": "bob", "toUser": "x", "body": "x", "clientMsgId": "m"}"#,
+    )
+    .await;
+    assert_eq!(
+        (forged.status, forged.error_status()),
+        (403, "PERMISSION_DENIED")
+    );
+    let stranger = post(
+        &web_listen,
+        "/recommend/v1/Suggest",
+        &user("nobody", "x"),
+        suggest,
+    )
+    .await;
+    assert_eq!(
+        (stranger.status, stranger.error_status()),
+        (401, "UNAUTHENTICATED")
+    );
+    // the pages come through too
+    let page = tokio::process::Command::new("curl")
+        .args(["-s", &format!("http://{web_listen}/chat")])
+        .output()
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&page.stdout).contains("<title>Mesh chat</title>"));
+}

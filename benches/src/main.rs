@@ -5,6 +5,7 @@
 //! for the memory and switch propagation figures.
 
 mod amqp;
+mod chat;
 mod front_door;
 mod memory;
 mod noisy;
@@ -52,6 +53,7 @@ enum Figure {
     Spike,
     Terminals,
     FrontDoor,
+    Chat,
 }
 
 /// One row of results.
@@ -178,6 +180,12 @@ async fn main() -> anyhow::Result<()> {
     if run(Figure::FrontDoor) {
         eprintln!("the front door hop, against HAProxy and the worker directly ...");
         rows.extend(front_door::run(window).await?);
+    }
+    if run(Figure::Chat) {
+        eprintln!(
+            "chat messages through RabbitMQ and PostgreSQL, against the same work by hand ..."
+        );
+        rows.extend(chat::run(window).await?);
     }
     if run(Figure::Terminals) {
         eprintln!("long connections: 20,000 terminals ...");

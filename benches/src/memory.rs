@@ -43,7 +43,8 @@ pub struct MeshUp {
     pub worker_address: String,
 }
 
-/// Starts `mesh up` on the tenants in `tenants` (embedded bus and store, state in `state`,
+/// Starts `mesh up` on the tenants in `tenants` (embedded bus and store unless `env` names a
+/// broker or a database, state in `state`,
 /// admin API on a free port) with the extra environment `env`, and waits for its front door and
 /// its shared worker.
 pub async fn mesh_up(
@@ -59,9 +60,10 @@ pub async fn mesh_up(
         .env("MESH_STATE_DIR", state)
         .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
         .env("MESH_WEB_LISTEN", "127.0.0.1:0")
-        .envs(env.iter().copied())
+        // embedded unless the figure says otherwise
         .env_remove("MESH_AMQP_URI")
         .env_remove("MESH_STORE_POSTGRES")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;

@@ -11,7 +11,7 @@
 //! `MESH_FRONT_DOOR_WORKER_CONNECTIONS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_WORKER`,
 //! `MESH_TLS_CERT_FILE`, `MESH_TLS_KEY_FILE`, `MESH_TLS_CLIENT_CA_FILE`,
 //! `MESH_WORKERS_LISTEN_HOST`, `MESH_WORKERS_ADVERTISE_HOST`, `MESH_WEB_LISTEN`,
-//! `MESH_WEB_MAX_BODY_BYTES`.
+//! `MESH_WEB_MAX_BODY_BYTES`, `MESH_WEB_CONSOLE`.
 
 use std::path::{Path, PathBuf};
 
@@ -61,6 +61,10 @@ pub struct WebConfig {
     pub listen: String,
     /// The largest request body accepted; a larger one is refused with 413.
     pub max_body_bytes: usize,
+    /// Whether the ops console and the admin API's calls are served here too (when the admin
+    /// API is on). Turn it off when this port faces users rather than your ops network: the
+    /// admin API's own listener stays.
+    pub console: bool,
 }
 
 impl Default for WebConfig {
@@ -68,6 +72,7 @@ impl Default for WebConfig {
         Self {
             listen: "127.0.0.1:7480".into(),
             max_body_bytes: 1 << 20,
+            console: true,
         }
     }
 }

@@ -133,6 +133,25 @@ impl OpsCredential {
     }
 }
 
+/// Says in the log that a wrong ops credential was presented: how many since it last said so,
+/// at most every 10 s (someone guessing is seen; a flood of guesses does not flood the log).
+fn refused_ops_credential() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static REFUSED: AtomicU64 = AtomicU64::new(0);
+    static LAST_SAID_MS: AtomicU64 = AtomicU64::new(0);
+    let refused = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = mesh_contract::fields::now_ms().max(0) as u64;
+    let last = LAST_SAID_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 10_000
+        && LAST_SAID_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        REFUSED.fetch_sub(refused, Ordering::Relaxed);
+        tracing::warn!(refused, "wrong ops credentials presented to the admin API");
+    }
+}
+
 impl Interceptor for OpsCredential {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         let presented = request
@@ -143,13 +162,17 @@ impl Interceptor for OpsCredential {
             })?
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
+            // the scheme's name is case-insensitive (RFC 9110)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .ok_or_else(|| {
                 Status::unauthenticated("the ops credential must be `Bearer <token>`")
             })?;
         if bool::from(presented.as_bytes().ct_eq(&self.token)) {
             Ok(request)
         } else {
+            refused_ops_credential();
             Err(Status::unauthenticated("wrong ops credential"))
         }
     }

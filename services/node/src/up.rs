@@ -208,13 +208,29 @@ pub async fn run(
                 .await
                 .with_context(|| format!("web access: listening on {listen}"))?;
             let scheme = if tls.is_some() { "https" } else { "http" };
+            let address = listener.local_addr()?;
+            let console = deploy.web.console && admin_service.is_some();
             println!(
-                "web access at {scheme}://{}/ (chat /chat, ops console /console)",
-                listener.local_addr()?
+                "web access at {scheme}://{address}/ (chat /chat{})",
+                if console {
+                    ", ops console /console"
+                } else {
+                    ""
+                }
             );
+            if console && !address.ip().is_loopback() {
+                println!(
+                    "the ops console and the admin API's calls are served on {address}, beyond \
+                     loopback: keep that port on your ops network, or set [web] console = false"
+                );
+            }
             Some(tokio::spawn(mesh_runtime::connections::serve_connections(
                 listener,
-                crate::web::access(&front, admin_service, deploy.web.max_body_bytes)?,
+                crate::web::access(
+                    &front,
+                    admin_service.filter(|_| console),
+                    deploy.web.max_body_bytes,
+                )?,
                 mesh_runtime::connections::ConnectionLimits {
                     http1: true,
                     ..ConnectionLimits::from(&deploy.front_door)

@@ -54,6 +54,7 @@ async fn two_browsers_chat_and_the_console_degrades_one_tenant_only() {
         "ops": OPS,
         "amqp": LOCAL_AMQP,
         "order": format!("o-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        "conversation": format!("desk-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         "new_tenant": format!("web{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         "publisher": root.join("ops/examples/publish_order_created.py"),
         "stubs": stubs.path(),

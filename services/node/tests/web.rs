@@ -76,6 +76,19 @@ async fn curl_with_body(args: &[&str], body: Option<&str>) -> Answer {
     }
 }
 
+/// What the server answers to `request` written as is on a fresh connection (at most 15 s).
+async fn raw_http(at: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(at).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(15), stream.read(&mut answer))
+        .await
+        .expect("an answer within 15 s")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
 /// POSTs `body` to `path` at `web` as `tenant`, with `credential` header lines.
 async fn post(web: &str, path: &str, headers: &[String], body: &str) -> Answer {
     let url = format!("http://{web}{path}");
@@ -158,7 +171,7 @@ async fn curl_chats_over_json_and_server_sent_events_through_the_mesh_layers() {
     let mut up = MeshUp::start(dir.path(), &[("MESH_ADMIN_TOKEN", OPS)]).await;
     up.admin_address().await;
     let web = up.web_address().await;
-    up.shared_worker().await;
+    let worker = up.shared_worker().await;
     let users = Users::of(dir.path());
     let alice = user("mall", &users.token("mall", "alice"));
     let bob = user("mall", &users.token("mall", "bob"));
@@ -278,6 +291,44 @@ async fn curl_chats_over_json_and_server_sent_events_through_the_mesh_layers() {
     let get = curl(&[&format!("http://{web}/message/v1/Send")]).await;
     assert_eq!((get.status, get.header("allow")), (405, Some("POST")));
 
+    // a declared body over the limit is refused before it is sent; a body that trickles in
+    // is cut off (408) rather than holding its connection
+    let answer = raw_http(
+        &web,
+        "POST /message/v1/Send HTTP/1.1\r\nhost: x\r\ncontent-length: 99999999999\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let answer = raw_http(
+        &web,
+        "POST /message/v1/Send HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"body\"",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // a forwarded header too long for the mesh's own hop
+    let long_id = format!("x-mesh-request-id: {}", "r".repeat(20_000));
+    let too_long = post(
+        &web,
+        "/message/v1/Send",
+        &[alice.clone(), vec![long_id]].concat(),
+        send,
+    )
+    .await;
+    assert_eq!(too_long.status, 431, "{too_long:?}");
+    // the caller's request id comes back
+    let traced = post(
+        &web,
+        "/recommend/v1/Suggest",
+        &[alice.clone(), vec!["x-mesh-request-id: req-42".into()]].concat(),
+        r#"{"userId": "alice"}"#,
+    )
+    .await;
+    assert_eq!(
+        traced.header("x-mesh-request-id"),
+        Some("req-42"),
+        "{traced:?}"
+    );
+
     // the admin API: behind the ops credential, as for meshctl
     let anyone = post(&web, "/admin/v1/ListSwitches", &alice, "{}").await;
     assert_eq!(
@@ -391,6 +442,14 @@ async fn curl_chats_over_json_and_server_sent_events_through_the_mesh_layers() {
         (stranger.status, stranger.error_status()),
         (403, "PERMISSION_DENIED")
     );
+
+    // the tenant's process is killed under bob's open stream: it ends with an error event
+    // saying to attach again (UNAVAILABLE), not with the transport's words
+    support::signal(support::field(&worker, "pid"), "-KILL");
+    let (name, error) = terminal.next().await;
+    assert_eq!(name, "error", "{error}");
+    assert_eq!(error["error"]["status"], "UNAVAILABLE", "{error}");
+    assert_eq!(error["error"]["code"], 503, "{error}");
 }
 
 /// gRPC-Web, as a browser's gRPC client sends it (here curl with the bytes such a client
@@ -400,12 +459,21 @@ async fn curl_chats_over_json_and_server_sent_events_through_the_mesh_layers() {
 async fn grpc_web_calls_pass_the_same_layers() {
     use prost::Message as _;
     let dir = support::tenants_folder(&["mall", "paipai"], &[]);
-    let mut up = MeshUp::start(dir.path(), &[("MESH_ADMIN_TOKEN", OPS)]).await;
+    // (and the console kept off this port: its admin calls and page are not served here)
+    let mut up = MeshUp::start(
+        dir.path(),
+        &[("MESH_ADMIN_TOKEN", OPS), ("MESH_WEB_CONSOLE", "false")],
+    )
+    .await;
     let admin_at = up.admin_address().await;
     let web = up.web_address().await;
     up.shared_worker().await;
     let users = Users::of(dir.path());
     let files = tempfile::tempdir().unwrap();
+    let no_admin = post(&web, "/admin/v1/ListSwitches", &ops(), "{}").await;
+    assert_eq!(no_admin.status, 404, "{no_admin:?}");
+    let console = curl(&[&format!("http://{web}/console")]).await;
+    assert_eq!(console.status, 404, "{console:?}");
 
     // one gRPC-Web call: (HTTP status, headers, messages, trailer text)
     let call = |tenant: &'static str, token: String| {

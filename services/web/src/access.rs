@@ -39,6 +39,13 @@ pub const DEGRADED_HEADER: &str = "x-mesh-degraded";
 /// without one, the contract's timeout applies.
 pub const TIMEOUT_HEADER: &str = "x-mesh-timeout-ms";
 
+/// How long a request body may take to arrive in full.
+const BODY_WITHIN: Duration = Duration::from_secs(10);
+
+/// The longest header value a call carries on (a request id, a trace context, a token); the
+/// mesh's own hop refuses longer header blocks.
+const MAX_HEADER_BYTES: usize = 4096;
+
 /// How long past a contract's timeout this access waits for the mesh's own answer (a degraded
 /// one, the worker's DEADLINE_EXCEEDED) before it answers DEADLINE_EXCEEDED itself.
 const DEADLINE_GRACE: Duration = Duration::from_millis(100);
@@ -180,7 +187,21 @@ impl WebAccess {
         let Some(route) = self.routes.get(&path).cloned() else {
             return match (request.method(), path.as_str()) {
                 (&Method::GET | &Method::HEAD, "/routes") => self.route_list(),
-                (&Method::GET | &Method::HEAD, _) => match pages::page(&path) {
+                (_, "/routes") => {
+                    let mut response = error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        Code::Unimplemented,
+                        "/routes is read with GET",
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static("GET"));
+                    response
+                }
+                (&Method::GET | &Method::HEAD, _) => match pages::page(&path)
+                    // the console only where the admin API is served
+                    .filter(|_| self.admin.is_some() || !pages::is_console(&path))
+                {
                     Some(page) => page.response(),
                     None => error(
                         StatusCode::NOT_FOUND,
@@ -201,7 +222,7 @@ impl WebAccess {
         if request.method() != Method::POST {
             let mut response = error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                Code::InvalidArgument,
+                Code::Unimplemented,
                 &format!(
                     "{path} is a call: POST it a JSON {}",
                     route.input.full_name()
@@ -212,21 +233,48 @@ impl WebAccess {
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
             return response;
         }
+        let too_large = || {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::ResourceExhausted,
+                &format!("the body is larger than {} bytes", self.max_body),
+            )
+        };
+        // a declared length over the limit is refused before a byte of it is read
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body as u64) {
+            return too_large();
+        }
+        if let Some(name) = oversized_header(request.headers()) {
+            return error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Code::InvalidArgument,
+                &format!("header {name} is longer than {MAX_HEADER_BYTES} bytes"),
+            );
+        }
         let (parts, body) = request.into_parts();
-        let body = match Limited::new(body, self.max_body).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Code::ResourceExhausted,
-                    &format!("the body is larger than {} bytes", self.max_body),
-                );
-            }
-            Err(err) => {
+        // and a body that trickles in does not hold its connection (one of a capped number)
+        // for longer than BODY_WITHIN
+        let read = tokio::time::timeout(BODY_WITHIN, Limited::new(body, self.max_body).collect());
+        let body = match read.await {
+            Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
+            Ok(Err(err)) => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     Code::InvalidArgument,
                     &format!("the body could not be read: {err}"),
+                );
+            }
+            Err(_) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    Code::DeadlineExceeded,
+                    &format!("the body did not arrive within {} s", BODY_WITHIN.as_secs()),
                 );
             }
         };
@@ -236,6 +284,7 @@ impl WebAccess {
                 return error(StatusCode::BAD_REQUEST, Code::InvalidArgument, &message);
             }
         };
+        let request_id = parts.headers.get(headers::REQUEST_ID).cloned();
         let (call, deadline) = match grpc_request(&route, &parts.headers, message) {
             Ok(call) => call,
             Err(message) => {
@@ -247,9 +296,13 @@ impl WebAccess {
         // drill's delay at the front door, a worker that stopped answering) is answered
         // DEADLINE_EXCEEDED in time, not left hanging. Without a deadline from the caller, the
         // contract's timeout (and a moment, for the mesh's own answer to come first).
-        let deadline = deadline.or_else(|| {
-            (!route.method.timeout.is_zero()).then(|| route.method.timeout + DEADLINE_GRACE)
-        });
+        // A caller may ask for less time than the contract gives, not more.
+        let contract =
+            (!route.method.timeout.is_zero()).then(|| route.method.timeout + DEADLINE_GRACE);
+        let deadline = match (deadline, contract) {
+            (Some(caller), Some(contract)) => Some(caller.min(contract)),
+            (caller, contract) => caller.or(contract),
+        };
         let upstream = self.upstream(&route);
         let answer = async {
             let Ok(response) = upstream.oneshot(call).await;
@@ -260,16 +313,23 @@ impl WebAccess {
                 unary(&route, response).await
             }
         };
-        match deadline {
+        let mut answer = match deadline {
             None => answer.await,
             Some(deadline) => match tokio::time::timeout(deadline, answer).await {
                 Ok(answer) => answer,
                 Err(_) => status_error(&Status::deadline_exceeded(format!(
-                    "no answer within the call's deadline ({} ms)",
-                    deadline.as_millis()
+                    "no answer within the call's deadline ({deadline:?})"
                 ))),
             },
+        };
+        // the caller's request id comes back with the answer, to match them in its logs
+        if let Some(id) = request_id {
+            answer
+                .headers_mut()
+                .entry(headers::REQUEST_ID)
+                .or_insert(id);
         }
+        answer
     }
 
     /// `GET /routes`: every call, its gRPC path, whether it streams, who may call it.
@@ -387,7 +447,7 @@ fn grpc_request(
 /// A `grpc-timeout` value (`300m`: up to 8 digits and a unit) as a duration.
 fn grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let n: u64 = digits.parse().ok()?;
@@ -519,6 +579,17 @@ impl EventStream {
         };
         match frame {
             None => ended(self, Status::internal("the stream ended without a status")),
+            // the connection to the tenant's process broke (it was killed, restarted): a
+            // retryable outage, not the service's error; the transport's words go to the log
+            Some(Err(status)) if status.code() == Code::Unknown => {
+                tracing::debug!(error = %status, "a stream was cut");
+                ended(
+                    self,
+                    Status::unavailable(
+                        "the stream was cut: the tenant's process went away; attach again",
+                    ),
+                )
+            }
             Some(Err(status)) => ended(self, status),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
@@ -544,6 +615,18 @@ impl EventStream {
             },
         }
     }
+}
+
+/// The first forwarded header whose value is longer than [`MAX_HEADER_BYTES`].
+fn oversized_header(headers: &HeaderMap) -> Option<&'static str> {
+    FORWARDED
+        .into_iter()
+        .chain(["grpc-timeout", TIMEOUT_HEADER])
+        .find(|name| {
+            headers
+                .get(*name)
+                .is_some_and(|v| v.len() > MAX_HEADER_BYTES)
+        })
 }
 
 /// Whether the request is gRPC-Web (`application/grpc-web`, `+proto`, `-text`).
@@ -608,7 +691,7 @@ mod tests {
             grpc_timeout("99999999n"),
             Some(Duration::from_nanos(99_999_999))
         );
-        for bad in ["", "m", "300", "300x", "123456789m", "-1m", "1.5S"] {
+        for bad in ["", "m", "300", "300x", "123456789m", "-1m", "+5S", "1.5S"] {
             assert_eq!(grpc_timeout(bad), None, "{bad:?}");
         }
     }

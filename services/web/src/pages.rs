@@ -46,6 +46,11 @@ const fn script(body: &'static str) -> Page {
     }
 }
 
+/// Whether `path` is the ops console's (served only with the admin API).
+pub(crate) fn is_console(path: &str) -> bool {
+    matches!(path, "/console" | "/assets/console.js")
+}
+
 /// The page at `path`.
 pub(crate) fn page(path: &str) -> Option<Page> {
     PAGES

@@ -8,6 +8,7 @@ import { MeshError, call, el, stream } from "./mesh.js";
 const $ = (id) => document.getElementById(id);
 
 let session = null; // { tenant, user, token, peer, terminal, conversation }
+let timers = [];
 let online = true;
 let attached = null; // the AbortController of the open stream
 const shown = new Map(); // message id -> its list item
@@ -28,20 +29,42 @@ function setConnection(state) {
   pill.dataset.state = state;
 }
 
-/** The conversation of two users, named alike on both sides. */
+/**
+ * The conversation of two users when none is given, named alike on both sides (the first
+ * user's length keeps `a.b`+`c` apart from `a`+`b.c`). A business line's desk names its
+ * conversations itself (`#conversation=...`): one named from two user ids can be opened first
+ * by a third user, and the message service keeps whoever opened it.
+ */
 function conversationOf(a, b) {
-  return `chat.${[a, b].sort().join(".")}`;
+  const [first, second] = [a, b].sort();
+  return `chat:${first.length}:${first}.${second}`;
 }
 
-/** The terminal id of this browser for this user: kept, so a reload resumes its cursor. */
+/**
+ * The terminal id of this tab for this user: kept across reloads of the tab (its cursor
+ * resumes), and another tab is another terminal (two tabs never take one stream from each
+ * other).
+ */
 function terminalOf(tenant, user) {
   const key = `mesh.terminal.${tenant}.${user}`;
-  let id = localStorage.getItem(key);
+  let id = sessionStorage.getItem(key);
   if (!id) {
     id = `web-${crypto.randomUUID().slice(0, 8)}`;
-    localStorage.setItem(key, id);
+    sessionStorage.setItem(key, id);
   }
   return id;
+}
+
+/** Back to the sign-in form with `why` (a token refused, expired). */
+function signOut(why) {
+  online = false;
+  attached?.abort();
+  timers.forEach(clearInterval);
+  timers = [];
+  setConnection("signed out");
+  $("chat").hidden = true;
+  $("sign-in").hidden = false;
+  $("sign-in-error").textContent = why;
 }
 
 function show(message) {
@@ -49,10 +72,15 @@ function show(message) {
   const mine = message.fromUser === session.user;
   const kind = message.kind === "MESSAGE_KIND_SYSTEM" ? "system" : mine ? "mine" : "theirs";
   const state = el("span", "state", mine ? "sent" : "");
+  // a message of another conversation of this user is shown with its conversation named
+  const elsewhere =
+    message.conversationId && message.conversationId !== session.conversation
+      ? ` · in ${message.conversationId}`
+      : "";
   const item = el(
     "li",
     `message ${kind}`,
-    el("span", "from", kind === "system" ? "system" : message.fromUser),
+    el("span", "from", (kind === "system" ? "system" : message.fromUser) + elsewhere),
     el("span", "body", message.body),
     state,
   );
@@ -144,7 +172,7 @@ async function attach() {
     } catch (err) {
       if (controller.signal.aborted) break;
       if (err instanceof MeshError && (err.http === 401 || err.http === 403)) {
-        setConnection(`refused: ${err.status}`);
+        signOut(`The mesh refused this sign-in: ${err.message}`);
         return;
       }
       console.warn("attach", err);
@@ -234,45 +262,57 @@ function toggleOnline() {
 }
 
 function start(values) {
-  const { tenant, user, token, peer } = values;
+  const { tenant, user, token, peer, conversation } = values;
   session = {
     tenant,
     user,
     token,
     peer,
     terminal: terminalOf(tenant, user),
-    conversation: conversationOf(user, peer),
+    conversation: conversation || conversationOf(user, peer),
   };
+  online = true;
+  shown.clear();
+  sentSeqs = [];
+  $("messages").replaceChildren();
   $("sign-in").hidden = true;
+  $("sign-in-error").textContent = "";
   $("chat").hidden = false;
   $("who").textContent = `${user} @ ${tenant}`;
   $("conversation-title").textContent = `with ${peer}`;
-  $("composer").addEventListener("submit", send);
-  $("toggle-online").addEventListener("click", toggleOnline);
   attach();
   refreshOrders();
   refreshSuggestions();
   // the panels follow the business: an order event may be stored a moment after the system
   // message about it arrives, and ops may switch suggestions off or on at any time
-  setInterval(() => {
-    refreshOrders();
-    refreshSuggestions();
-  }, 2000);
+  timers.push(
+    setInterval(() => {
+      refreshOrders();
+      refreshSuggestions();
+    }, 2000),
+  );
 }
 
-// sign in from the form, or at once from the address (#tenant=mall&user=alice&token=...&peer=bob)
+$("composer").addEventListener("submit", send);
+$("toggle-online").addEventListener("click", toggleOnline);
+
+// sign in from the form, or at once from the address
+// (#tenant=mall&user=alice&token=...&peer=bob[&conversation=...]); the token is taken out of
+// the address (and the history) at once
 const given = new URLSearchParams(location.hash.slice(1));
+if (location.hash) history.replaceState(null, "", location.pathname);
+$("sign-in").addEventListener("submit", (event) => {
+  event.preventDefault();
+  start({
+    tenant: $("tenant").value.trim(),
+    user: $("user").value.trim(),
+    token: $("token").value.trim(),
+    peer: $("peer").value.trim(),
+    conversation: given.get("conversation") ?? "",
+  });
+});
 if (["tenant", "user", "token", "peer"].every((k) => given.get(k))) {
   start(Object.fromEntries(given));
 } else {
   for (const k of ["tenant", "user", "peer"]) if (given.get(k)) $(k).value = given.get(k);
-  $("sign-in").addEventListener("submit", (event) => {
-    event.preventDefault();
-    start({
-      tenant: $("tenant").value.trim(),
-      user: $("user").value.trim(),
-      token: $("token").value.trim(),
-      peer: $("peer").value.trim(),
-    });
-  });
 }

@@ -83,7 +83,10 @@ async function refreshStatus() {
   ]);
 }
 
+let deadLettersKept = true; // false once the mesh said it keeps none (no broker)
+
 async function refreshDeadLetters() {
+  if (!deadLettersKept) return;
   try {
     const { json } = await admin("ListDeadLetters", { tenant: "" });
     rows("dead-letters", json.queues, (q) => {
@@ -109,8 +112,9 @@ async function refreshDeadLetters() {
     $("dead-letters-note").textContent = "";
   } catch (err) {
     rows("dead-letters", [], () => []);
-    // on the embedded transport there is no broker to ask
+    // on the embedded transport there is no broker to ask: said once, not asked again
     $("dead-letters-note").textContent = err.message;
+    if (err.http === 400) deadLettersKept = false;
   }
 }
 
@@ -123,8 +127,8 @@ function button(label, action) {
 
 async function tenantAction(method, request) {
   try {
-    const { json } = await admin(method, request);
-    $("tenant-result").textContent = `done; ${json.tenants.length} tenants`;
+    await admin(method, request);
+    $("tenant-result").textContent = `${method === "MoveTenant" ? "moved" : "removed"}: ${request.tenant}`;
   } catch (err) {
     $("tenant-result").textContent = err.message;
   }
@@ -228,7 +232,8 @@ async function tenantFromForm(event) {
     const action = event.submitter?.value;
     if (action === "add" || action === "update") {
       const { json } = await admin(action === "add" ? "AddTenant" : "UpdateTenant", file);
-      $("tenant-result").textContent = `${action === "add" ? "added" : "updated"}; ${json.tenants.length} tenants`;
+      const ids = json.tenants.map((t) => t.id).join(", ");
+      $("tenant-result").textContent = `${action === "add" ? "added" : "updated"}: ${ids}`;
     } else {
       const { json } = await admin("CheckTenant", file);
       $("tenant-result").textContent = `valid: tenant ${json.tenant}, process group ${json.group}${

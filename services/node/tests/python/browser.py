@@ -53,11 +53,14 @@ def text(driver, element_id):
     return driver.find_element(By.ID, element_id).text
 
 
-def chat(tenant, user, peer):
+def chat(tenant, user, peer, conversation):
     driver = browser()
     token = ARGS["tokens"][f"{user}@{tenant}"]
-    driver.get(f"{WEB}/chat#tenant={tenant}&user={user}&token={token}&peer={peer}")
+    driver.get(f"{WEB}/chat#tenant={tenant}&user={user}&token={token}&peer={peer}"
+               f"&conversation={conversation}")
     until(driver, f"{user}@{tenant} online", lambda d: text(d, "connection") == "online")
+    # the token does not stay in the address (nor in the history)
+    assert "token" not in driver.current_url, driver.current_url
     return driver
 
 
@@ -90,9 +93,19 @@ def shot(driver, name):
 def main():
     drivers = []
     try:
-        alice = chat("mall", "alice", "bob")
+        # a token the mesh refuses: back at the sign-in form, saying why
+        stranger = browser()
+        drivers.append(stranger)
+        stranger.get(f"{WEB}/chat#tenant=mall&user=alice&token=not-a-token&peer=bob")
+        until(stranger, "the refusal shown",
+              lambda d: "UNAUTHENTICATED" in text(d, "sign-in-error"))
+        assert stranger.find_element(By.ID, "sign-in").is_displayed()
+        assert not stranger.find_element(By.ID, "chat").is_displayed()
+
+        conversation = ARGS["conversation"]
+        alice = chat("mall", "alice", "bob", conversation)
         drivers.append(alice)
-        bob = chat("mall", "bob", "alice")
+        bob = chat("mall", "bob", "alice", conversation)
         drivers.append(bob)
 
         # live pushes both ways; markup typed by a user is shown as text
@@ -121,7 +134,7 @@ def main():
         order = ARGS["order"]
         subprocess.run(
             [sys.executable, ARGS["publisher"], "--amqp", ARGS["amqp"], "--tenant", "mall",
-             "--order", order, "--user", "alice", "--conversation", "chat.alice.bob",
+             "--order", order, "--user", "alice", "--conversation", conversation,
              "--total-cents", "4999", "--currency", "EUR"],
             env={**os.environ, "PYTHONPATH": ARGS["stubs"]}, check=True,
         )
@@ -130,7 +143,7 @@ def main():
         until(alice, "the order panel", lambda d: order in text(d, "orders"))
 
         # suggestions are live for both business lines before the drill
-        carol = chat("paipai", "carol", "dave")
+        carol = chat("paipai", "carol", "dave", "desk-1")
         drivers.append(carol)
         for driver, who in ((alice, "mall"), (carol, "paipai")):
             until(driver, f"{who} suggestions live", lambda d: text(d, "recommend-state") == "live")

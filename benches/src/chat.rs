@@ -16,7 +16,9 @@ use std::{
 };
 
 use futures::StreamExt;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+};
 use mesh_api::{
     gateway::v1::{self as gateway, push::Payload},
     locator::v1::TerminalKind,
@@ -36,6 +38,8 @@ const PAIRS: usize = 32;
 const TIMED: usize = 2000;
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The mesh's storage consumer queue of the figure's tenant.
+const STORAGE_QUEUE: &str = "mesh.chat.message.v1.storage";
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// A business line whose limits do not throttle the figure.
@@ -59,7 +63,7 @@ pub async fn run(window: Duration) -> anyhow::Result<Vec<Row>> {
 }
 
 async fn measure(window: Duration, database: &Database) -> anyhow::Result<Vec<Row>> {
-    // the baseline first, on its own tables
+    // the baseline first, on its own table
     let raw = RawChat::start(&database.url()).await?;
     let raw_target = Target {
         channel: connect(&raw.address).await?,
@@ -68,12 +72,21 @@ async fn measure(window: Duration, database: &Database) -> anyhow::Result<Vec<Ro
             .map(|_| Ok(RequestContext::new(TenantId::new("chat")?)))
             .collect::<anyhow::Result<_>>()?,
     };
+    let own = std::process::id();
+    let before = Cpu::read(&[("mesh-bench (client and server)", own)]);
+    let raw_writes = database.writes().await?;
     let raw_rate = throughput(&raw_target, window).await?;
-    let raw_latency = latency(&raw_target, raw_rate / 2.0).await?;
-    drop(raw);
+    // what the storage consumer has left is its work too, and must not run into the next phase
+    drain(&raw.queue).await?;
+    let raw_cpu = before.since(&[("mesh-bench (client and server)", own)]);
+    let raw_writes = database.writes().await?.since(raw_writes);
 
     let dir = crate::tenants_folder(&[])?;
     std::fs::write(dir.path().join("chat.toml"), CHAT)?;
+    // the tenant's queues start empty (an earlier run's leftovers are not this run's work)
+    for queue in [STORAGE_QUEUE, "mesh.chat.message.v1.storage.dead"] {
+        delete_queue(queue).await?;
+    }
     let url = database.url();
     let up = mesh_up(
         dir.path(),
@@ -82,25 +95,42 @@ async fn measure(window: Duration, database: &Database) -> anyhow::Result<Vec<Ro
     )
     .await?;
     let users = UserTokens::development("chat-accounts", "chat-development-secret-of-32-bytes");
+    let token = |user: &str| {
+        users
+            .issue(user, None, 3600)
+            .map_err(|(field, message)| anyhow::anyhow!("{field}: {message}"))
+    };
     let mut receivers = Vec::with_capacity(PAIRS);
     for i in 0..PAIRS {
-        let token = users
-            .issue(&format!("user{i}"), None, 3600)
-            .map_err(|(field, message)| anyhow::anyhow!("{field}: {message}"))?;
-        receivers.push(RequestContext::new(TenantId::new("chat")?).with_user_token(&token));
+        receivers.push(
+            RequestContext::new(TenantId::new("chat")?)
+                .with_user_token(&token(&format!("user{i}"))?),
+        );
     }
     // the agent sends as an end user (Send is a user's call), with its own token
-    let agent = users
-        .issue("agent", None, 3600)
-        .map_err(|(field, message)| anyhow::anyhow!("{field}: {message}"))?;
     let mesh_target = Target {
         channel: connect(&up.front).await?,
-        sender: RequestContext::new(TenantId::new("chat")?).with_user_token(&agent),
+        sender: RequestContext::new(TenantId::new("chat")?).with_user_token(&token("agent")?),
         receivers,
     };
+    let processes = [
+        ("mesh-bench (client)", own),
+        ("front door", up.pid),
+        ("worker", up.worker),
+    ];
+    let before = Cpu::read(&processes);
+    let mesh_writes = database.writes().await?;
     let mesh_rate = throughput(&mesh_target, window).await?;
-    let mesh_latency = latency(&mesh_target, raw_rate / 2.0).await?;
+    drain(STORAGE_QUEUE).await?;
+    let mesh_cpu = before.since(&processes);
+    let mesh_writes = database.writes().await?.since(mesh_writes);
+
+    // latency at half the rate the mesh sustains, the same rate for both
+    let rate = mesh_rate / 2.0;
+    let mesh_latency = latency(&mesh_target, rate).await?;
     drop(up);
+    let raw_latency = latency(&raw_target, rate).await?;
+    drop(raw);
 
     let ratio =
         |mesh: Duration, raw: Duration| format!("{:.2}", mesh.as_secs_f64() / raw.as_secs_f64());
@@ -116,10 +146,24 @@ async fn measure(window: Duration, database: &Database) -> anyhow::Result<Vec<Ro
             "-",
         ),
         Row::new(
+            "CPU per message in that run, by process",
+            raw_cpu.per_message(raw_rate * window.as_secs_f64()),
+            mesh_cpu.per_message(mesh_rate * window.as_secs_f64()),
             format!(
-                "Send -> push latency p50 at {:.0} msgs/s (half the baseline's rate)",
-                raw_rate / 2.0
+                "{:.1}x",
+                mesh_cpu.total() / raw_cpu.total() * raw_rate / mesh_rate
             ),
+            "-",
+        ),
+        Row::new(
+            "PostgreSQL rows written per message in that run",
+            raw_writes.per_message(raw_rate * window.as_secs_f64()),
+            mesh_writes.per_message(mesh_rate * window.as_secs_f64()),
+            "-".into(),
+            "-",
+        ),
+        Row::new(
+            format!("Send -> push latency p50 at {rate:.0} msgs/s (half the mesh's rate)"),
             micros(raw_latency.0),
             micros(mesh_latency.0),
             ratio(mesh_latency.0, raw_latency.0),
@@ -133,6 +177,78 @@ async fn measure(window: Duration, database: &Database) -> anyhow::Result<Vec<Ro
             "-",
         ),
     ])
+}
+
+/// CPU time (user + system) of named processes and of the machine's PostgreSQL and RabbitMQ
+/// (every `postgres` and `beam.smp` process), to say where a message's CPU goes.
+struct Cpu(Vec<(String, f64)>);
+
+impl Cpu {
+    /// Seconds of CPU each process has used so far.
+    fn read(processes: &[(&str, u32)]) -> Self {
+        let ticks = |pid: u32| -> f64 {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // the fields after the command's closing parenthesis: utime is the 12th
+                    let rest = stat.rsplit_once(')')?.1;
+                    let fields: Vec<&str> = rest.split_whitespace().collect();
+                    Some(
+                        fields.get(11)?.parse::<f64>().ok()?
+                            + fields.get(12)?.parse::<f64>().ok()?,
+                    )
+                })
+                .unwrap_or(0.0)
+                / 100.0
+        };
+        let by_command = |command: &str| -> f64 {
+            std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|comm| comm.trim() == command)
+                })
+                .map(ticks)
+                .sum()
+        };
+        let mut seconds: Vec<(String, f64)> = processes
+            .iter()
+            .map(|(name, pid)| ((*name).to_owned(), ticks(*pid)))
+            .collect();
+        seconds.push(("PostgreSQL".into(), by_command("postgres")));
+        seconds.push(("RabbitMQ".into(), by_command("beam.smp")));
+        Self(seconds)
+    }
+
+    /// What each used since `self` was read.
+    fn since(&self, processes: &[(&str, u32)]) -> Self {
+        let now = Self::read(processes);
+        Self(
+            self.0
+                .iter()
+                .zip(now.0)
+                .map(|((name, then), (_, now))| (name.clone(), (now - then).max(0.0)))
+                .collect(),
+        )
+    }
+
+    fn total(&self) -> f64 {
+        self.0.iter().map(|(_, s)| s).sum()
+    }
+
+    /// `µs per message` of each process, and in all.
+    fn per_message(&self, messages: f64) -> String {
+        let each = |s: f64| s * 1e6 / messages.max(1.0);
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, s)| format!("{name} {:.0}", each(*s)))
+            .collect();
+        format!("{:.0} µs: {}", each(self.total()), parts.join(", "))
+    }
 }
 
 async fn connect(address: &str) -> anyhow::Result<Channel> {
@@ -314,6 +430,46 @@ async fn latency(target: &Target, rate: f64) -> anyhow::Result<(Duration, Durati
     Ok((percentile(&times, 0.5), percentile(&times, 0.99)))
 }
 
+/// Waits until `queue` holds no message (its consumer caught up), at most 60 s.
+async fn drain(queue: &str) -> anyhow::Result<()> {
+    let connection =
+        lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await?;
+    let started = Instant::now();
+    loop {
+        let channel = connection.create_channel().await?;
+        let waiting = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await?
+            .message_count();
+        // delivered but not yet acked counts too: give the consumer its prefetch's time
+        if waiting == 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "{queue} still holds {waiting} messages after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Deletes `queue` if it exists.
+async fn delete_queue(queue: &str) -> anyhow::Result<()> {
+    let connection =
+        lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let _ = channel.queue_delete(queue.into(), Default::default()).await;
+    Ok(())
+}
+
 /// A database of the figure's own, dropped at the end.
 struct Database {
     name: String,
@@ -333,12 +489,49 @@ impl Database {
         format!("{POSTGRES}/{}", self.name)
     }
 
+    /// Rows written in it so far (PostgreSQL's statistics, read
+    /// after the second they take to be flushed).
+    async fn writes(&self) -> anyhow::Result<Writes> {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (client, connection) =
+            tokio_postgres::connect(&format!("{POSTGRES}/postgres"), tokio_postgres::NoTls).await?;
+        let connection = tokio::spawn(connection);
+        let row = client
+            .query_one(
+                "SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database \
+                 WHERE datname = $1",
+                &[&self.name],
+            )
+            .await?;
+        drop(client);
+        let _ = connection.await;
+        Ok(Writes { rows: row.get(0) })
+    }
+
     async fn drop(&self) {
         let _ = admin_sql(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.name
         ))
         .await;
+    }
+}
+
+/// What PostgreSQL wrote for one database.
+#[derive(Clone, Copy)]
+struct Writes {
+    rows: i64,
+}
+
+impl Writes {
+    fn since(self, before: Writes) -> Writes {
+        Writes {
+            rows: self.rows - before.rows,
+        }
+    }
+
+    fn per_message(self, messages: f64) -> String {
+        format!("{:.1}", self.rows as f64 / messages.max(1.0))
     }
 }
 
@@ -356,12 +549,23 @@ async fn admin_sql(sql: &str) -> anyhow::Result<()> {
 /// tokio-postgres, in one process with no layers.
 struct RawChat {
     address: String,
+    /// The storage consumer's queue.
+    queue: String,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for RawChat {
     fn drop(&mut self) {
         self.server.abort();
+    }
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -388,7 +592,8 @@ impl RawChat {
         databases[0]
             .batch_execute(
                 "CREATE TABLE raw_messages (message_id text PRIMARY KEY, conversation_id text, \
-                 from_user text, to_user text, body text, sent_at_ms bigint)",
+                 from_user text, to_user text, body text, sent_at_ms bigint); \
+                 CREATE TABLE raw_archive (message_id text PRIMARY KEY, body bytea)",
             )
             .await?;
         let connection =
@@ -405,6 +610,60 @@ impl RawChat {
             Default::default(),
         )
         .await?;
+        // a durable queue, as the mesh's storage consumer has: the broker writes each
+        // persistent message before it confirms it
+        let queue = format!(
+            "mesh.bench.raw-chat.{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        amqp.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await?;
+        amqp.queue_bind(
+            queue.as_str().into(),
+            "mesh.bench.raw-chat".into(),
+            "message_sent".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await?;
+        // the storage consumer: each message stored again, then acked
+        let consuming = connection.create_channel().await?;
+        consuming.basic_qos(32, Default::default()).await?;
+        let mut deliveries = consuming
+            .basic_consume(
+                queue.as_str().into(),
+                "raw-storage".into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await?;
+        let (archive, archive_connection) =
+            tokio_postgres::connect(database, tokio_postgres::NoTls).await?;
+        tokio::spawn(archive_connection);
+        let archiving = tokio::spawn(async move {
+            let _channel = consuming;
+            while let Some(Ok(delivery)) = deliveries.next().await {
+                let id = uuid::Uuid::new_v4().to_string();
+                if archive
+                    .execute(
+                        "INSERT INTO raw_archive VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                        &[&id, &delivery.data],
+                    )
+                    .await
+                    .is_ok()
+                {
+                    let _ = delivery.ack(Default::default()).await;
+                }
+            }
+        });
         let service = RawService {
             terminals: Arc::default(),
             databases: Arc::new(databases),
@@ -415,6 +674,7 @@ impl RawChat {
         let address = listener.local_addr()?.to_string();
         let server = tokio::spawn(async move {
             let _connection = connection;
+            let _archiving = AbortOnDrop(archiving);
             let _ = tonic::transport::Server::builder()
                 .add_service(gateway::gateway_server::GatewayServer::new(service.clone()))
                 .add_service(message::message_server::MessageServer::new(service))
@@ -423,7 +683,11 @@ impl RawChat {
                 )
                 .await;
         });
-        Ok(Self { address, server })
+        Ok(Self {
+            address,
+            server,
+            queue,
+        })
     }
 }
 

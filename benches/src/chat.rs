@@ -73,8 +73,8 @@ async fn measure(window: Duration, database: &Database) -> anyhow::Result<Vec<Ro
             .collect::<anyhow::Result<_>>()?,
     };
     let own = std::process::id();
-    let before = Cpu::read(&[("mesh-bench (client and server)", own)]);
     let raw_writes = database.writes().await?;
+    let before = Cpu::read(&[("mesh-bench (client and server)", own)]);
     let raw_rate = throughput(&raw_target, window).await?;
     // what the storage consumer has left is its work too, and must not run into the next phase
     drain(&raw.queue).await?;
@@ -118,8 +118,8 @@ async fn measure(window: Duration, database: &Database) -> anyhow::Result<Vec<Ro
         ("front door", up.pid),
         ("worker", up.worker),
     ];
-    let before = Cpu::read(&processes);
     let mesh_writes = database.writes().await?;
+    let before = Cpu::read(&processes);
     let mesh_rate = throughput(&mesh_target, window).await?;
     drain(STORAGE_QUEUE).await?;
     let mesh_cpu = before.since(&processes);
@@ -179,6 +179,16 @@ async fn measure(window: Duration, database: &Database) -> anyhow::Result<Vec<Ro
     ])
 }
 
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 on Linux almost everywhere).
+fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 /// CPU time (user + system) of named processes and of the machine's PostgreSQL and RabbitMQ
 /// (every `postgres` and `beam.smp` process), to say where a message's CPU goes.
 struct Cpu(Vec<(String, f64)>);
@@ -186,6 +196,7 @@ struct Cpu(Vec<(String, f64)>);
 impl Cpu {
     /// Seconds of CPU each process has used so far.
     fn read(processes: &[(&str, u32)]) -> Self {
+        let hz = ticks_per_second();
         let ticks = |pid: u32| -> f64 {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
@@ -199,7 +210,7 @@ impl Cpu {
                     )
                 })
                 .unwrap_or(0.0)
-                / 100.0
+                / hz
         };
         let by_command = |command: &str| -> f64 {
             std::fs::read_dir("/proc")
@@ -737,7 +748,8 @@ impl message::message_server::Message for RawService {
         let database = &self.databases[n as usize % self.databases.len()];
         database
             .execute(
-                "INSERT INTO raw_messages VALUES ($1, $2, $3, $4, $5, $6)",
+                // a retried send (same client id) is stored once, as the mesh's is
+                "INSERT INTO raw_messages VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
                 &[
                     &chat.message_id,
                     &chat.conversation_id,

@@ -139,9 +139,20 @@ pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployErro
     }
     if let Some(web) = &options.web {
         check_address(&web.listen)?;
-        // browsers speak HTTP/1.1 (or h2 over TLS): the same routing by tenant, to the
-        // replicas' web ports; a page or a call naming no tenant goes where unknown ones go
-        let _ = writeln!(w, "\nfrontend web\n  bind {}", web.listen);
+        // browsers speak HTTP/1.1: the same routing by tenant, to the replicas' web ports; a
+        // page or a call naming no tenant goes where unknown ones go. Never the ops console
+        // nor the admin API's calls (they stay on the ops network), and a browser's slow or
+        // idle connection does not hold one of the gRPC callers' for an hour
+        let _ = writeln!(
+            w,
+            "\nfrontend web\n\
+             \x20 bind {}\n\
+             \x20 maxconn 2048\n\
+             \x20 timeout http-request 10s\n\
+             \x20 timeout http-keep-alive 10s\n\
+             \x20 http-request deny deny_status 404 if {{ path_beg /admin/ /admin.v1. }} || {{ path /console /assets/console.js }}",
+            web.listen
+        );
         for (group, members) in &groups {
             let _ = writeln!(
                 w,

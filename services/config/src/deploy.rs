@@ -62,9 +62,9 @@ pub struct WebConfig {
     /// The largest request body accepted; a larger one is refused with 413.
     pub max_body_bytes: usize,
     /// Whether the ops console and the admin API's calls are served here too (when the admin
-    /// API is on). Turn it off when this port faces users rather than your ops network: the
-    /// admin API's own listener stays.
-    pub console: bool,
+    /// API is on). Unset: only while `listen` is a loopback address; a port that faces users
+    /// rather than your ops network keeps the admin API on its own listener.
+    pub console: Option<bool>,
 }
 
 impl Default for WebConfig {
@@ -72,7 +72,7 @@ impl Default for WebConfig {
         Self {
             listen: "127.0.0.1:7480".into(),
             max_body_bytes: 1 << 20,
-            console: true,
+            console: None,
         }
     }
 }

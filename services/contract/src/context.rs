@@ -17,6 +17,38 @@ pub mod headers {
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state.
     pub const TRACESTATE: &str = "tracestate";
+    /// The caller's deadline, as gRPC writes it.
+    pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+    /// A `grpc-timeout` value as a duration: at most 8 ASCII digits and a unit of `H M S m u
+    /// n` (gRPC over HTTP/2); anything else is `None`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use mesh_contract::headers::grpc_timeout;
+    ///
+    /// assert_eq!(grpc_timeout("300m"), Some(Duration::from_millis(300)));
+    /// assert_eq!(grpc_timeout("99999999H"), Some(Duration::from_secs(99_999_999 * 3600)));
+    /// assert_eq!(grpc_timeout("999999999H"), None); // nine digits
+    /// assert_eq!(grpc_timeout("+5S"), None);
+    /// ```
+    pub fn grpc_timeout(value: &str) -> Option<std::time::Duration> {
+        use std::time::Duration;
+        let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+        if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = digits.parse().ok()?;
+        Some(match unit {
+            "H" => Duration::from_secs(n * 3600),
+            "M" => Duration::from_secs(n * 60),
+            "S" => Duration::from_secs(n),
+            "m" => Duration::from_millis(n),
+            "u" => Duration::from_micros(n),
+            "n" => Duration::from_nanos(n),
+            _ => return None,
+        })
+    }
 }
 
 /// A validated tenant id: lowercase ASCII letters, digits, `-` and `_`, starting with a letter,

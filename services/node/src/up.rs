@@ -39,6 +39,11 @@ pub async fn run(
         .tls
         .acceptor()
         .map_err(|e| anyhow!("{} (or its MESH_TLS_* override): {e}", config.display()))?;
+    // the browsers' access with the same certificate, for HTTP/1.1 clients too
+    let web_tls = deploy
+        .tls
+        .web_acceptor()
+        .map_err(|e| anyhow!("{} (or its MESH_TLS_* override): {e}", config.display()))?;
     // and mutual TLS between the front door and the workers, and among workers
     let node_tls = deploy
         .tls
@@ -209,7 +214,12 @@ pub async fn run(
                 .with_context(|| format!("web access: listening on {listen}"))?;
             let scheme = if tls.is_some() { "https" } else { "http" };
             let address = listener.local_addr()?;
-            let console = deploy.web.console && admin_service.is_some();
+            // the console beyond loopback only when the deployment says so
+            let console = admin_service.is_some()
+                && deploy
+                    .web
+                    .console
+                    .unwrap_or_else(|| address.ip().is_loopback());
             println!(
                 "web access at {scheme}://{address}/ (chat /chat{})",
                 if console {
@@ -219,10 +229,7 @@ pub async fn run(
                 }
             );
             if console && !address.ip().is_loopback() {
-                println!(
-                    "the ops console and the admin API's calls are served on {address}, beyond \
-                     loopback: keep that port on your ops network, or set [web] console = false"
-                );
+                tracing::warn!(%address, "the ops console and the admin API's calls are served beyond loopback ([web] console = true): keep that port on your ops network");
             }
             Some(tokio::spawn(mesh_runtime::connections::serve_connections(
                 listener,
@@ -235,7 +242,7 @@ pub async fn run(
                     http1: true,
                     ..ConnectionLimits::from(&deploy.front_door)
                 },
-                tls.clone(),
+                web_tls.clone(),
                 stopped(stopping.clone()),
             )))
         }

@@ -399,7 +399,10 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
     }
     purge_expired_hourly(served.platform.clone());
     serve_metrics(supervised).await?;
-    serve_web(&served).await?;
+    if !supervised {
+        // under `mesh up` the node serves browsers, in front of every worker
+        serve_web(&served).await?;
+    }
     say(WorkerLine::Ready(address.to_string()));
     serve(listener, &served, node_tls.as_ref(), async {
         let _ = stopped.await;
@@ -414,7 +417,8 @@ pub const WEB_LISTEN_ENV: &str = "MESH_WORKER_WEB_LISTEN";
 /// The browsers' access of a worker serving without a node in front (a pod), when
 /// `MESH_WORKER_WEB_LISTEN` names an address: every call of its tenants as HTTP/JSON, server-
 /// sent events and gRPC-Web, through this process's own inbound stack; the pages too. (There
-/// is no admin API here: the console needs a `mesh up` node.)
+/// is no admin API here: the console needs a `mesh up` node. Plain HTTP: TLS ends at the proxy
+/// in front, as for the pod's gRPC port.)
 async fn serve_web(served: &Served) -> anyhow::Result<()> {
     let Some(listen) = std::env::var(WEB_LISTEN_ENV)
         .ok()
@@ -430,7 +434,14 @@ async fn serve_web(served: &Served) -> anyhow::Result<()> {
         .layer(served.inbound.layer())
         .service(served.platform.routes());
     let routes = mesh_web::Routes::new(mesh_api::CONTRACTS, mesh_api::FILE_DESCRIPTOR_SET)?;
-    let access = mesh_web::WebAccess::new(routes, tower::util::BoxCloneSyncService::new(stack));
+    let max_body = std::env::var("MESH_WEB_MAX_BODY_BYTES")
+        .ok()
+        .map(|v| v.parse::<usize>())
+        .transpose()
+        .context("MESH_WEB_MAX_BODY_BYTES: a number of bytes")?
+        .unwrap_or(1 << 20);
+    let access = mesh_web::WebAccess::new(routes, tower::util::BoxCloneSyncService::new(stack))
+        .with_max_body(max_body);
     tokio::spawn(mesh_runtime::connections::serve_connections(
         listener,
         access,

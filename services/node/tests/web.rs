@@ -186,7 +186,10 @@ async fn curl_chats_over_json_and_server_sent_events_through_the_mesh_layers() {
     // alice sends (the proto3 JSON mapping: lowerCamelCase names, 64-bit numbers as strings)
     let send = r#"{"conversationId": "c1", "fromUser": "alice", "toUser": "bob",
                    "body": "hello <b>bob</b>", "clientMsgId": "m-1"}"#;
+    let mut resends = 0;
     let sent = loop {
+        resends += 1;
+        assert!(resends < 200, "bob's terminal was never reported delivered");
         let sent = post(&web, "/message/v1/Send", &alice, send).await;
         assert_eq!(sent.status, 200, "{sent:?}");
         // the terminal registers as its stream opens: resend (same client id, stored once)
@@ -543,6 +546,22 @@ async fn grpc_web_calls_pass_the_same_layers() {
         headers.contains("grpc-status: 16") || trailers.contains("grpc-status:16"),
         "{headers} {trailers:?}"
     );
+
+    // the mesh's internal calls are not served to browsers over gRPC-Web either
+    let internal = tokio::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{web}/gateway.v1.Gateway/Deliver"))
+        .args([
+            "-H",
+            "content-type: application/grpc-web+proto",
+            "-H",
+            "x-mesh-tenant: mall",
+        ])
+        .args(["--data-binary", "not a call"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&internal.stdout), "404");
 
     support::switch_recommend(&admin_at, OPS, "mall", false, "grpc-web drill").await;
     let (headers, messages, _) = call("mall", users.token("mall", "alice")).await;

@@ -97,24 +97,41 @@ impl OrderStore {
             .or_insert(order);
     }
 
-    /// Sets the status of a known order; `false` when the order is not known.
-    pub fn set_status(&self, tenant: &TenantId, order_id: &str, status: i32) -> bool {
+    /// Moves a known order from `from` (any, when `None`) to `status`; `false` when the order
+    /// is not known or not in `from`. A cancelled order stays cancelled: a late or replayed
+    /// event cannot bring it back.
+    pub fn move_status(
+        &self,
+        tenant: &TenantId,
+        order_id: &str,
+        from: Option<i32>,
+        status: i32,
+    ) -> bool {
         let mut namespaces = self.namespaces.write().expect("lock");
         match namespaces.get_mut(tenant).and_then(|n| n.get_mut(order_id)) {
-            Some(order) => {
+            Some(order)
+                if order.status != CANCELLED && from.is_none_or(|from| from == order.status) =>
+            {
                 order.status = status;
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 }
+
+/// The status every major gives a cancelled order.
+const CANCELLED: i32 = v2::OrderStatus::Cancelled as i32;
 
 /// The order book: what checkout systems outside the platform announce on the queue
 /// (`OrderCreated`, `OrderUpdated`, `OrderCancelled`, in the envelope README.md gives) is
 /// recorded in the [`OrderStore`], so the orders a checkout written in any language places
 /// are the ones support staff look up beside the conversation. Replays are harmless: a known
-/// order is kept as it is.
+/// order is kept as it is, and an update applies only to the state it left.
+///
+/// The book is the process's [`OrderStore`], in memory: with several replicas of one process
+/// group (they share the book's queue) each order lands in one of them. Until the orders live
+/// in a shared store, run the order book's group as one replica.
 #[derive(Clone, Debug)]
 pub struct OrderBook {
     store: OrderStore,
@@ -145,9 +162,11 @@ impl OrderBook {
         Ok(())
     }
 
-    fn moved(&self, ctx: &RequestContext, order_id: &str, status: i32) {
-        // an update of an order this platform never heard of has nothing to show it beside
-        self.store.set_status(&ctx.tenant, order_id, status);
+    /// An update applies to the order in the state it left (a replayed or late one, whose
+    /// order moved on since, is dropped); one of an order this platform never heard of has
+    /// nothing to show it beside.
+    fn moved(&self, ctx: &RequestContext, order_id: &str, from: Option<i32>, status: i32) {
+        self.store.move_status(&ctx.tenant, order_id, from, status);
     }
 }
 
@@ -178,7 +197,12 @@ impl v1::OrderHandler for OrderBook {
         ctx: &RequestContext,
         event: v1::OrderUpdated,
     ) -> Result<(), mesh_contract::HandlerError> {
-        self.moved(ctx, &event.order_id, event.status);
+        self.moved(
+            ctx,
+            &event.order_id,
+            Some(event.previous_status),
+            event.status,
+        );
         Ok(())
     }
 }
@@ -213,7 +237,12 @@ impl v2::OrderHandler for OrderBook {
         ctx: &RequestContext,
         event: v2::OrderUpdated,
     ) -> Result<(), mesh_contract::HandlerError> {
-        self.moved(ctx, &event.order_id, event.status);
+        self.moved(
+            ctx,
+            &event.order_id,
+            Some(event.previous_status),
+            event.status,
+        );
         Ok(())
     }
 
@@ -222,7 +251,7 @@ impl v2::OrderHandler for OrderBook {
         ctx: &RequestContext,
         event: v2::OrderCancelled,
     ) -> Result<(), mesh_contract::HandlerError> {
-        self.moved(ctx, &event.order_id, v2::OrderStatus::Cancelled as i32);
+        self.moved(ctx, &event.order_id, None, CANCELLED);
         Ok(())
     }
 }

@@ -47,8 +47,12 @@ pub trait LoadTls {
     /// Mutual TLS between the mesh's processes, `None` unless `node_ca_file` is set.
     fn node_tls(&self) -> Result<Option<NodeTls>, TlsError>;
 
-    /// The acceptor for the mesh's listeners, `None` when TLS is off.
+    /// The acceptor for the mesh's gRPC listeners (ALPN `h2`), `None` when TLS is off.
     fn acceptor(&self) -> Result<Option<TlsAcceptor>, TlsError>;
+
+    /// The acceptor for the browsers' access: the same certificate, offering `h2` and
+    /// `http/1.1` (a client that speaks only HTTP/1.1 is not refused in the handshake).
+    fn web_acceptor(&self) -> Result<Option<TlsAcceptor>, TlsError>;
 }
 
 impl LoadTls for TlsConfig {
@@ -66,8 +70,19 @@ impl LoadTls for TlsConfig {
     }
 
     fn acceptor(&self) -> Result<Option<TlsAcceptor>, TlsError> {
-        let (cert_file, key_file) = match (&self.cert_file, &self.key_file) {
-            (None, None) if self.client_ca_file.is_some() => {
+        accepting(self, &[b"h2"])
+    }
+
+    fn web_acceptor(&self) -> Result<Option<TlsAcceptor>, TlsError> {
+        accepting(self, &[b"h2", b"http/1.1"])
+    }
+}
+
+/// An acceptor for `tls`'s certificate (and client CA), offering `protocols` by ALPN.
+fn accepting(tls: &TlsConfig, protocols: &[&[u8]]) -> Result<Option<TlsAcceptor>, TlsError> {
+    {
+        let (cert_file, key_file) = match (&tls.cert_file, &tls.key_file) {
+            (None, None) if tls.client_ca_file.is_some() => {
                 return Err(error(
                     "client_ca_file",
                     "needs cert_file and key_file: client certificates are asked for over TLS",
@@ -97,7 +112,7 @@ impl LoadTls for TlsConfig {
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| error("cert_file", e.to_string()))?;
-        let builder = match &self.client_ca_file {
+        let builder = match &tls.client_ca_file {
             None => builder.with_no_client_auth(),
             Some(ca_file) => {
                 let mut roots = rustls::RootCertStore::empty();
@@ -128,7 +143,7 @@ impl LoadTls for TlsConfig {
                 ),
             )
         })?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
         Ok(Some(TlsAcceptor::from(Arc::new(config))))
     }
 }

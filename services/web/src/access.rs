@@ -24,8 +24,8 @@ use crate::{
     status::{error_body, http_status},
 };
 
-/// What a call is forwarded to: the mesh's gRPC stack, as one service (the front door's
-/// [`stack`](https://docs.rs/mesh-runtime), or the admin API's routes).
+/// What a call is forwarded to: the mesh's gRPC stack, as one service (the front door's stack
+/// on a `mesh up` node, a lone worker's inbound stack, or the admin API's routes).
 pub type Upstream = tower::util::BoxCloneSyncService<
     Request<tonic::body::Body>,
     Response<tonic::body::Body>,
@@ -130,6 +130,24 @@ impl WebAccess {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         use tower::Layer;
+        // the calls the JSON access serves, at their gRPC paths: never the mesh's internal
+        // ones, whatever stands behind this access (a lone worker has no front door to refuse
+        // them)
+        let path = request.uri().path();
+        if !self.routes.iter().any(|r| r.method.path == path) {
+            return error(
+                StatusCode::NOT_FOUND,
+                Code::Unimplemented,
+                &format!("no call at {path} is served to browsers"),
+            );
+        }
+        if let Some(name) = oversized_header(request.headers()) {
+            return error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Code::InvalidArgument,
+                &format!("header {name} is longer than {MAX_HEADER_BYTES} bytes"),
+            );
+        }
         let service = request
             .uri()
             .path()
@@ -376,9 +394,10 @@ fn from_json(input: &MessageDescriptor, body: &[u8]) -> Result<Vec<u8>, String> 
     Ok(message.encode_to_vec())
 }
 
-/// A message the service answered, as JSON (every field written, defaults too: a browser reads
-/// `delivered: false` rather than guessing what a missing field means; 64-bit integers as
-/// strings, as the mapping says).
+/// A message the service answered, as JSON (scalar fields written with their defaults too: a
+/// browser reads `delivered: false` rather than guessing what a missing field means; unset
+/// message and `optional` fields are left out; 64-bit integers as strings, as the mapping
+/// says).
 fn to_json(output: &MessageDescriptor, message: Bytes) -> Result<Vec<u8>, Status> {
     let message = DynamicMessage::decode(output.clone(), message).map_err(|err| {
         Status::internal(format!(
@@ -422,7 +441,7 @@ fn grpc_request(
             value
                 .to_str()
                 .ok()
-                .and_then(grpc_timeout)
+                .and_then(headers::grpc_timeout)
                 .ok_or("header grpc-timeout must be as gRPC writes it (`300m`: digits and a unit of H M S m u n)")?,
         );
         to.insert("grpc-timeout", value.clone());
@@ -444,24 +463,6 @@ fn grpc_request(
     Ok((request, deadline))
 }
 
-/// A `grpc-timeout` value (`300m`: up to 8 digits and a unit) as a duration.
-fn grpc_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 /// The answer of a call that returns one message.
 async fn unary(
     route: &Route,
@@ -473,7 +474,7 @@ async fn unary(
     let (status, message) = match Status::from_header_map(&parts.headers) {
         Some(status) => (status, None),
         None => match body.collect().await {
-            Err(status) => (status, None),
+            Err(status) => (cut(status), None),
             Ok(collected) => {
                 let trailers = collected.trailers().cloned().unwrap_or_default();
                 let mut deframer = Deframer::default();
@@ -637,6 +638,17 @@ fn is_grpc_web(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc-web"))
 }
 
+/// What a body error says to the caller: a connection to the tenant's process that broke (it
+/// was killed, restarted) is a retryable outage, not the service's error, and the transport's
+/// words go to the log.
+fn cut(status: Status) -> Status {
+    if status.code() != Code::Unknown {
+        return status;
+    }
+    tracing::debug!(error = %status, "an answer was cut");
+    Status::unavailable("the answer was cut: the tenant's process went away; try again")
+}
+
 /// One server-sent event (`data` is one line: JSON has no raw newlines).
 fn event(name: &str, data: &[u8]) -> Bytes {
     let mut event = Vec::with_capacity(data.len() + name.len() + 16);
@@ -684,6 +696,7 @@ mod tests {
 
     #[test]
     fn grpc_timeouts_read_as_grpc_writes_them() {
+        use mesh_contract::headers::grpc_timeout;
         assert_eq!(grpc_timeout("300m"), Some(Duration::from_millis(300)));
         assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
         assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));

@@ -8,8 +8,8 @@
 //!   mesh's own stack in process (the front door's, then the tenant's worker): authentication
 //!   (`x-mesh-tenant` with `authorization: Bearer <user token>` or `x-mesh-token`), the
 //!   contract's audience, rate limits, switches, bulkheads and deadlines apply as they do to
-//!   gRPC. A degraded answer carries the `x-mesh-degraded` header; `x-mesh-timeout-ms` sets the
-//!   deadline.
+//!   gRPC. A degraded answer carries the `x-mesh-degraded` header; `x-mesh-timeout-ms` (or
+//!   `grpc-timeout`) shortens the contract's deadline, never lengthens it.
 //! - **Errors:** the gRPC status as its HTTP status ([`http_status`]: `UNAUTHENTICATED` 401,
 //!   `RESOURCE_EXHAUSTED` 429, `UNAVAILABLE` 503, ...) and a JSON body
 //!   `{"error": {"code": 503, "status": "UNAVAILABLE", "message": "..."}}`. A body that is not
@@ -20,8 +20,9 @@
 //!   A browser reads them with `fetch` (which can send the credential headers), a terminal's
 //!   sends are plain calls.
 //! - **gRPC-Web:** a browser's gRPC client (grpc-web, Connect's gRPC-Web transport) calls the
-//!   gRPC path (`POST /message.v1.Message/Send`, `application/grpc-web+proto` or `-text`),
-//!   translated by tonic-web and passed to the same stack.
+//!   gRPC path (`POST /message.v1.Message/Send`, `application/grpc-web+proto` or `-text`) of
+//!   a call the JSON access serves (never an internal one), translated by tonic-web and passed
+//!   to the same stack; the deadline is the stack's (the worker's deadline layer).
 //! - **Pages:** the web chat (`/chat`) and the ops console (`/console`), static files compiled
 //!   in; the console calls the admin API through the same access with the ops credential.
 //!

@@ -13,7 +13,9 @@ let online = true;
 let attached = null; // the AbortController of the open stream
 const shown = new Map(); // message id -> its list item
 let sentSeqs = []; // [seq, list item] of what this user sent here, for read receipts
-let lastRead = 0;
+let lastRead = 0; // the other side's read position in the open conversation
+let attachGeneration = 0; // the attach loop that runs now; an older one stops
+let orderMajor = null; // the order contract major the tenant runs (found on first call)
 
 function headers() {
   return { "x-mesh-tenant": session.tenant, authorization: `Bearer ${session.token}` };
@@ -58,6 +60,7 @@ function terminalOf(tenant, user) {
 /** Back to the sign-in form with `why` (a token refused, expired). */
 function signOut(why) {
   online = false;
+  attachGeneration += 1;
   attached?.abort();
   timers.forEach(clearInterval);
   timers = [];
@@ -109,7 +112,12 @@ async function sync() {
       terminalId: session.terminal,
       limit: 50,
     });
-    json.messages.forEach(receive);
+    json.messages.forEach((m) => receive(m, false));
+    // one receipt for the page: up to the last message of the open conversation in it
+    const here = json.messages.filter(
+      (m) => m.conversationId === session.conversation && m.kind !== "MESSAGE_KIND_SYSTEM",
+    );
+    if (here.length > 0) markRead(here[here.length - 1].seq);
     if (json.messages.length > 0) {
       await mesh("/message/v1/AckDelivery", {
         userId: session.user,
@@ -121,17 +129,25 @@ async function sync() {
   }
 }
 
-/** A message for this user: shown, and read at once when it is of the open conversation. */
-function receive(message) {
+/** Tells the other side this user read the open conversation up to `seq`. */
+function markRead(seq) {
+  mesh("/message/v1/MarkRead", {
+    conversationId: session.conversation,
+    userId: session.user,
+    terminalId: session.terminal,
+    upToSeq: seq,
+  }).catch(() => {}); // a receipt is best effort; a degraded MarkRead answers empty
+}
+
+/**
+ * A message for this user: shown, and (`readNow`, a live push) read at once when it is of the
+ * open conversation.
+ */
+function receive(message, readNow = true) {
   show(message);
-  if (message.conversationId === session.conversation && message.kind !== "MESSAGE_KIND_SYSTEM") {
-    mesh("/message/v1/MarkRead", {
-      conversationId: message.conversationId,
-      userId: session.user,
-      terminalId: session.terminal,
-      upToSeq: message.seq,
-    }).catch(() => {}); // a receipt is best effort; a degraded MarkRead answers empty
-  }
+  const here =
+    message.conversationId === session.conversation && message.kind !== "MESSAGE_KIND_SYSTEM";
+  if (readNow && here) markRead(message.seq);
   if (message.kind === "MESSAGE_KIND_SYSTEM") refreshOrders();
 }
 
@@ -143,7 +159,12 @@ function push(p) {
       terminalId: session.terminal,
       upToPosition: p.message.position,
     }).catch(() => {}); // unacked, it comes again at the next sync
-  } else if (p.receipt && p.receipt.reader !== session.user) {
+  } else if (
+    p.receipt &&
+    p.receipt.reader !== session.user &&
+    p.receipt.conversationId === session.conversation
+  ) {
+    // seqs count within a conversation: a receipt of another says nothing about this one
     lastRead = Math.max(lastRead, Number(p.receipt.upToSeq));
     markReceipts();
   }
@@ -151,7 +172,8 @@ function push(p) {
 
 /** Keeps the terminal attached while online: attach, sync, then pushes until cut; again. */
 async function attach() {
-  while (online) {
+  const generation = ++attachGeneration;
+  while (online && generation === attachGeneration) {
     const controller = new AbortController();
     attached = controller;
     setConnection("connecting");
@@ -169,6 +191,14 @@ async function attach() {
           onMessage: push,
         },
       );
+      // ended without an error: this terminal attached elsewhere (another tab with a copy of
+      // this one's session); taking it back would start a tug of war
+      if (generation === attachGeneration) {
+        online = false;
+        $("toggle-online").textContent = "Go online";
+        setConnection("opened elsewhere");
+        return;
+      }
     } catch (err) {
       if (controller.signal.aborted) break;
       if (err instanceof MeshError && (err.http === 401 || err.http === 403)) {
@@ -177,11 +207,11 @@ async function attach() {
       }
       console.warn("attach", err);
     }
-    if (!online) break;
+    if (!online || generation !== attachGeneration) break;
     setConnection("reconnecting");
     await new Promise((resolve) => setTimeout(resolve, 1000));
   }
-  setConnection("offline");
+  if (generation === attachGeneration) setConnection("offline");
 }
 
 async function send(event) {
@@ -204,10 +234,36 @@ async function send(event) {
   }
 }
 
+/**
+ * The user's orders from the order major the tenant runs: v2 first (paipai), v1 when the
+ * tenant's plan refuses v2 (mall); remembered once found.
+ */
+async function listOrders() {
+  const request = { userId: session.user, limit: 5 };
+  for (const major of orderMajor ? [orderMajor] : [2, 1]) {
+    try {
+      const { json } = await mesh(`/order/v${major}/ListOrders`, request);
+      orderMajor = major;
+      return json;
+    } catch (err) {
+      if (orderMajor || err.status !== "UNIMPLEMENTED") throw err;
+    }
+  }
+  throw new Error("the tenant runs no order major this page knows");
+}
+
+/** An order's total: `currency cents` in v1, `total { currency, minorUnits }` in v2. */
+function money(order) {
+  const [currency, minor] = order.total
+    ? [order.total.currency, order.total.minorUnits]
+    : [order.currency, order.totalCents];
+  return `${currency} ${(Number(minor) / 100).toFixed(2)}`;
+}
+
 async function refreshOrders() {
   const list = $("orders");
   try {
-    const { json } = await mesh("/order/v1/ListOrders", { userId: session.user, limit: 5 });
+    const json = await listOrders();
     list.replaceChildren(
       ...(json.orders.length === 0
         ? [el("li", "muted", "no orders")]
@@ -217,7 +273,7 @@ async function refreshOrders() {
               "order",
               el("span", "order-id", o.orderId),
               ` ${o.status.replace("ORDER_STATUS_", "").toLowerCase()} `,
-              `${o.currency} ${(Number(o.totalCents) / 100).toFixed(2)}`,
+              money(o),
             ),
           )),
     );
@@ -258,7 +314,11 @@ function toggleOnline() {
   online = !online;
   $("toggle-online").textContent = online ? "Go offline" : "Go online";
   if (online) attach();
-  else attached?.abort();
+  else {
+    attachGeneration += 1;
+    attached?.abort();
+    setConnection("offline");
+  }
 }
 
 function start(values) {
@@ -274,6 +334,8 @@ function start(values) {
   online = true;
   shown.clear();
   sentSeqs = [];
+  lastRead = 0;
+  orderMajor = null;
   $("messages").replaceChildren();
   $("sign-in").hidden = true;
   $("sign-in-error").textContent = "";
@@ -285,11 +347,13 @@ function start(values) {
   refreshSuggestions();
   // the panels follow the business: an order event may be stored a moment after the system
   // message about it arrives, and ops may switch suggestions off or on at any time
+  // (every 5 s, and only while the tab is shown: a tab's polls spend its tenant's rate)
   timers.push(
     setInterval(() => {
+      if (document.visibilityState !== "visible") return;
       refreshOrders();
       refreshSuggestions();
-    }, 2000),
+    }, 5000),
   );
 }
 

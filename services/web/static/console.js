@@ -114,7 +114,7 @@ async function refreshDeadLetters() {
     rows("dead-letters", [], () => []);
     // on the embedded transport there is no broker to ask: said once, not asked again
     $("dead-letters-note").textContent = err.message;
-    if (err.http === 400) deadLettersKept = false;
+    if (err.status === "FAILED_PRECONDITION") deadLettersKept = false;
   }
 }
 
@@ -251,6 +251,7 @@ async function open(credential) {
   try {
     await admin("ListSwitches", {});
   } catch (err) {
+    sessionStorage.removeItem("mesh.ops");
     $("sign-in-error").textContent = err.message;
     return;
   }

@@ -87,6 +87,7 @@ def state_of(driver, body):
 
 def shot(driver, name):
     os.makedirs(SHOTS, exist_ok=True)
+    driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(os.path.join(SHOTS, f"{name}.png"))
 
 
@@ -145,6 +146,8 @@ def main():
         # suggestions are live for both business lines before the drill
         carol = chat("paipai", "carol", "dave", "desk-1")
         drivers.append(carol)
+        # paipai runs order v2: its panel reads that major (no orders yet, no error)
+        until(carol, "paipai's order panel", lambda d: text(d, "orders") == "no orders")
         for driver, who in ((alice, "mall"), (carol, "paipai")):
             until(driver, f"{who} suggestions live", lambda d: text(d, "recommend-state") == "live")
             until(driver, f"{who} suggestions listed",
@@ -172,7 +175,7 @@ def main():
         send(alice, "Still here during the drill")
         until(bob, "chat during the drill",
               lambda d: "Still here during the drill" in bodies(d, "theirs"))
-        time.sleep(2.5)  # a refresh of paipai's suggestions after the switch
+        time.sleep(5.5)  # a refresh of paipai's suggestions after the switch
         assert text(carol, "recommend-state") == "live", text(carol, "recommend-state")
         # the console saw mall's degraded answers
         until(console, "degraded answers listed", lambda d: "recommend@mall" in text(d, "degraded"))

@@ -61,20 +61,9 @@ pub struct Deadline<S> {
     catalogue: Catalogue,
 }
 
-/// The caller's `grpc-timeout`, if it sent one (`300m`, `2S`, `100000u` ...).
+/// The caller's `grpc-timeout`, if it sent a valid one (`300m`, `2S`, `100000u` ...).
 pub(crate) fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    mesh_contract::headers::grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
 }
 
 pin_project_lite::pin_project! {

@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::{LOCAL_AMQP, MeshUp, Users, python, run};
+use support::{LOCAL_AMQP, MeshUp, Users, python};
 
 const OPS: &str = "ops-browser-suite-token";
 
@@ -21,12 +21,7 @@ async fn two_browsers_chat_and_the_console_degrades_one_tenant_only() {
     );
     let python = python();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let stubs = tempfile::tempdir().unwrap();
-    run(std::process::Command::new(&python)
-        .current_dir(&root)
-        .args(["-m", "grpc_tools.protoc", "-Icontracts"])
-        .arg(format!("--python_out={}", stubs.path().display()))
-        .args(["order/v1/order.proto", "mesh/options.proto"]));
+    let stubs = support::order_v1_stubs(&python);
 
     let dir = support::tenants_folder(&["mall", "paipai"], &[]);
     let mut up = MeshUp::start(

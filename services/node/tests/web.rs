@@ -608,34 +608,18 @@ async fn a_lone_worker_behind_haproxy_serves_browsers_as_a_node_does() {
     .expect("the worker is ready within 60 s");
 
     // HAProxy: gRPC to the worker's address, browsers to its web port
-    let listen = format!("127.0.0.1:{}", support::free_port());
     let web_listen = format!("127.0.0.1:{}", support::free_port());
-    let rendered = std::process::Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .args(["deploy", "haproxy", "--tenants"])
-        .arg(dir.path())
-        .args(["--listen", &listen, "--group", &format!("shared={ready}")])
-        .args([
+    let (_haproxy, _) = support::start_haproxy_with(
+        dir.path(),
+        &format!("shared={ready}"),
+        &[
             "--web-listen",
             &web_listen,
             "--web-port",
             &web_port.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        rendered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rendered.stderr)
-    );
-    let config = dir.path().join("haproxy.cfg");
-    std::fs::write(&config, &rendered.stdout).unwrap();
-    let _haproxy = tokio::process::Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("haproxy (Debian's haproxy package; bash .ci/test installs it)");
+        ],
+    )
+    .await;
 
     let alice = user("paipai", &users.token("paipai", "alice"));
     let suggest = r#"{"userId": "alice", "limit": 2}"#;

@@ -95,12 +95,7 @@ async fn a_python_publisher_following_the_envelope_reaches_the_tenant_and_garbag
     const OPS_TOKEN: &str = "ops-wire-suite-token";
     let python = python();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let stubs = tempfile::tempdir().unwrap();
-    run(std::process::Command::new(&python)
-        .current_dir(&root)
-        .args(["-m", "grpc_tools.protoc", "-Icontracts"])
-        .arg(format!("--python_out={}", stubs.path().display()))
-        .args(["order/v1/order.proto", "mesh/options.proto"]));
+    let stubs = support::order_v1_stubs(&python);
 
     let tenant = format!("py{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let file = format!(

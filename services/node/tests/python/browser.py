@@ -25,7 +25,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 ARGS = json.loads(sys.argv[1])
 WEB = f"http://{ARGS['web']}"
 SHOTS = ARGS["screenshots"]
-WAIT = 20  # seconds any one thing may take to show
+WAIT = 30  # seconds any one thing may take to show (a cold Chromium is slow to start)
 
 
 def browser():
@@ -37,7 +37,7 @@ def browser():
     driver = webdriver.Chrome(
         service=Service(ARGS.get("chromedriver", "/usr/bin/chromedriver")), options=options
     )
-    driver.set_page_load_timeout(WAIT)
+    driver.set_page_load_timeout(2 * WAIT)
     return driver
 
 

@@ -176,6 +176,13 @@ fn unregister(inner: Arc<Inner>, ctx: &RequestContext, key: Key) {
         let Ok(_permit) = inner.unregistering.clone().acquire_owned().await else {
             return;
         };
+        // the terminal attached here again meanwhile (an app retrying an attach that ran out
+        // of time): its new registration is the locator's to keep, not this one's to remove
+        let attached_again = || inner.connections.lock().expect("lock").contains_key(&key);
+        if attached_again() {
+            return;
+        }
+        let key_again = key.clone();
         let (_, user_id, terminal_id) = key;
         let request = locator::UnregisterRequest {
             user_id,
@@ -186,6 +193,9 @@ fn unregister(inner: Arc<Inner>, ctx: &RequestContext, key: Key) {
         // user): a failure that may pass is retried a few times, with growing pauses
         let mut pause = std::time::Duration::from_millis(100);
         for attempt in 1..=UNREGISTER_ATTEMPTS {
+            if attempt > 1 && inner.connections.lock().expect("lock").contains_key(&key_again) {
+                return;
+            }
             match inner.locator.clone().unregister(&ctx, request.clone()).await {
                 Ok(_) => return,
                 Err(status) if attempt < UNREGISTER_ATTEMPTS && retryable(&status) => {

@@ -141,6 +141,9 @@ impl Inner {
 struct PushStream {
     pushes: ReceiverStream<Box<v1::Push>>,
     detach: Option<(Arc<Inner>, Key, u64, RequestContext)>,
+    /// Whether the attach answered with it; one dropped before (the caller's deadline ran out
+    /// while it registered) is usually attached again at once.
+    answered: bool,
 }
 
 impl Stream for PushStream {
@@ -161,18 +164,33 @@ impl Drop for PushStream {
         if !inner.detach(&key, id) {
             return; // replaced by a newer connection of the same terminal: it stays registered
         }
-        unregister(inner, &ctx, key);
+        // an attach cut off while it registered: its registration may still be on the wire,
+        // and the app retries; the unregister waits a moment, then stands down if it did
+        let wait = if self.answered {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs(1)
+        };
+        unregister_after(inner, &ctx, key, wait);
     }
 }
 
 /// Tells the locator, in the background and with the node's credential for the tenant, that
 /// a terminal left this node.
 fn unregister(inner: Arc<Inner>, ctx: &RequestContext, key: Key) {
+    unregister_after(inner, ctx, key, std::time::Duration::ZERO);
+}
+
+/// [`unregister`], `wait` from now.
+fn unregister_after(inner: Arc<Inner>, ctx: &RequestContext, key: Key, wait: std::time::Duration) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     let ctx = inner.credentials.outbound(ctx);
     runtime.spawn(async move {
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         let Ok(_permit) = inner.unregistering.clone().acquire_owned().await else {
             return;
         };
@@ -236,9 +254,10 @@ impl Gateway for GatewayService {
             .lock()
             .expect("lock")
             .insert(key.clone(), Connection { id, pushes: tx });
-        let stream = PushStream {
+        let mut stream = PushStream {
             pushes: ReceiverStream::new(rx),
             detach: Some((self.inner.clone(), key, id, ctx.clone())),
+            answered: false,
         };
         let location = locator::TerminalLocation {
             user_id: r.user_id,
@@ -259,6 +278,7 @@ impl Gateway for GatewayService {
                 },
             )
             .await?;
+        stream.answered = true;
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -52,6 +52,9 @@ pub struct FrontDoor {
     directory: Option<crate::TenantDirectory>,
     /// Mutual TLS towards the workers.
     node_tls: Option<crate::tls::NodeTls>,
+    /// Each tenant's rate, applied here before the hop (with a directory): a tenant over its
+    /// rate is refused at the door and costs the worker it shares with others nothing.
+    limiter: crate::layers::RateLimiter,
 }
 
 impl Default for FrontDoor {
@@ -73,6 +76,7 @@ impl FrontDoor {
             probes: Probes::new(catalogue.0, None),
             directory: None,
             node_tls: None,
+            limiter: crate::layers::RateLimiter::default(),
         }
     }
 
@@ -89,11 +93,16 @@ impl FrontDoor {
         self
     }
 
-    /// Knows `config`'s tenant from now on, and its credentials when this front door
-    /// authenticates.
+    /// Knows `config`'s tenant from now on, and its credentials and rate limit when this
+    /// front door authenticates (again for a tenant known already: they are replaced).
     pub fn serve_tenant(&self, config: &crate::TenantConfig) {
         if let Some(directory) = &self.directory {
             directory.add(config);
+            self.limiter.set(
+                config.tenant_id(),
+                config.limits.requests_per_second,
+                config.limits.burst,
+            );
         }
         self.know(config.tenant_id());
     }
@@ -112,6 +121,7 @@ impl FrontDoor {
         if let Some(directory) = &self.directory {
             directory.remove(tenant);
         }
+        self.limiter.remove(tenant);
         self.known.write().expect("lock").remove(tenant);
         self.unroute(tenant);
     }
@@ -255,6 +265,7 @@ impl FrontDoor {
             .layer(crate::layers::AdmitLayer::new(Door {
                 catalogue: self.catalogue,
                 directory: self.directory.clone(),
+                limiter: self.limiter.clone(),
             }))
             .layer(TrafficLayer::new(
                 self.traffic.clone(),
@@ -281,11 +292,17 @@ fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
 /// Who may call what at the door: the mesh's internal methods are never served to callers
 /// outside it, and with a directory every caller is authenticated (and admitted by the
 /// method's contract audience) before anything about the tenant is revealed (its route, its
-/// process being down).
+/// process being down), then held to its tenant's rate.
+///
+/// The worker applies the same rate again (it may be reached without this door, behind
+/// another proxy); here it keeps a flood from crossing the hop at all: a tenant far over its
+/// rate would otherwise have every refused call forwarded, and answered by a worker that
+/// serves other tenants on the same cores.
 #[derive(Clone, Debug)]
 struct Door {
     catalogue: Catalogue,
     directory: Option<crate::TenantDirectory>,
+    limiter: crate::layers::RateLimiter,
 }
 
 impl crate::layers::Admit for Door {
@@ -305,7 +322,15 @@ impl crate::layers::Admit for Door {
             Some(directory) => directory
                 .authenticate_headers(request.headers())
                 .map_err(tonic::Status::from)
-                .and_then(|ctx| directory.admits(path, &ctx.caller)),
+                .and_then(|ctx| {
+                    directory.admits(path, &ctx.caller)?;
+                    match ctx.caller {
+                        // the mesh's own calls for a tenant were admitted as part of the
+                        // tenant's call that caused them (as in the worker)
+                        mesh_contract::Caller::Node => Ok(()),
+                        _ => self.limiter.check(&ctx.tenant),
+                    }
+                }),
             None => Ok(()),
         })
     }

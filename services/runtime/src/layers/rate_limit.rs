@@ -83,6 +83,11 @@ impl RateLimiter {
             .insert(tenant, (Arc::new(bucket), per_second));
     }
 
+    /// Forgets `tenant`'s bucket (a tenant removed from the mesh).
+    pub fn remove(&self, tenant: &TenantId) {
+        self.buckets.write().expect("lock").remove(tenant);
+    }
+
     /// Takes one call of `tenant` from its bucket; tenants without a bucket are not limited.
     pub fn check(&self, tenant: &TenantId) -> Result<(), tonic::Status> {
         let buckets = self.buckets.read().expect("lock");

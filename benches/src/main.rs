@@ -7,6 +7,7 @@
 mod amqp;
 mod chat;
 mod front_door;
+mod layers;
 mod memory;
 mod noisy;
 mod spike;
@@ -36,6 +37,13 @@ struct Args {
     /// Internal: be the flooding neighbour of figure 3 against this front door URL.
     #[arg(long, hide = true)]
     flood: Option<String>,
+    /// Internal: be the process outside the mesh the control flood of figure 3b hits.
+    #[arg(long, hide = true)]
+    refuse: bool,
+    /// Internal: serve and call one variant of figure 1 `--calls` times, then exit (the
+    /// per-layer profile runs this under callgrind).
+    #[arg(long, hide = true)]
+    probe: Option<String>,
     /// Measure this figure alone (to profile it, e.g. under `valgrind --tool=callgrind`).
     #[arg(long, value_enum)]
     only: Option<Figure>,
@@ -54,6 +62,9 @@ enum Figure {
     Terminals,
     FrontDoor,
     Chat,
+    /// Instructions per unary call with each inbound layer on and off (under callgrind, a few
+    /// minutes; only with `--only layers`, e.g. `--calls 1000`).
+    Layers,
 }
 
 /// One row of results.
@@ -134,11 +145,25 @@ pub fn micros(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // a probe counts instructions per call: on one thread, so how tokio's workers happen to
+    // park and steal does not change the count from one run to the next
+    let runtime = match args.probe {
+        Some(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        None => tokio::runtime::Runtime::new()?,
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(front) = args.flood {
         return noisy::flood(front).await;
+    }
+    if args.refuse {
+        return noisy::refuse().await;
     }
     // telemetry as a worker runs it by default: installed, nothing exported
     let telemetry = mesh_telemetry::init(
@@ -146,6 +171,14 @@ async fn main() -> anyhow::Result<()> {
         &mesh_telemetry::TelemetryConfig::default(),
         "warn",
     )?;
+    if let Some(variant) = &args.probe {
+        return layers::probe(&layers::Variant::parse(variant)?, args.calls).await;
+    }
+    if args.only == Some(Figure::Layers) {
+        eprintln!("instructions per unary call, each inbound layer on and off (callgrind) ...");
+        println!("{}", layers::run(args.calls)?);
+        return Ok(());
+    }
     let window = Duration::from_secs(args.seconds);
     let mut rows = Vec::new();
     let run = |figure: Figure| args.only.is_none_or(|only| only == figure);

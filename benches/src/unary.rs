@@ -14,7 +14,7 @@ use mesh_api::recommend::v1 as recommend;
 use mesh_contract::{RequestContext, TenantId};
 use mesh_recommend::RecommendService;
 use mesh_runtime::{
-    Inbound, Tenants,
+    Inbound, InboundLayerKind, Tenants,
     layers::{Catalogue, SwitchBoard},
 };
 use tonic::transport::Channel;
@@ -31,7 +31,7 @@ fn service() -> recommend::recommend_server::RecommendServer<RecommendService> {
     ))
 }
 
-async fn serve_raw() -> anyhow::Result<String> {
+pub(crate) async fn serve_raw() -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     // the caller as a server that trusts its network would take it: a backend of mall (the
@@ -53,9 +53,17 @@ async fn serve_raw() -> anyhow::Result<String> {
 }
 
 async fn serve_mesh(tenants: &Tenants) -> anyhow::Result<String> {
+    serve_mesh_without(tenants, &[]).await
+}
+
+/// The worker's inbound stack, as the product builds it, without the layers in `off` (none: the
+/// product's stack itself, [`Inbound::layer`]).
+pub(crate) async fn serve_mesh_without(
+    tenants: &Tenants,
+    off: &[InboundLayerKind],
+) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    // the worker's inbound stack, as the product builds it
     let inbound = Inbound::new(CATALOGUE, SwitchBoard::new(CATALOGUE));
     for config in tenants.tenants.values() {
         inbound.serve_tenant(config)?;
@@ -64,24 +72,48 @@ async fn serve_mesh(tenants: &Tenants) -> anyhow::Result<String> {
     inbound
         .limiter()
         .set(TenantId::new("mall")?, 10_000_000, 10_000_000);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(inbound.layer())
-            .add_service(service())
-            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
-    );
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    if off.is_empty() {
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(inbound.layer())
+                .add_service(service())
+                .serve_with_incoming(incoming),
+        );
+    } else {
+        // without authentication nothing attaches the caller's context: attached as the raw
+        // server does, so the layers after it and the service still act
+        let mut caller = RequestContext::new(TenantId::new("mall")?);
+        caller.caller = mesh_contract::Caller::Backend;
+        let attach = off.contains(&InboundLayerKind::Auth).then(|| {
+            tower::util::MapRequestLayer::new(move |mut request: http::Request<_>| {
+                request.extensions_mut().insert(caller.clone());
+                request
+            })
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(
+                    tower::ServiceBuilder::new()
+                        .option_layer(attach)
+                        .layer(inbound.layer_without(off)),
+                )
+                .add_service(service())
+                .serve_with_incoming(incoming),
+        );
+    }
     Ok(url)
 }
 
 /// A way to make one call.
 #[derive(Clone)]
-enum Client {
+pub(crate) enum Client {
     Raw(recommend::recommend_client::RecommendClient<Channel>),
     Mesh(recommend::RecommendCaller<Channel>, RequestContext),
 }
 
 impl Client {
-    async fn call(&mut self) -> Result<(), tonic::Status> {
+    pub(crate) async fn call(&mut self) -> Result<(), tonic::Status> {
         let request = recommend::SuggestRequest::default();
         match self {
             Client::Raw(client) => {

@@ -41,4 +41,4 @@ pub mod upstream;
 
 pub use auth::{TenantAuthLayer, TenantDirectory};
 pub use config::{ConfigError, FieldError, TenantConfig, Tenants};
-pub use stack::{Inbound, Outbound, OutboundChannel};
+pub use stack::{Inbound, InboundLayerKind, Outbound, OutboundChannel};

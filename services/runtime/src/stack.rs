@@ -45,7 +45,7 @@
 //! ```
 
 use mesh_telemetry::{TraceLayer, Traced};
-use tower::{ServiceBuilder, layer::util::Identity, layer::util::Stack};
+use tower::{ServiceBuilder, layer::util::Identity, layer::util::Stack, util::Either};
 
 use crate::{
     TenantAuthLayer, TenantConfig, TenantDirectory,
@@ -193,6 +193,119 @@ impl Inbound {
             .layer(AdmitLayer::new(self.plan.clone()))
             .layer(DeadlineLayer::new(self.catalogue))
             .layer(TenantExecutorLayer::new(self.runtimes.clone()))
+    }
+}
+
+/// One layer of the inbound stack, by name: what [`Inbound::layer_without`] can leave out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InboundLayerKind {
+    /// The SERVER span and per-tenant call metrics ([`TraceLayer::server`]).
+    Trace,
+    /// Tenant authentication and the contract audience ([`TenantAuthLayer`]).
+    Auth,
+    /// The tenant's rate ([`RateLimiter`]).
+    RateLimit,
+    /// Cached answers while a method is off ([`CachedAnswersLayer`]).
+    CachedAnswers,
+    /// Degradation switches ([`SwitchBoard`]).
+    Switches,
+    /// The tenant's service plan ([`ServicePlan`]).
+    Plan,
+    /// The contract's deadline ([`DeadlineLayer`]).
+    Deadline,
+    /// The tenant's own runtime ([`TenantExecutorLayer`]).
+    Executor,
+}
+
+impl InboundLayerKind {
+    /// Every layer, outermost first.
+    pub const ALL: [Self; 8] = [
+        Self::Trace,
+        Self::Auth,
+        Self::RateLimit,
+        Self::CachedAnswers,
+        Self::Switches,
+        Self::Plan,
+        Self::Deadline,
+        Self::Executor,
+    ];
+
+    /// Its name on a command line and in tables (`rate-limit`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Auth => "auth",
+            Self::RateLimit => "rate-limit",
+            Self::CachedAnswers => "cached-answers",
+            Self::Switches => "switches",
+            Self::Plan => "plan",
+            Self::Deadline => "deadline",
+            Self::Executor => "executor",
+        }
+    }
+
+    /// The layer named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
+    }
+}
+
+/// A layer that may be left out.
+type Optional<L> = Either<L, Identity>;
+
+/// The tower layer [`Inbound::layer_without`] builds: [`InboundLayer`]'s order, each layer
+/// optional.
+pub type PartialInboundLayer = ServiceBuilder<
+    Stack<
+        Optional<TenantExecutorLayer>,
+        Stack<
+            Optional<DeadlineLayer>,
+            Stack<
+                Optional<AdmitLayer<ServicePlan>>,
+                Stack<
+                    Optional<AdmitLayer<SwitchBoard>>,
+                    Stack<
+                        Optional<CachedAnswersLayer>,
+                        Stack<
+                            Optional<AdmitLayer<RateLimiter>>,
+                            Stack<Optional<TenantAuthLayer>, Stack<Optional<TraceLayer>, Identity>>,
+                        >,
+                    >,
+                >,
+            >,
+        >,
+    >,
+>;
+
+impl Inbound {
+    /// The stack without the layers in `off`, the others where [`Inbound::layer`] puts them:
+    /// to measure what each layer costs (`mesh-bench --only layers`). Not for serving: without
+    /// authentication nothing attaches the caller's context, which the layers after it and
+    /// the services expect.
+    pub fn layer_without(&self, off: &[InboundLayerKind]) -> PartialInboundLayer {
+        let on = |kind: InboundLayerKind| !off.contains(&kind);
+        ServiceBuilder::new()
+            .option_layer(on(InboundLayerKind::Trace).then(|| TraceLayer::server(self.catalogue.0)))
+            .option_layer(
+                on(InboundLayerKind::Auth).then(|| TenantAuthLayer::new(self.directory.clone())),
+            )
+            .option_layer(
+                on(InboundLayerKind::RateLimit).then(|| AdmitLayer::new(self.limiter.clone())),
+            )
+            .option_layer(on(InboundLayerKind::CachedAnswers).then(|| {
+                CachedAnswersLayer::new(self.cache.clone(), self.switches.clone(), self.catalogue)
+            }))
+            .option_layer(
+                on(InboundLayerKind::Switches).then(|| AdmitLayer::new(self.switches.clone())),
+            )
+            .option_layer(on(InboundLayerKind::Plan).then(|| AdmitLayer::new(self.plan.clone())))
+            .option_layer(
+                on(InboundLayerKind::Deadline).then(|| DeadlineLayer::new(self.catalogue)),
+            )
+            .option_layer(
+                on(InboundLayerKind::Executor)
+                    .then(|| TenantExecutorLayer::new(self.runtimes.clone())),
+            )
     }
 }
 

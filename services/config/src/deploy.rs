@@ -268,6 +268,12 @@ pub struct FrontDoorConfig {
     /// Streams open at once to one worker process; one more is refused with
     /// `RESOURCE_EXHAUSTED`.
     pub max_streams_per_worker: usize,
+    /// Tells each authenticated caller the worker serving its tenant (response header
+    /// `x-mesh-worker`), so a client that can reach it calls it directly, without the hop
+    /// (`mesh_runtime::direct::DirectChannel`). Off by default: calls made directly bypass the
+    /// front door's traffic watch, which the automatic degradation rules read, and the workers'
+    /// addresses must be reachable by clients (not with node TLS between the hops).
+    pub advertise_workers: bool,
 }
 
 impl Default for FrontDoorConfig {
@@ -280,6 +286,7 @@ impl Default for FrontDoorConfig {
             max_streams_per_connection: 1_000,
             worker_connections: 4,
             max_streams_per_worker: 100_000,
+            advertise_workers: false,
         }
     }
 }

@@ -13,6 +13,9 @@ pub mod headers {
     pub const AUTHORIZATION: &str = "authorization";
     /// Id of the business request, kept across every hop.
     pub const REQUEST_ID: &str = "x-mesh-request-id";
+    /// On a response from a front door that advertises its workers: the `host:port` of the
+    /// worker serving the caller's tenant, for a client that can call it directly.
+    pub const WORKER: &str = "x-mesh-worker";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state.

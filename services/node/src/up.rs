@@ -34,6 +34,15 @@ pub async fn run(
     let ops_token = deploy
         .ops_token()
         .map_err(|e| anyhow!("{}: {e}", config.display()))?;
+    // a client told a worker's address calls it over plain HTTP/2: never from a TLS front door
+    if deploy.front_door.advertise_workers && deploy.tls.enabled() {
+        anyhow::bail!(
+            "{} (or MESH_FRONT_DOOR_ADVERTISE_WORKERS): front_door.advertise_workers needs a mesh \
+             without [tls]: its clients would be sent from a TLS front door to workers serving \
+             plain HTTP/2 (or mutual TLS for the mesh's own nodes only)",
+            config.display()
+        );
+    }
     // TLS on the front door and the admin API when ops/mesh.toml names a certificate
     let tls = deploy
         .tls
@@ -90,6 +99,7 @@ pub async fn run(
     let front = FrontDoor::new(Catalogue(mesh_api::CONTRACTS))
         .with_directory(directory)
         .with_node_tls(node_tls.clone())
+        .with_advertised_workers(deploy.front_door.advertise_workers)
         .with_upstream(UpstreamLimits::from(&deploy.front_door))
         .with_probes(Probes::new(
             mesh_api::CONTRACTS,

@@ -31,6 +31,7 @@ pub use mesh_config::users as identity;
 pub mod connections;
 pub mod control;
 pub mod deploy;
+pub mod direct;
 pub mod front_door;
 pub mod layers;
 pub mod probes;

@@ -55,6 +55,8 @@ pub struct FrontDoor {
     /// Each tenant's rate, applied here before the hop (with a directory): a tenant over its
     /// rate is refused at the door and costs the worker it shares with others nothing.
     limiter: crate::layers::RateLimiter,
+    /// Whether each forwarded answer names the worker that gave it (`x-mesh-worker`).
+    advertise_workers: bool,
 }
 
 impl Default for FrontDoor {
@@ -77,7 +79,17 @@ impl FrontDoor {
             directory: None,
             node_tls: None,
             limiter: crate::layers::RateLimiter::default(),
+            advertise_workers: false,
         }
+    }
+
+    /// Names, on every answer it forwards, the worker that gave it (header `x-mesh-worker`,
+    /// the address this door dials): a client that can reach the worker then calls it directly
+    /// ([`crate::direct::DirectChannel`]), without the second hop. Only callers the door
+    /// authenticated get an answer forwarded, so only they learn the address.
+    pub fn with_advertised_workers(mut self, advertise: bool) -> Self {
+        self.advertise_workers = advertise;
+        self
     }
 
     /// Dials the workers over mutual TLS (they serve with the same nodes' CA).
@@ -381,6 +393,10 @@ where
             .catalogue
             .method(request.uri().path())
             .is_none_or(|(_, m)| m.server_streaming);
+        let advertised = self
+            .advertise_workers
+            .then(|| http::HeaderValue::from_str(upstream.address()).ok())
+            .flatten();
         Box::pin(async move {
             let slot = match upstream.acquire(long_lived) {
                 Ok(slot) => slot,
@@ -401,6 +417,9 @@ where
             };
             let mut response = response;
             response.extensions_mut().insert(Forwarded);
+            if let Some(address) = advertised {
+                response.headers_mut().insert(headers::WORKER, address);
+            }
             // a stream (a terminal) keeps its connection slot until its body ends
             Ok(HoldUntilEnd::wrap(response, slot))
         })

@@ -52,18 +52,8 @@ pub(crate) async fn serve_raw() -> anyhow::Result<String> {
     Ok(url)
 }
 
-async fn serve_mesh(tenants: &Tenants) -> anyhow::Result<String> {
-    serve_mesh_without(tenants, &[]).await
-}
-
-/// The worker's inbound stack, as the product builds it, without the layers in `off` (none: the
-/// product's stack itself, [`Inbound::layer`]).
-pub(crate) async fn serve_mesh_without(
-    tenants: &Tenants,
-    off: &[InboundLayerKind],
-) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
+/// The worker's inbound stack, as the product builds it, serving `tenants`; mall never refused.
+fn inbound(tenants: &Tenants) -> anyhow::Result<Inbound> {
     let inbound = Inbound::new(CATALOGUE, SwitchBoard::new(CATALOGUE));
     for config in tenants.tenants.values() {
         inbound.serve_tenant(config)?;
@@ -72,36 +62,49 @@ pub(crate) async fn serve_mesh_without(
     inbound
         .limiter()
         .set(TenantId::new("mall")?, 10_000_000, 10_000_000);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    if off.is_empty() {
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .layer(inbound.layer())
-                .add_service(service())
-                .serve_with_incoming(incoming),
-        );
-    } else {
-        // without authentication nothing attaches the caller's context: attached as the raw
-        // server does, so the layers after it and the service still act
-        let mut caller = RequestContext::new(TenantId::new("mall")?);
-        caller.caller = mesh_contract::Caller::Backend;
-        let attach = off.contains(&InboundLayerKind::Auth).then(|| {
-            tower::util::MapRequestLayer::new(move |mut request: http::Request<_>| {
-                request.extensions_mut().insert(caller.clone());
-                request
-            })
-        });
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .layer(
-                    tower::ServiceBuilder::new()
-                        .option_layer(attach)
-                        .layer(inbound.layer_without(off)),
-                )
-                .add_service(service())
-                .serve_with_incoming(incoming),
-        );
-    }
+    Ok(inbound)
+}
+
+async fn serve_mesh(tenants: &Tenants) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(inbound(tenants)?.layer())
+            .add_service(service())
+            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
+    );
+    Ok(url)
+}
+
+/// The same stack without the layers in `off`, built by [`Inbound::layer_without`] whatever
+/// `off` holds (none too), so every variant of the per-layer profile has the same shape.
+pub(crate) async fn serve_mesh_without(
+    tenants: &Tenants,
+    off: &[InboundLayerKind],
+) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    // without authentication nothing attaches the caller's context: attached as the raw
+    // server does, so the layers after it and the service still act
+    let mut caller = RequestContext::new(TenantId::new("mall")?);
+    caller.caller = mesh_contract::Caller::Backend;
+    let attach = off.contains(&InboundLayerKind::Auth).then(|| {
+        tower::util::MapRequestLayer::new(move |mut request: http::Request<_>| {
+            request.extensions_mut().insert(caller.clone());
+            request
+        })
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(
+                tower::ServiceBuilder::new()
+                    .option_layer(attach)
+                    .layer(inbound(tenants)?.layer_without(off)),
+            )
+            .add_service(service())
+            .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
+    );
     Ok(url)
 }
 

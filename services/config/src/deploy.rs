@@ -9,6 +9,7 @@
 //! `MESH_FRONT_DOOR_IDLE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_KEEPALIVE_INTERVAL_SECS`,
 //! `MESH_FRONT_DOOR_KEEPALIVE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_CONNECTION`,
 //! `MESH_FRONT_DOOR_WORKER_CONNECTIONS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_WORKER`,
+//! `MESH_FRONT_DOOR_ADVERTISE_WORKERS`,
 //! `MESH_TLS_CERT_FILE`, `MESH_TLS_KEY_FILE`, `MESH_TLS_CLIENT_CA_FILE`,
 //! `MESH_WORKERS_LISTEN_HOST`, `MESH_WORKERS_ADVERTISE_HOST`, `MESH_WEB_LISTEN`,
 //! `MESH_WEB_MAX_BODY_BYTES`, `MESH_WEB_CONSOLE`.
@@ -268,11 +269,13 @@ pub struct FrontDoorConfig {
     /// Streams open at once to one worker process; one more is refused with
     /// `RESOURCE_EXHAUSTED`.
     pub max_streams_per_worker: usize,
-    /// Tells each authenticated caller the worker serving its tenant (response header
-    /// `x-mesh-worker`), so a client that can reach it calls it directly, without the hop
+    /// Tells each tenant backend the door authenticated the worker serving its tenant (response
+    /// header `x-mesh-worker`; a loopback address to callers on this machine only), so a client
+    /// that can reach it calls it directly, without the hop
     /// (`mesh_runtime::direct::DirectChannel`). Off by default: calls made directly bypass the
-    /// front door's traffic watch, which the automatic degradation rules read, and the workers'
-    /// addresses must be reachable by clients (not with node TLS between the hops).
+    /// front door's traffic watch (which the automatic degradation rules read), its drill
+    /// delays and its rate limit (the worker's own still holds), and the workers serve them
+    /// plain HTTP/2 (refused with `[tls]`; not behind a TLS-terminating proxy either).
     pub advertise_workers: bool,
 }
 

@@ -231,6 +231,20 @@ pub struct ContractSpec {
     pub events: &'static [EventSpec],
 }
 
+/// The contract and method served at a gRPC `path` (`/order.v1.Order/GetOrder`) among
+/// `contracts`. Every layer of the mesh asks this of every call: the service's name is compared
+/// first (one short comparison per contract), then that contract's methods only.
+pub fn method_at(
+    contracts: &[&'static ContractSpec],
+    path: &str,
+) -> Option<(&'static ContractSpec, &'static MethodSpec)> {
+    let (service, _) = path.strip_prefix('/')?.split_once('/')?;
+    contracts
+        .iter()
+        .filter(|spec| spec.service == service)
+        .find_map(|spec| spec.method_by_path(path).map(|m| (*spec, m)))
+}
+
 impl ContractSpec {
     /// The call served at a gRPC path, if it belongs to this contract.
     pub fn method_by_path(&self, path: &str) -> Option<&'static MethodSpec> {

@@ -1,15 +1,18 @@
 //! The path without the second hop: a client of a front door that advertises its workers
 //! (`[front_door] advertise_workers`, [`FrontDoor::with_advertised_workers`]) learns from the
-//! first answer which worker serves its tenant (header `x-mesh-worker`) and sends that tenant's
-//! next calls there directly. The worker authenticates and admits each call itself (rate,
-//! switches, plan, deadline: its inbound stack), so skipping the door skips no check, only the
-//! hop.
+//! first answer which worker serves its tenant (header `x-mesh-worker`, given to a tenant's
+//! backend only) and sends that tenant's next calls there directly. The worker authenticates
+//! and admits each call itself (its inbound stack: credential, rate, switches, plan, deadline).
+//! What only the door does is skipped: its traffic watch (the automatic degradation rules
+//! sample only calls through the door; switches, whoever set them, still apply in the worker)
+//! and drill delays. A client that knows the address can also flood the worker directly; the
+//! worker's own rate limit is then all that holds it, as behind any other proxy.
 //!
 //! When the worker goes away (restarted on another port, the tenant moved to another group),
-//! the call in flight fails once, `UNAVAILABLE` as any lost connection does, and the tenant's
-//! next call goes through the door again, which names the worker serving it now. Calls made
-//! directly are not seen by the door's traffic watch: the automatic degradation rules sample
-//! only what passes the door (switches set by ops and by rules still apply, in the worker).
+//! the call in flight fails once, `UNAVAILABLE` (worth a retry), and the tenant's next call goes
+//! through the door again, which names the worker serving it now. A worker that cannot be
+//! reached from here (its address names another network) is not learned again for
+//! [`RELEARN_AFTER`]. Only plain HTTP/2: do not use it with a door reached over TLS.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,13 +34,20 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use mesh_contract::{bus::BoxFuture, headers};
 use tonic::transport::Channel;
 use tower::ServiceExt;
+
+/// How long an address that failed is not learned again.
+pub const RELEARN_AFTER: Duration = Duration::from_secs(10);
+
+/// How long connecting to a worker may take before the call fails (and the door is used).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A channel to a front door that sends each tenant's calls to the worker the door named for it,
 /// once it did (see the [module](self)). Cheap to clone; clones share what they learned.
@@ -45,12 +55,14 @@ use tower::ServiceExt;
 pub struct DirectChannel {
     door: Channel,
     routes: Arc<RwLock<HashMap<String, Route>>>,
+    /// Addresses that failed, and when.
+    failed: Arc<Mutex<HashMap<Arc<str>, Instant>>>,
 }
 
 /// A worker a tenant's calls go to, and the channel to it.
 #[derive(Clone, Debug)]
 struct Route {
-    address: String,
+    address: Arc<str>,
     channel: Channel,
 }
 
@@ -60,6 +72,7 @@ impl DirectChannel {
         Self {
             door,
             routes: Arc::default(),
+            failed: Arc::default(),
         }
     }
 
@@ -69,33 +82,51 @@ impl DirectChannel {
             .read()
             .expect("lock")
             .get(tenant)
-            .map(|r| r.address.clone())
+            .map(|r| r.address.to_string())
     }
 
-    /// Sends `tenant`'s calls to `address` from now on (unless they go there already).
+    /// Sends `tenant`'s calls to `address` from now on (unless they go there already, or it
+    /// failed within [`RELEARN_AFTER`]).
     fn learn(&self, tenant: &str, address: &str) {
         if self.route(tenant).as_deref() == Some(address) {
             return;
+        }
+        {
+            let mut failed = self.failed.lock().expect("lock");
+            failed.retain(|_, at| at.elapsed() < RELEARN_AFTER);
+            if failed.contains_key(address) {
+                return;
+            }
         }
         let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         else {
             return; // not an address: the door stays the way
         };
-        let channel = endpoint.tcp_nodelay(true).connect_lazy();
+        let channel = endpoint
+            .tcp_nodelay(true)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_lazy();
         self.routes.write().expect("lock").insert(
             tenant.to_owned(),
             Route {
-                address: address.to_owned(),
+                address: address.into(),
                 channel,
             },
         );
     }
 
-    /// Sends `tenant`'s calls through the door again, if they went to `address`.
-    fn forget(&self, tenant: &str, address: &str) {
+    /// Sends `tenant`'s calls through the door again, if they went to `address`; with
+    /// `unreachable`, `address` is not learned again for a while.
+    fn forget(&self, tenant: &str, address: &Arc<str>, unreachable: bool) {
         let mut routes = self.routes.write().expect("lock");
-        if routes.get(tenant).is_some_and(|r| r.address == address) {
+        if routes.get(tenant).is_some_and(|r| &r.address == address) {
             routes.remove(tenant);
+        }
+        if unreachable {
+            self.failed
+                .lock()
+                .expect("lock")
+                .insert(address.clone(), Instant::now());
         }
     }
 }
@@ -128,10 +159,14 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for DirectChannel 
             match route {
                 None => {
                     let response = this.door.clone().oneshot(request).await?;
+                    // only from an answer the worker gave without an error
+                    let failed = tonic::Status::from_header_map(response.headers())
+                        .is_some_and(|s| s.code() != tonic::Code::Ok);
                     if let Some(address) = response
                         .headers()
                         .get(headers::WORKER)
                         .and_then(|v| v.to_str().ok())
+                        .filter(|_| !failed)
                     {
                         this.learn(&tenant, address);
                     }
@@ -139,7 +174,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for DirectChannel 
                 }
                 Some(route) => match route.channel.oneshot(request).await {
                     Err(err) => {
-                        this.forget(&tenant, &route.address);
+                        this.forget(&tenant, &route.address, true);
                         Err(err)
                     }
                     Ok(response) => Ok(this.checked(&tenant, &route.address, response)),
@@ -151,25 +186,34 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for DirectChannel 
 
 impl DirectChannel {
     /// A worker's answer, unless it says the worker does not serve the tenant (any more): its
-    /// calls go through the door again from now on, and this one is answered `UNAVAILABLE`
-    /// (worth a retry) rather than as a wrong credential.
+    /// calls go through the door again from now on. A worker answers a tenant it does not serve
+    /// as it answers a wrong credential (nobody learns which tenants exist from it), so this
+    /// one is answered `UNAVAILABLE`, worth a retry: through the door, the retry gets the
+    /// definitive answer (served, or refused for its credential).
     fn checked(
         &self,
         tenant: &str,
-        address: &str,
+        address: &Arc<str>,
         response: http::Response<tonic::body::Body>,
     ) -> http::Response<tonic::body::Body> {
-        match tonic::Status::from_header_map(response.headers()).map(|s| s.code()) {
+        let code = tonic::Status::from_header_map(response.headers()).map(|s| s.code());
+        match code {
             Some(tonic::Code::Unauthenticated) => {
-                self.forget(tenant, address);
+                self.forget(tenant, address, false);
                 tonic::Status::unavailable(format!(
-                    "the worker at {address} no longer serves tenant {tenant}; retry (through \
-                     the front door)"
+                    "the worker at {address} does not serve tenant {tenant} with this \
+                     credential; retry (through the front door)"
                 ))
                 .into_http()
             }
-            Some(tonic::Code::Unavailable) => {
-                self.forget(tenant, address);
+            // the worker has no process for it any more (a degraded answer, the contract's
+            // fallback, says nothing about the route)
+            Some(tonic::Code::Unavailable)
+                if !response
+                    .headers()
+                    .contains_key(crate::layers::DEGRADED_HEADER) =>
+            {
+                self.forget(tenant, address, false);
                 response
             }
             _ => response,

@@ -129,7 +129,12 @@ async fn a_tenant_over_its_rate_is_refused_before_the_hop() {
             refused.push(status);
         }
     }
-    assert_eq!(refused.len(), 7, "a burst of 3 admitted: {refused:?}");
+    // a burst of 3, and one more for each second the calls took (none, unless this machine is
+    // very slow)
+    assert!(
+        (6..=7).contains(&refused.len()),
+        "a burst of 3 admitted: {refused:?}"
+    );
     assert!(
         refused
             .iter()
@@ -138,16 +143,21 @@ async fn a_tenant_over_its_rate_is_refused_before_the_hop() {
         "{refused:?}"
     );
     let count = || served.0.load(std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(count(), 3, "only the admitted calls reached the worker");
+    let admitted = 10 - refused.len();
+    assert_eq!(
+        count(),
+        admitted,
+        "only the admitted calls reached the worker"
+    );
     for _ in 0..10 {
         call("paipai").await.unwrap();
     }
-    assert_eq!(count(), 13);
+    assert_eq!(count(), admitted + 10);
     // a tenant's limits follow its file: raised, mall's calls go through again at once
     let mut raised = tenants.get("mall").unwrap().clone();
     raised.limits.requests_per_second = 10_000;
     raised.limits.burst = 10_000;
     front.serve_tenant(&raised);
     call("mall").await.unwrap();
-    assert_eq!(count(), 14);
+    assert_eq!(count(), admitted + 11);
 }

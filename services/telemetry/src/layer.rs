@@ -344,15 +344,12 @@ struct Names {
 impl Names {
     /// The names of the call at `path`; `unknown` for a path no contract serves.
     fn of(catalogue: &[&'static ContractSpec], path: &str) -> Self {
-        catalogue
-            .iter()
-            .find_map(|c| {
-                c.method_by_path(path).map(|m| Names {
-                    service: c.name,
-                    rpc_service: c.service,
-                    version: c.version,
-                    method: m.name,
-                })
+        mesh_contract::spec::method_at(catalogue, path)
+            .map(|(c, m)| Names {
+                service: c.name,
+                rpc_service: c.service,
+                version: c.version,
+                method: m.name,
             })
             // the conventions' name for a method outside the known set, which bounds the series
             .unwrap_or(Names {

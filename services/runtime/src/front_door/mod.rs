@@ -109,12 +109,13 @@ impl FrontDoor {
     /// front door authenticates (again for a tenant known already: they are replaced).
     pub fn serve_tenant(&self, config: &crate::TenantConfig) {
         if let Some(directory) = &self.directory {
-            directory.add(config);
+            // the limit first: admitted, the tenant is never unlimited for a moment
             self.limiter.set(
                 config.tenant_id(),
                 config.limits.requests_per_second,
                 config.limits.burst,
             );
+            directory.add(config);
         }
         self.know(config.tenant_id());
     }
@@ -278,6 +279,7 @@ impl FrontDoor {
                 catalogue: self.catalogue,
                 directory: self.directory.clone(),
                 limiter: self.limiter.clone(),
+                advertise_workers: self.advertise_workers,
             }))
             .layer(TrafficLayer::new(
                 self.traffic.clone(),
@@ -287,6 +289,32 @@ impl FrontDoor {
             .layer(FaultLayer::new(self.faults.clone(), self.catalogue))
             .service(self)
     }
+}
+
+/// The `x-mesh-worker` value for `request` answered by the worker at `address`, if its caller
+/// may learn it: a tenant's backend the door authenticated ([`MayLearnWorker`]), and, for a
+/// worker on a loopback address, only a caller on this machine (to anyone else the address
+/// would name its own machine).
+fn advertisement<B>(request: &http::Request<B>, address: &str) -> Option<http::HeaderValue> {
+    request.extensions().get::<MayLearnWorker>()?;
+    let on_loopback = |host: &str| {
+        host.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+            || host == "localhost"
+    };
+    let worker_host = address.rsplit_once(':').map_or(address, |(host, _)| {
+        host.trim_start_matches('[').trim_end_matches(']')
+    });
+    if on_loopback(worker_host) {
+        let peer = request
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|info| info.remote_addr())?;
+        if !peer.ip().is_loopback() {
+            return None;
+        }
+    }
+    http::HeaderValue::from_str(address).ok()
 }
 
 /// Whether forwarding failed because the request's deadline passed.
@@ -315,7 +343,14 @@ struct Door {
     catalogue: Catalogue,
     directory: Option<crate::TenantDirectory>,
     limiter: crate::layers::RateLimiter,
+    /// Whether a tenant's backend may be told its worker ([`MayLearnWorker`]).
+    advertise_workers: bool,
 }
+
+/// Set by the door on a call whose caller may learn the worker that answers it: a tenant's
+/// backend, authenticated here (not an end user, a browser or an unauthenticated caller).
+#[derive(Clone, Copy, Debug)]
+struct MayLearnWorker;
 
 impl crate::layers::Admit for Door {
     type Ticket = ();
@@ -330,7 +365,8 @@ impl crate::layers::Admit for Door {
                 format!("{path} is internal to the mesh; it is not served to callers outside it"),
             )));
         }
-        crate::layers::Decision::from_status(match &self.directory {
+        // whether the caller is a tenant's backend (which may learn its worker)
+        let admitted = match &self.directory {
             Some(directory) => directory
                 .authenticate_headers(request.headers())
                 .map_err(tonic::Status::from)
@@ -339,12 +375,19 @@ impl crate::layers::Admit for Door {
                     match ctx.caller {
                         // the mesh's own calls for a tenant were admitted as part of the
                         // tenant's call that caused them (as in the worker)
-                        mesh_contract::Caller::Node => Ok(()),
-                        _ => self.limiter.check(&ctx.tenant),
+                        mesh_contract::Caller::Node => Ok(false),
+                        mesh_contract::Caller::Backend => {
+                            self.limiter.check(&ctx.tenant).map(|_| true)
+                        }
+                        _ => self.limiter.check(&ctx.tenant).map(|_| false),
                     }
                 }),
-            None => Ok(()),
-        })
+            None => Ok(false),
+        };
+        if matches!(admitted, Ok(true)) && self.advertise_workers {
+            request.extensions_mut().insert(MayLearnWorker);
+        }
+        crate::layers::Decision::from_status(admitted.map(drop))
     }
 }
 
@@ -395,7 +438,7 @@ where
             .is_none_or(|(_, m)| m.server_streaming);
         let advertised = self
             .advertise_workers
-            .then(|| http::HeaderValue::from_str(upstream.address()).ok())
+            .then(|| advertisement(&request, upstream.address()))
             .flatten();
         Box::pin(async move {
             let slot = match upstream.acquire(long_lived) {
@@ -404,7 +447,14 @@ where
             };
             let request = request.map(tonic::body::Body::new);
             let response = match slot.channel().oneshot(request).await {
-                Ok(response) => response,
+                // only an answer the worker gave names it: not one made up here because the
+                // worker did not answer (a client would learn a dead address)
+                Ok(mut response) => {
+                    if let Some(address) = advertised {
+                        response.headers_mut().insert(headers::WORKER, address);
+                    }
+                    response
+                }
                 // the caller's own grpc-timeout ran out first: its deadline, not an outage
                 Err(err) if timed_out(&err) => tonic::Status::deadline_exceeded(
                     "the caller's deadline passed before the tenant's process answered",
@@ -417,11 +467,46 @@ where
             };
             let mut response = response;
             response.extensions_mut().insert(Forwarded);
-            if let Some(address) = advertised {
-                response.headers_mut().insert(headers::WORKER, address);
-            }
             // a stream (a terminal) keeps its connection slot until its body ends
             Ok(HoldUntilEnd::wrap(response, slot))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(may_learn: bool, peer: &str) -> http::Request<()> {
+        let mut request = http::Request::new(());
+        if may_learn {
+            request.extensions_mut().insert(MayLearnWorker);
+        }
+        request
+            .extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(peer.parse().unwrap()),
+            });
+        request
+    }
+
+    #[test]
+    fn a_worker_is_named_to_backends_and_a_loopback_one_only_to_callers_on_this_machine() {
+        let named = |may_learn, peer, worker| {
+            advertisement(&request(may_learn, peer), worker).map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            named(true, "127.0.0.1:5000", "127.0.0.1:7501").as_deref(),
+            Some("127.0.0.1:7501")
+        );
+        assert_eq!(named(true, "10.0.0.5:5000", "127.0.0.1:7501"), None);
+        assert_eq!(named(true, "10.0.0.5:5000", "[::1]:7501"), None);
+        assert_eq!(named(true, "10.0.0.5:5000", "localhost:7501"), None);
+        assert_eq!(
+            named(true, "10.0.0.5:5000", "10.0.0.7:7501").as_deref(),
+            Some("10.0.0.7:7501")
+        );
+        assert_eq!(named(false, "127.0.0.1:5000", "127.0.0.1:7501"), None);
     }
 }

@@ -218,13 +218,7 @@ pub struct Catalogue(pub &'static [&'static ContractSpec]);
 impl Catalogue {
     /// The contract and method served at `path`.
     pub fn method(&self, path: &str) -> Option<(&'static ContractSpec, &'static MethodSpec)> {
-        // every layer asks this of every call: the service's name first (one short comparison
-        // per contract), then that contract's methods only, not every method of every contract
-        let (service, _) = path.strip_prefix('/')?.split_once('/')?;
-        self.0
-            .iter()
-            .filter(|spec| spec.service == service)
-            .find_map(|spec| spec.method_by_path(path).map(|m| (*spec, m)))
+        mesh_contract::spec::method_at(self.0, path)
     }
 
     /// The event whose gRPC path (`/order.v1.Order/OrderCreated`) is `path`: events are

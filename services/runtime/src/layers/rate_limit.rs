@@ -43,8 +43,8 @@ use mesh_contract::{RequestContext, TenantId};
 use super::{Admit, Decision};
 use crate::config::Tenants;
 
-/// A tenant's token bucket and its sustained rate (for messages).
-type Bucket = (Arc<DefaultDirectRateLimiter>, u32);
+/// A tenant's token bucket, its sustained rate (for messages) and burst.
+type Bucket = (Arc<DefaultDirectRateLimiter>, u32, u32);
 
 /// A token bucket per tenant.
 #[derive(Clone, Default)]
@@ -72,15 +72,20 @@ impl RateLimiter {
         limiter
     }
 
-    /// Admits `per_second` calls of `tenant` on average, `burst` at once.
+    /// Admits `per_second` calls of `tenant` on average, `burst` at once. The same limits
+    /// again keep the bucket as it is (a tenant file edited elsewhere does not refill it).
     pub fn set(&self, tenant: TenantId, per_second: u32, burst: u32) {
+        let mut buckets = self.buckets.write().expect("lock");
+        if buckets
+            .get(&tenant)
+            .is_some_and(|(_, r, b)| (*r, *b) == (per_second, burst))
+        {
+            return;
+        }
         let rate = NonZeroU32::new(per_second.max(1)).expect("at least 1");
-        let burst = NonZeroU32::new(burst.max(1)).expect("at least 1");
-        let bucket = DefaultDirectRateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
-        self.buckets
-            .write()
-            .expect("lock")
-            .insert(tenant, (Arc::new(bucket), per_second));
+        let most = NonZeroU32::new(burst.max(1)).expect("at least 1");
+        let bucket = DefaultDirectRateLimiter::direct(Quota::per_second(rate).allow_burst(most));
+        buckets.insert(tenant, (Arc::new(bucket), per_second, burst));
     }
 
     /// Forgets `tenant`'s bucket (a tenant removed from the mesh).
@@ -92,7 +97,7 @@ impl RateLimiter {
     pub fn check(&self, tenant: &TenantId) -> Result<(), tonic::Status> {
         let buckets = self.buckets.read().expect("lock");
         match buckets.get(tenant) {
-            Some((bucket, rate)) if bucket.check().is_err() => {
+            Some((bucket, rate, _)) if bucket.check().is_err() => {
                 Err(tonic::Status::resource_exhausted(format!(
                     "tenant {tenant} is over its rate of {rate} call(s) per second"
                 )))

@@ -83,10 +83,11 @@ impl FrontDoor {
         }
     }
 
-    /// Names, on every answer it forwards, the worker that gave it (header `x-mesh-worker`,
-    /// the address this door dials): a client that can reach the worker then calls it directly
-    /// ([`crate::direct::DirectChannel`]), without the second hop. Only callers the door
-    /// authenticated get an answer forwarded, so only they learn the address.
+    /// Names, on the answers a worker gives a tenant's backend, that worker (header
+    /// `x-mesh-worker`, the address this door dials; a loopback one only to callers on this
+    /// machine): a client that can reach the worker then calls it directly
+    /// ([`crate::direct::DirectChannel`]), without the second hop. End users, browsers and
+    /// callers the door refused are never told.
     pub fn with_advertised_workers(mut self, advertise: bool) -> Self {
         self.advertise_workers = advertise;
         self

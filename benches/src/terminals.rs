@@ -102,7 +102,7 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
     for (i, stream) in &mut terminals {
-        match stream.message().await? {
+        match mesh_gateway::heartbeat::next_content(stream).await? {
             Some(gateway::Push {
                 payload: Some(Payload::Message(m)),
             }) if m.body == "hello" => {}

@@ -26,6 +26,7 @@
 //!     ].into(),
 //!     dns_slots: None,
 //!     web: None,
+//!     maxconn: 4096,
 //! }).unwrap();
 //! assert!(config.contains("use_backend group_shared if { req.hdr(x-mesh-tenant) -m str mall paipai }"));
 //! assert!(config.contains("server shared_2 10.0.0.6:7501 proto h2 check"));
@@ -53,7 +54,16 @@ pub struct Haproxy {
     /// The browsers' access too: a second frontend for HTTP/1.1 and JSON, server-sent events
     /// and gRPC-Web, routed by tenant as the calls are, to each replica's web port.
     pub web: Option<HaproxyWeb>,
+    /// Connections HAProxy holds at once, all frontends together (0: [`DEFAULT_MAXCONN`]);
+    /// each terminal holds one for as long as it is attached, so this is the terminals the
+    /// whole fleet can hold through this proxy, not a per-node figure.
+    pub maxconn: u32,
 }
+
+/// HAProxy's connection cap unless told: SCALE.md's 20,000 attached terminals of one node.
+/// HAProxy raises its file-descriptor limit to about twice this at start (as root), so the
+/// machine must allow that many.
+pub const DEFAULT_MAXCONN: u32 = 20_000;
 
 /// Where browsers reach the mesh through HAProxy, and the port each replica serves them on
 /// (`[web] listen` of a `mesh up` node, `MESH_WORKER_WEB_LISTEN` of a worker).
@@ -102,10 +112,13 @@ pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployErro
         "# Rendered by `mesh deploy haproxy` from the tenants folder: each call goes to the\n\
          # replicas of its tenant's process group, chosen by its x-mesh-tenant header.\n\
          global\n\
-         \x20 maxconn 4096\n\n\
+         \x20 maxconn {maxconn}\n\n\
          defaults\n\
          \x20 mode http\n\
          \x20 timeout connect 1s\n\
+         \x20 # a replica that does not answer its health check within 1 s failed it (a paused\n\
+         \x20 # process still accepts TCP connections: only an answer tells it is alive)\n\
+         \x20 timeout check 1s\n\
          \x20 # terminals hold a stream for hours; unary calls carry their own grpc-timeout\n\
          \x20 timeout client 1h\n\
          \x20 timeout server 1h\n\
@@ -117,7 +130,12 @@ pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployErro
          \x20 retry-on conn-failure\n\n\
          frontend mesh\n\
          \x20 bind {} proto h2",
-        options.listen
+        options.listen,
+        maxconn = if options.maxconn == 0 {
+            DEFAULT_MAXCONN
+        } else {
+            options.maxconn
+        },
     );
     for (group, members) in &groups {
         let _ = writeln!(
@@ -198,10 +216,21 @@ pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployErro
                 "\nbackend {backend}_{group}\n\
                  \x20 # tenants: {}\n\
                  \x20 balance roundrobin\n\
-                 \x20 # a replica that stops answering is out after 2 failed checks 300 ms apart\n\
-                 \x20 default-server inter 300ms fall 2 rise 2\n",
-                members.join(", ")
+                 \x20 # health over HTTP/2 on each replica's gRPC port: GET /healthz answers 200 while\n\
+                 \x20 # it serves, 503 from the moment it starts leaving; a paused replica answers\n\
+                 \x20 # nothing and is out after 2 checks 300 ms apart (each given `timeout check`)\n\
+                 \x20 option httpchk\n\
+                 \x20 http-check send meth GET uri /healthz ver HTTP/2\n\
+                 \x20 http-check expect status 200\n\
+                 \x20 # answers that time out or fail count as failed checks too\n\
+                 \x20 default-server inter 300ms fall 2 rise 2 check-proto h2 observe layer7 error-limit 10 on-error fail-check\n",
+                members.join(", "),
             );
+            // the web port speaks HTTP/1.1 and JSON: its replica's health is on the gRPC port
+            let check_port = |address: &str| match port {
+                Some(_) => format!(" port {}", address.rsplit_once(':').map_or("", |(_, p)| p)),
+                None => String::new(),
+            };
             // the replica's address, on its web port for the web backend
             let at = |address: &str| match port {
                 Some(port) => {
@@ -214,14 +243,20 @@ pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployErro
                 Some(slots) => {
                     let _ = writeln!(
                         w,
-                        "  server-template {group}_ {slots} {}{proto} check resolvers dns init-addr none",
-                        at(&replicas[0])
+                        "  server-template {group}_ {slots} {}{proto} check{} resolvers dns init-addr none",
+                        at(&replicas[0]),
+                        check_port(&replicas[0])
                     );
                 }
                 None => {
                     for (n, address) in replicas.iter().enumerate() {
-                        let _ =
-                            writeln!(w, "  server {group}_{} {}{proto} check", n + 1, at(address));
+                        let _ = writeln!(
+                            w,
+                            "  server {group}_{} {}{proto} check{}",
+                            n + 1,
+                            at(address),
+                            check_port(address)
+                        );
                     }
                 }
             }
@@ -247,6 +282,7 @@ mod tests {
             replicas: [("shared".to_owned(), vec!["127.0.0.1:7501".to_owned()])].into(),
             dns_slots: None,
             web: None,
+            maxconn: 0,
         };
         let err = render(&tenants, &only_shared).unwrap_err();
         assert_eq!(

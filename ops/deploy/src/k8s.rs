@@ -287,6 +287,7 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
             replicas,
             // as many as the autoscaler may run
             dns_slots: Some(options.replicas.max(1) * 4),
+            maxconn: 0,
             web: Some(haproxy::HaproxyWeb {
                 listen: format!("0.0.0.0:{WEB_PORT}"),
                 port: WEB_PORT,

@@ -8,8 +8,10 @@
 //!
 //! [`Terminal`] is the other end: what a phone or desktop app (and the demo and tests) runs.
 
+pub mod heartbeat;
 mod service;
 mod terminal;
 
+pub use heartbeat::Heads;
 pub use service::{GatewayService, PUSH_BUFFER};
 pub use terminal::Terminal;

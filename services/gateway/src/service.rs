@@ -20,6 +20,8 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
+use crate::heartbeat::{Heads, heartbeat, read_heads};
+
 /// Pushes a terminal may have outstanding. A terminal that falls this far behind is
 /// disconnected (its stream ends): it reconnects and fetches what it missed as offline
 /// messages, instead of making the gateway hold an unbounded backlog.
@@ -62,6 +64,10 @@ struct Inner {
     connections: Mutex<HashMap<Key, Connection>>,
     next_id: AtomicU64,
     unregistering: Arc<tokio::sync::Semaphore>,
+    /// Wakes the heartbeat task before its next tick (this node may have missed pushes).
+    beat: tokio::sync::Notify,
+    /// Set by [`GatewayService::drain`]: attaches are refused (UNAVAILABLE) from then on.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// The service; clones share the connected terminals.
@@ -98,6 +104,8 @@ impl GatewayService {
                 connections: Mutex::default(),
                 next_id: AtomicU64::new(1),
                 unregistering: Arc::new(tokio::sync::Semaphore::new(UNREGISTERING)),
+                beat: tokio::sync::Notify::new(),
+                draining: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -118,7 +126,99 @@ impl GatewayService {
     }
 }
 
+impl GatewayService {
+    /// Sends every attached terminal its timeline's head (read from `heads`) every `interval`
+    /// and whenever [`GatewayService::beat_now`] is called, until the gateway is dropped or
+    /// the returned task aborted. See [`crate::heartbeat`] for why.
+    pub fn start_heartbeats(
+        &self,
+        heads: Arc<dyn Heads>,
+        interval: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        let interval = interval.max(std::time::Duration::from_millis(10));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await; // the first tick is now: a terminal just attached synced already
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let woken = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = inner.beat.notified() => true,
+                };
+                if woken {
+                    tick.reset();
+                }
+                inner.heartbeat(&*heads, interval).await;
+            }
+        })
+    }
+
+    /// Sends every attached terminal its head now, not at the next tick: this node may have
+    /// missed pushes (its registry entries were written again after it was taken for dead, a
+    /// push to it failed). Without [`GatewayService::start_heartbeats`] it does nothing.
+    pub fn beat_now(&self) {
+        self.inner.beat.notify_one();
+    }
+
+    /// The node is leaving: tells every attached terminal to attach again elsewhere, terminal
+    /// `i` of `n` after `window * i / n` (so they do not all arrive at the others at once),
+    /// ends their streams and unregisters them from the locator (what is sent meanwhile waits
+    /// in their timelines, synced when they attach again). How many were told.
+    pub fn drain(&self, window: std::time::Duration, reason: &str) -> usize {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        let drained: Vec<(Key, Connection)> = self
+            .inner
+            .connections
+            .lock()
+            .expect("lock")
+            .drain()
+            .collect();
+        let n = drained.len().max(1) as u128;
+        for (i, (key, connection)) in drained.iter().enumerate() {
+            let after = window.as_millis() * i as u128 / n;
+            let hint = v1::Push {
+                payload: Some(v1::push::Payload::Reconnect(v1::Reconnect {
+                    after_ms: u32::try_from(after).unwrap_or(u32::MAX),
+                    reason: reason.to_owned(),
+                })),
+            };
+            // a terminal 256 pushes behind misses the hint; its stream still ends and it
+            // attaches again as after any lost connection
+            let _ = connection.pushes.try_send(Box::new(hint));
+            let ctx = RequestContext::new(key.0.clone());
+            unregister(self.inner.clone(), &ctx, key.clone());
+        }
+        drained.len()
+    }
+}
+
 impl Inner {
+    /// One heartbeat on every attached stream.
+    async fn heartbeat(&self, heads: &dyn Heads, interval: std::time::Duration) {
+        let streams: Vec<(Key, mpsc::Sender<Box<v1::Push>>)> = self
+            .connections
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(key, c)| (key.clone(), c.pushes.clone()))
+            .collect();
+        if streams.is_empty() {
+            return;
+        }
+        let mut users: HashMap<TenantId, Vec<String>> = HashMap::new();
+        for ((tenant, user, _), _) in &streams {
+            users.entry(tenant.clone()).or_default().push(user.clone());
+        }
+        let found = read_heads(heads, users).await;
+        for ((tenant, user, _), pushes) in streams {
+            let head = found.get(&(tenant, user)).copied().unwrap_or(0);
+            // a full buffer means the terminal is far behind already: Deliver drops it
+            let _ = pushes.try_send(Box::new(heartbeat(head, interval)));
+        }
+    }
+
     /// Forgets a connection if it is still the current one of its terminal.
     fn detach(&self, key: &Key, id: u64) -> bool {
         let mut connections = self.connections.lock().expect("lock");
@@ -238,6 +338,11 @@ impl Gateway for GatewayService {
         request: Request<v1::AttachRequest>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         let ctx = RequestContext::from_request(&request)?;
+        if self.inner.draining.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(
+                "this node is leaving (draining): attach again to reach another",
+            ));
+        }
         let mut r = request.into_inner();
         // an end user attaches only its own terminals
         r.user_id = ctx.act_as("user_id", &r.user_id)?;

@@ -1,6 +1,9 @@
 //! The terminal side: what an app runs to stay connected and in sync.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::{
+    collections::{BTreeSet, VecDeque},
+    time::Duration,
+};
 
 use mesh_api::{
     gateway::v1::{self as gateway, push::Payload},
@@ -22,6 +25,8 @@ pub struct Terminal {
     user_id: String,
     terminal_id: String,
     pushes: tonic::Streaming<gateway::Push>,
+    gateway: gateway::GatewayCaller<Channel>,
+    kind: TerminalKind,
     messages: message::MessageCaller<Channel>,
     missed: VecDeque<gateway::Push>,
     /// Where the next sync page starts, while there may be more to sync.
@@ -30,7 +35,17 @@ pub struct Terminal {
     cursor: u64,
     /// Positions above the cursor returned already (a push overtook another).
     ahead: BTreeSet<u64>,
+    /// The highest timeline head a heartbeat or a push showed.
+    head: u64,
+    /// Syncs started because the stream showed more than this terminal held.
+    resyncs: u64,
+    /// Attaches again after the node said it was leaving.
+    reconnects: u64,
 }
+
+/// Attempts at attaching again after a reconnect hint (the proxy may still send the first
+/// ones to the leaving node, which refuses them), with growing pauses (about 6 s in all).
+const REATTACH_ATTEMPTS: u32 = 8;
 
 impl std::fmt::Debug for Terminal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -79,9 +94,10 @@ impl Terminal {
         kind: TerminalKind,
         cursor: u64,
     ) -> Result<Self, Status> {
-        let mut gateway = gateway::GatewayCaller::new(gateway);
+        let gateway = gateway::GatewayCaller::new(gateway);
+        let mut attaching = gateway.clone();
         let messages = message::MessageCaller::new(messages);
-        let attach = gateway.attach(
+        let attach = attaching.attach(
             ctx,
             gateway::AttachRequest {
                 user_id: user_id.into(),
@@ -102,11 +118,16 @@ impl Terminal {
             user_id: user_id.into(),
             terminal_id: terminal_id.into(),
             pushes,
+            gateway,
+            kind,
             messages,
             missed: VecDeque::new(),
             sync_after: None,
             cursor: start,
             ahead: BTreeSet::new(),
+            head: 0,
+            resyncs: 0,
+            reconnects: 0,
         };
         terminal.absorb(page);
         Ok(terminal)
@@ -158,6 +179,75 @@ impl Terminal {
         self.ahead.retain(|&q| q > cursor);
     }
 
+    /// The highest head of the user's timeline this terminal has been shown (by a heartbeat
+    /// or a push): everything up to it is synced when [`Terminal::cursor`] reaches it.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// How many times the stream showed more than this terminal held (a skipped push, a
+    /// heartbeat ahead of it) and it synced from its cursor.
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs
+    }
+
+    /// How many times the node said it was leaving and this terminal attached again.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Syncs from the cursor before the next live push, unless a sync is under way.
+    fn resync(&mut self) {
+        if self.sync_after.is_none() && self.missed.is_empty() {
+            self.sync_after = Some(self.cursor);
+            self.resyncs += 1;
+        }
+    }
+
+    /// Attaches again, `after` from now (the node said it is leaving), then syncs from the
+    /// cursor: what was sent meanwhile waits in the timeline.
+    async fn reattach(&mut self, after: Duration) -> Result<(), Status> {
+        tokio::time::sleep(after).await;
+        let mut pause = Duration::from_millis(50);
+        let mut attempt = 1;
+        let pushes = loop {
+            let attached = self
+                .gateway
+                .clone()
+                .attach(
+                    &self.ctx,
+                    gateway::AttachRequest {
+                        user_id: self.user_id.clone(),
+                        terminal_id: self.terminal_id.clone(),
+                        kind: self.kind as i32,
+                    },
+                )
+                .await;
+            match attached {
+                Ok(pushes) => break pushes,
+                Err(status)
+                    if attempt < REATTACH_ATTEMPTS
+                        && matches!(
+                            status.code(),
+                            tonic::Code::Unavailable
+                                | tonic::Code::DeadlineExceeded
+                                | tonic::Code::ResourceExhausted
+                        ) =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(status) => return Err(status),
+            }
+        };
+        self.pushes = pushes;
+        self.reconnects += 1;
+        // pushes between the hint and the new registration went nowhere: sync them
+        self.sync_after = Some(self.sync_after.unwrap_or(self.cursor));
+        Ok(())
+    }
+
     /// This terminal's id.
     pub fn id(&self) -> &str {
         &self.terminal_id
@@ -194,6 +284,24 @@ impl Terminal {
                     None => return Ok(None),
                 },
             };
+            match &push.payload {
+                Some(Payload::Heartbeat(beat)) => {
+                    self.head = self.head.max(beat.head);
+                    // everything up to the head is in the timeline: a terminal holding less
+                    // missed a push, and syncs now rather than at its next reconnect
+                    if beat.head > self.cursor {
+                        self.resync();
+                    }
+                    continue;
+                }
+                Some(Payload::Reconnect(hint)) => {
+                    tracing::info!(terminal = %self.terminal_id, after_ms = hint.after_ms, reason = %hint.reason, "the node is leaving; attaching again");
+                    self.reattach(Duration::from_millis(u64::from(hint.after_ms)))
+                        .await?;
+                    continue;
+                }
+                _ => {}
+            }
             if let Some(Payload::Message(m)) = &push.payload {
                 if self.taken(m.position) {
                     continue;
@@ -218,6 +326,13 @@ impl Terminal {
                     return Err(status);
                 }
                 self.take(m.position);
+                self.head = self.head.max(m.position);
+                // a gap below this push: the one before it was skipped (positions commit in
+                // order, so it is in the timeline already), or is still on its way; a sync
+                // from the cursor finds it either way
+                if !self.ahead.is_empty() {
+                    self.resync();
+                }
             }
             return Ok(Some(push));
         }

@@ -142,6 +142,9 @@ pub struct RedisPresence {
     prefix: String,
     /// What this process registered and holds: (user key, terminal) to the entry's value.
     held: Arc<Mutex<Held>>,
+    /// Told each time this node's terminals were registered again after it was taken for
+    /// dead: pushes to them were skipped meanwhile ([`RedisPresence::reregistered`]).
+    reregistered: Arc<tokio::sync::Notify>,
 }
 
 /// Entries this process registered: (user key, terminal id) to the entry's value.
@@ -180,6 +183,7 @@ impl RedisPresence {
             connection,
             prefix: prefix.to_owned(),
             held: Arc::default(),
+            reregistered: Arc::default(),
         })
     }
 
@@ -209,6 +213,7 @@ impl RedisPresence {
                 match said {
                     Ok(None) if !first => {
                         let again = presence.register_held().await;
+                        presence.reregistered.notify_one();
                         tracing::warn!(node = %key, terminals = again, "this node was taken for dead (silent past its heartbeat's expiry); its terminals are registered again");
                     }
                     Ok(_) => first = false,
@@ -218,6 +223,14 @@ impl RedisPresence {
                 }
             }
         })
+    }
+
+    /// Notified each time the heartbeat found this node taken for dead (paused, cut off from
+    /// Redis, Redis restarted empty) and registered its terminals again: pushes to them were
+    /// skipped meanwhile, so the gateway tells them to sync
+    /// (`GatewayService::beat_now`).
+    pub fn reregistered(&self) -> Arc<tokio::sync::Notify> {
+        self.reregistered.clone()
     }
 
     /// Removes a terminal's entry in Redis if `node_id` holds it.

@@ -166,6 +166,9 @@ fn show(push: &Push) -> String {
         }
         Some(Payload::Message(m)) => format!("#{} from {}: {:?}", m.seq, m.from_user, m.body),
         Some(Payload::Receipt(r)) => format!("receipt: {} read up to #{}", r.reader, r.up_to_seq),
+        // a Terminal keeps these to itself (it syncs, or attaches again)
+        Some(Payload::Heartbeat(h)) => format!("heartbeat: timeline head {}", h.head),
+        Some(Payload::Reconnect(r)) => format!("reconnect in {} ms", r.after_ms),
         None => "an empty push".into(),
     }
 }

@@ -113,6 +113,10 @@ enum DeployCmd {
         /// The port each replica serves browsers on (`[web] listen` of a `mesh up` node).
         #[arg(long, default_value_t = 7480)]
         web_port: u16,
+        /// Connections HAProxy holds at once (every attached terminal holds one); HAProxy
+        /// raises its descriptor limit to about twice this.
+        #[arg(long, default_value_t = mesh_deploy::haproxy::DEFAULT_MAXCONN)]
+        maxconn: u32,
     },
     /// Kubernetes manifests: a Deployment, Service, PodDisruptionBudget and autoscaler per
     /// process group, the tenant files as a ConfigMap, HAProxy in front. Prints them.
@@ -140,6 +144,7 @@ fn render(cmd: &DeployCmd) -> anyhow::Result<String> {
             groups,
             web_listen,
             web_port,
+            maxconn,
         } => {
             // the secrets the files name are the deployment's, not this machine's
             let loaded = mesh_runtime::Tenants::load_without_secrets(tenants, mesh_api::CONTRACTS)?;
@@ -170,6 +175,7 @@ fn render(cmd: &DeployCmd) -> anyhow::Result<String> {
                     listen: listen.clone(),
                     replicas,
                     dns_slots: None,
+                    maxconn: *maxconn,
                     web: web_listen
                         .as_ref()
                         .map(|listen| mesh_deploy::haproxy::HaproxyWeb {

@@ -288,6 +288,9 @@ pub async fn run(
         }
     }
     println!("stopping");
+    // out of the proxy's rotation first (its health check reads NOT_SERVING / 503); the
+    // workers then tell their terminals to attach again elsewhere and finish what is in flight
+    front.probes().set_serving(false).await;
     let _ = stop.send(true);
     supervisor.wait().await;
     let _ = serving.await;

@@ -518,6 +518,15 @@ fn advertised(listening: std::net::SocketAddr) -> anyhow::Result<std::net::Socke
     Ok(listening)
 }
 
+/// How often each attached terminal hears its timeline's head, in milliseconds
+/// (`mesh_gateway::heartbeat::DEFAULT_INTERVAL` when unset): a push this node skipped reaches
+/// its terminal within about this long.
+pub const HEARTBEAT_ENV: &str = "MESH_TERMINAL_HEARTBEAT_MS";
+
+/// Over how long a leaving worker spreads its terminals' reconnects, in milliseconds (5000
+/// when unset): each is told to attach again after its share of the window.
+pub const DRAIN_WINDOW_ENV: &str = "MESH_DRAIN_WINDOW_MS";
+
 /// The platform of this process (its bus, store, address and node credential), with nothing
 /// served yet.
 async fn platform(
@@ -542,12 +551,25 @@ async fn platform(
                 })?;
             // dropped with the process: its terminals are forgotten NODE_TTL after it dies
             std::mem::forget(presence.keep_alive(&node_id, NODE_TTL));
+            // registered again after being taken for dead: pushes were skipped meanwhile,
+            // every terminal hears its head now and syncs what it lacks
+            let reregistered = presence.reregistered();
+            let gateway = platform.gateway().clone();
+            tokio::spawn(async move {
+                loop {
+                    reregistered.notified().await;
+                    gateway.beat_now();
+                }
+            });
             platform.with_locator(mesh_locator::LocatorService::new(std::sync::Arc::new(
                 presence,
             )))
         }
         _ => platform,
     };
+    if let ms @ 1.. = env_number(HEARTBEAT_ENV, 0)? {
+        platform.set_terminal_heartbeat(std::time::Duration::from_millis(ms));
+    }
     // the workers of one mesh share the node credential `mesh up` gives them
     let platform = match std::env::var(mesh_runtime::auth::NODE_CREDENTIAL_ENV) {
         Ok(token) if !token.is_empty() => platform.with_node_credential(&token),
@@ -704,6 +726,25 @@ async fn serve(
     let http2 = mesh_runtime::deploy::WorkerHttp2::from_env();
     let probes = Probes::new(mesh_api::CONTRACTS, Some(mesh_api::FILE_DESCRIPTOR_SET));
     probes.set_serving(true).await;
+    // leaving is a protocol: health says NOT_SERVING (the proxy takes this process out of
+    // rotation), every attached terminal is told to attach again elsewhere, spread over the
+    // drain window, and unregistered; then in-flight calls finish and the server stops
+    let stopped = {
+        let (probes, gateway) = (probes.clone(), served.platform.gateway().clone());
+        let window = std::time::Duration::from_millis(env_number(DRAIN_WINDOW_ENV, 5000)?);
+        async move {
+            stopped.await;
+            probes.set_serving(false).await;
+            let told = gateway.drain(window, "the node is restarting");
+            tracing::info!(
+                terminals = told,
+                window_ms = window.as_millis() as u64,
+                "draining: terminals told to attach again elsewhere"
+            );
+            // the hints leave before the streams are cut
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = node_tls {
         server = server

@@ -87,11 +87,14 @@ fn refused<T: std::fmt::Debug>(answer: Result<T, Status>, code: Code, what: &str
 
 /// The next chat message on the victim's phone.
 async fn next_body(phone: &mut Streaming<gateway::Push>) -> String {
-    let push = tokio::time::timeout(std::time::Duration::from_secs(20), phone.message())
-        .await
-        .expect("a push within 20 s")
-        .unwrap()
-        .expect("the stream is open");
+    let push = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        mesh_gateway::heartbeat::next_content(phone),
+    )
+    .await
+    .expect("a push within 20 s")
+    .unwrap()
+    .expect("the stream is open");
     match push.payload {
         Some(gateway::push::Payload::Message(m)) => format!("{}: {}", m.from_user, m.body),
         other => panic!("expected a chat message, got {other:?}"),

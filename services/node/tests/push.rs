@@ -158,7 +158,10 @@ async fn offline_receivers_are_notified_through_the_queue_with_retries_dead_lett
         .unwrap();
     send(channel.clone(), &ctx, "olga", "to-online").await;
     assert!(
-        online.message().await.unwrap().is_some(),
+        mesh_gateway::heartbeat::next_content(&mut online)
+            .await
+            .unwrap()
+            .is_some(),
         "olga got her push"
     );
     let id = send(channel.clone(), &ctx, "bob", "to-offline").await;

@@ -872,10 +872,13 @@ async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
         .await
         .expect("alice's message is accepted");
     assert!(sent.message.is_some());
-    let pushed = tokio::time::timeout(Duration::from_secs(10), bob.message())
-        .await
-        .expect("bob's push within 10 s")
-        .unwrap();
+    let pushed = tokio::time::timeout(
+        Duration::from_secs(10),
+        mesh_gateway::heartbeat::next_content(&mut bob),
+    )
+    .await
+    .expect("bob's push within 10 s")
+    .unwrap();
     assert!(pushed.is_some(), "bob got alice's message");
     // bob stays a while, then leaves: his Attach span lasts as long as he stayed
     tokio::time::sleep(Duration::from_millis(400)).await;

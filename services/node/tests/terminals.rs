@@ -83,11 +83,14 @@ async fn send(channel: Channel, bulk: &Bulk, user: &str, id: &str) -> Vec<String
 
 /// The next push on `stream` is the chat message `body`.
 async fn expect_message(name: &str, stream: &mut Streaming<gateway::Push>, body: &str) {
-    let push = tokio::time::timeout(Duration::from_secs(20), stream.message())
-        .await
-        .unwrap_or_else(|_| panic!("{name}: no push within 20 s"))
-        .unwrap_or_else(|s| panic!("{name}: stream failed: {s:?}"))
-        .unwrap_or_else(|| panic!("{name}: stream ended"));
+    let push = tokio::time::timeout(
+        Duration::from_secs(20),
+        mesh_gateway::heartbeat::next_content(stream),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name}: no push within 20 s"))
+    .unwrap_or_else(|s| panic!("{name}: stream failed: {s:?}"))
+    .unwrap_or_else(|| panic!("{name}: stream ended"));
     match push.payload {
         Some(Payload::Message(m)) => assert_eq!(m.body, body, "{name}"),
         other => panic!("{name}: expected a message, got {other:?}"),

@@ -292,7 +292,10 @@ async fn the_mesh_s_own_hops_use_mutual_tls_when_asked() {
         .await
         .unwrap();
     assert_eq!(sent.delivered_terminals, ["phone"]);
-    let push = phone.message().await.unwrap().unwrap();
+    let push = mesh_gateway::heartbeat::next_content(&mut phone)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
         matches!(push.payload, Some(gateway::push::Payload::Message(m)) if m.body == "over mutual TLS")
     );

@@ -116,6 +116,31 @@ pub struct Platform {
     node_credential: String,
     consumer_suffix: String,
     subscriptions: Mutex<HashMap<TenantId, Vec<SubscriptionHandle>>>,
+    /// The task sending each attached terminal its timeline's head ([`mesh_gateway::heartbeat`]).
+    heartbeats: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    store: Arc<dyn MessageStore>,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        if let Some(task) = self.heartbeats.lock().expect("lock").take() {
+            task.abort();
+        }
+    }
+}
+
+/// The heads of users' timelines, for the gateway's heartbeats: read from the message store
+/// in this process (the gateway and the message service of a node share it), no hop.
+struct StoreHeads(Arc<dyn MessageStore>);
+
+#[tonic::async_trait]
+impl mesh_gateway::Heads for StoreHeads {
+    async fn heads(&self, tenant: &TenantId, users: &[String]) -> Result<Vec<u64>, tonic::Status> {
+        self.0
+            .heads(tenant, users)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))
+    }
 }
 
 impl std::fmt::Debug for Platform {
@@ -168,14 +193,21 @@ impl Platform {
             Bulkheads::new(mesh_runtime::config::Limits::default().max_concurrent_per_dependency),
             CATALOGUE,
         );
+        let gateway = GatewayService::new(
+            node_id,
+            url,
+            outbound.channel("locator", &own),
+            credentials.clone(),
+        );
+        let heartbeats = gateway.start_heartbeats(
+            Arc::new(StoreHeads(store.clone())),
+            mesh_gateway::heartbeat::DEFAULT_INTERVAL,
+        );
         Self {
             locator: LocatorService::default(),
-            gateway: GatewayService::new(
-                node_id,
-                url,
-                outbound.channel("locator", &own),
-                credentials.clone(),
-            ),
+            gateway,
+            heartbeats: Mutex::new(Some(heartbeats)),
+            store: store.clone(),
             messages: MessageService::new(
                 store.clone(),
                 outbound.channel("locator", &own),
@@ -491,6 +523,17 @@ impl Platform {
     /// where the demo and tests place them).
     pub fn orders(&self) -> &OrderService {
         &self.orders
+    }
+
+    /// Sends each attached terminal its timeline's head every `interval` from now on (instead
+    /// of [`mesh_gateway::heartbeat::DEFAULT_INTERVAL`]).
+    pub fn set_terminal_heartbeat(&self, interval: std::time::Duration) {
+        let task = self
+            .gateway
+            .start_heartbeats(Arc::new(StoreHeads(self.store.clone())), interval);
+        if let Some(old) = self.heartbeats.lock().expect("lock").replace(task) {
+            old.abort();
+        }
     }
 
     /// The gateway of this node.

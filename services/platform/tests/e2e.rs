@@ -250,6 +250,9 @@ impl MessageStore for GatedStore {
     ) -> Result<Page, StoreError> {
         self.inner.timeline(t, user, after, limit).await
     }
+    async fn heads(&self, t: &TenantId, users: &[String]) -> Result<Vec<u64>, StoreError> {
+        self.inner.heads(t, users).await
+    }
     async fn cursor(&self, t: &TenantId, user: &str, terminal: &str) -> Result<u64, StoreError> {
         self.inner.cursor(t, user, terminal).await
     }

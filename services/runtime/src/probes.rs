@@ -4,6 +4,11 @@
 //! `grpcurl -plaintext host:port list` and a Kubernetes gRPC probe work against the front door
 //! and every worker.
 //!
+//! `GET /healthz` answers the same as the overall health check in plain HTTP (200 `serving`,
+//! 503 `not serving`), for a proxy's HTTP check: HAProxy's `option httpchk` over HTTP/2 cannot
+//! send a gRPC frame (its body starts with NUL bytes), and a TCP check passes against a paused
+//! process whose kernel still accepts connections.
+//!
 //! [`ProbesLayer`] goes outermost on a server: probe paths are answered by [`Probes`] and never
 //! reach tenant authentication, rate limits or switches (a probe belongs to no tenant); every
 //! other call passes through untouched.
@@ -35,6 +40,8 @@ pub struct Probes {
     routes: Routes,
     reporter: HealthReporter,
     services: Vec<String>,
+    /// What `GET /healthz` answers.
+    serving: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Probes {
@@ -81,6 +88,7 @@ impl Probes {
             routes,
             reporter,
             services,
+            serving: Default::default(),
         }
     }
 
@@ -91,6 +99,8 @@ impl Probes {
         } else {
             ServingStatus::NotServing
         };
+        self.serving
+            .store(serving, std::sync::atomic::Ordering::SeqCst);
         self.reporter.set_service_status("", status).await;
         for service in &self.services {
             self.reporter.set_service_status(service, status).await;
@@ -99,7 +109,8 @@ impl Probes {
 
     /// Whether `path` is a health or reflection call.
     pub fn is_probe(path: &str) -> bool {
-        path.starts_with("/grpc.health.v1.Health/")
+        path == HEALTHZ
+            || path.starts_with("/grpc.health.v1.Health/")
             || path.starts_with("/grpc.reflection.v1.ServerReflection/")
             || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
     }
@@ -114,6 +125,23 @@ impl Probes {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         use tower::ServiceExt;
+        if request.uri().path() == HEALTHZ {
+            let serving = self.serving.load(std::sync::atomic::Ordering::SeqCst);
+            let (status, text) = if serving {
+                (http::StatusCode::OK, "serving\n")
+            } else {
+                (http::StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
+            };
+            let mut answer = http::Response::new(tonic::body::Body::new(
+                http_body_util::Full::new(bytes::Bytes::from_static(text.as_bytes())),
+            ));
+            *answer.status_mut() = status;
+            answer.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain"),
+            );
+            return Box::pin(async move { answer });
+        }
         let routes = self.routes.clone();
         Box::pin(async move {
             match routes.oneshot(request.map(tonic::body::Body::new)).await {
@@ -123,6 +151,9 @@ impl Probes {
         })
     }
 }
+
+/// The plain HTTP health path (`GET /healthz`): 200 while serving, 503 otherwise.
+pub const HEALTHZ: &str = "/healthz";
 
 /// Answers probes before anything else on the server; see the module docs.
 #[derive(Clone, Debug)]

@@ -239,6 +239,11 @@ pub trait MessageStore: Send + Sync + 'static {
         contiguous: bool,
     ) -> Result<u64, StoreError>;
 
+    /// The last position of each user's timeline (0 for a user who received nothing), in the
+    /// order of `users`: the head a gateway's heartbeat carries, so a terminal that holds less
+    /// syncs. One read for many users (a gateway asks for all its terminals' users at once).
+    async fn heads(&self, tenant: &TenantId, users: &[String]) -> Result<Vec<u64>, StoreError>;
+
     /// The timeline position of message `message_id` if `user` received it.
     async fn position_of(
         &self,

@@ -221,6 +221,15 @@ impl MessageStore for MemoryStore {
         })
     }
 
+    async fn heads(&self, tenant: &TenantId, users: &[String]) -> Result<Vec<u64>, StoreError> {
+        self.read(tenant, |ns| {
+            users
+                .iter()
+                .map(|u| ns.positions.get(u).copied().unwrap_or(0))
+                .collect()
+        })
+    }
+
     async fn position_of(
         &self,
         tenant: &TenantId,

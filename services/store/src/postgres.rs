@@ -511,6 +511,31 @@ impl MessageStore for PgStore {
         Ok(row.get::<_, i64>(0) as u64)
     }
 
+    async fn heads(&self, tenant: &TenantId, users: &[String]) -> Result<Vec<u64>, StoreError> {
+        const OP: &str = "reading timeline heads";
+        let schema = self.schema(tenant)?;
+        let (client, statement) = self
+            .prepared(
+                tenant,
+                OP,
+                &format!(
+                    "SELECT user_id, last_position FROM {schema}.timelines
+                     WHERE user_id = ANY($1::text[])"
+                ),
+            )
+            .await?;
+        let rows = client
+            .query(&statement, &[&users])
+            .await
+            .map_err(backend(tenant, OP))?;
+        let found: std::collections::HashMap<String, i64> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        Ok(users
+            .iter()
+            .map(|u| found.get(u).map_or(0, |&p| p as u64))
+            .collect())
+    }
+
     async fn position_of(
         &self,
         tenant: &TenantId,

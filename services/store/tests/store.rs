@@ -218,6 +218,13 @@ async fn terminals_sync_from_their_cursor(store: &dyn MessageStore) {
     assert_eq!(got, (1..=25).collect::<Vec<u64>>());
     let empty = store.timeline(&mall, "bob", 25, 10).await.unwrap();
     assert!(empty.messages.is_empty() && !empty.more);
+    // the heads a gateway's heartbeat carries: in the order asked, 0 for nobody's timeline
+    let users = ["bob", "nobody", "alice", "bob"].map(String::from);
+    assert_eq!(
+        store.heads(&mall, &users).await.unwrap(),
+        vec![25, 0, 1, 25]
+    );
+    assert!(store.heads(&mall, &[]).await.unwrap().is_empty());
 
     let third = store.timeline(&mall, "bob", 2, 1).await.unwrap().messages;
     assert_eq!(

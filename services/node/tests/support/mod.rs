@@ -561,6 +561,8 @@ pub async fn start_haproxy_with(dir: &Path, group: &str, more: &[&str]) -> (Chil
         .args(["deploy", "haproxy", "--tenants"])
         .arg(dir)
         .args(["--listen", &listen, "--group", group])
+        // the file-descriptor limit of a test machine, not a fleet's
+        .args(["--maxconn", "4096"])
         .args(more)
         .output()
         .unwrap();

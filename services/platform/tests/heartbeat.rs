@@ -1,0 +1,158 @@
+//! A push is a hint, the timeline is the truth: a terminal that stays connected never
+//! silently misses a message the node did not push (the node was paused, its registry lost
+//! the terminal, a Deliver failed). Every stream carries the user's timeline head on a
+//! heartbeat, and a push above a gap shows the gap; `Terminal` syncs from its cursor on
+//! either.
+
+mod support;
+
+use std::time::Duration;
+
+use mesh_api::gateway::v1::push::Payload;
+use mesh_contract::TenantId;
+use mesh_store::NewMessage;
+use support::{Bus, Node, Store, next, run_id};
+
+/// A message stored for `to` without the message service, so nobody pushes it: what a push
+/// the node skipped looks like to the terminal.
+async fn store_unpushed(node: &Node, tenant: &str, to: &str, id: &str) -> u64 {
+    let accepted = node
+        .store
+        .accept(
+            &TenantId::new(tenant).unwrap(),
+            &NewMessage {
+                message_id: format!("{id}-msg"),
+                conversation_id: format!("c-{id}"),
+                from_user: "alice".into(),
+                to_user: to.into(),
+                kind: 1,
+                body: format!("skipped {id}"),
+                sent_at_ms: 1,
+                client_msg_id: id.into(),
+                members_only: false,
+            },
+        )
+        .await
+        .expect("stored");
+    accepted.message().position
+}
+
+/// Sends `body` to `to` as any message is sent (stored, then pushed).
+async fn send(node: &Node, to: &str, body: &str) -> mesh_api::message::v1::SendResponse {
+    let mut sender = mesh_api::message::v1::MessageCaller::new(node.channel.clone());
+    sender
+        .send(
+            &node.user("mall", "alice"),
+            mesh_api::message::v1::SendRequest {
+                conversation_id: format!("c-live-{to}"),
+                from_user: "alice".into(),
+                to_user: to.into(),
+                body: body.into(),
+                client_msg_id: body.into(),
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// A terminal of `user` past its first sync (its first live push read): what it gets from
+/// now on comes from pushes, heartbeats or the syncs they start.
+async fn settled(node: &Node, user: &str) -> mesh_gateway::Terminal {
+    let mut phone = node.terminal("mall", user, "phone").await;
+    node.wait_connected(1).await;
+    send(node, user, "hello").await;
+    assert_eq!(body(next(&mut phone).await), "hello");
+    phone
+}
+
+fn body(push: mesh_api::gateway::v1::Push) -> String {
+    match push.payload {
+        Some(Payload::Message(m)) => m.body,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_skipped_push_reaches_a_connected_terminal_with_the_next_heartbeat() {
+    let node = Node::start(Bus::Embedded, Store::Embedded).await;
+    node.platform
+        .set_terminal_heartbeat(Duration::from_millis(100));
+    let user = format!("bob{}", run_id());
+    let mut phone = settled(&node, &user).await;
+
+    let position = store_unpushed(&node, "mall", &user, "s1").await;
+    // nothing was pushed: only the heartbeat's head says the timeline moved on
+    assert_eq!(body(next(&mut phone).await), "skipped s1");
+    assert_eq!(phone.cursor(), position);
+    assert!(phone.head() >= position, "head {}", phone.head());
+    assert_eq!(phone.resyncs(), 1);
+
+    // heartbeats that show nothing new start no sync
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = store_unpushed(&node, "mall", &user, "s2").await;
+    assert_eq!(body(next(&mut phone).await), "skipped s2");
+    assert_eq!((phone.cursor(), phone.resyncs()), (again, 2));
+}
+
+#[tokio::test]
+async fn a_push_above_a_gap_makes_the_terminal_sync_what_it_lacks() {
+    let node = Node::start(Bus::Embedded, Store::Embedded).await;
+    // no heartbeat during the test: only the gap can tell
+    node.platform
+        .set_terminal_heartbeat(Duration::from_secs(3600));
+    let user = format!("carol{}", run_id());
+    let mut phone = settled(&node, &user).await;
+    store_unpushed(&node, "mall", &user, "g1").await;
+    store_unpushed(&node, "mall", &user, "g2").await;
+
+    // the third is sent as any message is, and pushed
+    let sent = send(&node, &user, "live").await;
+    assert_eq!(sent.delivered_terminals, ["phone"]);
+    let mut bodies = vec![body(next(&mut phone).await)];
+    bodies.push(body(next(&mut phone).await));
+    bodies.push(body(next(&mut phone).await));
+    bodies.sort();
+    assert_eq!(bodies, ["live", "skipped g1", "skipped g2"]);
+    assert_eq!(phone.cursor(), 4, "every position held, once");
+    assert_eq!(phone.resyncs(), 1);
+}
+
+#[tokio::test]
+async fn a_heartbeat_without_a_head_keeps_the_stream_alive_and_syncs_nothing() {
+    // a raw stream, as a client not ours reads it: a heartbeat with the head and the
+    // interval, and a push's position never above the head a later heartbeat gives
+    let node = Node::start(Bus::Embedded, Store::Embedded).await;
+    node.platform
+        .set_terminal_heartbeat(Duration::from_millis(100));
+    let user = format!("dan{}", run_id());
+    let mut gateway = mesh_api::gateway::v1::GatewayCaller::new(node.channel.clone());
+    let mut stream = gateway
+        .attach(
+            &node.user("mall", &user),
+            mesh_api::gateway::v1::AttachRequest {
+                user_id: user.clone(),
+                terminal_id: "raw".into(),
+                kind: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let beat = tokio::time::timeout(support::WITHIN, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match beat.payload {
+        Some(Payload::Heartbeat(h)) => assert_eq!((h.head, h.interval_ms), (0, 100)),
+        other => panic!("expected a heartbeat, got {other:?}"),
+    }
+    let position = store_unpushed(&node, "mall", &user, "r1").await;
+    loop {
+        let push = stream.message().await.unwrap().unwrap();
+        if let Some(Payload::Heartbeat(h)) = push.payload
+            && h.head == position
+        {
+            break;
+        }
+    }
+}

@@ -163,18 +163,42 @@ impl Output {
                 "state": if on { "on" } else { "off" },
                 "changed": response.changed,
                 "processes_applied": response.processes_applied,
+                "fleet": response.fleet.as_ref().map(|f| json!({
+                    "shared": f.shared,
+                    "revision": f.revision,
+                    "nodes_applied": f.nodes_applied,
+                    "nodes_total": f.nodes_total,
+                    "processes_applied": f.processes_applied,
+                    "nodes_missing": f.nodes_missing,
+                })),
                 "switches": response.switches.iter().map(switch_json).collect::<Vec<_>>(),
             }));
         }
+        // a fleet: what every node applied; a node alone: its processes
+        let applied = match &response.fleet {
+            Some(f) if !f.shared => format!(
+                "applied by this node's {} process(es) only: the shared store is unreachable, \
+                 the other nodes get it when it is back",
+                response.processes_applied
+            ),
+            Some(f) if f.nodes_missing.is_empty() => format!(
+                "applied by {} of {} node(s), {} process(es) (revision {})",
+                f.nodes_applied, f.nodes_total, f.processes_applied, f.revision
+            ),
+            Some(f) => format!(
+                "applied by {} of {} node(s), {} process(es) (revision {}); not yet: {} \
+                 (each applies it when it next reconciles)",
+                f.nodes_applied,
+                f.nodes_total,
+                f.processes_applied,
+                f.revision,
+                f.nodes_missing.join(", ")
+            ),
+            None => format!("applied by {} process(es)", response.processes_applied),
+        };
         match (on, response.changed) {
-            (false, _) => say!(
-                "{scope} is off: applied by {} process(es)",
-                response.processes_applied
-            ),
-            (true, true) => say!(
-                "{scope} is on again: applied by {} process(es)",
-                response.processes_applied
-            ),
+            (false, _) => say!("{scope} is off: {applied}"),
+            (true, true) => say!("{scope} is on again: {applied}"),
             (true, false) => say!("{scope} was not off: nothing changed"),
         }
     }

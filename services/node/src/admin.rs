@@ -338,6 +338,14 @@ impl Admin for AdminService {
             switches: change.switches.iter().map(switch_to_api).collect(),
             processes_applied: u32::try_from(change.processes_applied).unwrap_or(u32::MAX),
             changed: change.changed,
+            fleet: change.fleet.map(|f| api::FleetApplied {
+                shared: f.shared,
+                revision: f.revision,
+                nodes_applied: u32::try_from(f.nodes_applied).unwrap_or(u32::MAX),
+                nodes_total: u32::try_from(f.nodes_total).unwrap_or(u32::MAX),
+                processes_applied: f.processes_applied,
+                nodes_missing: f.nodes_missing,
+            }),
         }))
     }
 

@@ -668,11 +668,17 @@ async fn follow_shared_switches(switches: &SwitchBoard) -> anyhow::Result<()> {
     let shared = mesh_runtime::control::shared::SharedSwitches::connect(&url, &redis_prefix())
         .await
         .with_context(|| format!("{name}={url}"))?;
-    if let Some(state) = shared.load().await? {
-        switches.replace_all(state);
-    }
+    // the state as it is now before serving, then every change; this replica reports what it
+    // applied, so a change made through any node counts it
+    let snapshot = shared.snapshot().await?;
+    switches.replace_all(snapshot.off());
     let board = switches.clone();
-    tokio::spawn(shared.follow(move |state| board.replace_all(state)));
+    let name = format!(
+        "worker-{}-{}",
+        std::process::id(),
+        &mesh_contract::ServiceCredentials::fresh_token()[..8]
+    );
+    tokio::spawn(shared.follow(name, move |state| board.replace_all(state)));
     Ok(())
 }
 

@@ -202,12 +202,24 @@ async function refresh() {
   }
 }
 
+/** What the fleet applied of a switch change, as meshctl says it. */
+function applied(json) {
+  const fleet = json.fleet;
+  if (!fleet) return `applied by ${json.processesApplied} processes`;
+  if (!fleet.shared) {
+    return "applied on this node only: the shared store is unreachable, the other nodes get it when it is back";
+  }
+  const missing = fleet.nodesMissing ?? [];
+  const base = `applied by ${fleet.nodesApplied} of ${fleet.nodesTotal} nodes, ${fleet.processesApplied} processes`;
+  return missing.length ? `${base}; not yet: ${missing.join(", ")}` : base;
+}
+
 async function setSwitch(request) {
   try {
     const { json } = await admin("SetSwitch", request);
     $("switch-result").textContent = `${json.changed ? "changed" : "unchanged"}; ${
       json.switches.length
-    } switches off (applied by ${json.processesApplied} processes)`;
+    } switches off (${applied(json)})`;
   } catch (err) {
     $("switch-result").textContent = err.message;
   }

@@ -490,9 +490,14 @@ pub async fn clear_shared_state(prefix: &str) {
         .get_multiplexed_async_connection()
         .await
         .expect("Redis on 127.0.0.1:6379 (bash .ci/test starts it)");
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:control:switch:*"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    keys.push(format!("{prefix}:control:tenants"));
     redis::cmd("DEL")
-        .arg(format!("{prefix}:control:switches"))
-        .arg(format!("{prefix}:control:tenants"))
+        .arg(keys)
         .query_async::<()>(&mut connection)
         .await
         .unwrap();
@@ -599,4 +604,73 @@ pub async fn switch_recommend(at: &str, token: &str, tenant: &str, on: bool, rea
         })
         .await
         .unwrap();
+}
+
+/// A Redis server of a test's own on a free port (no persistence: a restart starts it
+/// empty), for faults the machine's shared Redis must not see.
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    /// Starts it and waits until it answers.
+    pub async fn start() -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            child: None,
+        };
+        redis.up().await;
+        redis
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again (empty) on the same port, if it is down, and waits until it answers.
+    pub async fn up(&mut self) {
+        if self.child.is_some() {
+            return;
+        }
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server; bash .ci/test installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server up within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills it outright: its data is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A connection to it.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -3,12 +3,14 @@
 //!
 //! - [`plane`]: [`ControlPlane`], what `mesh up` runs behind the admin API;
 //! - [`store`]: the switch state on disk;
-//! - [`shared`]: the switch state several nodes share (Redis);
+//! - [`shared`]: the tenant registry several nodes share (Redis);
+//! - [`shared_switches`]: the switch state several nodes share, one versioned entry per switch;
 //! - [`rules`]: the automatic degradation decision.
 
 pub mod plane;
 pub mod rules;
 pub mod shared;
+pub mod shared_switches;
 pub mod store;
 
-pub use plane::{ControlError, ControlPlane, StatusReport, SwitchChange, TenantRow};
+pub use plane::{ControlError, ControlPlane, FleetApplied, StatusReport, SwitchChange, TenantRow};

@@ -12,7 +12,8 @@ use mesh_contract::{ContractSpec, TenantId};
 
 use super::{
     rules::{self, RuleAction, RuleState},
-    shared::{SharedError, SharedSwitches, SharedTenants},
+    shared::{SharedError, SharedTenants},
+    shared_switches::{self, Entry, RECONCILE_EVERY, SharedSwitches},
     store::{SavedSwitches, StoreError, SwitchStore},
 };
 use crate::{
@@ -100,6 +101,42 @@ pub struct SwitchChange {
     pub processes_applied: usize,
     /// False when the switch was already in the asked state.
     pub changed: bool,
+    /// What the fleet applied, when nodes share the switch state.
+    pub fleet: Option<FleetApplied>,
+}
+
+/// How far a change reached the nodes sharing the switch state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetApplied {
+    /// False when the shared store could not be reached: the change is applied on this node
+    /// only, and shared (merged with the other nodes' changes) as soon as the store is back.
+    pub shared: bool,
+    /// The store revision the change was written at (0 when not shared).
+    pub revision: u64,
+    /// Live nodes (and workers following the store) that applied it.
+    pub nodes_applied: usize,
+    /// Live nodes (and workers following the store) in all.
+    pub nodes_total: usize,
+    /// Their processes that confirmed it.
+    pub processes_applied: u64,
+    /// The live nodes that had not applied it when the call gave up waiting.
+    pub nodes_missing: Vec<String>,
+}
+
+/// What this node knows of the shared switch state.
+#[derive(Debug, Default)]
+struct SyncState {
+    /// The store's epoch when this node last read it (`None`: never read).
+    epoch: Option<String>,
+    /// The store's revision then.
+    revision: u64,
+    /// The store's entries then.
+    view: BTreeMap<String, (u64, Entry)>,
+    /// The last reconciliation failed (the store was away): this node may hold changes
+    /// the store lacks.
+    dirty: bool,
+    /// Processes that confirmed the state applied last.
+    processes: u64,
 }
 
 /// A tenant and where it runs.
@@ -181,6 +218,14 @@ struct Plane {
     data_shared: std::sync::atomic::AtomicBool,
     /// The switch state shared with the other nodes of the mesh, if there are.
     shared: std::sync::OnceLock<SharedSwitches>,
+    /// What this node knows of the shared switch state.
+    sync: Mutex<SyncState>,
+    /// Switches turned back on here (who, when, why), by key, until the store has them.
+    turned_on: Mutex<HashMap<String, Switch>>,
+    /// This node's name in the reports of what each node applied.
+    node_id: String,
+    /// Wakes the reconciliation with the shared store (an announcement came).
+    reconcile: tokio::sync::Notify,
     /// The tenant registry shared with the other nodes of the mesh, if there are.
     shared_tenants: std::sync::OnceLock<SharedTenants>,
 }
@@ -267,6 +312,14 @@ impl ControlPlane {
                 sources: Mutex::new(sources),
                 data_shared: Default::default(),
                 shared: std::sync::OnceLock::new(),
+                sync: Mutex::default(),
+                turned_on: Mutex::default(),
+                node_id: format!(
+                    "node-{}-{}",
+                    std::process::id(),
+                    &mesh_contract::ServiceCredentials::fresh_token()[..8]
+                ),
+                reconcile: tokio::sync::Notify::new(),
                 shared_tenants: std::sync::OnceLock::new(),
             }),
         })
@@ -344,6 +397,7 @@ impl ControlPlane {
         let scope = switch.tenant.clone();
         let (changed, version) = self.change(switch, on).await?;
         let all_applied = self.await_version(version).await?;
+        let fleet = self.await_fleet(all_applied as u64).await;
         // for one tenant: the processes that serve it (every process applied the change)
         let processes_applied = match &scope {
             Some(tenant) => self
@@ -359,17 +413,29 @@ impl ControlPlane {
             switches: self.switches(),
             processes_applied,
             changed,
+            fleet,
         })
     }
 
-    /// Applies one switch change: board, saved state, workers. Returns whether it changed
-    /// anything and the version to await.
+    /// Applies one switch change: board, saved state, shared store, workers. Returns whether
+    /// it changed anything and the version to await.
     async fn change(&self, switch: Switch, on: bool) -> Result<(bool, u64), ControlError> {
         let _edit = self.plane.edit.lock().await;
         let changed = if on {
-            self.plane
+            let key = shared_switches::key(&switch);
+            let changed = self
+                .plane
                 .board
-                .turn_on(switch.tenant.as_ref(), &switch.target)
+                .turn_on(switch.tenant.as_ref(), &switch.target);
+            if changed {
+                // the store's tombstone says who turned it on, and when
+                self.plane
+                    .turned_on
+                    .lock()
+                    .expect("lock")
+                    .insert(key, switch);
+            }
+            changed
         } else {
             self.plane.board.turn_off(switch);
             true
@@ -377,42 +443,247 @@ impl ControlPlane {
         Ok((changed, self.switches_changed().await?))
     }
 
-    /// After the board changed: saves it, tells the other nodes (when they share the state),
-    /// and hands it to the workers; the version to await.
+    /// After the board changed: saves it, shares it with the other nodes (when they share
+    /// the state: the store's state after the change, merged with every other node's, is what
+    /// this node applies), and hands it to the workers; the version to await.
     async fn switches_changed(&self) -> Result<u64, ControlError> {
         self.save()?;
-        let switches = self.switches();
-        if let Some(shared) = self.plane.shared.get()
-            && let Err(err) = shared.publish(&switches).await
+        if self.plane.shared.get().is_some()
+            && let Err(err) = self.reconcile_locked().await
         {
-            // this node applies it anyway; the others follow once Redis is back
-            tracing::warn!(error = %err, "switch change not shared with the other nodes");
+            // applied here; shared (and merged) by the reconciliation once the store is back
+            tracing::warn!(error = %err, "switch change applied on this node only until the shared store is back");
         }
-        Ok(self.plane.supervisor.set_switches(switches))
+        Ok(self.plane.supervisor.set_switches(self.switches()))
     }
 
-    /// Follows the switch state the nodes of a mesh share: the shared state replaces this
-    /// node's (a node joining follows the others; the first one to share puts its own), and
-    /// every change made through another node reaches this node's workers.
-    pub async fn share_switches(&self, shared: SharedSwitches) -> Result<(), ControlError> {
-        match shared.load().await? {
-            Some(switches) => self.apply_shared(switches).await?,
-            None => shared.publish(&self.switches()).await?,
+    /// Makes this node and the shared store agree (the edit lock held): fills a store that
+    /// restarted empty, writes what this node changed since it last read the store (one entry
+    /// per switch, each with a revision of its own), then applies the store's state. Whether
+    /// the board changed.
+    async fn reconcile_locked(&self) -> Result<bool, SharedError> {
+        let Some(shared) = self.plane.shared.get() else {
+            return Ok(false);
+        };
+        let result = self.reconcile_with(shared).await;
+        self.plane.sync.lock().expect("lock").dirty = result.is_err();
+        result
+    }
+
+    async fn reconcile_with(&self, shared: &SharedSwitches) -> Result<bool, SharedError> {
+        let (known_epoch, view) = {
+            let sync = self.plane.sync.lock().expect("lock");
+            (sync.epoch.clone(), sync.view.clone())
+        };
+        let (epoch, _) = shared.head().await?;
+        let first_contact = known_epoch.is_none();
+        if epoch.is_none() || (!first_contact && epoch != known_epoch) {
+            // an empty store (Redis restarted empty, or this mesh's first node), or one that
+            // another node refilled: it gets what this node holds, where it lacks it
+            let off = self.plane.board.list();
+            shared.seed(&off).await?;
+            tracing::info!(
+                switches = off.len(),
+                "shared switch state filled from this node"
+            );
         }
+        if !first_contact {
+            // what changed here since this node last read the store, one entry at a time:
+            // never the whole list, so another node's change to another switch survives
+            let board: BTreeMap<String, Switch> = self
+                .plane
+                .board
+                .list()
+                .into_iter()
+                .map(|s| (shared_switches::key(&s), s))
+                .collect();
+            let view_off: BTreeMap<&String, &Switch> = view
+                .iter()
+                .filter(|(_, (_, e))| !e.on)
+                .map(|(k, (_, e))| (k, &e.switch))
+                .collect();
+            let mut writes = Vec::new();
+            for (key, switch) in &board {
+                if view_off.get(key) != Some(&switch) {
+                    writes.push(Entry {
+                        on: false,
+                        switch: switch.clone(),
+                    });
+                }
+            }
+            for (key, switch) in view_off {
+                if !board.contains_key(key) {
+                    let by = self.plane.turned_on.lock().expect("lock").get(key).cloned();
+                    writes.push(Entry {
+                        on: true,
+                        switch: by.unwrap_or_else(|| Switch {
+                            changed_at: SystemTime::now(),
+                            ..switch.clone()
+                        }),
+                    });
+                }
+            }
+            for entry in writes {
+                if shared.write(&entry).await?.is_none() {
+                    // the store lost everything since the check: refill it, then write
+                    shared.seed(&self.plane.board.list()).await?;
+                    shared.write(&entry).await?;
+                }
+            }
+        }
+        let snapshot = shared.snapshot().await?;
+        let off = snapshot.off();
+        let mut mine = self.plane.board.list();
+        mine.sort_by_key(shared_switches::key);
+        let changed = mine != off;
+        if changed {
+            self.plane.board.replace_all(off);
+            if let Err(err) = self.save() {
+                tracing::error!(error = %err, "saving the shared switch state here");
+            }
+        }
+        self.plane
+            .turned_on
+            .lock()
+            .expect("lock")
+            .retain(|key, _| !snapshot.entries.get(key).is_some_and(|(_, e)| e.on));
+        let mut sync = self.plane.sync.lock().expect("lock");
+        sync.epoch = snapshot.epoch;
+        sync.revision = snapshot.revision;
+        sync.view = snapshot.entries;
+        Ok(changed)
+    }
+
+    /// After a change this node made: says what it applied, then waits (up to
+    /// [`APPLY_WITHIN`]) until every live node reports the revision it was shared at.
+    async fn await_fleet(&self, processes: u64) -> Option<FleetApplied> {
+        let shared = self.plane.shared.get()?;
+        let (revision, shared_now) = {
+            let mut sync = self.plane.sync.lock().expect("lock");
+            sync.processes = processes;
+            (sync.revision, !sync.dirty)
+        };
+        if !shared_now {
+            return Some(FleetApplied {
+                shared: false,
+                nodes_applied: 1,
+                nodes_total: 1,
+                processes_applied: processes,
+                ..FleetApplied::default()
+            });
+        }
+        let _ = shared
+            .report_applied(&self.plane.node_id, revision, processes)
+            .await;
+        let deadline = tokio::time::Instant::now() + APPLY_WITHIN;
+        loop {
+            let nodes = shared.applied().await.unwrap_or_default();
+            let missing: Vec<String> = nodes
+                .iter()
+                .filter(|n| n.revision < revision)
+                .map(|n| n.node.clone())
+                .collect();
+            if missing.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Some(FleetApplied {
+                    shared: true,
+                    revision,
+                    nodes_applied: nodes.len() - missing.len(),
+                    nodes_total: nodes.len(),
+                    processes_applied: nodes
+                        .iter()
+                        .filter(|n| n.revision >= revision)
+                        .map(|n| n.processes)
+                        .sum(),
+                    nodes_missing: missing,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Shares the switch state with the other nodes of a mesh through `shared`: a node joining
+    /// takes the store's state (the first node of a mesh, or the first after the store
+    /// restarted empty, fills it with its own), then reconciles on every announcement and every
+    /// [`RECONCILE_EVERY`], reporting what it applied.
+    pub async fn share_switches(&self, shared: SharedSwitches) -> Result<(), ControlError> {
         let _ = self.plane.shared.set(shared.clone());
-        let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(shared.follow(move |switches| {
-            let _ = tx.send(switches);
+        {
+            let _edit = self.plane.edit.lock().await;
+            self.reconcile_locked().await?;
+            self.plane.supervisor.set_switches(self.switches());
+        }
+        tokio::spawn(shared.clone().on_announcement({
+            let plane = self.clone();
+            move || plane.plane.reconcile.notify_one()
         }));
         let plane = self.clone();
         tokio::spawn(async move {
-            while let Some(switches) = changes.recv().await {
-                if let Err(err) = plane.apply_shared(switches).await {
-                    tracing::error!(error = %err, "applying shared switches");
+            loop {
+                tokio::select! {
+                    () = plane.plane.reconcile.notified() => {}
+                    () = tokio::time::sleep(RECONCILE_EVERY) => {}
                 }
+                plane.reconcile_tick(&shared).await;
             }
         });
         Ok(())
+    }
+
+    /// One turn of the reconciliation loop: if the store moved on (another node's change, a
+    /// restart) or this node holds changes the store lacks, reconcile and hand the result to
+    /// the workers; then say what this node applied.
+    async fn reconcile_tick(&self, shared: &SharedSwitches) {
+        let head = shared.head().await;
+        let behind = {
+            let sync = self.plane.sync.lock().expect("lock");
+            match &head {
+                Ok((epoch, revision)) => {
+                    sync.dirty || *epoch != sync.epoch || *revision != sync.revision
+                }
+                Err(_) => false,
+            }
+        };
+        if let Err(err) = &head {
+            let mut sync = self.plane.sync.lock().expect("lock");
+            if !sync.dirty {
+                tracing::warn!(error = %err, "shared switch state unreachable; changes made here are shared when it is back");
+            }
+            sync.dirty = true;
+            return;
+        }
+        if behind {
+            let version = {
+                let _edit = self.plane.edit.lock().await;
+                match self.reconcile_locked().await {
+                    Ok(true) => Some(self.plane.supervisor.set_switches(self.switches())),
+                    Ok(false) => None,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "reconciling the shared switch state");
+                        return;
+                    }
+                }
+            };
+            if let Some(version) = version {
+                match self
+                    .plane
+                    .supervisor
+                    .wait_applied(version, APPLY_WITHIN)
+                    .await
+                {
+                    Ok(n) => self.plane.sync.lock().expect("lock").processes = n as u64,
+                    Err(groups) => {
+                        tracing::warn!(groups = %groups.join(", "), "shared switch change not confirmed by every process group in time")
+                    }
+                }
+            }
+        }
+        let (revision, processes) = {
+            let sync = self.plane.sync.lock().expect("lock");
+            (sync.revision, sync.processes)
+        };
+        let _ = shared
+            .report_applied(&self.plane.node_id, revision, processes)
+            .await;
     }
 
     /// Follows the tenant registry the nodes of a mesh share: a node joining takes the shared
@@ -500,18 +771,6 @@ impl ControlPlane {
                 tracing::error!(tenant = %id, error = %err, "a tenant another node removed is still here");
             }
         }
-    }
-
-    /// Applies the switches another node shared (without sharing them back).
-    async fn apply_shared(&self, switches: Vec<Switch>) -> Result<(), ControlError> {
-        let _edit = self.plane.edit.lock().await;
-        if self.switches() == switches {
-            return Ok(());
-        }
-        self.plane.board.replace_all(switches);
-        self.save()?;
-        self.plane.supervisor.set_switches(self.switches());
-        Ok(())
     }
 
     fn save(&self) -> Result<(), ControlError> {

@@ -1,6 +1,6 @@
-//! State shared by the nodes of one mesh, in Redis: the switch state
-//! (`<prefix>:control:switches`) and the tenant registry (`<prefix>:control:tenants`, each
-//! tenant's file); the prefix (`[state] redis_prefix`, `mesh` by default) keeps several meshes
+//! State shared by the nodes of one mesh, in Redis: the tenant registry
+//! (`<prefix>:control:tenants`, each tenant's file; the switch state has versioned entries of
+//! its own, [`super::shared_switches`]); the prefix (`[state] redis_prefix`, `mesh` by default) keeps several meshes
 //! on one Redis apart. A node saves every change there and announces it (`PUBLISH <key>:changed`); every
 //! other node loads it and applies it. `meshctl` pointed at any node changes them all.
 //!
@@ -13,19 +13,12 @@ use futures::StreamExt;
 use mesh_contract::TenantId;
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::{layers::Switch, supervisor::protocol::TenantSource};
+use crate::supervisor::protocol::TenantSource;
 
-/// The switches every node follows.
-pub type SharedSwitches = Shared<Vec<Switch>>;
+pub use super::shared_switches::SharedSwitches;
+
 /// Every tenant of the mesh, with its file.
 pub type SharedTenants = Shared<BTreeMap<TenantId, TenantSource>>;
-
-impl SharedSwitches {
-    /// The switch state of the mesh `prefix` at the Redis at `url`.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, SharedError> {
-        Self::at(url, format!("{prefix}:control:switches")).await
-    }
-}
 
 impl SharedTenants {
     /// The tenant registry of the mesh `prefix` at the Redis at `url`.
@@ -40,6 +33,16 @@ impl SharedTenants {
 pub struct SharedError {
     url: String,
     message: String,
+}
+
+impl SharedError {
+    /// What went wrong with the Redis at `url`.
+    pub fn new(url: &str, message: impl std::fmt::Display) -> Self {
+        Self {
+            url: url.to_owned(),
+            message: message.to_string(),
+        }
+    }
 }
 
 /// One value the nodes of one mesh share, kept under one Redis key.

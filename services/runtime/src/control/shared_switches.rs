@@ -1,0 +1,404 @@
+//! The switch state the nodes of one mesh share: one versioned entry per switch in Redis.
+//!
+//! Two operators switching different things through two nodes at the same moment must both
+//! win, a node that was away (paused, cut off) must catch up, and a store that restarted empty
+//! must be refilled, not taken for "every switch on". So:
+//!
+//! - **One entry per switch**, never the whole list: `<prefix>:control:switch:entries` is a
+//!   hash from a switch's key (`recommend@mall`, `tier>=2@*`) to `<revision>|<entry>`, where
+//!   the entry says whether the switch is off or back on (a tombstone, kept so a node that
+//!   was away learns the switch went back on). A write never touches another switch's entry.
+//! - **A revision per write**: `<prefix>:control:switch:revision` counts every write; a write
+//!   takes the next revision in the same Lua script that stores the entry and announces it
+//!   (`PUBLISH <prefix>:control:switch:changed <revision>`), so the revisions order every
+//!   change of the mesh and a node knows from one number whether it is behind.
+//! - **An epoch**: `<prefix>:control:switch:epoch`, a random id set by whoever fills an empty
+//!   store. A node that finds it missing (Redis restarted empty) or changed fills the store
+//!   again with what it holds (entries missing only: [`SharedSwitches::seed`]).
+//! - **Reconciliation**: every node compares its epoch and revision with the store's on every
+//!   announcement and every [`RECONCILE_EVERY`], writes what it changed while the store was
+//!   away, then applies the store's entries.
+//! - **Who applied what**: each node writes the revision it applied and how many of its
+//!   processes confirmed it (`<prefix>:control:switch:applied:<node>`, expiring unless
+//!   renewed), so a change reports what the whole fleet applied ([`SharedSwitches::applied`]).
+//!
+//! Why Redis and not etcd: every multi-node mesh runs Redis already (who is connected where),
+//! and what a switch needs from the store is one atomic write with a revision and an
+//! announcement, which a Lua script gives; etcd would add a service to run and secure for
+//! that alone. What etcd has and this lacks is a history to watch from a revision: here a node
+//! that missed announcements reads the whole state (a few entries), which is enough.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::shared::SharedError;
+use crate::layers::Switch;
+
+/// How often a node compares its state with the store's, announcements or not: a node whose
+/// subscription was lost, or a store that came back, is reconciled within this.
+pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+
+/// How long a node's report of what it applied lives unless renewed: a node gone for longer
+/// is not waited for.
+pub const APPLIED_TTL: Duration = Duration::from_secs(5);
+
+/// One switch's latest state in the store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// `false`: the switch is off (degraded); `true`: it was turned back on.
+    pub on: bool,
+    /// The switch (who changed it, when, why).
+    pub switch: Switch,
+}
+
+/// The store's state: its epoch, its revision, every entry with the revision that wrote it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Who filled the store last (`None`: an empty store).
+    pub epoch: Option<String>,
+    /// The last revision written.
+    pub revision: u64,
+    /// Switch key to (revision, entry).
+    pub entries: BTreeMap<String, (u64, Entry)>,
+}
+
+impl Snapshot {
+    /// The switches off, in key order.
+    pub fn off(&self) -> Vec<Switch> {
+        self.entries
+            .values()
+            .filter(|(_, e)| !e.on)
+            .map(|(_, e)| e.switch.clone())
+            .collect()
+    }
+}
+
+/// What one node (or one worker following the store) applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeApplied {
+    /// The node.
+    pub node: String,
+    /// The store revision it applied last.
+    pub revision: u64,
+    /// Its processes that confirmed that revision.
+    pub processes: u64,
+}
+
+/// The key of a switch in the store: its target and tenant (`*` for every tenant).
+pub fn key(switch: &Switch) -> String {
+    match &switch.tenant {
+        Some(tenant) => format!("{}@{tenant}", switch.target),
+        None => format!("{}@*", switch.target),
+    }
+}
+
+/// Writes one entry with the next revision and announces it; `-1` when the store has no
+/// epoch (it restarted empty: it is filled again first).
+const WRITE: &str = r"
+if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
+local rev = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], ARGV[1], rev .. '|' .. ARGV[2])
+redis.call('PUBLISH', KEYS[4], rev)
+return rev
+";
+
+/// Fills the store with the entries it lacks (each with a revision of its own), setting the
+/// epoch if there is none; the epoch after.
+const SEED: &str = r"
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[3], epoch)
+end
+local wrote = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then
+    local rev = redis.call('INCR', KEYS[2])
+    redis.call('HSET', KEYS[1], ARGV[i], rev .. '|' .. ARGV[i + 1])
+    wrote = wrote + 1
+  end
+end
+if wrote > 0 then redis.call('PUBLISH', KEYS[4], redis.call('GET', KEYS[2])) end
+return epoch
+";
+
+/// The switch state of one mesh in Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct SharedSwitches {
+    url: String,
+    prefix: String,
+    client: redis::Client,
+    connection: redis::aio::ConnectionManager,
+}
+
+impl std::fmt::Debug for SharedSwitches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSwitches")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedSwitches {
+    /// The switch state of the mesh `prefix` at the Redis at `url` (`redis://`, or
+    /// `rediss://` for TLS; a user and password in the URL for an ACL user).
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, SharedError> {
+        let error = |e: redis::RedisError| SharedError::new(url, e);
+        let client = redis::Client::open(url).map_err(error)?;
+        // a store that went away answers within a second, so a change is never held up
+        // for long: it is applied here and shared when the store is back
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)))
+            .set_number_of_retries(1);
+        let connection = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(error)?;
+        Ok(Self {
+            url: url.to_owned(),
+            prefix: format!("{prefix}:control:switch"),
+            client,
+            connection,
+        })
+    }
+
+    fn error(&self, e: impl std::fmt::Display) -> SharedError {
+        SharedError::new(&self.url, e)
+    }
+
+    fn entries_key(&self) -> String {
+        format!("{}:entries", self.prefix)
+    }
+
+    fn revision_key(&self) -> String {
+        format!("{}:revision", self.prefix)
+    }
+
+    fn epoch_key(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:changed", self.prefix)
+    }
+
+    fn applied_key(&self, node: &str) -> String {
+        format!("{}:applied:{node}", self.prefix)
+    }
+
+    /// The store's epoch and revision: what a node compares with its own to know whether it
+    /// is behind, in one round trip.
+    pub async fn head(&self) -> Result<(Option<String>, u64), SharedError> {
+        let (epoch, revision): (Option<String>, Option<u64>) = redis::cmd("MGET")
+            .arg(self.epoch_key())
+            .arg(self.revision_key())
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok((epoch, revision.unwrap_or(0)))
+    }
+
+    /// Everything the store holds, read at one moment.
+    pub async fn snapshot(&self) -> Result<Snapshot, SharedError> {
+        let (epoch, revision, raw): (Option<String>, Option<u64>, BTreeMap<String, String>) =
+            redis::pipe()
+                .atomic()
+                .cmd("GET")
+                .arg(self.epoch_key())
+                .cmd("GET")
+                .arg(self.revision_key())
+                .cmd("HGETALL")
+                .arg(self.entries_key())
+                .query_async(&mut self.connection.clone())
+                .await
+                .map_err(|e| self.error(e))?;
+        let mut entries = BTreeMap::new();
+        for (key, value) in raw {
+            let parsed = value.split_once('|').and_then(|(rev, json)| {
+                Some((rev.parse::<u64>().ok()?, serde_json::from_str(json).ok()?))
+            });
+            match parsed {
+                Some(entry) => {
+                    entries.insert(key, entry);
+                }
+                None => tracing::warn!(switch = %key, "unreadable shared switch entry skipped"),
+            }
+        }
+        Ok(Snapshot {
+            epoch,
+            revision: revision.unwrap_or(0),
+            entries,
+        })
+    }
+
+    /// Writes one switch's entry with the next revision and announces it; `None` when the
+    /// store has no epoch (it restarted empty): [`SharedSwitches::seed`] it first.
+    pub async fn write(&self, entry: &Entry) -> Result<Option<u64>, SharedError> {
+        let json = serde_json::to_string(entry).map_err(|e| self.error(e))?;
+        let revision: i64 = redis::Script::new(WRITE)
+            .key(self.entries_key())
+            .key(self.revision_key())
+            .key(self.epoch_key())
+            .key(self.channel())
+            .arg(key(&entry.switch))
+            .arg(json)
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(u64::try_from(revision).ok())
+    }
+
+    /// Fills the store with the switches in `off` it lacks (a store that restarted empty gets
+    /// back what the nodes hold; one that has them keeps its own), and gives it an epoch if
+    /// it has none. The store's epoch after.
+    pub async fn seed(&self, off: &[Switch]) -> Result<String, SharedError> {
+        let seed = redis::Script::new(SEED);
+        let mut script = seed.prepare_invoke();
+        script
+            .key(self.entries_key())
+            .key(self.revision_key())
+            .key(self.epoch_key())
+            .key(self.channel())
+            .arg(mesh_contract::ServiceCredentials::fresh_token());
+        for switch in off {
+            let entry = Entry {
+                on: false,
+                switch: switch.clone(),
+            };
+            script
+                .arg(key(switch))
+                .arg(serde_json::to_string(&entry).map_err(|e| self.error(e))?);
+        }
+        script
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Says `node` applied `revision` in `processes` processes, for [`APPLIED_TTL`].
+    pub async fn report_applied(
+        &self,
+        node: &str,
+        revision: u64,
+        processes: u64,
+    ) -> Result<(), SharedError> {
+        redis::cmd("SET")
+            .arg(self.applied_key(node))
+            .arg(format!("{revision}|{processes}"))
+            .arg("PX")
+            .arg(APPLIED_TTL.as_millis() as u64)
+            .query_async::<()>(&mut self.connection.clone())
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// What every live node (and worker following the store) said it applied.
+    pub async fn applied(&self) -> Result<Vec<NodeApplied>, SharedError> {
+        let mut connection = self.connection.clone();
+        let pattern = format!("{}:applied:*", self.prefix);
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, mut page): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.error(e))?;
+            keys.append(&mut page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| self.error(e))?;
+        let prefix_len = format!("{}:applied:", self.prefix).len();
+        let mut nodes: Vec<NodeApplied> = keys
+            .iter()
+            .zip(values)
+            .filter_map(|(key, value)| {
+                let (revision, processes) = value?
+                    .split_once('|')
+                    .and_then(|(r, p)| Some((r.parse().ok()?, p.parse().ok()?)))?;
+                Some(NodeApplied {
+                    node: key[prefix_len..].to_owned(),
+                    revision,
+                    processes,
+                })
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
+    }
+
+    /// Calls `announced` each time a write is announced, for ever (a lost subscription is
+    /// made again; what was missed meanwhile the periodic reconciliation finds).
+    pub async fn on_announcement(self, announced: impl Fn() + Send + 'static) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.client.get_async_pubsub().await {
+                Ok(mut pubsub) => match pubsub.subscribe(self.channel()).await {
+                    Ok(()) => {
+                        pause = Duration::from_millis(100);
+                        announced();
+                        let mut messages = pubsub.on_message();
+                        while messages.next().await.is_some() {
+                            announced();
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %err, "subscribing to switch changes"),
+                },
+                Err(err) => tracing::warn!(error = %err, "connecting for switch changes"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Keeps `apply` fed with the switches off in the store, for ever: at once, on every
+    /// announcement and every [`RECONCILE_EVERY`] when the store's epoch or revision moved;
+    /// each time it applied a revision, reports it for `node` (one process). What a worker
+    /// without a control plane (a Kubernetes replica) runs.
+    pub async fn follow(self, node: String, apply: impl Fn(Vec<Switch>) + Send + 'static) {
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(self.clone().on_announcement({
+            let wake = wake.clone();
+            move || wake.notify_one()
+        }));
+        let mut seen: Option<(Option<String>, u64)> = None;
+        loop {
+            match self.head().await {
+                Ok(head) if seen.as_ref() != Some(&head) => match self.snapshot().await {
+                    Ok(snapshot) => {
+                        apply(snapshot.off());
+                        seen = Some((snapshot.epoch.clone(), snapshot.revision));
+                        let _ = self.report_applied(&node, snapshot.revision, 1).await;
+                    }
+                    Err(err) => tracing::warn!(error = %err, "reading shared switches"),
+                },
+                Ok((_, revision)) => {
+                    let _ = self.report_applied(&node, revision, 1).await;
+                }
+                Err(err) => tracing::warn!(error = %err, "shared switches unreachable"),
+            }
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(RECONCILE_EVERY) => {}
+            }
+        }
+    }
+}

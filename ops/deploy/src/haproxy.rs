@@ -336,13 +336,30 @@ mod tests {
             "{config}"
         );
         assert!(config.contains("default_backend web_shared"), "{config}");
+        // the web port's health is read on the replica's gRPC port
         assert!(
-            config.contains("server finance_1 [fd00::5]:7480 check\n"),
+            config.contains("server finance_1 [fd00::5]:7480 check port 7502\n"),
             "{config}"
         );
         assert!(
-            config.contains("server shared_1 127.0.0.1:7480 check\n"),
+            config.contains("server shared_1 127.0.0.1:7480 check port 7501\n"),
             "{config}"
+        );
+        // a replica is alive when it answers its health check over HTTP/2 in time, not when
+        // its kernel accepts a connection (a paused process still does)
+        for line in [
+            "maxconn 20000\n",
+            "timeout check 1s\n",
+            "option httpchk\n",
+            "http-check send meth GET uri /healthz ver HTTP/2\n",
+            "http-check expect status 200\n",
+        ] {
+            assert!(config.contains(line), "{line}: {config}");
+        }
+        assert_eq!(
+            config.matches("check-proto h2").count(),
+            4,
+            "every backend: {config}"
         );
     }
 }

@@ -37,6 +37,9 @@ pub const SECRET: &str = "mesh-secrets";
 /// The port of every worker's Prometheus scrape endpoint, in its pod (the pods carry the
 /// `prometheus.io/*` annotations that name it).
 pub const METRICS_PORT: u16 = 9464;
+/// How long a leaving pod keeps serving before it is told to stop: the proxy's resolver holds
+/// a pod's address up to 5 s, so calls still arrive that long.
+pub const PRE_STOP_SECONDS: u32 = 6;
 /// The port browsers reach the mesh on: every worker serves its tenants' calls as HTTP/JSON
 /// there, and the proxy in front routes them by tenant.
 pub const WEB_PORT: u16 = 7480;
@@ -56,7 +59,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             namespace: "mesh".into(),
-            image: "mesh:latest".into(),
+            image: concat!("mesh:", env!("CARGO_PKG_VERSION")).into(),
             replicas: 2,
         }
     }
@@ -186,6 +189,8 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
             json!({ "name": "MESH_TELEMETRY_PROMETHEUS_LISTEN", "value": format!("0.0.0.0:{METRICS_PORT}") }),
             // the browsers' access of its tenants (HTTP/JSON, server-sent events, gRPC-Web)
             json!({ "name": "MESH_WORKER_WEB_LISTEN", "value": format!("0.0.0.0:{WEB_PORT}") }),
+            // a leaving pod's terminals attach again spread over 5 s, not all at once
+            json!({ "name": "MESH_DRAIN_WINDOW_MS", "value": "5000" }),
         ];
         for shared in [
             "MESH_NODE_CREDENTIAL",
@@ -214,10 +219,34 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
                         },
                     },
                     "spec": {
-                        "terminationGracePeriodSeconds": 40,
+                        // the preStop pause, the drain (terminals told to attach elsewhere,
+                        // in-flight calls finished) and a margin
+                        "terminationGracePeriodSeconds": PRE_STOP_SECONDS + 25,
+                        // spread over the nodes: one node lost takes few replicas of a group
+                        "topologySpreadConstraints": [{
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": { "matchLabels": labels(&group) },
+                        }],
+                        "securityContext": {
+                            "runAsNonRoot": true,
+                            "runAsUser": 65532,
+                            "seccompProfile": { "type": "RuntimeDefault" },
+                        },
                         "containers": [{
                             "name": "worker",
                             "image": options.image,
+                            // while the proxy's resolver still names this pod (it re-resolves
+                            // every 5 s), it keeps serving; then SIGTERM drains it: health
+                            // says NOT_SERVING, each terminal is told to attach again
+                            // elsewhere (spread over MESH_DRAIN_WINDOW_MS), calls finish
+                            "lifecycle": { "preStop": { "sleep": { "seconds": PRE_STOP_SECONDS } } },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false,
+                                "readOnlyRootFilesystem": true,
+                                "capabilities": { "drop": ["ALL"] },
+                            },
                             "args": [
                                 "worker", "--tenants", "/etc/mesh/tenants",
                                 "--tenant", members.join(","),
@@ -471,7 +500,7 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEA4ZN7WDXQrcB19GPPNeG2qkuuSJB
         // and browsers, routed alike to each pod's web port, which every worker serves
         assert!(newco_env.contains(&"MESH_WORKER_WEB_LISTEN".to_owned()));
         assert!(proxy["data"]["haproxy.cfg"].as_str().unwrap().contains(
-            "server-template newco_ 8 mesh-newco.mesh.svc.cluster.local:7480 check resolvers dns"
+            "server-template newco_ 8 mesh-newco.mesh.svc.cluster.local:7480 check port 7501 resolvers dns"
         ));
         assert_eq!(service["spec"]["ports"][1]["port"], WEB_PORT);
 

@@ -380,6 +380,40 @@ impl Tenants {
         Self::load_with(dir, catalogue, Secrets::Elsewhere)
     }
 
+    /// [`Tenants::load`] for a process that serves only the tenants `serving` (a Kubernetes
+    /// pod of one process group): every file is checked as [`Tenants::load`] checks it, but
+    /// the secrets named by environment variable only for the tenants it serves. A pod is
+    /// given its own group's secrets, never another group's.
+    pub fn load_serving(
+        dir: &Path,
+        catalogue: &[&ContractSpec],
+        serving: &[String],
+    ) -> Result<Self, ConfigError> {
+        let tenants = Self::load_with(dir, catalogue, Secrets::Elsewhere)?;
+        let defaults = dir.join(DEFAULTS_FILE);
+        let defaults = defaults.exists().then_some(defaults);
+        let mut errors = Vec::new();
+        let mut checked = tenants.clone();
+        for id in serving {
+            let Some(file) = tenants.files.get(id) else {
+                continue; // said by the caller, which knows what it was asked to serve
+            };
+            let folder = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+            match load_file_in(file, &folder, defaults.as_deref(), catalogue, Secrets::Here) {
+                Ok(config) => {
+                    checked.tenants.insert(id.clone(), config);
+                }
+                Err(ConfigError::Invalid(mut more)) => errors.append(&mut more),
+                Err(other) => return Err(other),
+            }
+        }
+        if errors.is_empty() {
+            Ok(checked)
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
     fn load_with(
         dir: &Path,
         catalogue: &[&ContractSpec],

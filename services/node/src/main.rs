@@ -127,7 +127,7 @@ enum DeployCmd {
         #[arg(long, default_value = "mesh")]
         namespace: String,
         /// The image holding the `mesh` binary.
-        #[arg(long, default_value = "mesh:latest")]
+        #[arg(long, default_value = concat!("mesh:", env!("CARGO_PKG_VERSION")))]
         image: String,
         /// Replicas of each process group.
         #[arg(long, default_value_t = 2)]

@@ -360,7 +360,9 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         // the supervisor hands over the tenants' files themselves, not the folder
         follow_supervisor(dir, &served, &switches, stop).await?;
     } else {
-        let all = Tenants::load(dir, mesh_api::CONTRACTS)?;
+        // every file checked, but only this process's tenants' secrets: a pod of one group is
+        // given that group's secrets alone
+        let all = Tenants::load_serving(dir, mesh_api::CONTRACTS, ids)?;
         let mut mine = Tenants::default();
         let mut states = Vec::new();
         for id in ids {

@@ -41,6 +41,9 @@ pub struct Terminal {
     resyncs: u64,
     /// Attaches again after the node said it was leaving.
     reconnects: u64,
+    /// When to attach again: the node said it is leaving. Kept here, not in a future, so a
+    /// [`Terminal::next`] dropped while it waits (a `select!`) loses nothing.
+    reattach_at: Option<tokio::time::Instant>,
 }
 
 /// Attempts at attaching again after a reconnect hint (the proxy may still send the first
@@ -128,6 +131,7 @@ impl Terminal {
             head: 0,
             resyncs: 0,
             reconnects: 0,
+            reattach_at: None,
         };
         terminal.absorb(page);
         Ok(terminal)
@@ -204,10 +208,9 @@ impl Terminal {
         }
     }
 
-    /// Attaches again, `after` from now (the node said it is leaving), then syncs from the
-    /// cursor: what was sent meanwhile waits in the timeline.
-    async fn reattach(&mut self, after: Duration) -> Result<(), Status> {
-        tokio::time::sleep(after).await;
+    /// Attaches again (the node said it is leaving), then syncs from the cursor: what was
+    /// sent meanwhile waits in the timeline.
+    async fn reattach(&mut self) -> Result<(), Status> {
         let mut pause = Duration::from_millis(50);
         let mut attempt = 1;
         let pushes = loop {
@@ -242,6 +245,7 @@ impl Terminal {
             }
         };
         self.pushes = pushes;
+        self.reattach_at = None;
         self.reconnects += 1;
         // pushes between the hint and the new registration went nowhere: sync them
         self.sync_after = Some(self.sync_after.unwrap_or(self.cursor));
@@ -261,8 +265,21 @@ impl Terminal {
     /// The next push: missed messages first, then live ones; `None` when the gateway closed
     /// the stream. Chat messages are acknowledged before they are returned; one that was
     /// both missed and pushed live is returned once.
+    ///
+    /// Heartbeats and reconnect hints are handled here, never returned: a heartbeat whose
+    /// head is above the cursor, or a push above a gap, starts a sync from the cursor; a
+    /// reconnect hint makes the terminal attach again after the delay it names.
+    ///
+    /// Cancel-safe: a call dropped before it returns (in a `select!`) loses nothing; a
+    /// message it was acknowledging, a sync or a reattach it was waiting for are taken up by
+    /// the next call.
     pub async fn next(&mut self) -> Result<Option<gateway::Push>, Status> {
         loop {
+            if let Some(at) = self.reattach_at {
+                tokio::time::sleep_until(at).await;
+                self.reattach().await?;
+                continue;
+            }
             if self.missed.is_empty()
                 && let Some(after) = self.sync_after
             {
@@ -296,8 +313,10 @@ impl Terminal {
                 }
                 Some(Payload::Reconnect(hint)) => {
                     tracing::info!(terminal = %self.terminal_id, after_ms = hint.after_ms, reason = %hint.reason, "the node is leaving; attaching again");
-                    self.reattach(Duration::from_millis(u64::from(hint.after_ms)))
-                        .await?;
+                    self.reattach_at = Some(
+                        tokio::time::Instant::now()
+                            + Duration::from_millis(u64::from(hint.after_ms)),
+                    );
                     continue;
                 }
                 _ => {}
@@ -307,8 +326,12 @@ impl Terminal {
                     continue;
                 }
                 // taken only once acknowledged: an acknowledgement that fails (the node died,
-                // say) leaves the message to be returned by the next call, and a resume from
-                // this cursor syncs it again, never skips it
+                // say) or a call dropped meanwhile leaves the message to be returned by the
+                // next call, and a resume from this cursor syncs it again, never skips it
+                let (message_id, up_to_position) =
+                    (m.message_id.clone(), self.cursor_with(m.position));
+                let position = m.position;
+                self.missed.push_front(push);
                 let acked = self
                     .messages
                     .ack_delivery(
@@ -316,23 +339,22 @@ impl Terminal {
                         message::AckDeliveryRequest {
                             user_id: self.user_id.clone(),
                             terminal_id: self.terminal_id.clone(),
-                            message_id: m.message_id.clone(),
-                            up_to_position: self.cursor_with(m.position),
+                            message_id,
+                            up_to_position,
                         },
                     )
                     .await;
-                if let Err(status) = acked {
-                    self.missed.push_front(push);
-                    return Err(status);
-                }
-                self.take(m.position);
-                self.head = self.head.max(m.position);
+                acked?;
+                let push = self.missed.pop_front().expect("kept while acknowledged");
+                self.take(position);
+                self.head = self.head.max(position);
                 // a gap below this push: the one before it was skipped (positions commit in
                 // order, so it is in the timeline already), or is still on its way; a sync
                 // from the cursor finds it either way
                 if !self.ahead.is_empty() {
                     self.resync();
                 }
+                return Ok(Some(push));
             }
             return Ok(Some(push));
         }

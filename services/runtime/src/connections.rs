@@ -235,10 +235,17 @@ pub async fn serve_connections<S, B>(
     }
     let mut refused_logged: Option<Instant> = None;
     let mut failed_accepts: (u64, Option<Instant>) = (0, None);
+    // at shutdown every open connection is asked to close (GOAWAY): a proxy in front sends
+    // its next calls elsewhere, while the streams under way (a terminal's, told to attach
+    // again elsewhere) finish on it
+    let (leaving, left) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => {
+                let _ = leaving.send(true);
+                return;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -266,6 +273,7 @@ pub async fn serve_connections<S, B>(
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
         let tls = tls.clone();
+        let left = left.clone();
         let service = TowerToHyperService::new(Tracked {
             inner: service.clone(),
             activity: activity.clone(),
@@ -277,12 +285,12 @@ pub async fn serve_connections<S, B>(
         tokio::spawn(async move {
             let _slot = slot;
             match tls {
-                None => serve_connection(stream, service, limits, activity, peer).await,
+                None => serve_connection(stream, service, limits, activity, peer, left).await,
                 Some(tls) => {
                     // a client that never finishes its handshake does not keep the slot
                     match tokio::time::timeout(TLS_HANDSHAKE_WITHIN, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            serve_connection(stream, service, limits, activity, peer).await
+                            serve_connection(stream, service, limits, activity, peer, left).await
                         }
                         Ok(Err(err)) => {
                             tracing::debug!(%peer, error = %err, "TLS handshake failed")
@@ -305,6 +313,7 @@ async fn serve_connection<IO, S>(
     limits: ConnectionLimits,
     activity: Arc<Activity>,
     peer: std::net::SocketAddr,
+    mut leaving: tokio::sync::watch::Receiver<bool>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -344,6 +353,11 @@ async fn serve_connection<IO, S>(
                     tracing::debug!(error = %err, "connection ended");
                 }
                 return;
+            }
+            // the server is stopping: no new calls on this connection
+            _ = leaving.changed(), if closing.is_none() => {
+                connection.as_mut().graceful_shutdown();
+                closing = Some(Instant::now());
             }
             _ = ticks.tick() => {
                 match closing {

@@ -164,8 +164,14 @@ impl MeshUp {
     /// Starts `mesh up` on the tenants in `dir` with extra environment `env`, and waits for
     /// its front door.
     pub async fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_on(dir, "127.0.0.1:0", env).await
+    }
+
+    /// [`MeshUp::start`] with its front door on `listen` (a node restarted where a proxy
+    /// expects it).
+    pub async fn start_on(dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
-            .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
+            .args(["up", "--listen", listen, "--tenants"])
             .arg(dir)
             .env("MESH_STATE_DIR", dir.join(".state"))
             // tests run side by side: the admin API of each on a port of its own (figment

@@ -639,6 +639,16 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
             &mut shutdown,
         )
         .await;
+        // leaving is a protocol: a worker stopped with the node drains first (its terminals
+        // are told to attach again elsewhere through the routes they hold), and leaves the
+        // front door's routes only once it is gone; cutting the routes first would end its
+        // terminals' streams without a word
+        let worker = if matches!(end, RunEnd::Shutdown) {
+            stop(worker).await;
+            None
+        } else {
+            Some(worker)
+        };
         let (served, address) = inner
             .slots
             .lock()
@@ -660,7 +670,9 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
         });
         let status = match end {
             RunEnd::Retired => {
-                stop(worker).await;
+                if let Some(worker) = worker {
+                    stop(worker).await;
+                }
                 inner.report(SupervisorEvent::Stopped {
                     group: group.clone(),
                     pid,
@@ -669,7 +681,6 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
                 continue;
             }
             RunEnd::Shutdown => {
-                stop(worker).await;
                 inner.report(SupervisorEvent::Stopped {
                     group: group.clone(),
                     pid,
@@ -679,7 +690,9 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
             RunEnd::Exited(status) => status,
             RunEnd::NotReady(reason) => {
                 inner.update(&group, |slot| slot.info.last_failure = Some(reason.clone()));
-                stop(worker).await;
+                if let Some(worker) = worker {
+                    stop(worker).await;
+                }
                 if start_failed(&inner, &group, reason, &mut backoff, &mut shutdown).await {
                     return;
                 }

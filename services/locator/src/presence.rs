@@ -131,6 +131,14 @@ return 0
 /// ([`RedisPresence::keep_alive`]). A terminal on a node whose key expired is not located, and
 /// its entry is removed by the next lookup.
 ///
+/// Redis is inside the mesh's trust boundary, but one write into it must not redirect
+/// messages: a node's key holds its address signed with the node credential
+/// (`<address>|<HMAC-SHA256(node credential, "<node id>|<address>")>`, see
+/// [`RedisPresence::with_node_credential`]), and a location is located only when it names a
+/// live node whose signed address is the location's. A location naming an unknown node, a
+/// node whose key is not signed with this mesh's credential, or another address than the
+/// node's is ignored and logged: nothing is pushed there.
+///
 /// A node that was only silent (paused, cut off from Redis for longer than its heartbeat's
 /// expiry, or Redis restarted empty) finds its key gone at its next heartbeat and registers
 /// again every terminal it still holds, unless the terminal meanwhile registered elsewhere:
@@ -145,6 +153,41 @@ pub struct RedisPresence {
     /// Told each time this node's terminals were registered again after it was taken for
     /// dead: pushes to them were skipped meanwhile ([`RedisPresence::reregistered`]).
     reregistered: Arc<tokio::sync::Notify>,
+    /// What signs and checks the nodes' addresses: the node credential.
+    node_credential: Arc<Vec<u8>>,
+}
+
+/// The signature of node `node_id`'s address with the node credential, in hex.
+fn sign(credential: &[u8], node_id: &str, address: &str) -> String {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(credential).expect("HMAC takes any key length");
+    mac.update(node_id.as_bytes());
+    mac.update(b"|");
+    mac.update(address.as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether a node key's value (`<address>|<signature>`) is signed with `credential` for
+/// `node_id`; its address if so.
+fn verified<'a>(credential: &[u8], node_id: &str, value: &'a str) -> Option<&'a str> {
+    use hmac::Mac;
+    let (address, signature) = value.rsplit_once('|')?;
+    let signature: Vec<u8> = (0..signature.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(signature.get(i..i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(credential).expect("HMAC takes any key length");
+    mac.update(node_id.as_bytes());
+    mac.update(b"|");
+    mac.update(address.as_bytes());
+    // constant time: the signature is a secret's work
+    mac.verify_slice(&signature).ok().map(|()| address)
 }
 
 /// Entries this process registered: (user key, terminal id) to the entry's value.
@@ -184,16 +227,33 @@ impl RedisPresence {
             prefix: prefix.to_owned(),
             held: Arc::default(),
             reregistered: Arc::default(),
+            node_credential: Arc::new(Vec::new()),
         })
     }
 
-    /// Says node `node_id` is alive for `ttl`, now and every third of it, until the returned
-    /// task is aborted (or the process ends): when it stops, the node's terminals are forgotten
-    /// within `ttl`. A heartbeat that finds the node's key gone (the node was silent longer
-    /// than `ttl`) registers again the terminals this process holds.
-    pub fn keep_alive(&self, node_id: &str, ttl: Duration) -> tokio::task::JoinHandle<()> {
+    /// Signs this node's address, and checks the other nodes', with the node credential every
+    /// node of the mesh shares (and no tenant holds).
+    pub fn with_node_credential(mut self, credential: &str) -> Self {
+        self.node_credential = Arc::new(credential.as_bytes().to_vec());
+        self
+    }
+
+    /// Says node `node_id`, reached at `address`, is alive for `ttl`, now and every third of
+    /// it, until the returned task is aborted (or the process ends): when it stops, the node's
+    /// terminals are forgotten within `ttl`. A heartbeat that finds the node's key gone (the
+    /// node was silent longer than `ttl`) registers again the terminals this process holds.
+    pub fn keep_alive(
+        &self,
+        node_id: &str,
+        address: &str,
+        ttl: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let presence = self.clone();
         let key = self.node_key(node_id);
+        let value = format!(
+            "{address}|{}",
+            sign(&self.node_credential, node_id, address)
+        );
         let seconds = ttl.as_secs().max(1);
         tokio::spawn(async move {
             let mut connection = presence.connection.clone();
@@ -204,11 +264,11 @@ impl RedisPresence {
                 // the value it replaced: none means the key had expired (or Redis lost it)
                 let said = redis::cmd("SET")
                     .arg(&key)
-                    .arg(1)
+                    .arg(&value)
                     .arg("EX")
                     .arg(seconds)
                     .arg("GET")
-                    .query_async::<Option<i64>>(&mut connection)
+                    .query_async::<Option<String>>(&mut connection)
                     .await;
                 match said {
                     Ok(None) if !first => {
@@ -354,25 +414,36 @@ impl Presence for RedisPresence {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let alive: Vec<Option<i64>> = redis::cmd("MGET")
+        let alive: Vec<Option<String>> = redis::cmd("MGET")
             .arg(nodes.iter().map(|n| self.node_key(n)).collect::<Vec<_>>())
             .query_async(&mut connection)
             .await
             .map_err(redis_error("checking which nodes are alive"))?;
-        let alive: HashSet<&str> = nodes
+        // each live node's address, as it signed it
+        let alive: HashMap<&str, Option<String>> = nodes
             .iter()
             .zip(alive)
-            .filter(|(_, a)| a.is_some())
-            .map(|(n, _)| n.as_str())
+            .filter_map(|(n, value)| {
+                let value = value?;
+                let address = verified(&self.node_credential, n, &value).map(str::to_owned);
+                Some((n.as_str(), address))
+            })
             .collect();
         let mut located = Vec::with_capacity(found.len());
         for (terminal, location) in found {
-            if alive.contains(location.node_id.as_str()) {
-                located.push(location);
-            } else {
-                // its node is gone: so is the terminal's connection (unless the node was only
-                // silent: then its next heartbeat registers the terminal again)
-                let _ = self.forget(&key, &terminal, &location.node_id).await;
+            match alive.get(location.node_id.as_str()) {
+                Some(Some(address)) if *address == location.node_address => located.push(location),
+                Some(signed) => {
+                    // a node key not signed with this mesh's credential, or a location naming
+                    // another address than its node's: a write into Redis trying to send this
+                    // user's messages elsewhere. Nothing is pushed there.
+                    tracing::warn!(%tenant, user, %terminal, node = %location.node_id, address = %location.node_address, node_signed = signed.is_some(), "a location the node did not sign is ignored");
+                }
+                None => {
+                    // its node is gone: so is the terminal's connection (unless the node was only
+                    // silent: then its next heartbeat registers the terminal again)
+                    let _ = self.forget(&key, &terminal, &location.node_id).await;
+                }
             }
         }
         Ok(located)

@@ -7,6 +7,9 @@ use mesh_api::locator::v1::TerminalLocation;
 use mesh_contract::TenantId;
 use mesh_locator::{Presence, RedisPresence};
 
+/// The node credential the test's mesh shares.
+const CREDENTIAL: &str = "the-nodes-credential";
+
 fn redis_url() -> String {
     std::env::var("MESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -46,8 +49,12 @@ impl Run {
         let prefix = format!("test-{id}");
         let a = RedisPresence::connect(&redis_url(), &prefix)
             .await
-            .expect("Redis on 127.0.0.1:6379 (bash .ci/test starts it)");
-        let b = RedisPresence::connect(&redis_url(), &prefix).await.unwrap();
+            .expect("Redis on 127.0.0.1:6379 (bash .ci/test starts it)")
+            .with_node_credential(CREDENTIAL);
+        let b = RedisPresence::connect(&redis_url(), &prefix)
+            .await
+            .unwrap()
+            .with_node_credential(CREDENTIAL);
         Self {
             tenant: TenantId::new(&format!("t{id}")).unwrap(),
             node_a: format!("a-{id}"),
@@ -72,8 +79,12 @@ async fn nodes_share_terminals_and_a_silent_node_is_forgotten() {
         b,
     } = Run::start().await;
     let other = TenantId::new(&format!("o{run}")).unwrap();
-    let alive_a = a.keep_alive(&node_a, Duration::from_secs(1));
-    let _alive_b = b.keep_alive(&node_b, Duration::from_secs(30));
+    let alive_a = a.keep_alive(&node_a, &format!("http://{node_a}"), Duration::from_secs(1));
+    let _alive_b = b.keep_alive(
+        &node_b,
+        &format!("http://{node_b}"),
+        Duration::from_secs(30),
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // registered through node a, found through node b; not by another tenant
@@ -126,8 +137,12 @@ async fn a_node_silent_past_its_expiry_registers_its_terminals_again() {
         ..
     } = Run::start().await;
     // a heartbeat every second
-    let _alive_a = a.keep_alive(&node_a, Duration::from_secs(3));
-    let _alive_b = b.keep_alive(&node_b, Duration::from_secs(30));
+    let _alive_a = a.keep_alive(&node_a, &format!("http://{node_a}"), Duration::from_secs(3));
+    let _alive_b = b.keep_alive(
+        &node_b,
+        &format!("http://{node_b}"),
+        Duration::from_secs(30),
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     a.register(&tenant, at("carol", "phone", &node_a))
         .await
@@ -187,4 +202,62 @@ async fn a_node_silent_past_its_expiry_registers_its_terminals_again() {
     b.unregister(&tenant, "carol", "tablet", &node_b)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_location_the_node_did_not_sign_is_never_located() {
+    let Run {
+        tenant,
+        node_a,
+        prefix,
+        a,
+        b,
+        ..
+    } = Run::start().await;
+    let _alive_a = a.keep_alive(
+        &node_a,
+        &format!("http://{node_a}"),
+        Duration::from_secs(30),
+    );
+    // someone who can write into Redis but does not hold the node credential
+    let intruder = RedisPresence::connect(&redis_url(), &prefix)
+        .await
+        .unwrap()
+        .with_node_credential("not-the-credential");
+    let _alive_x = intruder.keep_alive("intruder", "http://evil:1", Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.register(&tenant, at("dave", "phone", &node_a))
+        .await
+        .unwrap();
+    // a node of its own, and a live node of the mesh named with another address
+    intruder
+        .register(&tenant, at("dave", "tablet", "intruder"))
+        .await
+        .unwrap();
+    let mut redirected = at("dave", "desktop", &node_a);
+    redirected.node_address = "http://evil:1".into();
+    intruder.register(&tenant, redirected).await.unwrap();
+    // a copy of a real node's signed key under another name
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let signed: String = redis::cmd("GET")
+        .arg(format!("{prefix}:node:{node_a}"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    redis::cmd("SET")
+        .arg(format!("{prefix}:node:copycat"))
+        .arg(&signed)
+        .query_async::<()>(&mut raw)
+        .await
+        .unwrap();
+    intruder
+        .register(&tenant, at("dave", "watch", "copycat"))
+        .await
+        .unwrap();
+    assert_eq!(
+        terminals(&b.locate(&tenant, "dave").await.unwrap()),
+        [("phone", node_a.as_str())],
+        "only what the node signed is located"
+    );
 }

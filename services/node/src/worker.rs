@@ -543,16 +543,26 @@ async fn platform(
         &mesh_contract::ServiceCredentials::fresh_token()[..8]
     );
     let platform = Platform::with_node_tls(&node_id, address, bus, store().await?, node_tls);
+    // the workers of one mesh share the node credential `mesh up` gives them
+    let platform = match std::env::var(mesh_runtime::auth::NODE_CREDENTIAL_ENV) {
+        Ok(token) if !token.is_empty() => platform.with_node_credential(&token),
+        _ => platform,
+    };
     // several nodes: who is connected where lives in Redis, with this node's heartbeat
     let platform = match std::env::var(mesh_runtime::deploy::worker_env::REDIS_URL) {
         Ok(url) if !url.is_empty() => {
             let presence = mesh_locator::RedisPresence::connect(&url, &redis_prefix())
                 .await
-                .with_context(|| {
-                    format!("{}={url}", mesh_runtime::deploy::worker_env::REDIS_URL)
-                })?;
+                .with_context(|| format!("{}={url}", mesh_runtime::deploy::worker_env::REDIS_URL))?
+                // the registration of this node's address is signed with the credential the
+                // nodes share: a write into Redis alone cannot send pushes elsewhere
+                .with_node_credential(platform.node_credential());
             // dropped with the process: its terminals are forgotten NODE_TTL after it dies
-            std::mem::forget(presence.keep_alive(&node_id, NODE_TTL));
+            std::mem::forget(presence.keep_alive(
+                &node_id,
+                &mesh_runtime::tls::NodeTls::url(node_tls, &address.to_string()),
+                NODE_TTL,
+            ));
             // registered again after being taken for dead: pushes were skipped meanwhile,
             // every terminal hears its head now and syncs what it lacks
             let reregistered = presence.reregistered();
@@ -572,11 +582,6 @@ async fn platform(
     if let ms @ 1.. = env_number(HEARTBEAT_ENV, 0)? {
         platform.set_terminal_heartbeat(std::time::Duration::from_millis(ms));
     }
-    // the workers of one mesh share the node credential `mesh up` gives them
-    let platform = match std::env::var(mesh_runtime::auth::NODE_CREDENTIAL_ENV) {
-        Ok(token) if !token.is_empty() => platform.with_node_credential(&token),
-        _ => platform,
-    };
     Ok(Served::new(platform, placed))
 }
 

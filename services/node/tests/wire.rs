@@ -172,8 +172,8 @@ async fn a_python_publisher_following_the_envelope_reaches_the_tenant_and_garbag
 
 /// Python grpcio, with stubs protoc generated from `contracts/`, against `mesh up` on RabbitMQ,
 /// at the front door and directly at a worker: health and reflection, every method's success path, the error codes a caller can
-/// meet with their messages, and a chat end to end over a server stream
-/// (`tests/python/conformance.py`).
+/// meet with their messages, and a chat end to end over a server stream, following the
+/// stream's heartbeat (a head above what it holds makes it sync) (`tests/python/conformance.py`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpc_clients_get_every_answer_intact_at_the_front_door_and_a_worker() {
     let python = python();
@@ -199,7 +199,15 @@ async fn python_grpc_clients_get_every_answer_intact_at_the_front_door_and_a_wor
         .args(&protos));
     let dir = tenants_folder(&["mall", "paipai"], &[]);
     // events on RabbitMQ, as deployed
-    let mut up = MeshUp::start(dir.path(), &[("MESH_AMQP_URI", support::LOCAL_AMQP)]).await;
+    // and a heartbeat on every terminal's stream each 300 ms, for the client to follow
+    let mut up = MeshUp::start(
+        dir.path(),
+        &[
+            ("MESH_AMQP_URI", support::LOCAL_AMQP),
+            ("MESH_TERMINAL_HEARTBEAT_MS", "300"),
+        ],
+    )
+    .await;
     let serving = up.shared_worker().await;
     let worker = support::field(&serving, "address").to_owned();
     let front = up.front.clone();

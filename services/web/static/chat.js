@@ -16,6 +16,13 @@ let sentSeqs = []; // [seq, list item] of what this user sent here, for read rec
 let lastRead = 0; // the other side's read position in the open conversation
 let attachGeneration = 0; // the attach loop that runs now; an older one stops
 let orderMajor = null; // the order contract major the tenant runs (found on first call)
+// A push is a hint, the timeline is the truth: every message of this user's timeline up to
+// `cursor` is shown and acknowledged; the stream's heartbeats say where the timeline ends
+// (`head`), and a head above the cursor, or a push above a gap, syncs what is missing
+let cursor = 0;
+let head = 0;
+let syncing = null; // the sync under way
+let reconnectIn = null; // the node said it is leaving: attach again after this many ms
 
 function headers() {
   return { "x-mesh-tenant": session.tenant, authorization: `Bearer ${session.token}` };
@@ -125,8 +132,21 @@ async function sync() {
         upToPosition: json.nextPosition,
       });
     }
+    cursor = Math.max(cursor, Number(json.nextPosition ?? 0));
     if (!json.more) break;
   }
+}
+
+/** Syncs from the cursor unless a sync is under way; again after it if still behind. */
+function resync() {
+  if (syncing) return syncing;
+  syncing = sync()
+    .catch((err) => console.warn("sync", err))
+    .finally(() => {
+      syncing = null;
+      if (head > cursor && online) resync();
+    });
+  return syncing;
 }
 
 /** Tells the other side this user read the open conversation up to `seq`. */
@@ -154,11 +174,25 @@ function receive(message, readNow = true) {
 function push(p) {
   if (p.message) {
     receive(p.message);
-    mesh("/message/v1/AckDelivery", {
-      userId: session.user,
-      terminalId: session.terminal,
-      upToPosition: p.message.position,
-    }).catch(() => {}); // unacked, it comes again at the next sync
+    const position = Number(p.message.position ?? 0);
+    head = Math.max(head, position);
+    if (position === cursor + 1 && !syncing) {
+      cursor = position;
+      mesh("/message/v1/AckDelivery", {
+        userId: session.user,
+        terminalId: session.terminal,
+        upToPosition: position,
+      }).catch(() => {}); // unacked, it comes again at the next sync
+    } else if (position > cursor) {
+      // a gap below it (a push this tab never got): the sync shows what is missing
+      resync();
+    }
+  } else if (p.heartbeat) {
+    head = Math.max(head, Number(p.heartbeat.head ?? 0));
+    if (head > cursor) resync();
+  } else if (p.reconnect) {
+    // the node is leaving: the stream ends now, and this tab attaches again (elsewhere)
+    reconnectIn = Number(p.reconnect.afterMs ?? 0);
   } else if (
     p.receipt &&
     p.receipt.reader !== session.user &&
@@ -186,11 +220,19 @@ async function attach() {
           signal: controller.signal,
           onOpen: () => {
             setConnection("online");
-            sync().catch((err) => console.warn("sync", err));
+            resync();
           },
           onMessage: push,
         },
       );
+      // the node said it is leaving: attach again after the moment it named
+      if (reconnectIn !== null && generation === attachGeneration) {
+        const wait = reconnectIn;
+        reconnectIn = null;
+        setConnection("reconnecting");
+        await new Promise((resolve) => setTimeout(resolve, wait));
+        continue;
+      }
       // ended without an error: this terminal attached elsewhere (another tab with a copy of
       // this one's session); taking it back would start a tug of war
       if (generation === attachGeneration) {
@@ -334,6 +376,9 @@ function start(values) {
   online = true;
   shown.clear();
   sentSeqs = [];
+  cursor = 0;
+  head = 0;
+  reconnectIn = null;
   lastRead = 0;
   orderMajor = null;
   $("messages").replaceChildren();

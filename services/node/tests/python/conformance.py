@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import json
+import queue
 import sys
 import threading
 import time
@@ -186,30 +187,60 @@ def run(target, run_id):
     refused(messages.FetchOffline, message_pb2.FetchOfflineRequest(user_id=user, terminal_id="phone"), AGENT,
             grpc.StatusCode.PERMISSION_DENIED, "acts only as its own user", "a user cannot read another's messages")
     stream = gateway.Attach(gateway_pb2.AttachRequest(user_id=user, terminal_id="phone"), metadata=CAROL)
-    got = []
-    ready = threading.Event()
+    pushes = queue.Queue()
 
     def read():
-        for push_msg in stream:
-            got.append(push_msg)
-            ready.set()
-            return
+        try:
+            for push_msg in stream:
+                pushes.put(push_msg)
+        except grpc.RpcError:
+            pass  # cancelled at the end
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+
+    def next_push(kind, within=10):
+        """The next push of `kind` ("message", "heartbeat"), skipping the others."""
+        deadline = time.time() + within
+        while time.time() < deadline:
+            try:
+                p = pushes.get(timeout=max(0.01, deadline - time.time()))
+            except queue.Empty:
+                break
+            if p.WhichOneof("payload") == kind:
+                return p
+        return None
+
     # the attach is registered once its headers are in
     stream.initial_metadata()
     sent = send(message_pb2.SendRequest(conversation_id=f"chat-{run_id}", from_user="agent", to_user=user,
                                         body="hello from python", client_msg_id="m1"), metadata=AGENT, timeout=5)
     check("the attached terminal is delivered to", list(sent.delivered_terminals) == ["phone"], str(sent))
-    check("the push arrives on the stream", ready.wait(10) and got[0].message.body == "hello from python",
-          str(got))
-    position = got[0].message.position if got else 0
+    got = next_push("message")
+    check("the push arrives on the stream", got is not None and got.message.body == "hello from python", str(got))
+    position = got.message.position if got else 0
     messages.AckDelivery(message_pb2.AckDeliveryRequest(user_id=user, terminal_id="phone", up_to_position=position),
                          metadata=CAROL, timeout=5)
     left = messages.FetchOffline(message_pb2.FetchOfflineRequest(terminal_id="phone"),
                                  metadata=CAROL, timeout=5)
     check("nothing left to sync after the ack", len(left.messages) == 0 and left.next_position == position, str(left))
+
+    # the stream says where the truth is: a heartbeat with the timeline's head. A push this
+    # client drops (as one lost to a paused node would be) is found from the head: the client
+    # holds less, so it syncs from its cursor
+    send(message_pb2.SendRequest(conversation_id=f"chat-{run_id}", from_user="agent", to_user=user,
+                                 body="the one to drop", client_msg_id="m2"), metadata=AGENT, timeout=5)
+    dropped = next_push("message")
+    check("a second push arrives (and is dropped by this client)", dropped is not None)
+    beat = next_push("heartbeat")
+    check("a heartbeat carries the timeline's head and its interval",
+          beat is not None and beat.heartbeat.head == position + 1 and beat.heartbeat.interval_ms > 0, str(beat))
+    if beat is not None and beat.heartbeat.head > position:
+        synced = messages.FetchOffline(message_pb2.FetchOfflineRequest(terminal_id="phone"),
+                                       metadata=CAROL, timeout=5)
+        check("a head above the cursor syncs what was missed",
+              [m.body for m in synced.messages] == ["the one to drop"] and synced.next_position == beat.heartbeat.head,
+              str(synced))
     stream.cancel()
     channel.close()
 

@@ -191,6 +191,9 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
             json!({ "name": "MESH_WORKER_WEB_LISTEN", "value": format!("0.0.0.0:{WEB_PORT}") }),
             // a leaving pod's terminals attach again spread over 5 s, not all at once
             json!({ "name": "MESH_DRAIN_WINDOW_MS", "value": "5000" }),
+            // a terminal attached for 30 min attaches again: after a scale-out the terminals
+            // spread onto the new pods instead of staying on the old ones for good
+            json!({ "name": "MESH_TERMINAL_MAX_AGE_SECS", "value": "1800" }),
         ];
         for shared in [
             "MESH_NODE_CREDENTIAL",

@@ -54,6 +54,8 @@ struct Connection {
     // boxed: the channel allocates its slots in blocks of 32, and a block of boxes is 256
     // bytes where a block of pushes is 32 whole messages, for every attached terminal
     pushes: mpsc::Sender<Box<v1::Push>>,
+    /// When it attached: a stream older than the node's maximum age is asked to attach again.
+    since: std::time::Instant,
 }
 
 struct Inner {
@@ -68,6 +70,9 @@ struct Inner {
     beat: tokio::sync::Notify,
     /// Set by [`GatewayService::drain`]: attaches are refused (UNAVAILABLE) from then on.
     draining: std::sync::atomic::AtomicBool,
+    /// A stream's maximum age in milliseconds (0: none): see
+    /// [`GatewayService::set_max_stream_age`].
+    max_age_ms: AtomicU64,
 }
 
 /// The service; clones share the connected terminals.
@@ -106,6 +111,7 @@ impl GatewayService {
                 unregistering: Arc::new(tokio::sync::Semaphore::new(UNREGISTERING)),
                 beat: tokio::sync::Notify::new(),
                 draining: std::sync::atomic::AtomicBool::new(false),
+                max_age_ms: AtomicU64::new(0),
             }),
         }
     }
@@ -155,6 +161,17 @@ impl GatewayService {
         })
     }
 
+    /// Asks each terminal attached longer than `age` (each a little longer, up to a tenth
+    /// more, so those that attached together do not leave together) to attach again, at the
+    /// next heartbeat: after a scale-out the terminals spread onto the new nodes within `age`,
+    /// as servers with a maximum connection age make their clients do. `None`: no maximum.
+    pub fn set_max_stream_age(&self, age: Option<std::time::Duration>) {
+        let ms = age.map_or(0, |a| {
+            u64::try_from(a.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        self.inner.max_age_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// Sends every attached terminal its head now, not at the next tick: this node may have
     /// missed pushes (its registry entries were written again after it was taken for dead, a
     /// push to it failed). Without [`GatewayService::start_heartbeats`] it does nothing.
@@ -195,15 +212,40 @@ impl GatewayService {
 }
 
 impl Inner {
-    /// One heartbeat on every attached stream.
-    async fn heartbeat(&self, heads: &dyn Heads, interval: std::time::Duration) {
-        let streams: Vec<(Key, mpsc::Sender<Box<v1::Push>>)> = self
-            .connections
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|(key, c)| (key.clone(), c.pushes.clone()))
-            .collect();
+    /// One heartbeat on every attached stream; a stream past its maximum age is asked to
+    /// attach again instead.
+    async fn heartbeat(self: &Arc<Self>, heads: &dyn Heads, interval: std::time::Duration) {
+        let max_age = self.max_age_ms.load(Ordering::Relaxed);
+        let mut expired = Vec::new();
+        let streams: Vec<(Key, mpsc::Sender<Box<v1::Push>>)> = {
+            let mut connections = self.connections.lock().expect("lock");
+            if max_age > 0 {
+                connections.retain(|key, c| {
+                    // each its own limit, up to a tenth above the maximum
+                    let limit = max_age + max_age / 10 * (c.id % 101) / 100;
+                    let old = c.since.elapsed().as_millis() as u64 >= limit;
+                    if old {
+                        expired.push((key.clone(), c.pushes.clone()));
+                    }
+                    !old
+                });
+            }
+            connections
+                .iter()
+                .map(|(key, c)| (key.clone(), c.pushes.clone()))
+                .collect()
+        };
+        for (key, pushes) in expired {
+            let hint = v1::Push {
+                payload: Some(v1::push::Payload::Reconnect(v1::Reconnect {
+                    after_ms: 0,
+                    reason: "the stream reached its maximum age".into(),
+                })),
+            };
+            let _ = pushes.try_send(Box::new(hint));
+            let ctx = RequestContext::new(key.0.clone());
+            unregister(self.clone(), &ctx, key);
+        }
         if streams.is_empty() {
             return;
         }
@@ -354,11 +396,14 @@ impl Gateway for GatewayService {
         let (tx, rx) = mpsc::channel(PUSH_BUFFER);
         // reachable here before the locator sends anyone here; a reconnecting terminal's old
         // stream ends as its sender is replaced
-        self.inner
-            .connections
-            .lock()
-            .expect("lock")
-            .insert(key.clone(), Connection { id, pushes: tx });
+        self.inner.connections.lock().expect("lock").insert(
+            key.clone(),
+            Connection {
+                id,
+                pushes: tx,
+                since: std::time::Instant::now(),
+            },
+        );
         let mut stream = PushStream {
             pushes: ReceiverStream::new(rx),
             detach: Some((self.inner.clone(), key, id, ctx.clone())),

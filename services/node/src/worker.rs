@@ -525,6 +525,10 @@ fn advertised(listening: std::net::SocketAddr) -> anyhow::Result<std::net::Socke
 /// its terminal within about this long.
 pub const HEARTBEAT_ENV: &str = "MESH_TERMINAL_HEARTBEAT_MS";
 
+/// A terminal's stream older than this many seconds is asked to attach again (unset: never),
+/// so terminals spread onto the nodes a scale-out added.
+pub const MAX_STREAM_AGE_ENV: &str = "MESH_TERMINAL_MAX_AGE_SECS";
+
 /// Over how long a leaving worker spreads its terminals' reconnects, in milliseconds (5000
 /// when unset): each is told to attach again after its share of the window.
 pub const DRAIN_WINDOW_ENV: &str = "MESH_DRAIN_WINDOW_MS";
@@ -581,6 +585,11 @@ async fn platform(
     };
     if let ms @ 1.. = env_number(HEARTBEAT_ENV, 0)? {
         platform.set_terminal_heartbeat(std::time::Duration::from_millis(ms));
+    }
+    if let secs @ 1.. = env_number(MAX_STREAM_AGE_ENV, 0)? {
+        platform
+            .gateway()
+            .set_max_stream_age(Some(std::time::Duration::from_secs(secs)));
     }
     Ok(Served::new(platform, placed))
 }

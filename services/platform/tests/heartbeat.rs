@@ -156,3 +156,23 @@ async fn a_heartbeat_without_a_head_keeps_the_stream_alive_and_syncs_nothing() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_stream_past_its_maximum_age_attaches_again_and_misses_nothing() {
+    let node = Node::start(Bus::Embedded, Store::Embedded).await;
+    node.platform
+        .set_terminal_heartbeat(Duration::from_millis(50));
+    let user = format!("erin{}", run_id());
+    let mut phone = settled(&node, &user).await;
+    node.platform
+        .gateway()
+        .set_max_stream_age(Some(Duration::from_millis(200)));
+    // messages keep coming while the stream is replaced, more than once
+    for n in 0..6 {
+        send(&node, &user, &format!("aged-{n}")).await;
+        assert_eq!(body(next(&mut phone).await), format!("aged-{n}"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(phone.reconnects() >= 1, "{phone:?}");
+    node.platform.gateway().set_max_stream_age(None);
+}

@@ -186,3 +186,83 @@ async fn switch_changes_through_two_nodes_all_survive_restarts_and_outages_of_th
     );
     drop((a, b));
 }
+
+/// Redis as a deployment should run it: TLS (`rediss://`), an ACL user of the mesh's own, the
+/// default user off (so nothing works without the user). Two nodes share the switch state
+/// through it, and their workers the registry of terminals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_state_through_redis_over_tls_as_an_acl_user() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let pki = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "test redis CA");
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let write = |name: &str, pem: &str| {
+        let path = pki.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let (ca_file, cert_file, key_file) = (
+        write("ca.pem", &ca_pem),
+        write("redis.pem", &cert.pem()),
+        write("redis.key", &key.serialize_pem()),
+    );
+    let port = support::free_port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", "0"])
+        .args(["--tls-port", &port.to_string()])
+        .args(["--tls-cert-file", &cert_file, "--tls-key-file", &key_file])
+        .args(["--tls-ca-cert-file", &ca_file, "--tls-auth-clients", "no"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--user", "default", "off"])
+        .args(["--user", "mesh", "on", ">mesh-secret", "~*", "&*", "+@all"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("rediss://mesh:mesh-secret@127.0.0.1:{port}");
+    let (dir_a, dir_b) = (
+        tenants_folder(&["mall"], &[]),
+        tenants_folder(&["mall"], &[]),
+    );
+    // the CA the deployment trusts, as for any TLS client on the machine
+    let env = [
+        ("MESH_STATE_REDIS_URL", url.as_str()),
+        ("MESH_STATE_REDIS_PREFIX", "fleet-tls"),
+        ("MESH_ADMIN_TOKEN", OPS_TOKEN),
+        ("SSL_CERT_FILE", ca_file.as_str()),
+    ];
+    let mut a = MeshUp::start(dir_a.path(), &env).await;
+    let mut b = MeshUp::start(dir_b.path(), &env).await;
+    let (at_a, at_b) = (a.admin_address().await, b.admin_address().await);
+    a.shared_worker().await;
+    b.shared_worker().await;
+    let answer = set(&at_a, 0, false).await;
+    let fleet = answer.fleet.expect("nodes share the switch state");
+    assert!(fleet.shared && fleet.nodes_total >= 2, "{fleet:?}");
+    agree(
+        &[at_a.as_str(), at_b.as_str()],
+        &["recommend@mall".to_owned()].into(),
+        "over TLS",
+    )
+    .await;
+    drop((a, b));
+    let _ = redis.kill();
+    let _ = redis.wait();
+}

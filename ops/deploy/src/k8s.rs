@@ -37,6 +37,8 @@ pub const SECRET: &str = "mesh-secrets";
 /// The port of every worker's Prometheus scrape endpoint, in its pod (the pods carry the
 /// `prometheus.io/*` annotations that name it).
 pub const METRICS_PORT: u16 = 9464;
+/// The control pod's admin API port (`meshctl --admin`).
+pub const CONTROL_ADMIN_PORT: u16 = 7401;
 /// How long a leaving pod keeps serving before it is told to stop: the proxy's resolver holds
 /// a pod's address up to 5 s, so calls still arrive that long.
 pub const PRE_STOP_SECONDS: u32 = 6;
@@ -311,6 +313,82 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
             },
         }));
     }
+    // the control plane: the admin API and the ops console, switches shared through Redis
+    // with every group's pods (which follow it and report what they applied), no workers
+    let admin_port = CONTROL_ADMIN_PORT;
+    docs.push(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata("mesh-control", options, "control"),
+        "spec": {
+            // one writer of its own state folder; switches live in Redis, so a restart loses
+            // nothing
+            "replicas": 1,
+            "strategy": { "type": "Recreate" },
+            "selector": { "matchLabels": labels("control") },
+            "template": {
+                "metadata": { "labels": labels("control") },
+                "spec": {
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": 65532,
+                        "seccompProfile": { "type": "RuntimeDefault" },
+                    },
+                    "containers": [{
+                        "name": "control",
+                        "image": options.image,
+                        "args": ["up", "--control-only", "--tenants", "/etc/mesh/tenants"],
+                        "ports": [
+                            { "name": "admin", "containerPort": admin_port },
+                            { "name": "web", "containerPort": WEB_PORT },
+                        ],
+                        "env": [
+                            json!({ "name": "MESH_ADMIN_LISTEN", "value": format!("0.0.0.0:{admin_port}") }),
+                            json!({ "name": "MESH_WEB_LISTEN", "value": format!("0.0.0.0:{WEB_PORT}") }),
+                            // the console beyond loopback: this Service is for the ops network
+                            json!({ "name": "MESH_WEB_CONSOLE", "value": "true" }),
+                            json!({ "name": "MESH_STATE_DIR", "value": "/var/lib/mesh" }),
+                            secret_env("MESH_ADMIN_TOKEN"),
+                            secret_env("MESH_STATE_REDIS_URL"),
+                            secret_env("MESH_NODE_CREDENTIAL"),
+                        ],
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": { "drop": ["ALL"] },
+                        },
+                        "resources": {
+                            "requests": { "cpu": "50m", "memory": "64Mi" },
+                            "limits": { "cpu": "1", "memory": "256Mi" },
+                        },
+                        "readinessProbe": { "tcpSocket": { "port": admin_port }, "periodSeconds": 5 },
+                        "volumeMounts": [
+                            { "name": "tenants", "mountPath": "/etc/mesh/tenants", "readOnly": true },
+                            { "name": "state", "mountPath": "/var/lib/mesh" },
+                        ],
+                    }],
+                    "volumes": [
+                        { "name": "tenants", "configMap": { "name": "mesh-tenants", "items": items } },
+                        { "name": "state", "emptyDir": {} },
+                    ],
+                },
+            },
+        },
+    }));
+    docs.push(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata("mesh-control", options, "control"),
+        "spec": {
+            // the ops network only: no LoadBalancer
+            "type": "ClusterIP",
+            "selector": labels("control"),
+            "ports": [
+                { "name": "admin", "port": admin_port, "targetPort": "admin", "appProtocol": "kubernetes.io/h2c" },
+                { "name": "web", "port": WEB_PORT, "targetPort": "web", "appProtocol": "http" },
+            ],
+        },
+    }));
     // the proxy in front, routing by tenant to each group's Service
     let proxy = haproxy::render(
         tenants,
@@ -377,7 +455,7 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
     let mut out = format!(
         "# Rendered by `mesh deploy k8s` for Kubernetes {KUBERNETES_VERSION}. Secrets come from the \
          Secret {SECRET} (keys: MESH_NODE_CREDENTIAL, MESH_STATE_REDIS_URL, MESH_STORE_POSTGRES, \
-         MESH_AMQP_URI{}), which you create.\n",
+         MESH_AMQP_URI, MESH_ADMIN_TOKEN{}), which you create.\n",
         secrets.iter().map(|s| format!(", {s}")).collect::<String>()
     );
     for doc in docs {

@@ -173,8 +173,9 @@ impl GatewayService {
     }
 
     /// Sends every attached terminal its head now, not at the next tick: this node may have
-    /// missed pushes (its registry entries were written again after it was taken for dead, a
-    /// push to it failed). Without [`GatewayService::start_heartbeats`] it does nothing.
+    /// missed pushes (`mesh worker` calls it when its registry entries were written again
+    /// after it was taken for dead). Without [`GatewayService::start_heartbeats`] it does
+    /// nothing.
     pub fn beat_now(&self) {
         self.inner.beat.notify_one();
     }
@@ -220,12 +221,12 @@ impl Inner {
         let streams: Vec<(Key, mpsc::Sender<Box<v1::Push>>)> = {
             let mut connections = self.connections.lock().expect("lock");
             if max_age > 0 {
-                connections.retain(|key, c| {
+                connections.retain(|_, c| {
                     // each its own limit, up to a tenth above the maximum
                     let limit = max_age + max_age / 10 * (c.id % 101) / 100;
                     let old = c.since.elapsed().as_millis() as u64 >= limit;
                     if old {
-                        expired.push((key.clone(), c.pushes.clone()));
+                        expired.push(c.pushes.clone());
                     }
                     !old
                 });
@@ -235,16 +236,16 @@ impl Inner {
                 .map(|(key, c)| (key.clone(), c.pushes.clone()))
                 .collect()
         };
-        for (key, pushes) in expired {
+        for pushes in expired {
             let hint = v1::Push {
                 payload: Some(v1::push::Payload::Reconnect(v1::Reconnect {
                     after_ms: 0,
                     reason: "the stream reached its maximum age".into(),
                 })),
             };
+            // its registration stays: the terminal attaches again at once and its new
+            // registration replaces this one (an unregister now could land after it)
             let _ = pushes.try_send(Box::new(hint));
-            let ctx = RequestContext::new(key.0.clone());
-            unregister(self.clone(), &ctx, key);
         }
         if streams.is_empty() {
             return;
@@ -253,7 +254,17 @@ impl Inner {
         for ((tenant, user, _), _) in &streams {
             users.entry(tenant.clone()).or_default().push(user.clone());
         }
-        let found = read_heads(heads, users).await;
+        // a slow store delays no heartbeat past its interval: a terminal would take its
+        // stream for dead; the beats then say only that the stream is alive
+        let found = tokio::time::timeout(interval / 2, read_heads(heads, users))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!(
+                    ?interval,
+                    "reading timeline heads took too long; heartbeats without heads"
+                );
+                HashMap::new()
+            });
         for ((tenant, user, _), pushes) in streams {
             let head = found.get(&(tenant, user)).copied().unwrap_or(0);
             // a full buffer means the terminal is far behind already: Deliver drops it
@@ -395,15 +406,24 @@ impl Gateway for GatewayService {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(PUSH_BUFFER);
         // reachable here before the locator sends anyone here; a reconnecting terminal's old
-        // stream ends as its sender is replaced
-        self.inner.connections.lock().expect("lock").insert(
-            key.clone(),
-            Connection {
-                id,
-                pushes: tx,
-                since: std::time::Instant::now(),
-            },
-        );
+        // stream ends as its sender is replaced. Draining is checked again under the lock: a
+        // drain that began since the check above would not tell this terminal
+        {
+            let mut connections = self.inner.connections.lock().expect("lock");
+            if self.inner.draining.load(Ordering::SeqCst) {
+                return Err(Status::unavailable(
+                    "this node is leaving (draining): attach again to reach another",
+                ));
+            }
+            connections.insert(
+                key.clone(),
+                Connection {
+                    id,
+                    pushes: tx,
+                    since: std::time::Instant::now(),
+                },
+            );
+        }
         let mut stream = PushStream {
             pushes: ReceiverStream::new(rx),
             detach: Some((self.inner.clone(), key, id, ctx.clone())),

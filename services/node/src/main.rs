@@ -65,6 +65,11 @@ enum Cmd {
         /// MESH_ADMIN_LISTEN, MESH_ADMIN_TOKEN, MESH_ADMIN_TOKEN_ENV, MESH_STATE_DIR.
         #[arg(long, default_value = "ops/mesh.toml")]
         config: PathBuf,
+        /// The control plane only, for workers that run elsewhere (the process groups'
+        /// Deployments on Kubernetes): the admin API, the ops console, switches shared
+        /// through Redis (`[state] redis_url`); no front door, no workers, no tenant changes.
+        #[arg(long)]
+        control_only: bool,
     },
     /// End-user tokens for development.
     #[command(subcommand)]
@@ -298,6 +303,7 @@ async fn main() -> anyhow::Result<()> {
             tenants,
             listen,
             config,
+            control_only,
         } => {
             let deploy = DeployConfig::load(&config)?;
             let telemetry = mesh_telemetry::init_as(
@@ -305,7 +311,10 @@ async fn main() -> anyhow::Result<()> {
                 &deploy.telemetry,
                 LOGS,
             )?;
-            (telemetry, up::run(&tenants, &listen, &config, deploy).await)
+            (
+                telemetry,
+                up::run(&tenants, &listen, &config, deploy, control_only).await,
+            )
         }
         Cmd::Worker {
             tenants,

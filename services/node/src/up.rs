@@ -27,10 +27,16 @@ pub async fn run(
     listen: &str,
     config: &Path,
     deploy: DeployConfig,
+    control_only: bool,
 ) -> anyhow::Result<()> {
     // every file checked, the services' settings too (mesh_config::settings), before any
-    // process starts: a bad one would take down the process group it shares with others
-    let tenants = Tenants::load(dir, mesh_api::CONTRACTS)?;
+    // process starts: a bad one would take down the process group it shares with others. A
+    // control plane whose workers run elsewhere holds none of their secrets
+    let tenants = if control_only {
+        Tenants::load_without_secrets(dir, mesh_api::CONTRACTS)?
+    } else {
+        Tenants::load(dir, mesh_api::CONTRACTS)?
+    };
     let ops_token = deploy
         .ops_token()
         .map_err(|e| anyhow!("{}: {e}", config.display()))?;
@@ -116,15 +122,25 @@ pub async fn run(
             deploy.state.dir.display()
         ),
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("front door: listening on {listen}"))?;
+    // no front door on a control plane whose workers run elsewhere: callers reach them
+    // through the proxy in front of them
+    let listener = match control_only {
+        true => None,
+        false => Some(
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("front door: listening on {listen}"))?,
+        ),
+    };
     for config in tenants.tenants.values() {
         front.serve_tenant(config);
     }
     // healthy once it listens: a tenant whose worker is down gets UNAVAILABLE on its own calls
     front.probes().set_serving(true).await;
-    println!("front door listening on {}", listener.local_addr()?);
+    match &listener {
+        Some(listener) => println!("front door listening on {}", listener.local_addr()?),
+        None => println!("control plane only: no front door, no workers (they run elsewhere)"),
+    }
     if tls.is_some() {
         println!("TLS on the front door and the admin API");
     }
@@ -135,12 +151,14 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let (events, mut reports) = mpsc::unbounded_channel();
-    let serving = tokio::spawn(front.clone().serve_with(
-        listener,
-        ConnectionLimits::from(&deploy.front_door),
-        tls.clone(),
-        stopped(stopping.clone()),
-    ));
+    let serving = listener.map(|listener| {
+        tokio::spawn(front.clone().serve_with(
+            listener,
+            ConnectionLimits::from(&deploy.front_door),
+            tls.clone(),
+            stopped(stopping.clone()),
+        ))
+    });
     let supervisor = Supervisor::new(
         command,
         front.clone(),
@@ -148,7 +166,7 @@ pub async fn run(
         stopping.clone(),
         saved.switches.clone(),
     );
-    let plane = ControlPlane::start(
+    let plane = ControlPlane::start_with(
         dir.to_path_buf(),
         mesh_api::CONTRACTS,
         tenants,
@@ -156,6 +174,7 @@ pub async fn run(
         store,
         supervisor.clone(),
         front.clone(),
+        !control_only,
     )?
     // the workers inherit MESH_STORE_POSTGRES: their stored data lives outside them
     .with_data_shared(std::env::var_os("MESH_STORE_POSTGRES").is_some());
@@ -166,9 +185,12 @@ pub async fn run(
         plane
             .share_switches(SharedSwitches::connect(url, prefix).await?)
             .await?;
-        plane
-            .share_tenants(SharedTenants::connect(url, prefix).await?)
-            .await?;
+        // the tenant registry is the nodes' (a control plane alone changes no tenant)
+        if !control_only {
+            plane
+                .share_tenants(SharedTenants::connect(url, prefix, &node_credential).await?)
+                .await?;
+        }
         println!("shared state in {url}: switches and tenants follow every node of the mesh");
         if deploy.workers.advertise_host.is_none()
             && deploy
@@ -288,12 +310,16 @@ pub async fn run(
         }
     }
     println!("stopping");
-    // out of the proxy's rotation first (its health check reads NOT_SERVING / 503); the
-    // workers then tell their terminals to attach again elsewhere and finish what is in flight
+    // health says NOT_SERVING / 503 from now, and the front door stops accepting and asks its
+    // open connections to close (GOAWAY): a proxy in front sends new calls elsewhere at once
+    // (a refused connection is retried on another replica). The workers then tell their
+    // terminals to attach again elsewhere and finish what is in flight
     front.probes().set_serving(false).await;
     let _ = stop.send(true);
     supervisor.wait().await;
-    let _ = serving.await;
+    if let Some(serving) = serving {
+        let _ = serving.await;
+    }
     let _ = rules.await;
     if let Some(admin) = admin {
         let _ = admin.await;

@@ -687,7 +687,11 @@ async fn follow_shared_switches(switches: &SwitchBoard) -> anyhow::Result<()> {
     // the state as it is now before serving, then every change; this replica reports what it
     // applied, so a change made through any node counts it
     let snapshot = shared.snapshot().await?;
-    switches.replace_all(snapshot.off());
+    // an empty store (never filled, restarted empty) says nothing: the tenant files'
+    // switches stay until a control plane fills it
+    if snapshot.epoch.is_some() {
+        switches.replace_all(snapshot.off());
+    }
     let board = switches.clone();
     let name = format!(
         "worker-{}-{}",

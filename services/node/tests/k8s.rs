@@ -4,7 +4,8 @@
 //! rendered (its args, its env, the tenants ConfigMap as its folder, and of the Secret only
 //! the keys it references), on a Redis, a database and a RabbitMQ virtual host of the test's
 //! own. Both pods serve their tenants, the shared pod without finance's secret; SIGTERMed, a
-//! pod drains and exits within its grace period.
+//! pod drains and exits within its grace period. The control pod (`mesh up --control-only`)
+//! switches a service off through its admin API, and both groups' pods apply it and say so.
 //!
 //! What differs from a cluster: the ports. A pod has a network namespace of its own; here the
 //! listen addresses of the manifests are remapped to free loopback ports.
@@ -76,6 +77,18 @@ async fn start_pod(
     deployment: &str,
     secret: &BTreeMap<&str, String>,
 ) -> (Child, String, tempfile::TempDir) {
+    let (pod, grpc, folder, _) = start_pod_until(docs, deployment, secret, "READY ").await;
+    (pod, grpc, folder)
+}
+
+/// [`start_pod`] for a pod whose process says it is ready with a line starting with `ready`
+/// (that line returned too); an `emptyDir` at `/var/lib/mesh` is a folder of its own.
+async fn start_pod_until(
+    docs: &[Value],
+    deployment: &str,
+    secret: &BTreeMap<&str, String>,
+    ready: &str,
+) -> (Child, String, tempfile::TempDir, String) {
     let deployment = find(docs, "Deployment", deployment);
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let folder = tempfile::tempdir().unwrap();
@@ -109,6 +122,7 @@ async fn start_pod(
         // a pod's own network namespace: its fixed ports are free loopback ports here
         let value = match value.strip_prefix("0.0.0.0:") {
             Some(_) => format!("127.0.0.1:{}", free_port()),
+            None if value == "/var/lib/mesh" => folder.path().join("state").display().to_string(),
             None => value,
         };
         env.insert(name.to_owned(), value);
@@ -122,10 +136,10 @@ async fn start_pod(
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(pod.stdout.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(60), async {
+    let said = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if line.starts_with("READY ") {
-                return;
+            if line.starts_with(ready) {
+                return line;
             }
         }
         panic!(
@@ -136,7 +150,7 @@ async fn start_pod(
     .await
     .expect("ready within 60 s");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (pod, grpc, folder)
+    (pod, grpc, folder, said)
 }
 
 /// `order.v1.ListOrders` for `tenant` with its backend credential, at `at`.
@@ -154,6 +168,22 @@ async fn list_orders(at: &str, tenant: &str, token: &str) -> Result<(), tonic::S
         )
         .await
         .map(drop)
+}
+
+/// Whether mall's `recommend.Suggest` at `at` is answered degraded.
+async fn suggest_degraded(at: &str, token: &str) -> bool {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{at}"))
+        .unwrap()
+        .connect_lazy();
+    let mut request = tonic::Request::new(mesh_api::recommend::v1::SuggestRequest::default());
+    ctx("mall", token).inject(request.metadata_mut()).unwrap();
+    mesh_api::recommend::v1::recommend_client::RecommendClient::new(channel)
+        .suggest(request)
+        .await
+        .unwrap()
+        .metadata()
+        .get("x-mesh-degraded")
+        .is_some()
 }
 
 fn rabbitmqctl(args: &[&str]) {
@@ -203,6 +233,7 @@ async fn pods_started_as_the_manifests_say_serve_with_their_own_secrets_only() {
             format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
         ),
         ("MALL_TOKEN", "mall-secret-from-the-secret".to_owned()),
+        ("MESH_ADMIN_TOKEN", "ops-secret-from-the-secret".to_owned()),
         ("FINANCE_TOKEN", "finance-secret-from-the-secret".to_owned()),
     ]
     .into();
@@ -225,6 +256,53 @@ async fn pods_started_as_the_manifests_say_serve_with_their_own_secrets_only() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    // ops switch on Kubernetes through the control pod: the workers follow and say so
+    let (mut control, _, _control_dir, said) =
+        start_pod_until(&docs, "mesh-control", &secret, "admin listening on ").await;
+    let admin_at = said.trim_start_matches("admin listening on ").to_owned();
+    let answer = support::admin(&admin_at, &secret["MESH_ADMIN_TOKEN"])
+        .await
+        .set_switch(mesh_api::admin::v1::SetSwitchRequest {
+            target: Some(mesh_api::admin::v1::SwitchTarget {
+                service: "recommend".into(),
+                ..Default::default()
+            }),
+            tenant: "mall".into(),
+            on: false,
+            reason: "switched on Kubernetes".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let fleet = answer
+        .fleet
+        .expect("the control pod shares the switch state");
+    assert!(fleet.shared, "{fleet:?}");
+    assert_eq!(
+        (
+            fleet.nodes_applied,
+            fleet.nodes_total,
+            fleet.processes_applied
+        ),
+        (3, 3, 2),
+        "the control pod and both worker pods, whose two processes serve: {fleet:?}"
+    );
+    assert!(
+        suggest_degraded(&shared_at, &secret["MALL_TOKEN"]).await,
+        "the shared pod answers recommend@mall degraded"
+    );
+    // a tenant change is refused there, saying where tenants live on Kubernetes
+    let refused = support::admin(&admin_at, &secret["MESH_ADMIN_TOKEN"])
+        .await
+        .remove_tenant(mesh_api::admin::v1::RemoveTenantRequest {
+            tenant: "mall".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(refused.message().contains("ConfigMap"), "{refused:?}");
+    let _ = control.kill().await;
 
     // a pod stopped as the kubelet stops it drains and exits within its grace period
     let grace = find(&docs, "Deployment", "mesh-shared")["spec"]["template"]["spec"]

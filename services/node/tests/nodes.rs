@@ -177,6 +177,21 @@ async fn two_nodes_serve_one_platform_and_survive_one_being_killed() {
         })
         .await
         .unwrap();
+    // the registry the nodes share holds the file sealed: whoever reads Redis reads no secret
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let registry: Vec<u8> = redis::cmd("GET")
+        .arg(format!("{prefix}:control:tenants"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(registry.starts_with(b"sealed1:"));
+    assert!(
+        !registry
+            .windows(b"newco-secret".len())
+            .any(|w| w == b"newco-secret"),
+        "no credential readable in Redis"
+    );
     let newco_ctx = ctx("newco", "newco-secret-token");
     let suggest_as = |channel: tonic::transport::Channel, who: mesh_contract::RequestContext| async move {
         let mut request = tonic::Request::new(recommend::SuggestRequest::default());

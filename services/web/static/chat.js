@@ -22,6 +22,8 @@ let orderMajor = null; // the order contract major the tenant runs (found on fir
 let cursor = 0;
 let head = 0;
 let syncing = null; // the sync under way
+let syncSession = 0; // which sign-in a sync belongs to: an older one's result is dropped
+let syncBackoff = 0; // ms before syncing again after a sync that did not reach the head
 let reconnectIn = null; // the node said it is leaving: attach again after this many ms
 
 function headers() {
@@ -113,12 +115,14 @@ function markReceipts() {
 
 /** Shows what came while this terminal was away, from its cursor, then moves the cursor. */
 async function sync() {
+  const mine = syncSession;
   for (;;) {
     const { json } = await mesh("/message/v1/FetchOffline", {
       userId: session.user,
       terminalId: session.terminal,
       limit: 50,
     });
+    if (mine !== syncSession) return; // signed out (or in as someone else) meanwhile
     json.messages.forEach((m) => receive(m, false));
     // one receipt for the page: up to the last message of the open conversation in it
     const here = json.messages.filter(
@@ -140,11 +144,19 @@ async function sync() {
 /** Syncs from the cursor unless a sync is under way; again after it if still behind. */
 function resync() {
   if (syncing) return syncing;
+  const before = cursor;
   syncing = sync()
     .catch((err) => console.warn("sync", err))
     .finally(() => {
       syncing = null;
-      if (head > cursor && online) resync();
+      if (!(head > cursor && online)) {
+        syncBackoff = 0;
+        return;
+      }
+      // still behind: at once if this sync moved, else after a growing pause (a node
+      // draining, a degraded answer): never a tight loop of syncs
+      syncBackoff = cursor > before ? 0 : Math.min(Math.max(syncBackoff * 2, 250), 5000);
+      setTimeout(() => online && resync(), syncBackoff);
     });
   return syncing;
 }
@@ -208,6 +220,7 @@ function push(p) {
 async function attach() {
   const generation = ++attachGeneration;
   while (online && generation === attachGeneration) {
+    reconnectIn = null; // a hint counts for the stream it came on only
     const controller = new AbortController();
     attached = controller;
     setConnection("connecting");
@@ -379,6 +392,9 @@ function start(values) {
   cursor = 0;
   head = 0;
   reconnectIn = null;
+  syncing = null;
+  syncSession += 1;
+  syncBackoff = 0;
   lastRead = 0;
   orderMajor = null;
   $("messages").replaceChildren();

@@ -137,6 +137,8 @@ struct SyncState {
     dirty: bool,
     /// Processes that confirmed the state applied last.
     processes: u64,
+    /// Whether the last change made here was shared, and at which revision.
+    last_change: Option<(bool, u64)>,
 }
 
 /// A tenant and where it runs.
@@ -226,6 +228,10 @@ struct Plane {
     node_id: String,
     /// Wakes the reconciliation with the shared store (an announcement came).
     reconcile: tokio::sync::Notify,
+    /// A control plane without workers (`mesh up --control-only`, the Kubernetes control
+    /// pod): switches, status and rules for workers that run elsewhere; tenants are not
+    /// changed here.
+    control_only: bool,
     /// The tenant registry shared with the other nodes of the mesh, if there are.
     shared_tenants: std::sync::OnceLock<SharedTenants>,
 }
@@ -255,6 +261,27 @@ impl ControlPlane {
         store: SwitchStore,
         supervisor: Supervisor,
         front: FrontDoor,
+    ) -> Result<Self, ControlError> {
+        Self::start_with(
+            dir, catalogue, tenants, saved, store, supervisor, front, true,
+        )
+    }
+
+    /// [`ControlPlane::start`] for workers that run elsewhere when `start_workers` is false
+    /// (`mesh up --control-only`: the Kubernetes control pod, whose workers are the process
+    /// groups' Deployments): nothing is started here, switches are shared through Redis with
+    /// the workers that follow it, and the tenant lifecycle is refused (tenants are the
+    /// tenants ConfigMap there).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with(
+        dir: PathBuf,
+        catalogue: &'static [&'static ContractSpec],
+        tenants: Tenants,
+        saved: SavedSwitches,
+        store: SwitchStore,
+        supervisor: Supervisor,
+        front: FrontDoor,
+        start_workers: bool,
     ) -> Result<Self, ControlError> {
         let mut saved = saved;
         saved.rotations.retain(|_, r| !r.remaining().is_zero());
@@ -293,7 +320,10 @@ impl ControlPlane {
             }
             sources.insert(tenant, source);
         }
-        for group in supervisor::groups(&tenants) {
+        for group in supervisor::groups(&tenants)
+            .into_iter()
+            .filter(|_| start_workers)
+        {
             let files = group.tenants.iter().map(|t| sources[t].clone()).collect();
             supervisor.start_group(&group.name, files);
         }
@@ -320,6 +350,7 @@ impl ControlPlane {
                     &mesh_contract::ServiceCredentials::fresh_token()[..8]
                 ),
                 reconcile: tokio::sync::Notify::new(),
+                control_only: !start_workers,
                 shared_tenants: std::sync::OnceLock::new(),
             }),
         })
@@ -332,6 +363,25 @@ impl ControlPlane {
             .data_shared
             .store(shared, std::sync::atomic::Ordering::Relaxed);
         self
+    }
+
+    /// Refuses a tenant change on a control plane whose workers run elsewhere.
+    fn lifecycle_here(&self) -> Result<(), ControlError> {
+        if self.plane.control_only {
+            return Err(ControlError::Refused(
+                "this control plane runs no workers (mesh up --control-only, the Kubernetes \
+                 control pod): tenants are the tenants folder its workers are given (the \
+                 mesh-tenants ConfigMap); change the files, render with `mesh deploy k8s` and \
+                 apply"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this control plane runs no workers of its own.
+    pub fn control_only(&self) -> bool {
+        self.plane.control_only
     }
 
     /// Every switch that is off.
@@ -421,6 +471,13 @@ impl ControlPlane {
     /// it changed anything and the version to await.
     async fn change(&self, switch: Switch, on: bool) -> Result<(bool, u64), ControlError> {
         let _edit = self.plane.edit.lock().await;
+        // the store's state first: a switch another node turned off that this node has not
+        // applied yet is off here too, so turning it on writes that it is on
+        if self.plane.shared.get().is_some()
+            && let Err(err) = self.reconcile_locked().await
+        {
+            tracing::debug!(error = %err, "the shared switch state before a change");
+        }
         let changed = if on {
             let key = shared_switches::key(&switch);
             let changed = self
@@ -448,11 +505,15 @@ impl ControlPlane {
     /// this node applies), and hands it to the workers; the version to await.
     async fn switches_changed(&self) -> Result<u64, ControlError> {
         self.save()?;
-        if self.plane.shared.get().is_some()
-            && let Err(err) = self.reconcile_locked().await
-        {
-            // applied here; shared (and merged) by the reconciliation once the store is back
-            tracing::warn!(error = %err, "switch change applied on this node only until the shared store is back");
+        if self.plane.shared.get().is_some() {
+            let shared = self.reconcile_locked().await;
+            if let Err(err) = &shared {
+                // applied here; shared (and merged) by the reconciliation once the store is
+                // back
+                tracing::warn!(error = %err, "switch change applied on this node only until the shared store is back");
+            }
+            let mut sync = self.plane.sync.lock().expect("lock");
+            sync.last_change = Some((shared.is_ok(), sync.revision));
         }
         Ok(self.plane.supervisor.set_switches(self.switches()))
     }
@@ -479,11 +540,13 @@ impl ControlPlane {
         let first_contact = known_epoch.is_none();
         if epoch.is_none() || (!first_contact && epoch != known_epoch) {
             // an empty store (Redis restarted empty, or this mesh's first node), or one that
-            // another node refilled: it gets what this node holds, where it lacks it
-            let off = self.plane.board.list();
-            shared.seed(&off).await?;
+            // another node refilled: it gets what this node knew of it (switches turned back
+            // on included, so a node behind cannot bring one back), with this node's own
+            // changes since on top, where it lacks them
+            let known = self.known_entries(&view);
+            shared.seed(&known).await?;
             tracing::info!(
-                switches = off.len(),
+                entries = known.len(),
                 "shared switch state filled from this node"
             );
         }
@@ -526,7 +589,7 @@ impl ControlPlane {
             for entry in writes {
                 if shared.write(&entry).await?.is_none() {
                     // the store lost everything since the check: refill it, then write
-                    shared.seed(&self.plane.board.list()).await?;
+                    shared.seed(&self.known_entries(&view)).await?;
                     shared.write(&entry).await?;
                 }
             }
@@ -554,14 +617,41 @@ impl ControlPlane {
         Ok(changed)
     }
 
+    /// What this node knows of the shared state, for a store to be filled again with: the
+    /// entries it last read, then this node's switches off that differ from them, and the
+    /// ones it turned back on since.
+    fn known_entries(&self, view: &BTreeMap<String, (u64, Entry)>) -> Vec<Entry> {
+        let mut known: BTreeMap<String, Entry> = view
+            .iter()
+            .map(|(k, (_, e))| (k.clone(), e.clone()))
+            .collect();
+        let board: BTreeMap<String, Switch> = self
+            .plane
+            .board
+            .list()
+            .into_iter()
+            .map(|s| (shared_switches::key(&s), s))
+            .collect();
+        for (key, entry) in known.iter_mut() {
+            if !entry.on && !board.contains_key(key) {
+                // turned on here since
+                entry.on = true;
+            }
+        }
+        for (key, switch) in board {
+            known.insert(key, Entry { on: false, switch });
+        }
+        known.into_values().collect()
+    }
+
     /// After a change this node made: says what it applied, then waits (up to
     /// [`APPLY_WITHIN`]) until every live node reports the revision it was shared at.
     async fn await_fleet(&self, processes: u64) -> Option<FleetApplied> {
         let shared = self.plane.shared.get()?;
-        let (revision, shared_now) = {
+        let (shared_now, revision) = {
             let mut sync = self.plane.sync.lock().expect("lock");
             sync.processes = processes;
-            (sync.revision, !sync.dirty)
+            sync.last_change.unwrap_or((!sync.dirty, sync.revision))
         };
         if !shared_now {
             return Some(FleetApplied {
@@ -577,7 +667,18 @@ impl ControlPlane {
             .await;
         let deadline = tokio::time::Instant::now() + APPLY_WITHIN;
         loop {
-            let nodes = shared.applied().await.unwrap_or_default();
+            let nodes = match shared.applied().await {
+                Ok(nodes) => nodes,
+                Err(err) => {
+                    return Some(FleetApplied {
+                        shared: true,
+                        revision,
+                        processes_applied: processes,
+                        nodes_missing: vec![format!("unknown (the shared store: {err})")],
+                        ..FleetApplied::default()
+                    });
+                }
+            };
             let missing: Vec<String> = nodes
                 .iter()
                 .filter(|n| n.revision < revision)
@@ -597,7 +698,7 @@ impl ControlPlane {
                     nodes_missing: missing,
                 });
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 
@@ -870,6 +971,7 @@ impl ControlPlane {
         file_name: &str,
         content: &str,
     ) -> Result<TenantConfig, ControlError> {
+        self.lifecycle_here()?;
         let _edit = self.plane.edit.lock().await;
         let added = self.add_locked(file_name, content).await;
         if added.is_ok() {
@@ -937,6 +1039,7 @@ impl ControlPlane {
         file_name: &str,
         content: &str,
     ) -> Result<TenantConfig, ControlError> {
+        self.lifecycle_here()?;
         let _edit = self.plane.edit.lock().await;
         let updated = self.apply_update(file_name, content).await;
         if updated.is_ok() {
@@ -954,6 +1057,7 @@ impl ControlPlane {
         service: &str,
         change: &config::GreyChange,
     ) -> Result<TenantConfig, ControlError> {
+        self.lifecycle_here()?;
         let _edit = self.plane.edit.lock().await;
         let tenant = self.tenant(id)?;
         let runs: Vec<String> = self
@@ -1069,6 +1173,7 @@ impl ControlPlane {
         id: &str,
         purge_data: bool,
     ) -> Result<TenantConfig, ControlError> {
+        self.lifecycle_here()?;
         let _edit = self.plane.edit.lock().await;
         let removed = self.remove_locked(id, purge_data).await;
         if removed.is_ok() {
@@ -1138,6 +1243,7 @@ impl ControlPlane {
         id: &str,
         process: config::ProcessIsolation,
     ) -> Result<TenantConfig, ControlError> {
+        self.lifecycle_here()?;
         let _edit = self.plane.edit.lock().await;
         let moved = self.move_locked(id, process).await;
         if moved.is_ok() {

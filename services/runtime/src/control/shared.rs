@@ -6,6 +6,12 @@
 //!
 //! The node's own files (`switches.json`, the tenants folder) stay its copy for a restart
 //! while Redis is away.
+//!
+//! The tenant registry is **sealed** with a key derived from the node credential
+//! (ChaCha20-Poly1305): tenant files may hold secrets (an inline development credential, a
+//! user-token signing key), and whoever reads Redis must not read them; nor can whoever writes
+//! Redis add a tenant of their own making (a value that does not open with the key is ignored
+//! and logged). Only the nodes, which hold the node credential, read and write it.
 
 use std::{collections::BTreeMap, marker::PhantomData, time::Duration};
 
@@ -21,9 +27,68 @@ pub use super::shared_switches::SharedSwitches;
 pub type SharedTenants = Shared<BTreeMap<TenantId, TenantSource>>;
 
 impl SharedTenants {
-    /// The tenant registry of the mesh `prefix` at the Redis at `url`.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, SharedError> {
-        Self::at(url, format!("{prefix}:control:tenants")).await
+    /// The tenant registry of the mesh `prefix` at the Redis at `url`, sealed with a key
+    /// derived from `node_credential` (the one every node of the mesh holds).
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        node_credential: &str,
+    ) -> Result<Self, SharedError> {
+        let mut shared = Self::at(url, format!("{prefix}:control:tenants")).await?;
+        shared.seal = Some(std::sync::Arc::new(Seal::new(node_credential)));
+        Ok(shared)
+    }
+}
+
+/// What seals a shared value: ChaCha20-Poly1305 under a key derived from the node credential.
+struct Seal(ring::aead::LessSafeKey);
+
+/// What a sealed value starts with.
+const SEALED: &[u8] = b"sealed1:";
+
+impl Seal {
+    fn new(node_credential: &str) -> Self {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        context.update(b"mesh shared tenant registry v1\0");
+        context.update(node_credential.as_bytes());
+        let key =
+            ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, context.finish().as_ref())
+                .expect("a SHA-256 digest is a ChaCha20 key");
+        Self(ring::aead::LessSafeKey::new(key))
+    }
+
+    /// `SEALED`, a random nonce, then the sealed bytes.
+    fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        use ring::rand::SecureRandom;
+        let mut nonce = [0u8; ring::aead::NONCE_LEN];
+        ring::rand::SystemRandom::new()
+            .fill(&mut nonce)
+            .expect("the system's random source");
+        let mut sealed = plain.to_vec();
+        self.0
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::empty(),
+                &mut sealed,
+            )
+            .expect("sealing in memory");
+        [SEALED, &nonce, &sealed].concat()
+    }
+
+    /// The bytes [`Seal::seal`] sealed, if this key sealed them.
+    fn open(&self, value: &[u8]) -> Option<Vec<u8>> {
+        let rest = value.strip_prefix(SEALED)?;
+        if rest.len() < ring::aead::NONCE_LEN {
+            return None;
+        }
+        let (nonce, sealed) = rest.split_at(ring::aead::NONCE_LEN);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut sealed = sealed.to_vec();
+        let plain = self
+            .0
+            .open_in_place(nonce, ring::aead::Aad::empty(), &mut sealed)
+            .ok()?;
+        Some(plain.to_vec())
     }
 }
 
@@ -53,6 +118,8 @@ pub struct Shared<T> {
     connection: redis::aio::ConnectionManager,
     /// This node, so it does not apply its own announcements.
     origin: String,
+    /// Seals the value in Redis, when it may hold secrets.
+    seal: Option<std::sync::Arc<Seal>>,
     value: PhantomData<fn() -> T>,
 }
 
@@ -64,6 +131,7 @@ impl<T> Clone for Shared<T> {
             client: self.client.clone(),
             connection: self.connection.clone(),
             origin: self.origin.clone(),
+            seal: self.seal.clone(),
             value: PhantomData,
         }
     }
@@ -93,6 +161,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Shared<T> {
             client,
             connection,
             origin: mesh_contract::ServiceCredentials::fresh_token(),
+            seal: None,
             value: PhantomData,
         })
     }
@@ -110,18 +179,36 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Shared<T> {
 
     /// The value every node follows, if any node saved it yet.
     pub async fn load(&self) -> Result<Option<T>, SharedError> {
-        let text: Option<String> = redis::cmd("GET")
+        let raw: Option<Vec<u8>> = redis::cmd("GET")
             .arg(&self.key)
             .query_async(&mut self.connection.clone())
             .await
             .map_err(|e| self.error(e))?;
-        text.map(|t| serde_json::from_str(&t).map_err(|e| self.error(e)))
-            .transpose()
+        let Some(raw) = raw else { return Ok(None) };
+        let plain = match &self.seal {
+            None => raw,
+            Some(seal) => match seal.open(&raw) {
+                Some(plain) => plain,
+                None => {
+                    // written by something without the node credential (or another mesh):
+                    // never applied
+                    tracing::warn!(key = %self.key, "shared state not sealed with this mesh's node credential: ignored");
+                    return Ok(None);
+                }
+            },
+        };
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|e| self.error(e))
     }
 
     /// Saves `value` for every node and tells them.
     pub async fn publish(&self, value: &T) -> Result<(), SharedError> {
-        let text = serde_json::to_string(value).map_err(|e| self.error(e))?;
+        let plain = serde_json::to_vec(value).map_err(|e| self.error(e))?;
+        let text = match &self.seal {
+            Some(seal) => seal.seal(&plain),
+            None => plain,
+        };
         redis::pipe()
             .atomic()
             .cmd("SET")

@@ -19,8 +19,9 @@
 //!   announcement and every [`RECONCILE_EVERY`], writes what it changed while the store was
 //!   away, then applies the store's entries.
 //! - **Who applied what**: each node writes the revision it applied and how many of its
-//!   processes confirmed it (`<prefix>:control:switch:applied:<node>`, expiring unless
-//!   renewed), so a change reports what the whole fleet applied ([`SharedSwitches::applied`]).
+//!   processes confirmed it (`<prefix>:control:switch:applied`, a report per node with its
+//!   time, live while renewed), so a change reports what the whole fleet applied
+//!   ([`SharedSwitches::applied`]).
 //!
 //! Why Redis and not etcd: every multi-node mesh runs Redis already (who is connected where),
 //! and what a switch needs from the store is one atomic write with a revision and an
@@ -186,8 +187,8 @@ impl SharedSwitches {
         format!("{}:changed", self.prefix)
     }
 
-    fn applied_key(&self, node: &str) -> String {
-        format!("{}:applied:{node}", self.prefix)
+    fn applied_key(&self) -> String {
+        format!("{}:applied", self.prefix)
     }
 
     /// The store's epoch and revision: what a node compares with its own to know whether it
@@ -252,10 +253,10 @@ impl SharedSwitches {
         Ok(u64::try_from(revision).ok())
     }
 
-    /// Fills the store with the switches in `off` it lacks (a store that restarted empty gets
-    /// back what the nodes hold; one that has them keeps its own), and gives it an epoch if
-    /// it has none. The store's epoch after.
-    pub async fn seed(&self, off: &[Switch]) -> Result<String, SharedError> {
+    /// Fills the store with the entries it lacks (a store that restarted empty gets back what
+    /// the nodes knew: switches off and switches turned back on alike; one that has an entry
+    /// keeps its own), and gives it an epoch if it has none. The store's epoch after.
+    pub async fn seed(&self, entries: &[Entry]) -> Result<String, SharedError> {
         let seed = redis::Script::new(SEED);
         let mut script = seed.prepare_invoke();
         script
@@ -264,14 +265,10 @@ impl SharedSwitches {
             .key(self.epoch_key())
             .key(self.channel())
             .arg(mesh_contract::ServiceCredentials::fresh_token());
-        for switch in off {
-            let entry = Entry {
-                on: false,
-                switch: switch.clone(),
-            };
+        for entry in entries {
             script
-                .arg(key(switch))
-                .arg(serde_json::to_string(&entry).map_err(|e| self.error(e))?);
+                .arg(key(&entry.switch))
+                .arg(serde_json::to_string(entry).map_err(|e| self.error(e))?);
         }
         script
             .invoke_async(&mut self.connection.clone())
@@ -279,69 +276,67 @@ impl SharedSwitches {
             .map_err(|e| self.error(e))
     }
 
-    /// Says `node` applied `revision` in `processes` processes, for [`APPLIED_TTL`].
+    /// Says `node` applied `revision` in `processes` processes, for [`APPLIED_TTL`] (one hash
+    /// of reports, `<prefix>:control:switch:applied`, each with the time it was made).
     pub async fn report_applied(
         &self,
         node: &str,
         revision: u64,
         processes: u64,
     ) -> Result<(), SharedError> {
-        redis::cmd("SET")
-            .arg(self.applied_key(node))
-            .arg(format!("{revision}|{processes}"))
-            .arg("PX")
-            .arg(APPLIED_TTL.as_millis() as u64)
+        redis::cmd("HSET")
+            .arg(self.applied_key())
+            .arg(node)
+            .arg(format!(
+                "{revision}|{processes}|{}",
+                mesh_contract::fields::now_ms()
+            ))
             .query_async::<()>(&mut self.connection.clone())
             .await
             .map_err(|e| self.error(e))
     }
 
-    /// What every live node (and worker following the store) said it applied.
+    /// What every live node (and worker following the store) said it applied: the reports of
+    /// the last [`APPLIED_TTL`] (the nodes' clocks are taken to agree within a second or so);
+    /// reports much older are removed.
     pub async fn applied(&self) -> Result<Vec<NodeApplied>, SharedError> {
         let mut connection = self.connection.clone();
-        let pattern = format!("{}:applied:*", self.prefix);
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, mut page): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| self.error(e))?;
-            keys.append(&mut page);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let values: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
+        let reports: BTreeMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.applied_key())
             .query_async(&mut connection)
             .await
             .map_err(|e| self.error(e))?;
-        let prefix_len = format!("{}:applied:", self.prefix).len();
-        let mut nodes: Vec<NodeApplied> = keys
-            .iter()
-            .zip(values)
-            .filter_map(|(key, value)| {
-                let (revision, processes) = value?
-                    .split_once('|')
-                    .and_then(|(r, p)| Some((r.parse().ok()?, p.parse().ok()?)))?;
-                Some(NodeApplied {
-                    node: key[prefix_len..].to_owned(),
+        let now = mesh_contract::fields::now_ms();
+        let ttl = APPLIED_TTL.as_millis() as i64;
+        let mut nodes = Vec::new();
+        let mut gone = Vec::new();
+        for (node, value) in reports {
+            let parsed = value.split('|').collect::<Vec<_>>();
+            let (Some(revision), Some(processes), Some(at)) = (
+                parsed.first().and_then(|r| r.parse().ok()),
+                parsed.get(1).and_then(|p| p.parse().ok()),
+                parsed.get(2).and_then(|t| t.parse::<i64>().ok()),
+            ) else {
+                gone.push(node);
+                continue;
+            };
+            if now - at > ttl * 10 {
+                gone.push(node);
+            } else if now - at <= ttl {
+                nodes.push(NodeApplied {
+                    node,
                     revision,
                     processes,
-                })
-            })
-            .collect();
-        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+                });
+            }
+        }
+        if !gone.is_empty() {
+            let _ = redis::cmd("HDEL")
+                .arg(self.applied_key())
+                .arg(gone)
+                .query_async::<()>(&mut connection)
+                .await;
+        }
         Ok(nodes)
     }
 
@@ -382,12 +377,16 @@ impl SharedSwitches {
         let mut seen: Option<(Option<String>, u64)> = None;
         loop {
             match self.head().await {
+                // an empty store (never filled, or restarted empty): this worker keeps what
+                // it has until a control plane fills it, and reports nothing
+                Ok((None, _)) => {}
                 Ok(head) if seen.as_ref() != Some(&head) => match self.snapshot().await {
-                    Ok(snapshot) => {
+                    Ok(snapshot) if snapshot.epoch.is_some() => {
                         apply(snapshot.off());
                         seen = Some((snapshot.epoch.clone(), snapshot.revision));
                         let _ = self.report_applied(&node, snapshot.revision, 1).await;
                     }
+                    Ok(_) => {}
                     Err(err) => tracing::warn!(error = %err, "reading shared switches"),
                 },
                 Ok((_, revision)) => {

@@ -79,6 +79,46 @@ async fn agree(nodes: &[&str], expected: &BTreeSet<String>, what: &str) -> Durat
     }
 }
 
+/// Onboards tenant `id` (shared process group) through the node whose admin API is at `at`.
+async fn add_tenant(at: &str, id: &str) -> Result<(), tonic::Status> {
+    admin(at, OPS_TOKEN)
+        .await
+        .add_tenant(api::TenantFile {
+            file_name: format!("{id}.toml"),
+            content: format!(
+                "id = \"{id}\"\ndisplay_name = \"{id}\"\ndata_namespace = \"{id}\"\n\
+                 [credentials]\ntoken = \"{id}-secret-token\"\n"
+            ),
+        })
+        .await
+        .map(drop)
+}
+
+/// Waits until the node whose admin API is at `at` lists tenant `id` as serving.
+async fn served(at: &str, id: &str) {
+    let started = Instant::now();
+    loop {
+        let tenants = admin(at, OPS_TOKEN)
+            .await
+            .list_tenants(api::ListTenantsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if tenants
+            .tenants
+            .iter()
+            .any(|t| t.id == id && t.health == "serving")
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{at} serves {id}: {tenants:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Entries in the store that say a switch is off.
 async fn stored_off(redis: &OwnRedis) -> usize {
     let entries: Vec<String> = redis::cmd("HVALS")
@@ -135,6 +175,17 @@ async fn switch_changes_through_two_nodes_all_survive_restarts_and_outages_of_th
         "FIGURE 20 concurrent switch pairs through two nodes: none lost; agreed within {worst:?} at worst"
     );
 
+    // two business lines onboarded through the two nodes at the same moment: both are
+    // served by both nodes (each tenant its own entry in the registry)
+    let (first, second) = tokio::join!(add_tenant(&at_a, "alpha"), add_tenant(&at_b, "beta"));
+    first.unwrap();
+    second.unwrap();
+    for id in ["alpha", "beta"] {
+        for at in [&at_a, &at_b] {
+            served(at, id).await;
+        }
+    }
+
     // the store restarts empty: the nodes keep their state and fill it again
     set(&at_a, 0, false).await;
     let both_off: BTreeSet<String> = [scopes[0].clone()].into();
@@ -169,6 +220,10 @@ async fn switch_changes_through_two_nodes_all_survive_restarts_and_outages_of_th
     );
     let on_b = set(&at_b, 1, true).await;
     assert!(!on_b.fleet.unwrap().shared);
+    // and a business line onboarded through node a meanwhile
+    add_tenant(&at_a, "gamma")
+        .await
+        .expect("served here while the store is away");
     tokio::time::sleep(Duration::from_secs(2)).await;
     redis.up().await;
     let converged = agree(
@@ -179,6 +234,13 @@ async fn switch_changes_through_two_nodes_all_survive_restarts_and_outages_of_th
     .await;
     // and the store holds the state of the nodes: nothing off
     assert_eq!(stored_off(&redis).await, 0);
+    // the business line onboarded while the store was away reached the other node, and the
+    // two onboarded before the store restarted empty are still everyone's
+    served(&at_b, "gamma").await;
+    for id in ["alpha", "beta"] {
+        served(&at_b, id).await;
+        served(&at_a, id).await;
+    }
     println!(
         "FIGURE store restarted empty: refilled {refilled:?} after it was back; store away: a \
          change answered in {answered:?} (this node only), both nodes' changes everywhere \

@@ -180,18 +180,23 @@ async fn two_nodes_serve_one_platform_and_survive_one_being_killed() {
     // the registry the nodes share holds the file sealed: whoever reads Redis reads no secret
     let client = redis::Client::open(redis_url()).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
-    let registry: Vec<u8> = redis::cmd("GET")
-        .arg(format!("{prefix}:control:tenants"))
+    let registry: Vec<Vec<u8>> = redis::cmd("HVALS")
+        .arg(format!("{prefix}:control:tenant:entries"))
         .query_async(&mut raw)
         .await
         .unwrap();
-    assert!(registry.starts_with(b"sealed1:"));
-    assert!(
-        !registry
-            .windows(b"newco-secret".len())
-            .any(|w| w == b"newco-secret"),
-        "no credential readable in Redis"
-    );
+    assert!(!registry.is_empty());
+    for entry in &registry {
+        let sealed = entry.splitn(2, |b| *b == b'|').nth(1).unwrap();
+        assert!(sealed.starts_with(b"sealed1:"));
+        assert!(
+            !entry.windows(b"dev-mall".len()).any(|w| w == b"dev-mall")
+                && !entry
+                    .windows(b"newco-secret".len())
+                    .any(|w| w == b"newco-secret"),
+            "no credential readable in Redis"
+        );
+    }
     let newco_ctx = ctx("newco", "newco-secret-token");
     let suggest_as = |channel: tonic::transport::Channel, who: mesh_contract::RequestContext| async move {
         let mut request = tonic::Request::new(recommend::SuggestRequest::default());

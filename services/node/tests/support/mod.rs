@@ -501,6 +501,12 @@ pub async fn clear_shared_state(prefix: &str) {
         .query_async(&mut connection)
         .await
         .unwrap();
+    let tenants: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:control:tenant:*"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    keys.extend(tenants);
     keys.push(format!("{prefix}:control:tenants"));
     redis::cmd("DEL")
         .arg(keys)

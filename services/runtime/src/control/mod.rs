@@ -12,5 +12,6 @@ pub mod rules;
 pub mod shared;
 pub mod shared_switches;
 pub mod store;
+pub mod versioned;
 
 pub use plane::{ControlError, ControlPlane, FleetApplied, StatusReport, SwitchChange, TenantRow};

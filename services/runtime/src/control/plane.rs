@@ -12,7 +12,7 @@ use mesh_contract::{ContractSpec, TenantId};
 
 use super::{
     rules::{self, RuleAction, RuleState},
-    shared::{SharedError, SharedTenants},
+    shared::{SharedError, SharedTenants, TenantEntry},
     shared_switches::{self, Entry, RECONCILE_EVERY, SharedSwitches},
     store::{SavedSwitches, StoreError, SwitchStore},
 };
@@ -141,6 +141,22 @@ struct SyncState {
     last_change: Option<(bool, u64)>,
 }
 
+/// What this node knows of the shared tenant registry.
+#[derive(Debug, Default)]
+struct TenantSync {
+    /// The registry's epoch when this node last read it (`None`: never read).
+    epoch: Option<String>,
+    /// Its revision then.
+    revision: u64,
+    /// Its entries then.
+    view: BTreeMap<String, (u64, TenantEntry)>,
+    /// This node's tenants right after it last reconciled: what it changed since is what it
+    /// writes next.
+    base: BTreeMap<TenantId, TenantSource>,
+    /// The last reconciliation failed (the store was away).
+    dirty: bool,
+}
+
 /// A tenant and where it runs.
 #[derive(Clone, Debug)]
 pub struct TenantRow {
@@ -234,6 +250,8 @@ struct Plane {
     control_only: bool,
     /// The tenant registry shared with the other nodes of the mesh, if there are.
     shared_tenants: std::sync::OnceLock<SharedTenants>,
+    /// What this node knows of the shared tenant registry.
+    tenant_sync: Mutex<TenantSync>,
 }
 
 /// The control plane. Cheap to clone.
@@ -352,6 +370,7 @@ impl ControlPlane {
                 reconcile: tokio::sync::Notify::new(),
                 control_only: !start_workers,
                 shared_tenants: std::sync::OnceLock::new(),
+                tenant_sync: Mutex::default(),
             }),
         })
     }
@@ -787,26 +806,136 @@ impl ControlPlane {
             .await;
     }
 
-    /// Follows the tenant registry the nodes of a mesh share: a node joining takes the shared
-    /// registry (adding, updating, moving and removing its own tenants to match; the first
-    /// node to share puts its own), and every tenant added, updated, moved or removed through
-    /// another node is so here too, checked and served as through this node.
+    /// Shares the tenant registry with the other nodes of a mesh through `shared`: a node
+    /// joining takes the registry (adding, updating, moving and removing its own tenants to
+    /// match; the first node of a mesh, or the first after the store restarted empty, fills it
+    /// with its own), and every tenant added, updated, moved or removed through another node
+    /// is so here too, checked and served as through this node: on each announcement and every
+    /// [`RECONCILE_EVERY`].
     pub async fn share_tenants(&self, shared: SharedTenants) -> Result<(), ControlError> {
-        match shared.load().await? {
-            Some(tenants) => self.apply_shared_tenants(tenants).await,
-            None => shared.publish(&self.sources()).await?,
-        }
         let _ = self.plane.shared_tenants.set(shared.clone());
-        let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(shared.follow(move |tenants| {
-            let _ = tx.send(tenants);
+        {
+            let _edit = self.plane.edit.lock().await;
+            self.reconcile_tenants_locked().await?;
+        }
+        let wake = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(shared.clone().on_announcement({
+            let wake = wake.clone();
+            move || wake.notify_one()
         }));
         let plane = self.clone();
         tokio::spawn(async move {
-            while let Some(tenants) = changes.recv().await {
-                plane.apply_shared_tenants(tenants).await;
+            loop {
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(RECONCILE_EVERY) => {}
+                }
+                let behind = match shared.head().await {
+                    Ok(head) => {
+                        let sync = plane.plane.tenant_sync.lock().expect("lock");
+                        sync.dirty || head != (sync.epoch.clone(), sync.revision)
+                    }
+                    Err(_) => {
+                        plane.plane.tenant_sync.lock().expect("lock").dirty = true;
+                        false
+                    }
+                };
+                if behind {
+                    let _edit = plane.plane.edit.lock().await;
+                    if let Err(err) = plane.reconcile_tenants_locked().await {
+                        tracing::warn!(error = %err, "reconciling the shared tenant registry");
+                    }
+                }
             }
         });
+        Ok(())
+    }
+
+    /// Makes this node and the shared tenant registry agree (the edit lock held): fills a
+    /// registry that restarted empty, writes the tenant changes made here since the last
+    /// reconciliation (one entry per tenant, never the whole registry), then serves here what
+    /// the registry holds.
+    async fn reconcile_tenants_locked(&self) -> Result<(), SharedError> {
+        let Some(shared) = self.plane.shared_tenants.get() else {
+            return Ok(());
+        };
+        let result = self.reconcile_tenants_with(shared).await;
+        self.plane.tenant_sync.lock().expect("lock").dirty = result.is_err();
+        result
+    }
+
+    async fn reconcile_tenants_with(&self, shared: &SharedTenants) -> Result<(), SharedError> {
+        let (known_epoch, view, base) = {
+            let sync = self.plane.tenant_sync.lock().expect("lock");
+            (sync.epoch.clone(), sync.view.clone(), sync.base.clone())
+        };
+        let (epoch, _) = shared.head().await?;
+        let first_contact = known_epoch.is_none();
+        // the changes made here since the last reconciliation: what this node serves that it
+        // did not then (added, updated, moved), and what it served then and does not now
+        // (removed). Never the tenants a shared change failed to be served here: those stay
+        // the registry's, not removed by this node's failure
+        let now = self.sources();
+        let mut changes: Vec<TenantEntry> = now
+            .iter()
+            .filter(|(id, source)| base.get(*id) != Some(*source))
+            .map(|(_, source)| TenantEntry {
+                removed: false,
+                source: source.clone(),
+            })
+            .collect();
+        changes.extend(
+            base.iter()
+                .filter(|(id, _)| !now.contains_key(*id))
+                .map(|(_, source)| TenantEntry {
+                    removed: true,
+                    source: source.clone(),
+                }),
+        );
+        let known = || -> Vec<TenantEntry> {
+            let mut known: BTreeMap<String, TenantEntry> = view
+                .iter()
+                .map(|(k, (_, e))| (k.clone(), e.clone()))
+                .collect();
+            for change in &changes {
+                known.insert(change.source.id.to_string(), change.clone());
+            }
+            if first_contact {
+                for source in now.values() {
+                    known.insert(
+                        source.id.to_string(),
+                        TenantEntry {
+                            removed: false,
+                            source: source.clone(),
+                        },
+                    );
+                }
+            }
+            known.into_values().collect()
+        };
+        if epoch.is_none() || (!first_contact && epoch != known_epoch) {
+            // an empty registry (Redis restarted empty, or this mesh's first node), or one
+            // another node refilled: it gets what this node knew, where it lacks it
+            shared.seed(&known()).await?;
+        }
+        if !first_contact {
+            for change in &changes {
+                if shared.write(change).await?.is_none() {
+                    shared.seed(&known()).await?;
+                    shared.write(change).await?;
+                }
+            }
+        }
+        let snapshot = shared.snapshot().await?;
+        let wanted = snapshot.live();
+        if wanted != self.sources() {
+            self.apply_shared_tenants_locked(wanted).await;
+        }
+        let mut sync = self.plane.tenant_sync.lock().expect("lock");
+        sync.epoch = snapshot.epoch;
+        sync.revision = snapshot.revision;
+        sync.view = snapshot.entries;
+        sync.base = self.sources();
         Ok(())
     }
 
@@ -821,20 +950,20 @@ impl ControlPlane {
             .collect()
     }
 
-    /// After the tenant set or a tenant's file changed: tells the other nodes, when they
-    /// share the registry.
+    /// After the tenant set or a tenant's file changed (the edit lock held): tells the other
+    /// nodes, when they share the registry; while the store is away, the change is written
+    /// when it is back.
     async fn tenants_changed(&self) {
-        if let Some(shared) = self.plane.shared_tenants.get()
-            && let Err(err) = shared.publish(&self.sources()).await
+        if self.plane.shared_tenants.get().is_some()
+            && let Err(err) = self.reconcile_tenants_locked().await
         {
-            tracing::warn!(error = %err, "tenant change not shared with the other nodes");
+            tracing::warn!(error = %err, "tenant change applied on this node only until the shared store is back");
         }
     }
 
-    /// Makes this node's tenants those another node shared; what one of them cannot be here
-    /// is said in the log and left as it was.
-    async fn apply_shared_tenants(&self, wanted: BTreeMap<TenantId, TenantSource>) {
-        let _edit = self.plane.edit.lock().await;
+    /// Makes this node's tenants those the registry holds (the edit lock held); what one of
+    /// them cannot be here is said in the log and left as it was.
+    async fn apply_shared_tenants_locked(&self, wanted: BTreeMap<TenantId, TenantSource>) {
         let have = self.sources();
         for (id, source) in &wanted {
             let done = match have.get(id) {

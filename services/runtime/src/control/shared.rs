@@ -1,96 +1,29 @@
-//! State shared by the nodes of one mesh, in Redis: the tenant registry
-//! (`<prefix>:control:tenants`, each tenant's file; the switch state has versioned entries of
-//! its own, [`super::shared_switches`]); the prefix (`[state] redis_prefix`, `mesh` by default) keeps several meshes
-//! on one Redis apart. A node saves every change there and announces it (`PUBLISH <key>:changed`); every
-//! other node loads it and applies it. `meshctl` pointed at any node changes them all.
+//! The tenant registry the nodes of one mesh share, in Redis (`<prefix>:control:tenant`, a
+//! [`Versioned`] map: one entry per tenant, its file or that it was removed, each write with a
+//! revision of its own; the switch state has its own, [`super::shared_switches`]); the prefix
+//! (`[state] redis_prefix`, `mesh` by default) keeps several meshes on one Redis apart. A node
+//! writes each change it makes and announces it; every node reconciles with it on each
+//! announcement and every [`RECONCILE_EVERY`](super::versioned::RECONCILE_EVERY). `meshctl`
+//! pointed at any node changes them all.
 //!
 //! The node's own files (`switches.json`, the tenants folder) stay its copy for a restart
 //! while Redis is away.
 //!
-//! The tenant registry is **sealed** with a key derived from the node credential
+//! The registry is **sealed** with a key derived from the node credential
 //! (ChaCha20-Poly1305): tenant files may hold secrets (an inline development credential, a
 //! user-token signing key), and whoever reads Redis must not read them; nor can whoever writes
-//! Redis add a tenant of their own making (a value that does not open with the key is ignored
+//! Redis add a tenant of their own making (an entry that does not open with the key is ignored
 //! and logged). Only the nodes, which hold the node credential, read and write it.
 
-use std::{collections::BTreeMap, marker::PhantomData, time::Duration};
+use std::collections::BTreeMap;
 
-use futures::StreamExt;
 use mesh_contract::TenantId;
-use serde::{Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 
+use super::versioned::{Snapshot, Versioned};
 use crate::supervisor::protocol::TenantSource;
 
 pub use super::shared_switches::SharedSwitches;
-
-/// Every tenant of the mesh, with its file.
-pub type SharedTenants = Shared<BTreeMap<TenantId, TenantSource>>;
-
-impl SharedTenants {
-    /// The tenant registry of the mesh `prefix` at the Redis at `url`, sealed with a key
-    /// derived from `node_credential` (the one every node of the mesh holds).
-    pub async fn connect(
-        url: &str,
-        prefix: &str,
-        node_credential: &str,
-    ) -> Result<Self, SharedError> {
-        let mut shared = Self::at(url, format!("{prefix}:control:tenants")).await?;
-        shared.seal = Some(std::sync::Arc::new(Seal::new(node_credential)));
-        Ok(shared)
-    }
-}
-
-/// What seals a shared value: ChaCha20-Poly1305 under a key derived from the node credential.
-struct Seal(ring::aead::LessSafeKey);
-
-/// What a sealed value starts with.
-const SEALED: &[u8] = b"sealed1:";
-
-impl Seal {
-    fn new(node_credential: &str) -> Self {
-        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-        context.update(b"mesh shared tenant registry v1\0");
-        context.update(node_credential.as_bytes());
-        let key =
-            ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, context.finish().as_ref())
-                .expect("a SHA-256 digest is a ChaCha20 key");
-        Self(ring::aead::LessSafeKey::new(key))
-    }
-
-    /// `SEALED`, a random nonce, then the sealed bytes.
-    fn seal(&self, plain: &[u8]) -> Vec<u8> {
-        use ring::rand::SecureRandom;
-        let mut nonce = [0u8; ring::aead::NONCE_LEN];
-        ring::rand::SystemRandom::new()
-            .fill(&mut nonce)
-            .expect("the system's random source");
-        let mut sealed = plain.to_vec();
-        self.0
-            .seal_in_place_append_tag(
-                ring::aead::Nonce::assume_unique_for_key(nonce),
-                ring::aead::Aad::empty(),
-                &mut sealed,
-            )
-            .expect("sealing in memory");
-        [SEALED, &nonce, &sealed].concat()
-    }
-
-    /// The bytes [`Seal::seal`] sealed, if this key sealed them.
-    fn open(&self, value: &[u8]) -> Option<Vec<u8>> {
-        let rest = value.strip_prefix(SEALED)?;
-        if rest.len() < ring::aead::NONCE_LEN {
-            return None;
-        }
-        let (nonce, sealed) = rest.split_at(ring::aead::NONCE_LEN);
-        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
-        let mut sealed = sealed.to_vec();
-        let plain = self
-            .0
-            .open_in_place(nonce, ring::aead::Aad::empty(), &mut sealed)
-            .ok()?;
-        Some(plain.to_vec())
-    }
-}
 
 /// Why the shared state could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -110,153 +43,74 @@ impl SharedError {
     }
 }
 
-/// One value the nodes of one mesh share, kept under one Redis key.
-pub struct Shared<T> {
-    url: String,
-    key: String,
-    client: redis::Client,
-    connection: redis::aio::ConnectionManager,
-    /// This node, so it does not apply its own announcements.
-    origin: String,
-    /// Seals the value in Redis, when it may hold secrets.
-    seal: Option<std::sync::Arc<Seal>>,
-    value: PhantomData<fn() -> T>,
+/// One tenant's latest state in the registry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TenantEntry {
+    /// `true`: the tenant was removed (its last file kept for the record).
+    pub removed: bool,
+    /// Its file.
+    pub source: TenantSource,
 }
 
-impl<T> Clone for Shared<T> {
-    fn clone(&self) -> Self {
-        Self {
-            url: self.url.clone(),
-            key: self.key.clone(),
-            client: self.client.clone(),
-            connection: self.connection.clone(),
-            origin: self.origin.clone(),
-            seal: self.seal.clone(),
-            value: PhantomData,
-        }
+impl Snapshot<TenantEntry> {
+    /// The tenants the registry holds (not removed), with their files.
+    pub fn live(&self) -> BTreeMap<TenantId, TenantSource> {
+        self.entries
+            .values()
+            .filter(|(_, e)| !e.removed)
+            .map(|(_, e)| (e.source.id.clone(), e.source.clone()))
+            .collect()
     }
 }
 
-impl<T> std::fmt::Debug for Shared<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared")
-            .field("url", &self.url)
-            .field("key", &self.key)
-            .field("origin", &self.origin)
-            .finish()
-    }
+/// The tenant registry of one mesh in Redis, sealed. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SharedTenants {
+    store: Versioned<TenantEntry>,
 }
 
-impl<T: Serialize + DeserializeOwned + Send + 'static> Shared<T> {
-    async fn at(url: &str, key: String) -> Result<Self, SharedError> {
-        let error = |e: redis::RedisError| SharedError {
-            url: url.to_owned(),
-            message: e.to_string(),
-        };
-        let client = redis::Client::open(url).map_err(error)?;
-        let connection = client.get_connection_manager().await.map_err(error)?;
+impl SharedTenants {
+    /// The tenant registry of the mesh `prefix` at the Redis at `url`, sealed with a key
+    /// derived from `node_credential` (the one every node of the mesh holds).
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        node_credential: &str,
+    ) -> Result<Self, SharedError> {
         Ok(Self {
-            url: url.to_owned(),
-            key,
-            client,
-            connection,
-            origin: mesh_contract::ServiceCredentials::fresh_token(),
-            seal: None,
-            value: PhantomData,
+            store: Versioned::connect(url, format!("{prefix}:control:tenant"))
+                .await?
+                .sealed("tenant registry", node_credential),
         })
     }
 
-    fn channel(&self) -> String {
-        format!("{}:changed", self.key)
+    /// The store's epoch and revision.
+    pub async fn head(&self) -> Result<(Option<String>, u64), SharedError> {
+        self.store.head().await
     }
 
-    fn error(&self, e: impl std::fmt::Display) -> SharedError {
-        SharedError {
-            url: self.url.clone(),
-            message: e.to_string(),
-        }
+    /// Everything the registry holds, read at one moment.
+    pub async fn snapshot(&self) -> Result<Snapshot<TenantEntry>, SharedError> {
+        self.store.snapshot().await
     }
 
-    /// The value every node follows, if any node saved it yet.
-    pub async fn load(&self) -> Result<Option<T>, SharedError> {
-        let raw: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&self.key)
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| self.error(e))?;
-        let Some(raw) = raw else { return Ok(None) };
-        let plain = match &self.seal {
-            None => raw,
-            Some(seal) => match seal.open(&raw) {
-                Some(plain) => plain,
-                None => {
-                    // written by something without the node credential (or another mesh):
-                    // never applied
-                    tracing::warn!(key = %self.key, "shared state not sealed with this mesh's node credential: ignored");
-                    return Ok(None);
-                }
-            },
-        };
-        serde_json::from_slice(&plain)
-            .map(Some)
-            .map_err(|e| self.error(e))
+    /// Writes one tenant's entry with the next revision; `None` when the store has no epoch
+    /// (it restarted empty: [`SharedTenants::seed`] it first).
+    pub async fn write(&self, entry: &TenantEntry) -> Result<Option<u64>, SharedError> {
+        self.store.write(entry.source.id.as_str(), entry).await
     }
 
-    /// Saves `value` for every node and tells them.
-    pub async fn publish(&self, value: &T) -> Result<(), SharedError> {
-        let plain = serde_json::to_vec(value).map_err(|e| self.error(e))?;
-        let text = match &self.seal {
-            Some(seal) => seal.seal(&plain),
-            None => plain,
-        };
-        redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(&self.key)
-            .arg(text)
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(self.channel())
-            .arg(&self.origin)
-            .ignore()
-            .query_async::<()>(&mut self.connection.clone())
-            .await
-            .map_err(|e| self.error(e))
+    /// Fills the registry with the entries it lacks, giving it an epoch if it has none.
+    pub async fn seed(&self, entries: &[TenantEntry]) -> Result<String, SharedError> {
+        let keyed: Vec<(String, TenantEntry)> = entries
+            .iter()
+            .map(|e| (e.source.id.to_string(), e.clone()))
+            .collect();
+        self.store.seed(&keyed).await
     }
 
-    /// Calls `changed` with the shared value each time another node changes it, for ever: a
-    /// lost subscription is made again (and the value loaded, in case a change was missed
-    /// meanwhile).
-    pub async fn follow(self, changed: impl Fn(T) + Send + 'static) {
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match self.client.get_async_pubsub().await {
-                Ok(mut pubsub) => {
-                    if let Err(err) = pubsub.subscribe(self.channel()).await {
-                        tracing::warn!(error = %err, "subscribing to shared state changes");
-                    } else {
-                        pause = Duration::from_millis(100);
-                        if let Ok(Some(value)) = self.load().await {
-                            changed(value);
-                        }
-                        let mut messages = pubsub.on_message();
-                        while let Some(message) = messages.next().await {
-                            let from: String = message.get_payload().unwrap_or_default();
-                            if from == self.origin {
-                                continue;
-                            }
-                            match self.load().await {
-                                Ok(Some(value)) => changed(value),
-                                Ok(None) => {}
-                                Err(err) => tracing::warn!(error = %err, "loading shared state"),
-                            }
-                        }
-                    }
-                }
-                Err(err) => tracing::warn!(error = %err, "connecting for shared state changes"),
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
-        }
+    /// Calls `announced` each time a write is announced, for ever.
+    pub async fn on_announcement(self, announced: impl Fn() + Send + 'static) {
+        self.store.on_announcement(announced).await
     }
 }

@@ -4,6 +4,8 @@
 //! win, a node that was away (paused, cut off) must catch up, and a store that restarted empty
 //! must be refilled, not taken for "every switch on". So:
 //!
+//! The store is a [`Versioned`] map (`<prefix>:control:switch`):
+//!
 //! - **One entry per switch**, never the whole list: `<prefix>:control:switch:entries` is a
 //!   hash from a switch's key (`recommend@mall`, `tier>=2@*`) to `<revision>|<entry>`, where
 //!   the entry says whether the switch is off or back on (a tombstone, kept so a node that
@@ -31,15 +33,15 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::shared::SharedError;
+use super::{
+    shared::SharedError,
+    versioned::{Snapshot, Versioned},
+};
 use crate::layers::Switch;
 
-/// How often a node compares its state with the store's, announcements or not: a node whose
-/// subscription was lost, or a store that came back, is reconciled within this.
-pub const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+pub use super::versioned::RECONCILE_EVERY;
 
 /// How long a node's report of what it applied lives unless renewed: a node gone for longer
 /// is not waited for.
@@ -54,18 +56,7 @@ pub struct Entry {
     pub switch: Switch,
 }
 
-/// The store's state: its epoch, its revision, every entry with the revision that wrote it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Snapshot {
-    /// Who filled the store last (`None`: an empty store).
-    pub epoch: Option<String>,
-    /// The last revision written.
-    pub revision: u64,
-    /// Switch key to (revision, entry).
-    pub entries: BTreeMap<String, (u64, Entry)>,
-}
-
-impl Snapshot {
+impl Snapshot<Entry> {
     /// The switches off, in key order.
     pub fn off(&self) -> Vec<Switch> {
         self.entries
@@ -95,185 +86,51 @@ pub fn key(switch: &Switch) -> String {
     }
 }
 
-/// Writes one entry with the next revision and announces it; `-1` when the store has no
-/// epoch (it restarted empty: it is filled again first).
-const WRITE: &str = r"
-if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
-local rev = redis.call('INCR', KEYS[2])
-redis.call('HSET', KEYS[1], ARGV[1], rev .. '|' .. ARGV[2])
-redis.call('PUBLISH', KEYS[4], rev)
-return rev
-";
-
-/// Fills the store with the entries it lacks (each with a revision of its own), setting the
-/// epoch if there is none; the epoch after.
-const SEED: &str = r"
-local epoch = redis.call('GET', KEYS[3])
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[3], epoch)
-end
-local wrote = 0
-for i = 2, #ARGV, 2 do
-  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then
-    local rev = redis.call('INCR', KEYS[2])
-    redis.call('HSET', KEYS[1], ARGV[i], rev .. '|' .. ARGV[i + 1])
-    wrote = wrote + 1
-  end
-end
-if wrote > 0 then redis.call('PUBLISH', KEYS[4], redis.call('GET', KEYS[2])) end
-return epoch
-";
-
 /// The switch state of one mesh in Redis. Cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SharedSwitches {
-    url: String,
-    prefix: String,
-    client: redis::Client,
-    connection: redis::aio::ConnectionManager,
-}
-
-impl std::fmt::Debug for SharedSwitches {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedSwitches")
-            .field("url", &self.url)
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
-    }
+    store: Versioned<Entry>,
 }
 
 impl SharedSwitches {
     /// The switch state of the mesh `prefix` at the Redis at `url` (`redis://`, or
     /// `rediss://` for TLS; a user and password in the URL for an ACL user).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, SharedError> {
-        let error = |e: redis::RedisError| SharedError::new(url, e);
-        let client = redis::Client::open(url).map_err(error)?;
-        // a store that went away answers within a second, so a change is never held up
-        // for long: it is applied here and shared when the store is back
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1);
-        let connection = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(error)?;
         Ok(Self {
-            url: url.to_owned(),
-            prefix: format!("{prefix}:control:switch"),
-            client,
-            connection,
+            store: Versioned::connect(url, format!("{prefix}:control:switch")).await?,
         })
     }
 
-    fn error(&self, e: impl std::fmt::Display) -> SharedError {
-        SharedError::new(&self.url, e)
-    }
-
-    fn entries_key(&self) -> String {
-        format!("{}:entries", self.prefix)
-    }
-
-    fn revision_key(&self) -> String {
-        format!("{}:revision", self.prefix)
-    }
-
-    fn epoch_key(&self) -> String {
-        format!("{}:epoch", self.prefix)
-    }
-
-    fn channel(&self) -> String {
-        format!("{}:changed", self.prefix)
-    }
-
-    fn applied_key(&self) -> String {
-        format!("{}:applied", self.prefix)
-    }
-
-    /// The store's epoch and revision: what a node compares with its own to know whether it
-    /// is behind, in one round trip.
+    /// The store's epoch and revision ([`Versioned::head`]).
     pub async fn head(&self) -> Result<(Option<String>, u64), SharedError> {
-        let (epoch, revision): (Option<String>, Option<u64>) = redis::cmd("MGET")
-            .arg(self.epoch_key())
-            .arg(self.revision_key())
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| self.error(e))?;
-        Ok((epoch, revision.unwrap_or(0)))
+        self.store.head().await
     }
 
     /// Everything the store holds, read at one moment.
-    pub async fn snapshot(&self) -> Result<Snapshot, SharedError> {
-        let (epoch, revision, raw): (Option<String>, Option<u64>, BTreeMap<String, String>) =
-            redis::pipe()
-                .atomic()
-                .cmd("GET")
-                .arg(self.epoch_key())
-                .cmd("GET")
-                .arg(self.revision_key())
-                .cmd("HGETALL")
-                .arg(self.entries_key())
-                .query_async(&mut self.connection.clone())
-                .await
-                .map_err(|e| self.error(e))?;
-        let mut entries = BTreeMap::new();
-        for (key, value) in raw {
-            let parsed = value.split_once('|').and_then(|(rev, json)| {
-                Some((rev.parse::<u64>().ok()?, serde_json::from_str(json).ok()?))
-            });
-            match parsed {
-                Some(entry) => {
-                    entries.insert(key, entry);
-                }
-                None => tracing::warn!(switch = %key, "unreadable shared switch entry skipped"),
-            }
-        }
-        Ok(Snapshot {
-            epoch,
-            revision: revision.unwrap_or(0),
-            entries,
-        })
+    pub async fn snapshot(&self) -> Result<Snapshot<Entry>, SharedError> {
+        self.store.snapshot().await
     }
 
     /// Writes one switch's entry with the next revision and announces it; `None` when the
     /// store has no epoch (it restarted empty): [`SharedSwitches::seed`] it first.
     pub async fn write(&self, entry: &Entry) -> Result<Option<u64>, SharedError> {
-        let json = serde_json::to_string(entry).map_err(|e| self.error(e))?;
-        let revision: i64 = redis::Script::new(WRITE)
-            .key(self.entries_key())
-            .key(self.revision_key())
-            .key(self.epoch_key())
-            .key(self.channel())
-            .arg(key(&entry.switch))
-            .arg(json)
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| self.error(e))?;
-        Ok(u64::try_from(revision).ok())
+        self.store.write(&key(&entry.switch), entry).await
     }
 
     /// Fills the store with the entries it lacks (a store that restarted empty gets back what
     /// the nodes knew: switches off and switches turned back on alike; one that has an entry
     /// keeps its own), and gives it an epoch if it has none. The store's epoch after.
     pub async fn seed(&self, entries: &[Entry]) -> Result<String, SharedError> {
-        let seed = redis::Script::new(SEED);
-        let mut script = seed.prepare_invoke();
-        script
-            .key(self.entries_key())
-            .key(self.revision_key())
-            .key(self.epoch_key())
-            .key(self.channel())
-            .arg(mesh_contract::ServiceCredentials::fresh_token());
-        for entry in entries {
-            script
-                .arg(key(&entry.switch))
-                .arg(serde_json::to_string(entry).map_err(|e| self.error(e))?);
-        }
-        script
-            .invoke_async(&mut self.connection.clone())
-            .await
-            .map_err(|e| self.error(e))
+        let keyed: Vec<(String, Entry)> = entries
+            .iter()
+            .map(|e| (key(&e.switch), e.clone()))
+            .collect();
+        self.store.seed(&keyed).await
+    }
+
+    /// Calls `announced` each time a write is announced, for ever.
+    pub async fn on_announcement(self, announced: impl Fn() + Send + 'static) {
+        self.store.on_announcement(announced).await
     }
 
     /// Says `node` applied `revision` in `processes` processes, for [`APPLIED_TTL`] (one hash
@@ -285,27 +142,27 @@ impl SharedSwitches {
         processes: u64,
     ) -> Result<(), SharedError> {
         redis::cmd("HSET")
-            .arg(self.applied_key())
+            .arg(self.store.key("applied"))
             .arg(node)
             .arg(format!(
                 "{revision}|{processes}|{}",
                 mesh_contract::fields::now_ms()
             ))
-            .query_async::<()>(&mut self.connection.clone())
+            .query_async::<()>(&mut self.store.connection())
             .await
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.store.error(e))
     }
 
     /// What every live node (and worker following the store) said it applied: the reports of
     /// the last [`APPLIED_TTL`] (the nodes' clocks are taken to agree within a second or so);
     /// reports much older are removed.
     pub async fn applied(&self) -> Result<Vec<NodeApplied>, SharedError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.store.connection();
         let reports: BTreeMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.applied_key())
+            .arg(self.store.key("applied"))
             .query_async(&mut connection)
             .await
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.store.error(e))?;
         let now = mesh_contract::fields::now_ms();
         let ttl = APPLIED_TTL.as_millis() as i64;
         let mut nodes = Vec::new();
@@ -332,36 +189,12 @@ impl SharedSwitches {
         }
         if !gone.is_empty() {
             let _ = redis::cmd("HDEL")
-                .arg(self.applied_key())
+                .arg(self.store.key("applied"))
                 .arg(gone)
                 .query_async::<()>(&mut connection)
                 .await;
         }
         Ok(nodes)
-    }
-
-    /// Calls `announced` each time a write is announced, for ever (a lost subscription is
-    /// made again; what was missed meanwhile the periodic reconciliation finds).
-    pub async fn on_announcement(self, announced: impl Fn() + Send + 'static) {
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match self.client.get_async_pubsub().await {
-                Ok(mut pubsub) => match pubsub.subscribe(self.channel()).await {
-                    Ok(()) => {
-                        pause = Duration::from_millis(100);
-                        announced();
-                        let mut messages = pubsub.on_message();
-                        while messages.next().await.is_some() {
-                            announced();
-                        }
-                    }
-                    Err(err) => tracing::warn!(error = %err, "subscribing to switch changes"),
-                },
-                Err(err) => tracing::warn!(error = %err, "connecting for switch changes"),
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
-        }
     }
 
     /// Keeps `apply` fed with the switches off in the store, for ever: at once, on every

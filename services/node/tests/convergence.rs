@@ -23,11 +23,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mesh_api::{admin::v1 as api, locator::v1::TerminalKind, message::v1 as message};
+use mesh_api::{locator::v1::TerminalKind, message::v1 as message};
 use mesh_gateway::Terminal;
-use support::{
-    Db, MeshUp, OwnRedis, Users, admin, field, free_port, signal, start_haproxy, tenants_folder,
-};
+use support::{Db, MeshUp, OwnRedis, Users, field, free_port, signal, start_haproxy};
 use tonic::transport::Channel;
 
 const OPS_TOKEN: &str = "convergence-ops-token";
@@ -247,57 +245,11 @@ async fn converged(got: &Got, acked: &Acked, what: &str) -> Duration {
     }
 }
 
-async fn set_switch(at: &str, which: usize, on: bool) -> api::SetSwitchResponse {
-    let target = match which {
-        0 => api::SwitchTarget {
-            service: "recommend".into(),
-            ..Default::default()
-        },
-        _ => api::SwitchTarget {
-            tier: Some(2),
-            ..Default::default()
-        },
-    };
-    admin(at, OPS_TOKEN)
-        .await
-        .set_switch(api::SetSwitchRequest {
-            target: Some(target),
-            tenant: "mall".into(),
-            on,
-            reason: "convergence test".into(),
-        })
-        .await
-        .unwrap_or_else(|s| panic!("switch {which} through {at}: {s:?}"))
-        .into_inner()
-}
-
-async fn switches_off(at: &str) -> BTreeSet<String> {
-    admin(at, OPS_TOKEN)
-        .await
-        .list_switches(api::ListSwitchesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .switches
-        .into_iter()
-        .map(|s| s.scope)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_converge_through_a_pause_redis_restarts_and_outages_and_a_rolling_update() {
     let mut redis = OwnRedis::start().await;
     let db = Db::create().await;
-    let folders: Vec<tempfile::TempDir> = (0..3)
-        .map(|_| {
-            let dir = tenants_folder(&["mall"], &[]);
-            let mall = dir.path().join("mall.toml");
-            let raised = std::fs::read_to_string(&mall).unwrap()
-                + "\n[limits]\nrequests_per_second = 50000\nburst = 50000\n";
-            std::fs::write(&mall, raised).unwrap();
-            dir
-        })
-        .collect();
+    let folders: Vec<tempfile::TempDir> = (0..3).map(|_| support::mall_unthrottled()).collect();
     let states: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let envs: Vec<Vec<(&str, String)>> = states
         .iter()
@@ -435,8 +387,8 @@ async fn three_nodes_converge_through_a_pause_redis_restarts_and_outages_and_a_r
     for trial in 0..20 {
         let on = trial % 2 == 1;
         let (a, b) = tokio::join!(
-            set_switch(&nodes[0].admin, 0, on),
-            set_switch(&nodes[1].admin, 1, on)
+            support::set_mall_switch(&nodes[0].admin, OPS_TOKEN, 0, on),
+            support::set_mall_switch(&nodes[1].admin, OPS_TOKEN, 1, on)
         );
         assert!(a.fleet.unwrap().shared && b.fleet.unwrap().shared);
         let expected: BTreeSet<String> = if on {
@@ -444,22 +396,10 @@ async fn three_nodes_converge_through_a_pause_redis_restarts_and_outages_and_a_r
         } else {
             ["recommend@mall".to_owned(), "tier>=2@mall".to_owned()].into()
         };
-        let started = Instant::now();
-        loop {
-            let mut all = Vec::new();
-            for node in &nodes {
-                all.push(switches_off(&node.admin).await);
-            }
-            if all.iter().all(|s| *s == expected) {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "trial {trial}: nodes list {all:?}, not {expected:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        worst = worst.max(started.elapsed());
+        let admins: Vec<&str> = nodes.iter().map(|n| n.admin.as_str()).collect();
+        let took =
+            support::switches_agree(&admins, OPS_TOKEN, &expected, &format!("trial {trial}")).await;
+        worst = worst.max(took);
     }
 
     stop.store(true, Ordering::Relaxed);

@@ -18,65 +18,13 @@ use support::{MeshUp, OwnRedis, admin, tenants_folder};
 
 const OPS_TOKEN: &str = "fleet-test-ops-token";
 
-/// `recommend@mall` or `tier>=2@mall`.
-fn target(which: usize) -> api::SwitchTarget {
-    match which {
-        0 => api::SwitchTarget {
-            service: "recommend".into(),
-            ..Default::default()
-        },
-        _ => api::SwitchTarget {
-            tier: Some(2),
-            ..Default::default()
-        },
-    }
-}
-
 async fn set(at: &str, which: usize, on: bool) -> api::SetSwitchResponse {
-    admin(at, OPS_TOKEN)
-        .await
-        .set_switch(api::SetSwitchRequest {
-            target: Some(target(which)),
-            tenant: "mall".into(),
-            on,
-            reason: format!("fleet test {which}"),
-        })
-        .await
-        .unwrap_or_else(|s| panic!("switch {which} through {at}: {s:?}"))
-        .into_inner()
-}
-
-/// The switches off on the node whose admin API is at `at`, by scope.
-async fn off(at: &str) -> BTreeSet<String> {
-    admin(at, OPS_TOKEN)
-        .await
-        .list_switches(api::ListSwitchesRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .switches
-        .into_iter()
-        .map(|s| s.scope)
-        .collect()
+    support::set_mall_switch(at, OPS_TOKEN, which, on).await
 }
 
 /// Waits until every node lists exactly `expected`; how long it took.
 async fn agree(nodes: &[&str], expected: &BTreeSet<String>, what: &str) -> Duration {
-    let started = Instant::now();
-    loop {
-        let mut seen = Vec::new();
-        for at in nodes {
-            seen.push(off(at).await);
-        }
-        if seen.iter().all(|s| s == expected) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{what}: the nodes still list {seen:?}, not {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::switches_agree(nodes, OPS_TOKEN, expected, what).await
 }
 
 /// Onboards tenant `id` (shared process group) through the node whose admin API is at `at`.

@@ -20,7 +20,7 @@ use mesh_api::{locator::v1::TerminalKind, message::v1 as message, recommend::v1 
 use mesh_gateway::Terminal;
 use support::{
     Db, MeshUp, Users, clear_shared_state, ctx, field, node_ctx, redis_prefix, redis_url, signal,
-    start_haproxy, switch_recommend, tenants_folder, worker_channel,
+    start_haproxy, switch_recommend, worker_channel,
 };
 use tonic::transport::Channel;
 
@@ -68,16 +68,7 @@ async fn three_nodes_behind_haproxy_lose_and_duplicate_nothing_when_one_is_kille
     clear_shared_state(&prefix).await;
     let db = Db::create().await;
     // limits hold per node: raised, so the chat measures the platform, not admission
-    let folders: Vec<tempfile::TempDir> = (0..3)
-        .map(|_| {
-            let dir = tenants_folder(&["mall"], &[]);
-            let mall = dir.path().join("mall.toml");
-            let raised = std::fs::read_to_string(&mall).unwrap()
-                + "\n[limits]\nrequests_per_second = 50000\nburst = 50000\n";
-            std::fs::write(&mall, raised).unwrap();
-            dir
-        })
-        .collect();
+    let folders: Vec<tempfile::TempDir> = (0..3).map(|_| support::mall_unthrottled()).collect();
     let states: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = Vec::new();
     for (folder, state) in folders.iter().zip(&states) {

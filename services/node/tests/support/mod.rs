@@ -686,3 +686,88 @@ impl Drop for OwnRedis {
         self.kill();
     }
 }
+
+/// One of two switches of mall two operators set at once in the fleet tests: 0 is
+/// `recommend@mall`, anything else `tier>=2@mall`.
+pub fn mall_switch(which: usize) -> mesh_api::admin::v1::SwitchTarget {
+    match which {
+        0 => mesh_api::admin::v1::SwitchTarget {
+            service: "recommend".into(),
+            ..Default::default()
+        },
+        _ => mesh_api::admin::v1::SwitchTarget {
+            tier: Some(2),
+            ..Default::default()
+        },
+    }
+}
+
+/// Turns [`mall_switch`] `which` off (or on again) through the admin API at `at`.
+pub async fn set_mall_switch(
+    at: &str,
+    token: &str,
+    which: usize,
+    on: bool,
+) -> mesh_api::admin::v1::SetSwitchResponse {
+    admin(at, token)
+        .await
+        .set_switch(mesh_api::admin::v1::SetSwitchRequest {
+            target: Some(mall_switch(which)),
+            tenant: "mall".into(),
+            on,
+            reason: format!("fleet test {which}"),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("switch {which} through {at}: {s:?}"))
+        .into_inner()
+}
+
+/// The switches off on the node whose admin API is at `at`, by scope.
+pub async fn switches_off(at: &str, token: &str) -> std::collections::BTreeSet<String> {
+    admin(at, token)
+        .await
+        .list_switches(mesh_api::admin::v1::ListSwitchesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .switches
+        .into_iter()
+        .map(|s| s.scope)
+        .collect()
+}
+
+/// Waits until every node whose admin API is in `nodes` lists exactly `expected` as off;
+/// how long it took.
+pub async fn switches_agree(
+    nodes: &[&str],
+    token: &str,
+    expected: &std::collections::BTreeSet<String>,
+    what: &str,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut seen = Vec::new();
+        for at in nodes {
+            seen.push(switches_off(at, token).await);
+        }
+        if seen.iter().all(|s| s == expected) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: the nodes still list {seen:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A tenants folder with mall alone, its rate limits raised so a test measures the mesh, not
+/// admission.
+pub fn mall_unthrottled() -> tempfile::TempDir {
+    let dir = tenants_folder(&["mall"], &[]);
+    let mall = dir.path().join("mall.toml");
+    let raised = std::fs::read_to_string(&mall).unwrap()
+        + "\n[limits]\nrequests_per_second = 50000\nburst = 50000\n";
+    std::fs::write(&mall, raised).unwrap();
+    dir
+}

@@ -137,7 +137,8 @@ impl Sse {
         }
     }
 
-    /// The next event's name and JSON data (keepalive comments skipped), within 10 s.
+    /// The next event's name and JSON data (keepalive comments and the stream's heartbeats
+    /// skipped), within 10 s.
     async fn next(&mut self) -> (String, serde_json::Value) {
         let read = async {
             let mut name = String::new();
@@ -151,7 +152,11 @@ impl Sse {
                 if let Some(n) = line.strip_prefix("event: ") {
                     name = n.to_owned();
                 } else if let Some(data) = line.strip_prefix("data: ") {
-                    return (name, serde_json::from_str(data).unwrap());
+                    let data: serde_json::Value = serde_json::from_str(data).unwrap();
+                    if data.get("heartbeat").is_some() {
+                        continue;
+                    }
+                    return (name, data);
                 }
             }
         };

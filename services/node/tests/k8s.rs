@@ -261,24 +261,34 @@ async fn pods_started_as_the_manifests_say_serve_with_their_own_secrets_only() {
     let (mut control, _, _control_dir, said) =
         start_pod_until(&docs, "mesh-control", &secret, "admin listening on ").await;
     let admin_at = said.trim_start_matches("admin listening on ").to_owned();
-    let answer = support::admin(&admin_at, &secret["MESH_ADMIN_TOKEN"])
-        .await
-        .set_switch(mesh_api::admin::v1::SetSwitchRequest {
-            target: Some(mesh_api::admin::v1::SwitchTarget {
-                service: "recommend".into(),
-                ..Default::default()
-            }),
-            tenant: "mall".into(),
-            on: false,
-            reason: "switched on Kubernetes".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let fleet = answer
-        .fleet
-        .expect("the control pod shares the switch state");
-    assert!(fleet.shared, "{fleet:?}");
+    // (a worker pod reports once it has read the state the control pod filled the store
+    // with: until then the control pod does not know it, so the switch is set again until
+    // the fleet it reports is the whole fleet)
+    let started = Instant::now();
+    let fleet = loop {
+        let answer = support::admin(&admin_at, &secret["MESH_ADMIN_TOKEN"])
+            .await
+            .set_switch(mesh_api::admin::v1::SetSwitchRequest {
+                target: Some(mesh_api::admin::v1::SwitchTarget {
+                    service: "recommend".into(),
+                    ..Default::default()
+                }),
+                tenant: "mall".into(),
+                on: false,
+                reason: "switched on Kubernetes".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let fleet = answer
+            .fleet
+            .expect("the control pod shares the switch state");
+        assert!(fleet.shared, "{fleet:?}");
+        if fleet.nodes_total == 3 || started.elapsed() > Duration::from_secs(10) {
+            break fleet;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(
         (
             fleet.nodes_applied,

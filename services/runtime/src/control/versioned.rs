@@ -64,11 +64,13 @@ return rev
 /// epoch if there is none; the epoch after.
 const SEED: &str = r"
 local epoch = redis.call('GET', KEYS[3])
+local wrote = 0
 if not epoch then
   epoch = ARGV[1]
   redis.call('SET', KEYS[3], epoch)
+  -- a new epoch is news too: whoever waits for a filled store looks now
+  wrote = 1
 end
-local wrote = 0
 for i = 2, #ARGV, 2 do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then
     local rev = redis.call('INCR', KEYS[2])
@@ -76,7 +78,7 @@ for i = 2, #ARGV, 2 do
     wrote = wrote + 1
   end
 end
-if wrote > 0 then redis.call('PUBLISH', KEYS[4], redis.call('GET', KEYS[2])) end
+if wrote > 0 then redis.call('PUBLISH', KEYS[4], redis.call('GET', KEYS[2]) or '0') end
 return epoch
 ";
 

@@ -182,12 +182,12 @@ impl Output {
                 response.processes_applied
             ),
             Some(f) if f.nodes_missing.is_empty() => format!(
-                "applied by {} of {} node(s), {} process(es) (revision {})",
+                "applied by {} of {} node(s), {} process(es) in all (store revision {})",
                 f.nodes_applied, f.nodes_total, f.processes_applied, f.revision
             ),
             Some(f) => format!(
-                "applied by {} of {} node(s), {} process(es) (revision {}); not yet: {} \
-                 (each applies it when it next reconciles)",
+                "applied by {} of {} node(s), {} process(es) in all (store revision {}); not \
+                 yet: {} (each applies it when it next reconciles)",
                 f.nodes_applied,
                 f.nodes_total,
                 f.processes_applied,

@@ -420,9 +420,21 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
             "template": {
                 "metadata": { "labels": labels("proxy") },
                 "spec": {
+                    // the image's own unprivileged user (haproxy, uid 99)
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": 99,
+                        "seccompProfile": { "type": "RuntimeDefault" },
+                    },
                     "containers": [{
                         "name": "haproxy",
                         "image": "haproxy:2.6",
+                        // out of the load balancer's endpoints before it stops routing
+                        "lifecycle": { "preStop": { "sleep": { "seconds": PRE_STOP_SECONDS } } },
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "capabilities": { "drop": ["ALL"] },
+                        },
                         "args": ["-f", "/usr/local/etc/haproxy/haproxy.cfg"],
                         "ports": [
                             { "name": "grpc", "containerPort": 7400 },

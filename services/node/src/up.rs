@@ -100,7 +100,13 @@ pub async fn run(
     };
     // the front door authenticates every call as the workers do: unknown tenants and wrong
     // credentials are refused here, alike, before any tenant's route or state shows
-    let directory = TenantDirectory::from_tenants(&tenants, Catalogue(mesh_api::CONTRACTS))
+    // (a control plane alone answers no tenant's calls: it loads none of their keys)
+    let served_here = if control_only {
+        Tenants::default()
+    } else {
+        tenants.clone()
+    };
+    let directory = TenantDirectory::from_tenants(&served_here, Catalogue(mesh_api::CONTRACTS))
         .with_node_credential(&node_credential);
     let front = FrontDoor::new(Catalogue(mesh_api::CONTRACTS))
         .with_directory(directory)
@@ -132,7 +138,7 @@ pub async fn run(
                 .with_context(|| format!("front door: listening on {listen}"))?,
         ),
     };
-    for config in tenants.tenants.values() {
+    for config in served_here.tenants.values() {
         front.serve_tenant(config);
     }
     // healthy once it listens: a tenant whose worker is down gets UNAVAILABLE on its own calls
@@ -192,7 +198,15 @@ pub async fn run(
                 .await?;
         }
         println!("shared state in {url}: switches and tenants follow every node of the mesh");
-        if deploy.workers.advertise_host.is_none()
+        if std::env::var_os("MESH_STORE_POSTGRES").is_none() && !control_only {
+            println!(
+                "messages are kept in this node's memory (no MESH_STORE_POSTGRES): nodes \
+                 sharing state each keep their own, so a conversation split between nodes is \
+                 split in storage too; give every node the same PostgreSQL"
+            );
+        }
+        if !control_only
+            && deploy.workers.advertise_host.is_none()
             && deploy
                 .workers
                 .listen_host

@@ -172,7 +172,7 @@ pub async fn run(
         stopping.clone(),
         saved.switches.clone(),
     );
-    let plane = ControlPlane::start_with(
+    let plane = ControlPlane::start(
         dir.to_path_buf(),
         mesh_api::CONTRACTS,
         tenants,

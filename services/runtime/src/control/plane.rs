@@ -270,28 +270,13 @@ impl std::fmt::Debug for ControlPlane {
 
 impl ControlPlane {
     /// Takes over a running supervisor (built with [`initial_switches`]) and starts every
-    /// tenant group of `tenants`.
-    pub fn start(
-        dir: PathBuf,
-        catalogue: &'static [&'static ContractSpec],
-        tenants: Tenants,
-        saved: SavedSwitches,
-        store: SwitchStore,
-        supervisor: Supervisor,
-        front: FrontDoor,
-    ) -> Result<Self, ControlError> {
-        Self::start_with(
-            dir, catalogue, tenants, saved, store, supervisor, front, true,
-        )
-    }
-
-    /// [`ControlPlane::start`] for workers that run elsewhere when `start_workers` is false
+    /// tenant group of `tenants`; with `start_workers` false, for workers that run elsewhere
     /// (`mesh up --control-only`: the Kubernetes control pod, whose workers are the process
-    /// groups' Deployments): nothing is started here, switches are shared through Redis with
+    /// groups' Deployments), nothing is started here, switches are shared through Redis with
     /// the workers that follow it, and the tenant lifecycle is refused (tenants are the
     /// tenants ConfigMap there).
     #[allow(clippy::too_many_arguments)]
-    pub fn start_with(
+    pub fn start(
         dir: PathBuf,
         catalogue: &'static [&'static ContractSpec],
         tenants: Tenants,

@@ -90,16 +90,29 @@ pub enum UserTokenError {
     Subject(&'static str),
 }
 
+/// A token's claims. `aud` may be one audience or a list (RFC 7519 4.1.3; the verifier checks
+/// it holds the tenant's), and `nbf` and `iat` may be absent: account systems commonly issue
+/// tokens so, and a token without `nbf` is valid from the start.
 #[derive(Deserialize, Serialize)]
 struct Claims {
     sub: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     terminal: Option<String>,
     iss: String,
-    aud: String,
+    aud: Audience,
     exp: u64,
-    nbf: u64,
-    iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+}
+
+/// `aud` as tokens carry it: one string, or several.
+#[derive(Deserialize, Serialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// Verifies one tenant's user tokens.
@@ -275,10 +288,10 @@ impl UserTokens {
             sub: user.into(),
             terminal: terminal.map(str::to_owned),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: Audience::One(self.audience.clone()),
             exp: now + ttl_secs,
-            nbf: now.saturating_sub(1),
-            iat: now,
+            nbf: Some(now.saturating_sub(1)),
+            iat: Some(now),
         };
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -332,4 +345,56 @@ fn identity(claims: Claims) -> Result<UserIdentity, UserTokenError> {
         user: claims.sub,
         terminal: claims.terminal,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "a-development-secret-of-some-length";
+
+    /// A token signed with `SECRET`, carrying exactly `claims`.
+    fn token(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn tokens_as_account_systems_issue_them_are_accepted_and_checked_alike() {
+        let verifier = UserTokens::development("accounts", SECRET)
+            .verifier()
+            .unwrap();
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        // no nbf, no iat; aud a list holding ours
+        let bare = token(serde_json::json!({
+            "sub": "alice", "iss": "accounts", "aud": ["other-app", DEFAULT_AUDIENCE], "exp": exp,
+        }));
+        assert_eq!(verifier.verify(&bare).unwrap().user, "alice");
+        // aud a string, nbf and iat given
+        let full = token(serde_json::json!({
+            "sub": "bob", "iss": "accounts", "aud": DEFAULT_AUDIENCE, "exp": exp,
+            "nbf": exp - 700, "iat": exp - 700,
+        }));
+        assert_eq!(verifier.verify(&full).unwrap().user, "bob");
+        // a list without ours, a token not yet valid, one without exp: refused as before
+        for refused in [
+            serde_json::json!({ "sub": "eve", "iss": "accounts", "aud": ["other-app"], "exp": exp }),
+            serde_json::json!({ "sub": "eve", "iss": "accounts", "aud": DEFAULT_AUDIENCE, "exp": exp, "nbf": exp }),
+            serde_json::json!({ "sub": "eve", "iss": "accounts", "aud": DEFAULT_AUDIENCE }),
+        ] {
+            assert!(
+                verifier.verify(&token(refused.clone())).is_err(),
+                "{refused}"
+            );
+        }
+        // and the development tokens still carry nbf and iat
+        let issued = UserTokens::development("accounts", SECRET)
+            .issue("carol", None, 60)
+            .unwrap();
+        assert_eq!(verifier.verify(&issued).unwrap().user, "carol");
+    }
 }

@@ -224,13 +224,18 @@ pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployErro
                  \x20 http-check expect status 200\n\
                  \x20 # a replica's failed connections (refused, timed out) make the checks come faster;\n\
                  \x20 # the check alone takes it out (a tenant's own error answers never do)\n\
-                 \x20 default-server inter 300ms fastinter 100ms fall 2 rise 2 check-proto h2 observe layer4 error-limit 3 on-error fastinter\n",
+                 \x20 default-server inter 300ms fastinter 100ms fall 2 rise 2 observe layer4 error-limit 3 on-error fastinter\n",
                 members.join(", "),
             );
-            // the web port speaks HTTP/1.1 and JSON: its replica's health is on the gRPC port
+            // the check speaks HTTP/2 (on each server line: HAProxy 2.6 does not take
+            // `check-proto` from `default-server`); the web port speaks HTTP/1.1 and JSON, so
+            // its replica's health is read on the gRPC port
             let check_port = |address: &str| match port {
-                Some(_) => format!(" port {}", address.rsplit_once(':').map_or("", |(_, p)| p)),
-                None => String::new(),
+                Some(_) => format!(
+                    " check-proto h2 port {}",
+                    address.rsplit_once(':').map_or("", |(_, p)| p)
+                ),
+                None => " check-proto h2".to_owned(),
             };
             // the replica's address, on its web port for the web backend
             let at = |address: &str| match port {
@@ -339,11 +344,11 @@ mod tests {
         assert!(config.contains("default_backend web_shared"), "{config}");
         // the web port's health is read on the replica's gRPC port
         assert!(
-            config.contains("server finance_1 [fd00::5]:7480 check port 7502\n"),
+            config.contains("server finance_1 [fd00::5]:7480 check check-proto h2 port 7502\n"),
             "{config}"
         );
         assert!(
-            config.contains("server shared_1 127.0.0.1:7480 check port 7501\n"),
+            config.contains("server shared_1 127.0.0.1:7480 check check-proto h2 port 7501\n"),
             "{config}"
         );
         // a replica is alive when it answers its health check over HTTP/2 in time, not when

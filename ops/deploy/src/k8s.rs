@@ -588,12 +588,12 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEA4ZN7WDXQrcB19GPPNeG2qkuuSJB
             proxy["data"]["haproxy.cfg"]
                 .as_str()
                 .unwrap()
-                .contains("server-template newco_ 8 mesh-newco.mesh.svc.cluster.local:7501 proto h2 check resolvers dns")
+                .contains("server-template newco_ 8 mesh-newco.mesh.svc.cluster.local:7501 proto h2 check check-proto h2 resolvers dns")
         );
         // and browsers, routed alike to each pod's web port, which every worker serves
         assert!(newco_env.contains(&"MESH_WORKER_WEB_LISTEN".to_owned()));
         assert!(proxy["data"]["haproxy.cfg"].as_str().unwrap().contains(
-            "server-template newco_ 8 mesh-newco.mesh.svc.cluster.local:7480 check port 7501 resolvers dns"
+            "server-template newco_ 8 mesh-newco.mesh.svc.cluster.local:7480 check check-proto h2 port 7501 resolvers dns"
         ));
         assert_eq!(service["spec"]["ports"][1]["port"], WEB_PORT);
 

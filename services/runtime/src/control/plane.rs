@@ -557,13 +557,7 @@ impl ControlPlane {
         if !first_contact {
             // what changed here since this node last read the store, one entry at a time:
             // never the whole list, so another node's change to another switch survives
-            let board: BTreeMap<String, Switch> = self
-                .plane
-                .board
-                .list()
-                .into_iter()
-                .map(|s| (shared_switches::key(&s), s))
-                .collect();
+            let board = self.board_by_key();
             let view_off: BTreeMap<&String, &Switch> = view
                 .iter()
                 .filter(|(_, (_, e))| !e.on)
@@ -621,6 +615,16 @@ impl ControlPlane {
         Ok(changed)
     }
 
+    /// The switches off on this node, by their key in the shared store.
+    fn board_by_key(&self) -> BTreeMap<String, Switch> {
+        self.plane
+            .board
+            .list()
+            .into_iter()
+            .map(|s| (shared_switches::key(&s), s))
+            .collect()
+    }
+
     /// What this node knows of the shared state, for a store to be filled again with: the
     /// entries it last read, then this node's switches off that differ from them, and the
     /// ones it turned back on since.
@@ -629,13 +633,7 @@ impl ControlPlane {
             .iter()
             .map(|(k, (_, e))| (k.clone(), e.clone()))
             .collect();
-        let board: BTreeMap<String, Switch> = self
-            .plane
-            .board
-            .list()
-            .into_iter()
-            .map(|s| (shared_switches::key(&s), s))
-            .collect();
+        let board = self.board_by_key();
         for (key, entry) in known.iter_mut() {
             if !entry.on && !board.contains_key(key) {
                 // turned on here since

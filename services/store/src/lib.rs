@@ -194,9 +194,76 @@ impl StoreError {
     }
 }
 
-/// A tenant-scoped message store. Cheap to share (`Arc<dyn MessageStore>`).
+/// An order as the order book keeps it (the order service's fields, free of contract
+/// versions).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredOrder {
+    /// Unique within the tenant.
+    pub order_id: String,
+    /// Buyer.
+    pub user_id: String,
+    /// Seller.
+    pub merchant_id: String,
+    /// Lifecycle state (the order contract's `OrderStatus` number).
+    pub status: i32,
+    /// Total in minor units.
+    pub total_minor: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// Creation time.
+    pub created_at_ms: i64,
+    /// The conversation it is discussed in.
+    pub conversation_id: String,
+}
+
+/// The order book of each tenant, in the same namespace as its messages: shared by every
+/// replica of a process group, kept across restarts and moves (a tenant moved to another
+/// process finds its orders there).
 #[async_trait::async_trait]
-pub trait MessageStore: Send + Sync + 'static {
+pub trait OrderRecords: Send + Sync + 'static {
+    /// Stores `order`, replacing the one with its id.
+    async fn put_order(&self, tenant: &TenantId, order: &StoredOrder) -> Result<(), StoreError>;
+
+    /// Stores `order` unless the tenant has one with its id (an announcement arriving after
+    /// the order moved on must not take it back); whether it was stored.
+    async fn put_new_order(
+        &self,
+        tenant: &TenantId,
+        order: &StoredOrder,
+    ) -> Result<bool, StoreError>;
+
+    /// One order of the tenant.
+    async fn order(
+        &self,
+        tenant: &TenantId,
+        order_id: &str,
+    ) -> Result<Option<StoredOrder>, StoreError>;
+
+    /// Up to `limit` orders of `user_id`, newest first.
+    async fn orders_of(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredOrder>, StoreError>;
+
+    /// Moves a known order from status `from` (any, when `None`) to `to`, unless it is in
+    /// `final_status` (a cancelled order stays cancelled); the order as it is now when it
+    /// moved, `None` when it is unknown or was not in `from`.
+    async fn move_order(
+        &self,
+        tenant: &TenantId,
+        order_id: &str,
+        from: Option<i32>,
+        to: i32,
+        final_status: i32,
+    ) -> Result<Option<StoredOrder>, StoreError>;
+}
+
+/// A tenant-scoped message store (and order book). Cheap to share
+/// (`Arc<dyn MessageStore>`, which is an `Arc<dyn OrderRecords>` too).
+#[async_trait::async_trait]
+pub trait MessageStore: OrderRecords + Send + Sync + 'static {
     /// Makes `namespace` the tenant's, creating it if needed; idempotent for the same pair.
     async fn open(&self, tenant: &TenantId, namespace: &str) -> Result<(), StoreError>;
 

@@ -8,8 +8,8 @@ use std::{
 use mesh_contract::TenantId;
 
 use crate::{
-    Accepted, ConversationInfo, MessageStore, NewMessage, Page, StoreError, StoredMessage,
-    StoredReceipt, valid_namespace,
+    Accepted, ConversationInfo, MessageStore, NewMessage, OrderRecords, Page, StoreError,
+    StoredMessage, StoredOrder, StoredReceipt, valid_namespace,
 };
 
 /// The embedded default: no external service, data lives as long as the process.
@@ -41,6 +41,8 @@ struct Namespace {
     /// Per user: terminal -> cursor.
     cursors: HashMap<String, BTreeMap<String, u64>>,
     receipts: HashMap<(String, String), StoredReceipt>,
+    /// The order book, by order id.
+    orders: BTreeMap<String, StoredOrder>,
 }
 
 impl MemoryStore {
@@ -64,6 +66,75 @@ impl MemoryStore {
             .get_mut(tenant)
             .ok_or_else(|| StoreError::UnknownTenant(tenant.clone()))?;
         Ok(f(ns))
+    }
+}
+
+#[async_trait::async_trait]
+impl OrderRecords for MemoryStore {
+    async fn put_order(&self, tenant: &TenantId, order: &StoredOrder) -> Result<(), StoreError> {
+        self.write(tenant, |ns| {
+            ns.orders.insert(order.order_id.clone(), order.clone());
+        })
+    }
+
+    async fn put_new_order(
+        &self,
+        tenant: &TenantId,
+        order: &StoredOrder,
+    ) -> Result<bool, StoreError> {
+        self.write(tenant, |ns| {
+            if ns.orders.contains_key(&order.order_id) {
+                return false;
+            }
+            ns.orders.insert(order.order_id.clone(), order.clone());
+            true
+        })
+    }
+
+    async fn order(
+        &self,
+        tenant: &TenantId,
+        order_id: &str,
+    ) -> Result<Option<StoredOrder>, StoreError> {
+        self.read(tenant, |ns| ns.orders.get(order_id).cloned())
+    }
+
+    async fn orders_of(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        self.read(tenant, |ns| {
+            let mut orders: Vec<StoredOrder> = ns
+                .orders
+                .values()
+                .filter(|o| o.user_id == user_id)
+                .cloned()
+                .collect();
+            orders.sort_by_key(|o| std::cmp::Reverse(o.created_at_ms));
+            orders.truncate(limit);
+            orders
+        })
+    }
+
+    async fn move_order(
+        &self,
+        tenant: &TenantId,
+        order_id: &str,
+        from: Option<i32>,
+        to: i32,
+        final_status: i32,
+    ) -> Result<Option<StoredOrder>, StoreError> {
+        self.write(tenant, |ns| match ns.orders.get_mut(order_id) {
+            Some(order)
+                if order.status != final_status && from.is_none_or(|from| from == order.status) =>
+            {
+                order.status = to;
+                Some(order.clone())
+            }
+            _ => None,
+        })
     }
 }
 

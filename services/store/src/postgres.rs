@@ -1,14 +1,20 @@
 //! The PostgreSQL store: one schema per tenant.
 
-use std::{collections::HashMap, sync::RwLock};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{
+    Hook, HookError, Manager, ManagerConfig, Metrics, Object, Pool, RecyclingMethod,
+};
 use mesh_contract::TenantId;
 use tokio_postgres::NoTls;
 
 use crate::{
-    Accepted, ConversationInfo, MessageStore, NewMessage, Page, StoreError, StoredMessage,
-    StoredReceipt, valid_namespace,
+    Accepted, ConversationInfo, MessageStore, NewMessage, OrderRecords, Page, StoreError,
+    StoredMessage, StoredOrder, StoredReceipt, valid_namespace,
 };
 
 /// Schema prefix of [`PgStore::connect`]: tenant `mall` with namespace `mall` lives in schema
@@ -19,19 +25,53 @@ pub const DEFAULT_PREFIX: &str = "mesh_";
 const POOL_SIZE: usize = 8;
 /// Longest wait for a pooled connection, a new one, or checking an idle one: past it the
 /// operation fails as transient rather than hang (a database that stopped answering).
-const POOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a statement may run on the server (`statement_timeout`): the store's statements
+/// touch a handful of rows, so one running longer waits on something (a lock, a failing disk)
+/// and is better answered as transient than left holding a connection.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one store operation may take, seen from here: past it the connection is taken for
+/// silent (a failover, a NAT that dropped its state, a frozen proxy: the server's own timeout
+/// never reaches us) and every connection opened before is replaced, not reused.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(6);
+/// Longest wait for a table lock while setting a schema up: a long read holding one makes
+/// the set-up fail as transient (retried) rather than queue every other statement behind it.
+const DDL_LOCK_TIMEOUT: &str = "2s";
+/// A connection idle this long is checked (an empty query, within [`IDLE_CHECK_WITHIN`])
+/// before it is used again: one the network silently dropped is replaced, not tried.
+const IDLE_CHECK_AFTER: Duration = Duration::from_secs(10);
+const IDLE_CHECK_WITHIN: Duration = Duration::from_secs(1);
+/// A connection is replaced after this long, whatever its state: a server-side setting or
+/// a primary that moved is picked up without a restart.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
+/// What the tables of a tenant's schema look like: recorded in `<schema>.schema_version`
+/// once set up, so opening a schema that is current reads one row and takes no lock (a
+/// worker restarting never waits behind a long report query). Raise it with any DDL change.
+const SCHEMA_VERSION: i32 = 2;
 
 /// PostgreSQL backend: each tenant's tables live in schema `<prefix><namespace>`, created on
 /// [`MessageStore::open`]. Statements are built from that one schema name, which was
 /// validated as a plain identifier, so a statement reaches exactly one tenant's tables.
 ///
-/// A pool of connections (deadpool-postgres) with prepared statements cached per connection:
-/// a connection that broke is replaced on the next use, and an operation that failed with it
-/// returns [`StoreError::Backend`], which the storage consumer turns into a retry.
+/// A pool of connections (deadpool-postgres) with prepared statements cached per connection.
+/// The database is a dependency that fails in many ways, and none of them may reach a tenant
+/// other than the one whose work met it:
+/// - a connection whose work failed mid-way (a schema the server refused) is discarded, never
+///   handed to the next caller in an aborted transaction;
+/// - every operation is bounded ([`OPERATION_TIMEOUT`], and `statement_timeout` on the
+///   server); one that takes longer marks every connection opened before it as suspect, so
+///   a pool of silently dead connections is replaced at once rather than one by one;
+/// - connections idle a while are checked before use, TCP keepalives are on, and no
+///   connection lives longer than [`MAX_CONNECTION_AGE`];
+/// - states the server passes through (read-only during a failover, a lock timeout, too many
+///   connections, shutting down) are [transient](StoreError::is_transient): retried, not
+///   answered as the caller's mistake or dead-lettered.
 pub struct PgStore {
     pool: Pool,
     prefix: String,
     schemas: RwLock<HashMap<TenantId, String>>,
+    /// Connections created before this instant are not used again.
+    suspect_before: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -63,7 +103,22 @@ impl PgStore {
             url: url.to_owned(),
             reason,
         };
-        let config: tokio_postgres::Config = url.parse().map_err(|e| error(format!("{e}")))?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| error(format!("{e}")))?;
+        // the server ends a statement stuck on a lock rather than let it hold a connection;
+        // options the URL gives are kept, after ours (theirs win)
+        let options = format!(
+            "-c statement_timeout={} {}",
+            STATEMENT_TIMEOUT.as_millis(),
+            config.get_options().unwrap_or_default()
+        );
+        config
+            .options(options.trim_end())
+            .connect_timeout(POOL_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .tcp_user_timeout(OPERATION_TIMEOUT);
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -71,12 +126,18 @@ impl PgStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        let suspect_before: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let suspect = suspect_before.clone();
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(POOL_TIMEOUT))
             .create_timeout(Some(POOL_TIMEOUT))
             .recycle_timeout(Some(POOL_TIMEOUT))
+            .pre_recycle(Hook::async_fn(move |client, metrics| {
+                let suspect = *suspect.lock().expect("lock");
+                Box::pin(async move { reusable(client, metrics, suspect).await })
+            }))
             .build()
             .map_err(|e| error(e.to_string()))?;
         // fail now, with the address, rather than on the first message
@@ -85,7 +146,42 @@ impl PgStore {
             pool,
             prefix: prefix.to_owned(),
             schemas: RwLock::default(),
+            suspect_before,
         })
+    }
+
+    /// Runs one operation of `tenant`'s within [`OPERATION_TIMEOUT`]; past it, every
+    /// connection opened so far is taken for silent and replaced.
+    async fn within<T>(
+        &self,
+        tenant: &TenantId,
+        operation: &'static str,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
+            Ok(done) => done,
+            Err(_) => {
+                self.suspect_connections();
+                Err(StoreError::Backend {
+                    tenant: tenant.clone(),
+                    operation,
+                    reason: format!(
+                        "no answer from PostgreSQL within {} ms",
+                        OPERATION_TIMEOUT.as_millis()
+                    ),
+                    transient: true,
+                })
+            }
+        }
+    }
+
+    /// Marks every connection opened until now as not to be used again: the idle ones are
+    /// closed now, those in use when they come back.
+    fn suspect_connections(&self) {
+        let now = Instant::now();
+        *self.suspect_before.lock().expect("lock") = Some(now);
+        self.pool.retain(|_, metrics| metrics.created > now);
+        tracing::warn!("a PostgreSQL operation got no answer: replacing the pooled connections");
     }
 
     /// Drops the schema of every tenant opened through this store, with its data (off-boarding,
@@ -160,27 +256,198 @@ fn backend(
     }
 }
 
+/// Whether a pooled connection may be handed out again: not one opened before the store took
+/// its connections for silent, nor one older than [`MAX_CONNECTION_AGE`], nor one idle past
+/// [`IDLE_CHECK_AFTER`] that does not answer an empty query within [`IDLE_CHECK_WITHIN`].
+async fn reusable(
+    client: &mut deadpool_postgres::ClientWrapper,
+    metrics: &Metrics,
+    suspect_before: Option<Instant>,
+) -> Result<(), HookError> {
+    if suspect_before.is_some_and(|before| metrics.created <= before) {
+        return Err(HookError::message("opened before a connection went silent"));
+    }
+    if metrics.age() > MAX_CONNECTION_AGE {
+        return Err(HookError::message("old enough to be replaced"));
+    }
+    if metrics.last_used() > IDLE_CHECK_AFTER {
+        match tokio::time::timeout(IDLE_CHECK_WITHIN, client.simple_query("")).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(HookError::Backend(e)),
+            Err(_) => return Err(HookError::message("idle, and silent when checked")),
+        }
+    }
+    Ok(())
+}
+
 /// Whether the same statement can succeed later. No SQLSTATE: transient when the connection
-/// failed (closed, I/O), permanent otherwise (a value that cannot be encoded). SQLSTATE classes
-/// 08 (connection exception), 53 (insufficient resources), 57 (operator intervention: shutdown,
-/// cancelled), 58 (system error) and serialization failures or deadlocks pass; everything else
-/// (data exceptions, constraint violations, program limits such as an index row too large) is
-/// about the data and will fail the same way again.
+/// failed (closed, I/O), permanent otherwise (a value that cannot be encoded). With one, the
+/// states a server passes through are transient:
+/// - 08 connection exception, 53 insufficient resources (too many connections, disk full),
+///   57 operator intervention (shutting down, a statement cancelled by its timeout), 58
+///   system error;
+/// - 25 invalid transaction state: 25006 read-only (a demoted primary during a failover),
+///   25P02 a connection left in an aborted transaction (it is discarded);
+/// - 55P03 lock not available (`lock_timeout`), 55006 object in use;
+/// - 40001 serialization failure, 40P01 deadlock.
+///
+/// Everything else (data exceptions, constraint violations, program limits such as an index
+/// row too large) is about the data and fails the same way again.
 fn transient(err: &tokio_postgres::Error) -> bool {
     match err.code() {
         None => {
             err.is_closed()
                 || std::error::Error::source(err).is_some_and(|s| s.is::<std::io::Error>())
         }
-        Some(state) => {
-            let code = state.code();
-            ["08", "53", "57", "58"]
-                .iter()
-                .any(|class| code.starts_with(class))
-                || code == "40001"
-                || code == "40P01"
-        }
+        Some(state) => transient_state(state.code()),
     }
+}
+
+fn transient_state(code: &str) -> bool {
+    ["08", "25", "53", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || ["55P03", "55006", "40001", "40P01"].contains(&code)
+}
+
+/// Opens `schema` for `tenant`: claims it (a namespace that is another tenant's is refused
+/// before anything is created in it) and brings its tables to [`SCHEMA_VERSION`]. A schema at
+/// that version already is only read: no DDL, no lock, so opening never waits behind a long
+/// query of somebody else's. Set-up runs in transactions that end (commit or roll back)
+/// before this returns, waits at most [`DDL_LOCK_TIMEOUT`] for a lock, and an advisory lock
+/// keeps two processes opening the same schema from racing on CREATE.
+async fn set_up(
+    client: &mut Object,
+    tenant: &TenantId,
+    schema: &str,
+    namespace: &str,
+) -> Result<(), StoreError> {
+    if let Some((owner, version)) = recorded(client, tenant, schema).await?
+        && version >= SCHEMA_VERSION
+    {
+        return owned(tenant, namespace, &owner);
+    }
+    let err = |operation| backend(tenant, operation);
+    let tx = client
+        .transaction()
+        .await
+        .map_err(err("claiming its schema"))?;
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}';
+         SELECT pg_advisory_xact_lock(hashtext('mesh-store:{schema}'));
+         CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.owner (tenant text PRIMARY KEY);
+         INSERT INTO {schema}.owner (tenant)
+           SELECT '{tenant}' WHERE NOT EXISTS (SELECT 1 FROM {schema}.owner);"
+    ))
+    .await
+    .map_err(err("creating its schema"))?;
+    let owner: String = tx
+        .query_one(&format!("SELECT tenant FROM {schema}.owner"), &[])
+        .await
+        .map_err(err("reading its schema's owner"))?
+        .get(0);
+    // another tenant's: nothing is created in it (the transaction rolls back on drop)
+    owned(tenant, namespace, &owner)?;
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {schema}.messages (
+           message_id text PRIMARY KEY,
+           conversation_id text NOT NULL,
+           seq bigint NOT NULL,
+           from_user text NOT NULL,
+           to_user text NOT NULL,
+           kind integer NOT NULL,
+           body text NOT NULL,
+           sent_at_ms bigint NOT NULL);
+         CREATE INDEX IF NOT EXISTS messages_by_conversation
+           ON {schema}.messages (conversation_id, seq);
+         ALTER TABLE {schema}.messages
+           ADD COLUMN IF NOT EXISTS client_msg_id text,
+           ADD COLUMN IF NOT EXISTS position bigint;
+         DROP INDEX IF EXISTS {schema}.messages_by_client_id;
+         CREATE UNIQUE INDEX IF NOT EXISTS messages_by_sender_client_id
+           ON {schema}.messages (conversation_id, from_user, client_msg_id);
+         CREATE UNIQUE INDEX IF NOT EXISTS messages_by_receiver
+           ON {schema}.messages (to_user, position);
+         CREATE TABLE IF NOT EXISTS {schema}.conversations (
+           conversation_id text PRIMARY KEY,
+           last_seq bigint NOT NULL);
+         CREATE TABLE IF NOT EXISTS {schema}.participants (
+           conversation_id text NOT NULL,
+           user_id text NOT NULL,
+           PRIMARY KEY (conversation_id, user_id));
+         CREATE TABLE IF NOT EXISTS {schema}.timelines (
+           user_id text PRIMARY KEY,
+           last_position bigint NOT NULL);
+         CREATE TABLE IF NOT EXISTS {schema}.cursors (
+           user_id text NOT NULL,
+           terminal_id text NOT NULL,
+           position bigint NOT NULL,
+           PRIMARY KEY (user_id, terminal_id));
+         CREATE TABLE IF NOT EXISTS {schema}.receipts (
+           conversation_id text NOT NULL,
+           reader text NOT NULL,
+           up_to_seq bigint NOT NULL,
+           read_at_ms bigint NOT NULL,
+           PRIMARY KEY (conversation_id, reader));
+         CREATE TABLE IF NOT EXISTS {schema}.orders (
+           order_id text PRIMARY KEY,
+           user_id text NOT NULL,
+           merchant_id text NOT NULL,
+           status integer NOT NULL,
+           total_minor bigint NOT NULL,
+           currency text NOT NULL,
+           created_at_ms bigint NOT NULL,
+           conversation_id text NOT NULL);
+         CREATE INDEX IF NOT EXISTS orders_by_user
+           ON {schema}.orders (user_id, created_at_ms DESC);
+         CREATE TABLE IF NOT EXISTS {schema}.schema_version (
+           only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+           version integer NOT NULL);
+         INSERT INTO {schema}.schema_version (version) VALUES ({SCHEMA_VERSION})
+           ON CONFLICT (only_row) DO UPDATE SET version = EXCLUDED.version;"
+    ))
+    .await
+    .map_err(err("creating its tables"))?;
+    tx.commit().await.map_err(err("creating its tables"))
+}
+
+/// The owner and version recorded in `schema`, read without taking any lock; `None` when the
+/// schema or those tables do not exist yet (an error outside a transaction leaves the
+/// connection as it was).
+async fn recorded(
+    client: &Object,
+    tenant: &TenantId,
+    schema: &str,
+) -> Result<Option<(String, i32)>, StoreError> {
+    let read = client
+        .query_opt(
+            &format!("SELECT o.tenant, v.version FROM {schema}.owner o, {schema}.schema_version v"),
+            &[],
+        )
+        .await;
+    match read {
+        Ok(row) => Ok(row.map(|row| (row.get(0), row.get(1)))),
+        // 3F000 no such schema, 42P01 no such table: not set up yet
+        Err(e)
+            if e.code()
+                .is_some_and(|c| ["3F000", "42P01"].contains(&c.code())) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(backend(tenant, "reading its schema's version")(e)),
+    }
+}
+
+/// `Ok` when `owner` (of `namespace`) is `tenant`.
+fn owned(tenant: &TenantId, namespace: &str, owner: &str) -> Result<(), StoreError> {
+    if owner == tenant.as_str() {
+        return Ok(());
+    }
+    Err(StoreError::NamespaceTaken {
+        namespace: namespace.to_owned(),
+        owner: TenantId::new(owner).map_err(|_| StoreError::InvalidNamespace(owner.to_owned()))?,
+    })
 }
 
 fn message(row: &tokio_postgres::Row) -> StoredMessage {
@@ -207,235 +474,344 @@ fn seq(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// The columns [`order`] reads, in its order.
+const ORDER_COLUMNS: &str =
+    "order_id, user_id, merchant_id, status, total_minor, currency, created_at_ms, conversation_id";
+
+fn order(row: &tokio_postgres::Row) -> StoredOrder {
+    StoredOrder {
+        order_id: row.get(0),
+        user_id: row.get(1),
+        merchant_id: row.get(2),
+        status: row.get(3),
+        total_minor: row.get(4),
+        currency: row.get(5),
+        created_at_ms: row.get(6),
+        conversation_id: row.get(7),
+    }
+}
+
+impl PgStore {
+    /// Runs `sql` (an insert of all [`ORDER_COLUMNS`], `$1..$8`) for `order`; rows changed.
+    async fn write_order(
+        &self,
+        tenant: &TenantId,
+        operation: &'static str,
+        sql: &str,
+        o: &StoredOrder,
+    ) -> Result<u64, StoreError> {
+        self.within(tenant, operation, async {
+            let (client, statement) = self.prepared(tenant, operation, sql).await?;
+            client
+                .execute(
+                    &statement,
+                    &[
+                        &o.order_id,
+                        &o.user_id,
+                        &o.merchant_id,
+                        &o.status,
+                        &o.total_minor,
+                        &o.currency,
+                        &o.created_at_ms,
+                        &o.conversation_id,
+                    ],
+                )
+                .await
+                .map_err(backend(tenant, operation))
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl OrderRecords for PgStore {
+    async fn put_order(&self, tenant: &TenantId, o: &StoredOrder) -> Result<(), StoreError> {
+        let schema = self.schema(tenant)?;
+        let sql = format!(
+            "INSERT INTO {schema}.orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (order_id) DO UPDATE SET user_id = $2, merchant_id = $3, status = $4,
+               total_minor = $5, currency = $6, created_at_ms = $7, conversation_id = $8"
+        );
+        self.write_order(tenant, "storing an order", &sql, o)
+            .await
+            .map(drop)
+    }
+
+    async fn put_new_order(&self, tenant: &TenantId, o: &StoredOrder) -> Result<bool, StoreError> {
+        let schema = self.schema(tenant)?;
+        let sql = format!(
+            "INSERT INTO {schema}.orders ({ORDER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (order_id) DO NOTHING"
+        );
+        self.write_order(tenant, "recording an order", &sql, o)
+            .await
+            .map(|rows| rows == 1)
+    }
+
+    async fn order(
+        &self,
+        tenant: &TenantId,
+        order_id: &str,
+    ) -> Result<Option<StoredOrder>, StoreError> {
+        const OP: &str = "reading an order";
+        let schema = self.schema(tenant)?;
+        self.within(tenant, OP, async {
+            let (client, statement) = self
+                .prepared(
+                    tenant,
+                    OP,
+                    &format!("SELECT {ORDER_COLUMNS} FROM {schema}.orders WHERE order_id = $1"),
+                )
+                .await?;
+            let row = client
+                .query_opt(&statement, &[&order_id])
+                .await
+                .map_err(backend(tenant, OP))?;
+            Ok(row.as_ref().map(order))
+        })
+        .await
+    }
+
+    async fn orders_of(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredOrder>, StoreError> {
+        const OP: &str = "listing a user's orders";
+        let schema = self.schema(tenant)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.within(tenant, OP, async {
+            let (client, statement) = self
+                .prepared(
+                    tenant,
+                    OP,
+                    &format!(
+                        "SELECT {ORDER_COLUMNS} FROM {schema}.orders WHERE user_id = $1
+                         ORDER BY created_at_ms DESC LIMIT $2"
+                    ),
+                )
+                .await?;
+            let rows = client
+                .query(&statement, &[&user_id, &limit])
+                .await
+                .map_err(backend(tenant, OP))?;
+            Ok(rows.iter().map(order).collect())
+        })
+        .await
+    }
+
+    async fn move_order(
+        &self,
+        tenant: &TenantId,
+        order_id: &str,
+        from: Option<i32>,
+        to: i32,
+        final_status: i32,
+    ) -> Result<Option<StoredOrder>, StoreError> {
+        const OP: &str = "moving an order";
+        let schema = self.schema(tenant)?;
+        self.within(tenant, OP, async {
+            // one statement: a concurrent move of the same order waits on its row, then sees
+            // the status the first one left
+            let (client, statement) = self
+                .prepared(
+                    tenant,
+                    OP,
+                    &format!(
+                        "UPDATE {schema}.orders SET status = $2
+                         WHERE order_id = $1 AND status <> $4
+                           AND ($3::integer IS NULL OR status = $3)
+                         RETURNING {ORDER_COLUMNS}"
+                    ),
+                )
+                .await?;
+            let row = client
+                .query_opt(&statement, &[&order_id, &to, &from, &final_status])
+                .await
+                .map_err(backend(tenant, OP))?;
+            Ok(row.as_ref().map(order))
+        })
+        .await
+    }
+}
+
 #[async_trait::async_trait]
 impl MessageStore for PgStore {
     async fn drop_tenant(&self, tenant: &TenantId) -> Result<(), StoreError> {
-        let Some(schema) = self.schemas.read().expect("lock").get(tenant).cloned() else {
-            return Ok(());
-        };
-        self.client(tenant)
-            .await?
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .await
-            .map_err(backend(tenant, "dropping its schema"))?;
-        self.schemas.write().expect("lock").remove(tenant);
-        Ok(())
+        self.within(tenant, "drop_tenant", async {
+            let Some(schema) = self.schemas.read().expect("lock").get(tenant).cloned() else {
+                return Ok(());
+            };
+            self.client(tenant)
+                .await?
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .await
+                .map_err(backend(tenant, "dropping its schema"))?;
+            self.schemas.write().expect("lock").remove(tenant);
+            Ok(())
+        })
+        .await
     }
 
     async fn open(&self, tenant: &TenantId, namespace: &str) -> Result<(), StoreError> {
         valid_namespace(namespace)?;
         let schema = format!("{}{namespace}", self.prefix);
         valid_namespace(&schema)?;
-        // The owner first, alone: a namespace that is another tenant's is refused before
-        // anything is created in it. One simple-query message runs as a unit on the server;
-        // the advisory lock keeps two processes opening the same schema from racing on CREATE.
-        let claim = format!(
-            "BEGIN;
-             SELECT pg_advisory_xact_lock(hashtext('mesh-store:{schema}'));
-             CREATE SCHEMA IF NOT EXISTS {schema};
-             CREATE TABLE IF NOT EXISTS {schema}.owner (tenant text PRIMARY KEY);
-             INSERT INTO {schema}.owner (tenant)
-               SELECT '{tenant}' WHERE NOT EXISTS (SELECT 1 FROM {schema}.owner);
-             COMMIT;"
-        );
-        let client = self.client(tenant).await?;
-        client
-            .batch_execute(&claim)
-            .await
-            .map_err(backend(tenant, "creating its schema"))?;
-        let owner: String = client
-            .query_one(&format!("SELECT tenant FROM {schema}.owner"), &[])
-            .await
-            .map_err(backend(tenant, "reading its schema's owner"))?
-            .get(0);
-        if owner != tenant.as_str() {
-            return Err(StoreError::NamespaceTaken {
-                namespace: namespace.to_owned(),
-                owner: TenantId::new(&owner).map_err(|_| StoreError::InvalidNamespace(owner))?,
-            });
+        let mut client = self.client(tenant).await?;
+        let opened = self
+            .within(
+                tenant,
+                "opening its schema",
+                set_up(&mut client, tenant, &schema, namespace),
+            )
+            .await;
+        match opened {
+            Ok(()) => {
+                self.schemas
+                    .write()
+                    .expect("lock")
+                    .insert(tenant.clone(), schema);
+                Ok(())
+            }
+            Err(err) => {
+                // whatever state the refusal left it in (an aborted transaction, a session
+                // setting) stays with this tenant: the connection is closed, not pooled
+                drop(Object::take(client));
+                Err(err)
+            }
         }
-        let ddl = format!(
-            "BEGIN;
-             SELECT pg_advisory_xact_lock(hashtext('mesh-store:{schema}'));
-             CREATE TABLE IF NOT EXISTS {schema}.messages (
-               message_id text PRIMARY KEY,
-               conversation_id text NOT NULL,
-               seq bigint NOT NULL,
-               from_user text NOT NULL,
-               to_user text NOT NULL,
-               kind integer NOT NULL,
-               body text NOT NULL,
-               sent_at_ms bigint NOT NULL);
-             CREATE INDEX IF NOT EXISTS messages_by_conversation
-               ON {schema}.messages (conversation_id, seq);
-             ALTER TABLE {schema}.messages
-               ADD COLUMN IF NOT EXISTS client_msg_id text,
-               ADD COLUMN IF NOT EXISTS position bigint;
-             DROP INDEX IF EXISTS {schema}.messages_by_client_id;
-             CREATE UNIQUE INDEX IF NOT EXISTS messages_by_sender_client_id
-               ON {schema}.messages (conversation_id, from_user, client_msg_id);
-             CREATE UNIQUE INDEX IF NOT EXISTS messages_by_receiver
-               ON {schema}.messages (to_user, position);
-             CREATE TABLE IF NOT EXISTS {schema}.conversations (
-               conversation_id text PRIMARY KEY,
-               last_seq bigint NOT NULL);
-             CREATE TABLE IF NOT EXISTS {schema}.participants (
-               conversation_id text NOT NULL,
-               user_id text NOT NULL,
-               PRIMARY KEY (conversation_id, user_id));
-             CREATE TABLE IF NOT EXISTS {schema}.timelines (
-               user_id text PRIMARY KEY,
-               last_position bigint NOT NULL);
-             CREATE TABLE IF NOT EXISTS {schema}.cursors (
-               user_id text NOT NULL,
-               terminal_id text NOT NULL,
-               position bigint NOT NULL,
-               PRIMARY KEY (user_id, terminal_id));
-             CREATE TABLE IF NOT EXISTS {schema}.receipts (
-               conversation_id text NOT NULL,
-               reader text NOT NULL,
-               up_to_seq bigint NOT NULL,
-               read_at_ms bigint NOT NULL,
-               PRIMARY KEY (conversation_id, reader));
-             COMMIT;"
-        );
-        client
-            .batch_execute(&ddl)
-            .await
-            .map_err(backend(tenant, "creating its tables"))?;
-        self.schemas
-            .write()
-            .expect("lock")
-            .insert(tenant.clone(), schema);
-        Ok(())
     }
 
     async fn accept(&self, tenant: &TenantId, m: &NewMessage) -> Result<Accepted, StoreError> {
-        const OP: &str = "accepting a message";
-        let schema = self.schema(tenant)?;
-        let err = |e| backend(tenant, OP)(e);
-        let mut client = self.client(tenant).await?;
-        // Row locks order concurrent accepts: the conversation's counter first, then the
-        // receiver's timeline counter (always in that order, so two accepts never wait on each
-        // other in a cycle). A second accept of the same conversation waits for the first to
-        // commit, so it sees its client id, and positions of one timeline commit in order.
-        let tx = client.transaction().await.map_err(err)?;
-        let bump_seq = tx
-            .prepare_cached(&format!(
-                "INSERT INTO {schema}.conversations AS c (conversation_id, last_seq) VALUES ($1, 1)
-                 ON CONFLICT (conversation_id) DO UPDATE SET last_seq = c.last_seq + 1
-                 RETURNING last_seq"
-            ))
-            .await
-            .map_err(err)?;
-        let seq: i64 = tx
-            .query_one(&bump_seq, &[&m.conversation_id])
-            .await
-            .map_err(err)?
-            .get(0);
-        // the conversation's row is locked by the bump: membership cannot change under us
-        if m.members_only && seq > 1 {
-            let member = tx
+        self.within(tenant, "accept", async {
+            const OP: &str = "accepting a message";
+            let schema = self.schema(tenant)?;
+            let err = |e| backend(tenant, OP)(e);
+            let mut client = self.client(tenant).await?;
+            // Row locks order concurrent accepts: the conversation's counter first, then the
+            // receiver's timeline counter (always in that order, so two accepts never wait on each
+            // other in a cycle). A second accept of the same conversation waits for the first to
+            // commit, so it sees its client id, and positions of one timeline commit in order.
+            let tx = client.transaction().await.map_err(err)?;
+            let bump_seq = tx
                 .prepare_cached(&format!(
-                    "SELECT 1 FROM {schema}.participants WHERE conversation_id = $1 AND user_id = $2"
+                    "INSERT INTO {schema}.conversations AS c (conversation_id, last_seq) VALUES ($1, 1)
+                     ON CONFLICT (conversation_id) DO UPDATE SET last_seq = c.last_seq + 1
+                     RETURNING last_seq"
                 ))
                 .await
                 .map_err(err)?;
-            if tx
-                .query_opt(&member, &[&m.conversation_id, &m.from_user])
+            let seq: i64 = tx
+                .query_one(&bump_seq, &[&m.conversation_id])
                 .await
                 .map_err(err)?
-                .is_none()
-            {
-                tx.rollback().await.map_err(err)?;
-                return Err(StoreError::NotAParticipant {
-                    conversation: m.conversation_id.clone(),
-                    user: m.from_user.clone(),
-                });
+                .get(0);
+            // the conversation's row is locked by the bump: membership cannot change under us
+            if m.members_only && seq > 1 {
+                let member = tx
+                    .prepare_cached(&format!(
+                        "SELECT 1 FROM {schema}.participants WHERE conversation_id = $1 AND user_id = $2"
+                    ))
+                    .await
+                    .map_err(err)?;
+                if tx
+                    .query_opt(&member, &[&m.conversation_id, &m.from_user])
+                    .await
+                    .map_err(err)?
+                    .is_none()
+                {
+                    tx.rollback().await.map_err(err)?;
+                    return Err(StoreError::NotAParticipant {
+                        conversation: m.conversation_id.clone(),
+                        user: m.from_user.clone(),
+                    });
+                }
             }
-        }
-        if !m.client_msg_id.is_empty() {
-            let find = tx
+            if !m.client_msg_id.is_empty() {
+                let find = tx
+                    .prepare_cached(&format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM {schema}.messages
+                         WHERE conversation_id = $1 AND from_user = $2 AND client_msg_id = $3"
+                    ))
+                    .await
+                    .map_err(err)?;
+                if let Some(row) = tx
+                    .query_opt(&find, &[&m.conversation_id, &m.from_user, &m.client_msg_id])
+                    .await
+                    .map_err(err)?
+                {
+                    // the counter bump is undone with the transaction
+                    tx.rollback().await.map_err(err)?;
+                    return Ok(Accepted::Existing(message(&row)));
+                }
+            }
+            let bump_position = tx
                 .prepare_cached(&format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM {schema}.messages
-                     WHERE conversation_id = $1 AND from_user = $2 AND client_msg_id = $3"
+                    "INSERT INTO {schema}.timelines AS t (user_id, last_position) VALUES ($1, 1)
+                     ON CONFLICT (user_id) DO UPDATE SET last_position = t.last_position + 1
+                     RETURNING last_position"
                 ))
                 .await
                 .map_err(err)?;
-            if let Some(row) = tx
-                .query_opt(&find, &[&m.conversation_id, &m.from_user, &m.client_msg_id])
+            let position: i64 = tx
+                .query_one(&bump_position, &[&m.to_user])
                 .await
                 .map_err(err)?
-            {
-                // the counter bump is undone with the transaction
-                tx.rollback().await.map_err(err)?;
-                return Ok(Accepted::Existing(message(&row)));
-            }
-        }
-        let bump_position = tx
-            .prepare_cached(&format!(
-                "INSERT INTO {schema}.timelines AS t (user_id, last_position) VALUES ($1, 1)
-                 ON CONFLICT (user_id) DO UPDATE SET last_position = t.last_position + 1
-                 RETURNING last_position"
-            ))
+                .get(0);
+            let insert = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO {schema}.messages
+                     (message_id, conversation_id, seq, from_user, to_user, kind, body, sent_at_ms,
+                      position, client_msg_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULLIF($10, ''))"
+                ))
+                .await
+                .map_err(err)?;
+            tx.execute(
+                &insert,
+                &[
+                    &m.message_id,
+                    &m.conversation_id,
+                    &seq,
+                    &m.from_user,
+                    &m.to_user,
+                    &m.kind,
+                    &m.body,
+                    &m.sent_at_ms,
+                    &position,
+                    &m.client_msg_id,
+                ],
+            )
             .await
             .map_err(err)?;
-        let position: i64 = tx
-            .query_one(&bump_position, &[&m.to_user])
-            .await
-            .map_err(err)?
-            .get(0);
-        let insert = tx
-            .prepare_cached(&format!(
-                "INSERT INTO {schema}.messages
-                 (message_id, conversation_id, seq, from_user, to_user, kind, body, sent_at_ms,
-                  position, client_msg_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULLIF($10, ''))"
-            ))
+            let participants = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO {schema}.participants (conversation_id, user_id)
+                     VALUES ($1, $2), ($1, $3) ON CONFLICT DO NOTHING"
+                ))
+                .await
+                .map_err(err)?;
+            tx.execute(
+                &participants,
+                &[&m.conversation_id, &m.from_user, &m.to_user],
+            )
             .await
             .map_err(err)?;
-        tx.execute(
-            &insert,
-            &[
-                &m.message_id,
-                &m.conversation_id,
-                &seq,
-                &m.from_user,
-                &m.to_user,
-                &m.kind,
-                &m.body,
-                &m.sent_at_ms,
-                &position,
-                &m.client_msg_id,
-            ],
-        )
+            tx.commit().await.map_err(err)?;
+            Ok(Accepted::New(StoredMessage {
+                message_id: m.message_id.clone(),
+                conversation_id: m.conversation_id.clone(),
+                seq: seq as u64,
+                position: position as u64,
+                from_user: m.from_user.clone(),
+                to_user: m.to_user.clone(),
+                kind: m.kind,
+                body: m.body.clone(),
+                sent_at_ms: m.sent_at_ms,
+            }))
+        })
         .await
-        .map_err(err)?;
-        let participants = tx
-            .prepare_cached(&format!(
-                "INSERT INTO {schema}.participants (conversation_id, user_id)
-                 VALUES ($1, $2), ($1, $3) ON CONFLICT DO NOTHING"
-            ))
-            .await
-            .map_err(err)?;
-        tx.execute(
-            &participants,
-            &[&m.conversation_id, &m.from_user, &m.to_user],
-        )
-        .await
-        .map_err(err)?;
-        tx.commit().await.map_err(err)?;
-        Ok(Accepted::New(StoredMessage {
-            message_id: m.message_id.clone(),
-            conversation_id: m.conversation_id.clone(),
-            seq: seq as u64,
-            position: position as u64,
-            from_user: m.from_user.clone(),
-            to_user: m.to_user.clone(),
-            kind: m.kind,
-            body: m.body.clone(),
-            sent_at_ms: m.sent_at_ms,
-        }))
     }
 
     async fn timeline(
@@ -445,27 +821,30 @@ impl MessageStore for PgStore {
         after: u64,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        const OP: &str = "reading a timeline";
-        let schema = self.schema(tenant)?;
-        let (client, statement) = self
-            .prepared(
-                tenant,
-                OP,
-                &format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM {schema}.messages
-                     WHERE to_user = $1 AND position > $2 ORDER BY position LIMIT $3"
-                ),
-            )
-            .await?;
-        let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
-        let rows = client
-            .query(&statement, &[&user, &seq(after), &fetch])
-            .await
-            .map_err(backend(tenant, OP))?;
-        let mut messages: Vec<StoredMessage> = rows.iter().map(message).collect();
-        let more = messages.len() > limit;
-        messages.truncate(limit);
-        Ok(Page { messages, more })
+        self.within(tenant, "timeline", async {
+            const OP: &str = "reading a timeline";
+            let schema = self.schema(tenant)?;
+            let (client, statement) = self
+                .prepared(
+                    tenant,
+                    OP,
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM {schema}.messages
+                         WHERE to_user = $1 AND position > $2 ORDER BY position LIMIT $3"
+                    ),
+                )
+                .await?;
+            let fetch = i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1;
+            let rows = client
+                .query(&statement, &[&user, &seq(after), &fetch])
+                .await
+                .map_err(backend(tenant, OP))?;
+            let mut messages: Vec<StoredMessage> = rows.iter().map(message).collect();
+            let more = messages.len() > limit;
+            messages.truncate(limit);
+            Ok(Page { messages, more })
+        })
+        .await
     }
 
     async fn cursor(
@@ -474,7 +853,10 @@ impl MessageStore for PgStore {
         user: &str,
         terminal: &str,
     ) -> Result<u64, StoreError> {
-        self.advance_cursor(tenant, user, terminal, 0, false).await
+        self.within(tenant, "cursor", async {
+            self.advance_cursor(tenant, user, terminal, 0, false).await
+        })
+        .await
     }
 
     async fn advance_cursor(
@@ -485,55 +867,61 @@ impl MessageStore for PgStore {
         position: u64,
         contiguous: bool,
     ) -> Result<u64, StoreError> {
-        const OP: &str = "moving a terminal's cursor";
-        let schema = self.schema(tenant)?;
-        let (client, statement) = self
-            .prepared(
-                tenant,
-                OP,
-                &format!(
-                    "WITH t AS (
-                       SELECT LEAST($3::bigint, COALESCE(
-                         (SELECT last_position FROM {schema}.timelines WHERE user_id = $1), 0)) AS p)
-                     INSERT INTO {schema}.cursors AS k (user_id, terminal_id, position)
-                     SELECT $1, $2, CASE WHEN $4::boolean AND t.p > 1 THEN 0 ELSE t.p END FROM t
-                     ON CONFLICT (user_id, terminal_id) DO UPDATE SET position =
-                       CASE WHEN $4::boolean AND k.position <> (SELECT p FROM t) - 1 THEN k.position
-                            ELSE GREATEST(k.position, (SELECT p FROM t)) END
-                     RETURNING position"
-                ),
-            )
-            .await?;
-        let row = client
-            .query_one(&statement, &[&user, &terminal, &seq(position), &contiguous])
-            .await
-            .map_err(backend(tenant, OP))?;
-        Ok(row.get::<_, i64>(0) as u64)
+        self.within(tenant, "advance_cursor", async {
+            const OP: &str = "moving a terminal's cursor";
+            let schema = self.schema(tenant)?;
+            let (client, statement) = self
+                .prepared(
+                    tenant,
+                    OP,
+                    &format!(
+                        "WITH t AS (
+                           SELECT LEAST($3::bigint, COALESCE(
+                             (SELECT last_position FROM {schema}.timelines WHERE user_id = $1), 0)) AS p)
+                         INSERT INTO {schema}.cursors AS k (user_id, terminal_id, position)
+                         SELECT $1, $2, CASE WHEN $4::boolean AND t.p > 1 THEN 0 ELSE t.p END FROM t
+                         ON CONFLICT (user_id, terminal_id) DO UPDATE SET position =
+                           CASE WHEN $4::boolean AND k.position <> (SELECT p FROM t) - 1 THEN k.position
+                                ELSE GREATEST(k.position, (SELECT p FROM t)) END
+                         RETURNING position"
+                    ),
+                )
+                .await?;
+            let row = client
+                .query_one(&statement, &[&user, &terminal, &seq(position), &contiguous])
+                .await
+                .map_err(backend(tenant, OP))?;
+            Ok(row.get::<_, i64>(0) as u64)
+        })
+        .await
     }
 
     async fn heads(&self, tenant: &TenantId, users: &[String]) -> Result<Vec<u64>, StoreError> {
-        const OP: &str = "reading timeline heads";
-        let schema = self.schema(tenant)?;
-        let (client, statement) = self
-            .prepared(
-                tenant,
-                OP,
-                &format!(
-                    "SELECT user_id, last_position FROM {schema}.timelines
-                     WHERE user_id = ANY($1::text[])"
-                ),
-            )
-            .await?;
-        let rows = client
-            .query(&statement, &[&users])
-            .await
-            .map_err(backend(tenant, OP))?;
-        let found: std::collections::HashMap<String, i64> =
-            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        Ok(users
-            .iter()
-            .map(|u| found.get(u).map_or(0, |&p| p as u64))
-            .collect())
+        self.within(tenant, "heads", async {
+            const OP: &str = "reading timeline heads";
+            let schema = self.schema(tenant)?;
+            let (client, statement) = self
+                .prepared(
+                    tenant,
+                    OP,
+                    &format!(
+                        "SELECT user_id, last_position FROM {schema}.timelines
+                         WHERE user_id = ANY($1::text[])"
+                    ),
+                )
+                .await?;
+            let rows = client
+                .query(&statement, &[&users])
+                .await
+                .map_err(backend(tenant, OP))?;
+            let found: std::collections::HashMap<String, i64> =
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            Ok(users
+                .iter()
+                .map(|u| found.get(u).map_or(0, |&p| p as u64))
+                .collect())
+        })
+        .await
     }
 
     async fn position_of(
@@ -542,43 +930,49 @@ impl MessageStore for PgStore {
         user: &str,
         message_id: &str,
     ) -> Result<Option<u64>, StoreError> {
-        const OP: &str = "finding a message's position";
-        let schema = self.schema(tenant)?;
-        let (client, statement) = self
-            .prepared(
-                tenant,
-                OP,
-                &format!(
-                    "SELECT position FROM {schema}.messages WHERE message_id = $1 AND to_user = $2"
-                ),
-            )
-            .await?;
-        let row = client
-            .query_opt(&statement, &[&message_id, &user])
-            .await
-            .map_err(backend(tenant, OP))?;
-        Ok(row
-            .and_then(|row| row.get::<_, Option<i64>>(0))
-            .map(|p| p as u64))
+        self.within(tenant, "position_of", async {
+            const OP: &str = "finding a message's position";
+            let schema = self.schema(tenant)?;
+            let (client, statement) = self
+                .prepared(
+                    tenant,
+                    OP,
+                    &format!(
+                        "SELECT position FROM {schema}.messages WHERE message_id = $1 AND to_user = $2"
+                    ),
+                )
+                .await?;
+            let row = client
+                .query_opt(&statement, &[&message_id, &user])
+                .await
+                .map_err(backend(tenant, OP))?;
+            Ok(row
+                .and_then(|row| row.get::<_, Option<i64>>(0))
+                .map(|p| p as u64))
+        })
+        .await
     }
 
     async fn terminals(&self, tenant: &TenantId, user: &str) -> Result<Vec<String>, StoreError> {
-        const OP: &str = "listing a user's terminals";
-        let schema = self.schema(tenant)?;
-        let (client, statement) = self
-            .prepared(
-                tenant,
-                OP,
-                &format!(
-                    "SELECT terminal_id FROM {schema}.cursors WHERE user_id = $1 ORDER BY terminal_id"
-                ),
-            )
-            .await?;
-        let rows = client
-            .query(&statement, &[&user])
-            .await
-            .map_err(backend(tenant, OP))?;
-        Ok(rows.iter().map(|row| row.get(0)).collect())
+        self.within(tenant, "terminals", async {
+            const OP: &str = "listing a user's terminals";
+            let schema = self.schema(tenant)?;
+            let (client, statement) = self
+                .prepared(
+                    tenant,
+                    OP,
+                    &format!(
+                        "SELECT terminal_id FROM {schema}.cursors WHERE user_id = $1 ORDER BY terminal_id"
+                    ),
+                )
+                .await?;
+            let rows = client
+                .query(&statement, &[&user])
+                .await
+                .map_err(backend(tenant, OP))?;
+            Ok(rows.iter().map(|row| row.get(0)).collect())
+        })
+        .await
     }
 
     async fn conversation(
@@ -586,30 +980,33 @@ impl MessageStore for PgStore {
         tenant: &TenantId,
         conversation_id: &str,
     ) -> Result<Option<ConversationInfo>, StoreError> {
-        const OP: &str = "reading a conversation's participants";
-        let schema = self.schema(tenant)?;
-        let (client, statement) = self
-            .prepared(
-                tenant,
-                OP,
-                &format!(
-                    "SELECT c.last_seq, p.user_id FROM {schema}.conversations c
-                     JOIN {schema}.participants p USING (conversation_id)
-                     WHERE c.conversation_id = $1 ORDER BY p.user_id"
-                ),
-            )
-            .await?;
-        let rows = client
-            .query(&statement, &[&conversation_id])
-            .await
-            .map_err(backend(tenant, OP))?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        Ok(Some(ConversationInfo {
-            last_seq: first.get::<_, i64>(0) as u64,
-            participants: rows.iter().map(|row| row.get(1)).collect(),
-        }))
+        self.within(tenant, "conversation", async {
+            const OP: &str = "reading a conversation's participants";
+            let schema = self.schema(tenant)?;
+            let (client, statement) = self
+                .prepared(
+                    tenant,
+                    OP,
+                    &format!(
+                        "SELECT c.last_seq, p.user_id FROM {schema}.conversations c
+                         JOIN {schema}.participants p USING (conversation_id)
+                         WHERE c.conversation_id = $1 ORDER BY p.user_id"
+                    ),
+                )
+                .await?;
+            let rows = client
+                .query(&statement, &[&conversation_id])
+                .await
+                .map_err(backend(tenant, OP))?;
+            let Some(first) = rows.first() else {
+                return Ok(None);
+            };
+            Ok(Some(ConversationInfo {
+                last_seq: first.get::<_, i64>(0) as u64,
+                participants: rows.iter().map(|row| row.get(1)).collect(),
+            }))
+        })
+        .await
     }
 
     async fn history(
@@ -619,56 +1016,62 @@ impl MessageStore for PgStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        const OP: &str = "reading a conversation";
-        let schema = self.schema(tenant)?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let (client, statement) = self
-            .prepared(
-                tenant,
-                OP,
-                &format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM {schema}.messages
-                     WHERE conversation_id = $1 AND seq > $2
-                     ORDER BY seq LIMIT $3"
-                ),
-            )
-            .await?;
-        let rows = client
-            .query(&statement, &[&conversation_id, &seq(after_seq), &limit])
-            .await
-            .map_err(backend(tenant, OP))?;
-        Ok(rows.iter().map(message).collect())
+        self.within(tenant, "history", async {
+            const OP: &str = "reading a conversation";
+            let schema = self.schema(tenant)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let (client, statement) = self
+                .prepared(
+                    tenant,
+                    OP,
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM {schema}.messages
+                         WHERE conversation_id = $1 AND seq > $2
+                         ORDER BY seq LIMIT $3"
+                    ),
+                )
+                .await?;
+            let rows = client
+                .query(&statement, &[&conversation_id, &seq(after_seq), &limit])
+                .await
+                .map_err(backend(tenant, OP))?;
+            Ok(rows.iter().map(message).collect())
+        })
+        .await
     }
 
     async fn save_receipt(&self, tenant: &TenantId, r: &StoredReceipt) -> Result<(), StoreError> {
-        const OP: &str = "saving a read receipt";
-        let schema = self.schema(tenant)?;
-        let (client, statement) = self
-            .prepared(
-                tenant,
-                OP,
-                &format!(
-                    "INSERT INTO {schema}.receipts (conversation_id, reader, up_to_seq, read_at_ms)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (conversation_id, reader) DO UPDATE
-                       SET up_to_seq = EXCLUDED.up_to_seq, read_at_ms = EXCLUDED.read_at_ms
-                       WHERE {schema}.receipts.up_to_seq < EXCLUDED.up_to_seq"
-                ),
-            )
-            .await?;
-        client
-            .execute(
-                &statement,
-                &[
-                    &r.conversation_id,
-                    &r.reader,
-                    &seq(r.up_to_seq),
-                    &r.read_at_ms,
-                ],
-            )
-            .await
-            .map_err(backend(tenant, OP))?;
-        Ok(())
+        self.within(tenant, "save_receipt", async {
+            const OP: &str = "saving a read receipt";
+            let schema = self.schema(tenant)?;
+            let (client, statement) = self
+                .prepared(
+                    tenant,
+                    OP,
+                    &format!(
+                        "INSERT INTO {schema}.receipts (conversation_id, reader, up_to_seq, read_at_ms)
+                         VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (conversation_id, reader) DO UPDATE
+                           SET up_to_seq = EXCLUDED.up_to_seq, read_at_ms = EXCLUDED.read_at_ms
+                           WHERE {schema}.receipts.up_to_seq < EXCLUDED.up_to_seq"
+                    ),
+                )
+                .await?;
+            client
+                .execute(
+                    &statement,
+                    &[
+                        &r.conversation_id,
+                        &r.reader,
+                        &seq(r.up_to_seq),
+                        &r.read_at_ms,
+                    ],
+                )
+                .await
+                .map_err(backend(tenant, OP))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn receipt(
@@ -677,43 +1080,49 @@ impl MessageStore for PgStore {
         conversation_id: &str,
         reader: &str,
     ) -> Result<Option<StoredReceipt>, StoreError> {
-        const OP: &str = "reading a read receipt";
-        let schema = self.schema(tenant)?;
-        let (client, statement) = self
-            .prepared(
-                tenant,
-                OP,
-                &format!(
-                    "SELECT conversation_id, reader, up_to_seq, read_at_ms
-                     FROM {schema}.receipts WHERE conversation_id = $1 AND reader = $2"
-                ),
-            )
-            .await?;
-        let row = client
-            .query_opt(&statement, &[&conversation_id, &reader])
-            .await
-            .map_err(backend(tenant, OP))?;
-        Ok(row.map(|row| StoredReceipt {
-            conversation_id: row.get(0),
-            reader: row.get(1),
-            up_to_seq: row.get::<_, i64>(2) as u64,
-            read_at_ms: row.get(3),
-        }))
+        self.within(tenant, "receipt", async {
+            const OP: &str = "reading a read receipt";
+            let schema = self.schema(tenant)?;
+            let (client, statement) = self
+                .prepared(
+                    tenant,
+                    OP,
+                    &format!(
+                        "SELECT conversation_id, reader, up_to_seq, read_at_ms
+                         FROM {schema}.receipts WHERE conversation_id = $1 AND reader = $2"
+                    ),
+                )
+                .await?;
+            let row = client
+                .query_opt(&statement, &[&conversation_id, &reader])
+                .await
+                .map_err(backend(tenant, OP))?;
+            Ok(row.map(|row| StoredReceipt {
+                conversation_id: row.get(0),
+                reader: row.get(1),
+                up_to_seq: row.get::<_, i64>(2) as u64,
+                read_at_ms: row.get(3),
+            }))
+        })
+        .await
     }
 
     async fn purge_before(&self, tenant: &TenantId, cutoff_ms: i64) -> Result<u64, StoreError> {
-        const OP: &str = "purging expired messages";
-        let schema = self.schema(tenant)?;
-        let (client, statement) = self
-            .prepared(
-                tenant,
-                OP,
-                &format!("DELETE FROM {schema}.messages WHERE sent_at_ms < $1"),
-            )
-            .await?;
-        client
-            .execute(&statement, &[&cutoff_ms])
-            .await
-            .map_err(backend(tenant, OP))
+        self.within(tenant, "purge_before", async {
+            const OP: &str = "purging expired messages";
+            let schema = self.schema(tenant)?;
+            let (client, statement) = self
+                .prepared(
+                    tenant,
+                    OP,
+                    &format!("DELETE FROM {schema}.messages WHERE sent_at_ms < $1"),
+                )
+                .await?;
+            client
+                .execute(&statement, &[&cutoff_ms])
+                .await
+                .map_err(backend(tenant, OP))
+        })
+        .await
     }
 }

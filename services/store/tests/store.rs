@@ -442,6 +442,107 @@ async fn only_participants_write_into_a_conversation(store: &dyn MessageStore) {
     assert!(!conversation.participants.contains(&"mallory".to_owned()));
 }
 
+fn order(id: &str, user: &str, status: i32, created_at_ms: i64) -> mesh_store::StoredOrder {
+    mesh_store::StoredOrder {
+        order_id: id.into(),
+        user_id: user.into(),
+        merchant_id: "m-1".into(),
+        status,
+        total_minor: 4999,
+        currency: "EUR".into(),
+        created_at_ms,
+        conversation_id: "c-1".into(),
+    }
+}
+
+/// The order book: per tenant, a replayed announcement keeps what moved on, moves apply only
+/// from the state they left, a final state stays, newest first per user.
+async fn the_order_book_keeps_each_tenants_orders(store: &dyn MessageStore) {
+    use mesh_store::OrderRecords;
+    const CANCELLED: i32 = 5;
+    let (mall, paipai) = (tenant("mall"), tenant("paipai"));
+    store.open(&mall, "mall").await.unwrap();
+    store.open(&paipai, "paipai").await.unwrap();
+    assert!(
+        store
+            .put_new_order(&mall, &order("o-1", "alice", 1, 10))
+            .await
+            .unwrap()
+    );
+    store
+        .put_order(&mall, &order("o-2", "alice", 1, 20))
+        .await
+        .unwrap();
+    store
+        .put_order(&paipai, &order("o-1", "bob", 2, 30))
+        .await
+        .unwrap();
+    // the same id in another tenant is another order
+    assert_eq!(
+        store.order(&mall, "o-1").await.unwrap().unwrap().user_id,
+        "alice"
+    );
+    assert_eq!(
+        store.order(&paipai, "o-1").await.unwrap().unwrap().user_id,
+        "bob"
+    );
+    assert!(store.order(&mall, "o-9").await.unwrap().is_none());
+    // moved from the state it is in; not from another
+    let paid = store
+        .move_order(&mall, "o-1", Some(1), 2, CANCELLED)
+        .await
+        .unwrap();
+    assert_eq!(paid.map(|o| o.status), Some(2));
+    assert!(
+        store
+            .move_order(&mall, "o-1", Some(1), 3, CANCELLED)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // a replayed announcement does not take it back
+    assert!(
+        !store
+            .put_new_order(&mall, &order("o-1", "alice", 1, 10))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.order(&mall, "o-1").await.unwrap().unwrap().status, 2);
+    // cancelled stays cancelled
+    store
+        .move_order(&mall, "o-1", None, CANCELLED, CANCELLED)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        store
+            .move_order(&mall, "o-1", None, 2, CANCELLED)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let listed: Vec<String> = store
+        .orders_of(&mall, "alice", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.order_id)
+        .collect();
+    assert_eq!(listed, ["o-2", "o-1"]);
+    assert!(
+        store
+            .orders_of(&paipai, "alice", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // an unopened tenant reads nothing of anyone's
+    assert!(matches!(
+        store.order(&tenant("guoji"), "o-1").await,
+        Err(StoreError::UnknownTenant(_))
+    ));
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -473,6 +574,7 @@ both_backends!(
     purging_respects_the_cutoff,
     bad_tenants_get_clear_errors,
     only_participants_write_into_a_conversation,
+    the_order_book_keeps_each_tenants_orders,
 );
 
 #[tokio::test]

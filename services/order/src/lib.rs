@@ -10,7 +10,7 @@
 //! major the tenant runs, so the message service can write them into the conversation.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{Arc, RwLock},
 };
 
@@ -19,104 +19,90 @@ use mesh_contract::{BusError, EventBus, RequestContext, TenantId};
 use tonic::{Request, Response, Status};
 
 /// An order as stored, independent of contract versions.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Order {
-    /// Id, unique within the tenant.
-    pub order_id: String,
-    /// Buyer.
-    pub user_id: String,
-    /// Seller.
-    pub merchant_id: String,
-    /// Lifecycle state (the v1/v2 `OrderStatus` number; both majors share the values).
-    pub status: i32,
-    /// Total in minor units.
-    pub total_minor: i64,
-    /// ISO 4217 currency.
-    pub currency: String,
-    /// Creation time.
-    pub created_at_ms: i64,
-    /// The conversation the order is discussed in, where its events show up.
-    pub conversation_id: String,
+pub use mesh_store::StoredOrder as Order;
+use mesh_store::{OrderRecords, StoreError};
+
+/// The order book of every tenant, in the tenant's data namespace of the store the node runs
+/// on (PostgreSQL, or the embedded store): replicas of one process group share it, and a
+/// restarted or moved tenant finds its orders where it is served next.
+#[derive(Clone)]
+pub struct OrderStore {
+    records: Arc<dyn OrderRecords>,
 }
 
-/// The in-process order store: one namespace per tenant.
-#[derive(Clone, Debug, Default)]
-pub struct OrderStore {
-    namespaces: Arc<RwLock<HashMap<TenantId, BTreeMap<String, Order>>>>,
+impl std::fmt::Debug for OrderStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrderStore").finish_non_exhaustive()
+    }
 }
 
 impl OrderStore {
+    /// Orders kept in `records` (a tenant's are reachable once its namespace was opened).
+    pub fn new(records: Arc<dyn OrderRecords>) -> Self {
+        Self { records }
+    }
+
     /// Stores (or replaces) an order of `tenant`.
-    pub fn put(&self, tenant: &TenantId, order: Order) {
-        self.namespaces
-            .write()
-            .expect("lock")
-            .entry(tenant.clone())
-            .or_default()
-            .insert(order.order_id.clone(), order);
+    pub async fn put(&self, tenant: &TenantId, order: Order) -> Result<(), StoreError> {
+        self.records.put_order(tenant, &order).await
     }
 
     /// An order of `tenant`.
-    pub fn get(&self, tenant: &TenantId, order_id: &str) -> Option<Order> {
-        self.namespaces
-            .read()
-            .expect("lock")
-            .get(tenant)?
-            .get(order_id)
-            .cloned()
+    pub async fn get(
+        &self,
+        tenant: &TenantId,
+        order_id: &str,
+    ) -> Result<Option<Order>, StoreError> {
+        self.records.order(tenant, order_id).await
     }
 
     /// Up to `limit` orders of `user_id` within `tenant`, newest first.
-    pub fn list(&self, tenant: &TenantId, user_id: &str, limit: usize) -> Vec<Order> {
-        let namespaces = self.namespaces.read().expect("lock");
-        let mut orders: Vec<Order> = namespaces
-            .get(tenant)
-            .map(|n| {
-                n.values()
-                    .filter(|o| o.user_id == user_id)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        orders.sort_by_key(|o| std::cmp::Reverse(o.created_at_ms));
-        orders.truncate(limit);
-        orders
+    pub async fn list(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError> {
+        self.records.orders_of(tenant, user_id, limit).await
     }
-}
 
-impl OrderStore {
     /// Stores `order` unless `tenant` has it already: an announcement arriving after the
     /// order moved on (paid, cancelled) must not take it back to its first state.
-    pub fn put_new(&self, tenant: &TenantId, order: Order) {
-        self.namespaces
-            .write()
-            .expect("lock")
-            .entry(tenant.clone())
-            .or_default()
-            .entry(order.order_id.clone())
-            .or_insert(order);
+    pub async fn put_new(&self, tenant: &TenantId, order: Order) -> Result<bool, StoreError> {
+        self.records.put_new_order(tenant, &order).await
     }
 
-    /// Moves a known order from `from` (any, when `None`) to `status`; `false` when the order
-    /// is not known or not in `from`. A cancelled order stays cancelled: a late or replayed
-    /// event cannot bring it back.
-    pub fn move_status(
+    /// Moves a known order from `from` (any, when `None`) to `status`; the order moved, or
+    /// `None` when it is not known or not in `from`. A cancelled order stays cancelled: a
+    /// late or replayed event cannot bring it back.
+    pub async fn move_status(
         &self,
         tenant: &TenantId,
         order_id: &str,
         from: Option<i32>,
         status: i32,
-    ) -> bool {
-        let mut namespaces = self.namespaces.write().expect("lock");
-        match namespaces.get_mut(tenant).and_then(|n| n.get_mut(order_id)) {
-            Some(order)
-                if order.status != CANCELLED && from.is_none_or(|from| from == order.status) =>
-            {
-                order.status = status;
-                true
-            }
-            _ => false,
-        }
+    ) -> Result<Option<Order>, StoreError> {
+        self.records
+            .move_order(tenant, order_id, from, status, CANCELLED)
+            .await
+    }
+}
+
+/// A store failure as a consumer's handler answers it: retried when it passes.
+fn handler_error(err: StoreError) -> mesh_contract::HandlerError {
+    if err.is_transient() {
+        mesh_contract::HandlerError::Retry(err.to_string())
+    } else {
+        mesh_contract::HandlerError::Reject(err.to_string())
+    }
+}
+
+/// A store failure as a call answers it: UNAVAILABLE (call again) when it passes.
+fn status(err: StoreError) -> Status {
+    if err.is_transient() {
+        Status::unavailable(err.to_string())
+    } else {
+        Status::internal(err.to_string())
     }
 }
 
@@ -129,9 +115,8 @@ const CANCELLED: i32 = v2::OrderStatus::Cancelled as i32;
 /// are the ones support staff look up beside the conversation. Replays are harmless: a known
 /// order is kept as it is, and an update applies only to the state it left.
 ///
-/// The book is the process's [`OrderStore`], in memory: with several replicas of one process
-/// group (they share the book's queue) each order lands in one of them. Until the orders live
-/// in a shared store, run the order book's group as one replica.
+/// The book is the tenant's [`OrderStore`], in its data namespace: every replica of a process
+/// group records into and answers from the same one.
 #[derive(Clone, Debug)]
 pub struct OrderBook {
     store: OrderStore,
@@ -143,7 +128,7 @@ impl OrderBook {
         Self { store }
     }
 
-    fn created(
+    async fn created(
         &self,
         ctx: &RequestContext,
         order: Option<Order>,
@@ -158,15 +143,28 @@ impl OrderBook {
             mesh_contract::fields::id(field, value)
                 .map_err(|s| mesh_contract::HandlerError::Reject(s.message().to_owned()))?;
         }
-        self.store.put_new(&ctx.tenant, order);
+        self.store
+            .put_new(&ctx.tenant, order)
+            .await
+            .map_err(handler_error)?;
         Ok(())
     }
 
     /// An update applies to the order in the state it left (a replayed or late one, whose
     /// order moved on since, is dropped); one of an order this platform never heard of has
     /// nothing to show it beside.
-    fn moved(&self, ctx: &RequestContext, order_id: &str, from: Option<i32>, status: i32) {
-        self.store.move_status(&ctx.tenant, order_id, from, status);
+    async fn moved(
+        &self,
+        ctx: &RequestContext,
+        order_id: &str,
+        from: Option<i32>,
+        status: i32,
+    ) -> Result<(), mesh_contract::HandlerError> {
+        self.store
+            .move_status(&ctx.tenant, order_id, from, status)
+            .await
+            .map_err(handler_error)?;
+        Ok(())
     }
 }
 
@@ -190,6 +188,7 @@ impl v1::OrderHandler for OrderBook {
                 conversation_id,
             }),
         )
+        .await
     }
 
     async fn on_order_updated(
@@ -202,8 +201,8 @@ impl v1::OrderHandler for OrderBook {
             &event.order_id,
             Some(event.previous_status),
             event.status,
-        );
-        Ok(())
+        )
+        .await
     }
 }
 
@@ -230,6 +229,7 @@ impl v2::OrderHandler for OrderBook {
                 }
             }),
         )
+        .await
     }
 
     async fn on_order_updated(
@@ -242,8 +242,8 @@ impl v2::OrderHandler for OrderBook {
             &event.order_id,
             Some(event.previous_status),
             event.status,
-        );
-        Ok(())
+        )
+        .await
     }
 
     async fn on_order_cancelled(
@@ -251,8 +251,7 @@ impl v2::OrderHandler for OrderBook {
         ctx: &RequestContext,
         event: v2::OrderCancelled,
     ) -> Result<(), mesh_contract::HandlerError> {
-        self.moved(ctx, &event.order_id, None, CANCELLED);
-        Ok(())
+        self.moved(ctx, &event.order_id, None, CANCELLED).await
     }
 }
 
@@ -278,6 +277,9 @@ struct Events {
 /// Why [`OrderService::place`] or [`OrderService::set_status`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OrderError {
+    /// The order book could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// No such order in the tenant's store.
     #[error("order {order_id:?} of tenant {tenant} does not exist")]
     NotFound {
@@ -302,7 +304,7 @@ pub enum OrderError {
 }
 
 /// The service, for both majors.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct OrderService {
     store: OrderStore,
     events: Option<Events>,
@@ -364,7 +366,7 @@ impl OrderService {
     /// Records a new order (placed at checkout, outside this platform) and announces it in
     /// its conversation.
     pub async fn place(&self, ctx: &RequestContext, order: Order) -> Result<(), OrderError> {
-        self.store.put(&ctx.tenant, order.clone());
+        self.store.put(&ctx.tenant, order.clone()).await?;
         let Some(events) = &self.events else {
             return Ok(());
         };
@@ -398,16 +400,22 @@ impl OrderService {
         order_id: &str,
         status: i32,
     ) -> Result<Order, OrderError> {
-        let mut order =
-            self.store
-                .get(&ctx.tenant, order_id)
-                .ok_or_else(|| OrderError::NotFound {
-                    tenant: ctx.tenant.clone(),
-                    order_id: order_id.to_owned(),
-                })?;
-        let previous_status = order.status;
-        order.status = status;
-        self.store.put(&ctx.tenant, order.clone());
+        let not_found = || OrderError::NotFound {
+            tenant: ctx.tenant.clone(),
+            order_id: order_id.to_owned(),
+        };
+        let previous_status = self
+            .store
+            .get(&ctx.tenant, order_id)
+            .await?
+            .ok_or_else(not_found)?
+            .status;
+        // from the status read: a change in between (another replica) is not overwritten
+        let order = self
+            .store
+            .move_status(&ctx.tenant, order_id, Some(previous_status), status)
+            .await?
+            .ok_or_else(not_found)?;
         if let Some(events) = &self.events {
             let published = match events.major(&ctx.tenant, &order.user_id) {
                 2 => {
@@ -440,7 +448,7 @@ impl OrderService {
         Ok(order)
     }
 
-    fn find(&self, ctx: &RequestContext, order_id: &str) -> Result<Order, Status> {
+    async fn find(&self, ctx: &RequestContext, order_id: &str) -> Result<Order, Status> {
         // checked at the door: an id that could never be stored is the caller's mistake, and
         // is not echoed back at any length
         mesh_contract::fields::id("order_id", order_id)?;
@@ -449,6 +457,8 @@ impl OrderService {
         let order = self
             .store
             .get(&ctx.tenant, order_id)
+            .await
+            .map_err(status)?
             .ok_or_else(not_found)?;
         // an end user sees only its own orders; another user's is answered as missing
         match ctx.act_as("user_id", &order.user_id) {
@@ -513,7 +523,7 @@ impl v1::order_server::Order for OrderService {
         request: Request<v1::GetOrderRequest>,
     ) -> Result<Response<v1::GetOrderResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
-        let order = self.find(&ctx, &request.get_ref().order_id)?;
+        let order = self.find(&ctx, &request.get_ref().order_id).await?;
         Ok(Response::new(v1::GetOrderResponse {
             order: Some(view_v1(order)),
         }))
@@ -531,6 +541,8 @@ impl v1::order_server::Order for OrderService {
         let orders = self
             .store
             .list(&ctx.tenant, &user_id, limit(r.limit))
+            .await
+            .map_err(status)?
             .into_iter()
             .map(view_v1)
             .collect();
@@ -545,7 +557,7 @@ impl v2::order_server::Order for OrderService {
         request: Request<v2::GetOrderRequest>,
     ) -> Result<Response<v2::GetOrderResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
-        let order = self.find(&ctx, &request.get_ref().order_id)?;
+        let order = self.find(&ctx, &request.get_ref().order_id).await?;
         Ok(Response::new(v2::GetOrderResponse {
             order: Some(view_v2(order)),
         }))
@@ -563,6 +575,8 @@ impl v2::order_server::Order for OrderService {
         let orders = self
             .store
             .list(&ctx.tenant, &user_id, limit(r.limit))
+            .await
+            .map_err(status)?
             .into_iter()
             .map(view_v2)
             .collect();
@@ -574,16 +588,23 @@ impl v2::order_server::Order for OrderService {
         request: Request<v2::CancelOrderRequest>,
     ) -> Result<Response<v2::CancelOrderResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
-        let mut order = self.find(&ctx, &request.get_ref().order_id)?;
+        let found = self.find(&ctx, &request.get_ref().order_id).await?;
         let cancellable = [v2::OrderStatus::Placed as i32, v2::OrderStatus::Paid as i32];
-        if !cancellable.contains(&order.status) {
+        // from the status it has now, in one step: cancelled once, even by two callers at once
+        let moved = if cancellable.contains(&found.status) {
+            self.store
+                .move_status(&ctx.tenant, &found.order_id, Some(found.status), CANCELLED)
+                .await
+                .map_err(status)?
+        } else {
+            None
+        };
+        let Some(order) = moved else {
             return Err(Status::failed_precondition(format!(
                 "order {:?} can no longer be cancelled",
-                order.order_id
+                found.order_id
             )));
-        }
-        order.status = v2::OrderStatus::Cancelled as i32;
-        self.store.put(&ctx.tenant, order.clone());
+        };
         if let Some(events) = &self.events {
             let event = v2::OrderCancelled {
                 order_id: order.order_id.clone(),
@@ -609,6 +630,17 @@ mod tests {
     use super::*;
     use v2::order_server::Order as _;
 
+    /// An order store in memory, with the demo's tenants opened.
+    async fn memory_store() -> OrderStore {
+        let store = mesh_store::MemoryStore::default();
+        for tenant in ["mall", "paipai", "finance"] {
+            mesh_store::MessageStore::open(&store, &TenantId::new(tenant).unwrap(), tenant)
+                .await
+                .unwrap();
+        }
+        OrderStore::new(Arc::new(store))
+    }
+
     fn request<T>(tenant: &str, body: T) -> Request<T> {
         let mut request = Request::new(body);
         request
@@ -619,16 +651,19 @@ mod tests {
 
     #[tokio::test]
     async fn tenants_never_see_each_others_orders() {
-        let store = OrderStore::default();
+        let store = memory_store().await;
         let mall = TenantId::new("mall").unwrap();
-        store.put(
-            &mall,
-            Order {
-                order_id: "o-1".into(),
-                status: 2,
-                ..Default::default()
-            },
-        );
+        store
+            .put(
+                &mall,
+                Order {
+                    order_id: "o-1".into(),
+                    status: 2,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         let service = OrderService::new(store);
         let found = service
             .get_order(request(
@@ -657,16 +692,19 @@ mod tests {
 
     #[tokio::test]
     async fn cancelling_moves_a_paid_order_to_cancelled_once() {
-        let store = OrderStore::default();
+        let store = memory_store().await;
         let paipai = TenantId::new("paipai").unwrap();
-        store.put(
-            &paipai,
-            Order {
-                order_id: "o-9".into(),
-                status: v2::OrderStatus::Paid as i32,
-                ..Default::default()
-            },
-        );
+        store
+            .put(
+                &paipai,
+                Order {
+                    order_id: "o-9".into(),
+                    status: v2::OrderStatus::Paid as i32,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         let service = OrderService::new(store.clone());
         let cancel = || {
             request(
@@ -686,7 +724,7 @@ mod tests {
             .unwrap();
         assert_eq!(order.status(), v2::OrderStatus::Cancelled);
         assert_eq!(
-            store.get(&paipai, "o-9").unwrap().status,
+            store.get(&paipai, "o-9").await.unwrap().unwrap().status,
             v2::OrderStatus::Cancelled as i32
         );
         assert_eq!(
@@ -700,7 +738,7 @@ mod tests {
     /// rejected (dead-lettered), not retried.
     #[tokio::test]
     async fn the_order_book_records_what_checkouts_announce() {
-        let store = OrderStore::default();
+        let store = memory_store().await;
         let book = OrderBook::new(store.clone());
         let mall = RequestContext::new(TenantId::new("mall").unwrap());
         let created = v1::OrderCreated {
@@ -717,7 +755,7 @@ mod tests {
         v1::OrderHandler::on_order_created(&book, &mall, created.clone())
             .await
             .unwrap();
-        let listed = store.list(&mall.tenant, "alice", 10);
+        let listed = store.list(&mall.tenant, "alice", 10).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(
             (listed[0].total_minor, listed[0].conversation_id.as_str()),
@@ -727,6 +765,8 @@ mod tests {
         assert!(
             store
                 .list(&TenantId::new("paipai").unwrap(), "alice", 10)
+                .await
+                .unwrap()
                 .is_empty()
         );
 
@@ -746,7 +786,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            store.get(&mall.tenant, "o-1").unwrap().status,
+            store
+                .get(&mall.tenant, "o-1")
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
             v2::OrderStatus::Cancelled as i32
         );
 
@@ -809,7 +854,7 @@ mod tests {
             .subscribe(v2::OrderConsumer::new(Seen(tx)).subscription(paipai.clone(), "t"))
             .await
             .unwrap();
-        let service = OrderService::with_events(OrderStore::default(), bus);
+        let service = OrderService::with_events(memory_store().await, bus);
         service.set_major(paipai.clone(), 2);
         let order = Order {
             order_id: "o-1".into(),
@@ -835,7 +880,7 @@ mod tests {
             "paipai v2 updated o-1 Paid->Shipped"
         );
         assert_eq!(
-            store_status(&service, &paipai),
+            store_status(&service, &paipai).await,
             v2::OrderStatus::Shipped as i32
         );
 
@@ -859,7 +904,7 @@ mod tests {
             .subscribe(v2::OrderConsumer::new(Seen(tx)).subscription(mall.clone(), "t"))
             .await
             .unwrap();
-        let service = OrderService::with_events(OrderStore::default(), bus);
+        let service = OrderService::with_events(memory_store().await, bus);
         let grey: GreyUsers = Arc::new(|user| user == "alice");
         service.set_majors(mall.clone(), 1, Some((2, grey)));
         let ctx = RequestContext::new(mall.clone());
@@ -901,7 +946,13 @@ mod tests {
         assert!(rx.try_recv().is_err(), "nothing else");
     }
 
-    fn store_status(service: &OrderService, tenant: &TenantId) -> i32 {
-        service.store.get(tenant, "o-1").unwrap().status
+    async fn store_status(service: &OrderService, tenant: &TenantId) -> i32 {
+        service
+            .store
+            .get(tenant, "o-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .status
     }
 }

@@ -80,6 +80,15 @@ pub enum PlatformError {
         #[source]
         source: std::io::Error,
     },
+    /// What the broker holds for a tenant could not be deleted.
+    #[error("tenant {tenant}: deleting its queues and exchanges: {source}")]
+    Purge {
+        /// Whose.
+        tenant: TenantId,
+        /// What the bus said.
+        #[source]
+        source: BusError,
+    },
     /// The server stopped with an error.
     #[error("serving the platform: {0}")]
     Serve(#[source] tonic::transport::Error),
@@ -215,7 +224,8 @@ impl Platform {
                 credentials.clone(),
                 outbound.clone(),
             ),
-            orders: OrderService::with_events(OrderStore::default(), bus.clone()),
+            // the order book in the tenant's data namespace, beside its messages
+            orders: OrderService::with_events(OrderStore::new(store.clone()), bus.clone()),
             recommend: RecommendService::new(
                 Default::default(),
                 RecommendService::sample_catalogue(),
@@ -303,18 +313,21 @@ impl Platform {
                     message,
                 })?;
         }
+        // messages and the order book live in the tenant's data namespace
+        if message_settings.is_some() || order_major.is_some() {
+            self.archive
+                .store()
+                .open(&tenant, &config.data_namespace)
+                .await
+                .map_err(|source| PlatformError::Store {
+                    tenant: tenant.clone(),
+                    namespace: config.data_namespace.clone(),
+                    source,
+                })?;
+        }
         let Some(settings) = message_settings else {
             return Ok(());
         };
-        self.archive
-            .store()
-            .open(&tenant, &config.data_namespace)
-            .await
-            .map_err(|source| PlatformError::Store {
-                tenant: tenant.clone(),
-                namespace: config.data_namespace.clone(),
-                source,
-            })?;
         self.messages.add_tenant(tenant.clone(), settings);
 
         // storage first: a message event published from now on has a queue to land in
@@ -415,6 +428,29 @@ impl Platform {
                 .map_err(|source| PlatformError::Store {
                     tenant: tenant.clone(),
                     namespace: String::new(),
+                    source,
+                })?;
+            // and what waits for it on the broker: queued events, dead letters, exchanges
+            let contracts: Vec<(&'static str, u32)> = CATALOGUE
+                .0
+                .iter()
+                .filter(|spec| !spec.events.is_empty())
+                .map(|spec| (spec.name, spec.major))
+                .collect();
+            let consumers: Vec<String> = [
+                STORAGE_CONSUMER,
+                MESSAGE_CONSUMER,
+                ORDER_CONSUMER,
+                PUSH_CONSUMER,
+            ]
+            .iter()
+            .map(|name| format!("{name}{}", self.consumer_suffix))
+            .collect();
+            self.bus
+                .purge_tenant(tenant, &contracts, &consumers)
+                .await
+                .map_err(|source| PlatformError::Purge {
+                    tenant: tenant.clone(),
                     source,
                 })?;
         }

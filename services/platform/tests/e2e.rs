@@ -230,6 +230,45 @@ struct GatedStore {
 }
 
 #[async_trait::async_trait]
+impl mesh_store::OrderRecords for GatedStore {
+    async fn put_order(&self, t: &TenantId, o: &mesh_store::StoredOrder) -> Result<(), StoreError> {
+        self.inner.put_order(t, o).await
+    }
+    async fn put_new_order(
+        &self,
+        t: &TenantId,
+        o: &mesh_store::StoredOrder,
+    ) -> Result<bool, StoreError> {
+        self.inner.put_new_order(t, o).await
+    }
+    async fn order(
+        &self,
+        t: &TenantId,
+        id: &str,
+    ) -> Result<Option<mesh_store::StoredOrder>, StoreError> {
+        self.inner.order(t, id).await
+    }
+    async fn orders_of(
+        &self,
+        t: &TenantId,
+        user: &str,
+        limit: usize,
+    ) -> Result<Vec<mesh_store::StoredOrder>, StoreError> {
+        self.inner.orders_of(t, user, limit).await
+    }
+    async fn move_order(
+        &self,
+        t: &TenantId,
+        id: &str,
+        from: Option<i32>,
+        to: i32,
+        final_status: i32,
+    ) -> Result<Option<mesh_store::StoredOrder>, StoreError> {
+        self.inner.move_order(t, id, from, to, final_status).await
+    }
+}
+
+#[async_trait::async_trait]
 impl MessageStore for GatedStore {
     async fn open(&self, tenant: &TenantId, namespace: &str) -> Result<(), StoreError> {
         self.inner.open(tenant, namespace).await

@@ -573,6 +573,42 @@ impl EventBus for AmqpBus {
         })
     }
 
+    fn purge_tenant<'a>(
+        &'a self,
+        tenant: &'a mesh_contract::TenantId,
+        contracts: &'a [(&'static str, u32)],
+        consumers: &'a [String],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let deadline = Instant::now() + self.inner.config.publish_timeout;
+            let link = self.link_until(deadline).await?;
+            let channel = link
+                .connection
+                .create_channel()
+                .await
+                .map_err(|e| unavailable("opening a channel", e))?;
+            let names = mesh_contract::spec::names::tenant_topology(tenant, contracts, consumers);
+            // queues first (with their dead letters), then the exchanges they were bound to;
+            // deleting what does not exist is no error on RabbitMQ
+            for queue in &names.queues {
+                channel
+                    .queue_delete(queue.as_str().into(), Default::default())
+                    .await
+                    .map_err(|e| unavailable(&format!("deleting queue {queue}"), e))?;
+            }
+            for exchange in &names.exchanges {
+                channel
+                    .exchange_delete(exchange.as_str().into(), Default::default())
+                    .await
+                    .map_err(|e| unavailable(&format!("deleting exchange {exchange}"), e))?;
+                link.declared.lock().expect("lock").remove(exchange);
+            }
+            let _ = channel.close(200, "purged".into()).await;
+            tracing::info!(%tenant, queues = names.queues.len(), exchanges = names.exchanges.len(), "tenant's broker topology deleted");
+            Ok(())
+        })
+    }
+
     fn subscribe(
         &self,
         subscription: Subscription,

@@ -120,4 +120,15 @@ impl EventBus for PlacedBuses {
         let bus = self.bus_of(&subscription.tenant);
         Box::pin(async move { bus.subscribe(subscription).await })
     }
+
+    fn purge_tenant<'a>(
+        &'a self,
+        tenant: &'a mesh_contract::TenantId,
+        contracts: &'a [(&'static str, u32)],
+        consumers: &'a [String],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        // where the tenant is placed: its own vhost, if it has one
+        let bus = self.bus_of(tenant);
+        Box::pin(async move { bus.purge_tenant(tenant, contracts, consumers).await })
+    }
 }

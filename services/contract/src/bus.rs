@@ -137,6 +137,21 @@ pub trait EventBus: Send + Sync + 'static {
         &self,
         subscription: Subscription,
     ) -> BoxFuture<'_, Result<SubscriptionHandle, BusError>>;
+
+    /// Deletes everything the transport holds for `tenant` (off-boarding with its data): the
+    /// exchanges of the `contracts` (service, major) given and, for each of `consumers`, its
+    /// queue and dead letters. A tenant added again under the same id starts empty. Its
+    /// consumers must have stopped. A transport that keeps nothing once its consumers are
+    /// gone (in memory) has nothing to do.
+    fn purge_tenant<'a>(
+        &'a self,
+        tenant: &'a crate::TenantId,
+        contracts: &'a [(&'static str, u32)],
+        consumers: &'a [String],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        let _ = (tenant, contracts, consumers);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl<B: EventBus + ?Sized> EventBus for Arc<B> {
@@ -154,5 +169,14 @@ impl<B: EventBus + ?Sized> EventBus for Arc<B> {
         subscription: Subscription,
     ) -> BoxFuture<'_, Result<SubscriptionHandle, BusError>> {
         (**self).subscribe(subscription)
+    }
+
+    fn purge_tenant<'a>(
+        &'a self,
+        tenant: &'a crate::TenantId,
+        contracts: &'a [(&'static str, u32)],
+        consumers: &'a [String],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        (**self).purge_tenant(tenant, contracts, consumers)
     }
 }

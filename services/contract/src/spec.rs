@@ -195,6 +195,34 @@ pub mod names {
         format!("mesh.{tenant}.{service}.v{major}")
     }
 
+    /// Every exchange and queue (dead letters included) of `tenant` for the `contracts`
+    /// (service, major) and `consumers` given: what purging a tenant deletes.
+    pub fn tenant_topology(
+        tenant: &TenantId,
+        contracts: &[(&str, u32)],
+        consumers: &[String],
+    ) -> Topology {
+        let mut topology = Topology::default();
+        for (service, major) in contracts {
+            for consumer in consumers {
+                let queue = queue(tenant, service, *major, consumer);
+                topology.queues.push(dead_letter_queue(&queue));
+                topology.queues.push(queue);
+            }
+            topology.exchanges.push(exchange(tenant, service, *major));
+        }
+        topology
+    }
+
+    /// Names of a tenant's broker resources ([`tenant_topology`]).
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct Topology {
+        /// Its exchanges.
+        pub exchanges: Vec<String>,
+        /// Its queues and their dead-letter queues.
+        pub queues: Vec<String>,
+    }
+
     /// `mesh.<tenant>.<service>.v<major>.<consumer>`: one queue per consuming service.
     pub fn queue(tenant: &TenantId, service: &str, major: u32, consumer: &str) -> String {
         format!("{}.{consumer}", exchange(tenant, service, major))

@@ -204,6 +204,25 @@ impl EventBus for EmbeddedBus {
         })
     }
 
+    fn purge_tenant<'a>(
+        &'a self,
+        tenant: &'a mesh_contract::TenantId,
+        contracts: &'a [(&'static str, u32)],
+        consumers: &'a [String],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let names = mesh_contract::spec::names::tenant_topology(tenant, contracts, consumers);
+            let mut broker = self.broker.lock().expect("lock");
+            for queue in &names.queues {
+                broker.queues.remove(queue);
+            }
+            broker
+                .bindings
+                .retain(|(exchange, _), _| !names.exchanges.contains(exchange));
+            Ok(())
+        })
+    }
+
     fn subscribe(&self, sub: Subscription) -> BoxFuture<'_, Result<SubscriptionHandle, BusError>> {
         Box::pin(async move {
             let first = sub

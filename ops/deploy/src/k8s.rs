@@ -122,6 +122,17 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
         .map(|path| (path, String::new()))
         .collect();
     for (id, config) in &tenants.tenants {
+        // a secret never goes into the ConfigMap, and the renderer cannot know which Secret a
+        // file would be mounted from: the pods take tenant credentials from the mesh Secret
+        if let Some(file) = &config.credentials.token_file {
+            return Err(DeployError::Read(
+                format!("{id}: credentials.token_file"),
+                format!(
+                    "{} is read on the host; in Kubernetes name the credential with token_env (a key of Secret {SECRET})",
+                    file.display()
+                ),
+            ));
+        }
         let Some(users) = &config.users else { continue };
         for (field, key) in [
             ("users.public_key_file", &users.public_key_file),

@@ -73,6 +73,44 @@ pub fn group_of(config: &TenantConfig) -> String {
     }
 }
 
+/// Ids no tenant may take: the shared process group, and the names the mesh gives its own
+/// parts (the control plane's deployment, keys and events, the `system` sender). A tenant
+/// named like one of them would start a second group `shared`, or read as the mesh itself.
+pub const RESERVED_IDS: &[&str] = &[
+    SHARED_GROUP,
+    "control",
+    "mesh",
+    "system",
+    "admin",
+    "all",
+    "default",
+    "node",
+    "removed",
+    "web",
+];
+
+/// Bounds of a tenant file, so one file cannot make what every operator reads (`tenant list`,
+/// `status`) too large to answer, or a process too large to run.
+pub mod bounds {
+    /// Bytes of a tenant file (and of the defaults file) at most.
+    pub const FILE_BYTES: usize = 64 * 1024;
+    /// Characters of `display_name` at most.
+    pub const DISPLAY_NAME_CHARS: usize = 128;
+    /// Characters of `data_namespace` at most: it is a PostgreSQL schema name after a prefix
+    /// (`mesh_`), and PostgreSQL keeps 63 bytes of a name.
+    pub const NAMESPACE_CHARS: usize = 48;
+    /// Characters of an automatic rule's name, a broker vhost or user at most.
+    pub const NAME_CHARS: usize = 64;
+
+    /// Most `isolation.threads` a tenant's own runtime may have: four per core of this
+    /// machine, at least 8, at most 256. More threads than that only cost memory (each has
+    /// its own stack) and scheduling, for one tenant, on a machine its neighbours share.
+    pub fn max_threads() -> u16 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        u16::try_from((cores * 4).clamp(8, 256)).unwrap_or(256)
+    }
+}
+
 /// Name of the shared defaults file in a tenants folder.
 pub const DEFAULTS_FILE: &str = "_defaults.toml";
 
@@ -133,8 +171,17 @@ impl TenantConfig {
 pub struct Credentials {
     /// The token itself. Fine for local development; use `token_env` anywhere else.
     pub token: Option<String>,
-    /// Environment variable holding the token.
+    /// Environment variable holding the token. Read where the tenant is loaded, from that
+    /// process's environment: under `mesh up`, the environment it was started with.
     pub token_env: Option<String>,
+    /// File holding the token (a mounted secret), relative to the tenants folder; surrounding
+    /// whitespace is ignored. Read whenever the tenant is applied (start-up, `tenant add`,
+    /// `tenant update`), so a business line onboarded while the mesh runs brings its secret
+    /// with it: no restart, no secret in the tenant file.
+    pub token_file: Option<PathBuf>,
+    /// What `token_file` held when the tenant was loaded.
+    #[serde(skip)]
+    pub file_token: Option<String>,
     /// When `meshctl tenant update` changes the credential, the previous one is still
     /// accepted for this many seconds, so the backend can roll over without failed calls.
     #[serde(default = "rotation_overlap")]
@@ -149,11 +196,21 @@ impl Credentials {
     /// The credential itself: `token`, else the value of `token_env` (empty when neither is
     /// set, which no caller can match).
     pub fn resolve(&self) -> String {
-        match (&self.token, &self.token_env) {
-            (Some(token), _) => token.clone(),
-            (None, Some(var)) => std::env::var(var).unwrap_or_default(),
-            (None, None) => String::new(),
+        match (&self.token, &self.file_token, &self.token_env) {
+            (Some(token), _, _) | (None, Some(token), _) => token.clone(),
+            (None, None, Some(var)) => std::env::var(var).unwrap_or_default(),
+            (None, None, None) => String::new(),
         }
+    }
+
+    /// Reads `token_file` (relative to `folder`) into [`Credentials::file_token`]; left unset
+    /// when it cannot be read, which validation reports.
+    fn read_file(&mut self, folder: &Path) {
+        self.file_token = self.token_file.as_ref().and_then(|file| {
+            std::fs::read_to_string(folder.join(file))
+                .ok()
+                .map(|text| text.trim().to_owned())
+        });
     }
 }
 
@@ -775,6 +832,18 @@ pub fn load_text(
     content: &str,
     catalogue: &[&ContractSpec],
 ) -> Result<TenantConfig, ConfigError> {
+    if content.len() > bounds::FILE_BYTES {
+        // refused before anything is written anywhere
+        return Err(ConfigError::Invalid(vec![FieldError {
+            source: file_name.to_owned(),
+            field: String::new(),
+            message: format!(
+                "{} bytes; a tenant file is at most {} bytes",
+                content.len(),
+                bounds::FILE_BYTES
+            ),
+        }]));
+    }
     let scratch = tempfile::tempdir().map_err(|source| ConfigError::Io {
         path: std::env::temp_dir(),
         source,
@@ -874,11 +943,14 @@ enum Secrets {
 
 /// Whether `error` only says that a secret's environment variable is not set here.
 fn unset_secret(error: &FieldError) -> bool {
-    matches!(
+    let unset_variable = matches!(
         error.field.as_str(),
         "credentials.token_env" | "broker.password_env" | "users.hs256_secret_env"
     ) && error.message.starts_with("environment variable ")
-        && error.message.ends_with(" is not set")
+        && error.message.ends_with(" is not set");
+    let unread_file = error.field == "credentials.token_file"
+        && error.message.ends_with("cannot be read, or is empty");
+    unset_variable || unread_file
 }
 
 /// [`load_file`], with the key files it names relative to `folder`.
@@ -895,6 +967,19 @@ fn load_file_in(
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such tenant file"),
         });
     }
+    for path in std::iter::once(file).chain(defaults) {
+        let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+        if bytes > bounds::FILE_BYTES as u64 {
+            return Err(ConfigError::Invalid(vec![FieldError {
+                source: path.display().to_string(),
+                field: String::new(),
+                message: format!(
+                    "{bytes} bytes; a tenant file is at most {} bytes",
+                    bounds::FILE_BYTES
+                ),
+            }]));
+        }
+    }
     let mut figment = Figment::new();
     if let Some(defaults) = defaults {
         figment = figment.merge(Toml::file_exact(defaults));
@@ -910,6 +995,7 @@ fn load_file_in(
     if let Some(users) = config.users.as_mut() {
         users.resolve_paths(folder);
     }
+    config.credentials.read_file(folder);
     let mut errors = validate(&config, file, catalogue);
     if secrets == Secrets::Elsewhere {
         errors.retain(|e| !unset_secret(e));
@@ -923,7 +1009,7 @@ fn load_file_in(
 
 fn is_namespace(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 63
+        && s.len() <= bounds::NAMESPACE_CHARS
         && s.starts_with(|c: char| c.is_ascii_lowercase())
         && s.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -986,15 +1072,46 @@ fn check_identity(problems: &mut Problems, config: &TenantConfig, file: &Path) {
             ),
         );
     }
+    if RESERVED_IDS.contains(&config.id.as_str()) {
+        problems.add(
+            "id".into(),
+            format!(
+                "\"{}\" is reserved: the mesh uses it itself (reserved: {})",
+                config.id,
+                RESERVED_IDS.join(", ")
+            ),
+        );
+    }
     if config.display_name.trim().is_empty() {
         problems.add("display_name".into(), "must not be empty".into());
     }
+    let chars = config.display_name.chars().count();
+    if chars > bounds::DISPLAY_NAME_CHARS {
+        problems.add(
+            "display_name".into(),
+            format!(
+                "{chars} characters; at most {} (it is shown in every operator's listing)",
+                bounds::DISPLAY_NAME_CHARS
+            ),
+        );
+    }
     if !is_namespace(&config.data_namespace) {
+        let shown: String = config.data_namespace.chars().take(60).collect();
         problems.add(
             "data_namespace".into(),
             format!(
-                "{:?} must be 1-63 lowercase letters, digits or '_', starting with a letter (it names a database schema)",
-                config.data_namespace
+                "{shown:?} must be 1-{} lowercase letters, digits or '_', starting with a letter (it names a database schema)",
+                bounds::NAMESPACE_CHARS
+            ),
+        );
+    }
+    let max_threads = bounds::max_threads();
+    if config.isolation.threads > max_threads {
+        problems.add(
+            "isolation.threads".into(),
+            format!(
+                "{} threads; at most {max_threads} on this machine (4 per core, 8 to 256)",
+                config.isolation.threads
             ),
         );
     }
@@ -1002,9 +1119,33 @@ fn check_identity(problems: &mut Problems, config: &TenantConfig, file: &Path) {
 
 /// The backend credential (one rule for every credential) and the users' token keys.
 fn check_credentials(problems: &mut Problems, config: &TenantConfig) {
+    let credentials = &config.credentials;
+    let set = [
+        credentials.token.is_some(),
+        credentials.token_env.is_some(),
+        credentials.token_file.is_some(),
+    ];
+    if let Some(file) = &credentials.token_file
+        && set.iter().filter(|s| **s).count() == 1
+    {
+        match &credentials.file_token {
+            Some(token) if !token.is_empty() => {
+                let holds = format!("file {} holds", file.display());
+                if let Err(message) = crate::check_credential(token, &holds) {
+                    problems.add("credentials.token_file".into(), message);
+                }
+            }
+            _ => problems.add(
+                "credentials.token_file".into(),
+                format!("file {} cannot be read, or is empty", file.display()),
+            ),
+        }
+    }
     match (&config.credentials.token, &config.credentials.token_env) {
-        (Some(_), Some(_)) => problems.add("credentials".into(), "set either `token` or `token_env`, not both".into()),
-        (None, None) => problems.add("credentials".into(), "missing: set `token_env` (the environment variable holding the tenant's token) or, for development, `token`".into()),
+        _ if set.iter().filter(|s| **s).count() > 1 => problems.add("credentials".into(), "set one of `token`, `token_env` and `token_file`, not several".into()),
+        (None, None) if credentials.token_file.is_some() => {}
+        (None, None) => problems.add("credentials".into(), "missing: set `token_env` (the environment variable holding the tenant's token), `token_file` (a file holding it, e.g. a mounted secret) or, for development, `token`".into()),
+        (Some(_), Some(_)) => unreachable!("two set: refused above"),
         (Some(token), None) => {
             if let Err(message) = crate::check_credential(token, "has") {
                 problems.add("credentials.token".into(), message);
@@ -1028,6 +1169,19 @@ fn check_credentials(problems: &mut Problems, config: &TenantConfig) {
 /// Where its events go.
 fn check_broker(problems: &mut Problems, config: &TenantConfig) {
     let broker = &config.broker;
+    for (field, value) in [
+        ("broker.vhost", &broker.vhost),
+        ("broker.user", &broker.user),
+    ] {
+        if let Some(value) = value
+            && value.chars().count() > bounds::NAME_CHARS
+        {
+            problems.add(
+                field.into(),
+                format!("longer than {} characters", bounds::NAME_CHARS),
+            );
+        }
+    }
     if broker.vhost.as_deref().is_some_and(|v| v.trim().is_empty()) {
         problems.add(
             "broker.vhost".into(),
@@ -1170,6 +1324,11 @@ fn check_switches_and_rules(problems: &mut Problems, config: &TenantConfig) {
         let field = |name: &str| format!("auto_degrade[{i}].{name}");
         if rule.name.trim().is_empty() {
             problems.add(field("name"), "must not be empty".into());
+        } else if rule.name.chars().count() > bounds::NAME_CHARS {
+            problems.add(
+                field("name"),
+                format!("longer than {} characters", bounds::NAME_CHARS),
+            );
         } else if !rule_names.insert(rule.name.as_str()) {
             problems.add(
                 field("name"),

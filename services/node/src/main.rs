@@ -243,7 +243,9 @@ fn issue_token(
     terminal: Option<&str>,
     ttl: u64,
 ) -> anyhow::Result<String> {
-    let tenants = mesh_runtime::Tenants::load(dir, mesh_api::CONTRACTS)?;
+    // every file checked, but only this tenant's secrets: another tenant's variable unset here
+    // is no reason to refuse this one's token
+    let tenants = mesh_runtime::Tenants::load_serving(dir, mesh_api::CONTRACTS, &[tenant.into()])?;
     let config = tenants.get(tenant).ok_or_else(|| {
         anyhow::anyhow!("tenant {tenant:?} is not configured in {}", dir.display())
     })?;

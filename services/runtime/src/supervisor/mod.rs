@@ -887,8 +887,8 @@ mod tests {
             data_namespace: id.into(),
             credentials: Credentials {
                 token: Some("a-long-token".into()),
-                token_env: None,
                 rotation_overlap_secs: 300,
+                ..Default::default()
             },
             users: None,
             services: Default::default(),

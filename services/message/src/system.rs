@@ -35,6 +35,13 @@ impl SystemMessages {
                 "{event_key}: an order event needs a conversation_id and a user to become a system message"
             )));
         }
+        // the platform's own sender receives nothing: a message to it would read as one the
+        // platform sent itself (rejected, as Send rejects such a user)
+        if mesh_contract::fields::is_reserved_sender(&to_user) {
+            return Err(HandlerError::Reject(format!(
+                "{event_key}: user_id {to_user:?} is reserved for the platform's own messages"
+            )));
+        }
         let request = message::SendRequest {
             conversation_id,
             from_user: SYSTEM_SENDER.into(),

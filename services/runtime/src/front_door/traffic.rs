@@ -373,21 +373,32 @@ where
                 call.finish(Some(code));
                 return Ok(response);
             }
-            Ok(response.map(|inner| {
-                tonic::body::Body::new(RecordAtEnd {
-                    inner,
-                    call: Some(call),
-                })
-            }))
+            Ok(response.map(|inner| tonic::body::Body::new(RecordAtEnd::new(inner, call))))
         })
     }
 }
 
 /// A response body that records its call when its status arrives (or it ends without one).
 /// Dropped before that (the caller left), the call is only no longer in flight.
+///
+/// A body the worker stops sending mid-way (the worker died, its connection broke) ends with
+/// trailers saying UNAVAILABLE, as gRPC says a server that went away, not with a reset stream
+/// (INTERNAL to the caller): a terminal's client reads it as "attach again", which it is.
 struct RecordAtEnd {
     inner: tonic::body::Body,
     call: Option<Call>,
+    /// The worker went away and the trailers saying so were sent: nothing follows.
+    ended: bool,
+}
+
+impl RecordAtEnd {
+    fn new(inner: tonic::body::Body, call: Call) -> Self {
+        Self {
+            inner,
+            call: Some(call),
+            ended: false,
+        }
+    }
 }
 
 impl http_body::Body for RecordAtEnd {
@@ -398,6 +409,9 @@ impl http_body::Body for RecordAtEnd {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -407,7 +421,21 @@ impl http_body::Body for RecordAtEnd {
                     call.finish(grpc_code(trailers));
                 }
             }
-            Poll::Ready(Some(Err(_)) | None) => {
+            Poll::Ready(Some(Err(error))) => {
+                tracing::debug!(%error, "a worker stopped answering mid-stream");
+                self.ended = true;
+                if let Some(call) = self.call.take() {
+                    call.finish(Some(tonic::Code::Unavailable));
+                }
+                let status = tonic::Status::unavailable(
+                    "the process serving this call went away; call again (a stream: attach again)",
+                );
+                let mut trailers = http::HeaderMap::new();
+                if status.add_header(&mut trailers).is_ok() {
+                    return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+                }
+            }
+            Poll::Ready(None) => {
                 if let Some(call) = self.call.take() {
                     call.finish(None);
                 }
@@ -418,7 +446,7 @@ impl http_body::Body for RecordAtEnd {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

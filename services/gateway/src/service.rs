@@ -56,6 +56,21 @@ struct Connection {
     pushes: mpsc::Sender<Box<v1::Push>>,
     /// When it attached: a stream older than the node's maximum age is asked to attach again.
     since: std::time::Instant,
+    /// The status its stream ends with when this node ends it.
+    farewell: Farewell,
+}
+
+/// Why this node ended a terminal's stream: its last status, UNAVAILABLE ("attach again"),
+/// as gRPC says a server that cannot serve the call here. Unset, the stream ends OK: the same
+/// terminal attached again and its new stream replaced this one (the web chat reads that as
+/// "opened elsewhere" and stops, as it should only then).
+type Farewell = Arc<std::sync::OnceLock<Status>>;
+
+impl Connection {
+    /// Ends the stream (once the connection is dropped) with UNAVAILABLE and `reason`.
+    fn end(&self, reason: impl Into<String>) {
+        let _ = self.farewell.set(Status::unavailable(reason));
+    }
 }
 
 struct Inner {
@@ -127,7 +142,14 @@ impl GatewayService {
     pub fn detach_tenant(&self, tenant: &TenantId) -> usize {
         let mut connections = self.inner.connections.lock().expect("lock");
         let before = connections.len();
-        connections.retain(|(t, _, _), _| t != tenant);
+        connections.retain(|(t, _, _), c| {
+            if t == tenant {
+                c.end(format!(
+                    "tenant {tenant} is no longer served by this process (moved or removed): attach again to reach where it is served now"
+                ));
+            }
+            t != tenant
+        });
         before - connections.len()
     }
 }
@@ -205,6 +227,7 @@ impl GatewayService {
             // a terminal 256 pushes behind misses the hint; its stream still ends and it
             // attaches again as after any lost connection
             let _ = connection.pushes.try_send(Box::new(hint));
+            connection.end(format!("this node is leaving ({reason}): attach again"));
             let ctx = RequestContext::new(key.0.clone());
             unregister(self.inner.clone(), &ctx, key.clone());
         }
@@ -227,6 +250,7 @@ impl Inner {
                     let old = c.since.elapsed().as_millis() as u64 >= limit;
                     if old {
                         expired.push(c.pushes.clone());
+                        c.end("the stream reached its maximum age: attach again");
                     }
                     !old
                 });
@@ -293,6 +317,9 @@ impl Inner {
 /// and unregisters it from the locator.
 struct PushStream {
     pushes: ReceiverStream<Box<v1::Push>>,
+    /// The status the stream ends with, if the node ended it ([`Farewell`]).
+    farewell: Farewell,
+    said_farewell: bool,
     detach: Option<(Arc<Inner>, Key, u64, RequestContext)>,
     /// Whether the attach answered with it; one dropped before (the caller's deadline ran out
     /// while it registered) is usually attached again at once.
@@ -303,9 +330,13 @@ impl Stream for PushStream {
     type Item = Result<v1::Push, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.pushes)
-            .poll_next(cx)
-            .map(|p| p.map(|push| Ok(*push)))
+        match Pin::new(&mut self.pushes).poll_next(cx) {
+            Poll::Ready(None) if !self.said_farewell => {
+                self.said_farewell = true;
+                Poll::Ready(self.farewell.get().cloned().map(Err))
+            }
+            polled => polled.map(|p| p.map(|push| Ok(*push))),
+        }
     }
 }
 
@@ -405,6 +436,7 @@ impl Gateway for GatewayService {
         let key: Key = (ctx.tenant.clone(), r.user_id.clone(), r.terminal_id.clone());
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(PUSH_BUFFER);
+        let farewell = Farewell::default();
         // reachable here before the locator sends anyone here; a reconnecting terminal's old
         // stream ends as its sender is replaced. Draining is checked again under the lock: a
         // drain that began since the check above would not tell this terminal
@@ -421,10 +453,13 @@ impl Gateway for GatewayService {
                     id,
                     pushes: tx,
                     since: std::time::Instant::now(),
+                    farewell: farewell.clone(),
                 },
             );
         }
         let mut stream = PushStream {
+            farewell,
+            said_farewell: false,
             pushes: ReceiverStream::new(rx),
             detach: Some((self.inner.clone(), key, id, ctx.clone())),
             answered: false,
@@ -464,9 +499,13 @@ impl Gateway for GatewayService {
         let key: Key = (ctx.tenant.clone(), r.user_id, r.terminal_id);
         let sent = {
             let connections = self.inner.connections.lock().expect("lock");
-            connections
-                .get(&key)
-                .map(|c| (c.id, c.pushes.try_send(Box::new(push))))
+            connections.get(&key).map(|c| {
+                let sent = c.pushes.try_send(Box::new(push));
+                if sent.is_err() {
+                    c.end("this terminal fell too far behind its pushes: attach again and sync");
+                }
+                (c.id, sent)
+            })
         };
         let delivered = match sent {
             Some((_, Ok(()))) => true,

@@ -176,3 +176,59 @@ async fn a_stream_past_its_maximum_age_attaches_again_and_misses_nothing() {
     assert!(phone.reconnects() >= 1, "{phone:?}");
     node.platform.gateway().set_max_stream_age(None);
 }
+
+/// A raw attach of `user`'s terminal `terminal`, as a client not ours holds it.
+async fn raw_attach(
+    node: &Node,
+    user: &str,
+    terminal: &str,
+) -> tonic::Streaming<mesh_api::gateway::v1::Push> {
+    let mut gateway = mesh_api::gateway::v1::GatewayCaller::new(node.channel.clone());
+    gateway
+        .attach(
+            &node.user("mall", user),
+            mesh_api::gateway::v1::AttachRequest {
+                user_id: user.into(),
+                terminal_id: terminal.into(),
+                kind: 0,
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// The status a stream ends with, past the pushes before it.
+async fn end_of(stream: &mut tonic::Streaming<mesh_api::gateway::v1::Push>) -> Option<tonic::Code> {
+    loop {
+        match tokio::time::timeout(support::WITHIN, stream.message())
+            .await
+            .expect("the stream ends")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => return None,
+            Err(status) => return Some(status.code()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_the_node_ends_says_attach_again_and_only_a_replaced_one_ends_ok() {
+    let node = Node::start(Bus::Embedded, Store::Embedded).await;
+    let user = format!("fay{}", run_id());
+    // the same terminal attached again (another tab, a reconnect): the old stream ends OK,
+    // which a client reads as "opened elsewhere"
+    let mut first = raw_attach(&node, &user, "phone").await;
+    node.wait_connected(1).await;
+    let mut second = raw_attach(&node, &user, "phone").await;
+    assert_eq!(end_of(&mut first).await, None, "replaced: OK");
+    // the tenant leaves this process (moved to another, or removed): UNAVAILABLE, attach again
+    node.platform
+        .remove_tenant(&TenantId::new("mall").unwrap(), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        end_of(&mut second).await,
+        Some(tonic::Code::Unavailable),
+        "a moved tenant's terminal is told to attach again, not that it is done"
+    );
+}

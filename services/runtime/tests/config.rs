@@ -377,3 +377,116 @@ fn known_services() -> String {
     names.dedup();
     names.join(", ")
 }
+
+#[test]
+fn reserved_ids_are_refused() {
+    // `shared` would start a second process group named shared; the others are the mesh's own
+    for id in ["shared", "system", "mesh", "admin", "control"] {
+        let body = ACME
+            .replace("id = \"acme\"", &format!("id = \"{id}\""))
+            .replace(
+                "data_namespace = \"acme\"",
+                &format!("data_namespace = \"{id}_data\""),
+            );
+        let dir = folder(&[(&format!("{id}.toml"), &body)]);
+        assert_problem(
+            &dir,
+            &format!("{id}.toml"),
+            &format!("field `id`: \"{id}\" is reserved"),
+        );
+    }
+}
+
+#[test]
+fn every_text_and_the_file_itself_are_bounded() {
+    // a display name every operator's listing would carry
+    let long_name = ACME.replace("\"Acme\"", &format!("\"{}\"", "A".repeat(129)));
+    let dir = folder(&[("acme.toml", &long_name)]);
+    assert_problem(
+        &dir,
+        "acme.toml",
+        "field `display_name`: 129 characters; at most 128",
+    );
+    // a namespace PostgreSQL would cut (the schema is mesh_<namespace>)
+    let long_namespace = ACME.replace(
+        "data_namespace = \"acme\"",
+        &format!("data_namespace = \"{}\"", "n".repeat(49)),
+    );
+    let dir = folder(&[("acme.toml", &long_namespace)]);
+    assert_problem(&dir, "acme.toml", "must be 1-48 lowercase letters");
+    // threads past what the machine runs
+    let threads = format!("{ACME}[isolation]\nthreads = 1024\n");
+    let dir = folder(&[("acme.toml", &threads)]);
+    assert_problem(
+        &dir,
+        "acme.toml",
+        "field `isolation.threads`: 1024 threads; at most",
+    );
+    // the file itself: 3 MB of display name is refused before it is parsed
+    let huge = ACME.replace("\"Acme\"", &format!("\"{}\"", "A".repeat(3 << 20)));
+    let dir = folder(&[("acme.toml", &huge)]);
+    let problems = problems(dir.path());
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("acme.toml") && p.contains("a tenant file is at most 65536 bytes")),
+        "{problems:#?}"
+    );
+    // and the same through the text a running mesh is handed (`meshctl tenant add`)
+    let err = mesh_runtime::config::load_text(dir.path(), "acme.toml", &huge, mesh_api::CONTRACTS)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("acme.toml") && err.contains("at most 65536 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_token_file_is_read_whenever_the_tenant_is_loaded() {
+    let with_file = ACME.replace(
+        "token = \"acme-secret-token\"",
+        "token_file = \"secrets/acme-token\"",
+    );
+    let dir = folder(&[("acme.toml", &with_file)]);
+    // not there yet: refused, naming the file
+    assert_problem(
+        &dir,
+        "acme.toml",
+        "field `credentials.token_file`: file secrets/acme-token cannot be read",
+    );
+    // the secret mounted (whitespace around it ignored): the tenant loads with it
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    std::fs::write(
+        dir.path().join("secrets/acme-token"),
+        "acme-token-from-a-file\n",
+    )
+    .unwrap();
+    let tenants = Tenants::load(dir.path(), mesh_api::CONTRACTS).unwrap();
+    assert_eq!(
+        tenants.get("acme").unwrap().credentials.resolve(),
+        "acme-token-from-a-file"
+    );
+    // rotated on disk: the next load (a `tenant update`) reads the new one
+    std::fs::write(
+        dir.path().join("secrets/acme-token"),
+        "acme-token-rotated-1",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(dir.path().join("acme.toml")).unwrap();
+    let again =
+        mesh_runtime::config::load_text(dir.path(), "acme.toml", &text, mesh_api::CONTRACTS)
+            .unwrap();
+    assert_eq!(again.credentials.resolve(), "acme-token-rotated-1");
+    // one way to give it, not two
+    let both = with_file.replace(
+        "token_file = ",
+        "token = \"acme-secret-token\"\ntoken_file = ",
+    );
+    let dir = folder(&[("acme.toml", &both)]);
+    assert_problem(
+        &dir,
+        "acme.toml",
+        "set one of `token`, `token_env` and `token_file`",
+    );
+}

@@ -37,10 +37,14 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(6);
 /// Longest wait for a table lock while setting a schema up: a long read holding one makes
 /// the set-up fail as transient (retried) rather than queue every other statement behind it.
 const DDL_LOCK_TIMEOUT: &str = "2s";
-/// A connection idle this long is checked (an empty query, within [`IDLE_CHECK_WITHIN`])
-/// before it is used again: one the network silently dropped is replaced, not tried.
+/// A connection idle this long is checked (an empty query, answered within
+/// [`CHECK_WITHIN`]) before it is used again: one the network silently dropped is replaced,
+/// not tried. So is every connection that was in use when a caller gave up on an operation
+/// (its deadline passed first): that may have been a silent connection too.
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(10);
-const IDLE_CHECK_WITHIN: Duration = Duration::from_secs(1);
+/// An empty query answers in well under a millisecond on a live connection nearby; past this
+/// the connection, and every one opened before it, is taken for silent.
+const CHECK_WITHIN: Duration = Duration::from_millis(300);
 /// A connection is replaced after this long, whatever its state: a server-side setting or
 /// a primary that moved is picked up without a restart.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
@@ -72,6 +76,9 @@ pub struct PgStore {
     schemas: RwLock<HashMap<TenantId, String>>,
     /// Connections created before this instant are not used again.
     suspect_before: Arc<Mutex<Option<Instant>>>,
+    /// When a caller last gave up on an operation before it finished: connections in use
+    /// then are checked before they are used again.
+    abandoned_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -127,7 +134,8 @@ impl PgStore {
             },
         );
         let suspect_before: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let suspect = suspect_before.clone();
+        let abandoned_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let (suspect, abandoned) = (suspect_before.clone(), abandoned_at.clone());
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -135,8 +143,8 @@ impl PgStore {
             .create_timeout(Some(POOL_TIMEOUT))
             .recycle_timeout(Some(POOL_TIMEOUT))
             .pre_recycle(Hook::async_fn(move |client, metrics| {
-                let suspect = *suspect.lock().expect("lock");
-                Box::pin(async move { reusable(client, metrics, suspect).await })
+                let (suspect, abandoned) = (suspect.clone(), *abandoned.lock().expect("lock"));
+                Box::pin(async move { reusable(client, metrics, &suspect, abandoned).await })
             }))
             .build()
             .map_err(|e| error(e.to_string()))?;
@@ -147,6 +155,7 @@ impl PgStore {
             prefix: prefix.to_owned(),
             schemas: RwLock::default(),
             suspect_before,
+            abandoned_at,
         })
     }
 
@@ -158,7 +167,20 @@ impl PgStore {
         operation: &'static str,
         work: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
+        // dropped before it finished (the caller's deadline came first): noted, so the
+        // connections in use now are checked before their next use
+        struct Abandoned<'a>(Option<&'a Mutex<Option<Instant>>>);
+        impl Drop for Abandoned<'_> {
+            fn drop(&mut self) {
+                if let Some(at) = self.0 {
+                    *at.lock().expect("lock") = Some(Instant::now());
+                }
+            }
+        }
+        let mut abandoned = Abandoned(Some(&self.abandoned_at));
+        let outcome = tokio::time::timeout(OPERATION_TIMEOUT, work).await;
+        abandoned.0 = None;
+        match outcome {
             Ok(done) => done,
             Err(_) => {
                 self.suspect_connections();
@@ -257,24 +279,36 @@ fn backend(
 }
 
 /// Whether a pooled connection may be handed out again: not one opened before the store took
-/// its connections for silent, nor one older than [`MAX_CONNECTION_AGE`], nor one idle past
-/// [`IDLE_CHECK_AFTER`] that does not answer an empty query within [`IDLE_CHECK_WITHIN`].
+/// its connections for silent, nor one older than [`MAX_CONNECTION_AGE`]; one idle past
+/// [`IDLE_CHECK_AFTER`], or in use when a caller gave up (`abandoned`), must answer an empty
+/// query within [`CHECK_WITHIN`] first. One that does not makes every connection opened
+/// before it suspect (they went silent together: a failover, a NAT).
 async fn reusable(
     client: &mut deadpool_postgres::ClientWrapper,
     metrics: &Metrics,
-    suspect_before: Option<Instant>,
+    suspect_before: &Mutex<Option<Instant>>,
+    abandoned: Option<Instant>,
 ) -> Result<(), HookError> {
-    if suspect_before.is_some_and(|before| metrics.created <= before) {
+    if suspect_before
+        .lock()
+        .expect("lock")
+        .is_some_and(|before| metrics.created <= before)
+    {
         return Err(HookError::message("opened before a connection went silent"));
     }
     if metrics.age() > MAX_CONNECTION_AGE {
         return Err(HookError::message("old enough to be replaced"));
     }
-    if metrics.last_used() > IDLE_CHECK_AFTER {
-        match tokio::time::timeout(IDLE_CHECK_WITHIN, client.simple_query("")).await {
+    let last_out = metrics.recycled.unwrap_or(metrics.created);
+    let in_use_when_abandoned = abandoned.is_some_and(|at| last_out < at);
+    if metrics.last_used() > IDLE_CHECK_AFTER || in_use_when_abandoned {
+        match tokio::time::timeout(CHECK_WITHIN, client.simple_query("")).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(HookError::Backend(e)),
-            Err(_) => return Err(HookError::message("idle, and silent when checked")),
+            Err(_) => {
+                *suspect_before.lock().expect("lock") = Some(Instant::now());
+                return Err(HookError::message("silent when checked"));
+            }
         }
     }
     Ok(())

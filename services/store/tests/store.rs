@@ -458,7 +458,6 @@ fn order(id: &str, user: &str, status: i32, created_at_ms: i64) -> mesh_store::S
 /// The order book: per tenant, a replayed announcement keeps what moved on, moves apply only
 /// from the state they left, a final state stays, newest first per user.
 async fn the_order_book_keeps_each_tenants_orders(store: &dyn MessageStore) {
-    use mesh_store::OrderRecords;
     const CANCELLED: i32 = 5;
     let (mall, paipai) = (tenant("mall"), tenant("paipai"));
     store.open(&mall, "mall").await.unwrap();

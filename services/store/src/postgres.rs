@@ -37,14 +37,20 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(6);
 /// Longest wait for a table lock while setting a schema up: a long read holding one makes
 /// the set-up fail as transient (retried) rather than queue every other statement behind it.
 const DDL_LOCK_TIMEOUT: &str = "2s";
-/// A connection idle this long is checked (an empty query, answered within
+/// Longest dropping a tenant's schema may take (a purge: maintenance, not a call).
+const DROP_WITHIN: Duration = Duration::from_secs(120);
+/// Expired messages deleted per statement: a retention purge of a large backlog runs as many
+/// short statements, each within the bounds of any other.
+const PURGE_BATCH: i64 = 5000;
+/// A connection not handed out for this long is checked (an empty query, answered within
 /// [`CHECK_WITHIN`]) before it is used again: one the network silently dropped is replaced,
-/// not tried. So is every connection that was in use when a caller gave up on an operation
-/// (its deadline passed first): that may have been a silent connection too.
+/// not tried. (A connection in use when its caller gave up is checked at once, in the
+/// background: [`PgStore::within`].)
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(10);
-/// An empty query answers in well under a millisecond on a live connection nearby; past this
-/// the connection, and every one opened before it, is taken for silent.
-const CHECK_WITHIN: Duration = Duration::from_millis(300);
+/// An empty query answers in well under a millisecond on a live connection nearby, and in
+/// far less than this on a busy server; past it the connection, and every one opened before
+/// it, is taken for silent.
+const CHECK_WITHIN: Duration = Duration::from_secs(1);
 /// A connection is replaced after this long, whatever its state: a server-side setting or
 /// a primary that moved is picked up without a restart.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
@@ -76,9 +82,6 @@ pub struct PgStore {
     schemas: RwLock<HashMap<TenantId, String>>,
     /// Connections created before this instant are not used again.
     suspect_before: Arc<Mutex<Option<Instant>>>,
-    /// When a caller last gave up on an operation before it finished: connections in use
-    /// then are checked before they are used again.
-    abandoned_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -134,8 +137,7 @@ impl PgStore {
             },
         );
         let suspect_before: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let abandoned_at: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let (suspect, abandoned) = (suspect_before.clone(), abandoned_at.clone());
+        let suspect = suspect_before.clone();
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -143,8 +145,8 @@ impl PgStore {
             .create_timeout(Some(POOL_TIMEOUT))
             .recycle_timeout(Some(POOL_TIMEOUT))
             .pre_recycle(Hook::async_fn(move |client, metrics| {
-                let (suspect, abandoned) = (suspect.clone(), *abandoned.lock().expect("lock"));
-                Box::pin(async move { reusable(client, metrics, &suspect, abandoned).await })
+                let suspect = suspect.clone();
+                Box::pin(async move { reusable(client, metrics, &suspect).await })
             }))
             .build()
             .map_err(|e| error(e.to_string()))?;
@@ -155,34 +157,58 @@ impl PgStore {
             prefix: prefix.to_owned(),
             schemas: RwLock::default(),
             suspect_before,
-            abandoned_at,
         })
     }
 
-    /// Runs one operation of `tenant`'s within [`OPERATION_TIMEOUT`]; past it, every
-    /// connection opened so far is taken for silent and replaced.
+    /// Runs one operation of `tenant`'s on a pooled connection, bounded by
+    /// [`OPERATION_TIMEOUT`] from when it has the connection (waiting for one is bounded by the
+    /// pool). What becomes of the connection:
+    /// - the operation answered: back to the pool; it failed in a way that may pass (the
+    ///   server read-only, shutting down, the connection broken): closed, so the next one is
+    ///   opened afresh (to the new primary, say);
+    /// - no answer within the bound (the server's own `statement_timeout` would have answered):
+    ///   closed, and every connection opened before it is taken for silent too;
+    /// - the caller gave up first (its deadline): checked in the background, as a statement
+    ///   may still be running on it; back to the pool if it answers, else treated as silent.
     async fn within<T>(
         &self,
         tenant: &TenantId,
         operation: &'static str,
-        work: impl Future<Output = Result<T, StoreError>>,
+        work: impl AsyncFnOnce(&mut Object) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        // dropped before it finished (the caller's deadline came first): noted, so the
-        // connections in use now are checked before their next use
-        struct Abandoned<'a>(Option<&'a Mutex<Option<Instant>>>);
-        impl Drop for Abandoned<'_> {
-            fn drop(&mut self) {
-                if let Some(at) = self.0 {
-                    *at.lock().expect("lock") = Some(Instant::now());
-                }
-            }
-        }
-        let mut abandoned = Abandoned(Some(&self.abandoned_at));
-        let outcome = tokio::time::timeout(OPERATION_TIMEOUT, work).await;
-        abandoned.0 = None;
+        self.leased(tenant, operation, false, work).await
+    }
+
+    /// [`PgStore::within`]; with `discard_on_error`, the connection is closed after any
+    /// failure (set-up work that may have left session state behind).
+    async fn leased<T>(
+        &self,
+        tenant: &TenantId,
+        operation: &'static str,
+        discard_on_error: bool,
+        work: impl AsyncFnOnce(&mut Object) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut lease = Lease {
+            client: Some(self.client(tenant).await?),
+            suspect_before: self.suspect_before.clone(),
+        };
+        let client = lease.client.as_mut().expect("leased");
+        let outcome = tokio::time::timeout(OPERATION_TIMEOUT, work(client)).await;
         match outcome {
-            Ok(done) => done,
+            Ok(Ok(value)) => {
+                lease.give_back();
+                Ok(value)
+            }
+            Ok(Err(err)) => {
+                if discard_on_error || err.is_transient() {
+                    lease.discard();
+                } else {
+                    lease.give_back();
+                }
+                Err(err)
+            }
             Err(_) => {
+                lease.discard();
                 self.suspect_connections();
                 Err(StoreError::Backend {
                     tenant: tenant.clone(),
@@ -212,24 +238,48 @@ impl PgStore {
         let schemas: Vec<(TenantId, String)> =
             self.schemas.write().expect("lock").drain().collect();
         for (tenant, schema) in schemas {
-            self.client(&tenant)
-                .await?
-                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                .await
-                .map_err(backend(&tenant, "dropping its schema"))?;
+            self.drop_schema(&tenant, &schema).await?;
         }
         Ok(())
     }
 
-    /// A pooled connection and `sql` prepared on it (once per connection), for `operation`
-    /// on `tenant`'s data.
-    async fn prepared(
+    /// Drops `schema` with everything in it: maintenance work, so not under the bounds of a
+    /// call's statements ([`DROP_WITHIN`]), and on a connection closed afterwards.
+    async fn drop_schema(&self, tenant: &TenantId, schema: &str) -> Result<(), StoreError> {
+        const OP: &str = "dropping its schema";
+        let mut client = self.client(tenant).await?;
+        let dropped = tokio::time::timeout(DROP_WITHIN, async {
+            let tx = client.transaction().await.map_err(backend(tenant, OP))?;
+            tx.batch_execute(&format!(
+                "SET LOCAL statement_timeout = {};
+                 SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}';
+                 DROP SCHEMA IF EXISTS {schema} CASCADE;",
+                DROP_WITHIN.as_millis()
+            ))
+            .await
+            .map_err(backend(tenant, OP))?;
+            tx.commit().await.map_err(backend(tenant, OP))
+        })
+        .await;
+        drop(Object::take(client));
+        dropped.unwrap_or_else(|_| {
+            Err(StoreError::Backend {
+                tenant: tenant.clone(),
+                operation: OP,
+                reason: format!("not done within {} s", DROP_WITHIN.as_secs()),
+                transient: true,
+            })
+        })
+    }
+
+    /// `sql` prepared on `client` (once per connection), for `operation` on `tenant`'s data.
+    async fn prepared<'c>(
         &self,
+        client: &'c Object,
         tenant: &TenantId,
         operation: &'static str,
         sql: &str,
-    ) -> Result<(Object, tokio_postgres::Statement), StoreError> {
-        let client = self.client(tenant).await?;
+    ) -> Result<(&'c Object, tokio_postgres::Statement), StoreError> {
         let statement = client
             .prepare_cached(sql)
             .await
@@ -278,16 +328,60 @@ fn backend(
     }
 }
 
+/// A pooled connection lent to one operation ([`PgStore::within`]). Dropped while still
+/// holding it, the operation was abandoned by its caller mid-way.
+struct Lease {
+    client: Option<Object>,
+    suspect_before: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Lease {
+    fn give_back(&mut self) {
+        self.client.take();
+    }
+
+    fn discard(&mut self) {
+        if let Some(client) = self.client.take() {
+            drop(Object::take(client));
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            drop(Object::take(client));
+            return;
+        };
+        // a statement of the abandoned operation may still run: the check answers after it,
+        // at the latest when the server's statement_timeout ends it
+        let suspect_before = self.suspect_before.clone();
+        runtime.spawn(async move {
+            let checked = tokio::time::timeout(
+                STATEMENT_TIMEOUT + Duration::from_secs(1),
+                client.simple_query(""),
+            )
+            .await;
+            if !matches!(checked, Ok(Ok(_))) {
+                *suspect_before.lock().expect("lock") = Some(Instant::now());
+                drop(Object::take(client));
+            }
+        });
+    }
+}
+
 /// Whether a pooled connection may be handed out again: not one opened before the store took
-/// its connections for silent, nor one older than [`MAX_CONNECTION_AGE`]; one idle past
-/// [`IDLE_CHECK_AFTER`], or in use when a caller gave up (`abandoned`), must answer an empty
-/// query within [`CHECK_WITHIN`] first. One that does not makes every connection opened
-/// before it suspect (they went silent together: a failover, a NAT).
+/// its connections for silent, nor one older than [`MAX_CONNECTION_AGE`]; one not handed out
+/// for [`IDLE_CHECK_AFTER`] must answer an empty query within [`CHECK_WITHIN`] first, and one
+/// that does not makes every connection opened before it suspect (they went silent together:
+/// a failover, a NAT).
 async fn reusable(
     client: &mut deadpool_postgres::ClientWrapper,
     metrics: &Metrics,
     suspect_before: &Mutex<Option<Instant>>,
-    abandoned: Option<Instant>,
 ) -> Result<(), HookError> {
     if suspect_before
         .lock()
@@ -299,9 +393,8 @@ async fn reusable(
     if metrics.age() > MAX_CONNECTION_AGE {
         return Err(HookError::message("old enough to be replaced"));
     }
-    let last_out = metrics.recycled.unwrap_or(metrics.created);
-    let in_use_when_abandoned = abandoned.is_some_and(|at| last_out < at);
-    if metrics.last_used() > IDLE_CHECK_AFTER || in_use_when_abandoned {
+    // `last_used` counts from the last time it was handed out
+    if metrics.last_used() > IDLE_CHECK_AFTER {
         match tokio::time::timeout(CHECK_WITHIN, client.simple_query("")).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(HookError::Backend(e)),
@@ -320,13 +413,15 @@ async fn reusable(
 /// - 08 connection exception, 53 insufficient resources (too many connections, disk full),
 ///   57 operator intervention (shutting down, a statement cancelled by its timeout), 58
 ///   system error;
-/// - 25 invalid transaction state: 25006 read-only (a demoted primary during a failover),
-///   25P02 a connection left in an aborted transaction (it is discarded);
+/// - 25006 read-only (a demoted primary during a failover), 25P02 a connection left in an
+///   aborted transaction;
 /// - 55P03 lock not available (`lock_timeout`), 55006 object in use;
 /// - 40001 serialization failure, 40P01 deadlock.
 ///
 /// Everything else (data exceptions, constraint violations, program limits such as an index
-/// row too large) is about the data and fails the same way again.
+/// row too large) is about the data and fails the same way again. The connection a transient
+/// failure met is closed ([`PgStore::within`]): the next try opens a new one, to wherever the
+/// database is now.
 fn transient(err: &tokio_postgres::Error) -> bool {
     match err.code() {
         None => {
@@ -338,10 +433,10 @@ fn transient(err: &tokio_postgres::Error) -> bool {
 }
 
 fn transient_state(code: &str) -> bool {
-    ["08", "25", "53", "57", "58"]
+    ["08", "53", "57", "58"]
         .iter()
         .any(|class| code.starts_with(class))
-        || ["55P03", "55006", "40001", "40P01"].contains(&code)
+        || ["25006", "25P02", "55P03", "55006", "40001", "40P01"].contains(&code)
 }
 
 /// Opens `schema` for `tenant`: claims it (a namespace that is another tenant's is refused
@@ -534,8 +629,8 @@ impl PgStore {
         sql: &str,
         o: &StoredOrder,
     ) -> Result<u64, StoreError> {
-        self.within(tenant, operation, async {
-            let (client, statement) = self.prepared(tenant, operation, sql).await?;
+        self.within(tenant, operation, async |client: &mut Object| {
+            let (client, statement) = self.prepared(client, tenant, operation, sql).await?;
             client
                 .execute(
                     &statement,
@@ -589,9 +684,10 @@ impl OrderRecords for PgStore {
     ) -> Result<Option<StoredOrder>, StoreError> {
         const OP: &str = "reading an order";
         let schema = self.schema(tenant)?;
-        self.within(tenant, OP, async {
+        self.within(tenant, OP, async |client: &mut Object| {
             let (client, statement) = self
                 .prepared(
+                    client,
                     tenant,
                     OP,
                     &format!("SELECT {ORDER_COLUMNS} FROM {schema}.orders WHERE order_id = $1"),
@@ -615,9 +711,10 @@ impl OrderRecords for PgStore {
         const OP: &str = "listing a user's orders";
         let schema = self.schema(tenant)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.within(tenant, OP, async {
+        self.within(tenant, OP, async |client: &mut Object| {
             let (client, statement) = self
                 .prepared(
+                    client,
                     tenant,
                     OP,
                     &format!(
@@ -645,11 +742,12 @@ impl OrderRecords for PgStore {
     ) -> Result<Option<StoredOrder>, StoreError> {
         const OP: &str = "moving an order";
         let schema = self.schema(tenant)?;
-        self.within(tenant, OP, async {
+        self.within(tenant, OP, async |client: &mut Object| {
             // one statement: a concurrent move of the same order waits on its row, then sees
             // the status the first one left
             let (client, statement) = self
                 .prepared(
+                    client,
                     tenant,
                     OP,
                     &format!(
@@ -673,56 +771,39 @@ impl OrderRecords for PgStore {
 #[async_trait::async_trait]
 impl MessageStore for PgStore {
     async fn drop_tenant(&self, tenant: &TenantId) -> Result<(), StoreError> {
-        self.within(tenant, "drop_tenant", async {
-            let Some(schema) = self.schemas.read().expect("lock").get(tenant).cloned() else {
-                return Ok(());
-            };
-            self.client(tenant)
-                .await?
-                .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                .await
-                .map_err(backend(tenant, "dropping its schema"))?;
-            self.schemas.write().expect("lock").remove(tenant);
-            Ok(())
-        })
-        .await
+        let Some(schema) = self.schemas.read().expect("lock").get(tenant).cloned() else {
+            return Ok(());
+        };
+        self.drop_schema(tenant, &schema).await?;
+        self.schemas.write().expect("lock").remove(tenant);
+        Ok(())
     }
 
     async fn open(&self, tenant: &TenantId, namespace: &str) -> Result<(), StoreError> {
         valid_namespace(namespace)?;
         let schema = format!("{}{namespace}", self.prefix);
         valid_namespace(&schema)?;
-        let mut client = self.client(tenant).await?;
-        let opened = self
-            .within(
-                tenant,
-                "opening its schema",
-                set_up(&mut client, tenant, &schema, namespace),
-            )
-            .await;
-        match opened {
-            Ok(()) => {
-                self.schemas
-                    .write()
-                    .expect("lock")
-                    .insert(tenant.clone(), schema);
-                Ok(())
-            }
-            Err(err) => {
-                // whatever state the refusal left it in (an aborted transaction, a session
-                // setting) stays with this tenant: the connection is closed, not pooled
-                drop(Object::take(client));
-                Err(err)
-            }
-        }
+        // whatever state a refusal left the connection in (an aborted transaction, a session
+        // setting) stays with this tenant: the connection is closed, not pooled
+        self.leased(
+            tenant,
+            "opening its schema",
+            true,
+            async |client: &mut Object| set_up(client, tenant, &schema, namespace).await,
+        )
+        .await?;
+        self.schemas
+            .write()
+            .expect("lock")
+            .insert(tenant.clone(), schema);
+        Ok(())
     }
 
     async fn accept(&self, tenant: &TenantId, m: &NewMessage) -> Result<Accepted, StoreError> {
-        self.within(tenant, "accept", async {
+        self.within(tenant, "accept", async |client: &mut Object| {
             const OP: &str = "accepting a message";
             let schema = self.schema(tenant)?;
             let err = |e| backend(tenant, OP)(e);
-            let mut client = self.client(tenant).await?;
             // Row locks order concurrent accepts: the conversation's counter first, then the
             // receiver's timeline counter (always in that order, so two accepts never wait on each
             // other in a cycle). A second accept of the same conversation waits for the first to
@@ -855,11 +936,12 @@ impl MessageStore for PgStore {
         after: u64,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        self.within(tenant, "timeline", async {
+        self.within(tenant, "timeline", async |client: &mut Object| {
             const OP: &str = "reading a timeline";
             let schema = self.schema(tenant)?;
             let (client, statement) = self
                 .prepared(
+                    client,
                     tenant,
                     OP,
                     &format!(
@@ -887,10 +969,7 @@ impl MessageStore for PgStore {
         user: &str,
         terminal: &str,
     ) -> Result<u64, StoreError> {
-        self.within(tenant, "cursor", async {
-            self.advance_cursor(tenant, user, terminal, 0, false).await
-        })
-        .await
+        self.advance_cursor(tenant, user, terminal, 0, false).await
     }
 
     async fn advance_cursor(
@@ -901,11 +980,12 @@ impl MessageStore for PgStore {
         position: u64,
         contiguous: bool,
     ) -> Result<u64, StoreError> {
-        self.within(tenant, "advance_cursor", async {
+        self.within(tenant, "advance_cursor", async |client: &mut Object| {
             const OP: &str = "moving a terminal's cursor";
             let schema = self.schema(tenant)?;
             let (client, statement) = self
                 .prepared(
+                    client,
                     tenant,
                     OP,
                     &format!(
@@ -931,11 +1011,12 @@ impl MessageStore for PgStore {
     }
 
     async fn heads(&self, tenant: &TenantId, users: &[String]) -> Result<Vec<u64>, StoreError> {
-        self.within(tenant, "heads", async {
+        self.within(tenant, "heads", async |client: &mut Object| {
             const OP: &str = "reading timeline heads";
             let schema = self.schema(tenant)?;
             let (client, statement) = self
                 .prepared(
+                    client,
                     tenant,
                     OP,
                     &format!(
@@ -964,11 +1045,12 @@ impl MessageStore for PgStore {
         user: &str,
         message_id: &str,
     ) -> Result<Option<u64>, StoreError> {
-        self.within(tenant, "position_of", async {
+        self.within(tenant, "position_of", async |client: &mut Object| {
             const OP: &str = "finding a message's position";
             let schema = self.schema(tenant)?;
             let (client, statement) = self
                 .prepared(
+                    client,
                     tenant,
                     OP,
                     &format!(
@@ -988,11 +1070,12 @@ impl MessageStore for PgStore {
     }
 
     async fn terminals(&self, tenant: &TenantId, user: &str) -> Result<Vec<String>, StoreError> {
-        self.within(tenant, "terminals", async {
+        self.within(tenant, "terminals", async |client: &mut Object| {
             const OP: &str = "listing a user's terminals";
             let schema = self.schema(tenant)?;
             let (client, statement) = self
                 .prepared(
+                    client,
                     tenant,
                     OP,
                     &format!(
@@ -1014,11 +1097,12 @@ impl MessageStore for PgStore {
         tenant: &TenantId,
         conversation_id: &str,
     ) -> Result<Option<ConversationInfo>, StoreError> {
-        self.within(tenant, "conversation", async {
+        self.within(tenant, "conversation", async |client: &mut Object| {
             const OP: &str = "reading a conversation's participants";
             let schema = self.schema(tenant)?;
             let (client, statement) = self
                 .prepared(
+                    client,
                     tenant,
                     OP,
                     &format!(
@@ -1050,12 +1134,13 @@ impl MessageStore for PgStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        self.within(tenant, "history", async {
+        self.within(tenant, "history", async |client: &mut Object| {
             const OP: &str = "reading a conversation";
             let schema = self.schema(tenant)?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let (client, statement) = self
                 .prepared(
+                    client,
                     tenant,
                     OP,
                     &format!(
@@ -1075,11 +1160,12 @@ impl MessageStore for PgStore {
     }
 
     async fn save_receipt(&self, tenant: &TenantId, r: &StoredReceipt) -> Result<(), StoreError> {
-        self.within(tenant, "save_receipt", async {
+        self.within(tenant, "save_receipt", async |client: &mut Object| {
             const OP: &str = "saving a read receipt";
             let schema = self.schema(tenant)?;
             let (client, statement) = self
                 .prepared(
+                    client,
                     tenant,
                     OP,
                     &format!(
@@ -1114,11 +1200,12 @@ impl MessageStore for PgStore {
         conversation_id: &str,
         reader: &str,
     ) -> Result<Option<StoredReceipt>, StoreError> {
-        self.within(tenant, "receipt", async {
+        self.within(tenant, "receipt", async |client: &mut Object| {
             const OP: &str = "reading a read receipt";
             let schema = self.schema(tenant)?;
             let (client, statement) = self
                 .prepared(
+                    client,
                     tenant,
                     OP,
                     &format!(
@@ -1142,21 +1229,27 @@ impl MessageStore for PgStore {
     }
 
     async fn purge_before(&self, tenant: &TenantId, cutoff_ms: i64) -> Result<u64, StoreError> {
-        self.within(tenant, "purge_before", async {
-            const OP: &str = "purging expired messages";
-            let schema = self.schema(tenant)?;
-            let (client, statement) = self
-                .prepared(
-                    tenant,
-                    OP,
-                    &format!("DELETE FROM {schema}.messages WHERE sent_at_ms < $1"),
-                )
+        const OP: &str = "purging expired messages";
+        let schema = self.schema(tenant)?;
+        let sql = format!(
+            "DELETE FROM {schema}.messages WHERE message_id IN
+               (SELECT message_id FROM {schema}.messages WHERE sent_at_ms < $1 LIMIT $2)"
+        );
+        let mut purged = 0;
+        loop {
+            let deleted = self
+                .within(tenant, OP, async |client: &mut Object| {
+                    let (client, statement) = self.prepared(client, tenant, OP, &sql).await?;
+                    client
+                        .execute(&statement, &[&cutoff_ms, &PURGE_BATCH])
+                        .await
+                        .map_err(backend(tenant, OP))
+                })
                 .await?;
-            client
-                .execute(&statement, &[&cutoff_ms])
-                .await
-                .map_err(backend(tenant, OP))
-        })
-        .await
+            purged += deleted;
+            if deleted < PURGE_BATCH as u64 {
+                return Ok(purged);
+            }
+        }
     }
 }

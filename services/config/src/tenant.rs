@@ -96,9 +96,11 @@ pub mod bounds {
     pub const FILE_BYTES: usize = 64 * 1024;
     /// Characters of `display_name` at most.
     pub const DISPLAY_NAME_CHARS: usize = 128;
-    /// Characters of `data_namespace` at most: it is a PostgreSQL schema name after a prefix
-    /// (`mesh_`), and PostgreSQL keeps 63 bytes of a name.
-    pub const NAMESPACE_CHARS: usize = 48;
+    /// Characters of `data_namespace` at most: it is a PostgreSQL schema name after the prefix
+    /// `mesh_`, and PostgreSQL keeps 63 bytes of a name.
+    pub const NAMESPACE_CHARS: usize = 58;
+    /// Bytes of a `token_file` at most (a credential, with room to spare).
+    pub const SECRET_FILE_BYTES: u64 = 4096;
     /// Characters of an automatic rule's name, a broker vhost or user at most.
     pub const NAME_CHARS: usize = 64;
 
@@ -206,10 +208,21 @@ impl Credentials {
     /// Reads `token_file` (relative to `folder`) into [`Credentials::file_token`]; left unset
     /// when it cannot be read, which validation reports.
     fn read_file(&mut self, folder: &Path) {
+        use std::io::Read;
+        // a regular file of a few KiB: not a device, a FIFO or a log that never ends
         self.file_token = self.token_file.as_ref().and_then(|file| {
-            std::fs::read_to_string(folder.join(file))
-                .ok()
-                .map(|text| text.trim().to_owned())
+            let path = folder.join(file);
+            let meta = std::fs::metadata(&path).ok()?;
+            if !meta.is_file() || meta.len() > bounds::SECRET_FILE_BYTES {
+                return None;
+            }
+            let mut text = String::new();
+            std::fs::File::open(&path)
+                .ok()?
+                .take(bounds::SECRET_FILE_BYTES)
+                .read_to_string(&mut text)
+                .ok()?;
+            Some(text.trim().to_owned())
         });
     }
 }
@@ -949,7 +962,7 @@ fn unset_secret(error: &FieldError) -> bool {
     ) && error.message.starts_with("environment variable ")
         && error.message.ends_with(" is not set");
     let unread_file = error.field == "credentials.token_file"
-        && error.message.ends_with("cannot be read, or is empty");
+        && error.message.contains("cannot be read, or is empty");
     unset_variable || unread_file
 }
 
@@ -1137,7 +1150,11 @@ fn check_credentials(problems: &mut Problems, config: &TenantConfig) {
             }
             _ => problems.add(
                 "credentials.token_file".into(),
-                format!("file {} cannot be read, or is empty", file.display()),
+                format!(
+                    "file {} cannot be read, or is empty (a regular file of at most {} bytes)",
+                    file.display(),
+                    bounds::SECRET_FILE_BYTES
+                ),
             ),
         }
     }

@@ -63,7 +63,8 @@ struct Connection {
 /// Why this node ended a terminal's stream: its last status, UNAVAILABLE ("attach again"),
 /// as gRPC says a server that cannot serve the call here. Unset, the stream ends OK: the same
 /// terminal attached again and its new stream replaced this one (the web chat reads that as
-/// "opened elsewhere" and stops, as it should only then).
+/// "opened elsewhere" and stops, as it should only then), or a `Reconnect` hint on the stream
+/// said when to attach again (a drain spreads the terminals over its window that way).
 type Farewell = Arc<std::sync::OnceLock<Status>>;
 
 impl Connection {
@@ -226,8 +227,10 @@ impl GatewayService {
             };
             // a terminal 256 pushes behind misses the hint; its stream still ends and it
             // attaches again as after any lost connection
-            let _ = connection.pushes.try_send(Box::new(hint));
-            connection.end(format!("this node is leaving ({reason}): attach again"));
+            // the hint says it; a stream the hint cannot reach is told by its last status
+            if connection.pushes.try_send(Box::new(hint)).is_err() {
+                connection.end(format!("this node is leaving ({reason}): attach again"));
+            }
             let ctx = RequestContext::new(key.0.clone());
             unregister(self.inner.clone(), &ctx, key.clone());
         }
@@ -249,8 +252,7 @@ impl Inner {
                     let limit = max_age + max_age / 10 * (c.id % 101) / 100;
                     let old = c.since.elapsed().as_millis() as u64 >= limit;
                     if old {
-                        expired.push(c.pushes.clone());
-                        c.end("the stream reached its maximum age: attach again");
+                        expired.push((c.pushes.clone(), c.farewell.clone()));
                     }
                     !old
                 });
@@ -260,7 +262,7 @@ impl Inner {
                 .map(|(key, c)| (key.clone(), c.pushes.clone()))
                 .collect()
         };
-        for pushes in expired {
+        for (pushes, farewell) in expired {
             let hint = v1::Push {
                 payload: Some(v1::push::Payload::Reconnect(v1::Reconnect {
                     after_ms: 0,
@@ -269,7 +271,11 @@ impl Inner {
             };
             // its registration stays: the terminal attaches again at once and its new
             // registration replaces this one (an unregister now could land after it)
-            let _ = pushes.try_send(Box::new(hint));
+            if pushes.try_send(Box::new(hint)).is_err() {
+                let _ = farewell.set(Status::unavailable(
+                    "the stream reached its maximum age: attach again",
+                ));
+            }
         }
         if streams.is_empty() {
             return;

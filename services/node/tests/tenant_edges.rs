@@ -618,6 +618,23 @@ async fn one_tenants_edge_cases_never_reach_its_neighbours() {
     assert_eq!(not_found, 0, "the order book moves with the tenant");
     assert!(found > 0);
     order_found(&front, &guoji, "o-2").await;
+    // an order event naming the platform's own sender is refused by both of its consumers
+    // (dead-lettered with the reason), never stored as a system-to-system message
+    publish_order(&vhost.uri(), "guoji", order_created("o-sys", "system"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for queue in [dead, "mesh.guoji.order.v1.message.dead"] {
+        while !vhost.queues(queue).iter().any(|(_, n)| *n == 1) {
+            assert!(
+                Instant::now() < deadline,
+                "{queue}: {:?}",
+                vhost.queues("mesh.guoji")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let dead_letters = vhost.queues("mesh.guoji");
 
     // 6. onboarding with a real secret, as a mounted file, while the mesh runs
     neighbours.phase("token file");
@@ -708,10 +725,10 @@ async fn one_tenants_edge_cases_never_reach_its_neighbours() {
         writable.batch_execute(&sql).await.unwrap();
     }
     order_found(&front, &guoji, "o-3").await;
-    assert!(
-        vhost.queues(dead).iter().all(|(_, n)| *n == 0),
-        "nothing dead-lettered for a passing state: {:?}",
-        vhost.queues(dead)
+    assert_eq!(
+        vhost.queues("mesh.guoji"),
+        dead_letters,
+        "nothing more dead-lettered for a passing state"
     );
     neighbours.progress(20).await;
 
@@ -734,8 +751,32 @@ async fn one_tenants_edge_cases_never_reach_its_neighbours() {
         .find(|p| p.group == "shared")
         .unwrap()
         .pid;
+    // a terminal attached to that worker hears UNAVAILABLE when it dies, not a reset stream
+    let mut phone = gateway::GatewayCaller::new(front.clone())
+        .attach(
+            &mall,
+            gateway::AttachRequest {
+                user_id: "alice".into(),
+                terminal_id: "phone".into(),
+                kind: 0,
+            },
+        )
+        .await
+        .unwrap();
     let killed = Instant::now();
     signal(&pid.to_string(), "-KILL");
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match phone.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the dead worker's stream ends");
+    assert_eq!(ended, Some(Code::Unavailable), "attach again");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut n = 2_000_000;
     loop {

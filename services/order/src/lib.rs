@@ -97,12 +97,18 @@ fn handler_error(err: StoreError) -> mesh_contract::HandlerError {
     }
 }
 
-/// A store failure as a call answers it: UNAVAILABLE (call again) when it passes.
+/// A store failure as a call answers it: UNAVAILABLE (call again) when it passes; the
+/// database's own words stay in the log, not in the caller's answer.
 fn status(err: StoreError) -> Status {
-    if err.is_transient() {
-        Status::unavailable(err.to_string())
-    } else {
-        Status::internal(err.to_string())
+    match &err {
+        _ if err.is_transient() => {
+            Status::unavailable("the order book is unavailable for a moment; retry")
+        }
+        StoreError::UnknownTenant(_) => Status::permission_denied(err.to_string()),
+        _ => {
+            tracing::error!(error = %err, "the order book failed");
+            Status::internal("the order book failed")
+        }
     }
 }
 
@@ -142,6 +148,13 @@ impl OrderBook {
         ] {
             mesh_contract::fields::id(field, value)
                 .map_err(|s| mesh_contract::HandlerError::Reject(s.message().to_owned()))?;
+        }
+        // the platform's own sender buys nothing: its orders would show in its conversations
+        if mesh_contract::fields::is_reserved_sender(&order.user_id) {
+            return Err(mesh_contract::HandlerError::Reject(format!(
+                "order.user_id {:?} is reserved for the platform's own messages",
+                order.user_id
+            )));
         }
         self.store
             .put_new(&ctx.tenant, order)
@@ -280,6 +293,14 @@ pub enum OrderError {
     /// The order book could not be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The order moved on (cancelled, or changed by another caller) since it was read.
+    #[error("order {order_id:?} of tenant {tenant} changed meanwhile; read it again")]
+    Conflict {
+        /// Whose.
+        tenant: TenantId,
+        /// Which.
+        order_id: String,
+    },
     /// No such order in the tenant's store.
     #[error("order {order_id:?} of tenant {tenant} does not exist")]
     NotFound {
@@ -415,7 +436,10 @@ impl OrderService {
             .store
             .move_status(&ctx.tenant, order_id, Some(previous_status), status)
             .await?
-            .ok_or_else(not_found)?;
+            .ok_or_else(|| OrderError::Conflict {
+                tenant: ctx.tenant.clone(),
+                order_id: order_id.to_owned(),
+            })?;
         if let Some(events) = &self.events {
             let published = match events.major(&ctx.tenant, &order.user_id) {
                 2 => {

@@ -410,10 +410,10 @@ fn every_text_and_the_file_itself_are_bounded() {
     // a namespace PostgreSQL would cut (the schema is mesh_<namespace>)
     let long_namespace = ACME.replace(
         "data_namespace = \"acme\"",
-        &format!("data_namespace = \"{}\"", "n".repeat(49)),
+        &format!("data_namespace = \"{}\"", "n".repeat(59)),
     );
     let dir = folder(&[("acme.toml", &long_namespace)]);
-    assert_problem(&dir, "acme.toml", "must be 1-48 lowercase letters");
+    assert_problem(&dir, "acme.toml", "must be 1-58 lowercase letters");
     // threads past what the machine runs
     let threads = format!("{ACME}[isolation]\nthreads = 1024\n");
     let dir = folder(&[("acme.toml", &threads)]);

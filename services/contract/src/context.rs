@@ -16,6 +16,12 @@ pub mod headers {
     /// On a response from a front door that advertises its workers: the `host:port` of the
     /// worker serving the caller's tenant, for a client that can call it directly.
     pub const WORKER: &str = "x-mesh-worker";
+    /// On a `RESOURCE_EXHAUSTED` answer: the caller went over what it was granted (`rate`:
+    /// its tenant's calls per second; `streams`: long-lived streams to one process). A load the
+    /// callers made says nothing about the service's health, so automatic degradation and the
+    /// error alerts leave it out: one user flooding cannot switch its tenant off. A bulkhead
+    /// shedding calls to a slow dependency sets no such header: that one counts.
+    pub const OVER_QUOTA: &str = "x-mesh-over-quota";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state.

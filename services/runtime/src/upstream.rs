@@ -195,11 +195,16 @@ impl Upstream {
                     (n < max).then_some(n + 1)
                 })
                 .map_err(|_| {
-                    tonic::Status::resource_exhausted(format!(
+                    let mut status = tonic::Status::resource_exhausted(format!(
                         "the front door has {max} long-lived streams open to the worker at {} \
                          (front_door.max_streams_per_worker); retry later or raise it",
                         self.address
-                    ))
+                    ));
+                    status.metadata_mut().insert(
+                        mesh_contract::headers::OVER_QUOTA,
+                        tonic::metadata::MetadataValue::from_static("streams"),
+                    );
+                    status
                 })?;
         }
         let lane = self

@@ -192,6 +192,17 @@ struct Call {
 impl Call {
     /// Records the call with the status it ended with (`None`: the body ended without one).
     fn finish(self, code: Option<tonic::Code>) {
+        self.finish_as(code, false)
+    }
+
+    /// [`Call::finish`] with the answer's headers (or trailers): an answer saying the callers
+    /// went over their quota ([`OVER_QUOTA`](mesh_contract::headers::OVER_QUOTA)) is theirs.
+    fn finish_with(self, code: Option<tonic::Code>, headers: &http::HeaderMap) {
+        let over_quota = headers.contains_key(mesh_contract::headers::OVER_QUOTA);
+        self.finish_as(code, over_quota)
+    }
+
+    fn finish_as(self, code: Option<tonic::Code>, over_quota: bool) {
         let traffic = &self.in_flight.traffic;
         let tenant = &self.in_flight.tenant;
         let code = code.unwrap_or(tonic::Code::Unknown);
@@ -203,7 +214,8 @@ impl Call {
             code,
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unavailable
         );
-        let sampled = !(caller_error(code) || (self.cut_short && ran_out));
+        let callers_own = over_quota && code == tonic::Code::ResourceExhausted;
+        let sampled = !(caller_error(code) || callers_own || (self.cut_short && ran_out));
         let Some(tier) = self.tier.filter(|_| sampled) else {
             return;
         };
@@ -370,7 +382,7 @@ where
             traffic.forwarded(&tenant, &path, degraded.as_deref());
             // a trailers-only answer (an error, an early answer) is over already
             if let Some(code) = grpc_code(response.headers()) {
-                call.finish(Some(code));
+                call.finish_with(Some(code), response.headers());
                 return Ok(response);
             }
             Ok(response.map(|inner| tonic::body::Body::new(RecordAtEnd::new(inner, call))))
@@ -418,7 +430,7 @@ impl http_body::Body for RecordAtEnd {
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some(call) = self.call.take()
                 {
-                    call.finish(grpc_code(trailers));
+                    call.finish_with(grpc_code(trailers), trailers);
                 }
             }
             Poll::Ready(Some(Err(error))) => {
@@ -500,6 +512,54 @@ mod tests {
             (sampled.calls, sampled.error_rate),
             (1, 1.0),
             "UNAVAILABLE in the trailers"
+        );
+    }
+
+    /// One user flooding its tenant's rate: the worker's RESOURCE_EXHAUSTED saying so is the
+    /// callers' own load and never sampled; a bulkhead shedding (no such header) is.
+    #[tokio::test]
+    async fn an_answer_over_the_callers_quota_is_not_the_services_failure() {
+        let mall = TenantId::new("mall").unwrap();
+        let traffic = Arc::new(Traffic::default());
+        let known: Known = Arc::new(RwLock::new([mall.clone()].into_iter().collect()));
+        let service = ServiceBuilder::new()
+            .layer(TrafficLayer::new(
+                traffic.clone(),
+                known,
+                Catalogue(mesh_api::CONTRACTS),
+            ))
+            .service_fn(|request: http::Request<()>| async move {
+                let mut status = tonic::Status::resource_exhausted("no");
+                if request.headers().contains_key("x-test-rate") {
+                    let limiter = crate::layers::RateLimiter::default();
+                    let id = TenantId::new("mall").unwrap();
+                    limiter.set(id.clone(), 1, 1);
+                    let _ = limiter.check(&id);
+                    status = limiter.check(&id).unwrap_err();
+                }
+                let mut response = status.into_http::<tonic::body::Body>();
+                response.extensions_mut().insert(Forwarded);
+                Ok::<_, Infallible>(response)
+            });
+        let call = |rate: bool| {
+            let mut request = http::Request::builder()
+                .uri("/order.v1.Order/GetOrder")
+                .header("x-mesh-tenant", "mall");
+            if rate {
+                request = request.header("x-test-rate", "1");
+            }
+            service.clone().oneshot(request.body(()).unwrap())
+        };
+        for _ in 0..10 {
+            call(true).await.unwrap();
+        }
+        let window = || traffic.window(&mall, 2, Duration::from_secs(60));
+        assert_eq!(window().calls, 0, "a rate refusal is the callers' own load");
+        call(false).await.unwrap();
+        assert_eq!(
+            (window().calls, window().error_rate),
+            (1, 1.0),
+            "a shed call without the header counts"
         );
     }
 }

@@ -98,9 +98,15 @@ impl RateLimiter {
         let buckets = self.buckets.read().expect("lock");
         match buckets.get(tenant) {
             Some((bucket, rate, _)) if bucket.check().is_err() => {
-                Err(tonic::Status::resource_exhausted(format!(
+                let mut status = tonic::Status::resource_exhausted(format!(
                     "tenant {tenant} is over its rate of {rate} call(s) per second"
-                )))
+                ));
+                // of the callers' making: not a fault of the service (automatic rules skip it)
+                status.metadata_mut().insert(
+                    mesh_contract::headers::OVER_QUOTA,
+                    tonic::metadata::MetadataValue::from_static("rate"),
+                );
+                Err(status)
             }
             _ => Ok(()),
         }

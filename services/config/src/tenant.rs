@@ -1005,8 +1005,10 @@ fn load_file_in(
             format!("{}{}", env_prefix(file), keys.join("__").to_uppercase())
         }))
     })?;
+    let id = config.id.to_string();
     if let Some(users) = config.users.as_mut() {
         users.resolve_paths(folder);
+        users.default_audience(&id);
     }
     config.credentials.read_file(folder);
     let mut errors = validate(&config, file, catalogue);

@@ -8,7 +8,7 @@
 //! ```toml
 //! [users]
 //! issuer = "https://accounts.mall.example"   # the `iss` every token must carry
-//! audience = "mesh"                          # the `aud` every token must carry
+//! audience = "mall"                          # the `aud` every token must carry (default: the tenant id)
 //! # exactly one key source:
 //! public_key_file = "keys/mall.pem"          # RS256, ES256 or EdDSA (with `algorithm`)
 //! algorithm = "ES256"
@@ -40,7 +40,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, jwk:
 use mesh_contract::UserIdentity;
 use serde::{Deserialize, Serialize};
 
-/// The audience a development token is issued for when the tenant file does not say.
+/// The audience of [`UserTokens::development`]. A tenant file that names no audience gets its
+/// tenant id ([`UserTokens::default_audience`]): two business lines sharing one account
+/// system (and so one issuer) never accept each other's tokens by a shared default.
 pub const DEFAULT_AUDIENCE: &str = "mesh";
 
 /// A tenant's `[users]` table: who issues its users' tokens and with which keys.
@@ -49,8 +51,9 @@ pub const DEFAULT_AUDIENCE: &str = "mesh";
 pub struct UserTokens {
     /// Required `iss` claim.
     pub issuer: String,
-    /// Required `aud` claim.
-    #[serde(default = "default_audience")]
+    /// Required `aud` claim (one of them, when the token lists several); the tenant id when
+    /// the file does not say.
+    #[serde(default)]
     pub audience: String,
     /// Shared HS256 secret, inline: development only.
     pub hs256_secret: Option<String>,
@@ -65,10 +68,6 @@ pub struct UserTokens {
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     #[serde(default = "default_leeway")]
     pub leeway_secs: u64,
-}
-
-fn default_audience() -> String {
-    DEFAULT_AUDIENCE.into()
 }
 
 fn default_leeway() -> u64 {
@@ -135,6 +134,13 @@ impl std::fmt::Debug for UserVerifier {
 }
 
 impl UserTokens {
+    /// Sets the audience to `tenant` (its id) when the file named none.
+    pub fn default_audience(&mut self, tenant: &str) {
+        if self.audience.is_empty() {
+            self.audience = tenant.to_owned();
+        }
+    }
+
     /// Development settings: `issuer`, audience `mesh`, an inline HS256 secret.
     pub fn development(issuer: &str, secret: &str) -> Self {
         Self {

@@ -801,9 +801,10 @@ async fn the_front_door_traces_every_call_as_the_parent_of_its_workers() {
     assert_eq!(front.attr("outcome").as_deref(), Some("ok"));
     let refused = spans_of(REFUSED);
     assert!(
-        refused.iter().any(
-            |r| r.process == "mesh-front-door" && r.attr("outcome").as_deref() == Some("error")
-        ),
+        refused
+            .iter()
+            .any(|r| r.process == "mesh-front-door"
+                && r.attr("outcome").as_deref() == Some("refused")),
         "{refused:#?}"
     );
     assert!(
@@ -1127,7 +1128,8 @@ async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
     for span in spans_of(MISTAKE) {
         assert_eq!(span.int("rpc.grpc.status_code"), Some(3), "{span:#?}");
         assert_eq!(span.attr("error.type").as_deref(), Some("INVALID_ARGUMENT"));
-        assert_eq!(span.attr("outcome").as_deref(), Some("error"));
+        // the caller's own mistake: refused, not a failure the error alerts count
+        assert_eq!(span.attr("outcome").as_deref(), Some("refused"));
         assert!(span.attr("status_message").is_some_and(|m| !m.is_empty()));
         assert_eq!(
             span.status().0,

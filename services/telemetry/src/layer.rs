@@ -78,12 +78,18 @@ pub enum Outcome {
     /// Given up by the caller (`CANCELLED`, or the call dropped before its status): a
     /// terminal leaving, a caller's deadline. Not a failure of the service.
     Cancelled,
-    /// Any other failure.
+    /// Refused for the caller's own mistake: a bad argument, an order that does not exist, no
+    /// or the wrong credential, a precondition not met, a method the tenant does not run. The
+    /// service did its job; the error alerts leave these out, so a tenant's users cannot page
+    /// the platform.
+    Refused,
+    /// Any other failure: the server's.
     Error,
 }
 
 impl Outcome {
-    /// The attribute value: `ok`, `degraded`, `shed`, `timed_out`, `cancelled`, `error`.
+    /// The attribute value: `ok`, `degraded`, `shed`, `timed_out`, `cancelled`, `refused`,
+    /// `error`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -91,6 +97,7 @@ impl Outcome {
             Outcome::Shed => "shed",
             Outcome::TimedOut => "timed_out",
             Outcome::Cancelled => "cancelled",
+            Outcome::Refused => "refused",
             Outcome::Error => "error",
         }
     }
@@ -105,6 +112,14 @@ impl Outcome {
             tonic::Code::ResourceExhausted => Outcome::Shed,
             tonic::Code::DeadlineExceeded => Outcome::TimedOut,
             tonic::Code::Cancelled => Outcome::Cancelled,
+            tonic::Code::InvalidArgument
+            | tonic::Code::NotFound
+            | tonic::Code::AlreadyExists
+            | tonic::Code::PermissionDenied
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::OutOfRange
+            | tonic::Code::Unimplemented
+            | tonic::Code::Unauthenticated => Outcome::Refused,
             _ => Outcome::Error,
         }
     }
@@ -552,8 +567,12 @@ mod tests {
             (&[("grpc-status", "8")][..], Some(Outcome::Shed)),
             (&[("grpc-status", "4")][..], Some(Outcome::TimedOut)),
             (&[("grpc-status", "1")][..], Some(Outcome::Cancelled)),
-            (&[("grpc-status", "5")][..], Some(Outcome::Error)),
-            (&[("grpc-status", "16")][..], Some(Outcome::Error)),
+            // NOT_FOUND, UNAUTHENTICATED: the caller's mistake, refused
+            (&[("grpc-status", "5")][..], Some(Outcome::Refused)),
+            (&[("grpc-status", "16")][..], Some(Outcome::Refused)),
+            // INTERNAL, UNAVAILABLE: the server's
+            (&[("grpc-status", "13")][..], Some(Outcome::Error)),
+            (&[("grpc-status", "14")][..], Some(Outcome::Error)),
             // a switched-off method whose degraded answer is a status
             (
                 &[("grpc-status", "14"), ("x-mesh-degraded", "message@mall")][..],

@@ -6,7 +6,7 @@
 //!   its own thread with a bounded queue: a slow or absent collector drops telemetry, it never
 //!   slows or fails a call.
 //! - [`TraceLayer`] opens a span per HTTP/2 call (server or client side) with the tenant,
-//!   service, contract version, method and outcome (`ok`, `error`, `degraded`, `shed`,
+//!   service, contract version, method and outcome (`ok`, `refused`, `error`, `degraded`, `shed`,
 //!   `timed_out`), and carries the W3C trace context in the call's metadata.
 //! - [`EventTrace`] does the same for a publish or a consume on the queue, whose headers carry
 //!   the same context (the transports open one per message).

@@ -241,7 +241,8 @@ pub fn call(call: &Call<'_>) {
             Ordering::Relaxed,
         );
         let by_outcome = match outcome {
-            Outcome::Ok | Outcome::Cancelled => None,
+            // the caller's own refusals are no error of the service's
+            Outcome::Ok | Outcome::Cancelled | Outcome::Refused => None,
             Outcome::Degraded => Some(&c.degraded),
             Outcome::Shed => Some(&c.shed),
             Outcome::TimedOut => Some(&c.timed_out),

@@ -44,13 +44,13 @@ const DROP_WITHIN: Duration = Duration::from_secs(120);
 const PURGE_BATCH: i64 = 5000;
 /// A connection not handed out for this long is checked (an empty query, answered within
 /// [`CHECK_WITHIN`]) before it is used again: one the network silently dropped is replaced,
-/// not tried. (A connection in use when its caller gave up is checked at once, in the
-/// background: [`PgStore::within`].)
+/// not tried. So is every connection handed out before a caller last gave up mid-operation
+/// (and the abandoned one itself is checked in the background: [`PgStore::within`]).
 const IDLE_CHECK_AFTER: Duration = Duration::from_secs(10);
 /// An empty query answers in well under a millisecond on a live connection nearby, and in
 /// far less than this on a busy server; past it the connection, and every one opened before
 /// it, is taken for silent.
-const CHECK_WITHIN: Duration = Duration::from_secs(1);
+const CHECK_WITHIN: Duration = Duration::from_millis(500);
 /// A connection is replaced after this long, whatever its state: a server-side setting or
 /// a primary that moved is picked up without a restart.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
@@ -82,6 +82,10 @@ pub struct PgStore {
     schemas: RwLock<HashMap<TenantId, String>>,
     /// Connections created before this instant are not used again.
     suspect_before: Arc<Mutex<Option<Instant>>>,
+    /// When a caller last gave up on an operation mid-way: connections handed out before
+    /// then are checked before their next use (the one it held may have gone silent, and its
+    /// siblings with it).
+    abandoned_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -137,7 +141,8 @@ impl PgStore {
             },
         );
         let suspect_before: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let suspect = suspect_before.clone();
+        let abandoned_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let (suspect, abandoned) = (suspect_before.clone(), abandoned_at.clone());
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -145,8 +150,8 @@ impl PgStore {
             .create_timeout(Some(POOL_TIMEOUT))
             .recycle_timeout(Some(POOL_TIMEOUT))
             .pre_recycle(Hook::async_fn(move |client, metrics| {
-                let suspect = suspect.clone();
-                Box::pin(async move { reusable(client, metrics, &suspect).await })
+                let (suspect, abandoned) = (suspect.clone(), *abandoned.lock().expect("lock"));
+                Box::pin(async move { reusable(client, metrics, &suspect, abandoned).await })
             }))
             .build()
             .map_err(|e| error(e.to_string()))?;
@@ -157,6 +162,7 @@ impl PgStore {
             prefix: prefix.to_owned(),
             schemas: RwLock::default(),
             suspect_before,
+            abandoned_at,
         })
     }
 
@@ -191,6 +197,7 @@ impl PgStore {
         let mut lease = Lease {
             client: Some(self.client(tenant).await?),
             suspect_before: self.suspect_before.clone(),
+            abandoned_at: self.abandoned_at.clone(),
         };
         let client = lease.client.as_mut().expect("leased");
         let outcome = tokio::time::timeout(OPERATION_TIMEOUT, work(client)).await;
@@ -333,6 +340,7 @@ fn backend(
 struct Lease {
     client: Option<Object>,
     suspect_before: Arc<Mutex<Option<Instant>>>,
+    abandoned_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Lease {
@@ -352,6 +360,7 @@ impl Drop for Lease {
         let Some(client) = self.client.take() else {
             return;
         };
+        *self.abandoned_at.lock().expect("lock") = Some(Instant::now());
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             drop(Object::take(client));
             return;
@@ -374,14 +383,16 @@ impl Drop for Lease {
 }
 
 /// Whether a pooled connection may be handed out again: not one opened before the store took
-/// its connections for silent, nor one older than [`MAX_CONNECTION_AGE`]; one not handed out
-/// for [`IDLE_CHECK_AFTER`] must answer an empty query within [`CHECK_WITHIN`] first, and one
-/// that does not makes every connection opened before it suspect (they went silent together:
-/// a failover, a NAT).
+/// its connections for silent, nor one older than [`MAX_CONNECTION_AGE`]. One not handed out
+/// for [`IDLE_CHECK_AFTER`], or handed out before a caller last gave up mid-operation
+/// (`abandoned`: that connection, and its siblings, may have gone silent together), must
+/// answer an empty query within [`CHECK_WITHIN`] first; one that does not makes every
+/// connection opened before it suspect (a failover, a NAT that dropped its state).
 async fn reusable(
     client: &mut deadpool_postgres::ClientWrapper,
     metrics: &Metrics,
     suspect_before: &Mutex<Option<Instant>>,
+    abandoned: Option<Instant>,
 ) -> Result<(), HookError> {
     if suspect_before
         .lock()
@@ -393,8 +404,10 @@ async fn reusable(
     if metrics.age() > MAX_CONNECTION_AGE {
         return Err(HookError::message("old enough to be replaced"));
     }
-    // `last_used` counts from the last time it was handed out
-    if metrics.last_used() > IDLE_CHECK_AFTER {
+    // `recycled` is when it was last handed out; `last_used` counts from then
+    let handed_out = metrics.recycled.unwrap_or(metrics.created);
+    let out_when_abandoned = abandoned.is_some_and(|at| handed_out < at);
+    if metrics.last_used() > IDLE_CHECK_AFTER || out_when_abandoned {
         match tokio::time::timeout(CHECK_WITHIN, client.simple_query("")).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(HookError::Backend(e)),

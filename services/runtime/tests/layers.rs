@@ -393,6 +393,32 @@ async fn a_tenant_over_its_rate_is_refused_while_others_pass() {
     );
 }
 
+/// A caller's own deadline, shorter than the contract's, that runs out: DEADLINE_EXCEEDED, as
+/// gRPC says (tonic's server would answer CANCELLED if its own timer on the header won).
+#[tokio::test]
+async fn a_call_past_the_callers_deadline_reads_deadline_exceeded() {
+    let tenants = tenants();
+    let url = serve_stack(
+        &tenants,
+        SwitchBoard::new(CATALOGUE),
+        RateLimiter::default(),
+    )
+    .await;
+    let mut raw = recommend::recommend_client::RecommendClient::new(channel(&url).await);
+    for _ in 0..5 {
+        let mut request = Request::new(recommend::SuggestRequest {
+            conversation_id: "slow".into(),
+            ..Default::default()
+        });
+        request.set_timeout(Duration::from_millis(100));
+        ctx(&tenants, "mall")
+            .inject(request.metadata_mut())
+            .unwrap();
+        let status = raw.suggest(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_call_past_its_contract_deadline_is_cut_off() {
     let tenants = tenants();

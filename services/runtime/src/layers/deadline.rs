@@ -97,6 +97,9 @@ where
     }
 }
 
+/// How much before the caller's own deadline this layer answers (at most a twentieth of it).
+const CALLER_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+
 /// Without a contract deadline or a caller's: an hour, the longest anything here may wait
 /// (a timer that never fires costs next to nothing, and keeps the future one type).
 const NO_DEADLINE: Duration = Duration::from_secs(3600);
@@ -115,13 +118,22 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = self.catalogue.method(request.uri().path()).map(|(_, m)| m);
-        let limit = match (method.map(|m| m.timeout), caller_timeout(request.headers())) {
+        let caller = caller_timeout(request.headers());
+        let limit = match (method.map(|m| m.timeout), caller) {
             (Some(contract), Some(caller)) => Some(contract.min(caller)),
             (contract, caller) => contract.or(caller),
         };
         let limit = limit.unwrap_or(NO_DEADLINE);
+        // tonic's server runs a timer of its own on the caller's grpc-timeout, started before
+        // this layer, and answers CANCELLED ("Timeout expired") when it wins: answering a
+        // little earlier makes a deadline that ran out read DEADLINE_EXCEEDED, as gRPC says
+        let timer = if caller.is_some_and(|caller| caller <= limit) {
+            limit.saturating_sub(CALLER_DEADLINE_MARGIN.min(limit / 20))
+        } else {
+            limit
+        };
         DeadlineFuture {
-            call: tokio::time::timeout(limit, self.inner.call(request)),
+            call: tokio::time::timeout(timer, self.inner.call(request)),
             method: method.map_or("the call", |m| m.name),
             limit,
         }

@@ -176,14 +176,17 @@ pub struct Credentials {
     /// Environment variable holding the token. Read where the tenant is loaded, from that
     /// process's environment: under `mesh up`, the environment it was started with.
     pub token_env: Option<String>,
-    /// File holding the token (a mounted secret), relative to the tenants folder; surrounding
-    /// whitespace is ignored. Read whenever the tenant is applied (start-up, `tenant add`,
+    /// File holding the token (a mounted secret), relative to the tenants folder or absolute
+    /// (`/run/secrets/...`); a regular file of at most 4 KiB, surrounding whitespace ignored. Read whenever the tenant is applied (start-up, `tenant add`,
     /// `tenant update`), so a business line onboarded while the mesh runs brings its secret
     /// with it: no restart, no secret in the tenant file.
     pub token_file: Option<PathBuf>,
     /// What `token_file` held when the tenant was loaded.
     #[serde(skip)]
     pub file_token: Option<String>,
+    /// Why `token_file` could not be used, when it could not.
+    #[serde(skip)]
+    pub file_problem: Option<String>,
     /// When `meshctl tenant update` changes the credential, the previous one is still
     /// accepted for this many seconds, so the backend can roll over without failed calls.
     #[serde(default = "rotation_overlap")]
@@ -209,21 +212,41 @@ impl Credentials {
     /// when it cannot be read, which validation reports.
     fn read_file(&mut self, folder: &Path) {
         use std::io::Read;
+        let Some(file) = &self.token_file else {
+            return;
+        };
         // a regular file of a few KiB: not a device, a FIFO or a log that never ends
-        self.file_token = self.token_file.as_ref().and_then(|file| {
-            let path = folder.join(file);
-            let meta = std::fs::metadata(&path).ok()?;
-            if !meta.is_file() || meta.len() > bounds::SECRET_FILE_BYTES {
-                return None;
+        let path = folder.join(file);
+        let read = match std::fs::metadata(&path) {
+            Err(e) => Err(format!("cannot be read ({e})")),
+            Ok(meta) if !meta.is_file() => Err("is not a regular file".to_owned()),
+            Ok(meta) if meta.len() > bounds::SECRET_FILE_BYTES => Err(format!(
+                "holds {} bytes; a credential file is at most {}",
+                meta.len(),
+                bounds::SECRET_FILE_BYTES
+            )),
+            Ok(_) => {
+                let mut text = String::new();
+                std::fs::File::open(&path)
+                    .and_then(|f| f.take(bounds::SECRET_FILE_BYTES).read_to_string(&mut text))
+                    .map(|_| text.trim().to_owned())
+                    .map_err(|e| format!("cannot be read ({e})"))
             }
-            let mut text = String::new();
-            std::fs::File::open(&path)
-                .ok()?
-                .take(bounds::SECRET_FILE_BYTES)
-                .read_to_string(&mut text)
-                .ok()?;
-            Some(text.trim().to_owned())
-        });
+        };
+        match read {
+            Ok(token) if token.is_empty() => {
+                self.file_token = None;
+                self.file_problem = Some("is empty".into());
+            }
+            Ok(token) => {
+                self.file_token = Some(token);
+                self.file_problem = None;
+            }
+            Err(problem) => {
+                self.file_token = None;
+                self.file_problem = Some(problem);
+            }
+        }
     }
 }
 
@@ -961,8 +984,9 @@ fn unset_secret(error: &FieldError) -> bool {
         "credentials.token_env" | "broker.password_env" | "users.hs256_secret_env"
     ) && error.message.starts_with("environment variable ")
         && error.message.ends_with(" is not set");
-    let unread_file = error.field == "credentials.token_file"
-        && error.message.contains("cannot be read, or is empty");
+    // the file is the deployment's to mount (a Kubernetes Secret): absent where it renders
+    let unread_file =
+        error.field == "credentials.token_file" && error.message.contains("cannot be read");
     unset_variable || unread_file
 }
 
@@ -1111,11 +1135,15 @@ fn check_identity(problems: &mut Problems, config: &TenantConfig, file: &Path) {
         );
     }
     if !is_namespace(&config.data_namespace) {
-        let shown: String = config.data_namespace.chars().take(60).collect();
+        let chars = config.data_namespace.chars().count();
+        let mut shown: String = config.data_namespace.chars().take(60).collect();
+        if chars > 60 {
+            shown.push('…');
+        }
         problems.add(
             "data_namespace".into(),
             format!(
-                "{shown:?} must be 1-{} lowercase letters, digits or '_', starting with a letter (it names a database schema)",
+                "{shown:?} ({chars} characters) must be 1-{} lowercase letters, digits or '_', starting with a letter (it names a database schema)",
                 bounds::NAMESPACE_CHARS
             ),
         );
@@ -1153,9 +1181,12 @@ fn check_credentials(problems: &mut Problems, config: &TenantConfig) {
             _ => problems.add(
                 "credentials.token_file".into(),
                 format!(
-                    "file {} cannot be read, or is empty (a regular file of at most {} bytes)",
+                    "file {} {}",
                     file.display(),
-                    bounds::SECRET_FILE_BYTES
+                    credentials
+                        .file_problem
+                        .as_deref()
+                        .unwrap_or("cannot be read")
                 ),
             ),
         }

@@ -83,16 +83,25 @@ struct Pushed {
 }
 
 /// A store failure as a caller should see it: transient ones are `UNAVAILABLE` (retry), the
-/// others name what was refused.
+/// others say what was refused. The database's own words (its SQL, its schema names) go to
+/// the log, never to a caller.
 fn store_status(err: StoreError, what: &str) -> Status {
     match &err {
         StoreError::UnknownTenant(_) | StoreError::NotAParticipant { .. } => {
             Status::permission_denied(err.to_string())
         }
-        _ if err.is_transient() => Status::unavailable(format!(
-            "{what}: the message store is unavailable ({err}); retry"
-        )),
-        _ => Status::invalid_argument(format!("{what}: the message store refused it ({err})")),
+        _ if err.is_transient() => {
+            tracing::warn!(error = %err, "{what}: the message store is unavailable");
+            Status::unavailable(format!(
+                "{what}: the message store is unavailable for a moment; retry"
+            ))
+        }
+        _ => {
+            tracing::warn!(error = %err, "{what}: the message store refused it");
+            Status::invalid_argument(format!(
+                "{what}: the message store cannot keep it as sent (its content)"
+            ))
+        }
     }
 }
 

@@ -453,7 +453,7 @@ fn a_token_file_is_read_whenever_the_tenant_is_loaded() {
     assert_problem(
         &dir,
         "acme.toml",
-        "field `credentials.token_file`: file secrets/acme-token cannot be read",
+        "field `credentials.token_file`: file secrets/acme-token cannot be read (",
     );
     // the secret mounted (whitespace around it ignored): the tenant loads with it
     std::fs::create_dir(dir.path().join("secrets")).unwrap();
@@ -466,6 +466,17 @@ fn a_token_file_is_read_whenever_the_tenant_is_loaded() {
     assert_eq!(
         tenants.get("acme").unwrap().credentials.resolve(),
         "acme-token-from-a-file"
+    );
+    // not a regular file (a device that never ends), or too large: refused, saying which
+    let device = ACME.replace(
+        "token = \"acme-secret-token\"",
+        "token_file = \"/dev/zero\"",
+    );
+    let dir_device = folder(&[("acme.toml", &device)]);
+    assert_problem(
+        &dir_device,
+        "acme.toml",
+        "file /dev/zero is not a regular file",
     );
     // rotated on disk: the next load (a `tenant update`) reads the new one
     std::fs::write(

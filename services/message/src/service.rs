@@ -82,9 +82,9 @@ struct Pushed {
     offline: Vec<String>,
 }
 
-/// A store failure as a caller should see it: transient ones are `UNAVAILABLE` (retry), the
-/// others say what was refused. The database's own words (its SQL, its schema names) go to
-/// the log, never to a caller.
+/// A store failure as a caller should see it: transient ones are `UNAVAILABLE` (retry), with
+/// the database's words (a failover's, a connection's) in the log only; the others say what
+/// was refused and why, which is about the caller's data.
 fn store_status(err: StoreError, what: &str) -> Status {
     match &err {
         StoreError::UnknownTenant(_) | StoreError::NotAParticipant { .. } => {
@@ -96,12 +96,9 @@ fn store_status(err: StoreError, what: &str) -> Status {
                 "{what}: the message store is unavailable for a moment; retry"
             ))
         }
-        _ => {
-            tracing::warn!(error = %err, "{what}: the message store refused it");
-            Status::invalid_argument(format!(
-                "{what}: the message store cannot keep it as sent (its content)"
-            ))
-        }
+        // about the data (a value it cannot hold, a rule of the database's refusing it): the
+        // caller, and the operator reading a dead letter, need the reason
+        _ => Status::invalid_argument(format!("{what}: the message store refused it ({err})")),
     }
 }
 

@@ -4,22 +4,9 @@
 
 mod support;
 
-use support::{MeshUp, python, run, tenants_folder};
+use support::{MeshUp, python, rabbitmqctl, run, tenants_folder};
 
 /// Runs `rabbitmqctl` (the test creates its vhost and user, and removes them).
-fn rabbitmqctl(args: &[&str]) -> String {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl is installed with RabbitMQ");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Removes the vhost and user when the test ends, however it ends.
 struct Placement(String);
 

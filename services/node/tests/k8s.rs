@@ -20,7 +20,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Db, NODE_CREDENTIAL, OwnRedis, ctx, free_port, signal, tenants_folder};
+use support::{Db, NODE_CREDENTIAL, OwnRedis, ctx, free_port, rabbitmqctl, signal, tenants_folder};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -184,15 +184,6 @@ async fn suggest_degraded(at: &str, token: &str) -> bool {
         .metadata()
         .get("x-mesh-degraded")
         .is_some()
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .expect("rabbitmqctl (Debian's rabbitmq-server; bash .ci/test installs it)");
-    assert!(status.success(), "rabbitmqctl {args:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

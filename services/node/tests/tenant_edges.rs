@@ -36,25 +36,12 @@ use mesh_api::{
 };
 use mesh_contract::RequestContext;
 use prost::Message as _;
-use support::{Db, MeshUp, Users, admin, ctx, signal, tenants_folder};
+use support::{Db, MeshUp, Users, admin, ctx, rabbitmqctl, signal, tenants_folder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, transport::Channel};
 
 const OPS: &str = "ops-tenant-edges-token";
 const GUOJI_TOKEN: &str = "guoji-secret-token-1";
-
-fn rabbitmqctl(args: &[&str]) -> String {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl is installed with RabbitMQ");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A vhost of the test's own on the machine's RabbitMQ (open to guest), deleted at the end.
 struct Vhost(String);
@@ -160,6 +147,21 @@ async fn publish_order(uri: &str, tenant: &str, payload: Vec<u8>) -> Result<(), 
     } else {
         Err(format!("not taken: {said}"))
     }
+}
+
+/// The status `stream` ends with, past the pushes before it (`None`: it ended OK).
+async fn end_of(stream: &mut tonic::Streaming<gateway::Push>) -> Option<Code> {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within 30 s")
 }
 
 fn order_created(order_id: &str, user: &str) -> Vec<u8> {
@@ -595,17 +597,7 @@ async fn one_tenants_edge_cases_never_reach_its_neighbours() {
     })
     .await
     .unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match terminal.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(status) => return Some(status.code()),
-            }
-        }
-    })
-    .await
-    .expect("the moved tenant's stream ends");
+    let ended = end_of(&mut terminal).await;
     assert_eq!(ended, Some(Code::Unavailable), "attach again, not done");
     tokio::time::sleep(Duration::from_secs(1)).await;
     looking.store(false, Ordering::SeqCst);
@@ -765,17 +757,7 @@ async fn one_tenants_edge_cases_never_reach_its_neighbours() {
         .unwrap();
     let killed = Instant::now();
     signal(&pid.to_string(), "-KILL");
-    let ended = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match phone.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return None,
-                Err(status) => return Some(status.code()),
-            }
-        }
-    })
-    .await
-    .expect("the dead worker's stream ends");
+    let ended = end_of(&mut phone).await;
     assert_eq!(ended, Some(Code::Unavailable), "attach again");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut n = 2_000_000;

@@ -125,6 +125,21 @@ impl Users {
     }
 }
 
+/// Runs `rabbitmqctl` on the machine's RabbitMQ (installed with it; the tests run as root),
+/// and what it printed; any failure fails the test, with its words.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl is installed with RabbitMQ");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The machine's RabbitMQ, for tests that run `mesh up` on a real broker.
 pub const LOCAL_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 

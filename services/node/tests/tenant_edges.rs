@@ -149,6 +149,21 @@ async fn publish_order(uri: &str, tenant: &str, payload: Vec<u8>) -> Result<(), 
     }
 }
 
+/// Alice's phone attached through the front door, as `who` (alice of some tenant).
+async fn alices_phone(front: &Channel, who: &RequestContext) -> tonic::Streaming<gateway::Push> {
+    gateway::GatewayCaller::new(front.clone())
+        .attach(
+            who,
+            gateway::AttachRequest {
+                user_id: "alice".into(),
+                terminal_id: "phone".into(),
+                kind: 0,
+            },
+        )
+        .await
+        .unwrap()
+}
+
 /// The status `stream` ends with, past the pushes before it (`None`: it ended OK).
 async fn end_of(stream: &mut tonic::Streaming<gateway::Push>) -> Option<Code> {
     tokio::time::timeout(Duration::from_secs(30), async {
@@ -562,17 +577,7 @@ async fn one_tenants_edge_cases_never_reach_its_neighbours() {
         .await
         .unwrap();
     order_found(&front, &guoji, "o-2").await;
-    let mut terminal = gateway::GatewayCaller::new(front.clone())
-        .attach(
-            &guoji,
-            gateway::AttachRequest {
-                user_id: "alice".into(),
-                terminal_id: "phone".into(),
-                kind: 0,
-            },
-        )
-        .await
-        .unwrap();
+    let mut terminal = alices_phone(&front, &guoji).await;
     let looking = Arc::new(AtomicBool::new(true));
     let lookups = {
         let (front, guoji, looking) = (front.clone(), guoji.clone(), looking.clone());
@@ -744,17 +749,7 @@ async fn one_tenants_edge_cases_never_reach_its_neighbours() {
         .unwrap()
         .pid;
     // a terminal attached to that worker hears UNAVAILABLE when it dies, not a reset stream
-    let mut phone = gateway::GatewayCaller::new(front.clone())
-        .attach(
-            &mall,
-            gateway::AttachRequest {
-                user_id: "alice".into(),
-                terminal_id: "phone".into(),
-                kind: 0,
-            },
-        )
-        .await
-        .unwrap();
+    let mut phone = alices_phone(&front, &mall).await;
     let killed = Instant::now();
     signal(&pid.to_string(), "-KILL");
     let ended = end_of(&mut phone).await;

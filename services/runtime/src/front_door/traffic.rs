@@ -473,19 +473,22 @@ mod tests {
 
     use super::*;
 
+    /// Traffic of a mesh serving mall, and the layer recording into it.
+    fn mall_traffic() -> (TenantId, Arc<Traffic>, TrafficLayer) {
+        let mall = TenantId::new("mall").unwrap();
+        let traffic = Arc::new(Traffic::default());
+        let known: Known = Arc::new(RwLock::new([mall.clone()].into_iter().collect()));
+        let layer = TrafficLayer::new(traffic.clone(), known, Catalogue(mesh_api::CONTRACTS));
+        (mall, traffic, layer)
+    }
+
     /// A stream that fails after its headers: in flight until its body ends, then sampled as
     /// the failure its trailers say.
     #[tokio::test]
     async fn a_call_is_recorded_when_its_body_ends_with_the_status_of_its_trailers() {
-        let mall = TenantId::new("mall").unwrap();
-        let traffic = Arc::new(Traffic::default());
-        let known: Known = Arc::new(RwLock::new([mall.clone()].into_iter().collect()));
+        let (mall, traffic, layer) = mall_traffic();
         let service = ServiceBuilder::new()
-            .layer(TrafficLayer::new(
-                traffic.clone(),
-                known,
-                Catalogue(mesh_api::CONTRACTS),
-            ))
+            .layer(layer)
             .service_fn(|_: http::Request<()>| async {
                 let mut trailers = http::HeaderMap::new();
                 trailers.insert("grpc-status", "14".parse().unwrap());
@@ -519,16 +522,9 @@ mod tests {
     /// callers' own load and never sampled; a bulkhead shedding (no such header) is.
     #[tokio::test]
     async fn an_answer_over_the_callers_quota_is_not_the_services_failure() {
-        let mall = TenantId::new("mall").unwrap();
-        let traffic = Arc::new(Traffic::default());
-        let known: Known = Arc::new(RwLock::new([mall.clone()].into_iter().collect()));
-        let service = ServiceBuilder::new()
-            .layer(TrafficLayer::new(
-                traffic.clone(),
-                known,
-                Catalogue(mesh_api::CONTRACTS),
-            ))
-            .service_fn(|request: http::Request<()>| async move {
+        let (mall, traffic, layer) = mall_traffic();
+        let service = ServiceBuilder::new().layer(layer).service_fn(
+            |request: http::Request<()>| async move {
                 let mut status = tonic::Status::resource_exhausted("no");
                 if request.headers().contains_key("x-test-rate") {
                     let limiter = crate::layers::RateLimiter::default();
@@ -540,7 +536,8 @@ mod tests {
                 let mut response = status.into_http::<tonic::body::Body>();
                 response.extensions_mut().insert(Forwarded);
                 Ok::<_, Infallible>(response)
-            });
+            },
+        );
         let call = |rate: bool| {
             let mut request = http::Request::builder()
                 .uri("/order.v1.Order/GetOrder")

@@ -17,7 +17,7 @@ import sys
 import time
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -47,6 +47,18 @@ def until(driver, what, condition):
     except TimeoutException:
         logs = "\n".join(str(entry) for entry in driver.get_log("browser"))
         raise AssertionError(f"{what}: not within {WAIT} s\nbrowser console:\n{logs}") from None
+
+
+def click_rendered(driver, what, selector):
+    """Clicks the element `selector` finds in a part the page re-renders on its own (the
+    console refreshes its lists): found again if it was replaced between finding and clicking."""
+    def clicked(d):
+        try:
+            d.find_element(By.CSS_SELECTOR, selector).click()
+            return True
+        except StaleElementReferenceException:
+            return False
+    until(driver, what, clicked)
 
 
 def text(driver, element_id):
@@ -208,7 +220,7 @@ def main():
         shot(console, "console")
 
         # and back on from the console: mall's suggestions return
-        console.find_element(By.CSS_SELECTOR, "#switches button").click()
+        click_rendered(console, "the switch's button", "#switches button")
         until(console, "the switch gone", lambda d: "recommend@mall" not in text(d, "switches"))
         until(alice, "mall live again", lambda d: text(d, "recommend-state") == "live")
         print("browser: every check passed")

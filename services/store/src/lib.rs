@@ -19,9 +19,11 @@
 
 mod memory;
 mod postgres;
+pub mod records;
 
 pub use memory::MemoryStore;
 pub use postgres::PgStore;
+pub use records::{Collection, Record, RecordStore};
 
 use mesh_contract::TenantId;
 
@@ -165,6 +167,26 @@ pub enum StoreError {
         /// The sender.
         user: String,
     },
+    /// A record write found something other than it expected ([`records::Expect`]): the
+    /// record exists already, or another writer changed it first. Nothing was written.
+    #[error("record {record} of tenant {tenant}: {found}")]
+    Conflict {
+        /// Whose record.
+        tenant: TenantId,
+        /// `<collection>/<key>`.
+        record: String,
+        /// What was there instead of what the write expected.
+        found: String,
+    },
+    /// A record the store does not keep (empty key, oversized value) or cannot read back as
+    /// the type asked for.
+    #[error("tenant {tenant}: {reason}")]
+    InvalidRecord {
+        /// Whose record.
+        tenant: TenantId,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The backend failed (connection lost, statement refused).
     #[error("store backend failed for tenant {tenant} ({operation}): {reason}")]
     Backend {
@@ -263,7 +285,7 @@ pub trait OrderRecords: Send + Sync + 'static {
 /// A tenant-scoped message store (and order book). Cheap to share
 /// (`Arc<dyn MessageStore>`, which is an `Arc<dyn OrderRecords>` too).
 #[async_trait::async_trait]
-pub trait MessageStore: OrderRecords + Send + Sync + 'static {
+pub trait MessageStore: OrderRecords + RecordStore + Send + Sync + 'static {
     /// Makes `namespace` the tenant's, creating it if needed; idempotent for the same pair.
     async fn open(&self, tenant: &TenantId, namespace: &str) -> Result<(), StoreError>;
 

@@ -9,7 +9,9 @@ use mesh_contract::TenantId;
 
 use crate::{
     Accepted, ConversationInfo, MessageStore, NewMessage, OrderRecords, Page, StoreError,
-    StoredMessage, StoredOrder, StoredReceipt, valid_namespace,
+    StoredMessage, StoredOrder, StoredReceipt,
+    records::{self, Expect, Record, RecordStore, RecordWrite, now_ms},
+    valid_namespace,
 };
 
 /// The embedded default: no external service, data lives as long as the process.
@@ -43,6 +45,8 @@ struct Namespace {
     receipts: HashMap<(String, String), StoredReceipt>,
     /// The order book, by order id.
     orders: BTreeMap<String, StoredOrder>,
+    /// Services' records, by (collection, key).
+    records: HashMap<(String, String), Record>,
 }
 
 impl MemoryStore {
@@ -66,6 +70,105 @@ impl MemoryStore {
             .get_mut(tenant)
             .ok_or_else(|| StoreError::UnknownTenant(tenant.clone()))?;
         Ok(f(ns))
+    }
+}
+
+#[async_trait::async_trait]
+impl RecordStore for MemoryStore {
+    async fn write_records(
+        &self,
+        tenant: &TenantId,
+        writes: &[RecordWrite],
+    ) -> Result<Vec<u64>, StoreError> {
+        records::check(tenant, writes)?;
+        let now = now_ms();
+        self.write(tenant, |ns| {
+            // every expectation is checked against what the earlier writes of the same call
+            // leave, before anything is applied: all or none
+            let mut staged: HashMap<(String, String), Record> = HashMap::new();
+            let mut versions = Vec::with_capacity(writes.len());
+            for w in writes {
+                let id = (w.collection.clone(), w.key.clone());
+                let current = staged.get(&id).or_else(|| ns.records.get(&id));
+                let found = current.map(|r| r.version);
+                let holds = match w.expect {
+                    Expect::Any => true,
+                    Expect::Absent => found.is_none(),
+                    Expect::Version(v) => found == Some(v),
+                };
+                if !holds {
+                    return Err(StoreError::Conflict {
+                        tenant: tenant.clone(),
+                        record: format!("{}/{}", w.collection, w.key),
+                        found: records::found(w.expect, found),
+                    });
+                }
+                let version = found.unwrap_or(0) + 1;
+                versions.push(version);
+                staged.insert(
+                    id,
+                    Record {
+                        key: w.key.clone(),
+                        owner: w.owner.clone(),
+                        value: w.value.clone(),
+                        version,
+                        updated_at_ms: now,
+                    },
+                );
+            }
+            ns.records.extend(staged);
+            Ok(versions)
+        })?
+    }
+
+    async fn record(
+        &self,
+        tenant: &TenantId,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Record>, StoreError> {
+        self.read(tenant, |ns| {
+            ns.records
+                .get(&(collection.to_owned(), key.to_owned()))
+                .cloned()
+        })
+    }
+
+    async fn records_of(
+        &self,
+        tenant: &TenantId,
+        collection: &str,
+        owner: &str,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.read(tenant, |ns| {
+            let mut found: Vec<Record> = ns
+                .records
+                .iter()
+                .filter(|((c, _), r)| c == collection && r.owner == owner)
+                .map(|(_, r)| r.clone())
+                .collect();
+            found.sort_by(|a, b| {
+                b.updated_at_ms
+                    .cmp(&a.updated_at_ms)
+                    .then_with(|| b.key.cmp(&a.key))
+            });
+            found.truncate(limit);
+            found
+        })
+    }
+
+    async fn delete_record(
+        &self,
+        tenant: &TenantId,
+        collection: &str,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        self.write(tenant, |ns| {
+            ns.records
+                .remove(&(collection.to_owned(), key.to_owned()))
+                .is_some()
+        })
     }
 }
 

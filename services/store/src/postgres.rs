@@ -14,7 +14,9 @@ use tokio_postgres::NoTls;
 
 use crate::{
     Accepted, ConversationInfo, MessageStore, NewMessage, OrderRecords, Page, StoreError,
-    StoredMessage, StoredOrder, StoredReceipt, valid_namespace,
+    StoredMessage, StoredOrder, StoredReceipt,
+    records::{self, Expect, Record, RecordStore, RecordWrite, now_ms},
+    valid_namespace,
 };
 
 /// Schema prefix of [`PgStore::connect`]: tenant `mall` with namespace `mall` lives in schema
@@ -57,7 +59,7 @@ const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
 /// What the tables of a tenant's schema look like: recorded in `<schema>.schema_version`
 /// once set up, so opening a schema that is current reads one row and takes no lock (a
 /// worker restarting never waits behind a long report query). Raise it with any DDL change.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// PostgreSQL backend: each tenant's tables live in schema `<prefix><namespace>`, created on
 /// [`MessageStore::open`]. Statements are built from that one schema name, which was
@@ -543,6 +545,16 @@ async fn set_up(
            conversation_id text NOT NULL);
          CREATE INDEX IF NOT EXISTS orders_by_user
            ON {schema}.orders (user_id, created_at_ms DESC);
+         CREATE TABLE IF NOT EXISTS {schema}.records (
+           collection text NOT NULL,
+           key text NOT NULL,
+           owner text NOT NULL,
+           value bytea NOT NULL,
+           version bigint NOT NULL,
+           updated_at_ms bigint NOT NULL,
+           PRIMARY KEY (collection, key));
+         CREATE INDEX IF NOT EXISTS records_by_owner
+           ON {schema}.records (collection, owner, updated_at_ms DESC, key DESC);
          CREATE TABLE IF NOT EXISTS {schema}.schema_version (
            only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
            version integer NOT NULL);
@@ -660,6 +672,188 @@ impl PgStore {
                 )
                 .await
                 .map_err(backend(tenant, operation))
+        })
+        .await
+    }
+}
+
+/// The columns of a record, as [`record`] reads them.
+const RECORD_COLUMNS: &str = "key, owner, value, version, updated_at_ms";
+
+fn record(row: &tokio_postgres::Row) -> Record {
+    Record {
+        key: row.get(0),
+        owner: row.get(1),
+        value: row.get(2),
+        version: u64::try_from(row.get::<_, i64>(3)).unwrap_or_default(),
+        updated_at_ms: row.get(4),
+    }
+}
+
+#[async_trait::async_trait]
+impl RecordStore for PgStore {
+    async fn write_records(
+        &self,
+        tenant: &TenantId,
+        writes: &[RecordWrite],
+    ) -> Result<Vec<u64>, StoreError> {
+        const OP: &str = "writing records";
+        records::check(tenant, writes)?;
+        let schema = self.schema(tenant)?;
+        let now = now_ms();
+        // one statement per kind of expectation; each answers the version it left, or no row
+        // when the expectation does not hold (then the transaction rolls back: all or none)
+        let upsert = format!(
+            "INSERT INTO {schema}.records AS r (collection, key, owner, value, version, updated_at_ms)
+             VALUES ($1, $2, $3, $4, 1, $5)
+             ON CONFLICT (collection, key) DO UPDATE SET owner = $3, value = $4,
+               version = r.version + 1, updated_at_ms = $5
+             RETURNING version"
+        );
+        let create = format!(
+            "INSERT INTO {schema}.records (collection, key, owner, value, version, updated_at_ms)
+             VALUES ($1, $2, $3, $4, 1, $5)
+             ON CONFLICT (collection, key) DO NOTHING
+             RETURNING version"
+        );
+        let replace = format!(
+            "UPDATE {schema}.records SET owner = $3, value = $4, version = version + 1,
+               updated_at_ms = $5
+             WHERE collection = $1 AND key = $2 AND version = $6
+             RETURNING version"
+        );
+        let current =
+            format!("SELECT version FROM {schema}.records WHERE collection = $1 AND key = $2");
+        self.within(tenant, OP, async |client: &mut Object| {
+            let err = |e| backend(tenant, OP)(e);
+            let tx = client.transaction().await.map_err(err)?;
+            let mut versions = Vec::with_capacity(writes.len());
+            for w in writes {
+                let common: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                    [&w.collection, &w.key, &w.owner, &w.value, &now];
+                let row = match w.expect {
+                    Expect::Any => {
+                        let statement = tx.prepare_cached(&upsert).await.map_err(err)?;
+                        tx.query_opt(&statement, &common).await
+                    }
+                    Expect::Absent => {
+                        let statement = tx.prepare_cached(&create).await.map_err(err)?;
+                        tx.query_opt(&statement, &common).await
+                    }
+                    Expect::Version(v) => {
+                        let statement = tx.prepare_cached(&replace).await.map_err(err)?;
+                        let v = i64::try_from(v).unwrap_or(i64::MAX);
+                        let mut params = common.to_vec();
+                        params.push(&v);
+                        tx.query_opt(&statement, &params).await
+                    }
+                }
+                .map_err(err)?;
+                match row {
+                    Some(row) => versions.push(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)),
+                    None => {
+                        let found = tx
+                            .query_opt(&current, &[&w.collection, &w.key])
+                            .await
+                            .map_err(err)?
+                            .map(|row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0));
+                        return Err(StoreError::Conflict {
+                            tenant: tenant.clone(),
+                            record: format!("{}/{}", w.collection, w.key),
+                            found: records::found(w.expect, found),
+                        });
+                    }
+                }
+            }
+            tx.commit().await.map_err(err)?;
+            Ok(versions)
+        })
+        .await
+    }
+
+    async fn record(
+        &self,
+        tenant: &TenantId,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Record>, StoreError> {
+        const OP: &str = "reading a record";
+        let schema = self.schema(tenant)?;
+        self.within(tenant, OP, async |client: &mut Object| {
+            let (client, statement) = self
+                .prepared(
+                    client,
+                    tenant,
+                    OP,
+                    &format!(
+                        "SELECT {RECORD_COLUMNS} FROM {schema}.records
+                         WHERE collection = $1 AND key = $2"
+                    ),
+                )
+                .await?;
+            let row = client
+                .query_opt(&statement, &[&collection, &key])
+                .await
+                .map_err(backend(tenant, OP))?;
+            Ok(row.as_ref().map(record))
+        })
+        .await
+    }
+
+    async fn records_of(
+        &self,
+        tenant: &TenantId,
+        collection: &str,
+        owner: &str,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        const OP: &str = "listing an owner's records";
+        let schema = self.schema(tenant)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.within(tenant, OP, async |client: &mut Object| {
+            let (client, statement) = self
+                .prepared(
+                    client,
+                    tenant,
+                    OP,
+                    &format!(
+                        "SELECT {RECORD_COLUMNS} FROM {schema}.records
+                         WHERE collection = $1 AND owner = $2
+                         ORDER BY updated_at_ms DESC, key DESC LIMIT $3"
+                    ),
+                )
+                .await?;
+            let rows = client
+                .query(&statement, &[&collection, &owner, &limit])
+                .await
+                .map_err(backend(tenant, OP))?;
+            Ok(rows.iter().map(record).collect())
+        })
+        .await
+    }
+
+    async fn delete_record(
+        &self,
+        tenant: &TenantId,
+        collection: &str,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        const OP: &str = "deleting a record";
+        let schema = self.schema(tenant)?;
+        self.within(tenant, OP, async |client: &mut Object| {
+            let (client, statement) = self
+                .prepared(
+                    client,
+                    tenant,
+                    OP,
+                    &format!("DELETE FROM {schema}.records WHERE collection = $1 AND key = $2"),
+                )
+                .await?;
+            let deleted = client
+                .execute(&statement, &[&collection, &key])
+                .await
+                .map_err(backend(tenant, OP))?;
+            Ok(deleted > 0)
         })
         .await
     }

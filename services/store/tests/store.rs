@@ -542,6 +542,142 @@ async fn the_order_book_keeps_each_tenants_orders(store: &dyn MessageStore) {
     ));
 }
 
+/// Services' records: per tenant, a create never overwrites, a write at a stale version is a
+/// conflict, several writes are all or none, an owner's records newest first, values checked.
+async fn records_are_kept_per_tenant_with_versions(store: std::sync::Arc<dyn MessageStore>) {
+    use mesh_store::{
+        Collection,
+        records::{Expect, MAX_VALUE_BYTES, RecordStore, RecordWrite},
+    };
+    let (mall, paipai) = (tenant("mall"), tenant("paipai"));
+    store.open(&mall, "mall").await.unwrap();
+    store.open(&paipai, "paipai").await.unwrap();
+    let records: std::sync::Arc<dyn RecordStore> = store;
+    let coupons: Collection<String> = Collection::new(records.clone(), "coupons");
+    assert_eq!(
+        coupons
+            .insert(&mall, "c-1", "alice", &"10% off".into())
+            .await
+            .unwrap(),
+        1
+    );
+    // a second create of the same key is refused, the first value kept
+    let again = coupons.insert(&mall, "c-1", "bob", &"free".into()).await;
+    assert!(
+        matches!(&again, Err(StoreError::Conflict { found, .. }) if found.contains("exists already")),
+        "{again:?}"
+    );
+    // the same key in another tenant is another record
+    coupons
+        .insert(&paipai, "c-1", "carol", &"5% off".into())
+        .await
+        .unwrap();
+    let c1 = coupons.get(&mall, "c-1").await.unwrap().unwrap();
+    assert_eq!(
+        (c1.value.as_str(), c1.owner.as_str(), c1.version),
+        ("10% off", "alice", 1)
+    );
+    // optimistic concurrency: the writer at version 1 wins, the second at version 1 loses
+    assert_eq!(
+        coupons
+            .put_expecting(&mall, "c-1", "alice", &"used".into(), Expect::Version(1))
+            .await
+            .unwrap(),
+        2
+    );
+    let stale = coupons
+        .put_expecting(&mall, "c-1", "alice", &"unused".into(), Expect::Version(1))
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    assert_eq!(
+        coupons.get(&mall, "c-1").await.unwrap().unwrap().value,
+        "used"
+    );
+    // all or none: the second write's conflict leaves the first unwritten
+    let both = records
+        .write_records(
+            &mall,
+            &[
+                coupons.write("c-2", "alice", &"new".into(), Expect::Absent),
+                coupons.write("c-1", "alice", &"x".into(), Expect::Absent),
+            ],
+        )
+        .await;
+    assert!(
+        matches!(both, Err(StoreError::Conflict { ref record, .. }) if record == "coupons/c-1"),
+        "{both:?}"
+    );
+    assert!(coupons.get(&mall, "c-2").await.unwrap().is_none());
+    records
+        .write_records(
+            &mall,
+            &[
+                coupons.write("c-2", "alice", &"b".into(), Expect::Absent),
+                coupons.write("c-3", "bob", &"c".into(), Expect::Any),
+            ],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    coupons
+        .put(&mall, "c-2", "alice", &"b2".into())
+        .await
+        .unwrap();
+    let alices: Vec<String> = coupons
+        .owned_by(&mall, "alice", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert_eq!(alices, ["c-2", "c-1"]);
+    assert_eq!(coupons.owned_by(&mall, "alice", 1).await.unwrap().len(), 1);
+    assert!(
+        coupons
+            .owned_by(&paipai, "alice", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // another collection of the same tenant is apart
+    let gifts: Collection<String> = Collection::new(records.clone(), "gifts");
+    assert!(gifts.get(&mall, "c-1").await.unwrap().is_none());
+    assert!(coupons.delete(&mall, "c-3").await.unwrap());
+    assert!(!coupons.delete(&mall, "c-3").await.unwrap());
+    // what no backend keeps: an empty key, an oversized value
+    let empty = records
+        .write_records(
+            &mall,
+            &[RecordWrite {
+                collection: "coupons".into(),
+                key: String::new(),
+                owner: String::new(),
+                value: vec![],
+                expect: Expect::Any,
+            }],
+        )
+        .await;
+    assert!(
+        matches!(empty, Err(StoreError::InvalidRecord { .. })),
+        "{empty:?}"
+    );
+    let big = coupons
+        .put(&mall, "c-9", "alice", &"x".repeat(MAX_VALUE_BYTES + 1))
+        .await;
+    assert!(
+        matches!(big, Err(StoreError::InvalidRecord { .. })),
+        "{big:?}"
+    );
+    // an unopened tenant reads nothing of anyone's
+    assert!(matches!(
+        coupons.get(&tenant("guoji"), "c-1").await,
+        Err(StoreError::UnknownTenant(_))
+    ));
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -575,6 +711,26 @@ both_backends!(
     only_participants_write_into_a_conversation,
     the_order_book_keeps_each_tenants_orders,
 );
+
+/// The record suite takes the store shared, as services hold it.
+mod records {
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn embedded() {
+        super::records_are_kept_per_tenant_with_versions(Arc::new(
+            mesh_store::MemoryStore::default(),
+        ))
+        .await;
+    }
+
+    #[tokio::test]
+    async fn postgresql() {
+        let store = Arc::new(super::postgres().await);
+        super::records_are_kept_per_tenant_with_versions(store.clone()).await;
+        store.drop_opened().await.unwrap();
+    }
+}
 
 #[tokio::test]
 async fn postgresql_keeps_each_tenant_in_its_own_schema() {

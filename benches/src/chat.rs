@@ -811,6 +811,13 @@ impl message::message_server::Message for RawService {
         Err(Status::unimplemented("not in the baseline"))
     }
 
+    async fn send_system(
+        &self,
+        _: Request<message::SendSystemRequest>,
+    ) -> Result<Response<message::SendResponse>, Status> {
+        Err(Status::unimplemented("not in the baseline"))
+    }
+
     async fn mark_read(
         &self,
         _: Request<message::MarkReadRequest>,

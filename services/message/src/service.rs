@@ -439,6 +439,56 @@ impl Message for MessageService {
             .map(Response::new)
     }
 
+    async fn send_system(
+        &self,
+        request: Request<message::SendSystemRequest>,
+    ) -> Result<Response<message::SendResponse>, Status> {
+        let ctx = RequestContext::from_request(&request)?;
+        let r = request.into_inner();
+        // the platform's own sender receives nothing (a message to it would read as one the
+        // platform sent itself)
+        if mesh_contract::fields::is_reserved_sender(&r.to_user) {
+            return Err(Status::invalid_argument(format!(
+                "to_user {:?}: the platform's own sender receives no messages",
+                r.to_user
+            )));
+        }
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument(
+                "key is required: a retried notice must find the message the first stored",
+            ));
+        }
+        id("to_user", &r.to_user)?;
+        id("conversation_id", &r.conversation_id)?;
+        // a notice goes into a conversation of its receiver's, or a new one: never into
+        // somebody else's (the receiver would become a participant, able to write there)
+        let existing = self
+            .inner
+            .store
+            .conversation(&ctx.tenant, &r.conversation_id)
+            .await
+            .map_err(|e| store_status(e, "notice not stored"))?;
+        if let Some(conversation) = existing
+            && !conversation.participants.iter().any(|p| p == &r.to_user)
+        {
+            return Err(Status::failed_precondition(format!(
+                "conversation {:?} is not {:?}'s: a notice goes into one of the receiver's \
+                 conversations, or a new one",
+                r.conversation_id, r.to_user
+            )));
+        }
+        let request = message::SendRequest {
+            conversation_id: r.conversation_id,
+            from_user: SYSTEM_SENDER.into(),
+            to_user: r.to_user,
+            body: r.body,
+            client_msg_id: r.key,
+        };
+        self.accept(&ctx, request, message::MessageKind::System)
+            .await
+            .map(Response::new)
+    }
+
     async fn ack_delivery(
         &self,
         request: Request<message::AckDeliveryRequest>,

@@ -292,6 +292,12 @@ impl message::message_server::Message for MessageFixture {
     ) -> Result<Response<message::MarkReadResponse>, Status> {
         Err(Status::unimplemented("not in this fixture"))
     }
+    async fn send_system(
+        &self,
+        _: Request<message::SendSystemRequest>,
+    ) -> Result<Response<message::SendResponse>, Status> {
+        Err(Status::unimplemented("not in this fixture"))
+    }
 }
 
 /// The child process: serves the message service until its stdin closes.
@@ -895,7 +901,7 @@ async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
     }
 
     // two failures: the caller's mistake (a message without a receiver: INVALID_ARGUMENT) and
-    // a service the tenant does not run at that major (order v2: UNIMPLEMENTED)
+    // a service the tenant does not run at that major (order v2: FAILED_PRECONDITION)
     const MISTAKE: &str = "7bf92f3577b34da6a3ce929d0e0e4739";
     const NOT_RUN: &str = "8bf92f3577b34da6a3ce929d0e0e473a";
     let mistake = message::MessageCaller::new(channel.clone())
@@ -922,7 +928,11 @@ async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
         )
         .await
         .unwrap_err();
-    assert_eq!(not_run.code(), tonic::Code::Unimplemented, "{not_run:?}");
+    assert_eq!(
+        not_run.code(),
+        tonic::Code::FailedPrecondition,
+        "{not_run:?}"
+    );
 
     // the collector's view of each trace
     let spans_of = |trace: &str| collector.trace(trace);
@@ -1137,21 +1147,26 @@ async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
             "a SERVER span leaves the caller's mistake unset"
         );
     }
-    // a method the tenant does not run: an error on every server span, with its message
+    // a method the tenant does not run: the caller's doing too (FAILED_PRECONDITION, not a
+    // server fault), with its message; server spans leave the status unset
     let not_run = spans_of(NOT_RUN);
     assert!(
         not_run.iter().any(|s| s.process == "mesh-worker"),
         "{not_run:#?}"
     );
     for span in not_run {
-        assert_eq!(span.int("rpc.grpc.status_code"), Some(12), "{span:#?}");
-        assert_eq!(span.attr("error.type").as_deref(), Some("UNIMPLEMENTED"));
-        let (code, message) = span.status();
-        assert_eq!(code, 2, "ERROR: {span:#?}");
+        assert_eq!(span.int("rpc.grpc.status_code"), Some(9), "{span:#?}");
+        assert_eq!(
+            span.attr("error.type").as_deref(),
+            Some("FAILED_PRECONDITION")
+        );
+        assert_eq!(span.attr("outcome").as_deref(), Some("refused"));
+        let message = span.attr("status_message").unwrap_or_default();
         assert!(
             message.contains("does not run") || message.contains("runs order"),
             "{message}"
         );
+        assert_eq!(span.status().0, 0, "{span:#?}");
     }
 
     // a stream's span ends when the stream does, not when its headers went out

@@ -418,7 +418,7 @@ async fn a_grey_release_widens_and_rolls_back_while_the_neighbours_fail_no_call(
     // mall runs order v1; v2 first for alice
     assert!(list_orders(channel, 1, "alice").await.is_ok());
     let (code, _) = list_orders(channel, 2, "alice").await.unwrap_err();
-    assert_eq!(code, tonic::Code::Unimplemented, "no grey release yet");
+    assert_eq!(code, tonic::Code::FailedPrecondition, "no grey release yet");
     let started = mesh
         .json(&[
             "grey",
@@ -503,7 +503,7 @@ async fn a_grey_release_widens_and_rolls_back_while_the_neighbours_fail_no_call(
     mesh.ok(&["grey", "rollback", "order", "--tenant", "mall"])
         .await;
     let (code, _) = list_orders(channel, 2, "alice").await.unwrap_err();
-    assert_eq!(code, tonic::Code::Unimplemented);
+    assert_eq!(code, tonic::Code::FailedPrecondition);
     assert!(list_orders(channel, 1, "alice").await.is_ok());
     let file = std::fs::read_to_string(tenants.path().join("mall.toml")).unwrap();
     assert!(

@@ -291,7 +291,7 @@ async fn every_early_answer_is_a_single_trailers_only_headers_frame() {
             Some("paipai"),
             Some("dev-paipai-token"),
             get_order("o"),
-            "12",
+            "9",
         ),
         (
             "event as a call",

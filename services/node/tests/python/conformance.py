@@ -124,7 +124,7 @@ def run(target, run_id):
     refused(orders1.GetOrder, order1.GetOrderRequest(order_id="missing"), MALL,
             grpc.StatusCode.NOT_FOUND, "missing", "GetOrder of an unknown order is NOT_FOUND")
     refused(orders1.GetOrder, order1.GetOrderRequest(order_id="o-1"), PAIPAI,
-            grpc.StatusCode.UNIMPLEMENTED, "runs order v2, not v1", "paipai's order v1 call is refused by its plan")
+            grpc.StatusCode.FAILED_PRECONDITION, "runs order v2, not v1", "paipai's order v1 call is refused by its plan")
     refused(recommend.Suggest, recommend_pb2.SuggestRequest(), md("mall", "wrong-token"),
             grpc.StatusCode.UNAUTHENTICATED, "mall", "a wrong token is UNAUTHENTICATED")
     refused(recommend.Suggest, recommend_pb2.SuggestRequest(), (),
@@ -165,7 +165,7 @@ def run(target, run_id):
                                     body="two", client_msg_id="dup")
     refused(send, other, AGENT, grpc.StatusCode.ALREADY_EXISTS, "dup", "a client id reused for another message is ALREADY_EXISTS")
     refused(push.Notify, push_pb2.NotifyRequest(user_id="bob", body="hi", notification_id="n1"), MALL,
-            grpc.StatusCode.UNIMPLEMENTED, "tenant mall does not run push", "a service the tenant does not run is refused by its plan")
+            grpc.StatusCode.FAILED_PRECONDITION, "tenant mall does not run push", "a service the tenant does not run is refused by its plan")
     event_as_call = channel.unary_unary("/order.v1.Order/OrderCreated")
     refused(event_as_call, b"", MALL, grpc.StatusCode.UNIMPLEMENTED, "exchange mesh.mall.order.v1",
             "an event called as a call names its exchange")

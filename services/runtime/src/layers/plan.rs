@@ -29,7 +29,7 @@
 //! let v2 = service.clone().oneshot(call("paipai", "/order.v2.Order/GetOrder")).await.unwrap();
 //! assert!(v2.headers().get("grpc-status").is_none(), "paipai runs order v2");
 //! let v1 = service.oneshot(call("paipai", "/order.v1.Order/GetOrder")).await.unwrap();
-//! assert_eq!(v1.headers()["grpc-status"], "12", "UNIMPLEMENTED: it does not run v1");
+//! assert_eq!(v1.headers()["grpc-status"], "9", "FAILED_PRECONDITION: it does not run v1");
 //! # }
 //! ```
 
@@ -151,11 +151,13 @@ impl ServicePlan {
                 }
                 _ => admitted(plan.expect("found above")),
             },
-            Some((m, _)) => Err(tonic::Status::unimplemented(format!(
+            // the caller asked for what its tenant's file does not run: its mistake (or a
+            // service not onboarded yet), never a server fault, so not UNIMPLEMENTED (HTTP 501)
+            Some((m, _)) => Err(tonic::Status::failed_precondition(format!(
                 "tenant {tenant} runs {service} v{m}, not v{major}"
             ))),
-            None => Err(tonic::Status::unimplemented(format!(
-                "tenant {tenant} does not run {service}"
+            None => Err(tonic::Status::failed_precondition(format!(
+                "tenant {tenant} does not run {service} (its tenant file does not enable it)"
             ))),
         }
     }

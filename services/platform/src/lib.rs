@@ -7,6 +7,10 @@
 //! [`EventBus`] given (the embedded bus or RabbitMQ) and data into the
 //! [`MessageStore`] given (embedded or PostgreSQL): the node knows neither.
 //!
+//! Services added with `mesh-codegen new-service` are assembled here too, through the one
+//! interface of [`mesh_plugin`]: their registry is [`plugins::SERVICES`], kept by the generator,
+//! so adding a service never edits this file.
+//!
 //! What differs between tenants comes from their [`TenantConfig`] only:
 //! `services.message.settings` (retention, body limit), `services.order.version` (which
 //! major its order events use), `services.recommend.settings.max_suggestions`, and which
@@ -34,6 +38,8 @@ use mesh_runtime::{
 };
 use mesh_store::{MessageStore, StoreError};
 use tonic::{service::Routes, transport::Endpoint};
+
+pub mod plugins;
 
 /// Every contract the platform serves, as the runtime's layers look methods up.
 pub const CATALOGUE: Catalogue = Catalogue(mesh_api::CONTRACTS);
@@ -99,8 +105,8 @@ pub enum PlatformError {
         tenant: TenantId,
         /// The consumer.
         consumer: String,
-        /// The contract whose events it wanted.
-        contract: &'static str,
+        /// The contract whose events it wanted (`order.v1`).
+        contract: Box<str>,
         /// What the bus said.
         #[source]
         source: BusError,
@@ -128,6 +134,11 @@ pub struct Platform {
     /// The task sending each attached terminal its timeline's head ([`mesh_gateway::heartbeat`]).
     heartbeats: Mutex<Option<tokio::task::JoinHandle<()>>>,
     store: Arc<dyn MessageStore>,
+    /// The services added with `mesh-codegen new-service` ([`plugins::SERVICES`]), built.
+    added: Vec<(
+        &'static mesh_plugin::ServiceDescriptor,
+        Arc<dyn mesh_plugin::ServicePlugin>,
+    )>,
 }
 
 impl Drop for Platform {
@@ -212,7 +223,22 @@ impl Platform {
             Arc::new(StoreHeads(store.clone())),
             mesh_gateway::heartbeat::DEFAULT_INTERVAL,
         );
+        // what the added services share with the platform's own: the tenant's namespace in the
+        // store, the bus, and the message service for telling users things
+        let handles = mesh_plugin::Handles {
+            records: store.clone(),
+            bus: bus.clone(),
+            notifier: mesh_plugin::Notifier::new(
+                outbound.channel("message", &own),
+                credentials.clone(),
+            ),
+        };
+        let added = plugins::SERVICES
+            .iter()
+            .map(|descriptor| (*descriptor, (descriptor.build)(&handles)))
+            .collect();
         Self {
+            added,
             locator: LocatorService::default(),
             gateway,
             heartbeats: Mutex::new(Some(heartbeats)),
@@ -276,10 +302,7 @@ impl Platform {
     /// are subscribed anew (their queues keep what arrives in between).
     pub async fn add_tenant(&self, config: &TenantConfig) -> Result<(), PlatformError> {
         let tenant = config.tenant_id();
-        if let Some(old) = self.subscriptions.lock().expect("lock").remove(&tenant) {
-            old.into_iter().for_each(SubscriptionHandle::stop);
-        }
-        // every setting is checked before anything is applied
+        // every setting is checked, and every added service agrees, before anything is applied
         let TenantSettings {
             max_suggestions,
             order_major,
@@ -287,6 +310,28 @@ impl Platform {
             message: message_settings,
             push: push_settings,
         } = settings(config)?;
+        let enabled: HashMap<&str, &mesh_runtime::config::ServiceConfig> =
+            config.enabled_services().collect();
+        let (added, not_run): (Vec<_>, Vec<_>) = self
+            .added
+            .iter()
+            .partition(|(descriptor, _)| enabled.contains_key(descriptor.name));
+        for (descriptor, service) in &added {
+            service
+                .add_tenant(config)
+                .await
+                .map_err(|message| PlatformError::Setting {
+                    tenant: tenant.clone(),
+                    field: format!("services.{}", descriptor.name),
+                    message,
+                })?;
+        }
+        for (_, service) in not_run {
+            service.remove_tenant(&tenant).await;
+        }
+        if let Some(old) = self.subscriptions.lock().expect("lock").remove(&tenant) {
+            old.into_iter().for_each(SubscriptionHandle::stop);
+        }
 
         self.outbound
             .bulkheads()
@@ -313,8 +358,9 @@ impl Platform {
                     message,
                 })?;
         }
-        // messages and the order book live in the tenant's data namespace
-        if message_settings.is_some() || order_major.is_some() {
+        // messages, the order book and added services' records live in the tenant's data
+        // namespace
+        if message_settings.is_some() || order_major.is_some() || !added.is_empty() {
             self.archive
                 .store()
                 .open(&tenant, &config.data_namespace)
@@ -325,21 +371,27 @@ impl Platform {
                     source,
                 })?;
         }
+        let mut handles = Vec::new();
         let Some(settings) = message_settings else {
+            self.subscribe_added(&tenant, &added, &mut handles).await?;
+            self.subscriptions
+                .lock()
+                .expect("lock")
+                .insert(tenant, handles);
             return Ok(());
         };
         self.messages.add_tenant(tenant.clone(), settings);
 
         // storage first: a message event published from now on has a queue to land in
         let storage = format!("{STORAGE_CONSUMER}{}", self.consumer_suffix);
-        let mut handles = vec![
+        handles.push(
             self.subscribe(
                 message::v1::MessageConsumer::new(self.archive.clone())
                     .subscription(tenant.clone(), storage),
                 "message.v1",
             )
             .await?,
-        ];
+        );
         if push_settings.is_some() {
             let notices = OfflineNotices::new(
                 self.push.clone(),
@@ -400,6 +452,8 @@ impl Platform {
             };
             handles.extend([messages, orders]);
         }
+        // added services last: their handlers may call the platform's own services
+        self.subscribe_added(&tenant, &added, &mut handles).await?;
         self.subscriptions
             .lock()
             .expect("lock")
@@ -420,6 +474,9 @@ impl Platform {
             old.into_iter().for_each(SubscriptionHandle::stop);
         }
         self.gateway.detach_tenant(tenant);
+        for (_, service) in &self.added {
+            service.remove_tenant(tenant).await;
+        }
         if purge_data {
             self.archive
                 .store()
@@ -437,15 +494,9 @@ impl Platform {
                 .filter(|spec| !spec.events.is_empty())
                 .map(|spec| (spec.name, spec.major))
                 .collect();
-            let consumers: Vec<String> = [
-                STORAGE_CONSUMER,
-                MESSAGE_CONSUMER,
-                ORDER_CONSUMER,
-                PUSH_CONSUMER,
-            ]
-            .iter()
-            .map(|name| format!("{name}{}", self.consumer_suffix))
-            .collect();
+            let consumers: Vec<String> = consumers()
+                .map(|name| format!("{name}{}", self.consumer_suffix))
+                .collect();
             self.bus
                 .purge_tenant(tenant, &contracts, &consumers)
                 .await
@@ -457,10 +508,32 @@ impl Platform {
         Ok(())
     }
 
+    /// Subscribes the consumers of the `added` services for `tenant` into `handles`.
+    async fn subscribe_added(
+        &self,
+        tenant: &TenantId,
+        added: &[&(
+            &'static mesh_plugin::ServiceDescriptor,
+            Arc<dyn mesh_plugin::ServicePlugin>,
+        )],
+        handles: &mut Vec<SubscriptionHandle>,
+    ) -> Result<(), PlatformError> {
+        for (descriptor, service) in added {
+            for consumer in descriptor.consumers {
+                let queue = format!("{}{}", consumer.consumer, self.consumer_suffix);
+                if let Some(subscription) = service.subscription(consumer, tenant.clone(), queue) {
+                    let contract = format!("{}.v{}", consumer.contract, consumer.major);
+                    handles.push(self.subscribe(subscription, &contract).await?);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn subscribe(
         &self,
         subscription: mesh_contract::Subscription,
-        contract: &'static str,
+        contract: &str,
     ) -> Result<SubscriptionHandle, PlatformError> {
         let (tenant, consumer) = (subscription.tenant.clone(), subscription.consumer.clone());
         self.bus
@@ -469,14 +542,14 @@ impl Platform {
             .map_err(|source| PlatformError::Subscribe {
                 tenant,
                 consumer,
-                contract,
+                contract: contract.into(),
                 source,
             })
     }
 
     /// Every service's tonic server, to put behind the runtime's layers.
     pub fn routes(&self) -> Routes {
-        Routes::new(locator::v1::locator_server::LocatorServer::new(
+        let routes = Routes::new(locator::v1::locator_server::LocatorServer::new(
             self.locator.clone(),
         ))
         .add_service(gateway::v1::gateway_server::GatewayServer::new(
@@ -494,7 +567,10 @@ impl Platform {
         .add_service(recommend::v1::recommend_server::RecommendServer::new(
             self.recommend.clone(),
         ))
-        .add_service(push::v1::push_server::PushServer::new(self.push.clone()))
+        .add_service(push::v1::push_server::PushServer::new(self.push.clone()));
+        self.added
+            .iter()
+            .fold(routes, |routes, (_, service)| service.routes(routes))
     }
 
     /// The bulkheads the services' outbound calls go through, one per (tenant, dependency):
@@ -678,19 +754,42 @@ fn settings(config: &TenantConfig) -> Result<TenantSettings, PlatformError> {
     })
 }
 
+/// The name of every consumer the platform may subscribe (its own, then the added services'):
+/// what a purge deletes the queues of, whatever the tenant ran.
+pub fn consumers() -> impl Iterator<Item = &'static str> {
+    [
+        STORAGE_CONSUMER,
+        MESSAGE_CONSUMER,
+        ORDER_CONSUMER,
+        PUSH_CONSUMER,
+    ]
+    .into_iter()
+    .chain(
+        plugins::SERVICES
+            .iter()
+            .flat_map(|d| d.consumers.iter().map(|c| c.consumer)),
+    )
+}
+
 /// The broker queues the platform consumes for a tenant, as [`Platform::add_tenant`] subscribes
-/// them (without a consumer suffix): the storage consumer of `message.v1` and, when the tenant
-/// runs order, the message service's consumer of its order major. Operators find dead letters
+/// them (without a consumer suffix): those of the added services it runs ([`plugins`]), the
+/// storage consumer of `message.v1` and, when the tenant runs order, the message service's
+/// consumer of its order major. Operators find dead letters
 /// under these names (`<queue>.dead`).
 pub fn queues(config: &TenantConfig) -> Result<Vec<String>, PlatformError> {
     use mesh_contract::spec::names;
     let tenant = config.tenant_id();
     let enabled: HashMap<&str, &mesh_runtime::config::ServiceConfig> =
         config.enabled_services().collect();
+    let mut queues: Vec<String> = plugins::SERVICES
+        .iter()
+        .filter(|descriptor| enabled.contains_key(descriptor.name))
+        .flat_map(|descriptor| descriptor.consumers.iter().map(|c| c.queue(&tenant)))
+        .collect();
     if !enabled.contains_key("message") {
-        return Ok(Vec::new());
+        return Ok(queues);
     }
-    let mut queues = vec![names::queue(&tenant, "message", 1, STORAGE_CONSUMER)];
+    queues.push(names::queue(&tenant, "message", 1, STORAGE_CONSUMER));
     if enabled.contains_key("push") {
         queues.push(names::queue(&tenant, "message", 1, PUSH_CONSUMER));
     }

@@ -269,6 +269,42 @@ impl mesh_store::OrderRecords for GatedStore {
 }
 
 #[async_trait::async_trait]
+impl mesh_store::RecordStore for GatedStore {
+    async fn write_records(
+        &self,
+        t: &TenantId,
+        writes: &[mesh_store::records::RecordWrite],
+    ) -> Result<Vec<u64>, StoreError> {
+        self.inner.write_records(t, writes).await
+    }
+    async fn record(
+        &self,
+        t: &TenantId,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<mesh_store::Record>, StoreError> {
+        self.inner.record(t, collection, key).await
+    }
+    async fn records_of(
+        &self,
+        t: &TenantId,
+        collection: &str,
+        owner: &str,
+        limit: usize,
+    ) -> Result<Vec<mesh_store::Record>, StoreError> {
+        self.inner.records_of(t, collection, owner, limit).await
+    }
+    async fn delete_record(
+        &self,
+        t: &TenantId,
+        collection: &str,
+        key: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner.delete_record(t, collection, key).await
+    }
+}
+
+#[async_trait::async_trait]
 impl MessageStore for GatedStore {
     async fn open(&self, tenant: &TenantId, namespace: &str) -> Result<(), StoreError> {
         self.inner.open(tenant, namespace).await

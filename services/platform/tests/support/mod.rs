@@ -12,7 +12,7 @@ use mesh_api::{gateway::v1::Push, locator::v1::TerminalKind};
 use mesh_contract::{EventBus, RequestContext, TenantId, spec::names};
 use mesh_embedded::EmbeddedBus;
 use mesh_gateway::Terminal;
-use mesh_platform::{MESSAGE_CONSUMER, Platform, STORAGE_CONSUMER};
+use mesh_platform::Platform;
 use mesh_runtime::{Tenants, layers::SwitchBoard};
 use mesh_store::{MemoryStore, MessageStore, PgStore};
 use tonic::transport::Channel;
@@ -231,13 +231,23 @@ async fn delete_queues(run: &str) {
     let Ok(channel) = connection.create_channel().await else {
         return;
     };
+    // every queue this node's consumers may have declared: each consumer of the platform,
+    // on each contract with events, at each major (a test may move a tenant's major)
+    let contracts: Vec<(&str, u32)> = mesh_platform::CATALOGUE
+        .0
+        .iter()
+        .filter(|spec| !spec.events.is_empty())
+        .map(|spec| (spec.name, spec.major))
+        .collect();
     for tenant in SHIPPED {
         let tenant = TenantId::new(tenant).unwrap();
-        let queues = [
-            names::queue(&tenant, "message", 1, &format!("{STORAGE_CONSUMER}-{run}")),
-            names::queue(&tenant, "order", 1, &format!("{MESSAGE_CONSUMER}-{run}")),
-            names::queue(&tenant, "order", 2, &format!("{MESSAGE_CONSUMER}-{run}")),
-        ];
+        let queues = contracts.iter().flat_map(|(contract, major)| {
+            mesh_platform::consumers()
+                .map(|consumer| {
+                    names::queue(&tenant, contract, *major, &format!("{consumer}-{run}"))
+                })
+                .collect::<Vec<_>>()
+        });
         for queue in queues {
             for name in [names::dead_letter_queue(&queue), queue] {
                 let _ = channel

@@ -64,17 +64,19 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = ErrorFormat::Text)]
         error_format: ErrorFormat,
     },
-    /// Writes a new service: its contract (`<contracts>/<name>/v1/<name>.proto`) and a crate
-    /// implementing it (`<services>/<name>/`), then says the three lines that serve it.
+    /// Writes a service's crate from its contract (`<root>/contracts/<name>/v<latest>/`; a
+    /// starter contract first if there is none) and wires it into the platform; run again
+    /// after a contract change, it rewrites `generated.rs` and appends the stubs of new calls
+    /// and events to `lib.rs`, touching nothing written there.
     NewService {
         /// The service's name, lowercase snake_case (`coupon`, `gift_card`).
         name: String,
-        /// The contracts folder.
-        #[arg(long, default_value = "contracts")]
-        contracts: PathBuf,
-        /// The folder of service crates.
-        #[arg(long, default_value = "services")]
-        services: PathBuf,
+        /// A tenant that runs it from now on (`tenants/<tenant>.toml`); repeat for several.
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+        /// The repository's root (contracts/, services/, tenants/, Cargo.toml).
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
     },
     /// The released baseline of the contracts, against which `check` finds breaking changes.
     Baseline {
@@ -127,24 +129,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::NewService {
             name,
-            contracts,
-            services,
+            tenants,
+            root,
         } => {
-            let scaffold = mesh_codegen::scaffold::new_service(&name, &contracts, &services)?;
-            for file in &scaffold.files {
+            let layout = mesh_codegen::scaffold::Layout::of(&root);
+            let done = mesh_codegen::scaffold::new_service(&name, &layout, &tenants)?;
+            println!("service {name} from contracts/{}", done.contract);
+            for file in &done.written {
                 println!("wrote {}", file.display());
             }
-            // the contract is valid as written: checked with the others
-            let set = mesh_codegen::load(&contracts)?;
-            println!(
-                "{} contract(s) valid in {}",
-                set.contracts.len(),
-                contracts.display()
-            );
-            println!("to serve it:");
-            for (n, step) in scaffold.next_steps.iter().enumerate() {
-                println!("  {}. {step}", n + 1);
+            for (file, change) in &done.edited {
+                println!("edited {}: {change}", file.display());
             }
+            let crate_dir = layout.services.join(&name);
+            println!(
+                "next: write the calls in {}, then `cargo run -p mesh-node --bin mesh -- up`",
+                crate_dir.join("src/lib.rs").display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Baseline {

@@ -1,35 +1,84 @@
-//! `mesh-codegen new-service <name>`: the files of a new service, in the spirit of `volo init`.
+//! `mesh-codegen new-service <name>`: a service's crate from its contract, wired into the
+//! platform, in the spirit of `volo init` and `kratos proto server`.
 //!
-//! It writes a contract (`contracts/<name>/v1/<name>.proto`: a tier-2 service with a `Put` and a
-//! `Get` call) and a crate implementing it (`services/<name>/`: per-tenant records kept in
-//! memory, ids checked at the door), both valid as they are, and says the three lines that
-//! serve it: the workspace member, one registration in the platform's routes, and the service
-//! in the tenants' defaults. Nothing existing is overwritten.
+//! From the contract as written (`contracts/<name>/v<latest>/`; a starter contract is written
+//! first when there is none) it writes:
+//!
+//! - `services/<name>/src/lib.rs`, the developer's file, **once**: the service's state and one
+//!   method per call with its request and response types (answering UNIMPLEMENTED until
+//!   written), one handler per event of the contract (acknowledging until written). A later
+//!   run appends the stubs of calls and events the contract gained, and touches nothing else.
+//! - `services/<name>/src/generated.rs`, **every run**: the tonic trait (each call's context
+//!   read, `act_as` applied to `user_id` for calls end users may make), the event handler,
+//!   and the [`ServiceDescriptor`](https://docs.rs/mesh-plugin) the platform assembles it by.
+//! - `services/<name>/tests/<name>.rs`, once: a test per call (it is written; a user cannot
+//!   act as another).
+//!
+//! and wires it: the workspace member, the platform's dependency and registry line
+//! (`services/platform/src/plugins.rs`), `[services.<name>]` in `tenants/_defaults.toml`
+//! (off), and on in the file of each tenant named with `--tenant`. Each edit is made only if
+//! missing, so running it again is safe.
 
 use std::{
     fs,
     path::{Path, PathBuf},
 };
 
-use crate::error::ContractError;
+use heck::{ToSnakeCase, ToUpperCamelCase};
 
-/// What [`new_service`] wrote, and what is left to do by hand.
-#[derive(Debug)]
-pub struct Scaffold {
-    /// The files written.
-    pub files: Vec<PathBuf>,
-    /// The lines to add elsewhere, in words.
-    pub next_steps: Vec<String>,
+use crate::{
+    error::ContractError,
+    model::{Audience, Contract, Method},
+};
+
+/// Where [`new_service`] reads and writes: the repository's layout.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// The contracts folder.
+    pub contracts: PathBuf,
+    /// The folder of service crates.
+    pub services: PathBuf,
+    /// The workspace manifest (`Cargo.toml` at the root).
+    pub workspace: PathBuf,
+    /// The platform crate, which assembles services.
+    pub platform: PathBuf,
+    /// The tenants folder.
+    pub tenants: PathBuf,
 }
 
-/// Writes contract `contracts/<name>/v1/<name>.proto` under `contracts` and crate
-/// `services/<name>/` under `services`; `name` is lowercase snake_case (`coupon`, `gift_card`).
+impl Layout {
+    /// The layout of the repository at `root`.
+    pub fn of(root: &Path) -> Self {
+        Self {
+            contracts: root.join("contracts"),
+            services: root.join("services"),
+            workspace: root.join("Cargo.toml"),
+            platform: root.join("services/platform"),
+            tenants: root.join("tenants"),
+        }
+    }
+}
+
+/// What [`new_service`] did.
+#[derive(Debug, Default)]
+pub struct Scaffold {
+    /// The files written anew.
+    pub written: Vec<PathBuf>,
+    /// The existing files it added to (each edit in words).
+    pub edited: Vec<(PathBuf, String)>,
+    /// The contract it read (`coupon/v1`).
+    pub contract: String,
+}
+
+/// Writes (or brings up to date) service `name` from its contract and wires it in `layout`;
+/// `tenants` are the business lines that run it from now on. `name` is lowercase snake_case
+/// (`coupon`, `gift_card`).
 pub fn new_service(
     name: &str,
-    contracts: &Path,
-    services: &Path,
+    layout: &Layout,
+    tenants: &[String],
 ) -> Result<Scaffold, ContractError> {
-    let layout = |path: &Path, message: String| ContractError::Layout {
+    let refuse = |path: &Path, message: String| ContractError::Layout {
         path: path.to_path_buf(),
         message,
     };
@@ -40,81 +89,772 @@ pub fn new_service(
         && !name.ends_with('_')
         && !name.contains("__");
     if !valid {
-        return Err(layout(
-            contracts,
+        return Err(refuse(
+            &layout.contracts,
             format!(
                 "{name:?} is not a service name: lowercase snake_case, e.g. `coupon` or `gift_card`"
             ),
         ));
     }
-    if matches!(name, "mesh" | "common") {
-        return Err(layout(
-            contracts,
-            format!("`{name}` is reserved for the contracts folder's own use"),
+    if matches!(name, "mesh" | "common" | "platform" | "plugin") || RUST_KEYWORDS.contains(&name) {
+        return Err(refuse(
+            &layout.contracts,
+            format!("`{name}` is reserved (the repository's own use, or a Rust keyword)"),
         ));
     }
-    let contract_dir = contracts.join(name);
-    let crate_dir = services.join(name);
-    for taken in [&contract_dir, &crate_dir] {
-        if taken.exists() {
-            return Err(layout(taken, "exists already; nothing was written".into()));
+    for tenant in tenants {
+        let id = tenant.starts_with(|c: char| c.is_ascii_lowercase())
+            && tenant
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !id {
+            return Err(refuse(
+                &layout.tenants,
+                format!(
+                    "--tenant {tenant:?} is not a tenant id (the name of a tenant file, e.g. `mall`); nothing was written"
+                ),
+            ));
+        }
+        let file = layout.tenants.join(format!("{tenant}.toml"));
+        if !file.is_file() {
+            return Err(refuse(
+                &file,
+                format!("--tenant {tenant}: no such tenant file; nothing was written"),
+            ));
         }
     }
-    let pascal: String = name
-        .split('_')
-        .map(|w| {
-            let mut chars = w.chars();
-            chars
-                .next()
-                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
-                .unwrap_or_default()
-        })
-        .collect();
-    let fill = |template: &str| {
-        template
-            .replace("{name}", name)
-            .replace("{Name}", &pascal)
-            .replace("{crate}", &format!("mesh-{}", name.replace('_', "-")))
-    };
-    let files = [
-        (
-            contract_dir.join("v1").join(format!("{name}.proto")),
-            fill(PROTO),
-        ),
-        (crate_dir.join("Cargo.toml"), fill(CARGO)),
-        (crate_dir.join("src").join("lib.rs"), fill(LIB)),
-    ];
-    let mut written = Vec::new();
-    for (path, text) in files {
-        let parent = path.parent().expect("a file in a folder");
-        fs::create_dir_all(parent).map_err(|e| ContractError::io(parent, e))?;
-        fs::write(&path, text).map_err(|e| ContractError::io(&path, e))?;
-        written.push(path);
+    let mut done = Scaffold::default();
+    let contract_dir = layout.contracts.join(name);
+    if !contract_dir.exists() {
+        let path = contract_dir.join("v1").join(format!("{name}.proto"));
+        write_new(&path, &fill(STARTER_PROTO, name))?;
+        done.written.push(path);
     }
-    let crate_name = format!("mesh-{}", name.replace('_', "-"));
-    let module = name.to_owned();
-    Ok(Scaffold {
-        files: written,
-        next_steps: vec![
+    let set = crate::load(&layout.contracts)?;
+    let contract = set
+        .contracts
+        .iter()
+        .filter(|c| c.name == name)
+        .max_by_key(|c| c.major)
+        .ok_or_else(|| {
+            refuse(
+                &contract_dir,
+                format!("holds no contract of service {name:?} (expected {name}/v<major>/*.proto)"),
+            )
+        })?;
+    done.contract = contract.dir.clone();
+    if let Some(streaming) = contract
+        .calls()
+        .find(|m| m.client_streaming || m.server_streaming)
+    {
+        return Err(refuse(
+            &contract_dir,
             format!(
-                "Cargo.toml: add \"services/{name}\" to [workspace] members and `{crate_name} = {{ path = \"services/{name}\" }}` to [workspace.dependencies]; services/platform/Cargo.toml: `{crate_name}.workspace = true`"
+                "{} streams; new-service writes unary calls and events only (write a streaming service by hand, as the gateway is)",
+                streaming.name
             ),
-            format!(
-                "services/platform/src/lib.rs, in Platform::routes: `.add_service(mesh_api::{module}::v1::{name}_server::{pascal}Server::new({}::{pascal}Service::default()))` (keep the service in a Platform field instead when consumers or tenant settings need it too)",
-                crate_name.replace('-', "_")
-            ),
-            format!(
-                "tenants/_defaults.toml: `[services.{name}]` with `version = \"v1\"` (add `enabled = false` there and `enabled = true` in the files of the business lines that run it)"
-            ),
-        ],
-    })
+        ));
+    }
+    check_types(&set, contract)?;
+    let crate_dir = layout.services.join(name);
+    let lib = crate_dir.join("src/lib.rs");
+    let generated = crate_dir.join("src/generated.rs");
+    if crate_dir.exists() {
+        // only a crate this command wrote is brought up to date: never a hand-written one
+        let Ok(previous) = fs::read_to_string(&generated) else {
+            return Err(refuse(
+                &crate_dir,
+                format!(
+                    "exists and was not written by `mesh-codegen new-service` (no src/generated.rs): \
+                     {name} is served by hand; nothing was written"
+                ),
+            ));
+        };
+        let serves = format!("use mesh_api::{name}::v{};", contract.major);
+        if !previous.contains(&serves) {
+            return Err(refuse(
+                &crate_dir,
+                format!(
+                    "serves another major of {name} than {}, the latest: a crate serves one \
+                     major; write v{} as a crate of its own or by hand (nothing was written)",
+                    contract.dir, contract.major
+                ),
+            ));
+        }
+    }
+    if !crate_dir.exists() {
+        write_new(&crate_dir.join("Cargo.toml"), &fill(CARGO, name))?;
+        write_new(&lib, &skeleton(contract))?;
+        let tests = crate_dir.join("tests").join(format!("{name}.rs"));
+        write_new(&tests, &tests_file(contract))?;
+        done.written
+            .extend([crate_dir.join("Cargo.toml"), lib.clone(), tests]);
+    } else {
+        let text = fs::read_to_string(&lib).map_err(|e| ContractError::io(&lib, e))?;
+        let missing = missing_stubs(contract, &text);
+        if !missing.is_empty() {
+            let mut text = text;
+            text.push_str(&missing.text);
+            fs::write(&lib, text).map_err(|e| ContractError::io(&lib, e))?;
+            done.edited.push((
+                lib.clone(),
+                format!("appended {}", missing.names.join(", ")),
+            ));
+        }
+    }
+    fs::write(&generated, generated_file(contract))
+        .map_err(|e| ContractError::io(&generated, e))?;
+    done.written.push(generated);
+    wire(name, contract, layout, tenants, &mut done)?;
+    Ok(done)
 }
 
-const PROTO: &str = r#"// {Name}: what it is for, in one sentence (written by `mesh-codegen new-service {name}`).
+/// `template` with the service's names filled in.
+fn fill(template: &str, name: &str) -> String {
+    template
+        .replace("{name}", name)
+        .replace("{Name}", &name.to_upper_camel_case())
+        .replace("{crate}", &crate_name(name))
+}
+
+fn crate_name(name: &str) -> String {
+    format!("mesh-{}", name.replace('_', "-"))
+}
+
+fn write_new(path: &Path, text: &str) -> Result<(), ContractError> {
+    let parent = path.parent().expect("a file in a folder");
+    fs::create_dir_all(parent).map_err(|e| ContractError::io(parent, e))?;
+    fs::write(path, text).map_err(|e| ContractError::io(path, e))
+}
+
+/// The Rust path of protobuf type `full_name` (of `package`) in a service crate, where
+/// `v<major>` is the contract's own module.
+fn rust_type(contract: &Contract, full_name: &str, package: &str) -> String {
+    if full_name == "google.protobuf.Empty" {
+        return "()".into();
+    }
+    let local = full_name
+        .strip_prefix(package)
+        .map_or(full_name, |s| s.trim_start_matches('.'));
+    let parts: Vec<&str> = local.split('.').collect();
+    let (parents, last) = parts.split_at(parts.len() - 1);
+    let mut path: Vec<String> = if package == contract.package {
+        vec![format!("v{}", contract.major)]
+    } else if package == "google.protobuf" {
+        vec!["prost_types".into()]
+    } else {
+        std::iter::once("mesh_api".to_owned())
+            .chain(package.split('.').map(str::to_owned))
+            .collect()
+    };
+    path.extend(parents.iter().map(|p| p.to_snake_case()));
+    path.push(last[0].to_upper_camel_case());
+    path.join("::")
+}
+
+/// Rust's keywords: a service name is a module of `mesh_api`.
+const RUST_KEYWORDS: &[&str] = &[
+    "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern",
+    "false", "fn", "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub",
+    "ref", "return", "self", "static", "struct", "super", "trait", "true", "type", "unsafe", "use",
+    "where", "while", "abstract", "become", "box", "do", "final", "gen", "macro", "override",
+    "priv", "try", "typeof", "unsized", "virtual", "yield",
+];
+
+/// Refuses what the skeleton cannot serve safely: well-known types other than `Empty` (prost
+/// maps some to Rust primitives), and a call end users make whose request is not a message of
+/// the contract (the generator could not tell whether it names a user to pin).
+fn check_types(set: &crate::ContractSet, contract: &Contract) -> Result<(), ContractError> {
+    let refuse = |message: String| ContractError::Layout {
+        path: set.root.join(&contract.dir),
+        message,
+    };
+    for m in &contract.service.methods {
+        for ty in [&m.input, &m.output] {
+            if ty.starts_with("google.protobuf.") && ty != "google.protobuf.Empty" {
+                return Err(refuse(format!(
+                    "{} uses {ty}: new-service maps google.protobuf.Empty only; wrap it in a message of the contract",
+                    m.name
+                )));
+            }
+        }
+        if m.audience().contains(&Audience::User) && !contract.messages.contains_key(&m.input) {
+            return Err(refuse(format!(
+                "{} may be called by end users but its request {} is not a message of {}: \
+                 declare the request in the contract, so whose data it touches is known",
+                m.name, m.input, contract.dir
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether calls of `method` may come from end users, whose `user_id` the generated code
+/// pins to the token's user.
+fn pins_user(contract: &Contract, method: &Method) -> bool {
+    method.audience().contains(&Audience::User)
+        && contract.messages.get(&method.input).is_some_and(|m| {
+            m.fields.iter().any(|f| {
+                f.name == "user_id"
+                    && f.ty == "string"
+                    && f.label == "singular"
+                    && f.oneof.is_none()
+            })
+        })
+}
+
+fn doc(text: &str, indent: &str) -> String {
+    text.lines()
+        .map(|l| format!("{indent}///{}{l}\n", if l.is_empty() { "" } else { " " }))
+        .collect()
+}
+
+fn audience_words(method: &Method) -> String {
+    method
+        .audience()
+        .iter()
+        .map(|a| a.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn call_stub(contract: &Contract, m: &Method) -> String {
+    let fn_name = m.name.to_snake_case();
+    let input = rust_type(contract, &m.input, &m.input_package);
+    let output = rust_type(contract, &m.output, &m.output_package);
+    let mut text = doc(&m.doc, "    ");
+    text.push_str(&format!(
+        "    ///\n    /// `{}` (callers: {}).{}\n",
+        m.name,
+        audience_words(m),
+        if pins_user(contract, m) {
+            " `request.user_id` is the caller's own user when an end user calls\n    /// (a user token acts only as itself); a backend names any user of its tenant."
+        } else {
+            ""
+        }
+    ));
+    text.push_str(&format!(
+        "    pub async fn {fn_name}(\n        &self,\n        ctx: &RequestContext,\n        request: {input},\n    ) -> Result<{output}, Status> {{\n        let _ = (ctx, request);\n        Err(Status::unimplemented(\"{} is not written yet\"))\n    }}\n",
+        m.name
+    ));
+    text
+}
+
+fn event_stub(contract: &Contract, m: &Method) -> String {
+    let fn_name = format!("on_{}", m.name.to_snake_case());
+    let payload = rust_type(contract, &m.input, &m.input_package);
+    let mut text = doc(&m.doc, "    ");
+    text.push_str(&format!(
+        "    ///\n    /// Event `{}`, as this service consumes it (queue `mesh.<tenant>.{}.v{}.{}`). Return\n    /// `HandlerError::Retry` for a failure that may pass (it is redelivered later),\n    /// `Reject` for one that never will (it is dead-lettered).\n",
+        m.name, contract.name, contract.major, contract.name
+    ));
+    text.push_str(&format!(
+        "    pub async fn {fn_name}(\n        &self,\n        ctx: &RequestContext,\n        event: {payload},\n    ) -> Result<(), HandlerError> {{\n        let _ = (ctx, event);\n        Ok(())\n    }}\n"
+    ));
+    text
+}
+
+/// The developer's file, as first written.
+fn skeleton(contract: &Contract) -> String {
+    let name = &contract.name;
+    let pascal = name.to_upper_camel_case();
+    let proto = &contract.service.proto_name;
+    let major = contract.major;
+    let has_events = contract.events().next().is_some();
+    let mut text = format!(
+        "//! The {name} service (tier {tier}, owner {owner}): `contracts/{dir}`.
+//!
+//! Written once by `mesh-codegen new-service {name}`: this file is yours. Each call answers
+//! UNIMPLEMENTED and each event is acknowledged until you write it. Running the command again
+//! after a contract change rewrites `generated.rs` (the tonic trait, the event handler, how the
+//! platform assembles the service) and appends here the stubs of new calls and events; nothing
+//! written here is touched.
+//!
+//! What the contract declares needs no code: the caller's tenant and credential are checked,
+//! its audience enforced, deadlines and degraded answers applied, HTTP/JSON served, per-tenant
+//! queues declared, by the platform.
+
+mod generated;
+
+pub use generated::SERVICE;
+
+use mesh_api::{name}::v{major};
+use mesh_contract::{contract_use};
+use mesh_plugin::Handles;
+{status_use}
+/// The service, one per node, shared by every tenant that runs it: keep each tenant's data
+/// apart by passing `&ctx.tenant` to the store, whose namespace is that tenant's alone.
+#[derive(Clone)]
+pub struct {pascal}Service {{
+    /// What the platform shares: `handles.records` (keyed records per tenant, e.g.
+    /// `mesh_store::Collection::new(handles.records.clone(), \"{name}s\")`),
+    /// `handles.notifier` (a system message to a user), `handles.bus`.
+    #[allow(dead_code)] // until a method uses it
+    handles: Handles,
+",
+        tier = contract.service.tier,
+        contract_use = if has_events {
+            "{HandlerError, RequestContext}"
+        } else {
+            "RequestContext"
+        },
+        status_use = if contract.calls().next().is_some() {
+            "use tonic::Status;\n"
+        } else {
+            ""
+        },
+        owner = contract.service.owner,
+        dir = contract.dir,
+    );
+    if has_events {
+        text.push_str(&format!(
+            "    /// Publishes this contract's events, to the exchange of the context's tenant.\n    #[allow(dead_code)] // until a method uses it\n    events: v{major}::{proto}Publisher<std::sync::Arc<dyn mesh_contract::EventBus>>,\n"
+        ));
+    }
+    text.push_str(&format!(
+        "}}
+
+impl {pascal}Service {{
+    /// Built once per node, on what the platform shares.
+    pub fn new(handles: &Handles) -> Self {{
+        Self {{
+            handles: handles.clone(),
+"
+    ));
+    if has_events {
+        text.push_str(&format!(
+            "            events: v{major}::{proto}Publisher::new(handles.bus.clone()),\n"
+        ));
+    }
+    text.push_str("        }\n    }\n}\n");
+    text.push_str(&format!(
+        "\n/// What the service does when a tenant that runs it is served here, or no longer is\n/// (both default to nothing: warm a cache, start a per-tenant task).\nimpl mesh_plugin::TenantHooks for {pascal}Service {{}}\n"
+    ));
+    text.push_str(&format!("\nimpl {pascal}Service {{\n"));
+    let stubs: Vec<String> = contract
+        .calls()
+        .map(|m| call_stub(contract, m))
+        .chain(contract.events().map(|m| event_stub(contract, m)))
+        .collect();
+    text.push_str(&stubs.join("\n"));
+    text.push_str("}\n");
+    text
+}
+
+/// Stubs the developer's file lacks.
+struct Missing {
+    names: Vec<String>,
+    text: String,
+}
+
+impl Missing {
+    fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+fn missing_stubs(contract: &Contract, lib: &str) -> Missing {
+    let defines = |fn_name: &str| lib.contains(&format!("fn {fn_name}("));
+    let mut names = Vec::new();
+    let mut stubs = Vec::new();
+    for m in contract.calls() {
+        if !defines(&m.name.to_snake_case()) {
+            names.push(m.name.clone());
+            stubs.push(call_stub(contract, m));
+        }
+    }
+    for m in contract.events() {
+        if !defines(&format!("on_{}", m.name.to_snake_case())) {
+            names.push(m.name.clone());
+            stubs.push(event_stub(contract, m));
+        }
+    }
+    let text = if stubs.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n// added by `mesh-codegen new-service {}` for what {} gained\nimpl {}Service {{\n{}}}\n",
+            contract.name,
+            contract.dir,
+            contract.name.to_upper_camel_case(),
+            stubs.join("\n")
+        )
+    };
+    Missing { names, text }
+}
+
+/// `generated.rs`: everything derived from the contract alone.
+fn generated_file(contract: &Contract) -> String {
+    let name = &contract.name;
+    let pascal = name.to_upper_camel_case();
+    let proto = &contract.service.proto_name;
+    let server_mod = format!("{}_server", proto.to_snake_case());
+    let major = contract.major;
+    let events: Vec<&Method> = contract.events().collect();
+    let has_calls = contract.calls().next().is_some();
+    let mut text = format!(
+        "//! Written by `mesh-codegen new-service {name}` from `contracts/{dir}`, and again on every
+//! run: edit `lib.rs`, never this file.
+
+use std::sync::Arc;
+
+use mesh_api::{name}::v{major};
+use mesh_contract::RequestContext;
+use mesh_plugin::{{ConsumerSpec, Handles, ServiceDescriptor, ServicePlugin, TenantHooks}};
+{tonic_use}
+
+use crate::{pascal}Service;
+
+/// How the platform assembles the service (listed in `services/platform/src/plugins.rs`).
+pub static SERVICE: ServiceDescriptor = ServiceDescriptor {{
+    name: \"{name}\",
+    consumers: &CONSUMERS,
+    build,
+}};
+
+/// Its event consumers: the contract's own events, on queue `mesh.<tenant>.{name}.v{major}.{name}`.
+static CONSUMERS: [ConsumerSpec; {n}] = [{consumers}];
+
+fn build(handles: &Handles) -> Arc<dyn ServicePlugin> {{
+    Arc::new(Plugin({pascal}Service::new(handles)))
+}}
+
+struct Plugin({pascal}Service);
+
+#[tonic::async_trait]
+impl ServicePlugin for Plugin {{
+    fn routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {{
+        {routes}
+    }}
+
+    async fn add_tenant(&self, config: &mesh_plugin::TenantConfig) -> Result<(), String> {{
+        TenantHooks::tenant_added(&self.0, config).await
+    }}
+
+    async fn remove_tenant(&self, tenant: &mesh_contract::TenantId) {{
+        TenantHooks::tenant_removed(&self.0, tenant).await
+    }}
+
+    fn subscription(
+        &self,
+        consumer: &ConsumerSpec,
+        tenant: mesh_contract::TenantId,
+        queue: String,
+    ) -> Option<mesh_contract::Subscription> {{
+",
+        dir = contract.dir,
+        n = usize::from(!events.is_empty()),
+        routes = if has_calls {
+            format!("routes.add_service(v{major}::{server_mod}::{proto}Server::new(self.0.clone()))")
+        } else {
+            "routes // the contract has no calls".to_owned()
+        },
+        tonic_use = if has_calls {
+            "use tonic::{Request, Response, Status};"
+        } else {
+            ""
+        },
+        consumers = if events.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "ConsumerSpec {{\n    contract: \"{name}\",\n    major: {major},\n    consumer: \"{name}\",\n}}"
+            )
+        },
+    );
+    if events.is_empty() {
+        text.push_str("        let _ = (consumer, tenant, queue);\n        None\n");
+    } else {
+        text.push_str(&format!(
+            "        (consumer.contract == \"{name}\" && consumer.major == {major})\n            .then(|| v{major}::{proto}Consumer::new(self.0.clone()).subscription(tenant, queue))\n"
+        ));
+    }
+    text.push_str("    }\n}\n");
+    if has_calls {
+        text.push_str(&format!(
+            "\n#[tonic::async_trait]\nimpl v{major}::{server_mod}::{proto} for {pascal}Service {{\n"
+        ));
+    }
+    let calls: Vec<String> = contract
+        .calls()
+        .map(|m| {
+            let fn_name = m.name.to_snake_case();
+            let input = rust_type(contract, &m.input, &m.input_package);
+            let output = rust_type(contract, &m.output, &m.output_package);
+            let pin = if pins_user(contract, m) {
+                "        // an end user acts only as the user of its token\n        request.user_id = ctx.act_as(\"user_id\", &request.user_id)?;\n"
+            } else {
+                ""
+            };
+            let binding = if pin.is_empty() { "" } else { "mut " };
+            format!(
+                "    async fn {fn_name}(\n        &self,\n        request: Request<{input}>,\n    ) -> Result<Response<{output}>, Status> {{\n        let ctx = RequestContext::from_request(&request)?;\n        let {binding}request = request.into_inner();\n{pin}        {pascal}Service::{fn_name}(self, &ctx, request)\n            .await\n            .map(Response::new)\n    }}\n"
+            )
+        })
+        .collect();
+    if has_calls {
+        text.push_str(&calls.join("\n"));
+        text.push_str("}\n");
+    }
+    if !events.is_empty() {
+        text.push_str(&format!(
+            "\nimpl v{major}::{proto}Handler for {pascal}Service {{\n"
+        ));
+        let handlers: Vec<String> = events
+            .iter()
+            .map(|m| {
+                let fn_name = format!("on_{}", m.name.to_snake_case());
+                let payload = rust_type(contract, &m.input, &m.input_package);
+                format!(
+                    "    async fn {fn_name}(\n        &self,\n        ctx: &RequestContext,\n        event: {payload},\n    ) -> Result<(), mesh_contract::HandlerError> {{\n        {pascal}Service::{fn_name}(self, ctx, event).await\n    }}\n"
+                )
+            })
+            .collect();
+        text.push_str(&handlers.join("\n"));
+        text.push_str("}\n");
+    }
+    text
+}
+
+/// The tests written once with the crate: every call is written, and no end user acts as
+/// another.
+fn tests_file(contract: &Contract) -> String {
+    let name = &contract.name;
+    let pascal = name.to_upper_camel_case();
+    let proto = &contract.service.proto_name;
+    let server_mod = format!("{}_server", proto.to_snake_case());
+    let major = contract.major;
+    let mut text = format!(
+        "//! The {name} service's calls, made as the platform makes them (written by
+//! `mesh-codegen new-service {name}`; extend each with what it must answer).
+{allow}
+use mesh_api::{name}::v{major}{api_use};
+use mesh_plugin::testing::{{{helpers}}};
+use {crate_ident}::{pascal}Service;
+
+async fn service() -> {pascal}Service {{
+    {pascal}Service::new(&handles(&[\"mall\", \"paipai\"]).await)
+}}
+",
+        crate_ident = crate_name(name).replace('-', "_"),
+        helpers = test_helpers(contract).join(", "),
+        api_use = if contract.calls().next().is_some() {
+            format!("::{{self, {server_mod}::{proto}}}")
+        } else {
+            String::new()
+        },
+        allow = if contract.calls().next().is_none() {
+            "#![allow(unused_imports, dead_code)] // the contract has no calls yet\n"
+        } else {
+            ""
+        },
+    );
+    for m in contract.calls() {
+        let fn_name = m.name.to_snake_case();
+        let input = rust_type(contract, &m.input, &m.input_package);
+        let ctx = if m.audience().contains(&Audience::Backend) {
+            "backend(\"mall\")".to_owned()
+        } else if m.audience().contains(&Audience::User) {
+            "user(\"mall\", \"alice\")".to_owned()
+        } else {
+            "mesh_contract::RequestContext::new(mesh_plugin::testing::tenant_id(\"mall\"))"
+                .to_owned()
+        };
+        text.push_str(&format!(
+            "
+/// `{method}` is written: whatever it answers a default request, it is not UNIMPLEMENTED.
+#[tokio::test]
+async fn {fn_name}_is_written() {{
+    let answer = {proto}::{fn_name}(&service().await, request(&{ctx}, <{input}>::default())).await;
+    assert!(
+        !matches!(&answer, Err(status) if status.code() == tonic::Code::Unimplemented),
+        \"{method} is not written yet: {{answer:?}}\"
+    );
+}}
+",
+            method = m.name,
+        ));
+        if pins_user(contract, m) {
+            text.push_str(&format!(
+                "
+/// `{method}`: an end user acts only as itself.
+#[tokio::test]
+async fn {fn_name}_refuses_acting_as_another_user() {{
+    let as_bob = {input} {{
+        user_id: \"bob\".into(),{rest}
+    }};
+    let answer = {proto}::{fn_name}(&service().await, request(&user(\"mall\", \"alice\"), as_bob)).await;
+    assert_eq!(
+        answer.map(drop).unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+}}
+",
+                method = m.name,
+                rest = if contract.messages.get(&m.input).is_some_and(|i| i.fields.len() > 1) {
+                    "\n        ..Default::default()"
+                } else {
+                    ""
+                },
+            ));
+        }
+    }
+    text
+}
+
+/// The `mesh_plugin::testing` helpers the tests of `contract` use.
+fn test_helpers(contract: &Contract) -> Vec<&'static str> {
+    let mut helpers = vec!["handles", "request"];
+    let calls: Vec<&Method> = contract.calls().collect();
+    if calls
+        .iter()
+        .any(|m| m.audience().contains(&Audience::Backend))
+    {
+        helpers.push("backend");
+    }
+    if calls.iter().any(|m| {
+        pins_user(contract, m)
+            || !m.audience().contains(&Audience::Backend) && m.audience().contains(&Audience::User)
+    }) {
+        helpers.push("user");
+    }
+    helpers.sort_unstable();
+    helpers
+}
+
+/// Wires the crate in: workspace member, platform dependency and registry line, tenants.
+fn wire(
+    name: &str,
+    contract: &Contract,
+    layout: &Layout,
+    tenants: &[String],
+    done: &mut Scaffold,
+) -> Result<(), ContractError> {
+    let crate_name = crate_name(name);
+    let member = format!(
+        "services/{}",
+        layout
+            .services
+            .join(name)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or(name)
+    );
+    edit_toml(&layout.workspace, done, |doc| {
+        let members = doc["workspace"]["members"]
+            .as_array_mut()
+            .ok_or("[workspace] has no members array")?;
+        if members.iter().any(|m| m.as_str() == Some(member.as_str())) {
+            return Ok(None);
+        }
+        members.push(member.as_str());
+        Ok(Some(format!("workspace member {member}")))
+    })?;
+    let platform_manifest = layout.platform.join("Cargo.toml");
+    edit_toml(&platform_manifest, done, |doc| {
+        let deps = doc["dependencies"]
+            .as_table_mut()
+            .ok_or("[dependencies] is not a table")?;
+        if deps.contains_key(&crate_name) {
+            return Ok(None);
+        }
+        let mut dep = toml_edit::InlineTable::new();
+        dep.insert("path", format!("../{name}").into());
+        deps.insert(&crate_name, toml_edit::value(dep));
+        Ok(Some(format!("dependency {crate_name}")))
+    })?;
+    let registry = layout.platform.join("src/plugins.rs");
+    let text = fs::read_to_string(&registry).map_err(|e| ContractError::io(&registry, e))?;
+    let line = format!("    &{}::SERVICE,\n", crate_name.replace('-', "_"));
+    if !text.contains(&line) {
+        const MARKER: &str =
+            "    // mesh-codegen new-service adds one line per service above this one";
+        let at = text.find(MARKER).ok_or_else(|| ContractError::Layout {
+            path: registry.clone(),
+            message: format!("lacks the line `{}` to add services above", MARKER.trim()),
+        })?;
+        let mut text = text;
+        text.insert_str(at, &line);
+        fs::write(&registry, text).map_err(|e| ContractError::io(&registry, e))?;
+        done.edited
+            .push((registry, format!("{crate_name} in SERVICES")));
+    }
+    let version = format!("v{}", contract.major);
+    edit_toml(&layout.tenants.join("_defaults.toml"), done, |doc| {
+        let services = doc["services"]
+            .as_table_mut()
+            .ok_or("[services] is not a table")?;
+        if services.contains_key(name) {
+            return Ok(None);
+        }
+        let mut service = toml_edit::Table::new();
+        service.insert("version", toml_edit::value(version.as_str()));
+        service.insert("enabled", toml_edit::value(false));
+        service.decor_mut().set_prefix(format!(
+            "\n# {name}: off unless a business line's file turns it on\n"
+        ));
+        services.insert(name, toml_edit::Item::Table(service));
+        Ok(Some(format!("[services.{name}], off")))
+    })?;
+    for tenant in tenants {
+        edit_toml(
+            &layout.tenants.join(format!("{tenant}.toml")),
+            done,
+            |doc| {
+                let services = doc
+                    .entry("services")
+                    .or_insert_with(|| {
+                        let mut table = toml_edit::Table::new();
+                        table.set_implicit(true);
+                        toml_edit::Item::Table(table)
+                    })
+                    .as_table_mut()
+                    .ok_or("services is not a table")?;
+                let service = services
+                    .entry(name)
+                    .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| format!("services.{name} is not a table"))?;
+                if service.get("enabled").and_then(|v| v.as_bool()) == Some(true) {
+                    return Ok(None);
+                }
+                service.insert("enabled", toml_edit::value(true));
+                Ok(Some(format!("[services.{name}] enabled")))
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Applies `edit` to the TOML file at `path`, keeping its comments and layout; the change in
+/// words, or `None` when there was nothing to do.
+fn edit_toml(
+    path: &Path,
+    done: &mut Scaffold,
+    edit: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<Option<String>, String>,
+) -> Result<(), ContractError> {
+    let text = fs::read_to_string(path).map_err(|e| ContractError::io(path, e))?;
+    let layout_error = |message: String| ContractError::Layout {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| layout_error(e.to_string()))?;
+    if let Some(change) = edit(&mut doc).map_err(layout_error)? {
+        fs::write(path, doc.to_string()).map_err(|e| ContractError::io(path, e))?;
+        done.edited.push((path.to_path_buf(), change));
+    }
+    Ok(())
+}
+
+const STARTER_PROTO: &str = r#"// {Name}: what it is for, in one sentence (a starter written by `mesh-codegen new-service
+// {name}`: change it to the calls and events the service has, then run the command again).
 syntax = "proto3";
 
 package {name}.v1;
 
+import "google/protobuf/empty.proto";
 import "mesh/options.proto";
 
 service {Name} {
@@ -123,36 +863,53 @@ service {Name} {
     version: "1.0.0"
     tier: 2
     owner: "your-team"
-    capabilities: ["{name}.read", "{name}.write"]
+    capabilities: ["{name}.write", "{name}.read"]
   };
 
-  // Stores a record under its id (replacing the one there).
-  rpc Put{Name}(Put{Name}Request) returns (Put{Name}Response) {
-    option (mesh.method) = { kind: CALL timeout_ms: 300 };
+  // Creates a record for a user (the business line's backend calls it).
+  rpc Create{Name}(Create{Name}Request) returns (Create{Name}Response) {
+    option (mesh.method) = { kind: CALL audience: BACKEND timeout_ms: 300 };
   }
 
-  // The record stored under an id.
-  rpc Get{Name}(Get{Name}Request) returns (Get{Name}Response) {
-    option (mesh.method) = { kind: CALL timeout_ms: 200 degraded { empty: true } };
+  // The caller's own records (end users call it with their token).
+  rpc ListMy{Name}s(ListMy{Name}sRequest) returns (ListMy{Name}sResponse) {
+    option (mesh.method) = {
+      kind: CALL
+      audience: [USER, BACKEND]
+      timeout_ms: 200
+      degraded { empty: true }
+    };
+  }
+
+  // A record was created.
+  rpc {Name}Created(.{name}.v1.{Name}Created) returns (google.protobuf.Empty) {
+    option (mesh.method) = { kind: EVENT timeout_ms: 2000 };
   }
 }
 
 message {Name}Record {
   string id = 1;
-  string body = 2;
+  string user_id = 2;
+  string body = 3;
 }
 
-message Put{Name}Request {
+message Create{Name}Request {
   {Name}Record record = 1;
 }
 
-message Put{Name}Response {}
-
-message Get{Name}Request {
-  string id = 1;
+message Create{Name}Response {
+  {Name}Record record = 1;
 }
 
-message Get{Name}Response {
+message ListMy{Name}sRequest {
+  string user_id = 1;
+}
+
+message ListMy{Name}sResponse {
+  repeated {Name}Record records = 1;
+}
+
+message {Name}Created {
   {Name}Record record = 1;
 }
 "#;
@@ -160,7 +917,7 @@ message Get{Name}Response {
 const CARGO: &str = r#"[package]
 name = "{crate}"
 version = "0.1.0"
-description = "The {name} service (tier 2)."
+description = "The {name} service, assembled by the platform (written by mesh-codegen new-service)."
 edition.workspace = true
 rust-version.workspace = true
 license.workspace = true
@@ -169,68 +926,28 @@ publish.workspace = true
 [dependencies]
 mesh-api.workspace = true
 mesh-contract.workspace = true
+mesh-plugin.workspace = true
+mesh-store.workspace = true
+prost.workspace = true
 tonic.workspace = true
+
+[dev-dependencies]
+tokio.workspace = true
 
 [lints]
 workspace = true
 "#;
 
-const LIB: &str = r#"//! The {name} service (tier 2), written by `mesh-codegen new-service {name}`: records kept per
-//! tenant in memory. Replace the storage with the business line's own (see `mesh-store` for a
-//! store behind a trait with an embedded and a PostgreSQL implementation).
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, RwLock},
-};
-
-use mesh_api::{name}::v1::{self, {name}_server::{Name}};
-use mesh_contract::{RequestContext, TenantId, fields::id};
-use tonic::{Request, Response, Status};
-
-/// The service; clones share the records. Every record belongs to the tenant of the call
-/// that stored it: one business line never reads another's.
-#[derive(Clone, Debug, Default)]
-pub struct {Name}Service {
-    records: Arc<RwLock<HashMap<(TenantId, String), v1::{Name}Record>>>,
-}
-
-#[tonic::async_trait]
-impl {Name} for {Name}Service {
-    async fn put_{name}(
-        &self,
-        request: Request<v1::Put{Name}Request>,
-    ) -> Result<Response<v1::Put{Name}Response>, Status> {
-        let ctx = RequestContext::from_request(&request)?;
-        let record = request
-            .into_inner()
-            .record
-            .ok_or_else(|| Status::invalid_argument("record is required"))?;
-        id("record.id", &record.id)?;
-        self.records
-            .write()
-            .expect("lock")
-            .insert((ctx.tenant, record.id.clone()), record);
-        Ok(Response::new(v1::Put{Name}Response {}))
-    }
-
-    async fn get_{name}(
-        &self,
-        request: Request<v1::Get{Name}Request>,
-    ) -> Result<Response<v1::Get{Name}Response>, Status> {
-        let ctx = RequestContext::from_request(&request)?;
-        let r = request.into_inner();
-        id("id", &r.id)?;
-        let record = self
-            .records
-            .read()
-            .expect("lock")
-            .get(&(ctx.tenant, r.id.clone()))
-            .cloned()
-            .ok_or_else(|| Status::not_found(format!("no {name} {:?}", r.id)))?;
-        Ok(Response::new(v1::Get{Name}Response {
-            record: Some(record),
-        }))
+    #[test]
+    fn names_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::of(dir.path());
+        for bad in ["Coupon", "gift-card", "_x", "x_", "a__b", "mesh", "plugin"] {
+            assert!(new_service(bad, &layout, &[]).is_err(), "{bad}");
+        }
     }
 }
-"#;

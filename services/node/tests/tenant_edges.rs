@@ -36,7 +36,7 @@ use mesh_api::{
 };
 use mesh_contract::RequestContext;
 use prost::Message as _;
-use support::{Db, MeshUp, Users, admin, ctx, rabbitmqctl, signal, tenants_folder};
+use support::{Db, MeshUp, Users, Vhost, admin, ctx, signal, tenants_folder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, transport::Channel};
 
@@ -44,68 +44,6 @@ const OPS: &str = "ops-tenant-edges-token";
 const GUOJI_TOKEN: &str = "guoji-secret-token-1";
 
 /// A vhost of the test's own on the machine's RabbitMQ (open to guest), deleted at the end.
-struct Vhost(String);
-
-impl Vhost {
-    fn create() -> Self {
-        let name = format!(
-            "mesh-edges-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        rabbitmqctl(&["add_vhost", &name]);
-        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
-        Self(name)
-    }
-
-    fn uri(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.0)
-    }
-
-    /// `name messages` of every queue of the vhost starting with `prefix`.
-    fn queues(&self, prefix: &str) -> Vec<(String, u64)> {
-        rabbitmqctl(&[
-            "list_queues",
-            "-p",
-            &self.0,
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages",
-        ])
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (name, count) = (fields.next()?, fields.next()?.parse().ok()?);
-            name.starts_with(prefix).then(|| (name.to_owned(), count))
-        })
-        .collect()
-    }
-
-    fn exchanges(&self, prefix: &str) -> Vec<String> {
-        rabbitmqctl(&[
-            "list_exchanges",
-            "-p",
-            &self.0,
-            "-q",
-            "--no-table-headers",
-            "name",
-        ])
-        .lines()
-        .map(str::trim)
-        .filter(|name| name.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["delete_vhost", &self.0])
-            .output();
-    }
-}
-
 /// Publishes `payload` as a checkout outside the platform would: to `tenant`'s order
 /// exchange, persistent, confirmed. `Err` when the broker refused it (no such exchange).
 async fn publish_order(uri: &str, tenant: &str, payload: Vec<u8>) -> Result<(), String> {

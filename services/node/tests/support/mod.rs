@@ -185,7 +185,18 @@ impl MeshUp {
     /// [`MeshUp::start`] with its front door on `listen` (a node restarted where a proxy
     /// expects it).
     pub async fn start_on(dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        Self::start_binary(Path::new(env!("CARGO_BIN_EXE_mesh")), dir, listen, env).await
+    }
+
+    /// [`MeshUp::start_on`] with the `mesh` binary at `binary` (one built elsewhere: a
+    /// repository with a service added).
+    pub async fn start_binary(
+        binary: &Path,
+        dir: &Path,
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut child = Command::new(binary)
             .args(["up", "--listen", listen, "--tenants"])
             .arg(dir)
             .env("MESH_STATE_DIR", dir.join(".state"))
@@ -785,4 +796,71 @@ pub fn mall_unthrottled() -> tempfile::TempDir {
         + "\n[limits]\nrequests_per_second = 50000\nburst = 50000\n";
     std::fs::write(&mall, raised).unwrap();
     dir
+}
+
+/// A RabbitMQ vhost of a test's own (guest may use it), deleted with everything in it when
+/// dropped: queues a test creates never outlive it.
+pub struct Vhost(pub String);
+
+impl Vhost {
+    /// A fresh vhost.
+    pub fn create() -> Self {
+        let name = format!(
+            "mesh-edges-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        Self(name)
+    }
+
+    /// Its AMQP URI.
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.0)
+    }
+
+    /// `name messages` of every queue of the vhost starting with `prefix`.
+    pub fn queues(&self, prefix: &str) -> Vec<(String, u64)> {
+        rabbitmqctl(&[
+            "list_queues",
+            "-p",
+            &self.0,
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages",
+        ])
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (name, count) = (fields.next()?, fields.next()?.parse().ok()?);
+            name.starts_with(prefix).then(|| (name.to_owned(), count))
+        })
+        .collect()
+    }
+
+    /// The exchanges of the vhost starting with `prefix`.
+    pub fn exchanges(&self, prefix: &str) -> Vec<String> {
+        rabbitmqctl(&[
+            "list_exchanges",
+            "-p",
+            &self.0,
+            "-q",
+            "--no-table-headers",
+            "name",
+        ])
+        .lines()
+        .map(str::trim)
+        .filter(|name| name.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.0])
+            .output();
+    }
 }

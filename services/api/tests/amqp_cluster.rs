@@ -36,23 +36,29 @@ struct Node {
 }
 
 impl Node {
-    fn ctl(&self, args: &[&str]) {
+    fn try_ctl(&self, args: &[&str]) -> Result<(), String> {
         let out = Command::new("rabbitmqctl")
             .args(["-n", &self.name])
             .args(args)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "rabbitmqctl -n {} {args:?}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "rabbitmqctl -n {} {args:?}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
     }
 
     fn kill(&self) {
-        let pid = std::fs::read_to_string(self.dir.join(format!("mnesia/{}.pid", self.name)))
-            .expect("the node's pid file");
+        // a node that died booting left no pid file, and nothing to kill
+        let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("mnesia/{}.pid", self.name)))
+        else {
+            return;
+        };
         let _ = Command::new("kill").args(["-9", pid.trim()]).status();
     }
 }
@@ -64,7 +70,24 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Three fresh nodes joined. A node that dies while booting on a loaded 2-core machine
+    /// (seen once in CI: "not running at all" when asked to join) makes another attempt with
+    /// fresh nodes, up to three; what the test checks starts only once the cluster is whole.
     fn start() -> Self {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(cluster) => return cluster,
+                Err(err) => {
+                    eprintln!("cluster start failed, starting fresh nodes: {err}");
+                    last = err;
+                }
+            }
+        }
+        panic!("no cluster after 3 attempts: {last}");
+    }
+
+    fn try_start() -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("mesh-mq-cluster")
             .tempdir()
@@ -114,18 +137,23 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
+        // killed on drop from here on, whatever fails
+        let cluster = Self { nodes, _dir: dir };
+        let nodes = &cluster.nodes;
         for node in &nodes[1..] {
-            node.ctl(&["stop_app"]);
-            node.ctl(&["join_cluster", &nodes[0].name]);
-            node.ctl(&["start_app"]);
+            node.try_ctl(&["stop_app"])?;
+            node.try_ctl(&["join_cluster", &nodes[0].name])?;
+            node.try_ctl(&["start_app"])?;
         }
-        for node in &nodes {
+        for node in nodes {
             while !port_open(node.port) {
-                assert!(Instant::now() < deadline, "{} did not rejoin", node.name);
+                if Instant::now() > deadline {
+                    return Err(format!("{} did not rejoin", node.name));
+                }
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        Self { nodes, _dir: dir }
+        Ok(cluster)
     }
 }
 

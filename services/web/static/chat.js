@@ -301,7 +301,10 @@ async function listOrders() {
       orderMajor = major;
       return json;
     } catch (err) {
-      if (orderMajor || err.status !== "UNIMPLEMENTED") throw err;
+      // the tenant does not run this major (FAILED_PRECONDITION; UNIMPLEMENTED from a node
+      // of an earlier version): try the next
+      const notRun = err.status === "FAILED_PRECONDITION" || err.status === "UNIMPLEMENTED";
+      if (orderMajor || !notRun) throw err;
     }
   }
   throw new Error("the tenant runs no order major this page knows");

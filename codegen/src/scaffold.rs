@@ -159,6 +159,7 @@ pub fn new_service(
     let crate_dir = layout.services.join(name);
     let lib = crate_dir.join("src/lib.rs");
     let generated = crate_dir.join("src/generated.rs");
+    let fresh_crate = !crate_dir.exists();
     if crate_dir.exists() {
         // only a crate this command wrote is brought up to date: never a hand-written one
         let Ok(previous) = fs::read_to_string(&generated) else {
@@ -204,9 +205,26 @@ pub fn new_service(
     }
     fs::write(&generated, generated_file(contract))
         .map_err(|e| ContractError::io(&generated, e))?;
+    // laid out as `cargo fmt` would (CI checks it): what it wrote, never the developer's code
+    let mut ours = vec![generated.clone()];
+    if fresh_crate {
+        ours.push(lib.clone());
+        ours.push(crate_dir.join("tests").join(format!("{name}.rs")));
+    }
+    rustfmt(&ours);
     done.written.push(generated);
     wire(name, contract, layout, tenants, &mut done)?;
     Ok(done)
+}
+
+/// Formats `files` with rustfmt when it is installed (it comes with every rustup toolchain);
+/// without it the files are valid as written, only not laid out.
+fn rustfmt(files: &[PathBuf]) {
+    let _ = std::process::Command::new("rustfmt")
+        .args(["--edition", "2024"])
+        .args(files)
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 /// `template` with the service's names filled in.
@@ -387,7 +405,7 @@ use mesh_plugin::Handles;
 #[derive(Clone)]
 pub struct {pascal}Service {{
     /// What the platform shares: `handles.records` (keyed records per tenant, e.g.
-    /// `mesh_store::Collection::new(handles.records.clone(), \"{name}s\")`),
+    /// `mesh_store::Collection::new(handles.records.clone(), \"{name}\")`),
     /// `handles.notifier` (a system message to a user), `handles.bus`.
     #[allow(dead_code)] // until a method uses it
     handles: Handles,
@@ -747,7 +765,11 @@ fn wire(
         if members.iter().any(|m| m.as_str() == Some(member.as_str())) {
             return Ok(None);
         }
-        members.push(member.as_str());
+        let mut entry = toml_edit::Value::from(member.as_str());
+        entry.decor_mut().set_prefix("\n    ");
+        members.push_formatted(entry);
+        members.set_trailing("\n");
+        members.set_trailing_comma(true);
         Ok(Some(format!("workspace member {member}")))
     })?;
     let platform_manifest = layout.platform.join("Cargo.toml");

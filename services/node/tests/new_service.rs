@@ -256,52 +256,21 @@ fn copy_of_repository() -> tempfile::TempDir {
     copy
 }
 
-/// Cargo, in the copy, building into this repository's target folder: the dependencies
-/// built for this run are reused, only the workspace's own crates are built again.
+/// Where the copy builds: a target folder of its own, kept between runs (the first run builds
+/// the dependencies once). Never this repository's: cargo names a workspace crate's artifacts
+/// by its path inside the workspace, so the copy's crates would replace this build's own
+/// (`libmesh_store-<hash>.rlib`) while the suite still links against them.
+fn scaffold_target() -> PathBuf {
+    repository().join("target/scaffold")
+}
+
+/// Cargo, in the copy.
 fn cargo(copy: &Path, args: &[&str]) -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(Command::new(cargo)
         .current_dir(copy)
-        .env("CARGO_TARGET_DIR", repository().join("target"))
+        .env("CARGO_TARGET_DIR", scaffold_target())
         .args(args))
-}
-
-/// Binaries of this repository's build that a build in the copy replaces (cargo copies each
-/// to `target/debug/<name>`): put back when dropped, so later tests run this repository's.
-struct KeptBinaries {
-    /// (where cargo puts it, where it is kept meanwhile)
-    kept: Vec<(PathBuf, PathBuf)>,
-    _folder: tempfile::TempDir,
-}
-
-impl KeptBinaries {
-    fn keep(names: &[&str]) -> Self {
-        let folder = tempfile::tempdir().unwrap();
-        let debug = repository().join("target/debug");
-        let kept = names
-            .iter()
-            .filter(|name| debug.join(name).is_file())
-            .map(|name| {
-                let saved = folder.path().join(name);
-                std::fs::copy(debug.join(name), &saved).unwrap();
-                (debug.join(name), saved)
-            })
-            .collect();
-        Self {
-            kept,
-            _folder: folder,
-        }
-    }
-}
-
-impl Drop for KeptBinaries {
-    fn drop(&mut self) {
-        for (original, saved) in &self.kept {
-            // a fresh file: a process of the copy's binary may still hold the old one open
-            let _ = std::fs::remove_file(original);
-            let _ = std::fs::copy(saved, original);
-        }
-    }
 }
 
 /// `curl` posting `body` as JSON to `path` of the web access with `headers`: status and body.
@@ -334,7 +303,6 @@ async fn a_service_added_with_the_documented_commands_serves_for_its_tenant_and_
     // 1. the contract
     std::fs::create_dir_all(root.join("contracts/coupon/v1")).unwrap();
     std::fs::write(root.join("contracts/coupon/v1/coupon.proto"), CONTRACT).unwrap();
-    let kept = KeptBinaries::keep(&["mesh", "mesh-codegen"]);
     // 2. the skeleton, wired in and on for mall
     let said = cargo(
         root,
@@ -355,6 +323,15 @@ async fn a_service_added_with_the_documented_commands_serves_for_its_tenant_and_
         said.contains("service coupon from contracts/coupon/v1"),
         "{said}"
     );
+    // what it wrote passes CI's `cargo fmt --check` as it is
+    run(Command::new("rustfmt")
+        .current_dir(root)
+        .args(["--check", "--edition", "2024"])
+        .args([
+            "services/coupon/src/lib.rs",
+            "services/coupon/src/generated.rs",
+            "services/coupon/tests/coupon.rs",
+        ]));
     // 3. the service's own file
     std::fs::write(root.join("services/coupon/src/lib.rs"), SERVICE).unwrap();
     // built, and the tests the generator wrote pass on it
@@ -370,11 +347,8 @@ async fn a_service_added_with_the_documented_commands_serves_for_its_tenant_and_
             "mesh",
         ],
     );
-    let binaries = tempfile::tempdir().unwrap();
-    let mesh = binaries.path().join("mesh");
-    std::fs::copy(repository().join("target/debug/mesh"), &mesh).unwrap();
+    let mesh = scaffold_target().join("debug/mesh");
     cargo(root, &["test", "--offline", "-q", "-p", "mesh-coupon"]);
-    drop(kept);
 
     // served through `mesh up` on RabbitMQ and PostgreSQL of its own
     let (db, vhost) = (Db::create().await, Vhost::create());

@@ -63,6 +63,13 @@ pub enum BreakingKind {
     FieldNameNotReserved,
     /// A field's JSON name changed (`json_name`): JSON clients break (buf: FIELD_SAME_JSON_NAME).
     FieldJsonNameChanged,
+    /// A field's `jstype` or `ctype` changed: JavaScript or C++ code reads it as another type
+    /// (buf: FIELD_SAME_JSTYPE, FIELD_SAME_CTYPE).
+    FieldTypeOptionChanged,
+    /// A standard file option changed, was set or was unset (`go_package`, `java_package`,
+    /// `java_multiple_files`, `csharp_namespace`, `optimize_for`, ...): code generated in
+    /// other languages moves or changes shape (buf's FILE_SAME_* rules).
+    FileOptionChanged,
     /// A oneof disappeared (its fields moved out or went away).
     OneofRemoved,
     /// An enum number now has another name: JSON and generated code break
@@ -236,6 +243,28 @@ fn compare_contract(old: &Contract, new: &Contract, r: &mut Reporter<'_>) {
             format!("version went from {} back to {}", os.version, ns.version),
         );
     }
+    for (file, before) in &old.file_options {
+        let Some(after) = new.file_options.get(file) else {
+            continue; // a file renamed or merged: its types are compared wherever they went
+        };
+        let names: std::collections::BTreeSet<&&str> = before.keys().chain(after.keys()).collect();
+        for option in names {
+            let (b, a) = (before.get(option), after.get(option));
+            if b != a {
+                let shown =
+                    |v: Option<&String>| v.map_or_else(|| "unset".to_owned(), |v| format!("{v:?}"));
+                r.add(
+                    FileOptionChanged,
+                    &ns.location,
+                    format!(
+                        "file {file}: option {option} changed from {} to {}: code generated from it in other languages moves or changes",
+                        shown(b),
+                        shown(a)
+                    ),
+                );
+            }
+        }
+    }
     if old.syntax != new.syntax {
         r.add(
             SyntaxChanged,
@@ -338,35 +367,44 @@ fn compare_contract(old: &Contract, new: &Contract, r: &mut Reporter<'_>) {
         let names = |a: &[crate::model::Audience]| {
             a.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
         };
-        if om.declared_audience.is_empty() {
-            if !nm.declared_audience.is_empty() && nm.audience() != om.audience() {
-                r.add(
-                    AudienceDeclared,
-                    &nm.location,
-                    format!(
-                        "{what} audience declared: [{}] (was the default, [BACKEND])",
-                        names(&nm.declared_audience)
-                    ),
-                );
+        // one rule whether the audience was declared or the default ([BACKEND]): a kind of
+        // caller that could call and no longer can is a break; one that gains access is a
+        // change to review when the default is replaced by a declaration
+        let lost: Vec<_> = om
+            .audience()
+            .into_iter()
+            .filter(|a| !nm.audience().contains(a))
+            .collect();
+        let was = |m: &crate::model::Method| {
+            if m.declared_audience.is_empty() {
+                "the default, [BACKEND]".to_owned()
+            } else {
+                format!("[{}]", names(&m.audience()))
             }
-        } else {
-            let lost: Vec<_> = om
-                .audience()
-                .into_iter()
-                .filter(|a| !nm.audience().contains(a))
-                .collect();
-            if !lost.is_empty() {
-                r.add(
-                    AudienceNarrowed,
-                    &nm.location,
-                    format!(
-                        "{what} audience narrowed from [{}] to [{}]: {} callers lose access",
-                        names(&om.audience()),
-                        names(&nm.audience()),
-                        names(&lost)
-                    ),
-                );
-            }
+        };
+        if !lost.is_empty() {
+            r.add(
+                AudienceNarrowed,
+                &nm.location,
+                format!(
+                    "{what} audience narrowed from {} to [{}]: {} callers lose access",
+                    was(om),
+                    names(&nm.audience()),
+                    names(&lost)
+                ),
+            );
+        } else if om.declared_audience.is_empty()
+            && !nm.declared_audience.is_empty()
+            && nm.audience() != om.audience()
+        {
+            r.add(
+                AudienceDeclared,
+                &nm.location,
+                format!(
+                    "{what} audience declared: [{}] (was the default, [BACKEND])",
+                    names(&nm.declared_audience)
+                ),
+            );
         }
         if let (Some(before), Some(after)) = (om.timeout_ms, nm.timeout_ms)
             && after < before
@@ -492,6 +530,30 @@ fn compare_message(old: &Message, new: &Message, r: &mut Reporter<'_>) {
                     place(&nf.oneof)
                 ),
             );
+        }
+        for (option, before, after) in [
+            ("jstype", &of.jstype, &nf.jstype),
+            ("ctype", &of.ctype, &nf.ctype),
+        ] {
+            if before != after {
+                let shown = |v: &str| {
+                    if v.is_empty() {
+                        "unset".to_owned()
+                    } else {
+                        v.to_owned()
+                    }
+                };
+                r.add(
+                    FieldTypeOptionChanged,
+                    &nf.location,
+                    format!(
+                        "field {name}.{} changed {option} from {} to {}: code in other languages reads it as another type",
+                        nf.name,
+                        shown(before),
+                        shown(after)
+                    ),
+                );
+            }
         }
         if nf.name == of.name && nf.json_name != of.json_name {
             r.add(

@@ -31,6 +31,7 @@ mod error;
 mod generate;
 mod load;
 pub mod model;
+pub mod release;
 pub mod scaffold;
 mod stubs;
 pub mod tenants;

@@ -743,6 +743,10 @@ impl Extractor<'_> {
             },
             messages,
             enums,
+            file_options: files
+                .iter()
+                .map(|f| (f.name().to_owned(), file_options(f)))
+                .collect(),
             syntax: files.first().map_or_else(String::new, |f| {
                 let proto = f.file_descriptor_proto();
                 match proto.syntax() {
@@ -1148,6 +1152,26 @@ impl Extractor<'_> {
                     .filter(|o| !o.is_synthetic())
                     .map(|o| o.name().to_owned()),
                 json_name: f.json_name().to_owned(),
+                jstype: f
+                    .field_descriptor_proto()
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.jstype)
+                    .map(|v| {
+                        prost_types::field_options::JsType::try_from(v)
+                            .map_or_else(|_| v.to_string(), |t| t.as_str_name().to_owned())
+                    })
+                    .unwrap_or_default(),
+                ctype: f
+                    .field_descriptor_proto()
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.ctype)
+                    .map(|v| {
+                        prost_types::field_options::CType::try_from(v)
+                            .map_or_else(|_| v.to_string(), |t| t.as_str_name().to_owned())
+                    })
+                    .unwrap_or_default(),
                 location: self.locate(file, f.path()),
             })
             .collect();
@@ -1187,6 +1211,44 @@ impl Extractor<'_> {
             location: self.locate(file, e.path()),
         }
     }
+}
+
+/// The standard options `file` sets, by name, as text (buf's FILE_SAME_* rules).
+fn file_options(file: &FileDescriptor) -> BTreeMap<&'static str, String> {
+    let mut set = BTreeMap::new();
+    let Some(o) = file.file_descriptor_proto().options.as_ref() else {
+        return set;
+    };
+    let mut text = |name: &'static str, value: Option<String>| {
+        if let Some(value) = value {
+            set.insert(name, value);
+        }
+    };
+    let flag = |value: Option<bool>| value.map(|b| b.to_string());
+    text("go_package", o.go_package.clone());
+    text("java_package", o.java_package.clone());
+    text("java_outer_classname", o.java_outer_classname.clone());
+    text("java_multiple_files", flag(o.java_multiple_files));
+    text("java_string_check_utf8", flag(o.java_string_check_utf8));
+    text("java_generic_services", flag(o.java_generic_services));
+    text("cc_generic_services", flag(o.cc_generic_services));
+    text("py_generic_services", flag(o.py_generic_services));
+    text("cc_enable_arenas", flag(o.cc_enable_arenas));
+    text("csharp_namespace", o.csharp_namespace.clone());
+    text("objc_class_prefix", o.objc_class_prefix.clone());
+    text("php_class_prefix", o.php_class_prefix.clone());
+    text("php_namespace", o.php_namespace.clone());
+    text("php_metadata_namespace", o.php_metadata_namespace.clone());
+    text("ruby_package", o.ruby_package.clone());
+    text("swift_prefix", o.swift_prefix.clone());
+    text(
+        "optimize_for",
+        o.optimize_for.map(|v| {
+            prost_types::file_options::OptimizeMode::try_from(v)
+                .map_or_else(|_| v.to_string(), |m| m.as_str_name().to_owned())
+        }),
+    );
+    set
 }
 
 fn field_type(field: &FieldDescriptor) -> String {

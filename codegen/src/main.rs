@@ -88,7 +88,8 @@ enum Cmd {
 #[derive(Subcommand)]
 enum BaselineCmd {
     /// Rewrites the baseline from the contracts as they are now. Run it when releasing, never to
-    /// silence a failing check.
+    /// silence a failing check: it lists every breaking change the new baseline would absorb
+    /// and refuses to write it unless `--accept-breaking` says so.
     Update {
         /// The contracts folder.
         #[arg(long, default_value = "contracts")]
@@ -96,6 +97,14 @@ enum BaselineCmd {
         /// Where to write it (default `<contracts>/baseline.binpb`).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The release this baseline is (`v0.11.0`): written with the baseline's digest into
+        /// its record (`baseline.release`), without which `check` refuses the baseline.
+        #[arg(long)]
+        release: String,
+        /// Writes it even though it absorbs breaking changes (a release that breaks on
+        /// purpose; the changes are listed).
+        #[arg(long)]
+        accept_breaking: bool,
     },
 }
 
@@ -149,16 +158,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Baseline {
-            command: BaselineCmd::Update { contracts, out },
+            command:
+                BaselineCmd::Update {
+                    contracts,
+                    out,
+                    release,
+                    accept_breaking,
+                },
         } => {
+            if !mesh_codegen::release::valid_version(&release) {
+                bail!(
+                    "--release {release:?}: a release is `v` and a semantic version, e.g. v0.11.0"
+                );
+            }
             let set = mesh_codegen::load(&contracts)?;
             let out = out.unwrap_or_else(|| contracts.join(BASELINE_FILE));
-            std::fs::write(&out, set.baseline())
+            if out.exists() {
+                let previous = mesh_codegen::load_baseline(&out)
+                    .with_context(|| format!("loading the baseline {}", out.display()))?;
+                let changes = mesh_codegen::compare(&previous, &set);
+                let breaking: Vec<_> = changes
+                    .iter()
+                    .filter(|c| c.kind.severity() == Severity::Breaking)
+                    .collect();
+                if !breaking.is_empty() {
+                    eprintln!(
+                        "the new baseline absorbs {} breaking change(s) against {}:",
+                        breaking.len(),
+                        out.display()
+                    );
+                    for change in &breaking {
+                        eprintln!("  {change}");
+                    }
+                    if !accept_breaking {
+                        eprintln!(
+                            "not written: a break goes into a new major; a release that breaks on purpose says so with --accept-breaking"
+                        );
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    eprintln!("written anyway (--accept-breaking)");
+                }
+            }
+            let baseline = set.baseline();
+            std::fs::write(&out, &baseline)
                 .with_context(|| format!("writing {}", out.display()))?;
+            let record = mesh_codegen::release::record_path(&out);
+            std::fs::write(&record, mesh_codegen::release::record(&release, &baseline))
+                .with_context(|| format!("writing {}", record.display()))?;
             println!(
-                "wrote the baseline of {} contract(s) to {}",
+                "wrote the baseline of {} contract(s) to {}, release {release} (record {})",
                 set.contracts.len(),
-                out.display()
+                out.display(),
+                record.display()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -171,11 +222,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             error_format,
         } => {
             let head = mesh_codegen::load(&contracts)?;
-            println!(
+            // with --error-format json, standard output holds the one JSON array and nothing
+            // else: what is said besides goes to standard error
+            let json = error_format == ErrorFormat::Json;
+            let say = |line: String| {
+                if json {
+                    eprintln!("{line}");
+                } else {
+                    println!("{line}");
+                }
+            };
+            say(format!(
                 "{} contract(s) valid in {}",
                 head.contracts.len(),
                 contracts.display()
-            );
+            ));
             let mut failed = false;
             if let Some(dir) = tenants {
                 let uses = mesh_codegen::tenants::tenant_uses(&dir)?;
@@ -194,10 +255,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
                 if missing.is_empty() {
-                    println!(
+                    say(format!(
                         "every contract major the tenants in {} run exists",
                         dir.display()
-                    );
+                    ));
                 }
                 failed |= !missing.is_empty();
             }
@@ -213,7 +274,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(rev), _) => {
                     scratch = tempfile::tempdir()?;
                     if !export_from_git(&contracts, &rev, scratch.path())? {
-                        println!("{rev} has no contracts folder; nothing to compare against");
+                        say(format!(
+                            "{rev} has no contracts folder; nothing to compare against"
+                        ));
+                        if json {
+                            println!("[]");
+                        }
                         return Ok(exit(failed));
                     }
                     (
@@ -224,6 +290,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )
                 }
                 (None, None, Some(path)) => {
+                    // the repository's own baseline is only the reference if a release wrote it
+                    if path.is_none() {
+                        let path = contracts.join(BASELINE_FILE);
+                        match mesh_codegen::release::verify(&path) {
+                            Ok(version) => say(format!(
+                                "{} is the baseline of release {version}",
+                                path.display()
+                            )),
+                            Err(problem) => {
+                                eprintln!("{problem}");
+                                if json {
+                                    println!("[]");
+                                }
+                                return Ok(ExitCode::FAILURE);
+                            }
+                        }
+                    }
                     let path = path.unwrap_or_else(|| contracts.join(BASELINE_FILE));
                     (
                         mesh_codegen::load_baseline(&path)
@@ -231,7 +314,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         path.display().to_string(),
                     )
                 }
-                (None, None, None) => return Ok(exit(failed)),
+                (None, None, None) => {
+                    if json {
+                        println!("[]");
+                    }
+                    return Ok(exit(failed));
+                }
             };
             let mut changes = mesh_codegen::compare(&base, &head);
             // an element deleted since a git revision is pointed at in that revision

@@ -27,6 +27,10 @@ pub struct Contract {
     pub enums: BTreeMap<String, Enum>,
     /// `syntax` of its files: `proto3`, `proto2` (also when unset) or `editions`.
     pub syntax: String,
+    /// Per file of the folder: the standard file options it sets (`go_package`,
+    /// `java_package`, `optimize_for`, ...), by option name, as text. Generated code in other
+    /// languages is named by them: changing one breaks its users (buf's FILE rules).
+    pub file_options: BTreeMap<String, BTreeMap<&'static str, String>>,
 }
 
 impl Contract {
@@ -199,6 +203,11 @@ pub struct Field {
     pub oneof: Option<String>,
     /// Its name in JSON (`json_name`, by default the name in lowerCamelCase).
     pub json_name: String,
+    /// `jstype` as set (`JS_STRING`), empty when unset: JavaScript reads the field as
+    /// another type when it changes.
+    pub jstype: String,
+    /// `ctype` as set (`CORD`), empty when unset: C++ code reads it as another type.
+    pub ctype: String,
     /// Where it is declared.
     pub location: Location,
 }

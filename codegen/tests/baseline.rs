@@ -50,9 +50,10 @@ fn released() -> tempfile::TempDir {
     git(dir, &["init", "-q", "-b", "main"]);
     write(dir, "contracts/thing/v1/thing.proto", &thing(&[]));
     write(dir, "README.md", "thing\n");
-    let out = codegen(&["baseline", "update"], dir);
+    let out = codegen(&["baseline", "update", "--release", "v0.1.0"], dir);
     assert!(out.status.success(), "{}", text(&out));
     assert!(dir.join("contracts/baseline.binpb").exists());
+    assert!(dir.join("contracts/baseline.release").exists());
     git(dir, &["add", "-A"]);
     git(dir, &["commit", "-q", "-m", "release"]);
     repo
@@ -164,8 +165,17 @@ fn removing_a_major_a_tenant_runs_is_refused() {
     assert!(!said.contains("market.toml"), "{said}");
     assert!(said.contains("ContractRemoved"), "{said}");
 
-    // even after a baseline update, the tenant check alone still refuses it
-    let update = codegen(&["baseline", "update"], dir);
+    // even after a release that accepts the break, the tenant check alone still refuses it
+    let update = codegen(
+        &[
+            "baseline",
+            "update",
+            "--release",
+            "v0.2.0",
+            "--accept-breaking",
+        ],
+        dir,
+    );
     assert!(update.status.success(), "{}", text(&update));
     let out = codegen(
         &["check", "--tenants", "tenants", "--against-baseline"],
@@ -188,7 +198,19 @@ fn a_file_that_is_no_baseline_is_refused_by_name() {
         "contracts/baseline.binpb",
         "not protobuf at all \u{7}\u{0}",
     );
-    let out = codegen(&["check", "--against-baseline"], dir);
+    // as the repository's own, its release record refuses it first
+    let own = codegen(&["check", "--against-baseline"], dir);
+    assert_eq!(own.status.code(), Some(1), "{}", text(&own));
+    assert!(
+        text(&own).contains("contracts/baseline.binpb is not the baseline release v0.1.0 wrote"),
+        "{}",
+        text(&own)
+    );
+    // named explicitly, it is read as a baseline, and refused as none
+    let out = codegen(
+        &["check", "--against-baseline", "contracts/baseline.binpb"],
+        dir,
+    );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("contracts/baseline.binpb"),
@@ -207,4 +229,119 @@ fn the_repository_baseline_is_current_for_its_contracts() {
     assert!(changes.is_empty(), "{changes:#?}");
     let released: Vec<&str> = baseline.contracts.iter().map(|c| c.dir.as_str()).collect();
     assert!(released.contains(&"order/v2"), "{released:?}");
+}
+
+/// A break absorbed by the baseline never passes unseen: `baseline update` lists it and
+/// refuses without `--accept-breaking`, and a baseline changed any other way (here: written in
+/// a second commit over the break of the first, without a release) fails `check`, as CI runs it
+/// (`.ci/contracts`).
+#[test]
+fn a_baseline_that_absorbs_a_break_is_a_release_or_refused() {
+    let repo = released();
+    let dir = repo.path();
+    let removed = thing(&[(
+        "{THING_FIELDS}",
+        &THING_FIELDS.replace("  int64 size = 2;", ""),
+    )]);
+    write(dir, "contracts/thing/v1/thing.proto", &removed);
+    git(dir, &["commit", "-q", "-am", "drop size"]);
+    let before = std::fs::read(dir.join("contracts/baseline.binpb")).unwrap();
+
+    // the update lists what it would absorb, and refuses
+    let refused = codegen(&["baseline", "update", "--release", "v0.2.0"], dir);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let said = text(&refused);
+    assert!(said.contains("absorbs 1 breaking change(s)"), "{said}");
+    assert!(said.contains("FieldRemoved"), "{said}");
+    assert!(said.contains("--accept-breaking"), "{said}");
+    assert_eq!(
+        std::fs::read(dir.join("contracts/baseline.binpb")).unwrap(),
+        before
+    );
+
+    // the second commit of the submission writes the baseline another way (a copy made
+    // elsewhere): CI's check refuses a baseline no release wrote
+    let elsewhere = dir.join("elsewhere.binpb");
+    let out = codegen(
+        &[
+            "baseline",
+            "update",
+            "--release",
+            "v0.2.0",
+            "--accept-breaking",
+            "--out",
+            elsewhere.to_str().unwrap(),
+        ],
+        dir,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::copy(&elsewhere, dir.join("contracts/baseline.binpb")).unwrap();
+    std::fs::remove_file(&elsewhere).unwrap();
+    std::fs::remove_file(dir.join("elsewhere.release")).unwrap();
+    git(dir, &["commit", "-q", "-am", "update the baseline"]);
+    write(dir, "tenants/_defaults.toml", "");
+    let ci = Command::new("bash")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/contracts"))
+        .env("MESH_CODEGEN", env!("CARGO_BIN_EXE_mesh-codegen"))
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert_eq!(ci.status.code(), Some(1), "{}", text(&ci));
+    let said = text(&ci);
+    assert!(
+        said.contains("is not the baseline release v0.1.0 wrote"),
+        "{said}"
+    );
+
+    // a release that breaks on purpose says so, and is then the reference
+    let release = codegen(
+        &[
+            "baseline",
+            "update",
+            "--release",
+            "v1.0.0",
+            "--accept-breaking",
+        ],
+        dir,
+    );
+    assert!(release.status.success(), "{}", text(&release));
+    assert!(
+        text(&release).contains("release v1.0.0"),
+        "{}",
+        text(&release)
+    );
+    let record = std::fs::read_to_string(dir.join("contracts/baseline.release")).unwrap();
+    assert!(record.contains("version = \"v1.0.0\""), "{record}");
+    let check = codegen(&["check", "--against-baseline"], dir);
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(
+        text(&check).contains("is the baseline of release v1.0.0"),
+        "{}",
+        text(&check)
+    );
+    // a release is `v` and a semantic version
+    let bad = codegen(&["baseline", "update", "--release", "soon"], dir);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+}
+
+/// `--error-format json` prints the one JSON array on standard output, and nothing else.
+#[test]
+fn json_output_is_only_json() {
+    let repo = released();
+    let dir = repo.path();
+    let removed = thing(&[(
+        "{THING_FIELDS}",
+        &THING_FIELDS.replace("  int64 size = 2;", ""),
+    )]);
+    write(dir, "contracts/thing/v1/thing.proto", &removed);
+    for args in [
+        &["check", "--against-baseline", "--error-format", "json"][..],
+        &["check", "--error-format", "json"][..],
+    ] {
+        let out = codegen(args, dir);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let parsed: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is not one JSON value ({e}): {stdout:?}"));
+        assert!(parsed.is_array(), "{parsed}");
+    }
 }

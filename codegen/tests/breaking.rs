@@ -513,7 +513,7 @@ fn changed_degraded_answer_and_lowered_timeout_are_warnings() {
 }
 
 #[test]
-fn narrowing_a_declared_audience_is_breaking_declaring_one_is_a_warning() {
+fn narrowing_an_audience_declared_or_default_is_breaking_widening_one_is_a_warning() {
     let with = |audience: &str| {
         thing(&[(
             "{RPCS}",
@@ -528,7 +528,9 @@ fn narrowing_a_declared_audience_is_breaking_declaring_one_is_a_warning() {
     let user_and_backend = with("audience: [USER, BACKEND]");
     let user = with("audience: USER");
     let everyone = with("audience: [USER, BACKEND, NODE]");
-    assert_eq!(kinds(&unset, &user), [AudienceDeclared]);
+    // the default is [BACKEND]: a declaration without it narrows, as any other would
+    assert_eq!(kinds(&unset, &user), [AudienceNarrowed]);
+    assert_eq!(kinds(&unset, &user_and_backend), [AudienceDeclared]);
     assert_eq!(AudienceDeclared.severity(), mesh_codegen::Severity::Warning);
     // declaring the default itself changes nothing
     assert_eq!(kinds(&unset, &with("audience: BACKEND")), []);
@@ -650,4 +652,54 @@ fn cli_error_formats_for_tools_and_pull_requests_and_warnings_pass() {
         ),
         "{stderr}"
     );
+}
+
+/// buf's FILE rules and FIELD_SAME_JSTYPE / FIELD_SAME_CTYPE: options that name or shape the
+/// code other languages generate.
+#[test]
+fn file_options_and_field_type_options_are_breaking() {
+    let with_options = |options: &str| {
+        thing(&[]).replace(
+            "package thing.v1;",
+            &format!("package thing.v1;\n{options}"),
+        )
+    };
+    let base = with_options("option go_package = \"example.com/thing/v1\";");
+    let moved = with_options("option go_package = \"example.com/things/v1\";");
+    assert_eq!(kinds(&base, &moved), [FileOptionChanged]);
+    let (_b, b) = load_thing(&base);
+    let (_h, h) = load_thing(&moved);
+    let report = compare(&b.unwrap(), &h.unwrap());
+    assert!(
+        report[0].message.contains(
+            "option go_package changed from \"example.com/thing/v1\" to \"example.com/things/v1\""
+        ),
+        "{}",
+        report[0]
+    );
+    // set where it was unset, and unset where it was set
+    let java = with_options(
+        "option go_package = \"example.com/thing/v1\";\noption java_multiple_files = true;",
+    );
+    assert_eq!(kinds(&base, &java), [FileOptionChanged]);
+    assert_eq!(kinds(&java, &base), [FileOptionChanged]);
+    let speed = with_options(
+        "option go_package = \"example.com/thing/v1\";\noption optimize_for = CODE_SIZE;",
+    );
+    assert_eq!(kinds(&base, &speed), [FileOptionChanged]);
+    assert_eq!(kinds(&base, &base), []);
+    assert_eq!(
+        FileOptionChanged.severity(),
+        mesh_codegen::Severity::Breaking
+    );
+
+    // int64 read as a string by JavaScript, then as a number
+    let plain = fields("  int64 size = 2;", "  int64 size = 2;");
+    let as_string = fields(
+        "  int64 size = 2;",
+        "  int64 size = 2 [jstype = JS_STRING];",
+    );
+    assert_eq!(kinds(&plain, &as_string), [FieldTypeOptionChanged]);
+    assert_eq!(kinds(&as_string, &plain), [FieldTypeOptionChanged]);
+    assert_eq!(kinds(&as_string, &as_string), []);
 }

@@ -5,7 +5,7 @@
 //! `MESH_STATE_REDIS_PREFIX`,
 //! `MESH_TELEMETRY_OTLP_ENDPOINT`,
 //! `MESH_TELEMETRY_CONSOLE`, `MESH_TELEMETRY_EXPORT_INTERVAL_MS`,
-//! `MESH_TELEMETRY_PROMETHEUS_LISTEN`, `MESH_FRONT_DOOR_MAX_CONNECTIONS`,
+//! `MESH_TELEMETRY_PROMETHEUS_LISTEN`, `MESH_TELEMETRY_LOG_FORMAT`, `MESH_FRONT_DOOR_MAX_CONNECTIONS`,
 //! `MESH_FRONT_DOOR_IDLE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_KEEPALIVE_INTERVAL_SECS`,
 //! `MESH_FRONT_DOOR_KEEPALIVE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_CONNECTION`,
 //! `MESH_FRONT_DOOR_WORKER_CONNECTIONS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_WORKER`,
@@ -155,6 +155,32 @@ pub struct TelemetryConfig {
     /// every worker's); a worker started alone (one per pod) serves its own.
     #[serde(default)]
     pub prometheus_listen: Option<String>,
+    /// How log lines are written on stderr: `text` (for people) or `json` (one object per
+    /// line, with the trace and span ids of the request and the process that wrote it, for a
+    /// log pipeline).
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// How a process writes its log lines.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`, the event's
+    /// fields, `span`, `trace_id`, `span_id`, `service`, `group`, `pid`.
+    Json,
+}
+
+impl LogFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 fn default_export_interval_ms() -> u64 {
@@ -168,6 +194,7 @@ impl Default for TelemetryConfig {
             console: false,
             export_interval_ms: default_export_interval_ms(),
             prometheus_listen: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -181,6 +208,10 @@ impl TelemetryConfig {
             (
                 "MESH_TELEMETRY_EXPORT_INTERVAL_MS".into(),
                 self.export_interval_ms.to_string(),
+            ),
+            (
+                "MESH_TELEMETRY_LOG_FORMAT".into(),
+                self.log_format.as_str().into(),
             ),
         ];
         if let Some(endpoint) = &self.otlp_endpoint {
@@ -198,7 +229,8 @@ impl TelemetryConfig {
     }
 
     /// Reads `MESH_TELEMETRY_OTLP_ENDPOINT`, `MESH_TELEMETRY_CONSOLE`,
-    /// `MESH_TELEMETRY_EXPORT_INTERVAL_MS` and `MESH_TELEMETRY_PROMETHEUS_LISTEN`.
+    /// `MESH_TELEMETRY_EXPORT_INTERVAL_MS`, `MESH_TELEMETRY_PROMETHEUS_LISTEN` and
+    /// `MESH_TELEMETRY_LOG_FORMAT`.
     pub fn from_env() -> Result<Self, ConfigError> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let invalid = |name: &str, value: &str| {
@@ -222,6 +254,13 @@ impl TelemetryConfig {
             config.export_interval_ms = v
                 .parse()
                 .map_err(|_| invalid("MESH_TELEMETRY_EXPORT_INTERVAL_MS", &v))?;
+        }
+        if let Some(v) = var("MESH_TELEMETRY_LOG_FORMAT") {
+            config.log_format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err(invalid("MESH_TELEMETRY_LOG_FORMAT (text or json)", &v)),
+            };
         }
         Ok(config)
     }
@@ -493,6 +532,7 @@ mod tests {
             console: true,
             export_interval_ms: 250,
             prometheus_listen: Some("0.0.0.0:9464".into()),
+            log_format: LogFormat::Json,
         };
         let env = config.to_env();
         let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
@@ -501,6 +541,7 @@ mod tests {
             Some("http://127.0.0.1:4317")
         );
         assert_eq!(get("MESH_TELEMETRY_CONSOLE"), Some("true"));
+        assert_eq!(get("MESH_TELEMETRY_LOG_FORMAT"), Some("json"));
         assert_eq!(get("MESH_TELEMETRY_EXPORT_INTERVAL_MS"), Some("250"));
         assert_eq!(
             get("MESH_TELEMETRY_PROMETHEUS_LISTEN"),

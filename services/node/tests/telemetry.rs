@@ -314,6 +314,7 @@ async fn message_service_process() {
             console: false,
             export_interval_ms: 200,
             prometheus_listen: None,
+            log_format: Default::default(),
         },
         "warn",
     )
@@ -452,6 +453,7 @@ async fn one_request_is_one_trace_across_http2_the_queue_and_two_processes() {
             console: false,
             export_interval_ms: 200,
             prometheus_listen: None,
+            log_format: Default::default(),
         },
         "warn",
     )

@@ -11,11 +11,12 @@ use opentelemetry_sdk::{
     trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider},
 };
 use tracing_subscriber::{
-    EnvFilter, Layer, filter::Targets, fmt::format::FmtSpan, layer::SubscriberExt,
+    EnvFilter, Layer, Registry, filter::Targets, fmt::format::FmtSpan, layer::SubscriberExt,
     util::SubscriberInitExt,
 };
 
-pub use mesh_config::deploy::TelemetryConfig;
+use crate::json_log::JsonLines;
+pub use mesh_config::deploy::{LogFormat, TelemetryConfig};
 
 /// Why telemetry could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -159,20 +160,23 @@ pub fn init_as(
         field: "RUST_LOG".into(),
         message: format!("{directives:?}: {e}"),
     })?;
+    let json = (config.log_format == LogFormat::Json).then(|| JsonLines::new(process));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_span_events(if config.console {
             FmtSpan::CLOSE
         } else {
             FmtSpan::NONE
-        })
-        .with_filter(logs);
+        });
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match &json {
+        Some(json) => fmt.event_format(json.clone()).with_filter(logs).boxed(),
+        None => fmt.with_filter(logs).boxed(),
+    };
     let mut telemetry = Telemetry::default();
     let resource = process.resource();
     let interval = Duration::from_millis(config.export_interval_ms.max(10));
     let mut meter = SdkMeterProvider::builder().with_resource(resource.clone());
     let otel = match &config.otlp_endpoint {
-        None => None,
         Some(endpoint) => {
             let failed = |e: &dyn std::fmt::Display| TelemetryError::Exporter {
                 endpoint: endpoint.clone(),
@@ -209,18 +213,19 @@ pub fn init_as(
                     .with_interval(interval)
                     .build(),
             );
-            // only what the README lists: no source locations (always this crate's layer), no
-            // thread names or busy/idle timings on every span
-            let layer = tracing_opentelemetry::layer()
-                .with_tracer(tracer.tracer("mesh"))
-                .with_location(false)
-                .with_threads(false)
-                .with_tracked_inactivity(false)
-                .with_target(false)
-                .with_filter(Targets::new().with_target(MESH_SPANS, tracing::Level::INFO));
+            let layer = mesh_spans(&tracer);
             telemetry.tracer = Some(tracer);
             Some(layer)
         }
+        // JSON lines carry each request's trace and span ids: the spans get them (from the
+        // caller's traceparent, or new) even when nothing is exported
+        None if json.is_some() => {
+            let tracer = SdkTracerProvider::builder().with_resource(resource).build();
+            let layer = mesh_spans(&tracer);
+            telemetry.tracer = Some(tracer);
+            Some(layer)
+        }
+        None => None,
     };
     // the same instruments, read by a Prometheus scrape (crate::scrape)
     if config.prometheus_listen.is_some() {
@@ -242,5 +247,32 @@ pub fn init_as(
         .with(otel)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    if let Some(json) = &json {
+        // the JSON lines read each span's trace from the OpenTelemetry layer through it
+        let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::downgrade);
+        let _ = json.dispatcher().set(dispatch);
+    }
     Ok(telemetry)
+}
+
+/// The OpenTelemetry layer of the mesh's own spans (`mesh::rpc`, `mesh::event`), with only
+/// what the README lists: no source locations (always this crate's layer), no thread names or
+/// busy/idle timings on every span.
+fn mesh_spans<S>(
+    tracer: &SdkTracerProvider,
+) -> tracing_subscriber::filter::Filtered<
+    tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>,
+    Targets,
+    S,
+>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer.tracer("mesh"))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_target(false)
+        .with_filter(Targets::new().with_target(MESH_SPANS, tracing::Level::INFO))
 }

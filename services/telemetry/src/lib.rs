@@ -19,12 +19,13 @@
 //! Nothing here knows a particular service: names come from the contract catalogue.
 
 mod config;
+mod json_log;
 mod layer;
 pub mod metrics;
 pub mod outage;
 mod propagation;
 pub mod scrape;
 
-pub use config::{Process, Telemetry, TelemetryConfig, TelemetryError, init, init_as};
+pub use config::{LogFormat, Process, Telemetry, TelemetryConfig, TelemetryError, init, init_as};
 pub use layer::{Outcome, Side, TraceLayer, Traced, TracedBody, is_error};
 pub use propagation::{Destination, EventTrace, carry, continue_trace, parent_of, trace_of};

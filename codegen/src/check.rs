@@ -97,6 +97,9 @@ pub enum BreakingKind {
     /// A method declared its `audience` for the first time (it was the BACKEND default): who
     /// may call it changes, deliberately. A warning: review who loses access.
     AudienceDeclared,
+    /// A declared `audience` gained a kind of caller (end users may now call a backend
+    /// method): a warning, to review who gains access.
+    AudienceWidened,
 }
 
 /// How a change is treated: a breaking one fails `check`; a warning is reported and passes.
@@ -114,7 +117,8 @@ impl BreakingKind {
         match self {
             BreakingKind::DegradedAnswerChanged
             | BreakingKind::TimeoutLowered
-            | BreakingKind::AudienceDeclared => Severity::Warning,
+            | BreakingKind::AudienceDeclared
+            | BreakingKind::AudienceWidened => Severity::Warning,
             _ => Severity::Breaking,
         }
     }
@@ -391,6 +395,22 @@ fn compare_contract(old: &Contract, new: &Contract, r: &mut Reporter<'_>) {
                     was(om),
                     names(&nm.audience()),
                     names(&lost)
+                ),
+            );
+        } else if !om.declared_audience.is_empty() && nm.audience().len() > om.audience().len() {
+            let gained: Vec<_> = nm
+                .audience()
+                .into_iter()
+                .filter(|a| !om.audience().contains(a))
+                .collect();
+            r.add(
+                AudienceWidened,
+                &nm.location,
+                format!(
+                    "{what} audience widened from [{}] to [{}]: {} callers gain access",
+                    names(&om.audience()),
+                    names(&nm.audience()),
+                    names(&gained)
                 ),
             );
         } else if om.declared_audience.is_empty()

@@ -1161,6 +1161,7 @@ impl Extractor<'_> {
                         prost_types::field_options::JsType::try_from(v)
                             .map_or_else(|_| v.to_string(), |t| t.as_str_name().to_owned())
                     })
+                    .filter(|t| t != "JS_NORMAL")
                     .unwrap_or_default(),
                 ctype: f
                     .field_descriptor_proto()
@@ -1171,6 +1172,7 @@ impl Extractor<'_> {
                         prost_types::field_options::CType::try_from(v)
                             .map_or_else(|_| v.to_string(), |t| t.as_str_name().to_owned())
                     })
+                    .filter(|t| t != "STRING")
                     .unwrap_or_default(),
                 location: self.locate(file, f.path()),
             })
@@ -1248,6 +1250,21 @@ fn file_options(file: &FileDescriptor) -> BTreeMap<&'static str, String> {
                 .map_or_else(|_| v.to_string(), |m| m.as_str_name().to_owned())
         }),
     );
+    // an option set to its default says what leaving it unset says (buf compares effective
+    // values): `optimize_for = SPEED` where there was none changes nothing
+    for (name, default) in [
+        ("java_multiple_files", "false"),
+        ("java_string_check_utf8", "false"),
+        ("java_generic_services", "false"),
+        ("cc_generic_services", "false"),
+        ("py_generic_services", "false"),
+        ("cc_enable_arenas", "true"),
+        ("optimize_for", "SPEED"),
+    ] {
+        if set.get(name).is_some_and(|v| v == default) {
+            set.remove(name);
+        }
+    }
     set
 }
 

@@ -319,6 +319,30 @@ fn a_baseline_that_absorbs_a_break_is_a_release_or_refused() {
         "{}",
         text(&check)
     );
+    // in CI, the release's breaking changes against the baseline it replaced are listed, and
+    // refused unless the release is tagged
+    git(dir, &["commit", "-q", "-am", "release v1.0.0"]);
+    let contracts_ci = |dir: &Path| {
+        Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/contracts"))
+            .env("MESH_CODEGEN", env!("CARGO_BIN_EXE_mesh-codegen"))
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    };
+    let untagged = contracts_ci(dir);
+    assert_eq!(untagged.status.code(), Some(1), "{}", text(&untagged));
+    let said = text(&untagged);
+    assert!(said.contains("FieldRemoved"), "{said}");
+    assert!(said.contains("is not tagged v1.0.0"), "{said}");
+    git(dir, &["tag", "v1.0.0"]);
+    let tagged = contracts_ci(dir);
+    assert!(tagged.status.success(), "{}", text(&tagged));
+    assert!(
+        text(&tagged).contains("absorbed the breaking changes above, and is tagged v1.0.0"),
+        "{}",
+        text(&tagged)
+    );
     // a release is `v` and a semantic version
     let bad = codegen(&["baseline", "update", "--release", "soon"], dir);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));

@@ -539,7 +539,13 @@ fn narrowing_an_audience_declared_or_default_is_breaking_widening_one_is_a_warni
         AudienceNarrowed.severity(),
         mesh_codegen::Severity::Breaking
     );
-    assert_eq!(kinds(&user_and_backend, &everyone), []);
+    // a declared audience that gains a kind of caller: a warning, to review who gains access
+    assert_eq!(kinds(&user_and_backend, &everyone), [AudienceWidened]);
+    assert_eq!(
+        kinds(&with("audience: BACKEND"), &user_and_backend),
+        [AudienceWidened]
+    );
+    assert_eq!(AudienceWidened.severity(), mesh_codegen::Severity::Warning);
     let (_b, base) = load_thing(&user_and_backend);
     let (_h, head) = load_thing(&user);
     let report = compare(&base.unwrap(), &head.unwrap());
@@ -687,6 +693,11 @@ fn file_options_and_field_type_options_are_breaking() {
         "option go_package = \"example.com/thing/v1\";\noption optimize_for = CODE_SIZE;",
     );
     assert_eq!(kinds(&base, &speed), [FileOptionChanged]);
+    // an option set to its default changes nothing (buf compares effective values)
+    let explicit = with_options(
+        "option go_package = \"example.com/thing/v1\";\noption optimize_for = SPEED;\noption java_multiple_files = false;",
+    );
+    assert_eq!(kinds(&base, &explicit), []);
     assert_eq!(kinds(&base, &base), []);
     assert_eq!(
         FileOptionChanged.severity(),
@@ -702,4 +713,9 @@ fn file_options_and_field_type_options_are_breaking() {
     assert_eq!(kinds(&plain, &as_string), [FieldTypeOptionChanged]);
     assert_eq!(kinds(&as_string, &plain), [FieldTypeOptionChanged]);
     assert_eq!(kinds(&as_string, &as_string), []);
+    let normal = fields(
+        "  int64 size = 2;",
+        "  int64 size = 2 [jstype = JS_NORMAL];",
+    );
+    assert_eq!(kinds(&plain, &normal), []);
 }

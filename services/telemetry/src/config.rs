@@ -247,11 +247,6 @@ pub fn init_as(
         .with(otel)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
-    if let Some(json) = &json {
-        // the JSON lines read each span's trace from the OpenTelemetry layer through it
-        let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::downgrade);
-        let _ = json.dispatcher().set(dispatch);
-    }
     Ok(telemetry)
 }
 

@@ -3,22 +3,20 @@
 //! a line) and the process that wrote it (a node runs a front door and a worker per group).
 //!
 //! ```json
-//! {"timestamp":"2026-12-07T04:50:00.123456Z","level":"WARN","target":"mesh_message",
-//!  "message":"push failed","fields":{"user":"bob"},"span":"rpc",
-//!  "trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7",
-//!  "service":"mesh-worker","group":"shared","pid":4242}
+//! {"fields":{"user":"bob"},"group":"shared","level":"WARN","message":"push failed",
+//!  "pid":4242,"service":"mesh-worker","span":"rpc","span_id":"00f067aa0ba902b7",
+//!  "target":"mesh_message","timestamp":"2026-12-07T04:50:00.123456Z",
+//!  "trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}
 //! ```
+//!
+//! (Keys in alphabetical order.)
 
-use std::{
-    fmt,
-    sync::{Arc, OnceLock},
-};
+use std::fmt;
 
 use opentelemetry::trace::TraceContextExt as _;
 use serde_json::{Map, Value};
 use tracing::{
     Event, Subscriber,
-    dispatcher::WeakDispatch,
     field::{Field, Visit},
 };
 use tracing_subscriber::{
@@ -32,14 +30,15 @@ use tracing_subscriber::{
 
 use crate::Process;
 
-/// The JSON event format. The trace of a span is read from the OpenTelemetry layer through
-/// the process's dispatcher, handed over once it exists ([`JsonLines::dispatcher`]).
+/// The JSON event format. A line's trace is the OpenTelemetry context current when it is
+/// written: the tracing-opentelemetry layer makes a request span's context current while the
+/// span is entered, whatever the log filter lets through (the default `warn` filter drops the
+/// INFO request spans from the log's own view of the span scope).
 #[derive(Clone)]
 pub(crate) struct JsonLines {
     service: String,
     group: Option<String>,
     pid: u32,
-    dispatch: Arc<OnceLock<WeakDispatch>>,
 }
 
 impl JsonLines {
@@ -52,36 +51,21 @@ impl JsonLines {
                 .find(|(key, _)| *key == "mesh.worker.group")
                 .map(|(_, value)| value.clone()),
             pid: std::process::id(),
-            dispatch: Arc::default(),
         }
     }
+}
 
-    /// Where to put the process's dispatcher once it is built.
-    pub(crate) fn dispatcher(&self) -> Arc<OnceLock<WeakDispatch>> {
-        self.dispatch.clone()
-    }
-
-    /// The trace and span ids of the nearest span OpenTelemetry tracks, innermost first.
-    fn trace_of<S>(
-        &self,
-        ctx: &FmtContext<'_, S, impl for<'a> FormatFields<'a> + 'static>,
-    ) -> Option<(String, String)>
-    where
-        S: Subscriber + for<'a> LookupSpan<'a>,
-    {
-        let dispatch = self.dispatch.get()?.upgrade()?;
-        ctx.event_scope()?.find_map(|span| {
-            let cx = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
-            let span = cx.span();
-            let context = span.span_context();
-            context.is_valid().then(|| {
-                (
-                    context.trace_id().to_string(),
-                    context.span_id().to_string(),
-                )
-            })
-        })
-    }
+/// The trace and span ids of the OpenTelemetry context current on this thread, if any.
+fn current_trace() -> Option<(String, String)> {
+    let cx = opentelemetry::Context::current();
+    let span = cx.span();
+    let context = span.span_context();
+    context.is_valid().then(|| {
+        (
+            context.trace_id().to_string(),
+            context.span_id().to_string(),
+        )
+    })
 }
 
 /// The fields of an event, as JSON values.
@@ -140,7 +124,7 @@ where
         if let Some(span) = ctx.lookup_current() {
             line.insert("span".into(), Value::from(span.name()));
         }
-        if let Some((trace_id, span_id)) = self.trace_of(ctx) {
+        if let Some((trace_id, span_id)) = current_trace() {
             line.insert("trace_id".into(), Value::from(trace_id));
             line.insert("span_id".into(), Value::from(span_id));
         }

@@ -103,6 +103,8 @@ pub mod bounds {
     pub const SECRET_FILE_BYTES: u64 = 4096;
     /// Characters of an automatic rule's name, a broker vhost or user at most.
     pub const NAME_CHARS: usize = 64;
+    /// Most terminals `limits.max_terminals_per_user` may allow one user on a node.
+    pub const TERMINALS_PER_USER: u32 = 1024;
 
     /// Most `isolation.threads` a tenant's own runtime may have: four per core of this
     /// machine, at least 8, at most 256. More threads than that only cost memory (each has
@@ -378,6 +380,15 @@ pub struct Limits {
     pub burst: u32,
     /// Calls in flight to one dependency at most (the bulkhead); more are shed.
     pub max_concurrent_per_dependency: u32,
+    /// Terminals (attached streams) one user may hold on a node; one more is refused at once
+    /// (RESOURCE_EXHAUSTED, the caller's own: no automatic rule counts it). 1 to
+    /// [`bounds::TERMINALS_PER_USER`].
+    #[serde(default = "default_terminals_per_user")]
+    pub max_terminals_per_user: u32,
+}
+
+fn default_terminals_per_user() -> u32 {
+    16
 }
 
 impl Default for Limits {
@@ -386,6 +397,7 @@ impl Default for Limits {
             requests_per_second: 500,
             burst: 100,
             max_concurrent_per_dependency: 64,
+            max_terminals_per_user: default_terminals_per_user(),
         }
     }
 }
@@ -1435,10 +1447,24 @@ fn check_limits_and_graph(problems: &mut Problems, config: &TenantConfig) {
             "limits.max_concurrent_per_dependency",
             limits.max_concurrent_per_dependency,
         ),
+        (
+            "limits.max_terminals_per_user",
+            limits.max_terminals_per_user,
+        ),
     ] {
         if value == 0 {
             problems.add(field.into(), "must be at least 1".into());
         }
+    }
+    if limits.max_terminals_per_user > bounds::TERMINALS_PER_USER {
+        problems.add(
+            "limits.max_terminals_per_user".into(),
+            format!(
+                "{} is more than one user's terminals need; at most {}",
+                limits.max_terminals_per_user,
+                bounds::TERMINALS_PER_USER
+            ),
+        );
     }
     let graph = crate::graph::DependencyGraph::of(
         config

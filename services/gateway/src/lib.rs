@@ -13,5 +13,5 @@ mod service;
 mod terminal;
 
 pub use heartbeat::Heads;
-pub use service::{GatewayService, PUSH_BUFFER};
+pub use service::{DEFAULT_TERMINALS_PER_USER, GatewayService, PUSH_BUFFER};
 pub use terminal::Terminal;

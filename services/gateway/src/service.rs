@@ -74,12 +74,97 @@ impl Connection {
     }
 }
 
+/// The attached terminals, and how many each user holds: what the per-user quota reads at
+/// every attach without walking the table. Read through `Deref`; every change goes through
+/// [`Terminals::insert`], [`Terminals::remove`], [`Terminals::retain`] or
+/// [`Terminals::take_all`], which keep the counts.
+#[derive(Default)]
+struct Terminals {
+    by_key: HashMap<Key, Connection>,
+    per_user: HashMap<(TenantId, String), u32>,
+}
+
+impl std::ops::Deref for Terminals {
+    type Target = HashMap<Key, Connection>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.by_key
+    }
+}
+
+impl Terminals {
+    /// Terminals `user` of `tenant` holds here.
+    fn of_user(&self, tenant: &TenantId, user: &str) -> u32 {
+        self.per_user
+            .get(&(tenant.clone(), user.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Attaches `connection` as `key`'s (replacing the terminal's previous stream, which then
+    /// ends).
+    fn insert(&mut self, key: Key, connection: Connection) {
+        let user = (key.0.clone(), key.1.clone());
+        if self.by_key.insert(key, connection).is_none() {
+            *self.per_user.entry(user).or_default() += 1;
+        }
+    }
+
+    fn forget(&mut self, key: &Key) {
+        let user = (key.0.clone(), key.1.clone());
+        if let Some(count) = self.per_user.get_mut(&user) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_user.remove(&user);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Connection> {
+        let removed = self.by_key.remove(key);
+        if removed.is_some() {
+            self.forget(key);
+        }
+        removed
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Key, &Connection) -> bool) {
+        let mut gone = Vec::new();
+        self.by_key.retain(|key, c| {
+            let kept = keep(key, c);
+            if !kept {
+                gone.push(key.clone());
+            }
+            kept
+        });
+        for key in &gone {
+            self.forget(key);
+        }
+    }
+
+    fn take_all(&mut self) -> Vec<(Key, Connection)> {
+        self.per_user.clear();
+        self.by_key.drain().collect()
+    }
+
+    fn shrink_to(&mut self, capacity: usize) {
+        self.by_key.shrink_to(capacity);
+        self.per_user.shrink_to(capacity);
+    }
+}
+
+/// Terminals one user may hold on a node unless the tenant says otherwise
+/// (`limits.max_terminals_per_user`).
+pub const DEFAULT_TERMINALS_PER_USER: u32 = 16;
+
 struct Inner {
     node_id: String,
     node_address: String,
     locator: locator::LocatorCaller<OutboundChannel>,
     credentials: ServiceCredentials,
-    connections: Mutex<HashMap<Key, Connection>>,
+    connections: Mutex<Terminals>,
+    /// Per tenant: terminals one user may hold here ([`GatewayService::set_terminal_quota`]).
+    quotas: std::sync::RwLock<HashMap<TenantId, u32>>,
     next_id: AtomicU64,
     unregistering: Arc<tokio::sync::Semaphore>,
     /// Wakes the heartbeat task before its next tick (this node may have missed pushes).
@@ -123,6 +208,7 @@ impl GatewayService {
                 locator: locator::LocatorCaller::new(locator),
                 credentials,
                 connections: Mutex::default(),
+                quotas: std::sync::RwLock::default(),
                 next_id: AtomicU64::new(1),
                 unregistering: Arc::new(tokio::sync::Semaphore::new(UNREGISTERING)),
                 beat: tokio::sync::Notify::new(),
@@ -130,6 +216,27 @@ impl GatewayService {
                 max_age_ms: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Lets each user of `tenant` hold at most `quota` terminals on this node (at least 1;
+    /// [`DEFAULT_TERMINALS_PER_USER`] until set). Terminals attached already stay; the next
+    /// attach past the quota is refused.
+    pub fn set_terminal_quota(&self, tenant: TenantId, quota: u32) {
+        self.inner
+            .quotas
+            .write()
+            .expect("lock")
+            .insert(tenant, quota.max(1));
+    }
+
+    fn terminal_quota(&self, tenant: &TenantId) -> u32 {
+        self.inner
+            .quotas
+            .read()
+            .expect("lock")
+            .get(tenant)
+            .copied()
+            .unwrap_or(DEFAULT_TERMINALS_PER_USER)
     }
 
     /// Terminals connected here, all tenants together.
@@ -209,13 +316,8 @@ impl GatewayService {
     /// in their timelines, synced when they attach again). How many were told.
     pub fn drain(&self, window: std::time::Duration, reason: &str) -> usize {
         self.inner.draining.store(true, Ordering::SeqCst);
-        let drained: Vec<(Key, Connection)> = self
-            .inner
-            .connections
-            .lock()
-            .expect("lock")
-            .drain()
-            .collect();
+        let drained: Vec<(Key, Connection)> =
+            self.inner.connections.lock().expect("lock").take_all();
         let n = drained.len().max(1) as u128;
         for (i, (key, connection)) in drained.iter().enumerate() {
             let after = window.as_millis() * i as u128 / n;
@@ -452,6 +554,25 @@ impl Gateway for GatewayService {
                 return Err(Status::unavailable(
                     "this node is leaving (draining): attach again to reach another",
                 ));
+            }
+            // one user holds a bounded number of terminals: a new one past the quota is
+            // refused at once (a terminal attaching again replaces its own stream, and counts
+            // once); the refusal is the caller's, marked so no automatic rule samples it
+            let quota = self.terminal_quota(&ctx.tenant);
+            if !connections.contains_key(&key)
+                && connections.of_user(&ctx.tenant, &r.user_id) >= quota
+            {
+                let mut refused = Status::resource_exhausted(format!(
+                    "user {:?} holds {quota} terminal(s) on this node, the most tenant {} allows \
+                     (limits.max_terminals_per_user): close one, or attach one again under its \
+                     own terminal_id",
+                    r.user_id, ctx.tenant
+                ));
+                refused.metadata_mut().insert(
+                    mesh_contract::headers::OVER_QUOTA,
+                    tonic::metadata::MetadataValue::from_static("terminals"),
+                );
+                return Err(refused);
             }
             connections.insert(
                 key.clone(),

@@ -39,6 +39,10 @@ pub struct ConnectionLimits {
     /// Whether HTTP/1.1 is served beside HTTP/2 (the browsers' access, `mesh-web`); gRPC
     /// needs HTTP/2, so the front door and the workers serve HTTP/2 only.
     pub http1: bool,
+    /// A connection that has made no request this long after it was accepted (a socket that
+    /// never sent the HTTP/2 preface, or a client that only holds a connection) is closed:
+    /// silent sockets cannot hold the connection slots other clients need.
+    pub first_request_within: Duration,
 }
 
 /// The deployment file's defaults (`[front_door]` in `ops/mesh.toml`).
@@ -59,6 +63,7 @@ impl From<&mesh_config::deploy::FrontDoorConfig> for ConnectionLimits {
             keepalive_timeout: Duration::from_secs(config.keepalive_timeout_secs.max(1)),
             max_streams_per_connection: config.max_streams_per_connection.max(1),
             http1: false,
+            first_request_within: Duration::from_secs(config.first_request_timeout_secs.max(1)),
         }
     }
 }
@@ -68,6 +73,8 @@ impl From<&mesh_config::deploy::FrontDoorConfig> for ConnectionLimits {
 struct Activity {
     open: AtomicUsize,
     since: Mutex<Instant>,
+    /// Whether any request arrived on it.
+    spoke: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -75,10 +82,12 @@ impl Activity {
         Arc::new(Self {
             open: AtomicUsize::new(0),
             since: Mutex::new(Instant::now()),
+            spoke: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     fn start(self: &Arc<Self>) -> StreamGuard {
+        self.spoke.store(true, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::SeqCst);
         StreamGuard(self.clone())
     }
@@ -343,7 +352,10 @@ async fn serve_connection<IO, S>(
         .max_pending_accept_reset_streams(limits.max_streams_per_connection as usize);
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let check = (limits.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let accepted = Instant::now();
+    let check = (limits.idle_timeout / 4)
+        .min(limits.first_request_within / 4)
+        .clamp(Duration::from_millis(10), Duration::from_secs(5));
     let mut ticks = tokio::time::interval(check);
     let mut closing: Option<Instant> = None;
     loop {
@@ -360,6 +372,22 @@ async fn serve_connection<IO, S>(
                 closing = Some(Instant::now());
             }
             _ = ticks.tick() => {
+                let spoke = activity.spoke.load(Ordering::Relaxed);
+                // a connection that never made a request is asked to close once its time for
+                // a first request is up (a client holding an idle connection reconnects when
+                // it calls), and dropped a moment later if it does not (a silent socket, or one
+                // that never sent the preface, would otherwise hold its slot until the idle
+                // timeout)
+                if closing.is_none() && !spoke && accepted.elapsed() >= limits.first_request_within {
+                    tracing::debug!(%peer, "closing a connection that made no request");
+                    connection.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now());
+                }
+                let grace = if spoke {
+                    limits.idle_timeout.min(GOAWAY_GRACE)
+                } else {
+                    SILENT_GRACE
+                };
                 match closing {
                     None if activity.idle_for() >= limits.idle_timeout => {
                         tracing::debug!(%peer, "closing an idle connection");
@@ -369,8 +397,7 @@ async fn serve_connection<IO, S>(
                     // a peer that never spoke HTTP/2 (no preface, a silent socket) or ignores
                     // GOAWAY would hold its slot for ever: dropped once the grace is over
                     Some(since)
-                        if since.elapsed() >= limits.idle_timeout.min(GOAWAY_GRACE)
-                            && activity.idle_for() > Duration::ZERO =>
+                        if since.elapsed() >= grace && activity.idle_for() > Duration::ZERO =>
                     {
                         tracing::debug!(%peer, "dropping a connection that did not close");
                         return;
@@ -384,3 +411,6 @@ async fn serve_connection<IO, S>(
 
 /// How long a connection asked to close (idle) may take to do so before it is dropped.
 const GOAWAY_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a connection that never made a request has to close after GOAWAY.
+const SILENT_GRACE: Duration = Duration::from_secs(1);

@@ -102,6 +102,7 @@ fn limits() -> ConnectionLimits {
         keepalive_timeout: Duration::from_secs(20),
         max_streams_per_connection: 1_000,
         http1: false,
+        first_request_within: Duration::from_secs(60),
     }
 }
 
@@ -240,4 +241,59 @@ async fn a_silent_connection_is_dropped_and_frees_its_slot() {
     }
     let (mut send, _conn) = connect(address).await.expect("a slot is free again");
     let _ = get(&mut send, "/").await;
+}
+
+/// Sockets that never send the HTTP/2 preface (or any request) give their slots back after
+/// `first_request_within`: filling every slot with silent sockets keeps a real client out only
+/// that long.
+#[tokio::test]
+async fn silent_sockets_give_their_slots_back() {
+    let address = server(ConnectionLimits {
+        max_connections: 20,
+        idle_timeout: Duration::from_secs(60),
+        first_request_within: Duration::from_millis(300),
+        ..limits()
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(address).await.unwrap());
+    }
+    // every slot taken: a client that speaks is closed as it arrives
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let call = || async {
+        let (send, _conn) = connect(address).await?;
+        let mut send = send.ready().await?;
+        let request = http::Request::get("http://test/hello").body(()).unwrap();
+        let (response, _) = send.send_request(request, true)?;
+        Ok::<_, h2::Error>(response.await?.status())
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(2), call()).await;
+    assert!(
+        !matches!(refused, Ok(Ok(_))),
+        "every slot was taken: {refused:?}"
+    );
+    // the silent ones are dropped once their time is up (and the grace after GOAWAY)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), call()).await {
+            Ok(Ok(status)) => {
+                assert_eq!(status, http::StatusCode::OK);
+                break;
+            }
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "silent sockets still hold every slot"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // and the silent sockets were closed by the server
+    let mut buf = [0_u8; 64];
+    use tokio::io::AsyncReadExt as _;
+    let read = tokio::time::timeout(Duration::from_secs(2), silent[0].read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+        "the server closed (or wrote GOAWAY to) a silent socket"
+    );
 }

@@ -91,6 +91,11 @@ pub fn tenants_folder(shipped_tenants: &[&str], extra: &[(&str, &str)]) -> tempf
 pub struct Users(std::sync::Arc<mesh_runtime::Tenants>);
 
 impl Users {
+    /// `tenant`'s config, as loaded.
+    pub fn config(&self, tenant: &str) -> &mesh_runtime::TenantConfig {
+        self.0.get(tenant).expect("a tenant of the folder")
+    }
+
     /// The tenants of `dir`.
     pub fn of(dir: &Path) -> Self {
         Self(std::sync::Arc::new(

@@ -97,11 +97,7 @@ impl RecordStore for MemoryStore {
                     Expect::Version(v) => found == Some(v),
                 };
                 if !holds {
-                    return Err(StoreError::Conflict {
-                        tenant: tenant.clone(),
-                        record: format!("{}/{}", w.collection, w.key),
-                        found: records::found(w.expect, found),
-                    });
+                    return Err(records::conflict(tenant, w, found));
                 }
                 let version = found.unwrap_or(0) + 1;
                 versions.push(version);

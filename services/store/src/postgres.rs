@@ -296,6 +296,25 @@ impl PgStore {
         Ok((client, statement))
     }
 
+    /// The rows of `sql` (one statement, prepared once per connection) with `params`, for
+    /// `operation` on `tenant`'s data: the shape of every single-statement read.
+    async fn rows(
+        &self,
+        tenant: &TenantId,
+        operation: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        self.within(tenant, operation, async |client: &mut Object| {
+            let (client, statement) = self.prepared(client, tenant, operation, sql).await?;
+            client
+                .query(&statement, params)
+                .await
+                .map_err(backend(tenant, operation))
+        })
+        .await
+    }
+
     /// A pooled connection, for work on `tenant`'s data.
     async fn client(&self, tenant: &TenantId) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(|e| StoreError::Backend {
@@ -757,11 +776,7 @@ impl RecordStore for PgStore {
                             .await
                             .map_err(err)?
                             .map(|row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0));
-                        return Err(StoreError::Conflict {
-                            tenant: tenant.clone(),
-                            record: format!("{}/{}", w.collection, w.key),
-                            found: records::found(w.expect, found),
-                        });
+                        return Err(records::conflict(tenant, w, found));
                     }
                 }
             }
@@ -777,27 +792,14 @@ impl RecordStore for PgStore {
         collection: &str,
         key: &str,
     ) -> Result<Option<Record>, StoreError> {
-        const OP: &str = "reading a record";
         let schema = self.schema(tenant)?;
-        self.within(tenant, OP, async |client: &mut Object| {
-            let (client, statement) = self
-                .prepared(
-                    client,
-                    tenant,
-                    OP,
-                    &format!(
-                        "SELECT {RECORD_COLUMNS} FROM {schema}.records
-                         WHERE collection = $1 AND key = $2"
-                    ),
-                )
-                .await?;
-            let row = client
-                .query_opt(&statement, &[&collection, &key])
-                .await
-                .map_err(backend(tenant, OP))?;
-            Ok(row.as_ref().map(record))
-        })
-        .await
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM {schema}.records WHERE collection = $1 AND key = $2"
+        );
+        let rows = self
+            .rows(tenant, "reading a record", &sql, &[&collection, &key])
+            .await?;
+        Ok(rows.first().map(record))
     }
 
     async fn records_of(
@@ -807,29 +809,21 @@ impl RecordStore for PgStore {
         owner: &str,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
-        const OP: &str = "listing an owner's records";
         let schema = self.schema(tenant)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.within(tenant, OP, async |client: &mut Object| {
-            let (client, statement) = self
-                .prepared(
-                    client,
-                    tenant,
-                    OP,
-                    &format!(
-                        "SELECT {RECORD_COLUMNS} FROM {schema}.records
-                         WHERE collection = $1 AND owner = $2
-                         ORDER BY updated_at_ms DESC, key DESC LIMIT $3"
-                    ),
-                )
-                .await?;
-            let rows = client
-                .query(&statement, &[&collection, &owner, &limit])
-                .await
-                .map_err(backend(tenant, OP))?;
-            Ok(rows.iter().map(record).collect())
-        })
-        .await
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM {schema}.records WHERE collection = $1 AND owner = $2
+             ORDER BY updated_at_ms DESC, key DESC LIMIT $3"
+        );
+        let rows = self
+            .rows(
+                tenant,
+                "listing an owner's records",
+                &sql,
+                &[&collection, &owner, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(record).collect())
     }
 
     async fn delete_record(
@@ -838,24 +832,14 @@ impl RecordStore for PgStore {
         collection: &str,
         key: &str,
     ) -> Result<bool, StoreError> {
-        const OP: &str = "deleting a record";
         let schema = self.schema(tenant)?;
-        self.within(tenant, OP, async |client: &mut Object| {
-            let (client, statement) = self
-                .prepared(
-                    client,
-                    tenant,
-                    OP,
-                    &format!("DELETE FROM {schema}.records WHERE collection = $1 AND key = $2"),
-                )
-                .await?;
-            let deleted = client
-                .execute(&statement, &[&collection, &key])
-                .await
-                .map_err(backend(tenant, OP))?;
-            Ok(deleted > 0)
-        })
-        .await
+        let sql = format!(
+            "DELETE FROM {schema}.records WHERE collection = $1 AND key = $2 RETURNING key"
+        );
+        let rows = self
+            .rows(tenant, "deleting a record", &sql, &[&collection, &key])
+            .await?;
+        Ok(!rows.is_empty())
     }
 }
 
@@ -889,24 +873,12 @@ impl OrderRecords for PgStore {
         tenant: &TenantId,
         order_id: &str,
     ) -> Result<Option<StoredOrder>, StoreError> {
-        const OP: &str = "reading an order";
         let schema = self.schema(tenant)?;
-        self.within(tenant, OP, async |client: &mut Object| {
-            let (client, statement) = self
-                .prepared(
-                    client,
-                    tenant,
-                    OP,
-                    &format!("SELECT {ORDER_COLUMNS} FROM {schema}.orders WHERE order_id = $1"),
-                )
-                .await?;
-            let row = client
-                .query_opt(&statement, &[&order_id])
-                .await
-                .map_err(backend(tenant, OP))?;
-            Ok(row.as_ref().map(order))
-        })
-        .await
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM {schema}.orders WHERE order_id = $1");
+        let rows = self
+            .rows(tenant, "reading an order", &sql, &[&order_id])
+            .await?;
+        Ok(rows.first().map(order))
     }
 
     async fn orders_of(
@@ -915,28 +887,16 @@ impl OrderRecords for PgStore {
         user_id: &str,
         limit: usize,
     ) -> Result<Vec<StoredOrder>, StoreError> {
-        const OP: &str = "listing a user's orders";
         let schema = self.schema(tenant)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.within(tenant, OP, async |client: &mut Object| {
-            let (client, statement) = self
-                .prepared(
-                    client,
-                    tenant,
-                    OP,
-                    &format!(
-                        "SELECT {ORDER_COLUMNS} FROM {schema}.orders WHERE user_id = $1
-                         ORDER BY created_at_ms DESC LIMIT $2"
-                    ),
-                )
-                .await?;
-            let rows = client
-                .query(&statement, &[&user_id, &limit])
-                .await
-                .map_err(backend(tenant, OP))?;
-            Ok(rows.iter().map(order).collect())
-        })
-        .await
+        let sql = format!(
+            "SELECT {ORDER_COLUMNS} FROM {schema}.orders WHERE user_id = $1
+             ORDER BY created_at_ms DESC LIMIT $2"
+        );
+        let rows = self
+            .rows(tenant, "listing a user's orders", &sql, &[&user_id, &limit])
+            .await?;
+        Ok(rows.iter().map(order).collect())
     }
 
     async fn move_order(

@@ -136,8 +136,17 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// The conflict of `write` for `tenant`, when the record was at `version` (`None`: absent).
+pub(crate) fn conflict(tenant: &TenantId, write: &RecordWrite, version: Option<u64>) -> StoreError {
+    StoreError::Conflict {
+        tenant: tenant.clone(),
+        record: format!("{}/{}", write.collection, write.key),
+        found: found(write.expect, version),
+    }
+}
+
 /// What a [`StoreError::Conflict`] says was found instead of what `expect` wanted.
-pub(crate) fn found(expect: Expect, version: Option<u64>) -> String {
+fn found(expect: Expect, version: Option<u64>) -> String {
     match (expect, version) {
         (Expect::Absent, Some(v)) => format!("exists already (version {v})"),
         (Expect::Version(want), Some(v)) => {

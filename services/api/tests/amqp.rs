@@ -16,7 +16,10 @@ use std::{
 
 use lapin::{
     BasicProperties, Connection,
-    options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{
+        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
     types::{AMQPValue, FieldTable},
 };
 use mesh_amqp::{AmqpBus, AmqpConfig, headers};
@@ -531,6 +534,11 @@ async fn a_replayed_message_already_handled_is_not_handled_again() {
     // an operator copies the dead letter before replaying (two replays of one message)
     let dead = names::dead_letter_queue(&queue);
     let channel = broker.raw.create_channel().await.unwrap();
+    // confirmed: both copies are in the queue before the replay counts them
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let original = broker.get(&dead).await;
     for _ in 0..2 {
         channel

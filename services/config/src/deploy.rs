@@ -7,7 +7,7 @@
 //! `MESH_TELEMETRY_CONSOLE`, `MESH_TELEMETRY_EXPORT_INTERVAL_MS`,
 //! `MESH_TELEMETRY_PROMETHEUS_LISTEN`, `MESH_TELEMETRY_LOG_FORMAT`, `MESH_FRONT_DOOR_MAX_CONNECTIONS`,
 //! `MESH_FRONT_DOOR_IDLE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_KEEPALIVE_INTERVAL_SECS`,
-//! `MESH_FRONT_DOOR_KEEPALIVE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_FIRST_REQUEST_TIMEOUT_SECS`,
+//! `MESH_FRONT_DOOR_KEEPALIVE_TIMEOUT_SECS`, `MESH_FRONT_DOOR_PREFACE_TIMEOUT_SECS`,
 //! `MESH_FRONT_DOOR_MAX_STREAMS_PER_CONNECTION`,
 //! `MESH_FRONT_DOOR_WORKER_CONNECTIONS`, `MESH_FRONT_DOOR_MAX_STREAMS_PER_WORKER`,
 //! `MESH_FRONT_DOOR_ADVERTISE_WORKERS`,
@@ -302,9 +302,9 @@ pub struct FrontDoorConfig {
     pub keepalive_interval_secs: u64,
     /// A peer silent this long after a PING is gone.
     pub keepalive_timeout_secs: u64,
-    /// A connection that made no request this long after it was accepted (a socket that never
-    /// sent the HTTP/2 preface) is closed, giving its slot back.
-    pub first_request_timeout_secs: u64,
+    /// A connection whose peer sent nothing this long after it was accepted (no HTTP/2
+    /// preface: a silent socket) is dropped, giving its slot back.
+    pub preface_timeout_secs: u64,
     /// Streams (attached terminals, calls in flight) one client connection may have open.
     pub max_streams_per_connection: u32,
     /// HTTP/2 connections from the front door to each worker process.
@@ -329,7 +329,7 @@ impl Default for FrontDoorConfig {
             idle_timeout_secs: 300,
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 20,
-            first_request_timeout_secs: 10,
+            preface_timeout_secs: 10,
             max_streams_per_connection: 1_000,
             worker_connections: 4,
             max_streams_per_worker: 100_000,

@@ -39,10 +39,11 @@ pub struct ConnectionLimits {
     /// Whether HTTP/1.1 is served beside HTTP/2 (the browsers' access, `mesh-web`); gRPC
     /// needs HTTP/2, so the front door and the workers serve HTTP/2 only.
     pub http1: bool,
-    /// A connection that has made no request this long after it was accepted (a socket that
-    /// never sent the HTTP/2 preface, or a client that only holds a connection) is closed:
-    /// silent sockets cannot hold the connection slots other clients need.
-    pub first_request_within: Duration,
+    /// A connection whose peer sent nothing this long after it was accepted (no HTTP/2
+    /// preface, no TLS hello, no request line) is dropped: silent sockets cannot hold the
+    /// connection slots other clients need. A client that spoke and then idles is left to
+    /// `idle_timeout`.
+    pub preface_within: Duration,
 }
 
 /// The deployment file's defaults (`[front_door]` in `ops/mesh.toml`).
@@ -63,7 +64,7 @@ impl From<&mesh_config::deploy::FrontDoorConfig> for ConnectionLimits {
             keepalive_timeout: Duration::from_secs(config.keepalive_timeout_secs.max(1)),
             max_streams_per_connection: config.max_streams_per_connection.max(1),
             http1: false,
-            first_request_within: Duration::from_secs(config.first_request_timeout_secs.max(1)),
+            preface_within: Duration::from_secs(config.preface_timeout_secs.max(1)),
         }
     }
 }
@@ -73,7 +74,7 @@ impl From<&mesh_config::deploy::FrontDoorConfig> for ConnectionLimits {
 struct Activity {
     open: AtomicUsize,
     since: Mutex<Instant>,
-    /// Whether any request arrived on it.
+    /// Whether the peer sent anything at all ([`Heard`]).
     spoke: std::sync::atomic::AtomicBool,
 }
 
@@ -87,7 +88,6 @@ impl Activity {
     }
 
     fn start(self: &Arc<Self>) -> StreamGuard {
-        self.spoke.store(true, Ordering::Relaxed);
         self.open.fetch_add(1, Ordering::SeqCst);
         StreamGuard(self.clone())
     }
@@ -98,6 +98,58 @@ impl Activity {
             return Duration::ZERO;
         }
         self.since.lock().expect("lock").elapsed()
+    }
+}
+
+/// A connection's socket, noting in its [`Activity`] that the peer sent something: what tells a
+/// client that spoke (the HTTP/2 preface, a TLS hello) from a silent socket.
+struct Heard<IO> {
+    io: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Heard<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.spoke.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Heard<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 
@@ -291,6 +343,10 @@ pub async fn serve_connections<S, B>(
                 remote_addr: Some(peer),
             },
         });
+        let stream = Heard {
+            io: stream,
+            activity: activity.clone(),
+        };
         tokio::spawn(async move {
             let _slot = slot;
             match tls {
@@ -354,7 +410,7 @@ async fn serve_connection<IO, S>(
     tokio::pin!(connection);
     let accepted = Instant::now();
     let check = (limits.idle_timeout / 4)
-        .min(limits.first_request_within / 4)
+        .min(limits.preface_within / 4)
         .clamp(Duration::from_millis(10), Duration::from_secs(5));
     let mut ticks = tokio::time::interval(check);
     let mut closing: Option<Instant> = None;
@@ -372,22 +428,14 @@ async fn serve_connection<IO, S>(
                 closing = Some(Instant::now());
             }
             _ = ticks.tick() => {
-                let spoke = activity.spoke.load(Ordering::Relaxed);
-                // a connection that never made a request is asked to close once its time for
-                // a first request is up (a client holding an idle connection reconnects when
-                // it calls), and dropped a moment later if it does not (a silent socket, or one
-                // that never sent the preface, would otherwise hold its slot until the idle
-                // timeout)
-                if closing.is_none() && !spoke && accepted.elapsed() >= limits.first_request_within {
-                    tracing::debug!(%peer, "closing a connection that made no request");
-                    connection.as_mut().graceful_shutdown();
-                    closing = Some(Instant::now());
+                // a peer that sent nothing (no preface: a silent socket) would hold its slot
+                // until the idle timeout; it goes once its time to speak is up
+                if !activity.spoke.load(Ordering::Relaxed)
+                    && accepted.elapsed() >= limits.preface_within
+                {
+                    tracing::debug!(%peer, "dropping a connection whose peer sent nothing");
+                    return;
                 }
-                let grace = if spoke {
-                    limits.idle_timeout.min(GOAWAY_GRACE)
-                } else {
-                    SILENT_GRACE
-                };
                 match closing {
                     None if activity.idle_for() >= limits.idle_timeout => {
                         tracing::debug!(%peer, "closing an idle connection");
@@ -397,7 +445,8 @@ async fn serve_connection<IO, S>(
                     // a peer that never spoke HTTP/2 (no preface, a silent socket) or ignores
                     // GOAWAY would hold its slot for ever: dropped once the grace is over
                     Some(since)
-                        if since.elapsed() >= grace && activity.idle_for() > Duration::ZERO =>
+                        if since.elapsed() >= limits.idle_timeout.min(GOAWAY_GRACE)
+                            && activity.idle_for() > Duration::ZERO =>
                     {
                         tracing::debug!(%peer, "dropping a connection that did not close");
                         return;
@@ -411,6 +460,3 @@ async fn serve_connection<IO, S>(
 
 /// How long a connection asked to close (idle) may take to do so before it is dropped.
 const GOAWAY_GRACE: Duration = Duration::from_secs(10);
-
-/// How long a connection that never made a request has to close after GOAWAY.
-const SILENT_GRACE: Duration = Duration::from_secs(1);

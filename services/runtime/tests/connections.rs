@@ -102,7 +102,7 @@ fn limits() -> ConnectionLimits {
         keepalive_timeout: Duration::from_secs(20),
         max_streams_per_connection: 1_000,
         http1: false,
-        first_request_within: Duration::from_secs(60),
+        preface_within: Duration::from_secs(60),
     }
 }
 
@@ -243,15 +243,15 @@ async fn a_silent_connection_is_dropped_and_frees_its_slot() {
     let _ = get(&mut send, "/").await;
 }
 
-/// Sockets that never send the HTTP/2 preface (or any request) give their slots back after
-/// `first_request_within`: filling every slot with silent sockets keeps a real client out only
-/// that long.
+/// Sockets that never send the HTTP/2 preface give their slots back after `preface_within`:
+/// filling every slot with silent sockets keeps a real client out only that long, while a
+/// client that spoke and then idles keeps its connection (the idle timeout's to close).
 #[tokio::test]
 async fn silent_sockets_give_their_slots_back() {
     let address = server(ConnectionLimits {
         max_connections: 20,
         idle_timeout: Duration::from_secs(60),
-        first_request_within: Duration::from_millis(300),
+        preface_within: Duration::from_millis(300),
         ..limits()
     })
     .await;
@@ -273,7 +273,7 @@ async fn silent_sockets_give_their_slots_back() {
         !matches!(refused, Ok(Ok(_))),
         "every slot was taken: {refused:?}"
     );
-    // the silent ones are dropped once their time is up (and the grace after GOAWAY)
+    // the silent ones are dropped once their time is up
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         match tokio::time::timeout(Duration::from_secs(1), call()).await {
@@ -288,12 +288,21 @@ async fn silent_sockets_give_their_slots_back() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // and the silent sockets were closed by the server
-    let mut buf = [0_u8; 64];
+    // and the silent sockets were closed by the server (after its own SETTINGS, read to EOF)
     use tokio::io::AsyncReadExt as _;
-    let read = tokio::time::timeout(Duration::from_secs(2), silent[0].read(&mut buf)).await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(2), silent[0].read_to_end(&mut rest)).await;
     assert!(
         matches!(read, Ok(Ok(_)) | Ok(Err(_))),
-        "the server closed (or wrote GOAWAY to) a silent socket"
+        "the server closed a silent socket: {read:?}"
     );
+    drop(silent);
+    // a client that spoke (the preface) and then waits keeps its connection
+    let (send, _conn) = connect(address).await.unwrap();
+    let send = send.ready().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::get("http://test/hello").body(()).unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), http::StatusCode::OK);
 }

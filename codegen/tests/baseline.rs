@@ -43,6 +43,14 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
+/// `thing/v1` without its field `size`: a breaking change.
+fn without_size() -> String {
+    thing(&[(
+        "{THING_FIELDS}",
+        &THING_FIELDS.replace("  int64 size = 2;", ""),
+    )])
+}
+
 /// A repository with `thing/v1` released: baseline written and committed.
 fn released() -> tempfile::TempDir {
     let repo = tempfile::tempdir().unwrap();
@@ -64,10 +72,7 @@ fn a_break_in_an_earlier_commit_fails_against_the_baseline() {
     let repo = released();
     let dir = repo.path();
     // commit 1 removes a field (breaking), commit 2 only edits the README (harmless)
-    let removed = thing(&[(
-        "{THING_FIELDS}",
-        &THING_FIELDS.replace("  int64 size = 2;", ""),
-    )]);
+    let removed = without_size();
     write(dir, "contracts/thing/v1/thing.proto", &removed);
     git(dir, &["commit", "-q", "-am", "drop size"]);
     write(dir, "README.md", "thing, documented\n");
@@ -111,12 +116,9 @@ fn a_harmless_change_and_a_new_major_pass_without_touching_the_baseline() {
     )]);
     write(dir, "contracts/thing/v1/thing.proto", &added);
     // thing/v2 beside thing/v1, with a breaking difference: it is a new major, hence new
-    let v2 = thing(&[(
-        "{THING_FIELDS}",
-        &THING_FIELDS.replace("  int64 size = 2;", ""),
-    )])
-    .replace("thing.v1", "thing.v2")
-    .replace("version: \"1.0.0\"", "version: \"2.0.0\"");
+    let v2 = without_size()
+        .replace("thing.v1", "thing.v2")
+        .replace("version: \"1.0.0\"", "version: \"2.0.0\"");
     write(dir, "contracts/thing/v2/thing.proto", &v2);
     let out = codegen(&["check", "--against-baseline"], dir);
     assert!(out.status.success(), "{}", text(&out));
@@ -239,10 +241,7 @@ fn the_repository_baseline_is_current_for_its_contracts() {
 fn a_baseline_that_absorbs_a_break_is_a_release_or_refused() {
     let repo = released();
     let dir = repo.path();
-    let removed = thing(&[(
-        "{THING_FIELDS}",
-        &THING_FIELDS.replace("  int64 size = 2;", ""),
-    )]);
+    let removed = without_size();
     write(dir, "contracts/thing/v1/thing.proto", &removed);
     git(dir, &["commit", "-q", "-am", "drop size"]);
     let before = std::fs::read(dir.join("contracts/baseline.binpb")).unwrap();
@@ -353,10 +352,7 @@ fn a_baseline_that_absorbs_a_break_is_a_release_or_refused() {
 fn json_output_is_only_json() {
     let repo = released();
     let dir = repo.path();
-    let removed = thing(&[(
-        "{THING_FIELDS}",
-        &THING_FIELDS.replace("  int64 size = 2;", ""),
-    )]);
+    let removed = without_size();
     write(dir, "contracts/thing/v1/thing.proto", &removed);
     for args in [
         &["check", "--against-baseline", "--error-format", "json"][..],

@@ -119,6 +119,12 @@ def run(target, run_id):
             grpc.StatusCode.PERMISSION_DENIED, "Locate", "locator.Locate is internal to the mesh")
     refused(locator.Locate, locator_pb2.LocateRequest(user_id="nobody"), user_md("mall", "mallory"),
             grpc.StatusCode.PERMISSION_DENIED, "Locate", "locator.Locate is internal, for users too")
+    # a system message is the mesh's own too: no backend or user writes one as the platform
+    notice = message_pb2.SendSystemRequest(to_user="bob", conversation_id="c-notice", body="x", key="k-1")
+    refused(messages.SendSystem, notice, MALL,
+            grpc.StatusCode.PERMISSION_DENIED, "SendSystem", "message.SendSystem is internal to the mesh")
+    refused(messages.SendSystem, notice, user_md("mall", "mallory"),
+            grpc.StatusCode.PERMISSION_DENIED, "SendSystem", "message.SendSystem is internal, for users too")
 
     # errors, each with its code and its message
     refused(orders1.GetOrder, order1.GetOrderRequest(order_id="missing"), MALL,

@@ -129,8 +129,14 @@ pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployErro
          \x20 option redispatch 1\n\
          \x20 retry-on conn-failure\n\n\
          frontend mesh\n\
-         \x20 bind {} proto h2",
+         \x20 bind {} proto h2\n\
+         \x20 # one source address holds at most {per_address} connections (the front door's own\n\
+         \x20 # front_door.max_connections_per_address, which behind this proxy sees only it)\n\
+         \x20 stick-table type ip size 100k expire 30s store conn_cur\n\
+         \x20 tcp-request connection track-sc0 src\n\
+         \x20 tcp-request connection reject if {{ sc0_conn_cur gt {per_address} }}",
         options.listen,
+        per_address = mesh_config::deploy::FrontDoorConfig::default().max_connections_per_address,
         maxconn = if options.maxconn == 0 {
             DEFAULT_MAXCONN
         } else {

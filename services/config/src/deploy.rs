@@ -305,6 +305,10 @@ pub struct FrontDoorConfig {
     /// A connection whose peer sent nothing this long after it was accepted (no HTTP/2
     /// preface: a silent socket) is dropped, giving its slot back.
     pub preface_timeout_secs: u64,
+    /// Connections open at once from one source address (an IPv6 /64): one client's flood of
+    /// sockets holds this many slots, not all of them. Behind a proxy (HAProxy, a cloud load
+    /// balancer) every connection comes from it: set this to `max_connections` there.
+    pub max_connections_per_address: usize,
     /// Streams (attached terminals, calls in flight) one client connection may have open.
     pub max_streams_per_connection: u32,
     /// HTTP/2 connections from the front door to each worker process.
@@ -330,6 +334,7 @@ impl Default for FrontDoorConfig {
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 20,
             preface_timeout_secs: 10,
+            max_connections_per_address: 1_000,
             max_streams_per_connection: 1_000,
             worker_connections: 4,
             max_streams_per_worker: 100_000,

@@ -105,6 +105,8 @@ pub mod bounds {
     pub const NAME_CHARS: usize = 64;
     /// Most terminals `limits.max_terminals_per_user` may allow one user on a node.
     pub const TERMINALS_PER_USER: u32 = 1024;
+    /// Most terminals `limits.max_terminals` may allow one tenant on a node.
+    pub const TERMINALS_PER_TENANT: u32 = 1_000_000;
 
     /// Most `isolation.threads` a tenant's own runtime may have: four per core of this
     /// machine, at least 8, at most 256. More threads than that only cost memory (each has
@@ -385,10 +387,21 @@ pub struct Limits {
     /// [`bounds::TERMINALS_PER_USER`].
     #[serde(default = "default_terminals_per_user")]
     pub max_terminals_per_user: u32,
+    /// Terminals all users of the tenant together may hold on a node: the tenant's share of a
+    /// worker's streams (`front_door.max_streams_per_worker`, which the tenants of a shared
+    /// worker split), so one business line's crowd cannot take every stream of a process it
+    /// shares. One more is refused at once (RESOURCE_EXHAUSTED, marked as the caller's own).
+    /// 1 to [`bounds::TERMINALS_PER_TENANT`].
+    #[serde(default = "default_terminals")]
+    pub max_terminals: u32,
 }
 
 fn default_terminals_per_user() -> u32 {
     16
+}
+
+fn default_terminals() -> u32 {
+    50_000
 }
 
 impl Default for Limits {
@@ -398,6 +411,7 @@ impl Default for Limits {
             burst: 100,
             max_concurrent_per_dependency: 64,
             max_terminals_per_user: default_terminals_per_user(),
+            max_terminals: default_terminals(),
         }
     }
 }
@@ -1451,6 +1465,7 @@ fn check_limits_and_graph(problems: &mut Problems, config: &TenantConfig) {
             "limits.max_terminals_per_user",
             limits.max_terminals_per_user,
         ),
+        ("limits.max_terminals", limits.max_terminals),
     ] {
         if value == 0 {
             problems.add(field.into(), "must be at least 1".into());
@@ -1463,6 +1478,16 @@ fn check_limits_and_graph(problems: &mut Problems, config: &TenantConfig) {
                 "{} is more than one user's terminals need; at most {}",
                 limits.max_terminals_per_user,
                 bounds::TERMINALS_PER_USER
+            ),
+        );
+    }
+    if limits.max_terminals > bounds::TERMINALS_PER_TENANT {
+        problems.add(
+            "limits.max_terminals".into(),
+            format!(
+                "{} is more than a node holds; at most {}",
+                limits.max_terminals,
+                bounds::TERMINALS_PER_TENANT
             ),
         );
     }

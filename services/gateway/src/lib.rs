@@ -13,5 +13,8 @@ mod service;
 mod terminal;
 
 pub use heartbeat::Heads;
-pub use service::{DEFAULT_TERMINALS_PER_USER, GatewayService, PUSH_BUFFER};
+pub use service::{
+    DEFAULT_TERMINALS_PER_TENANT, DEFAULT_TERMINALS_PER_USER, GatewayService, PUSH_BUFFER,
+    TerminalQuota,
+};
 pub use terminal::Terminal;

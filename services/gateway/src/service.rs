@@ -82,6 +82,7 @@ impl Connection {
 struct Terminals {
     by_key: HashMap<Key, Connection>,
     per_user: HashMap<(TenantId, String), u32>,
+    per_tenant: HashMap<TenantId, u32>,
 }
 
 impl std::ops::Deref for Terminals {
@@ -101,11 +102,17 @@ impl Terminals {
             .unwrap_or(0)
     }
 
+    /// Terminals of `tenant` here, all its users together.
+    fn of_tenant(&self, tenant: &TenantId) -> u32 {
+        self.per_tenant.get(tenant).copied().unwrap_or(0)
+    }
+
     /// Attaches `connection` as `key`'s (replacing the terminal's previous stream, which then
     /// ends).
     fn insert(&mut self, key: Key, connection: Connection) {
         let user = (key.0.clone(), key.1.clone());
         if self.by_key.insert(key, connection).is_none() {
+            *self.per_tenant.entry(user.0.clone()).or_default() += 1;
             *self.per_user.entry(user).or_default() += 1;
         }
     }
@@ -116,6 +123,12 @@ impl Terminals {
             *count -= 1;
             if *count == 0 {
                 self.per_user.remove(&user);
+            }
+        }
+        if let Some(count) = self.per_tenant.get_mut(&key.0) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_tenant.remove(&key.0);
             }
         }
     }
@@ -144,6 +157,7 @@ impl Terminals {
 
     fn take_all(&mut self) -> Vec<(Key, Connection)> {
         self.per_user.clear();
+        self.per_tenant.clear();
         self.by_key.drain().collect()
     }
 
@@ -157,14 +171,36 @@ impl Terminals {
 /// (`limits.max_terminals_per_user`).
 pub const DEFAULT_TERMINALS_PER_USER: u32 = 16;
 
+/// Terminals all users of a tenant together may hold on a node unless the tenant says
+/// otherwise (`limits.max_terminals`).
+pub const DEFAULT_TERMINALS_PER_TENANT: u32 = 50_000;
+
+/// How many terminals a tenant's users may hold on one node (its file's `limits`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TerminalQuota {
+    /// One user's (`limits.max_terminals_per_user`).
+    pub per_user: u32,
+    /// All its users' together (`limits.max_terminals`).
+    pub per_tenant: u32,
+}
+
+impl Default for TerminalQuota {
+    fn default() -> Self {
+        Self {
+            per_user: DEFAULT_TERMINALS_PER_USER,
+            per_tenant: DEFAULT_TERMINALS_PER_TENANT,
+        }
+    }
+}
+
 struct Inner {
     node_id: String,
     node_address: String,
     locator: locator::LocatorCaller<OutboundChannel>,
     credentials: ServiceCredentials,
     connections: Mutex<Terminals>,
-    /// Per tenant: terminals one user may hold here ([`GatewayService::set_terminal_quota`]).
-    quotas: std::sync::RwLock<HashMap<TenantId, u32>>,
+    /// Per tenant: terminals its users may hold here ([`GatewayService::set_terminal_quota`]).
+    quotas: std::sync::RwLock<HashMap<TenantId, TerminalQuota>>,
     next_id: AtomicU64,
     unregistering: Arc<tokio::sync::Semaphore>,
     /// Wakes the heartbeat task before its next tick (this node may have missed pushes).
@@ -218,25 +254,27 @@ impl GatewayService {
         }
     }
 
-    /// Lets each user of `tenant` hold at most `quota` terminals on this node (at least 1;
-    /// [`DEFAULT_TERMINALS_PER_USER`] until set). Terminals attached already stay; the next
-    /// attach past the quota is refused.
-    pub fn set_terminal_quota(&self, tenant: TenantId, quota: u32) {
-        self.inner
-            .quotas
-            .write()
-            .expect("lock")
-            .insert(tenant, quota.max(1));
+    /// Lets each user of `tenant` hold at most `quota.per_user` terminals on this node, and
+    /// all of them together `quota.per_tenant` (each at least 1; [`TerminalQuota::default`]
+    /// until set). Terminals attached already stay; the next attach past a quota is refused.
+    pub fn set_terminal_quota(&self, tenant: TenantId, quota: TerminalQuota) {
+        self.inner.quotas.write().expect("lock").insert(
+            tenant,
+            TerminalQuota {
+                per_user: quota.per_user.max(1),
+                per_tenant: quota.per_tenant.max(1),
+            },
+        );
     }
 
-    fn terminal_quota(&self, tenant: &TenantId) -> u32 {
+    fn terminal_quota(&self, tenant: &TenantId) -> TerminalQuota {
         self.inner
             .quotas
             .read()
             .expect("lock")
             .get(tenant)
             .copied()
-            .unwrap_or(DEFAULT_TERMINALS_PER_USER)
+            .unwrap_or_default()
     }
 
     /// Terminals connected here, all tenants together.
@@ -559,20 +597,31 @@ impl Gateway for GatewayService {
             // refused at once (a terminal attaching again replaces its own stream, and counts
             // once); the refusal is the caller's, marked so no automatic rule samples it
             let quota = self.terminal_quota(&ctx.tenant);
-            if !connections.contains_key(&key)
-                && connections.of_user(&ctx.tenant, &r.user_id) >= quota
-            {
-                let mut refused = Status::resource_exhausted(format!(
-                    "user {:?} holds {quota} terminal(s) on this node, the most tenant {} allows \
-                     (limits.max_terminals_per_user): close one, or attach one again under its \
-                     own terminal_id",
-                    r.user_id, ctx.tenant
-                ));
-                refused.metadata_mut().insert(
-                    mesh_contract::headers::OVER_QUOTA,
-                    tonic::metadata::MetadataValue::from_static("terminals"),
-                );
-                return Err(refused);
+            if !connections.contains_key(&key) {
+                let over = if connections.of_user(&ctx.tenant, &r.user_id) >= quota.per_user {
+                    Some(format!(
+                        "user {:?} holds {} terminal(s) on this node, the most tenant {} allows \
+                         (limits.max_terminals_per_user): close one, or attach one again under \
+                         its own terminal_id",
+                        r.user_id, quota.per_user, ctx.tenant
+                    ))
+                } else if connections.of_tenant(&ctx.tenant) >= quota.per_tenant {
+                    Some(format!(
+                        "tenant {} holds {} terminal(s) on this node, the most it allows \
+                         (limits.max_terminals): attach again later, or through another node",
+                        ctx.tenant, quota.per_tenant
+                    ))
+                } else {
+                    None
+                };
+                if let Some(message) = over {
+                    let mut refused = Status::resource_exhausted(message);
+                    refused.metadata_mut().insert(
+                        mesh_contract::headers::OVER_QUOTA,
+                        tonic::metadata::MetadataValue::from_static("terminals"),
+                    );
+                    return Err(refused);
+                }
             }
             connections.insert(
                 key.clone(),

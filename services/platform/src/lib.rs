@@ -336,8 +336,13 @@ impl Platform {
         self.outbound
             .bulkheads()
             .set_limit(tenant.clone(), config.limits.max_concurrent_per_dependency);
-        self.gateway
-            .set_terminal_quota(tenant.clone(), config.limits.max_terminals_per_user);
+        self.gateway.set_terminal_quota(
+            tenant.clone(),
+            mesh_gateway::TerminalQuota {
+                per_user: config.limits.max_terminals_per_user,
+                per_tenant: config.limits.max_terminals,
+            },
+        );
         if let Some(max) = max_suggestions {
             self.recommend
                 .set_max_suggestions(tenant.clone(), u32::try_from(max).unwrap_or(u32::MAX));

@@ -44,6 +44,12 @@ pub struct ConnectionLimits {
     /// connection slots other clients need. A client that spoke and then idles is left to
     /// `idle_timeout`.
     pub preface_within: Duration,
+    /// Connections open at once from one source address (an IPv6 client's /64, where one
+    /// host holds many addresses); one more is closed as it is accepted. One client flooding
+    /// the door with sockets then holds a bounded share of `max_connections`, and everyone
+    /// else still connects. Behind a proxy every connection comes from the proxy: raise it
+    /// to `max_connections` there (the proxy limits its own clients).
+    pub max_per_address: usize,
 }
 
 /// The deployment file's defaults (`[front_door]` in `ops/mesh.toml`).
@@ -65,6 +71,7 @@ impl From<&mesh_config::deploy::FrontDoorConfig> for ConnectionLimits {
             max_streams_per_connection: config.max_streams_per_connection.max(1),
             http1: false,
             preface_within: Duration::from_secs(config.preface_timeout_secs.max(1)),
+            max_per_address: config.max_connections_per_address.max(1),
         }
     }
 }
@@ -294,7 +301,9 @@ pub async fn serve_connections<S, B>(
              (ulimit -n, LimitNOFILE) or lower front_door.max_connections"
         );
     }
+    let per_address = PerAddress::new(limits.max_per_address);
     let mut refused_logged: Option<Instant> = None;
+    let mut crowded_logged: Option<Instant> = None;
     let mut failed_accepts: (u64, Option<Instant>) = (0, None);
     // at shutdown every open connection is asked to close (GOAWAY): a proxy in front sends
     // its next calls elsewhere, while the streams under way (a terminal's, told to attach
@@ -330,6 +339,14 @@ pub async fn serve_connections<S, B>(
             drop(stream);
             continue;
         };
+        let Some(from_peer) = per_address.take(peer.ip()) else {
+            if crowded_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                tracing::warn!(%peer, max_per_address = limits.max_per_address, "one address holds its share of connections; closing its new ones");
+                crowded_logged = Some(Instant::now());
+            }
+            drop(stream);
+            continue;
+        };
         // small gRPC frames must not wait for the peer's delayed ACK (Nagle)
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
@@ -348,7 +365,7 @@ pub async fn serve_connections<S, B>(
             activity: activity.clone(),
         };
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, from_peer);
             match tls {
                 None => serve_connection(stream, service, limits, activity, peer, left).await,
                 Some(tls) => {
@@ -365,6 +382,69 @@ pub async fn serve_connections<S, B>(
                 }
             }
         });
+    }
+}
+
+/// Connections open per source address, each held by an [`AddressSlot`] that gives it back
+/// when the connection ends.
+struct PerAddress {
+    limit: usize,
+    open: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl PerAddress {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            open: Mutex::default(),
+        })
+    }
+
+    /// A slot for one more connection from `ip`, unless it holds `limit` already.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let source = source_of(ip);
+        let mut open = self.open.lock().expect("lock");
+        let count = open.entry(source).or_default();
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            source,
+        })
+    }
+}
+
+/// Whom a connection counts against: an IPv4 address (or an IPv4-mapped IPv6 one), or the /64
+/// of an IPv6 address (one host, or one customer's network, holds a whole /64).
+fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !u128::from(u64::MAX),
+            )),
+        },
+        v4 => v4,
+    }
+}
+
+/// One connection of a source address, counted until dropped.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    source: std::net::IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().expect("lock");
+        if let Some(count) = open.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.source);
+            }
+        }
     }
 }
 

@@ -103,6 +103,7 @@ fn limits() -> ConnectionLimits {
         max_streams_per_connection: 1_000,
         http1: false,
         preface_within: Duration::from_secs(60),
+        max_per_address: 10_000,
     }
 }
 
@@ -305,4 +306,96 @@ async fn silent_sockets_give_their_slots_back() {
     let request = http::Request::get("http://test/hello").body(()).unwrap();
     let (response, _) = send.send_request(request, true).unwrap();
     assert_eq!(response.await.unwrap().status(), http::StatusCode::OK);
+}
+
+/// An HTTP/2 connection from the loopback address `from` (any of 127.0.0.0/8 is this machine:
+/// a client of its own address, as far as the server can tell).
+async fn connect_from(
+    from: [u8; 4],
+    address: std::net::SocketAddr,
+) -> Result<h2::client::SendRequest<Bytes>, Box<dyn std::error::Error + Send + Sync>> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((std::net::Ipv4Addr::from(from), 0).into())?;
+    let tcp = socket.connect(address).await?;
+    let (send, connection) = h2::client::handshake(tcp).await?;
+    tokio::spawn(connection);
+    Ok(send)
+}
+
+async fn hello_from(
+    from: [u8; 4],
+    address: std::net::SocketAddr,
+) -> Result<http::StatusCode, String> {
+    let call = async {
+        let mut send = connect_from(from, address).await?.ready().await?;
+        let request = http::Request::get("http://test/hello").body(()).unwrap();
+        let (response, _) = send.send_request(request, true)?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response.await?.status())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), call).await {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err("no answer within 5 s".into()),
+    }
+}
+
+/// 10,000 sockets from one address that never say a word, against the front door's default
+/// limits (`[front_door]` as shipped: 10,000 connections, 1,000 per address, 10 s for the
+/// preface): the flood holds its address's share, other clients connect and are answered,
+/// and the flooding address's next connection is refused while its share is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_silent_sockets_from_one_address_leave_others_connecting() {
+    const SILENT: usize = 10_000;
+    let files = mesh_runtime::connections::open_file_limit().unwrap_or(0);
+    assert!(
+        files >= SILENT as u64 + 2_000,
+        "this test holds {SILENT} sockets and the server its share: raise the open-file limit \
+         to {} (ulimit -n; .ci/test does), it is {files}",
+        SILENT + 2_000
+    );
+    let limits = ConnectionLimits::default();
+    assert_eq!(
+        (limits.max_connections, limits.max_per_address),
+        (10_000, 1_000),
+        "the shipped defaults this test is about"
+    );
+    let address = server(limits).await;
+    let mut silent = Vec::with_capacity(SILENT);
+    for _ in 0..SILENT {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+        silent.push(socket.connect(address).await.unwrap());
+    }
+    // clients of other addresses are served while the flood sits there
+    for i in 2..22u8 {
+        assert_eq!(
+            hello_from([127, 0, 0, i], address).await,
+            Ok(http::StatusCode::OK),
+            "a client of 127.0.0.{i} during the flood"
+        );
+    }
+    // the flooding address holds its 1,000 and no more: its next connection is closed
+    assert!(
+        hello_from([127, 0, 0, 1], address).await.is_err(),
+        "the flooding address's share is taken"
+    );
+    // the server closed the sockets past the share (read to EOF or reset), not held them
+    use tokio::io::AsyncReadExt as _;
+    let mut rest = Vec::new();
+    let last = silent.last_mut().unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(5), last.read_to_end(&mut rest)).await;
+    assert!(
+        read.is_ok(),
+        "a socket past the share was closed by the server"
+    );
+    // once the flood is gone its address is served again
+    drop(silent);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while hello_from([127, 0, 0, 1], address).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the address's slots were given back when its sockets closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

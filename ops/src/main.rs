@@ -84,6 +84,19 @@ enum Cmd {
     /// them once the cause is fixed, or purge them.
     #[command(subcommand)]
     Dlq(DlqCmd),
+    /// Who changed what, when: every admin change through any node (and every automatic
+    /// degradation), newest first, with the state before and after; refused attempts too.
+    Audit {
+        /// Only changes of this tenant (and those of every tenant at once).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this operator's (`alice`, `auto:protect-core`).
+        #[arg(long)]
+        operator: Option<String>,
+        /// At most this many (50; at most 1000).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -281,6 +294,21 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
     let mut admin = client::connect(&cli.admin, cli.token.as_deref(), &tls).await?;
     let refused = |status| CtlError::from_status(status, &cli.admin);
     match cli.command {
+        Cmd::Audit {
+            tenant,
+            operator,
+            limit,
+        } => {
+            let list = admin
+                .list_audit(api::ListAuditRequest {
+                    tenant: tenant.unwrap_or_default(),
+                    operator: operator.unwrap_or_default(),
+                    limit: limit.unwrap_or_default(),
+                })
+                .await
+                .map_err(refused)?;
+            out.audit(&list.into_inner());
+        }
         Cmd::Switch(SwitchCmd::List) => {
             let list = admin
                 .list_switches(api::ListSwitchesRequest {})

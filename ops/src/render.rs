@@ -423,6 +423,40 @@ impl Output {
         say!("{rows}");
     }
 
+    /// `audit`.
+    pub fn audit(&self, list: &api::AuditList) {
+        if self.json {
+            return self.print(&json!({
+                "partial": list.partial,
+                "entries": list.entries.iter().map(|e| json!({
+                    "id": e.id, "at": rfc3339(e.at_ms), "at_ms": e.at_ms,
+                    "operator": e.operator, "action": e.action, "tenant": e.tenant,
+                    "subject": e.subject, "before": e.before, "after": e.after,
+                    "reason": e.reason, "outcome": e.outcome, "node": e.node, "peer": e.peer,
+                })).collect::<Vec<_>>(),
+            }));
+        }
+        let mut rows = table(&[
+            "WHEN", "OPERATOR", "ACTION", "SUBJECT", "BEFORE", "AFTER", "OUTCOME", "NODE",
+        ]);
+        for e in &list.entries {
+            rows.add_row(vec![
+                when(e.at_ms),
+                e.operator.clone(),
+                e.action.clone(),
+                e.subject.clone(),
+                e.before.clone(),
+                e.after.clone(),
+                e.outcome.clone(),
+                e.node.clone(),
+            ]);
+        }
+        say!("{rows}");
+        if list.partial {
+            say!("(this node's changes only: the fleet's log could not be read)");
+        }
+    }
+
     /// `dlq show`.
     pub fn dead_letters(&self, letters: &[api::DeadLetter]) {
         if self.json {

@@ -77,11 +77,29 @@ impl Mesh {
         groups: usize,
         env: &[(&str, &str)],
     ) -> Mesh {
+        Self::up_configured(
+            tenants,
+            state,
+            groups,
+            &state.join("no-such-mesh.toml"),
+            env,
+        )
+        .await
+    }
+
+    /// [`Mesh::up_with`] with the deployment file `config`.
+    pub async fn up_configured(
+        tenants: &Path,
+        state: &Path,
+        groups: usize,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Mesh {
         let mut child = Command::new(mesh_binary())
             .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
             .arg(tenants)
             .arg("--config")
-            .arg(state.join("no-such-mesh.toml"))
+            .arg(config)
             .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
             .env("MESH_WEB_LISTEN", "127.0.0.1:0")
             .env("MESH_ADMIN_TOKEN", TOKEN)

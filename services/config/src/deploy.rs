@@ -396,7 +396,32 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// Environment variable holding the ops credential.
     pub token_env: Option<String>,
+    /// Operators as people, each with a credential of their own: who changed what is theirs
+    /// in `meshctl audit` (a shared `token` reads as operator `ops`).
+    ///
+    /// ```toml
+    /// [[admin.operators]]
+    /// name = "alice"
+    /// token_env = "MESH_OPS_ALICE"
+    /// ```
+    #[serde(default)]
+    pub operators: Vec<OperatorConfig>,
 }
+
+/// One operator (`[[admin.operators]]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// Their name, as the audit log says it (`alice`): letters, digits, `.`, `_`, `-`.
+    pub name: String,
+    /// Their credential itself; development only.
+    pub token: Option<String>,
+    /// Environment variable holding their credential.
+    pub token_env: Option<String>,
+}
+
+/// The name a shared ops credential (`admin.token`, `admin.token_env`) reads as.
+pub const SHARED_OPERATOR: &str = "ops";
 
 impl Default for AdminConfig {
     fn default() -> Self {
@@ -404,6 +429,7 @@ impl Default for AdminConfig {
             listen: default_admin_listen(),
             token: None,
             token_env: None,
+            operators: Vec::new(),
         }
     }
 }
@@ -498,7 +524,86 @@ impl DeployConfig {
         })
     }
 
-    /// The ops credential; `Ok(None)` when none is configured (the admin API stays off).
+    /// Every operator's name and credential: `[[admin.operators]]`, and the shared
+    /// credential as operator [`SHARED_OPERATOR`] when one is set. Empty when none is
+    /// configured (the admin API stays off).
+    pub fn operators(&self) -> Result<Vec<(String, String)>, FieldError> {
+        let error = |field: String, message: String| FieldError {
+            source: "deployment config".into(),
+            field,
+            message,
+        };
+        let mut operators: Vec<(String, String)> = self
+            .ops_token()?
+            .map(|token| (SHARED_OPERATOR.to_owned(), token))
+            .into_iter()
+            .collect();
+        for (i, operator) in self.admin.operators.iter().enumerate() {
+            let field = |name: &str| format!("admin.operators[{i}].{name}");
+            let valid_name = !operator.name.is_empty()
+                && operator.name.len() <= 64
+                && operator
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid_name {
+                return Err(error(
+                    field("name"),
+                    format!(
+                        "{:?}: 1 to 64 letters, digits, `.`, `_` or `-` (it is how the audit log names them)",
+                        operator.name
+                    ),
+                ));
+            }
+            if operators.iter().any(|(name, _)| *name == operator.name) {
+                return Err(error(
+                    field("name"),
+                    format!(
+                        "{:?} is named twice (or is `{SHARED_OPERATOR}`, the shared credential's name)",
+                        operator.name
+                    ),
+                ));
+            }
+            let token = match (&operator.token, &operator.token_env) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(error(
+                        format!("admin.operators[{i}]"),
+                        format!(
+                            "operator {:?}: set one of `token_env` and `token`",
+                            operator.name
+                        ),
+                    ));
+                }
+                (Some(token), None) => crate::check_credential(token, "has")
+                    .map(|()| token.clone())
+                    .map_err(|message| error(field("token"), message))?,
+                (None, Some(var)) => {
+                    let token = std::env::var(var).map_err(|_| {
+                        error(
+                            field("token_env"),
+                            format!("environment variable {var} is not set"),
+                        )
+                    })?;
+                    crate::check_credential(&token, &format!("environment variable {var} holds"))
+                        .map_err(|message| error(field("token_env"), message))?;
+                    token
+                }
+            };
+            if operators.iter().any(|(_, t)| *t == token) {
+                return Err(error(
+                    field("token"),
+                    format!(
+                        "operator {:?} has another operator's credential: each person has their own, or the audit log cannot tell them apart",
+                        operator.name
+                    ),
+                ));
+            }
+            operators.push((operator.name.clone(), token));
+        }
+        Ok(operators)
+    }
+
+    /// The shared ops credential; `Ok(None)` when none is configured.
     pub fn ops_token(&self) -> Result<Option<String>, FieldError> {
         let error = |field: &str, message: String| FieldError {
             source: "deployment config".into(),
@@ -676,6 +781,65 @@ mod tests {
                 err.contains("MESH_TEST_OPS_TOKEN_UNSET is not set"),
                 "{err}"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn operators_are_named_each_with_a_credential_of_their_own() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MESH_TEST_OPS_ALICE", "alice-credential-0123456789abcdef");
+            jail.create_file(
+                "mesh.toml",
+                "[admin]\ntoken = \"shared-ops-credential-0123456789\"\n\
+                 [[admin.operators]]\nname = \"alice\"\ntoken_env = \"MESH_TEST_OPS_ALICE\"\n\
+                 [[admin.operators]]\nname = \"bob\"\ntoken = \"bob-credential-0123456789abcdef\"\n",
+            )?;
+            let config = DeployConfig::load(Path::new("mesh.toml")).unwrap();
+            let names: Vec<(String, String)> = config.operators().unwrap();
+            assert_eq!(
+                names,
+                [
+                    ("ops", "shared-ops-credential-0123456789"),
+                    ("alice", "alice-credential-0123456789abcdef"),
+                    ("bob", "bob-credential-0123456789abcdef"),
+                ]
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            );
+            // two people with one credential, a name twice, a bad name, a missing variable
+            for (operators, field, says) in [
+                (
+                    "[[admin.operators]]\nname = \"carol\"\ntoken = \"shared-ops-credential-0123456789\"\n",
+                    "admin.operators[0].token",
+                    "another operator's credential",
+                ),
+                (
+                    "[[admin.operators]]\nname = \"ops\"\ntoken = \"carol-credential-0123456789abcdef\"\n",
+                    "admin.operators[0].name",
+                    "named twice",
+                ),
+                (
+                    "[[admin.operators]]\nname = \"auto:rule\"\ntoken = \"carol-credential-0123456789abcdef\"\n",
+                    "admin.operators[0].name",
+                    "letters, digits",
+                ),
+                (
+                    "[[admin.operators]]\nname = \"carol\"\ntoken_env = \"MESH_TEST_OPS_CAROL_UNSET\"\n",
+                    "admin.operators[0].token_env",
+                    "MESH_TEST_OPS_CAROL_UNSET is not set",
+                ),
+            ] {
+                jail.create_file(
+                    "mesh.toml",
+                    &format!("[admin]\ntoken = \"shared-ops-credential-0123456789\"\n{operators}"),
+                )?;
+                let err = DeployConfig::load(Path::new("mesh.toml"))
+                    .unwrap()
+                    .operators()
+                    .unwrap_err();
+                assert_eq!(err.field, field, "{err}");
+                assert!(err.message.contains(says), "{err}");
+            }
             Ok(())
         });
     }

@@ -1,6 +1,8 @@
 //! The admin API `meshctl` talks to: the `admin.v1.Admin` contract served over the
-//! [`ControlPlane`], behind the ops credential (`authorization: Bearer <token>`), which is
-//! distinct from every tenant's.
+//! [`ControlPlane`], behind the operators' credentials (`authorization: Bearer <token>`),
+//! which are distinct from every tenant's. Each credential names an operator; every change is
+//! written to the audit log under that name (`meshctl audit`), refused attempts too. Wrong
+//! credentials are logged at once and throttled per source address.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,8 +15,11 @@ use mesh_runtime::{
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status, service::Interceptor};
 
-/// Who changed a switch, when the caller does not say (the credential is shared by ops).
-const OPERATOR: &str = "ops";
+use mesh_runtime::control::audit::{AuditEntry, AuditFilter};
+
+/// The operator a call was made by: the name of the credential it presented.
+#[derive(Clone, Debug)]
+pub struct Operator(pub String);
 
 /// The admin service.
 #[derive(Clone, Debug)]
@@ -118,42 +123,148 @@ fn bus_status(err: mesh_contract::BusError) -> Status {
     }
 }
 
-/// Refuses every call without the ops credential.
+/// Refuses every call without an operator's credential, and names the operator of each call
+/// it admits ([`Operator`], in the request's extensions).
 #[derive(Clone)]
 pub struct OpsCredential {
-    token: Vec<u8>,
+    operators: std::sync::Arc<Vec<(String, Vec<u8>)>>,
+    guesses: std::sync::Arc<Guesses>,
 }
 
 impl OpsCredential {
-    /// Accepts `Bearer <token>`.
-    pub fn new(token: &str) -> Self {
+    /// Accepts `Bearer <token>` for each `(name, token)` of `operators`.
+    pub fn new(operators: &[(String, String)]) -> Self {
         Self {
-            token: token.as_bytes().to_vec(),
+            operators: std::sync::Arc::new(
+                operators
+                    .iter()
+                    .map(|(name, token)| (name.clone(), token.as_bytes().to_vec()))
+                    .collect(),
+            ),
+            guesses: Default::default(),
         }
     }
 }
 
-/// Says in the log that a wrong ops credential was presented: how many since it last said so,
-/// at most every 10 s (someone guessing is seen; a flood of guesses does not flood the log).
-fn refused_ops_credential() {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static REFUSED: AtomicU64 = AtomicU64::new(0);
-    static LAST_SAID_MS: AtomicU64 = AtomicU64::new(0);
-    let refused = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
-    let now = mesh_contract::fields::now_ms().max(0) as u64;
-    let last = LAST_SAID_MS.load(Ordering::Relaxed);
-    if now.saturating_sub(last) >= 10_000
-        && LAST_SAID_MS
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        REFUSED.fetch_sub(refused, Ordering::Relaxed);
-        tracing::warn!(refused, "wrong ops credentials presented to the admin API");
+/// Wrong credentials an address may present within [`GUESS_WINDOW`] before it is refused
+/// outright for the rest of it.
+pub const GUESSES_ALLOWED: u32 = 10;
+/// The window [`GUESSES_ALLOWED`] counts over, and how long an address is then refused.
+pub const GUESS_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses remembered at most (an attacker with many addresses does not grow the table
+/// without bound: the oldest windows are forgotten first).
+const GUESSERS_KEPT: usize = 10_000;
+
+/// Wrong credentials per source address (an IPv6 /64 counts as one).
+#[derive(Default)]
+struct Guesses {
+    by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Guessing>>,
+    /// Wrong credentials since the log last summed them up, and when it did.
+    unsaid: std::sync::atomic::AtomicU64,
+    said_at_ms: std::sync::atomic::AtomicU64,
+}
+
+struct Guessing {
+    since: std::time::Instant,
+    wrong: u32,
+}
+
+impl Guesses {
+    /// Whether `address` is refused outright for now (too many wrong credentials).
+    fn blocked(&self, address: std::net::IpAddr) -> Option<Duration> {
+        let by_address = self.by_address.lock().expect("lock");
+        let guessing = by_address.get(&source(address))?;
+        let elapsed = guessing.since.elapsed();
+        (guessing.wrong >= GUESSES_ALLOWED && elapsed < GUESS_WINDOW)
+            .then(|| GUESS_WINDOW - elapsed)
+    }
+
+    /// Counts a wrong credential from `address` and says so in the log: at once for an
+    /// address's first in its window and when it is blocked, else summed up every 10 s.
+    fn wrong(&self, address: Option<std::net::IpAddr>) {
+        use std::sync::atomic::Ordering;
+        let Some(address) = address else {
+            return self.summed_up();
+        };
+        let mut by_address = self.by_address.lock().expect("lock");
+        if by_address.len() >= GUESSERS_KEPT {
+            by_address.retain(|_, g| g.since.elapsed() < GUESS_WINDOW);
+        }
+        if by_address.len() >= GUESSERS_KEPT
+            && let Some(oldest) = by_address
+                .iter()
+                .min_by_key(|(_, g)| g.since)
+                .map(|(a, _)| *a)
+        {
+            by_address.remove(&oldest);
+        }
+        let guessing = by_address.entry(source(address)).or_insert(Guessing {
+            since: std::time::Instant::now(),
+            wrong: 0,
+        });
+        if guessing.since.elapsed() >= GUESS_WINDOW {
+            *guessing = Guessing {
+                since: std::time::Instant::now(),
+                wrong: 0,
+            };
+        }
+        guessing.wrong += 1;
+        match guessing.wrong {
+            1 => tracing::warn!(%address, "a wrong ops credential was presented to the admin API"),
+            GUESSES_ALLOWED => tracing::warn!(
+                %address,
+                wrong = GUESSES_ALLOWED,
+                block_secs = GUESS_WINDOW.as_secs(),
+                "wrong ops credentials keep coming from one address: it is refused outright until its window ends"
+            ),
+            _ => {
+                drop(by_address);
+                self.unsaid.fetch_add(1, Ordering::Relaxed);
+                self.summed_up();
+            }
+        }
+    }
+
+    /// Says how many wrong credentials came since it last said so, at most every 10 s.
+    fn summed_up(&self) {
+        use std::sync::atomic::Ordering;
+        let now = mesh_contract::fields::now_ms().max(0) as u64;
+        let last = self.said_at_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 10_000
+            && self
+                .said_at_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let refused = self.unsaid.swap(0, Ordering::Relaxed);
+            if refused > 0 {
+                tracing::warn!(refused, "wrong ops credentials presented to the admin API");
+            }
+        }
+    }
+}
+
+/// Whom wrong credentials count against: an IPv4 address, or an IPv6 address's /64.
+fn source(address: std::net::IpAddr) -> std::net::IpAddr {
+    match address {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.into(),
+            None => std::net::Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX)).into(),
+        },
+        v4 => v4,
     }
 }
 
 impl Interceptor for OpsCredential {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let address = request.remote_addr().map(|a| a.ip());
+        // an address that guessed too often learns nothing more, right or wrong, for a while
+        if let Some(wait) = address.and_then(|a| self.guesses.blocked(a)) {
+            return Err(Status::resource_exhausted(format!(
+                "too many wrong ops credentials from this address: refused for {} s more",
+                wait.as_secs().max(1)
+            )));
+        }
         let presented = request
             .metadata()
             .get("authorization")
@@ -169,13 +280,37 @@ impl Interceptor for OpsCredential {
             .ok_or_else(|| {
                 Status::unauthenticated("the ops credential must be `Bearer <token>`")
             })?;
-        if bool::from(presented.as_bytes().ct_eq(&self.token)) {
-            Ok(request)
-        } else {
-            refused_ops_credential();
-            Err(Status::unauthenticated("wrong ops credential"))
+        // every credential compared, in constant time each: how far the search got tells nothing
+        let mut who = None;
+        for (name, token) in self.operators.iter() {
+            if bool::from(presented.as_bytes().ct_eq(token)) {
+                who = Some(name.clone());
+            }
+        }
+        match who {
+            Some(name) => {
+                request.extensions_mut().insert(Operator(name));
+                Ok(request)
+            }
+            None => {
+                self.guesses.wrong(address);
+                Err(Status::unauthenticated("wrong ops credential"))
+            }
         }
     }
+}
+
+/// Who made `request`, and from where (for the audit log).
+fn caller<T>(request: &Request<T>) -> (String, String) {
+    let operator = request.extensions().get::<Operator>().map_or_else(
+        || mesh_runtime::deploy::SHARED_OPERATOR.to_owned(),
+        |o| o.0.clone(),
+    );
+    let peer = request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    (operator, peer)
 }
 
 fn status(err: ControlError) -> Status {
@@ -288,6 +423,41 @@ fn tenant_to_api(row: &TenantRow) -> api::Tenant {
 }
 
 impl AdminService {
+    /// How `tenant` stands, as the audit log writes it before and after a change: its process
+    /// group and services (never its file, which may hold secrets); `absent` when not served.
+    fn tenant_state(&self, tenant: &str) -> String {
+        self.plane
+            .tenants()
+            .iter()
+            .find(|row| row.config.id.as_str() == tenant)
+            .map_or_else(
+                || "absent".to_owned(),
+                |row| {
+                    let api = tenant_to_api(row);
+                    format!("group={} services={}", api.group, api.services.join(","))
+                },
+            )
+    }
+
+    /// Writes `entry` to the audit log with how `result` ended (`after` of what it answered,
+    /// or the refusal), and hands `result` on. An entry that cannot be written is an error in
+    /// the node's log; the change itself stands.
+    async fn audited<R>(
+        &self,
+        entry: AuditEntry,
+        result: Result<R, Status>,
+        after: impl FnOnce(&R) -> String,
+    ) -> Result<R, Status> {
+        let entry = match &result {
+            Ok(answer) => entry.after(after(answer)),
+            Err(refused) => entry.refused(format!("{:?}: {}", refused.code(), refused.message())),
+        };
+        if let Err(err) = self.plane.audit().record(entry).await {
+            tracing::error!(error = %err, "an admin change could not be written to the audit log");
+        }
+        result
+    }
+
     /// The row of `tenant`, as a list of one.
     fn row_of(&self, tenant: &mesh_contract::TenantId) -> api::TenantList {
         api::TenantList {
@@ -321,19 +491,45 @@ impl Admin for AdminService {
         &self,
         request: Request<api::SetSwitchRequest>,
     ) -> Result<Response<api::SetSwitchResponse>, Status> {
+        let (operator, peer) = caller(&request);
         let request = request.into_inner();
         let target = target_from_api(request.target)?;
-        let change = self
+        let tenant = none_if_empty(&request.tenant);
+        let scope = format!("{target}@{}", tenant.unwrap_or("all"));
+        let before = self
             .plane
-            .set_switch(
-                none_if_empty(&request.tenant),
-                target,
-                request.on,
-                &request.reason,
-                OPERATOR,
-            )
+            .switches()
+            .into_iter()
+            .find(|s| s.tenant.as_ref().map(|t| t.as_str()) == tenant && s.target == target)
+            .map_or_else(
+                || "on".to_owned(),
+                |s| format!("off (by {}: {})", s.changed_by, s.reason),
+            );
+        let entry = AuditEntry::new(
+            &operator,
+            if request.on {
+                "switch.on"
+            } else {
+                "switch.off"
+            },
+            scope,
+        )
+        .tenant(tenant.unwrap_or("*"))
+        .before(before)
+        .reason(&request.reason)
+        .peer(peer);
+        let result = self
+            .plane
+            .set_switch(tenant, target, request.on, &request.reason, &operator)
             .await
-            .map_err(status)?;
+            .map_err(status);
+        let change = self
+            .audited(entry, result, |change| match (request.on, change.changed) {
+                (true, true) => "on".to_owned(),
+                (true, false) => "on (it was not off)".to_owned(),
+                (false, _) => "off".to_owned(),
+            })
+            .await?;
         Ok(Response::new(api::SetSwitchResponse {
             switches: change.switches.iter().map(switch_to_api).collect(),
             processes_applied: u32::try_from(change.processes_applied).unwrap_or(u32::MAX),
@@ -369,13 +565,26 @@ impl Admin for AdminService {
         &self,
         request: Request<api::TenantFile>,
     ) -> Result<Response<api::TenantList>, Status> {
+        let (operator, peer) = caller(&request);
         let file = request.into_inner();
+        let entry = AuditEntry::new(&operator, "tenant.add", &file.file_name)
+            .before("absent")
+            .peer(peer);
         // checked (the services' settings too) before anything is written or started
-        let config = self
+        let result = self
             .plane
             .add_tenant(&file.file_name, &file.content)
             .await
-            .map_err(status)?;
+            .map_err(status);
+        let entry = match &result {
+            Ok(config) => entry.tenant(config.id.to_string()),
+            Err(_) => entry,
+        };
+        let config = self
+            .audited(entry, result, |config| {
+                self.tenant_state(config.id.as_str())
+            })
+            .await?;
         Ok(Response::new(self.row_of(&config.id)))
     }
 
@@ -383,12 +592,28 @@ impl Admin for AdminService {
         &self,
         request: Request<api::TenantFile>,
     ) -> Result<Response<api::TenantList>, Status> {
+        let (operator, peer) = caller(&request);
         let file = request.into_inner();
-        let config = self
+        // the tenant the file names, as far as it reads: the entry's subject either way
+        let named = self
+            .plane
+            .check_tenant(&file.file_name, &file.content)
+            .map(|(config, _, _)| config.id.to_string())
+            .unwrap_or_default();
+        let entry = AuditEntry::new(&operator, "tenant.update", &file.file_name)
+            .tenant(&named)
+            .before(self.tenant_state(&named))
+            .peer(peer);
+        let result = self
             .plane
             .update_tenant(&file.file_name, &file.content)
             .await
-            .map_err(status)?;
+            .map_err(status);
+        let config = self
+            .audited(entry, result, |config| {
+                self.tenant_state(config.id.as_str())
+            })
+            .await?;
         Ok(Response::new(self.row_of(&config.id)))
     }
 
@@ -396,12 +621,23 @@ impl Admin for AdminService {
         &self,
         request: Request<api::RemoveTenantRequest>,
     ) -> Result<Response<api::TenantList>, Status> {
+        let (operator, peer) = caller(&request);
         let request = request.into_inner();
-        let config = self
+        let entry = AuditEntry::new(&operator, "tenant.remove", &request.tenant)
+            .tenant(&request.tenant)
+            .before(self.tenant_state(&request.tenant))
+            .reason(if request.purge_data {
+                "data purged"
+            } else {
+                "data kept"
+            })
+            .peer(peer);
+        let result = self
             .plane
             .remove_tenant(&request.tenant, request.purge_data)
             .await
-            .map_err(status)?;
+            .map_err(status);
+        let config = self.audited(entry, result, |_| "absent".to_owned()).await?;
         // its last row, now that no process serves it
         Ok(Response::new(api::TenantList {
             tenants: vec![api::Tenant {
@@ -419,7 +655,16 @@ impl Admin for AdminService {
         request: Request<api::SetGreyRequest>,
     ) -> Result<Response<api::TenantList>, Status> {
         use mesh_runtime::config::GreyChange;
+        let (operator, peer) = caller(&request);
         let request = request.into_inner();
+        let entry = AuditEntry::new(
+            &operator,
+            "tenant.grey",
+            format!("{}@{} {}", request.service, request.tenant, request.action),
+        )
+        .tenant(&request.tenant)
+        .before(self.tenant_state(&request.tenant))
+        .peer(peer);
         let change = match request.action.as_str() {
             "widen" => GreyChange::Widen {
                 version: match request.version.as_str() {
@@ -440,11 +685,16 @@ impl Admin for AdminService {
                 )));
             }
         };
-        let config = self
+        let result = self
             .plane
             .grey(&request.tenant, &request.service, &change)
             .await
-            .map_err(status)?;
+            .map_err(status);
+        let config = self
+            .audited(entry, result, |config| {
+                self.tenant_state(config.id.as_str())
+            })
+            .await?;
         Ok(Response::new(self.row_of(&config.id)))
     }
 
@@ -452,7 +702,16 @@ impl Admin for AdminService {
         &self,
         request: Request<api::MoveTenantRequest>,
     ) -> Result<Response<api::TenantList>, Status> {
+        let (operator, peer) = caller(&request);
         let request = request.into_inner();
+        let entry = AuditEntry::new(
+            &operator,
+            "tenant.move",
+            format!("{} to {}", request.tenant, request.process),
+        )
+        .tenant(&request.tenant)
+        .before(self.tenant_state(&request.tenant))
+        .peer(peer);
         let process = match request.process.as_str() {
             "own" => mesh_runtime::config::ProcessIsolation::Own,
             "shared" => mesh_runtime::config::ProcessIsolation::Shared,
@@ -462,11 +721,16 @@ impl Admin for AdminService {
                 )));
             }
         };
-        let config = self
+        let result = self
             .plane
             .move_tenant(&request.tenant, process)
             .await
-            .map_err(status)?;
+            .map_err(status);
+        let config = self
+            .audited(entry, result, |config| {
+                self.tenant_state(config.id.as_str())
+            })
+            .await?;
         Ok(Response::new(self.row_of(&config.id)))
     }
 
@@ -559,15 +823,33 @@ impl Admin for AdminService {
         &self,
         request: Request<api::SetFaultRequest>,
     ) -> Result<Response<api::FaultList>, Status> {
+        let (operator, peer) = caller(&request);
         let request = request.into_inner();
-        let faults = self
+        let entry = AuditEntry::new(
+            &operator,
+            "fault.set",
+            format!(
+                "{}@{}",
+                none_if_empty(&request.service).unwrap_or("*"),
+                request.tenant
+            ),
+        )
+        .tenant(&request.tenant)
+        .peer(peer);
+        let result = self
             .plane
             .set_fault(
                 &request.tenant,
                 none_if_empty(&request.service),
                 Duration::from_millis(request.delay_ms.into()),
             )
-            .map_err(status)?;
+            .map_err(status);
+        let faults = self
+            .audited(entry, result, |_| match request.delay_ms {
+                0 => "no delay".to_owned(),
+                ms => format!("{ms} ms added"),
+            })
+            .await?;
         Ok(Response::new(api::FaultList {
             faults: faults
                 .iter()
@@ -641,18 +923,27 @@ impl Admin for AdminService {
         &self,
         request: Request<api::DeadLettersRequest>,
     ) -> Result<Response<api::DeadLettersHandled>, Status> {
+        let (operator, peer) = caller(&request);
         let request = request.into_inner();
-        self.queue_of(&request.tenant, &request.queue)?;
+        let entry = AuditEntry::new(&operator, "dead_letters.replay", &request.queue)
+            .tenant(&request.tenant)
+            .peer(peer);
         let limit = match request.limit {
             0 => usize::MAX,
             n => n as usize,
         };
+        let result = async {
+            self.queue_of(&request.tenant, &request.queue)?;
+            self.bus()
+                .await?
+                .replay_dead_letters(&request.queue, limit)
+                .await
+                .map_err(bus_status)
+        }
+        .await;
         let count = self
-            .bus()
-            .await?
-            .replay_dead_letters(&request.queue, limit)
-            .await
-            .map_err(bus_status)?;
+            .audited(entry, result, |count| format!("{count} replayed"))
+            .await?;
         Ok(Response::new(api::DeadLettersHandled { count }))
     }
 
@@ -660,14 +951,56 @@ impl Admin for AdminService {
         &self,
         request: Request<api::DeadLettersRequest>,
     ) -> Result<Response<api::DeadLettersHandled>, Status> {
+        let (operator, peer) = caller(&request);
         let request = request.into_inner();
-        self.queue_of(&request.tenant, &request.queue)?;
+        let entry = AuditEntry::new(&operator, "dead_letters.purge", &request.queue)
+            .tenant(&request.tenant)
+            .peer(peer);
+        let result = async {
+            self.queue_of(&request.tenant, &request.queue)?;
+            self.bus()
+                .await?
+                .purge_dead_letters(&request.queue)
+                .await
+                .map_err(bus_status)
+        }
+        .await;
         let count = self
-            .bus()
-            .await?
-            .purge_dead_letters(&request.queue)
-            .await
-            .map_err(bus_status)?;
+            .audited(entry, result, |count| format!("{count} purged"))
+            .await?;
         Ok(Response::new(api::DeadLettersHandled { count }))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<api::ListAuditRequest>,
+    ) -> Result<Response<api::AuditList>, Status> {
+        let request = request.into_inner();
+        let filter = AuditFilter {
+            tenant: none_if_empty(&request.tenant).map(str::to_owned),
+            operator: none_if_empty(&request.operator).map(str::to_owned),
+            limit: request.limit as usize,
+        };
+        let (entries, partial) = self.plane.audit().list(&filter).await;
+        Ok(Response::new(api::AuditList {
+            entries: entries
+                .into_iter()
+                .map(|e| api::AuditEntry {
+                    id: e.id,
+                    at_ms: e.at_ms,
+                    operator: e.operator,
+                    action: e.action,
+                    tenant: e.tenant,
+                    subject: e.subject,
+                    before: e.before,
+                    after: e.after,
+                    outcome: e.outcome,
+                    node: e.node,
+                    peer: e.peer,
+                    reason: e.reason,
+                })
+                .collect(),
+            partial,
+        }))
     }
 }

@@ -37,8 +37,8 @@ pub async fn run(
     } else {
         Tenants::load(dir, mesh_api::CONTRACTS)?
     };
-    let ops_token = deploy
-        .ops_token()
+    let operators = deploy
+        .operators()
         .map_err(|e| anyhow!("{}: {e}", config.display()))?;
     // a client told a worker's address calls it over plain HTTP/2: never from a TLS front door
     if deploy.front_door.advertise_workers && deploy.tls.enabled() {
@@ -151,6 +151,10 @@ pub async fn run(
         println!("TLS on the front door and the admin API");
     }
     println!("switch state in {}", store.path().display());
+    println!(
+        "audit log in {}",
+        store.path().with_file_name("audit.jsonl").display()
+    );
 
     let (stop, stopping) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -197,7 +201,20 @@ pub async fn run(
                 .share_tenants(SharedTenants::connect(url, prefix, &node_credential).await?)
                 .await?;
         }
-        println!("shared state in {url}: switches and tenants follow every node of the mesh");
+        plane
+            .audit()
+            .share(url, prefix, &node_credential)
+            .await
+            .map_err(|e| anyhow!("audit log: {e}"))?;
+        tokio::spawn(
+            plane
+                .audit()
+                .clone()
+                .keep_reconciled(std::time::Duration::from_secs(5)),
+        );
+        println!(
+            "shared state in {url}: switches, tenants and the audit log follow every node of the mesh"
+        );
         if std::env::var_os("MESH_STORE_POSTGRES").is_none() && !control_only {
             println!(
                 "messages are kept in this node's memory (no MESH_STORE_POSTGRES): nodes \
@@ -223,10 +240,10 @@ pub async fn run(
     }
     // the admin API, once: served to meshctl on its own listener and to the ops console
     // through the browsers' access
-    let admin_service = ops_token.map(|token| {
+    let admin_service = (!operators.is_empty()).then(|| {
         tonic::service::Routes::new(AdminServer::with_interceptor(
             AdminService::new(plane.clone()).with_broker(std::env::var("MESH_AMQP_URI").ok()),
-            OpsCredential::new(&token),
+            OpsCredential::new(&operators),
         ))
     });
     let admin = match &admin_service {
@@ -246,7 +263,7 @@ pub async fn run(
         }
         None => {
             println!(
-                "admin API off: no ops credential (set admin.token_env in {}, or MESH_ADMIN_TOKEN)",
+                "admin API off: no ops credential (set admin.token_env or [[admin.operators]] in {}, or MESH_ADMIN_TOKEN)",
                 config.display()
             );
             None

@@ -49,6 +49,22 @@ async function refreshSwitches() {
   });
 }
 
+async function refreshAudit() {
+  const { json } = await admin("ListAudit", { limit: 20 });
+  rows("audit", json.entries, (e) => [
+    when(e.atMs),
+    e.operator,
+    e.action,
+    e.subject,
+    e.before,
+    e.after,
+    e.outcome,
+  ]);
+  $("audit-note").textContent = json.partial
+    ? "this node's changes only: the fleet's log could not be read"
+    : "";
+}
+
 async function refreshStatus() {
   const { json } = await admin("Status", {});
   rows("processes", json.processes, (p) => [
@@ -193,7 +209,7 @@ async function faultFromForm(event) {
 
 async function refresh() {
   try {
-    await Promise.all([refreshSwitches(), refreshStatus(), refreshDeadLetters()]);
+    await Promise.all([refreshSwitches(), refreshStatus(), refreshDeadLetters(), refreshAudit()]);
     $("connection").textContent = "connected";
     $("connection").dataset.state = "online";
   } catch (err) {

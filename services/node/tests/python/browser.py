@@ -180,6 +180,11 @@ def main():
         console.find_element(By.ID, "switch-off").click()
         until(console, "the switch listed", lambda d: "recommend@mall" in text(d, "switches"))
         assert "browser drill" in text(console, "switches")
+        # and the change is in the console's audit log, with who made it (the shared
+        # credential reads as `ops`) and the state before and after
+        until(console, "the change audited",
+              lambda d: "switch.off" in text(d, "audit") and "recommend@mall" in text(d, "audit"))
+        assert "ops" in text(console, "audit")
 
         # mall's chat shows suggestions degraded; paipai's stays live; the chat itself works
         until(alice, "mall degraded", lambda d: text(d, "recommend-state") == "degraded")

@@ -5,8 +5,10 @@
 //! - [`store`]: the switch state on disk;
 //! - [`shared`]: the tenant registry several nodes share (Redis);
 //! - [`shared_switches`]: the switch state several nodes share, one versioned entry per switch;
-//! - [`rules`]: the automatic degradation decision.
+//! - [`rules`]: the automatic degradation decision;
+//! - [`audit`]: who changed what, when, kept by each node and shared by the fleet.
 
+pub mod audit;
 pub mod plane;
 pub mod rules;
 pub mod shared;

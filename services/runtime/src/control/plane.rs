@@ -252,6 +252,8 @@ struct Plane {
     shared_tenants: std::sync::OnceLock<SharedTenants>,
     /// What this node knows of the shared tenant registry.
     tenant_sync: Mutex<TenantSync>,
+    /// Who changed what: the admin API's changes and the automatic rules'.
+    audit: super::audit::AuditLog,
 }
 
 /// The control plane. Cheap to clone.
@@ -330,6 +332,15 @@ impl ControlPlane {
             let files = group.tenants.iter().map(|t| sources[t].clone()).collect();
             supervisor.start_group(&group.name, files);
         }
+        let node_id = format!(
+            "node-{}-{}",
+            std::process::id(),
+            &mesh_contract::ServiceCredentials::fresh_token()[..8]
+        );
+        let audit = super::audit::AuditLog::in_dir(
+            store.path().parent().unwrap_or(std::path::Path::new(".")),
+            &format!("{}/{node_id}", hostname()),
+        );
         Ok(Self {
             plane: Arc::new(Plane {
                 dir,
@@ -347,17 +358,19 @@ impl ControlPlane {
                 shared: std::sync::OnceLock::new(),
                 sync: Mutex::default(),
                 turned_on: Mutex::default(),
-                node_id: format!(
-                    "node-{}-{}",
-                    std::process::id(),
-                    &mesh_contract::ServiceCredentials::fresh_token()[..8]
-                ),
+                node_id,
                 reconcile: tokio::sync::Notify::new(),
                 control_only: !start_workers,
                 shared_tenants: std::sync::OnceLock::new(),
                 tenant_sync: Mutex::default(),
+                audit,
             }),
         })
+    }
+
+    /// Who changed what on this node (and, shared, on the fleet).
+    pub fn audit(&self) -> &super::audit::AuditLog {
+        &self.plane.audit
     }
 
     /// Says whether the workers keep stored data outside themselves (PostgreSQL), which
@@ -1612,20 +1625,56 @@ impl ControlPlane {
                 changed_by: by.clone(),
                 changed_at: SystemTime::now(),
             };
-            let result = match action {
+            let scope = switch.scope();
+            let (turn_off, reason, result) = match action {
                 RuleAction::Nothing => continue,
                 RuleAction::TurnOff(reason) => {
                     tracing::warn!(%tenant, rule = rule.name, %target, %reason, "automatic degradation: switched off");
-                    self.change(Switch { reason, ..switch }, false).await
+                    let result = self
+                        .change(
+                            Switch {
+                                reason: reason.clone(),
+                                ..switch
+                            },
+                            false,
+                        )
+                        .await;
+                    (true, reason, result)
                 }
                 RuleAction::TurnOn => {
                     tracing::warn!(%tenant, rule = rule.name, %target, "automatic degradation: calm again, switched back on");
-                    self.change(switch, true).await
+                    (false, String::new(), self.change(switch, true).await)
                 }
             };
+            let entry = super::audit::AuditEntry::new(
+                by.clone(),
+                if turn_off { "switch.off" } else { "switch.on" },
+                scope,
+            )
+            .tenant(tenant.to_string())
+            .before(if turn_off { "on" } else { "off" })
+            .after(if turn_off { "off" } else { "on" })
+            .reason(reason);
+            let entry = match &result {
+                Ok(_) => entry,
+                Err(err) => entry.refused(err),
+            };
+            if let Err(err) = self.plane.audit.record(entry).await {
+                tracing::error!(error = %err, "automatic degradation not written to the audit log");
+            }
             if let Err(err) = result {
                 tracing::error!(%tenant, rule = rule.name, error = %err, "automatic degradation failed");
             }
         }
     }
+}
+
+/// This machine's name, as the audit log says which node made a change.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }

@@ -202,6 +202,23 @@ impl<V: Serialize + DeserializeOwned> Versioned<V> {
         self
     }
 
+    /// `plain` sealed with this map's key (as is, when it has none): for what a user of the
+    /// map keeps beside it.
+    pub(crate) fn seal_bytes(&self, plain: &[u8]) -> Vec<u8> {
+        match &self.seal {
+            Some(seal) => seal.seal(plain),
+            None => plain.to_vec(),
+        }
+    }
+
+    /// What [`Versioned::seal_bytes`] sealed, if it was sealed with this map's key.
+    pub(crate) fn open_bytes(&self, value: &[u8]) -> Option<Vec<u8>> {
+        match &self.seal {
+            Some(seal) => seal.open(value),
+            None => Some(value.to_vec()),
+        }
+    }
+
     pub(crate) fn error(&self, e: impl std::fmt::Display) -> SharedError {
         SharedError::new(&self.url, e)
     }

@@ -116,6 +116,68 @@ impl AdminService {
     }
 }
 
+impl AdminService {
+    /// Each consumer queue of `tenant` (every tenant when empty) with its dead letters and
+    /// the messages waiting for its consumer.
+    async fn depths(&self, tenant: &str) -> Result<Vec<api::DeadLetterQueue>, Status> {
+        let queues = self.queues(tenant)?;
+        let bus = self.bus().await?;
+        let mut out = Vec::with_capacity(queues.len());
+        // a queue not declared yet (its worker has not subscribed) holds nothing
+        let count = |counted: Result<u32, mesh_contract::BusError>| match counted {
+            Ok(n) => Ok(n),
+            Err(mesh_contract::BusError::Topology(m)) if m.contains("NOT_FOUND") => Ok(0),
+            Err(e) => Err(bus_status(e)),
+        };
+        for (tenant, queue) in queues {
+            let dead_letters = count(bus.dead_letter_count(&queue).await)?;
+            let waiting = count(bus.waiting(&queue).await)?;
+            out.push(api::DeadLetterQueue {
+                tenant,
+                queue,
+                dead_letters,
+                waiting,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads every tenant's queues from the broker every `every` and reports them as the
+    /// `mesh.queue.messages` gauge (`state="waiting"`: a consumer's backlog;
+    /// `state="dead_letters"`), what the alerts on backlogs and dead letters read. Nothing on
+    /// the embedded bus. A read that fails keeps the last one (and says so at debug level).
+    pub fn report_queues(&self, every: Duration) {
+        if self.broker.is_none() {
+            return;
+        }
+        type Rows = Vec<(String, String, u64, u64)>;
+        let last: std::sync::Arc<std::sync::RwLock<Rows>> = Default::default();
+        let gauge = mesh_telemetry::metrics::observe_queues({
+            let last = last.clone();
+            move || last.read().expect("lock").clone()
+        });
+        let admin = self.clone();
+        tokio::spawn(async move {
+            let _gauge = gauge;
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match admin.depths("").await {
+                    Ok(queues) => {
+                        *last.write().expect("lock") = queues
+                            .into_iter()
+                            .map(|q| (q.tenant, q.queue, q.waiting.into(), q.dead_letters.into()))
+                            .collect();
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err.message(), "queue depths not read from the broker")
+                    }
+                }
+            }
+        });
+    }
+}
+
 fn bus_status(err: mesh_contract::BusError) -> Status {
     match err {
         mesh_contract::BusError::Unavailable(m) => Status::unavailable(m),
@@ -867,26 +929,9 @@ impl Admin for AdminService {
         request: Request<api::ListDeadLettersRequest>,
     ) -> Result<Response<api::DeadLetterQueues>, Status> {
         let request = request.into_inner();
-        let queues = self.queues(&request.tenant)?;
-        let bus = self.bus().await?;
-        let mut out = Vec::with_capacity(queues.len());
-        // a queue not declared yet (its worker has not subscribed) holds nothing
-        let count = |counted: Result<u32, mesh_contract::BusError>| match counted {
-            Ok(n) => Ok(n),
-            Err(mesh_contract::BusError::Topology(m)) if m.contains("NOT_FOUND") => Ok(0),
-            Err(e) => Err(bus_status(e)),
-        };
-        for (tenant, queue) in queues {
-            let dead_letters = count(bus.dead_letter_count(&queue).await)?;
-            let waiting = count(bus.waiting(&queue).await)?;
-            out.push(api::DeadLetterQueue {
-                tenant,
-                queue,
-                dead_letters,
-                waiting,
-            });
-        }
-        Ok(Response::new(api::DeadLetterQueues { queues: out }))
+        Ok(Response::new(api::DeadLetterQueues {
+            queues: self.depths(&request.tenant).await?,
+        }))
     }
 
     async fn show_dead_letters(

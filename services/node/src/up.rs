@@ -240,9 +240,16 @@ pub async fn run(
     }
     // the admin API, once: served to meshctl on its own listener and to the ops console
     // through the browsers' access
+    let admin_api =
+        AdminService::new(plane.clone()).with_broker(std::env::var("MESH_AMQP_URI").ok());
+    // the consumers' backlogs and dead letters, for the alerts (admin API or not), where
+    // metrics go somewhere
+    if deploy.telemetry.prometheus_listen.is_some() || deploy.telemetry.otlp_endpoint.is_some() {
+        admin_api.report_queues(std::time::Duration::from_secs(15));
+    }
     let admin_service = (!operators.is_empty()).then(|| {
         tonic::service::Routes::new(AdminServer::with_interceptor(
-            AdminService::new(plane.clone()).with_broker(std::env::var("MESH_AMQP_URI").ok()),
+            admin_api,
             OpsCredential::new(&operators),
         ))
     });

@@ -188,6 +188,18 @@ async fn the_node_serves_every_process_metrics_per_tenant_as_prometheus_reads_th
             )
             .await
             .expect("bob reads it");
+        // a terminal attached and gone: a stream, timed in its own series
+        let terminal = mesh_gateway::Terminal::connect(
+            &users.ctx(tenant, "carol"),
+            channel.clone(),
+            channel.clone(),
+            "carol",
+            "phone",
+            mesh_api::locator::v1::TerminalKind::Phone,
+        )
+        .await
+        .expect("carol attaches");
+        drop(terminal);
     }
     // calls that take no credential (health, reflection) naming made-up tenants make no series
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
@@ -216,12 +228,32 @@ async fn the_node_serves_every_process_metrics_per_tenant_as_prometheus_reads_th
             )
             .is_some_and(|n| n >= 1.0)
         };
-        if stored(&a) && stored(&b) {
+        let streamed = |tenant: &str| {
+            sample(
+                &text,
+                "rpc_server_stream_duration_seconds_count",
+                &[
+                    ("tenant", tenant),
+                    ("rpc_method", "Attach"),
+                    ("service_name", "mesh-worker"),
+                ],
+            )
+            .is_some_and(|n| n >= 1.0)
+        };
+        let queued = |tenant: &str| {
+            sample(
+                &text,
+                "mesh_queue_messages",
+                &[("tenant", tenant), ("state", "dead_letters")],
+            )
+            .is_some()
+        };
+        if stored(&a) && stored(&b) && streamed(&a) && streamed(&b) && queued(&a) && queued(&b) {
             break text;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no storage lag for both tenants within 20 s:\n{text}"
+            started.elapsed() < Duration::from_secs(30),
+            "no storage lag, Attach stream or queue depth for both tenants within 30 s:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -229,6 +261,25 @@ async fn the_node_serves_every_process_metrics_per_tenant_as_prometheus_reads_th
     assert!(
         !text.contains("tenant=\"madeup"),
         "a tenant nobody vouched for is no series"
+    );
+    // a stream's lifetime is no call's latency: Attach is in no call percentile
+    assert_eq!(
+        sample(
+            &text,
+            "rpc_server_call_duration_seconds_count",
+            &[("rpc_method", "Attach")]
+        ),
+        None,
+        "streams are timed in rpc_server_stream_duration_seconds only"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "mesh_queue_messages",
+            &[("tenant", &a), ("state", "dead_letters")]
+        ),
+        Some(0.0),
+        "nothing dead-lettered"
     );
 
     // Prometheus's own linter takes it: one family each, valid names, types and samples

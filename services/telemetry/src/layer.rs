@@ -329,6 +329,7 @@ impl Call {
             rpc_service: names.rpc_service,
             version: names.version,
             method: names.method,
+            streaming: names.streaming,
             code,
             outcome,
             took: self.started.elapsed(),
@@ -354,6 +355,7 @@ struct Names {
     rpc_service: &'static str,
     version: &'static str,
     method: &'static str,
+    streaming: bool,
 }
 
 impl Names {
@@ -365,6 +367,7 @@ impl Names {
                 rpc_service: c.service,
                 version: c.version,
                 method: m.name,
+                streaming: m.server_streaming || m.client_streaming,
             })
             // the conventions' name for a method outside the known set, which bounds the series
             .unwrap_or(Names {
@@ -372,6 +375,7 @@ impl Names {
                 rpc_service: "_OTHER",
                 version: "",
                 method: "_OTHER",
+                streaming: false,
             })
     }
 }

@@ -2,10 +2,16 @@
 //! no-ops without it):
 //!
 //! - `rpc.server.call.duration` and `rpc.client.call.duration` (histograms, seconds, as the
-//!   current OpenTelemetry RPC conventions name them; the older `rpc.server.duration` was in ms): every call served or made, timed to its status (a stream to
-//!   its end), by `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, and the
-//!   mesh's `tenant`, `contract.version` and `outcome` (so degraded, shed and cancelled calls
-//!   are counted as such; a histogram's count is the number of calls);
+//!   current OpenTelemetry RPC conventions name them; the older `rpc.server.duration` was in
+//!   ms): every unary call served or made, timed to its status, by `rpc.system`,
+//!   `rpc.service`, `rpc.method`, `rpc.grpc.status_code`, and the mesh's `tenant`,
+//!   `contract.version` and `outcome` (so degraded, shed and cancelled calls are counted as
+//!   such; a histogram's count is the number of calls);
+//! - `rpc.server.stream.duration` and `rpc.client.stream.duration`: the same for streaming
+//!   calls (a terminal's `Attach`), timed to their end, with boundaries up to a day: a stream
+//!   that lasts hours is no slow call, and kept out of the calls' percentiles;
+//! - `mesh.queue.messages` (gauge) by `tenant`, `queue` and `state` (`waiting`: a consumer's
+//!   backlog; `dead_letters`), from [`observe_queues`] where the node reads the broker;
 //! - `mesh.events` (counter): publishes and consumes by `tenant`, `service`, `event`,
 //!   `operation` and `outcome`;
 //! - `mesh.bulkhead.in_use` and `mesh.bulkhead.capacity` (gauges): permits taken and in all,
@@ -39,6 +45,8 @@ use crate::{Outcome, Side};
 struct Instruments {
     server: Histogram<f64>,
     client: Histogram<f64>,
+    server_streams: Histogram<f64>,
+    client_streams: Histogram<f64>,
     events: Counter<u64>,
     lag: Histogram<f64>,
 }
@@ -46,6 +54,20 @@ struct Instruments {
 fn meter() -> Meter {
     opentelemetry::global::meter("mesh")
 }
+
+/// A stream's lifetime, in seconds: from 0.1 s (refused or cut at once) to a day.
+const STREAM_BOUNDARIES: [f64; 10] = [
+    0.1,
+    1.0,
+    10.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    4.0 * 3600.0,
+    12.0 * 3600.0,
+    86400.0,
+];
 
 /// Created on first use, after [`crate::init`] installed the meter provider.
 fn instruments() -> &'static Instruments {
@@ -69,6 +91,18 @@ fn instruments() -> &'static Instruments {
                 .with_unit("s")
                 .with_description("duration of outbound RPCs, to their status")
                 .with_boundaries(boundaries)
+                .build(),
+            server_streams: meter
+                .f64_histogram("rpc.server.stream.duration")
+                .with_unit("s")
+                .with_description("duration of inbound streaming RPCs, to their end")
+                .with_boundaries(STREAM_BOUNDARIES.to_vec())
+                .build(),
+            client_streams: meter
+                .f64_histogram("rpc.client.stream.duration")
+                .with_unit("s")
+                .with_description("duration of outbound streaming RPCs, to their end")
+                .with_boundaries(STREAM_BOUNDARIES.to_vec())
                 .build(),
             events: meter
                 .u64_counter("mesh.events")
@@ -213,6 +247,8 @@ pub struct Call<'a> {
     pub version: &'static str,
     /// The method (`Send`).
     pub method: &'static str,
+    /// Whether it streams (its duration is then a stream's lifetime, in its own series).
+    pub streaming: bool,
     /// Its gRPC status.
     pub code: tonic::Code,
     /// How it ended.
@@ -265,9 +301,11 @@ pub fn call(call: &Call<'_>) {
         KeyValue::new("contract.version", call.version),
         KeyValue::new("outcome", outcome.as_str()),
     ];
-    let histogram = match side {
-        Side::Server => &i.server,
-        Side::Client => &i.client,
+    let histogram = match (side, call.streaming) {
+        (Side::Server, false) => &i.server,
+        (Side::Client, false) => &i.client,
+        (Side::Server, true) => &i.server_streams,
+        (Side::Client, true) => &i.client_streams,
     };
     histogram.record(took.as_secs_f64(), &attributes);
 }
@@ -437,4 +475,33 @@ where
             true,
         ),
     ]
+}
+
+/// Reports the broker's queues at every export (`mesh.queue.messages`): `read` answers
+/// `(tenant, queue, waiting, dead_letters)` rows, as last read from the broker. Keep the
+/// returned gauge alive as long as it should report.
+pub fn observe_queues<F>(read: F) -> ObservableGauge<u64>
+where
+    F: Fn() -> Vec<(String, String, u64, u64)> + Send + Sync + 'static,
+{
+    meter()
+        .u64_observable_gauge("mesh.queue.messages")
+        .with_description(
+            "messages in a tenant's consumer queue: waiting for the consumer, or dead-lettered",
+        )
+        .with_callback(move |gauge| {
+            for (tenant, queue, waiting, dead_letters) in read() {
+                for (state, count) in [("waiting", waiting), ("dead_letters", dead_letters)] {
+                    gauge.observe(
+                        count,
+                        &[
+                            KeyValue::new("tenant", tenant.clone()),
+                            KeyValue::new("queue", queue.clone()),
+                            KeyValue::new("state", state),
+                        ],
+                    );
+                }
+            }
+        })
+        .build()
 }

@@ -4,7 +4,10 @@
 //! written against `order/v1` at one commit must keep working against `order/v1` at any later
 //! commit. Breaking changes belong in a new major folder (`order/v2`) beside the old one.
 
-use std::fmt;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use crate::{
     error::Location,
@@ -191,6 +194,20 @@ pub fn compare(base: &ContractSet, head: &ContractSet) -> Vec<BreakingChange> {
         contract: crate::load::SHARED_DIR,
         out: &mut out,
     };
+    compare_file_options(
+        Types {
+            options: &base.shared.file_options,
+            messages: &base.shared.messages,
+            enums: &base.shared.enums,
+        },
+        Types {
+            options: &head.shared.file_options,
+            messages: &head.shared.messages,
+            enums: &head.shared.enums,
+        },
+        None,
+        &mut report,
+    );
     for (name, om) in &base.shared.messages {
         match head.shared.messages.get(name) {
             None => report.add(
@@ -230,6 +247,111 @@ impl Reporter<'_> {
     }
 }
 
+/// One side of a file-options comparison: the files' options and the types they declare.
+struct Types<'a> {
+    options: &'a BTreeMap<String, BTreeMap<&'static str, String>>,
+    messages: &'a BTreeMap<String, Message>,
+    enums: &'a BTreeMap<String, Enum>,
+}
+
+impl Types<'_> {
+    /// The file (compiler name) declaring the type at `location`.
+    fn file_at(&self, location: &Location) -> Option<&String> {
+        self.options
+            .keys()
+            .find(|name| location.file.ends_with(name.as_str()))
+    }
+
+    /// Where the first type `file` declares is (the file itself when it declares none).
+    fn first_type_in(&self, file: &str) -> Option<Location> {
+        let messages = self.messages.values().map(|m| &m.location);
+        let enums = self.enums.values().map(|e| &e.location);
+        messages
+            .chain(enums)
+            .filter(|l| l.file.ends_with(file))
+            .min_by_key(|l| l.line)
+            .cloned()
+    }
+
+    /// The files declaring the types `file` declared on the `old` side, most types first: where
+    /// a renamed or split file's types went.
+    fn successor(&self, old: &Types<'_>, file: &str) -> Option<&String> {
+        let mut moved: BTreeMap<&String, usize> = BTreeMap::new();
+        let locations =
+            old.messages
+                .iter()
+                .map(|(name, m)| {
+                    (
+                        name,
+                        &m.location,
+                        self.messages.get(name).map(|m| &m.location),
+                    )
+                })
+                .chain(old.enums.iter().map(|(name, e)| {
+                    (name, &e.location, self.enums.get(name).map(|e| &e.location))
+                }));
+        for (_, before, after) in locations {
+            if !before.file.ends_with(file) {
+                continue;
+            }
+            if let Some(to) = after.and_then(|after| self.file_at(after)) {
+                *moved.entry(to).or_default() += 1;
+            }
+        }
+        moved
+            .into_iter()
+            .max_by_key(|(to, count)| (*count, std::cmp::Reverse(*to)))
+            .map(|(to, _)| to)
+    }
+}
+
+/// buf's FILE_SAME_* rules: every standard file option compared with the same file, or, for a
+/// file that was renamed (or merged into another), with the file its types went to, since a
+/// rename does not make a `go_package` or `java_package` change harmless.
+/// Reported at `at` (a contract's service), or else at the first type the file declares.
+fn compare_file_options(
+    old: Types<'_>,
+    new: Types<'_>,
+    at: Option<&Location>,
+    r: &mut Reporter<'_>,
+) {
+    for (file, before) in old.options {
+        let to = match new.options.get_key_value(file) {
+            Some((same, _)) => same,
+            None => match new.successor(&old, file) {
+                Some(to) => to,
+                None => continue, // no type of it is left: the types' own checks report that
+            },
+        };
+        let after = &new.options[to];
+        let now = if to == file {
+            file.clone()
+        } else {
+            format!("{file} (now {to})")
+        };
+        let Some(location) = at.cloned().or_else(|| new.first_type_in(to)) else {
+            continue;
+        };
+        let names: BTreeSet<&&str> = before.keys().chain(after.keys()).collect();
+        for option in names {
+            let (b, a) = (before.get(option), after.get(option));
+            if b != a {
+                let shown =
+                    |v: Option<&String>| v.map_or_else(|| "unset".to_owned(), |v| format!("{v:?}"));
+                r.add(
+                    BreakingKind::FileOptionChanged,
+                    &location,
+                    format!(
+                        "file {now}: option {option} changed from {} to {}: code generated from it in other languages moves or changes",
+                        shown(b),
+                        shown(a)
+                    ),
+                );
+            }
+        }
+    }
+}
+
 fn compare_contract(old: &Contract, new: &Contract, r: &mut Reporter<'_>) {
     use BreakingKind::*;
     let (os, ns) = (&old.service, &new.service);
@@ -247,28 +369,20 @@ fn compare_contract(old: &Contract, new: &Contract, r: &mut Reporter<'_>) {
             format!("version went from {} back to {}", os.version, ns.version),
         );
     }
-    for (file, before) in &old.file_options {
-        let Some(after) = new.file_options.get(file) else {
-            continue; // a file renamed or merged: its types are compared wherever they went
-        };
-        let names: std::collections::BTreeSet<&&str> = before.keys().chain(after.keys()).collect();
-        for option in names {
-            let (b, a) = (before.get(option), after.get(option));
-            if b != a {
-                let shown =
-                    |v: Option<&String>| v.map_or_else(|| "unset".to_owned(), |v| format!("{v:?}"));
-                r.add(
-                    FileOptionChanged,
-                    &ns.location,
-                    format!(
-                        "file {file}: option {option} changed from {} to {}: code generated from it in other languages moves or changes",
-                        shown(b),
-                        shown(a)
-                    ),
-                );
-            }
-        }
-    }
+    compare_file_options(
+        Types {
+            options: &old.file_options,
+            messages: &old.messages,
+            enums: &old.enums,
+        },
+        Types {
+            options: &new.file_options,
+            messages: &new.messages,
+            enums: &new.enums,
+        },
+        Some(&ns.location),
+        r,
+    );
     if old.syntax != new.syntax {
         r.add(
             SyntaxChanged,

@@ -68,6 +68,10 @@ pub struct Shared {
     pub messages: std::collections::BTreeMap<String, crate::model::Message>,
     /// Their enums, by full name.
     pub enums: std::collections::BTreeMap<String, crate::model::Enum>,
+    /// Per shared file: the standard file options it sets (see
+    /// [`Contract::file_options`](crate::Contract::file_options)).
+    pub file_options:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<&'static str, String>>,
 }
 
 /// The folder of shared types.
@@ -625,6 +629,9 @@ impl Extractor<'_> {
             let Some(file) = self.pool.get_file_by_name(name) else {
                 continue;
             };
+            shared
+                .file_options
+                .insert(name.clone(), file_options(&file));
             let package = file.package_name().to_owned();
             if package != SHARED_DIR && !package.starts_with(&format!("{SHARED_DIR}.")) {
                 self.violation(

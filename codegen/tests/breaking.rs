@@ -704,7 +704,29 @@ fn file_options_and_field_type_options_are_breaking() {
         mesh_codegen::Severity::Breaking
     );
 
-    // int64 read as a string by JavaScript, then as a number
+    // a file renamed keeps its options or breaks: compared with the file its types went to
+    let load_as = |path: &str, source: &str| {
+        let contracts = common::Contracts::with(path, source);
+        let set = mesh_codegen::load(contracts.path()).expect("valid");
+        (contracts, set)
+    };
+    let (_b, before) = load_as("thing/v1/thing.proto", &base);
+    let (_s, same) = load_as("thing/v1/things.proto", &base);
+    assert!(compare(&before, &same).is_empty());
+    let (_r, renamed) = load_as("thing/v1/things.proto", &moved);
+    let report = compare(&before, &renamed);
+    assert_eq!(
+        report.iter().map(|c| c.kind).collect::<Vec<_>>(),
+        [FileOptionChanged]
+    );
+    assert!(
+        report[0].message.contains(
+            "file thing/v1/thing.proto (now thing/v1/things.proto): option go_package changed"
+        ),
+        "{}",
+        report[0]
+    );
+
     let plain = fields("  int64 size = 2;", "  int64 size = 2;");
     let as_string = fields(
         "  int64 size = 2;",

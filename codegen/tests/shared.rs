@@ -76,6 +76,37 @@ fn a_breaking_change_in_a_shared_file_is_found() {
 }
 
 #[test]
+fn a_shared_file_option_change_is_found() {
+    let with_go = |go: &str| {
+        MONEY.replace(
+            "package common;",
+            &format!("package common;\noption go_package = \"{go}\";"),
+        )
+    };
+    let base = mesh_codegen::load(priced(&with_go("example.com/common")).path()).unwrap();
+    let head = mesh_codegen::load(priced(&with_go("example.com/shared")).path()).unwrap();
+    let changes = compare(&base, &head);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].kind, BreakingKind::FileOptionChanged);
+    assert_eq!(changes[0].contract, "common");
+    assert!(
+        changes[0].location.file.ends_with("common/money.proto")
+            && changes[0].location.line.is_some(),
+        "{}",
+        changes[0]
+    );
+    assert!(
+        changes[0]
+            .message
+            .contains("file common/money.proto: option go_package changed"),
+        "{}",
+        changes[0]
+    );
+    let same = mesh_codegen::load(priced(&with_go("example.com/common")).path()).unwrap();
+    assert!(compare(&base, &same).is_empty());
+}
+
+#[test]
 fn a_shared_file_declares_types_only_in_a_common_package() {
     let with_service = format!("{MONEY}\nservice Bank {{}}\n");
     let err = mesh_codegen::load(priced(&with_service).path())

@@ -14,7 +14,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use mesh_contract::{
-    BusError, EventSpec, HandlerError, RequestContext, Subscription, SubscriptionHandle,
+    Backoff, BusError, EventSpec, HandlerError, RequestContext, Subscription, SubscriptionHandle,
     bus::{Bytes, StopSignal},
     spec::names,
 };
@@ -225,7 +225,10 @@ async fn run(
             }
         };
         tracing::warn!(queue = %queues.queue, reason = %lost, "consumer lost its connection; reattaching");
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(50),
+            bus.inner.config.max_reconnect_backoff,
+        );
         loop {
             if bus.is_closed() {
                 return;
@@ -233,7 +236,7 @@ async fn run(
             tokio::select! {
                 biased;
                 _ = &mut stop => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
             let attached = match bus.link_once().await {
                 Ok(link) => match attach(&bus, &link, &sub, &queues).await {
@@ -253,7 +256,6 @@ async fn run(
                 }
                 Err(err) => {
                     tracing::debug!(queue = %queues.queue, error = %err, "reattaching failed");
-                    backoff = (backoff * 2).min(bus.inner.config.max_reconnect_backoff);
                 }
             }
         }
@@ -403,7 +405,10 @@ async fn run_handler(
     payload: Bytes,
 ) -> Outcome {
     let config = &bus.inner.config;
-    let mut wait = config.retry_backoff;
+    let mut backoff = Backoff::new(
+        config.retry_backoff,
+        config.max_retry_backoff.max(config.retry_backoff),
+    );
     for attempt in 1u32.. {
         let run = sub.dispatch.dispatch(ctx.clone(), event, payload.clone());
         let result = match event.timeout {
@@ -423,6 +428,7 @@ async fn run_handler(
                 };
             }
             Err(HandlerError::Retry(reason)) => {
+                let wait = backoff.next_delay();
                 // a dependency down for long says so every tenth run, not every run
                 if attempt % 10 == 1 {
                     tracing::warn!(event = event.name, tenant = %ctx.tenant, attempt, %reason, ?wait, "transient failure; retrying until the dependency is back");
@@ -430,7 +436,6 @@ async fn run_handler(
                     tracing::debug!(event = event.name, attempt, %reason, ?wait, "retrying");
                 }
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(config.max_retry_backoff.max(config.retry_backoff));
             }
         }
     }

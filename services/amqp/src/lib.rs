@@ -40,7 +40,7 @@ use lapin::{
     types::FieldTable,
 };
 use mesh_contract::{
-    BusError, EventBus, EventSpec, RequestContext, Subscription, SubscriptionHandle,
+    Backoff, BusError, EventBus, EventSpec, RequestContext, Subscription, SubscriptionHandle,
     bus::{BoxFuture, Bytes},
 };
 use mesh_telemetry::{Destination, EventTrace};
@@ -352,8 +352,12 @@ impl AmqpBus {
 
     /// The live link, reconnecting with backoff until `deadline`.
     async fn link_until(&self, deadline: Instant) -> Result<Link, BusError> {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(50),
+            self.inner.config.max_reconnect_backoff,
+        );
         loop {
+            let backoff = backoff.next_delay();
             match self.link_once().await {
                 Ok(link) => return Ok(link),
                 Err(err) if self.is_closed() || Instant::now() + backoff > deadline => {
@@ -362,7 +366,6 @@ impl AmqpBus {
                 Err(err) => {
                     tracing::debug!(error = %err, ?backoff, "broker unreachable; retrying");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.inner.config.max_reconnect_backoff);
                 }
             }
         }

@@ -9,7 +9,10 @@
 //!   constants for the runtime to read.
 //! - [`bus`]: the interface generated publishers and consumers run on; RabbitMQ and the embedded
 //!   transport implement it.
+//! - [`Backoff`]: how every retry loop of the mesh waits (transports, supervisor, workers), here
+//!   because every one of those crates already depends on this one.
 
+mod backoff;
 mod context;
 
 pub mod bus;
@@ -17,6 +20,7 @@ pub mod codec;
 pub mod fields;
 pub mod spec;
 
+pub use backoff::Backoff;
 pub use bus::{BusError, Dispatch, EventBus, HandlerError, Subscription, SubscriptionHandle};
 pub use context::{
     Caller, ContextError, RequestContext, ServiceCredentials, TenantId, TraceContext, UserIdentity,

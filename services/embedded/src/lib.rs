@@ -16,7 +16,8 @@ use std::{
 };
 
 use mesh_contract::{
-    BusError, EventBus, EventSpec, HandlerError, RequestContext, Subscription, SubscriptionHandle,
+    Backoff, BusError, EventBus, EventSpec, HandlerError, RequestContext, Subscription,
+    SubscriptionHandle,
     bus::{BoxFuture, Bytes},
     spec::names,
 };
@@ -294,7 +295,10 @@ async fn handle_one(
     sub: &Subscription,
     envelope: Envelope,
 ) -> Option<DeadLetter> {
-    let mut wait = config.retry_backoff;
+    let mut backoff = Backoff::new(
+        config.retry_backoff,
+        config.max_retry_backoff.max(config.retry_backoff),
+    );
     for attempt in 1u32.. {
         let run = sub.dispatch.dispatch(
             envelope.ctx.clone(),
@@ -325,8 +329,7 @@ async fn handle_one(
                 if attempt % 10 == 1 {
                     tracing::warn!(event = envelope.event.name, tenant = %envelope.ctx.tenant, attempt, %reason, "transient failure; retrying until the dependency is back");
                 }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(config.max_retry_backoff.max(config.retry_backoff));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

@@ -539,7 +539,10 @@ fn unregister_after(inner: Arc<Inner>, ctx: &RequestContext, key: Key, wait: std
         };
         // a terminal left registered would look online for ever (no offline push for its
         // user): a failure that may pass is retried a few times, with growing pauses
-        let mut pause = std::time::Duration::from_millis(100);
+        let mut backoff = mesh_contract::Backoff::new(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(2),
+        );
         for attempt in 1..=UNREGISTER_ATTEMPTS {
             if attempt > 1 && inner.connections.lock().expect("lock").contains_key(&key_again) {
                 return;
@@ -547,8 +550,7 @@ fn unregister_after(inner: Arc<Inner>, ctx: &RequestContext, key: Key, wait: std
             match inner.locator.clone().unregister(&ctx, request.clone()).await {
                 Ok(_) => return,
                 Err(status) if attempt < UNREGISTER_ATTEMPTS && retryable(&status) => {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(status) => {
                     tracing::warn!(tenant = %ctx.tenant, user = %request.user_id, terminal = %request.terminal_id, attempts = attempt, error = %status, "unregistering a terminal failed");

@@ -10,7 +10,7 @@ use mesh_api::{
     locator::v1::TerminalKind,
     message::v1 as message,
 };
-use mesh_contract::RequestContext;
+use mesh_contract::{Backoff, RequestContext};
 use tonic::{Status, transport::Channel};
 
 /// One terminal of a user: attached to a gateway, fed first with what it missed while it was
@@ -211,7 +211,7 @@ impl Terminal {
     /// Attaches again (the node said it is leaving), then syncs from the cursor: what was
     /// sent meanwhile waits in the timeline.
     async fn reattach(&mut self) -> Result<(), Status> {
-        let mut pause = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut attempt = 1;
         let pushes = loop {
             let attached = self
@@ -238,8 +238,7 @@ impl Terminal {
                         ) =>
                 {
                     attempt += 1;
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(status) => return Err(status),
             }

@@ -617,7 +617,8 @@ async fn follow_supervisor(
     let (state_dir, state_served, state_switches) =
         (dir.to_path_buf(), served.clone(), switches.clone());
     tokio::spawn(async move {
-        let mut retry_in = RETRY_DOWN_FIRST;
+        let mut backoff = mesh_contract::Backoff::new(RETRY_DOWN_FIRST, RETRY_DOWN_AT_MOST);
+        let mut retry_in = backoff.next_delay();
         loop {
             tokio::select! {
                 line = lines.next_line() => {
@@ -626,7 +627,8 @@ async fn follow_supervisor(
                         Ok(next) => {
                             state = next;
                             down = apply(&state, &state_dir, &state_served, &state_switches).await;
-                            retry_in = RETRY_DOWN_FIRST;
+                            backoff.reset();
+                            retry_in = backoff.next_delay();
                             say(WorkerLine::Applied {
                                 version: state.version,
                                 down: down.clone(),
@@ -648,7 +650,7 @@ async fn follow_supervisor(
                             down: down.clone(),
                         });
                     }
-                    retry_in = (retry_in * 2).min(RETRY_DOWN_AT_MOST);
+                    retry_in = backoff.next_delay();
                 }
             }
         }

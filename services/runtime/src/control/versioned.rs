@@ -336,12 +336,13 @@ impl<V: Serialize + DeserializeOwned> Versioned<V> {
     /// Calls `announced` each time a write is announced, for ever (a lost subscription is
     /// made again; what was missed meanwhile the periodic reconciliation finds).
     pub async fn on_announcement(self, announced: impl Fn() + Send + 'static) {
-        let mut pause = Duration::from_millis(100);
+        let mut backoff =
+            mesh_contract::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match self.client.get_async_pubsub().await {
                 Ok(mut pubsub) => match pubsub.subscribe(self.key("changed")).await {
                     Ok(()) => {
-                        pause = Duration::from_millis(100);
+                        backoff.reset();
                         announced();
                         let mut messages = pubsub.on_message();
                         while messages.next().await.is_some() {
@@ -352,8 +353,7 @@ impl<V: Serialize + DeserializeOwned> Versioned<V> {
                 },
                 Err(err) => tracing::warn!(error = %err, "connecting for shared changes"),
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 }

@@ -318,16 +318,12 @@ fn advertisement<B>(request: &http::Request<B>, address: &str) -> Option<http::H
     http::HeaderValue::from_str(address).ok()
 }
 
-/// Whether forwarding failed because the request's deadline passed.
+/// Whether forwarding failed because the request's deadline passed: tonic's channel enforces
+/// the caller's `grpc-timeout` and fails with [`tonic::TimeoutExpired`]. Decided by the error's
+/// type, never its text: a connection to an unreachable worker that "timed out" is the
+/// worker's outage (UNAVAILABLE), not the caller's deadline.
 fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cause {
-        if e.to_string().contains("Timeout expired") || e.to_string().contains("timed out") {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    std::iter::successors(Some(err), |e| e.source()).any(|e| e.is::<tonic::TimeoutExpired>())
 }
 
 /// Who may call what at the door: the mesh's internal methods are never served to callers
@@ -490,6 +486,31 @@ mod tests {
                 remote_addr: Some(peer.parse().unwrap()),
             });
         request
+    }
+
+    #[test]
+    fn only_the_callers_deadline_reads_as_timed_out() {
+        let expired: Box<dyn std::error::Error + Send + Sync> = tonic::TimeoutExpired(()).into();
+        assert!(timed_out(expired.as_ref()));
+        // wrapped, as tonic's transport error wraps it
+        #[derive(Debug)]
+        struct Wrapped(Box<dyn std::error::Error + Send + Sync>);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("transport error")
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(self.0.as_ref())
+            }
+        }
+        assert!(timed_out(&Wrapped(expired)));
+        // an outage that says "timed out" is not the caller's deadline
+        let connect = std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out");
+        assert!(!timed_out(&connect));
+        let text = std::io::Error::other("Timeout expired");
+        assert!(!timed_out(&text));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mesh_contract::TenantId;
+use mesh_contract::{Backoff, TenantId};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     process::{Child, ChildStdin, Command},
@@ -583,31 +583,28 @@ enum RunEnd {
     Shutdown,
 }
 
-/// Reports a start that failed, waits out the backoff and doubles it; true when the
+/// Reports a start that failed and waits out the next backoff; true when the
 /// supervisor is shutting down instead.
 async fn start_failed(
     inner: &Inner,
     group: &str,
     reason: String,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
+    let retry_in = backoff.next_delay();
     inner.update(group, |slot| slot.info.last_failure = Some(reason.clone()));
     inner.report(SupervisorEvent::StartFailed {
         group: group.to_owned(),
         reason,
-        retry_in: *backoff,
+        retry_in,
     });
-    if wait_or_shutdown(shutdown, *backoff).await {
-        return true;
-    }
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
-    false
+    wait_or_shutdown(shutdown, retry_in).await
 }
 
 async fn supervise_group(inner: Arc<Inner>, group: String) {
     let mut shutdown = inner.shutdown.clone();
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     while !*shutdown.borrow() {
         let mut desired = inner.desired.subscribe();
         if retire(&inner, &group) {
@@ -700,8 +697,9 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
             }
         };
         if started.elapsed() >= STABLE_AFTER {
-            backoff = FIRST_BACKOFF;
+            backoff.reset();
         }
+        let restart_in = backoff.next_delay();
         inner.update(&group, |slot| {
             slot.info.restarts += 1;
             slot.info.last_failure = Some(format!("its worker exited ({status})"));
@@ -710,12 +708,11 @@ async fn supervise_group(inner: Arc<Inner>, group: String) {
             group: group.clone(),
             pid,
             status,
-            restart_in: backoff,
+            restart_in,
         });
-        if wait_or_shutdown(&mut shutdown, backoff).await {
+        if wait_or_shutdown(&mut shutdown, restart_in).await {
             return;
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 

@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use mesh_config::worker::WorkerEnv;
 use mesh_contract::{EventBus, TenantId};
 use mesh_platform::Platform;
 use mesh_runtime::{
@@ -266,52 +267,33 @@ fn say(line: WorkerLine) {
     let _ = out.flush();
 }
 
-/// A number from the environment, or `default` when unset.
-fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .parse()
-            .with_context(|| format!("{name}={text:?} is not a whole number")),
-        Err(_) => Ok(default),
-    }
-}
-
 /// The event bus of a worker: RabbitMQ when `MESH_AMQP_URI` is set, else the embedded bus
 /// (events stay within the process, which serves every service of its tenants). Dead-letter
 /// queues are bounded by `MESH_DLQ_MAX_LENGTH` and `MESH_DLQ_TTL_SECS`; a broker cluster's
 /// other nodes are `MESH_AMQP_NODES` (`host:port,...`), and `MESH_AMQP_QUEUE_TYPE=quorum`
 /// replicates the queues over them.
-async fn bus() -> anyhow::Result<(std::sync::Arc<dyn EventBus>, Option<mesh_amqp::PlacedBuses>)> {
-    Ok(match std::env::var("MESH_AMQP_URI") {
-        Ok(uri) => {
+async fn bus(
+    env: &WorkerEnv,
+) -> anyhow::Result<(std::sync::Arc<dyn EventBus>, Option<mesh_amqp::PlacedBuses>)> {
+    Ok(match &env.amqp_uri {
+        Some(uri) => {
             let defaults = mesh_amqp::AmqpConfig::default();
-            let max_length = env_number(
-                "MESH_DLQ_MAX_LENGTH",
-                defaults.dead_letter_max_length.into(),
-            )?;
-            let ttl = env_number("MESH_DLQ_TTL_SECS", defaults.dead_letter_ttl.as_secs())?;
-            let queue_type = match std::env::var("MESH_AMQP_QUEUE_TYPE") {
-                Ok(kind) => kind
+            let queue_type = match &env.amqp_queue_type {
+                Some(kind) => kind
                     .parse()
                     .map_err(|e| anyhow::anyhow!("MESH_AMQP_QUEUE_TYPE: {e}"))?,
-                Err(_) => defaults.queue_type,
+                None => defaults.queue_type,
             };
-            let other_nodes = std::env::var("MESH_AMQP_NODES")
-                .map(|nodes| {
-                    nodes
-                        .split(',')
-                        .filter(|n| !n.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default();
             let shared = mesh_amqp::AmqpBus::connect(mesh_amqp::AmqpConfig {
-                uri,
+                uri: uri.clone(),
                 queue_type,
-                other_nodes,
-                dead_letter_max_length: u32::try_from(max_length)
-                    .context("MESH_DLQ_MAX_LENGTH is too large")?,
-                dead_letter_ttl: std::time::Duration::from_secs(ttl),
+                other_nodes: env.amqp_nodes(),
+                dead_letter_max_length: env
+                    .dlq_max_length
+                    .unwrap_or(defaults.dead_letter_max_length),
+                dead_letter_ttl: env
+                    .dlq_ttl_secs
+                    .map_or(defaults.dead_letter_ttl, std::time::Duration::from_secs),
                 ..defaults
             })
             .await
@@ -320,7 +302,7 @@ async fn bus() -> anyhow::Result<(std::sync::Arc<dyn EventBus>, Option<mesh_amqp
             let placed = mesh_amqp::PlacedBuses::new(shared);
             (std::sync::Arc::new(placed.clone()), Some(placed))
         }
-        Err(_) => (
+        None => (
             std::sync::Arc::new(mesh_embedded::EmbeddedBus::default()),
             None,
         ),
@@ -329,14 +311,14 @@ async fn bus() -> anyhow::Result<(std::sync::Arc<dyn EventBus>, Option<mesh_amqp
 
 /// The message store of a worker: PostgreSQL (a schema per tenant) when
 /// `MESH_STORE_POSTGRES` is set, else the embedded store.
-async fn store() -> anyhow::Result<std::sync::Arc<dyn MessageStore>> {
-    Ok(match std::env::var("MESH_STORE_POSTGRES") {
-        Ok(url) => std::sync::Arc::new(
-            mesh_store::PgStore::connect(&url)
+async fn store(env: &WorkerEnv) -> anyhow::Result<std::sync::Arc<dyn MessageStore>> {
+    Ok(match &env.store_postgres {
+        Some(url) => std::sync::Arc::new(
+            mesh_store::PgStore::connect(url)
                 .await
                 .context("MESH_STORE_POSTGRES")?,
         ),
-        Err(_) => std::sync::Arc::new(mesh_store::MemoryStore::default()),
+        None => std::sync::Arc::new(mesh_store::MemoryStore::default()),
     })
 }
 
@@ -345,10 +327,12 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
-    let address = advertised(listener.local_addr()?)?;
+    // every setting this process is given, read (and checked) once
+    let env = WorkerEnv::from_env()?;
+    let address = advertised(&env, listener.local_addr()?);
     // mutual TLS with the front door and the other workers, when `mesh up` says so
     let node_tls = mesh_runtime::tls::NodeTls::from_env().context("the node's TLS files")?;
-    let served = platform(address, node_tls.as_ref()).await?;
+    let served = platform(&env, address, node_tls.as_ref()).await?;
     // one board for the inbound layers and the platform's consumers (push asks it too)
     let switches = served.platform.switches().clone();
 
@@ -383,7 +367,7 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
         }
         served.platform.apply_initial_switches(&mine);
         // one of several replicas (Kubernetes, behind a proxy): the switches every node shares
-        follow_shared_switches(&switches).await?;
+        follow_shared_switches(&env, &switches).await?;
         _control_metrics = mesh_telemetry::metrics::observe_control({
             let board = switches.clone();
             move || control_state(&board, &states)
@@ -403,10 +387,10 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
     serve_metrics(supervised).await?;
     if !supervised {
         // under `mesh up` the node serves browsers, in front of every worker
-        serve_web(&served).await?;
+        serve_web(&env, &served).await?;
     }
     say(WorkerLine::Ready(address.to_string()));
-    serve(listener, &served, node_tls.as_ref(), async {
+    serve(&env, listener, &served, node_tls.as_ref(), async {
         let _ = stopped.await;
     })
     .await
@@ -421,14 +405,11 @@ pub const WEB_LISTEN_ENV: &str = "MESH_WORKER_WEB_LISTEN";
 /// sent events and gRPC-Web, through this process's own inbound stack; the pages too. (There
 /// is no admin API here: the console needs a `mesh up` node. Plain HTTP: TLS ends at the proxy
 /// in front, as for the pod's gRPC port.)
-async fn serve_web(served: &Served) -> anyhow::Result<()> {
-    let Some(listen) = std::env::var(WEB_LISTEN_ENV)
-        .ok()
-        .filter(|l| !l.trim().is_empty())
-    else {
+async fn serve_web(env: &WorkerEnv, served: &Served) -> anyhow::Result<()> {
+    let Some(listen) = &env.worker_web_listen else {
         return Ok(());
     };
-    let listener = tokio::net::TcpListener::bind(&listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("{WEB_LISTEN_ENV}={listen}"))?;
     tracing::info!(address = %listener.local_addr()?, "web access");
@@ -436,12 +417,7 @@ async fn serve_web(served: &Served) -> anyhow::Result<()> {
         .layer(served.inbound.layer())
         .service(served.platform.routes());
     let routes = mesh_web::Routes::new(mesh_api::CONTRACTS, mesh_api::FILE_DESCRIPTOR_SET)?;
-    let max_body = std::env::var("MESH_WEB_MAX_BODY_BYTES")
-        .ok()
-        .map(|v| v.parse::<usize>())
-        .transpose()
-        .context("MESH_WEB_MAX_BODY_BYTES: a number of bytes")?
-        .unwrap_or(1 << 20);
+    let max_body = env.web_max_body_bytes.unwrap_or(1 << 20);
     let access = mesh_web::WebAccess::new(routes, tower::util::BoxCloneSyncService::new(stack))
         .with_max_body(max_body);
     tokio::spawn(mesh_runtime::connections::serve_connections(
@@ -500,62 +476,38 @@ async fn serve_metrics(supervised: bool) -> anyhow::Result<()> {
 /// when set (a pod listening on 0.0.0.0 gives its pod IP and port), else
 /// `MESH_WORKER_ADVERTISE_HOST` on the port it listens on (`mesh up`'s `[workers]
 /// advertise_host`), else the address it listens on.
-fn advertised(listening: std::net::SocketAddr) -> anyhow::Result<std::net::SocketAddr> {
-    use mesh_runtime::deploy::worker_env::{ADVERTISE_ADDRESS, ADVERTISE_HOST};
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-    if let Some(address) = var(ADVERTISE_ADDRESS) {
-        return address
-            .trim()
-            .parse()
-            .with_context(|| format!("{ADVERTISE_ADDRESS}={address:?} is not an ip:port"));
+fn advertised(env: &WorkerEnv, listening: std::net::SocketAddr) -> std::net::SocketAddr {
+    match (env.worker_advertise_address, env.worker_advertise_host) {
+        (Some(address), _) => address,
+        (None, Some(ip)) => std::net::SocketAddr::new(ip, listening.port()),
+        (None, None) => listening,
     }
-    if let Some(host) = var(ADVERTISE_HOST) {
-        let ip: std::net::IpAddr = host
-            .trim()
-            .trim_matches(['[', ']'])
-            .parse()
-            .with_context(|| format!("{ADVERTISE_HOST}={host:?} is not an IP address"))?;
-        return Ok(std::net::SocketAddr::new(ip, listening.port()));
-    }
-    Ok(listening)
 }
-
-/// How often each attached terminal hears its timeline's head, in milliseconds
-/// (`mesh_gateway::heartbeat::DEFAULT_INTERVAL` when unset): a push this node skipped reaches
-/// its terminal within about this long.
-pub const HEARTBEAT_ENV: &str = "MESH_TERMINAL_HEARTBEAT_MS";
-
-/// A terminal's stream older than this many seconds is asked to attach again (unset: never),
-/// so terminals spread onto the nodes a scale-out added.
-pub const MAX_STREAM_AGE_ENV: &str = "MESH_TERMINAL_MAX_AGE_SECS";
-
-/// Over how long a leaving worker spreads its terminals' reconnects, in milliseconds (5000
-/// when unset): each is told to attach again after its share of the window.
-pub const DRAIN_WINDOW_ENV: &str = "MESH_DRAIN_WINDOW_MS";
 
 /// The platform of this process (its bus, store, address and node credential), with nothing
 /// served yet.
 async fn platform(
+    env: &WorkerEnv,
     address: std::net::SocketAddr,
     node_tls: Option<&mesh_runtime::tls::NodeTls>,
 ) -> anyhow::Result<Served> {
-    let (bus, placed) = bus().await?;
+    let (bus, placed) = bus(env).await?;
     // unique across the machines of a mesh, not only on this one
     let node_id = format!(
         "worker-{}-{}",
         std::process::id(),
         &mesh_contract::ServiceCredentials::fresh_token()[..8]
     );
-    let platform = Platform::with_node_tls(&node_id, address, bus, store().await?, node_tls);
+    let platform = Platform::with_node_tls(&node_id, address, bus, store(env).await?, node_tls);
     // the workers of one mesh share the node credential `mesh up` gives them
-    let platform = match std::env::var(mesh_runtime::auth::NODE_CREDENTIAL_ENV) {
-        Ok(token) if !token.is_empty() => platform.with_node_credential(&token),
-        _ => platform,
+    let platform = match &env.node_credential {
+        Some(token) => platform.with_node_credential(token),
+        None => platform,
     };
     // several nodes: who is connected where lives in Redis, with this node's heartbeat
-    let platform = match std::env::var(mesh_runtime::deploy::worker_env::REDIS_URL) {
-        Ok(url) if !url.is_empty() => {
-            let presence = mesh_locator::RedisPresence::connect(&url, &redis_prefix())
+    let platform = match &env.state_redis_url {
+        Some(url) => {
+            let presence = mesh_locator::RedisPresence::connect(url, env.redis_prefix())
                 .await
                 .with_context(|| format!("{}={url}", mesh_runtime::deploy::worker_env::REDIS_URL))?
                 // the registration of this node's address is signed with the credential the
@@ -581,12 +533,12 @@ async fn platform(
                 presence,
             )))
         }
-        _ => platform,
+        None => platform,
     };
-    if let ms @ 1.. = env_number(HEARTBEAT_ENV, 0)? {
+    if let Some(ms @ 1..) = env.terminal_heartbeat_ms {
         platform.set_terminal_heartbeat(std::time::Duration::from_millis(ms));
     }
-    if let secs @ 1.. = env_number(MAX_STREAM_AGE_ENV, 0)? {
+    if let Some(secs @ 1..) = env.terminal_max_age_secs {
         platform
             .gateway()
             .set_max_stream_age(Some(std::time::Duration::from_secs(secs)));
@@ -668,22 +620,14 @@ async fn follow_supervisor(
     Ok(())
 }
 
-/// What the mesh's keys in the shared Redis start with (`MESH_STATE_REDIS_PREFIX`, `mesh`).
-fn redis_prefix() -> String {
-    std::env::var(mesh_runtime::deploy::worker_env::REDIS_PREFIX)
-        .ok()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "mesh".into())
-}
-
 /// A worker without a supervisor (a replica under Kubernetes) follows the switch state the
 /// nodes of its mesh share in Redis, when there is one.
-async fn follow_shared_switches(switches: &SwitchBoard) -> anyhow::Result<()> {
+async fn follow_shared_switches(env: &WorkerEnv, switches: &SwitchBoard) -> anyhow::Result<()> {
     let name = mesh_runtime::deploy::worker_env::REDIS_URL;
-    let Ok(url) = std::env::var(name) else {
+    let Some(url) = &env.state_redis_url else {
         return Ok(());
     };
-    let shared = mesh_runtime::control::shared::SharedSwitches::connect(&url, &redis_prefix())
+    let shared = mesh_runtime::control::shared::SharedSwitches::connect(url, env.redis_prefix())
         .await
         .with_context(|| format!("{name}={url}"))?;
     // the state as it is now before serving, then every change; this replica reports what it
@@ -727,6 +671,7 @@ fn purge_expired_hourly(retention: std::sync::Arc<Platform>) {
 
 /// Serves the platform behind the probes and the runtime's inbound stack until `stopped`.
 async fn serve(
+    env: &WorkerEnv,
     listener: tokio::net::TcpListener,
     served: &Served,
     node_tls: Option<&mesh_runtime::tls::NodeTls>,
@@ -751,7 +696,7 @@ async fn serve(
                 .collect()
         }
     });
-    let http2 = mesh_runtime::deploy::WorkerHttp2::from_env();
+    let http2 = mesh_runtime::deploy::WorkerHttp2::from(env);
     let probes = Probes::new(mesh_api::CONTRACTS, Some(mesh_api::FILE_DESCRIPTOR_SET));
     probes.set_serving(true).await;
     // leaving is a protocol: health says NOT_SERVING (the proxy takes this process out of
@@ -759,7 +704,7 @@ async fn serve(
     // drain window, and unregistered; then in-flight calls finish and the server stops
     let stopped = {
         let (probes, gateway) = (probes.clone(), served.platform.gateway().clone());
-        let window = std::time::Duration::from_millis(env_number(DRAIN_WINDOW_ENV, 5000)?);
+        let window = std::time::Duration::from_millis(env.drain_window_ms.unwrap_or(5000));
         async move {
             stopped.await;
             probes.set_serving(false).await;

@@ -30,20 +30,21 @@ impl Default for WorkerHttp2 {
     }
 }
 
-impl WorkerHttp2 {
-    /// From what [`FrontDoorConfig::worker_env`] set; the defaults where unset or unreadable.
-    pub fn from_env() -> Self {
+impl From<&mesh_config::worker::WorkerEnv> for WorkerHttp2 {
+    /// From what [`FrontDoorConfig::worker_env`] set (read and checked by figment); the
+    /// defaults where unset.
+    fn from(env: &mesh_config::worker::WorkerEnv) -> Self {
         use std::time::Duration;
-        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
         let default = Self::default();
+        let secs = |s: u64| Duration::from_secs(s.max(1));
         Self {
-            keepalive_interval: var(worker_env::KEEPALIVE_INTERVAL_SECS)
-                .map_or(default.keepalive_interval, |s| {
-                    Duration::from_secs(s.max(1))
-                }),
-            keepalive_timeout: var(worker_env::KEEPALIVE_TIMEOUT_SECS)
-                .map_or(default.keepalive_timeout, |s| Duration::from_secs(s.max(1))),
-            max_streams: var(worker_env::MAX_STREAMS).map_or(default.max_streams, |n| {
+            keepalive_interval: env
+                .worker_keepalive_interval_secs
+                .map_or(default.keepalive_interval, secs),
+            keepalive_timeout: env
+                .worker_keepalive_timeout_secs
+                .map_or(default.keepalive_timeout, secs),
+            max_streams: env.worker_max_streams.map_or(default.max_streams, |n| {
                 usize::try_from(n.max(1)).unwrap_or(usize::MAX)
             }),
         }

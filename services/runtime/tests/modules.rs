@@ -1,7 +1,9 @@
-//! The runtime's and the config crate's top-level modules import each other without a cycle:
-//! a newcomer can read them bottom-up, and a module can move to a crate of its own without
-//! dragging its neighbours along. Read from the sources (`crate::<module>` in code, not in
-//! comments), checked with the same graph that refuses service dependency cycles.
+//! The runtime is four crates stacked one way (the request path, the front door, the
+//! supervisor, the control plane: each depends only on those below it, read from their
+//! `Cargo.toml`s), and inside each crate (and the config crate) the top-level modules import
+//! each other without a cycle: a newcomer reads them bottom-up. Modules are read from the
+//! sources (`crate::<module>` in code, not in comments); both graphs are checked with the one
+//! that refuses service dependency cycles.
 
 use std::{
     collections::BTreeSet,
@@ -81,15 +83,75 @@ fn module_graph(src: &Path) -> DependencyGraph {
     graph
 }
 
+/// The runtime's crates, bottom-up.
+const LAYERS: [&str; 4] = ["stack", "front-door", "supervisor", "control"];
+
 #[test]
 fn no_two_modules_import_each_other() {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for src in [here.join("src"), here.join("../config/src")] {
+    let services = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for dir in LAYERS.iter().chain(&["config"]) {
+        let src = services.join(dir).join("src");
         let graph = module_graph(&src);
         if let Err(cycle) = graph.check_acyclic() {
             panic!("{}: {cycle}\n{graph}", src.display());
         }
     }
+}
+
+/// The `mesh-*` crates a manifest depends on (dev-dependencies left out).
+fn mesh_dependencies(manifest: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let manifest: toml::Table = toml::from_str(&text).unwrap();
+    manifest
+        .get("dependencies")
+        .and_then(|d| d.as_table())
+        .map(|deps| {
+            deps.keys()
+                .filter_map(|name| name.strip_prefix("mesh-"))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_runtime_crates_depend_one_way() {
+    let services = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut graph = DependencyGraph::default();
+    for (level, dir) in LAYERS.iter().enumerate() {
+        let deps = mesh_dependencies(&services.join(dir).join("Cargo.toml"));
+        for dep in &deps {
+            graph.add(dir, dep);
+        }
+        // only crates below it: never one above, never the facade or a service
+        let allowed: BTreeSet<String> = LAYERS[..level]
+            .iter()
+            .chain(&["config", "contract", "telemetry"])
+            .map(|s| s.to_string())
+            .collect();
+        let above: Vec<&String> = deps.difference(&allowed).collect();
+        assert!(above.is_empty(), "mesh-{dir} depends on {above:?}");
+    }
+    graph.check_acyclic().unwrap();
+    // each builds on the one below
+    for pair in LAYERS.windows(2) {
+        let deps = mesh_dependencies(&services.join(pair[1]).join("Cargo.toml"));
+        assert!(
+            deps.contains(pair[0]),
+            "mesh-{} without mesh-{}",
+            pair[1],
+            pair[0]
+        );
+    }
+    // the facade holds no code of its own
+    let facade = std::fs::read_to_string(services.join("runtime/src/lib.rs")).unwrap();
+    assert!(
+        facade
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//") && !l.trim().is_empty())
+            .all(|l| l.starts_with("pub use ") || l.starts_with("    ") || l == "};"),
+        "services/runtime/src/lib.rs re-exports only"
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! use mesh_contract::{RequestContext, TenantId};
-//! use mesh_runtime::layers::{RateLimitLayer, RateLimiter};
+//! use mesh_stack::layers::{RateLimitLayer, RateLimiter};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! let (mall, paipai) = (TenantId::new("mall").unwrap(), TenantId::new("paipai").unwrap());

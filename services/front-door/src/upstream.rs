@@ -18,7 +18,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! use mesh_runtime::upstream::{Upstream, UpstreamLimits};
+//! use mesh_front_door::upstream::{Upstream, UpstreamLimits};
 //!
 //! let limits = UpstreamLimits { connections: 2, max_streams: 1, ..Default::default() };
 //! let upstream = Upstream::new("127.0.0.1:4567", limits).unwrap();

@@ -8,7 +8,8 @@
 //! use std::path::Path;
 //!
 //! use mesh_contract::{RequestContext, TenantId};
-//! use mesh_runtime::{Tenants, layers::{TenantExecutorLayer, TenantRuntimes}};
+//! use mesh_config::Tenants;
+//! use mesh_stack::{layers::{TenantExecutorLayer, TenantRuntimes}};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! // finance's file asks for `isolation.threads = 2`

@@ -6,7 +6,7 @@
 //! # async fn main() {
 //! use std::time::Duration;
 //!
-//! use mesh_runtime::layers::{Catalogue, DeadlineLayer};
+//! use mesh_stack::layers::{Catalogue, DeadlineLayer};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! let service = ServiceBuilder::new()
@@ -62,7 +62,7 @@ pub struct Deadline<S> {
 }
 
 /// The caller's `grpc-timeout`, if it sent a valid one (`300m`, `2S`, `100000u` ...).
-pub(crate) fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+pub fn caller_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     mesh_contract::headers::grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
 }
 

@@ -8,6 +8,12 @@
 //! - [`rules`]: the automatic degradation decision;
 //! - [`audit`]: who changed what, when, kept by each node and shared by the fleet.
 
+// the configuration and the crates below, as the modules name them (`crate::supervisor`)
+use mesh_config::tenant as config;
+use mesh_front_door as front_door;
+use mesh_stack::{auth, layers};
+use mesh_supervisor as supervisor;
+
 pub mod audit;
 pub mod plane;
 pub mod rules;

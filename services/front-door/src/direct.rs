@@ -18,7 +18,7 @@
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use mesh_api::recommend::v1::{RecommendCaller, SuggestRequest};
 //! use mesh_contract::{RequestContext, TenantId};
-//! use mesh_runtime::direct::DirectChannel;
+//! use mesh_front_door::direct::DirectChannel;
 //!
 //! let door = tonic::transport::Endpoint::from_static("http://127.0.0.1:7443").connect().await?;
 //! let channel = DirectChannel::new(door);
@@ -30,7 +30,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`FrontDoor::with_advertised_workers`]: crate::front_door::FrontDoor::with_advertised_workers
+//! [`FrontDoor::with_advertised_workers`]: crate::FrontDoor::with_advertised_workers
 
 use std::{
     collections::HashMap,

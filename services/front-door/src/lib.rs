@@ -7,6 +7,11 @@
 //! answers for `meshctl status`: [`traffic`](Traffic)) and where ops inject latency for a drill
 //! ([`FaultLayer`]), as a service mesh's proxy does. Each of those is a tower layer around a
 //! plain router ([`FrontDoor`] as a service), put together in [`FrontDoor::serve_with`].
+//!
+//! Its listener is [`connections`] (connection caps per address, preface timeout, keepalive,
+//! stream limits), its connections to each worker [`upstream`], mutual TLS between the mesh's
+//! processes [`tls`]; [`direct`] is the client side that skips this hop; [`deploy`] the
+//! deployment configuration with what a worker is told of it.
 
 use std::{
     collections::HashMap,
@@ -19,6 +24,10 @@ use std::{
 use mesh_contract::{TenantId, bus::BoxFuture, headers};
 use tower::ServiceExt;
 
+// the request path and the configuration, as the modules name them (`crate::layers`)
+use mesh_config::TenantConfig;
+use mesh_stack::{TenantDirectory, auth, layers, probes};
+
 use crate::{
     connections::HoldUntilEnd,
     layers::Catalogue,
@@ -26,8 +35,13 @@ use crate::{
     upstream::{Upstream, UpstreamLimits},
 };
 
+pub mod connections;
+pub mod deploy;
+pub mod direct;
 mod faults;
+pub mod tls;
 mod traffic;
+pub mod upstream;
 
 pub use faults::{Delayed, Fault, FaultLayer, Faults};
 pub use traffic::{DegradedSeen, TenantLoad, Traffic, WindowStats};

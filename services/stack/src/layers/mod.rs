@@ -19,7 +19,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! use mesh_runtime::layers::{Admit, AdmitLayer, Decision};
+//! use mesh_stack::layers::{Admit, AdmitLayer, Decision};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! /// Refuses calls that name no tenant.
@@ -69,7 +69,7 @@ pub type SwitchLayer = AdmitLayer<SwitchBoard>;
 /// Refuses calls to services or majors the tenant does not run ([`ServicePlan`]).
 pub type ServicePlanLayer = AdmitLayer<ServicePlan>;
 pub use cache::{AnswerCache, CachedAnswers, CachedAnswersLayer};
-pub use deadline::{Deadline, DeadlineLayer};
+pub use deadline::{Deadline, DeadlineLayer, caller_timeout};
 pub use executor::{TenantExecutor, TenantExecutorLayer, TenantRuntimes};
 pub use plan::ServicePlan;
 pub use rate_limit::RateLimiter;
@@ -206,7 +206,7 @@ where
 
 /// The service `poll_ready` prepared, for this call, leaving a fresh clone for the next one
 /// (tower's rule: the instance that was polled ready is the one that must be called).
-pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
+pub fn take_ready<S: Clone>(inner: &mut S) -> S {
     let clone = inner.clone();
     std::mem::replace(inner, clone)
 }

@@ -8,7 +8,8 @@
 //! use std::time::{Duration, Instant};
 //!
 //! use mesh_contract::TenantId;
-//! use mesh_runtime::{front_door::{FaultLayer, Faults}, layers::Catalogue};
+//! use mesh_front_door::{FaultLayer, Faults};
+//! use mesh_stack::layers::Catalogue;
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! let faults = Faults::default();

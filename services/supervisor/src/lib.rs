@@ -35,11 +35,15 @@ use tokio::{
 
 pub mod protocol;
 
+// the configuration and the crates below, as the modules name them (`crate::layers`)
+use mesh_config::tenant as config;
+use mesh_front_door::FrontDoor;
+use mesh_stack::{auth, layers};
+
 use crate::{
     config::{ProcessIsolation, Tenants},
-    front_door::FrontDoor,
     layers::Switch,
-    supervisor::protocol::{TenantSource, WorkerLine, WorkerState, WorkerStats},
+    protocol::{TenantSource, WorkerLine, WorkerState, WorkerStats},
 };
 
 /// Tenants served by one process.

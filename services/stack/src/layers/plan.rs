@@ -10,7 +10,8 @@
 //! use std::path::Path;
 //!
 //! use mesh_contract::{RequestContext, TenantId};
-//! use mesh_runtime::{Tenants, layers::{Catalogue, ServicePlan, ServicePlanLayer}};
+//! use mesh_config::Tenants;
+//! use mesh_stack::{layers::{Catalogue, ServicePlan, ServicePlanLayer}};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");

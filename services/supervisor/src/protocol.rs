@@ -149,7 +149,7 @@ pub struct WorkerStats {
 /// [`WorkerLine::parse`], so the two sides cannot drift apart.
 ///
 /// ```
-/// use mesh_runtime::supervisor::protocol::WorkerLine;
+/// use mesh_supervisor::protocol::WorkerLine;
 ///
 /// let line = WorkerLine::Ready("127.0.0.1:4567".into()).to_string();
 /// assert_eq!(line, "READY 127.0.0.1:4567");

@@ -16,7 +16,7 @@
 //! never its file.
 //!
 //! ```
-//! use mesh_runtime::control::audit::{AuditEntry, AuditLog};
+//! use mesh_control::audit::{AuditEntry, AuditLog};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! let dir = tempfile::tempdir().unwrap();

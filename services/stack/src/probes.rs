@@ -16,7 +16,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! use mesh_runtime::probes::Probes;
+//! use mesh_stack::probes::Probes;
 //!
 //! let probes = Probes::new(&[], None);
 //! probes.set_serving(true).await; // the process is ready

@@ -27,7 +27,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! use mesh_runtime::{
+//! use mesh_stack::{
 //!     layers::{Bulkheads, Catalogue, SwitchBoard},
 //!     stack::{Inbound, Outbound},
 //! };

@@ -6,7 +6,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! use mesh_runtime::layers::{BulkheadLayer, Bulkheads};
+//! use mesh_stack::layers::{BulkheadLayer, Bulkheads};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
 //! let bulkheads = Bulkheads::new(1); // one call in flight per tenant

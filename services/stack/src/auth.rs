@@ -24,7 +24,8 @@
 //! use std::path::Path;
 //!
 //! use mesh_contract::RequestContext;
-//! use mesh_runtime::{TenantAuthLayer, TenantDirectory, Tenants, layers::Catalogue};
+//! use mesh_config::Tenants;
+//! use mesh_stack::{TenantAuthLayer, TenantDirectory, layers::Catalogue};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");

@@ -8,7 +8,7 @@
 //! use std::time::SystemTime;
 //!
 //! use mesh_contract::{RequestContext, TenantId};
-//! use mesh_runtime::layers::{Catalogue, Switch, SwitchBoard, SwitchLayer, SwitchTarget};
+//! use mesh_stack::layers::{Catalogue, Switch, SwitchBoard, SwitchLayer, SwitchTarget};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
 //! let board = SwitchBoard::new(Catalogue(mesh_api::CONTRACTS));

@@ -11,7 +11,7 @@
 //!
 //! use http_body_util::BodyExt;
 //! use mesh_contract::{RequestContext, TenantId};
-//! use mesh_runtime::layers::{
+//! use mesh_stack::layers::{
 //!     AnswerCache, CachedAnswersLayer, Catalogue, Switch, SwitchBoard, SwitchTarget,
 //! };
 //! use tower::{ServiceBuilder, ServiceExt};

@@ -361,7 +361,7 @@ where
         };
         let path = request.uri().path().to_owned();
         let method = self.layer.catalogue.method(&path);
-        let deadline = crate::layers::deadline::caller_timeout(request.headers());
+        let deadline = crate::layers::caller_timeout(request.headers());
         let traffic = self.layer.traffic.clone();
         let call = Call {
             in_flight: traffic.enter(&tenant),

@@ -342,6 +342,58 @@ fn a_baseline_that_absorbs_a_break_is_a_release_or_refused() {
         "{}",
         text(&tagged)
     );
+
+    // two commits: a release absorbing a break, then its record renamed to another version
+    // (or the release written again): the break is still the first release's, untagged
+    let without_tags = THING_FIELDS
+        .replace("  int64 size = 2;", "")
+        .replace("  repeated string tags = 3;", "");
+    write(
+        dir,
+        "contracts/thing/v1/thing.proto",
+        &thing(&[("{THING_FIELDS}", &without_tags)]),
+    );
+    let absorbed = codegen(
+        &[
+            "baseline",
+            "update",
+            "--release",
+            "v1.1.0",
+            "--accept-breaking",
+        ],
+        dir,
+    );
+    assert!(absorbed.status.success(), "{}", text(&absorbed));
+    git(dir, &["commit", "-q", "-am", "release v1.1.0"]);
+    let record = std::fs::read_to_string(dir.join("contracts/baseline.release")).unwrap();
+    write(
+        dir,
+        "contracts/baseline.release",
+        &record.replace("v1.1.0", "v1.1.1"),
+    );
+    git(dir, &["commit", "-q", "-am", "call it v1.1.1"]);
+    let buried = contracts_ci(dir);
+    assert_eq!(buried.status.code(), Some(1), "{}", text(&buried));
+    let said = text(&buried);
+    assert!(
+        said.contains("FieldRemoved") && said.contains("tags"),
+        "{said}"
+    );
+    assert!(said.contains("is not tagged v1.1.0"), "{said}");
+    let again = codegen(&["baseline", "update", "--release", "v1.1.2"], dir);
+    assert!(again.status.success(), "{}", text(&again));
+    git(dir, &["commit", "-q", "-am", "release v1.1.2"]);
+    let still = contracts_ci(dir);
+    assert_eq!(still.status.code(), Some(1), "{}", text(&still));
+    assert!(
+        text(&still).contains("is not tagged v1.1.0"),
+        "{}",
+        text(&still)
+    );
+    git(dir, &["tag", "v1.1.0", "HEAD~2"]);
+    let tagged = contracts_ci(dir);
+    assert!(tagged.status.success(), "{}", text(&tagged));
+
     // a release is `v` and a semantic version
     let bad = codegen(&["baseline", "update", "--release", "soon"], dir);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));

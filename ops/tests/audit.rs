@@ -12,6 +12,20 @@ const ALICE: &str = "alice-ops-credential-0123456789";
 const BOB: &str = "bob-ops-credential-0123456789ab";
 
 /// `meshctl ARGS` as the operator holding `token`.
+/// `ListSwitches` through the web port's admin route with `token`: the answer as it came.
+async fn web_admin(web: &str, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(web).await.unwrap();
+    let request = format!(
+        "POST /admin/v1/ListSwitches HTTP/1.1\r\nhost: {web}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
 async fn as_operator(mesh: &Mesh, token: &str, args: &[&str]) -> support::Ctl {
     ctl(
         args,
@@ -52,7 +66,12 @@ async fn every_admin_change_is_in_the_audit_log_under_its_operators_name() {
         ),
     )
     .unwrap();
-    let env = [("MESH_TEST_OPS_ALICE", ALICE)];
+    // the web port too: the console's admin calls count against the same address
+    let web = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let env = [("MESH_TEST_OPS_ALICE", ALICE), ("MESH_WEB_LISTEN", &web)];
     let mesh = Mesh::up_configured(tenants.path(), state.path(), 1, &config, &env).await;
 
     let off = as_operator(
@@ -126,7 +145,17 @@ async fn every_admin_change_is_in_the_audit_log_under_its_operators_name() {
         "{:?}",
         listed[2]
     );
+    let (_, _, _, before, after, _) = &listed[1];
+    assert_eq!(
+        (before.as_str(), after.as_str()),
+        ("no delay", "5 ms added")
+    );
     let (_, _, _, before, after, _) = &listed[0];
+    // the tenant as it stood: group, services, limits, a digest of its file (no secret)
+    assert!(
+        before.contains("rate=") && before.contains("config="),
+        "{before}"
+    );
     assert!(
         before.starts_with("group=") && before.contains("order@v2"),
         "{before}"
@@ -155,10 +184,18 @@ async fn every_admin_change_is_in_the_audit_log_under_its_operators_name() {
 
     // someone guessing: after a few wrong credentials the address is refused outright, even
     // with a right one, so guessing gets nowhere (and it is said in the log at once)
-    for n in 0..10 {
+    assert!(web_admin(&web, ALICE).await.starts_with("HTTP/1.1 200"));
+    for n in 0..5 {
         let wrong = as_operator(&mesh, &format!("guess-{n:026}"), &["switch", "list"]).await;
         assert_eq!(wrong.code, 4, "a wrong credential: {}", wrong.stderr);
+        let wrong = web_admin(&web, &format!("web-guess-{n:022}")).await;
+        assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
     }
+    let blocked = web_admin(&web, ALICE).await;
+    assert!(
+        blocked.contains("too many wrong ops credentials from this address"),
+        "{blocked}"
+    );
     let blocked = as_operator(&mesh, ALICE, &["switch", "list"]).await;
     assert_ne!(blocked.code, 0);
     assert!(

@@ -1569,6 +1569,11 @@ impl ControlPlane {
         Ok(self.plane.front.faults())
     }
 
+    /// The fault drills in force.
+    pub fn faults(&self) -> Vec<Fault> {
+        self.plane.front.faults()
+    }
+
     /// Runs the tenants' automatic degradation rules until `stop` resolves.
     pub async fn run_rules(self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);

@@ -221,7 +221,7 @@ const GUESSERS_KEPT: usize = 10_000;
 #[derive(Default)]
 struct Guesses {
     by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Guessing>>,
-    /// Wrong credentials since the log last summed them up, and when it did.
+    /// Calls refused from blocked addresses since the log last summed them up, and when.
     unsaid: std::sync::atomic::AtomicU64,
     said_at_ms: std::sync::atomic::AtomicU64,
 }
@@ -241,13 +241,12 @@ impl Guesses {
             .then(|| GUESS_WINDOW - elapsed)
     }
 
-    /// Counts a wrong credential from `address` and says so in the log: at once for an
-    /// address's first in its window and when it is blocked, else summed up every 10 s.
+    /// Counts a wrong credential from `address` and says so in the log at once: each one,
+    /// until the address is refused outright (then its refusals are summed up every 10 s: a
+    /// blocked address cannot fill the log). A call that names no address (none should) is
+    /// counted against the unspecified address, so it is throttled all the same.
     fn wrong(&self, address: Option<std::net::IpAddr>) {
-        use std::sync::atomic::Ordering;
-        let Some(address) = address else {
-            return self.summed_up();
-        };
+        let address = address.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         let mut by_address = self.by_address.lock().expect("lock");
         if by_address.len() >= GUESSERS_KEPT {
             by_address.retain(|_, g| g.since.elapsed() < GUESS_WINDOW);
@@ -271,23 +270,28 @@ impl Guesses {
             };
         }
         guessing.wrong += 1;
-        match guessing.wrong {
-            1 => tracing::warn!(%address, "a wrong ops credential was presented to the admin API"),
-            GUESSES_ALLOWED => tracing::warn!(
+        let wrong = guessing.wrong;
+        drop(by_address);
+        if wrong < GUESSES_ALLOWED {
+            tracing::warn!(%address, wrong, "a wrong ops credential was presented to the admin API");
+        } else {
+            tracing::warn!(
                 %address,
-                wrong = GUESSES_ALLOWED,
+                wrong,
                 block_secs = GUESS_WINDOW.as_secs(),
                 "wrong ops credentials keep coming from one address: it is refused outright until its window ends"
-            ),
-            _ => {
-                drop(by_address);
-                self.unsaid.fetch_add(1, Ordering::Relaxed);
-                self.summed_up();
-            }
+            );
         }
     }
 
-    /// Says how many wrong credentials came since it last said so, at most every 10 s.
+    /// Counts a call refused because its address is blocked, summed up in the log every 10 s.
+    fn refused_while_blocked(&self) {
+        self.unsaid
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.summed_up();
+    }
+
+    /// Says how many calls were refused since it last said so, at most every 10 s.
     fn summed_up(&self) {
         use std::sync::atomic::Ordering;
         let now = mesh_contract::fields::now_ms().max(0) as u64;
@@ -300,7 +304,10 @@ impl Guesses {
         {
             let refused = self.unsaid.swap(0, Ordering::Relaxed);
             if refused > 0 {
-                tracing::warn!(refused, "wrong ops credentials presented to the admin API");
+                tracing::warn!(
+                    refused,
+                    "calls to the admin API refused from addresses that guessed ops credentials"
+                );
             }
         }
     }
@@ -321,7 +328,9 @@ impl Interceptor for OpsCredential {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let address = request.remote_addr().map(|a| a.ip());
         // an address that guessed too often learns nothing more, right or wrong, for a while
-        if let Some(wait) = address.and_then(|a| self.guesses.blocked(a)) {
+        let counted = address.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        if let Some(wait) = self.guesses.blocked(counted) {
+            self.guesses.refused_while_blocked();
             return Err(Status::resource_exhausted(format!(
                 "too many wrong ops credentials from this address: refused for {} s more",
                 wait.as_secs().max(1)
@@ -486,7 +495,8 @@ fn tenant_to_api(row: &TenantRow) -> api::Tenant {
 
 impl AdminService {
     /// How `tenant` stands, as the audit log writes it before and after a change: its process
-    /// group and services (never its file, which may hold secrets); `absent` when not served.
+    /// group, services, limits and a digest of its configuration (never the file, which may
+    /// hold secrets); `absent` when not served.
     fn tenant_state(&self, tenant: &str) -> String {
         self.plane
             .tenants()
@@ -496,8 +506,32 @@ impl AdminService {
                 || "absent".to_owned(),
                 |row| {
                     let api = tenant_to_api(row);
-                    format!("group={} services={}", api.group, api.services.join(","))
+                    let limits = &row.config.limits;
+                    // the file's digest: any change to it shows, its secrets do not
+                    let digest =
+                        mesh_runtime::auth::digest_hex(format!("{:?}", row.config).as_bytes());
+                    format!(
+                        "group={} services={} rate={}/s burst={} terminals={} config={}",
+                        api.group,
+                        api.services.join(","),
+                        limits.requests_per_second,
+                        limits.burst,
+                        limits.max_terminals,
+                        &digest[..12]
+                    )
                 },
+            )
+    }
+
+    /// The delay a fault drill adds to `service` of `tenant` (all its services: `None`).
+    fn fault_state(&self, tenant: &str, service: Option<&str>) -> String {
+        self.plane
+            .faults()
+            .iter()
+            .find(|f| f.tenant.as_str() == tenant && f.service.as_deref() == service)
+            .map_or_else(
+                || "no delay".to_owned(),
+                |f| format!("{} ms added", f.delay.as_millis()),
             )
     }
 
@@ -897,7 +931,8 @@ impl Admin for AdminService {
             ),
         )
         .tenant(&request.tenant)
-        .peer(peer);
+        .peer(peer)
+        .before(self.fault_state(&request.tenant, none_if_empty(&request.service)));
         let result = self
             .plane
             .set_fault(

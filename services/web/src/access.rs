@@ -303,12 +303,20 @@ impl WebAccess {
             }
         };
         let request_id = parts.headers.get(headers::REQUEST_ID).cloned();
-        let (call, deadline) = match grpc_request(&route, &parts.headers, message) {
+        let (mut call, deadline) = match grpc_request(&route, &parts.headers, message) {
             Ok(call) => call,
             Err(message) => {
                 return error(StatusCode::BAD_REQUEST, Code::InvalidArgument, &message);
             }
         };
+        // who is calling, as gRPC calls carry it: the per-address limits (wrong ops
+        // credentials, connections) count a browser's calls against its own address too
+        if let Some(peer) = parts
+            .extensions
+            .get::<tonic::transport::server::TcpConnectInfo>()
+        {
+            call.extensions_mut().insert(peer.clone());
+        }
         // this access is the gRPC client: it keeps the deadline itself, as a gRPC client
         // does, so a call held up before it reaches the deadline layer of its worker (a
         // drill's delay at the front door, a worker that stopped answering) is answered

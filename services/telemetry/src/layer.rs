@@ -71,8 +71,13 @@ pub enum Outcome {
     Ok,
     /// Answered by its degradation switch (`x-mesh-degraded`).
     Degraded,
-    /// Refused for capacity: rate limit or bulkhead (`RESOURCE_EXHAUSTED`).
+    /// Refused for capacity the server lacked: a bulkhead full, a worker's stream limit
+    /// (`RESOURCE_EXHAUSTED`).
     Shed,
+    /// Refused because the caller went over its own quota: its tenant's rate, its terminals
+    /// (`RESOURCE_EXHAUSTED` with `x-mesh-over-quota`). The caller's doing, as `refused` is:
+    /// no alert counts it, so one user's flood pages nobody.
+    OverQuota,
     /// Ran out of time (`DEADLINE_EXCEEDED`).
     TimedOut,
     /// Given up by the caller (`CANCELLED`, or the call dropped before its status): a
@@ -88,13 +93,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The attribute value: `ok`, `degraded`, `shed`, `timed_out`, `cancelled`, `refused`,
-    /// `error`.
+    /// The attribute value: `ok`, `degraded`, `shed`, `over_quota`, `timed_out`, `cancelled`,
+    /// `refused`, `error`.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Degraded => "degraded",
             Outcome::Shed => "shed",
+            Outcome::OverQuota => "over_quota",
             Outcome::TimedOut => "timed_out",
             Outcome::Cancelled => "cancelled",
             Outcome::Refused => "refused",
@@ -129,12 +135,22 @@ impl Outcome {
     /// trailers.
     pub fn of(headers: &HeaderMap) -> Option<Self> {
         let status = tonic::Status::from_header_map(headers)?;
-        Some(Self::of_code(status.code(), headers.contains_key(DEGRADED)))
+        Some(Self::of_code(status.code(), headers.contains_key(DEGRADED)).over_quota(headers))
+    }
+
+    /// `Shed` becomes `OverQuota` when the answer says the caller went over its own quota.
+    fn over_quota(self, headers: &HeaderMap) -> Self {
+        match self {
+            Outcome::Shed if headers.contains_key(OVER_QUOTA) => Outcome::OverQuota,
+            other => other,
+        }
     }
 }
 
 /// The header a degraded answer carries (the runtime's switch layer sets it).
 const DEGRADED: &str = "x-mesh-degraded";
+/// The header a refusal for the caller's own quota carries (rate limit, terminal quota).
+const OVER_QUOTA: &str = mesh_contract::headers::OVER_QUOTA;
 
 /// Whether a span of `side` ending with `code` is an error, as the OpenTelemetry RPC
 /// conventions rule: a client's for any status but OK; a server's only for the codes that
@@ -278,6 +294,8 @@ struct Call {
     names: Names,
     started: Instant,
     degraded: bool,
+    /// The answer said the caller went over its own quota.
+    over_quota: bool,
     done: bool,
 }
 
@@ -290,7 +308,10 @@ impl Call {
         let status = status
             .unwrap_or_else(|| tonic::Status::unknown("the response ended without a gRPC status"));
         let code = status.code();
-        let outcome = Outcome::of_code(code, self.degraded);
+        let outcome = match Outcome::of_code(code, self.degraded) {
+            Outcome::Shed if self.over_quota => Outcome::OverQuota,
+            other => other,
+        };
         let span = &self.span;
         // the span ends now: its end is the last time it was left, which for a stream is long
         // after the handler returned its headers
@@ -510,6 +531,7 @@ where
             names,
             started: Instant::now(),
             degraded: false,
+            over_quota: false,
             done: false,
         });
         let future = self.inner.call(request);
@@ -518,6 +540,7 @@ where
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
                     call.degraded = parts.headers.contains_key(DEGRADED);
+                    call.over_quota = parts.headers.contains_key(OVER_QUOTA);
                     // a trailers-only answer: its status is in the headers, its body empty
                     if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
                         call.finish(Some(status));
@@ -569,6 +592,11 @@ mod tests {
                 Some(Outcome::Degraded),
             ),
             (&[("grpc-status", "8")][..], Some(Outcome::Shed)),
+            // the caller's own quota: not capacity the server lacked
+            (
+                &[("grpc-status", "8"), ("x-mesh-over-quota", "rate")][..],
+                Some(Outcome::OverQuota),
+            ),
             (&[("grpc-status", "4")][..], Some(Outcome::TimedOut)),
             (&[("grpc-status", "1")][..], Some(Outcome::Cancelled)),
             // NOT_FOUND, UNAUTHENTICATED: the caller's mistake, refused

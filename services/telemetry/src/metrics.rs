@@ -280,7 +280,8 @@ pub fn call(call: &Call<'_>) {
             // the caller's own refusals are no error of the service's
             Outcome::Ok | Outcome::Cancelled | Outcome::Refused => None,
             Outcome::Degraded => Some(&c.degraded),
-            Outcome::Shed => Some(&c.shed),
+            // `meshctl status` shows every refused call for load as shed, quota or capacity
+            Outcome::Shed | Outcome::OverQuota => Some(&c.shed),
             Outcome::TimedOut => Some(&c.timed_out),
             Outcome::Error => Some(&c.errors),
         };

@@ -52,7 +52,6 @@
 //! ```
 
 use std::{
-    collections::HashMap,
     convert::Infallible,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -68,38 +67,31 @@ use super::{Catalogue, GrpcResponse, SwitchBoard, switch::DEGRADED_HEADER, take_
 
 type Key = (TenantId, Caller, &'static str, Bytes);
 
-/// The last good answers, bounded in entries (the oldest are dropped first).
+/// The last good answers, bounded in entries: the least recently used is dropped first, in
+/// constant time (an LRU list, not a scan of every entry under the lock).
 #[derive(Clone, Debug)]
 pub struct AnswerCache {
-    entries: Arc<Mutex<HashMap<Key, (Instant, Bytes)>>>,
-    capacity: usize,
+    entries: Arc<Mutex<lru::LruCache<Key, (Instant, Bytes)>>>,
 }
 
 impl AnswerCache {
     /// A cache of at most `capacity` answers.
     pub fn new(capacity: usize) -> Self {
+        let capacity = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
         Self {
-            entries: Arc::default(),
-            capacity: capacity.max(1),
+            entries: Arc::new(Mutex::new(lru::LruCache::new(capacity))),
         }
     }
 
     fn put(&self, key: Key, answer: Bytes) {
-        let mut entries = self.entries.lock().expect("lock");
-        if entries.len() >= self.capacity
-            && !entries.contains_key(&key)
-            && let Some(oldest) = entries
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(k, _)| k.clone())
-        {
-            entries.remove(&oldest);
-        }
-        entries.insert(key, (Instant::now(), answer));
+        self.entries
+            .lock()
+            .expect("lock")
+            .put(key, (Instant::now(), answer));
     }
 
     fn get(&self, key: &Key, max_age: std::time::Duration) -> Option<Bytes> {
-        let entries = self.entries.lock().expect("lock");
+        let mut entries = self.entries.lock().expect("lock");
         entries
             .get(key)
             .filter(|(at, _)| at.elapsed() <= max_age)
@@ -313,7 +305,7 @@ mod tests {
         assert_eq!(
             cache.get(&key(1), Duration::from_secs(60)),
             None,
-            "oldest dropped at capacity"
+            "least recently used dropped at capacity"
         );
     }
 }

@@ -460,6 +460,9 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
+    // Boxed on purpose: the future records the call's end inside its span (an async block
+    // instrumented with it) and wraps the body; the span and its attributes already allocate
+    // several times per call, one box more is not where this layer's cost is.
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

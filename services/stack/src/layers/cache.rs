@@ -187,6 +187,9 @@ where
 {
     type Response = GrpcResponse;
     type Error = S::Error;
+    // Boxed on purpose: a method whose degraded answer is its last good one has its answer's
+    // body read and copied (an async block over its frames), which costs more than the box;
+    // the other methods pass straight through in the same type.
     type Future = BoxFuture<'static, Result<GrpcResponse, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

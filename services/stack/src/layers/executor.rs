@@ -162,6 +162,9 @@ where
 {
     type Response = GrpcResponse;
     type Error = S::Error;
+    // Boxed, against the stack's rule of named futures, on purpose: a tenant with a runtime of
+    // its own has its call spawned there and awaited through a JoinHandle (an allocation and
+    // a cross-thread wake that dwarf the box); the two paths must share one type.
     type Future = BoxFuture<'static, Result<GrpcResponse, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
-/// Delays from `first`, doubling up to `most`; each one stretched by a random share of itself
-/// (up to double), so a delay lies in `[d, 2d)` where `d` is the plain exponential value.
+/// Delays from `first`, doubling up to `most`, each drawn at random from the upper half of its
+/// plain value ("equal jitter"): a delay lies in `[d/2, d)` where `d` is the plain exponential
+/// value, so a configured most is never exceeded and no two waiters keep in step.
 ///
 /// ```
 /// use std::time::Duration;
@@ -21,12 +22,12 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 ///
 /// let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 /// let first = backoff.next_delay();
-/// assert!(first >= Duration::from_millis(100) && first < Duration::from_millis(200));
+/// assert!(first >= Duration::from_millis(50) && first < Duration::from_millis(100));
 /// for _ in 0..20 {
-///     assert!(backoff.next_delay() < Duration::from_secs(10));
+///     assert!(backoff.next_delay() < Duration::from_secs(5));
 /// }
 /// backoff.reset(); // it worked: the next failure starts small again
-/// assert!(backoff.next_delay() < Duration::from_millis(200));
+/// assert!(backoff.next_delay() < Duration::from_millis(100));
 /// ```
 #[derive(Debug)]
 pub struct Backoff {
@@ -35,11 +36,12 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// Starting at `first`, doubling up to `most` (before jitter).
+    /// Starting at `first`, doubling up to `most`.
     pub fn new(first: Duration, most: Duration) -> Self {
+        // backon's jitter adds up to the plain value again: halves in, `[d/2, d)` out
         let builder = ExponentialBuilder::new()
-            .with_min_delay(first)
-            .with_max_delay(most.max(first))
+            .with_min_delay(first / 2)
+            .with_max_delay(most.max(first) / 2)
             .with_factor(2.0)
             .with_jitter()
             .without_max_times();
@@ -75,13 +77,13 @@ mod tests {
         let delays: Vec<Duration> = (0..8).map(|_| backoff.next_delay()).collect();
         for (i, delay) in delays.iter().enumerate() {
             let plain = (first * 2u32.pow(i as u32)).min(most);
-            assert!(*delay >= plain && *delay < plain * 2, "{i}: {delay:?}");
+            assert!(*delay >= plain / 2 && *delay < plain, "{i}: {delay:?}");
         }
         // jitter: sixteen capped delays are not all the same
         let capped: std::collections::BTreeSet<Duration> =
             (0..16).map(|_| backoff.next_delay()).collect();
         assert!(capped.len() > 1, "{capped:?}");
         backoff.reset();
-        assert!(backoff.next_delay() < first * 2);
+        assert!(backoff.next_delay() < first);
     }
 }

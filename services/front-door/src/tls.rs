@@ -21,7 +21,8 @@ use std::{
 };
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use tokio_rustls::TlsAcceptor;
+/// What accepts TLS connections on a listener (tokio-rustls's), as [`LoadTls`] builds it.
+pub use tokio_rustls::TlsAcceptor;
 
 pub use mesh_config::deploy::TlsConfig;
 

@@ -15,13 +15,32 @@ use mesh_runtime::{
     layers::Catalogue,
     probes::Probes,
     supervisor::{Supervisor, SupervisorEvent, WorkerCommand},
-    tls::LoadTls,
+    tls::{LoadTls, TlsAcceptor},
     upstream::UpstreamLimits,
 };
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::{AdminService, OpsCredential};
 
+/// The admin API's routes, behind the operators' credentials.
+type AdminRoutes = tonic::service::Routes;
+
+/// What `mesh up` is told and checks before anything starts.
+struct Prepared {
+    tenants: Tenants,
+    operators: Vec<(String, String)>,
+    tls: Option<TlsAcceptor>,
+    web_tls: Option<TlsAcceptor>,
+    node_tls: Option<mesh_runtime::tls::NodeTls>,
+    store: SwitchStore,
+    saved: mesh_runtime::control::store::SavedSwitches,
+    node_credential: String,
+    command: WorkerCommand,
+}
+
+/// Runs `mesh up` until SIGTERM or ctrl-c: checks everything first, then starts the front door,
+/// the supervisor and the control plane, shares state with the other nodes, serves the admin
+/// API, the web access and the metrics, and stops it all in order.
 pub async fn run(
     dir: &Path,
     listen: &str,
@@ -29,9 +48,154 @@ pub async fn run(
     deploy: DeployConfig,
     control_only: bool,
 ) -> anyhow::Result<()> {
-    // every file checked, the services' settings too (mesh_config::settings), before any
-    // process starts: a bad one would take down the process group it shares with others. A
-    // control plane whose workers run elsewhere holds none of their secrets
+    let Prepared {
+        tenants,
+        operators,
+        tls,
+        web_tls,
+        node_tls,
+        store,
+        saved,
+        node_credential,
+        command,
+    } = prepare(dir, config, &deploy, control_only)?;
+    // a control plane alone answers no tenant's calls: it loads none of their keys
+    let served_here = if control_only {
+        Tenants::default()
+    } else {
+        tenants.clone()
+    };
+    let front = front_door(&served_here, &node_credential, node_tls, &deploy);
+    say_which_config(config, &deploy);
+    // no front door on a control plane whose workers run elsewhere: callers reach them
+    // through the proxy in front of them
+    let listener = match control_only {
+        true => None,
+        false => Some(
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("front door: listening on {listen}"))?,
+        ),
+    };
+    for config in served_here.tenants.values() {
+        front.serve_tenant(config);
+    }
+    // healthy once it listens: a tenant whose worker is down gets UNAVAILABLE on its own calls
+    front.probes().set_serving(true).await;
+    match &listener {
+        Some(listener) => println!("front door listening on {}", listener.local_addr()?),
+        None => println!("control plane only: no front door, no workers (they run elsewhere)"),
+    }
+    if tls.is_some() {
+        println!("TLS on the front door and the admin API");
+    }
+    println!("switch state in {}", store.path().display());
+    println!(
+        "audit log in {}",
+        store.path().with_file_name("audit.jsonl").display()
+    );
+
+    let (stop, stopping) = watch::channel(false);
+    let (events, mut reports) = mpsc::unbounded_channel();
+    let serving = listener.map(|listener| {
+        tokio::spawn(front.clone().serve_with(
+            listener,
+            ConnectionLimits::from(&deploy.front_door),
+            tls.clone(),
+            stopped(stopping.clone()),
+        ))
+    });
+    let supervisor = Supervisor::new(
+        command,
+        front.clone(),
+        events,
+        stopping.clone(),
+        saved.switches.clone(),
+    );
+    let plane = ControlPlane::start(
+        dir.to_path_buf(),
+        mesh_api::CONTRACTS,
+        tenants,
+        saved,
+        store,
+        supervisor.clone(),
+        front.clone(),
+        !control_only,
+    )?
+    // the workers inherit MESH_STORE_POSTGRES: their stored data lives outside them
+    .with_data_shared(std::env::var_os("MESH_STORE_POSTGRES").is_some());
+    if let Some(url) = &deploy.state.redis_url {
+        share_state(&plane, url, &deploy, &node_credential, control_only).await?;
+    }
+    // the admin API, once: served to meshctl on its own listener and to the ops console
+    // through the browsers' access
+    let admin_api =
+        AdminService::new(plane.clone()).with_broker(std::env::var("MESH_AMQP_URI").ok());
+    // the consumers' backlogs and dead letters, for the alerts (admin API or not), where
+    // metrics go somewhere
+    if deploy.telemetry.prometheus_listen.is_some() || deploy.telemetry.otlp_endpoint.is_some() {
+        admin_api.report_queues(std::time::Duration::from_secs(15));
+    }
+    let admin_service = (!operators.is_empty()).then(|| {
+        tonic::service::Routes::new(AdminServer::with_interceptor(
+            admin_api,
+            OpsCredential::new(&operators),
+        ))
+    });
+    let admin = serve_admin(admin_service.clone(), &deploy, config, &tls, &stopping).await?;
+    let web = serve_web(&front, admin_service, &deploy, &tls, web_tls, &stopping).await?;
+    // the node's metrics where Prometheus looks: its own, the control plane's switches and
+    // tenants, and every worker's
+    let _control_metrics = mesh_telemetry::metrics::observe_control({
+        let plane = plane.clone();
+        move || control_state(&plane)
+    });
+    let metrics = serve_metrics(&supervisor, &deploy, &stopping).await?;
+    let rules = tokio::spawn(plane.run_rules(stopped(stopping.clone())));
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            Some(event) = reports.recv() => report(&event),
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    println!("stopping");
+    // health says NOT_SERVING / 503 from now, and the front door stops accepting and asks its
+    // open connections to close (GOAWAY): a proxy in front sends new calls elsewhere at once
+    // (a refused connection is retried on another replica). The workers then tell their
+    // terminals to attach again elsewhere and finish what is in flight
+    front.probes().set_serving(false).await;
+    let _ = stop.send(true);
+    supervisor.wait().await;
+    for task in [serving, Some(rules), admin, metrics, web]
+        .into_iter()
+        .flatten()
+    {
+        let _ = task.await;
+    }
+    while let Ok(event) = reports.try_recv() {
+        report(&event);
+    }
+    println!("stopped");
+    Ok(())
+}
+
+/// Resolves when `stop` turns true: how every server of the node learns it is stopping.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Every file checked, the services' settings too (mesh_config::settings), before any process
+/// starts: a bad one would take down the process group it shares with others. A control plane
+/// whose workers run elsewhere holds none of their secrets.
+fn prepare(
+    dir: &Path,
+    config: &Path,
+    deploy: &DeployConfig,
+    control_only: bool,
+) -> anyhow::Result<Prepared> {
     let tenants = if control_only {
         Tenants::load_without_secrets(dir, mesh_api::CONTRACTS)?
     } else {
@@ -49,21 +213,15 @@ pub async fn run(
             config.display()
         );
     }
-    // TLS on the front door and the admin API when ops/mesh.toml names a certificate
-    let tls = deploy
-        .tls
-        .acceptor()
-        .map_err(|e| anyhow!("{} (or its MESH_TLS_* override): {e}", config.display()))?;
-    // the browsers' access with the same certificate, for HTTP/1.1 clients too
-    let web_tls = deploy
-        .tls
-        .web_acceptor()
-        .map_err(|e| anyhow!("{} (or its MESH_TLS_* override): {e}", config.display()))?;
-    // and mutual TLS between the front door and the workers, and among workers
-    let node_tls = deploy
-        .tls
-        .node_tls()
-        .map_err(|e| anyhow!("{} (or its MESH_TLS_* override): {e}", config.display()))?;
+    let tls_error = |e: &dyn std::fmt::Display| {
+        anyhow!("{} (or its MESH_TLS_* override): {e}", config.display())
+    };
+    // TLS on the front door and the admin API when ops/mesh.toml names a certificate, the
+    // browsers' access with the same certificate (HTTP/1.1 clients too), and mutual TLS
+    // between the front door and the workers, and among workers
+    let tls = deploy.tls.acceptor().map_err(|e| tls_error(&e))?;
+    let web_tls = deploy.tls.web_acceptor().map_err(|e| tls_error(&e))?;
+    let node_tls = deploy.tls.node_tls().map_err(|e| tls_error(&e))?;
     let store = SwitchStore::in_dir(&deploy.state.dir);
     let saved = initial_switches(&tenants, &store)?;
     let node_credential = node_credential();
@@ -98,27 +256,43 @@ pub async fn run(
         ]
         .concat(),
     };
-    // the front door authenticates every call as the workers do: unknown tenants and wrong
-    // credentials are refused here, alike, before any tenant's route or state shows
-    // (a control plane alone answers no tenant's calls: it loads none of their keys)
-    let served_here = if control_only {
-        Tenants::default()
-    } else {
-        tenants.clone()
-    };
-    let directory = TenantDirectory::from_tenants(&served_here, Catalogue(mesh_api::CONTRACTS))
-        .with_node_credential(&node_credential);
-    let front = FrontDoor::new(Catalogue(mesh_api::CONTRACTS))
+    Ok(Prepared {
+        tenants,
+        operators,
+        tls,
+        web_tls,
+        node_tls,
+        store,
+        saved,
+        node_credential,
+        command,
+    })
+}
+
+/// The front door, authenticating every call as the workers do: unknown tenants and wrong
+/// credentials are refused here, alike, before any tenant's route or state shows.
+fn front_door(
+    served_here: &Tenants,
+    node_credential: &str,
+    node_tls: Option<mesh_runtime::tls::NodeTls>,
+    deploy: &DeployConfig,
+) -> FrontDoor {
+    let directory = TenantDirectory::from_tenants(served_here, Catalogue(mesh_api::CONTRACTS))
+        .with_node_credential(node_credential);
+    FrontDoor::new(Catalogue(mesh_api::CONTRACTS))
         .with_directory(directory)
-        .with_node_tls(node_tls.clone())
+        .with_node_tls(node_tls)
         .with_advertised_workers(deploy.front_door.advertise_workers)
         .with_upstream(UpstreamLimits::from(&deploy.front_door))
         .with_probes(Probes::new(
             mesh_api::CONTRACTS,
             Some(mesh_api::FILE_DESCRIPTOR_SET),
-        ));
-    // which deployment config this is, first (once it is valid): a mesh started in another
-    // folder must not silently run on defaults
+        ))
+}
+
+/// Which deployment config this is, first (once it is valid): a mesh started in another
+/// folder must not silently run on defaults.
+fn say_which_config(config: &Path, deploy: &DeployConfig) {
     match DeployConfig::source(config) {
         Some(file) => println!("config {}", file.display()),
         None => println!(
@@ -128,251 +302,165 @@ pub async fn run(
             deploy.state.dir.display()
         ),
     }
-    // no front door on a control plane whose workers run elsewhere: callers reach them
-    // through the proxy in front of them
-    let listener = match control_only {
-        true => None,
-        false => Some(
-            tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("front door: listening on {listen}"))?,
-        ),
-    };
-    for config in served_here.tenants.values() {
-        front.serve_tenant(config);
-    }
-    // healthy once it listens: a tenant whose worker is down gets UNAVAILABLE on its own calls
-    front.probes().set_serving(true).await;
-    match &listener {
-        Some(listener) => println!("front door listening on {}", listener.local_addr()?),
-        None => println!("control plane only: no front door, no workers (they run elsewhere)"),
-    }
-    if tls.is_some() {
-        println!("TLS on the front door and the admin API");
-    }
-    println!("switch state in {}", store.path().display());
-    println!(
-        "audit log in {}",
-        store.path().with_file_name("audit.jsonl").display()
-    );
+}
 
-    let (stop, stopping) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let (events, mut reports) = mpsc::unbounded_channel();
-    let serving = listener.map(|listener| {
-        tokio::spawn(front.clone().serve_with(
-            listener,
-            ConnectionLimits::from(&deploy.front_door),
-            tls.clone(),
-            stopped(stopping.clone()),
-        ))
-    });
-    let supervisor = Supervisor::new(
-        command,
-        front.clone(),
-        events,
-        stopping.clone(),
-        saved.switches.clone(),
-    );
-    let plane = ControlPlane::start(
-        dir.to_path_buf(),
-        mesh_api::CONTRACTS,
-        tenants,
-        saved,
-        store,
-        supervisor.clone(),
-        front.clone(),
-        !control_only,
-    )?
-    // the workers inherit MESH_STORE_POSTGRES: their stored data lives outside them
-    .with_data_shared(std::env::var_os("MESH_STORE_POSTGRES").is_some());
-    // several nodes: the switch state is theirs together
-    if let Some(url) = &deploy.state.redis_url {
-        use mesh_runtime::control::shared::{SharedSwitches, SharedTenants};
-        let prefix = &deploy.state.redis_prefix;
+/// Several nodes: the switch state, the tenant registry (a control plane alone changes no
+/// tenant) and the audit log are theirs together, in the Redis at `url`.
+async fn share_state(
+    plane: &ControlPlane,
+    url: &str,
+    deploy: &DeployConfig,
+    node_credential: &str,
+    control_only: bool,
+) -> anyhow::Result<()> {
+    use mesh_runtime::control::shared::{SharedSwitches, SharedTenants};
+    let prefix = &deploy.state.redis_prefix;
+    plane
+        .share_switches(SharedSwitches::connect(url, prefix).await?)
+        .await?;
+    if !control_only {
         plane
-            .share_switches(SharedSwitches::connect(url, prefix).await?)
+            .share_tenants(SharedTenants::connect(url, prefix, node_credential).await?)
             .await?;
-        // the tenant registry is the nodes' (a control plane alone changes no tenant)
-        if !control_only {
-            plane
-                .share_tenants(SharedTenants::connect(url, prefix, &node_credential).await?)
-                .await?;
-        }
+    }
+    plane
+        .audit()
+        .share(url, prefix, node_credential)
+        .await
+        .map_err(|e| anyhow!("audit log: {e}"))?;
+    tokio::spawn(
         plane
             .audit()
-            .share(url, prefix, &node_credential)
-            .await
-            .map_err(|e| anyhow!("audit log: {e}"))?;
-        tokio::spawn(
-            plane
-                .audit()
-                .clone()
-                .keep_reconciled(std::time::Duration::from_secs(5)),
-        );
+            .clone()
+            .keep_reconciled(std::time::Duration::from_secs(5)),
+    );
+    println!(
+        "shared state in {url}: switches, tenants and the audit log follow every node of the mesh"
+    );
+    if std::env::var_os("MESH_STORE_POSTGRES").is_none() && !control_only {
         println!(
-            "shared state in {url}: switches, tenants and the audit log follow every node of the mesh"
+            "messages are kept in this node's memory (no MESH_STORE_POSTGRES): nodes \
+             sharing state each keep their own, so a conversation split between nodes is \
+             split in storage too; give every node the same PostgreSQL"
         );
-        if std::env::var_os("MESH_STORE_POSTGRES").is_none() && !control_only {
-            println!(
-                "messages are kept in this node's memory (no MESH_STORE_POSTGRES): nodes \
-                 sharing state each keep their own, so a conversation split between nodes is \
-                 split in storage too; give every node the same PostgreSQL"
-            );
-        }
-        if !control_only
-            && deploy.workers.advertise_host.is_none()
-            && deploy
-                .workers
-                .listen_host
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-        {
-            println!(
-                "workers listen on loopback ([workers] listen_host {}): nodes on other machines \
-                 cannot push to terminals attached here; set listen_host and advertise_host",
-                deploy.workers.listen_host
-            );
-        }
     }
-    // the admin API, once: served to meshctl on its own listener and to the ops console
-    // through the browsers' access
-    let admin_api =
-        AdminService::new(plane.clone()).with_broker(std::env::var("MESH_AMQP_URI").ok());
-    // the consumers' backlogs and dead letters, for the alerts (admin API or not), where
-    // metrics go somewhere
-    if deploy.telemetry.prometheus_listen.is_some() || deploy.telemetry.otlp_endpoint.is_some() {
-        admin_api.report_queues(std::time::Duration::from_secs(15));
+    if !control_only
+        && deploy.workers.advertise_host.is_none()
+        && deploy
+            .workers
+            .listen_host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+    {
+        println!(
+            "workers listen on loopback ([workers] listen_host {}): nodes on other machines \
+             cannot push to terminals attached here; set listen_host and advertise_host",
+            deploy.workers.listen_host
+        );
     }
-    let admin_service = (!operators.is_empty()).then(|| {
-        tonic::service::Routes::new(AdminServer::with_interceptor(
-            admin_api,
-            OpsCredential::new(&operators),
-        ))
-    });
-    let admin = match &admin_service {
-        Some(service) => {
-            let admin_listener = tokio::net::TcpListener::bind(&deploy.admin.listen)
-                .await
-                .with_context(|| format!("admin API: listening on {}", deploy.admin.listen))?;
-            println!("admin listening on {}", admin_listener.local_addr()?);
-            // the front door's connection handling (and TLS), not its limits
-            Some(tokio::spawn(mesh_runtime::connections::serve_connections(
-                admin_listener,
-                service.clone(),
-                mesh_runtime::connections::ConnectionLimits::default(),
-                tls.clone(),
-                stopped(stopping.clone()),
-            )))
-        }
-        None => {
-            println!(
-                "admin API off: no ops credential (set admin.token_env or [[admin.operators]] in {}, or MESH_ADMIN_TOKEN)",
-                config.display()
-            );
-            None
-        }
-    };
-    let web = match deploy.web.listen.trim() {
-        "" => None,
-        listen => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("web access: listening on {listen}"))?;
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            let address = listener.local_addr()?;
-            // the console beyond loopback only when the deployment says so
-            let console = admin_service.is_some()
-                && deploy
-                    .web
-                    .console
-                    .unwrap_or_else(|| address.ip().is_loopback());
-            println!(
-                "web access at {scheme}://{address}/ (chat /chat{})",
-                if console {
-                    ", ops console /console"
-                } else {
-                    ""
-                }
-            );
-            if console && !address.ip().is_loopback() {
-                tracing::warn!(%address, "the ops console and the admin API's calls are served beyond loopback ([web] console = true): keep that port on your ops network");
-            }
-            Some(tokio::spawn(mesh_runtime::connections::serve_connections(
-                listener,
-                crate::web::access(
-                    &front,
-                    admin_service.filter(|_| console),
-                    deploy.web.max_body_bytes,
-                )?,
-                mesh_runtime::connections::ConnectionLimits {
-                    http1: true,
-                    ..ConnectionLimits::from(&deploy.front_door)
-                },
-                web_tls.clone(),
-                stopped(stopping.clone()),
-            )))
-        }
-    };
-    // the node's metrics where Prometheus looks: its own, the control plane's switches and
-    // tenants, and every worker's
-    let _control_metrics = mesh_telemetry::metrics::observe_control({
-        let plane = plane.clone();
-        move || control_state(&plane)
-    });
-    let metrics = match &deploy.telemetry.prometheus_listen {
-        Some(listen) => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("metrics: listening on {listen}"))?;
-            println!("metrics at http://{}/metrics", listener.local_addr()?);
-            Some(tokio::spawn(crate::scrape::serve(
-                listener,
-                crate::scrape::node(supervisor.clone()),
-                stopped(stopping.clone()),
-            )))
-        }
-        None => None,
-    };
-    let rules = tokio::spawn(plane.run_rules(stopped(stopping.clone())));
-
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            Some(event) = reports.recv() => report(&event),
-            _ = terminate.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
-    println!("stopping");
-    // health says NOT_SERVING / 503 from now, and the front door stops accepting and asks its
-    // open connections to close (GOAWAY): a proxy in front sends new calls elsewhere at once
-    // (a refused connection is retried on another replica). The workers then tell their
-    // terminals to attach again elsewhere and finish what is in flight
-    front.probes().set_serving(false).await;
-    let _ = stop.send(true);
-    supervisor.wait().await;
-    if let Some(serving) = serving {
-        let _ = serving.await;
-    }
-    let _ = rules.await;
-    if let Some(admin) = admin {
-        let _ = admin.await;
-    }
-    if let Some(metrics) = metrics {
-        let _ = metrics.await;
-    }
-    if let Some(web) = web {
-        let _ = web.await;
-    }
-    while let Ok(event) = reports.try_recv() {
-        report(&event);
-    }
-    println!("stopped");
     Ok(())
+}
+
+/// The admin API on its own listener (the front door's connection handling and TLS, not its
+/// limits), when there is an operator to serve.
+async fn serve_admin(
+    service: Option<AdminRoutes>,
+    deploy: &DeployConfig,
+    config: &Path,
+    tls: &Option<TlsAcceptor>,
+    stopping: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(service) = service else {
+        println!(
+            "admin API off: no ops credential (set admin.token_env or [[admin.operators]] in {}, or MESH_ADMIN_TOKEN)",
+            config.display()
+        );
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(&deploy.admin.listen)
+        .await
+        .with_context(|| format!("admin API: listening on {}", deploy.admin.listen))?;
+    println!("admin listening on {}", listener.local_addr()?);
+    Ok(Some(tokio::spawn(
+        mesh_runtime::connections::serve_connections(
+            listener,
+            service,
+            ConnectionLimits::default(),
+            tls.clone(),
+            stopped(stopping.clone()),
+        ),
+    )))
+}
+
+/// The browsers' access (`[web] listen`): every tenant call as HTTP/JSON through the front
+/// door, the pages, and the ops console where the deployment allows it.
+async fn serve_web(
+    front: &FrontDoor,
+    admin: Option<AdminRoutes>,
+    deploy: &DeployConfig,
+    tls: &Option<TlsAcceptor>,
+    web_tls: Option<TlsAcceptor>,
+    stopping: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let listen = deploy.web.listen.trim();
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("web access: listening on {listen}"))?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let address = listener.local_addr()?;
+    // the console beyond loopback only when the deployment says so
+    let console = admin.is_some()
+        && deploy
+            .web
+            .console
+            .unwrap_or_else(|| address.ip().is_loopback());
+    println!(
+        "web access at {scheme}://{address}/ (chat /chat{})",
+        if console {
+            ", ops console /console"
+        } else {
+            ""
+        }
+    );
+    if console && !address.ip().is_loopback() {
+        tracing::warn!(%address, "the ops console and the admin API's calls are served beyond loopback ([web] console = true): keep that port on your ops network");
+    }
+    Ok(Some(tokio::spawn(
+        mesh_runtime::connections::serve_connections(
+            listener,
+            crate::web::access(front, admin.filter(|_| console), deploy.web.max_body_bytes)?,
+            ConnectionLimits {
+                http1: true,
+                ..ConnectionLimits::from(&deploy.front_door)
+            },
+            web_tls,
+            stopped(stopping.clone()),
+        ),
+    )))
+}
+
+/// The node's Prometheus endpoint, when `[telemetry] prometheus_listen` names one.
+async fn serve_metrics(
+    supervisor: &Supervisor,
+    deploy: &DeployConfig,
+    stopping: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(listen) = &deploy.telemetry.prometheus_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("metrics: listening on {listen}"))?;
+    println!("metrics at http://{}/metrics", listener.local_addr()?);
+    Ok(Some(tokio::spawn(crate::scrape::serve(
+        listener,
+        crate::scrape::node(supervisor.clone()),
+        stopped(stopping.clone()),
+    ))))
 }
 
 /// The switches and tenants of the control plane, as its gauges report them.

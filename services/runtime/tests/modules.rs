@@ -167,3 +167,43 @@ fn a_cycle_between_modules_is_found() {
     let cycle = module_graph(dir.path()).check_acyclic().unwrap_err();
     assert_eq!(cycle.path, ["a", "b", "a"]);
 }
+
+/// Every `.rs` file of product code (services, ops, codegen; tests and benches aside).
+fn product_sources() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files = Vec::new();
+    for top in ["services", "ops", "codegen"] {
+        let mut dirs = vec![root.join(top)];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                if path.is_dir() {
+                    if !matches!(name.as_str(), "tests" | "target" | "fixture") {
+                        dirs.push(path);
+                    }
+                } else if name.ends_with(".rs") && name != "tests.rs" {
+                    files.push(path);
+                }
+            }
+        }
+    }
+    files
+}
+
+/// A newcomer reads a file in one sitting: none of product code is over 800 lines unless its
+/// first line says why (`// Long on purpose: ...`).
+#[test]
+fn no_product_file_is_over_800_lines() {
+    let long: Vec<String> = product_sources()
+        .into_iter()
+        .filter_map(|file| {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let lines = text.lines().count();
+            let said_why = text.starts_with("// Long on purpose:");
+            (lines > 800 && !said_why).then(|| format!("{} ({lines} lines)", file.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "split these by job: {long:#?}");
+    assert!(product_sources().len() > 100, "the walk found the sources");
+}

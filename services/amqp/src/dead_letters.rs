@@ -63,24 +63,46 @@ impl AmqpBus {
             .await
     }
 
+    /// [`dead_letter_count`](Self::dead_letter_count), or `None` when the dead-letter queue is
+    /// not declared (yet: its consumer never subscribed).
+    pub async fn dead_letter_count_if_declared(
+        &self,
+        queue: &str,
+    ) -> Result<Option<u32>, BusError> {
+        self.waiting_if_declared(&mesh_contract::spec::names::dead_letter_queue(queue))
+            .await
+    }
+
     /// How many messages wait in `queue` for its consumer (not counting those it holds
     /// unacknowledged): how far the consumer lags.
     pub async fn waiting(&self, queue: &str) -> Result<u32, BusError> {
+        self.waiting_if_declared(queue).await?.ok_or_else(|| {
+            BusError::Topology(format!("queue {queue} is not declared on the broker"))
+        })
+    }
+
+    /// [`waiting`](Self::waiting), or `None` when the broker answers that `queue` does not
+    /// exist (told by the AMQP reply code, 404 NOT_FOUND, not by its text).
+    pub async fn waiting_if_declared(&self, queue: &str) -> Result<Option<u32>, BusError> {
         let channel = self.admin_channel().await?;
-        let dead = queue;
         let declared = channel
             .queue_declare(
-                dead.into(),
+                queue.into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
                 },
                 FieldTable::default(),
             )
-            .await
-            .map_err(|e| BusError::Topology(format!("queue {dead}: {e}")))?;
+            .await;
+        let declared = match declared {
+            Ok(declared) => declared,
+            // the broker closed the channel with the error: nothing to close
+            Err(err) if not_found(&err) => return Ok(None),
+            Err(err) => return Err(BusError::Topology(format!("queue {queue}: {err}"))),
+        };
         let _ = channel.close(200, "done".into()).await;
-        Ok(declared.message_count())
+        Ok(Some(declared.message_count()))
     }
 
     /// Up to `limit` dead letters of `queue`, oldest first, left where they are.
@@ -166,4 +188,14 @@ impl AmqpBus {
             .await
             .map_err(|e| unavailable("opening a channel", e))
     }
+}
+
+/// Whether the broker answered 404 NOT_FOUND (a passive declare of a queue that does not exist).
+fn not_found(err: &lapin::Error) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    matches!(
+        err.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
+    )
 }

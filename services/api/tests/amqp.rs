@@ -519,6 +519,31 @@ async fn dead_letters_are_shown_replayed_once_their_cause_is_fixed_and_purged() 
     broker.cleanup(&["message"]).await;
 }
 
+/// A queue nobody declared yet is told apart by the broker's reply code (404), not by the
+/// text of its error: counted as absent, while a declared queue counts what it holds.
+#[tokio::test]
+async fn a_queue_not_declared_yet_is_absent_not_an_error() {
+    let bus = bus().await;
+    let missing = format!(
+        "mesh.never-declared-{}.order.v1.message",
+        uuid::Uuid::new_v4()
+    );
+    assert_eq!(bus.waiting_if_declared(&missing).await.unwrap(), None);
+    assert_eq!(
+        bus.dead_letter_count_if_declared(&missing).await.unwrap(),
+        None
+    );
+    let err = bus.waiting(&missing).await.unwrap_err().to_string();
+    assert!(err.contains("is not declared"), "{err}");
+    // the admin channel is not left broken by the refusal: a declared queue still counts
+    let mut broker = Broker::new().await;
+    let tenant = broker.tenant();
+    let (_sub, _fixed, _seen) = subscribe_buggy(&bus, &tenant).await;
+    let queue = suite::queue(&tenant, "message");
+    assert_eq!(bus.waiting_if_declared(&queue).await.unwrap(), Some(0));
+    broker.cleanup(&["message"]).await;
+}
+
 #[tokio::test]
 async fn a_replayed_message_already_handled_is_not_handled_again() {
     let mut broker = Broker::new().await;

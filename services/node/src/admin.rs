@@ -125,14 +125,12 @@ impl AdminService {
         let bus = self.bus().await?;
         let mut out = Vec::with_capacity(queues.len());
         // a queue not declared yet (its worker has not subscribed) holds nothing
-        let count = |counted: Result<u32, mesh_contract::BusError>| match counted {
-            Ok(n) => Ok(n),
-            Err(mesh_contract::BusError::Topology(m)) if m.contains("NOT_FOUND") => Ok(0),
-            Err(e) => Err(bus_status(e)),
+        let count = |counted: Result<Option<u32>, mesh_contract::BusError>| {
+            counted.map(Option::unwrap_or_default).map_err(bus_status)
         };
         for (tenant, queue) in queues {
-            let dead_letters = count(bus.dead_letter_count(&queue).await)?;
-            let waiting = count(bus.waiting(&queue).await)?;
+            let dead_letters = count(bus.dead_letter_count_if_declared(&queue).await)?;
+            let waiting = count(bus.waiting_if_declared(&queue).await)?;
             out.push(api::DeadLetterQueue {
                 tenant,
                 queue,

@@ -26,7 +26,7 @@ fn sources(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The top-level module a file belongs to (`control` for `src/control/plane.rs`).
+/// The top-level module a file belongs to (`plane` for `src/plane/lifecycle.rs`).
 fn module_of(src: &Path, file: &Path) -> String {
     let relative = file.strip_prefix(src).unwrap();
     let first = relative.components().next().unwrap().as_os_str();

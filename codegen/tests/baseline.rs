@@ -338,7 +338,7 @@ fn a_baseline_that_absorbs_a_break_is_a_release_or_refused() {
     let tagged = contracts_ci(dir);
     assert!(tagged.status.success(), "{}", text(&tagged));
     assert!(
-        text(&tagged).contains("absorbed the breaking changes above, and is tagged v1.0.0"),
+        text(&tagged).contains("since tag v1.0.0"),
         "{}",
         text(&tagged)
     );
@@ -379,14 +379,14 @@ fn a_baseline_that_absorbs_a_break_is_a_release_or_refused() {
         said.contains("FieldRemoved") && said.contains("tags"),
         "{said}"
     );
-    assert!(said.contains("is not tagged v1.1.0"), "{said}");
+    assert!(said.contains("is not tagged v1.1.1"), "{said}");
     let again = codegen(&["baseline", "update", "--release", "v1.1.2"], dir);
     assert!(again.status.success(), "{}", text(&again));
     git(dir, &["commit", "-q", "-am", "release v1.1.2"]);
     let still = contracts_ci(dir);
     assert_eq!(still.status.code(), Some(1), "{}", text(&still));
     assert!(
-        text(&still).contains("is not tagged v1.1.0"),
+        text(&still).contains("is not tagged v1.1.2"),
         "{}",
         text(&still)
     );
@@ -416,4 +416,64 @@ fn json_output_is_only_json() {
             .unwrap_or_else(|e| panic!("{args:?}: stdout is not one JSON value ({e}): {stdout:?}"));
         assert!(parsed.is_array(), "{parsed}");
     }
+}
+
+/// The files rewritten around a break do not hide it: a baseline and its record deleted, then
+/// written again (with nothing to compare against, `baseline update` needs no flag), and many
+/// releases after it: every baseline held since release records began is kept, untagged.
+#[test]
+fn deleting_the_baseline_or_burying_a_break_under_releases_does_not_hide_it() {
+    let repo = released();
+    let dir = repo.path();
+    let contracts_ci = || {
+        Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/contracts"))
+            .env("MESH_CODEGEN", env!("CARGO_BIN_EXE_mesh-codegen"))
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    };
+    write(dir, "tenants/_defaults.toml", "");
+    write(dir, "contracts/thing/v1/thing.proto", &without_size());
+    git(
+        dir,
+        &[
+            "rm",
+            "-q",
+            "contracts/baseline.binpb",
+            "contracts/baseline.release",
+        ],
+    );
+    git(
+        dir,
+        &["commit", "-q", "-am", "drop size, and the baseline with it"],
+    );
+    let rewritten = codegen(&["baseline", "update", "--release", "v0.2.0"], dir);
+    assert!(rewritten.status.success(), "{}", text(&rewritten));
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "release v0.2.0"]);
+    let ci = contracts_ci();
+    assert_eq!(ci.status.code(), Some(1), "{}", text(&ci));
+    assert!(text(&ci).contains("FieldRemoved"), "{}", text(&ci));
+    assert!(text(&ci).contains("is not tagged v0.2.0"), "{}", text(&ci));
+    // sixty harmless releases later, the first one's break is still found
+    let base = without_size();
+    for n in 1..=60 {
+        write(
+            dir,
+            "contracts/thing/v1/thing.proto",
+            &format!("{base}\n// note {n}\n"),
+        );
+        let release = format!("v0.2.{n}");
+        let out = codegen(&["baseline", "update", "--release", &release], dir);
+        assert!(out.status.success(), "{}", text(&out));
+        git(dir, &["commit", "-q", "-am", &release]);
+    }
+    let ci = contracts_ci();
+    assert_eq!(ci.status.code(), Some(1), "{}", text(&ci));
+    assert!(text(&ci).contains("is not tagged v0.2.60"), "{}", text(&ci));
+    // the release that owns it, tagged, is the new anchor
+    git(dir, &["tag", "v0.2.60"]);
+    let ci = contracts_ci();
+    assert!(ci.status.success(), "{}", text(&ci));
 }

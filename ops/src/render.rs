@@ -283,7 +283,7 @@ impl Output {
                 })).collect::<Vec<_>>(),
                 "calls": report.calls.iter().map(|c| json!({
                     "tenant": c.tenant, "service": c.service, "major": c.major, "method": c.method,
-                    "calls": c.calls, "degraded": c.degraded, "shed": c.shed,
+                    "calls": c.calls, "degraded": c.degraded, "shed": c.shed, "over_quota": c.over_quota,
                     "timed_out": c.timed_out, "errors": c.errors, "mean_ms": c.mean_ms,
                 })).collect::<Vec<_>>(),
                 "recent_degraded": report.recent_degraded.iter().map(|d| json!({
@@ -325,6 +325,7 @@ impl Output {
             "CALLS",
             "DEGRADED",
             "SHED",
+            "OVER QUOTA",
             "TIMED OUT",
             "ERRORS",
             "MEAN",
@@ -338,6 +339,7 @@ impl Output {
                 c.calls.to_string(),
                 c.degraded.to_string(),
                 c.shed.to_string(),
+                c.over_quota.to_string(),
                 c.timed_out.to_string(),
                 c.errors.to_string(),
                 format!("{:.2} ms", c.mean_ms),

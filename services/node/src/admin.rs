@@ -586,6 +586,7 @@ impl Admin for AdminService {
                     calls: c.calls,
                     degraded: c.degraded,
                     shed: c.shed,
+                    over_quota: c.over_quota,
                     timed_out: c.timed_out,
                     errors: c.errors,
                     mean_ms: if c.calls == 0 {

@@ -137,8 +137,11 @@ pub struct MethodTally {
     pub calls: u64,
     /// Answered by a degradation switch.
     pub degraded: u64,
-    /// Refused for capacity (rate limit, bulkhead).
+    /// Refused for capacity the platform lacked (bulkhead, stream limit).
     pub shed: u64,
+    /// Refused because the caller went over its own quota (its tenant's rate, its terminals).
+    #[serde(default)]
+    pub over_quota: u64,
     /// Out of time.
     pub timed_out: u64,
     /// Failed otherwise.
@@ -153,6 +156,7 @@ struct Counters {
     calls: AtomicU64,
     degraded: AtomicU64,
     shed: AtomicU64,
+    over_quota: AtomicU64,
     timed_out: AtomicU64,
     errors: AtomicU64,
     total_us: AtomicU64,
@@ -210,6 +214,7 @@ pub fn tally() -> Vec<MethodTally> {
                     calls: get(&c.calls),
                     degraded: get(&c.degraded),
                     shed: get(&c.shed),
+                    over_quota: get(&c.over_quota),
                     timed_out: get(&c.timed_out),
                     errors: get(&c.errors),
                     total_ms: get(&c.total_us) as f64 / 1e3,
@@ -280,8 +285,8 @@ pub fn call(call: &Call<'_>) {
             // the caller's own refusals are no error of the service's
             Outcome::Ok | Outcome::Cancelled | Outcome::Refused => None,
             Outcome::Degraded => Some(&c.degraded),
-            // `meshctl status` shows every refused call for load as shed, quota or capacity
-            Outcome::Shed | Outcome::OverQuota => Some(&c.shed),
+            Outcome::Shed => Some(&c.shed),
+            Outcome::OverQuota => Some(&c.over_quota),
             Outcome::TimedOut => Some(&c.timed_out),
             Outcome::Error => Some(&c.errors),
         };
@@ -505,4 +510,40 @@ where
             }
         })
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_over_its_quota_is_tallied_apart_from_capacity_shed() {
+        let served = |outcome, code| {
+            call(&Call {
+                side: Side::Server,
+                tenant: "tally-over-quota",
+                service: "order",
+                rpc_service: "order.v1.Order",
+                version: "1.0.0",
+                method: "ListOrders",
+                streaming: false,
+                code,
+                outcome,
+                took: Duration::from_micros(50),
+            })
+        };
+        served(Outcome::OverQuota, tonic::Code::ResourceExhausted);
+        served(Outcome::OverQuota, tonic::Code::ResourceExhausted);
+        served(Outcome::Shed, tonic::Code::ResourceExhausted);
+        served(Outcome::Ok, tonic::Code::Ok);
+        let tally = tally()
+            .into_iter()
+            .find(|t| t.tenant == "tally-over-quota")
+            .expect("tallied");
+        assert_eq!(
+            (tally.calls, tally.over_quota, tally.shed, tally.errors),
+            (4, 2, 1, 0)
+        );
+        assert_eq!(tally.major, "v1");
+    }
 }

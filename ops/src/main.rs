@@ -309,75 +309,6 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 .map_err(refused)?;
             out.audit(&list.into_inner());
         }
-        Cmd::Switch(SwitchCmd::List) => {
-            let list = admin
-                .list_switches(api::ListSwitchesRequest {})
-                .await
-                .map_err(refused)?;
-            out.switches(&list.into_inner().switches);
-        }
-        Cmd::Switch(cmd @ (SwitchCmd::Off(_) | SwitchCmd::On(_))) => {
-            let (on, args) = match cmd {
-                SwitchCmd::On(args) => (true, args),
-                SwitchCmd::Off(args) => (false, args),
-                SwitchCmd::List => unreachable!("matched above"),
-            };
-            let (target, tenant) = target::resolve(&args)?;
-            let scope = target::scope(&target, tenant.as_deref());
-            let response = admin
-                .set_switch(api::SetSwitchRequest {
-                    target: Some(target),
-                    tenant: tenant.unwrap_or_default(),
-                    on,
-                    reason: args.reason,
-                })
-                .await
-                .map_err(refused)?;
-            out.switched(&scope, on, &response.into_inner());
-        }
-        Cmd::Tenant(TenantCmd::Check { file, tenants: _ }) => {
-            let response = admin
-                .check_tenant(read_tenant_file(&file)?)
-                .await
-                .map_err(refused)?
-                .into_inner();
-            out.checked(&response.tenant, &response.group, &file, response.updates);
-        }
-        Cmd::Tenant(TenantCmd::Add { file }) => {
-            let added = admin
-                .add_tenant(read_tenant_file(&file)?)
-                .await
-                .map_err(refused)?;
-            out.added(&added.into_inner().tenants);
-        }
-        Cmd::Tenant(TenantCmd::Update { file }) => {
-            let updated = admin
-                .update_tenant(read_tenant_file(&file)?)
-                .await
-                .map_err(refused)?;
-            out.changed("updated", &updated.into_inner().tenants);
-        }
-        Cmd::Tenant(TenantCmd::Remove { tenant, purge_data }) => {
-            let removed = admin
-                .remove_tenant(api::RemoveTenantRequest { tenant, purge_data })
-                .await
-                .map_err(refused)?;
-            out.changed("removed", &removed.into_inner().tenants);
-        }
-        Cmd::Tenant(TenantCmd::Move { tenant, process }) => {
-            let moved = admin
-                .move_tenant(api::MoveTenantRequest { tenant, process })
-                .await
-                .map_err(refused)?;
-            out.changed("moved", &moved.into_inner().tenants);
-        }
-        Cmd::Tenant(TenantCmd::List) => {
-            let list = admin
-                .list_tenants(api::ListTenantsRequest {})
-                .await
-                .map_err(refused)?;
-            out.tenants(&list.into_inner().tenants);
-        }
         Cmd::Grey(cmd) => {
             let request = match cmd {
                 GreyCmd::Widen {
@@ -439,7 +370,115 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 .map_err(refused)?;
             out.faults(&faults.into_inner().faults);
         }
-        Cmd::Dlq(DlqCmd::List { tenant }) => {
+        Cmd::Switch(cmd) => switch(&mut admin, cmd, &out, &refused).await?,
+        Cmd::Tenant(cmd) => tenant(&mut admin, cmd, &out, &refused).await?,
+        Cmd::Dlq(cmd) => dlq(&mut admin, cmd, &out, &refused).await?,
+    }
+    Ok(())
+}
+
+/// `meshctl switch ...` against the admin API.
+async fn switch(
+    admin: &mut client::Admin,
+    cmd: SwitchCmd,
+    out: &Output,
+    refused: &impl Fn(tonic::Status) -> CtlError,
+) -> Result<(), CtlError> {
+    match cmd {
+        SwitchCmd::List => {
+            let list = admin
+                .list_switches(api::ListSwitchesRequest {})
+                .await
+                .map_err(refused)?;
+            out.switches(&list.into_inner().switches);
+        }
+        cmd @ (SwitchCmd::Off(_) | SwitchCmd::On(_)) => {
+            let (on, args) = match cmd {
+                SwitchCmd::On(args) => (true, args),
+                SwitchCmd::Off(args) => (false, args),
+                SwitchCmd::List => unreachable!("matched above"),
+            };
+            let (target, tenant) = target::resolve(&args)?;
+            let scope = target::scope(&target, tenant.as_deref());
+            let response = admin
+                .set_switch(api::SetSwitchRequest {
+                    target: Some(target),
+                    tenant: tenant.unwrap_or_default(),
+                    on,
+                    reason: args.reason,
+                })
+                .await
+                .map_err(refused)?;
+            out.switched(&scope, on, &response.into_inner());
+        }
+    }
+    Ok(())
+}
+
+/// `meshctl tenant ...` against the admin API.
+async fn tenant(
+    admin: &mut client::Admin,
+    cmd: TenantCmd,
+    out: &Output,
+    refused: &impl Fn(tonic::Status) -> CtlError,
+) -> Result<(), CtlError> {
+    match cmd {
+        TenantCmd::Check { file, tenants: _ } => {
+            let response = admin
+                .check_tenant(read_tenant_file(&file)?)
+                .await
+                .map_err(refused)?
+                .into_inner();
+            out.checked(&response.tenant, &response.group, &file, response.updates);
+        }
+        TenantCmd::Add { file } => {
+            let added = admin
+                .add_tenant(read_tenant_file(&file)?)
+                .await
+                .map_err(refused)?;
+            out.added(&added.into_inner().tenants);
+        }
+        TenantCmd::Update { file } => {
+            let updated = admin
+                .update_tenant(read_tenant_file(&file)?)
+                .await
+                .map_err(refused)?;
+            out.changed("updated", &updated.into_inner().tenants);
+        }
+        TenantCmd::Remove { tenant, purge_data } => {
+            let removed = admin
+                .remove_tenant(api::RemoveTenantRequest { tenant, purge_data })
+                .await
+                .map_err(refused)?;
+            out.changed("removed", &removed.into_inner().tenants);
+        }
+        TenantCmd::Move { tenant, process } => {
+            let moved = admin
+                .move_tenant(api::MoveTenantRequest { tenant, process })
+                .await
+                .map_err(refused)?;
+            out.changed("moved", &moved.into_inner().tenants);
+        }
+        TenantCmd::List => {
+            let list = admin
+                .list_tenants(api::ListTenantsRequest {})
+                .await
+                .map_err(refused)?;
+            out.tenants(&list.into_inner().tenants);
+        }
+    }
+    Ok(())
+}
+
+/// `meshctl dlq ...` against the admin API.
+async fn dlq(
+    admin: &mut client::Admin,
+    cmd: DlqCmd,
+    out: &Output,
+    refused: &impl Fn(tonic::Status) -> CtlError,
+) -> Result<(), CtlError> {
+    match cmd {
+        DlqCmd::List { tenant } => {
             let list = admin
                 .list_dead_letters(api::ListDeadLettersRequest {
                     tenant: tenant.unwrap_or_default(),
@@ -448,14 +487,14 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 .map_err(refused)?;
             out.dead_letter_queues(&list.into_inner().queues);
         }
-        Cmd::Dlq(DlqCmd::Show(args)) => {
+        DlqCmd::Show(args) => {
             let letters = admin
                 .show_dead_letters(dlq_request(args))
                 .await
                 .map_err(refused)?;
             out.dead_letters(&letters.into_inner().letters);
         }
-        Cmd::Dlq(DlqCmd::Replay(args)) => {
+        DlqCmd::Replay(args) => {
             let queue = args.queue.clone();
             let done = admin
                 .replay_dead_letters(dlq_request(args))
@@ -463,7 +502,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 .map_err(refused)?;
             out.dead_letters_handled("replayed", &queue, done.into_inner().count);
         }
-        Cmd::Dlq(DlqCmd::Purge { queue, tenant }) => {
+        DlqCmd::Purge { queue, tenant } => {
             let done = admin
                 .purge_dead_letters(api::DeadLettersRequest {
                     tenant,

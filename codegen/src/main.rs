@@ -220,128 +220,156 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             against_baseline,
             tenants,
             error_format,
-        } => {
-            let head = mesh_codegen::load(&contracts)?;
-            // with --error-format json, standard output holds the one JSON array and nothing
-            // else: what is said besides goes to standard error
-            let json = error_format == ErrorFormat::Json;
-            let say = |line: String| {
+        } => check(
+            contracts,
+            against,
+            against_git,
+            against_baseline,
+            tenants,
+            error_format,
+        ),
+    }
+}
+
+/// `mesh-codegen check`: the contracts valid, every major a tenant runs present, and no
+/// breaking change against what they are compared with.
+fn check(
+    contracts: PathBuf,
+    against: Option<PathBuf>,
+    against_git: Option<String>,
+    against_baseline: Option<Option<PathBuf>>,
+    tenants: Option<PathBuf>,
+    error_format: ErrorFormat,
+) -> anyhow::Result<ExitCode> {
+    let head = mesh_codegen::load(&contracts)?;
+    // with --error-format json, standard output holds the one JSON array and nothing
+    // else: what is said besides goes to standard error
+    let json = error_format == ErrorFormat::Json;
+    let say = |line: String| {
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    say(format!(
+        "{} contract(s) valid in {}",
+        head.contracts.len(),
+        contracts.display()
+    ));
+    let mut failed = false;
+    if let Some(dir) = tenants {
+        failed |= !tenant_majors_exist(&head, &dir, &contracts, &say)?;
+    }
+    let scratch;
+    let scratch_used = against_git.is_some();
+    let (base, label) = match (against, against_git, against_baseline) {
+        (Some(dir), _, _) => (
+            mesh_codegen::load(&dir).with_context(|| {
+                format!("loading the previous contracts from {}", dir.display())
+            })?,
+            dir.display().to_string(),
+        ),
+        (None, Some(rev), _) => {
+            scratch = tempfile::tempdir()?;
+            if !export_from_git(&contracts, &rev, scratch.path())? {
+                say(format!(
+                    "{rev} has no contracts folder; nothing to compare against"
+                ));
                 if json {
-                    eprintln!("{line}");
-                } else {
-                    println!("{line}");
+                    println!("[]");
                 }
-            };
-            say(format!(
-                "{} contract(s) valid in {}",
-                head.contracts.len(),
-                contracts.display()
-            ));
-            let mut failed = false;
-            if let Some(dir) = tenants {
-                let uses = mesh_codegen::tenants::tenant_uses(&dir)?;
-                let missing = mesh_codegen::tenants::missing_majors(&head, &uses);
-                for m in &missing {
-                    let from = if m.inherited {
-                        " (inherited from _defaults.toml)"
-                    } else {
-                        ""
-                    };
-                    eprintln!(
-                        "{}: runs contract {}{from}, which is not in {}; keep the major until no tenant runs it",
-                        m.file.display(),
-                        m.contract,
-                        contracts.display()
-                    );
-                }
-                if missing.is_empty() {
-                    say(format!(
-                        "every contract major the tenants in {} run exists",
-                        dir.display()
-                    ));
-                }
-                failed |= !missing.is_empty();
+                return Ok(exit(failed));
             }
-            let scratch;
-            let scratch_used = against_git.is_some();
-            let (base, label) = match (against, against_git, against_baseline) {
-                (Some(dir), _, _) => (
-                    mesh_codegen::load(&dir).with_context(|| {
-                        format!("loading the previous contracts from {}", dir.display())
-                    })?,
-                    dir.display().to_string(),
-                ),
-                (None, Some(rev), _) => {
-                    scratch = tempfile::tempdir()?;
-                    if !export_from_git(&contracts, &rev, scratch.path())? {
-                        say(format!(
-                            "{rev} has no contracts folder; nothing to compare against"
-                        ));
+            (
+                mesh_codegen::load(scratch.path())
+                    .with_context(|| format!("loading the previous contracts from {rev}"))?,
+                rev,
+            )
+        }
+        (None, None, Some(path)) => {
+            // the repository's own baseline is only the reference if a release wrote it
+            if path.is_none() {
+                let path = contracts.join(BASELINE_FILE);
+                match mesh_codegen::release::verify(&path) {
+                    Ok(version) => say(format!(
+                        "{} is the baseline of release {version}",
+                        path.display()
+                    )),
+                    Err(problem) => {
+                        eprintln!("{problem}");
                         if json {
                             println!("[]");
                         }
-                        return Ok(exit(failed));
-                    }
-                    (
-                        mesh_codegen::load(scratch.path()).with_context(|| {
-                            format!("loading the previous contracts from {rev}")
-                        })?,
-                        rev,
-                    )
-                }
-                (None, None, Some(path)) => {
-                    // the repository's own baseline is only the reference if a release wrote it
-                    if path.is_none() {
-                        let path = contracts.join(BASELINE_FILE);
-                        match mesh_codegen::release::verify(&path) {
-                            Ok(version) => say(format!(
-                                "{} is the baseline of release {version}",
-                                path.display()
-                            )),
-                            Err(problem) => {
-                                eprintln!("{problem}");
-                                if json {
-                                    println!("[]");
-                                }
-                                return Ok(ExitCode::FAILURE);
-                            }
-                        }
-                    }
-                    let path = path.unwrap_or_else(|| contracts.join(BASELINE_FILE));
-                    (
-                        mesh_codegen::load_baseline(&path)
-                            .with_context(|| format!("loading the baseline {}", path.display()))?,
-                        path.display().to_string(),
-                    )
-                }
-                (None, None, None) => {
-                    if json {
-                        println!("[]");
-                    }
-                    return Ok(exit(failed));
-                }
-            };
-            let mut changes = mesh_codegen::compare(&base, &head);
-            // an element deleted since a git revision is pointed at in that revision
-            // (`HEAD~3:order/v1/order.proto:12:3`), not in a scratch folder
-            if scratch_used {
-                for change in &mut changes {
-                    if let Ok(relative) = change.location.file.strip_prefix(&base.root) {
-                        change.location.file = format!("{label}:{}", relative.display()).into();
+                        return Ok(ExitCode::FAILURE);
                     }
                 }
             }
-            let breaking = changes
-                .iter()
-                .filter(|c| c.kind.severity() == Severity::Breaking)
-                .count();
-            report(&changes, error_format, &label);
-            if breaking > 0 {
-                failed = true;
+            let path = path.unwrap_or_else(|| contracts.join(BASELINE_FILE));
+            (
+                mesh_codegen::load_baseline(&path)
+                    .with_context(|| format!("loading the baseline {}", path.display()))?,
+                path.display().to_string(),
+            )
+        }
+        (None, None, None) => {
+            if json {
+                println!("[]");
             }
-            Ok(exit(failed))
+            return Ok(exit(failed));
+        }
+    };
+    let mut changes = mesh_codegen::compare(&base, &head);
+    // an element deleted since a git revision is pointed at in that revision
+    // (`HEAD~3:order/v1/order.proto:12:3`), not in a scratch folder
+    if scratch_used {
+        for change in &mut changes {
+            if let Ok(relative) = change.location.file.strip_prefix(&base.root) {
+                change.location.file = format!("{label}:{}", relative.display()).into();
+            }
         }
     }
+    let breaking = changes
+        .iter()
+        .filter(|c| c.kind.severity() == Severity::Breaking)
+        .count();
+    report(&changes, error_format, &label);
+    if breaking > 0 {
+        failed = true;
+    }
+    Ok(exit(failed))
+}
+
+/// Whether every contract major the tenant files in `dir` run exists in `head` (each missing
+/// one said on standard error).
+fn tenant_majors_exist(
+    head: &mesh_codegen::ContractSet,
+    dir: &Path,
+    contracts: &Path,
+    say: &impl Fn(String),
+) -> anyhow::Result<bool> {
+    let uses = mesh_codegen::tenants::tenant_uses(dir)?;
+    let missing = mesh_codegen::tenants::missing_majors(head, &uses);
+    for m in &missing {
+        let from = if m.inherited {
+            " (inherited from _defaults.toml)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "{}: runs contract {}{from}, which is not in {}; keep the major until no tenant runs it",
+            m.file.display(),
+            m.contract,
+            contracts.display()
+        );
+    }
+    if missing.is_empty() {
+        say(format!(
+            "every contract major the tenants in {} run exists",
+            dir.display()
+        ));
+    }
+    Ok(missing.is_empty())
 }
 
 /// Prints `changes` (found against `label`) as `format` says.

@@ -71,29 +71,14 @@ pub async fn run(
     // through the proxy in front of them
     let listener = match control_only {
         true => None,
-        false => Some(
-            tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("front door: listening on {listen}"))?,
-        ),
+        false => Some(bind(listen, "front door").await?),
     };
     for config in served_here.tenants.values() {
         front.serve_tenant(config);
     }
     // healthy once it listens: a tenant whose worker is down gets UNAVAILABLE on its own calls
     front.probes().set_serving(true).await;
-    match &listener {
-        Some(listener) => println!("front door listening on {}", listener.local_addr()?),
-        None => println!("control plane only: no front door, no workers (they run elsewhere)"),
-    }
-    if tls.is_some() {
-        println!("TLS on the front door and the admin API");
-    }
-    println!("switch state in {}", store.path().display());
-    println!(
-        "audit log in {}",
-        store.path().with_file_name("audit.jsonl").display()
-    );
+    say_where(listener.as_ref(), tls.is_some(), &store)?;
 
     let (stop, stopping) = watch::channel(false);
     let (events, mut reports) = mpsc::unbounded_channel();
@@ -153,6 +138,7 @@ pub async fn run(
     let metrics = serve_metrics(&supervisor, &deploy, &stopping).await?;
     let rules = tokio::spawn(plane.run_rules(stopped(stopping.clone())));
 
+    // the supervisor's events are said until SIGTERM or ctrl-c
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -161,25 +147,41 @@ pub async fn run(
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    let tasks = [serving, Some(rules), admin, metrics, web];
+    shut_down(
+        &front,
+        stop,
+        &supervisor,
+        tasks.into_iter().flatten(),
+        reports,
+    )
+    .await;
+    Ok(())
+}
+
+/// Stops the node in order. Health says NOT_SERVING / 503 from now, and the front door stops
+/// accepting and asks its open connections to close (GOAWAY): a proxy in front sends new calls
+/// elsewhere at once (a refused connection is retried on another replica). The workers then
+/// tell their terminals to attach again elsewhere and finish what is in flight; the servers
+/// end; what the supervisor still had to say is said.
+async fn shut_down(
+    front: &FrontDoor,
+    stop: watch::Sender<bool>,
+    supervisor: &Supervisor,
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<()>>,
+    mut reports: mpsc::UnboundedReceiver<SupervisorEvent>,
+) {
     println!("stopping");
-    // health says NOT_SERVING / 503 from now, and the front door stops accepting and asks its
-    // open connections to close (GOAWAY): a proxy in front sends new calls elsewhere at once
-    // (a refused connection is retried on another replica). The workers then tell their
-    // terminals to attach again elsewhere and finish what is in flight
     front.probes().set_serving(false).await;
     let _ = stop.send(true);
     supervisor.wait().await;
-    for task in [serving, Some(rules), admin, metrics, web]
-        .into_iter()
-        .flatten()
-    {
+    for task in tasks {
         let _ = task.await;
     }
     while let Ok(event) = reports.try_recv() {
         report(&event);
     }
     println!("stopped");
-    Ok(())
 }
 
 /// Resolves when `stop` turns true: how every server of the node learns it is stopping.
@@ -288,6 +290,34 @@ fn front_door(
             mesh_api::CONTRACTS,
             Some(mesh_api::FILE_DESCRIPTOR_SET),
         ))
+}
+
+/// A listener on `address`, or an error naming what it was for.
+async fn bind(address: &str, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("{what}: listening on {address}"))
+}
+
+/// Where the front door listens (or that there is none), TLS, and where state is kept.
+fn say_where(
+    listener: Option<&tokio::net::TcpListener>,
+    tls: bool,
+    store: &SwitchStore,
+) -> std::io::Result<()> {
+    match listener {
+        Some(listener) => println!("front door listening on {}", listener.local_addr()?),
+        None => println!("control plane only: no front door, no workers (they run elsewhere)"),
+    }
+    if tls {
+        println!("TLS on the front door and the admin API");
+    }
+    println!("switch state in {}", store.path().display());
+    println!(
+        "audit log in {}",
+        store.path().with_file_name("audit.jsonl").display()
+    );
+    Ok(())
 }
 
 /// Which deployment config this is, first (once it is valid): a mesh started in another

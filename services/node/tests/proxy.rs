@@ -157,7 +157,9 @@ async fn a_replica_killed_behind_haproxy_costs_only_retried_calls_and_a_reattach
         (&mut second, first_at.clone())
     };
 
-    // a steady call loop; a call failing UNAVAILABLE is retried once
+    // a steady call loop; a call failing UNAVAILABLE is retried once, after a short pause as a
+    // gRPC retry policy would (an immediate retry can meet the same dying hop: HAProxy has not
+    // yet taken the killed replica out, or the client's connection is the one being reset)
     let stop = Arc::new(AtomicBool::new(false));
     let retried = Arc::new(AtomicU64::new(0));
     let callers: Vec<_> = (0..4)
@@ -170,6 +172,7 @@ async fn a_replica_killed_behind_haproxy_costs_only_retried_calls_and_a_reattach
                     let mut answer = suggest(&channel).await;
                     if matches!(&answer, Err(s) if s.code() == Code::Unavailable) {
                         retried.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100)).await; // the retry's backoff
                         answer = suggest(&channel).await;
                     }
                     if let Err(status) = answer {

@@ -357,15 +357,17 @@ impl AmqpBus {
             self.inner.config.max_reconnect_backoff,
         );
         loop {
-            let backoff = backoff.next_delay();
             match self.link_once().await {
                 Ok(link) => return Ok(link),
-                Err(err) if self.is_closed() || Instant::now() + backoff > deadline => {
-                    return Err(err);
-                }
+                Err(err) if self.is_closed() || Instant::now() >= deadline => return Err(err),
                 Err(err) => {
-                    tracing::debug!(error = %err, ?backoff, "broker unreachable; retrying");
-                    tokio::time::sleep(backoff).await;
+                    // the last pause ends at the deadline, for one last attempt there: the
+                    // bound is used whole, whatever the jitter drew
+                    let pause = backoff
+                        .next_delay()
+                        .min(deadline.saturating_duration_since(Instant::now()));
+                    tracing::debug!(error = %err, ?pause, "broker unreachable; retrying");
+                    tokio::time::sleep(pause).await;
                 }
             }
         }

@@ -408,9 +408,7 @@ async fn serve_admin(
         );
         return Ok(None);
     };
-    let listener = tokio::net::TcpListener::bind(&deploy.admin.listen)
-        .await
-        .with_context(|| format!("admin API: listening on {}", deploy.admin.listen))?;
+    let listener = bind(&deploy.admin.listen, "admin API").await?;
     println!("admin listening on {}", listener.local_addr()?);
     Ok(Some(tokio::spawn(
         mesh_runtime::connections::serve_connections(
@@ -437,9 +435,7 @@ async fn serve_web(
     if listen.is_empty() {
         return Ok(None);
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("web access: listening on {listen}"))?;
+    let listener = bind(listen, "web access").await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let address = listener.local_addr()?;
     // the console beyond loopback only when the deployment says so
@@ -482,9 +478,7 @@ async fn serve_metrics(
     let Some(listen) = &deploy.telemetry.prometheus_listen else {
         return Ok(None);
     };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("metrics: listening on {listen}"))?;
+    let listener = bind(listen, "metrics").await?;
     println!("metrics at http://{}/metrics", listener.local_addr()?);
     Ok(Some(tokio::spawn(crate::scrape::serve(
         listener,

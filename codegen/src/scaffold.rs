@@ -84,10 +84,47 @@ pub fn new_service(
     layout: &Layout,
     tenants: &[String],
 ) -> Result<Scaffold, ContractError> {
-    let refuse = |path: &Path, message: String| ContractError::Layout {
-        path: path.to_path_buf(),
-        message,
-    };
+    check_names(name, layout, tenants)?;
+    let mut done = Scaffold::default();
+    let contract_dir = layout.contracts.join(name);
+    if !contract_dir.exists() {
+        let path = contract_dir.join("v1").join(format!("{name}.proto"));
+        write_new(&path, &fill(STARTER_PROTO, name))?;
+        done.written.push(path);
+    }
+    let set = crate::load(&layout.contracts)?;
+    let contract = set
+        .contracts
+        .iter()
+        .filter(|c| c.name == name)
+        .max_by_key(|c| c.major)
+        .ok_or_else(|| {
+            refuse(
+                &contract_dir,
+                format!("holds no contract of service {name:?} (expected {name}/v<major>/*.proto)"),
+            )
+        })?;
+    done.contract = contract.dir.clone();
+    if let Some(streaming) = contract
+        .calls()
+        .find(|m| m.client_streaming || m.server_streaming)
+    {
+        return Err(refuse(
+            &contract_dir,
+            format!(
+                "{} streams; new-service writes unary calls and events only (write a streaming service by hand, as the gateway is)",
+                streaming.name
+            ),
+        ));
+    }
+    check_types(&set, contract)?;
+    write_crate(name, contract, layout, &mut done)?;
+    wire(name, contract, layout, tenants, &mut done)?;
+    Ok(done)
+}
+
+/// The service's name and the tenants named are what they must be, before anything is written.
+fn check_names(name: &str, layout: &Layout, tenants: &[String]) -> Result<(), ContractError> {
     let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
@@ -129,39 +166,17 @@ pub fn new_service(
             ));
         }
     }
-    let mut done = Scaffold::default();
-    let contract_dir = layout.contracts.join(name);
-    if !contract_dir.exists() {
-        let path = contract_dir.join("v1").join(format!("{name}.proto"));
-        write_new(&path, &fill(STARTER_PROTO, name))?;
-        done.written.push(path);
-    }
-    let set = crate::load(&layout.contracts)?;
-    let contract = set
-        .contracts
-        .iter()
-        .filter(|c| c.name == name)
-        .max_by_key(|c| c.major)
-        .ok_or_else(|| {
-            refuse(
-                &contract_dir,
-                format!("holds no contract of service {name:?} (expected {name}/v<major>/*.proto)"),
-            )
-        })?;
-    done.contract = contract.dir.clone();
-    if let Some(streaming) = contract
-        .calls()
-        .find(|m| m.client_streaming || m.server_streaming)
-    {
-        return Err(refuse(
-            &contract_dir,
-            format!(
-                "{} streams; new-service writes unary calls and events only (write a streaming service by hand, as the gateway is)",
-                streaming.name
-            ),
-        ));
-    }
-    check_types(&set, contract)?;
+    Ok(())
+}
+
+/// The service's crate: written when new, else its missing stubs appended and its generated
+/// file rewritten (only a crate this command wrote).
+fn write_crate(
+    name: &str,
+    contract: &Contract,
+    layout: &Layout,
+    done: &mut Scaffold,
+) -> Result<(), ContractError> {
     let crate_dir = layout.services.join(name);
     let lib = crate_dir.join("src/lib.rs");
     let generated = crate_dir.join("src/generated.rs");
@@ -219,8 +234,15 @@ pub fn new_service(
     }
     rustfmt(&ours);
     done.written.push(generated);
-    wire(name, contract, layout, tenants, &mut done)?;
-    Ok(done)
+    Ok(())
+}
+
+/// Why nothing (more) was written, naming the path at fault.
+fn refuse(path: &Path, message: String) -> ContractError {
+    ContractError::Layout {
+        path: path.to_path_buf(),
+        message,
+    }
 }
 
 /// Formats `files` with rustfmt when it is installed (it comes with every rustup toolchain);
@@ -594,6 +616,20 @@ impl ServicePlugin for Plugin {{
         ));
     }
     text.push_str("    }\n}\n");
+    text.push_str(&handler_impls(contract));
+    text
+}
+
+/// The generated part's impls: the tonic server trait (calls) and the consumer's handler
+/// trait (events), each forwarding to the developer's `{Name}Service` methods.
+fn handler_impls(contract: &Contract) -> String {
+    let pascal = contract.name.to_upper_camel_case();
+    let proto = &contract.service.proto_name;
+    let server_mod = format!("{}_server", proto.to_snake_case());
+    let major = contract.major;
+    let events: Vec<&Method> = contract.events().collect();
+    let has_calls = contract.calls().next().is_some();
+    let mut text = String::new();
     if has_calls {
         text.push_str(&format!(
             "\n#[tonic::async_trait]\nimpl v{major}::{server_mod}::{proto} for {pascal}Service {{\n"

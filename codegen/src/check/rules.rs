@@ -264,6 +264,28 @@ pub(super) fn compare_method(om: &Method, nm: &Method, what: &str, r: &mut Repor
             ),
         );
     }
+    compare_audience(om, nm, what, r);
+    if let (Some(before), Some(after)) = (om.timeout_ms, nm.timeout_ms)
+        && after < before
+    {
+        r.add(
+            TimeoutLowered,
+            &nm.location,
+            format!("{what} timeout_ms went down from {before} to {after}"),
+        );
+    }
+    if let (Some(ms), None) = (om.timeout_ms, nm.timeout_ms) {
+        r.add(
+            TimeoutRemoved,
+            &nm.location,
+            format!("{what} lost its timeout_ms ({ms} ms)"),
+        );
+    }
+}
+
+/// Who may call: one rule whether the audience was declared or the default ([BACKEND]).
+fn compare_audience(om: &Method, nm: &Method, what: &str, r: &mut Reporter<'_>) {
+    use BreakingKind::*;
     let names =
         |a: &[crate::model::Audience]| a.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ");
     // one rule whether the audience was declared or the default ([BACKEND]): a kind of
@@ -321,22 +343,6 @@ pub(super) fn compare_method(om: &Method, nm: &Method, what: &str, r: &mut Repor
             ),
         );
     }
-    if let (Some(before), Some(after)) = (om.timeout_ms, nm.timeout_ms)
-        && after < before
-    {
-        r.add(
-            TimeoutLowered,
-            &nm.location,
-            format!("{what} timeout_ms went down from {before} to {after}"),
-        );
-    }
-    if let (Some(ms), None) = (om.timeout_ms, nm.timeout_ms) {
-        r.add(
-            TimeoutRemoved,
-            &nm.location,
-            format!("{what} lost its timeout_ms ({ms} ms)"),
-        );
-    }
 }
 
 pub(super) fn compare_message(old: &Message, new: &Message, r: &mut Reporter<'_>) {
@@ -379,86 +385,7 @@ pub(super) fn compare_message(old: &Message, new: &Message, r: &mut Reporter<'_>
             }
             continue;
         };
-        if nf.name != of.name {
-            r.add(
-                FieldRenamed,
-                &nf.location,
-                format!(
-                    "field {name} #{} was renamed from {} to {}",
-                    of.number, of.name, nf.name
-                ),
-            );
-        }
-        if nf.ty != of.ty {
-            r.add(
-                FieldTypeChanged,
-                &nf.location,
-                format!(
-                    "field {name}.{} changed type from {} to {}",
-                    nf.name, of.ty, nf.ty
-                ),
-            );
-        }
-        if nf.label != of.label {
-            r.add(
-                FieldLabelChanged,
-                &nf.location,
-                format!(
-                    "field {name}.{} changed from {} to {}",
-                    nf.name, of.label, nf.label
-                ),
-            );
-        }
-        if nf.oneof != of.oneof {
-            let place = |oneof: &Option<String>| match oneof {
-                Some(o) => format!("oneof {o}"),
-                None => "outside any oneof".to_owned(),
-            };
-            r.add(
-                FieldOneofChanged,
-                &nf.location,
-                format!(
-                    "field {name}.{} moved from {} to {}",
-                    nf.name,
-                    place(&of.oneof),
-                    place(&nf.oneof)
-                ),
-            );
-        }
-        for (option, before, after) in [
-            ("jstype", &of.jstype, &nf.jstype),
-            ("ctype", &of.ctype, &nf.ctype),
-        ] {
-            if before != after {
-                let shown = |v: &str| {
-                    if v.is_empty() {
-                        "unset".to_owned()
-                    } else {
-                        v.to_owned()
-                    }
-                };
-                r.add(
-                    FieldTypeOptionChanged,
-                    &nf.location,
-                    format!(
-                        "field {name}.{} changed {option} from {} to {}: code in other languages reads it as another type",
-                        nf.name,
-                        shown(before),
-                        shown(after)
-                    ),
-                );
-            }
-        }
-        if nf.name == of.name && nf.json_name != of.json_name {
-            r.add(
-                FieldJsonNameChanged,
-                &nf.location,
-                format!(
-                    "field {name}.{} changed its JSON name from {} to {}",
-                    nf.name, of.json_name, nf.json_name
-                ),
-            );
-        }
+        compare_field(name, of, nf, r);
     }
     for (oneof, location) in &old.oneofs {
         if !new.oneofs.iter().any(|(o, _)| o == oneof) {
@@ -469,6 +396,104 @@ pub(super) fn compare_message(old: &Message, new: &Message, r: &mut Reporter<'_>
             );
         }
     }
+    compare_reserved(old, new, r);
+}
+
+/// A field against its previous self (same number): name, type, label, oneof, the options that
+/// change its type in other languages, its JSON name.
+fn compare_field(
+    name: &str,
+    of: &crate::model::Field,
+    nf: &crate::model::Field,
+    r: &mut Reporter<'_>,
+) {
+    use BreakingKind::*;
+    if nf.name != of.name {
+        r.add(
+            FieldRenamed,
+            &nf.location,
+            format!(
+                "field {name} #{} was renamed from {} to {}",
+                of.number, of.name, nf.name
+            ),
+        );
+    }
+    if nf.ty != of.ty {
+        r.add(
+            FieldTypeChanged,
+            &nf.location,
+            format!(
+                "field {name}.{} changed type from {} to {}",
+                nf.name, of.ty, nf.ty
+            ),
+        );
+    }
+    if nf.label != of.label {
+        r.add(
+            FieldLabelChanged,
+            &nf.location,
+            format!(
+                "field {name}.{} changed from {} to {}",
+                nf.name, of.label, nf.label
+            ),
+        );
+    }
+    if nf.oneof != of.oneof {
+        let place = |oneof: &Option<String>| match oneof {
+            Some(o) => format!("oneof {o}"),
+            None => "outside any oneof".to_owned(),
+        };
+        r.add(
+            FieldOneofChanged,
+            &nf.location,
+            format!(
+                "field {name}.{} moved from {} to {}",
+                nf.name,
+                place(&of.oneof),
+                place(&nf.oneof)
+            ),
+        );
+    }
+    for (option, before, after) in [
+        ("jstype", &of.jstype, &nf.jstype),
+        ("ctype", &of.ctype, &nf.ctype),
+    ] {
+        if before != after {
+            let shown = |v: &str| {
+                if v.is_empty() {
+                    "unset".to_owned()
+                } else {
+                    v.to_owned()
+                }
+            };
+            r.add(
+                FieldTypeOptionChanged,
+                &nf.location,
+                format!(
+                    "field {name}.{} changed {option} from {} to {}: code in other languages reads it as another type",
+                    nf.name,
+                    shown(before),
+                    shown(after)
+                ),
+            );
+        }
+    }
+    if nf.name == of.name && nf.json_name != of.json_name {
+        r.add(
+            FieldJsonNameChanged,
+            &nf.location,
+            format!(
+                "field {name}.{} changed its JSON name from {} to {}",
+                nf.name, of.json_name, nf.json_name
+            ),
+        );
+    }
+}
+
+/// What a message reserved stays reserved, and nothing it reserved is used again.
+fn compare_reserved(old: &Message, new: &Message, r: &mut Reporter<'_>) {
+    use BreakingKind::*;
+    let name = &old.full_name;
     for range in &old.reserved_numbers {
         let dropped: Vec<u32> = range
             .clone()

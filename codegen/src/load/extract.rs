@@ -362,21 +362,7 @@ impl Extractor<'_> {
         let path = method.path().to_vec();
         let location = self.locate(file, &path);
         let subject = format!("method {}", method.full_name());
-        let snake = method.name().to_snake_case();
-        if let Some(other) = rust_names.insert(snake.clone(), method.name().to_owned()) {
-            self.violation(
-                location.clone(),
-                subject.clone(),
-                format!("duplicate method or event name: `{}` and `{other}` both become `{snake}` in generated code and routing keys", method.name()),
-            );
-        }
-        if RESERVED_METHOD_NAMES.contains(&snake.as_str()) {
-            self.violation(
-                location.clone(),
-                subject.clone(),
-                format!("`{}` becomes `{snake}`, which the generated tonic client already defines; choose another name", method.name()),
-            );
-        }
+        self.check_method_name(method, &location, &subject, rust_names);
         let option_location = self.locate_option(
             file,
             &path,
@@ -403,35 +389,8 @@ impl Extractor<'_> {
             }
         };
         let timeout_ms = get_u32(&spec, "timeout_ms");
-        let degraded = get_message(&spec, "degraded").and_then(|d| {
-            if let Some(e) = get_message(&d, "error") {
-                Some(Degraded::Error {
-                    code: get_str(&e, "code"),
-                    message: get_str(&e, "message"),
-                })
-            } else if d.has_field_by_name("empty") {
-                Some(Degraded::Empty)
-            } else {
-                get_message(&d, "cached").map(|c| Degraded::Cached {
-                    max_age_ms: get_u32(&c, "max_age_ms").unwrap_or(0),
-                })
-            }
-        });
-        let mut declared_audience = Vec::new();
-        for value in get_enum_list(&spec, "audience") {
-            match value.as_deref() {
-                Some("USER") => declared_audience.push(Audience::User),
-                Some("BACKEND") => declared_audience.push(Audience::Backend),
-                Some("NODE") => declared_audience.push(Audience::Node),
-                _ => self.violation(
-                    option_location.clone(),
-                    format!("{subject}: option (mesh.method).audience"),
-                    "names no caller; use USER, BACKEND or NODE",
-                ),
-            }
-        }
-        declared_audience.sort();
-        declared_audience.dedup();
+        let degraded = degraded_answer(&spec);
+        let declared_audience = self.audience(&spec, &option_location, &subject);
         if kind == Kind::Event && !declared_audience.is_empty() {
             self.violation(
                 option_location.clone(),
@@ -458,54 +417,15 @@ impl Extractor<'_> {
                 ),
             );
         }
+        let at = (&location, &option_location, subject.as_str());
         match kind {
-            Kind::Call => {
-                if timeout_ms.is_none() {
-                    self.violation(
-                        option_location.clone(),
-                        format!("{subject}: option (mesh.method).timeout_ms"),
-                        "is missing; every call states its deadline",
-                    );
-                }
-            }
-            Kind::Event => {
-                if method.output().full_name() != "google.protobuf.Empty" {
-                    self.violation(
-                        location.clone(),
-                        subject.clone(),
-                        format!(
-                            "is an EVENT but returns {}; events return google.protobuf.Empty",
-                            method.output().full_name()
-                        ),
-                    );
-                }
-                if method.is_client_streaming() || method.is_server_streaming() {
-                    self.violation(
-                        location.clone(),
-                        subject.clone(),
-                        "is an EVENT and cannot stream",
-                    );
-                }
-                if matches!(degraded, Some(Degraded::Cached { .. })) {
-                    self.violation(option_location.clone(), format!("{subject}: option (mesh.method).degraded.cached"), "events cannot answer a cached value; use `empty` (skip the publish) or `error`");
-                }
-                if let Some(other) = payloads.insert(
-                    method.input().full_name().to_owned(),
-                    method.name().to_owned(),
-                ) {
-                    self.violation(location.clone(), subject.clone(), format!("uses payload {} already used by event {other}; give each event its own message", method.input().full_name()));
-                }
-                if method.input().parent_file().package_name() != package {
-                    self.violation(
-                        location.clone(),
-                        subject.clone(),
-                        format!(
-                            "payload {} must be declared in this contract's package `{package}`",
-                            method.input().full_name()
-                        ),
-                    );
-                }
-            }
+            Kind::Call if timeout_ms.is_none() => self.violation(
+                option_location.clone(),
+                format!("{subject}: option (mesh.method).timeout_ms"),
+                "is missing; every call states its deadline",
+            ),
+            Kind::Call => {}
+            Kind::Event => self.check_event(method, at, degraded.as_ref(), package, payloads),
         }
         Some(Method {
             name: method.name().to_owned(),
@@ -528,6 +448,116 @@ impl Extractor<'_> {
                 .map(|o| o.idempotency_level().as_str_name().to_owned())
                 .unwrap_or_else(|| "IDEMPOTENCY_UNKNOWN".into()),
         })
+    }
+
+    /// Two methods that become one name in generated code, or a name the tonic client takes.
+    fn check_method_name(
+        &mut self,
+        method: &MethodDescriptor,
+        location: &Location,
+        subject: &str,
+        rust_names: &mut HashMap<String, String>,
+    ) {
+        let snake = method.name().to_snake_case();
+        if let Some(other) = rust_names.insert(snake.clone(), method.name().to_owned()) {
+            let name = method.name();
+            self.violation(
+                location.clone(),
+                subject.to_owned(),
+                format!(
+                    "duplicate method or event name: `{name}` and `{other}` both become \
+                     `{snake}` in generated code and routing keys"
+                ),
+            );
+        }
+        if RESERVED_METHOD_NAMES.contains(&snake.as_str()) {
+            let name = method.name();
+            self.violation(
+                location.clone(),
+                subject.to_owned(),
+                format!(
+                    "`{name}` becomes `{snake}`, which the generated tonic client already \
+                     defines; choose another name"
+                ),
+            );
+        }
+    }
+
+    /// Who may call (`option (mesh.method).audience`), sorted, each once.
+    fn audience(
+        &mut self,
+        spec: &DynamicMessage,
+        option_location: &Location,
+        subject: &str,
+    ) -> Vec<Audience> {
+        let mut declared_audience = Vec::new();
+        for value in get_enum_list(spec, "audience") {
+            match value.as_deref() {
+                Some("USER") => declared_audience.push(Audience::User),
+                Some("BACKEND") => declared_audience.push(Audience::Backend),
+                Some("NODE") => declared_audience.push(Audience::Node),
+                _ => self.violation(
+                    option_location.clone(),
+                    format!("{subject}: option (mesh.method).audience"),
+                    "names no caller; use USER, BACKEND or NODE",
+                ),
+            }
+        }
+        declared_audience.sort();
+        declared_audience.dedup();
+        declared_audience
+    }
+
+    /// What an event may not do: answer, stream, answer a cached value, share its payload
+    /// with another event or take it from another package.
+    fn check_event(
+        &mut self,
+        method: &MethodDescriptor,
+        (location, option_location, subject): (&Location, &Location, &str),
+        degraded: Option<&Degraded>,
+        package: &str,
+        payloads: &mut HashMap<String, String>,
+    ) {
+        if method.output().full_name() != "google.protobuf.Empty" {
+            self.violation(
+                location.clone(),
+                subject.to_owned(),
+                format!(
+                    "is an EVENT but returns {}; events return google.protobuf.Empty",
+                    method.output().full_name()
+                ),
+            );
+        }
+        if method.is_client_streaming() || method.is_server_streaming() {
+            self.violation(
+                location.clone(),
+                subject.to_owned(),
+                "is an EVENT and cannot stream",
+            );
+        }
+        if matches!(degraded, Some(Degraded::Cached { .. })) {
+            self.violation(
+                option_location.clone(),
+                format!("{subject}: option (mesh.method).degraded.cached"),
+                "events cannot answer a cached value; use `empty` (skip the publish) or `error`",
+            );
+        }
+        if let Some(other) = payloads.insert(
+            method.input().full_name().to_owned(),
+            method.name().to_owned(),
+        ) {
+            self.violation(location.clone(), subject.to_owned(), format!("uses payload {} already used by event {other}; give each event its own message", method.input().full_name()));
+        }
+        if method.input().parent_file().package_name() != package {
+            self.violation(
+                location.clone(),
+                subject.to_owned(),
+                format!(
+                    "payload {} must be declared in this contract's package `{package}`",
+                    method.input().full_name()
+                ),
+            );
+        }
     }
 
     /// The messages and enums the contract's files declare.
@@ -713,4 +743,22 @@ pub(super) fn kind_name(kind: &FieldKind) -> String {
         FieldKind::Enum(e) => e.full_name().to_owned(),
         scalar => format!("{scalar:?}").to_lowercase(),
     }
+}
+
+/// The answer a degraded call gives (`option (mesh.method).degraded`).
+fn degraded_answer(spec: &DynamicMessage) -> Option<Degraded> {
+    get_message(spec, "degraded").and_then(|d| {
+        if let Some(e) = get_message(&d, "error") {
+            Some(Degraded::Error {
+                code: get_str(&e, "code"),
+                message: get_str(&e, "message"),
+            })
+        } else if d.has_field_by_name("empty") {
+            Some(Degraded::Empty)
+        } else {
+            get_message(&d, "cached").map(|c| Degraded::Cached {
+                max_age_ms: get_u32(&c, "max_age_ms").unwrap_or(0),
+            })
+        }
+    })
 }

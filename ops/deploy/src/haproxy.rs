@@ -107,6 +107,41 @@ pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployErro
     check_address(&options.listen)?;
     let mut out = String::new();
     let w = &mut out;
+    // a call naming no tenant (health, reflection) or an unknown one goes to the shared group,
+    // whose workers answer it as the mesh answers an unknown tenant: never to a business
+    // line's own process group, kept apart for that business line
+    let fallback = if groups.contains_key("shared") {
+        Some("shared")
+    } else {
+        groups.keys().next().map(String::as_str)
+    };
+    write_grpc_frontend(w, options, &groups, fallback);
+    if let Some(web) = &options.web {
+        write_web_frontend(w, web, &groups, fallback)?;
+    }
+    if options.dns_slots.is_some() {
+        // the resolver of the machine (a pod's: the cluster DNS), asked again every 5 s
+        let _ = write!(
+            w,
+            "\nresolvers dns\n\
+             \x20 parse-resolv-conf\n\
+             \x20 hold valid 5s\n\
+             \x20 hold obsolete 5s\n"
+        );
+    }
+    for (group, members) in &groups {
+        write_backends(w, group, members, options)?;
+    }
+    Ok(out)
+}
+
+/// The gRPC frontend: the limits, then each group's tenants to its backend.
+fn write_grpc_frontend(
+    w: &mut String,
+    options: &Haproxy,
+    groups: &BTreeMap<String, Vec<String>>,
+    fallback: Option<&str>,
+) {
     let _ = writeln!(
         w,
         "# Rendered by `mesh deploy haproxy` from the tenants folder: each call goes to the\n\
@@ -143,138 +178,136 @@ pub fn render(tenants: &Tenants, options: &Haproxy) -> Result<String, DeployErro
             options.maxconn
         },
     );
-    for (group, members) in &groups {
+    for (group, members) in groups {
         let _ = writeln!(
             w,
             "  use_backend group_{group} if {{ req.hdr(x-mesh-tenant) -m str {} }}",
             members.join(" ")
         );
     }
-    // a call naming no tenant (health, reflection) or an unknown one goes to the shared group,
-    // whose workers answer it as the mesh answers an unknown tenant: never to a business
-    // line's own process group, kept apart for that business line
-    let fallback = if groups.contains_key("shared") {
-        Some("shared")
-    } else {
-        groups.keys().next().map(String::as_str)
-    };
     if let Some(fallback) = fallback {
         let _ = writeln!(w, "  default_backend group_{fallback}");
     }
-    if let Some(web) = &options.web {
-        check_address(&web.listen)?;
-        // browsers speak HTTP/1.1: the same routing by tenant, to the replicas' web ports; a
-        // page or a call naming no tenant goes where unknown ones go. Never the ops console
-        // nor the admin API's calls (they stay on the ops network), and a browser's slow or
-        // idle connection does not hold one of the gRPC callers' for an hour
+}
+
+/// The browsers' frontend (HTTP/1.1): the same routing by tenant, to the replicas' web ports.
+fn write_web_frontend(
+    w: &mut String,
+    web: &HaproxyWeb,
+    groups: &BTreeMap<String, Vec<String>>,
+    fallback: Option<&str>,
+) -> Result<(), DeployError> {
+    check_address(&web.listen)?;
+    // browsers speak HTTP/1.1: the same routing by tenant, to the replicas' web ports; a
+    // page or a call naming no tenant goes where unknown ones go. Never the ops console
+    // nor the admin API's calls (they stay on the ops network), and a browser's slow or
+    // idle connection does not hold one of the gRPC callers' for an hour
+    let _ = writeln!(
+        w,
+        "\nfrontend web\n\
+         \x20 bind {}\n\
+         \x20 maxconn 2048\n\
+         \x20 timeout http-request 10s\n\
+         \x20 timeout http-keep-alive 10s\n\
+         \x20 http-request deny deny_status 404 if {{ path_beg /admin/ /admin.v1. }} || {{ path /console /assets/console.js }}",
+        web.listen
+    );
+    for (group, members) in groups {
         let _ = writeln!(
             w,
-            "\nfrontend web\n\
-             \x20 bind {}\n\
-             \x20 maxconn 2048\n\
-             \x20 timeout http-request 10s\n\
-             \x20 timeout http-keep-alive 10s\n\
-             \x20 http-request deny deny_status 404 if {{ path_beg /admin/ /admin.v1. }} || {{ path /console /assets/console.js }}",
-            web.listen
+            "  use_backend web_{group} if {{ req.hdr(x-mesh-tenant) -m str {} }}",
+            members.join(" ")
         );
-        for (group, members) in &groups {
-            let _ = writeln!(
-                w,
-                "  use_backend web_{group} if {{ req.hdr(x-mesh-tenant) -m str {} }}",
-                members.join(" ")
-            );
-        }
-        if let Some(fallback) = fallback {
-            let _ = writeln!(w, "  default_backend web_{fallback}");
-        }
     }
-    if options.dns_slots.is_some() {
-        // the resolver of the machine (a pod's: the cluster DNS), asked again every 5 s
+    if let Some(fallback) = fallback {
+        let _ = writeln!(w, "  default_backend web_{fallback}");
+    }
+    Ok(())
+}
+
+/// A group's backends: its replicas over HTTP/2 (and their web ports, when browsers are
+/// routed too), each health-checked.
+fn write_backends(
+    w: &mut String,
+    group: &str,
+    members: &[String],
+    options: &Haproxy,
+) -> Result<(), DeployError> {
+    let replicas = options
+        .replicas
+        .get(group)
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| DeployError::NoReplicas {
+            group: group.to_owned(),
+            tenants: members.join(","),
+        })?;
+    for address in replicas {
+        check_address(address)?;
+    }
+    if options.dns_slots.is_some() && replicas.len() != 1 {
+        return Err(DeployError::BadAddress(replicas.join(",")));
+    }
+    let web_port = options.web.as_ref().map(|web| web.port);
+    for (backend, port, proto) in std::iter::once(("group", None, " proto h2"))
+        .chain(web_port.map(|port| ("web", Some(port), "")))
+    {
         let _ = write!(
             w,
-            "\nresolvers dns\n\
-             \x20 parse-resolv-conf\n\
-             \x20 hold valid 5s\n\
-             \x20 hold obsolete 5s\n"
+            "\nbackend {backend}_{group}\n\
+             \x20 # tenants: {}\n\
+             \x20 balance roundrobin\n\
+             \x20 # health over HTTP/2 on each replica's gRPC port: GET /healthz answers 200 while\n\
+             \x20 # it serves, 503 from the moment it starts leaving; a paused replica answers\n\
+             \x20 # nothing and is out after 2 checks 300 ms apart (each given `timeout check`)\n\
+             \x20 option httpchk\n\
+             \x20 http-check send meth GET uri /healthz ver HTTP/2\n\
+             \x20 http-check expect status 200\n\
+             \x20 # a replica's failed connections (refused, timed out) make the checks come faster;\n\
+             \x20 # the check alone takes it out (a tenant's own error answers never do)\n\
+             \x20 default-server inter 300ms fastinter 100ms fall 2 rise 2 observe layer4 error-limit 3 on-error fastinter\n",
+            members.join(", "),
         );
-    }
-    for (group, members) in &groups {
-        let replicas = options
-            .replicas
-            .get(group)
-            .filter(|r| !r.is_empty())
-            .ok_or_else(|| DeployError::NoReplicas {
-                group: group.clone(),
-                tenants: members.join(","),
-            })?;
-        for address in replicas {
-            check_address(address)?;
-        }
-        if options.dns_slots.is_some() && replicas.len() != 1 {
-            return Err(DeployError::BadAddress(replicas.join(",")));
-        }
-        let web_port = options.web.as_ref().map(|web| web.port);
-        for (backend, port, proto) in std::iter::once(("group", None, " proto h2"))
-            .chain(web_port.map(|port| ("web", Some(port), "")))
-        {
-            let _ = write!(
-                w,
-                "\nbackend {backend}_{group}\n\
-                 \x20 # tenants: {}\n\
-                 \x20 balance roundrobin\n\
-                 \x20 # health over HTTP/2 on each replica's gRPC port: GET /healthz answers 200 while\n\
-                 \x20 # it serves, 503 from the moment it starts leaving; a paused replica answers\n\
-                 \x20 # nothing and is out after 2 checks 300 ms apart (each given `timeout check`)\n\
-                 \x20 option httpchk\n\
-                 \x20 http-check send meth GET uri /healthz ver HTTP/2\n\
-                 \x20 http-check expect status 200\n\
-                 \x20 # a replica's failed connections (refused, timed out) make the checks come faster;\n\
-                 \x20 # the check alone takes it out (a tenant's own error answers never do)\n\
-                 \x20 default-server inter 300ms fastinter 100ms fall 2 rise 2 observe layer4 error-limit 3 on-error fastinter\n",
-                members.join(", "),
-            );
-            // the check speaks HTTP/2 (on each server line: HAProxy 2.6 does not take
-            // `check-proto` from `default-server`); the web port speaks HTTP/1.1 and JSON, so
-            // its replica's health is read on the gRPC port
-            let check_port = |address: &str| match port {
-                Some(_) => format!(
-                    " check-proto h2 port {}",
-                    address.rsplit_once(':').map_or("", |(_, p)| p)
-                ),
-                None => " check-proto h2".to_owned(),
-            };
-            // the replica's address, on its web port for the web backend
-            let at = |address: &str| match port {
-                Some(port) => {
-                    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
-                    format!("{host}:{port}")
-                }
-                None => address.to_owned(),
-            };
-            match options.dns_slots {
-                Some(slots) => {
+        // the check speaks HTTP/2 (on each server line: HAProxy 2.6 does not take
+        // `check-proto` from `default-server`); the web port speaks HTTP/1.1 and JSON, so
+        // its replica's health is read on the gRPC port
+        let check_port = |address: &str| match port {
+            Some(_) => format!(
+                " check-proto h2 port {}",
+                address.rsplit_once(':').map_or("", |(_, p)| p)
+            ),
+            None => " check-proto h2".to_owned(),
+        };
+        // the replica's address, on its web port for the web backend
+        let at = |address: &str| match port {
+            Some(port) => {
+                let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+                format!("{host}:{port}")
+            }
+            None => address.to_owned(),
+        };
+        match options.dns_slots {
+            Some(slots) => {
+                let _ = writeln!(
+                    w,
+                    "  server-template {group}_ {slots} {}{proto} check{} resolvers dns init-addr none",
+                    at(&replicas[0]),
+                    check_port(&replicas[0])
+                );
+            }
+            None => {
+                for (n, address) in replicas.iter().enumerate() {
                     let _ = writeln!(
                         w,
-                        "  server-template {group}_ {slots} {}{proto} check{} resolvers dns init-addr none",
-                        at(&replicas[0]),
-                        check_port(&replicas[0])
+                        "  server {group}_{} {}{proto} check{}",
+                        n + 1,
+                        at(address),
+                        check_port(address)
                     );
-                }
-                None => {
-                    for (n, address) in replicas.iter().enumerate() {
-                        let _ = writeln!(
-                            w,
-                            "  server {group}_{} {}{proto} check{}",
-                            n + 1,
-                            at(address),
-                            check_port(address)
-                        );
-                    }
                 }
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

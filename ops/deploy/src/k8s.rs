@@ -109,8 +109,56 @@ fn tenant_secrets(tenants: &Tenants, members: &[String]) -> Vec<String> {
 /// The manifests for `tenants` (read from `dir`, whose files go into the ConfigMap; load them
 /// with [`Tenants::load_without_secrets`] where the secrets they name are not set).
 pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String, DeployError> {
-    // the tenant files, and the key files they name (a user key, a JWKS), each at its path
-    // below the mounted folder: ConfigMap keys are flat, so each key is mapped to its path
+    let (files, items) = tenant_files(tenants, dir)?;
+    let mut docs = vec![json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata("mesh-tenants", options, "tenants"),
+        "data": files,
+    })];
+    let mut all_secrets = Vec::new();
+    let mut replicas = BTreeMap::new();
+    for (group, members) in groups(tenants) {
+        // a headless Service: one DNS record per ready pod, which HAProxy balances over
+        replicas.insert(
+            group.clone(),
+            vec![format!(
+                "mesh-{group}.{}.svc.cluster.local:{WORKER_PORT}",
+                options.namespace
+            )],
+        );
+        let secrets = tenant_secrets(tenants, &members);
+        all_secrets.extend(secrets.iter().cloned());
+        docs.extend(group_docs(&group, &members, &secrets, &items, options));
+    }
+    docs.extend(control_docs(&items, options));
+    docs.extend(proxy_docs(tenants, replicas, options)?);
+    all_secrets.sort();
+    all_secrets.dedup();
+    let mut out = format!(
+        "# Rendered by `mesh deploy k8s` for Kubernetes {KUBERNETES_VERSION}. Secrets come from the \
+         Secret {SECRET} (keys: MESH_NODE_CREDENTIAL, MESH_STATE_REDIS_URL, MESH_STORE_POSTGRES, \
+         MESH_AMQP_URI, MESH_ADMIN_TOKEN{}), which you create.\n",
+        all_secrets
+            .iter()
+            .map(|s| format!(", {s}"))
+            .collect::<String>()
+    );
+    for doc in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_json::to_string_pretty(&doc).expect("plain JSON values"));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The tenant files, and the key files they name (a user key, a JWKS), each at its path below
+/// the mounted folder: ConfigMap keys are flat, so each key (the ConfigMap's data) is mapped to
+/// its path (the volume's items).
+fn tenant_files(
+    tenants: &Tenants,
+    dir: &Path,
+) -> Result<(BTreeMap<String, String>, Vec<Value>), DeployError> {
     let mut files = BTreeMap::new();
     let mut items = Vec::new();
     let defaults = dir.join(mesh_config::tenant::DEFAULTS_FILE);
@@ -170,64 +218,58 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
         items.push(json!({ "key": key, "path": relative }));
         files.insert(key, text);
     }
-    let mut docs = vec![json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata("mesh-tenants", options, "tenants"),
-        "data": files,
-    })];
-    let mut all_secrets = Vec::new();
-    let mut replicas = BTreeMap::new();
-    for (group, members) in groups(tenants) {
-        let name = format!("mesh-{group}");
-        // a headless Service: one DNS record per ready pod, which HAProxy balances over
-        replicas.insert(
-            group.clone(),
-            vec![format!(
-                "{name}.{}.svc.cluster.local:{WORKER_PORT}",
-                options.namespace
-            )],
-        );
-        let secrets = tenant_secrets(tenants, &members);
-        all_secrets.extend(secrets.iter().cloned());
-        let mut env = vec![
-            json!({ "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } }),
-            // what the other replicas dial to push to this one's terminals: its pod IP (v4 or
-            // v6) on the port it listens on
-            json!({ "name": "MESH_WORKER_ADVERTISE_HOST", "value": "$(POD_IP)" }),
-            json!({ "name": "MESH_WORKER_GROUP", "value": group }),
-            // replicated over the broker cluster: a confirmed event survives a broker node
-            json!({ "name": "MESH_AMQP_QUEUE_TYPE", "value": "quorum" }),
-            // each pod's own metrics, scraped by Prometheus (the annotations below)
-            json!({ "name": "MESH_TELEMETRY_PROMETHEUS_LISTEN", "value": format!("0.0.0.0:{METRICS_PORT}") }),
-            // the browsers' access of its tenants (HTTP/JSON, server-sent events, gRPC-Web)
-            json!({ "name": "MESH_WORKER_WEB_LISTEN", "value": format!("0.0.0.0:{WEB_PORT}") }),
-            // a leaving pod's terminals attach again spread over 5 s, not all at once
-            json!({ "name": "MESH_DRAIN_WINDOW_MS", "value": "5000" }),
-            // a terminal attached for 30 min attaches again: after a scale-out the terminals
-            // spread onto the new pods instead of staying on the old ones for good
-            json!({ "name": "MESH_TERMINAL_MAX_AGE_SECS", "value": "1800" }),
-        ];
-        for shared in [
-            "MESH_NODE_CREDENTIAL",
-            "MESH_STATE_REDIS_URL",
-            "MESH_STORE_POSTGRES",
-            "MESH_AMQP_URI",
-        ] {
-            env.push(secret_env(shared));
-        }
-        env.extend(secrets.iter().map(|s| secret_env(s)));
-        let probe = |delay: u32| json!({ "grpc": { "port": WORKER_PORT }, "initialDelaySeconds": delay, "periodSeconds": 5 });
-        docs.push(json!({
+    Ok((files, items))
+}
+
+/// A process group's Deployment of `mesh worker` pods, its headless Service, its
+/// PodDisruptionBudget and its autoscaler.
+fn group_docs(
+    group: &str,
+    members: &[String],
+    secrets: &[String],
+    items: &[Value],
+    options: &Options,
+) -> [Value; 4] {
+    let name = format!("mesh-{group}");
+    let mut env = vec![
+        json!({ "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } }),
+        // what the other replicas dial to push to this one's terminals: its pod IP (v4 or
+        // v6) on the port it listens on
+        json!({ "name": "MESH_WORKER_ADVERTISE_HOST", "value": "$(POD_IP)" }),
+        json!({ "name": "MESH_WORKER_GROUP", "value": group }),
+        // replicated over the broker cluster: a confirmed event survives a broker node
+        json!({ "name": "MESH_AMQP_QUEUE_TYPE", "value": "quorum" }),
+        // each pod's own metrics, scraped by Prometheus (the annotations below)
+        json!({ "name": "MESH_TELEMETRY_PROMETHEUS_LISTEN", "value": format!("0.0.0.0:{METRICS_PORT}") }),
+        // the browsers' access of its tenants (HTTP/JSON, server-sent events, gRPC-Web)
+        json!({ "name": "MESH_WORKER_WEB_LISTEN", "value": format!("0.0.0.0:{WEB_PORT}") }),
+        // a leaving pod's terminals attach again spread over 5 s, not all at once
+        json!({ "name": "MESH_DRAIN_WINDOW_MS", "value": "5000" }),
+        // a terminal attached for 30 min attaches again: after a scale-out the terminals
+        // spread onto the new pods instead of staying on the old ones for good
+        json!({ "name": "MESH_TERMINAL_MAX_AGE_SECS", "value": "1800" }),
+    ];
+    for shared in [
+        "MESH_NODE_CREDENTIAL",
+        "MESH_STATE_REDIS_URL",
+        "MESH_STORE_POSTGRES",
+        "MESH_AMQP_URI",
+    ] {
+        env.push(secret_env(shared));
+    }
+    env.extend(secrets.iter().map(|s| secret_env(s)));
+    let probe = |delay: u32| json!({ "grpc": { "port": WORKER_PORT }, "initialDelaySeconds": delay, "periodSeconds": 5 });
+    [
+        json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": metadata(&name, options, &group),
+            "metadata": metadata(&name, options, group),
             "spec": {
                 "replicas": options.replicas,
-                "selector": { "matchLabels": labels(&group) },
+                "selector": { "matchLabels": labels(group) },
                 "template": {
                     "metadata": {
-                        "labels": labels(&group),
+                        "labels": labels(group),
                         "annotations": {
                             "prometheus.io/scrape": "true",
                             "prometheus.io/port": METRICS_PORT.to_string(),
@@ -243,7 +285,7 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
                             "maxSkew": 1,
                             "topologyKey": "kubernetes.io/hostname",
                             "whenUnsatisfiable": "ScheduleAnyway",
-                            "labelSelector": { "matchLabels": labels(&group) },
+                            "labelSelector": { "matchLabels": labels(group) },
                         }],
                         "securityContext": {
                             "runAsNonRoot": true,
@@ -286,33 +328,33 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
                     },
                 },
             },
-        }));
-        docs.push(json!({
+        }),
+        json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": metadata(&name, options, &group),
+            "metadata": metadata(&name, options, group),
             "spec": {
                 "clusterIP": "None",
-                "selector": labels(&group),
+                "selector": labels(group),
                 "ports": [
                     { "name": "grpc", "port": WORKER_PORT, "targetPort": "grpc", "appProtocol": "kubernetes.io/h2c" },
                     { "name": "web", "port": WEB_PORT, "targetPort": "web", "appProtocol": "http" },
                 ],
             },
-        }));
-        docs.push(json!({
+        }),
+        json!({
             "apiVersion": "policy/v1",
             "kind": "PodDisruptionBudget",
-            "metadata": metadata(&name, options, &group),
+            "metadata": metadata(&name, options, group),
             "spec": {
                 "minAvailable": options.replicas.saturating_sub(1).max(1),
-                "selector": { "matchLabels": labels(&group) },
+                "selector": { "matchLabels": labels(group) },
             },
-        }));
-        docs.push(json!({
+        }),
+        json!({
             "apiVersion": "autoscaling/v2",
             "kind": "HorizontalPodAutoscaler",
-            "metadata": metadata(&name, options, &group),
+            "metadata": metadata(&name, options, group),
             "spec": {
                 "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": name },
                 "minReplicas": options.replicas.max(1),
@@ -322,85 +364,98 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
                     "resource": { "name": "cpu", "target": { "type": "Utilization", "averageUtilization": 70 } },
                 }],
             },
-        }));
-    }
-    // the control plane: the admin API and the ops console, switches shared through Redis
-    // with every group's pods (which follow it and report what they applied), no workers
+        }),
+    ]
+}
+
+/// The control plane: the admin API and the ops console, switches shared through Redis with
+/// every group's pods (which follow it and report what they applied), no workers.
+fn control_docs(items: &[Value], options: &Options) -> [Value; 2] {
     let admin_port = CONTROL_ADMIN_PORT;
-    docs.push(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata("mesh-control", options, "control"),
-        "spec": {
-            // one writer of its own state folder; switches live in Redis, so a restart loses
-            // nothing
-            "replicas": 1,
-            "strategy": { "type": "Recreate" },
-            "selector": { "matchLabels": labels("control") },
-            "template": {
-                "metadata": { "labels": labels("control") },
-                "spec": {
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": 65532,
-                        "seccompProfile": { "type": "RuntimeDefault" },
-                    },
-                    "containers": [{
-                        "name": "control",
-                        "image": options.image,
-                        "args": ["up", "--control-only", "--tenants", "/etc/mesh/tenants"],
-                        "ports": [
-                            { "name": "admin", "containerPort": admin_port },
-                            { "name": "web", "containerPort": WEB_PORT },
-                        ],
-                        "env": [
-                            json!({ "name": "MESH_ADMIN_LISTEN", "value": format!("0.0.0.0:{admin_port}") }),
-                            json!({ "name": "MESH_WEB_LISTEN", "value": format!("0.0.0.0:{WEB_PORT}") }),
-                            // the console beyond loopback: this Service is for the ops network
-                            json!({ "name": "MESH_WEB_CONSOLE", "value": "true" }),
-                            json!({ "name": "MESH_STATE_DIR", "value": "/var/lib/mesh" }),
-                            secret_env("MESH_ADMIN_TOKEN"),
-                            secret_env("MESH_STATE_REDIS_URL"),
-                            secret_env("MESH_NODE_CREDENTIAL"),
-                        ],
+    [
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata("mesh-control", options, "control"),
+            "spec": {
+                // one writer of its own state folder; switches live in Redis, so a restart loses
+                // nothing
+                "replicas": 1,
+                "strategy": { "type": "Recreate" },
+                "selector": { "matchLabels": labels("control") },
+                "template": {
+                    "metadata": { "labels": labels("control") },
+                    "spec": {
                         "securityContext": {
-                            "allowPrivilegeEscalation": false,
-                            "readOnlyRootFilesystem": true,
-                            "capabilities": { "drop": ["ALL"] },
+                            "runAsNonRoot": true,
+                            "runAsUser": 65532,
+                            "seccompProfile": { "type": "RuntimeDefault" },
                         },
-                        "resources": {
-                            "requests": { "cpu": "50m", "memory": "64Mi" },
-                            "limits": { "cpu": "1", "memory": "256Mi" },
-                        },
-                        "readinessProbe": { "tcpSocket": { "port": admin_port }, "periodSeconds": 5 },
-                        "volumeMounts": [
-                            { "name": "tenants", "mountPath": "/etc/mesh/tenants", "readOnly": true },
-                            { "name": "state", "mountPath": "/var/lib/mesh" },
+                        "containers": [{
+                            "name": "control",
+                            "image": options.image,
+                            "args": ["up", "--control-only", "--tenants", "/etc/mesh/tenants"],
+                            "ports": [
+                                { "name": "admin", "containerPort": admin_port },
+                                { "name": "web", "containerPort": WEB_PORT },
+                            ],
+                            "env": [
+                                json!({ "name": "MESH_ADMIN_LISTEN", "value": format!("0.0.0.0:{admin_port}") }),
+                                json!({ "name": "MESH_WEB_LISTEN", "value": format!("0.0.0.0:{WEB_PORT}") }),
+                                // the console beyond loopback: this Service is for the ops network
+                                json!({ "name": "MESH_WEB_CONSOLE", "value": "true" }),
+                                json!({ "name": "MESH_STATE_DIR", "value": "/var/lib/mesh" }),
+                                secret_env("MESH_ADMIN_TOKEN"),
+                                secret_env("MESH_STATE_REDIS_URL"),
+                                secret_env("MESH_NODE_CREDENTIAL"),
+                            ],
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false,
+                                "readOnlyRootFilesystem": true,
+                                "capabilities": { "drop": ["ALL"] },
+                            },
+                            "resources": {
+                                "requests": { "cpu": "50m", "memory": "64Mi" },
+                                "limits": { "cpu": "1", "memory": "256Mi" },
+                            },
+                            "readinessProbe": { "tcpSocket": { "port": admin_port }, "periodSeconds": 5 },
+                            "volumeMounts": [
+                                { "name": "tenants", "mountPath": "/etc/mesh/tenants", "readOnly": true },
+                                { "name": "state", "mountPath": "/var/lib/mesh" },
+                            ],
+                        }],
+                        "volumes": [
+                            { "name": "tenants", "configMap": { "name": "mesh-tenants", "items": items } },
+                            { "name": "state", "emptyDir": {} },
                         ],
-                    }],
-                    "volumes": [
-                        { "name": "tenants", "configMap": { "name": "mesh-tenants", "items": items } },
-                        { "name": "state", "emptyDir": {} },
-                    ],
+                    },
                 },
             },
-        },
-    }));
-    docs.push(json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata("mesh-control", options, "control"),
-        "spec": {
-            // the ops network only: no LoadBalancer
-            "type": "ClusterIP",
-            "selector": labels("control"),
-            "ports": [
-                { "name": "admin", "port": admin_port, "targetPort": "admin", "appProtocol": "kubernetes.io/h2c" },
-                { "name": "web", "port": WEB_PORT, "targetPort": "web", "appProtocol": "http" },
-            ],
-        },
-    }));
-    // the proxy in front, routing by tenant to each group's Service
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata("mesh-control", options, "control"),
+            "spec": {
+                // the ops network only: no LoadBalancer
+                "type": "ClusterIP",
+                "selector": labels("control"),
+                "ports": [
+                    { "name": "admin", "port": admin_port, "targetPort": "admin", "appProtocol": "kubernetes.io/h2c" },
+                    { "name": "web", "port": WEB_PORT, "targetPort": "web", "appProtocol": "http" },
+                ],
+            },
+        }),
+    ]
+}
+
+/// The proxy in front, routing by tenant to each group's Service: its configuration, its
+/// Deployment and the load-balanced Service clients reach.
+fn proxy_docs(
+    tenants: &Tenants,
+    replicas: BTreeMap<String, Vec<String>>,
+    options: &Options,
+) -> Result<[Value; 3], DeployError> {
     let proxy = haproxy::render(
         tenants,
         &Haproxy {
@@ -415,78 +470,65 @@ pub fn render(tenants: &Tenants, dir: &Path, options: &Options) -> Result<String
             }),
         },
     )?;
-    docs.push(json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata("mesh-proxy", options, "proxy"),
-        "data": { "haproxy.cfg": proxy },
-    }));
-    docs.push(json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata("mesh-proxy", options, "proxy"),
-        "spec": {
-            "replicas": 2,
-            "selector": { "matchLabels": labels("proxy") },
-            "template": {
-                "metadata": { "labels": labels("proxy") },
-                "spec": {
-                    // the image's own unprivileged user (haproxy, uid 99)
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": 99,
-                        "seccompProfile": { "type": "RuntimeDefault" },
-                    },
-                    "containers": [{
-                        "name": "haproxy",
-                        "image": "haproxy:2.6",
-                        // out of the load balancer's endpoints before it stops routing
-                        "lifecycle": { "preStop": { "sleep": { "seconds": PRE_STOP_SECONDS } } },
+    Ok([
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata("mesh-proxy", options, "proxy"),
+            "data": { "haproxy.cfg": proxy },
+        }),
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata("mesh-proxy", options, "proxy"),
+            "spec": {
+                "replicas": 2,
+                "selector": { "matchLabels": labels("proxy") },
+                "template": {
+                    "metadata": { "labels": labels("proxy") },
+                    "spec": {
+                        // the image's own unprivileged user (haproxy, uid 99)
                         "securityContext": {
-                            "allowPrivilegeEscalation": false,
-                            "capabilities": { "drop": ["ALL"] },
+                            "runAsNonRoot": true,
+                            "runAsUser": 99,
+                            "seccompProfile": { "type": "RuntimeDefault" },
                         },
-                        "args": ["-f", "/usr/local/etc/haproxy/haproxy.cfg"],
-                        "ports": [
-                            { "name": "grpc", "containerPort": 7400 },
-                            { "name": "web", "containerPort": WEB_PORT },
-                        ],
-                        "readinessProbe": { "tcpSocket": { "port": 7400 }, "periodSeconds": 5 },
-                        "volumeMounts": [{ "name": "config", "mountPath": "/usr/local/etc/haproxy", "readOnly": true }],
-                    }],
-                    "volumes": [{ "name": "config", "configMap": { "name": "mesh-proxy" } }],
+                        "containers": [{
+                            "name": "haproxy",
+                            "image": "haproxy:2.6",
+                            // out of the load balancer's endpoints before it stops routing
+                            "lifecycle": { "preStop": { "sleep": { "seconds": PRE_STOP_SECONDS } } },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false,
+                                "capabilities": { "drop": ["ALL"] },
+                            },
+                            "args": ["-f", "/usr/local/etc/haproxy/haproxy.cfg"],
+                            "ports": [
+                                { "name": "grpc", "containerPort": 7400 },
+                                { "name": "web", "containerPort": WEB_PORT },
+                            ],
+                            "readinessProbe": { "tcpSocket": { "port": 7400 }, "periodSeconds": 5 },
+                            "volumeMounts": [{ "name": "config", "mountPath": "/usr/local/etc/haproxy", "readOnly": true }],
+                        }],
+                        "volumes": [{ "name": "config", "configMap": { "name": "mesh-proxy" } }],
+                    },
                 },
             },
-        },
-    }));
-    docs.push(json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": metadata("mesh", options, "proxy"),
-        "spec": {
-            "type": "LoadBalancer",
-            "selector": labels("proxy"),
-            "ports": [
-                { "name": "grpc", "port": 7400, "targetPort": "grpc", "appProtocol": "kubernetes.io/h2c" },
-                { "name": "web", "port": WEB_PORT, "targetPort": "web", "appProtocol": "http" },
-            ],
-        },
-    }));
-    all_secrets.sort();
-    all_secrets.dedup();
-    let secrets = all_secrets;
-    let mut out = format!(
-        "# Rendered by `mesh deploy k8s` for Kubernetes {KUBERNETES_VERSION}. Secrets come from the \
-         Secret {SECRET} (keys: MESH_NODE_CREDENTIAL, MESH_STATE_REDIS_URL, MESH_STORE_POSTGRES, \
-         MESH_AMQP_URI, MESH_ADMIN_TOKEN{}), which you create.\n",
-        secrets.iter().map(|s| format!(", {s}")).collect::<String>()
-    );
-    for doc in docs {
-        out.push_str("---\n");
-        out.push_str(&serde_json::to_string_pretty(&doc).expect("plain JSON values"));
-        out.push('\n');
-    }
-    Ok(out)
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata("mesh", options, "proxy"),
+            "spec": {
+                "type": "LoadBalancer",
+                "selector": labels("proxy"),
+                "ports": [
+                    { "name": "grpc", "port": 7400, "targetPort": "grpc", "appProtocol": "kubernetes.io/h2c" },
+                    { "name": "web", "port": WEB_PORT, "targetPort": "web", "appProtocol": "http" },
+                ],
+            },
+        }),
+    ])
 }
 
 #[cfg(test)]

@@ -250,34 +250,15 @@ async fn chat(
     println!("    customer/phone   got {}", receive(&mut phone).await?);
     println!("    customer/desktop got {}", receive(&mut desktop).await?);
 
-    let order_id = format!("{t}-o-77");
-    let order = Order {
-        order_id: order_id.clone(),
-        user_id: "customer".into(),
-        merchant_id: "shop-1".into(),
-        status: OrderStatus::Paid as i32,
-        total_minor: 12_900,
-        currency: "CNY".into(),
-        created_at_ms: 0,
-        conversation_id: conversation.clone(),
-    };
-    platform.orders().place(ctx, order).await?;
-    println!(
-        "  checkout places order {order_id}: the order service publishes OrderCreated on order {order_version} (this tenant's major); the message service turns it into a system message"
-    );
-    println!("    customer/phone   got {}", receive(&mut phone).await?);
-    println!("    customer/desktop got {}", receive(&mut desktop).await?);
-    println!(
-        "  agent/web looks the order up beside the conversation: {}",
-        look_up(channel, ctx, order_version, &order_id).await
-    );
-    platform
-        .orders()
-        .set_status(ctx, &order_id, OrderStatus::Shipped as i32)
-        .await?;
-    println!("  the order ships: OrderUpdated -> another system message");
-    println!("    customer/phone   got {}", receive(&mut phone).await?);
-    println!("    customer/desktop got {}", receive(&mut desktop).await?);
+    order_story(
+        platform,
+        channel,
+        ctx,
+        order_version,
+        &conversation,
+        [&mut phone, &mut desktop],
+    )
+    .await?;
 
     let read = phone.mark_read(&conversation, 3).await?.unwrap_or_default();
     println!(
@@ -310,6 +291,48 @@ async fn chat(
     // the app closes: the gateway unregisters the terminals
     drop((phone, desktop, agent, tablet));
     wait_connected(platform, 0).await
+}
+
+/// An order placed and shipped: each event becomes a system message in the conversation,
+/// received by the customer's `terminals`; the agent looks the order up.
+async fn order_story(
+    platform: &Platform,
+    channel: &Channel,
+    ctx: &RequestContext,
+    order_version: &str,
+    conversation: &str,
+    [phone, desktop]: [&mut Terminal; 2],
+) -> anyhow::Result<()> {
+    let t = &ctx.tenant;
+    let order_id = format!("{t}-o-77");
+    let order = Order {
+        order_id: order_id.clone(),
+        user_id: "customer".into(),
+        merchant_id: "shop-1".into(),
+        status: OrderStatus::Paid as i32,
+        total_minor: 12_900,
+        currency: "CNY".into(),
+        created_at_ms: 0,
+        conversation_id: conversation.to_owned(),
+    };
+    platform.orders().place(ctx, order).await?;
+    println!(
+        "  checkout places order {order_id}: the order service publishes OrderCreated on order {order_version} (this tenant's major); the message service turns it into a system message"
+    );
+    println!("    customer/phone   got {}", receive(phone).await?);
+    println!("    customer/desktop got {}", receive(desktop).await?);
+    println!(
+        "  agent/web looks the order up beside the conversation: {}",
+        look_up(channel, ctx, order_version, &order_id).await
+    );
+    platform
+        .orders()
+        .set_status(ctx, &order_id, OrderStatus::Shipped as i32)
+        .await?;
+    println!("  the order ships: OrderUpdated -> another system message");
+    println!("    customer/phone   got {}", receive(phone).await?);
+    println!("    customer/desktop got {}", receive(desktop).await?);
+    Ok(())
 }
 
 /// GetOrder on the major the tenant runs, as support staff's console calls it.

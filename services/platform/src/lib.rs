@@ -307,13 +307,7 @@ impl Platform {
     pub async fn add_tenant(&self, config: &TenantConfig) -> Result<(), PlatformError> {
         let tenant = config.tenant_id();
         // every setting is checked, and every added service agrees, before anything is applied
-        let TenantSettings {
-            max_suggestions,
-            order_major,
-            order_grey,
-            message: message_settings,
-            push: push_settings,
-        } = settings(config)?;
+        let settings = settings(config)?;
         let enabled: HashMap<&str, &mesh_runtime::config::ServiceConfig> =
             config.enabled_services().collect();
         let (added, not_run): (Vec<_>, Vec<_>) = self
@@ -337,41 +331,17 @@ impl Platform {
             old.into_iter().for_each(SubscriptionHandle::stop);
         }
 
-        self.outbound
-            .bulkheads()
-            .set_limit(tenant.clone(), config.limits.max_concurrent_per_dependency);
-        self.gateway.set_terminal_quota(
-            tenant.clone(),
-            mesh_gateway::TerminalQuota {
-                per_user: config.limits.max_terminals_per_user,
-                per_tenant: config.limits.max_terminals,
-            },
-        );
-        if let Some(max) = max_suggestions {
-            self.recommend
-                .set_max_suggestions(tenant.clone(), u32::try_from(max).unwrap_or(u32::MAX));
-        }
-        if let Some(major) = order_major {
-            let grey = order_grey.as_ref().map(|grey| {
-                let (release, id) = (grey.clone(), tenant.clone());
-                let users: mesh_order::GreyUsers =
-                    Arc::new(move |user| release.includes(id.as_str(), "order", user));
-                (grey.version.get(), users)
-            });
-            self.orders.set_majors(tenant.clone(), major, grey);
-        }
-        if let Some(push) = &push_settings {
-            self.push
-                .set_webhook(tenant.clone(), &push.webhook, push.timeout)
-                .map_err(|message| PlatformError::Setting {
-                    tenant: tenant.clone(),
-                    field: "services.push.settings.webhook".into(),
-                    message,
-                })?;
-        }
+        self.apply_settings(&tenant, config, &settings)?;
+        let TenantSettings {
+            order_major,
+            order_grey,
+            message,
+            push,
+            ..
+        } = settings;
         // messages, the order book and added services' records live in the tenant's data
         // namespace
-        if message_settings.is_some() || order_major.is_some() || !added.is_empty() {
+        if message.is_some() || order_major.is_some() || !added.is_empty() {
             self.archive
                 .store()
                 .open(&tenant, &config.data_namespace)
@@ -383,16 +353,76 @@ impl Platform {
                 })?;
         }
         let mut handles = Vec::new();
-        let Some(settings) = message_settings else {
-            self.subscribe_added(&tenant, &added, &mut handles).await?;
-            self.subscriptions
-                .lock()
-                .expect("lock")
-                .insert(tenant, handles);
-            return Ok(());
-        };
-        self.messages.add_tenant(tenant.clone(), settings);
+        if let Some(message) = message {
+            self.messages.add_tenant(tenant.clone(), message);
+            let majors = order_major
+                .into_iter()
+                .chain(order_grey.as_ref().map(|g| g.version.get()));
+            self.subscribe_messages(&tenant, push.is_some(), majors, &mut handles)
+                .await?;
+        }
+        // added services last: their handlers may call the platform's own services
+        self.subscribe_added(&tenant, &added, &mut handles).await?;
+        self.subscriptions
+            .lock()
+            .expect("lock")
+            .insert(tenant, handles);
+        Ok(())
+    }
 
+    /// A tenant's limits and service settings, applied to the services that hold them.
+    fn apply_settings(
+        &self,
+        tenant: &TenantId,
+        config: &TenantConfig,
+        settings: &TenantSettings,
+    ) -> Result<(), PlatformError> {
+        let tenant = tenant.clone();
+        self.outbound
+            .bulkheads()
+            .set_limit(tenant.clone(), config.limits.max_concurrent_per_dependency);
+        self.gateway.set_terminal_quota(
+            tenant.clone(),
+            mesh_gateway::TerminalQuota {
+                per_user: config.limits.max_terminals_per_user,
+                per_tenant: config.limits.max_terminals,
+            },
+        );
+        if let Some(max) = settings.max_suggestions {
+            self.recommend
+                .set_max_suggestions(tenant.clone(), u32::try_from(max).unwrap_or(u32::MAX));
+        }
+        if let Some(major) = settings.order_major {
+            let grey = settings.order_grey.as_ref().map(|grey| {
+                let (release, id) = (grey.clone(), tenant.clone());
+                let users: mesh_order::GreyUsers =
+                    Arc::new(move |user| release.includes(id.as_str(), "order", user));
+                (grey.version.get(), users)
+            });
+            self.orders.set_majors(tenant.clone(), major, grey);
+        }
+        if let Some(push) = &settings.push {
+            self.push
+                .set_webhook(tenant.clone(), &push.webhook, push.timeout)
+                .map_err(|message| PlatformError::Setting {
+                    tenant: tenant.clone(),
+                    field: "services.push.settings.webhook".into(),
+                    message,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The consumers of a tenant's messages: storage, offline notices (with `push`), and the
+    /// system messages and order book fed by each order major in `majors`.
+    async fn subscribe_messages(
+        &self,
+        tenant: &TenantId,
+        push: bool,
+        majors: impl Iterator<Item = u32>,
+        handles: &mut Vec<SubscriptionHandle>,
+    ) -> Result<(), PlatformError> {
+        let tenant = tenant.clone();
         // storage first: a message event published from now on has a queue to land in
         let storage = format!("{STORAGE_CONSUMER}{}", self.consumer_suffix);
         handles.push(
@@ -403,7 +433,7 @@ impl Platform {
             )
             .await?,
         );
-        if push_settings.is_some() {
+        if push {
             let notices = OfflineNotices::new(
                 self.push.clone(),
                 self.outbound.channel("locator", &self.own),
@@ -427,9 +457,6 @@ impl Platform {
         let book_consumer = format!("{ORDER_CONSUMER}{}", self.consumer_suffix);
         let book = mesh_order::OrderBook::new(self.orders.store().clone());
         // the events of the major everyone runs, and of the one in grey release
-        let majors = order_major
-            .into_iter()
-            .chain(order_grey.as_ref().map(|g| g.version.get()));
         for major in majors {
             let (messages, orders) = match major {
                 2 => (
@@ -463,12 +490,6 @@ impl Platform {
             };
             handles.extend([messages, orders]);
         }
-        // added services last: their handlers may call the platform's own services
-        self.subscribe_added(&tenant, &added, &mut handles).await?;
-        self.subscriptions
-            .lock()
-            .expect("lock")
-            .insert(tenant, handles);
         Ok(())
     }
 

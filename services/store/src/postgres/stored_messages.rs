@@ -27,6 +27,99 @@ pub(super) fn seq(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+type Tx<'a> = deadpool_postgres::Transaction<'a>;
+
+/// Whether `user` takes part in `conversation`.
+async fn is_participant(
+    tx: &Tx<'_>,
+    schema: &str,
+    conversation: &str,
+    user: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let member = tx
+        .prepare_cached(&format!(
+            "SELECT 1 FROM {schema}.participants WHERE conversation_id = $1 AND user_id = $2"
+        ))
+        .await?;
+    Ok(tx
+        .query_opt(&member, &[&conversation, &user])
+        .await?
+        .is_some())
+}
+
+/// The message `m`'s sender already sent with its client id, if any (a retried send).
+async fn by_client_id(
+    tx: &Tx<'_>,
+    schema: &str,
+    m: &NewMessage,
+) -> Result<Option<tokio_postgres::Row>, tokio_postgres::Error> {
+    if m.client_msg_id.is_empty() {
+        return Ok(None);
+    }
+    let find = tx
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM {schema}.messages
+             WHERE conversation_id = $1 AND from_user = $2 AND client_msg_id = $3"
+        ))
+        .await?;
+    tx.query_opt(&find, &[&m.conversation_id, &m.from_user, &m.client_msg_id])
+        .await
+}
+
+/// A new message's rows: the receiver's next timeline position, the message at `seq` in its
+/// conversation, both users as participants. Returns the position.
+async fn write_new(
+    tx: &Tx<'_>,
+    schema: &str,
+    m: &NewMessage,
+    seq: i64,
+) -> Result<i64, tokio_postgres::Error> {
+    let bump_position = tx
+        .prepare_cached(&format!(
+            "INSERT INTO {schema}.timelines AS t (user_id, last_position) VALUES ($1, 1)
+             ON CONFLICT (user_id) DO UPDATE SET last_position = t.last_position + 1
+             RETURNING last_position"
+        ))
+        .await?;
+    let position: i64 = tx.query_one(&bump_position, &[&m.to_user]).await?.get(0);
+    let insert = tx
+        .prepare_cached(&format!(
+            "INSERT INTO {schema}.messages
+             (message_id, conversation_id, seq, from_user, to_user, kind, body, sent_at_ms,
+              position, client_msg_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULLIF($10, ''))"
+        ))
+        .await?;
+    tx.execute(
+        &insert,
+        &[
+            &m.message_id,
+            &m.conversation_id,
+            &seq,
+            &m.from_user,
+            &m.to_user,
+            &m.kind,
+            &m.body,
+            &m.sent_at_ms,
+            &position,
+            &m.client_msg_id,
+        ],
+    )
+    .await?;
+    let participants = tx
+        .prepare_cached(&format!(
+            "INSERT INTO {schema}.participants (conversation_id, user_id)
+             VALUES ($1, $2), ($1, $3) ON CONFLICT DO NOTHING"
+        ))
+        .await?;
+    tx.execute(
+        &participants,
+        &[&m.conversation_id, &m.from_user, &m.to_user],
+    )
+    .await?;
+    Ok(position)
+}
+
 #[async_trait::async_trait]
 impl MessageStore for PgStore {
     async fn drop_tenant(&self, tenant: &TenantId) -> Result<(), StoreError> {
@@ -82,96 +175,24 @@ impl MessageStore for PgStore {
                 .map_err(err)?
                 .get(0);
             // the conversation's row is locked by the bump: membership cannot change under us
-            if m.members_only && seq > 1 {
-                let member = tx
-                    .prepare_cached(&format!(
-                        "SELECT 1 FROM {schema}.participants WHERE conversation_id = $1 AND user_id = $2"
-                    ))
-                    .await
-                    .map_err(err)?;
-                if tx
-                    .query_opt(&member, &[&m.conversation_id, &m.from_user])
+            if m.members_only
+                && seq > 1
+                && !is_participant(&tx, &schema, &m.conversation_id, &m.from_user)
                     .await
                     .map_err(err)?
-                    .is_none()
-                {
-                    tx.rollback().await.map_err(err)?;
-                    return Err(StoreError::NotAParticipant {
-                        conversation: m.conversation_id.clone(),
-                        user: m.from_user.clone(),
-                    });
-                }
+            {
+                tx.rollback().await.map_err(err)?;
+                return Err(StoreError::NotAParticipant {
+                    conversation: m.conversation_id.clone(),
+                    user: m.from_user.clone(),
+                });
             }
-            if !m.client_msg_id.is_empty() {
-                let find = tx
-                    .prepare_cached(&format!(
-                        "SELECT {MESSAGE_COLUMNS} FROM {schema}.messages
-                         WHERE conversation_id = $1 AND from_user = $2 AND client_msg_id = $3"
-                    ))
-                    .await
-                    .map_err(err)?;
-                if let Some(row) = tx
-                    .query_opt(&find, &[&m.conversation_id, &m.from_user, &m.client_msg_id])
-                    .await
-                    .map_err(err)?
-                {
-                    // the counter bump is undone with the transaction
-                    tx.rollback().await.map_err(err)?;
-                    return Ok(Accepted::Existing(message(&row)));
-                }
+            if let Some(row) = by_client_id(&tx, &schema, m).await.map_err(err)? {
+                // the counter bump is undone with the transaction
+                tx.rollback().await.map_err(err)?;
+                return Ok(Accepted::Existing(message(&row)));
             }
-            let bump_position = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO {schema}.timelines AS t (user_id, last_position) VALUES ($1, 1)
-                     ON CONFLICT (user_id) DO UPDATE SET last_position = t.last_position + 1
-                     RETURNING last_position"
-                ))
-                .await
-                .map_err(err)?;
-            let position: i64 = tx
-                .query_one(&bump_position, &[&m.to_user])
-                .await
-                .map_err(err)?
-                .get(0);
-            let insert = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO {schema}.messages
-                     (message_id, conversation_id, seq, from_user, to_user, kind, body, sent_at_ms,
-                      position, client_msg_id)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULLIF($10, ''))"
-                ))
-                .await
-                .map_err(err)?;
-            tx.execute(
-                &insert,
-                &[
-                    &m.message_id,
-                    &m.conversation_id,
-                    &seq,
-                    &m.from_user,
-                    &m.to_user,
-                    &m.kind,
-                    &m.body,
-                    &m.sent_at_ms,
-                    &position,
-                    &m.client_msg_id,
-                ],
-            )
-            .await
-            .map_err(err)?;
-            let participants = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO {schema}.participants (conversation_id, user_id)
-                     VALUES ($1, $2), ($1, $3) ON CONFLICT DO NOTHING"
-                ))
-                .await
-                .map_err(err)?;
-            tx.execute(
-                &participants,
-                &[&m.conversation_id, &m.from_user, &m.to_user],
-            )
-            .await
-            .map_err(err)?;
+            let position = write_new(&tx, &schema, m, seq).await.map_err(err)?;
             tx.commit().await.map_err(err)?;
             Ok(Accepted::New(StoredMessage {
                 message_id: m.message_id.clone(),

@@ -59,10 +59,14 @@
 //! ```
 
 mod access;
+mod call;
+mod events;
 mod grpc;
+mod grpc_web;
 mod pages;
 mod routes;
 mod status;
+mod transcode;
 
 pub use access::{DEGRADED_HEADER, TIMEOUT_HEADER, Upstream, WebAccess};
 pub use routes::{Route, Routes, RoutesError};

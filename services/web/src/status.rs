@@ -69,3 +69,28 @@ pub(crate) fn error_body(http: http::StatusCode, code: Code, message: &str) -> B
     .to_string()
     .into()
 }
+
+/// `status` as an HTTP answer: its HTTP status and the JSON error body.
+pub(crate) fn status_error(status: &tonic::Status) -> http::Response<tonic::body::Body> {
+    error(http_status(status.code()), status.code(), status.message())
+}
+
+/// An error answer: `http`, with the JSON error body naming `code`.
+pub(crate) fn error(
+    http: http::StatusCode,
+    code: Code,
+    message: &str,
+) -> http::Response<tonic::body::Body> {
+    json(http, error_body(http, code, message))
+}
+
+/// A JSON answer.
+pub(crate) fn json(status: http::StatusCode, body: Bytes) -> http::Response<tonic::body::Body> {
+    let mut response = http::Response::new(tonic::body::Body::new(http_body_util::Full::new(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}

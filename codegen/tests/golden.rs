@@ -67,6 +67,7 @@ fn generation_is_deterministic_and_leaves_unchanged_files_alone() {
     let file = out.path().join("shop.v1.rs");
     let first = std::fs::read_to_string(&file).unwrap();
     let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+    // the clock moves on: a rewrite would show in the modification time
     std::thread::sleep(std::time::Duration::from_millis(20));
     mesh_codegen::generate(&set, out.path()).unwrap();
     assert_eq!(std::fs::read_to_string(&file).unwrap(), first);

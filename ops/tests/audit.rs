@@ -5,8 +5,9 @@
 
 mod support;
 
+use mesh_testkit::MeshUp;
 use serde_json::Value;
-use support::{Mesh, TOKEN, ctl, tenants_folder};
+use support::{Mesh, TOKEN, ctl, mesh_binary, tenants_folder};
 
 const ALICE: &str = "alice-ops-credential-0123456789";
 const BOB: &str = "bob-ops-credential-0123456789ab";
@@ -218,9 +219,7 @@ async fn two_operators_with_one_credential_do_not_start() {
         format!("[[admin.operators]]\nname = \"carol\"\ntoken = \"{TOKEN}\"\n"),
     )
     .unwrap();
-    let out = tokio::process::Command::new(support::mesh_binary())
-        .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
-        .arg(tenants.path())
+    let out = MeshUp::command(mesh_binary(), tenants.path(), "127.0.0.1:0")
         .arg("--config")
         .arg(&config)
         .env("MESH_ADMIN_TOKEN", TOKEN)

@@ -18,6 +18,7 @@ use std::{
 };
 
 use mesh_api::recommend::v1 as recommend;
+use mesh_testkit::{Db, connect};
 use serde_json::Value;
 use support::{Mesh, ctx, tenants_folder};
 use tokio::task::JoinHandle;
@@ -32,54 +33,6 @@ data_namespace = "newco"
 token = "newco-secret-token"
 rotation_overlap_secs = 600
 "#;
-
-fn postgres_base() -> String {
-    std::env::var("MESH_TEST_POSTGRES_BASE")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {url} (bash .ci/test starts it): {e}"));
-    tokio::spawn(connection);
-    client
-}
-
-/// A database of the test's own, dropped at the end.
-struct Db {
-    name: String,
-    admin: tokio_postgres::Client,
-}
-
-impl Db {
-    async fn create() -> Self {
-        let name = format!(
-            "mesh_lifecycle_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        let admin = connect(&format!("{}/postgres", postgres_base())).await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        Self { name, admin }
-    }
-
-    fn url(&self) -> String {
-        format!("{}/{}", postgres_base(), self.name)
-    }
-
-    async fn drop(self) {
-        let _ = self
-            .admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .await;
-    }
-}
 
 /// One Suggest call; the answer's product count, or the failure.
 async fn suggest(channel: &Channel, tenant: &str, token: &str) -> Result<usize, tonic::Status> {
@@ -187,6 +140,7 @@ async fn tenants_come_change_move_and_go_while_their_neighbours_fail_no_call() {
     .await;
     let mall = Loop::start(&mesh.channel, "mall", "dev-mall-token");
     let paipai = Loop::start(&mesh.channel, "paipai", "dev-paipai-token");
+    // the neighbours' loops under way (a call every 2 ms) before the first change
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // --- add: served by the shared process before its file is written
@@ -350,7 +304,7 @@ async fn tenants_come_change_move_and_go_while_their_neighbours_fail_no_call() {
         "calls without a failure: mall {mall_calls}, paipai {paipai_calls}, newco {newco_calls}"
     );
     mesh.stop().await;
-    db.drop().await;
+    db.drop_database().await;
 }
 
 /// `ListOrders` of order v`major` as `user` of mall (a user token): the number of orders, or
@@ -595,7 +549,7 @@ async fn a_tenant_down_at_start_up_is_served_once_its_dependency_is_back() {
     );
     mall.stop_without_failures("mall").await;
     mesh.stop().await;
-    db.drop().await;
+    db.drop_database().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

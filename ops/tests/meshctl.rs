@@ -14,9 +14,9 @@ use std::{
 };
 
 use mesh_api::order::v1 as order;
+use mesh_testkit::MeshUp;
 use serde_json::Value;
 use support::{Mesh, TOKEN, ctl, ctx, mesh_binary, tenants_folder};
-use tokio::process::Command;
 
 fn scopes(list: &Value) -> Vec<String> {
     list["switches"]
@@ -762,14 +762,9 @@ async fn broken_tenant_files_are_refused_identically_everywhere() {
         std::fs::copy(path, folder.path().join(file)).unwrap();
         let started = tokio::time::timeout(
             Duration::from_secs(60),
-            Command::new(mesh_binary())
-                .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
-                .arg(folder.path())
+            MeshUp::command(mesh_binary(), folder.path(), "127.0.0.1:0")
                 .arg("--config")
                 .arg(state.path().join("no-such-mesh.toml"))
-                .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
-                .env("MESH_WEB_LISTEN", "127.0.0.1:0")
-                .env("MESH_STATE_DIR", folder.path().join(".state"))
                 .kill_on_drop(true)
                 .output(),
         )

@@ -1,64 +1,40 @@
 //! What the tests of the real `meshctl` and `mesh` binaries share: a tenants folder, a running
 //! `mesh up`, and `meshctl` runs against it.
 //!
-//! `mesh` is the binary beside `meshctl` (built by `cargo test --workspace`); if it is missing
-//! (`cargo test -p mesh-ops` on a fresh tree) it is built first.
+//! `mesh` is the binary of this build (the test kit's [`mesh_binary`]: built by `cargo test
+//! --workspace`, or first if missing).
 #![allow(dead_code)] // each test binary uses its part
 
 use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    sync::OnceLock,
+    path::Path,
     time::{Duration, Instant},
 };
 
 use mesh_api::recommend::v1 as recommend;
 use mesh_contract::{RequestContext, TenantId};
+pub use mesh_testkit::mesh_binary;
+use mesh_testkit::{MeshUp, TenantsFolder};
 use serde_json::Value;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-    sync::mpsc,
-};
+use tokio::process::Command;
 use tonic::{Request, transport::Channel};
 
 pub const TOKEN: &str = "test-ops-credential-0123";
 
-pub fn mesh_binary() -> &'static Path {
-    static MESH: OnceLock<PathBuf> = OnceLock::new();
-    MESH.get_or_init(|| {
-        let mesh = Path::new(env!("CARGO_BIN_EXE_meshctl")).with_file_name("mesh");
-        if !mesh.exists() {
-            let mut build = std::process::Command::new(env!("CARGO"));
-            build.args(["build", "--quiet", "-p", "mesh-node", "--bin", "mesh"]);
-            if mesh.parent().and_then(Path::file_name) == Some("release".as_ref()) {
-                build.arg("--release");
-            }
-            assert!(build.status().unwrap().success(), "building mesh");
-        }
-        mesh
-    })
-}
-
-/// A tenants folder: the shipped defaults and tenants, `extra` lines appended to a tenant's file.
+/// A tenants folder: the shipped defaults and `tenants`, `extra` lines appended to a tenant's
+/// file.
 pub fn tenants_folder(tenants: &[&str], extra: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tenants");
-    for tenant in std::iter::once("_defaults").chain(tenants.iter().copied()) {
-        let mut body = std::fs::read_to_string(shipped.join(format!("{tenant}.toml"))).unwrap();
-        for (_, more) in extra.iter().filter(|(t, _)| *t == tenant) {
-            body.push('\n');
-            body.push_str(more);
-        }
-        std::fs::write(dir.path().join(format!("{tenant}.toml")), body).unwrap();
-    }
-    dir
+    extra
+        .iter()
+        .fold(
+            TenantsFolder::new().shipped(tenants),
+            |folder, (tenant, more)| folder.appended(tenant, more),
+        )
+        .into_dir()
 }
 
 /// A running `mesh up`.
 pub struct Mesh {
-    pub child: Child,
-    pub lines: mpsc::UnboundedReceiver<String>,
+    pub up: MeshUp,
     pub admin: String,
     pub channel: Channel,
 }
@@ -95,64 +71,29 @@ impl Mesh {
         config: &Path,
         env: &[(&str, &str)],
     ) -> Mesh {
-        let mut child = Command::new(mesh_binary())
-            .args(["up", "--listen", "127.0.0.1:0", "--tenants"])
-            .arg(tenants)
+        let mut command = MeshUp::command(mesh_binary(), tenants, "127.0.0.1:0");
+        command
             .arg("--config")
             .arg(config)
-            .env("MESH_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("MESH_WEB_LISTEN", "127.0.0.1:0")
             .env("MESH_ADMIN_TOKEN", TOKEN)
             .env("MESH_STATE_DIR", state)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = out.next_line().await {
-                println!("mesh up: {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut mesh = Mesh {
-            child,
-            lines: rx,
-            admin: String::new(),
-            channel: Channel::from_static("http://127.0.0.1:1").connect_lazy(),
-        };
-        let front = mesh
-            .wait_line("front door", "front door listening on ")
-            .await;
-        mesh.channel = Channel::from_shared(format!("http://{front}"))
+            .envs(env.iter().copied());
+        let mut up = MeshUp::spawn(command).await;
+        let channel = Channel::from_shared(format!("http://{}", up.front))
             .unwrap()
             .connect_lazy();
-        mesh.admin = mesh.wait_line("admin API", "admin listening on ").await;
+        let admin = up.admin_address().await;
         for _ in 0..groups {
-            mesh.wait_line("a serving group", "serving group=").await;
+            up.output
+                .wait_for("a serving group", |l| l.starts_with("serving group="))
+                .await;
         }
-        mesh
+        Mesh { up, admin, channel }
     }
 
     /// The rest of the next line starting with `prefix`, within 60 s.
     pub async fn wait_line(&mut self, what: &str, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.lines.recv()).await {
-                Ok(Some(line)) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.to_owned();
-                    }
-                }
-                Ok(None) => panic!("mesh up ended before {what}"),
-                Err(_) => panic!("no {what} within 60 s"),
-            }
-        }
+        self.up.output.after(what, prefix).await
     }
 
     /// Runs `meshctl ARGS` against this mesh with the ops credential.
@@ -179,7 +120,7 @@ impl Mesh {
 
     /// SIGTERM, and wait for a clean stop.
     pub async fn stop(mut self) {
-        let pid = self.child.id().unwrap().to_string();
+        let pid = self.up.pid();
         assert!(
             std::process::Command::new("kill")
                 .args(["-TERM", &pid])
@@ -187,7 +128,7 @@ impl Mesh {
                 .unwrap()
                 .success()
         );
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(20), self.up.child.wait())
             .await
             .expect("mesh up stops")
             .unwrap();

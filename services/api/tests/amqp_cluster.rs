@@ -14,58 +14,12 @@ use std::{
 use mesh_amqp::{AmqpBus, AmqpConfig, QueueType};
 use mesh_api::order::v1 as order;
 use mesh_contract::EventBus;
+use mesh_testkit::OwnRabbit;
 use suite::{Counter, created, ctx, fresh_tenant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-}
-
-/// One node of the cluster.
-struct Node {
-    name: String,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Node {
-    fn try_ctl(&self, args: &[&str]) -> Result<(), String> {
-        let out = Command::new("rabbitmqctl")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "rabbitmqctl -n {} {args:?}: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    }
-
-    fn kill(&self) {
-        // a node that died booting left no pid file, and nothing to kill
-        let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("mnesia/{}.pid", self.name)))
-        else {
-            return;
-        };
-        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-    }
-}
 
 /// Three nodes joined in one cluster, stopped (killed) when dropped.
 struct Cluster {
-    nodes: Vec<Node>,
+    nodes: Vec<OwnRabbit>,
     _dir: tempfile::TempDir,
 }
 
@@ -93,75 +47,38 @@ impl Cluster {
             .tempdir()
             .unwrap();
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
-        let nodes: Vec<Node> = (1..=3)
+        let nodes: Vec<OwnRabbit> = (1..=3)
             .map(|n| {
-                let port = free_port();
-                let node_dir = dir.path().join(format!("n{n}"));
-                std::fs::create_dir_all(&node_dir).unwrap();
-                std::fs::write(node_dir.join("plugins"), "[].").unwrap();
-                std::fs::write(
-                    node_dir.join("rabbitmq.conf"),
-                    format!("listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n"),
+                OwnRabbit::prepare(
+                    &dir.path().join(format!("n{n}")),
+                    &format!("meshq{n}{suffix}"),
                 )
-                .unwrap();
-                Node {
-                    name: format!("meshq{n}{suffix}@localhost"),
-                    port,
-                    dir: node_dir,
-                }
             })
             .collect();
-        // rabbitmq-server run as root switches to the rabbitmq user: it must own the folders
+        // rabbitmq-server run as root switches to the rabbitmq user: it must reach the folders
         let _ = Command::new("chown")
             .args(["-R", "rabbitmq:rabbitmq"])
             .arg(dir.path())
             .status();
         for node in &nodes {
-            let status = Command::new("rabbitmq-server")
-                .arg("-detached")
-                .env("RABBITMQ_NODENAME", &node.name)
-                .env("RABBITMQ_NODE_PORT", node.port.to_string())
-                .env("RABBITMQ_DIST_PORT", free_port().to_string())
-                .env("RABBITMQ_CONFIG_FILE", node.dir.join("rabbitmq"))
-                .env("RABBITMQ_MNESIA_BASE", node.dir.join("mnesia"))
-                .env("RABBITMQ_LOG_BASE", node.dir.join("log"))
-                .env("RABBITMQ_ENABLED_PLUGINS_FILE", node.dir.join("plugins"))
-                .status()
-                .expect("rabbitmq-server (bash .ci/test installs it)");
-            assert!(status.success());
+            node.spawn();
         }
-        let deadline = Instant::now() + Duration::from_secs(120);
         for node in &nodes {
-            while !port_open(node.port) {
-                assert!(Instant::now() < deadline, "{} did not start", node.name);
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            node.wait_listening(Duration::from_secs(120))?;
         }
-        // killed on drop from here on, whatever fails
+        // each node is killed when dropped, whatever fails
         let cluster = Self { nodes, _dir: dir };
         let nodes = &cluster.nodes;
         for node in &nodes[1..] {
-            node.try_ctl(&["stop_app"])?;
-            node.try_ctl(&["join_cluster", &nodes[0].name])?;
-            node.try_ctl(&["start_app"])?;
+            node.ctl(&["stop_app"])?;
+            node.ctl(&["join_cluster", &nodes[0].name])?;
+            node.ctl(&["start_app"])?;
         }
         for node in nodes {
-            while !port_open(node.port) {
-                if Instant::now() > deadline {
-                    return Err(format!("{} did not rejoin", node.name));
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            node.wait_listening(Duration::from_secs(120))
+                .map_err(|_| format!("{} did not rejoin", node.name))?;
         }
         Ok(cluster)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for node in &self.nodes {
-            node.kill();
-        }
     }
 }
 
@@ -186,7 +103,7 @@ fn other_nodes_are_tried_with_the_same_user_and_vhost() {
 async fn a_cluster_node_killed_mid_stream_loses_no_confirmed_event() {
     const EVENTS: usize = 400;
     let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
-    let uri = |node: &Node| format!("amqp://guest:guest@127.0.0.1:{}/%2f", node.port);
+    let uri = |node: &OwnRabbit| node.uri();
     let config = AmqpConfig {
         uri: uri(&cluster.nodes[0]),
         other_nodes: cluster.nodes[1..]

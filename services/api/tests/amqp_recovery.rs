@@ -147,6 +147,7 @@ async fn a_connection_cut_mid_stream_loses_no_confirmed_event_and_runs_none_twic
     }
     proxy.refuse(true);
     proxy.cut();
+    // the outage: the broker refuses connections for half a second, so the clients' reconnect meets refusals first
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.refuse(false);
 

@@ -67,6 +67,29 @@ impl Run {
     }
 }
 
+/// Returns once each of `nodes` has said it is alive (its first heartbeat is in Redis under
+/// `prefix`): a node's terminals are located only while it is.
+async fn until_alive(prefix: &str, nodes: &[&str]) {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for node in nodes {
+        let key = format!("{prefix}:node:{node}");
+        while !redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async::<bool>(&mut raw)
+            .await
+            .unwrap()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no heartbeat of {node}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn nodes_share_terminals_and_a_silent_node_is_forgotten() {
     let Run {
@@ -74,7 +97,7 @@ async fn nodes_share_terminals_and_a_silent_node_is_forgotten() {
         tenant,
         node_a,
         node_b,
-        prefix: _,
+        prefix,
         a,
         b,
     } = Run::start().await;
@@ -85,7 +108,7 @@ async fn nodes_share_terminals_and_a_silent_node_is_forgotten() {
         &format!("http://{node_b}"),
         Duration::from_secs(30),
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_alive(&prefix, &[&node_a, &node_b]).await;
 
     // registered through node a, found through node b; not by another tenant
     a.register(&tenant, at("bob", "phone", &node_a))
@@ -143,7 +166,7 @@ async fn a_node_silent_past_its_expiry_registers_its_terminals_again() {
         &format!("http://{node_b}"),
         Duration::from_secs(30),
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_alive(&prefix, &[&node_a, &node_b]).await;
     a.register(&tenant, at("carol", "phone", &node_a))
         .await
         .unwrap();
@@ -194,6 +217,8 @@ async fn a_node_silent_past_its_expiry_registers_its_terminals_again() {
         .query_async::<()>(&mut raw)
         .await
         .unwrap();
+    // what must not happen needs a wait: a heartbeat and a half (one a second), time for node a
+    // to find its key gone and register again what it still holds
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         terminals(&b.locate(&tenant, "carol").await.unwrap()),
@@ -225,7 +250,7 @@ async fn a_location_the_node_did_not_sign_is_never_located() {
         .unwrap()
         .with_node_credential("not-the-credential");
     let _alive_x = intruder.keep_alive("intruder", "http://evil:1", Duration::from_secs(30));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_alive(&prefix, &[&node_a, "intruder"]).await;
     a.register(&tenant, at("dave", "phone", &node_a))
         .await
         .unwrap();

@@ -301,6 +301,7 @@ async fn silent_sockets_give_their_slots_back() {
     // a client that spoke (the preface) and then waits keeps its connection
     let (send, _conn) = connect(address).await.unwrap();
     let send = send.ready().await.unwrap();
+    // past the first-request timeout the test sets (500 ms): a client that spoke keeps its connection
     tokio::time::sleep(Duration::from_millis(800)).await;
     let mut send = send.ready().await.unwrap();
     let request = http::Request::get("http://test/hello").body(()).unwrap();

@@ -20,6 +20,7 @@ impl recommend::recommend_server::Recommend for Slow {
         &self,
         _: Request<recommend::SuggestRequest>,
     ) -> Result<Response<recommend::SuggestResponse>, Status> {
+        // a service taking 50 ms per call, for the front door's concurrency to be seen
         tokio::time::sleep(Duration::from_millis(50)).await;
         Ok(Response::new(recommend::SuggestResponse::default()))
     }

@@ -50,6 +50,7 @@ impl recommend::recommend_server::Recommend for Recommendations {
         request: Request<recommend::SuggestRequest>,
     ) -> Result<Response<recommend::SuggestResponse>, Status> {
         if request.get_ref().conversation_id == "slow" {
+            // the slow dependency the test sets its deadline against
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         let products = (1..=3)
@@ -508,6 +509,7 @@ impl locator::locator_server::Locator for ShardedLocator {
         } else {
             1
         };
+        // the slow tenant's dependency: 150 ms per lookup, against 1 ms for the others
         tokio::time::sleep(Duration::from_millis(pause)).await;
         Ok(Response::new(locator::LocateResponse::default()))
     }
@@ -628,6 +630,7 @@ async fn calm_p99(bulkhead: bool, noisy: bool, calls: usize) -> Calm {
                 shed
             }));
         }
+        // the flood under way before the quiet tenant's calls are timed
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut caller = recommend::RecommendCaller::new(front_channel.clone());

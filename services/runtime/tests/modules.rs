@@ -207,3 +207,267 @@ fn no_product_file_is_over_800_lines() {
     assert!(long.is_empty(), "split these by job: {long:#?}");
     assert!(product_sources().len() > 100, "the walk found the sources");
 }
+
+/// `code` with its comments, strings and character literals blanked out (newlines kept), so
+/// braces and `fn` are only the code's own.
+fn code_only(code: &str) -> String {
+    let bytes = code.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let blank = |out: &mut Vec<u8>, text: &[u8]| {
+        out.extend(text.iter().map(|&b| if b == b'\n' { b'\n' } else { b' ' }))
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &bytes[i..];
+        let after_ident = i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        let end = if rest.starts_with(b"//") {
+            rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len())
+        } else if rest.starts_with(b"/*") {
+            rest.windows(2)
+                .position(|w| w == b"*/")
+                .map_or(rest.len(), |p| p + 2)
+        } else if !after_ident && (rest.starts_with(b"r\"") || rest.starts_with(b"r#")) {
+            // a raw string: r"..", r#".."#
+            let hashes = rest[1..].iter().take_while(|&&b| b == b'#').count();
+            if rest.get(1 + hashes) != Some(&b'"') {
+                out.push(bytes[i]);
+                i += 1;
+                continue;
+            }
+            let close: Vec<u8> = std::iter::once(b'"').chain(vec![b'#'; hashes]).collect();
+            let body = 2 + hashes;
+            rest[body..]
+                .windows(close.len())
+                .position(|w| w == close.as_slice())
+                .map_or(rest.len(), |p| body + p + close.len())
+        } else if rest[0] == b'"' {
+            let mut j = 1;
+            while j < rest.len() && rest[j] != b'"' {
+                j += if rest[j] == b'\\' { 2 } else { 1 };
+            }
+            j + 1
+        } else if rest[0] == b'\'' {
+            // a character literal ('a', '\n', '\u{1F600}'), not a lifetime ('a)
+            let close = if rest.get(1) == Some(&b'\\') {
+                rest.iter().skip(2).position(|&b| b == b'\'').map(|p| p + 3)
+            } else {
+                // byte i is `'`: the next byte starts a character
+                let width = code[i + 1..].chars().next().map_or(1, char::len_utf8);
+                (rest.get(1 + width) == Some(&b'\'')).then_some(2 + width)
+            };
+            match close {
+                Some(end) => end,
+                None => {
+                    out.push(bytes[i]);
+                    i += 1;
+                    continue;
+                }
+            }
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        };
+        let end = end.min(rest.len());
+        blank(&mut out, &rest[..end]);
+        i += end;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Each function of `code` (outside `#[cfg(test)] mod tests`) with its length in lines, from
+/// its `fn` to its closing brace.
+fn function_lengths(code: &str) -> Vec<(String, usize, usize)> {
+    let code = code_only(code);
+    let code = match code.find("#[cfg(test)]\nmod tests") {
+        Some(at) => &code[..at],
+        None => &code[..],
+    };
+    let bytes = code.as_bytes();
+    let mut found = Vec::new();
+    let mut at = 0;
+    while let Some(offset) = code[at..].find("fn ") {
+        let start = at + offset;
+        at = start + 3;
+        if start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_') {
+            continue;
+        }
+        let name: String = code[at..]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        if name.is_empty() {
+            continue;
+        }
+        // the body's `{`, unless a `;` comes first (a declaration in a trait)
+        let Some(open) = code[at..].find(['{', ';']).map(|p| at + p) else {
+            break;
+        };
+        if bytes[open] == b';' {
+            continue;
+        }
+        let mut depth = 0usize;
+        let mut close = open;
+        for (i, &b) in bytes.iter().enumerate().skip(open) {
+            match b {
+                b'{' => depth += 1,
+                b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let line = code[..start].matches('\n').count() + 1;
+        let lines = code[start..=close].matches('\n').count() + 1;
+        found.push((name, line, lines));
+    }
+    found
+}
+
+/// A function does one job a reader holds in mind: none of product code is over 120 lines.
+#[test]
+fn no_product_function_is_over_120_lines() {
+    let long: Vec<String> = product_sources()
+        .into_iter()
+        .flat_map(|file| {
+            let text = std::fs::read_to_string(&file).unwrap();
+            function_lengths(&text)
+                .into_iter()
+                .filter(|(_, _, lines)| *lines > 120)
+                .map(move |(name, line, lines)| {
+                    format!("{}:{line} {name} ({lines} lines)", file.display())
+                })
+        })
+        .collect();
+    assert!(long.is_empty(), "split these by job: {long:#?}");
+}
+
+#[test]
+fn function_lengths_count_code_not_strings_or_comments() {
+    let code = r##"
+fn short() { let brace = "}"; let c = '{'; }
+// fn in_a_comment() {
+fn long<'a>(x: &'a str) -> &'a str {
+    let raw = r#"} {"#;
+    /* } */
+    x
+}
+trait T { fn declared(&self); }
+"##;
+    let found = function_lengths(code);
+    let names: Vec<(&str, usize)> = found.iter().map(|(n, _, l)| (n.as_str(), *l)).collect();
+    assert_eq!(names, [("short", 1), ("long", 5)]);
+}
+
+/// Every `.rs` file of the tests (their support code included).
+fn test_sources() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files = Vec::new();
+    let mut dirs = vec![
+        root.join("services"),
+        root.join("ops"),
+        root.join("codegen"),
+    ];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() && name != "target" {
+                dirs.push(path);
+            } else if name.ends_with(".rs") && path.components().any(|c| c.as_os_str() == "tests") {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// The lines opening the (up to three) blocks around line `at`, innermost first.
+fn enclosing_blocks(lines: &[&str], at: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut depth = 0usize;
+    for line in lines[..at].iter().rev() {
+        let code = code_only(line);
+        for c in code.chars().rev() {
+            match c {
+                '}' => depth += 1,
+                '{' if depth == 0 => found.push(line.trim().to_owned()),
+                '{' => depth -= 1,
+                _ => {}
+            }
+        }
+        if found.len() >= 3 {
+            break;
+        }
+    }
+    found
+}
+
+/// Why a test's `sleep(` at line `at` waits, if it says: a comment on it or on the line above, or
+/// it is the pause of a loop that polls or retries (the last statement of a `loop`, `while` or
+/// `for` body: the condition it waits for is the loop's).
+fn sleep_is_justified(lines: &[&str], at: usize) -> bool {
+    let commented =
+        lines[at].contains("//") || at > 0 && lines[at - 1].trim_start().starts_with("//");
+    let next = lines[at + 1..]
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    let ends_a_body = next.starts_with('}') || next.starts_with("continue");
+    let in_a_loop = enclosing_blocks(lines, at).iter().any(|opener| {
+        opener.ends_with("loop {")
+            || opener.starts_with("while ")
+            || opener.starts_with("for ")
+            || opener.split_once(": ").is_some_and(|(_, rest)| {
+                rest.starts_with("loop") || rest.starts_with("while ") || rest.starts_with("for ")
+            })
+    });
+    commented || (ends_a_body && in_a_loop)
+}
+
+/// A test waits for what it needs (a line, a state, an answer), never a guessed time: each
+/// `sleep(` in the tests polls in a loop, or a comment says why that long (a fault's duration,
+/// the time something must not happen in, a load's pacing).
+#[test]
+fn every_sleep_in_the_tests_polls_or_says_why() {
+    let mut bare = Vec::new();
+    for file in test_sources() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // a `sleep(` in a string or a comment is no wait
+        let code = code_only(&text);
+        for (at, line) in code.lines().enumerate() {
+            if line.contains("sleep(") && !sleep_is_justified(&lines, at) {
+                bare.push(format!("{}:{}", file.display(), at + 1));
+            }
+        }
+    }
+    assert!(
+        bare.is_empty(),
+        "wait for a condition, or say why: {bare:#?}"
+    );
+}
+
+#[test]
+fn a_poll_pause_and_a_commented_wait_pass_a_bare_wait_does_not() {
+    let code = "
+async fn t() {
+    while !ready() {
+        sleep(POLL).await;
+    }
+    // the outage lasts 10 s
+    sleep(OUTAGE).await;
+    sleep(GUESS).await;
+    assert!(done());
+}";
+    let lines: Vec<&str> = code.lines().collect();
+    let at = |what: &str| lines.iter().position(|l| l.contains(what)).unwrap();
+    assert!(sleep_is_justified(&lines, at("POLL")));
+    assert!(sleep_is_justified(&lines, at("OUTAGE")));
+    assert!(!sleep_is_justified(&lines, at("GUESS")));
+}

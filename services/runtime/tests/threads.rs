@@ -32,6 +32,7 @@ impl recommend::recommend_server::Recommend for Reports {
     ) -> Result<Response<recommend::SuggestResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
         if ctx.tenant.as_str() == "finance" {
+            // a blocking handler (50 ms of a thread): what thread isolation must keep from other tenants
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(Response::new(recommend::SuggestResponse::default()))
@@ -97,6 +98,7 @@ async fn mall_p99(isolate: bool) -> (Duration, usize) {
             }
         }));
     }
+    // the flood under way before mall's calls are timed
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (mut caller, mall) = (
         recommend::RecommendCaller::new(channel),

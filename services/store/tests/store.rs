@@ -621,6 +621,7 @@ async fn records_are_kept_per_tenant_with_versions(store: std::sync::Arc<dyn Mes
         )
         .await
         .unwrap();
+    // the clock moves on: the update is newer than the first write, which the order by time shows
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     coupons
         .put(&mall, "c-2", "alice", &"b2".into())

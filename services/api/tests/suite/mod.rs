@@ -89,13 +89,10 @@ impl order::OrderHandler for Recorder {
     }
 }
 
-/// Waits (polling, at most 10 s) until `done` holds; fails the test naming `what` otherwise.
+/// Waits (the test kit's poll, at most 10 s) until `done` holds; fails the test naming `what`
+/// otherwise.
 pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "{what} (waited 10 s)");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    mesh_testkit::eventually(what, || std::future::ready(done().then_some(()))).await
 }
 
 /// Subscribes a [`Recorder`] as consumer `message` of `tenant`'s order v1 events.

@@ -36,13 +36,12 @@ pub enum Store {
 }
 
 pub fn amqp_uri() -> String {
-    std::env::var("MESH_TEST_AMQP_URI")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("MESH_TEST_AMQP_URI").unwrap_or_else(|_| mesh_testkit::LOCAL_AMQP.into())
 }
 
 pub fn postgres_url() -> String {
     std::env::var("MESH_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        .unwrap_or_else(|_| format!("{}/postgres", mesh_testkit::postgres_base()))
 }
 
 /// A short id unique to one test, for names that must not meet another test's.
@@ -282,20 +281,17 @@ async fn drop_schemas(run: &str) {
     }
 }
 
-/// Polls `check` until it holds, for at most [`WITHIN`].
+/// Polls `check` until it holds, for at most [`WITHIN`] (the test kit's poll).
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "waited {WITHIN:?} for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    mesh_testkit::eventually_within(what, WITHIN, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await
 }
 
 /// The terminal's next push, failing the test if none comes in time.

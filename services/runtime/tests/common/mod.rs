@@ -3,14 +3,14 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use mesh_contract::{RequestContext, TenantId};
 use mesh_runtime::Tenants;
 
 /// The repository's `tenants/` folder.
 pub fn shipped() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants")
+    mesh_testkit::shipped_tenants()
 }
 
 /// The shipped tenants, loaded against the repository's contracts.
@@ -30,18 +30,15 @@ pub fn ctx(tenants: &Tenants, tenant: &str) -> RequestContext {
     RequestContext::new(TenantId::new(tenant).unwrap()).with_token(token)
 }
 
-/// A tenants folder holding the shipped defaults and the given files.
+/// A tenants folder holding the shipped defaults and the given files, as given.
 pub fn folder(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        shipped().join("_defaults.toml"),
-        dir.path().join("_defaults.toml"),
-    )
-    .unwrap();
-    for (name, body) in files {
-        std::fs::write(dir.path().join(name), body).unwrap();
-    }
-    dir
+    files
+        .iter()
+        .fold(
+            mesh_testkit::TenantsFolder::new(),
+            |folder, (name, body)| folder.file(name, body),
+        )
+        .into_dir()
 }
 
 /// Serves `front` on a loopback port and connects to it.

@@ -40,4 +40,4 @@ pub use mesh::{MeshUp, NODE_CREDENTIAL, alive, field, mesh_binary, run, signal};
 pub use ports::{free_port, port_open, wait_for_port};
 pub use redis_server::{OwnRedis, clear_shared_state, redis_prefix, redis_url};
 pub use tenants::{TenantsFolder, repository, shipped_tenants};
-pub use wait::{Lines, WITHIN, eventually, eventually_within};
+pub use wait::{Lines, WITHIN, eventually, eventually_within, heavy};

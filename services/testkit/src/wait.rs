@@ -83,3 +83,13 @@ impl Lines {
             .split_off(prefix.len())
     }
 }
+
+/// Tests that load the machine (a cargo build, thousands of streams or sockets, a browser, a
+/// RabbitMQ cluster) or time what a loaded machine would slow (a fault's window, a latency
+/// percentile) take turns within their test binary: two of them never run at once, while the
+/// light tests run beside any (a binary runs its tests side by side, two at a time on two
+/// cores).
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}

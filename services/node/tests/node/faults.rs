@@ -5,7 +5,7 @@
 //! kills.
 //!
 //! Each phase prints a `FIGURE` line; RELIABILITY.md records them with the command:
-//! `cargo test -p mesh-node --test faults -- --nocapture`.
+//! `cargo test -p mesh-node --test node faults:: -- --nocapture`.
 
 use crate::support;
 

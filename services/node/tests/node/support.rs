@@ -5,7 +5,7 @@
 
 pub use mesh_testkit::{
     Db, LOCAL_AMQP, MeshUp, NODE_CREDENTIAL, OwnRabbit, OwnRedis, TenantsFolder, Vhost, alive,
-    clear_shared_state, connect, field, free_port, mesh_binary, rabbitmqctl, redis_prefix,
+    clear_shared_state, connect, field, free_port, heavy, mesh_binary, rabbitmqctl, redis_prefix,
     redis_url, run, signal,
 };
 
@@ -374,13 +374,4 @@ pub fn mall_unthrottled() -> tempfile::TempDir {
         + "\n[limits]\nrequests_per_second = 50000\nburst = 50000\n";
     std::fs::write(&mall, raised).unwrap();
     dir
-}
-
-/// Tests that load the machine (a cargo build, a thousand streams, a browser) or time what a
-/// loaded machine would slow (a fault's window, three nodes converging) take turns: two of
-/// them never run at once, while the light tests run beside any (the binary runs its tests
-/// side by side, two at a time on two cores).
-pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
-    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    HEAVY.lock().await
 }

@@ -11,7 +11,7 @@
 //! Each tenant-local case must cost the neighbours nothing: 0 failed sends. The database-wide
 //! cases fail everyone by nature; there each answer must be what the docs say (UNAVAILABLE,
 //! retried, nothing dead-lettered) and service must come back by itself. Figures print as
-//! `FIGURE` lines (RELIABILITY.md): `cargo test -p mesh-node --test tenant_edges -- --nocapture`.
+//! `FIGURE` lines (RELIABILITY.md): `cargo test -p mesh-node --test node tenant_edges:: -- --nocapture`.
 
 use crate::support;
 

@@ -5,7 +5,7 @@ checkout appearing as a system message and in the order panel); the console swit
 recommend off for mall, and mall's chat shows its suggestions degraded while a paipai chat
 does not. Screenshots of each page go to the folder given.
 
-Run by services/node/tests/browser.rs, which starts the mesh and passes everything as JSON:
+Run by services/node/tests/node/browser.rs, which starts the mesh and passes everything as JSON:
 
     python browser.py '{"web": "127.0.0.1:7480", "tokens": {...}, "ops": "...", ...}'
 """

@@ -1,5 +1,5 @@
 """Wire conformance with a client nobody here wrote: Python grpcio, stubs generated from
-contracts/ by grpcio-tools' protoc. Run by services/node/tests/wire.rs against `mesh up`, at the
+contracts/ by grpcio-tools' protoc. Run by services/node/tests/node/wire.rs against `mesh up`, at the
 front door and directly at a worker: every method's success path, the error codes a caller can
 meet (with their messages), and a chat end to end over a server stream.
 

@@ -2,7 +2,7 @@
 //! one more is refused at once, marked as the caller's own (no automatic rule samples it),
 //! while a terminal attaching again replaces its own stream and other users attach as before.
 
-mod support;
+use crate::support;
 
 use mesh_api::locator::v1::TerminalKind;
 use mesh_contract::TenantId;

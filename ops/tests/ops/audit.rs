@@ -3,7 +3,7 @@
 //! state before and after, refused attempts too, across a restart of the mesh. Wrong
 //! credentials from one address are refused outright after a few.
 
-mod support;
+use crate::support;
 
 use mesh_testkit::MeshUp;
 use serde_json::Value;

@@ -112,6 +112,8 @@ fn limits() -> ConnectionLimits {
 /// the long-lived stream it holds, stay; the stream limit is advertised to the client.
 #[tokio::test]
 async fn resetting_hundreds_of_streams_at_once_keeps_the_connection_and_its_other_streams() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let address = server(ConnectionLimits {
         idle_timeout: Duration::from_secs(60),
         ..limits()
@@ -146,6 +148,8 @@ async fn resetting_hundreds_of_streams_at_once_keeps_the_connection_and_its_othe
 
 #[tokio::test]
 async fn a_connection_over_the_cap_is_closed_and_a_slot_frees_when_one_ends() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let address = server(ConnectionLimits {
         idle_timeout: Duration::from_secs(60),
         ..limits()
@@ -197,6 +201,8 @@ async fn a_connection_over_the_cap_is_closed_and_a_slot_frees_when_one_ends() {
 
 #[tokio::test]
 async fn an_idle_connection_is_closed_and_one_holding_a_stream_is_kept() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let address = server(limits()).await;
     let (mut idle, idle_conn) = connect(address).await.unwrap();
     let _ = get(&mut idle, "/").await;
@@ -223,6 +229,8 @@ async fn an_idle_connection_is_closed_and_one_holding_a_stream_is_kept() {
 /// and the slot serves the next caller.
 #[tokio::test]
 async fn a_silent_connection_is_dropped_and_frees_its_slot() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     use tokio::io::AsyncReadExt;
     let address = server(limits()).await;
     let mut silent = Vec::new();
@@ -249,6 +257,8 @@ async fn a_silent_connection_is_dropped_and_frees_its_slot() {
 /// client that spoke and then idles keeps its connection (the idle timeout's to close).
 #[tokio::test]
 async fn silent_sockets_give_their_slots_back() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let address = server(ConnectionLimits {
         max_connections: 20,
         idle_timeout: Duration::from_secs(60),
@@ -346,6 +356,8 @@ async fn hello_from(
 /// and the flooding address's next connection is refused while its share is taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_silent_sockets_from_one_address_leave_others_connecting() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     const SILENT: usize = 10_000;
     let files = mesh_runtime::connections::open_file_limit().unwrap_or(0);
     assert!(

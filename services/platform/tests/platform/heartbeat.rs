@@ -4,7 +4,7 @@
 //! heartbeat, and a push above a gap shows the gap; `Terminal` syncs from its cursor on
 //! either.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -74,6 +74,8 @@ fn body(push: mesh_api::gateway::v1::Push) -> String {
 
 #[tokio::test]
 async fn a_skipped_push_reaches_a_connected_terminal_with_the_next_heartbeat() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let node = Node::start(Bus::Embedded, Store::Embedded).await;
     node.platform
         .set_terminal_heartbeat(Duration::from_millis(100));
@@ -96,6 +98,8 @@ async fn a_skipped_push_reaches_a_connected_terminal_with_the_next_heartbeat() {
 
 #[tokio::test]
 async fn a_push_above_a_gap_makes_the_terminal_sync_what_it_lacks() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let node = Node::start(Bus::Embedded, Store::Embedded).await;
     // no heartbeat during the test: only the gap can tell
     node.platform
@@ -119,6 +123,8 @@ async fn a_push_above_a_gap_makes_the_terminal_sync_what_it_lacks() {
 
 #[tokio::test]
 async fn a_heartbeat_without_a_head_keeps_the_stream_alive_and_syncs_nothing() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     // a raw stream, as a client not ours reads it: a heartbeat with the head and the
     // interval, and a push's position never above the head a later heartbeat gives
     let node = Node::start(Bus::Embedded, Store::Embedded).await;
@@ -159,6 +165,8 @@ async fn a_heartbeat_without_a_head_keeps_the_stream_alive_and_syncs_nothing() {
 
 #[tokio::test]
 async fn a_stream_past_its_maximum_age_attaches_again_and_misses_nothing() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let node = Node::start(Bus::Embedded, Store::Embedded).await;
     node.platform
         .set_terminal_heartbeat(Duration::from_millis(50));
@@ -213,6 +221,8 @@ async fn end_of(stream: &mut tonic::Streaming<mesh_api::gateway::v1::Push>) -> O
 
 #[tokio::test]
 async fn a_stream_the_node_ends_says_attach_again_and_only_a_replaced_one_ends_ok() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let node = Node::start(Bus::Embedded, Store::Embedded).await;
     let user = format!("fay{}", run_id());
     // the same terminal attached again (another tab, a reconnect): the old stream ends OK,

@@ -1,6 +1,6 @@
 //! The event-bus behaviour suite on the embedded (in-process) bus.
 
-mod suite;
+use crate::suite;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! What differs between the shipped tenants comes from their files, and bad input is refused
 //! with a message naming the tenant and the field.
 
-mod support;
+use crate::support;
 
 use std::{str::FromStr, time::SystemTime};
 

@@ -1,7 +1,7 @@
 //! The release baseline: breaking changes are found against what was released, whatever the
 //! commits in between, and a major a tenant still runs cannot be removed.
 
-mod common;
+use crate::common;
 
 use std::{path::Path, process::Command};
 

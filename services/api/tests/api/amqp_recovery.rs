@@ -3,8 +3,8 @@
 //! waiting while the broker is unreachable. Redis at 127.0.0.1:6379 (override with
 //! `MESH_TEST_REDIS_URL`) holds the delivery log shared by two consumer instances.
 
-mod broker;
-mod suite;
+use crate::broker;
+use crate::suite;
 
 use std::{
     collections::HashMap,
@@ -106,6 +106,8 @@ async fn cleanup(tenant: &TenantId) {
 
 #[tokio::test]
 async fn a_connection_cut_mid_stream_loses_no_confirmed_event_and_runs_none_twice() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     const EVENTS: usize = 300;
     let proxy = Proxy::start().await;
     let tenant = fresh_tenant();
@@ -169,6 +171,8 @@ async fn a_connection_cut_mid_stream_loses_no_confirmed_event_and_runs_none_twic
 
 #[tokio::test]
 async fn publishing_while_the_broker_is_unreachable_fails_within_the_bound() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let proxy = Proxy::start().await;
     let tenant = fresh_tenant();
     let mut config = config(proxy.uri());
@@ -245,6 +249,8 @@ impl order::OrderHandler for CrashAfterHandling {
 
 #[tokio::test]
 async fn a_redelivery_after_a_consumer_crash_does_not_run_the_handler_again() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let redis =
         std::env::var("MESH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let log = Arc::new(

@@ -1,6 +1,6 @@
 //! One test per breaking-change kind, one proving compatible changes pass, and the CLI.
 
-mod common;
+use crate::common;
 
 use common::{Contracts, RPCS, THING_FIELDS, load_thing, thing};
 use mesh_codegen::{BreakingKind, BreakingKind::*, compare};

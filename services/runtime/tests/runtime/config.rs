@@ -5,7 +5,7 @@
 // error type to figment::Error, which is large.
 #![allow(clippy::result_large_err)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

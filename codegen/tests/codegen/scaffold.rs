@@ -1,7 +1,7 @@
 //! `mesh-codegen new-service`: a service's crate from the contract as written, wired into the
 //! platform and the tenants named; run again after a contract change, it adds what is new and
 //! touches nothing the developer wrote. (That the crate it writes builds and serves through
-//! `mesh up` is `services/node/tests/new_service.rs`.)
+//! `mesh up` is `services/node/tests/node/new_service.rs`.)
 
 use std::{fs, path::Path};
 

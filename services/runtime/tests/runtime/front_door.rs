@@ -1,7 +1,7 @@
 //! The front door's view of a tenant's health, which automatic degradation rules read: only
 //! what says something about the service counts, never what a caller brought on itself.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Types shared by several contracts live in `contracts/common/`: loaded, checked for breaking
 //! changes and generated once. A `.proto` anywhere else outside a contract folder is refused.
 
-mod common;
+use crate::common;
 
 use common::{Contracts, THING_FIELDS, thing};
 use mesh_codegen::{BreakingKind, ContractError, compare};

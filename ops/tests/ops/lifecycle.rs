@@ -7,7 +7,7 @@
 //! Stored data lives in a PostgreSQL database of the test's own (a move needs data outside
 //! the workers); `bash .ci/test` starts PostgreSQL.
 
-mod support;
+use crate::support;
 
 use std::{
     sync::{

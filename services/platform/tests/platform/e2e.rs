@@ -3,7 +3,7 @@
 //! over the embedded bus or RabbitMQ, data into the embedded store or PostgreSQL. Every
 //! scenario runs once for each shipped tenant (`tenants/*.toml`).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

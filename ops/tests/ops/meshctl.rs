@@ -6,7 +6,7 @@
 //! `mesh` is the binary beside `meshctl` (built by `cargo test --workspace`); if it is missing
 //! (`cargo test -p mesh-ops` on a fresh tree) the test builds it.
 
-mod support;
+use crate::support;
 
 use std::{
     path::{Path, PathBuf},

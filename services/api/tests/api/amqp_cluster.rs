@@ -3,8 +3,7 @@
 //! SIGKILLed mid-stream; the bus reconnects to another node, and every confirmed event is
 //! handled, once. (`rabbitmq-server` is needed: `bash .ci/test` installs it.)
 
-mod broker;
-mod suite;
+use crate::suite;
 
 use std::{
     process::Command,
@@ -101,6 +100,8 @@ fn other_nodes_are_tried_with_the_same_user_and_vhost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_node_killed_mid_stream_loses_no_confirmed_event() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     const EVENTS: usize = 400;
     let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
     let uri = |node: &OwnRabbit| node.uri();

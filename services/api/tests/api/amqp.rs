@@ -3,8 +3,8 @@
 //! broken or hostile publishers. Every test uses tenants of its own, so its exchanges and
 //! queues are its own, and deletes them at the end.
 
-mod broker;
-mod suite;
+use crate::broker;
+use crate::suite;
 
 use std::{
     sync::{

@@ -1,7 +1,7 @@
 //! The inbound layer stack (auth, rate limit, switches, deadline) and the outbound bulkhead, on
 //! real tonic servers over loopback.
 
-mod common;
+use crate::common;
 
 use std::{
     sync::{
@@ -140,6 +140,8 @@ fn off(tenant: Option<&str>, target: SwitchTarget) -> Switch {
 
 #[tokio::test]
 async fn a_switched_off_tier_answers_the_degraded_response_for_that_tenant_only() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let tenants = tenants();
     let board = SwitchBoard::new(CATALOGUE);
     let url = serve_stack(&tenants, board.clone(), RateLimiter::default()).await;
@@ -222,6 +224,8 @@ async fn a_switched_off_tier_answers_the_degraded_response_for_that_tenant_only(
 
 #[tokio::test]
 async fn degraded_answers_follow_each_methods_contract() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let tenants = tenants();
     let board = SwitchBoard::new(CATALOGUE);
     let url = serve_stack(&tenants, board.clone(), RateLimiter::default()).await;
@@ -292,6 +296,8 @@ async fn degraded_answers_follow_each_methods_contract() {
 
 #[tokio::test]
 async fn a_cached_method_answers_its_last_good_answer_per_tenant_while_off() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let tenants = tenants();
     let board = SwitchBoard::new(CATALOGUE);
     let url = serve_stack(&tenants, board.clone(), RateLimiter::default()).await;
@@ -340,6 +346,8 @@ async fn a_cached_method_answers_its_last_good_answer_per_tenant_while_off() {
 
 #[tokio::test]
 async fn initial_switches_come_from_tenant_config() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let dir = folder(&[(
         "acme.toml",
         "id = \"acme\"\ndisplay_name = \"Acme\"\ndata_namespace = \"acme\"\n[credentials]\ntoken = \"acme-secret-token\"\n[switches]\nservices_off = [\"recommend\"]\n",
@@ -361,6 +369,8 @@ async fn initial_switches_come_from_tenant_config() {
 
 #[tokio::test]
 async fn a_tenant_over_its_rate_is_refused_while_others_pass() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let tenants = tenants();
     let limiter = RateLimiter::from_tenants(&tenants);
     limiter.set(TenantId::new("mall").unwrap(), 1, 5);
@@ -401,6 +411,8 @@ async fn a_tenant_over_its_rate_is_refused_while_others_pass() {
 /// busy CI machine).
 #[tokio::test]
 async fn a_call_past_the_callers_deadline_reads_deadline_exceeded() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let tenants = tenants();
     let url = serve_stack(
         &tenants,
@@ -448,6 +460,8 @@ async fn a_call_past_the_callers_deadline_reads_deadline_exceeded() {
 
 #[tokio::test]
 async fn a_call_past_its_contract_deadline_is_cut_off() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let tenants = tenants();
     let url = serve_stack(
         &tenants,
@@ -666,6 +680,8 @@ struct Calm {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_dependency_of_one_tenant_does_not_slow_another_tenant() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     let alone = calm_p99(true, false, 100).await;
     let with_noise = calm_p99(true, true, 100).await;
     // control: without the bulkhead the noisy tenant's stuck calls take the front's capacity
@@ -702,6 +718,8 @@ async fn a_slow_dependency_of_one_tenant_does_not_slow_another_tenant() {
 /// trailers-only answer, never headers plus an empty DATA frame.
 #[tokio::test]
 async fn an_error_through_the_answer_cache_stays_trailers_only() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     use prost::Message as _;
     let tenants = tenants();
     let url = serve_stack(

@@ -2,7 +2,7 @@
 //! `isolation.threads = 2`) runs its calls there, so its blocking work does not stall the
 //! tenants on the shared runtime. The server's shared runtime has one thread, the worst case.
 
-mod common;
+use crate::common;
 
 use std::{
     sync::{
@@ -127,6 +127,8 @@ async fn mall_p99(isolate: bool) -> (Duration, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_with_its_own_threads_does_not_stall_the_shared_runtime() {
+    // one of the tests that load the machine or time what load slows: they take turns
+    let _heavy = mesh_testkit::heavy().await;
     assert_eq!(
         tenants().get("finance").unwrap().isolation.threads,
         2,

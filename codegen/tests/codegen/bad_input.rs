@@ -1,7 +1,7 @@
 //! Every kind of bad contract gets an error naming the file, the line where the compiler knows
 //! it, and the offending element or field.
 
-mod common;
+use crate::common;
 
 use common::{RPCS, load_thing, thing};
 use mesh_codegen::ContractError;

@@ -1,7 +1,7 @@
 //! Golden test: the code generated for `fixtures/shop/v1` is exactly `golden/`.
-//! After an intended change to the generator, refresh with `UPDATE_GOLDEN=1 cargo test -p mesh-codegen --test golden`.
+//! After an intended change to the generator, refresh with `UPDATE_GOLDEN=1 cargo test -p mesh-codegen --test codegen golden::`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -52,7 +52,7 @@ fn generated_code_matches_golden_files() {
             .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1", golden_file.display()));
         assert!(
             actual == expected,
-            "{name} differs from {}; if the change is intended, run UPDATE_GOLDEN=1 cargo test -p mesh-codegen --test golden\n--- generated ---\n{actual}",
+            "{name} differs from {}; if the change is intended, run UPDATE_GOLDEN=1 cargo test -p mesh-codegen --test codegen golden::\n--- generated ---\n{actual}",
             golden_file.display()
         );
     }

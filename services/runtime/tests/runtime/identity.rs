@@ -2,7 +2,7 @@
 //! a JWKS document), the three kinds of caller told apart by their credential, and each
 //! method's contract audience enforced.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

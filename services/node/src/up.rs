@@ -65,7 +65,13 @@ pub async fn run(
     } else {
         tenants.clone()
     };
-    let front = front_door(&served_here, &node_credential, node_tls, &deploy);
+    let front = front_door(
+        &served_here,
+        &node_credential,
+        node_tls,
+        tls.clone(),
+        &deploy,
+    );
     say_which_config(config, &deploy);
     // no front door on a control plane whose workers run elsewhere: callers reach them
     // through the proxy in front of them
@@ -82,51 +88,28 @@ pub async fn run(
 
     let (stop, stopping) = watch::channel(false);
     let (events, mut reports) = mpsc::unbounded_channel();
-    let serving = listener.map(|listener| {
-        tokio::spawn(front.clone().serve_with(
-            listener,
-            ConnectionLimits::from(&deploy.front_door),
-            tls.clone(),
-            stopped(stopping.clone()),
-        ))
-    });
-    let supervisor = Supervisor::new(
+    let serving = listener
+        .map(|listener| tokio::spawn(front.clone().run(listener, stopped(stopping.clone()))));
+    let supervisor = mesh_runtime::supervisor::Config {
         command,
-        front.clone(),
-        events,
-        stopping.clone(),
-        saved.switches.clone(),
-    );
-    let plane = ControlPlane::start(
-        dir.to_path_buf(),
-        mesh_api::CONTRACTS,
+        switches: saved.switches.clone(),
+    }
+    .build(front.clone(), events, stopping.clone());
+    let plane = mesh_runtime::control::Config {
+        dir: dir.to_path_buf(),
+        catalogue: mesh_api::CONTRACTS,
         tenants,
         saved,
         store,
-        supervisor.clone(),
-        front.clone(),
-        !control_only,
-    )?
-    // the workers inherit MESH_STORE_POSTGRES: their stored data lives outside them
-    .with_data_shared(std::env::var_os("MESH_STORE_POSTGRES").is_some());
+        start_workers: !control_only,
+        // the workers inherit MESH_STORE_POSTGRES: their stored data lives outside them
+        data_shared: std::env::var_os("MESH_STORE_POSTGRES").is_some(),
+    }
+    .build(supervisor.clone(), front.clone())?;
     if let Some(url) = &deploy.state.redis_url {
         share_state(&plane, url, &deploy, &node_credential, control_only).await?;
     }
-    // the admin API, once: served to meshctl on its own listener and to the ops console
-    // through the browsers' access
-    let admin_api =
-        AdminService::new(plane.clone()).with_broker(std::env::var("MESH_AMQP_URI").ok());
-    // the consumers' backlogs and dead letters, for the alerts (admin API or not), where
-    // metrics go somewhere
-    if deploy.telemetry.prometheus_listen.is_some() || deploy.telemetry.otlp_endpoint.is_some() {
-        admin_api.report_queues(std::time::Duration::from_secs(15));
-    }
-    let admin_service = (!operators.is_empty()).then(|| {
-        tonic::service::Routes::new(AdminServer::with_interceptor(
-            admin_api,
-            OpsCredential::new(&operators),
-        ))
-    });
+    let admin_service = admin_routes(&plane, &operators, &deploy);
     let admin = serve_admin(admin_service.clone(), &deploy, config, &tls, &stopping).await?;
     let web = serve_web(&front, admin_service, &deploy, &tls, web_tls, &stopping).await?;
     // the node's metrics where Prometheus looks: its own, the control plane's switches and
@@ -136,17 +119,9 @@ pub async fn run(
         move || control_state(&plane)
     });
     let metrics = serve_metrics(&supervisor, &deploy, &stopping).await?;
-    let rules = tokio::spawn(plane.run_rules(stopped(stopping.clone())));
+    let rules = tokio::spawn(plane.run(stopped(stopping.clone())));
 
-    // the supervisor's events are said until SIGTERM or ctrl-c
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            Some(event) = reports.recv() => report(&event),
-            _ = terminate.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
+    say_events_until_stopped(&mut reports).await?;
     let tasks = [serving, Some(rules), admin, metrics, web];
     shut_down(
         &front,
@@ -157,6 +132,42 @@ pub async fn run(
     )
     .await;
     Ok(())
+}
+
+/// The admin API, once: served to meshctl on its own listener and to the ops console through
+/// the browsers' access (none without operators: nobody could call it).
+fn admin_routes(
+    plane: &ControlPlane,
+    operators: &[(String, String)],
+    deploy: &DeployConfig,
+) -> Option<AdminRoutes> {
+    let admin_api =
+        AdminService::new(plane.clone()).with_broker(std::env::var("MESH_AMQP_URI").ok());
+    // the consumers' backlogs and dead letters, for the alerts (admin API or not), where
+    // metrics go somewhere
+    if deploy.telemetry.prometheus_listen.is_some() || deploy.telemetry.otlp_endpoint.is_some() {
+        admin_api.report_queues(std::time::Duration::from_secs(15));
+    }
+    (!operators.is_empty()).then(|| {
+        tonic::service::Routes::new(AdminServer::with_interceptor(
+            admin_api,
+            OpsCredential::new(operators),
+        ))
+    })
+}
+
+/// Says the supervisor's events until SIGTERM or ctrl-c.
+async fn say_events_until_stopped(
+    reports: &mut mpsc::UnboundedReceiver<SupervisorEvent>,
+) -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            Some(event) = reports.recv() => report(&event),
+            _ = terminate.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
 }
 
 /// Stops the node in order. Health says NOT_SERVING / 503 from now, and the front door stops
@@ -277,19 +288,24 @@ fn front_door(
     served_here: &Tenants,
     node_credential: &str,
     node_tls: Option<mesh_runtime::tls::NodeTls>,
+    tls: Option<TlsAcceptor>,
     deploy: &DeployConfig,
 ) -> FrontDoor {
-    let directory = TenantDirectory::from_tenants(served_here, Catalogue(mesh_api::CONTRACTS))
-        .with_node_credential(node_credential);
-    FrontDoor::new(Catalogue(mesh_api::CONTRACTS))
-        .with_directory(directory)
-        .with_node_tls(node_tls)
-        .with_advertised_workers(deploy.front_door.advertise_workers)
-        .with_upstream(UpstreamLimits::from(&deploy.front_door))
-        .with_probes(Probes::new(
-            mesh_api::CONTRACTS,
-            Some(mesh_api::FILE_DESCRIPTOR_SET),
-        ))
+    let catalogue = Catalogue(mesh_api::CONTRACTS);
+    mesh_runtime::front_door::Config {
+        directory: Some(
+            TenantDirectory::from_tenants(served_here, catalogue)
+                .with_node_credential(node_credential),
+        ),
+        node_tls,
+        advertise_workers: deploy.front_door.advertise_workers,
+        upstream: UpstreamLimits::from(&deploy.front_door),
+        probes: Probes::new(mesh_api::CONTRACTS, Some(mesh_api::FILE_DESCRIPTOR_SET)),
+        connections: ConnectionLimits::from(&deploy.front_door),
+        tls,
+        ..mesh_runtime::front_door::Config::new(catalogue)
+    }
+    .build()
 }
 
 /// A listener on `address`, or an error naming what it was for.

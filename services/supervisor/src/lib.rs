@@ -231,6 +231,30 @@ impl std::fmt::Debug for Supervisor {
     }
 }
 
+/// What a supervisor is told: how to start a worker, and the switches a worker starts with.
+/// [`Config::build`] makes the [`Supervisor`]; it runs as groups are given to it
+/// ([`Supervisor::start_group`], which the control plane does for its tenants).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How to start a worker.
+    pub command: WorkerCommand,
+    /// The switch state a worker starts with (the control plane's saved one).
+    pub switches: Vec<Switch>,
+}
+
+impl Config {
+    /// The supervisor, routing each group's tenants through `front`, reporting to `events`,
+    /// stopping every worker once `shutdown` turns true.
+    pub fn build(
+        self,
+        front: FrontDoor,
+        events: mpsc::UnboundedSender<SupervisorEvent>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Supervisor {
+        Supervisor::new(self.command, front, events, shutdown, self.switches)
+    }
+}
+
 impl Supervisor {
     /// A supervisor starting workers with `command`, routing through `front`, reporting to
     /// `events`, with `switches` as the initial state; it stops every worker once `shutdown`

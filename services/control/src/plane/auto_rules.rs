@@ -4,6 +4,12 @@
 use super::*;
 
 impl ControlPlane {
+    /// Runs the plane until `stop` resolves: its automatic rules (the rest of its work answers
+    /// the admin API's calls as they come).
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        self.run_rules(stop).await
+    }
+
     /// Runs the tenants' automatic degradation rules until `stop` resolves.
     pub async fn run_rules(self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);

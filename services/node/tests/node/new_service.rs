@@ -256,21 +256,65 @@ fn copy_of_repository() -> tempfile::TempDir {
     copy
 }
 
-/// Where the copy builds: a target folder of its own, kept between runs (the first run builds
-/// the dependencies once). Never this repository's: cargo names a workspace crate's artifacts
-/// by its path inside the workspace, so the copy's crates would replace this build's own
-/// (`libmesh_store-<hash>.rlib`) while the suite still links against them.
-fn scaffold_target() -> PathBuf {
-    repository().join("target/scaffold")
+/// The suite's own build folder (`target/debug`, where this test binary's `deps/` is), where
+/// the copy builds too: the dependencies it shares with this build are built once, not again
+/// for the copy (a cargo running tests has let go of its build lock). The copy's own crates
+/// must not replace this build's (cargo names a workspace crate's artifacts by its path in
+/// the workspace, the same in the copy): [`distinct_from_the_suite`] makes them another
+/// version, and its binaries other names.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
-/// Cargo, in the copy.
+/// Each crate of the copy another version (`0.1.0-scaffold`) and its binaries other names
+/// (`mesh-scaffold`, `mesh-codegen-scaffold`), so its artifacts sit beside the suite's in the
+/// same build folder without replacing any.
+fn distinct_from_the_suite(copy: &Path) {
+    let listing = run(Command::new("git").current_dir(repository()).args([
+        "ls-files",
+        "--cached",
+        "--others",
+        "--exclude-standard",
+        "*Cargo.toml",
+    ]));
+    for file in listing.lines() {
+        let path = copy.join(file);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let renamed = text
+            .replacen(
+                "\nversion = \"0.1.0\"\n",
+                "\nversion = \"0.1.0-scaffold\"\n",
+                1,
+            )
+            .replace(
+                "[[bin]]\nname = \"mesh\"\n",
+                "[[bin]]\nname = \"mesh-scaffold\"\n",
+            )
+            .replace(
+                "[[bin]]\nname = \"mesh-codegen\"\n",
+                "[[bin]]\nname = \"mesh-codegen-scaffold\"\n",
+            );
+        std::fs::write(&path, renamed).unwrap();
+    }
+}
+
+/// Cargo, in the copy, building in the suite's build folder.
 fn cargo(copy: &Path, args: &[&str]) -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    run(Command::new(cargo)
+    let profile = profile_dir();
+    let mut command = Command::new(cargo);
+    command
         .current_dir(copy)
-        .env("CARGO_TARGET_DIR", scaffold_target())
-        .args(args))
+        .env("CARGO_TARGET_DIR", profile.parent().unwrap())
+        .arg(args[0]);
+    // the suite's profile, before any `--` (what follows it is the program's)
+    if profile.file_name() == Some("release".as_ref()) {
+        command.arg("--release");
+    }
+    run(command.args(&args[1..]))
 }
 
 /// `curl` posting `body` as JSON to `path` of the web access with `headers`: status and body.
@@ -302,6 +346,7 @@ async fn a_service_added_with_the_documented_commands_serves_for_its_tenant_and_
     let _heavy = support::heavy().await;
     let copy = copy_of_repository();
     let root = copy.path();
+    distinct_from_the_suite(root);
     // 1. the contract
     std::fs::create_dir_all(root.join("contracts/coupon/v1")).unwrap();
     std::fs::write(root.join("contracts/coupon/v1/coupon.proto"), CONTRACT).unwrap();
@@ -346,10 +391,10 @@ async fn a_service_added_with_the_documented_commands_serves_for_its_tenant_and_
             "-p",
             "mesh-node",
             "--bin",
-            "mesh",
+            "mesh-scaffold",
         ],
     );
-    let mesh = scaffold_target().join("debug/mesh");
+    let mesh = profile_dir().join("mesh-scaffold");
     cargo(root, &["test", "--offline", "-q", "-p", "mesh-coupon"]);
 
     // served through `mesh up` on RabbitMQ and PostgreSQL of its own

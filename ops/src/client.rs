@@ -83,11 +83,13 @@ impl CtlError {
         // (unknown, or cancelled when the connection went before the call was sent)
         // (an h2 protocol error when a plain client met a TLS server); an answer from the mesh
         // itself has no source
-        let transport = matches!(
-            status.code(),
-            Code::Unknown | Code::Cancelled | Code::Internal
-        ) && (std::error::Error::source(&status).is_some()
-            || status.message() == "operation was canceled");
+        // (the admin API never answers CANCELLED itself: a cancelled call is one whose
+        // connection went before it was sent)
+        let transport = match status.code() {
+            Code::Cancelled => true,
+            Code::Unknown | Code::Internal => std::error::Error::source(&status).is_some(),
+            _ => false,
+        };
         match status.code() {
             Code::Unavailable => CtlError::Unreachable {
                 admin: admin.to_owned(),

@@ -1,3 +1,5 @@
+// Long on purpose: the deployment file's schema, every section with its defaults and checks, in
+// one place (what ops/mesh.toml documents).
 //! Deployment configuration: what belongs to one running mesh rather than to a business line
 //! (where the admin API listens, the ops credential, where state is kept). One file,
 //! `ops/mesh.toml` by default, overridable from the environment: `MESH_ADMIN_LISTEN`,
@@ -231,39 +233,86 @@ impl TelemetryConfig {
 
     /// Reads `MESH_TELEMETRY_OTLP_ENDPOINT`, `MESH_TELEMETRY_CONSOLE`,
     /// `MESH_TELEMETRY_EXPORT_INTERVAL_MS`, `MESH_TELEMETRY_PROMETHEUS_LISTEN` and
-    /// `MESH_TELEMETRY_LOG_FORMAT`.
+    /// `MESH_TELEMETRY_LOG_FORMAT` through figment (a variable set empty is unset), each error
+    /// naming its variable.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let invalid = |name: &str, value: &str| {
-            ConfigError::Deploy(vec![FieldError {
-                source: format!("environment variable {name}"),
-                field: String::new(),
-                message: format!("{value:?} is not valid"),
-            }])
-        };
-        let mut config = Self {
-            otlp_endpoint: var("MESH_TELEMETRY_OTLP_ENDPOINT"),
-            prometheus_listen: var("MESH_TELEMETRY_PROMETHEUS_LISTEN"),
-            ..Self::default()
-        };
-        if let Some(v) = var("MESH_TELEMETRY_CONSOLE") {
-            config.console = v
-                .parse()
-                .map_err(|_| invalid("MESH_TELEMETRY_CONSOLE", &v))?;
-        }
-        if let Some(v) = var("MESH_TELEMETRY_EXPORT_INTERVAL_MS") {
-            config.export_interval_ms = v
-                .parse()
-                .map_err(|_| invalid("MESH_TELEMETRY_EXPORT_INTERVAL_MS", &v))?;
-        }
-        if let Some(v) = var("MESH_TELEMETRY_LOG_FORMAT") {
-            config.log_format = match v.as_str() {
-                "text" => LogFormat::Text,
-                "json" => LogFormat::Json,
-                _ => return Err(invalid("MESH_TELEMETRY_LOG_FORMAT (text or json)", &v)),
-            };
-        }
-        Ok(config)
+        Self::from_figment(Figment::from(
+            Env::prefixed("MESH_TELEMETRY_").only(TELEMETRY_KEYS),
+        ))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let read: TelemetryEnv = figment.extract().map_err(|err| {
+            ConfigError::Deploy(field_errors(err, "worker environment".as_ref(), |keys| {
+                format!("MESH_TELEMETRY_{}", keys.join("_").to_uppercase())
+            }))
+        })?;
+        let default = Self::default();
+        Ok(Self {
+            otlp_endpoint: read.otlp_endpoint,
+            prometheus_listen: read.prometheus_listen,
+            console: read.console.unwrap_or(default.console),
+            export_interval_ms: read
+                .export_interval_ms
+                .unwrap_or(default.export_interval_ms),
+            log_format: read.log_format.unwrap_or(default.log_format),
+        })
+    }
+}
+
+/// The variables [`TelemetryConfig::from_env`] reads, without their `MESH_TELEMETRY_` prefix.
+const TELEMETRY_KEYS: &[&str] = &[
+    "otlp_endpoint",
+    "console",
+    "export_interval_ms",
+    "prometheus_listen",
+    "log_format",
+];
+
+/// What the telemetry variables say, each unset (or empty) where not given.
+#[derive(Deserialize)]
+struct TelemetryEnv {
+    #[serde(default, deserialize_with = "crate::worker::text")]
+    otlp_endpoint: Option<String>,
+    #[serde(default, deserialize_with = "crate::worker::text")]
+    prometheus_listen: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    console: Option<bool>,
+    #[serde(default, deserialize_with = "number")]
+    export_interval_ms: Option<u64>,
+    #[serde(default, deserialize_with = "log_format")]
+    log_format: Option<LogFormat>,
+}
+
+/// `true` or `false`; empty is unset.
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    crate::worker::text(d)?
+        .map(|v| {
+            v.parse()
+                .map_err(|_| serde::de::Error::custom(format!("{v:?} is not true or false")))
+        })
+        .transpose()
+}
+
+/// A whole number; empty is unset.
+fn number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    crate::worker::text(d)?
+        .map(|v| {
+            v.parse()
+                .map_err(|_| serde::de::Error::custom(format!("{v:?} is not a whole number")))
+        })
+        .transpose()
+}
+
+/// `text` or `json`; empty is unset.
+fn log_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<LogFormat>, D::Error> {
+    match crate::worker::text(d)?.as_deref() {
+        None => Ok(None),
+        Some("text") => Ok(Some(LogFormat::Text)),
+        Some("json") => Ok(Some(LogFormat::Json)),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "{other:?} is not text or json"
+        ))),
     }
 }
 

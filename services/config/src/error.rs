@@ -81,6 +81,7 @@ pub(crate) fn field_errors(
             let source = match err.metadata.as_ref() {
                 Some(meta) => match &meta.source {
                     Some(figment::Source::File(path)) => path.display().to_string(),
+                    // figment's Env provider says what it is by its name alone (no source)
                     _ if meta.name.contains("environment") => {
                         format!("environment variable {}", env_var(&err.path))
                     }

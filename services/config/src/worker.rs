@@ -66,6 +66,19 @@ pub struct WorkerEnv {
     pub terminal_max_age_secs: Option<u64>,
     /// `MESH_DRAIN_WINDOW_MS`: over how long a leaving worker spreads its reconnects (5000).
     pub drain_window_ms: Option<u64>,
+    /// `MESH_WORKER_GROUP`: the process group it serves (its supervisor says; `unsupervised`).
+    #[serde(deserialize_with = "text")]
+    pub worker_group: Option<String>,
+    /// `MESH_NODE_TLS_CERT_FILE`: this node's certificate chain, for mutual TLS between the
+    /// mesh's processes.
+    #[serde(deserialize_with = "text")]
+    pub node_tls_cert_file: Option<String>,
+    /// `MESH_NODE_TLS_KEY_FILE`: its key.
+    #[serde(deserialize_with = "text")]
+    pub node_tls_key_file: Option<String>,
+    /// `MESH_NODE_TLS_CA_FILE`: the CA every node's certificate is signed by.
+    #[serde(deserialize_with = "text")]
+    pub node_tls_ca_file: Option<String>,
 }
 
 /// The variables [`WorkerEnv`] reads, without their `MESH_` prefix.
@@ -89,6 +102,10 @@ const KEYS: &[&str] = &[
     "terminal_heartbeat_ms",
     "terminal_max_age_secs",
     "drain_window_ms",
+    "worker_group",
+    "node_tls_cert_file",
+    "node_tls_key_file",
+    "node_tls_ca_file",
 ];
 
 impl WorkerEnv {
@@ -114,6 +131,11 @@ impl WorkerEnv {
             .filter(|n| !n.is_empty())
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The process group it serves (`unsupervised` when no supervisor said).
+    pub fn group(&self) -> &str {
+        self.worker_group.as_deref().unwrap_or("unsupervised")
     }
 
     /// What the mesh's keys in the shared Redis start with.
@@ -152,7 +174,7 @@ impl Scalar {
 }
 
 /// Any value as the text it was written as; empty is unset.
-fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(crate) fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let value = Option::<Scalar>::deserialize(d)?.map(Scalar::into_text);
     Ok(value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()))
 }

@@ -208,15 +208,17 @@ impl NodeTls {
             .collect()
     }
 
-    /// From [`node_env`]; `None` when unset (the hops are plain HTTP/2).
-    pub fn from_env() -> Result<Option<Self>, TlsError> {
-        let var = |name| std::env::var_os(name).map(PathBuf::from);
+    /// From the worker's environment ([`node_env`], read by figment with every other setting
+    /// of the worker); `None` when unset (the hops are plain HTTP/2).
+    pub fn from_worker_env(env: &mesh_config::worker::WorkerEnv) -> Result<Option<Self>, TlsError> {
         match (
-            var(node_env::CERT_FILE),
-            var(node_env::KEY_FILE),
-            var(node_env::CA_FILE),
+            &env.node_tls_cert_file,
+            &env.node_tls_key_file,
+            &env.node_tls_ca_file,
         ) {
-            (Some(cert), Some(key), Some(ca)) => Self::load(&cert, &key, &ca).map(Some),
+            (Some(cert), Some(key), Some(ca)) => {
+                Self::load(Path::new(cert), Path::new(key), Path::new(ca)).map(Some)
+            }
             _ => Ok(None),
         }
     }

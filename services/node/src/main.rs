@@ -327,8 +327,9 @@ async fn main() -> anyhow::Result<()> {
             let config = TelemetryConfig::from_env()?;
             // which worker: its group (from the supervisor) and tenants, beside the instance
             // id and pid every process's resource carries
-            let group =
-                std::env::var("MESH_WORKER_GROUP").unwrap_or_else(|_| "unsupervised".into());
+            let group = mesh_config::worker::WorkerEnv::from_env()?
+                .group()
+                .to_owned();
             let telemetry = mesh_telemetry::init_as(
                 &mesh_telemetry::Process::new("mesh-worker")
                     .with("mesh.worker.group", group)

@@ -36,6 +36,8 @@ struct Prepared {
     saved: mesh_runtime::control::store::SavedSwitches,
     node_credential: String,
     command: WorkerCommand,
+    /// What the workers inherit of this process's environment (read by figment, checked).
+    workers: mesh_config::worker::WorkerEnv,
 }
 
 /// Runs `mesh up` until SIGTERM or ctrl-c: checks everything first, then starts the front door,
@@ -58,6 +60,7 @@ pub async fn run(
         saved,
         node_credential,
         command,
+        workers,
     } = prepare(dir, config, &deploy, control_only)?;
     // a control plane alone answers no tenant's calls: it loads none of their keys
     let served_here = if control_only {
@@ -103,13 +106,22 @@ pub async fn run(
         store,
         start_workers: !control_only,
         // the workers inherit MESH_STORE_POSTGRES: their stored data lives outside them
-        data_shared: std::env::var_os("MESH_STORE_POSTGRES").is_some(),
+        data_shared: workers.store_postgres.is_some(),
     }
     .build(supervisor.clone(), front.clone())?;
     if let Some(url) = &deploy.state.redis_url {
-        share_state(&plane, url, &deploy, &node_credential, control_only).await?;
+        let memory_store = workers.store_postgres.is_none() && !control_only;
+        share_state(
+            &plane,
+            url,
+            &deploy,
+            &node_credential,
+            control_only,
+            memory_store,
+        )
+        .await?;
     }
-    let admin_service = admin_routes(&plane, &operators, &deploy);
+    let admin_service = admin_routes(&plane, &operators, &deploy, workers.amqp_uri.clone());
     let admin = serve_admin(admin_service.clone(), &deploy, config, &tls, &stopping).await?;
     let web = serve_web(&front, admin_service, &deploy, &tls, web_tls, &stopping).await?;
     // the node's metrics where Prometheus looks: its own, the control plane's switches and
@@ -140,9 +152,9 @@ fn admin_routes(
     plane: &ControlPlane,
     operators: &[(String, String)],
     deploy: &DeployConfig,
+    broker: Option<String>,
 ) -> Option<AdminRoutes> {
-    let admin_api =
-        AdminService::new(plane.clone()).with_broker(std::env::var("MESH_AMQP_URI").ok());
+    let admin_api = AdminService::new(plane.clone()).with_broker(broker);
     // the consumers' backlogs and dead letters, for the alerts (admin API or not), where
     // metrics go somewhere
     if deploy.telemetry.prometheus_listen.is_some() || deploy.telemetry.otlp_endpoint.is_some() {
@@ -279,6 +291,7 @@ fn prepare(
         saved,
         node_credential,
         command,
+        workers: mesh_config::worker::WorkerEnv::from_env()?,
     })
 }
 
@@ -358,6 +371,7 @@ async fn share_state(
     deploy: &DeployConfig,
     node_credential: &str,
     control_only: bool,
+    memory_store: bool,
 ) -> anyhow::Result<()> {
     use mesh_runtime::control::shared::{SharedSwitches, SharedTenants};
     let prefix = &deploy.state.redis_prefix;
@@ -383,7 +397,7 @@ async fn share_state(
     println!(
         "shared state in {url}: switches, tenants and the audit log follow every node of the mesh"
     );
-    if std::env::var_os("MESH_STORE_POSTGRES").is_none() && !control_only {
+    if memory_store {
         println!(
             "messages are kept in this node's memory (no MESH_STORE_POSTGRES): nodes \
              sharing state each keep their own, so a conversation split between nodes is \

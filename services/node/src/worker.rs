@@ -1,3 +1,6 @@
+// Long on purpose: one tenant process from start to drain in the order it runs (environment,
+// telemetry, bus, store, platform, supervisor line, web, metrics, serve, drain), each step a
+// function.
 //! One tenant process: the services, behind the runtime's full inbound stack, for the tenants
 //! it is given. Under a supervisor (`--supervised`) it takes its state (switches, tenants and
 //! their files) from stdin before it serves and after every change, and confirms each, naming
@@ -331,7 +334,8 @@ pub async fn run(dir: &Path, ids: &[String], listen: &str, supervised: bool) -> 
     let env = WorkerEnv::from_env()?;
     let address = advertised(&env, listener.local_addr()?);
     // mutual TLS with the front door and the other workers, when `mesh up` says so
-    let node_tls = mesh_runtime::tls::NodeTls::from_env().context("the node's TLS files")?;
+    let node_tls =
+        mesh_runtime::tls::NodeTls::from_worker_env(&env).context("the node's TLS files")?;
     let served = platform(&env, address, node_tls.as_ref()).await?;
     // one board for the inbound layers and the platform's consumers (push asks it too)
     let switches = served.platform.switches().clone();

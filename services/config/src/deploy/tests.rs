@@ -205,3 +205,35 @@ fn operators_are_named_each_with_a_credential_of_their_own() {
         Ok(())
     });
 }
+
+#[test]
+fn a_worker_reads_what_it_was_handed_and_a_bad_value_is_named() {
+    figment::Jail::expect_with(|jail| {
+        let config = TelemetryConfig {
+            otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+            console: true,
+            export_interval_ms: 250,
+            prometheus_listen: None,
+            log_format: LogFormat::Json,
+        };
+        for (name, value) in config.to_env() {
+            jail.set_env(name, value);
+        }
+        let read = TelemetryConfig::from_env().unwrap();
+        assert_eq!(
+            read,
+            TelemetryConfig {
+                prometheus_listen: None,
+                ..config
+            }
+        );
+        // empty is unset
+        jail.set_env("MESH_TELEMETRY_CONSOLE", "");
+        assert!(!TelemetryConfig::from_env().unwrap().console);
+        jail.set_env("MESH_TELEMETRY_LOG_FORMAT", "xml");
+        let err = TelemetryConfig::from_env().unwrap_err().to_string();
+        assert!(err.contains("MESH_TELEMETRY_LOG_FORMAT"), "{err}");
+        assert!(err.contains("\"xml\" is not text or json"), "{err}");
+        Ok(())
+    });
+}

@@ -278,19 +278,6 @@ pub(super) enum Secrets {
     Elsewhere,
 }
 
-/// Whether `error` only says that a secret's environment variable is not set here.
-pub(super) fn unset_secret(error: &FieldError) -> bool {
-    let unset_variable = matches!(
-        error.field.as_str(),
-        "credentials.token_env" | "broker.password_env" | "users.hs256_secret_env"
-    ) && error.message.starts_with("environment variable ")
-        && error.message.ends_with(" is not set");
-    // the file is the deployment's to mount (a Kubernetes Secret): absent where it renders
-    let unread_file =
-        error.field == "credentials.token_file" && error.message.contains("cannot be read");
-    unset_variable || unread_file
-}
-
 /// [`load_file`], with the key files it names relative to `folder`.
 pub(super) fn load_file_in(
     file: &Path,
@@ -336,10 +323,7 @@ pub(super) fn load_file_in(
         users.default_audience(&id);
     }
     config.credentials.read_file(folder);
-    let mut errors = check_config(&config, file, catalogue);
-    if secrets == Secrets::Elsewhere {
-        errors.retain(|e| !unset_secret(e));
-    }
+    let errors = check_config(&config, file, catalogue, secrets);
     if errors.is_empty() {
         Ok(config)
     } else {

@@ -2,6 +2,7 @@
 //! contracts, switches and rules, limits and the dependency graph), and what a new or changed
 //! file may not change.
 
+use super::load::Secrets;
 use super::*;
 
 /// Validates a tenant file that is not in the tenants folder `dir` yet, exactly as
@@ -126,6 +127,8 @@ pub(super) fn is_namespace(s: &str) -> bool {
 pub(super) struct Problems {
     source: String,
     list: Vec<FieldError>,
+    /// Where the secrets the file names are (an unset one is a problem only here).
+    secrets: Secrets,
 }
 
 impl Problems {
@@ -136,6 +139,15 @@ impl Problems {
             message,
         });
     }
+
+    /// A secret the file names (an environment variable, a mounted file) that is not there: a
+    /// problem where the file loads to serve, not where the deployment only renders it (the
+    /// secret is the deployment's to provide).
+    fn add_missing_secret(&mut self, field: String, message: String) {
+        if self.secrets == Secrets::Here {
+            self.add(field, message);
+        }
+    }
 }
 
 /// Every rule a tenant file must keep, section by section; every problem found, not the first.
@@ -143,10 +155,12 @@ pub(super) fn check_config(
     config: &TenantConfig,
     file: &Path,
     catalogue: &[&ContractSpec],
+    secrets: Secrets,
 ) -> Vec<FieldError> {
     let mut problems = Problems {
         source: file.display().to_string(),
         list: Vec::new(),
+        secrets,
     };
     check_identity(&mut problems, config, file);
     check_credentials(&mut problems, config);
@@ -250,7 +264,7 @@ pub(super) fn check_credentials(problems: &mut Problems, config: &TenantConfig) 
                     problems.add("credentials.token_file".into(), message);
                 }
             }
-            _ => problems.add(
+            _ => problems.add_missing_secret(
                 "credentials.token_file".into(),
                 format!(
                     "file {} {}",
@@ -280,11 +294,22 @@ pub(super) fn check_credentials(problems: &mut Problems, config: &TenantConfig) 
                     problems.add("credentials.token_env".into(), message);
                 }
             }
-            _ => problems.add("credentials.token_env".into(), format!("environment variable {var} is not set")),
+            _ => problems.add_missing_secret(
+                "credentials.token_env".into(),
+                format!("environment variable {var} is not set"),
+            ),
         },
     }
-    if let Some(Err((field, message))) = config.users.as_ref().map(|u| u.verifier()) {
-        problems.add(field.into(), message);
+    if let Some(users) = &config.users
+        && let Err((field, message)) = users.verifier()
+    {
+        // the key's variable not set is a missing secret; any other problem of the key is not
+        let unset = |var: &String| std::env::var(var).map_or(true, |v| v.is_empty());
+        if field == "users.hs256_secret_env" && users.hs256_secret_env.as_ref().is_some_and(unset) {
+            problems.add_missing_secret(field.into(), message);
+        } else {
+            problems.add(field.into(), message);
+        }
     }
 }
 
@@ -319,10 +344,11 @@ pub(super) fn check_broker(problems: &mut Problems, config: &TenantConfig) {
             "broker.user".into(),
             "is missing: password_env is the password of which broker user?".into(),
         ),
-        (Some(_), Some(var)) if std::env::var(var).map_or(true, |v| v.is_empty()) => problems.add(
-            "broker.password_env".into(),
-            format!("environment variable {var} is not set"),
-        ),
+        (Some(_), Some(var)) if std::env::var(var).map_or(true, |v| v.is_empty()) => problems
+            .add_missing_secret(
+                "broker.password_env".into(),
+                format!("environment variable {var} is not set"),
+            ),
         _ => {}
     }
 }

@@ -237,6 +237,8 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
+    // Boxed on purpose: the answer is awaited in an async block that then ties the connection's
+    // slot to its body (no nameable type); one allocation per call at the listener.
     type Future = mesh_contract::bus::BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

@@ -134,6 +134,8 @@ impl DirectChannel {
 impl tower_service::Service<http::Request<tonic::body::Body>> for DirectChannel {
     type Response = http::Response<tonic::body::Body>;
     type Error = tonic::transport::Error;
+    // Boxed on purpose: choosing the worker or the door, and falling back to the door, is an
+    // async block (no nameable type); a client's call allocates once.
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

@@ -1,3 +1,5 @@
+// Long on purpose: the message service's calls (send, sync, acks, receipts) over one store and one
+// delivery path, read together; archive, settings and system messages are apart.
 //! `message.v1`: send, acks, sync from a cursor, read receipts.
 //!
 //! The service keeps no message state of its own: numbering, client-id deduplication, each
@@ -344,6 +346,9 @@ impl MessageService {
         // tried again while the send's own deadline allows: giving up reports online
         // terminals as offline
         let mut attempt = 1;
+        // 20 ms then 40 ms (each drawn in its upper half), well inside a send's deadline
+        let mut backoff =
+            mesh_contract::Backoff::new(Duration::from_millis(20), Duration::from_millis(40));
         let located = loop {
             let located = self
                 .inner
@@ -360,7 +365,7 @@ impl MessageService {
                 Err(status) if attempt < LOCATE_ATTEMPTS && transient(&status) => {
                     tracing::debug!(tenant = %ctx.tenant, user, attempt, error = %status, "locating terminals again");
                     attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 located => break located,
             }

@@ -199,17 +199,20 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+    // a call is the inner call itself; only a probe (health, reflection: rare) is boxed
+    type Future =
+        futures::future::Either<BoxFuture<'static, Result<Self::Response, Infallible>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        use futures::future::Either;
         if Probes::is_probe(request.uri().path()) {
             let answer = self.probes.call(request);
-            return Box::pin(async move { Ok(answer.await) });
+            return Either::Left(Box::pin(async move { Ok(answer.await) }));
         }
-        Box::pin(self.inner.call(request))
+        Either::Right(self.inner.call(request))
     }
 }

@@ -196,7 +196,8 @@ where
         Poll::Ready(Ok(()))
     }
 
-    /// The content type says the protocol, then the router of that protocol the path.
+    /// The content type says the protocol, then the router of that protocol the path. (The
+    /// future is axum's; axum boxes each handler's future inside its router.)
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let router = if is_grpc_web(request.headers()) {
             &mut self.grpc_web

@@ -92,10 +92,16 @@ impl AnswerCache {
 
     fn get(&self, key: &Key, max_age: std::time::Duration) -> Option<Bytes> {
         let mut entries = self.entries.lock().expect("lock");
-        entries
-            .get(key)
-            .filter(|(at, _)| at.elapsed() <= max_age)
-            .map(|(_, answer)| answer.clone())
+        // an answer past its age is dropped, not kept as recently used: stale keys read often
+        // never push fresh answers out
+        if entries
+            .peek(key)
+            .is_some_and(|(at, _)| at.elapsed() > max_age)
+        {
+            entries.pop(key);
+            return None;
+        }
+        entries.get(key).map(|(_, answer)| answer.clone())
     }
 
     /// Answers kept.

@@ -1,3 +1,6 @@
+// Long on purpose: `new-service` from start to end in the order it runs (names checked, contract,
+// crate, generated file, tests), each step a short function; its templates and its wiring into the
+// workspace are apart (scaffold/).
 //! `mesh-codegen new-service <name>`: a service's crate from its contract, wired into the
 //! platform, in the spirit of `volo init` and `kratos proto server`.
 //!

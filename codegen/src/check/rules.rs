@@ -1,3 +1,5 @@
+// Long on purpose: every breaking-change rule, a function per kind of element, in one list a
+// reviewer reads against buf's categories.
 //! The rules: what changing a contract, a message, an enum or a file's options breaks (buf's
 //! categories, plus the mesh's own: tier, audience, degraded answer, timeout).
 

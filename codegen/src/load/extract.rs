@@ -1,3 +1,5 @@
+// Long on purpose: every mesh option and rule of a contract read in one place, in the order of
+// contracts/mesh/options.proto, so a new option has one place to go.
 //! Extraction: from the compiled descriptors to the [`model`](crate::model), each mesh rule
 //! checked with the file and line it is about.
 

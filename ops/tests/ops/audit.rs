@@ -7,7 +7,7 @@ use crate::support;
 
 use mesh_testkit::MeshUp;
 use serde_json::Value;
-use support::{Mesh, TOKEN, ctl, mesh_binary, tenants_folder};
+use support::{Mesh, TOKEN, ctl, mesh_binary, shipped_tenants_with};
 
 const ALICE: &str = "alice-ops-credential-0123456789";
 const BOB: &str = "bob-ops-credential-0123456789ab";
@@ -56,7 +56,7 @@ fn entries(list: &Value) -> Vec<(String, String, String, String, String, String)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_admin_change_is_in_the_audit_log_under_its_operators_name() {
-    let tenants = tenants_folder(&["mall", "paipai"], &[]);
+    let tenants = shipped_tenants_with(&["mall", "paipai"], &[]);
     let state = tempfile::tempdir().unwrap();
     let config = state.path().join("mesh.toml");
     std::fs::write(
@@ -211,7 +211,7 @@ async fn every_admin_change_is_in_the_audit_log_under_its_operators_name() {
 
 #[tokio::test]
 async fn two_operators_with_one_credential_do_not_start() {
-    let tenants = tenants_folder(&["mall"], &[]);
+    let tenants = shipped_tenants_with(&["mall"], &[]);
     let state = tempfile::tempdir().unwrap();
     let config = state.path().join("mesh.toml");
     std::fs::write(

@@ -20,7 +20,7 @@ use std::{
 use mesh_api::recommend::v1 as recommend;
 use mesh_testkit::{Db, connect};
 use serde_json::Value;
-use support::{Mesh, ctx, tenants_folder};
+use support::{Mesh, ctx, shipped_tenants_with};
 use tokio::task::JoinHandle;
 use tonic::{Request, transport::Channel};
 
@@ -128,7 +128,7 @@ fn row<'a>(list: &'a Value, tenant: &str) -> Option<&'a Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_come_change_move_and_go_while_their_neighbours_fail_no_call() {
     let db = Db::create().await;
-    let tenants = tenants_folder(&["mall", "paipai", "finance"], &[]);
+    let tenants = shipped_tenants_with(&["mall", "paipai", "finance"], &[]);
     let state = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
     let mut mesh = Mesh::up_with(
@@ -362,7 +362,7 @@ fn order_calls(status: &Value, major: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grey_release_widens_and_rolls_back_while_the_neighbours_fail_no_call() {
-    let tenants = tenants_folder(&["mall", "paipai"], &[]);
+    let tenants = shipped_tenants_with(&["mall", "paipai"], &[]);
     let state = tempfile::tempdir().unwrap();
     let mesh = Mesh::up(tenants.path(), state.path(), 1).await;
     let mall = Loop::start(&mesh.channel, "mall", "dev-mall-token");
@@ -506,7 +506,7 @@ async fn a_tenant_down_at_start_up_is_served_once_its_dependency_is_back() {
     )
     .await
     .unwrap();
-    let tenants = tenants_folder(&["mall", "paipai"], &[]);
+    let tenants = shipped_tenants_with(&["mall", "paipai"], &[]);
     let state = tempfile::tempdir().unwrap();
     let mesh = Mesh::up_with(
         tenants.path(),
@@ -554,7 +554,7 @@ async fn a_tenant_down_at_start_up_is_served_once_its_dependency_is_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_credential_keeps_overlapping_across_a_restart_of_the_mesh() {
-    let tenants = tenants_folder(&["mall", "paipai"], &[]);
+    let tenants = shipped_tenants_with(&["mall", "paipai"], &[]);
     let state = tempfile::tempdir().unwrap();
     let mesh = Mesh::up(tenants.path(), state.path(), 1).await;
     let file = tenants.path().join("mall.toml");

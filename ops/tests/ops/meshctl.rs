@@ -16,7 +16,7 @@ use std::{
 use mesh_api::order::v1 as order;
 use mesh_testkit::MeshUp;
 use serde_json::Value;
-use support::{Mesh, TOKEN, ctl, ctx, mesh_binary, tenants_folder};
+use support::{Mesh, TOKEN, ctl, ctx, mesh_binary, shipped_tenants_with};
 
 fn scopes(list: &Value) -> Vec<String> {
     list["switches"]
@@ -29,7 +29,7 @@ fn scopes(list: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier_2_off_for_one_tenant_degrades_it_at_once_and_survives_a_restart() {
-    let tenants = tenants_folder(&["mall", "finance", "paipai"], &[]);
+    let tenants = shipped_tenants_with(&["mall", "finance", "paipai"], &[]);
     let state = tempfile::tempdir().unwrap();
     let mesh = Mesh::up(tenants.path(), state.path(), 2).await;
     assert_eq!(mesh.suggest("mall", "dev-mall-token").await.0, None);
@@ -188,7 +188,7 @@ fn tenant_pid(list: &Value, tenant: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_added_at_run_time_is_served_without_restarting_the_others() {
-    let tenants = tenants_folder(&["mall", "finance"], &[]);
+    let tenants = shipped_tenants_with(&["mall", "finance"], &[]);
     let state = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
     let newco = files.path().join("newco.toml");
@@ -284,7 +284,7 @@ window_secs = 2
 calm_secs = 2
 min_calls = 10
 "#;
-    let tenants = tenants_folder(&["mall", "paipai"], &[("mall", rule)]);
+    let tenants = shipped_tenants_with(&["mall", "paipai"], &[("mall", rule)]);
     let state = tempfile::tempdir().unwrap();
     let mesh = Mesh::up(tenants.path(), state.path(), 1).await;
 
@@ -382,7 +382,7 @@ min_calls = 10
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_fails_clearly_with_a_non_zero_exit() {
-    let tenants = tenants_folder(&["mall"], &[]);
+    let tenants = shipped_tenants_with(&["mall"], &[]);
     let state = tempfile::tempdir().unwrap();
     let files = tempfile::tempdir().unwrap();
     let mesh = Mesh::up(tenants.path(), state.path(), 1).await;
@@ -633,7 +633,7 @@ async fn meshctl_reaches_an_admin_api_over_tls_only_trusting_its_ca() {
     let (cert, key) = leaf(&["127.0.0.1"], "mesh");
     let (client_cert, client_key) = leaf(&["ops.example"], "ops");
 
-    let tenants = tenants_folder(&["mall"], &[]);
+    let tenants = shipped_tenants_with(&["mall"], &[]);
     let state = tempfile::tempdir().unwrap();
     let mesh = Mesh::up_with(
         tenants.path(),
@@ -741,7 +741,7 @@ async fn broken_tenant_files_are_refused_identically_everywhere() {
     assert!(files.len() >= 30, "{} broken files", files.len());
 
     // mall runs: a broken file may take its namespace or its credential
-    let tenants = tenants_folder(&["mall"], &[]);
+    let tenants = shipped_tenants_with(&["mall"], &[]);
     let state = tempfile::tempdir().unwrap();
     let mesh = Mesh::up(tenants.path(), state.path(), 1).await;
     let dir = tenants.path().to_str().unwrap().to_owned();
@@ -758,7 +758,7 @@ async fn broken_tenant_files_are_refused_identically_everywhere() {
         let check = mesh.ctl(&["tenant", "check", path_arg]).await;
         let add = mesh.ctl(&["tenant", "add", path_arg]).await;
         // start-up: the shipped defaults and mall, and the broken file
-        let folder = tenants_folder(&["mall"], &[]);
+        let folder = shipped_tenants_with(&["mall"], &[]);
         std::fs::copy(path, folder.path().join(file)).unwrap();
         let started = tokio::time::timeout(
             Duration::from_secs(60),

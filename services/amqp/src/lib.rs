@@ -1,3 +1,5 @@
+// Long on purpose: the bus's connection, publish with confirms and reconnection in one place,
+// where the delivery promise is read whole; consuming, dead letters and the envelope are apart.
 //! The RabbitMQ transport for contract events (AMQP 0-9-1 via lapin).
 //!
 //! [`AmqpBus`] implements [`mesh_contract::EventBus`], so generated publishers and consumers

@@ -1,3 +1,5 @@
+// Long on purpose: a terminal stream's whole life (attach, sync, heartbeats, delivery, drain,
+// replacement) in one place, where its invariants are read together.
 //! The access node's side of the terminal streams.
 
 use std::{

@@ -1,3 +1,5 @@
+// Long on purpose: the admin.v1 contract's calls, each a short method of one server impl in the
+// contract's order; credentials and conversions are apart (admin/).
 //! The admin API `meshctl` talks to: the `admin.v1.Admin` contract served over the
 //! [`ControlPlane`], behind the operators' credentials (`authorization: Bearer <token>`),
 //! which are distinct from every tenant's. Each credential names an operator; every change is

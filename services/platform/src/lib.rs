@@ -1,3 +1,5 @@
+// Long on purpose: the platform's services wired for a node's tenants in one place (what a
+// tenant's settings reach, which consumers it gets), as linkerd builds its stack in one place.
 //! The customer-service platform on one node: gateway, locator, message, order and recommend,
 //! wired together for the tenants the node serves.
 //!

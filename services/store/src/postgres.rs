@@ -1,3 +1,5 @@
+// Long on purpose: the PostgreSQL store's pool, schemas and the states a database can be in
+// (refusing, read-only, frozen) handled in one place; messages and records are apart (postgres/).
 //! The PostgreSQL store: one schema per tenant. This file connects, pools, leases and sets up
 //! schemas; [`stored_messages`] and [`stored_records`] implement the store's traits on it.
 

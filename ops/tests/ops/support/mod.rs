@@ -20,10 +20,10 @@ use tonic::{Request, transport::Channel};
 
 pub const TOKEN: &str = "test-ops-credential-0123";
 
-/// A tenants folder: the shipped defaults and `tenants`, `extra` lines appended to a tenant's
-/// file.
-pub fn tenants_folder(tenants: &[&str], extra: &[(&str, &str)]) -> tempfile::TempDir {
-    extra
+/// A tenants folder of the shipped defaults and `tenants`, with `appended` lines added to a
+/// tenant's file (`("mall", "[limits]\n...")`).
+pub fn shipped_tenants_with(tenants: &[&str], appended: &[(&str, &str)]) -> tempfile::TempDir {
+    appended
         .iter()
         .fold(
             TenantsFolder::new().shipped(tenants),

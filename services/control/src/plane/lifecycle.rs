@@ -1,3 +1,5 @@
+// Long on purpose: the tenant lifecycle's operations (check, add, update, grey release, remove,
+// move) side by side, each with its fleet sharing, so their steps can be compared.
 //! The tenant lifecycle while running: check, add, update, grey releases, remove, move; shared
 //! by the fleet's nodes through the tenant registry.
 

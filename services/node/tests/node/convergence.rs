@@ -385,7 +385,9 @@ async fn three_nodes_converge_through_a_pause_redis_restarts_and_outages_and_a_r
         assert!(exited.success(), "node {n} stopped cleanly: {exited:?}");
         let listen = old.listen.clone();
         nodes[n] = start_node(folders[n].path(), &listen, &env_of(n)).await;
-        // back in the proxy's rotation before the next one leaves
+        // back in the proxy's rotation before the next one leaves: HAProxy checks every 300 ms
+        // and takes a server back after 2 good checks, so 2 s is three times what it needs
+        // (its rotation is not observable from here without its stats socket)
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let ended = Instant::now();

@@ -287,7 +287,8 @@ async fn three_nodes_behind_haproxy_lose_and_duplicate_nothing_when_one_is_kille
         }));
     }
 
-    // node c dies outright mid-chat: its supervisor and its worker
+    // node c dies outright mid-chat (its supervisor and its worker), after 600 ms of chat:
+    // some 40 sends per sender (one every 15 ms) already through it
     tokio::time::sleep(Duration::from_millis(600)).await;
     let dead = nodes.pop().unwrap();
     *killed_at.lock().unwrap() = Some(Instant::now());

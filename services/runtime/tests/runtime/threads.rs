@@ -82,10 +82,12 @@ async fn mall_p99(isolate: bool) -> (Duration, usize) {
         .await
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let flooded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut heavy = Vec::new();
     for _ in 0..2 {
-        let (stop, mut caller, finance) = (
+        let (stop, flooded, mut caller, finance) = (
             stop.clone(),
+            flooded.clone(),
             recommend::RecommendCaller::new(channel.clone()),
             ctx(&tenants, "finance"),
         );
@@ -95,11 +97,15 @@ async fn mall_p99(isolate: bool) -> (Duration, usize) {
                 let _ = caller
                     .suggest(&finance, recommend::SuggestRequest::default())
                     .await;
+                flooded.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
-    // the flood under way before mall's calls are timed
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // the flood under way (each flooder answered a few times) before mall's calls are timed
+    mesh_testkit::eventually("finance's flood under way", || {
+        std::future::ready((flooded.load(Ordering::Relaxed) >= 4).then_some(()))
+    })
+    .await;
     let (mut caller, mall) = (
         recommend::RecommendCaller::new(channel),
         ctx(&tenants, "mall"),

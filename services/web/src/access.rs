@@ -20,7 +20,7 @@ use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use mesh_contract::ContractSpec;
 use tonic::Code;
 use tower::util::MapResponseLayer;
-use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::{limit::RequestBodyLimitLayer, request_id::PropagateRequestIdLayer};
 
 use crate::{
     Routes, call, grpc_web, pages,
@@ -159,6 +159,13 @@ fn json_router(config: &Config) -> Router {
         .layer(MapResponseLayer::new(move |response| {
             with_json_error(response, max_body)
         }))
+        // the caller's request id back on every answer, this access's own errors included
+        .layer(PropagateRequestIdLayer::new(request_id()))
+}
+
+/// The header naming a call's request id (`x-mesh-request-id`).
+fn request_id() -> http::HeaderName {
+    http::HeaderName::from_static(mesh_contract::headers::REQUEST_ID)
 }
 
 /// The gRPC paths of the calls the JSON access serves (never an internal one, whatever stands
@@ -171,13 +178,15 @@ fn grpc_web_router(config: &Config) -> Router {
         let handler = move |request: Request| grpc_web::call(upstream.clone(), request, max_body);
         router = router.route(route.method.path, any(handler));
     }
-    router.fallback(|uri: http::Uri| async move {
-        error(
-            StatusCode::NOT_FOUND,
-            Code::Unimplemented,
-            &format!("no call at {} is served to browsers", uri.path()),
-        )
-    })
+    router
+        .fallback(|uri: http::Uri| async move {
+            error(
+                StatusCode::NOT_FOUND,
+                Code::Unimplemented,
+                &format!("no call at {} is served to browsers", uri.path()),
+            )
+        })
+        .layer(PropagateRequestIdLayer::new(request_id()))
 }
 
 impl<B> tower_service::Service<http::Request<B>> for WebAccess

@@ -80,15 +80,8 @@ pub(crate) async fn call(
     {
         call.extensions_mut().insert(peer.clone());
     }
-    let mut answer = forward(upstream, route, call, deadline).await;
-    // the caller's request id comes back with the answer, to match them in its logs
-    if let Some(id) = parts.headers.get(headers::REQUEST_ID) {
-        answer
-            .headers_mut()
-            .entry(headers::REQUEST_ID)
-            .or_insert_with(|| id.clone());
-    }
-    answer
+    // (the caller's request id comes back on the answer: the router's layer puts it there)
+    forward(upstream, route, call, deadline).await
 }
 
 /// The whole body, within [`BODY_WITHIN`] and the size limit; else the answer saying why not.

@@ -2,7 +2,7 @@
 //! to the gRPC call it carries, at its gRPC path, through the same stack as every other call.
 
 use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, BodyStream, Limited, StreamBody};
 use tonic::{Code, Status};
 use tower::{Layer, ServiceExt};
 
@@ -27,10 +27,16 @@ pub(crate) async fn call(
         );
     }
     let translated = tonic_web::GrpcWebLayer::new().layer(upstream);
+    // text mode's body is base64: the decoded call is shorter than the length the browser
+    // declared, which must not reach the hop (HTTP/2 takes a body's exact size for its
+    // Content-Length), so neither the header nor the body's size is passed on
+    let mut request = request;
+    request.headers_mut().remove(http::header::CONTENT_LENGTH);
     let request = request.map(|body| {
-        tonic::body::Body::new(Limited::new(body, max_body).map_err(|err| {
+        let limited = Limited::new(body, max_body).map_err(|err| {
             Status::resource_exhausted(format!("the body is too large or broken: {err}"))
-        }))
+        });
+        tonic::body::Body::new(StreamBody::new(BodyStream::new(limited)))
     });
     match translated.oneshot(request).await {
         Ok(response) => response.map(tonic::body::Body::new),

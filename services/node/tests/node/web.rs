@@ -292,8 +292,20 @@ async fn curl_chats_over_json_and_server_sent_events_through_the_mesh_layers() {
         (413, "RESOURCE_EXHAUSTED")
     );
     // no such call; the mesh's internal calls are not served here; a call wants POST
-    let nowhere = post(&web, "/message/v9/Send", &alice, "{}").await;
+    let nowhere = post(
+        &web,
+        "/message/v9/Send",
+        &[alice.clone(), vec!["x-mesh-request-id: req-404".into()]].concat(),
+        "{}",
+    )
+    .await;
     assert_eq!(nowhere.status, 404, "{nowhere:?}");
+    // the caller's request id comes back with the access's own errors too
+    assert_eq!(
+        nowhere.header("x-mesh-request-id"),
+        Some("req-404"),
+        "{nowhere:?}"
+    );
     let internal = post(&web, "/gateway/v1/Deliver", &alice, "{}").await;
     assert_eq!(internal.status, 404, "{internal:?}");
     let get = curl(&[&format!("http://{web}/message/v1/Send")]).await;
@@ -543,6 +555,51 @@ async fn grpc_web_calls_pass_the_same_layers() {
     assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].products.len(), 3);
+
+    // text mode, grpc-web's default, with a Content-Length (as every browser fetch sends): the
+    // decoded body is shorter than the length declared for the base64 one
+    let request = mesh_api::recommend::v1::SuggestRequest {
+        user_id: "alice".into(),
+        limit: 3,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(request.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&request);
+    let binary = files.path().join("text.bin");
+    std::fs::write(&binary, framed).unwrap();
+    let encoded = support::run(std::process::Command::new("base64").arg("-w0").arg(&binary));
+    let text = tokio::process::Command::new("curl")
+        .args(["-s", "-D", "-"])
+        .arg(format!("http://{web}/recommend.v1.Recommend/Suggest"))
+        .args([
+            "-H",
+            "content-type: application/grpc-web-text",
+            "-H",
+            "accept: application/grpc-web-text",
+            "-H",
+            "x-grpc-web: 1",
+            "-H",
+            "x-mesh-tenant: paipai",
+        ])
+        .args([
+            "-H",
+            &format!("authorization: Bearer {}", users.token("paipai", "alice")),
+        ])
+        .args(["--data-binary", &encoded])
+        .output()
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&text.stdout).to_lowercase();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    assert!(head.starts_with("http/1.1 200"), "{answer}");
+    assert!(
+        !head.contains("grpc-status"),
+        "a message answered, not a trailers-only error: {answer}"
+    );
+    // a data frame first (its flag byte 0 is `AA` in base64)
+    assert!(body.starts_with("aa"), "{answer}");
 
     // a token of another tenant: refused by the front door, as over gRPC
     let (headers, messages, trailers) = call("paipai", users.token("mall", "alice")).await;

@@ -39,9 +39,10 @@ impl Vhost {
         format!("amqp://guest:guest@127.0.0.1:5672/{}", self.0)
     }
 
-    /// `name messages` of every queue of the vhost starting with `prefix`.
+    /// `name messages` of every queue of the vhost starting with `prefix`, by name
+    /// (rabbitmqctl lists them in no stable order).
     pub fn queues(&self, prefix: &str) -> Vec<(String, u64)> {
-        rabbitmqctl(&[
+        let mut queues: Vec<(String, u64)> = rabbitmqctl(&[
             "list_queues",
             "-p",
             &self.0,
@@ -56,7 +57,9 @@ impl Vhost {
             let (name, count) = (fields.next()?, fields.next()?.parse().ok()?);
             name.starts_with(prefix).then(|| (name.to_owned(), count))
         })
-        .collect()
+        .collect();
+        queues.sort();
+        queues
     }
 
     /// The exchanges of the vhost starting with `prefix`.

@@ -744,6 +744,7 @@ impl message::message_server::Message for RawService {
             body: r.body,
             sent_at_ms: 0,
             position: n + 1,
+            receipt: None,
         };
         let database = &self.databases[n as usize % self.databases.len()];
         database
@@ -822,6 +823,24 @@ impl message::message_server::Message for RawService {
         &self,
         _: Request<message::MarkReadRequest>,
     ) -> Result<Response<message::MarkReadResponse>, Status> {
+        Err(Status::unimplemented("not in the baseline"))
+    }
+    async fn send_from_channel(
+        &self,
+        _: Request<message::SendRequest>,
+    ) -> Result<Response<message::SendResponse>, Status> {
+        Err(Status::unimplemented("not in the baseline"))
+    }
+    async fn list_terminals(
+        &self,
+        _: Request<message::ListTerminalsRequest>,
+    ) -> Result<Response<message::ListTerminalsResponse>, Status> {
+        Err(Status::unimplemented("not in the baseline"))
+    }
+    async fn sign_out_terminal(
+        &self,
+        _: Request<message::SignOutTerminalRequest>,
+    ) -> Result<Response<message::SignOutTerminalResponse>, Status> {
         Err(Status::unimplemented("not in the baseline"))
     }
 }

@@ -89,17 +89,7 @@ fn tenant_secrets(tenants: &Tenants, members: &[String]) -> Vec<String> {
         .tenants
         .values()
         .filter(|config| members.iter().any(|m| m == config.id.as_str()))
-        .flat_map(|config| {
-            [
-                config.credentials.token_env.clone(),
-                config
-                    .users
-                    .as_ref()
-                    .and_then(|u| u.hs256_secret_env.clone()),
-                config.broker.password_env.clone(),
-            ]
-        })
-        .flatten()
+        .flat_map(|config| config.secret_envs())
         .collect();
     names.sort();
     names.dedup();

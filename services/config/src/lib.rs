@@ -5,6 +5,8 @@
 //!   `MESH_TENANT_<ID>__...` environment overrides, via figment), validated against the
 //!   contracts with errors naming the file and the field. Business-line differences live here,
 //!   never in `if tenant == ...` code.
+//! - [`channels`]: a tenant's `[channels.<name>]` tables, the third-party platforms its
+//!   customers write from.
 //! - [`users`]: a tenant's `[users]` table, parsed into the verifier of its users' tokens.
 //! - [`graph`]: the service dependency graph; a cycle refuses start-up, naming it.
 //! - [`settings`]: every service setting a tenant file may set, declared once (type, bounds,
@@ -17,6 +19,7 @@
 //! Every error is a [`ConfigError`] naming where it comes from: a tenant file, the deployment
 //! file, or an environment variable.
 
+pub mod channels;
 pub mod deploy;
 mod error;
 pub mod graph;

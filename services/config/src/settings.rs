@@ -27,6 +27,11 @@ pub enum Kind {
     },
     /// An `http://` or `https://` URL with a host.
     HttpUrl,
+    /// One of a few words (a policy); the setting's `default` is the index of one.
+    Choice {
+        /// The accepted words.
+        options: &'static [&'static str],
+    },
 }
 
 /// One declared setting.
@@ -38,7 +43,8 @@ pub struct Setting {
     pub key: &'static str,
     /// What it holds.
     pub kind: Kind,
-    /// Its value when the tenant file sets none; `None`: required once the service is enabled.
+    /// Its value when the tenant file sets none (for a [`Kind::Choice`], the index of its
+    /// option); `None`: required once the service is enabled.
     pub default: Option<u64>,
     /// What it does (the README table's last column).
     pub doc: &'static str,
@@ -81,7 +87,38 @@ pub const DECLARED: &[Setting] = &[
         default: Some(2000),
         doc: "how long the notifier may take to answer before the notice is retried",
     },
+    Setting {
+        service: "gateway",
+        key: "max_devices",
+        kind: Kind::Count { max: 1000 },
+        default: Some(16),
+        doc: "terminals one user may hold attached at once across every node (phone, desktop, web tabs); one more is handled by `at_device_cap`",
+    },
+    Setting {
+        service: "gateway",
+        key: "at_device_cap",
+        kind: Kind::Choice {
+            options: &["refuse", "sign_out_oldest"],
+        },
+        default: Some(0),
+        doc: "what a user at `max_devices` attaching one more gets: `refuse` (RESOURCE_EXHAUSTED naming the cap) or `sign_out_oldest` (that terminal is told SignedOut and its stream ends)",
+    },
 ];
+
+impl Setting {
+    /// Its default as a tenant file would write it (`30`, `refuse`); `-` when required.
+    pub fn default_text(&self) -> String {
+        match (self.kind, self.default) {
+            (_, None) => "-".to_owned(),
+            (Kind::Choice { options }, Some(i)) => options
+                .get(usize::try_from(i).unwrap_or(usize::MAX))
+                .copied()
+                .unwrap_or("-")
+                .to_owned(),
+            (_, Some(n)) => n.to_string(),
+        }
+    }
+}
 
 /// The declaration of `service`'s setting `key`.
 pub fn declared(service: &str, key: &str) -> Option<&'static Setting> {
@@ -102,6 +139,27 @@ pub fn near_miss(service: &str, key: &str) -> Option<&'static str> {
         .filter(|(distance, _)| *distance <= 2)
         .min()
         .map(|(_, key)| key)
+}
+
+/// A choice's value: the tenant's, or the default. Call on a checked config; an unchecked bad
+/// value reads as the default.
+pub fn choice(
+    settings: &BTreeMap<String, figment::value::Value>,
+    setting: &Setting,
+) -> &'static str {
+    let Kind::Choice { options } = setting.kind else {
+        return "";
+    };
+    settings
+        .get(setting.key)
+        .and_then(|v| v.as_str())
+        .and_then(|word| options.iter().find(|o| **o == word))
+        .copied()
+        .or_else(|| {
+            let i = usize::try_from(setting.default?).ok()?;
+            options.get(i).copied()
+        })
+        .unwrap_or_default()
 }
 
 /// Checks an `http://` or `https://` URL with a host.
@@ -172,6 +230,14 @@ pub fn check(
                 }
                 None => errors.push(error(key, format!("{} is not a URL string", show(value)))),
             },
+            Kind::Choice { options } => {
+                if !value.as_str().is_some_and(|word| options.contains(&word)) {
+                    errors.push(error(
+                        key,
+                        format!("{} is not one of: {}", show(value), options.join(", ")),
+                    ));
+                }
+            }
         }
     }
     if enabled {
@@ -282,6 +348,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_choice_takes_one_of_its_words_and_reads_its_default() {
+        use figment::value::Value;
+        let cap = declared("gateway", "at_device_cap").unwrap();
+        let with = |v: Value| table(&[("at_device_cap", v)]);
+        let refused = check(
+            "t.toml",
+            "gateway",
+            true,
+            &with(Value::from("kick".to_owned())),
+        );
+        assert_eq!(
+            refused.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            [
+                "t.toml: field `services.gateway.settings.at_device_cap`: \"kick\" is not one of: refuse, sign_out_oldest"
+            ]
+        );
+        assert_eq!(
+            check("t.toml", "gateway", true, &with(Value::from(1))).len(),
+            1
+        );
+        let chosen = with(Value::from("sign_out_oldest".to_owned()));
+        assert!(check("t.toml", "gateway", true, &chosen).is_empty());
+        assert_eq!(choice(&chosen, cap), "sign_out_oldest");
+        assert_eq!(choice(&BTreeMap::new(), cap), "refuse");
+        assert_eq!(cap.default_text(), "refuse");
+    }
+
     /// The tenants README's settings table says what the declarations say: every declared
     /// setting has its row with its default, and no row names an undeclared one.
     #[test]
@@ -310,8 +404,7 @@ mod tests {
                 .iter()
                 .find(|r| r[0] == name)
                 .unwrap_or_else(|| panic!("no README row for {name}"));
-            let default = setting.default.map_or("-".to_owned(), |d| d.to_string());
-            assert_eq!(row[1], default, "{name}'s default");
+            assert_eq!(row[1], setting.default_text(), "{name}'s default");
             assert_eq!(row[2], setting.doc.trim_matches('`'), "{name}'s meaning");
         }
     }

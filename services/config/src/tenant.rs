@@ -168,12 +168,37 @@ pub struct TenantConfig {
     /// Rules that degrade the tenant on their own when its important calls suffer.
     #[serde(default)]
     pub auto_degrade: Vec<AutoRule>,
+    /// The other messaging platforms its customers write from, by channel name.
+    #[serde(default)]
+    pub channels: BTreeMap<String, crate::channels::ChannelConfig>,
 }
 
 impl TenantConfig {
     /// The validated tenant id.
     pub fn tenant_id(&self) -> TenantId {
         self.id.clone()
+    }
+
+    /// Every environment variable the file reads a secret from (its credential, its users'
+    /// signing key, its broker password, its channels' secrets): what a deployment must give
+    /// the processes serving it.
+    pub fn secret_envs(&self) -> Vec<String> {
+        let mut names: Vec<String> = [
+            self.credentials.token_env.clone(),
+            self.users.as_ref().and_then(|u| u.hs256_secret_env.clone()),
+            self.broker.password_env.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(
+            self.channels
+                .values()
+                .flat_map(|c| c.secret_envs().map(str::to_owned)),
+        )
+        .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Services the tenant runs (enabled ones), with their settings.

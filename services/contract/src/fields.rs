@@ -54,6 +54,15 @@ pub fn optional_id(field: &'static str, value: &str) -> Result<(), tonic::Status
 /// be it, in any spelling of its case.
 pub const SYSTEM_SENDER: &str = "system";
 
+/// The prefix of a third-party channel's users (`ch:<channel>:<platform user>`): the mesh
+/// names them itself, from the platform's ids, so no end user sends as one.
+pub const CHANNEL_USER_PREFIX: &str = "ch:";
+
+/// Whether `user` is a third-party channel's user ([`CHANNEL_USER_PREFIX`]).
+pub fn is_channel_user(user: &str) -> bool {
+    user.starts_with(CHANNEL_USER_PREFIX)
+}
+
 /// Whether `user` is, or reads as, the platform's own sender: [`SYSTEM_SENDER`] in any case,
 /// with any punctuation around or inside it (`system.`, `_System`, `sys-tem`), or before an
 /// `@` or `:` (`system@mall`). Ids are ASCII ([`id`]), so no other spelling can look like it.

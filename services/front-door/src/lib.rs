@@ -400,9 +400,14 @@ impl crate::layers::Admit for Door {
 
     fn admit<B>(&self, request: &mut http::Request<B>) -> crate::layers::Decision<()> {
         let path = request.uri().path();
-        // the mesh's own calls (locator, gateway delivery) never come from outside
+        // the mesh's own calls (locator, gateway delivery) never come from outside; this
+        // node's own code in process may make them (with the node credential, checked below)
         if let Some((_, method)) = self.catalogue.method(path)
             && method.audience.is_internal()
+            && request
+                .extensions()
+                .get::<mesh_contract::InProcess>()
+                .is_none()
         {
             return crate::layers::Decision::from_status(Err(tonic::Status::permission_denied(
                 format!("{path} is internal to the mesh; it is not served to callers outside it"),

@@ -14,7 +14,7 @@ mod terminal;
 
 pub use heartbeat::Heads;
 pub use service::{
-    DEFAULT_TERMINALS_PER_TENANT, DEFAULT_TERMINALS_PER_USER, GatewayService, PUSH_BUFFER,
-    TerminalQuota,
+    AtDeviceCap, DEFAULT_MAX_DEVICES, DEFAULT_TERMINALS_PER_TENANT, DEFAULT_TERMINALS_PER_USER,
+    DevicePolicy, GatewayService, PUSH_BUFFER, TerminalQuota,
 };
 pub use terminal::Terminal;

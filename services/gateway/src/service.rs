@@ -17,12 +17,16 @@ use mesh_api::{
     locator::v1 as locator,
 };
 use mesh_contract::{RequestContext, ServiceCredentials, TenantId, fields::now_ms};
-use mesh_runtime::OutboundChannel;
+use mesh_runtime::{OutboundChannel, Peers};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use crate::heartbeat::{Heads, heartbeat, read_heads};
+
+mod devices;
+
+pub use devices::{AtDeviceCap, DEFAULT_MAX_DEVICES, DevicePolicy};
 
 /// Pushes a terminal may have outstanding. A terminal that falls this far behind is
 /// disconnected (its stream ends): it reconnects and fetches what it missed as offline
@@ -203,6 +207,12 @@ struct Inner {
     connections: Mutex<Terminals>,
     /// Per tenant: terminals its users may hold here ([`GatewayService::set_terminal_quota`]).
     quotas: std::sync::RwLock<HashMap<TenantId, TerminalQuota>>,
+    /// Per tenant: terminals a user may hold over every node, and what happens at the cap
+    /// ([`GatewayService::set_device_policy`]).
+    devices: std::sync::RwLock<HashMap<TenantId, DevicePolicy>>,
+    /// The other access nodes, to sign a terminal out where it is attached. Their `Deliver`
+    /// is a leaf (it calls nothing), so calling it from here can close no cycle of calls.
+    peers: Peers,
     next_id: AtomicU64,
     unregistering: Arc<tokio::sync::Semaphore>,
     /// Wakes the heartbeat task before its next tick (this node may have missed pushes).
@@ -237,6 +247,7 @@ impl GatewayService {
         node_id: impl Into<String>,
         node_address: impl Into<String>,
         locator: OutboundChannel,
+        peers: Peers,
         credentials: ServiceCredentials,
     ) -> Self {
         Self {
@@ -247,6 +258,8 @@ impl GatewayService {
                 credentials,
                 connections: Mutex::default(),
                 quotas: std::sync::RwLock::default(),
+                devices: std::sync::RwLock::default(),
+                peers,
                 next_id: AtomicU64::new(1),
                 unregistering: Arc::new(tokio::sync::Semaphore::new(UNREGISTERING)),
                 beat: tokio::sync::Notify::new(),
@@ -442,6 +455,18 @@ impl Inner {
             // a full buffer means the terminal is far behind already: Deliver drops it
             let _ = pushes.try_send(Box::new(heartbeat(head, interval)));
         }
+    }
+
+    /// Hands `key`'s terminal its last push and ends its stream after it (the stream ends OK:
+    /// the push says why). Whether it was attached here.
+    fn end_with(&self, key: &Key, last: v1::Push) -> bool {
+        let mut connections = self.connections.lock().expect("lock");
+        let Some(connection) = connections.remove(key) else {
+            return false;
+        };
+        // a full buffer: the terminal is far behind, and ends without the reason
+        let _ = connection.pushes.try_send(Box::new(last));
+        true
     }
 
     /// Forgets a connection if it is still the current one of its terminal.
@@ -652,8 +677,10 @@ impl Gateway for GatewayService {
             node_address: self.inner.node_address.clone(),
             connected_at_ms: now_ms(),
         };
+        let (user, terminal) = (location.user_id.clone(), location.terminal_id.clone());
         // on failure the stream is dropped, which detaches the terminal again
-        self.inner
+        let registered = self
+            .inner
             .locator
             .clone()
             .register(
@@ -663,7 +690,10 @@ impl Gateway for GatewayService {
                 },
             )
             .await?;
+        // registered: a refusal from here on unregisters at once (the stream is dropped)
         stream.answered = true;
+        self.apply_device_cap(&ctx, &user, &terminal, registered.others)
+            .await?;
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -677,6 +707,14 @@ impl Gateway for GatewayService {
             .push
             .ok_or_else(|| Status::invalid_argument("push is required"))?;
         let key: Key = (ctx.tenant.clone(), r.user_id, r.terminal_id);
+        if matches!(push.payload, Some(v1::push::Payload::SignedOut(_))) {
+            // the terminal's last push: its stream ends after it, and it leaves the registry
+            let ended = self.inner.end_with(&key, push);
+            if ended {
+                unregister(self.inner.clone(), &ctx, key);
+            }
+            return Ok(Response::new(v1::DeliverResponse { delivered: ended }));
+        }
         let sent = {
             let connections = self.inner.connections.lock().expect("lock");
             connections.get(&key).map(|c| {

@@ -44,6 +44,11 @@ pub struct Terminal {
     /// When to attach again: the node said it is leaving. Kept here, not in a future, so a
     /// [`Terminal::next`] dropped while it waits (a `select!`) loses nothing.
     reattach_at: Option<tokio::time::Instant>,
+    /// Per conversation, how far this terminal marked it read: the user's own receipt of it,
+    /// which the timeline holds for the user's other terminals, is not returned back here.
+    read: std::collections::HashMap<String, u64>,
+    /// Signed out (a SignedOut push came): nothing more is synced or returned.
+    signed_out: bool,
 }
 
 /// Attempts at attaching again after a reconnect hint (the proxy may still send the first
@@ -132,6 +137,8 @@ impl Terminal {
             resyncs: 0,
             reconnects: 0,
             reattach_at: None,
+            read: std::collections::HashMap::new(),
+            signed_out: false,
         };
         terminal.absorb(page);
         Ok(terminal)
@@ -140,9 +147,15 @@ impl Terminal {
     /// Queues a page of missed messages; the next page is fetched when these are read.
     fn absorb(&mut self, page: message::FetchOfflineResponse) {
         let after = self.sync_after.unwrap_or(self.cursor);
+        // a read receipt's entry comes back as the receipt, as it is pushed live
         self.missed
             .extend(page.messages.into_iter().map(|m| gateway::Push {
-                payload: Some(Payload::Message(m)),
+                payload: Some(match m.receipt {
+                    Some(receipt) if m.kind == message::MessageKind::ReadReceipt as i32 => {
+                        Payload::Receipt(receipt)
+                    }
+                    _ => Payload::Message(m),
+                }),
             }));
         // a page that did not move (nothing after `after`) still was read before the attach
         // may have registered; one more read after it closes that gap once
@@ -262,18 +275,24 @@ impl Terminal {
     }
 
     /// The next push: missed messages first, then live ones; `None` when the gateway closed
-    /// the stream. Chat messages are acknowledged before they are returned; one that was
-    /// both missed and pushed live is returned once.
+    /// the stream. Chat messages and read receipts are acknowledged before they are returned;
+    /// one that was both missed and pushed live is returned once; this terminal's own receipt
+    /// (its user's other terminals get it) is not returned back to it.
     ///
     /// Heartbeats and reconnect hints are handled here, never returned: a heartbeat whose
     /// head is above the cursor, or a push above a gap, starts a sync from the cursor; a
-    /// reconnect hint makes the terminal attach again after the delay it names.
+    /// reconnect hint makes the terminal attach again after the delay it names. A SignedOut
+    /// push is returned, and is the last: every later call answers `None` (no sync, no attach
+    /// again; a new [`Terminal::connect`] is the user's choice).
     ///
     /// Cancel-safe: a call dropped before it returns (in a `select!`) loses nothing; a
     /// message it was acknowledging, a sync or a reattach it was waiting for are taken up by
     /// the next call.
     pub async fn next(&mut self) -> Result<Option<gateway::Push>, Status> {
         loop {
+            if self.signed_out {
+                return Ok(None);
+            }
             if let Some(at) = self.reattach_at {
                 tokio::time::sleep_until(at).await;
                 self.reattach().await?;
@@ -310,6 +329,14 @@ impl Terminal {
                     }
                     continue;
                 }
+                Some(Payload::SignedOut(_)) => {
+                    // the stream's last push: returned, then nothing more (no sync, no attach)
+                    self.signed_out = true;
+                    self.missed.clear();
+                    self.sync_after = None;
+                    self.reattach_at = None;
+                    return Ok(Some(push));
+                }
                 Some(Payload::Reconnect(hint)) => {
                     tracing::info!(terminal = %self.terminal_id, after_ms = hint.after_ms, reason = %hint.reason, "the node is leaving; attaching again");
                     self.reattach_at = Some(
@@ -320,16 +347,20 @@ impl Terminal {
                 }
                 _ => {}
             }
-            if let Some(Payload::Message(m)) = &push.payload {
-                if self.taken(m.position) {
-                    continue;
-                }
-                // taken only once acknowledged: an acknowledgement that fails (the node died,
-                // say) or a call dropped meanwhile leaves the message to be returned by the
-                // next call, and a resume from this cursor syncs it again, never skips it
-                let (message_id, up_to_position) =
-                    (m.message_id.clone(), self.cursor_with(m.position));
-                let position = m.position;
+            // messages and read receipts have a place in the timeline; the rest is returned
+            let Some((position, message_id)) = positioned(&push) else {
+                return Ok(Some(push));
+            };
+            if self.taken(position) {
+                continue;
+            }
+            // taken only once acknowledged: an acknowledgement that fails (the node died, say)
+            // or a call dropped meanwhile leaves the entry to be returned by the next call, and
+            // a resume from this cursor syncs it again, never skips it
+            let up_to_position = self.cursor_with(position);
+            // a receipt above a gap moves no cursor yet (it has no id to be acknowledged by
+            // alone): the message below it, once here, acknowledges both
+            if !message_id.is_empty() || up_to_position > self.cursor {
                 self.missed.push_front(push);
                 let acked = self
                     .messages
@@ -344,16 +375,29 @@ impl Terminal {
                     )
                     .await;
                 acked?;
-                let push = self.missed.pop_front().expect("kept while acknowledged");
-                self.take(position);
-                self.head = self.head.max(position);
-                // a gap below this push: the one before it was skipped (positions commit in
-                // order, so it is in the timeline already), or is still on its way; a sync
-                // from the cursor finds it either way
-                if !self.ahead.is_empty() {
-                    self.resync();
-                }
-                return Ok(Some(push));
+            } else {
+                self.missed.push_front(push);
+            }
+            let push = self.missed.pop_front().expect("kept while acknowledged");
+            self.take(position);
+            self.head = self.head.max(position);
+            // a gap below this entry: the one before it was skipped (positions commit in
+            // order, so it is in the timeline already), or is still on its way; a sync from
+            // the cursor finds it either way
+            if !self.ahead.is_empty() {
+                self.resync();
+            }
+            if let Some(Payload::Receipt(r)) = &push.payload
+                && r.reader == self.user_id
+                && self.read.get(&r.conversation_id).copied().unwrap_or(0) >= r.up_to_seq
+            {
+                // this terminal's own receipt (or one it went past): nothing new to it
+                continue;
+            }
+            if let Some(Payload::Receipt(r)) = &push.payload
+                && r.reader == self.user_id
+            {
+                self.read.insert(r.conversation_id.clone(), r.up_to_seq);
             }
             return Ok(Some(push));
         }
@@ -400,7 +444,20 @@ impl Terminal {
                 },
             )
             .await?;
+        let read = self.read.entry(conversation_id.to_owned()).or_default();
+        *read = (*read).max(up_to_seq);
         Ok(answer.receipt)
+    }
+}
+
+/// Where a push sits in the user's timeline, with the id it is acknowledged by (empty for a
+/// read receipt, acknowledged by position); `None` for what has no place there (heartbeats,
+/// hints, a receipt from a node that numbers none).
+fn positioned(push: &gateway::Push) -> Option<(u64, String)> {
+    match &push.payload {
+        Some(Payload::Message(m)) => Some((m.position, m.message_id.clone())),
+        Some(Payload::Receipt(r)) if r.position > 0 => Some((r.position, String::new())),
+        _ => None,
     }
 }
 

@@ -65,11 +65,18 @@ impl Locator for LocatorService {
         required("location.terminal_id", &location.terminal_id)?;
         required("location.node_address", &location.node_address)?;
         // a terminal that reconnects (here or on another node) replaces its old location
+        let (user, terminal) = (location.user_id.clone(), location.terminal_id.clone());
         self.presence
             .register(&ctx.tenant, location)
             .await
             .map_err(unavailable)?;
-        Ok(Response::new(v1::RegisterResponse {}))
+        let mut others = self
+            .presence
+            .locate(&ctx.tenant, &user)
+            .await
+            .map_err(unavailable)?;
+        others.retain(|t| t.terminal_id != terminal);
+        Ok(Response::new(v1::RegisterResponse { others }))
     }
 
     async fn unregister(

@@ -118,6 +118,7 @@ mod tests {
                 reader: "bob".into(),
                 up_to_seq: 3,
                 read_at_ms: 1,
+                position: 0,
             }),
         };
         let stranger = archive

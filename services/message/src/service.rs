@@ -11,7 +11,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -24,11 +24,13 @@ use mesh_contract::{
     EventBus, RequestContext, ServiceCredentials, TenantId,
     fields::{id, now_ms, optional_id, required},
 };
-use mesh_runtime::{Outbound, OutboundChannel};
+use mesh_runtime::{Outbound, OutboundChannel, Peers};
 use mesh_store::{Accepted, MessageStore, NewMessage, StoreError, StoredMessage};
 use tonic::{Request, Response, Status};
 
 use crate::MessageSettings;
+
+mod devices;
 
 pub use mesh_contract::fields::SYSTEM_SENDER;
 
@@ -50,16 +52,13 @@ fn transient(status: &Status) -> bool {
 const DEFAULT_FETCH: usize = 100;
 /// Most messages one sync page returns.
 const MAX_FETCH: usize = 1000;
-/// Gateway clients kept (one per access node address); past it the cache starts afresh, so
-/// addresses that come and go never grow it without end.
-const MAX_GATEWAYS: usize = 1024;
 
 struct Inner {
     settings: RwLock<HashMap<TenantId, MessageSettings>>,
     store: Arc<dyn MessageStore>,
     locator: locator::LocatorCaller<OutboundChannel>,
-    gateways: Mutex<HashMap<String, gateway::GatewayCaller<OutboundChannel>>>,
-    outbound: Outbound,
+    /// The access nodes, at the addresses the locator gives.
+    gateways: Peers,
     events: message::MessagePublisher<Arc<dyn EventBus>>,
     credentials: ServiceCredentials,
 }
@@ -106,7 +105,15 @@ fn store_status(err: StoreError, what: &str) -> Status {
 
 /// The contract's form of a stored message.
 pub(crate) fn chat(m: StoredMessage) -> message::ChatMessage {
+    let receipt = m.receipt().map(|r| message::ReadReceipt {
+        conversation_id: r.conversation_id,
+        reader: r.reader,
+        up_to_seq: r.up_to_seq,
+        read_at_ms: r.read_at_ms,
+        position: m.position,
+    });
     message::ChatMessage {
+        receipt,
         message_id: m.message_id,
         conversation_id: m.conversation_id,
         seq: m.seq,
@@ -137,8 +144,7 @@ impl MessageService {
                 settings: RwLock::default(),
                 store,
                 locator: locator::LocatorCaller::new(locator),
-                gateways: Mutex::default(),
-                outbound,
+                gateways: outbound.peers("gateway", credentials.clone()),
                 events: message::MessagePublisher::new(bus),
                 credentials,
             }),
@@ -180,24 +186,12 @@ impl MessageService {
             })
     }
 
+    /// The access node at `address` (over mutual TLS when the nodes use it: the gateway
+    /// registered an https address).
     fn gateway(&self, address: &str) -> Result<gateway::GatewayCaller<OutboundChannel>, Status> {
-        let mut gateways = self.inner.gateways.lock().expect("lock");
-        if let Some(caller) = gateways.get(address) {
-            return Ok(caller.clone());
-        }
-        // over mutual TLS when the nodes use it (the gateway registered an https address)
-        let endpoint = self
-            .inner
-            .credentials
-            .endpoint(address)
-            .map_err(|e| Status::internal(format!("gateway address {address:?}: {e}")))?
-            .tcp_nodelay(true);
-        let caller = gateway::GatewayCaller::new(self.inner.outbound.channel("gateway", &endpoint));
-        if gateways.len() >= MAX_GATEWAYS {
-            gateways.clear();
-        }
-        gateways.insert(address.to_owned(), caller.clone());
-        Ok(caller)
+        Ok(gateway::GatewayCaller::new(
+            self.inner.gateways.channel(address)?,
+        ))
     }
 
     /// Accepts a message (a user's, or the platform's own): stores it, announces it on the bus
@@ -332,24 +326,19 @@ impl MessageService {
         }
     }
 
-    /// Pushes to every located terminal of `user` except `skip`, all at once. A push that
-    /// fails leaves the terminal offline; the caller is never failed for it.
-    async fn push(
+    /// Where `user`'s attached terminals are. A locate lost to a passing overload (its
+    /// deadline, a connection being replaced) is tried again while the caller's deadline
+    /// allows: giving up reports attached terminals as away.
+    async fn locate(
         &self,
         ctx: &RequestContext,
         user: &str,
-        skip: Option<&str>,
-        push: gateway::Push,
-    ) -> Pushed {
-        let ctx = &self.inner.credentials.outbound(ctx);
-        // a locate lost to a passing overload (its deadline, a connection being replaced) is
-        // tried again while the send's own deadline allows: giving up reports online
-        // terminals as offline
+    ) -> Result<Vec<locator::TerminalLocation>, Status> {
         let mut attempt = 1;
         // 20 ms then 40 ms (each drawn in its upper half), well inside a send's deadline
         let mut backoff =
             mesh_contract::Backoff::new(Duration::from_millis(20), Duration::from_millis(40));
-        let located = loop {
+        loop {
             let located = self
                 .inner
                 .locator
@@ -367,11 +356,50 @@ impl MessageService {
                     attempt += 1;
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
-                located => break located,
+                located => return located.map(|found| found.terminals),
             }
+        }
+    }
+
+    /// Hands `push` to the access node `to` is attached on; whether it reached the terminal.
+    async fn deliver_to(
+        &self,
+        ctx: &RequestContext,
+        to: &locator::TerminalLocation,
+        push: gateway::Push,
+    ) -> bool {
+        let request = gateway::DeliverRequest {
+            user_id: to.user_id.clone(),
+            terminal_id: to.terminal_id.clone(),
+            push: Some(push),
         };
-        let terminals = match located {
-            Ok(found) => found.terminals,
+        match self.gateway(&to.node_address) {
+            Ok(mut gateway) => match gateway.deliver(ctx, request).await {
+                Ok(answer) => answer.delivered,
+                Err(status) => {
+                    tracing::warn!(tenant = %ctx.tenant, node = %to.node_id, error = %status, "push failed");
+                    false
+                }
+            },
+            Err(status) => {
+                tracing::warn!(tenant = %ctx.tenant, error = %status, "bad gateway address");
+                false
+            }
+        }
+    }
+
+    /// Pushes to every located terminal of `user` except `skip`, all at once. A push that
+    /// fails leaves the terminal offline; the caller is never failed for it.
+    async fn push(
+        &self,
+        ctx: &RequestContext,
+        user: &str,
+        skip: Option<&str>,
+        push: gateway::Push,
+    ) -> Pushed {
+        let ctx = &self.inner.credentials.outbound(ctx);
+        let terminals = match self.locate(ctx, user).await {
+            Ok(terminals) => terminals,
             Err(status) => {
                 tracing::warn!(tenant = %ctx.tenant, user, error = %status, "locating terminals failed; pushes wait as offline");
                 return Pushed::default();
@@ -383,24 +411,7 @@ impl MessageService {
             .map(|t| {
                 let push = push.clone();
                 async move {
-                    let request = gateway::DeliverRequest {
-                        user_id: t.user_id.clone(),
-                        terminal_id: t.terminal_id.clone(),
-                        push: Some(push),
-                    };
-                    let delivered = match self.gateway(&t.node_address) {
-                        Ok(mut gateway) => match gateway.deliver(ctx, request).await {
-                            Ok(answer) => answer.delivered,
-                            Err(status) => {
-                                tracing::warn!(tenant = %ctx.tenant, node = %t.node_id, error = %status, "push failed");
-                                false
-                            }
-                        },
-                        Err(status) => {
-                            tracing::warn!(tenant = %ctx.tenant, error = %status, "bad gateway address");
-                            false
-                        }
-                    };
+                    let delivered = self.deliver_to(ctx, &t, push).await;
                     (t.terminal_id, delivered)
                 }
             });
@@ -437,6 +448,40 @@ impl Message for MessageService {
         if mesh_contract::fields::is_reserved_sender(&request.from_user) {
             return Err(Status::permission_denied(format!(
                 "from_user {SYSTEM_SENDER:?} is reserved for the platform's own messages"
+            )));
+        }
+        if mesh_contract::fields::is_channel_user(&request.from_user) {
+            return Err(Status::permission_denied(format!(
+                "from_user {:?}: ids starting {:?} are third-party channels' users, for whom \
+                 only the mesh sends (SendFromChannel)",
+                request.from_user,
+                mesh_contract::fields::CHANNEL_USER_PREFIX
+            )));
+        }
+        self.accept(&ctx, request, message::MessageKind::Text)
+            .await
+            .map(Response::new)
+    }
+
+    async fn send_from_channel(
+        &self,
+        request: Request<message::SendRequest>,
+    ) -> Result<Response<message::SendResponse>, Status> {
+        let ctx = RequestContext::from_request(&request)?;
+        let request = request.into_inner();
+        // the node sends for a channel's customer, and for nobody else
+        if !mesh_contract::fields::is_channel_user(&request.from_user) {
+            return Err(Status::invalid_argument(format!(
+                "from_user {:?} is no channel's user (ids starting {:?}): SendFromChannel sends \
+                 only what a third-party channel's customer wrote",
+                request.from_user,
+                mesh_contract::fields::CHANNEL_USER_PREFIX
+            )));
+        }
+        if mesh_contract::fields::is_reserved_sender(&request.to_user) {
+            return Err(Status::invalid_argument(format!(
+                "to_user {:?}: the platform's own sender receives no messages",
+                request.to_user
             )));
         }
         self.accept(&ctx, request, message::MessageKind::Text)
@@ -580,6 +625,26 @@ impl Message for MessageService {
         }))
     }
 
+    async fn list_terminals(
+        &self,
+        request: Request<message::ListTerminalsRequest>,
+    ) -> Result<Response<message::ListTerminalsResponse>, Status> {
+        let ctx = RequestContext::from_request(&request)?;
+        self.list(&ctx, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn sign_out_terminal(
+        &self,
+        request: Request<message::SignOutTerminalRequest>,
+    ) -> Result<Response<message::SignOutTerminalResponse>, Status> {
+        let ctx = RequestContext::from_request(&request)?;
+        self.sign_out(&ctx, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn mark_read(
         &self,
         request: Request<message::MarkReadRequest>,
@@ -621,7 +686,26 @@ impl Message for MessageService {
             reader: r.user_id.clone(),
             up_to_seq: r.up_to_seq,
             read_at_ms: now_ms(),
+            position: 0,
         };
+        // recorded first, as an entry of every timeline it concerns: the reader's (their other
+        // terminals) and the other side's; a terminal away now syncs it later, in order
+        let mut receivers = vec![r.user_id.clone()];
+        receivers.extend(others);
+        let stored = mesh_store::StoredReceipt {
+            conversation_id: receipt.conversation_id.clone(),
+            reader: receipt.reader.clone(),
+            up_to_seq: receipt.up_to_seq,
+            read_at_ms: receipt.read_at_ms,
+        };
+        let store = self.inner.store.clone();
+        let tenant = ctx.tenant.clone();
+        // to its end even if this call is dropped now, like a message's durable step
+        let entries =
+            tokio::spawn(async move { store.record_receipt(&tenant, &stored, &receivers).await })
+                .await
+                .map_err(|e| Status::internal(format!("recording the read receipt failed: {e}")))?
+                .map_err(|e| store_status(e, "read receipt not recorded"))?;
         self.inner
             .events
             .publish(
@@ -633,20 +717,28 @@ impl Message for MessageService {
             .await
             .map_err(|err| {
                 Status::unavailable(format!(
-                    "read receipt not recorded, the event bus did not take it ({err})"
+                    "read receipt recorded but not announced, the event bus did not take it ({err}); retry"
                 ))
             })?;
-        let push = gateway::Push {
-            payload: Some(Payload::Receipt(receipt.clone())),
-        };
-        // the reader's other terminals, and the other side of the conversation
+        // each receiver's entry to their connected terminals, the reading one aside (it
+        // knows); nothing when the receipt moved nothing (a repeat: its entries went out)
         let skip = (!r.terminal_id.is_empty()).then_some(r.terminal_id.as_str());
-        let mut syncs = vec![self.push(&ctx, &r.user_id, skip, push.clone())];
-        syncs.extend(
-            others
-                .iter()
-                .map(|other| self.push(&ctx, other, None, push.clone())),
-        );
+        let ctx = &ctx;
+        let syncs = entries.into_iter().map(|entry| {
+            let push = gateway::Push {
+                payload: Some(Payload::Receipt(message::ReadReceipt {
+                    position: entry.position,
+                    ..receipt.clone()
+                })),
+            };
+            let skip = if entry.to_user == r.user_id {
+                skip
+            } else {
+                None
+            };
+            let user = entry.to_user;
+            async move { self.push(ctx, &user, skip, push).await }
+        });
         futures::future::join_all(syncs).await;
         Ok(Response::new(message::MarkReadResponse {
             receipt: Some(receipt),

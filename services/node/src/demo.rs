@@ -169,6 +169,7 @@ fn show(push: &Push) -> String {
         // a Terminal keeps these to itself (it syncs, or attaches again)
         Some(Payload::Heartbeat(h)) => format!("heartbeat: timeline head {}", h.head),
         Some(Payload::Reconnect(r)) => format!("reconnect in {} ms", r.after_ms),
+        Some(Payload::SignedOut(s)) => format!("signed out: {}", s.reason),
         None => "an empty push".into(),
     }
 }

@@ -123,7 +123,15 @@ pub async fn run(
     }
     let admin_service = admin_routes(&plane, &operators, &deploy, workers.amqp_uri.clone());
     let admin = serve_admin(admin_service.clone(), &deploy, config, &tls, &stopping).await?;
-    let web = serve_web(&front, admin_service, &deploy, &tls, web_tls, &stopping).await?;
+    let web = serve_web(
+        &front,
+        admin_service,
+        &deploy,
+        (&tls, web_tls),
+        &node_credential,
+        &stopping,
+    )
+    .await?;
     // the node's metrics where Prometheus looks: its own, the control plane's switches and
     // tenants, and every worker's
     let _control_metrics = mesh_telemetry::metrics::observe_control({
@@ -457,8 +465,8 @@ async fn serve_web(
     front: &FrontDoor,
     admin: Option<AdminRoutes>,
     deploy: &DeployConfig,
-    tls: &Option<TlsAcceptor>,
-    web_tls: Option<TlsAcceptor>,
+    (tls, web_tls): (&Option<TlsAcceptor>, Option<TlsAcceptor>),
+    node_credential: &str,
     stopping: &watch::Receiver<bool>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let listen = deploy.web.listen.trim();
@@ -488,7 +496,12 @@ async fn serve_web(
     Ok(Some(tokio::spawn(
         mesh_runtime::connections::serve_connections(
             listener,
-            crate::web::access(front, admin.filter(|_| console), deploy.web.max_body_bytes)?,
+            crate::web::access(
+                front,
+                admin.filter(|_| console),
+                deploy.web.max_body_bytes,
+                node_credential,
+            )?,
             ConnectionLimits {
                 http1: true,
                 ..ConnectionLimits::from(&deploy.front_door)

@@ -7,8 +7,14 @@ use tower::util::BoxCloneSyncService;
 
 /// The access: tenant calls go through `front` (authenticated, admitted, watched, routed to
 /// the tenant's worker, as gRPC calls are); the admin API's calls to `admin`, when this node
-/// serves one (without an ops credential the console has nothing to call).
-pub fn access<A>(front: &FrontDoor, admin: Option<A>, max_body: usize) -> anyhow::Result<WebAccess>
+/// serves one (without an ops credential the console has nothing to call); platforms'
+/// callbacks to the tenants' channel services, with `node_credential`.
+pub fn access<A>(
+    front: &FrontDoor,
+    admin: Option<A>,
+    max_body: usize,
+    node_credential: &str,
+) -> anyhow::Result<WebAccess>
 where
     A: tower::Service<
             http::Request<tonic::body::Body>,
@@ -27,7 +33,10 @@ where
     }
     let routes = Routes::new(&contracts, mesh_api::FILE_DESCRIPTOR_SET)?;
     let calls: Upstream = BoxCloneSyncService::new(front.clone().stack());
-    let mut access = WebAccess::new(routes, calls).with_max_body(max_body);
+    // third-party platforms' callbacks too, passed on as the node (their signature is theirs)
+    let mut access = WebAccess::new(routes, calls)
+        .with_max_body(max_body)
+        .with_channels(node_credential);
     if let Some(admin) = admin {
         access = access.with_admin(admin_contract, BoxCloneSyncService::new(admin));
     }

@@ -24,7 +24,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use mesh_api::{gateway, locator, message, order, push, recommend};
+use mesh_api::{channel, gateway, locator, message, order, push, recommend};
+use mesh_channel::ChannelService;
 use mesh_contract::{BusError, EventBus, ServiceCredentials, SubscriptionHandle, TenantId};
 use mesh_gateway::GatewayService;
 use mesh_locator::LocatorService;
@@ -54,6 +55,9 @@ pub const MESSAGE_CONSUMER: &str = "message";
 pub const ORDER_CONSUMER: &str = "order";
 /// Consumer (queue) name of the push service's offline-notice consumer of message events.
 pub const PUSH_CONSUMER: &str = "push";
+/// Consumer (queue) name of the channel service: of its own callbacks' messages (to store
+/// them) and of message events (to send agents' answers to the platforms).
+pub const CHANNEL_CONSUMER: &str = "channel";
 
 mod tenant_settings;
 
@@ -127,6 +131,7 @@ pub struct Platform {
     orders: OrderService,
     recommend: RecommendService,
     push: PushService,
+    channels: ChannelService,
     archive: Archive,
     /// Locator and gateways, at this node's own address.
     own: Endpoint,
@@ -223,6 +228,7 @@ impl Platform {
             node_id,
             url,
             outbound.channel("locator", &own),
+            outbound.peers("gateway", credentials.clone()),
             credentials.clone(),
         );
         let heartbeats = gateway.start_heartbeats(
@@ -263,6 +269,12 @@ impl Platform {
                 RecommendService::sample_catalogue(),
             ),
             push: PushService::default(),
+            channels: ChannelService::new(
+                bus.clone(),
+                outbound.channel("message", &own),
+                credentials.clone(),
+                store.clone(),
+            ),
             archive: Archive::new(store),
             own,
             switches: SwitchBoard::new(CATALOGUE),
@@ -339,11 +351,12 @@ impl Platform {
             order_grey,
             message,
             push,
+            channels,
             ..
         } = settings;
-        // messages, the order book and added services' records live in the tenant's data
-        // namespace
-        if message.is_some() || order_major.is_some() || !added.is_empty() {
+        // messages, the order book, sent answers and added services' records live in the
+        // tenant's data namespace
+        if message.is_some() || order_major.is_some() || channels || !added.is_empty() {
             self.archive
                 .store()
                 .open(&tenant, &config.data_namespace)
@@ -362,6 +375,12 @@ impl Platform {
                 .chain(order_grey.as_ref().map(|g| g.version.get()));
             self.subscribe_messages(&tenant, push.is_some(), majors, &mut handles)
                 .await?;
+        }
+        if channels {
+            self.channels.set_channels(tenant.clone(), &config.channels);
+            self.subscribe_channels(&tenant, &mut handles).await?;
+        } else {
+            self.channels.remove_tenant(&tenant);
         }
         // added services last: their handlers may call the platform's own services
         self.subscribe_added(&tenant, &added, &mut handles).await?;
@@ -390,6 +409,9 @@ impl Platform {
                 per_tenant: config.limits.max_terminals,
             },
         );
+        if let Some(policy) = settings.devices {
+            self.gateway.set_device_policy(tenant.clone(), policy);
+        }
         if let Some(max) = settings.max_suggestions {
             self.recommend
                 .set_max_suggestions(tenant.clone(), u32::try_from(max).unwrap_or(u32::MAX));
@@ -508,6 +530,7 @@ impl Platform {
             old.into_iter().for_each(SubscriptionHandle::stop);
         }
         self.gateway.detach_tenant(tenant);
+        self.channels.remove_tenant(tenant);
         for (_, service) in &self.added {
             service.remove_tenant(tenant).await;
         }
@@ -539,6 +562,33 @@ impl Platform {
                     source,
                 })?;
         }
+        Ok(())
+    }
+
+    /// The channel service's consumers for `tenant`: its callbacks' messages, stored; message
+    /// events, the agents' answers sent to the platforms.
+    async fn subscribe_channels(
+        &self,
+        tenant: &TenantId,
+        handles: &mut Vec<SubscriptionHandle>,
+    ) -> Result<(), PlatformError> {
+        let queue = format!("{CHANNEL_CONSUMER}{}", self.consumer_suffix);
+        handles.push(
+            self.subscribe(
+                channel::v1::ChannelConsumer::new(self.channels.clone())
+                    .subscription(tenant.clone(), queue.clone()),
+                "channel.v1",
+            )
+            .await?,
+        );
+        handles.push(
+            self.subscribe(
+                message::v1::MessageConsumer::new(self.channels.replies())
+                    .subscription(tenant.clone(), queue),
+                "message.v1",
+            )
+            .await?,
+        );
         Ok(())
     }
 
@@ -601,7 +651,10 @@ impl Platform {
         .add_service(recommend::v1::recommend_server::RecommendServer::new(
             self.recommend.clone(),
         ))
-        .add_service(push::v1::push_server::PushServer::new(self.push.clone()));
+        .add_service(push::v1::push_server::PushServer::new(self.push.clone()))
+        .add_service(channel::v1::channel_server::ChannelServer::new(
+            self.channels.clone(),
+        ));
         self.added
             .iter()
             .fold(routes, |routes, (_, service)| service.routes(routes))

@@ -11,6 +11,10 @@ pub(crate) struct TenantSettings {
     pub(crate) order_grey: Option<mesh_runtime::config::GreyRelease>,
     pub(crate) message: Option<MessageSettings>,
     pub(crate) push: Option<PushSettings>,
+    /// The device cap, when the tenant runs the gateway.
+    pub(crate) devices: Option<mesh_gateway::DevicePolicy>,
+    /// Whether it runs the channel service (its channels are in its config).
+    pub(crate) channels: bool,
 }
 
 /// Where a tenant's notifier is.
@@ -73,7 +77,19 @@ pub(crate) fn settings(config: &TenantConfig) -> Result<TenantSettings, Platform
             .to_owned(),
         timeout: std::time::Duration::from_millis(value("push", "timeout_ms").unwrap_or_default()),
     });
+    let devices = enabled.get("gateway").map(|service| {
+        let cap = settings::declared("gateway", "at_device_cap").expect("a declared setting");
+        mesh_gateway::DevicePolicy {
+            max_devices: value("gateway", "max_devices")
+                .map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+            // checked: one of the declared words
+            at_cap: mesh_gateway::AtDeviceCap::named(settings::choice(&service.settings, cap))
+                .unwrap_or_default(),
+        }
+    });
     Ok(TenantSettings {
+        channels: enabled.contains_key("channel"),
+        devices,
         max_suggestions,
         order_major,
         order_grey,
@@ -90,6 +106,7 @@ pub fn consumers() -> impl Iterator<Item = &'static str> {
         MESSAGE_CONSUMER,
         ORDER_CONSUMER,
         PUSH_CONSUMER,
+        CHANNEL_CONSUMER,
     ]
     .into_iter()
     .chain(
@@ -120,6 +137,10 @@ pub fn queues(config: &TenantConfig) -> Result<Vec<String>, PlatformError> {
     queues.push(names::queue(&tenant, "message", 1, STORAGE_CONSUMER));
     if enabled.contains_key("push") {
         queues.push(names::queue(&tenant, "message", 1, PUSH_CONSUMER));
+    }
+    if enabled.contains_key("channel") {
+        queues.push(names::queue(&tenant, "channel", 1, CHANNEL_CONSUMER));
+        queues.push(names::queue(&tenant, "message", 1, CHANNEL_CONSUMER));
     }
     if let Some(service) = enabled.get("order") {
         for consumer in [MESSAGE_CONSUMER, ORDER_CONSUMER] {

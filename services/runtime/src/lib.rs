@@ -44,4 +44,4 @@ pub use mesh_config::users as identity;
 
 pub use auth::{TenantAuthLayer, TenantDirectory};
 pub use config::{ConfigError, FieldError, TenantConfig, Tenants};
-pub use stack::{Inbound, InboundLayerKind, Outbound, OutboundChannel};
+pub use stack::{Inbound, InboundLayerKind, Outbound, OutboundChannel, Peers};

@@ -13,7 +13,7 @@ pub mod probes;
 pub mod stack;
 
 pub use auth::{TenantAuthLayer, TenantDirectory};
-pub use stack::{Inbound, InboundLayerKind, Outbound, OutboundChannel};
+pub use stack::{Inbound, InboundLayerKind, Outbound, OutboundChannel, Peers};
 
 // the configuration as the modules name it (`crate::config::TenantConfig`)
 use mesh_config::{TenantConfig, tenant as config, users as identity};

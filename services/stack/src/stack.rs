@@ -317,6 +317,54 @@ pub type OutboundChannel = tower::util::BoxCloneSyncService<
     tonic::transport::Error,
 >;
 
+/// Channels to the other nodes serving one dependency (the access nodes a message is pushed
+/// through, say), one per address, made on first use and kept: what a service holds when the
+/// address to call comes with the data (a locator's answer), not from its config. Past
+/// [`Peers::MAX`] addresses the cache starts afresh, so nodes that come and go never grow it
+/// without end. Clones share the cache.
+#[derive(Clone)]
+pub struct Peers {
+    outbound: Outbound,
+    dependency: &'static str,
+    credentials: mesh_contract::ServiceCredentials,
+    channels: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, OutboundChannel>>>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers")
+            .field("dependency", &self.dependency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Peers {
+    /// Addresses kept at most.
+    pub const MAX: usize = 1024;
+
+    /// The channel to the node at `address` (`http://` or, over mutual TLS when this node has
+    /// an identity, `https://`), behind the outbound stack as `dependency`'s.
+    pub fn channel(&self, address: &str) -> Result<OutboundChannel, tonic::Status> {
+        let mut channels = self.channels.lock().expect("lock");
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let endpoint = self
+            .credentials
+            .endpoint(address)
+            .map_err(|e| {
+                tonic::Status::internal(format!("{} address {address:?}: {e}", self.dependency))
+            })?
+            .tcp_nodelay(true);
+        let channel = self.outbound.channel(self.dependency, &endpoint);
+        if channels.len() >= Self::MAX {
+            channels.clear();
+        }
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
+    }
+}
+
 /// The outbound stack of a process: every call its services make goes through
 /// [`Outbound::channel`].
 #[derive(Clone, Debug)]
@@ -338,6 +386,21 @@ impl Outbound {
     /// The bulkheads behind every channel (`meshctl status` shows them filling).
     pub fn bulkheads(&self) -> &Bulkheads {
         &self.bulkheads
+    }
+
+    /// Channels to the nodes of `dependency` at addresses known only at run time, calling
+    /// with `credentials` (TLS identity included).
+    pub fn peers(
+        &self,
+        dependency: &'static str,
+        credentials: mesh_contract::ServiceCredentials,
+    ) -> Peers {
+        Peers {
+            outbound: self.clone(),
+            dependency,
+            credentials,
+            channels: std::sync::Arc::default(),
+        }
     }
 
     /// A channel to `dependency` at `endpoint` (connected on its first call) behind the stack:

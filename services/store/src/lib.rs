@@ -52,6 +52,50 @@ pub struct StoredMessage {
     pub sent_at_ms: i64,
 }
 
+/// The kind of a read receipt's timeline entry (`message.v1.MessageKind`'s
+/// `MESSAGE_KIND_READ_RECEIPT`; the message service's tests check the two agree). Such an
+/// entry is no message of its conversation: [`MessageStore::history`] leaves it out, and its
+/// `seq` is the receipt's `up_to_seq`, its `from_user` the reader, its body empty.
+pub const READ_RECEIPT_KIND: i32 = 3;
+
+impl StoredMessage {
+    /// The receipt a read receipt's timeline entry carries; `None` for a message.
+    pub fn receipt(&self) -> Option<StoredReceipt> {
+        (self.kind == READ_RECEIPT_KIND).then(|| StoredReceipt {
+            conversation_id: self.conversation_id.clone(),
+            reader: self.from_user.clone(),
+            up_to_seq: self.seq,
+            read_at_ms: self.sent_at_ms,
+        })
+    }
+
+    /// A read receipt's timeline entry for `receiver`, at `position` of their timeline.
+    fn of_receipt(receipt: &StoredReceipt, receiver: &str, position: u64) -> Self {
+        Self {
+            message_id: uuid::Uuid::new_v4().to_string(),
+            conversation_id: receipt.conversation_id.clone(),
+            seq: receipt.up_to_seq,
+            position,
+            from_user: receipt.reader.clone(),
+            to_user: receiver.to_owned(),
+            kind: READ_RECEIPT_KIND,
+            body: String::new(),
+            sent_at_ms: receipt.read_at_ms,
+        }
+    }
+}
+
+/// One terminal a user synced from: where it is in the timeline and when it was last seen.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TerminalCursor {
+    /// The terminal.
+    pub terminal_id: String,
+    /// Every entry of the user's timeline up to here is the terminal's.
+    pub position: u64,
+    /// When it last synced or acknowledged (0: not since this was recorded).
+    pub seen_at_ms: i64,
+}
+
 /// How far a reader has read a conversation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoredReceipt {
@@ -344,6 +388,23 @@ pub trait MessageStore: OrderRecords + RecordStore + Send + Sync + 'static {
     /// The user's known terminals (those that synced or acked), sorted.
     async fn terminals(&self, tenant: &TenantId, user: &str) -> Result<Vec<String>, StoreError>;
 
+    /// The user's known terminals with their cursors and when each was last seen (a sync or
+    /// an acknowledgement), by terminal id.
+    async fn terminal_cursors(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+    ) -> Result<Vec<TerminalCursor>, StoreError>;
+
+    /// Forgets a terminal's cursor (signed out for good): it no longer counts among the
+    /// user's terminals, and syncs from the start if it comes back. Whether it was known.
+    async fn forget_terminal(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        terminal: &str,
+    ) -> Result<bool, StoreError>;
+
     /// The conversation's last sequence number and participants; `None` if it has no message.
     async fn conversation(
         &self,
@@ -351,13 +412,27 @@ pub trait MessageStore: OrderRecords + RecordStore + Send + Sync + 'static {
         conversation_id: &str,
     ) -> Result<Option<ConversationInfo>, StoreError>;
 
-    /// Up to `limit` messages of a conversation after `after_seq`, in sequence order.
+    /// Up to `limit` messages of a conversation after `after_seq`, in sequence order (read
+    /// receipts' timeline entries are no messages of it, and left out).
     async fn history(
         &self,
         tenant: &TenantId,
         conversation_id: &str,
         after_seq: u64,
         limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+
+    /// Records a read receipt and, when it moves the reader forward, appends it to the
+    /// timeline of each of `receivers` (the reader, for their other terminals, and the
+    /// conversation's other participants), all or nothing: a terminal that was away syncs
+    /// every receipt it missed, in order with the messages. Returns the entries appended, one
+    /// per receiver in the order given; none when the receipt moved nothing (repeated, or
+    /// less far than one recorded before).
+    async fn record_receipt(
+        &self,
+        tenant: &TenantId,
+        receipt: &StoredReceipt,
+        receivers: &[String],
     ) -> Result<Vec<StoredMessage>, StoreError>;
 
     /// Records a read receipt; a receipt never moves a reader backwards.

@@ -9,7 +9,7 @@ use mesh_contract::TenantId;
 
 use crate::{
     Accepted, ConversationInfo, MessageStore, NewMessage, OrderRecords, Page, StoreError,
-    StoredMessage, StoredOrder, StoredReceipt,
+    StoredMessage, StoredOrder, StoredReceipt, TerminalCursor,
     records::{self, Expect, Record, RecordStore, RecordWrite, now_ms},
     valid_namespace,
 };
@@ -26,6 +26,15 @@ struct Inner {
     tenants: HashMap<TenantId, Namespace>,
 }
 
+/// What a timeline position holds.
+#[derive(Debug)]
+enum Entry {
+    /// The message at (conversation, seq).
+    Message(String, u64),
+    /// A read receipt (kept here: it is no message of its conversation).
+    Receipt(StoredMessage),
+}
+
 #[derive(Debug, Default)]
 struct Namespace {
     /// By (conversation, seq).
@@ -34,14 +43,16 @@ struct Namespace {
     by_client_id: HashMap<(String, String, String), u64>,
     /// message id -> (conversation, seq).
     ids: HashMap<String, (String, u64)>,
-    /// (receiver, position) -> (conversation, seq): each user's timeline.
-    timelines: BTreeMap<(String, u64), (String, u64)>,
+    /// (receiver, position) -> what is there: each user's timeline.
+    timelines: BTreeMap<(String, u64), Entry>,
     /// Per conversation: last seq and participants (kept when messages are purged).
     conversations: HashMap<String, ConversationInfo>,
     /// Per receiver: last position given.
     positions: HashMap<String, u64>,
     /// Per user: terminal -> cursor.
     cursors: HashMap<String, BTreeMap<String, u64>>,
+    /// (user, terminal) -> when it last synced or acknowledged.
+    seen: HashMap<(String, String), i64>,
     receipts: HashMap<(String, String), StoredReceipt>,
     /// The order book, by order id.
     orders: BTreeMap<String, StoredOrder>,
@@ -317,7 +328,7 @@ impl MessageStore for MemoryStore {
             };
             ns.timelines.insert(
                 (new.to_user.clone(), message.position),
-                (new.conversation_id.clone(), seq),
+                Entry::Message(new.conversation_id.clone(), seq),
             );
             if let Some(key) = client_key {
                 ns.by_client_id.insert(key, seq);
@@ -343,7 +354,12 @@ impl MessageStore for MemoryStore {
             let mut messages: Vec<StoredMessage> = ns
                 .timelines
                 .range(from..=to)
-                .filter_map(|(_, key)| ns.messages.get(key).cloned())
+                .filter_map(|(_, entry)| match entry {
+                    Entry::Message(conversation, seq) => {
+                        ns.messages.get(&(conversation.clone(), *seq)).cloned()
+                    }
+                    Entry::Receipt(entry) => Some(entry.clone()),
+                })
                 .take(limit.saturating_add(1))
                 .collect();
             let more = messages.len() > limit;
@@ -359,6 +375,8 @@ impl MessageStore for MemoryStore {
         terminal: &str,
     ) -> Result<u64, StoreError> {
         self.write(tenant, |ns| {
+            ns.seen
+                .insert((user.to_owned(), terminal.to_owned()), now_ms());
             *ns.cursors
                 .entry(user.to_owned())
                 .or_default()
@@ -378,6 +396,8 @@ impl MessageStore for MemoryStore {
         self.write(tenant, |ns| {
             // never past what the timeline holds: a cursor ahead would skip what comes next
             let position = position.min(ns.positions.get(user).copied().unwrap_or(0));
+            ns.seen
+                .insert((user.to_owned(), terminal.to_owned()), now_ms());
             let cursor = ns
                 .cursors
                 .entry(user.to_owned())
@@ -424,6 +444,43 @@ impl MessageStore for MemoryStore {
         })
     }
 
+    async fn terminal_cursors(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+    ) -> Result<Vec<TerminalCursor>, StoreError> {
+        self.read(tenant, |ns| {
+            ns.cursors
+                .get(user)
+                .into_iter()
+                .flatten()
+                .map(|(terminal, position)| TerminalCursor {
+                    terminal_id: terminal.clone(),
+                    position: *position,
+                    seen_at_ms: ns
+                        .seen
+                        .get(&(user.to_owned(), terminal.clone()))
+                        .copied()
+                        .unwrap_or(0),
+                })
+                .collect()
+        })
+    }
+
+    async fn forget_terminal(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        terminal: &str,
+    ) -> Result<bool, StoreError> {
+        self.write(tenant, |ns| {
+            ns.seen.remove(&(user.to_owned(), terminal.to_owned()));
+            ns.cursors
+                .get_mut(user)
+                .is_some_and(|terminals| terminals.remove(terminal).is_some())
+        })
+    }
+
     async fn conversation(
         &self,
         tenant: &TenantId,
@@ -446,6 +503,38 @@ impl MessageStore for MemoryStore {
                 .range(from..=to)
                 .take(limit)
                 .map(|(_, m)| m.clone())
+                .collect()
+        })
+    }
+
+    async fn record_receipt(
+        &self,
+        tenant: &TenantId,
+        receipt: &StoredReceipt,
+        receivers: &[String],
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.write(tenant, |ns| {
+            let key = (receipt.conversation_id.clone(), receipt.reader.clone());
+            if ns
+                .receipts
+                .get(&key)
+                .is_some_and(|old| old.up_to_seq >= receipt.up_to_seq)
+            {
+                return Vec::new();
+            }
+            ns.receipts.insert(key, receipt.clone());
+            receivers
+                .iter()
+                .map(|receiver| {
+                    let position = ns.positions.entry(receiver.clone()).or_default();
+                    *position += 1;
+                    let entry = StoredMessage::of_receipt(receipt, receiver, *position);
+                    ns.timelines.insert(
+                        (receiver.clone(), entry.position),
+                        Entry::Receipt(entry.clone()),
+                    );
+                    entry
+                })
                 .collect()
         })
     }
@@ -485,7 +574,12 @@ impl MessageStore for MemoryStore {
             let before = ns.messages.len();
             ns.messages.retain(|_, m| m.sent_at_ms >= cutoff_ms);
             let messages = &ns.messages;
-            ns.timelines.retain(|_, key| messages.contains_key(key));
+            ns.timelines.retain(|_, entry| match entry {
+                Entry::Message(conversation, seq) => {
+                    messages.contains_key(&(conversation.clone(), *seq))
+                }
+                Entry::Receipt(receipt) => receipt.sent_at_ms >= cutoff_ms,
+            });
             ns.ids.retain(|_, key| messages.contains_key(key));
             // client ids of purged messages are forgotten too: a retry that late is a new send
             ns.by_client_id.retain(|(conversation, _, _), seq| {

@@ -16,14 +16,16 @@ use mesh_contract::TenantId;
 use tokio_postgres::NoTls;
 
 use crate::{
-    Accepted, ConversationInfo, MessageStore, NewMessage, OrderRecords, Page, StoreError,
-    StoredMessage, StoredOrder, StoredReceipt,
+    Accepted, ConversationInfo, MessageStore, NewMessage, OrderRecords, Page, READ_RECEIPT_KIND,
+    StoreError, StoredMessage, StoredOrder, StoredReceipt, TerminalCursor,
     records::{self, Expect, Record, RecordStore, RecordWrite, now_ms},
     valid_namespace,
 };
 
 mod stored_messages;
+mod stored_receipts;
 mod stored_records;
+mod stored_terminals;
 
 /// Schema prefix of [`PgStore::connect`]: tenant `mall` with namespace `mall` lives in schema
 /// `mesh_mall`.
@@ -65,7 +67,7 @@ const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
 /// What the tables of a tenant's schema look like: recorded in `<schema>.schema_version`
 /// once set up, so opening a schema that is current reads one row and takes no lock (a
 /// worker restarting never waits behind a long report query). Raise it with any DDL change.
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 /// PostgreSQL backend: each tenant's tables live in schema `<prefix><namespace>`, created on
 /// [`MessageStore::open`]. Statements are built from that one schema name, which was
@@ -553,6 +555,8 @@ async fn set_up(
            terminal_id text NOT NULL,
            position bigint NOT NULL,
            PRIMARY KEY (user_id, terminal_id));
+         ALTER TABLE {schema}.cursors
+           ADD COLUMN IF NOT EXISTS seen_at_ms bigint NOT NULL DEFAULT 0;
          CREATE TABLE IF NOT EXISTS {schema}.receipts (
            conversation_id text NOT NULL,
            reader text NOT NULL,

@@ -554,6 +554,7 @@ mod tests {
             limits: Default::default(),
             switches: Default::default(),
             auto_degrade: Vec::new(),
+            channels: Default::default(),
         }
     }
 

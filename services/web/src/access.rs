@@ -57,6 +57,9 @@ struct Config {
     calls: Upstream,
     /// The admin API's service and its contract (`admin.v1.Admin`), when this node serves it.
     admin: Option<(&'static str, Upstream)>,
+    /// The node credential platforms' callbacks are passed on with, when this access takes
+    /// them.
+    channels: Option<mesh_contract::ServiceCredentials>,
     max_body: usize,
 }
 
@@ -77,6 +80,7 @@ impl WebAccess {
             routes: Arc::new(routes),
             calls,
             admin: None,
+            channels: None,
             max_body: 1 << 20,
         })
     }
@@ -86,6 +90,14 @@ impl WebAccess {
     pub fn with_admin(self, contract: &'static ContractSpec, service: Upstream) -> Self {
         let mut config = self.config;
         config.admin = Some((contract.service, service));
+        Self::build(config)
+    }
+
+    /// Takes third-party platforms' callbacks at [`crate::CALLBACK_PATH`], passing each to the
+    /// tenant's channel service as the node (`node_credential`).
+    pub fn with_channels(self, node_credential: &str) -> Self {
+        let mut config = self.config;
+        config.channels = Some(mesh_contract::ServiceCredentials::node(node_credential));
         Self::build(config)
     }
 
@@ -143,6 +155,24 @@ fn json_router(config: &Config) -> Router {
         let routes = routes.clone();
         async move { route_list(&routes) }
     };
+    if let Some(credentials) = &config.channels {
+        let (calls, credentials, max_body) =
+            (config.calls.clone(), credentials.clone(), config.max_body);
+        let handler = move |axum::extract::Path(at): axum::extract::Path<(String, String)>,
+                            request: Request| {
+            let (calls, credentials) = (calls.clone(), credentials.clone());
+            async move { crate::channels::callback(calls, credentials, at, request, max_body).await }
+        };
+        router = router.route(
+            crate::CALLBACK_PATH,
+            get(handler.clone()).post(handler).fallback(|| async {
+                not_allowed(
+                    "GET, POST",
+                    "a channel's callback is a GET (address check) or a POST",
+                )
+            }),
+        );
+    }
     let console = config.admin.is_some();
     let max_body = config.max_body;
     router

@@ -85,7 +85,7 @@ pub(crate) async fn call(
 }
 
 /// The whole body, within [`BODY_WITHIN`] and the size limit; else the answer saying why not.
-async fn read_body(
+pub(crate) async fn read_body(
     body: axum::body::Body,
     max_body: usize,
 ) -> Result<Bytes, Response<tonic::body::Body>> {

@@ -23,6 +23,9 @@
 //!   gRPC path (`POST /message.v1.Message/Send`, `application/grpc-web+proto` or `-text`) of
 //!   a call the JSON access serves (never an internal one), translated by tonic-web and passed
 //!   to the same stack; the deadline is the stack's (the worker's deadline layer).
+//! - **Third-party platforms' callbacks** ([`WebAccess::with_channels`]):
+//!   `/channels/<tenant>/<channel>`, handed to the tenant's channel service with the node
+//!   credential, answered as the platform expects.
 //! - **Pages:** the web chat (`/chat`) and the ops console (`/console`), static files compiled
 //!   in; the console calls the admin API through the same access with the ops credential.
 //!
@@ -60,6 +63,7 @@
 
 mod access;
 mod call;
+mod channels;
 mod events;
 mod grpc;
 mod grpc_web;
@@ -69,5 +73,6 @@ mod status;
 mod transcode;
 
 pub use access::{DEGRADED_HEADER, TIMEOUT_HEADER, Upstream, WebAccess};
+pub use channels::CALLBACK_PATH;
 pub use routes::{Route, Routes, RoutesError};
 pub use status::{code_name, http_status};

@@ -123,10 +123,15 @@ async function sync() {
       limit: 50,
     });
     if (mine !== syncSession) return; // signed out (or in as someone else) meanwhile
-    json.messages.forEach((m) => receive(m, false));
+    json.messages.forEach((m) =>
+      m.kind === "MESSAGE_KIND_READ_RECEIPT" ? receipt(m.receipt) : receive(m, false),
+    );
     // one receipt for the page: up to the last message of the open conversation in it
     const here = json.messages.filter(
-      (m) => m.conversationId === session.conversation && m.kind !== "MESSAGE_KIND_SYSTEM",
+      (m) =>
+        m.conversationId === session.conversation &&
+        m.kind !== "MESSAGE_KIND_SYSTEM" &&
+        m.kind !== "MESSAGE_KIND_READ_RECEIPT",
     );
     if (here.length > 0) markRead(here[here.length - 1].seq);
     if (json.messages.length > 0) {
@@ -183,10 +188,25 @@ function receive(message, readNow = true) {
   if (message.kind === "MESSAGE_KIND_SYSTEM") refreshOrders();
 }
 
+/**
+ * A read receipt, pushed or synced as an entry of this user's timeline: the other side read
+ * the open conversation this far (this user's own, from another terminal, changes nothing
+ * shown here).
+ */
+function receipt(r) {
+  // seqs count within a conversation: a receipt of another says nothing about this one
+  if (r.reader !== session.user && r.conversationId === session.conversation) {
+    lastRead = Math.max(lastRead, Number(r.upToSeq));
+    markReceipts();
+  }
+}
+
 function push(p) {
-  if (p.message) {
-    receive(p.message);
-    const position = Number(p.message.position ?? 0);
+  if (p.message) receive(p.message);
+  if (p.receipt) receipt(p.receipt);
+  // messages and receipts have a place in the timeline, acknowledged in order
+  const position = Number((p.message ?? p.receipt)?.position ?? 0);
+  if (position > 0) {
     head = Math.max(head, position);
     if (position === cursor + 1 && !syncing) {
       cursor = position;
@@ -205,14 +225,9 @@ function push(p) {
   } else if (p.reconnect) {
     // the node is leaving: the stream ends now, and this tab attaches again (elsewhere)
     reconnectIn = Number(p.reconnect.afterMs ?? 0);
-  } else if (
-    p.receipt &&
-    p.receipt.reader !== session.user &&
-    p.receipt.conversationId === session.conversation
-  ) {
-    // seqs count within a conversation: a receipt of another says nothing about this one
-    lastRead = Math.max(lastRead, Number(p.receipt.upToSeq));
-    markReceipts();
+  } else if (p.signedOut) {
+    // signed out from another device, or to make room at the device cap: not again by itself
+    signOut(`This device was signed out: ${p.signedOut.reason}`);
   }
 }
 

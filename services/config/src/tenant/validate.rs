@@ -168,6 +168,23 @@ pub(super) fn check_config(
     let known = check_services(&mut problems, config, catalogue);
     check_switches_and_rules(&mut problems, config);
     check_limits_and_graph(&mut problems, config);
+    let runs = |service: &str| config.enabled_services().any(|(name, _)| name == service);
+    let runs_message = runs("message");
+    if !config.channels.is_empty() && !runs("channel") {
+        problems.add(
+            "services.channel.enabled".into(),
+            "is not true, yet the file declares channels: turn the channel service on to serve them".into(),
+        );
+    }
+    for (name, channel) in &config.channels {
+        for problem in crate::channels::problems(name, channel, runs_message) {
+            if problem.missing_secret {
+                problems.add_missing_secret(problem.field, problem.message);
+            } else {
+                problems.add(problem.field, problem.message);
+            }
+        }
+    }
     // each service's settings, against their declarations (for a known service only: an
     // unknown one was refused above)
     for (name, service) in &config.services {

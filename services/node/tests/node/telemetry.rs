@@ -298,6 +298,24 @@ impl message::message_server::Message for MessageFixture {
     ) -> Result<Response<message::SendResponse>, Status> {
         Err(Status::unimplemented("not in this fixture"))
     }
+    async fn send_from_channel(
+        &self,
+        _: Request<message::SendRequest>,
+    ) -> Result<Response<message::SendResponse>, Status> {
+        Err(Status::unimplemented("not in this fixture"))
+    }
+    async fn list_terminals(
+        &self,
+        _: Request<message::ListTerminalsRequest>,
+    ) -> Result<Response<message::ListTerminalsResponse>, Status> {
+        Err(Status::unimplemented("not in this fixture"))
+    }
+    async fn sign_out_terminal(
+        &self,
+        _: Request<message::SignOutTerminalRequest>,
+    ) -> Result<Response<message::SignOutTerminalResponse>, Status> {
+        Err(Status::unimplemented("not in this fixture"))
+    }
 }
 
 /// The child process: serves the message service until its stdin closes.

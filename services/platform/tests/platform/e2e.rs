@@ -370,6 +370,29 @@ impl MessageStore for GatedStore {
     ) -> Result<Vec<StoredMessage>, StoreError> {
         self.inner.history(t, c, after, limit).await
     }
+    async fn terminal_cursors(
+        &self,
+        t: &TenantId,
+        user: &str,
+    ) -> Result<Vec<mesh_store::TerminalCursor>, StoreError> {
+        self.inner.terminal_cursors(t, user).await
+    }
+    async fn forget_terminal(
+        &self,
+        t: &TenantId,
+        user: &str,
+        terminal: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner.forget_terminal(t, user, terminal).await
+    }
+    async fn record_receipt(
+        &self,
+        t: &TenantId,
+        r: &StoredReceipt,
+        receivers: &[String],
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.inner.record_receipt(t, r, receivers).await
+    }
     async fn save_receipt(&self, t: &TenantId, r: &StoredReceipt) -> Result<(), StoreError> {
         self.inner.save_receipt(t, r).await
     }

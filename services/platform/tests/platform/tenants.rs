@@ -151,6 +151,33 @@ async fn bad_sends_are_refused_naming_tenant_and_field() {
         tonic::Code::PermissionDenied,
         "{node_sends:?}"
     );
+    // but for a third-party channel's customers (SendFromChannel), and for them only; no
+    // end user sends as one
+    let mut messages = message::MessageCaller::new(node.channel.clone());
+    let as_channel = |from: &str| message::SendRequest {
+        conversation_id: "ch:wx:o1".into(),
+        from_user: from.into(),
+        to_user: "agent-1".into(),
+        body: "from wechat".into(),
+        client_msg_id: "in:wx:1".into(),
+    };
+    let relayed = messages
+        .send_from_channel(&node.node_ctx("mall"), as_channel("ch:wx:o1"))
+        .await
+        .unwrap();
+    assert_eq!(relayed.message.unwrap().from_user, "ch:wx:o1");
+    let not_a_channel = messages
+        .send_from_channel(&node.node_ctx("mall"), as_channel("alice"))
+        .await
+        .unwrap_err();
+    assert_eq!(not_a_channel.code(), tonic::Code::InvalidArgument);
+    let by_a_user = messages
+        .send_from_channel(&node.user("mall", "alice"), as_channel("ch:wx:o1"))
+        .await
+        .unwrap_err();
+    assert_eq!(by_a_user.code(), tonic::Code::PermissionDenied);
+    let posing = send(node.user("mall", "ch:wx:o1"), "ch:wx:o1", "hi".into()).await;
+    assert_eq!(posing.code(), tonic::Code::PermissionDenied, "{posing:?}");
 
     let unknown = RequestContext::new(TenantId::new("intruder").unwrap()).with_token("guess");
     let refused = send(unknown, "alice", "hi".into()).await;

@@ -269,11 +269,21 @@ fn each_method_admits_the_callers_its_contract_names() {
         terminal: None,
     });
     let admitted = |path: &str, caller: &Caller| directory.admits(path, caller).is_ok();
-    // chat is for people; the locator and deliveries for the mesh; orders for both people
-    // and the business backend
+    // chat is for people (a channel's customers are sent for by the mesh itself, and only
+    // them); the locator and deliveries for the mesh; orders for both people and the
+    // business backend
     assert!(admitted("/message.v1.Message/Send", &user));
     assert!(!admitted("/message.v1.Message/Send", &Caller::Backend));
     assert!(!admitted("/message.v1.Message/Send", &Caller::Node));
+    assert!(admitted(
+        "/message.v1.Message/SendFromChannel",
+        &Caller::Node
+    ));
+    assert!(!admitted("/message.v1.Message/SendFromChannel", &user));
+    assert!(!admitted(
+        "/message.v1.Message/SendFromChannel",
+        &Caller::Backend
+    ));
     assert!(admitted("/locator.v1.Locator/Locate", &Caller::Node));
     assert!(!admitted("/locator.v1.Locator/Locate", &user));
     assert!(!admitted("/locator.v1.Locator/Register", &Caller::Backend));

@@ -505,7 +505,7 @@ impl locator::locator_server::Locator for ShardedLocator {
         &self,
         _: Request<locator::RegisterRequest>,
     ) -> Result<Response<locator::RegisterResponse>, Status> {
-        Ok(Response::new(locator::RegisterResponse {}))
+        Ok(Response::new(locator::RegisterResponse::default()))
     }
     async fn unregister(
         &self,

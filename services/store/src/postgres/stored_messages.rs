@@ -272,17 +272,21 @@ impl MessageStore for PgStore {
                         "WITH t AS (
                            SELECT LEAST($3::bigint, COALESCE(
                              (SELECT last_position FROM {schema}.timelines WHERE user_id = $1), 0)) AS p)
-                         INSERT INTO {schema}.cursors AS k (user_id, terminal_id, position)
-                         SELECT $1, $2, CASE WHEN $4::boolean AND t.p > 1 THEN 0 ELSE t.p END FROM t
+                         INSERT INTO {schema}.cursors AS k (user_id, terminal_id, position, seen_at_ms)
+                         SELECT $1, $2, CASE WHEN $4::boolean AND t.p > 1 THEN 0 ELSE t.p END, $5 FROM t
                          ON CONFLICT (user_id, terminal_id) DO UPDATE SET position =
                            CASE WHEN $4::boolean AND k.position <> (SELECT p FROM t) - 1 THEN k.position
-                                ELSE GREATEST(k.position, (SELECT p FROM t)) END
+                                ELSE GREATEST(k.position, (SELECT p FROM t)) END,
+                           seen_at_ms = EXCLUDED.seen_at_ms
                          RETURNING position"
                     ),
                 )
                 .await?;
             let row = client
-                .query_one(&statement, &[&user, &terminal, &seq(position), &contiguous])
+                .query_one(
+                    &statement,
+                    &[&user, &terminal, &seq(position), &contiguous, &now_ms()],
+                )
                 .await
                 .map_err(backend(tenant, OP))?;
             Ok(row.get::<_, i64>(0) as u64)
@@ -372,6 +376,23 @@ impl MessageStore for PgStore {
         .await
     }
 
+    async fn terminal_cursors(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+    ) -> Result<Vec<TerminalCursor>, StoreError> {
+        super::stored_terminals::cursors(self, tenant, user).await
+    }
+
+    async fn forget_terminal(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+        terminal: &str,
+    ) -> Result<bool, StoreError> {
+        super::stored_terminals::forget(self, tenant, user, terminal).await
+    }
+
     async fn conversation(
         &self,
         tenant: &TenantId,
@@ -425,7 +446,7 @@ impl MessageStore for PgStore {
                     OP,
                     &format!(
                         "SELECT {MESSAGE_COLUMNS} FROM {schema}.messages
-                         WHERE conversation_id = $1 AND seq > $2
+                         WHERE conversation_id = $1 AND seq > $2 AND kind <> {READ_RECEIPT_KIND}
                          ORDER BY seq LIMIT $3"
                     ),
                 )
@@ -437,6 +458,15 @@ impl MessageStore for PgStore {
             Ok(rows.iter().map(message).collect())
         })
         .await
+    }
+
+    async fn record_receipt(
+        &self,
+        tenant: &TenantId,
+        r: &StoredReceipt,
+        receivers: &[String],
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        super::stored_receipts::record(self, tenant, r, receivers).await
     }
 
     async fn save_receipt(&self, tenant: &TenantId, r: &StoredReceipt) -> Result<(), StoreError> {

@@ -679,6 +679,128 @@ async fn records_are_kept_per_tenant_with_versions(store: std::sync::Arc<dyn Mes
     ));
 }
 
+/// A read receipt that moves its reader is an entry of every receiver's timeline, between the
+/// messages around it, synced like them; one that moves nothing (repeated, or less far) adds
+/// nothing; the conversation's history and numbering never see it.
+async fn receipts_are_timeline_entries(store: &dyn MessageStore) {
+    let mall = tenant("mall");
+    store.open(&mall, "mall").await.unwrap();
+    for i in 1..=3 {
+        accept(store, &mall, msg(&format!("m-{i}"), "c", i)).await;
+    }
+    let read = |up_to_seq| StoredReceipt {
+        conversation_id: "c".into(),
+        reader: "bob".into(),
+        up_to_seq,
+        read_at_ms: 100 + up_to_seq as i64,
+    };
+    let receivers = ["bob".to_string(), "alice".to_string()];
+    let entries = store
+        .record_receipt(&mall, &read(2), &receivers)
+        .await
+        .unwrap();
+    let at: Vec<(&str, u64)> = entries
+        .iter()
+        .map(|e| (e.to_user.as_str(), e.position))
+        .collect();
+    // bob's 4th entry (after his 3 messages), alice's first; in the order asked
+    assert_eq!(at, [("bob", 4), ("alice", 1)]);
+    assert_eq!(entries[0].receipt(), Some(read(2)));
+    assert_eq!(entries[0].kind, mesh_store::READ_RECEIPT_KIND);
+    // repeated, or less far: nothing new
+    for seq in [2, 1] {
+        let again = store.record_receipt(&mall, &read(seq), &receivers).await;
+        assert_eq!(again.unwrap(), [], "a receipt up to {seq} moved nothing");
+    }
+    assert_eq!(
+        store.receipt(&mall, "c", "bob").await.unwrap(),
+        Some(read(2))
+    );
+    accept(store, &mall, msg("m-4", "c", 4)).await;
+    store
+        .record_receipt(&mall, &read(4), &receivers)
+        .await
+        .unwrap();
+    // bob's timeline: 3 messages, the receipt, the 4th message, the receipt up to it
+    let bob = store.timeline(&mall, "bob", 0, 10).await.unwrap().messages;
+    let kinds: Vec<(u64, Option<u64>)> = bob
+        .iter()
+        .map(|e| (e.position, e.receipt().map(|r| r.up_to_seq)))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, None),
+            (2, None),
+            (3, None),
+            (4, Some(2)),
+            (5, None),
+            (6, Some(4))
+        ]
+    );
+    let alice = store
+        .timeline(&mall, "alice", 0, 10)
+        .await
+        .unwrap()
+        .messages;
+    let receipts: Vec<Option<StoredReceipt>> = alice.iter().map(|e| e.receipt()).collect();
+    assert_eq!(receipts, [Some(read(2)), Some(read(4))]);
+    assert_eq!(store.heads(&mall, &receivers).await.unwrap(), [6, 2]);
+    // the conversation holds its 4 messages, no receipt
+    let history = store.history(&mall, "c", 0, 10).await.unwrap();
+    assert_eq!(
+        history.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert_eq!(
+        store
+            .conversation(&mall, "c")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seq,
+        4
+    );
+    // a cursor moves over receipts like over messages
+    assert_eq!(
+        store
+            .advance_cursor(&mall, "alice", "desk", 2, false)
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+/// A user's terminals are listed with their cursors and when each was last seen; a forgotten
+/// one is gone from the list and syncs from the start if it comes back.
+async fn terminals_are_listed_and_forgotten(store: &dyn MessageStore) {
+    let mall = tenant("mall");
+    store.open(&mall, "mall").await.unwrap();
+    for i in 1..=2 {
+        accept(store, &mall, msg(&format!("m-{i}"), "c", i)).await;
+    }
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    store.cursor(&mall, "bob", "phone").await.unwrap();
+    store
+        .advance_cursor(&mall, "bob", "desk", 2, false)
+        .await
+        .unwrap();
+    let listed = store.terminal_cursors(&mall, "bob").await.unwrap();
+    let at: Vec<(&str, u64)> = listed
+        .iter()
+        .map(|t| (t.terminal_id.as_str(), t.position))
+        .collect();
+    assert_eq!(at, [("desk", 2), ("phone", 0)]);
+    assert!(listed.iter().all(|t| t.seen_at_ms >= before), "{listed:?}");
+    assert!(store.forget_terminal(&mall, "bob", "desk").await.unwrap());
+    assert!(!store.forget_terminal(&mall, "bob", "desk").await.unwrap());
+    assert_eq!(store.terminals(&mall, "bob").await.unwrap(), ["phone"]);
+    assert_eq!(store.cursor(&mall, "bob", "desk").await.unwrap(), 0);
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -711,6 +833,8 @@ both_backends!(
     bad_tenants_get_clear_errors,
     only_participants_write_into_a_conversation,
     the_order_book_keeps_each_tenants_orders,
+    receipts_are_timeline_entries,
+    terminals_are_listed_and_forgotten,
 );
 
 /// The record suite takes the store shared, as services hold it.

@@ -560,7 +560,11 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEA4ZN7WDXQrcB19GPPNeG2qkuuSJB
             tenant(
                 "newco",
                 "[isolation]\nprocess = \"own\"\n[users]\nissuer = \"newco\"\n\
-                 public_key_file = \"keys/newco.pem\"\nalgorithm = \"ES256\"\n",
+                 public_key_file = \"keys/newco.pem\"\nalgorithm = \"ES256\"\n\
+                 [services.message]\nversion = \"v1\"\n[services.channel]\nversion = \"v1\"\n\
+                 depends_on = [\"message\"]\n[channels.site]\nkind = \"webhook\"\n\
+                 agent = \"agent-1\"\nsecret_env = \"NEWCO_SITE_SECRET\"\n\
+                 send_url = \"https://chat.example.com/out\"\n",
             ),
         )
         .unwrap();
@@ -599,6 +603,11 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEA4ZN7WDXQrcB19GPPNeG2qkuuSJB
         let (newco_env, shop_env) = (env_of(&newco), env_of(&deployment("mesh-shared")));
         assert!(newco_env.contains(&"NEWCO_BROKER_PASSWORD".to_owned()));
         assert!(newco_env.contains(&"NEWCO_TOKEN".to_owned()));
+        // a channel's secret too, its group's only
+        assert!(
+            newco_env.contains(&"NEWCO_SITE_SECRET".to_owned()),
+            "{newco_env:?}"
+        );
         assert!(
             !newco_env.contains(&"SHOP_TOKEN".to_owned()),
             "{newco_env:?}"
@@ -608,6 +617,7 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEA4ZN7WDXQrcB19GPPNeG2qkuuSJB
             "{newco_env:?}"
         );
         assert!(shop_env.contains(&"SHOP_BROKER_PASSWORD".to_owned()));
+        assert!(!shop_env.contains(&"NEWCO_SITE_SECRET".to_owned()));
         assert!(
             !shop_env.contains(&"NEWCO_BROKER_PASSWORD".to_owned()),
             "{shop_env:?}"

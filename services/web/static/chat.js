@@ -89,10 +89,13 @@ function show(message) {
     message.conversationId && message.conversationId !== session.conversation
       ? ` · in ${message.conversationId}`
       : "";
+  // a customer writing from another platform (a third-party channel: `ch:<channel>:<id>`)
+  const channel = /^ch:([a-z][a-z0-9-]*):/.exec(message.fromUser ?? "");
+  const via = channel ? ` · via ${channel[1]}` : "";
   const item = el(
     "li",
     `message ${kind}`,
-    el("span", "from", (kind === "system" ? "system" : message.fromUser) + elsewhere),
+    el("span", "from", (kind === "system" ? "system" : message.fromUser) + via + elsewhere),
     el("span", "body", message.body),
     state,
   );

@@ -530,3 +530,30 @@ fn a_token_file_is_read_whenever_the_tenant_is_loaded() {
         "set one of `token`, `token_env` and `token_file`",
     );
 }
+
+/// A channel's table is checked with the file: the service it needs, its kind's fields, its
+/// secrets; each problem names the file and the field.
+#[test]
+fn a_bad_channel_is_refused_naming_file_and_field() {
+    let file = format!(
+        "{ACME}[channels.wx]\nkind = \"wechat\"\nagent = \"agent 1\"\nsecret = \"0123456789abcdef\"\n\
+         [channels.site]\nkind = \"webhook\"\nagent = \"agent-1\"\nsecret_env = \"MESH_TEST_NO_SUCH_SECRET\"\n\
+         send_url = \"ftp://x\"\n[channels.Bad]\nkind = \"telegram\"\nagent = \"a\"\n"
+    );
+    let dir = folder(&[("acme.toml", &file)]);
+    for expected in ["field `channels.Bad.kind`: unknown variant: found `telegram`"] {
+        assert_problem(&dir, "acme.toml", expected);
+    }
+    let file = file.replace("[channels.Bad]\nkind = \"telegram\"\nagent = \"a\"\n", "");
+    let dir = folder(&[("acme.toml", &file)]);
+    for expected in [
+        "field `services.channel.enabled`: is not true, yet the file declares channels",
+        "field `channels.wx.agent`: agent",
+        "field `channels.wx.account`: is missing",
+        "field `channels.wx.app_secret`: missing",
+        "field `channels.site.secret_env`: environment variable MESH_TEST_NO_SUCH_SECRET is not set",
+        "field `channels.site.send_url`:",
+    ] {
+        assert_problem(&dir, "acme.toml", expected);
+    }
+}

@@ -47,6 +47,10 @@ pub use adapter::{Adapter, Checked, Incoming, Refusal, SendError};
 /// The collection where each sent answer is marked, by message id.
 pub const SENT: &str = "channel_sent";
 
+/// The collection of channel users, by user id: the inbound message that named each last
+/// (its platform user id, which the user id may hold only as a digest).
+pub const USERS: &str = "channel_users";
+
 /// One channel of one tenant, ready to use.
 struct Served {
     agent: String,
@@ -61,6 +65,7 @@ struct Inner {
     messages: message::MessageCaller<OutboundChannel>,
     credentials: ServiceCredentials,
     sent: Collection<()>,
+    users: Collection<channel::InboundMessage>,
 }
 
 /// The service; clones share the channels.
@@ -92,7 +97,8 @@ impl ChannelService {
                 events: channel::ChannelPublisher::new(bus),
                 messages: message::MessageCaller::new(messages),
                 credentials,
-                sent: Collection::new(records, SENT),
+                sent: Collection::new(records.clone(), SENT),
+                users: Collection::new(records, USERS),
             }),
         }
     }
@@ -201,6 +207,12 @@ impl channel::ChannelHandler for ChannelService {
         ctx: &RequestContext,
         m: channel::InboundMessage,
     ) -> Result<(), HandlerError> {
+        // who the user is on the platform, for the answers (a digest names no one there)
+        self.inner
+            .users
+            .put(&ctx.tenant, &m.user_id, &m.channel, &m)
+            .await
+            .map_err(store_error)?;
         let request = message::SendRequest {
             conversation_id: m.conversation_id,
             from_user: m.user_id,
@@ -257,14 +269,24 @@ impl message::MessageHandler for Replies {
         };
         // only the channel's agent speaks there for the business line
         if m.from_user != served.agent || m.kind != message::MessageKind::Text as i32 {
-            tracing::debug!(tenant = %ctx.tenant, channel = name, from = %m.from_user, "not the agent's text; not sent to the platform");
+            tracing::warn!(tenant = %ctx.tenant, channel = name, from = %m.from_user, message = %m.message_id, "not the channel agent's text: not sent to the platform");
             return Ok(());
         }
-        let Some(platform_user) = config::platform_user(&m.to_user) else {
-            return Err(HandlerError::Reject(format!(
-                "{} names no user of the platform (its id was too long or odd and is a digest)",
-                m.to_user
-            )));
+        let named = self
+            .service
+            .inner
+            .users
+            .get(&ctx.tenant, &m.to_user)
+            .await
+            .map_err(store_error)?;
+        let platform_user = match &named {
+            Some(record) => record.value.platform_user.as_str(),
+            None => config::platform_user(&m.to_user).ok_or_else(|| {
+                HandlerError::Reject(format!(
+                    "{} has written nothing yet: who they are on the platform is unknown",
+                    m.to_user
+                ))
+            })?,
         };
         let sent = &self.service.inner.sent;
         if sent

@@ -12,9 +12,13 @@
 //! are answered `success` and left.
 //!
 //! Plaintext mode signs the token, timestamp and nonce, not the body. The mesh therefore also
-//! refuses a timestamp more than 300 s from its clock and a (timestamp, nonce) pair seen with
-//! another body (a captured signature replayed with a forged body), in each worker's memory.
-//! WeChat's encrypted mode, which signs the body too (`msg_signature`), is not built yet.
+//! refuses a timestamp more than 300 s from its clock and a (timestamp, nonce) pair spent
+//! before on another body or on an address check (a captured signature replayed with a forged
+//! body). That memory is each worker's own: a replay sent to another replica within the
+//! window, or after a restart, is not caught, and whoever spends a fresh signed query first
+//! wins it. WeChat's encrypted mode, which signs the body too (`msg_signature`) and closes
+//! both, is not built yet: until it is, keep a plaintext-mode channel behind HTTPS (which
+//! WeChat requires) and out of logs that keep query strings.
 //!
 //! **Out:** an access token from `GET <api>/cgi-bin/token?grant_type=client_credential&appid=
 //! ..&secret=..` (kept until shortly before `expires_in`), then `POST <api>/cgi-bin/message/
@@ -154,15 +158,17 @@ impl Wechat {
         }
         fresh(&timestamp, now_ms)?;
         if request.method == "GET" {
-            // the address check: the echo proves the mesh holds the token
+            // the address check: the echo proves the mesh holds the token. Its signature is
+            // spent here: the same query never passes again with a body
             let echo =
                 param("echostr").ok_or_else(|| Refusal::Malformed("GET without echostr".into()))?;
+            self.first_use(&timestamp, &nonce, b"GET", now_ms)?;
             return Ok(Checked {
                 messages: Vec::new(),
                 reply: reply(200, "text/plain", echo),
             });
         }
-        self.first_use(&timestamp, &nonce, &request.body, now_ms)?;
+        self.not_reused(&timestamp, &nonce, &request.body)?;
         let body = std::str::from_utf8(&request.body)
             .map_err(|_| Refusal::Malformed("the body is not UTF-8 XML".into()))?;
         let message: WechatMessage = quick_xml::de::from_str(body)
@@ -179,6 +185,7 @@ impl Wechat {
         else {
             // an image, a voice, a subscription event ...: acknowledged, not stored
             tracing::debug!(account = %self.account, kind = %message.msg_type, "a WeChat callback the mesh does not store");
+            self.first_use(&timestamp, &nonce, &request.body, now_ms)?;
             return Ok(Checked {
                 messages: Vec::new(),
                 reply: success,
@@ -187,6 +194,9 @@ impl Wechat {
         if content.is_empty() || message.from_user_name.is_empty() {
             return Err(Refusal::Malformed("an empty text or sender".into()));
         }
+        // spent only by a message taken: junk sent first under a captured query cannot make
+        // WeChat's own delivery of it look like a replay
+        self.first_use(&timestamp, &nonce, &request.body, now_ms)?;
         Ok(Checked {
             messages: vec![Incoming {
                 platform_message_id: msg_id,
@@ -198,8 +208,22 @@ impl Wechat {
         })
     }
 
-    /// Refuses a (timestamp, nonce) pair seen before with another body; the same body again
-    /// is WeChat's own retry.
+    /// Refuses a (timestamp, nonce) pair spent before on another body (or on an address
+    /// check); the same body again is WeChat's own retry.
+    fn not_reused(&self, timestamp: &str, nonce: &str, body: &[u8]) -> Result<(), Refusal> {
+        let digest: [u8; 20] = Sha1::digest(body).into();
+        let seen = self.seen.lock().expect("lock");
+        match seen.get(&(timestamp.to_owned(), nonce.to_owned())) {
+            Some(first) if *first != digest => Err(Refusal::Forged(
+                "this timestamp and nonce came before with another body (a replayed signature)"
+                    .into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Spends a (timestamp, nonce) pair on `body`: [`Wechat::not_reused`] refuses it with
+    /// another from then on (in this process, for the replay window).
     fn first_use(
         &self,
         timestamp: &str,
@@ -416,6 +440,23 @@ mod tests {
             NOW_MS + 600_000,
         );
         assert!(matches!(late, Err(Refusal::Forged(_))), "{late:?}");
+        // a GET's signature is spent on the address check: not reusable with a body
+        let get = callback("GET", "n6", "", "wechat-token-0123456789");
+        account.check(&get, NOW_MS).unwrap();
+        let mut post = get.clone();
+        post.method = "POST".into();
+        post.body = text("1234567890123499", "injected").into_bytes();
+        assert!(matches!(
+            account.check(&post, NOW_MS),
+            Err(Refusal::Forged(_))
+        ));
+        // junk under a captured query spends nothing: the genuine body still passes
+        let junk_query = callback("POST", "n7", "<xml>junk", "wechat-token-0123456789");
+        let junk = account.check(&junk_query, NOW_MS);
+        assert!(matches!(junk, Err(Refusal::Malformed(_))), "{junk:?}");
+        let genuine = text("1234567890123500", "genuine");
+        let genuine = callback("POST", "n7", &genuine, "wechat-token-0123456789");
+        assert!(account.check(&genuine, NOW_MS).is_ok());
         // an event is answered and not stored
         let event = "<xml><ToUserName>gh_mall</ToUserName><FromUserName>oUser1</FromUserName>\
                      <CreateTime>1</CreateTime><MsgType>event</MsgType><Event>subscribe</Event></xml>";

@@ -321,11 +321,22 @@ fn secret(
             ),
             false,
         ),
-        (None, Some(var)) if std::env::var(var).map_or(true, |v| v.is_empty()) => add(
-            &format!("{key}_env"),
-            format!("environment variable {var} is not set"),
-            true,
-        ),
+        (None, Some(var)) => match std::env::var(var) {
+            Err(_) => add(
+                &format!("{key}_env"),
+                format!("environment variable {var} is not set"),
+                true,
+            ),
+            Ok(value) if value.len() < 16 => add(
+                &format!("{key}_env"),
+                format!(
+                    "environment variable {var} holds {} characters; a channel secret has at least 16",
+                    value.len()
+                ),
+                false,
+            ),
+            Ok(_) => {}
+        },
         _ => {}
     }
 }

@@ -339,7 +339,12 @@ impl UserVerifier {
 
 fn identity(claims: Claims) -> Result<UserIdentity, UserTokenError> {
     let valid = |id: &str| mesh_contract::fields::id("user", id).is_ok();
-    if !valid(&claims.sub) || mesh_contract::fields::is_reserved_sender(&claims.sub) {
+    // the platform's sender and third-party channels' users are the mesh's to name, never a
+    // token's
+    if !valid(&claims.sub)
+        || mesh_contract::fields::is_reserved_sender(&claims.sub)
+        || mesh_contract::fields::is_channel_user(&claims.sub)
+    {
         return Err(UserTokenError::Subject("sub"));
     }
     if let Some(terminal) = &claims.terminal

@@ -25,8 +25,9 @@ pub use backoff::Backoff;
 /// Marks a call that code of this node makes in its own process (an HTTP request extension,
 /// which no caller can send over the wire): the front door then serves it the mesh's internal
 /// methods, which it refuses to any caller outside (the call is still authenticated, with the
-/// node credential, and admitted by the method's audience). The web access sets it on the
-/// platforms' callbacks it passes to the channel service.
+/// node credential, and admitted by the method's audience), held to the tenant's rate as an
+/// outside caller's would be. The web access sets it on the platforms' callbacks it passes to
+/// the channel service.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InProcess;
 pub use bus::{BusError, Dispatch, EventBus, HandlerError, Subscription, SubscriptionHandle};

@@ -400,14 +400,15 @@ impl crate::layers::Admit for Door {
 
     fn admit<B>(&self, request: &mut http::Request<B>) -> crate::layers::Decision<()> {
         let path = request.uri().path();
+        let in_process = request
+            .extensions()
+            .get::<mesh_contract::InProcess>()
+            .is_some();
         // the mesh's own calls (locator, gateway delivery) never come from outside; this
         // node's own code in process may make them (with the node credential, checked below)
         if let Some((_, method)) = self.catalogue.method(path)
             && method.audience.is_internal()
-            && request
-                .extensions()
-                .get::<mesh_contract::InProcess>()
-                .is_none()
+            && !in_process
         {
             return crate::layers::Decision::from_status(Err(tonic::Status::permission_denied(
                 format!("{path} is internal to the mesh; it is not served to callers outside it"),
@@ -422,7 +423,12 @@ impl crate::layers::Admit for Door {
                     directory.admits(path, &ctx.caller)?;
                     match ctx.caller {
                         // the mesh's own calls for a tenant were admitted as part of the
-                        // tenant's call that caused them (as in the worker)
+                        // tenant's call that caused them (as in the worker); one this node
+                        // makes for an outside party (a platform's callback) is that party's,
+                        // held to the tenant's rate like any caller's
+                        mesh_contract::Caller::Node if in_process => {
+                            self.limiter.check(&ctx.tenant).map(|_| false)
+                        }
                         mesh_contract::Caller::Node => Ok(false),
                         mesh_contract::Caller::Backend => {
                             self.limiter.check(&ctx.tenant).map(|_| true)

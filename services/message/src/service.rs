@@ -208,6 +208,45 @@ impl MessageService {
         Ok(self.deliver(ctx, message).await)
     }
 
+    /// A send to a third-party channel's customer goes into the conversation their first
+    /// message opened (named like them), which only its participants (they and the channel's
+    /// agent) write into: nobody opens it first to sit in the customer's thread, and nothing
+    /// is sent to the platform from elsewhere.
+    async fn check_channel_reply(
+        &self,
+        ctx: &RequestContext,
+        request: &message::SendRequest,
+    ) -> Result<(), Status> {
+        let channel = mesh_contract::fields::is_channel_user;
+        if !channel(&request.to_user) && !channel(&request.conversation_id) {
+            return Ok(());
+        }
+        if request.to_user != request.conversation_id {
+            return Err(Status::invalid_argument(format!(
+                "a third-party channel's customer is answered in their own conversation: \
+                 to_user and conversation_id both {:?}",
+                if channel(&request.to_user) {
+                    &request.to_user
+                } else {
+                    &request.conversation_id
+                }
+            )));
+        }
+        let opened = self
+            .inner
+            .store
+            .conversation(&ctx.tenant, &request.conversation_id)
+            .await
+            .map_err(|e| store_status(e, "message not stored"))?;
+        if opened.is_none() {
+            return Err(Status::failed_precondition(format!(
+                "conversation {:?} is opened by the customer's first message on their platform",
+                request.conversation_id
+            )));
+        }
+        Ok(())
+    }
+
     /// A send's fields, against the tenant's limits.
     fn check_send(
         &self,
@@ -458,6 +497,7 @@ impl Message for MessageService {
                 mesh_contract::fields::CHANNEL_USER_PREFIX
             )));
         }
+        self.check_channel_reply(&ctx, &request).await?;
         self.accept(&ctx, request, message::MessageKind::Text)
             .await
             .map(Response::new)

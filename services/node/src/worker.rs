@@ -406,7 +406,8 @@ pub const WEB_LISTEN_ENV: &str = "MESH_WORKER_WEB_LISTEN";
 
 /// The browsers' access of a worker serving without a node in front (a pod), when
 /// `MESH_WORKER_WEB_LISTEN` names an address: every call of its tenants as HTTP/JSON, server-
-/// sent events and gRPC-Web, through this process's own inbound stack; the pages too. (There
+/// sent events and gRPC-Web, through this process's own inbound stack; the pages and the
+/// platforms' callbacks (`/channels/<tenant>/<channel>`) too. (There
 /// is no admin API here: the console needs a `mesh up` node. Plain HTTP: TLS ends at the proxy
 /// in front, as for the pod's gRPC port.)
 async fn serve_web(env: &WorkerEnv, served: &Served) -> anyhow::Result<()> {
@@ -422,8 +423,11 @@ async fn serve_web(env: &WorkerEnv, served: &Served) -> anyhow::Result<()> {
         .service(served.platform.routes());
     let routes = mesh_web::Routes::new(mesh_api::CONTRACTS, mesh_api::FILE_DESCRIPTOR_SET)?;
     let max_body = env.web_max_body_bytes.unwrap_or(1 << 20);
+    // platforms' callbacks too (a pod's web port is where they arrive): passed to this
+    // process's own channel service as the node
     let access = mesh_web::WebAccess::new(routes, tower::util::BoxCloneSyncService::new(stack))
-        .with_max_body(max_body);
+        .with_max_body(max_body)
+        .with_channels(served.platform.node_credential());
     tokio::spawn(mesh_runtime::connections::serve_connections(
         listener,
         access,

@@ -361,7 +361,8 @@ def call(body, key=secret, stamp=None):
         with urllib.request.urlopen(req) as r: return r.status
     except urllib.error.HTTPError as e: return e.code
 body = json.dumps({"message_id": "w-1", "user": "u-42", "text": "hi from the site"}).encode()
-print(call(body), call(body, key=b"not-the-secret-0123"), call(body, stamp="1000"), call(body))
+odd = json.dumps({"message_id": "w-2", "user": "h-1", "text": "a user named like a digest"}).encode()
+print(call(body), call(body, key=b"not-the-secret-0123"), call(body, stamp="1000"), call(body), call(odd))
 "#;
     let out = std::process::Command::new("python3")
         .args(["-c", script, &web, SITE_SECRET])
@@ -369,13 +370,17 @@ print(call(body), call(body, key=b"not-the-secret-0123"), call(body, stamp="1000
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "200 401 401 200",
+        "200 401 401 200 200",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
         next_message(&mut desk).await,
         ("ch:site:u-42".into(), "hi from the site".into())
+    );
+    assert_eq!(
+        next_message(&mut desk).await,
+        ("ch:site:h-1".into(), "a user named like a digest".into())
     );
     desk.send("ch:site:u-42", "ch:site:u-42", "hello u-42", "a-4")
         .await
@@ -407,7 +412,44 @@ print(call(body), call(body, key=b"not-the-secret-0123"), call(body, stamp="1000
         (json["user"].as_str(), json["text"].as_str()),
         (Some("u-42"), Some("hello u-42"))
     );
-    // the duplicate Python sent last was stored once: nothing more for the agent
+    // the user whose id reads like a digest is answered too (the platform's id is recorded)
+    desk.send("ch:site:h-1", "ch:site:h-1", "hello h-1", "a-5")
+        .await
+        .unwrap();
+    let posted: serde_json::Value = serde_json::from_slice(&site.next().await.body).unwrap();
+    assert_eq!(posted["user"], "h-1");
+    // nobody opens a customer's conversation before them, nor writes into one as a stranger
+    let mut alice = mesh_api::message::v1::MessageCaller::new(front.clone());
+    for (conversation, to) in [
+        ("ch:wx:oNew", "agent-1"),
+        ("ch:wx:oNew", "ch:wx:oNew"),
+        ("ch:wx:oCustomer1", "ch:wx:oCustomer1"),
+        ("c-side", "ch:wx:oCustomer1"),
+    ] {
+        let refused = alice
+            .send(
+                &users.ctx("mall", "alice"),
+                mesh_api::message::v1::SendRequest {
+                    conversation_id: conversation.into(),
+                    from_user: "alice".into(),
+                    to_user: to.into(),
+                    body: "me too".into(),
+                    client_msg_id: format!("squat-{conversation}-{to}"),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused.code(),
+                tonic::Code::InvalidArgument
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::PermissionDenied
+            ),
+            "{conversation} -> {to}: {refused:?}"
+        );
+    }
+    // the duplicate Python sent was stored once: nothing more for the agent
     assert!(
         tokio::time::timeout(Duration::from_secs(2), desk.next())
             .await

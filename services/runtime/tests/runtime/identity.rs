@@ -108,7 +108,7 @@ fn expired_early_foreign_and_misaddressed_tokens_are_refused() {
 }
 
 #[test]
-fn no_user_may_be_the_platforms_sender_or_carry_a_bad_id() {
+fn no_user_may_be_the_platforms_sender_a_channels_customer_or_carry_a_bad_id() {
     let verifier = UserTokens::development("mall-accounts", SECRET)
         .verifier()
         .unwrap();
@@ -122,6 +122,8 @@ fn no_user_may_be_the_platforms_sender_or_carry_a_bad_id() {
         "sys\u{200b}tem",
         "a b",
         "",
+        // a third-party channel's customer is the mesh's to name, never a token's
+        "ch:wx:oCustomer1",
     ] {
         let err = verifier
             .verify(&hs256(serde_json::json!({ "sub": sub })))

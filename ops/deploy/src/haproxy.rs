@@ -218,6 +218,16 @@ fn write_web_frontend(
             "  use_backend web_{group} if {{ req.hdr(x-mesh-tenant) -m str {} }}",
             members.join(" ")
         );
+        // platforms' callbacks name their tenant in the path, never in a header
+        let paths: Vec<String> = members
+            .iter()
+            .map(|tenant| format!("/channels/{tenant}/"))
+            .collect();
+        let _ = writeln!(
+            w,
+            "  use_backend web_{group} if {{ path_beg {} }}",
+            paths.join(" ")
+        );
     }
     if let Some(fallback) = fallback {
         let _ = writeln!(w, "  default_backend web_{fallback}");
@@ -317,6 +327,33 @@ mod tests {
     fn shipped() -> Tenants {
         let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
         Tenants::load(&folder, mesh_api::CONTRACTS).unwrap()
+    }
+
+    #[test]
+    fn platforms_callbacks_reach_their_tenants_group_by_path() {
+        let tenants = shipped();
+        let options = Haproxy {
+            listen: "127.0.0.1:7400".into(),
+            replicas: [
+                ("shared".to_owned(), vec!["127.0.0.1:7501".to_owned()]),
+                ("finance".to_owned(), vec!["127.0.0.1:7502".to_owned()]),
+            ]
+            .into(),
+            dns_slots: None,
+            web: Some(HaproxyWeb {
+                listen: "127.0.0.1:7480".into(),
+                port: 7580,
+            }),
+            maxconn: 0,
+        };
+        let config = render(&tenants, &options).unwrap();
+        assert!(
+            config.contains(
+                "use_backend web_shared if { path_beg /channels/mall/ /channels/paipai/ }"
+            ),
+            "{config}"
+        );
+        assert!(config.contains("use_backend web_finance if { path_beg /channels/finance/ }"));
     }
 
     #[test]

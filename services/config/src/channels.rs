@@ -136,11 +136,13 @@ fn resolve(inline: &Option<String>, env: &Option<String>) -> String {
 pub const USER_PREFIX: &str = mesh_contract::fields::CHANNEL_USER_PREFIX;
 
 /// The mesh's user id of `platform_user` of `channel`: `ch:<channel>:<platform user>`, the
-/// platform's id kept when it is made of id characters (letters, digits, `-_.:@`) and short
-/// enough, else a digest of it (stable: the same platform user is always the same user).
+/// platform's id kept when it is made of id characters (letters, digits, `-_.:@`), short
+/// enough and not starting `h-`, else `h-` and a digest of it (stable: the same platform user
+/// is always the same user; and no kept id reads as a digest, so two users never meet in one).
 pub fn user_id(channel: &str, platform_user: &str) -> String {
     let plain = !platform_user.is_empty()
         && platform_user.len() <= 64
+        && !platform_user.starts_with("h-")
         && platform_user
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c));
@@ -313,11 +315,11 @@ fn secret(
             ),
             false,
         ),
-        (Some(value), None) if value.len() < 16 => add(
+        (Some(value), None) if value.chars().count() < 16 => add(
             key,
             format!(
                 "has {} characters; a channel secret has at least 16",
-                value.len()
+                value.chars().count()
             ),
             false,
         ),
@@ -327,11 +329,11 @@ fn secret(
                 format!("environment variable {var} is not set"),
                 true,
             ),
-            Ok(value) if value.len() < 16 => add(
+            Ok(value) if value.chars().count() < 16 => add(
                 &format!("{key}_env"),
                 format!(
                     "environment variable {var} holds {} characters; a channel secret has at least 16",
-                    value.len()
+                    value.chars().count()
                 ),
                 false,
             ),
@@ -355,6 +357,11 @@ mod tests {
         assert_eq!(platform_user("ch:wx:oAbC"), Some("oAbC"));
         assert_eq!(platform_user(&odd), None);
         assert_eq!(channel_of("alice"), None);
+        // an id that reads like a digest is digested too: never the same user as another's
+        let digest_like = odd.trim_start_matches("ch:site:");
+        assert_ne!(user_id("site", digest_like), odd);
+        assert!(user_id("site", "h-1").starts_with("ch:site:h-"));
+        assert_ne!(user_id("site", "h-1"), "ch:site:h-1");
         assert!(valid_name("wechat-mall") && !valid_name("WeChat") && !valid_name("1x"));
     }
 

@@ -270,12 +270,18 @@ async fn chat(
     println!("    agent/web        got {}", receive(&mut agent).await?);
 
     tablet = connect(channel, ctx, users, "customer", "tablet", TerminalKind::Web).await?;
-    println!(
-        "  customer/tablet comes back: syncs {} missed messages from its cursor, in order",
-        tablet.missed()
-    );
+    // the timeline holds the messages and the phone's receipt: both synced, in order
+    let mut synced = Vec::new();
     for _ in 0..tablet.missed() {
-        println!("    customer/tablet  got {}", receive(&mut tablet).await?);
+        synced.push(receive(&mut tablet).await?);
+    }
+    let receipts = synced.iter().filter(|s| s.starts_with("receipt")).count();
+    println!(
+        "  customer/tablet comes back: syncs {} missed messages and {receipts} read receipt(s) from its cursor, in order",
+        synced.len() - receipts
+    );
+    for line in synced {
+        println!("    customer/tablet  got {line}");
     }
 
     // every send above was stored before it was answered: nothing to wait for

@@ -378,9 +378,13 @@ print(call(body), call(body, key=b"not-the-secret-0123"), call(body, stamp="1000
         next_message(&mut desk).await,
         ("ch:site:u-42".into(), "hi from the site".into())
     );
-    assert_eq!(
-        next_message(&mut desk).await,
-        ("ch:site:h-1".into(), "a user named like a digest".into())
+    // a platform id that reads like the mesh's digest of one is digested itself: two
+    // customers never share an id
+    let (digested, said) = next_message(&mut desk).await;
+    assert_eq!(said, "a user named like a digest");
+    assert!(
+        digested.starts_with("ch:site:h-") && digested != "ch:site:h-1",
+        "{digested}"
     );
     desk.send("ch:site:u-42", "ch:site:u-42", "hello u-42", "a-4")
         .await
@@ -413,7 +417,7 @@ print(call(body), call(body, key=b"not-the-secret-0123"), call(body, stamp="1000
         (Some("u-42"), Some("hello u-42"))
     );
     // the user whose id reads like a digest is answered too (the platform's id is recorded)
-    desk.send("ch:site:h-1", "ch:site:h-1", "hello h-1", "a-5")
+    desk.send(&digested, &digested, "hello h-1", "a-5")
         .await
         .unwrap();
     let posted: serde_json::Value = serde_json::from_slice(&site.next().await.body).unwrap();

@@ -31,7 +31,11 @@ fn demo_tells_the_whole_story_for_three_tenants() {
         ));
     }
     has("agent/web        got receipt: customer read up to #3");
-    has("customer/tablet comes back: syncs 3 missed messages from its cursor, in order");
+    // the phone's receipt is in the customer's timeline: the tablet away meanwhile syncs it too
+    has(
+        "customer/tablet comes back: syncs 3 missed messages and 1 read receipt(s) from its cursor, in order",
+    );
+    has("customer/tablet  got receipt: customer read up to #3");
     // the switch: mall degraded, paipai served, finance does not run recommend at all
     let after = &stdout[stdout
         .find("ops: `meshctl switch off")

@@ -23,7 +23,8 @@ use tonic::{Code, Status, Streaming, transport::Channel};
 const BULK: &str = "id = \"bulk\"\ndisplay_name = \"Bulk\"\ndata_namespace = \"bulk\"\n\
     [credentials]\ntoken = \"bulk-secret-token\"\n\
     [limits]\nrequests_per_second = 100000\nburst = 100000\nmax_concurrent_per_dependency = 100000\n\
-    max_terminals_per_user = 64\n";
+    max_terminals_per_user = 64\n\
+    [services.gateway.settings]\nmax_devices = 64\n";
 
 /// The bulk business line: its users' tokens and where its worker serves.
 #[derive(Clone)]

@@ -22,6 +22,9 @@ pub mod headers {
     /// error alerts leave it out: one user flooding cannot switch its tenant off. A bulkhead
     /// shedding calls to a slow dependency sets no such header: that one counts.
     pub const OVER_QUOTA: &str = "x-mesh-over-quota";
+    /// On a refusal over a rate: in how many seconds a call would pass (HTTP's `Retry-After`,
+    /// which the web access answers with).
+    pub const RETRY_AFTER: &str = "retry-after";
     /// W3C trace context.
     pub const TRACEPARENT: &str = "traceparent";
     /// W3C trace state.

@@ -70,9 +70,22 @@ pub(crate) fn error_body(http: http::StatusCode, code: Code, message: &str) -> B
     .into()
 }
 
-/// `status` as an HTTP answer: its HTTP status and the JSON error body.
+/// `status` as an HTTP answer: its HTTP status and the JSON error body; a refusal over a rate
+/// says when to call again (`Retry-After`, in seconds, from the limiter).
 pub(crate) fn status_error(status: &tonic::Status) -> http::Response<tonic::body::Body> {
-    error(http_status(status.code()), status.code(), status.message())
+    let mut answer = error(http_status(status.code()), status.code(), status.message());
+    if let Some(seconds) = status
+        .metadata()
+        .get(mesh_contract::headers::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| http::HeaderValue::from_str(v).ok())
+    {
+        answer
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, seconds);
+    }
+    answer
 }
 
 /// An error answer: `http`, with the JSON error body naming `code`.

@@ -410,14 +410,25 @@ async fn curl_chats_over_json_and_server_sent_events_through_the_mesh_layers() {
         "x-mesh-token: tiny-backend-token".to_owned(),
     ];
     let mut codes = Vec::new();
+    let mut retry_after = Vec::new();
     for _ in 0..3 {
         let answer = post(&web, "/recommend/v1/Suggest", &backend, suggest).await;
         codes.push((answer.status, answer.error_status().to_owned()));
+        if answer.status == 429 {
+            retry_after.push(answer.header("retry-after").map(str::to_owned));
+        }
     }
     assert_eq!(codes[0].0, 200, "{codes:?}");
     assert!(
         codes.contains(&(429, "RESOURCE_EXHAUSTED".to_owned())),
         "{codes:?}"
+    );
+    // and says when to call again, in whole seconds, from the limiter
+    assert!(
+        retry_after.iter().all(|s| s
+            .as_deref()
+            .is_some_and(|s| s.parse::<u64>().is_ok_and(|n| n >= 1))),
+        "{retry_after:?}"
     );
 
     // the caller's deadline: a drill delays paipai's recommend by 2 s; with 300 ms to answer

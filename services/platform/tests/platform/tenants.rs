@@ -176,8 +176,9 @@ async fn bad_sends_are_refused_naming_tenant_and_field() {
         .await
         .unwrap_err();
     assert_eq!(by_a_user.code(), tonic::Code::PermissionDenied);
+    // (a token naming one is refused before anything else)
     let posing = send(node.user("mall", "ch:wx:o1"), "ch:wx:o1", "hi".into()).await;
-    assert_eq!(posing.code(), tonic::Code::PermissionDenied, "{posing:?}");
+    assert_eq!(posing.code(), tonic::Code::Unauthenticated, "{posing:?}");
 
     let unknown = RequestContext::new(TenantId::new("intruder").unwrap()).with_token("guess");
     let refused = send(unknown, "alice", "hi".into()).await;

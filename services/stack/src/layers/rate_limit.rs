@@ -96,20 +96,30 @@ impl RateLimiter {
     /// Takes one call of `tenant` from its bucket; tenants without a bucket are not limited.
     pub fn check(&self, tenant: &TenantId) -> Result<(), tonic::Status> {
         let buckets = self.buckets.read().expect("lock");
-        match buckets.get(tenant) {
-            Some((bucket, rate, _)) if bucket.check().is_err() => {
-                let mut status = tonic::Status::resource_exhausted(format!(
-                    "tenant {tenant} is over its rate of {rate} call(s) per second"
-                ));
-                // of the callers' making: not a fault of the service (automatic rules skip it)
-                status.metadata_mut().insert(
-                    mesh_contract::headers::OVER_QUOTA,
-                    tonic::metadata::MetadataValue::from_static("rate"),
-                );
-                Err(status)
-            }
-            _ => Ok(()),
-        }
+        let Some((bucket, rate, _)) = buckets.get(tenant) else {
+            return Ok(());
+        };
+        let Err(not_until) = bucket.check() else {
+            return Ok(());
+        };
+        let mut status = tonic::Status::resource_exhausted(format!(
+            "tenant {tenant} is over its rate of {rate} call(s) per second"
+        ));
+        // of the callers' making: not a fault of the service (automatic rules skip it)
+        status.metadata_mut().insert(
+            mesh_contract::headers::OVER_QUOTA,
+            tonic::metadata::MetadataValue::from_static("rate"),
+        );
+        // when the next call would pass, in whole seconds as HTTP's Retry-After says it
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        status.metadata_mut().insert(
+            mesh_contract::headers::RETRY_AFTER,
+            tonic::metadata::MetadataValue::from(seconds.max(1)),
+        );
+        Err(status)
     }
 }
 

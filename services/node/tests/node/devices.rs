@@ -75,6 +75,9 @@ async fn next(terminal: &mut Terminal) -> String {
 
 #[tokio::test]
 async fn receipts_missed_while_away_are_synced_in_order_with_the_messages() {
+    // a mesh on RabbitMQ and PostgreSQL with several terminals: takes turns with the tests
+    // that load the machine (a thousand attaches at once must not be slowed by this one)
+    let _heavy = support::heavy().await;
     let db = Db::create().await;
     let vhost = Vhost::create();
     let dir = tenants_folder(&["mall"], &[]);
@@ -183,6 +186,8 @@ async fn ended(terminal: &mut Terminal) -> bool {
 
 #[tokio::test]
 async fn a_user_at_the_device_cap_gets_the_tenants_policy_and_signs_devices_out() {
+    // (takes turns, as above)
+    let _heavy = support::heavy().await;
     let db = Db::create().await;
     let vhost = Vhost::create();
     let dir = tenants_folder(&[], &[("shop.toml", SHOP), ("desk.toml", DESK)]);

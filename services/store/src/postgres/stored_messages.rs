@@ -27,7 +27,7 @@ pub(super) fn seq(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-type Tx<'a> = deadpool_postgres::Transaction<'a>;
+pub(super) type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
 /// Whether `user` takes part in `conversation`.
 async fn is_participant(
@@ -66,6 +66,23 @@ async fn by_client_id(
         .await
 }
 
+/// The next position of `user`'s timeline (a message's or a receipt's), its counter's row
+/// locked until the transaction ends: positions of one timeline commit in order.
+pub(super) async fn next_position(
+    tx: &Tx<'_>,
+    schema: &str,
+    user: &str,
+) -> Result<i64, tokio_postgres::Error> {
+    let bump = tx
+        .prepare_cached(&format!(
+            "INSERT INTO {schema}.timelines AS t (user_id, last_position) VALUES ($1, 1)
+             ON CONFLICT (user_id) DO UPDATE SET last_position = t.last_position + 1
+             RETURNING last_position"
+        ))
+        .await?;
+    Ok(tx.query_one(&bump, &[&user]).await?.get(0))
+}
+
 /// A new message's rows: the receiver's next timeline position, the message at `seq` in its
 /// conversation, both users as participants. Returns the position.
 async fn write_new(
@@ -74,14 +91,7 @@ async fn write_new(
     m: &NewMessage,
     seq: i64,
 ) -> Result<i64, tokio_postgres::Error> {
-    let bump_position = tx
-        .prepare_cached(&format!(
-            "INSERT INTO {schema}.timelines AS t (user_id, last_position) VALUES ($1, 1)
-             ON CONFLICT (user_id) DO UPDATE SET last_position = t.last_position + 1
-             RETURNING last_position"
-        ))
-        .await?;
-    let position: i64 = tx.query_one(&bump_position, &[&m.to_user]).await?.get(0);
+    let position = next_position(tx, schema, &m.to_user).await?;
     let insert = tx
         .prepare_cached(&format!(
             "INSERT INTO {schema}.messages

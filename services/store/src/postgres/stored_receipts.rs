@@ -2,7 +2,7 @@
 //! entry in each receiver's timeline, in one transaction.
 
 use super::*;
-use stored_messages::seq;
+use stored_messages::{next_position, seq};
 
 /// [`MessageStore::record_receipt`]: the reader's row first (a second receipt of the same
 /// reader waits on it, and finds nothing to move if it reads no further), then the receivers'
@@ -38,14 +38,6 @@ pub(super) async fn record(
                 tx.rollback().await.map_err(err)?;
                 return Ok(Vec::new());
             }
-            let bump_position = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO {schema}.timelines AS t (user_id, last_position) VALUES ($1, 1)
-                     ON CONFLICT (user_id) DO UPDATE SET last_position = t.last_position + 1
-                     RETURNING last_position"
-                ))
-                .await
-                .map_err(err)?;
             let insert = tx
                 .prepare_cached(&format!(
                     "INSERT INTO {schema}.messages
@@ -62,11 +54,9 @@ pub(super) async fn record(
             let mut entries = vec![StoredMessage::default(); receivers.len()];
             for i in order {
                 let receiver = &receivers[i];
-                let position: i64 = tx
-                    .query_one(&bump_position, &[receiver])
+                let position = next_position(&tx, &schema, receiver)
                     .await
-                    .map_err(err)?
-                    .get(0);
+                    .map_err(err)?;
                 let entry = StoredMessage::of_receipt(r, receiver, position as u64);
                 tx.execute(
                     &insert,

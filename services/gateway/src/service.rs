@@ -687,6 +687,8 @@ impl Gateway for GatewayService {
                 &self.inner.credentials.outbound(&ctx),
                 locator::RegisterRequest {
                     location: Some(location),
+                    // the others are read only when the device cap may be reached
+                    others_over: self.device_policy(&ctx.tenant).max_devices,
                 },
             )
             .await?;

@@ -57,25 +57,33 @@ impl Locator for LocatorService {
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
+        let request = request.into_inner();
+        let request_cap = request.others_over;
         let location = request
-            .into_inner()
             .location
             .ok_or_else(|| Status::invalid_argument("location is required"))?;
         required("location.user_id", &location.user_id)?;
         required("location.terminal_id", &location.terminal_id)?;
         required("location.node_address", &location.node_address)?;
+        let cap = request_cap;
         // a terminal that reconnects (here or on another node) replaces its old location
         let (user, terminal) = (location.user_id.clone(), location.terminal_id.clone());
-        self.presence
+        let entries = self
+            .presence
             .register(&ctx.tenant, location)
             .await
             .map_err(unavailable)?;
-        let mut others = self
-            .presence
-            .locate(&ctx.tenant, &user)
-            .await
-            .map_err(unavailable)?;
-        others.retain(|t| t.terminal_id != terminal);
+        // the others only when the caller's cap may be reached (a lookup checks each
+        // entry's node): an attach far from it costs no second read
+        let mut others = Vec::new();
+        if cap > 0 && entries > cap as usize {
+            others = self
+                .presence
+                .locate(&ctx.tenant, &user)
+                .await
+                .map_err(unavailable)?;
+            others.retain(|t| t.terminal_id != terminal);
+        }
         Ok(Response::new(v1::RegisterResponse { others }))
     }
 
@@ -131,6 +139,7 @@ mod tests {
                 node_address: format!("http://{node}"),
                 ..Default::default()
             }),
+            others_over: 0,
         }
     }
 

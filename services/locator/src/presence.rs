@@ -19,12 +19,14 @@ pub struct PresenceError(String);
 /// The registry of connected terminals, per tenant and user.
 #[tonic::async_trait]
 pub trait Presence: Send + Sync + 'static {
-    /// Records where a terminal is connected, replacing where it was.
+    /// Records where a terminal is connected, replacing where it was; how many entries the
+    /// user has then (an upper bound of their attached terminals: entries of nodes that died
+    /// count until a lookup removes them), read in the same round trip.
     async fn register(
         &self,
         tenant: &TenantId,
         location: TerminalLocation,
-    ) -> Result<(), PresenceError>;
+    ) -> Result<usize, PresenceError>;
 
     /// Forgets a terminal, if node `node_id` is still the one it is connected to.
     async fn unregister(
@@ -58,16 +60,15 @@ impl Presence for MemoryPresence {
         &self,
         tenant: &TenantId,
         location: TerminalLocation,
-    ) -> Result<(), PresenceError> {
-        self.tenants
-            .write()
-            .expect("lock")
+    ) -> Result<usize, PresenceError> {
+        let mut tenants = self.tenants.write().expect("lock");
+        let terminals = tenants
             .entry(tenant.clone())
             .or_default()
             .entry(location.user_id.clone())
-            .or_default()
-            .insert(location.terminal_id.clone(), location);
-        Ok(())
+            .or_default();
+        terminals.insert(location.terminal_id.clone(), location);
+        Ok(terminals.len())
     }
 
     async fn unregister(
@@ -344,22 +345,28 @@ impl Presence for RedisPresence {
         &self,
         tenant: &TenantId,
         location: TerminalLocation,
-    ) -> Result<(), PresenceError> {
+    ) -> Result<usize, PresenceError> {
         let mut value = format!("{}|", location.node_id).into_bytes();
         location.encode(&mut value).expect("a Vec grows as needed");
         let key = self.user_key(tenant, &location.user_id);
-        redis::cmd("HSET")
+        // the count in the same round trip: a device cap reads the user's terminals only
+        // when it may be reached
+        let (entries,): (usize,) = redis::pipe()
+            .cmd("HSET")
             .arg(&key)
             .arg(&location.terminal_id)
             .arg(&value)
-            .query_async::<()>(&mut self.connection.clone())
+            .ignore()
+            .cmd("HLEN")
+            .arg(&key)
+            .query_async(&mut self.connection.clone())
             .await
             .map_err(redis_error("registering a terminal"))?;
         self.held
             .lock()
             .expect("lock")
             .insert((key, location.terminal_id), value);
-        Ok(())
+        Ok(entries)
     }
 
     async fn unregister(

@@ -69,7 +69,7 @@ impl GatewayService {
         );
     }
 
-    fn device_policy(&self, tenant: &TenantId) -> DevicePolicy {
+    pub(super) fn device_policy(&self, tenant: &TenantId) -> DevicePolicy {
         self.inner
             .devices
             .read()

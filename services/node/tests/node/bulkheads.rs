@@ -111,6 +111,7 @@ async fn a_hanging_dependency_of_one_tenant_fills_only_its_bulkhead() {
                     node_address: hanging_at,
                     connected_at_ms: 0,
                 }),
+                others_over: 0,
             },
         )
         .await

@@ -207,6 +207,7 @@ async fn registering_a_fake_terminal_for_a_victim_is_refused() {
                             node_address: fake_address.clone(),
                             connected_at_ms: 0,
                         }),
+                        others_over: 0,
                     },
                 )
                 .await,

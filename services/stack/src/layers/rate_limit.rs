@@ -111,9 +111,8 @@ impl RateLimiter {
             tonic::metadata::MetadataValue::from_static("rate"),
         );
         // when the next call would pass, in whole seconds as HTTP's Retry-After says it
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
+        // (the bucket's own clock: a new one would be calibrated anew, on every refusal)
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(bucket.clock()));
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         status.metadata_mut().insert(
             mesh_contract::headers::RETRY_AFTER,

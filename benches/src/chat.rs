@@ -45,7 +45,7 @@ const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 /// A business line whose limits do not throttle the figure.
 const CHAT: &str = "id = \"chat\"\ndisplay_name = \"Chat\"\ndata_namespace = \"chat\"\n\
     [credentials]\ntoken = \"chat-secret-token\"\n\
-    [users]\nissuer = \"chat-accounts\"\nhs256_secret = \"chat-development-secret-of-32-bytes\"\n\
+    [users]\nissuer = \"chat-accounts\"\naudience = \"mesh\"\nhs256_secret = \"chat-development-secret-of-32-bytes\"\n\
     [limits]\nrequests_per_second = 1000000\nburst = 1000000\nmax_concurrent_per_dependency = 100000\n";
 
 /// Where a figure's sends go and its pushes come from.

@@ -36,7 +36,7 @@ const RECONNECTS: usize = 200;
 /// A business line whose rate limit does not throttle a mass attach.
 const BULK: &str = "id = \"bulk\"\ndisplay_name = \"Bulk\"\ndata_namespace = \"bulk\"\n\
     [credentials]\ntoken = \"bulk-secret-token\"\n\
-    [users]\nissuer = \"bulk-accounts\"\nhs256_secret = \"bulk-development-secret-of-32-bytes\"\n\
+    [users]\nissuer = \"bulk-accounts\"\naudience = \"mesh\"\nhs256_secret = \"bulk-development-secret-of-32-bytes\"\n\
     [limits]\nrequests_per_second = 1000000\nburst = 1000000\nmax_concurrent_per_dependency = 100000\n";
 
 pub async fn run() -> anyhow::Result<Vec<Row>> {

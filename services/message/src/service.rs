@@ -194,8 +194,8 @@ impl MessageService {
         ))
     }
 
-    /// Accepts a message (a user's, or the platform's own): stores it, announces it on the bus
-    /// and pushes it to the receiver's terminals.
+    /// Accepts a message (a user's, or the platform's own): stores it, then announces it on the
+    /// bus and pushes it to the receiver's terminals at once.
     pub(crate) async fn accept(
         &self,
         ctx: &RequestContext,
@@ -204,8 +204,13 @@ impl MessageService {
     ) -> Result<message::SendResponse, Status> {
         self.check_send(ctx, &request)?;
         let message = self.store_once(ctx, request, kind).await?;
-        self.announce(ctx, &message).await?;
-        Ok(self.deliver(ctx, message).await)
+        // the push needs the stored message, not the event: both at once (a retry after a
+        // failed announcement pushes again, which terminals drop by message id); the OK still
+        // waits for the announcement's confirm, which is its promise
+        let (announced, delivered) =
+            tokio::join!(self.announce(ctx, &message), self.deliver(ctx, message.clone()));
+        announced?;
+        Ok(delivered)
     }
 
     /// A send to a third-party channel's customer goes into the conversation their first

@@ -418,14 +418,11 @@ async fn serve_web(env: &WorkerEnv, served: &Served) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("{WEB_LISTEN_ENV}={listen}"))?;
     tracing::info!(address = %listener.local_addr()?, "web access");
-    let stack = tower::ServiceBuilder::new()
-        .layer(served.inbound.layer())
-        .service(served.platform.routes());
     let routes = mesh_web::Routes::new(mesh_api::CONTRACTS, mesh_api::FILE_DESCRIPTOR_SET)?;
     let max_body = env.web_max_body_bytes.unwrap_or(1 << 20);
     // platforms' callbacks too (a pod's web port is where they arrive): passed to this
     // process's own channel service as the node
-    let access = mesh_web::WebAccess::new(routes, tower::util::BoxCloneSyncService::new(stack))
+    let access = mesh_web::WebAccess::new(routes, served.inbound.in_process(served.platform.routes()))
         .with_max_body(max_body)
         .with_channels(served.platform.node_credential());
     tokio::spawn(mesh_runtime::connections::serve_connections(
@@ -726,6 +723,8 @@ async fn serve(
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     };
+    // the node's calls to itself (locator, gateway) skip the network from now on
+    served.platform.serve_in_process(&served.inbound);
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = node_tls {
         server = server

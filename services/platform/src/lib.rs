@@ -135,6 +135,8 @@ pub struct Platform {
     archive: Archive,
     /// Locator and gateways, at this node's own address.
     own: Endpoint,
+    /// The server at that address, which this node's calls to itself reach in process.
+    own_server: mesh_runtime::OwnServer,
     switches: SwitchBoard,
     outbound: Outbound,
     bus: Arc<dyn EventBus>,
@@ -220,10 +222,14 @@ impl Platform {
             .tcp_nodelay(true);
         // each tenant's calls to each dependency in places of their own (sized per tenant in
         // add_tenant): a dependency slow for one tenant sheds that tenant's excess calls only
+        // calls to this node's own address (locator, gateway, message) go to its server in
+        // process once it serves (`serve_in_process`), through the same layers
+        let own_server = mesh_runtime::OwnServer::new(own.uri());
         let outbound = Outbound::new(
             Bulkheads::new(mesh_runtime::config::Limits::default().max_concurrent_per_dependency),
             CATALOGUE,
-        );
+        )
+        .with_own_server(own_server.clone());
         let gateway = GatewayService::new(
             node_id,
             url,
@@ -277,6 +283,7 @@ impl Platform {
             ),
             archive: Archive::new(store),
             own,
+            own_server,
             switches: SwitchBoard::new(CATALOGUE),
             outbound,
             bus,
@@ -660,6 +667,13 @@ impl Platform {
             .fold(routes, |routes, (_, service)| service.routes(routes))
     }
 
+    /// From now on the services' calls to this node's own address (the locator, the gateway,
+    /// the message service) go to `inbound` around [`Platform::routes`] in this process,
+    /// instead of over HTTP/2 on loopback: to be called with the stack the node serves.
+    pub fn serve_in_process(&self, inbound: &Inbound) {
+        self.own_server.serve(inbound.in_process(self.routes()));
+    }
+
     /// The bulkheads the services' outbound calls go through, one per (tenant, dependency):
     /// what `meshctl status` shows filling.
     pub fn bulkheads(&self) -> &Bulkheads {
@@ -706,6 +720,7 @@ impl Platform {
             Some(mesh_api::FILE_DESCRIPTOR_SET),
         );
         probes.set_serving(true).await;
+        self.serve_in_process(&inbound);
         tonic::transport::Server::builder()
             .layer(mesh_runtime::probes::ProbesLayer::new(probes))
             .layer(inbound.layer())

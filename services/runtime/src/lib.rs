@@ -29,7 +29,7 @@ pub use mesh_control as control;
 /// The front door ([`mesh_front_door`]).
 pub use mesh_front_door as front_door;
 pub use mesh_front_door::{connections, deploy, direct, tls, upstream};
-pub use mesh_stack::{auth, layers, probes, stack};
+pub use mesh_stack::{auth, layers, own_server, probes, stack};
 /// The supervisor ([`mesh_supervisor`]).
 pub use mesh_supervisor as supervisor;
 
@@ -44,4 +44,5 @@ pub use mesh_config::users as identity;
 
 pub use auth::{TenantAuthLayer, TenantDirectory};
 pub use config::{ConfigError, FieldError, TenantConfig, Tenants};
+pub use own_server::OwnServer;
 pub use stack::{Inbound, InboundLayerKind, Outbound, OutboundChannel, Peers};

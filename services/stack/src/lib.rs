@@ -9,10 +9,12 @@
 
 pub mod auth;
 pub mod layers;
+pub mod own_server;
 pub mod probes;
 pub mod stack;
 
 pub use auth::{TenantAuthLayer, TenantDirectory};
+pub use own_server::OwnServer;
 pub use stack::{Inbound, InboundLayerKind, Outbound, OutboundChannel, Peers};
 
 // the configuration as the modules name it (`crate::config::TenantConfig`)

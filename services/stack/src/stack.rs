@@ -48,11 +48,12 @@ use mesh_telemetry::{TraceLayer, Traced};
 use tower::{ServiceBuilder, layer::util::Identity, layer::util::Stack, util::Either};
 
 use crate::{
-    TenantAuthLayer, TenantConfig, TenantDirectory,
+    OwnServer, TenantAuthLayer, TenantConfig, TenantDirectory,
     layers::{
         AdmitLayer, AnswerCache, Bulkheads, CachedAnswersLayer, Catalogue, DeadlineLayer,
         RateLimiter, ServicePlan, SwitchBoard, TenantExecutorLayer, TenantRuntimes,
     },
+    own_server::Transport,
 };
 
 /// How many degraded-able answers an inbound stack keeps to serve while their method is off.
@@ -278,6 +279,15 @@ pub type PartialInboundLayer = ServiceBuilder<
 >;
 
 impl Inbound {
+    /// `routes` behind this stack as one service, for calls made in this process (the node's
+    /// calls to itself, [`OwnServer`]; the web access): what a server built with
+    /// [`Inbound::layer`] answers, without the server.
+    pub fn in_process(&self, routes: tonic::service::Routes) -> crate::own_server::ServerStack {
+        tower::util::BoxCloneSyncService::new(
+            ServiceBuilder::new().layer(self.layer()).service(routes),
+        )
+    }
+
     /// The stack without the layers in `off`, the others where [`Inbound::layer`] puts them:
     /// to measure what each layer costs (`mesh-bench --only layers`). Not for serving: without
     /// authentication nothing attaches the caller's context, which the layers after it and
@@ -371,6 +381,8 @@ impl Peers {
 pub struct Outbound {
     bulkheads: Bulkheads,
     catalogue: Catalogue,
+    /// This process's own server: channels to its address call it in process.
+    own: Option<OwnServer>,
 }
 
 impl Outbound {
@@ -380,7 +392,15 @@ impl Outbound {
         Self {
             bulkheads,
             catalogue,
+            own: None,
         }
+    }
+
+    /// Channels to `own`'s address call it in process once it serves ([`OwnServer`]): the
+    /// same layers on both sides, without HTTP/2 framing and loopback TCP.
+    pub fn with_own_server(mut self, own: OwnServer) -> Self {
+        self.own = Some(own);
+        self
     }
 
     /// The bulkheads behind every channel (`meshctl status` shows them filling).
@@ -416,7 +436,10 @@ impl Outbound {
             .layer(TraceLayer::client(self.catalogue.0).to_server(endpoint.uri()))
             .layer(DeadlineLayer::new(self.catalogue))
             .layer(AdmitLayer::new(self.bulkheads.for_dependency(dependency)))
-            .service(endpoint.connect_lazy());
+            .service(match &self.own {
+                Some(own) if own.is_at(endpoint.uri()) => own.transport(endpoint.connect_lazy()),
+                _ => Transport::network(endpoint.connect_lazy()),
+            });
         tower::util::BoxCloneSyncService::new(stack)
     }
 }

@@ -11,4 +11,5 @@ mod front_door;
 mod identity;
 mod layers;
 mod modules;
+mod own_server;
 mod threads;

@@ -67,7 +67,7 @@ const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
 /// What the tables of a tenant's schema look like: recorded in `<schema>.schema_version`
 /// once set up, so opening a schema that is current reads one row and takes no lock (a
 /// worker restarting never waits behind a long report query). Raise it with any DDL change.
-const SCHEMA_VERSION: i32 = 4;
+const SCHEMA_VERSION: i32 = 5;
 
 /// PostgreSQL backend: each tenant's tables live in schema `<prefix><namespace>`, created on
 /// [`MessageStore::open`]. Statements are built from that one schema name, which was
@@ -592,6 +592,9 @@ async fn set_up(
     ))
     .await
     .map_err(err("creating its tables"))?;
+    tx.batch_execute(&stored_messages::accept_function(schema))
+        .await
+        .map_err(err("creating its functions"))?;
     tx.commit().await.map_err(err("creating its tables"))
 }
 

@@ -207,8 +207,10 @@ impl MessageService {
         // the push needs the stored message, not the event: both at once (a retry after a
         // failed announcement pushes again, which terminals drop by message id); the OK still
         // waits for the announcement's confirm, which is its promise
-        let (announced, delivered) =
-            tokio::join!(self.announce(ctx, &message), self.deliver(ctx, message.clone()));
+        let (announced, delivered) = tokio::join!(
+            self.announce(ctx, &message),
+            self.deliver(ctx, message.clone())
+        );
         announced?;
         Ok(delivered)
     }

@@ -422,9 +422,10 @@ async fn serve_web(env: &WorkerEnv, served: &Served) -> anyhow::Result<()> {
     let max_body = env.web_max_body_bytes.unwrap_or(1 << 20);
     // platforms' callbacks too (a pod's web port is where they arrive): passed to this
     // process's own channel service as the node
-    let access = mesh_web::WebAccess::new(routes, served.inbound.in_process(served.platform.routes()))
-        .with_max_body(max_body)
-        .with_channels(served.platform.node_credential());
+    let access =
+        mesh_web::WebAccess::new(routes, served.inbound.in_process(served.platform.routes()))
+            .with_max_body(max_body)
+            .with_channels(served.platform.node_credential());
     tokio::spawn(mesh_runtime::connections::serve_connections(
         listener,
         access,

@@ -88,10 +88,7 @@ impl OwnServer {
 
     /// The transport of a channel to this server: in process once it serves, over `network`
     /// until then.
-    pub(crate) fn transport(
-        &self,
-        network: tonic::transport::Channel,
-    ) -> Transport {
+    pub(crate) fn transport(&self, network: tonic::transport::Channel) -> Transport {
         Transport {
             own: Some(self.stack.clone()),
             network,
@@ -117,9 +114,8 @@ impl Transport {
     }
 }
 
-type InProcess = Pin<
-    Box<dyn Future<Output = Result<http::Response<Body>, tonic::transport::Error>> + Send>,
->;
+type InProcess =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, tonic::transport::Error>> + Send>>;
 
 impl tower::Service<http::Request<Body>> for Transport {
     type Response = http::Response<Body>;

@@ -12,7 +12,7 @@ use common::{ctx, tenants};
 use mesh_api::locator::v1 as locator;
 use mesh_contract::ServiceCredentials;
 use mesh_runtime::{
-    Inbound, OwnServer, Outbound,
+    Inbound, Outbound, OwnServer,
     layers::{Bulkheads, Catalogue, SwitchBoard},
 };
 use tonic::{Code, Request, Response, Status, service::Routes};
@@ -69,8 +69,8 @@ impl locator::locator_server::Locator for CountingLocator {
 /// The product's inbound stack for the shipped tenants, accepting the test's node credential.
 fn inbound() -> Inbound {
     let tenants = tenants();
-    let inbound = Inbound::new(CATALOGUE, SwitchBoard::new(CATALOGUE))
-        .with_node_credential(NODE_CREDENTIAL);
+    let inbound =
+        Inbound::new(CATALOGUE, SwitchBoard::new(CATALOGUE)).with_node_credential(NODE_CREDENTIAL);
     for config in tenants.tenants.values() {
         inbound.serve_tenant(config).unwrap();
     }
@@ -173,6 +173,10 @@ async fn an_in_process_call_keeps_the_callees_authentication_and_the_callers_bul
     assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
     locator.hold.notify_one();
     assert_eq!(first.await.unwrap().unwrap().terminals[0].user_id, "hold");
-    caller.clone().locate(&as_node(), locate("bob")).await.unwrap();
+    caller
+        .clone()
+        .locate(&as_node(), locate("bob"))
+        .await
+        .unwrap();
     assert_eq!(locator.over_network.load(Ordering::SeqCst), 0);
 }

@@ -27,7 +27,8 @@ pub use backoff::Backoff;
 /// methods, which it refuses to any caller outside (the call is still authenticated, with the
 /// node credential, and admitted by the method's audience), held to the tenant's rate as an
 /// outside caller's would be. The web access sets it on the platforms' callbacks it passes to
-/// the channel service.
+/// the channel service; a node's calls to its own server (`mesh_stack::OwnServer`) carry it,
+/// and their SERVER span records `network.transport = inproc` instead of a peer address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InProcess;
 pub use bus::{BusError, Dispatch, EventBus, HandlerError, Subscription, SubscriptionHandle};

@@ -90,7 +90,7 @@ impl OwnServer {
     /// until then.
     pub(crate) fn transport(&self, network: tonic::transport::Channel) -> Transport {
         Transport {
-            own: Some(self.stack.clone()),
+            own: Some(self.clone()),
             network,
         }
     }
@@ -99,7 +99,7 @@ impl OwnServer {
 /// The innermost service of an outbound channel: the network, or the process's own server.
 #[derive(Clone, Debug)]
 pub struct Transport {
-    own: Option<Arc<OnceLock<ServerStack>>>,
+    own: Option<OwnServer>,
     network: tonic::transport::Channel,
 }
 
@@ -109,8 +109,9 @@ impl Transport {
         Self { own: None, network }
     }
 
-    fn own(&self) -> Option<&ServerStack> {
-        self.own.as_ref().and_then(|own| own.get())
+    fn own(&self) -> Option<(&OwnServer, &ServerStack)> {
+        let own = self.own.as_ref()?;
+        Some((own, own.stack.get()?))
     }
 }
 
@@ -133,10 +134,19 @@ impl tower::Service<http::Request<Body>> for Transport {
         self.network.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         match self.own() {
-            Some(stack) => {
+            Some((own, stack)) => {
                 let stack = stack.clone();
+                // the address the call was made to, as a connection would have added it
+                let mut uri = request.uri().clone().into_parts();
+                uri.scheme = own.scheme.clone();
+                uri.authority = own.authority.clone();
+                if let Ok(uri) = http::Uri::from_parts(uri) {
+                    *request.uri_mut() = uri;
+                }
+                // the callee's span says so (`network.transport = inproc`, no peer address)
+                request.extensions_mut().insert(mesh_contract::InProcess);
                 futures::future::Either::Right(Box::pin(async move {
                     match stack.oneshot(request).await {
                         Ok(response) => Ok(response),

@@ -494,6 +494,7 @@ where
             server.port = tracing::field::Empty,
             network.peer.address = tracing::field::Empty,
             network.peer.port = tracing::field::Empty,
+            network.transport = tracing::field::Empty,
             tenant = %tenant,
             service = names.service,
             contract.version = names.version,
@@ -519,6 +520,14 @@ where
         {
             span.record("network.peer.address", tracing::field::display(peer.ip()));
             span.record("network.peer.port", i64::from(peer.port()));
+        }
+        // a call this process made to itself (`mesh_stack::OwnServer`): no socket, no peer
+        if request
+            .extensions()
+            .get::<mesh_contract::InProcess>()
+            .is_some()
+        {
+            span.record("network.transport", "inproc");
         }
         let trace = TraceContext {
             traceparent: header(request.headers(), headers::TRACEPARENT).map(str::to_owned),

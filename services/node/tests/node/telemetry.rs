@@ -1092,8 +1092,9 @@ async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
         assert!(span.int("server.port").is_some_and(|p| p > 0), "{what}");
         assert_eq!(span.status().0, 0, "unset: {what}");
     }
-    // a server knows who called it
-    for span in [&front, &send, &locate_server, &deliver_server] {
+    // a server knows who called it: over the network, its address; the worker's calls to
+    // itself (locator, gateway) never left the process, and say so
+    for span in [&front, &send] {
         assert_eq!(
             span.attr("network.peer.address").as_deref(),
             Some("127.0.0.1"),
@@ -1102,6 +1103,16 @@ async fn one_chat_through_mesh_up_is_one_span_tree_with_the_conventions() {
             span.process
         );
         assert!(span.int("network.peer.port").is_some());
+        assert_eq!(span.attr("network.transport"), None);
+    }
+    for span in [&locate_server, &deliver_server] {
+        let what = format!("{} of {}", span.span.name, span.process);
+        assert_eq!(
+            span.attr("network.transport").as_deref(),
+            Some("inproc"),
+            "{what}"
+        );
+        assert_eq!(span.attr("network.peer.address"), None, "{what}");
     }
     // messaging conventions on the publish and the consume
     for span in [&publish, &consume] {

@@ -6,6 +6,7 @@
 //! (`DirectChannel`). Each path runs twice, in the order direct, HAProxy, front door, learned,
 //! learned, front door, HAProxy, direct, so a drift of the machine weighs on all alike.
 
+use anyhow::Context as _;
 use std::{
     process::Stdio,
     sync::{
@@ -50,7 +51,8 @@ async fn connect(address: &str) -> anyhow::Result<Vec<tonic::transport::Channel>
             tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
                 .tcp_nodelay(true)
                 .connect()
-                .await?,
+                .await
+                .with_context(|| format!("connecting to {address}"))?,
         );
     }
     Ok(channels)
@@ -139,6 +141,8 @@ pub async fn run(window: Duration) -> anyhow::Result<Vec<Row>> {
         .arg(dir.path())
         .args(["--listen", &haproxy_at])
         .args(["--group", &format!("shared={}", up.worker_address)])
+        // the figure's few connections: a machine's default open-file limit is enough
+        .args(["--maxconn", "4096"])
         .output()?;
     anyhow::ensure!(
         rendered.status.success(),
@@ -151,13 +155,18 @@ pub async fn run(window: Duration) -> anyhow::Result<Vec<Row>> {
         .args(["-db", "-f"])
         .arg(&config)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("haproxy.log"))?)
         .kill_on_drop(true)
         .spawn();
     let Ok(mut haproxy) = haproxy else {
         anyhow::bail!("haproxy is not installed (Debian's haproxy package)");
     };
+    // it listens within this (it said why if it stopped instead)
     tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Some(status) = haproxy.try_wait()? {
+        let said = std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default();
+        anyhow::bail!("haproxy stopped ({status}; `ulimit -n` too low for its maxconn?):\n{said}");
+    }
 
     let half = window / 2;
     let (mut direct, mut proxied, mut front, mut learned) = (

@@ -8,6 +8,13 @@
 //! Only tenants the mesh serves are watched (a flood of made-up tenants takes no memory), and
 //! only calls the router forwarded are counted and sampled: a refusal at the door says nothing
 //! about the tenant's service.
+//!
+//! Nor does a flood one caller makes: its calls queue behind each other and run out of time
+//! (DEADLINE_EXCEEDED from the worker) long before the service is unwell. A caller a quota
+//! refused ([`OVER_QUOTA`](mesh_contract::headers::OVER_QUOTA)) is known by its credential
+//! (a keyed hash of it, nothing kept in the clear), and its calls before that refusal and up
+//! to [`FLOOD_MEMORY`] after its latest one are left out of the rules' windows: what is judged
+//! is the service as the callers within their quotas see it.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -29,6 +36,12 @@ const KEEP_SAMPLES: Duration = Duration::from_secs(120);
 const MAX_SAMPLES: usize = 50_000;
 /// Degraded answers remembered for `status`.
 const RECENT_DEGRADED: usize = 50;
+/// A caller refused over a quota has its calls before the refusal, and until this long after
+/// its latest one, left out of the rules' windows.
+pub const FLOOD_MEMORY: Duration = Duration::from_secs(30);
+/// At most this many callers over quota remembered per tenant (bounded under any flood of
+/// credentials; past it, a new one's calls are sampled as anyone's).
+const MAX_FLOODERS: usize = 10_000;
 
 /// A degraded answer the front door passed on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,12 +84,48 @@ struct Sample {
     tier: u8,
     latency: Duration,
     failed: bool,
+    caller: Caller,
+}
+
+/// Who made a call: a keyed hash of its credential; [`Caller::UNKNOWN`] without one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Caller(u64);
+
+impl Caller {
+    /// No credential: never remembered as flooding (it would stand for everyone without one).
+    const UNKNOWN: Caller = Caller(0);
 }
 
 #[derive(Debug, Default)]
 struct Watched {
     load: TenantLoad,
     samples: VecDeque<Sample>,
+    /// Callers refused over a quota, at their latest refusal.
+    over_quota: HashMap<Caller, Instant>,
+}
+
+impl Watched {
+    /// Whether `sample` was part of a flood its own caller made.
+    fn flooding(&self, sample: &Sample) -> bool {
+        self.over_quota
+            .get(&sample.caller)
+            .is_some_and(|refused| *refused + FLOOD_MEMORY >= sample.at)
+    }
+
+    /// Remembers that `caller` was refused over a quota at `now`.
+    fn refused_over_quota(&mut self, caller: Caller, now: Instant) {
+        if caller == Caller::UNKNOWN {
+            return;
+        }
+        if self.over_quota.len() >= MAX_FLOODERS && !self.over_quota.contains_key(&caller) {
+            self.over_quota
+                .retain(|_, at| now.duration_since(*at) <= FLOOD_MEMORY + KEEP_SAMPLES);
+            if self.over_quota.len() >= MAX_FLOODERS {
+                return;
+            }
+        }
+        self.over_quota.insert(caller, now);
+    }
 }
 
 /// The tenants the mesh serves (the router's list).
@@ -91,6 +140,8 @@ pub(crate) struct Forwarded;
 pub struct Traffic {
     tenants: Mutex<HashMap<TenantId, Watched>>,
     degraded: Mutex<VecDeque<DegradedSeen>>,
+    /// This process's key for callers' credentials (random: no one can aim two at one hash).
+    callers: std::hash::RandomState,
 }
 
 impl Traffic {
@@ -108,7 +159,7 @@ impl Traffic {
             if since.is_some_and(|since| sample.at < since) {
                 break;
             }
-            if sample.tier <= max_tier {
+            if sample.tier <= max_tier && !watched.flooding(sample) {
                 latencies.push(sample.latency);
                 failed += u32::from(sample.failed);
             }
@@ -149,6 +200,18 @@ impl Traffic {
             .collect()
     }
 
+    /// Who `sent` these headers: its credential (bearer token or mesh token), hashed.
+    fn caller(&self, sent: &http::HeaderMap) -> Caller {
+        use std::hash::BuildHasher;
+        let credential = sent
+            .get(headers::AUTHORIZATION)
+            .or_else(|| sent.get(headers::TOKEN));
+        match credential {
+            Some(value) => Caller(self.callers.hash_one(value.as_bytes()).max(1)),
+            None => Caller::UNKNOWN,
+        }
+    }
+
     fn enter(self: &Arc<Self>, tenant: &TenantId) -> InFlight {
         let mut tenants = self.tenants.lock().expect("lock");
         tenants.entry(tenant.clone()).or_default().load.in_flight += 1;
@@ -186,6 +249,7 @@ struct Call {
     tier: Option<u8>,
     /// The caller gave it less time than its contract does.
     cut_short: bool,
+    caller: Caller,
     started: Instant,
 }
 
@@ -216,18 +280,23 @@ impl Call {
         );
         let callers_own = over_quota && code == tonic::Code::ResourceExhausted;
         let sampled = !(caller_error(code) || callers_own || (self.cut_short && ran_out));
-        let Some(tier) = self.tier.filter(|_| sampled) else {
+        if !over_quota && !sampled {
             return;
-        };
+        }
         let now = Instant::now();
         let mut tenants = traffic.tenants.lock().expect("lock");
         let watched = tenants.entry(tenant.clone()).or_default();
-        {
+        if over_quota {
+            // this caller's other calls around now are its own flood's, not the service's
+            watched.refused_over_quota(self.caller, now);
+        }
+        if let Some(tier) = self.tier.filter(|_| sampled) {
             watched.samples.push_back(Sample {
                 at: now,
                 tier,
                 latency: now - self.started,
                 failed: code != tonic::Code::Ok,
+                caller: self.caller,
             });
             while watched.samples.len() > MAX_SAMPLES
                 || watched
@@ -368,6 +437,7 @@ where
         let call = Call {
             in_flight: traffic.enter(&tenant),
             cut_short: method.is_some_and(|(_, m)| deadline.is_some_and(|d| d < m.timeout)),
+            caller: traffic.caller(request.headers()),
             tier: method.map(|(spec, _)| spec.tier.get()),
             started: Instant::now(),
         };
@@ -559,6 +629,63 @@ mod tests {
             (window().calls, window().error_rate),
             (1, 1.0),
             "a shed call without the header counts"
+        );
+    }
+
+    /// One user's flood: once a quota refused her, her calls that ran out of time queued
+    /// behind her own (before the refusal and after) leave the window; another caller's
+    /// failing calls at the same time still count.
+    #[tokio::test]
+    async fn a_caller_refused_over_quota_has_its_other_calls_left_out_of_the_window() {
+        let (mall, traffic, layer) = mall_traffic();
+        let service = ServiceBuilder::new().layer(layer).service_fn(
+            |request: http::Request<()>| async move {
+                let mut status = tonic::Status::deadline_exceeded("queued too long");
+                if request.headers().contains_key("x-test-quota") {
+                    status = tonic::Status::resource_exhausted("over the terminal quota");
+                    status.metadata_mut().insert(
+                        mesh_contract::headers::OVER_QUOTA,
+                        tonic::metadata::MetadataValue::from_static("terminals"),
+                    );
+                }
+                let mut response = status.into_http::<tonic::body::Body>();
+                response.extensions_mut().insert(Forwarded);
+                Ok::<_, Infallible>(response)
+            },
+        );
+        let call = |user: &str, refused: bool| {
+            let mut request = http::Request::builder()
+                .uri("/order.v1.Order/GetOrder")
+                .header("x-mesh-tenant", "mall")
+                .header("authorization", format!("Bearer token-of-{user}"));
+            if refused {
+                request = request.header("x-test-quota", "1");
+            }
+            service.clone().oneshot(request.body(()).unwrap())
+        };
+        let window = || traffic.window(&mall, 2, Duration::from_secs(60));
+        for _ in 0..5 {
+            call("alice", false).await.unwrap();
+        }
+        assert_eq!(
+            window().calls,
+            5,
+            "alice's timeouts count until a quota refuses her"
+        );
+        call("alice", true).await.unwrap();
+        for _ in 0..5 {
+            call("alice", false).await.unwrap();
+        }
+        assert_eq!(
+            window().calls,
+            0,
+            "before the refusal and after: her own flood's"
+        );
+        call("bob", false).await.unwrap();
+        assert_eq!(
+            (window().calls, window().error_rate),
+            (1, 1.0),
+            "bob's timeout at the same time is the service's"
         );
     }
 }

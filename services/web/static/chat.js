@@ -6,6 +6,8 @@
 import { MeshError, call, el, stream } from "./mesh.js";
 
 const $ = (id) => document.getElementById(id);
+/** Where this tab keeps its sign-in, so a reload keeps it (gone with the tab or a sign-out). */
+const SESSION_KEY = "mesh.chat.session";
 
 let session = null; // { tenant, user, token, peer, terminal, conversation }
 let timers = [];
@@ -25,6 +27,14 @@ let syncing = null; // the sync under way
 let syncSession = 0; // which sign-in a sync belongs to: an older one's result is dropped
 let syncBackoff = 0; // ms before syncing again after a sync that did not reach the head
 let reconnectIn = null; // the node said it is leaving: attach again after this many ms
+// What this user wrote and the mesh has not yet confirmed stored, in the order written. Each
+// keeps the one client id it got when written: a retry after any failure (a timeout, a node
+// gone, a double click) is answered with the one stored message, never a second
+const outbox = [];
+let sending = false; // the outbox is being sent
+// Read receipts are sent only for what the user could see: the open conversation in a shown,
+// focused tab; what arrives otherwise is read once the tab is looked at again
+let unreadSeq = 0;
 
 function headers() {
   return { "x-mesh-tenant": session.tenant, authorization: `Bearer ${session.token}` };
@@ -74,9 +84,38 @@ function signOut(why) {
   timers.forEach(clearInterval);
   timers = [];
   setConnection("signed out");
+  sessionStorage.removeItem(SESSION_KEY);
   $("chat").hidden = true;
   $("sign-in").hidden = false;
   $("sign-in-error").textContent = why;
+}
+
+/** When `message` was sent, as a `<time>` (the hour and minute; the full date on hover). */
+function sentAt(message) {
+  const ms = Number(message.sentAtMs ?? 0);
+  if (!ms) return el("span", "");
+  const at = new Date(ms);
+  const time = el("time", "", at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
+  time.dateTime = at.toISOString();
+  time.title = at.toLocaleString();
+  return time;
+}
+
+/** Whether the message list is scrolled to its end (the user is not reading above). */
+function atEnd(list) {
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+}
+
+/**
+ * Appends `item` to the conversation: followed to the end when the user was there (or wrote
+ * it), else a "new messages below" button, so reading above is never interrupted.
+ */
+function append(item, follow) {
+  const list = $("messages");
+  const wasAtEnd = atEnd(list);
+  list.append(item);
+  if (wasAtEnd || follow) list.scrollTop = list.scrollHeight;
+  else $("new-below").hidden = false;
 }
 
 function show(message) {
@@ -92,18 +131,20 @@ function show(message) {
   // a customer writing from another platform (a third-party channel: `ch:<channel>:<id>`)
   const channel = /^ch:([a-z][a-z0-9-]*):/.exec(message.fromUser ?? "");
   const via = channel ? ` · via ${channel[1]}` : "";
+  const body = el("span", "body", message.body);
+  body.dir = "auto"; // Hebrew or Arabic laid out right to left, each message on its own
   const item = el(
     "li",
     `message ${kind}`,
     el("span", "from", (kind === "system" ? "system" : message.fromUser) + via + elsewhere),
-    el("span", "body", message.body),
+    body,
+    sentAt(message),
     state,
   );
   item.dataset.seq = message.seq;
   item.dataset.messageId = message.messageId;
   shown.set(message.messageId, item);
-  $("messages").append(item);
-  item.scrollIntoView({ block: "end" });
+  append(item, mine);
   if (mine) {
     sentSeqs.push([Number(message.seq), state]);
     markReceipts();
@@ -136,7 +177,7 @@ async function sync() {
         m.kind !== "MESSAGE_KIND_SYSTEM" &&
         m.kind !== "MESSAGE_KIND_READ_RECEIPT",
     );
-    if (here.length > 0) markRead(here[here.length - 1].seq);
+    if (here.length > 0) readWhenSeen(here[here.length - 1].seq);
     if (json.messages.length > 0) {
       await mesh("/message/v1/AckDelivery", {
         userId: session.user,
@@ -169,6 +210,20 @@ function resync() {
   return syncing;
 }
 
+/** Whether the user can see the open conversation now: the tab shown and focused. */
+function seen() {
+  return document.visibilityState === "visible" && document.hasFocus();
+}
+
+/** Marks the open conversation read up to `seq` now if the user sees it, else once they do. */
+function readWhenSeen(seq) {
+  unreadSeq = Math.max(unreadSeq, Number(seq));
+  if (seen()) {
+    markRead(unreadSeq);
+    unreadSeq = 0;
+  }
+}
+
 /** Tells the other side this user read the open conversation up to `seq`. */
 function markRead(seq) {
   mesh("/message/v1/MarkRead", {
@@ -187,7 +242,7 @@ function receive(message, readNow = true) {
   show(message);
   const here =
     message.conversationId === session.conversation && message.kind !== "MESSAGE_KIND_SYSTEM";
-  if (readNow && here) markRead(message.seq);
+  if (readNow && here) readWhenSeen(message.seq);
   if (message.kind === "MESSAGE_KIND_SYSTEM") refreshOrders();
 }
 
@@ -287,23 +342,86 @@ async function attach() {
   if (generation === attachGeneration) setConnection("offline");
 }
 
-async function send(event) {
+/**
+ * Send: what was typed goes to the outbox and the box is empty at once for the next message,
+ * whatever the mesh answers and however long it takes; an empty box sends nothing (so a
+ * double click sends once).
+ */
+function send(event) {
   event.preventDefault();
-  const body = $("body").value.trim();
-  if (!body) return;
+  const box = $("body");
+  const body = box.value.trim();
+  if (!body || !session) return;
+  box.value = "";
   $("send-error").textContent = "";
+  const text = el("span", "body", body);
+  text.dir = "auto";
+  const state = el("span", "state", "sending");
+  const item = el("li", "message mine pending", el("span", "from", session.user), text, state);
+  append(item, true);
+  outbox.push({ body, clientMsgId: crypto.randomUUID(), item, state, session: syncSession });
+  sendOutbox();
+}
+
+/** A failure worth another try with the same client id (the message may be stored already). */
+function retryable(err) {
+  if (!(err instanceof MeshError)) return true; // the network: the request may not have left
+  return ["UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "UNKNOWN",
+    "INTERNAL", "CANCELLED"].includes(err.status) || err.http === 0;
+}
+
+/** Sends the outbox in order, one at a time, each retried until stored or refused. */
+async function sendOutbox() {
+  if (sending) return;
+  sending = true;
+  let wait = 500;
   try {
-    const { json } = await mesh("/message/v1/Send", {
-      conversationId: session.conversation,
-      fromUser: session.user,
-      toUser: session.peer,
-      body,
-      clientMsgId: crypto.randomUUID(),
-    });
-    $("body").value = "";
-    show(json.message);
-  } catch (err) {
-    $("send-error").textContent = err.message;
+    while (outbox.length > 0) {
+      const next = outbox[0];
+      if (next.session !== syncSession) {
+        outbox.shift(); // written before a sign-out: not sent as whoever signs in next
+        continue;
+      }
+      try {
+        const { json } = await mesh("/message/v1/Send", {
+          conversationId: session.conversation,
+          fromUser: session.user,
+          toUser: session.peer,
+          body: next.body,
+          clientMsgId: next.clientMsgId,
+        });
+        outbox.shift();
+        wait = 500;
+        next.item.remove();
+        if (next.session === syncSession) show(json.message);
+      } catch (err) {
+        if (next.session !== syncSession) continue;
+        if (err instanceof MeshError && err.http === 401) {
+          // nothing typed is lost: what was not sent goes back to the box, before what is
+          // being typed, for after signing in again
+          const unsent = outbox.splice(0);
+          unsent.forEach((o) => o.item.remove());
+          $("body").value = [...unsent.map((o) => o.body), $("body").value]
+            .filter(Boolean)
+            .join("\n");
+          signOut("Your sign-in has expired or was withdrawn: sign in again.");
+          return;
+        }
+        if (retryable(err)) {
+          next.state.textContent = "retrying";
+          await new Promise((resolve) => setTimeout(resolve, wait));
+          wait = Math.min(wait * 2, 5000);
+          continue;
+        }
+        // refused for what it is (too long, not allowed): said on the message, not retried
+        outbox.shift();
+        next.item.classList.replace("pending", "failed");
+        next.state.textContent = `not sent: ${err.message}`;
+        $("send-error").textContent = err.message;
+      }
+    }
+  } finally {
+    sending = false;
   }
 }
 
@@ -399,6 +517,7 @@ function toggleOnline() {
 
 function start(values) {
   const { tenant, user, token, peer, conversation } = values;
+  sessionStorage.setItem(SESSION_KEY, JSON.stringify({ tenant, user, token, peer, conversation }));
   session = {
     tenant,
     user,
@@ -417,6 +536,7 @@ function start(values) {
   syncSession += 1;
   syncBackoff = 0;
   lastRead = 0;
+  unreadSeq = 0;
   orderMajor = null;
   $("messages").replaceChildren();
   $("sign-in").hidden = true;
@@ -440,6 +560,27 @@ function start(values) {
 }
 
 $("composer").addEventListener("submit", send);
+// Enter sends, Shift+Enter starts a new line (not while an input method composes a word)
+$("body").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+$("new-below").addEventListener("click", () => {
+  const list = $("messages");
+  list.scrollTop = list.scrollHeight;
+  $("new-below").hidden = true;
+});
+$("messages").addEventListener("scroll", () => {
+  if (atEnd($("messages"))) $("new-below").hidden = true;
+});
+// what arrived while the tab was hidden or unfocused is read once the user looks at it
+const looked = () => {
+  if (session && unreadSeq > 0) readWhenSeen(unreadSeq);
+};
+document.addEventListener("visibilitychange", looked);
+window.addEventListener("focus", looked);
 $("toggle-online").addEventListener("click", toggleOnline);
 
 // sign in from the form, or at once from the address
@@ -457,8 +598,11 @@ $("sign-in").addEventListener("submit", (event) => {
     conversation: given.get("conversation") ?? "",
   });
 });
+const kept = JSON.parse(sessionStorage.getItem(SESSION_KEY) ?? "null");
 if (["tenant", "user", "token", "peer"].every((k) => given.get(k))) {
   start(Object.fromEntries(given));
+} else if (kept) {
+  start(kept); // a reload: the same sign-in, the same terminal (its cursor resumes)
 } else {
   for (const k of ["tenant", "user", "peer"]) if (given.get(k)) $(k).value = given.get(k);
 }

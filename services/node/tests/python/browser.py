@@ -15,11 +15,14 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 ARGS = json.loads(sys.argv[1])
@@ -42,8 +45,12 @@ def browser():
 
 
 def until(driver, what, condition):
+    """Waits for `condition`; an element the page replaced while it was read (the console
+    re-renders its lists every few seconds) is read again at the next poll."""
     try:
-        return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(lambda d: condition(d))
+        return WebDriverWait(
+            driver, WAIT, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(lambda d: condition(d))
     except TimeoutException:
         logs = "\n".join(str(entry) for entry in driver.get_log("browser"))
         raise AssertionError(f"{what}: not within {WAIT} s\nbrowser console:\n{logs}") from None
@@ -77,10 +84,97 @@ def chat(tenant, user, peer, conversation):
 
 
 def bodies(driver, kind="message"):
+    """The messages shown of `kind`, without the ones still on their way (pending)."""
     return [
         li.find_element(By.CLASS_NAME, "body").text
-        for li in driver.find_elements(By.CSS_SELECTOR, f"#messages li.{kind}")
+        for li in driver.find_elements(By.CSS_SELECTOR, f"#messages li.{kind}:not(.pending)")
     ]
+
+
+def admin(method, body):
+    """An admin.v1 call over the web access with the ops credential, as the console makes."""
+    request = urllib.request.Request(
+        f"{WEB}/admin/v1/{method}", data=json.dumps(body).encode(), method="POST",
+        headers={"content-type": "application/json", "authorization": f"Bearer {ARGS['ops']}"},
+    )
+    with urllib.request.urlopen(request, timeout=WAIT) as answer:
+        return json.load(answer)
+
+
+def composer_keeps_every_word(alice, bob):
+    """The composer: a double click sends once; Shift+Enter is a new line; with every send
+    taking 800 ms, what is typed meanwhile stays in the box and the messages go out once each,
+    in the order written."""
+    box = alice.find_element(By.ID, "body")
+    box.send_keys("Only once, however I click")
+    ActionChains(alice).double_click(alice.find_element(By.ID, "send")).perform()
+    until(bob, "the double-clicked message", lambda d: "Only once, however I click" in bodies(d, "theirs"))
+    time.sleep(1)  # a second copy would have arrived by now
+    assert bodies(alice, "mine").count("Only once, however I click") == 1, bodies(alice, "mine")
+    assert bodies(bob, "theirs").count("Only once, however I click") == 1, bodies(bob, "theirs")
+
+    box.send_keys("line one")
+    ActionChains(alice).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
+    box.send_keys("line two", Keys.ENTER)
+    until(bob, "a message of two lines", lambda d: "line one\nline two" in bodies(d, "theirs"))
+
+    admin("SetFault", {"tenant": "mall", "service": "message", "delayMs": 800})
+    try:
+        box.send_keys("first while slow", Keys.ENTER)
+        box.send_keys("second while slow", Keys.ENTER)
+        box.send_keys("still typing")
+        until(alice, "both slow sends stored",
+              lambda d: {"first while slow", "second while slow"} <= set(bodies(d, "mine")))
+        assert box.get_attribute("value") == "still typing", box.get_attribute("value")
+        mine = bodies(alice, "mine")
+        assert mine.index("first while slow") < mine.index("second while slow"), mine
+        until(bob, "both slow sends pushed",
+              lambda d: {"first while slow", "second while slow"} <= set(bodies(d, "theirs")))
+        theirs = bodies(bob, "theirs")
+        assert theirs.count("first while slow") == theirs.count("second while slow") == 1, theirs
+        assert theirs.index("first while slow") < theirs.index("second while slow"), theirs
+    finally:
+        admin("SetFault", {"tenant": "mall", "service": "message", "delayMs": 0})
+    box.clear()
+
+
+def hidden_tab_sends_no_receipt(alice, bob):
+    """bob looks at another tab: alice's message reaches his chat but is not marked read
+    until he looks at the chat again."""
+    chat_tab = bob.current_window_handle
+    bob.switch_to.new_window("tab")
+    bob.get("about:blank")
+    send(alice, "Read this when you are back")
+    time.sleep(2)  # a receipt would have come back by now
+    assert state_of(alice, "Read this when you are back") == "sent", \
+        state_of(alice, "Read this when you are back")
+    bob.close()
+    bob.switch_to.window(chat_tab)
+    assert "Read this when you are back" in bodies(bob, "theirs")
+    until(alice, "read once bob looks",
+          lambda d: state_of(d, "Read this when you are back") == "read")
+
+
+def long_word_at_phone_width(alice):
+    """A 4000-character word at a phone's width wraps in its bubble: the page does not
+    widen and Send stays on screen."""
+    alice.set_window_size(390, 844)
+    try:
+        word = "w" * 4000
+        box = alice.find_element(By.ID, "body")
+        # pasted rather than typed key by key (4000 key events are slow to drive)
+        alice.execute_script("arguments[0].value = arguments[1]", box, word)
+        box.send_keys(Keys.ENTER)
+        until(alice, "the long word sent", lambda d: word in bodies(d, "mine"))
+        width = alice.execute_script("return document.documentElement.scrollWidth")
+        viewport = alice.execute_script("return window.innerWidth")
+        assert width <= viewport, f"the page is {width} px wide at {viewport}"
+        right = alice.execute_script(
+            "return document.getElementById('send').getBoundingClientRect().right")
+        assert right <= viewport, f"Send ends at {right} px of {viewport}"
+        shot(alice, "chat-phone")
+    finally:
+        alice.set_window_size(1200, 820)
 
 
 def send(driver, body):
@@ -131,6 +225,14 @@ def main():
               lambda d: "Let me check that for you." in bodies(d, "theirs"))
         # bob's page read alice's message as it showed it: alice sees the receipt
         until(alice, "read receipt", lambda d: state_of(d, "Hello, is my <b>order</b> on its way?") == "read")
+
+        composer_keeps_every_word(alice, bob)
+        hidden_tab_sends_no_receipt(alice, bob)
+        long_word_at_phone_width(alice)
+        # a reload keeps the sign-in (kept for the tab, never in the address)
+        bob.refresh()
+        until(bob, "bob online after a reload", lambda d: text(d, "connection") == "online")
+        assert "token" not in bob.current_url, bob.current_url
 
         # bob goes offline; what alice sends meanwhile reaches him by sync once he is back
         bob.find_element(By.ID, "toggle-online").click()

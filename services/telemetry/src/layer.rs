@@ -178,6 +178,17 @@ fn bounded(text: &str) -> &str {
     &text[..end]
 }
 
+/// The gRPC status in `headers` (a trailers-only answer's headers, or trailers), if any. An OK
+/// is read from its code alone: `Status::from_header_map` copies the whole map to read the
+/// rest, which only a failure has.
+fn status_in(headers: &http::HeaderMap) -> Option<tonic::Status> {
+    match headers.get("grpc-status") {
+        None => None,
+        Some(code) if code.as_bytes() == b"0" => Some(tonic::Status::new(tonic::Code::Ok, "")),
+        Some(_) => tonic::Status::from_header_map(headers),
+    }
+}
+
 /// The status code's name, as `error.type` carries it (`UNAVAILABLE`).
 fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
@@ -429,7 +440,7 @@ where
             match &frame {
                 Some(Ok(frame)) => {
                     if let Some(trailers) = frame.trailers_ref() {
-                        call.finish(tonic::Status::from_header_map(trailers));
+                        call.finish(status_in(trailers));
                     }
                 }
                 Some(Err(err)) => call.finish(Some(tonic::Status::unknown(format!(
@@ -554,7 +565,7 @@ where
                     call.degraded = parts.headers.contains_key(DEGRADED);
                     call.over_quota = parts.headers.contains_key(OVER_QUOTA);
                     // a trailers-only answer: its status is in the headers, its body empty
-                    if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
+                    if let Some(status) = status_in(&parts.headers) {
                         call.finish(Some(status));
                     }
                     let body = TracedBody {

@@ -59,6 +59,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures::future::Either;
 use http_body::Frame;
 use http_body_util::BodyExt;
 use mesh_contract::{Caller, DegradedAnswer, RequestContext, TenantId, bus::BoxFuture};
@@ -193,40 +194,36 @@ where
 {
     type Response = GrpcResponse;
     type Error = S::Error;
-    // Boxed on purpose: a method whose degraded answer is its last good one has its answer's
-    // body read and copied (an async block over its frames), which costs more than the box;
-    // the other methods pass straight through in the same type.
-    type Future = BoxFuture<'static, Result<GrpcResponse, S::Error>>;
+    // The methods without a cached answer (most) pass straight through, unboxed; one whose
+    // degraded answer is its last good one has its answer's body read and copied (an async
+    // block over its frames, boxed on purpose: it costs more than the box).
+    type Future = Either<S::Future, BoxFuture<'static, Result<GrpcResponse, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let mut inner = take_ready(&mut self.inner);
-        let found = self.layer.catalogue.method(request.uri().path());
-        let who = request
-            .extensions()
-            .get::<RequestContext>()
-            .map(|c| (c.tenant.clone(), c.caller.clone()));
-        let cached = match (found, who) {
-            (Some((spec, method)), Some((tenant, caller)))
-                if !method.client_streaming && !method.server_streaming =>
-            {
+        // who is asking is copied only for a method with a cached answer
+        let cached = match self.layer.catalogue.method(request.uri().path()) {
+            Some((spec, method)) if !method.client_streaming && !method.server_streaming => {
                 match method.degraded {
-                    DegradedAnswer::Cached { max_age } => {
-                        Some((spec, method, tenant, caller, max_age))
-                    }
+                    DegradedAnswer::Cached { max_age } => request
+                        .extensions()
+                        .get::<RequestContext>()
+                        .map(|c| (spec, method, c.tenant.clone(), c.caller.clone(), max_age)),
                     _ => None,
                 }
             }
             _ => None,
         };
         let Some((spec, method, tenant, caller, max_age)) = cached else {
-            return Box::pin(inner.call(request.map(tonic::body::Body::new)));
+            // the instance polled ready is the one called, right here: no clone needed
+            return Either::Left(self.inner.call(request.map(tonic::body::Body::new)));
         };
+        let mut inner = take_ready(&mut self.inner);
         let layer = self.layer.clone();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let (parts, body) = request.into_parts();
             let bytes = match body.collect().await {
                 Ok(collected) => collected.to_bytes(),
@@ -276,7 +273,7 @@ where
                 futures::stream::iter(frames),
             ));
             Ok(http::Response::from_parts(parts, body))
-        })
+        }))
     }
 }
 

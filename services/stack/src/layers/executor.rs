@@ -41,6 +41,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use futures::future::Either;
 use mesh_contract::{RequestContext, TenantId, bus::BoxFuture};
 
 use super::GrpcResponse;
@@ -162,10 +163,10 @@ where
 {
     type Response = GrpcResponse;
     type Error = S::Error;
-    // Boxed, against the stack's rule of named futures, on purpose: a tenant with a runtime of
-    // its own has its call spawned there and awaited through a JoinHandle (an allocation and
-    // a cross-thread wake that dwarf the box); the two paths must share one type.
-    type Future = BoxFuture<'static, Result<GrpcResponse, S::Error>>;
+    // The shared runtime's calls (most) pass straight through, unboxed; a tenant with a
+    // runtime of its own has its call spawned there and awaited through a JoinHandle, boxed on
+    // purpose (an allocation and a cross-thread wake that dwarf the box).
+    type Future = Either<S::Future, BoxFuture<'static, Result<GrpcResponse, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -179,8 +180,8 @@ where
         // the instance polled ready is the one called, right here: no clone needed
         let call = self.inner.call(request);
         match runtime {
-            None => Box::pin(call),
-            Some(runtime) => Box::pin(async move {
+            None => Either::Left(call),
+            Some(runtime) => Either::Right(Box::pin(async move {
                 // a caller that gives up (its deadline, a disconnect) stops the handler too
                 match AbortOnDrop(runtime.spawn(call)).await {
                     Ok(response) => response,
@@ -189,7 +190,7 @@ where
                     ))
                     .into_http()),
                 }
-            }),
+            })),
         }
     }
 }

@@ -4,6 +4,12 @@ import { call, el } from "./mesh.js";
 
 const $ = (id) => document.getElementById(id);
 let token = null;
+// What the last status said, for a switch's blast radius: the tenants served, and calls per
+// second per `tenant/service` between the last two refreshes
+let tenantIds = [];
+let lastCalls = null; // { at, calls: Map(tenant/service -> calls so far) }
+let rates = new Map();
+let pendingSwitch = null; // a wide switch-off shown for confirmation, exactly as it will go
 
 function admin(method, body) {
   return call(`/admin/v1/${method}`, body, { authorization: `Bearer ${token}` });
@@ -50,8 +56,14 @@ async function refreshSwitches() {
 }
 
 async function refreshAudit() {
-  const { json } = await admin("ListAudit", { limit: 20 });
-  rows("audit", json.entries, (e) => [
+  const { json } = await admin("ListAudit", { limit: 100 });
+  // every switch change stays listed after the switch is back on: who, what, why, when
+  rows(
+    "switch-history",
+    json.entries.filter((e) => e.action.startsWith("switch.")).slice(0, 20),
+    (e) => [when(e.atMs), e.operator, e.action === "switch.off" ? "off" : "on", e.subject, e.reason, e.outcome],
+  );
+  rows("audit", json.entries.slice(0, 20), (e) => [
     when(e.atMs),
     e.operator,
     e.action,
@@ -65,8 +77,27 @@ async function refreshAudit() {
     : "";
 }
 
+/** Calls per second of each `tenant/service` since the last status. */
+function measureRates(json) {
+  const now = Date.now();
+  const calls = new Map();
+  for (const c of json.calls ?? []) {
+    const key = `${c.tenant}/${c.service}`;
+    calls.set(key, (calls.get(key) ?? 0) + Number(c.calls));
+  }
+  if (lastCalls && now > lastCalls.at) {
+    const seconds = (now - lastCalls.at) / 1000;
+    rates = new Map(
+      [...calls].map(([key, n]) => [key, Math.max(0, n - (lastCalls.calls.get(key) ?? 0)) / seconds]),
+    );
+  }
+  lastCalls = { at: now, calls };
+  tenantIds = json.tenants.map((t) => t.id);
+}
+
 async function refreshStatus() {
   const { json } = await admin("Status", {});
+  measureRates(json);
   rows("processes", json.processes, (p) => [
     p.group,
     String(p.pid),
@@ -164,9 +195,10 @@ async function showLetters(request) {
 async function handleLetters(method, request) {
   try {
     const { json } = await admin(method, { ...request, limit: 0 });
-    $("dead-letters-note").textContent = `${method === "PurgeDeadLetters" ? "purged" : "replayed"} ${json.count}`;
+    // kept until the next action on dead letters (the refresh rewrites only the list)
+    $("dead-letters-result").textContent = `${method === "PurgeDeadLetters" ? "purged" : "replayed"} ${json.count} of ${request.queue}`;
   } catch (err) {
-    $("dead-letters-note").textContent = err.message;
+    $("dead-letters-result").textContent = err.message;
   }
   await refresh();
 }
@@ -242,15 +274,72 @@ async function setSwitch(request) {
   await refresh();
 }
 
+/**
+ * The switch the form says, or why it says none. A tier and a service at once is refused,
+ * never one of them silently preferred: the form carries nothing the operator cannot see.
+ */
+function switchOfForm(on) {
+  const tier = $("switch-tier").value.trim();
+  const service = $("switch-service").value.trim();
+  const method = $("switch-method").value.trim();
+  if (tier !== "" && (service || method)) {
+    return { refused: "A switch targets a tier or a service, not both: clear the tier or the service." };
+  }
+  if (tier === "" && !service) return { refused: "Name a service (and a method) or a tier." };
+  const target = tier !== "" ? { tier: Number(tier) } : { service, method };
+  return { request: { target, tenant: $("switch-tenant").value.trim(), on, reason: $("switch-reason").value } };
+}
+
+/** What switching `request` off would reach: tenants, services and calls per second now. */
+function blastRadius(request) {
+  const tenants = request.tenant ? [request.tenant] : tenantIds;
+  const { tier, service, method } = request.target;
+  const what =
+    tier !== undefined
+      ? tier === 0
+        ? "every service, the core (tier 0) included"
+        : `every service of tier ${tier} and above`
+      : method
+        ? `${service}.${method}`
+        : `the ${service} service`;
+  let perSecond = 0;
+  for (const [key, rate] of rates) {
+    const [tenant, called] = key.split("/");
+    if (tenants.includes(tenant) && (tier !== undefined || called === service)) perSecond += rate;
+  }
+  const whom = request.tenant ? `tenant ${request.tenant}` : `every tenant (${tenants.join(", ") || "none listed yet"})`;
+  const calls = tier !== undefined ? `up to ${Math.round(perSecond)}` : `about ${Math.round(perSecond)}`;
+  return `Switch off ${what} for ${whom}? ${calls} calls/s they serve now would be answered degraded.`;
+}
+
 function switchFromForm(event) {
   event.preventDefault();
   const on = event.submitter?.value === "true";
-  const tier = $("switch-tier").value;
-  const target =
-    tier !== ""
-      ? { tier: Number(tier) }
-      : { service: $("switch-service").value.trim(), method: $("switch-method").value.trim() };
-  setSwitch({ target, tenant: $("switch-tenant").value.trim(), on, reason: $("switch-reason").value });
+  const { request, refused } = switchOfForm(on);
+  pendingSwitch = null;
+  $("switch-confirm").hidden = true;
+  if (refused) {
+    $("switch-result").textContent = refused;
+    return;
+  }
+  // a whole tier, or every tenant at once, is confirmed first, naming what it reaches
+  if (!on && (request.target.tier !== undefined || !request.tenant)) {
+    pendingSwitch = request;
+    $("switch-confirm-text").textContent = blastRadius(request);
+    $("switch-confirm").hidden = false;
+    $("switch-result").textContent = "not switched yet: confirm or cancel";
+    $("switch-confirm-no").focus();
+    return;
+  }
+  applySwitchFromForm(request);
+}
+
+/** Applies a switch the form made; the form is emptied so nothing carries into the next one. */
+async function applySwitchFromForm(request) {
+  pendingSwitch = null;
+  $("switch-confirm").hidden = true;
+  $("set-switch").reset();
+  await setSwitch(request);
 }
 
 async function tenantFromForm(event) {
@@ -287,6 +376,12 @@ async function open(credential) {
   $("sign-in").hidden = true;
   $("console").hidden = false;
   $("set-switch").addEventListener("submit", switchFromForm);
+  $("switch-confirm-yes").addEventListener("click", () => pendingSwitch && applySwitchFromForm(pendingSwitch));
+  $("switch-confirm-no").addEventListener("click", () => {
+    pendingSwitch = null;
+    $("switch-confirm").hidden = true;
+    $("switch-result").textContent = "cancelled: nothing switched";
+  });
   $("tenant-file").addEventListener("submit", tenantFromForm);
   $("grey").addEventListener("submit", greyFromForm);
   $("fault").addEventListener("submit", faultFromForm);

@@ -155,6 +155,34 @@ def hidden_tab_sends_no_receipt(alice, bob):
           lambda d: state_of(d, "Read this when you are back") == "read")
 
 
+def fill(driver, **fields):
+    """Sets the console's switch form: each field given (switch-<name>) typed afresh."""
+    for name, value in fields.items():
+        box = driver.find_element(By.ID, f"switch-{name}")
+        box.clear()
+        box.send_keys(value)
+
+
+def console_asks_before_a_wide_switch(console):
+    """A tier and a service at once is refused (never one silently preferred); tier 0 for
+    every tenant waits for a confirmation naming what it reaches, and Cancel switches nothing."""
+    fill(console, tenant="mall", service="order", tier="2", reason="ambiguous")
+    console.find_element(By.ID, "switch-off").click()
+    until(console, "tier and service refused", lambda d: "not both" in text(d, "switch-result"))
+    fill(console, tenant="", service="", method="", tier="0", reason="drill everything")
+    console.find_element(By.ID, "switch-off").click()
+    until(console, "the confirmation", lambda d: d.find_element(By.ID, "switch-confirm").is_displayed())
+    asked = text(console, "switch-confirm-text")
+    for said in ("every service, the core (tier 0) included", "every tenant", "mall", "paipai", "calls/s"):
+        assert said in asked, asked
+    console.find_element(By.ID, "switch-confirm-no").click()
+    until(console, "cancelled", lambda d: "cancelled" in text(d, "switch-result"))
+    time.sleep(1)  # a switch applied anyway would be listed by now
+    assert "tier>=" not in text(console, "switches"), text(console, "switches")
+    assert "tier>=" not in text(console, "switch-history"), text(console, "switch-history")
+    fill(console, tenant="", service="", method="", tier="", reason="")
+
+
 def long_word_at_phone_width(alice):
     """A 4000-character word at a phone's width wraps in its bubble: the page does not
     widen and Send stays on screen."""
@@ -276,6 +304,7 @@ def main():
         until(console, "console open", lambda d: text(d, "connection") == "connected")
         until(console, "processes listed", lambda d: "shared" in text(d, "processes"))
         until(console, "tenants listed", lambda d: "paipai" in text(d, "tenants"))
+        console_asks_before_a_wide_switch(console)
         console.find_element(By.ID, "switch-tenant").send_keys("mall")
         console.find_element(By.ID, "switch-service").send_keys("recommend")
         console.find_element(By.ID, "switch-reason").send_keys("browser drill")
@@ -329,6 +358,11 @@ def main():
         # and back on from the console: mall's suggestions return
         click_rendered(console, "the switch's button", "#switches button")
         until(console, "the switch gone", lambda d: "recommend@mall" not in text(d, "switches"))
+        # and its history stays: switched off, then on, by whom and why
+        until(console, "the switch's history",
+              lambda d: sum("recommend@mall" in row.text
+                            for row in d.find_elements(By.CSS_SELECTOR, "#switch-history tbody tr")) == 2)
+        assert "browser drill" in text(console, "switch-history"), text(console, "switch-history")
         until(alice, "mall live again", lambda d: text(d, "recommend-state") == "live")
         print("browser: every check passed")
     finally:

@@ -27,6 +27,7 @@ pub mod settings;
 pub mod switch;
 pub mod tenant;
 pub mod users;
+pub mod web;
 pub mod worker;
 
 pub use error::{ConfigError, FieldError, MIN_CREDENTIAL_LEN, check_credential};

@@ -171,6 +171,9 @@ pub struct TenantConfig {
     /// The other messaging platforms its customers write from, by channel name.
     #[serde(default)]
     pub channels: BTreeMap<String, crate::channels::ChannelConfig>,
+    /// Its browser access: the other origins whose pages may call as it (CORS).
+    #[serde(default)]
+    pub web: crate::web::WebConfig,
 }
 
 impl TenantConfig {

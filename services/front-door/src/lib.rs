@@ -73,6 +73,8 @@ pub struct FrontDoor {
     limiter: crate::layers::RateLimiter,
     /// Whether each forwarded answer names the worker that gave it (`x-mesh-worker`).
     advertise_workers: bool,
+    /// The other origins each tenant lets browsers call from (its `[web]`), for the web access.
+    origins: mesh_config::web::AllowedOrigins,
     /// Its listener's limits and TLS, for [`FrontDoor::run`].
     listener: ListenerSettings,
 }
@@ -114,6 +116,7 @@ impl FrontDoor {
             node_tls: None,
             limiter: crate::layers::RateLimiter::default(),
             advertise_workers: false,
+            origins: Default::default(),
             listener: ListenerSettings::default(),
         }
     }
@@ -153,7 +156,14 @@ impl FrontDoor {
             );
             directory.add(config);
         }
+        self.origins
+            .set(config.id.as_str(), &config.web.allowed_origins);
         self.know(config.tenant_id());
+    }
+
+    /// The origins each tenant served here lets browsers call from, kept as tenants change.
+    pub fn allowed_origins(&self) -> mesh_config::web::AllowedOrigins {
+        self.origins.clone()
     }
 
     /// Accepts the credential whose SHA-256 is `sha256_hex` as `tenant`'s previous one for
@@ -171,6 +181,7 @@ impl FrontDoor {
             directory.remove(tenant);
         }
         self.limiter.remove(tenant);
+        self.origins.remove(tenant.as_str());
         self.known.write().expect("lock").remove(tenant);
         self.unroute(tenant);
     }

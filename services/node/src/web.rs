@@ -36,7 +36,9 @@ where
     // third-party platforms' callbacks too, passed on as the node (their signature is theirs)
     let mut access = WebAccess::new(routes, calls)
         .with_max_body(max_body)
-        .with_channels(node_credential);
+        .with_channels(node_credential)
+        // apps on other origins, as each tenant's file allows them now
+        .with_cors(front.allowed_origins());
     if let Some(admin) = admin {
         access = access.with_admin(admin_contract, BoxCloneSyncService::new(admin));
     }

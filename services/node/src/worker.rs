@@ -422,10 +422,16 @@ async fn serve_web(env: &WorkerEnv, served: &Served) -> anyhow::Result<()> {
     let max_body = env.web_max_body_bytes.unwrap_or(1 << 20);
     // platforms' callbacks too (a pod's web port is where they arrive): passed to this
     // process's own channel service as the node
+    // apps on other origins, as the files of the tenants this pod serves allow them
+    let origins = mesh_config::web::AllowedOrigins::default();
+    for (id, (_, config)) in served.tenants.lock().expect("lock").iter() {
+        origins.set(id.as_str(), &config.web.allowed_origins);
+    }
     let access =
         mesh_web::WebAccess::new(routes, served.inbound.in_process(served.platform.routes()))
             .with_max_body(max_body)
-            .with_channels(served.platform.node_credential());
+            .with_channels(served.platform.node_credential())
+            .with_cors(origins);
     tokio::spawn(mesh_runtime::connections::serve_connections(
         listener,
         access,

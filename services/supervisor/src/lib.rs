@@ -555,6 +555,7 @@ mod tests {
             switches: Default::default(),
             auto_degrade: Vec::new(),
             channels: Default::default(),
+            web: Default::default(),
         }
     }
 

@@ -15,15 +15,19 @@ use axum::{
     routing::{any, get, post},
 };
 use bytes::Bytes;
-use futures::{TryFutureExt, future::MapOk};
+use futures::{
+    TryFutureExt,
+    future::{Either, MapOk},
+};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use mesh_contract::ContractSpec;
+use mesh_contract::bus::BoxFuture;
 use tonic::Code;
 use tower::util::MapResponseLayer;
 use tower_http::{limit::RequestBodyLimitLayer, request_id::PropagateRequestIdLayer};
 
 use crate::{
-    Routes, call, grpc_web, pages,
+    Routes, call, cors, grpc_web, pages,
     status::{error, json},
 };
 
@@ -60,6 +64,8 @@ struct Config {
     /// The node credential platforms' callbacks are passed on with, when this access takes
     /// them.
     channels: Option<mesh_contract::ServiceCredentials>,
+    /// The other origins each tenant lets browsers call from; none without it.
+    cors: Option<mesh_config::web::AllowedOrigins>,
     max_body: usize,
 }
 
@@ -81,6 +87,7 @@ impl WebAccess {
             calls,
             admin: None,
             channels: None,
+            cors: None,
             max_body: 1 << 20,
         })
     }
@@ -98,6 +105,14 @@ impl WebAccess {
     pub fn with_channels(self, node_credential: &str) -> Self {
         let mut config = self.config;
         config.channels = Some(mesh_contract::ServiceCredentials::node(node_credential));
+        Self::build(config)
+    }
+
+    /// Serves calls from the other origins each tenant allows (CORS), as `origins` says at each
+    /// call (a tenant's allowance changes with its file, without a restart).
+    pub fn with_cors(self, origins: mesh_config::web::AllowedOrigins) -> Self {
+        let mut config = self.config;
+        config.cors = Some(origins);
         Self::build(config)
     }
 
@@ -226,9 +241,14 @@ where
 {
     type Response = Response<tonic::body::Body>;
     type Error = Infallible;
-    type Future = MapOk<
-        axum::routing::future::RouteFuture<Infallible>,
-        fn(axum::response::Response) -> Response<tonic::body::Body>,
+    // Same-origin calls (the mesh's own pages, every non-browser client) in axum's future;
+    // another origin's in a box (an answer given here, or headers added to the router's).
+    type Future = Either<
+        MapOk<
+            axum::routing::future::RouteFuture<Infallible>,
+            fn(axum::response::Response) -> Response<tonic::body::Body>,
+        >,
+        BoxFuture<'static, Result<Response<tonic::body::Body>, Infallible>>,
     >;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
@@ -238,6 +258,17 @@ where
     /// The content type says the protocol, then the router of that protocol the path. (The
     /// future is axum's; axum boxes each handler's future inside its router.)
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let cross = match &self.config.cors {
+            Some(origins) => cors::cross(origins, &request),
+            None => cors::Cross::Same,
+        };
+        let origin = match cross {
+            cors::Cross::Same => None,
+            cors::Cross::Answered(answer) => {
+                return Either::Right(Box::pin(std::future::ready(Ok(answer))));
+            }
+            cors::Cross::Allowed(origin) => Some(origin),
+        };
         let router = if is_grpc_web(request.headers()) {
             &mut self.grpc_web
         } else {
@@ -246,7 +277,14 @@ where
         // a router is always ready (axum's own contract)
         let body: fn(axum::response::Response) -> Response<tonic::body::Body> =
             |response| response.map(tonic::body::Body::new);
-        tower_service::Service::call(router, request).map_ok(body)
+        let answer = tower_service::Service::call(router, request).map_ok(body);
+        match origin {
+            None => Either::Left(answer),
+            Some(origin) => Either::Right(Box::pin(answer.map_ok(|mut response| {
+                cors::allow(&mut response, origin);
+                response
+            }))),
+        }
     }
 }
 

@@ -26,6 +26,9 @@
 //! - **Third-party platforms' callbacks** ([`WebAccess::with_channels`]):
 //!   `/channels/<tenant>/<channel>`, handed to the tenant's channel service with the node
 //!   credential, answered as the platform expects.
+//! - **Other origins (CORS):** an app served elsewhere calls as a tenant whose file names its
+//!   origin (`[web] allowed_origins`, [`WebAccess::with_cors`]); any other cross-origin call
+//!   is refused (403) before it reaches the mesh.
 //! - **Pages:** the web chat (`/chat`) and the ops console (`/console`), static files compiled
 //!   in; the console calls the admin API through the same access with the ops credential.
 //!
@@ -64,6 +67,7 @@
 mod access;
 mod call;
 mod channels;
+mod cors;
 mod events;
 mod grpc;
 mod grpc_web;

@@ -176,6 +176,9 @@ pub(super) fn check_config(
             "is not true, yet the file declares channels: turn the channel service on to serve them".into(),
         );
     }
+    for (field, message) in config.web.problems() {
+        problems.add(field, message);
+    }
     for (name, channel) in &config.channels {
         for problem in crate::channels::problems(name, channel, runs_message) {
             if problem.missing_secret {

@@ -5,7 +5,8 @@
 //! mall and only mall's chat shows it degraded. The composer loses no word and sends each
 //! message once (a double click, sends taking 800 ms while the user types on, Shift+Enter), a
 //! hidden tab sends no read receipt, a 4000-character word at a phone's width keeps Send on
-//! screen, and a reload keeps the sign-in. The screenshots land in
+//! screen, and a reload keeps the sign-in. An app on another origin calls as mall, whose file
+//! allows it (CORS), and is refused as paipai, whose file does not. The screenshots land in
 //! `target/screenshots/` (README shows copies from `services/web/screenshots/`).
 
 use crate::support;
@@ -28,7 +29,16 @@ async fn two_browsers_chat_and_the_console_degrades_one_tenant_only() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let stubs = support::order_v1_stubs(&python);
 
-    let dir = support::tenants_folder(&["mall", "paipai"], &[]);
+    // an app served from another origin (a port of its own) that mall's file allows
+    let app_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let shipped = root.join("tenants");
+    let mall = std::fs::read_to_string(shipped.join("mall.toml")).unwrap()
+        + &format!("\n[web]\nallowed_origins = [\"http://127.0.0.1:{app_port}\"]\n");
+    let dir = support::tenants_folder(&["paipai"], &[("mall.toml", &mall)]);
     let mut up = MeshUp::start(
         dir.path(),
         &[("MESH_AMQP_URI", LOCAL_AMQP), ("MESH_ADMIN_TOKEN", OPS)],
@@ -60,6 +70,7 @@ async fn two_browsers_chat_and_the_console_degrades_one_tenant_only() {
         "stubs": stubs.path(),
         "screenshots": screenshots,
         "chromedriver": chromedriver,
+        "app_port": app_port,
     });
     let script = root.join("services/node/tests/python/browser.py");
     let out = tokio::time::timeout(

@@ -12,8 +12,10 @@ Run by services/node/tests/node/browser.rs, which starts the mesh and passes eve
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -183,6 +185,54 @@ def console_asks_before_a_wide_switch(console):
     fill(console, tenant="", service="", method="", tier="", reason="")
 
 
+def app_on_another_origin(driver):
+    """A page served from another origin (a port of its own) calls the mesh with fetch: as
+    mall, whose file allows that origin, it reads the answer and its headers; as paipai, whose
+    file allows none, the browser is refused."""
+    port = ARGS["app_port"]
+    with tempfile.TemporaryDirectory() as root:
+        with open(os.path.join(root, "index.html"), "w") as page:
+            page.write("<!doctype html><title>another app</title><p>an app elsewhere</p>")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", root],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + WAIT
+            while True:  # until the app's server listens
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"the app's server did not listen on {port}"
+                    time.sleep(0.1)
+            driver.get(f"http://127.0.0.1:{port}/")
+            assert "another app" in driver.title, driver.title
+
+            def call_as(tenant, user):
+                return driver.execute_async_script(
+                    """const [web, tenant, token, user, done] = arguments;
+                    fetch(web + "/order/v1/ListOrders", {
+                      method: "POST",
+                      headers: { "content-type": "application/json", "x-mesh-tenant": tenant,
+                                 authorization: "Bearer " + token },
+                      body: JSON.stringify({ userId: user, limit: 1 }),
+                    }).then(async (r) => done({ status: r.status, id: r.headers.get("x-mesh-request-id"),
+                                               body: await r.text() }))
+                      .catch((e) => done({ error: String(e) }));""",
+                    WEB, tenant, ARGS["tokens"][f"{user}@{tenant}"], user,
+                )
+
+            mall = call_as("mall", "alice")
+            assert mall.get("status") == 200, mall
+            assert "orders" in mall["body"], mall
+            paipai = call_as("paipai", "carol")
+            assert "error" in paipai, f"paipai allows no other origin, yet the page read {paipai}"
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
 def long_word_at_phone_width(alice):
     """A 4000-character word at a phone's width wraps in its bubble: the page does not
     widen and Send stays on screen."""
@@ -236,6 +286,7 @@ def main():
               lambda d: "UNAUTHENTICATED" in text(d, "sign-in-error"))
         assert stranger.find_element(By.ID, "sign-in").is_displayed()
         assert not stranger.find_element(By.ID, "chat").is_displayed()
+        app_on_another_origin(stranger)
 
         conversation = ARGS["conversation"]
         alice = chat("mall", "alice", "bob", conversation)

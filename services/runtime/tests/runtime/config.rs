@@ -559,3 +559,26 @@ fn a_bad_channel_is_refused_naming_file_and_field() {
         assert_problem(&dir, "acme.toml", expected);
     }
 }
+
+/// The other origins a tenant lets browsers call from are checked as origins (CORS matches
+/// them byte for byte): a path, a wildcard or a trailing slash is refused naming the entry.
+#[test]
+fn an_allowed_origin_that_is_no_origin_is_refused_naming_the_entry() {
+    let file = format!(
+        "{ACME}[web]\nallowed_origins = [\"https://shop.example.com\", \"https://*.example.com\", \"http://localhost:5173/\"]\n"
+    );
+    let dir = folder(&[("acme.toml", &file)]);
+    for expected in [
+        "field `web.allowed_origins[1]`: \"https://*.example.com\" is not an origin",
+        "field `web.allowed_origins[2]`: \"http://localhost:5173/\" is not an origin",
+    ] {
+        assert_problem(&dir, "acme.toml", expected);
+    }
+    let good = format!("{ACME}[web]\nallowed_origins = [\"https://shop.example.com\"]\n");
+    let dir = folder(&[("acme.toml", &good)]);
+    let tenants = Tenants::load(dir.path(), mesh_api::CONTRACTS).unwrap();
+    assert_eq!(
+        tenants.tenants["acme"].web.allowed_origins,
+        ["https://shop.example.com"]
+    );
+}

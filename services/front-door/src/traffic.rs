@@ -9,12 +9,14 @@
 //! only calls the router forwarded are counted and sampled: a refusal at the door says nothing
 //! about the tenant's service.
 //!
-//! Nor does a flood one caller makes: its calls queue behind each other and run out of time
-//! (DEADLINE_EXCEEDED from the worker) long before the service is unwell. A caller a quota
-//! refused ([`OVER_QUOTA`](mesh_contract::headers::OVER_QUOTA)) is known by its credential
-//! (a keyed hash of it, nothing kept in the clear), and its calls before that refusal and up
-//! to [`FLOOD_MEMORY`] after its latest one are left out of the rules' windows: what is judged
-//! is the service as the callers within their quotas see it.
+//! Nor does a flood one user makes: their calls queue behind each other and run out of time
+//! (DEADLINE_EXCEEDED from the worker) long before the service is unwell. A user a quota
+//! refused ([`OVER_QUOTA`](mesh_contract::headers::OVER_QUOTA)) is known by their bearer token
+//! (a keyed hash of it, nothing kept in the clear), and their calls before that refusal and up
+//! to [`FLOOD_MEMORY`] after their latest one are left out of the rules' windows: what is
+//! judged is the service as the callers within their quotas see it. The tenant's backend
+//! credential (`x-mesh-token`) is never set aside so: every backend call shares it, and one
+//! refusal would blind the rules to all of them.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -87,12 +89,13 @@ struct Sample {
     caller: Caller,
 }
 
-/// Who made a call: a keyed hash of its credential; [`Caller::UNKNOWN`] without one.
+/// Who made a call: a keyed hash of its bearer token; [`Caller::UNKNOWN`] without one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Caller(u64);
 
 impl Caller {
-    /// No credential: never remembered as flooding (it would stand for everyone without one).
+    /// No bearer token (the backend, or no credential): never remembered as flooding (it
+    /// stands for many callers).
     const UNKNOWN: Caller = Caller(0);
 }
 
@@ -102,6 +105,8 @@ struct Watched {
     samples: VecDeque<Sample>,
     /// Callers refused over a quota, at their latest refusal.
     over_quota: HashMap<Caller, Instant>,
+    /// When `over_quota` was last pruned (full, it is pruned at most once a second).
+    pruned: Option<Instant>,
 }
 
 impl Watched {
@@ -118,8 +123,14 @@ impl Watched {
             return;
         }
         if self.over_quota.len() >= MAX_FLOODERS && !self.over_quota.contains_key(&caller) {
-            self.over_quota
-                .retain(|_, at| now.duration_since(*at) <= FLOOD_MEMORY + KEEP_SAMPLES);
+            if self
+                .pruned
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+            {
+                self.pruned = Some(now);
+                self.over_quota
+                    .retain(|_, at| now.duration_since(*at) <= FLOOD_MEMORY + KEEP_SAMPLES);
+            }
             if self.over_quota.len() >= MAX_FLOODERS {
                 return;
             }
@@ -200,13 +211,10 @@ impl Traffic {
             .collect()
     }
 
-    /// Who `sent` these headers: its credential (bearer token or mesh token), hashed.
+    /// Who `sent` these headers: a user's bearer token, hashed.
     fn caller(&self, sent: &http::HeaderMap) -> Caller {
         use std::hash::BuildHasher;
-        let credential = sent
-            .get(headers::AUTHORIZATION)
-            .or_else(|| sent.get(headers::TOKEN));
-        match credential {
+        match sent.get(headers::AUTHORIZATION) {
             Some(value) => Caller(self.callers.hash_one(value.as_bytes()).max(1)),
             None => Caller::UNKNOWN,
         }
@@ -687,5 +695,21 @@ mod tests {
             (1, 1.0),
             "bob's timeout at the same time is the service's"
         );
+
+        // the backend's credential speaks for every backend call: one of them refused over
+        // the rate never sets the others aside
+        let backend = |refused: bool| {
+            let mut request = http::Request::builder()
+                .uri("/order.v1.Order/GetOrder")
+                .header("x-mesh-tenant", "mall")
+                .header("x-mesh-token", "mall-backend-credential");
+            if refused {
+                request = request.header("x-test-quota", "1");
+            }
+            service.clone().oneshot(request.body(()).unwrap())
+        };
+        backend(true).await.unwrap();
+        backend(false).await.unwrap();
+        assert_eq!(window().calls, 2, "the backend's timeout counts");
     }
 }

@@ -5,7 +5,9 @@
 //! (`x-mesh-tenant`) allows that origin, so no tenant's allowance opens another's calls. The
 //! credential is a header, never a cookie: no `Access-Control-Allow-Credentials`.
 //!
-//! The mesh's own pages (the chat, the console) are the same origin and pass untouched.
+//! The mesh's own pages (the chat, the console) are the same origin and pass untouched. The
+//! admin API and third-party platforms' callbacks act as no tenant (the ops credential, the
+//! node's): no tenant's file opens them to another origin.
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use mesh_config::web::AllowedOrigins;
@@ -42,6 +44,16 @@ pub(crate) fn cross<B>(origins: &AllowedOrigins, request: &http::Request<B>) -> 
     };
     if same_origin(origin_text, request) {
         return Cross::Same;
+    }
+    let path = request.uri().path();
+    let tenants_own = !(path.starts_with("/admin/")
+        || path.starts_with("/admin.")
+        || path.starts_with("/channels/"));
+    if !tenants_own {
+        return Cross::Answered(refused(&format!(
+            "{path} is not called from another origin ({origin_text}): the admin API and \
+             platforms' callbacks serve no tenant's app"
+        )));
     }
     let preflight = request.method() == Method::OPTIONS
         && request
@@ -84,15 +96,33 @@ pub(crate) fn allow(response: &mut Response<tonic::body::Body>, origin: HeaderVa
 }
 
 /// Whether `origin` is the address the request came to (the mesh's own pages send `Origin`
-/// on their POSTs too).
+/// on their POSTs too): its `Host` (the URI's authority on HTTP/2), or the `X-Forwarded-Host`
+/// a proxy in front that rewrote `Host` sets; compared without case and default ports.
 fn same_origin<B>(origin: &str, request: &http::Request<B>) -> bool {
-    let authority = origin.split_once("://").map(|(_, a)| a);
-    let host = request
-        .headers()
-        .get(header::HOST)
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let normal = |host: &str| {
+        let host = host.trim().to_ascii_lowercase();
+        match (scheme, host.rsplit_once(':')) {
+            ("http", Some((name, "80"))) | ("https", Some((name, "443"))) => name.to_owned(),
+            _ => host,
+        }
+    };
+    let origin_host = normal(authority);
+    let headers = request.headers();
+    let forwarded = headers
+        .get("x-forwarded-host")
         .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()));
-    authority.is_some() && authority == host
+        .and_then(|h| h.split(',').next());
+    [
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+        request.uri().authority().map(|a| a.as_str()),
+        forwarded,
+    ]
+    .into_iter()
+    .flatten()
+    .any(|host| normal(host) == origin_host)
 }
 
 fn preflight_answer(origin: HeaderValue) -> Response<tonic::body::Body> {
@@ -248,8 +278,25 @@ mod tests {
             .unwrap();
         assert_eq!(own.status(), StatusCode::NOT_FOUND);
         assert_eq!(allowed_origin(&own), None);
-        let curl = access.oneshot(call("paipai", None)).await.unwrap();
+        let curl = access.clone().oneshot(call("paipai", None)).await.unwrap();
         assert_eq!(curl.status(), StatusCode::NOT_FOUND);
         assert_eq!(reached.load(Ordering::SeqCst), 3);
+
+        // behind a proxy that rewrote Host, the pages are still the same origin
+        let mut proxied = call("paipai", Some("https://chat.example.net"));
+        proxied.headers_mut().insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("Chat.example.net:443"),
+        );
+        let proxied = access.clone().oneshot(proxied).await.unwrap();
+        assert_eq!(proxied.status(), StatusCode::NOT_FOUND);
+        assert_eq!(reached.load(Ordering::SeqCst), 4);
+
+        // no tenant's allowance opens the admin API (nor platforms' callbacks) to a page
+        let mut admin = call("mall", Some(APP));
+        *admin.uri_mut() = "/admin/v1/ListSwitches".parse().unwrap();
+        let admin = access.oneshot(admin).await.unwrap();
+        assert_eq!(admin.status(), StatusCode::FORBIDDEN);
+        assert_eq!(reached.load(Ordering::SeqCst), 4);
     }
 }

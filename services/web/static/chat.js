@@ -78,6 +78,7 @@ function terminalOf(tenant, user) {
 
 /** Back to the sign-in form with `why` (a token refused, expired). */
 function signOut(why) {
+  takeBackUnsent(); // nothing typed is lost: it waits in the box for the next sign-in
   online = false;
   attachGeneration += 1;
   attached?.abort();
@@ -342,6 +343,29 @@ async function attach() {
   if (generation === attachGeneration) setConnection("offline");
 }
 
+/** Where this tab keeps its user's unsent messages, so a reload sends them (once each). */
+function outboxKey() {
+  return `mesh.chat.outbox.${session.tenant}.${session.user}`;
+}
+
+function saveOutbox() {
+  if (!session) return;
+  const kept = outbox.map(({ body, clientMsgId }) => ({ body, clientMsgId }));
+  if (kept.length > 0) sessionStorage.setItem(outboxKey(), JSON.stringify(kept));
+  else sessionStorage.removeItem(outboxKey());
+}
+
+/** Puts `body` in the outbox under `clientMsgId`, shown as on its way. */
+function queue(body, clientMsgId) {
+  const text = el("span", "body", body);
+  text.dir = "auto";
+  const state = el("span", "state", "sending");
+  const item = el("li", "message mine pending", el("span", "from", session.user), text, state);
+  append(item, true);
+  outbox.push({ body, clientMsgId, item, state, session: syncSession, attempts: 0 });
+  saveOutbox();
+}
+
 /**
  * Send: what was typed goes to the outbox and the box is empty at once for the next message,
  * whatever the mesh answers and however long it takes; an empty box sends nothing (so a
@@ -354,35 +378,45 @@ function send(event) {
   if (!body || !session) return;
   box.value = "";
   $("send-error").textContent = "";
-  const text = el("span", "body", body);
-  text.dir = "auto";
-  const state = el("span", "state", "sending");
-  const item = el("li", "message mine pending", el("span", "from", session.user), text, state);
-  append(item, true);
-  outbox.push({ body, clientMsgId: crypto.randomUUID(), item, state, session: syncSession });
+  queue(body, crypto.randomUUID());
   sendOutbox();
 }
 
-/** A failure worth another try with the same client id (the message may be stored already). */
+/** Tries before a message waits for the user's "Retry" (each after a longer pause). */
+const MAX_ATTEMPTS = 8;
+
+/**
+ * A failure worth another try with the same client id (the message may be stored already):
+ * the network, a timeout, a rate, the mesh or a proxy in front of it failing. A refusal of
+ * the message itself (400, 403, 404, 409, 413) is not.
+ */
 function retryable(err) {
-  if (!(err instanceof MeshError)) return true; // the network: the request may not have left
-  return ["UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "UNKNOWN",
-    "INTERNAL", "CANCELLED"].includes(err.status) || err.http === 0;
+  if (!(err instanceof MeshError)) return true; // the request may not have left
+  const http = err.http;
+  return http === 0 || http === 408 || http === 429 || (http >= 500 && http !== 501);
+}
+
+/** What was not sent goes back to the box, before what is typed there (a sign-out). */
+function takeBackUnsent() {
+  const unsent = outbox.splice(0);
+  unsent.forEach((o) => o.item.remove());
+  $("body").value = [...unsent.map((o) => o.body), $("body").value].filter(Boolean).join("\n");
+  if (session) sessionStorage.removeItem(outboxKey());
 }
 
 /** Sends the outbox in order, one at a time, each retried until stored or refused. */
 async function sendOutbox() {
   if (sending) return;
   sending = true;
-  let wait = 500;
   try {
     while (outbox.length > 0) {
       const next = outbox[0];
       if (next.session !== syncSession) {
-        outbox.shift(); // written before a sign-out: not sent as whoever signs in next
+        outbox.shift(); // another sign-in's (it was taken back into the box)
         continue;
       }
       try {
+        next.attempts += 1;
         const { json } = await mesh("/message/v1/Send", {
           conversationId: session.conversation,
           fromUser: session.user,
@@ -390,33 +424,37 @@ async function sendOutbox() {
           body: next.body,
           clientMsgId: next.clientMsgId,
         });
-        outbox.shift();
-        wait = 500;
         next.item.remove();
-        if (next.session === syncSession) show(json.message);
+        if (outbox[0] !== next) continue; // signed out meanwhile: the outbox is another's
+        outbox.shift();
+        saveOutbox();
+        show(json.message);
       } catch (err) {
-        if (next.session !== syncSession) continue;
+        if (next.session !== syncSession || outbox[0] !== next) continue;
         if (err instanceof MeshError && err.http === 401) {
-          // nothing typed is lost: what was not sent goes back to the box, before what is
-          // being typed, for after signing in again
-          const unsent = outbox.splice(0);
-          unsent.forEach((o) => o.item.remove());
-          $("body").value = [...unsent.map((o) => o.body), $("body").value]
-            .filter(Boolean)
-            .join("\n");
           signOut("Your sign-in has expired or was withdrawn: sign in again.");
           return;
         }
-        if (retryable(err)) {
+        if (retryable(err) && next.attempts < MAX_ATTEMPTS) {
           next.state.textContent = "retrying";
+          const wait = Math.min(500 * 2 ** (next.attempts - 1), 5000);
           await new Promise((resolve) => setTimeout(resolve, wait));
-          wait = Math.min(wait * 2, 5000);
           continue;
         }
-        // refused for what it is (too long, not allowed): said on the message, not retried
+        // refused for what it is (too long, not allowed), or still failing: said on the
+        // message; a "Retry" sends it again under the same client id (never twice stored)
         outbox.shift();
+        saveOutbox();
         next.item.classList.replace("pending", "failed");
-        next.state.textContent = `not sent: ${err.message}`;
+        next.state.textContent = `not sent: ${err.message} `;
+        const again = el("button", "small", "Retry");
+        again.type = "button";
+        again.addEventListener("click", () => {
+          next.item.remove();
+          queue(next.body, next.clientMsgId);
+          sendOutbox();
+        });
+        next.state.append(again);
         $("send-error").textContent = err.message;
       }
     }
@@ -545,6 +583,15 @@ function start(values) {
   $("who").textContent = `${user} @ ${tenant}`;
   $("conversation-title").textContent = `with ${peer}`;
   attach();
+  // what this user wrote here and a reload interrupted goes out now, under its own client id
+  try {
+    for (const { body, clientMsgId } of JSON.parse(sessionStorage.getItem(outboxKey()) ?? "[]")) {
+      if (body && clientMsgId) queue(body, clientMsgId);
+    }
+  } catch (_) {
+    sessionStorage.removeItem(outboxKey());
+  }
+  sendOutbox();
   refreshOrders();
   refreshSuggestions();
   // the panels follow the business: an order event may be stored a moment after the system
@@ -598,7 +645,12 @@ $("sign-in").addEventListener("submit", (event) => {
     conversation: given.get("conversation") ?? "",
   });
 });
-const kept = JSON.parse(sessionStorage.getItem(SESSION_KEY) ?? "null");
+let kept = null;
+try {
+  kept = JSON.parse(sessionStorage.getItem(SESSION_KEY) ?? "null");
+} catch (_) {
+  sessionStorage.removeItem(SESSION_KEY); // unreadable: signed out
+}
 if (["tenant", "user", "token", "peer"].every((k) => given.get(k))) {
   start(Object.fromEntries(given));
 } else if (kept) {

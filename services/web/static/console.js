@@ -376,6 +376,13 @@ async function open(credential) {
   $("sign-in").hidden = true;
   $("console").hidden = false;
   $("set-switch").addEventListener("submit", switchFromForm);
+  // a confirmation is for the switch it names: editing the form withdraws it
+  $("set-switch").addEventListener("input", () => {
+    if (!pendingSwitch) return;
+    pendingSwitch = null;
+    $("switch-confirm").hidden = true;
+    $("switch-result").textContent = "the form changed: switch off again to confirm the new one";
+  });
   $("switch-confirm-yes").addEventListener("click", () => pendingSwitch && applySwitchFromForm(pendingSwitch));
   $("switch-confirm-no").addEventListener("click", () => {
     pendingSwitch = null;

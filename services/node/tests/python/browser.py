@@ -135,6 +135,17 @@ def composer_keeps_every_word(alice, bob):
         theirs = bodies(bob, "theirs")
         assert theirs.count("first while slow") == theirs.count("second while slow") == 1, theirs
         assert theirs.index("first while slow") < theirs.index("second while slow"), theirs
+
+        # a reload while a send is on its way: sent after it, once
+        box.clear()
+        box.send_keys("sent across a reload", Keys.ENTER)
+        alice.refresh()
+        until(alice, "alice online after the reload", lambda d: text(d, "connection") == "online")
+        until(bob, "the message sent across the reload",
+              lambda d: "sent across a reload" in bodies(d, "theirs"))
+        time.sleep(1.5)  # a second copy would have arrived by now
+        assert bodies(bob, "theirs").count("sent across a reload") == 1, bodies(bob, "theirs")
+        box = alice.find_element(By.ID, "body")
     finally:
         admin("SetFault", {"tenant": "mall", "service": "message", "delayMs": 0})
     box.clear()

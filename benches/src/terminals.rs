@@ -32,6 +32,14 @@ const CONNECTIONS: usize = 40;
 const SETTLE_SECS: u64 = 15;
 /// Reconnects measured.
 const RECONNECTS: usize = 200;
+/// Terminals attaching all at once (not paced), as phones do when a node comes back.
+const BURST: usize = 20_000;
+/// The client connections the burst comes over (100 streams each).
+const BURST_CONNECTIONS: usize = 200;
+/// How long the burst may take: the issue's target.
+const BURST_TARGET: Duration = Duration::from_secs(5);
+/// Past this, the burst figure stops waiting (the terminals left are counted as not attached).
+const BURST_GIVE_UP: Duration = Duration::from_secs(20);
 
 /// A business line whose rate limit does not throttle a mass attach.
 const BULK: &str = "id = \"bulk\"\ndisplay_name = \"Bulk\"\ndata_namespace = \"bulk\"\n\
@@ -121,6 +129,7 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
         .connect()
         .await?;
     let reconnect = reconnects(&fresh, &agent, &user_ctx("roamer")?).await?;
+    let burst = burst(&front, &user_ctx).await?;
     let _ = up.child.kill().await;
 
     let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
@@ -143,6 +152,24 @@ pub async fn run() -> anyhow::Result<Vec<Row>> {
                 TERMINALS as f64 / attach_time.as_secs_f64()
             ),
             ">= 20,000 attached",
+        ),
+        Row::new(
+            format!(
+                "{BURST} terminals attaching at once, not paced ({BURST_CONNECTIONS} connections; \
+                 a refused or timed-out attach retried after 50-400 ms, as a client backs off)"
+            ),
+            "-".into(),
+            format!(
+                "{} attached within {} s; all {}",
+                burst.within_target,
+                BURST_TARGET.as_secs(),
+                match burst.all {
+                    Some(all) => format!("in {}", secs(all)),
+                    None => format!("not within {} s", BURST_GIVE_UP.as_secs()),
+                }
+            ),
+            format!("{} attach calls", burst.calls),
+            "all within 5 s",
         ),
         Row::new(
             format!("one message sent to each of the {TERMINALS} and read"),
@@ -293,4 +320,61 @@ async fn reconnects(
     }
     times.sort();
     Ok((percentile(&times, 0.5), percentile(&times, 0.99)))
+}
+
+/// What the burst of attaches came to.
+struct Burst {
+    /// Terminals attached within [`BURST_TARGET`].
+    within_target: usize,
+    /// When the last one attached, if all did within [`BURST_GIVE_UP`].
+    all: Option<Duration>,
+    /// Attach calls made, retries included.
+    calls: usize,
+}
+
+/// [`BURST`] terminals, each its own user, attach at the same moment over
+/// [`BURST_CONNECTIONS`] fresh connections; one refused (over a stream cap, the node busy) or
+/// out of time tries again after a short random back-off, as a phone's client does.
+async fn burst(
+    front: &str,
+    user_ctx: &dyn Fn(&str) -> anyhow::Result<RequestContext>,
+) -> anyhow::Result<Burst> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut channels = Vec::with_capacity(BURST_CONNECTIONS);
+    for _ in 0..BURST_CONNECTIONS {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(format!("http://{front}"))?
+                .connect()
+                .await?,
+        );
+    }
+    let contexts = (0..BURST)
+        .map(|i| user_ctx(&format!("burst{i}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let calls = AtomicUsize::new(0);
+    let started = Instant::now();
+    let attaches = contexts.iter().enumerate().map(|(i, ctx)| {
+        let (channel, calls) = (channels[i % BURST_CONNECTIONS].clone(), &calls);
+        async move {
+            let user = format!("burst{i}");
+            while started.elapsed() < BURST_GIVE_UP {
+                calls.fetch_add(1, Ordering::Relaxed);
+                match attach(channel.clone(), ctx, &user, "phone").await {
+                    Ok(stream) => return Some((started.elapsed(), stream)),
+                    Err(_refused_or_late) => {
+                        let back_off = 50 + (i * 7919 + calls.load(Ordering::Relaxed)) % 350;
+                        tokio::time::sleep(Duration::from_millis(back_off as u64)).await;
+                    }
+                }
+            }
+            None
+        }
+    });
+    let attached = futures::future::join_all(attaches).await;
+    let times: Vec<Duration> = attached.iter().flatten().map(|(at, _)| *at).collect();
+    Ok(Burst {
+        within_target: times.iter().filter(|at| **at <= BURST_TARGET).count(),
+        all: (times.len() == BURST).then(|| times.iter().copied().max().unwrap_or_default()),
+        calls: calls.load(Ordering::Relaxed),
+    })
 }

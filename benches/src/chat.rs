@@ -831,6 +831,12 @@ impl message::message_server::Message for RawService {
     ) -> Result<Response<message::SendResponse>, Status> {
         Err(Status::unimplemented("not in the baseline"))
     }
+    async fn history(
+        &self,
+        _: Request<message::HistoryRequest>,
+    ) -> Result<Response<message::HistoryResponse>, Status> {
+        Err(Status::unimplemented("not in the baseline"))
+    }
     async fn list_terminals(
         &self,
         _: Request<message::ListTerminalsRequest>,

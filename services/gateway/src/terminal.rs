@@ -425,6 +425,32 @@ impl Terminal {
             .await
     }
 
+    /// The history of a conversation this terminal's user takes part in: up to `limit`
+    /// messages before `before_seq` (0: its latest; a `limit` of 0: 50), oldest first, and
+    /// whether older ones remain (ask again with the first one's seq). What a terminal shows
+    /// when it opens a conversation; sync ([`Terminal::next`]) carries what it has not had.
+    pub async fn history(
+        &self,
+        conversation_id: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<message::ChatMessage>, bool), Status> {
+        let page = self
+            .messages
+            .clone()
+            .history(
+                &self.ctx,
+                message::HistoryRequest {
+                    conversation_id: conversation_id.into(),
+                    user_id: self.user_id.clone(),
+                    before_seq,
+                    limit,
+                },
+            )
+            .await?;
+        Ok((page.messages, page.more))
+    }
+
     /// Marks the conversation read up to `up_to_seq` from this terminal; the receipt reaches
     /// the user's other terminals and the sender.
     pub async fn mark_read(

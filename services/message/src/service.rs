@@ -31,6 +31,7 @@ use tonic::{Request, Response, Status};
 use crate::MessageSettings;
 
 mod devices;
+mod reading;
 
 pub use mesh_contract::fields::SYSTEM_SENDER;
 
@@ -638,38 +639,19 @@ impl Message for MessageService {
         request: Request<message::FetchOfflineRequest>,
     ) -> Result<Response<message::FetchOfflineResponse>, Status> {
         let ctx = RequestContext::from_request(&request)?;
-        let mut r = request.into_inner();
-        // an end user acts only as itself (and its token's terminal, if it names one)
-        r.user_id = ctx.act_as("user_id", &r.user_id)?;
-        r.terminal_id = ctx.act_for_terminal("terminal_id", &r.terminal_id)?;
-        id("user_id", &r.user_id)?;
-        id("terminal_id", &r.terminal_id)?;
-        self.settings(&ctx.tenant)?;
-        let limit = match r.limit {
-            0 => DEFAULT_FETCH,
-            n => (n as usize).min(MAX_FETCH),
-        };
-        let store = &self.inner.store;
-        // also makes the terminal known: a send reports it offline while it is not connected
-        let cursor = store
-            .cursor(&ctx.tenant, &r.user_id, &r.terminal_id)
+        self.sync_page(&ctx, request.into_inner())
             .await
-            .map_err(|e| store_status(e, "sync failed"))?;
-        let after = if r.after_position > 0 {
-            r.after_position
-        } else {
-            cursor
-        };
-        let page = store
-            .timeline(&ctx.tenant, &r.user_id, after, limit)
+            .map(Response::new)
+    }
+
+    async fn history(
+        &self,
+        request: Request<message::HistoryRequest>,
+    ) -> Result<Response<message::HistoryResponse>, Status> {
+        let ctx = RequestContext::from_request(&request)?;
+        self.history_page(&ctx, request.into_inner())
             .await
-            .map_err(|e| store_status(e, "sync failed"))?;
-        let next_position = page.messages.last().map_or(after, |m| m.position);
-        Ok(Response::new(message::FetchOfflineResponse {
-            messages: page.messages.into_iter().map(chat).collect(),
-            next_position,
-            more: page.more,
-        }))
+            .map(Response::new)
     }
 
     async fn list_terminals(

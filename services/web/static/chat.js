@@ -145,7 +145,16 @@ function show(message) {
   item.dataset.seq = message.seq;
   item.dataset.messageId = message.messageId;
   shown.set(message.messageId, item);
-  append(item, mine);
+  // a message of the open conversation takes its place by seq (history arrives after live
+  // pushes, older pages above); any other goes at the end
+  const here = message.conversationId === session.conversation;
+  item.dataset.here = here ? "1" : "";
+  const seq = Number(message.seq);
+  const later = here
+    ? [...$("messages").querySelectorAll("li[data-here='1']")].find((li) => Number(li.dataset.seq) > seq)
+    : null;
+  if (later) later.before(item);
+  else append(item, mine);
   if (mine) {
     sentSeqs.push([Number(message.seq), state]);
     markReceipts();
@@ -155,6 +164,35 @@ function show(message) {
 function markReceipts() {
   for (const [seq, state] of sentSeqs) {
     if (seq <= lastRead) state.textContent = "read";
+  }
+}
+
+/**
+ * Shows a page of the open conversation's history: its latest messages, or (`older`) the page
+ * before the earliest shown; "Show earlier messages" while more remain.
+ */
+async function loadHistory(older = false) {
+  const mine = syncSession;
+  const shownSeqs = [...$("messages").querySelectorAll("li[data-here='1']")].map((li) =>
+    Number(li.dataset.seq),
+  );
+  const before = older && shownSeqs.length > 0 ? Math.min(...shownSeqs) : 0;
+  try {
+    const { json } = await mesh("/message/v1/History", {
+      conversationId: session.conversation,
+      userId: session.user,
+      beforeSeq: before,
+      limit: 50,
+    });
+    if (mine !== syncSession) return;
+    const list = $("messages");
+    const keep = list.scrollHeight - list.scrollTop; // an older page keeps what is read in view
+    json.messages.forEach(show);
+    if (older) list.scrollTop = list.scrollHeight - keep;
+    $("earlier").hidden = !json.more;
+  } catch (err) {
+    // a conversation nobody wrote in yet has no history (NOT_FOUND): nothing to show
+    if (!(err instanceof MeshError && err.status === "NOT_FOUND")) console.warn("history", err);
   }
 }
 
@@ -577,11 +615,13 @@ function start(values) {
   unreadSeq = 0;
   orderMajor = null;
   $("messages").replaceChildren();
+  $("earlier").hidden = true;
   $("sign-in").hidden = true;
   $("sign-in-error").textContent = "";
   $("chat").hidden = false;
   $("who").textContent = `${user} @ ${tenant}`;
   $("conversation-title").textContent = `with ${peer}`;
+  loadHistory();
   attach();
   // what this user wrote here and a reload interrupted goes out now, under its own client id
   try {
@@ -614,6 +654,7 @@ $("body").addEventListener("keydown", (event) => {
     $("composer").requestSubmit();
   }
 });
+$("earlier").addEventListener("click", () => loadHistory(true));
 $("new-below").addEventListener("click", () => {
   const list = $("messages");
   list.scrollTop = list.scrollHeight;

@@ -170,6 +170,35 @@ async fn fetching_a_victims_messages_is_refused() {
         .await
         .unwrap();
     assert_eq!(hers.messages.len(), 1);
+
+    // nor the conversation's history: as the victim, as herself (no participant), as the backend
+    let history = |user: &str| message::HistoryRequest {
+        conversation_id: "c-victim".into(),
+        user_id: user.into(),
+        ..Default::default()
+    };
+    refused(
+        messages.history(&mesh.mall("mallory"), history("victim")).await,
+        Code::PermissionDenied,
+        "mallory reading the victim's history as the victim",
+    );
+    refused(
+        messages.history(&mesh.mall("mallory"), history("")).await,
+        Code::NotFound,
+        "mallory reading a conversation she is not in",
+    );
+    refused(
+        messages
+            .history(&ctx("mall", "dev-mall-token"), history("victim"))
+            .await,
+        Code::PermissionDenied,
+        "the backend credential reading a history",
+    );
+    let page = messages
+        .history(&mesh.mall("victim"), history(""))
+        .await
+        .unwrap();
+    assert_eq!(page.messages.len(), 1, "the victim reads her own");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -304,6 +304,12 @@ impl message::message_server::Message for MessageFixture {
     ) -> Result<Response<message::SendResponse>, Status> {
         Err(Status::unimplemented("not in this fixture"))
     }
+    async fn history(
+        &self,
+        _: Request<message::HistoryRequest>,
+    ) -> Result<Response<message::HistoryResponse>, Status> {
+        Err(Status::unimplemented("not in this fixture"))
+    }
     async fn list_terminals(
         &self,
         _: Request<message::ListTerminalsRequest>,

@@ -319,10 +319,17 @@ def main():
         composer_keeps_every_word(alice, bob)
         hidden_tab_sends_no_receipt(alice, bob)
         long_word_at_phone_width(alice)
-        # a reload keeps the sign-in (kept for the tab, never in the address)
+        # a reload keeps the sign-in (kept for the tab, never in the address) and shows the
+        # conversation's history, both sides, in order, with nothing left to sync
         bob.refresh()
         until(bob, "bob online after a reload", lambda d: text(d, "connection") == "online")
         assert "token" not in bob.current_url, bob.current_url
+        until(bob, "the history after a reload",
+              lambda d: "Hello, is my <b>order</b> on its way?" in bodies(d, "theirs")
+              and "Let me check that for you." in bodies(d, "mine"))
+        theirs = bodies(bob, "theirs")
+        assert theirs.index("Hello, is my <b>order</b> on its way?") < theirs.index("first while slow"), theirs
+        assert theirs.count("Only once, however I click") == 1, theirs
 
         # bob goes offline; what alice sends meanwhile reaches him by sync once he is back
         bob.find_element(By.ID, "toggle-online").click()

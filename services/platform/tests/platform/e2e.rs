@@ -223,6 +223,49 @@ async fn read_receipts_reach_other_terminals_and_the_sender(tenant: &str) {
     node.finish().await;
 }
 
+/// A conversation's history pages backwards from its latest message, each page oldest first,
+/// for its participants; anyone else is told it has no such conversation.
+async fn history_pages_backwards_for_its_participants_only(tenant: &str, store: Store) {
+    let node = Node::start(Bus::Embedded, store).await;
+    let ids = Ids::new();
+    let (alice, bob, carol, conv) = (
+        ids.of("alice"),
+        ids.of("bob"),
+        ids.of("carol"),
+        ids.of("conv"),
+    );
+    let mut sender = node.terminal(tenant, &alice, "web").await;
+    for n in 1..=5 {
+        sender
+            .send(&conv, &bob, &format!("m{n}"), &format!("id{n}"))
+            .await
+            .unwrap();
+    }
+    // bob, on a new device, has missed nothing to sync there yet: history shows it all
+    let phone = node.terminal(tenant, &bob, "new-phone").await;
+    let seqs = |page: &(Vec<ChatMessage>, bool)| page.0.iter().map(|m| m.seq).collect::<Vec<_>>();
+    let latest = phone.history(&conv, 0, 2).await.unwrap();
+    assert_eq!((seqs(&latest), latest.1), (vec![4, 5], true));
+    assert_eq!(latest.0[1].body, "m5");
+    let older = phone.history(&conv, 4, 2).await.unwrap();
+    assert_eq!((seqs(&older), older.1), (vec![2, 3], true));
+    let oldest = phone.history(&conv, 2, 10).await.unwrap();
+    assert_eq!((seqs(&oldest), oldest.1), (vec![1], false));
+    let all = sender.history(&conv, 0, 0).await.unwrap();
+    assert_eq!((seqs(&all), all.1), (vec![1, 2, 3, 4, 5], false));
+    // not a participant (nor a conversation that does not exist): NOT_FOUND, naming the tenant
+    let stranger = node.terminal(tenant, &carol, "web").await;
+    for conversation in [conv.as_str(), "no-such-conversation"] {
+        let err = stranger.history(conversation, 0, 0).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+        assert!(
+            err.message().contains(&format!("in tenant {tenant}")),
+            "{err:?}"
+        );
+    }
+    node.finish().await;
+}
+
 /// A store whose accepts wait until the test opens the gate.
 struct GatedStore {
     inner: MemoryStore,
@@ -613,6 +656,16 @@ macro_rules! for_every_shipped_tenant {
             #[tokio::test]
             async fn read_receipts_reach_other_terminals_and_the_sender() {
                 super::read_receipts_reach_other_terminals_and_the_sender(stringify!($tenant)).await;
+            }
+
+            #[tokio::test]
+            async fn history_pages_backwards_on_the_embedded_store() {
+                super::history_pages_backwards_for_its_participants_only(stringify!($tenant), Store::Embedded).await;
+            }
+
+            #[tokio::test]
+            async fn history_pages_backwards_on_postgresql() {
+                super::history_pages_backwards_for_its_participants_only(stringify!($tenant), Store::Postgres).await;
             }
 
             #[tokio::test]

@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// `OrderStatus` numbers, the same in order v1 and v2.
+const ORDER_STATUS_UNSPECIFIED: i32 = 0;
+const ORDER_STATUS_PLACED: i32 = 1;
+
 /// The order book: what checkout systems outside the platform announce on the queue
 /// (`OrderCreated`, `OrderUpdated`, `OrderCancelled`, in the envelope README.md gives) is
 /// recorded in the [`OrderStore`], so the orders a checkout written in any language places
@@ -26,9 +30,14 @@ impl OrderBook {
         ctx: &RequestContext,
         order: Option<Order>,
     ) -> Result<(), mesh_contract::HandlerError> {
-        let order = order.ok_or_else(|| {
+        let mut order = order.ok_or_else(|| {
             mesh_contract::HandlerError::Reject("OrderCreated carries no order".into())
         })?;
+        // a created order was placed: a checkout that leaves the status out (proto3 reads an
+        // unset enum as UNSPECIFIED, 0 in both majors) means that, not "no status"
+        if order.status == ORDER_STATUS_UNSPECIFIED {
+            order.status = ORDER_STATUS_PLACED;
+        }
         for (field, value) in [
             ("order.order_id", &order.order_id),
             ("order.user_id", &order.user_id),

@@ -135,6 +135,25 @@ async fn the_order_book_records_what_checkouts_announce() {
         (listed[0].total_minor, listed[0].conversation_id.as_str()),
         (4999, "c-1")
     );
+    // a checkout that leaves the status out announces a placed order
+    let unstated = v1::OrderCreated {
+        order: Some(v1::OrderView {
+            order_id: "o-2".into(),
+            user_id: "alice".into(),
+            ..Default::default()
+        }),
+        conversation_id: "c-1".into(),
+    };
+    v1::OrderHandler::on_order_created(&book, &mall, unstated)
+        .await
+        .unwrap();
+    let placed = store.list(&mall.tenant, "alice", 10).await.unwrap();
+    assert!(
+        placed
+            .iter()
+            .any(|o| o.order_id == "o-2" && o.status == v1::OrderStatus::Placed as i32),
+        "{placed:?}"
+    );
     // no other tenant sees it
     assert!(
         store

@@ -39,6 +39,9 @@ pub type Upstream = tower::util::BoxCloneSyncService<
     Infallible,
 >;
 
+/// The most bytes of headers (names and values) one request may carry.
+pub const MAX_HEADERS_TOTAL: usize = 32 * 1024;
+
 /// The response header naming the switch that answered a degraded call (as on gRPC).
 pub const DEGRADED_HEADER: &str = "x-mesh-degraded";
 
@@ -166,9 +169,10 @@ fn json_router(config: &Config) -> Router {
         router = router.route(&path, post(handler).fallback(wrong_method));
     }
     let routes = config.routes.clone();
+    let admin_service = config.admin.as_ref().map(|(service, _)| *service);
     let list = move || {
         let routes = routes.clone();
-        async move { route_list(&routes) }
+        async move { route_list(&routes, admin_service) }
     };
     if let Some(credentials) = &config.channels {
         let (calls, credentials, max_body) =
@@ -258,6 +262,21 @@ where
     /// The content type says the protocol, then the router of that protocol the path. (The
     /// future is axum's; axum boxes each handler's future inside its router.)
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // every header counted, not only the ones passed on: a request is refused whole
+        // (431) before any of it is read further
+        let total: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if total > MAX_HEADERS_TOTAL {
+            let answer = error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Code::InvalidArgument,
+                &format!("the request's headers total {total} bytes; at most {MAX_HEADERS_TOTAL}"),
+            );
+            return Either::Right(Box::pin(std::future::ready(Ok(answer))));
+        }
         let cross = match &self.config.cors {
             Some(origins) => cors::cross(origins, &request),
             None => cors::Cross::Same,
@@ -288,18 +307,24 @@ where
     }
 }
 
-/// `GET /routes`: every call, its gRPC path, whether it streams, who may call it.
-fn route_list(routes: &Routes) -> Response<tonic::body::Body> {
+/// `GET /routes`: every call, its gRPC path, whether it streams, who may call it (the admin
+/// API's calls: `OPS`, the ops credential, whatever their contract's default audience says).
+fn route_list(routes: &Routes, admin_service: Option<&str>) -> Response<tonic::body::Body> {
     let routes: Vec<_> = routes
         .iter()
         .map(|r| {
+            let audience = if Some(r.contract.service) == admin_service {
+                vec!["OPS"]
+            } else {
+                r.method.audience.names()
+            };
             serde_json::json!({
                 "path": r.http_path,
                 "grpc": r.method.path,
                 "request": r.input.full_name(),
                 "response": r.output.full_name(),
                 "stream": r.streams(),
-                "audience": r.method.audience.names(),
+                "audience": audience,
                 "tier": r.contract.tier.get(),
                 "timeout_ms": r.method.timeout.as_millis() as u64,
             })

@@ -299,4 +299,26 @@ mod tests {
         assert_eq!(admin.status(), StatusCode::FORBIDDEN);
         assert_eq!(reached.load(Ordering::SeqCst), 4);
     }
+
+    /// Every header counts toward the total, not only the ones passed on to the mesh.
+    #[tokio::test]
+    async fn headers_past_the_total_are_refused_whole() {
+        let (access, reached) = access();
+        let mut stuffed = call("mall", None);
+        for n in 0..40 {
+            let name = http::HeaderName::try_from(format!("x-padding-{n}")).unwrap();
+            stuffed
+                .headers_mut()
+                .insert(name, HeaderValue::from_str(&"p".repeat(1000)).unwrap());
+        }
+        let stuffed = access.clone().oneshot(stuffed).await.unwrap();
+        assert_eq!(
+            stuffed.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        assert_eq!(reached.load(Ordering::SeqCst), 0);
+        // the same request with headers of a usual size passes
+        access.oneshot(call("mall", None)).await.unwrap();
+        assert_eq!(reached.load(Ordering::SeqCst), 1);
+    }
 }

@@ -76,7 +76,7 @@ mod routes;
 mod status;
 mod transcode;
 
-pub use access::{DEGRADED_HEADER, TIMEOUT_HEADER, Upstream, WebAccess};
+pub use access::{DEGRADED_HEADER, MAX_HEADERS_TOTAL, TIMEOUT_HEADER, Upstream, WebAccess};
 pub use channels::CALLBACK_PATH;
 pub use routes::{Route, Routes, RoutesError};
 pub use status::{code_name, http_status};

@@ -178,7 +178,9 @@ async fn fetching_a_victims_messages_is_refused() {
         ..Default::default()
     };
     refused(
-        messages.history(&mesh.mall("mallory"), history("victim")).await,
+        messages
+            .history(&mesh.mall("mallory"), history("victim"))
+            .await,
         Code::PermissionDenied,
         "mallory reading the victim's history as the victim",
     );

@@ -353,6 +353,9 @@ def main():
         until(alice, "the order's system message",
               lambda d: any(order in b for b in bodies(d, "system")))
         until(alice, "the order panel", lambda d: order in text(d, "orders"))
+        # the checkout left the status out: a created order reads as placed, not "unspecified"
+        assert "placed" in text(alice, "orders") and "unspecified" not in text(alice, "orders"), \
+            text(alice, "orders")
 
         # suggestions are live for both business lines before the drill
         carol = chat("paipai", "carol", "dave", "desk-1")

@@ -170,6 +170,10 @@ fn json_router(config: &Config) -> Router {
     }
     let routes = config.routes.clone();
     let admin_service = config.admin.as_ref().map(|(service, _)| *service);
+    let openapi: Bytes =
+        serde_json::to_vec(&crate::openapi::document(&config.routes, admin_service))
+            .expect("json")
+            .into();
     let list = move || {
         let routes = routes.clone();
         async move { route_list(&routes, admin_service) }
@@ -198,6 +202,14 @@ fn json_router(config: &Config) -> Router {
         .route(
             "/routes",
             get(list).fallback(|| async { not_allowed("GET", "/routes is read with GET") }),
+        )
+        // written once: the routes do not change while this access serves
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = openapi.clone();
+                async move { json(StatusCode::OK, document) }
+            }),
         )
         .fallback(move |method: Method, uri: http::Uri| async move {
             page_or_not_found(&method, uri.path(), console)

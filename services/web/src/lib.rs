@@ -3,7 +3,8 @@
 //! - **Every call as HTTP/JSON:** `POST /<contract>/v<major>/<Method>` (`/message/v1/Send`)
 //!   with the request message as JSON (the proto3 JSON mapping), answered with the response
 //!   message as JSON. The table is read from the contracts and the descriptor set codegen builds
-//!   from them ([`Routes`]); `GET /routes` lists it.
+//!   from them ([`Routes`]); `GET /routes` lists it, `GET /openapi.json` describes it as an
+//!   OpenAPI 3.1 document (request and answer schemas, who may call, the error body).
 //! - **The same layers:** a call is transcoded to the gRPC call it stands for and passed to the
 //!   mesh's own stack in process (the front door's, then the tenant's worker): authentication
 //!   (`x-mesh-tenant` with `authorization: Bearer <user token>` or `x-mesh-token`), the
@@ -71,6 +72,7 @@ mod cors;
 mod events;
 mod grpc;
 mod grpc_web;
+mod openapi;
 mod pages;
 mod routes;
 mod status;

@@ -458,6 +458,49 @@ async fn curl_chats_over_json_and_server_sent_events_through_the_mesh_layers() {
         "{late:?}"
     );
 
+    // the OpenAPI document of the same routes, valid as OpenAPI 3.1 to a validator that is not
+    // ours (openapi-spec-validator), describing the calls just made
+    let described = curl(&[&format!("http://{web}/openapi.json")]).await;
+    assert_eq!(described.status, 200, "{described:?}");
+    assert_eq!(described.body["openapi"], "3.1.0");
+    for path in [
+        "/message/v1/Send",
+        "/message/v1/History",
+        "/gateway/v1/Attach",
+    ] {
+        assert!(
+            described.body["paths"][path]["post"].is_object(),
+            "{path} described"
+        );
+    }
+    let mut validator = tokio::process::Command::new(support::python())
+        .args([
+            "-c",
+            "import json, sys\n\
+             from openapi_spec_validator import validate\n\
+             validate(json.load(sys.stdin))\n\
+             print('valid')",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = validator.stdin.take().unwrap();
+        stdin
+            .write_all(described.body.to_string().as_bytes())
+            .await
+            .unwrap();
+    }
+    let verdict = validator.wait_with_output().await.unwrap();
+    assert!(
+        verdict.status.success() && String::from_utf8_lossy(&verdict.stdout).contains("valid"),
+        "{}",
+        String::from_utf8_lossy(&verdict.stderr)
+    );
+
     // a stream refused before it opens is a plain error answer, not an event stream
     let stranger = curl(&[
         &format!("http://{web}/gateway/v1/Attach"),

@@ -10,22 +10,33 @@ let tenantIds = [];
 let lastCalls = null; // { at, calls: Map(tenant/service -> calls so far) }
 let rates = new Map();
 let pendingSwitch = null; // a wide switch-off shown for confirmation, exactly as it will go
+// Calls per second and mean latency of each tenant's method over the last minutes, one point
+// per refresh: `tenant service.method` -> { total: [calls so far, sum of ms so far], points }
+const traffic = new Map();
+const TRAFFIC_POINTS = 100; // 5 minutes at a refresh every 3 s
 
 function admin(method, body) {
   return call(`/admin/v1/${method}`, body, { authorization: `Bearer ${token}` });
 }
 
+/** The controls of a row a refresh re-renders. */
+function controls(row) {
+  return row ? [...row.querySelectorAll("button, input, a")] : [];
+}
+
 function rows(id, items, cells) {
-  $(id)
-    .querySelector("tbody")
-    .replaceChildren(
-      ...(items.length === 0
-        ? [el("tr", "muted", el("td", "", "none"))]
-        : items.map((item) => {
-            const row = el("tr", "", ...cells(item).map((c) => el("td", "", c)));
-            return row;
-          })),
-    );
+  const body = $(id).querySelector("tbody");
+  // the refresh re-renders the rows every few seconds: the control the operator had focused
+  // (a keyboard user about to press it) keeps the focus, in the same row and place
+  const active = body.contains(document.activeElement) ? document.activeElement : null;
+  const row = active?.closest("tr");
+  const at = active ? [[...body.children].indexOf(row), controls(row).indexOf(active)] : null;
+  body.replaceChildren(
+    ...(items.length === 0
+      ? [el("tr", "muted", el("td", "", "none"))]
+      : items.map((item) => el("tr", "", ...cells(item).map((c) => el("td", "", c))))),
+  );
+  if (at) controls(body.children[at[0]])[at[1]]?.focus();
 }
 
 function when(ms) {
@@ -93,11 +104,68 @@ function measureRates(json) {
   }
   lastCalls = { at: now, calls };
   tenantIds = json.tenants.map((t) => t.id);
+  for (const c of json.calls ?? []) {
+    const key = `${c.tenant} ${c.service}.${c.method}${c.major ? ` (${c.major})` : ""}`;
+    const n = Number(c.calls);
+    const total = [n, n * Number(c.meanMs ?? 0)];
+    const seen = traffic.get(key);
+    if (!seen) {
+      traffic.set(key, { total, points: [], at: now });
+      continue;
+    }
+    const seconds = Math.max((now - seen.at) / 1000, 0.001);
+    const calls = Math.max(0, total[0] - seen.total[0]);
+    // the mean over this interval alone, from the running means' sums
+    const ms = calls > 0 ? Math.max(0, total[1] - seen.total[1]) / calls : null;
+    seen.points.push({ rate: calls / seconds, ms });
+    if (seen.points.length > TRAFFIC_POINTS) seen.points.shift();
+    seen.total = total;
+    seen.at = now;
+  }
+}
+
+/** A small line chart of `values` (null: no point), as SVG, with its latest value. */
+function sparkline(values, unit) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 100 24");
+  svg.setAttribute("class", "spark");
+  svg.setAttribute("role", "img");
+  const known = values.filter((v) => v !== null);
+  const top = Math.max(...known, 0) || 1;
+  const step = 100 / Math.max(TRAFFIC_POINTS - 1, 1);
+  const offset = (TRAFFIC_POINTS - values.length) * step;
+  const points = values
+    .map((v, i) => (v === null ? null : `${(offset + i * step).toFixed(1)},${(23 - (v / top) * 22).toFixed(1)}`))
+    .filter(Boolean)
+    .join(" ");
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("points", points);
+  svg.append(line);
+  const latest = known.length > 0 ? known[known.length - 1] : 0;
+  svg.setAttribute("aria-label", `latest ${latest.toFixed(1)} ${unit}, highest ${top.toFixed(1)}`);
+  return el("span", "chart", svg, ` ${latest.toFixed(1)} ${unit}`);
+}
+
+/** The busiest methods of the last minutes, calls per second and mean latency over time. */
+function renderTraffic() {
+  const busiest = [...traffic]
+    .filter(([, t]) => t.points.length > 0)
+    .map(([key, t]) => [key, t, t.points.reduce((sum, p) => sum + p.rate, 0)])
+    .filter(([, , sum]) => sum > 0)
+    .sort((a, b) => b[2] - a[2])
+    .slice(0, 12);
+  rows("traffic", busiest, ([key, t]) => [
+    key,
+    sparkline(t.points.map((p) => p.rate), "calls/s"),
+    sparkline(t.points.map((p) => p.ms), "ms"),
+  ]);
 }
 
 async function refreshStatus() {
   const { json } = await admin("Status", {});
   measureRates(json);
+  renderTraffic();
   rows("processes", json.processes, (p) => [
     p.group,
     String(p.pid),

@@ -427,6 +427,25 @@ def main():
         console.set_window_size(1200, 2300)  # the whole console, status and tenants too
         shot(console, "console")
 
+        # the busiest methods over the last minutes, as small charts: mall's sends are there
+        until(console, "the traffic charts",
+              lambda d: any("mall message.v1.Message.Send" in row.text or "mall message" in row.text
+                            for row in d.find_elements(By.CSS_SELECTOR, "#traffic tbody tr")))
+        assert console.find_elements(By.CSS_SELECTOR, "#traffic svg.spark polyline"), "no chart drawn"
+
+        # at a phone's width the console keeps the screen's width (its tables scroll inside)
+        console.set_window_size(390, 844)
+        width = console.execute_script("return document.documentElement.scrollWidth")
+        viewport = console.execute_script("return window.innerWidth")
+        assert width <= viewport, f"the console is {width} px wide at {viewport}"
+        console.set_window_size(1200, 820)
+        # a keyboard user's focus survives the refresh that re-renders the switches
+        console.execute_script("document.querySelector('#switches tbody button').focus()")
+        time.sleep(3.5)  # one refresh (every 3 s) re-rendered the rows meanwhile
+        focused = console.execute_script(
+            "const a = document.activeElement; return a.closest('#switches') ? a.textContent : a.tagName")
+        assert focused == "Switch on", focused
+
         # and back on from the console: mall's suggestions return
         click_rendered(console, "the switch's button", "#switches button")
         until(console, "the switch gone", lambda d: "recommend@mall" not in text(d, "switches"))

@@ -687,18 +687,13 @@ impl Message for MessageService {
         optional_id("terminal_id", &r.terminal_id)?;
         self.settings(&ctx.tenant)?;
         let conversation = self
-            .inner
-            .store
-            .conversation(&ctx.tenant, &r.conversation_id)
-            .await
-            .map_err(|e| store_status(e, "read receipt not recorded"))?
-            .filter(|c| c.participants.contains(&r.user_id))
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "user {:?} has no conversation {:?} in tenant {}",
-                    r.user_id, r.conversation_id, ctx.tenant
-                ))
-            })?;
+            .conversation_of(
+                &ctx,
+                &r.conversation_id,
+                &r.user_id,
+                "read receipt not recorded",
+            )
+            .await?;
         if r.up_to_seq == 0 || r.up_to_seq > conversation.last_seq {
             return Err(Status::invalid_argument(format!(
                 "up_to_seq {} is not a message of conversation {:?} (1..={})",

@@ -16,6 +16,29 @@ const DEFAULT_PAGE: u64 = 50;
 const MAX_PAGE: u64 = 200;
 
 impl MessageService {
+    /// The conversation `conversation_id` if `user` takes part in it; anyone else is told it
+    /// has no such conversation (whether it exists is its participants' business).
+    pub(super) async fn conversation_of(
+        &self,
+        ctx: &RequestContext,
+        conversation_id: &str,
+        user: &str,
+        failed: &str,
+    ) -> Result<mesh_store::ConversationInfo, Status> {
+        self.inner
+            .store
+            .conversation(&ctx.tenant, conversation_id)
+            .await
+            .map_err(|e| store_status(e, failed))?
+            .filter(|c| c.participants.iter().any(|p| p == user))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "user {user:?} has no conversation {conversation_id:?} in tenant {}",
+                    ctx.tenant
+                ))
+            })
+    }
+
     /// `FetchOffline`: a page of the user's timeline after a position (by default, after this
     /// terminal's acknowledged cursor).
     pub(super) async fn sync_page(
@@ -68,19 +91,9 @@ impl MessageService {
         id("user_id", &r.user_id)?;
         self.settings(&ctx.tenant)?;
         let store = &self.inner.store;
-        // anyone else is told it has no such conversation, as MarkRead tells them: whether it
-        // exists is the participants' business
-        let conversation = store
-            .conversation(&ctx.tenant, &r.conversation_id)
-            .await
-            .map_err(|e| store_status(e, "history not read"))?
-            .filter(|c| c.participants.contains(&r.user_id))
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "user {:?} has no conversation {:?} in tenant {}",
-                    r.user_id, r.conversation_id, ctx.tenant
-                ))
-            })?;
+        let conversation = self
+            .conversation_of(ctx, &r.conversation_id, &r.user_id, "history not read")
+            .await?;
         let limit = match u64::from(r.limit) {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
